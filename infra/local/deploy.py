@@ -1,0 +1,215 @@
+"""Deploy infra/template.yaml to the embedded AWS emulator (moto) or any AWS-compatible endpoint.
+
+This is what `make run` and every test fixture use, so the local stack is built from the
+same declarations as the real one: tables (keys, GSIs, TTL), the shared layer, every function
+(its zip from CodeUri, its environment from Globals plus its own) and the state machines with
+their DefinitionSubstitutions resolved to the local ARNs.
+
+Resources that only exist on AWS (API Gateway, IAM, Cognito, schedules) are resolved to local
+stand-ins: the API runs under `chalice local`, the identity provider is the dev one in
+`infra/local/identity.py`, and schedules are returned so the caller can fire them.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.local.template import (
+    API_HANDLER,
+    REPO_ROOT,
+    Resolver,
+    fill_substitutions,
+    function_properties,
+    load_template,
+    parameter_defaults,
+    resources_of_type,
+)
+
+LOCAL_ACCOUNT = "123456789012"
+LOCAL_ROLE_NAME = "shop-local-execution"
+LOCAL_RUNTIME = "python3.12"
+
+TABLE = "AWS::DynamoDB::Table"
+FUNCTION = "AWS::Serverless::Function"
+LAYER = "AWS::Serverless::LayerVersion"
+STATE_MACHINE = "AWS::Serverless::StateMachine"
+USER_POOL = "AWS::Cognito::UserPool"
+USER_POOL_CLIENT = "AWS::Cognito::UserPoolClient"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    function_name: str
+    expression: str
+
+    @property
+    def every_seconds(self) -> float:
+        """Seconds between runs of a ``rate(N unit)`` expression."""
+        amount, unit = self.expression.removeprefix("rate(").removesuffix(")").split()
+        per_unit = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
+        return float(amount) * per_unit[unit]
+
+
+@dataclass
+class DeployedStack:
+    """What the local stack resolved: physical names and the environment of each function."""
+
+    prefix: str
+    region: str
+    resolver: Resolver
+    table_names: dict[str, str] = field(default_factory=dict)
+    function_names: dict[str, str] = field(default_factory=dict)
+    state_machine_arns: dict[str, str] = field(default_factory=dict)
+    function_environments: dict[str, dict[str, str]] = field(default_factory=dict)
+    schedules: list[Schedule] = field(default_factory=list)
+
+    @property
+    def api_environment(self) -> dict[str, str]:
+        """The environment the template gives the API function (Chalice's APIHandler)."""
+        return self.function_environments[API_HANDLER]
+
+
+def zip_directory(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(directory).as_posix())
+    return buffer.getvalue()
+
+
+def _table_request(name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    request = {
+        key: properties[key]
+        for key in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "LocalSecondaryIndexes", "BillingMode")
+        if key in properties
+    }
+    request["TableName"] = name
+    return request
+
+
+def _ensure_execution_role(iam: Any) -> str:
+    """The emulator checks that a role exists; the template's least-privilege policies are AWS-only."""
+    try:
+        return str(iam.get_role(RoleName=LOCAL_ROLE_NAME)["Role"]["Arn"])
+    except iam.exceptions.NoSuchEntityException:
+        trust = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]}, "Action": "sts:AssumeRole"}]}'
+        return str(iam.create_role(RoleName=LOCAL_ROLE_NAME, AssumeRolePolicyDocument=trust)["Role"]["Arn"])
+
+
+def deploy(
+    *,
+    dynamodb: Any,
+    lambda_client: Any,
+    iam: Any,
+    stepfunctions: Any,
+    prefix: str,
+    region: str,
+    identity_issuer: str,
+    identity_audience: str,
+    parameters: Mapping[str, str] | None = None,
+    template: Mapping[str, Any] | None = None,
+    repo_root: Path = REPO_ROOT,
+) -> DeployedStack:
+    """Create every resource of the template that the local stack runs, in dependency order."""
+    template = template or load_template()
+    resolver = Resolver()
+    resolver.refs.update(parameter_defaults(template))
+    resolver.refs.update(parameters or {})
+    resolver.refs.update({"AWS::Region": region, "AWS::AccountId": LOCAL_ACCOUNT, "AWS::StackName": prefix})
+    stack = DeployedStack(prefix=prefix, region=region, resolver=resolver)
+    role_arn = _ensure_execution_role(iam)
+
+    for logical_id in resources_of_type(template, USER_POOL):
+        resolver.refs[logical_id] = "local-dev-pool"
+        resolver.attributes[f"{logical_id}.ProviderURL"] = identity_issuer
+        resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:cognito-idp:{region}:{LOCAL_ACCOUNT}:userpool/local"
+    for logical_id in resources_of_type(template, USER_POOL_CLIENT):
+        resolver.refs[logical_id] = identity_audience
+
+    for logical_id, resource in resources_of_type(template, TABLE).items():
+        name = f"{prefix}-{logical_id}"
+        properties = resource["Properties"]
+        dynamodb.create_table(**_table_request(name, properties))
+        ttl = properties.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+            )
+        resolver.refs[logical_id] = name
+        resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:dynamodb:{region}:{LOCAL_ACCOUNT}:table/{name}"
+        stack.table_names[logical_id] = name
+
+    for logical_id, resource in resources_of_type(template, LAYER).items():
+        content = repo_root / resource["Properties"]["ContentUri"]
+        published = lambda_client.publish_layer_version(
+            LayerName=f"{prefix}-{logical_id}",
+            Content={"ZipFile": zip_directory(content)},
+            CompatibleRuntimes=[LOCAL_RUNTIME],
+        )
+        resolver.refs[logical_id] = published["LayerVersionArn"]
+
+    functions = resources_of_type(template, FUNCTION)
+    for logical_id in functions:
+        # Names and ARNs first: state machines and environments may refer to any function.
+        name = f"{prefix}-{logical_id}"
+        resolver.refs[logical_id] = name
+        resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:lambda:{region}:{LOCAL_ACCOUNT}:function:{name}"
+        stack.function_names[logical_id] = name
+
+    for logical_id, resource in resources_of_type(template, STATE_MACHINE).items():
+        # The ARN is known before creation, so functions and the API may refer to it.
+        name = f"{prefix}-{logical_id}"
+        arn = f"arn:aws:states:{region}:{LOCAL_ACCOUNT}:stateMachine:{name}"
+        resolver.refs[logical_id] = arn
+        resolver.attributes[f"{logical_id}.Arn"] = arn
+        resolver.attributes[f"{logical_id}.Name"] = name
+        stack.state_machine_arns[logical_id] = arn
+
+    for logical_id in functions:
+        properties = function_properties(template, logical_id)
+        environment = {
+            key: str(value)
+            for key, value in resolver.resolve(properties.get("Environment", {}).get("Variables", {})).items()
+        }
+        stack.function_environments[logical_id] = environment
+        lambda_client.create_function(
+            FunctionName=stack.function_names[logical_id],
+            Runtime=LOCAL_RUNTIME,
+            Role=role_arn,
+            Handler=properties["Handler"],
+            Code={"ZipFile": zip_directory(repo_root / properties["CodeUri"])},
+            Timeout=int(properties.get("Timeout", 15)),
+            MemorySize=int(properties.get("MemorySize", 256)),
+            Environment={"Variables": environment},
+            Layers=[str(layer) for layer in resolver.resolve(properties.get("Layers", []))],
+        )
+        for event in properties.get("Events", {}).values():
+            if event.get("Type") == "Schedule":
+                stack.schedules.append(Schedule(stack.function_names[logical_id], event["Properties"]["Schedule"]))
+
+    api = function_properties(template, API_HANDLER)
+    stack.function_environments[API_HANDLER] = {
+        key: str(value) for key, value in resolver.resolve(api.get("Environment", {}).get("Variables", {})).items()
+    }
+
+    for logical_id, resource in resources_of_type(template, STATE_MACHINE).items():
+        properties = resource["Properties"]
+        definition = fill_substitutions(
+            (repo_root / properties["DefinitionUri"]).read_text(),
+            resolver.resolve(properties.get("DefinitionSubstitutions", {})),
+        )
+        stepfunctions.create_state_machine(
+            name=resolver.attributes[f"{logical_id}.Name"],
+            definition=definition,
+            roleArn=role_arn,
+            type=properties.get("Type", "STANDARD"),
+        )
+
+    return stack

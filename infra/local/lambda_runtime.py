@@ -1,0 +1,219 @@
+"""Run Lambda invocations inside moto without Docker.
+
+moto's Lambda Invoke normally starts a Docker container. This adapter replaces moto's private
+``LambdaFunction._invoke_lambda`` so an invocation loads the project's real handler from the
+function's deployment zip (plus its layers) and runs it:
+
+- in-process (default): fast, and it shares the test's mocks; or
+- in a subprocess per invocation (``SHOP_LAMBDA_ISOLATION=subprocess``): a clean interpreter with
+  exactly the function's environment, talking to the emulator over HTTP (server mode only).
+
+Errors come back in AWS's shape, ``{"errorType": <exception class name>, "errorMessage", ...}``,
+so Step Functions' Retry and Catch match the same error names as on AWS.
+
+It depends on one private moto method; ``tests/service/test_lambda_runtime_canary.py`` fails loudly
+if a moto upgrade changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from moto.awslambda.models import LambdaFunction, lambda_backends
+
+CACHE_DIR = Path(tempfile.gettempdir()) / "shop-lambda-code"
+_ORIGINAL_INVOKE = LambdaFunction._invoke_lambda
+_lock = threading.RLock()
+_modules: dict[str, ModuleType] = {}
+
+
+@dataclass
+class FaultInjection:
+    """Test hooks that make the emulator behave like a real, unreliable platform.
+
+    ``duplicate_deliveries``: function names whose every invocation runs the handler twice with
+    the same event (Lambda and Step Functions may deliver more than once); the second result is
+    returned. ``before_invoke``: called with (function name, event) before the handler, e.g. to
+    raise a Lambda service error or to pause an execution at a chosen step.
+    """
+
+    duplicate_deliveries: set[str] = field(default_factory=set)
+    before_invoke: Callable[[str, Any], None] | None = None
+
+
+faults = FaultInjection()
+
+
+@dataclass
+class LambdaContext:
+    function_name: str
+    function_version: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    timeout_seconds: int = 15
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.timeout_seconds * 1000
+
+
+def _extract(zip_bytes: bytes, kind: str) -> Path:
+    digest = hashlib.sha256(zip_bytes).hexdigest()[:16]
+    target = CACHE_DIR / f"{kind}-{digest}"
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(dir=CACHE_DIR.parent if CACHE_DIR.exists() else None))
+        zipfile.ZipFile(io.BytesIO(zip_bytes)).extractall(staging)
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            staging.rename(target)
+        except OSError:  # another invocation extracted the same code first
+            pass
+    return target
+
+
+def _layer_dirs(function: LambdaFunction) -> list[Path]:
+    backend = lambda_backends[function.account_id][function.region]
+    dirs = []
+    for layer in function.layers:
+        version = backend.layers_versions_by_arn(layer["Arn"])
+        if version is not None and version.code_bytes:
+            dirs.append(_extract(version.code_bytes, "layer") / "python")
+    return dirs
+
+
+def _handler_of(function: LambdaFunction, code_dir: Path) -> Callable[[Any, Any], Any]:
+    module_file, handler_name = function.handler.rsplit(".", 1)
+    key = f"{function.function_name}:{code_dir.name}"
+    with _lock:
+        module = _modules.get(key)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(
+                f"lambda_{function.function_name.replace('-', '_')}_{code_dir.name.replace('-', '_')}",
+                code_dir / f"{module_file.replace('.', '/')}.py",
+            )
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _modules[key] = module
+    return getattr(module, handler_name)  # type: ignore[no-any-return]
+
+
+def _error_payload(error: BaseException) -> str:
+    return json.dumps(
+        {
+            "errorMessage": str(error),
+            "errorType": type(error).__name__,
+            "stackTrace": traceback.format_exception(error)[-10:],
+        }
+    )
+
+
+def _context(function: LambdaFunction) -> LambdaContext:
+    return LambdaContext(
+        function_name=function.function_name,
+        function_version=function.version,
+        invoked_function_arn=function.function_arn,
+        memory_limit_in_mb=int(function.memory_size),
+        log_group_name=function.logs_group_name,
+        timeout_seconds=int(function.timeout),
+    )
+
+
+def _invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, str]:
+    code_dir = _extract(function.code_bytes, "code")
+    with _lock:
+        for layer_dir in _layer_dirs(function):
+            if str(layer_dir) not in sys.path:
+                # Appended: the process's own copy of the layer (the source tree) wins, so a
+                # test always runs the code under test.
+                sys.path.append(str(layer_dir))
+        # Every function's environment comes from the same template Globals; only a few
+        # per-function values differ, and Powertools reads those once per cold start.
+        os.environ.update(function.environment_vars)
+    handler = _handler_of(function, code_dir)
+    try:
+        result = handler(event, _context(function))
+    except Exception as error:  # noqa: BLE001 - any handler failure is an invocation error
+        return _error_payload(error), True, ""
+    return json.dumps(result), False, ""
+
+
+_SUBPROCESS_RUNNER = """
+import importlib, json, sys, traceback
+module_name, handler_name = sys.argv[1].rsplit(".", 1)
+event = json.loads(sys.stdin.read())
+class Context:
+    def __init__(self, data): self.__dict__.update(data)
+    def get_remaining_time_in_millis(self): return self.timeout_seconds * 1000
+try:
+    result = getattr(importlib.import_module(module_name), handler_name)(event, Context(json.loads(sys.argv[2])))
+    print("\\n" + json.dumps(result)); sys.exit(0)
+except Exception as error:
+    print("\\n" + json.dumps({"errorMessage": str(error), "errorType": type(error).__name__,
+                             "stackTrace": traceback.format_exception(error)[-10:]})); sys.exit(1)
+"""
+
+
+def _invoke_in_subprocess(function: LambdaFunction, event: Any) -> tuple[str, bool, str]:
+    code_dir = _extract(function.code_bytes, "code")
+    path = [str(code_dir), *(str(d) for d in _layer_dirs(function))]
+    environment = {
+        **{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "PATH", "HOME", "LANG", "POWERTOOLS_"))},
+        **function.environment_vars,
+        "PYTHONPATH": os.pathsep.join(path + [p for p in sys.path if "site-packages" in p]),
+    }
+    context = _context(function).__dict__
+    completed = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS_RUNNER, function.handler, json.dumps(context)],
+        input=json.dumps(event),
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=int(function.timeout) + 30,
+        check=False,
+    )
+    lines = completed.stdout.rstrip("\n").splitlines()
+    payload = lines[-1] if lines else _error_payload(RuntimeError(completed.stderr[-2000:]))
+    logs = "\n".join(lines[:-1]) + completed.stderr
+    return payload, completed.returncode != 0, logs
+
+
+def _invoke(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
+    event = {} if event is None else event
+    if faults.before_invoke is not None:
+        try:
+            faults.before_invoke(self.function_name, event)
+        except Exception as error:  # noqa: BLE001 - injected faults surface as invocation errors
+            return _error_payload(error), True, ""
+    run = _invoke_in_subprocess if os.environ.get("SHOP_LAMBDA_ISOLATION") == "subprocess" else _invoke_in_process
+    result = run(self, event)
+    if self.function_name in faults.duplicate_deliveries:
+        result = run(self, event)
+    return result
+
+
+def install() -> None:
+    """Route moto's Lambda invocations to the project's handlers (idempotent)."""
+    LambdaFunction._invoke_lambda = _invoke  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    LambdaFunction._invoke_lambda = _ORIGINAL_INVOKE  # type: ignore[method-assign]

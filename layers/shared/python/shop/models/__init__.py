@@ -1,0 +1,1 @@
+"""pydantic models at every boundary. Money is always integer minor units."""
