@@ -1,0 +1,122 @@
+"""Fixtures shared by every tier.
+
+The environment is made safe before anything imports boto3 or Powertools: fake credentials, a
+fixed region, X-Ray off, Powertools logs at WARNING. The stack under test is always deployed
+from infra/template.yaml (``infra.local.deploy``), never from a second list of resources.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_SAFE_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "POWERTOOLS_METRICS_NAMESPACE": "ShopTests",
+    "POWERTOOLS_SERVICE_NAME": "tests",
+    "AWS_XRAY_SDK_ENABLED": "false",
+}
+os.environ.update(_SAFE_ENVIRONMENT)
+# mock_aws does not intercept calls when an endpoint is configured.
+for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+    os.environ.pop(_variable, None)
+
+from infra.local import lambda_runtime  # noqa: E402
+from infra.local.deploy import DeployedStack, deploy  # noqa: E402
+from infra.local.identity import DevIdentityProvider  # noqa: E402
+
+# Local retry waits are shortened through the template's parameters, never by editing ASL.
+TEST_PARAMETERS = {
+    "RetryIntervalSeconds": "1",
+    "RetryMaxDelaySeconds": "1",
+    "PaginationSecret": "test-pagination-secret-" + "x" * 16,
+}
+
+
+@pytest.fixture(scope="session")
+def identity(tmp_path_factory: pytest.TempPathFactory) -> DevIdentityProvider:
+    return DevIdentityProvider.create(tmp_path_factory.mktemp("dev-idp"))
+
+
+@dataclass
+class LocalAws:
+    """The deployed stack plus clients bound to the in-process emulator."""
+
+    stack: DeployedStack
+    identity: DevIdentityProvider
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, region_name=self.stack.region)
+
+    def table(self, logical_id: str) -> str:
+        return self.stack.table_names[logical_id]
+
+    def function(self, logical_id: str) -> str:
+        return self.stack.function_names[logical_id]
+
+    def state_machine(self, logical_id: str) -> str:
+        return self.stack.state_machine_arns[logical_id]
+
+
+def _reset_process_caches() -> None:
+    from shop import aws, config
+
+    config.reset_settings_cache()
+    aws.reset_clients()
+
+
+@pytest.fixture
+def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalAws]:
+    """A fresh in-process emulator (moto) with the whole template deployed.
+
+    Step Functions executions run for real (moto's ASL interpreter) and Lambda invocations run
+    the project's handlers in-process (``infra.local.lambda_runtime``). The API's environment
+    from the template is exported, so domain code and ``app.py`` see the deployed tables.
+    """
+    import boto3
+    from moto import mock_aws
+
+    lambda_runtime.install()
+    lambda_runtime.faults.duplicate_deliveries.clear()
+    lambda_runtime.faults.before_invoke = None
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        stack = deploy(
+            dynamodb=boto3.client("dynamodb"),
+            lambda_client=boto3.client("lambda"),
+            iam=boto3.client("iam"),
+            stepfunctions=boto3.client("stepfunctions"),
+            prefix="test",
+            region=os.environ["AWS_DEFAULT_REGION"],
+            identity_issuer=identity.issuer,
+            identity_audience=identity.audience,
+            parameters=TEST_PARAMETERS,
+        )
+        for key, value in stack.api_environment.items():
+            monkeypatch.setenv(key, value)
+        _reset_process_caches()
+        yield LocalAws(stack=stack, identity=identity)
+        lambda_runtime.faults.duplicate_deliveries.clear()
+        lambda_runtime.faults.before_invoke = None
+    _reset_process_caches()
+
+
+def random_suffix() -> str:
+    return secrets.token_hex(4)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
