@@ -1,0 +1,63 @@
+# Two commands on a fresh clone: `make run` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_DIR := tests/fidelity
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+# The shared layer and the repo root are importable everywhere, as pytest's pythonpath does for tests.
+export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/shared/python
+PORT ?= 8000
+
+.PHONY: help run test lint typecheck validate package unit service http fidelity bench clean
+
+help:
+	@echo "make run      start the local stack (API on :$(PORT), AWS emulator on :4566) with demo data"
+	@echo "make test     lint, type-check, validate the template and state machines, run every test tier"
+	@echo "make package  build the deployable SAM template and artifacts into build/sam"
+	@echo "make bench    checkout benchmark and cost per million orders against a local stack"
+
+# Reinstall only when a requirements file changes.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/python -m infra.local.stack --api-port $(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app.py chalicelib functions infra layers/shared/python/shop tests
+
+validate: $(STAMP) build/sam/template.yaml
+	$(BIN)/cfn-lint --ignore-checks I --template build/sam/template.yaml
+	$(BIN)/python -m infra.validate_statemachines
+
+test: $(STAMP) $(NODE_STAMP) lint typecheck validate
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+unit service http fidelity: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m pytest tests/$@
+
+package: build/sam/template.yaml
+
+build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.txt $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
+	$(BIN)/python -m infra.package
+
+bench: $(STAMP)
+	$(BIN)/python -m infra.local.bench
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,124 @@
+"""HTTP tier: the real local stack (`python -m infra.local.stack`, what `make run` starts) over real sockets.
+
+The stack runs in a subprocess on free ports, so this tier passes while a `make run` stack is
+up. boto3 reaches the emulator through localstack-client, as any LocalStack-style tooling would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from localstack_client.session import Session
+
+from tests.conftest import REPO_ROOT
+
+STARTUP_DEADLINE_SECONDS = 120
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # One stack per test session: keep every HTTP test on the same xdist worker.
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.xdist_group("http-stack"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class RunningStack:
+    api_url: str
+    aws_port: int
+    state_dir: Path
+    process: subprocess.Popen[str]
+
+    @property
+    def tokens(self) -> dict[str, Any]:
+        return json.loads((self.state_dir / "dev-tokens.json").read_text())  # type: ignore[no-any-return]
+
+    def auth(self, who: str) -> dict[str, str]:
+        """Headers for "admin" or a demo customer ("alice", "bob")."""
+        token = self.tokens["admin"] if who == "admin" else self.tokens["customers"][who]
+        return {"Authorization": f"Bearer {token}"}
+
+    def aws(self, service: str) -> Any:
+        return Session(region_name="us-east-1", localstack_host=f"127.0.0.1:{self.aws_port}").client(service)
+
+    def url(self, path: str) -> str:
+        return f"{self.api_url}{path}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    api_port, aws_port = free_port(), free_port()
+    state_dir = tmp_path_factory.mktemp("stack-state")
+    log = (state_dir / "stack.log").open("w")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
+    environment["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'layers/shared/python'}"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infra.local.stack",
+            "--api-port",
+            str(api_port),
+            "--aws-port",
+            str(aws_port),
+            "--state-dir",
+            str(state_dir),
+            "--retry-interval-seconds",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = RunningStack(f"http://127.0.0.1:{api_port}", aws_port, state_dir, process)
+    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"stack exited early ({process.returncode}):\n{(state_dir / 'stack.log').read_text()}")
+        try:
+            if requests.get(running.url("/health"), timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"stack not healthy in time:\n{(state_dir / 'stack.log').read_text()}")
+        time.sleep(0.2)  # polling interval of the readiness check above, not a wait in place of it
+    yield running
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
