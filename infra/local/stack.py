@@ -22,7 +22,9 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +117,6 @@ def _write_tokens(state_dir: Path, identity: Any) -> Path:
 def _run_schedules(schedules: list[Any], lambda_client: Any, stop: threading.Event) -> None:
     """Fire each `Schedule` event of the template at its rate, as EventBridge would."""
     next_run = {schedule.function_name: 0.0 for schedule in schedules}
-    import time
-
     while not stop.is_set():
         now = time.monotonic()
         for schedule in schedules:
@@ -129,11 +129,37 @@ def _run_schedules(schedules: list[Any], lambda_client: Any, stop: threading.Eve
         stop.wait(1.0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    state_dir: Path = args.state_dir.resolve()
+@dataclass
+class LocalStack:
+    """A running local stack; ``stop()`` ends everything it started."""
+
+    api_url: str
+    aws_endpoint: str
+    tokens_path: Path
+    seeded: int
+    deployed: Any
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self._stop.set()
+        while self._cleanups:
+            self._cleanups.pop()()
+
+
+def start_stack(
+    *,
+    host: str = "127.0.0.1",
+    api_port: int = 8000,
+    aws_port: int = 4566,
+    state_dir: Path = REPO_ROOT / ".local",
+    seed: bool = True,
+    parameters: dict[str, str] | None = None,
+) -> LocalStack:
+    """Start the emulator, deploy the template, seed, start the scheduler and the API."""
+    state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    aws_endpoint = f"http://{args.host}:{args.aws_port}"
+    aws_endpoint = f"http://{host}:{aws_port}"
     _configure_process_environment(aws_endpoint)
 
     from localstack_client.session import Session
@@ -141,24 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     from infra.local.deploy import deploy
     from infra.local.identity import DevIdentityProvider
 
-    stop = threading.Event()
     cleanups: list[Callable[[], None]] = []
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
+    stop = threading.Event()
     try:
-        emulator = _start_emulator(args.host, args.aws_port)
+        emulator = _start_emulator(host, aws_port)
         cleanups.append(emulator.stop)
-        aws = Session(region_name=REGION, localstack_host=f"{args.host}:{args.aws_port}")
+        aws = Session(region_name=REGION, localstack_host=f"{host}:{aws_port}")
         identity = DevIdentityProvider.create(state_dir / "dev-idp")
-        parameters = {"PaginationSecret": _pagination_secret(state_dir)}
-        if args.retry_interval_seconds:
-            parameters["RetryIntervalSeconds"] = args.retry_interval_seconds
-        stack = deploy(
+        deployed = deploy(
             dynamodb=aws.client("dynamodb"),
             lambda_client=aws.client("lambda"),
             iam=aws.client("iam"),
@@ -167,31 +183,66 @@ def main(argv: list[str] | None = None) -> int:
             region=REGION,
             identity_issuer=identity.issuer,
             identity_audience=identity.audience,
-            parameters=parameters,
+            parameters={"PaginationSecret": _pagination_secret(state_dir), **(parameters or {})},
         )
-        os.environ.update(stack.api_environment)
-        seeded = 0 if args.no_seed else _seed_catalog()
+        os.environ.update(deployed.api_environment)
+        seeded = _seed_catalog() if seed else 0
         tokens_path = _write_tokens(state_dir, identity)
 
         scheduler = threading.Thread(
-            target=_run_schedules, args=(stack.schedules, aws.client("lambda"), stop), daemon=True
+            target=_run_schedules, args=(deployed.schedules, aws.client("lambda"), stop), daemon=True
         )
         scheduler.start()
+        cleanups.append(stop.set)
 
         from app import app
         from infra.local.api_server import create_api_server
 
-        api_server = create_api_server(app, args.host, args.api_port)
-        api_thread = threading.Thread(target=api_server.serve_forever, daemon=True)
-        api_thread.start()
+        api_server = create_api_server(app, host, api_port)
+        threading.Thread(target=api_server.serve_forever, daemon=True).start()
         cleanups.append(api_server.shutdown)
+    except BaseException:
+        for cleanup in reversed(cleanups):
+            cleanup()
+        raise
+    return LocalStack(
+        api_url=f"http://{host}:{api_port}",
+        aws_endpoint=aws_endpoint,
+        tokens_path=tokens_path,
+        seeded=seeded,
+        deployed=deployed,
+        _stop=stop,
+        _cleanups=cleanups,
+    )
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    parameters = {}
+    if args.retry_interval_seconds:
+        parameters["RetryIntervalSeconds"] = args.retry_interval_seconds
+    stack = start_stack(
+        host=args.host,
+        api_port=args.api_port,
+        aws_port=args.aws_port,
+        state_dir=args.state_dir,
+        seed=not args.no_seed,
+        parameters=parameters,
+    )
+    try:
         print(
             f"Shop is up.\n"
-            f"  API:           http://{args.host}:{args.api_port}  (GET /health, GET /openapi.json)\n"
-            f"  AWS emulator:  {aws_endpoint}  (LocalStack edge port; moto)\n"
-            f"  Dev tokens:    {tokens_path}\n"
-            f"  Demo catalog:  {seeded} products\n"
+            f"  API:           {stack.api_url}  (GET /health, GET /openapi.json)\n"
+            f"  AWS emulator:  {stack.aws_endpoint}  (LocalStack edge port; moto)\n"
+            f"  Dev tokens:    {stack.tokens_path}\n"
+            f"  Demo catalog:  {stack.seeded} products\n"
             f"Ctrl-C stops everything.",
             flush=True,
         )
@@ -199,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Stopping...", flush=True)
         return 0
     finally:
-        stop.set()
-        for cleanup in reversed(cleanups):
-            cleanup()
+        stack.stop()
 
 
 if __name__ == "__main__":
