@@ -58,7 +58,7 @@ def dangling_transitions(machine: dict[str, Any], where: str = "") -> list[str]:
         targets = [state.get("Next"), state.get("Default")]
         targets += [choice.get("Next") for choice in state.get("Choices", [])]
         targets += [catcher.get("Next") for catcher in state.get("Catch", [])]
-        problems += [f"{where}{name} -> missing state {target!r}" for target in targets if target and target not in states]
+        problems += [f"{where}{name} -> missing state {t!r}" for t in targets if t and t not in states]
         for index, branch in enumerate(state.get("Branches", [])):
             problems += dangling_transitions(branch, f"{where}{name}.Branches[{index}].")
         for key in ("Iterator", "ItemProcessor"):

@@ -17,6 +17,7 @@ if a moto upgrade changes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -82,10 +83,9 @@ def _extract(zip_bytes: bytes, kind: str) -> Path:
         staging = Path(tempfile.mkdtemp(dir=CACHE_DIR.parent if CACHE_DIR.exists() else None))
         zipfile.ZipFile(io.BytesIO(zip_bytes)).extractall(staging)
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        try:
+        # Another invocation may have extracted the same code first; either copy will do.
+        with contextlib.suppress(OSError):
             staging.rename(target)
-        except OSError:  # another invocation extracted the same code first
-            pass
     return target
 
 
@@ -100,7 +100,7 @@ def _layer_dirs(function: LambdaFunction) -> list[Path]:
 
 
 def _handler_of(function: LambdaFunction, code_dir: Path) -> Callable[[Any, Any], Any]:
-    module_file, handler_name = function.handler.rsplit(".", 1)
+    module_file, handler_name = str(function.handler).rsplit(".", 1)
     key = f"{function.function_name}:{code_dir.name}"
     with _lock:
         module = _modules.get(key)
@@ -129,7 +129,7 @@ def _error_payload(error: BaseException) -> str:
 def _context(function: LambdaFunction) -> LambdaContext:
     return LambdaContext(
         function_name=function.function_name,
-        function_version=function.version,
+        function_version=str(function.version),
         invoked_function_arn=function.function_arn,
         memory_limit_in_mb=int(function.memory_size),
         log_group_name=function.logs_group_name,
@@ -182,7 +182,7 @@ def _invoke_in_subprocess(function: LambdaFunction, event: Any) -> tuple[str, bo
     }
     context = _context(function).__dict__
     completed = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS_RUNNER, function.handler, json.dumps(context)],
+        [sys.executable, "-c", _SUBPROCESS_RUNNER, str(function.handler), json.dumps(context)],
         input=json.dumps(event),
         capture_output=True,
         text=True,

@@ -38,18 +38,12 @@ def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
 
 def resources_of_type(template: Mapping[str, Any], *types: str) -> dict[str, dict[str, Any]]:
     return {
-        logical_id: resource
-        for logical_id, resource in template["Resources"].items()
-        if resource.get("Type") in types
+        logical_id: resource for logical_id, resource in template["Resources"].items() if resource.get("Type") in types
     }
 
 
 def parameter_defaults(template: Mapping[str, Any]) -> dict[str, str]:
-    return {
-        name: str(spec["Default"])
-        for name, spec in template.get("Parameters", {}).items()
-        if "Default" in spec
-    }
+    return {name: str(spec["Default"]) for name, spec in template.get("Parameters", {}).items() if "Default" in spec}
 
 
 _SUB_PATTERN = re.compile(r"\$\{([^}!][^}]*)\}")
@@ -91,7 +85,7 @@ class Resolver:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (key, arg), = value.items()
+            ((key, arg),) = value.items()
             handler: Callable[[Any], Any] | None = {
                 "Ref": lambda a: self.ref(a),
                 "Fn::GetAtt": lambda a: self.get_att(*(a if isinstance(a, list) else a.split(".", 1))),

@@ -1,0 +1,110 @@
+"""Canary for the Docker-free Lambda adapter (infra/local/lambda_runtime.py).
+
+The adapter replaces a private moto method. If a moto upgrade renames it, changes its signature
+or stops routing Invoke through it, these tests fail loudly instead of the saga tests failing
+obscurely.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.awslambda.models import LambdaFunction
+
+from infra.local import lambda_runtime
+
+HANDLER_SOURCE = """
+import os
+
+class PaymentDeclined(Exception):
+    pass
+
+deliveries = 0
+
+def handler(event, context):
+    global deliveries
+    deliveries += 1
+    if event.get("count"):
+        return {"deliveries": deliveries}
+    if event.get("fail"):
+        raise PaymentDeclined("card declined")
+    return {"echo": event, "function": context.function_name, "flavour": os.environ.get("FLAVOUR")}
+"""
+
+
+def _zip(source: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", source)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def lambda_client() -> Iterator[Any]:
+    lambda_runtime.install()
+    with mock_aws():
+        iam = boto3.client("iam")
+        role = iam.create_role(RoleName="canary", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        client = boto3.client("lambda")
+        client.create_function(
+            FunctionName="canary",
+            Runtime="python3.12",
+            Role=role,
+            Handler="app.handler",
+            Code={"ZipFile": _zip(HANDLER_SOURCE)},
+            Environment={"Variables": {"FLAVOUR": "vanilla"}},
+        )
+        yield client
+
+
+def test_moto_still_has_the_private_hook_the_adapter_replaces() -> None:
+    assert lambda_runtime._ORIGINAL_INVOKE.__name__ == "_invoke_lambda"
+    parameters = list(inspect.signature(lambda_runtime._ORIGINAL_INVOKE).parameters)
+    assert parameters == ["self", "event"], f"moto changed _invoke_lambda's signature: {parameters}"
+    assert "_invoke_lambda" in inspect.getsource(LambdaFunction.invoke), "moto no longer routes Invoke through it"
+
+
+def test_invoke_runs_the_handler_from_the_deployment_zip(lambda_client: Any) -> None:
+    response = lambda_client.invoke(FunctionName="canary", Payload=json.dumps({"n": 1}))
+    assert "FunctionError" not in response
+    assert json.loads(response["Payload"].read()) == {"echo": {"n": 1}, "function": "canary", "flavour": "vanilla"}
+
+
+def test_handler_errors_come_back_in_aws_shape(lambda_client: Any) -> None:
+    response = lambda_client.invoke(FunctionName="canary", Payload=json.dumps({"fail": True}))
+    assert response["FunctionError"] == "Handled"
+    payload = json.loads(response["Payload"].read())
+    assert payload["errorType"] == "PaymentDeclined"
+    assert payload["errorMessage"] == "card declined"
+    assert isinstance(payload["stackTrace"], list)
+
+
+def test_subprocess_isolation_runs_the_same_handler(lambda_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_LAMBDA_ISOLATION", "subprocess")
+    ok = lambda_client.invoke(FunctionName="canary", Payload=json.dumps({"n": 2}))
+    assert json.loads(ok["Payload"].read())["echo"] == {"n": 2}
+    failed = lambda_client.invoke(FunctionName="canary", Payload=json.dumps({"fail": True}))
+    assert json.loads(failed["Payload"].read())["errorType"] == "PaymentDeclined"
+
+
+def test_duplicate_delivery_fault_runs_the_handler_twice(lambda_client: Any) -> None:
+    def deliveries() -> int:
+        response = lambda_client.invoke(FunctionName="canary", Payload=json.dumps({"count": True}))
+        return int(json.loads(response["Payload"].read())["deliveries"])
+
+    before = deliveries()
+    lambda_runtime.faults.duplicate_deliveries.add("canary")
+    try:
+        duplicated = deliveries()
+    finally:
+        lambda_runtime.faults.duplicate_deliveries.clear()
+    assert duplicated == before + 2
+    assert deliveries() == duplicated + 1
