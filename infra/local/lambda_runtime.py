@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 import uuid
 import zipfile
@@ -59,6 +60,24 @@ class FaultInjection:
 
 
 faults = FaultInjection()
+
+
+@dataclass
+class InvocationStats:
+    """Handler wall time per function, for `make bench` (in-process, so no cold starts or network)."""
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def record(self, function_name: str, elapsed: float) -> None:
+        with _lock:
+            self.seconds.setdefault(function_name, []).append(elapsed)
+
+    def reset(self) -> None:
+        with _lock:
+            self.seconds.clear()
+
+
+stats = InvocationStats()
 
 
 @dataclass
@@ -187,6 +206,7 @@ def _invoke_in_subprocess(function: LambdaFunction, event: Any) -> tuple[str, bo
         capture_output=True,
         text=True,
         env=environment,
+        cwd=code_dir,  # as in Lambda's /var/task: the handler module wins over any same-named one
         timeout=int(function.timeout) + 30,
         check=False,
     )
@@ -204,7 +224,9 @@ def _invoke(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
         except Exception as error:  # noqa: BLE001 - injected faults surface as invocation errors
             return _error_payload(error), True, ""
     run = _invoke_in_subprocess if os.environ.get("SHOP_LAMBDA_ISOLATION") == "subprocess" else _invoke_in_process
+    started = time.perf_counter()
     result = run(self, event)
+    stats.record(self.function_name, time.perf_counter() - started)
     if self.function_name in faults.duplicate_deliveries:
         result = run(self, event)
     return result
