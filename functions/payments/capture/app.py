@@ -1,0 +1,14 @@
+"""Saga step: capture the authorized payment (CaptureExceedsAuthorization, PaymentStateConflict)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shop.domain.payments import capture_payment
+from shop.models.payments import CapturePayment, parse_event
+from shop.observability import instrumented
+
+
+@instrumented
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return capture_payment(parse_event(CapturePayment, event)).model_dump(mode="json")

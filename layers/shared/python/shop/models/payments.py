@@ -1,0 +1,131 @@
+"""Payments boundaries: the saga steps' events, the stored payment and what the steps return."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+
+from shop.errors import FieldError
+from shop.models.base import Record, StrictModel
+from shop.models.money import Currency, Money
+
+# Order ids come from the saga; any printable id up to 128 characters (as inventory accepts).
+OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
+PaymentToken = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
+
+# PENDING: an authorization was attempted and has no outcome yet. VOIDED with nothing authorized
+# is what voiding an order that never got an authorization leaves behind (it also fences off a
+# late authorization of that order).
+PaymentStatus = Literal["PENDING", "AUTHORIZED", "DECLINED", "CAPTURED", "VOIDED", "PARTIALLY_REFUNDED", "REFUNDED"]
+CAPTURED_STATUSES: frozenset[str] = frozenset({"CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED"})
+
+BreakerStateName = Literal["CLOSED", "OPEN", "HALF_OPEN"]
+
+
+# ---------------------------------------------------------------------------- saga step events
+class _PaymentStep(StrictModel):
+    order_id: OrderId
+    # The saga passes its execution name for log correlation (and to tell partial refunds apart).
+    execution_name: ExecutionName | None = None
+
+
+class AuthorizePayment(_PaymentStep):
+    amount: Money
+    payment_token: PaymentToken
+
+
+class CapturePayment(_PaymentStep):
+    amount: Money
+
+
+class VoidPayment(_PaymentStep):
+    pass
+
+
+class RefundPayment(_PaymentStep):
+    # None refunds everything captured and not refunded yet.
+    amount: Money | None = None
+
+
+# ---------------------------------------------------------------------------- stored and returned
+class RefundEntry(Record):
+    ref: str
+    amount: int
+    at: str
+
+
+class Payment(Record):
+    """The item in PaymentsTable, one per order. Amounts are minor units of ``currency``."""
+
+    order_id: str
+    status: PaymentStatus
+    currency: Currency = "USD"
+    provider: str
+    authorized_amount: int = 0
+    captured_amount: int = 0
+    refunded_amount: int = 0
+    authorization_ref: str | None = None
+    capture_ref: str | None = None
+    void_ref: str | None = None
+    # Keyed by the refund's idempotency key, so recording the same refund twice is a no-op.
+    refunds: dict[str, RefundEntry] = Field(default_factory=dict)
+    decline_code: str | None = None
+    attempts: int = 0
+    created_at: str
+    updated_at: str
+
+    @property
+    def refundable_amount(self) -> int:
+        return self.captured_amount - self.refunded_amount if self.status in CAPTURED_STATUSES else 0
+
+    def summary(self) -> PaymentSummary:
+        return PaymentSummary(
+            order_id=self.order_id,
+            status=self.status,
+            authorized=Money(amount=self.authorized_amount, currency=self.currency),
+            captured=Money(amount=self.captured_amount, currency=self.currency),
+            refunded=Money(amount=self.refunded_amount, currency=self.currency),
+        )
+
+
+class PaymentSummary(Record):
+    """What every payment step returns; the Order's ``payment`` field is this without ``order_id``."""
+
+    order_id: str
+    status: PaymentStatus
+    authorized: Money
+    captured: Money
+    refunded: Money
+
+
+class CircuitBreakerStatus(Record):
+    """What operators see of the payment provider's circuit breaker."""
+
+    name: str
+    state: BreakerStateName
+    consecutive_failures: int
+    failure_threshold: int
+    window_seconds: float
+    cooldown_seconds: float
+    opened_at: str | None
+    # Seconds until an open breaker lets a probe through (0 once it may); None unless OPEN.
+    retry_after_seconds: float | None
+    probe_in_flight: bool
+    updated_at: str | None
+
+
+EventModel = TypeVar("EventModel", bound=BaseModel)
+
+
+def parse_event(model: type[EventModel], event: object) -> EventModel:
+    """Validate a Lambda event; bad input is a FieldError (400) that names each field."""
+    try:
+        return model.model_validate(event)
+    except ValidationError as error:
+        errors = [
+            {"field": ".".join(str(part) for part in issue["loc"]) or "event", "message": issue["msg"]}
+            for issue in error.errors(include_url=False)
+        ]
+        raise FieldError(f"invalid {model.__name__} event", errors) from None

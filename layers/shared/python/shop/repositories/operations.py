@@ -1,0 +1,344 @@
+"""Operational state shared by every function instance, in OperationsTable (pk, sk).
+
+- Circuit breakers: ``pk = "circuit#{name}"``, ``sk = "state"``; every write is a
+  compare-and-set on ``version``.
+- The payment simulator:
+  - ``pk = "simulator#request#{idempotency key}"``: ``sk = "result"`` is the first result for the
+    key; ``sk = "attempt"`` marks that an attempt was made (tok_flaky fails only the first).
+  - ``pk = "simulator#authorization#{ref}"``: the ledger of one authorization. ``sk =
+    "authorization"`` holds its amounts and status; ``capture#``, ``void#`` and ``refund#`` items
+    record each operation. A result and its ledger change are written in ONE transaction, so a
+    key can never be answered without the ledger having moved, or the reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from shop import aws
+from shop.config import table_settings
+from shop.errors import (
+    CaptureExceedsAuthorization,
+    PaymentProviderError,
+    PaymentStateConflict,
+    RefundExceedsCapture,
+)
+from shop.models.base import iso_now
+from shop.payments.circuit_breaker import BreakerState
+from shop.payments.simulator import LedgerAuthorization, LedgerEntry, SimulatedResult, SimulatorLedger
+
+_BUSY_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TransactionConflictException",
+        "TransactionInProgressException",
+        "InternalServerError",
+    }
+)
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def _marshal(item: Mapping[str, Any]) -> dict[str, Any]:
+    # TypeSerializer refuses floats (they may be inexact); breaker times are plain epoch seconds.
+    return {
+        key: _serializer.serialize(Decimal(repr(value)) if isinstance(value, float) else value)
+        for key, value in item.items()
+        if value is not None
+    }
+
+
+def _unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _deserializer.deserialize(value) for key, value in item.items()}
+
+
+def _key(pk: str, sk: str) -> dict[str, Any]:
+    return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
+def _table() -> str:
+    return table_settings().operations_table
+
+
+def _call(operation: str, **request: Any) -> Any:
+    try:
+        return getattr(aws.dynamodb(), operation)(**request)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in _BUSY_CODES:
+            raise PaymentProviderError(f"operations state is busy ({code}); retry") from error
+        raise
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+# ---------------------------------------------------------------------------- circuit breakers
+class DynamoBreakerStore:
+    """``BreakerStore`` over OperationsTable."""
+
+    @staticmethod
+    def _pk(name: str) -> str:
+        return f"circuit#{name}"
+
+    def load(self, name: str) -> BreakerState:
+        response = _call("get_item", TableName=_table(), Key=_key(self._pk(name), "state"), ConsistentRead=True)
+        item = response.get("Item")
+        if not item:
+            return BreakerState()
+        fields = _unmarshal(item)
+        return BreakerState.model_validate({k: v for k, v in fields.items() if k not in ("pk", "sk")})
+
+    def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
+        item = {
+            **state.model_dump(mode="python"),
+            "pk": self._pk(name),
+            "sk": "state",
+            "version": expected_version + 1,
+            "updated_at": iso_now(),
+        }
+        if expected_version == 0:
+            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        else:
+            condition = {
+                "ConditionExpression": "version = :expected",
+                "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+            }
+        try:
+            _call("put_item", TableName=_table(), Item=_marshal(item), **condition)
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+
+# ---------------------------------------------------------------------------- payment simulator
+class _Cancelled(Exception):  # noqa: N818 - internal signal, mirrors TransactionCanceledException
+    def __init__(self, codes: list[str], items: list[dict[str, Any] | None]) -> None:
+        super().__init__(", ".join(codes))
+        self.codes = codes
+        self.items = items
+
+
+class DynamoSimulatorStore:
+    """``SimulatorStore`` over OperationsTable."""
+
+    @staticmethod
+    def _request_pk(idempotency_key: str) -> str:
+        return f"simulator#request#{idempotency_key}"
+
+    @staticmethod
+    def _ledger_pk(authorization_ref: str) -> str:
+        return f"simulator#authorization#{authorization_ref}"
+
+    def result(self, idempotency_key: str) -> SimulatedResult | None:
+        response = _call(
+            "get_item", TableName=_table(), Key=_key(self._request_pk(idempotency_key), "result"), ConsistentRead=True
+        )
+        item = response.get("Item")
+        return SimulatedResult.model_validate(_unmarshal(item)) if item else None
+
+    def first_attempt(self, idempotency_key: str) -> bool:
+        try:
+            _call(
+                "put_item",
+                TableName=_table(),
+                Item=_marshal({"pk": self._request_pk(idempotency_key), "sk": "attempt", "at": iso_now()}),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def record_decline(self, result: SimulatedResult) -> SimulatedResult:
+        return self._record(result, [])
+
+    def record_authorization(self, result: SimulatedResult, token: str) -> SimulatedResult:
+        now = result.created_at
+        authorization = LedgerAuthorization(
+            reference=str(result.reference),
+            token=token,
+            amount=result.amount,
+            currency=result.currency,
+            status="AUTHORIZED",
+            created_at=now,
+            updated_at=now,
+        )
+        put = {
+            "Put": {
+                "TableName": _table(),
+                "Item": _marshal(
+                    {
+                        **authorization.model_dump(),
+                        "pk": self._ledger_pk(authorization.reference),
+                        "sk": "authorization",
+                    }
+                ),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+        return self._record(result, [put])
+
+    def record_capture(self, result: SimulatedResult) -> SimulatedResult:
+        # One capture per authorization, at most its amount; the remainder is released.
+        update = self._authorization_update(
+            result,
+            "SET #status = :captured, captured_amount = :amount, refundable_amount = :amount, updated_at = :now",
+            "#status = :authorized AND amount >= :amount",
+            {":captured": "CAPTURED", ":authorized": "AUTHORIZED", ":amount": result.amount},
+        )
+        try:
+            return self._record(result, [update, self._entry_put(result, "capture")])
+        except _Cancelled as cancelled:
+            authorization = self._cancelled_authorization(cancelled, result)
+            if authorization.status != "AUTHORIZED":
+                raise PaymentStateConflict(f"authorization is {authorization.status}; cannot capture") from None
+            raise CaptureExceedsAuthorization(
+                f"capture of {result.amount} exceeds the authorized {authorization.amount}"
+            ) from None
+
+    def record_void(self, result: SimulatedResult) -> SimulatedResult:
+        update = self._authorization_update(
+            result,
+            "SET #status = :voided, updated_at = :now",
+            "#status = :authorized",
+            {":voided": "VOIDED", ":authorized": "AUTHORIZED"},
+        )
+        try:
+            return self._record(result, [update, self._entry_put(result, "void")])
+        except _Cancelled as cancelled:
+            authorization = self._cancelled_authorization(cancelled, result)
+            raise PaymentStateConflict(f"authorization is {authorization.status}; cannot void") from None
+
+    def record_refund(self, result: SimulatedResult) -> SimulatedResult:
+        # ``refundable_amount`` counts down, so refunds <= capture needs no arithmetic in the condition.
+        update = self._authorization_update(
+            result,
+            "SET refundable_amount = refundable_amount - :amount, refunded_amount = refunded_amount + :amount, "
+            "updated_at = :now",
+            "#status = :captured AND refundable_amount >= :amount",
+            {":captured": "CAPTURED", ":amount": result.amount},
+        )
+        try:
+            return self._record(result, [update, self._entry_put(result, "refund")])
+        except _Cancelled as cancelled:
+            authorization = self._cancelled_authorization(cancelled, result)
+            if authorization.status != "CAPTURED":
+                raise PaymentStateConflict(f"authorization is {authorization.status}; cannot refund") from None
+            raise RefundExceedsCapture(
+                f"refund of {result.amount} exceeds the {authorization.refundable_amount} still refundable"
+            ) from None
+
+    def ledger(self, authorization_ref: str) -> SimulatorLedger | None:
+        items: list[dict[str, Any]] = []
+        request: dict[str, Any] = {
+            "TableName": _table(),
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": self._ledger_pk(authorization_ref)}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = _call("query", **request)
+            items.extend(_unmarshal(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        authorization = next((item for item in items if item["sk"] == "authorization"), None)
+        if authorization is None:
+            return None
+        entries = sorted(
+            (LedgerEntry.model_validate(item) for item in items if item["sk"] != "authorization"),
+            key=lambda entry: (entry.created_at, entry.reference),
+        )
+        return SimulatorLedger(authorization=LedgerAuthorization.model_validate(authorization), entries=entries)
+
+    # ------------------------------------------------------------------ plumbing
+    def _record(self, result: SimulatedResult, ledger_actions: list[dict[str, Any]]) -> SimulatedResult:
+        """Store ``result`` under its key together with ``ledger_actions``; the key's first
+        result if it was already used. Raises ``_Cancelled`` when a ledger action's condition
+        failed (reasons line up with the actions, the result's Put first)."""
+        put_result = {
+            "Put": {
+                "TableName": _table(),
+                "Item": _marshal(
+                    {**result.model_dump(), "pk": self._request_pk(result.idempotency_key), "sk": "result"}
+                ),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+        try:
+            _call("transact_write_items", TransactItems=[put_result, *ledger_actions])
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = error.response.get("CancellationReasons", [])
+            codes = [str(reason.get("Code", "None")) for reason in reasons]
+            if "TransactionConflict" in codes:
+                raise PaymentProviderError("simulator state is busy (TransactionConflict); retry") from error
+            if codes and codes[0] == "ConditionalCheckFailed":
+                earlier = self.result(result.idempotency_key)
+                if earlier is not None:
+                    return earlier
+            if "ConditionalCheckFailed" in codes[1:]:
+                raise _Cancelled(
+                    codes, [_unmarshal(reason["Item"]) if reason.get("Item") else None for reason in reasons]
+                ) from error
+            raise
+        return result
+
+    def _authorization_update(
+        self, result: SimulatedResult, expression: str, condition: str, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": _table(),
+                "Key": _key(self._ledger_pk(str(result.authorization_ref)), "authorization"),
+                "UpdateExpression": expression,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": _marshal({**values, ":now": result.created_at}),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    def _entry_put(self, result: SimulatedResult, kind: str) -> dict[str, Any]:
+        entry = LedgerEntry(
+            kind=kind,  # type: ignore[arg-type]
+            reference=str(result.reference),
+            amount=result.amount,
+            idempotency_key=result.idempotency_key,
+            created_at=result.created_at,
+        )
+        return {
+            "Put": {
+                "TableName": _table(),
+                "Item": _marshal(
+                    {
+                        **entry.model_dump(),
+                        "pk": self._ledger_pk(str(result.authorization_ref)),
+                        "sk": f"{kind}#{entry.reference}",
+                    }
+                ),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+
+    @staticmethod
+    def _cancelled_authorization(cancelled: _Cancelled, result: SimulatedResult) -> LedgerAuthorization:
+        # The authorization update is always the action right after the result's Put.
+        item = cancelled.items[1] if len(cancelled.items) > 1 else None
+        if item is None:
+            raise PaymentStateConflict(f"unknown authorization {result.authorization_ref!r}") from None
+        return LedgerAuthorization.model_validate(item)
