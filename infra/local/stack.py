@@ -93,6 +93,12 @@ def _start_emulator(host: str, port: int) -> Any:
     return server
 
 
+def _dynamodb_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
+
+
 def _seed_catalog() -> int:
     from shop.domain import catalog
     from shop.models.catalog import NewProduct
@@ -141,6 +147,13 @@ class LocalStack:
     _stop: threading.Event = field(default_factory=threading.Event)
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
+    def client(self, service: str) -> Any:
+        """A boto3 client bound to this stack's emulator, through localstack-client."""
+        from localstack_client.session import Session
+
+        host_port = self.aws_endpoint.removeprefix("http://")
+        return Session(region_name=REGION, localstack_host=host_port).client(service)
+
     def stop(self) -> None:
         self._stop.set()
         while self._cleanups:
@@ -155,12 +168,19 @@ def start_stack(
     state_dir: Path = REPO_ROOT / ".local",
     seed: bool = True,
     parameters: dict[str, str] | None = None,
+    dynamodb_endpoint: str | None = None,
 ) -> LocalStack:
-    """Start the emulator, deploy the template, seed, start the scheduler and the API."""
+    """Start the emulator, deploy the template, seed, start the scheduler and the API.
+
+    ``dynamodb_endpoint`` puts the tables on another DynamoDB (e.g. DynamoDB Local) while
+    Lambda and Step Functions stay in the emulator.
+    """
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     aws_endpoint = f"http://{host}:{aws_port}"
     _configure_process_environment(aws_endpoint)
+    if dynamodb_endpoint:
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = dynamodb_endpoint
 
     from localstack_client.session import Session
 
@@ -175,7 +195,7 @@ def start_stack(
         aws = Session(region_name=REGION, localstack_host=f"{host}:{aws_port}")
         identity = DevIdentityProvider.create(state_dir / "dev-idp")
         deployed = deploy(
-            dynamodb=aws.client("dynamodb"),
+            dynamodb=_dynamodb_client(dynamodb_endpoint) if dynamodb_endpoint else aws.client("dynamodb"),
             lambda_client=aws.client("lambda"),
             iam=aws.client("iam"),
             stepfunctions=aws.client("stepfunctions"),
