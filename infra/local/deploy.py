@@ -13,6 +13,7 @@ stand-ins: the API runs under `chalice local`, the identity provider is the dev 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,7 +87,13 @@ def zip_directory(directory: Path) -> bytes:
 def _table_request(name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
     request = {
         key: properties[key]
-        for key in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "LocalSecondaryIndexes", "BillingMode")
+        for key in (
+            "AttributeDefinitions",
+            "KeySchema",
+            "GlobalSecondaryIndexes",
+            "LocalSecondaryIndexes",
+            "BillingMode",
+        )
         if key in properties
     }
     request["TableName"] = name
@@ -98,8 +105,40 @@ def _ensure_execution_role(iam: Any) -> str:
     try:
         return str(iam.get_role(RoleName=LOCAL_ROLE_NAME)["Role"]["Arn"])
     except iam.exceptions.NoSuchEntityException:
-        trust = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]}, "Action": "sts:AssumeRole"}]}'
-        return str(iam.create_role(RoleName=LOCAL_ROLE_NAME, AssumeRolePolicyDocument=trust)["Role"]["Arn"])
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        created = iam.create_role(RoleName=LOCAL_ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
+        return str(created["Role"]["Arn"])
+
+
+def create_tables(dynamodb: Any, prefix: str, template: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Create every table of the template (keys, GSIs, TTL) as ``{prefix}-{logical id}``.
+
+    Used by ``deploy`` and on its own by tiers that only need the tables, e.g. the fidelity tests
+    against DynamoDB Local. Returns the physical name of each table by logical id.
+    """
+    template = template or load_template()
+    names: dict[str, str] = {}
+    for logical_id, resource in resources_of_type(template, TABLE).items():
+        name = f"{prefix}-{logical_id}"
+        properties = resource["Properties"]
+        dynamodb.create_table(**_table_request(name, properties))
+        ttl = properties.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+            )
+        names[logical_id] = name
+    return names
 
 
 def deploy(
@@ -132,16 +171,7 @@ def deploy(
     for logical_id in resources_of_type(template, USER_POOL_CLIENT):
         resolver.refs[logical_id] = identity_audience
 
-    for logical_id, resource in resources_of_type(template, TABLE).items():
-        name = f"{prefix}-{logical_id}"
-        properties = resource["Properties"]
-        dynamodb.create_table(**_table_request(name, properties))
-        ttl = properties.get("TimeToLiveSpecification")
-        if ttl and ttl.get("Enabled"):
-            dynamodb.update_time_to_live(
-                TableName=name,
-                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
-            )
+    for logical_id, name in create_tables(dynamodb, prefix, template).items():
         resolver.refs[logical_id] = name
         resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:dynamodb:{region}:{LOCAL_ACCOUNT}:table/{name}"
         stack.table_names[logical_id] = name
@@ -163,7 +193,7 @@ def deploy(
         resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:lambda:{region}:{LOCAL_ACCOUNT}:function:{name}"
         stack.function_names[logical_id] = name
 
-    for logical_id, resource in resources_of_type(template, STATE_MACHINE).items():
+    for logical_id in resources_of_type(template, STATE_MACHINE):
         # The ARN is known before creation, so functions and the API may refer to it.
         name = f"{prefix}-{logical_id}"
         arn = f"arn:aws:states:{region}:{LOCAL_ACCOUNT}:stateMachine:{name}"

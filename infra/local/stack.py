@@ -80,9 +80,10 @@ def _start_emulator(host: str, port: int) -> Any:
     import requests
     from moto.server import ThreadedMotoServer
 
-    from infra.local import lambda_runtime
+    from infra.local import lambda_runtime, moto_dynamodb
 
     lambda_runtime.install()
+    moto_dynamodb.install()
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     requests.post(

@@ -1,1 +1,15 @@
-def handler(event, context): raise NotImplementedError  # replaced by the inventory work
+"""Saga compensation and refunds: return a reservation's stock (-> RELEASED); a missing one is a no-op."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shop.domain import inventory
+from shop.models.inventory import ReleaseReservation, parse_event
+from shop.observability import instrumented
+
+
+@instrumented
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    request = parse_event(ReleaseReservation, event)
+    return inventory.release(request.reservation_id).model_dump(mode="json")

@@ -1,1 +1,15 @@
-def handler(event, context): raise NotImplementedError  # replaced by the inventory work
+"""Saga step: reserve every line's stock for an order, all or nothing (ReservationsTable + ProductsTable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shop.domain import inventory
+from shop.models.inventory import ReserveStock, parse_event
+from shop.observability import instrumented
+
+
+@instrumented
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    request = parse_event(ReserveStock, event)
+    return inventory.reserve(request.reservation_id, request.order_id, request.lines).model_dump(mode="json")

@@ -6,20 +6,84 @@ warm Lambda; resources are not thread-safe, so none are used.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-# Standard retry mode with adaptive backoff handles throttling inside one call; the saga's
-# Retry policies handle what is still failing after that.
+# Standard retry mode handles throttling inside one call; the saga's Retry policies handle what
+# is still failing after that.
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4})
 
+_READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
+_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 
-@lru_cache(maxsize=None)
+
+@dataclass
+class CapacityMeter:
+    """Counts DynamoDB requests and the capacity units DynamoDB reports for them (`make bench`).
+
+    Off unless enabled before the first client is built. When on, every data-plane request asks
+    for ``ReturnConsumedCapacity=TOTAL`` and the reported units are summed per direction.
+    """
+
+    enabled: bool = False
+    read_units: float = 0.0
+    write_units: float = 0.0
+    requests: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def attach(self, dynamodb_client: Any) -> None:
+        events = dynamodb_client.meta.events
+        for operation in _READS | _WRITES:
+            events.register(f"provide-client-params.dynamodb.{operation}", self._ask_for_capacity)
+            events.register(f"after-call.dynamodb.{operation}", self._record)
+
+    @staticmethod
+    def _ask_for_capacity(params: dict[str, Any], **_: Any) -> None:
+        params.setdefault("ReturnConsumedCapacity", "TOTAL")
+
+    def _record(self, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        consumed = parsed.get("ConsumedCapacity") or []
+        units = sum(
+            entry.get("CapacityUnits", 0.0) for entry in (consumed if isinstance(consumed, list) else [consumed])
+        )
+        with self._lock:
+            self.requests[model.name] += 1
+            if model.name in _READS:
+                self.read_units += units
+            else:
+                self.write_units += units
+
+    def reset(self) -> None:
+        with self._lock:
+            self.read_units = self.write_units = 0.0
+            self.requests.clear()
+
+
+capacity_meter = CapacityMeter()
+
+
+_clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
+
+
 def client(service: str) -> Any:
-    return boto3.session.Session().client(service, config=_CLIENT_CONFIG)  # type: ignore[call-overload]
+    # Built once per process under a lock: concurrent first calls would each load the service
+    # model (seconds under contention) and race on the cache.
+    built = _clients.get(service)
+    if built is None:
+        with _clients_lock:
+            built = _clients.get(service)
+            if built is None:
+                built = boto3.session.Session().client(service, config=_CLIENT_CONFIG)  # type: ignore[call-overload]
+                if service == "dynamodb" and capacity_meter.enabled:
+                    capacity_meter.attach(built)
+                _clients[service] = built
+    return built
 
 
 def dynamodb() -> Any:
@@ -32,4 +96,5 @@ def stepfunctions() -> Any:
 
 def reset_clients() -> None:
     """Drop cached clients (tests swap the emulator between sessions)."""
-    client.cache_clear()
+    with _clients_lock:
+        _clients.clear()

@@ -115,8 +115,99 @@ class ReservationNotFound(NotFound):
     title, slug = "Reservation not found", "reservation-not-found"
 
 
+class ReservationExpired(Conflict):
+    """The reservation was released (expired or compensated) before it could be committed."""
+
+    title, slug = "Reservation expired", "reservation-expired"
+
+
 # ---------------------------------------------------------------------------- transient
 class TransientError(ShopError):
     """Worth retrying with backoff: throttling, a provider 5xx, a lost race."""
 
     status, title, slug = 503, "Temporarily unavailable", "temporarily-unavailable"
+
+
+class InventoryContention(TransientError):
+    """Concurrent writers hit the same stock or reservation items (TransactionConflict, throttling)."""
+
+    title, slug = "Inventory busy", "inventory-contention"
+
+
+# ---------------------------------------------------------------------------- payments
+# Saga steps raise these; the class names are the error names the state machines match.
+class PaymentDeclined(ShopError):
+    """Business error: the provider refused the payment. Retrying cannot change the answer."""
+
+    status, title, slug = 402, "Payment declined", "payment-declined"
+
+    def __init__(self, detail: str = "", decline_code: str = "card_declined") -> None:
+        super().__init__(detail, decline_code=decline_code)
+        self.decline_code = decline_code
+
+
+class PaymentProviderError(TransientError):
+    """The provider failed transiently (timeout, 5xx): worth retrying with backoff."""
+
+    title, slug = "Payment provider unavailable", "payment-provider-error"
+
+
+class CircuitOpen(ShopError):
+    """The provider's circuit breaker is open: the call failed fast without reaching the provider."""
+
+    status, title, slug = 503, "Payment provider circuit open", "circuit-open"
+
+
+class CaptureExceedsAuthorization(Conflict):
+    title, slug = "Capture exceeds authorization", "capture-exceeds-authorization"
+
+
+class RefundExceedsCapture(Conflict):
+    title, slug = "Refund exceeds capture", "refund-exceeds-capture"
+
+
+class PaymentStateConflict(Conflict):
+    """The payment is in a state that forbids the call (e.g. voiding a captured payment)."""
+
+    title, slug = "Payment state conflict", "payment-state-conflict"
+
+
+# ---------------------------------------------------------------------------- orders
+class OrderNotFound(NotFound):
+    """Also what a customer gets for another customer's order: existence is not revealed."""
+
+    title, slug = "Order not found", "order-not-found"
+
+
+class OrderStateConflict(Conflict):
+    """A saga step found the order in a state it cannot move on from (never retried)."""
+
+    title, slug = "Order state conflict", "order-state-conflict"
+
+
+class CheckoutCancelled(ShopError):
+    """Business error at a saga checkpoint: the customer asked to cancel, so the saga compensates."""
+
+    status, title, slug = 409, "Checkout cancelled", "checkout-cancelled"
+
+
+class OrderContention(TransientError):
+    """Concurrent writers (the saga and a cancel request) kept changing the order under us."""
+
+    title, slug = "Order busy", "order-contention"
+
+
+class IdempotencyKeyInUse(Conflict):
+    """The first request with this Idempotency-Key is still being processed."""
+
+    title, slug = "Request in progress", "idempotency-key-in-use"
+
+
+class IdempotencyKeyReused(Unprocessable):
+    """The Idempotency-Key was already used with a different body."""
+
+    title, slug = "Idempotency key reused", "idempotency-key-reused"
+
+
+class DeadLetterNotFound(NotFound):
+    title, slug = "Dead letter not found", "dead-letter-not-found"

@@ -1,0 +1,130 @@
+"""Inventory boundaries: the saga's events, the stored reservation and what the steps return."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+
+from shop.errors import FieldError
+from shop.models.base import Record, StrictModel
+
+Sku = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# Reservation and order ids come from the saga (the order id); any printable id up to 128.
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+
+# Matches the HTTP contract for orders (1-50 lines, quantity 1-100), and keeps one reservation
+# (a Put plus one Update per SKU) well inside TransactWriteItems' 100-item limit.
+MAX_LINES = 50
+MAX_QUANTITY = 100
+
+ReservationStatus = Literal["RESERVED", "COMMITTED", "RELEASED"]
+ReservationOutcome = Literal["RESERVED", "COMMITTED", "RELEASED", "NOT_FOUND"]
+
+
+class ReservationLine(StrictModel):
+    sku: Sku
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
+
+
+ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class ReserveStock(StrictModel):
+    reservation_id: Identifier
+    order_id: Identifier
+    # The saga passes its execution name for log correlation; nothing else unknown is accepted.
+    execution_name: ExecutionName | None = None
+    lines: list[ReservationLine] = Field(min_length=1, max_length=MAX_LINES)
+
+    @field_validator("lines")
+    @classmethod
+    def _distinct_skus(cls, lines: list[ReservationLine]) -> list[ReservationLine]:
+        # One transaction may touch an item only once, and an order has distinct SKUs anyway.
+        skus = [line.sku for line in lines]
+        if len(set(skus)) != len(skus):
+            raise ValueError("each SKU may appear only once")
+        return lines
+
+
+class _ReservationStep(StrictModel):
+    """Commit and release name only the reservation; the saga's correlation ids are accepted."""
+
+    reservation_id: Identifier
+    order_id: Identifier | None = None
+    execution_name: ExecutionName | None = None
+
+
+class CommitReservation(_ReservationStep):
+    pass
+
+
+class ReleaseReservation(_ReservationStep):
+    pass
+
+
+class StoredLine(Record):
+    sku: str
+    quantity: int
+
+
+class Reservation(Record):
+    """The item in ReservationsTable (``held`` and ``purge_at`` are derived from ``status``)."""
+
+    reservation_id: str
+    order_id: str
+    lines: list[StoredLine]
+    status: ReservationStatus
+    expires_at: int
+    created_at: str
+    updated_at: str
+    purge_at: int | None = None
+
+    def same_lines(self, lines: list[ReservationLine]) -> bool:
+        """Order-insensitive comparison: a retried request may list the same lines differently."""
+        return sorted((line.sku, line.quantity) for line in self.lines) == sorted(
+            (line.sku, line.quantity) for line in lines
+        )
+
+
+class ReservationResult(Record):
+    """What every reservation step returns to the saga."""
+
+    reservation_id: str
+    order_id: str | None
+    status: ReservationOutcome
+    lines: list[StoredLine]
+    expires_at: int | None
+
+    @classmethod
+    def of(cls, reservation: Reservation) -> ReservationResult:
+        return cls(
+            reservation_id=reservation.reservation_id,
+            order_id=reservation.order_id,
+            status=reservation.status,
+            lines=reservation.lines,
+            expires_at=reservation.expires_at,
+        )
+
+    @classmethod
+    def not_found(cls, reservation_id: str) -> ReservationResult:
+        return cls(reservation_id=reservation_id, order_id=None, status="NOT_FOUND", lines=[], expires_at=None)
+
+
+class SweepResult(Record):
+    released: int
+
+
+EventModel = TypeVar("EventModel", bound=StrictModel)
+
+
+def parse_event(model: type[EventModel], event: object) -> EventModel:
+    """Validate a Lambda event; bad input is a FieldError (400) that names each field."""
+    try:
+        return model.model_validate(event)
+    except ValidationError as error:
+        errors = [
+            {"field": ".".join(str(part) for part in issue["loc"]) or "event", "message": issue["msg"]}
+            for issue in error.errors(include_url=False)
+        ]
+        raise FieldError(f"invalid {model.__name__} event", errors) from None

@@ -1,0 +1,338 @@
+"""Inventory against a real DynamoDB engine and against moto: the same tests on both.
+
+What the inventory relies on is checked here at the storage level: conditional writes inside
+transactions, CancellationReasons (with ReturnValuesOnConditionCheckFailure items), the sparse
+HeldByExpiry index and the TTL attribute.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from shop import aws
+from shop.config import inventory_settings
+from shop.domain import inventory
+from shop.errors import (
+    InventoryContention,
+    OutOfStock,
+    ReservationConflict,
+    ReservationExpired,
+    ReservationNotFound,
+)
+from shop.models.inventory import ReservationLine
+from shop.repositories import inventory as repository
+from tests.fidelity.conftest import Backend
+
+NOW = 1_900_000_000
+DAY = 24 * 3600
+
+
+def lines(**quantities: int) -> list[ReservationLine]:
+    return [ReservationLine(sku=sku, quantity=quantity) for sku, quantity in quantities.items()]
+
+
+def retrying(operation: Callable[[], object], deadline_seconds: float = 30.0) -> object:
+    """Retry InventoryContention as the saga's Retry does (real DynamoDB may report conflicts)."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            return operation()
+        except InventoryContention:
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_reserve_takes_stock_and_records_a_held_reservation(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    backend.put_product("B", 3)
+
+    result = inventory.reserve("order-1", "order-1", lines(A=2, B=3), now=NOW)
+
+    assert result.model_dump(mode="json") == {
+        "reservation_id": "order-1",
+        "order_id": "order-1",
+        "status": "RESERVED",
+        "lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 3}],
+        "expires_at": NOW + inventory_settings().reservation_ttl_seconds,
+    }
+    assert (backend.available("A"), backend.available("B")) == (3, 0)
+    item = backend.reservation_item("order-1")
+    assert item is not None
+    assert item["status"] == {"S": "RESERVED"}
+    assert item["held"] == {"S": "HELD"}
+    assert item["expires_at"] == {"N": str(NOW + inventory_settings().reservation_ttl_seconds)}
+    assert "purge_at" not in item
+    # Stock changes bump the product's version so optimistic writers notice them.
+    product = backend.product("A")
+    assert product is not None and product["version"] == {"N": "2"}
+
+
+def test_short_on_one_sku_changes_nothing_and_names_it(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    backend.put_product("B", 1)
+
+    with pytest.raises(OutOfStock) as raised:
+        inventory.reserve("order-1", "order-1", lines(A=2, B=2), now=NOW)
+
+    assert raised.value.short_skus == ["B"]
+    assert (backend.available("A"), backend.available("B")) == (5, 1)
+    assert backend.reservation_count() == 0
+
+
+def test_every_short_or_unknown_sku_is_reported(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    backend.put_product("B", 0)
+    backend.put_product("C", 1)
+
+    with pytest.raises(OutOfStock) as raised:
+        inventory.reserve("order-1", "order-1", lines(A=1, B=1, C=2, GHOST=1), now=NOW)
+
+    assert raised.value.short_skus == ["B", "C", "GHOST"]
+    assert [backend.available(sku) for sku in "ABC"] == [5, 0, 1]
+    assert backend.product("GHOST") is None
+    assert backend.reservation_count() == 0
+
+
+def test_retried_reserve_answers_with_the_stored_reservation(backend: Backend) -> None:
+    backend.put_product("A", 2)
+    backend.put_product("B", 1)
+    first = inventory.reserve("order-1", "order-1", lines(A=2, B=1), now=NOW)
+
+    # Same lines in another order, later: the stock is gone, yet it is the same request.
+    again = inventory.reserve("order-1", "order-1", lines(B=1, A=2), now=NOW + 60)
+
+    assert again == first
+    assert (backend.available("A"), backend.available("B")) == (0, 0)
+    assert backend.reservation_count() == 1
+
+
+def test_the_same_id_with_other_lines_is_a_conflict(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    stored = backend.reservation_item("order-1")
+
+    with pytest.raises(ReservationConflict):
+        inventory.reserve("order-1", "order-1", lines(A=3), now=NOW)
+    with pytest.raises(ReservationConflict):
+        inventory.reserve("order-1", "order-2", lines(A=2), now=NOW)
+
+    assert backend.available("A") == 3
+    assert backend.reservation_item("order-1") == stored
+
+
+def test_a_failed_put_returns_the_stored_reservation_in_its_cancellation_reason(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    duplicate = repository.get_reservation("order-1")
+    assert duplicate is not None
+
+    with pytest.raises(repository.TransactionCancelled) as raised:
+        repository.create_reservation(duplicate)
+
+    reasons = raised.value.reasons
+    assert [reason.code for reason in reasons] == ["ConditionalCheckFailed", "None"]
+    assert reasons[0].item is not None
+    assert repository.to_reservation(reasons[0].item) == duplicate
+    assert backend.available("A") == 3
+
+
+def test_commit_sells_the_stock_once(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+
+    committed = inventory.commit("order-1")
+    again = inventory.commit("order-1")
+
+    assert committed.status == again.status == "COMMITTED"
+    assert again == committed
+    assert backend.available("A") == 3
+    item = backend.reservation_item("order-1")
+    assert item is not None
+    assert item["status"] == {"S": "COMMITTED"}
+    # Off the sweeper's index, and never purged: a refund may still return this stock.
+    assert "held" not in item
+    assert "purge_at" not in item
+
+
+def test_commit_of_a_released_or_missing_reservation_fails_and_changes_nothing(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.release("order-1", now=NOW)
+    released = backend.reservation_item("order-1")
+
+    with pytest.raises(ReservationExpired):
+        inventory.commit("order-1")
+    with pytest.raises(ReservationNotFound):
+        inventory.commit("order-2")
+
+    assert backend.reservation_item("order-1") == released
+    assert backend.reservation_item("order-2") is None
+    assert backend.available("A") == 5
+
+
+def test_release_returns_the_stock_once(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    backend.put_product("B", 4)
+    inventory.reserve("order-1", "order-1", lines(A=2, B=4), now=NOW)
+
+    released = inventory.release("order-1", now=NOW + 10)
+    item_after_first = backend.reservation_item("order-1")
+    again = inventory.release("order-1", now=NOW + 20)
+
+    assert released.status == again.status == "RELEASED"
+    assert (backend.available("A"), backend.available("B")) == (5, 4)
+    assert backend.reservation_item("order-1") == item_after_first
+    assert item_after_first is not None
+    assert "held" not in item_after_first
+    # purge_at is DynamoDB TTL's attribute: a Number of epoch seconds, set once final.
+    assert item_after_first["purge_at"] == {"N": str(NOW + 10 + 30 * DAY)}
+
+
+def test_release_of_a_committed_reservation_returns_the_sold_stock(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.commit("order-1")
+
+    result = inventory.release("order-1", now=NOW)
+    inventory.release("order-1", now=NOW)
+
+    assert result.status == "RELEASED"
+    assert backend.available("A") == 5
+
+
+def test_release_of_a_missing_reservation_is_a_no_op(backend: Backend) -> None:
+    result = inventory.release("never-reserved", now=NOW)
+
+    assert result.model_dump(mode="json") == {
+        "reservation_id": "never-reserved",
+        "order_id": None,
+        "status": "NOT_FOUND",
+        "lines": [],
+        "expires_at": None,
+    }
+    assert backend.reservation_count() == 0
+
+
+def test_a_stale_release_loses_to_a_commit(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    read_before_commit = repository.get_reservation("order-1")
+    assert read_before_commit is not None
+    inventory.commit("order-1")
+
+    with pytest.raises(repository.TransactionCancelled) as raised:
+        repository.release_reservation(read_before_commit, expected="RESERVED", updated_at="now", purge_at=NOW)
+
+    reasons = raised.value.reasons
+    assert [reason.code for reason in reasons] == ["ConditionalCheckFailed", "None"]
+    assert reasons[0].item is not None and reasons[0].item["status"] == "COMMITTED"
+    assert backend.available("A") == 3
+
+
+def test_sweeper_releases_only_expired_holds(backend: Backend) -> None:
+    ttl = inventory_settings().reservation_ttl_seconds
+    backend.put_product("A", 10)
+    inventory.reserve("expired", "expired", lines(A=1), now=NOW - ttl - 1)
+    inventory.reserve("expires-now", "expires-now", lines(A=1), now=NOW - ttl)
+    inventory.reserve("committed", "committed", lines(A=1), now=NOW - ttl - 1)
+    inventory.commit("committed")
+    inventory.reserve("released", "released", lines(A=1), now=NOW - ttl - 1)
+    inventory.release("released", now=NOW)
+    inventory.reserve("fresh", "fresh", lines(A=1), now=NOW - ttl + 1)
+    assert backend.available("A") == 6
+
+    assert inventory.release_expired(NOW).released == 2
+    assert inventory.release_expired(NOW).released == 0
+
+    assert backend.available("A") == 8
+    statuses = {rid: repository.get_reservation(rid) for rid in ("expired", "expires-now", "committed", "fresh")}
+    assert {rid: r.status for rid, r in statuses.items() if r} == {
+        "expired": "RELEASED",
+        "expires-now": "RELEASED",
+        "committed": "COMMITTED",
+        "fresh": "RESERVED",
+    }
+
+
+def test_sweeper_pages_through_the_index_within_its_limit(backend: Backend) -> None:
+    backend.put_product("A", 10)
+    for number in range(3):
+        inventory.reserve(f"r{number}", f"r{number}", lines(A=1), now=NOW - DAY)
+
+    assert inventory.release_expired(NOW, limit=2).released == 2
+    assert inventory.release_expired(NOW, limit=2).released == 1
+    assert backend.available("A") == 10
+
+
+def test_ttl_is_enabled_on_purge_at(backend: Backend) -> None:
+    description = backend.client.describe_time_to_live(TableName=backend.table("ReservationsTable"))
+    assert description["TimeToLiveDescription"] == {"TimeToLiveStatus": "ENABLED", "AttributeName": "purge_at"}
+
+
+# ---------------------------------------------------------------------------- concurrency
+def test_fifty_concurrent_reservations_of_ten_units_never_oversell(backend: Backend) -> None:
+    backend.put_product("HOT", 10)
+    aws.dynamodb()  # one shared client, as in a warm Lambda, instead of 50 built at once
+
+    def reserve(number: int) -> str:
+        try:
+            retrying(lambda: inventory.reserve(f"order-{number}", f"order-{number}", lines(HOT=1), now=NOW))
+        except OutOfStock as error:
+            assert error.short_skus == ["HOT"]
+            return "out-of-stock"
+        return "reserved"
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        outcomes = Counter(pool.map(reserve, range(50)))
+
+    assert outcomes == Counter({"reserved": 10, "out-of-stock": 40})
+    assert backend.available("HOT") == 0
+    assert backend.reservation_count() == 10
+
+
+def test_concurrent_releases_return_the_stock_once(backend: Backend) -> None:
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=3), now=NOW)
+    aws.dynamodb()
+    start = threading.Barrier(10)
+
+    def release(_: int) -> str:
+        start.wait()
+        return str(retrying(lambda: inventory.release("order-1", now=NOW).status))
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = set(pool.map(release, range(10)))
+
+    assert statuses == {"RELEASED"}
+    assert backend.available("A") == 5
+
+
+def test_a_commit_racing_the_sweeper_leaves_stock_consistent(backend: Backend) -> None:
+    backend.put_product("A", 100)
+    aws.dynamodb()
+    rounds = 10
+    for number in range(rounds):
+        inventory.reserve(f"order-{number}", f"order-{number}", lines(A=1), now=NOW - DAY)
+
+    def commit(number: int) -> str:
+        try:
+            return str(retrying(lambda: inventory.commit(f"order-{number}").status))
+        except ReservationExpired:
+            return "RELEASED"
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        commits = pool.submit(lambda: [commit(number) for number in range(rounds)])
+        sweep = pool.submit(lambda: retrying(lambda: inventory.release_expired(NOW)))
+        outcomes, swept = commits.result(), sweep.result()
+
+    # Whoever won each race, stock matches the final states exactly.
+    final = [repository.get_reservation(f"order-{number}") for number in range(rounds)]
+    assert [r.status if r else None for r in final] == outcomes
+    assert outcomes.count("RELEASED") == getattr(swept, "released", None)
+    assert backend.available("A") == 100 - outcomes.count("COMMITTED")

@@ -1,0 +1,257 @@
+"""The inventory Lambda functions, deployed from the template and invoked through Lambda.
+
+Results and errors come back exactly as Step Functions sees them: a JSON result, or an error
+payload whose ``errorType`` is the exception class name the saga's Retry/Catch match.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from botocore.stub import Stubber
+
+from infra.local import lambda_runtime
+from shop import aws
+from shop.domain import inventory
+from shop.errors import InventoryContention
+from shop.models.inventory import ReservationLine
+from tests.conftest import LocalAws
+
+RESERVE = "ReserveStockFunction"
+COMMIT = "CommitReservationFunction"
+RELEASE = "ReleaseReservationFunction"
+SWEEP = "ReleaseExpiredReservationsFunction"
+
+SCHEDULED_EVENT = {
+    "version": "0",
+    "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+    "detail-type": "Scheduled Event",
+    "source": "aws.events",
+    "account": "123456789012",
+    "time": "2024-01-01T00:00:00Z",
+    "region": "us-east-1",
+    "resources": ["arn:aws:events:us-east-1:123456789012:rule/sweep"],
+    "detail": {},
+}
+
+
+def invoke(local_aws: LocalAws, function: str, event: Any) -> tuple[bool, dict[str, Any]]:
+    """(failed, payload) of a synchronous invocation."""
+    response = local_aws.client("lambda").invoke(
+        FunctionName=local_aws.function(function), Payload=json.dumps(event).encode()
+    )
+    return "FunctionError" in response, json.loads(response["Payload"].read())
+
+
+def ok(local_aws: LocalAws, function: str, event: Any) -> dict[str, Any]:
+    failed, payload = invoke(local_aws, function, event)
+    assert not failed, payload
+    return payload
+
+
+def error_type(local_aws: LocalAws, function: str, event: Any) -> str:
+    failed, payload = invoke(local_aws, function, event)
+    assert failed, payload
+    return str(payload["errorType"])
+
+
+def put_product(local_aws: LocalAws, sku: str, available: int) -> None:
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.table("ProductsTable"),
+        Item={
+            "sku": {"S": sku},
+            "name": {"S": sku},
+            "description": {"S": ""},
+            "category": {"S": "test"},
+            "price_amount": {"N": "500"},
+            "price_currency": {"S": "USD"},
+            "available": {"N": str(available)},
+            "active": {"BOOL": True},
+            "listing": {"S": "ACTIVE"},
+            "listing_category": {"S": "test"},
+            "created_at": {"S": "2024-01-01T00:00:00.000Z"},
+            "updated_at": {"S": "2024-01-01T00:00:00.000Z"},
+            "version": {"N": "1"},
+        },
+    )
+
+
+def available(local_aws: LocalAws, sku: str) -> int:
+    item = local_aws.client("dynamodb").get_item(
+        TableName=local_aws.table("ProductsTable"), Key={"sku": {"S": sku}}, ConsistentRead=True
+    )["Item"]
+    return int(item["available"]["N"])
+
+
+def reservations(local_aws: LocalAws) -> dict[str, dict[str, Any]]:
+    items = local_aws.client("dynamodb").scan(TableName=local_aws.table("ReservationsTable"), ConsistentRead=True)
+    return {item["reservation_id"]["S"]: item for item in items["Items"]}
+
+
+def reserve_event(reservation_id: str = "order-1", **quantities: int) -> dict[str, Any]:
+    return {
+        "reservation_id": reservation_id,
+        "order_id": reservation_id,
+        "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in (quantities or {"A": 2}).items()],
+    }
+
+
+@pytest.fixture
+def stocked(local_aws: LocalAws) -> LocalAws:
+    put_product(local_aws, "A", 5)
+    put_product(local_aws, "B", 1)
+    return local_aws
+
+
+def test_reserve_commit_and_release_through_lambda(stocked: LocalAws) -> None:
+    event = {**reserve_event(A=2, B=1), "execution_name": "exec-1"}
+
+    reserved = ok(stocked, RESERVE, event)
+    assert set(reserved) == {"reservation_id", "order_id", "status", "lines", "expires_at"}
+    assert reserved["status"] == "RESERVED"
+    assert reserved["lines"] == [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]
+    assert isinstance(reserved["expires_at"], int) and reserved["expires_at"] > time.time()
+    assert (available(stocked, "A"), available(stocked, "B")) == (3, 0)
+
+    step = {"reservation_id": "order-1", "order_id": "order-1", "execution_name": "exec-1"}
+    committed = ok(stocked, COMMIT, step)
+    assert committed == {**reserved, "status": "COMMITTED"}
+
+    # The refund saga returns sold stock through the same function.
+    released = ok(stocked, RELEASE, step)
+    assert released == {**reserved, "status": "RELEASED"}
+    assert (available(stocked, "A"), available(stocked, "B")) == (5, 1)
+
+
+def test_out_of_stock_is_a_named_error_and_changes_nothing(stocked: LocalAws) -> None:
+    assert error_type(stocked, RESERVE, reserve_event(A=1, B=2)) == "OutOfStock"
+
+    assert (available(stocked, "A"), available(stocked, "B")) == (5, 1)
+    assert reservations(stocked) == {}
+
+
+def test_reserving_an_id_again_with_other_lines_is_a_conflict(stocked: LocalAws) -> None:
+    ok(stocked, RESERVE, reserve_event(A=2))
+    before = reservations(stocked)
+
+    assert error_type(stocked, RESERVE, reserve_event(A=3)) == "ReservationConflict"
+
+    assert reservations(stocked) == before
+    assert available(stocked, "A") == 3
+
+
+BAD_RESERVE_EVENTS: dict[str, Any] = {
+    "empty": {},
+    "no-lines": {"reservation_id": "order-1", "order_id": "order-1", "lines": []},
+    "unknown-field": {**reserve_event(), "unexpected": True},
+    "zero": {**reserve_event(), "lines": [{"sku": "A", "quantity": 0}]},
+    "too-many": {**reserve_event(), "lines": [{"sku": "A", "quantity": 101}]},
+    "string-quantity": {**reserve_event(), "lines": [{"sku": "A", "quantity": "2"}]},
+    "float-quantity": {**reserve_event(), "lines": [{"sku": "A", "quantity": 1.5}]},
+    "duplicate-sku": {**reserve_event(), "lines": [{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 1}]},
+    "bad-sku": {**reserve_event(), "lines": [{"sku": "not a sku!", "quantity": 1}]},
+    "empty-id": {**reserve_event(), "reservation_id": ""},
+    "null-order": {**reserve_event(), "order_id": None},
+    "not-an-object": [1, 2, 3],
+}
+
+BAD_STEP_EVENTS: dict[str, Any] = {
+    "empty": {},
+    "int-id": {"reservation_id": 7},
+    "unknown-field": {"reservation_id": "order-1", "extra": 1},
+}
+
+
+def test_bad_events_are_field_errors_and_change_nothing(stocked: LocalAws, subtests: pytest.Subtests) -> None:
+    # One deployed stack for all cases: each must leave the same state behind.
+    ok(stocked, RESERVE, reserve_event("held", A=2))
+    before = reservations(stocked)
+    cases = [(RESERVE, name, event) for name, event in BAD_RESERVE_EVENTS.items()]
+    cases += [(function, name, event) for function in (COMMIT, RELEASE) for name, event in BAD_STEP_EVENTS.items()]
+    for function, name, event in cases:
+        with subtests.test(function=function, case=name):
+            assert error_type(stocked, function, event) == "FieldError"
+            assert reservations(stocked) == before
+            assert (available(stocked, "A"), available(stocked, "B")) == (3, 1)
+
+
+def test_commit_errors_are_named_for_the_saga(stocked: LocalAws) -> None:
+    assert error_type(stocked, COMMIT, {"reservation_id": "missing"}) == "ReservationNotFound"
+
+    ok(stocked, RESERVE, reserve_event(A=2))
+    ok(stocked, RELEASE, {"reservation_id": "order-1"})
+    assert error_type(stocked, COMMIT, {"reservation_id": "order-1"}) == "ReservationExpired"
+    assert available(stocked, "A") == 5
+
+
+def test_releasing_a_missing_reservation_succeeds_and_creates_nothing(stocked: LocalAws) -> None:
+    result = ok(stocked, RELEASE, {"reservation_id": "order-9", "order_id": "order-9"})
+
+    assert result == {
+        "reservation_id": "order-9",
+        "order_id": None,
+        "status": "NOT_FOUND",
+        "lines": [],
+        "expires_at": None,
+    }
+    assert reservations(stocked) == {}
+
+
+def test_every_step_delivered_twice_changes_stock_once(stocked: LocalAws) -> None:
+    lambda_runtime.faults.duplicate_deliveries.update(stocked.function(name) for name in (RESERVE, COMMIT, RELEASE))
+
+    reserved = ok(stocked, RESERVE, reserve_event(A=2))
+    assert available(stocked, "A") == 3
+    assert ok(stocked, RESERVE, reserve_event(A=2)) == reserved
+    assert available(stocked, "A") == 3
+
+    assert ok(stocked, COMMIT, {"reservation_id": "order-1"})["status"] == "COMMITTED"
+    assert available(stocked, "A") == 3
+
+    assert ok(stocked, RELEASE, {"reservation_id": "order-1"})["status"] == "RELEASED"
+    assert ok(stocked, RELEASE, {"reservation_id": "order-1"})["status"] == "RELEASED"
+    assert available(stocked, "A") == 5
+    assert len(reservations(stocked)) == 1
+
+
+def test_the_scheduled_sweeper_returns_expired_holds(stocked: LocalAws) -> None:
+    ttl = int(stocked.stack.function_environments[SWEEP]["RESERVATION_TTL_SECONDS"])
+    past = int(time.time()) - ttl - 60
+    inventory.reserve("expired", "expired", [ReservationLine(sku="A", quantity=2)], now=past)
+    ok(stocked, RESERVE, reserve_event("current", A=1))
+    assert available(stocked, "A") == 2
+
+    assert ok(stocked, SWEEP, SCHEDULED_EVENT) == {"released": 1}
+    assert ok(stocked, SWEEP, SCHEDULED_EVENT) == {"released": 0}
+
+    assert available(stocked, "A") == 4
+    stored = reservations(stocked)
+    assert stored["expired"]["status"] == {"S": "RELEASED"}
+    assert stored["current"]["status"] == {"S": "RESERVED"}
+    assert error_type(stocked, COMMIT, {"reservation_id": "expired"}) == "ReservationExpired"
+
+
+def test_the_sweeper_is_scheduled_by_the_template(local_aws: LocalAws) -> None:
+    schedules = {schedule.function_name: schedule for schedule in local_aws.stack.schedules}
+    assert schedules[local_aws.function(SWEEP)].every_seconds == 60
+
+
+@pytest.mark.parametrize("reason", ["TransactionConflict", "ThrottlingError"])
+def test_a_transaction_conflict_is_retryable_contention(stocked: LocalAws, reason: str) -> None:
+    # Emulators serialize transactions, so DynamoDB's conflict answer is stubbed here.
+    client = aws.dynamodb()
+    with Stubber(client) as stub:
+        stub.add_client_error(
+            "transact_write_items",
+            service_error_code="TransactionCanceledException",
+            service_message="Transaction cancelled",
+            http_status_code=400,
+            modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": reason}]},
+        )
+        with pytest.raises(InventoryContention):
+            inventory.reserve("order-1", "order-1", [ReservationLine(sku="A", quantity=1)])
+    assert reservations(stocked) == {}
+    assert available(stocked, "A") == 5
