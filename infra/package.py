@@ -30,7 +30,9 @@ LAMBDA_PLATFORM = "manylinux2014_x86_64"
 
 def _run(*command: str) -> None:
     print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    # Chalice wants a region to name ARNs in the template; the deploy picks the real one.
+    environment = {"AWS_DEFAULT_REGION": "us-east-1", **os.environ}
+    subprocess.run(command, check=True, cwd=REPO_ROOT, env=environment)
 
 
 def build(output: Path = OUTPUT) -> Path:
