@@ -102,11 +102,11 @@ def _dynamodb_client(endpoint: str) -> Any:
 
 def _seed_catalog() -> int:
     from shop.domain import catalog
-    from shop.models.catalog import NewProduct
+    from shop.models.catalog import CreateProductRequest
 
     products = json.loads(DEMO_CATALOG.read_text())
     for product in products:
-        catalog.create_product(NewProduct.model_validate(product))
+        catalog.create_product(CreateProductRequest.model_validate(product))
     return len(products)
 
 

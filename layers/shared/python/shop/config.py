@@ -7,8 +7,9 @@ Nothing here is read at import time: call the cached getters.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +33,25 @@ class InventorySettings(BaseSettings):
     reservation_ttl_seconds: int = Field(default=900, ge=1)
 
 
+class PaymentSettings(BaseSettings):
+    """Which payment provider the saga steps use, and its circuit breaker's tuning.
+
+    Environment: PAYMENT_PROVIDER, PAYMENT_BREAKER_FAILURE_THRESHOLD, PAYMENT_BREAKER_WINDOW_SECONDS,
+    PAYMENT_BREAKER_COOLDOWN_SECONDS.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, env_prefix="PAYMENT_")
+
+    provider: Literal["simulator"] = "simulator"
+    # Consecutive transient failures (within the window) that open the breaker. High enough that
+    # one order retrying against a failing token does not starve every other order.
+    breaker_failure_threshold: int = Field(default=10, ge=1)
+    breaker_window_seconds: float = Field(default=60.0, gt=0)
+    # How long an open breaker fails fast before one probe may go through; also how long a probe
+    # may stay unanswered before another instance may probe instead.
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+
+
 class AuthSettings(BaseSettings):
     """Who issues the bearer tokens the API accepts.
 
@@ -45,6 +65,12 @@ class AuthSettings(BaseSettings):
     auth_issuer: str
     auth_audience: str
     admin_group: str = "admin"
+
+    @field_validator("auth_issuer")
+    @classmethod
+    def _issuer_url(cls, value: str) -> str:
+        # CloudFormation's UserPool.ProviderURL has no scheme; the tokens' `iss` is its https URL.
+        return value if "://" in value else f"https://{value}"
 
     @property
     def jwks_url(self) -> str:
@@ -69,6 +95,11 @@ def inventory_settings() -> InventorySettings:
 
 
 @lru_cache(maxsize=1)
+def payment_settings() -> PaymentSettings:
+    return PaymentSettings()
+
+
+@lru_cache(maxsize=1)
 def auth_settings() -> AuthSettings:
     return AuthSettings()  # type: ignore[call-arg]
 
@@ -78,7 +109,24 @@ def api_settings() -> ApiSettings:
     return ApiSettings()  # type: ignore[call-arg]
 
 
+class SagaSettings(BaseSettings):
+    """The state machines the API and the order steps start (ARNs wired by infra/template.yaml).
+
+    Each caller needs only the one it starts, so both are optional here and checked at use.
+    """
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    checkout_state_machine_arn: str | None = None
+    refund_state_machine_arn: str | None = None
+
+
+@lru_cache(maxsize=1)
+def saga_settings() -> SagaSettings:
+    return SagaSettings()
+
+
 def reset_settings_cache() -> None:
     """Forget cached settings (tests deploy a fresh stack per session with new names)."""
-    for getter in (table_settings, inventory_settings, auth_settings, api_settings):
+    for getter in (table_settings, inventory_settings, payment_settings, auth_settings, api_settings, saga_settings):
         getter.cache_clear()

@@ -1,0 +1,130 @@
+"""The local HTTP server for the Chalice app, with API Gateway's own answers as the template declares them.
+
+``chalice local`` answers a path without a route with API Gateway's default 403 "Missing
+Authentication Token". The deployed API answers with the template's Gateway Responses instead
+(``AWS::ApiGateway::GatewayResponse`` in infra/template.yaml), so this server renders those same
+resources: status, headers and response template. It also refuses bodies over API Gateway's
+10 MB limit without reading them (REQUEST_TOO_LARGE), as the gateway would.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from chalice import Chalice
+from chalice.config import Config
+from chalice.local import (
+    ChaliceRequestHandler,
+    CustomLocalChalice,
+    ForbiddenError,
+    LocalChalice,
+    LocalDevServer,
+    LocalGatewayException,
+)
+
+from infra.local.template import load_template, resources_of_type
+
+GATEWAY_RESPONSE = "AWS::ApiGateway::GatewayResponse"
+# API Gateway's REST API payload limit.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+# The Lambda limits the local server mirrors (from .chalice/config.json's dev stage).
+LAMBDA_TIMEOUT_SECONDS = 29
+LAMBDA_MEMORY_MB = 512
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    status: int
+    headers: dict[str, str]
+    template: str
+
+    def render(self, message: str, request_id: str) -> tuple[int, dict[str, str], bytes]:
+        """The answer, with the ``$context`` variables the templates use filled in."""
+        body = (
+            self.template.replace("$context.error.messageString", json.dumps(message))
+            .replace("$context.error.message", message)
+            .replace("$context.requestId", request_id)
+        )
+        return self.status, dict(self.headers), body.encode("utf-8")
+
+
+_DEFAULT_STATUS = {"DEFAULT_4XX": 400, "DEFAULT_5XX": 500, "MISSING_AUTHENTICATION_TOKEN": 403}
+
+
+@lru_cache(maxsize=1)
+def gateway_responses() -> Mapping[str, GatewayResponse]:
+    """The template's Gateway Responses by ResponseType."""
+    responses = {}
+    for resource in resources_of_type(load_template(), GATEWAY_RESPONSE).values():
+        properties: dict[str, Any] = resource["Properties"]
+        response_type = properties["ResponseType"]
+        headers = {
+            name.removeprefix("gatewayresponse.header."): str(value).strip("'")
+            for name, value in properties.get("ResponseParameters", {}).items()
+            if name.startswith("gatewayresponse.header.")
+        }
+        responses[response_type] = GatewayResponse(
+            status=int(properties.get("StatusCode", _DEFAULT_STATUS.get(response_type, 400))),
+            headers=headers,
+            template=properties.get("ResponseTemplates", {}).get(
+                "application/json", '{"message": $context.error.messageString}'
+            ),
+        )
+    return responses
+
+
+def _gateway_answer(response_type: str, message: str) -> tuple[int, dict[str, str], bytes]:
+    responses = gateway_responses()
+    fallback = "DEFAULT_5XX" if response_type.startswith(("INTEGRATION", "DEFAULT_5")) else "DEFAULT_4XX"
+    response = responses.get(response_type) or responses[fallback]
+    return response.render(message, str(uuid.uuid4()))
+
+
+class GatewayRequestHandler(ChaliceRequestHandler):
+    """chalice local's request handler, answering like the deployed gateway where they differ."""
+
+    def _handle_with_gateway_rules(self) -> None:
+        length = self.headers.get("content-length", "0")
+        if not length.isdigit():
+            self._send_gateway_answer("DEFAULT_4XX", "Invalid Content-Length")
+            return
+        if int(length) > MAX_REQUEST_BYTES:
+            # Refused before reading: the connection is closed, so the unread body is never used.
+            self.close_connection = True
+            self._send_gateway_answer("REQUEST_TOO_LARGE", "Request Too Long")
+            return
+        self._generic_handle()
+
+    # BaseHTTPRequestHandler dispatches to do_<METHOD>.
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _handle_with_gateway_rules  # noqa: N815
+
+    def _send_error_response(self, error: LocalGatewayException) -> None:
+        if isinstance(error, ForbiddenError):
+            # chalice local raises this only for a path that matches no route.
+            self._send_gateway_answer("MISSING_AUTHENTICATION_TOKEN", "Missing Authentication Token")
+            return
+        super()._send_error_response(error)
+
+    def _send_gateway_answer(self, response_type: str, message: str) -> None:
+        status, headers, body = _gateway_answer(response_type, message)
+        if self.close_connection:
+            headers["Connection"] = "close"
+        self._send_http_response(status, headers, body)
+
+
+def create_api_server(app: Chalice, host: str, port: int) -> LocalDevServer:
+    """A threaded local server for ``app`` (no autoreload); ``serve_forever()`` / ``shutdown()``."""
+    if not isinstance(app, LocalChalice):
+        # What chalice.local.create_local_server does: give each server thread its own
+        # current_request (Chalice keeps it on the app object).
+        CustomLocalChalice.__bases__ = (LocalChalice, app.__class__)
+        app.__class__ = CustomLocalChalice
+    config = Config.create(
+        app_name=app.app_name, lambda_timeout=LAMBDA_TIMEOUT_SECONDS, lambda_memory_size=LAMBDA_MEMORY_MB
+    )
+    return LocalDevServer(app, config, host, port, handler_cls=GatewayRequestHandler)

@@ -1,0 +1,87 @@
+"""Opaque, signed pagination tokens, and the query-string types every listing shares.
+
+A ``next_token`` carries DynamoDB's ``LastEvaluatedKey`` for one listing and the query it was
+issued for, signed with ``PAGINATION_SECRET`` (itsdangerous, one salt per listing). A token that
+was altered, forged, issued by another listing or for other query parameters is a 400, so a
+client can never steer a Query to a key it did not get from us.
+
+Usage (a repository's Query page)::
+
+    start = decode_token("orders", query.next_token, {"customer": principal.subject})
+    ...Query(..., ExclusiveStartKey=start) if start else Query(...)
+    next_token = encode_token("orders", response.get("LastEvaluatedKey"), {"customer": principal.subject})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from itsdangerous import BadData, URLSafeSerializer
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
+
+from shop.config import api_settings
+from shop.errors import FieldError
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+TOKEN_FIELD = "next_token"
+
+
+def _whole_number(value: Any) -> Any:
+    # Query strings are text; accept plain digits only (no sign, spaces, "1_0" or "2.0").
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]{1,9}", value):
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+PageLimit = Annotated[int, Field(ge=1, le=MAX_LIMIT), BeforeValidator(_whole_number)]
+NextToken = Annotated[str, Field(min_length=1, max_length=2048)]
+
+QueryBinding = Mapping[str, str | int | None]
+
+# A LastEvaluatedKey in the low-level client's shape: {"sku": {"S": "..."}, ...}.
+_StartKey: TypeAdapter[dict[str, dict[Literal["S", "N"], str]]] = TypeAdapter(
+    dict[str, dict[Literal["S", "N"], str]]
+)
+
+
+def _serializer(listing: str) -> URLSafeSerializer:
+    secret = api_settings().pagination_secret.get_secret_value()
+    return URLSafeSerializer(
+        secret, salt=f"shop.pagination.{listing}", signer_kwargs={"digest_method": hashlib.sha256}
+    )
+
+
+def _invalid(message: str) -> FieldError:
+    return FieldError("the pagination token is not valid", [{"field": TOKEN_FIELD, "message": message}])
+
+
+def encode_token(listing: str, last_key: Mapping[str, Any] | None, bound_to: QueryBinding) -> str | None:
+    """The ``next_token`` for a page, or None when DynamoDB reported no further key."""
+    if not last_key:
+        return None
+    return _serializer(listing).dumps({"k": dict(last_key), "q": dict(bound_to)})
+
+
+def decode_token(listing: str, token: str | None, bound_to: QueryBinding) -> dict[str, Any] | None:
+    """The ``ExclusiveStartKey`` a token stands for (None without a token); FieldError (400) if invalid."""
+    if token is None:
+        return None
+    try:
+        payload = _serializer(listing).loads(token)
+    except BadData:
+        raise _invalid("was altered or was not issued by this listing") from None
+    if not isinstance(payload, dict) or payload.get("q") != dict(bound_to):
+        raise _invalid("belongs to a different query; repeat the query parameters of the first page")
+    try:
+        key = _StartKey.validate_python(payload.get("k"))
+    except ValidationError:
+        raise _invalid("is malformed") from None
+    if not key:
+        raise _invalid("is malformed")
+    return dict(key)

@@ -1,0 +1,314 @@
+"""Products (ProductsTable) and the stock ledger (StockLedgerTable), in DynamoDB.
+
+A product item carries the listing attributes ``listing`` ("ACTIVE") and ``listing_category``
+only while it is active, so the sparse indexes ActiveProducts and ActiveProductsByCategory hold
+exactly the listable products, ordered by SKU. ``version`` is bumped by every writer (inventory
+too), ``available`` is shared with the inventory service.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from shop import aws
+from shop.config import table_settings
+from shop.errors import ProductAlreadyExists, TransientError
+from shop.models.catalog import Product, StockLedgerEntry
+from shop.models.money import Money
+
+LISTING_ACTIVE = "ACTIVE"
+ACTIVE_PRODUCTS = "ActiveProducts"
+ACTIVE_PRODUCTS_BY_CATEGORY = "ActiveProductsByCategory"
+BATCH_GET_LIMIT = 100
+_BATCH_ATTEMPTS = 5
+
+# Failures worth a retry by the caller (503), never a client error.
+_TRANSIENT_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TransactionInProgressException",
+        "TransactionConflictException",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+_T = TypeVar("_T")
+
+
+class ConditionFailed(Exception):
+    """A conditional write found the item changed or missing; the caller re-reads and decides."""
+
+
+def _call(operation: Callable[..., _T], **request: Any) -> _T:
+    try:
+        return operation(**request)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "ConditionalCheckFailedException":
+            raise ConditionFailed(code) from error
+        if code == "TransactionCanceledException":
+            reasons = [str(r.get("Code", "None")) for r in error.response.get("CancellationReasons", [])]
+            if any(reason == "ConditionalCheckFailed" for reason in reasons):
+                raise ConditionFailed(", ".join(reasons)) from error
+            raise TransientError("the catalog is busy; retry") from error
+        if code in _TRANSIENT_CODES:
+            raise TransientError("the catalog is busy; retry") from error
+        raise
+
+
+def _marshal(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _serializer.serialize(value) for key, value in item.items()}
+
+
+def _unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _deserializer.deserialize(value) for key, value in item.items()}
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, Decimal) or value != value.to_integral_value():
+        raise ValueError(f"expected an integral number, got {value!r}")
+    return int(value)
+
+
+def to_product(item: Mapping[str, Any]) -> Product:
+    """A Product from a low-level (typed) DynamoDB item."""
+    plain = _unmarshal(item)
+    return Product(
+        sku=plain["sku"],
+        name=plain["name"],
+        description=plain.get("description", ""),
+        category=plain["category"],
+        price=Money(amount=_int(plain["price_amount"]), currency=plain["price_currency"]),
+        available=_int(plain["available"]),
+        active=bool(plain["active"]),
+        created_at=plain["created_at"],
+        updated_at=plain["updated_at"],
+    )
+
+
+def product_item(product: Product) -> dict[str, Any]:
+    """The stored item of a new product (version 1, listing attributes while active)."""
+    item: dict[str, Any] = {
+        "sku": product.sku,
+        "name": product.name,
+        "description": product.description,
+        "category": product.category,
+        "price_amount": product.price.amount,
+        "price_currency": product.price.currency,
+        "available": product.available,
+        "active": product.active,
+        "created_at": product.created_at,
+        "updated_at": product.updated_at,
+        "version": 1,
+    }
+    if product.active:
+        item["listing"] = LISTING_ACTIVE
+        item["listing_category"] = product.category
+    return _marshal(item)
+
+
+def insert_product(product: Product) -> None:
+    """Store a new product; ProductAlreadyExists (409) if the SKU is taken."""
+    try:
+        _call(
+            aws.dynamodb().put_item,
+            TableName=table_settings().products_table,
+            Item=product_item(product),
+            ConditionExpression="attribute_not_exists(sku)",
+        )
+    except ConditionFailed:
+        raise ProductAlreadyExists(f"a product with SKU {product.sku} already exists") from None
+
+
+def get_product(sku: str) -> Product | None:
+    response = _call(
+        aws.dynamodb().get_item,
+        TableName=table_settings().products_table,
+        Key={"sku": {"S": sku}},
+        ConsistentRead=True,
+    )
+    item = response.get("Item")
+    return to_product(item) if item else None
+
+
+def get_products(skus: Iterable[str]) -> dict[str, Product]:
+    """Every existing product among ``skus`` (active or not), by SKU; strongly consistent."""
+    wanted = list(dict.fromkeys(skus))  # BatchGetItem rejects duplicate keys
+    table = table_settings().products_table
+    found: dict[str, Product] = {}
+    for start in range(0, len(wanted), BATCH_GET_LIMIT):
+        pending: dict[str, Any] = {
+            table: {
+                "Keys": [{"sku": {"S": sku}} for sku in wanted[start : start + BATCH_GET_LIMIT]],
+                "ConsistentRead": True,
+            }
+        }
+        for attempt in range(_BATCH_ATTEMPTS):
+            response = _call(aws.dynamodb().batch_get_item, RequestItems=pending)
+            for item in response.get("Responses", {}).get(table, []):
+                product = to_product(item)
+                found[product.sku] = product
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+            # DynamoDB returns unprocessed keys under throttling: back off (full jitter) and retry them.
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))
+        if pending:
+            raise TransientError("the catalog is busy; retry")
+    return found
+
+
+def _listing_key(category: str | None, sku: str) -> dict[str, Any]:
+    if category is None:
+        return {"listing": {"S": LISTING_ACTIVE}, "sku": {"S": sku}}
+    return {"listing_category": {"S": category}, "sku": {"S": sku}}
+
+
+def query_active(
+    category: str | None, limit: int, start_key: Mapping[str, Any] | None
+) -> tuple[list[Product], dict[str, Any] | None]:
+    """One page of active products by SKU, and the key to continue after (None on the last page).
+
+    One extra item is read so the last page says so, instead of handing out a token that only
+    leads to an empty page.
+    """
+    request: dict[str, Any] = {
+        "TableName": table_settings().products_table,
+        "Limit": limit + 1,
+    }
+    if category is None:
+        request["IndexName"] = ACTIVE_PRODUCTS
+        request["KeyConditionExpression"] = "listing = :value"
+        request["ExpressionAttributeValues"] = {":value": {"S": LISTING_ACTIVE}}
+    else:
+        request["IndexName"] = ACTIVE_PRODUCTS_BY_CATEGORY
+        request["KeyConditionExpression"] = "listing_category = :value"
+        request["ExpressionAttributeValues"] = {":value": {"S": category}}
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    response = _call(aws.dynamodb().query, **request)
+    products = [to_product(item) for item in response.get("Items", [])]
+    if len(products) > limit:
+        products = products[:limit]
+        return products, _listing_key(category, products[-1].sku)
+    # Fewer than asked but a key: DynamoDB stopped at its 1 MB page size, so continue from there.
+    return products, response.get("LastEvaluatedKey")
+
+
+def update_product(
+    sku: str,
+    *,
+    set_values: Mapping[str, Any],
+    remove: Iterable[str],
+    expect: Mapping[str, Any],
+) -> Product:
+    """Set and remove attributes of an existing product if it still has the ``expect`` values.
+
+    Raises ConditionFailed if the product is gone or one of ``expect`` changed meanwhile.
+    Bumps ``version``; returns the product as stored afterwards.
+    """
+    names: dict[str, str] = {"#sku": "sku", "#version": "version"}
+    values: dict[str, Any] = {":one": {"N": "1"}}
+    assignments = []
+    for index, (attribute, value) in enumerate(set_values.items()):
+        names[f"#s{index}"] = attribute
+        values[f":s{index}"] = _serializer.serialize(value)
+        assignments.append(f"#s{index} = :s{index}")
+    removals = []
+    for index, attribute in enumerate(remove):
+        names[f"#r{index}"] = attribute
+        removals.append(f"#r{index}")
+    conditions = ["attribute_exists(#sku)"]
+    for index, (attribute, value) in enumerate(expect.items()):
+        names[f"#e{index}"] = attribute
+        values[f":e{index}"] = _serializer.serialize(value)
+        conditions.append(f"#e{index} = :e{index}")
+    expression = "ADD #version :one"
+    if assignments:
+        expression = f"SET {', '.join(assignments)} {expression}"
+    if removals:
+        expression = f"{expression} REMOVE {', '.join(removals)}"
+    response = _call(
+        aws.dynamodb().update_item,
+        TableName=table_settings().products_table,
+        Key={"sku": {"S": sku}},
+        UpdateExpression=expression,
+        ConditionExpression=" AND ".join(conditions),
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=values,
+        ReturnValues="ALL_NEW",
+    )
+    return to_product(response["Attributes"])
+
+
+def record_stock_adjustment(entry: StockLedgerEntry, *, expected_available: int, updated_at: str) -> None:
+    """Set the product's ``available`` to ``entry.available`` and write the ledger entry, atomically.
+
+    The product must still have ``expected_available`` (the value the new one was computed from);
+    otherwise ConditionFailed and nothing is written.
+    """
+    tables = table_settings()
+    _call(
+        aws.dynamodb().transact_write_items,
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": tables.products_table,
+                    "Key": {"sku": {"S": entry.sku}},
+                    "UpdateExpression": "SET #available = :new, #updated_at = :at ADD #version :one",
+                    "ConditionExpression": "attribute_exists(#sku) AND #available = :old",
+                    "ExpressionAttributeNames": {
+                        "#sku": "sku",
+                        "#available": "available",
+                        "#updated_at": "updated_at",
+                        "#version": "version",
+                    },
+                    "ExpressionAttributeValues": {
+                        ":new": {"N": str(entry.available)},
+                        ":old": {"N": str(expected_available)},
+                        ":at": {"S": updated_at},
+                        ":one": {"N": "1"},
+                    },
+                }
+            },
+            {
+                "Put": {
+                    "TableName": tables.stock_ledger_table,
+                    "Item": _marshal(entry.model_dump(mode="python")),
+                    "ConditionExpression": "attribute_not_exists(entry_id)",
+                }
+            },
+        ],
+    )
+
+
+def stock_ledger(sku: str) -> list[StockLedgerEntry]:
+    """Every ledger entry of a product, oldest first."""
+    entries: list[StockLedgerEntry] = []
+    request: dict[str, Any] = {
+        "TableName": table_settings().stock_ledger_table,
+        "KeyConditionExpression": "sku = :sku",
+        "ExpressionAttributeValues": {":sku": {"S": sku}},
+        "ConsistentRead": True,
+    }
+    while True:
+        response = _call(aws.dynamodb().query, **request)
+        for item in response.get("Items", []):
+            plain = _unmarshal(item)
+            plain["delta"], plain["available"] = _int(plain["delta"]), _int(plain["available"])
+            entries.append(StockLedgerEntry.model_validate(plain))
+        if not response.get("LastEvaluatedKey"):
+            return entries
+        request["ExclusiveStartKey"] = response["LastEvaluatedKey"]

@@ -1,0 +1,184 @@
+"""The API platform: health, the OpenAPI document, problem+json for failures, and the local server's gateway answers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from infra.local.api_server import MAX_REQUEST_BYTES, create_api_server
+from shop.domain import catalog as domain
+from shop.errors import TransientError
+from tests.conftest import LocalAws
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def client(local_aws: LocalAws) -> Iterator[Client]:
+    with Client(app) as test_client:
+        yield test_client
+
+
+def test_health(client: Client) -> None:
+    response = client.http.get("/health")
+    assert response.status_code == 200
+    assert json.loads(response.body) == {"status": "ok"}
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def test_the_openapi_document_describes_the_routes_that_exist(client: Client) -> None:
+    response = client.http.get("/openapi.json")
+    assert response.status_code == 200
+    document = json.loads(response.body)
+    assert document["openapi"] == "3.1.0"
+    documented = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert {
+        ("/health", "get"),
+        ("/openapi.json", "get"),
+        ("/products", "get"),
+        ("/products", "post"),
+        ("/products/{sku}", "get"),
+        ("/products/{sku}", "patch"),
+        ("/products/{sku}/stock-adjustments", "post"),
+    } <= documented
+    registered = {(path, method.lower()) for path, methods in app.routes.items() for method in methods}
+    assert documented <= registered
+    assert ("/products", "put") not in documented  # the 405 answers are not operations
+    schemas = document["components"]["schemas"]
+    assert {"CreateProductRequest", "UpdateProductRequest", "StockAdjustmentRequest", "Product", "ProductPage",
+            "Problem", "Money"} <= set(schemas)
+    for ref in _refs(document):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+def test_the_openapi_document_carries_the_contract_rules(client: Client) -> None:
+    paths = json.loads(client.http.get("/openapi.json").body)["paths"]
+    listing = paths["/products"]["get"]
+    limit = next(p for p in listing["parameters"] if p["name"] == "limit")
+    assert (limit["in"], limit["required"], limit["schema"]["minimum"], limit["schema"]["maximum"]) == (
+        "query", False, 1, 100)
+    category = next(p for p in listing["parameters"] if p["name"] == "category")
+    assert category["schema"]["type"] == "string"  # optional means absent, not null
+    assert "security" not in listing
+    create = paths["/products"]["post"]
+    assert create["security"] == [{"bearerAuth": []}]
+    assert {"201", "400", "401", "403", "409", "413", "415"} <= set(create["responses"])
+    assert "Location" in create["responses"]["201"]["headers"]
+    assert PROBLEM in create["responses"]["409"]["content"]
+    sku = next(p for p in paths["/products/{sku}"]["get"]["parameters"] if p["name"] == "sku")
+    assert sku["in"] == "path" and sku["schema"]["pattern"] == "^[A-Za-z0-9_-]{1,64}$"
+
+
+def test_an_unexpected_failure_is_a_500_problem_without_internals(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(sku: str) -> None:
+        raise RuntimeError("connection to 10.0.0.7 failed: password=hunter2")
+
+    monkeypatch.setattr(domain, "get_product", broken)
+    response = client.http.get("/products/A")
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == PROBLEM
+    body = json.loads(response.body)
+    assert body["status"] == 500 and {"type", "title", "detail"} <= set(body)
+    assert "hunter2" not in response.body.decode() and "10.0.0.7" not in response.body.decode()
+
+
+def test_a_transient_failure_is_a_503_problem_to_retry(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    def busy(sku: str) -> None:
+        raise TransientError("the catalog is busy; retry")
+
+    monkeypatch.setattr(domain, "get_product", busy)
+    response = client.http.get("/products/A")
+    assert response.status_code == 503
+    assert response.headers["Content-Type"] == PROBLEM and response.headers["Retry-After"] == "1"
+
+
+def test_chalices_own_error_answers_are_problem_json(client: Client) -> None:
+    # Chalice itself refuses a Content-Type the route does not accept, before any view runs.
+    response = client.http.post("/products", headers={"Content-Type": "text/csv"}, body=b"a,b")
+    assert response.status_code == 415
+    assert response.headers["Content-Type"] == PROBLEM
+    assert json.loads(response.body)["status"] == 415
+
+
+# ---------------------------------------------------------------------------- local server
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def server(local_aws: LocalAws) -> Iterator[tuple[str, int]]:
+    port = _free_port()
+    local_server = create_api_server(app, "127.0.0.1", port)
+    thread = threading.Thread(target=local_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", port
+    finally:
+        local_server.shutdown()
+        local_server.server.server_close()
+        thread.join(timeout=10)
+
+
+def _request(address: tuple[str, int], method: str, path: str, headers: dict[str, str] | None = None,
+             body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def test_the_local_server_answers_an_unknown_path_with_a_404_problem(server: tuple[str, int]) -> None:
+    for headers in ({}, {"Authorization": "Bearer something"}):
+        status, response_headers, body = _request(server, "GET", "/no/such/route", headers)
+        assert status == 404
+        assert response_headers["content-type"] == PROBLEM
+        problem = json.loads(body)
+        assert problem["status"] == 404 and {"type", "title", "detail"} <= set(problem)
+
+
+def test_the_local_server_serves_the_app(server: tuple[str, int]) -> None:
+    status, headers, body = _request(server, "GET", "/health")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    status, headers, body = _request(server, "DELETE", "/health")
+    assert status == 405 and headers["content-type"] == PROBLEM
+
+
+def test_the_local_server_refuses_a_body_over_the_gateway_limit_without_reading_it(server: tuple[str, int]) -> None:
+    connection = http.client.HTTPConnection(*server, timeout=10)
+    try:
+        connection.putrequest("POST", "/products")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(MAX_REQUEST_BYTES + 1))
+        connection.endheaders()  # no body is sent: the answer must not wait for it
+        response = connection.getresponse()
+        assert response.status == 413
+        assert response.getheader("Content-Type") == PROBLEM
+        assert json.loads(response.read())["status"] == 413
+    finally:
+        connection.close()
