@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets
 import signal
@@ -51,11 +52,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _configure_process_environment(aws_endpoint: str) -> None:
+def _configure_process_environment(aws_endpoint: str, aws_port: int) -> None:
     """Everything in this process (API, Lambda handlers) talks to the local emulator."""
     os.environ.update(
         {
             "AWS_ENDPOINT_URL": aws_endpoint,
+            # moto's Step Functions interpreter calls Lambda back through the server on this port.
+            "MOTO_PORT": str(aws_port),
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": REGION,
@@ -84,6 +87,8 @@ def _start_emulator(host: str, port: int) -> Any:
 
     lambda_runtime.install()
     moto_dynamodb.install()
+    # The emulator's per-request access log would drown the API's.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     requests.post(
@@ -179,7 +184,7 @@ def start_stack(
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     aws_endpoint = f"http://{host}:{aws_port}"
-    _configure_process_environment(aws_endpoint)
+    _configure_process_environment(aws_endpoint, aws_port)
     if dynamodb_endpoint:
         os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = dynamodb_endpoint
 

@@ -1,0 +1,74 @@
+"""Operator routes: the sagas' dead letters (list, redrive) and the payment circuit breaker."""
+
+from __future__ import annotations
+
+from chalice import Blueprint, Response
+
+from chalicelib import http
+from shop.auth import Principal
+from shop.domain import checkout as domain
+from shop.domain import payments
+from shop.models.base import Record, StrictModel
+from shop.models.orders import DeadLetter, DeadLetterPage, OrderId
+from shop.models.payments import CircuitBreakerStatus
+from shop.pagination import NextToken, PageLimit
+
+admin = Blueprint(__name__)
+
+_TAGS = ("operations",)
+
+
+class DeadLetterQuery(StrictModel):
+    limit: PageLimit = 20
+    next_token: NextToken | None = None
+
+
+class CircuitBreakerList(Record):
+    items: list[CircuitBreakerStatus]
+
+
+@http.route(
+    admin,
+    "/admin/dead-letters",
+    "GET",
+    summary="List the sagas' dead letters (admin)",
+    description="Orders whose compensation failed after its retries; each is NEEDS_ATTENTION until redriven.",
+    auth="admin",
+    query=DeadLetterQuery,
+    responses={200: DeadLetterPage},
+    tags=_TAGS,
+)
+def list_dead_letters(query: DeadLetterQuery, principal: Principal) -> Response:
+    return http.json_response(domain.list_dead_letters(limit=query.limit, next_token=query.next_token))
+
+
+@http.route(
+    admin,
+    "/admin/dead-letters/{order_id}/redrive",
+    "POST",
+    summary="Redrive a dead-lettered saga (admin)",
+    description=(
+        "Restarts the saga where it failed (compensation, completion or refund); every step is idempotent. "
+        "Asking again while the redrive runs, or once it is resolved, starts nothing new."
+    ),
+    auth="admin",
+    path_params={"order_id": OrderId},
+    responses={202: DeadLetter},
+    errors=(404, 409),
+    tags=_TAGS,
+)
+def redrive_dead_letter(order_id: str, principal: Principal) -> Response:
+    return http.json_response(domain.redrive(order_id), status=202)
+
+
+@http.route(
+    admin,
+    "/admin/circuit-breakers",
+    "GET",
+    summary="Circuit breakers' state (admin)",
+    auth="admin",
+    responses={200: CircuitBreakerList},
+    tags=_TAGS,
+)
+def circuit_breakers(principal: Principal) -> Response:
+    return http.json_response(CircuitBreakerList(items=[payments.circuit_breaker_status()]))

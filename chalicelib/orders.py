@@ -1,0 +1,110 @@
+"""Order routes: place (idempotent), read, list and cancel; the checkout saga does the rest."""
+
+from __future__ import annotations
+
+from chalice import Blueprint, Response
+
+from chalicelib import http
+from shop.auth import Principal
+from shop.domain import checkout as domain
+from shop.errors import FieldError
+from shop.models.base import StrictModel
+from shop.models.orders import OrderId, OrderPage, OrderView, PlaceOrderRequest
+from shop.pagination import NextToken, PageLimit
+
+orders = Blueprint(__name__)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+_TAGS = ("orders",)
+_ORDER_ID = {"order_id": OrderId}
+
+
+class OrderListQuery(StrictModel):
+    """``GET /orders`` query string."""
+
+    limit: PageLimit = 20
+    next_token: NextToken | None = None
+
+
+def _idempotency_key() -> str:
+    value = orders.current_request.headers.get(IDEMPOTENCY_HEADER.lower())
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise FieldError(
+            f"the {IDEMPOTENCY_HEADER} header is required",
+            [{"field": IDEMPOTENCY_HEADER, "message": f"send 1-{MAX_IDEMPOTENCY_KEY} characters"}],
+        )
+    return value
+
+
+@http.route(
+    orders,
+    "/orders",
+    "POST",
+    summary="Place an order",
+    description=(
+        f"Requires the header `{IDEMPOTENCY_HEADER}` (1-{MAX_IDEMPOTENCY_KEY} characters, scoped to the caller). "
+        "Prices come from the catalog. The same key and body answer the first response again; the same key "
+        "with another body is 422; while the first request is still being processed, 409. The order is "
+        "PENDING until the checkout saga settles it."
+    ),
+    auth="customer",
+    body=PlaceOrderRequest,
+    responses={202: OrderView},
+    response_headers={202: {"Location": "/orders/{order_id}"}},
+    errors=(409, 422),
+    tags=_TAGS,
+)
+def place_order(body: PlaceOrderRequest, principal: Principal) -> Response:
+    key = _idempotency_key()
+    order = domain.place_order(principal, key, body, lambda_context=orders.lambda_context)
+    return http.json_response(order, status=202, headers={"Location": f"/orders/{order.order_id}"})
+
+
+@http.route(
+    orders,
+    "/orders",
+    "GET",
+    summary="List your orders, newest first",
+    description="Pass `next_token` from the previous page to continue.",
+    auth="customer",
+    query=OrderListQuery,
+    responses={200: OrderPage},
+    tags=_TAGS,
+)
+def list_orders(query: OrderListQuery, principal: Principal) -> Response:
+    return http.json_response(domain.list_orders(principal, limit=query.limit, next_token=query.next_token))
+
+
+@http.route(
+    orders,
+    "/orders/{order_id}",
+    "GET",
+    summary="Read an order (its owner or an admin)",
+    auth="customer",
+    path_params=_ORDER_ID,
+    responses={200: OrderView},
+    errors=(404,),
+    tags=_TAGS,
+)
+def get_order(order_id: str, principal: Principal) -> Response:
+    return http.json_response(domain.get_order(order_id, principal))
+
+
+@http.route(
+    orders,
+    "/orders/{order_id}/cancel",
+    "POST",
+    summary="Cancel an order (its owner or an admin)",
+    description=(
+        "A pending order is cancelled (CANCELLED_BY_CUSTOMER) by the checkout saga; a completed one is refunded "
+        "in full and its stock returned (REFUNDED). Asking again changes nothing."
+    ),
+    auth="customer",
+    path_params=_ORDER_ID,
+    responses={202: OrderView},
+    errors=(404,),
+    tags=_TAGS,
+)
+def cancel_order(order_id: str, principal: Principal) -> Response:
+    return http.json_response(domain.cancel_order(order_id, principal), status=202)

@@ -1,0 +1,14 @@
+"""Saga step: after the compensation ran, mark the order CANCELLED with its failure reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shop.domain import orders
+from shop.models.orders import CancelOrder, parse_event
+from shop.observability import instrumented
+
+
+@instrumented
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return orders.cancel_order(parse_event(CancelOrder, event)).model_dump(mode="json")

@@ -1,0 +1,261 @@
+"""What the API does with orders: place one (idempotently), read, list, cancel; operators' redrive.
+
+Placing an order is idempotent twice over. Powertools' idempotency utility answers a repeated
+``Idempotency-Key`` (scoped to the caller) with the first response, 409 while the first request
+is in flight and 422 for a different body. Underneath, the order id is derived from (caller, key,
+body), the order is stored only if absent and the saga is started with name = order id: a retry
+after a failure half-way (the idempotency record is deleted when the request fails) finds the
+same order and can never start a second saga.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
+
+from shop.auth import Principal
+from shop.domain import catalog, payments
+from shop.domain import orders as lifecycle
+from shop.errors import (
+    DeadLetterNotFound,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    OrderNotFound,
+    OrderStateConflict,
+    ProductUnavailable,
+    TransientError,
+)
+from shop.models.base import iso_now
+from shop.models.money import Money
+from shop.models.orders import (
+    CheckoutInput,
+    CheckoutLine,
+    DeadLetter,
+    DeadLetterPage,
+    HistoryEntry,
+    Order,
+    OrderLine,
+    OrderPage,
+    OrderView,
+    PaymentView,
+    PlaceOrderRequest,
+)
+from shop.pagination import decode_token, encode_token
+from shop.repositories import dead_letters, sagas
+from shop.repositories import orders as repository
+
+ORDERS_LISTING = "orders"
+DEAD_LETTERS_LISTING = "dead-letters"
+# Long enough to cover any client's retries; after it a repeated key + body still finds the same
+# order (its id is derived from them), so nothing is ever placed twice.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+_ORDER_ID_NAMESPACE = uuid.UUID("5b0f7a52-3c1e-4d8e-9a57-2f6f5f0c8e11")
+
+
+# ---------------------------------------------------------------------------- place
+def place_order(
+    principal: Principal, idempotency_key: str, request: PlaceOrderRequest, lambda_context: Any = None
+) -> OrderView:
+    """Store a PENDING order priced from the catalog and start its checkout saga."""
+    config = IdempotencyConfig(
+        event_key_jmespath="[customer_id, idempotency_key]",
+        payload_validation_jmespath="body",
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=IDEMPOTENCY_TTL_SECONDS,
+        lambda_context=lambda_context,
+    )
+    place = idempotent_function(
+        _place, data_keyword_argument="submission", persistence_store=repository.idempotency_store(), config=config
+    )
+    submission = {
+        "customer_id": principal.subject,
+        "idempotency_key": idempotency_key,
+        "body": request.model_dump(mode="json"),
+    }
+    try:
+        response = place(submission=submission)
+    except IdempotencyAlreadyInProgressError:
+        raise IdempotencyKeyInUse("a request with this Idempotency-Key is still being processed; retry later") from None
+    except IdempotencyValidationError:
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body") from None
+    except IdempotencyPersistenceLayerError as error:
+        raise TransientError("the idempotency store is unavailable; retry") from error
+    return OrderView.model_validate(response)
+
+
+def order_id_for(customer_id: str, idempotency_key: str, body: dict[str, Any]) -> str:
+    """The same caller, key and body always name the same order."""
+    material = json.dumps({"customer": customer_id, "key": idempotency_key, "body": body}, sort_keys=True)
+    return str(uuid.uuid5(_ORDER_ID_NAMESPACE, material))
+
+
+def _place(submission: dict[str, Any]) -> dict[str, Any]:
+    customer_id: str = submission["customer_id"]
+    request = PlaceOrderRequest.model_validate(submission["body"])
+    order = _priced_order(
+        order_id_for(customer_id, submission["idempotency_key"], submission["body"]), customer_id, request
+    )
+    stored = repository.create(order)
+    checkout = CheckoutInput(
+        order_id=stored.order_id,
+        lines=[CheckoutLine(sku=line.sku, quantity=line.quantity) for line in stored.items],
+        total=stored.total,
+        payment_token=request.payment.token,
+    )
+    sagas.start(
+        sagas.checkout_state_machine_arn(),
+        name=sagas.checkout_execution_name(stored.order_id),
+        payload=checkout.model_dump(mode="json"),
+    )
+    return stored.view(payment=None).model_dump(mode="json")
+
+
+def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -> Order:
+    """The order with each line priced from the catalog now (never from the client)."""
+    products = catalog.get_products([item.sku for item in request.items])
+    problems = [
+        {"field": f"items.{index}.sku", "message": f"{item.sku} does not exist or is not for sale"}
+        for index, item in enumerate(request.items)
+        if item.sku not in products or not products[item.sku].active
+    ]
+    if problems:
+        unavailable = [item.sku for item in request.items if item.sku not in products or not products[item.sku].active]
+        raise ProductUnavailable(f"not available: {', '.join(unavailable)}", errors=problems)
+    lines = []
+    total = Money.zero()
+    for item in request.items:
+        product = products[item.sku]
+        line_total = product.price.times(item.quantity)
+        total = total + line_total
+        lines.append(
+            OrderLine(
+                sku=product.sku,
+                name=product.name,
+                quantity=item.quantity,
+                unit_price=product.price,
+                line_total=line_total,
+            )
+        )
+    now = iso_now()
+    return Order(
+        order_id=order_id,
+        customer_id=customer_id,
+        status="PENDING",
+        items=lines,
+        total=total,
+        history=[HistoryEntry(step="order_placed", status="PENDING", at=now)],
+        created_at=now,
+        updated_at=now,
+    )
+
+
+# ---------------------------------------------------------------------------- read
+def _owned(order_id: str, principal: Principal) -> Order:
+    """The order if the caller may see it; anyone else gets exactly what a missing order gives."""
+    order = repository.get(order_id)
+    if order is None or (order.customer_id != principal.subject and not principal.is_admin):
+        raise OrderNotFound(f"no order {order_id}")
+    return order
+
+
+def _payment(order_id: str) -> PaymentView | None:
+    summary = payments.payment_summary(order_id)
+    if summary is None:
+        return None
+    return PaymentView(
+        status=summary.status, authorized=summary.authorized, captured=summary.captured, refunded=summary.refunded
+    )
+
+
+def get_order(order_id: str, principal: Principal) -> OrderView:
+    order = _owned(order_id, principal)
+    return order.view(_payment(order.order_id))
+
+
+def list_orders(principal: Principal, *, limit: int, next_token: str | None) -> OrderPage:
+    """The caller's own orders, newest first."""
+    binding: dict[str, str | int | None] = {"customer": principal.subject}
+    start = decode_token(ORDERS_LISTING, next_token, binding)
+    found, last_key = repository.list_for_customer(principal.subject, limit=limit, start_key=start)
+    return OrderPage(
+        items=[order.view(_payment(order.order_id)) for order in found],
+        next_token=encode_token(ORDERS_LISTING, last_key, binding),
+    )
+
+
+# ---------------------------------------------------------------------------- cancel
+def cancel_order(order_id: str, principal: Principal) -> OrderView:
+    """Pending: flag it, the saga compensates at its next checkpoint. Completed: start the refund saga.
+
+    Asking again changes nothing. The decision and the saga's own writes serialize on the order's
+    version, so a cancel racing the completion either stops it or is turned into a refund.
+    """
+    _owned(order_id, principal)
+    now = iso_now()
+    decisions: list[lifecycle.CancelDecision] = []
+
+    def decide(current: Order) -> Order | None:
+        decision = lifecycle.cancel_requested(current, now)
+        decisions.append(decision)
+        return decision.order
+
+    order, _ = lifecycle.mutate(order_id, decide)
+    if decisions[-1].start_refund:
+        lifecycle.request_refund(order_id)
+    return order.view(_payment(order_id))
+
+
+# ---------------------------------------------------------------------------- operators
+def list_dead_letters(*, limit: int, next_token: str | None) -> DeadLetterPage:
+    binding: dict[str, str | int | None] = {}
+    start = decode_token(DEAD_LETTERS_LISTING, next_token, binding)
+    letters, last_key = dead_letters.list_page(limit=limit, start_key=start)
+    return DeadLetterPage(items=letters, next_token=encode_token(DEAD_LETTERS_LISTING, last_key, binding))
+
+
+def redrive(order_id: str) -> DeadLetter:
+    """Finish a dead-lettered saga: restart it where the dead letter says, once per redrive.
+
+    OPEN -> REDRIVING as redrive number n with execution name ``<saga name>-redrive-<n>``; asking
+    again while it runs only makes sure that execution exists, and a RESOLVED one is left alone.
+    """
+    letter = dead_letters.get(order_id)
+    if letter is None:
+        raise DeadLetterNotFound(f"no dead letter for order {order_id}")
+    if letter.status == "OPEN":
+        number = letter.redrive_count + 1
+        base = (
+            sagas.refund_execution_name(order_id)
+            if letter.resume == "refund"
+            else sagas.checkout_execution_name(order_id)
+        )
+        claimed = dead_letters.start_redrive(
+            order_id,
+            expected_count=letter.redrive_count,
+            execution_name=sagas.redrive_execution_name(base, number),
+            now=iso_now(),
+        )
+        letter = claimed or dead_letters.get(order_id) or letter
+    if letter.status == "REDRIVING" and letter.redrive_execution:
+        _start_redrive(letter, letter.redrive_execution)
+    return letter
+
+
+def _start_redrive(letter: DeadLetter, name: str) -> None:
+    if letter.resume == "refund":
+        sagas.start(sagas.refund_state_machine_arn(), name=name, payload={"order_id": letter.order_id})
+        return
+    payload: dict[str, Any] = {"order_id": letter.order_id, "mode": letter.resume}
+    if letter.resume == "compensate":
+        if letter.failure is None:  # the state machine always records why it compensated
+            raise OrderStateConflict(f"the dead letter of order {letter.order_id} does not say why to compensate")
+        payload["failure"] = letter.failure.model_dump(mode="json")
+    sagas.start(sagas.checkout_state_machine_arn(), name=name, payload=payload)

@@ -1,0 +1,263 @@
+"""Orders: the HTTP bodies, the stored order, the checkout/refund saga steps and dead letters."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from shop.errors import FieldError
+from shop.models.base import Record, StrictModel
+from shop.models.money import Money
+
+Sku = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
+StepName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+
+MAX_LINES = 50
+MAX_QUANTITY = 100
+
+OrderStatus = Literal[
+    "PENDING",
+    "STOCK_RESERVED",
+    "PAYMENT_AUTHORIZED",
+    "REFUNDING",
+    "COMPLETED",
+    "CANCELLED",
+    "REFUNDED",
+    "NEEDS_ATTENTION",
+]
+FailureReason = Literal["OUT_OF_STOCK", "PAYMENT_DECLINED", "PAYMENT_UNAVAILABLE", "CANCELLED_BY_CUSTOMER"]
+
+# The checkout saga is between these; a cancel request only raises a flag the saga reads.
+CHECKOUT_IN_PROGRESS: frozenset[str] = frozenset({"PENDING", "STOCK_RESERVED", "PAYMENT_AUTHORIZED"})
+# NEEDS_ATTENTION is terminal for clients; only an operator's redrive moves it on.
+TERMINAL: frozenset[str] = frozenset({"COMPLETED", "CANCELLED", "REFUNDED", "NEEDS_ATTENTION"})
+
+# Where an operator's redrive resumes: the checkout compensation (void, release, cancel), the
+# checkout completion (complete, or hand over to the refund saga), or the refund saga.
+ResumePoint = Literal["compensate", "complete", "refund"]
+DeadLetterStatus = Literal["OPEN", "REDRIVING", "RESOLVED"]
+
+
+# ---------------------------------------------------------------------------- HTTP bodies
+class OrderItemRequest(StrictModel):
+    sku: Sku
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
+
+
+class PaymentMethod(StrictModel):
+    token: str = Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
+
+
+class PlaceOrderRequest(StrictModel):
+    items: list[OrderItemRequest] = Field(min_length=1, max_length=MAX_LINES)
+    payment: PaymentMethod
+
+    @field_validator("items")
+    @classmethod
+    def _distinct_skus(cls, items: list[OrderItemRequest]) -> list[OrderItemRequest]:
+        skus = [item.sku for item in items]
+        if len(set(skus)) != len(skus):
+            raise ValueError("each SKU may appear only once")
+        return items
+
+
+# ---------------------------------------------------------------------------- stored order
+class OrderLine(Record):
+    sku: str
+    name: str
+    quantity: int
+    unit_price: Money
+    line_total: Money
+
+
+class HistoryEntry(Record):
+    step: str
+    status: str
+    at: str
+
+
+class PaymentView(Record):
+    status: str
+    authorized: Money
+    captured: Money
+    refunded: Money
+
+
+class Order(Record):
+    """The item in OrdersTable. ``version`` guards every read-modify-write of the saga and the API."""
+
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    failure_reason: FailureReason | None = None
+    items: list[OrderLine]
+    total: Money
+    history: list[HistoryEntry]
+    cancel_requested: bool = False
+    created_at: str
+    updated_at: str
+    version: int = 0
+
+    @property
+    def created_key(self) -> str:
+        """Sort key of OrdersByCustomer: creation time first (newest-first listing), id for uniqueness."""
+        return f"{self.created_at}#{self.order_id}"
+
+    def has_recorded(self, step: str, status: str) -> bool:
+        return any(entry.step == step and entry.status == status for entry in self.history)
+
+    def view(self, payment: PaymentView | None) -> OrderView:
+        return OrderView(
+            order_id=self.order_id,
+            customer_id=self.customer_id,
+            status=self.status,
+            failure_reason=self.failure_reason,
+            cancel_requested=self.cancel_requested,
+            items=self.items,
+            total=self.total,
+            payment=payment,
+            history=self.history,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+class OrderView(Record):
+    """The Order of the HTTP contract (plus ``cancel_requested``)."""
+
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    failure_reason: FailureReason | None
+    cancel_requested: bool
+    items: list[OrderLine]
+    total: Money
+    payment: PaymentView | None
+    history: list[HistoryEntry]
+    created_at: str
+    updated_at: str
+
+
+class OrderPage(Record):
+    items: list[OrderView]
+    next_token: str | None
+
+
+# ---------------------------------------------------------------------------- sagas
+class CheckoutLine(Record):
+    sku: str
+    quantity: int
+
+
+class CheckoutInput(Record):
+    """What the API starts CheckoutStateMachine with; the state machine passes parts to each step."""
+
+    # A redrive starts the same machine with mode "compensate" or "complete" (see checkout.asl.json).
+    mode: Literal["checkout"] = "checkout"
+    order_id: str
+    lines: list[CheckoutLine]
+    total: Money
+    payment_token: str
+
+
+class Failure(StrictModel):
+    """Why the checkout saga compensates, set by the state machine on the way into compensation.
+
+    ``step`` is the saga step that failed (None when the customer cancelled); ``compensations``
+    are the steps that ran before the order is marked cancelled.
+    """
+
+    reason: FailureReason
+    step: StepName | None = None
+    compensations: list[StepName] = Field(default_factory=list, max_length=8)
+
+
+class StepError(StrictModel):
+    """A Catch's ``ResultPath`` value: Step Functions' error name and cause."""
+
+    Error: str = Field(max_length=256)
+    Cause: str = ""
+
+
+class _OrderStep(StrictModel):
+    order_id: OrderId
+    execution_name: ExecutionName | None = None
+
+
+class RecordProgress(_OrderStep):
+    step: Literal["reserve_stock", "authorize_payment"]
+    # A checkpoint refuses to go on once the customer asked to cancel (CheckoutCancelled).
+    checkpoint: bool = True
+
+
+class CompleteOrder(_OrderStep):
+    pass
+
+
+class CancelOrder(_OrderStep):
+    failure: Failure
+
+
+class StartRefund(_OrderStep):
+    pass
+
+
+class MarkRefunded(_OrderStep):
+    pass
+
+
+class FlagOrder(_OrderStep):
+    resume: ResumePoint
+    failed_step: StepName
+    error: StepError | None = None
+    failure: Failure | None = None
+
+
+class StepResult(Record):
+    """What every order step returns to the saga."""
+
+    order_id: str
+    status: OrderStatus
+    # complete_order: COMPLETED, or REFUND_REQUIRED when the customer cancelled during capture.
+    outcome: Literal["COMPLETED", "REFUND_REQUIRED"] | None = None
+
+
+# ---------------------------------------------------------------------------- dead letters
+class DeadLetter(Record):
+    """A saga that could not finish its compensation: the order is NEEDS_ATTENTION until redriven."""
+
+    order_id: str
+    status: DeadLetterStatus
+    resume: ResumePoint
+    failed_step: str
+    failure: Failure | None = None
+    error: str | None = None
+    cause: str | None = None
+    execution_name: str | None = None
+    redrive_count: int = 0
+    redrive_execution: str | None = None
+    created_at: str
+    updated_at: str
+
+
+class DeadLetterPage(Record):
+    items: list[DeadLetter]
+    next_token: str | None
+
+
+EventModel = TypeVar("EventModel", bound=BaseModel)
+
+
+def parse_event(model: type[EventModel], event: object) -> EventModel:
+    """Validate a Lambda event; bad input is a FieldError (400) that names each field."""
+    try:
+        return model.model_validate(event)
+    except ValidationError as error:
+        errors = [
+            {"field": ".".join(str(part) for part in issue["loc"]) or "event", "message": issue["msg"]}
+            for issue in error.errors(include_url=False)
+        ]
+        raise FieldError(f"invalid {model.__name__} event", errors) from None

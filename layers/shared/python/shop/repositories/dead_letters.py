@@ -1,0 +1,146 @@
+"""Dead letters of the sagas, in OperationsTable (pk ``DEAD_LETTER``, sk ``ORDER#<order_id>``).
+
+One record per order: a saga whose compensation still failed after its retries writes it (OPEN),
+an operator's redrive moves it to REDRIVING, and the order step that finally settles the order
+marks it RESOLVED. Operators list them in one partition, which stays small by nature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shop import aws
+from shop.config import table_settings
+from shop.models.orders import DeadLetter, Failure, ResumePoint
+from shop.repositories.orders import call, marshal, unmarshal
+
+PARTITION = "DEAD_LETTER"
+# A Step Functions cause carries a stack trace; keep what an operator needs to read.
+MAX_CAUSE_CHARS = 4000
+
+
+def _key(order_id: str) -> dict[str, Any]:
+    return {"pk": {"S": PARTITION}, "sk": {"S": f"ORDER#{order_id}"}}
+
+
+def _to_dead_letter(item: Mapping[str, Any]) -> DeadLetter:
+    return DeadLetter.model_validate(unmarshal(item))
+
+
+def get(order_id: str) -> DeadLetter | None:
+    response = call(
+        aws.dynamodb().get_item, TableName=table_settings().operations_table, Key=_key(order_id), ConsistentRead=True
+    )
+    item = response.get("Item")
+    return _to_dead_letter(item) if item else None
+
+
+def record(
+    *,
+    order_id: str,
+    resume: ResumePoint,
+    failed_step: str,
+    failure: Failure | None,
+    error: str | None,
+    cause: str | None,
+    execution_name: str | None,
+    now: str,
+) -> DeadLetter:
+    """Write (or reopen) the order's dead letter; the redrive count survives reopening."""
+    values = {
+        ":open": "OPEN",
+        ":resume": resume,
+        ":failed_step": failed_step,
+        ":failure": failure.model_dump(mode="json") if failure else None,
+        ":error": error,
+        ":cause": cause[:MAX_CAUSE_CHARS] if cause else None,
+        ":execution_name": execution_name,
+        ":now": now,
+        ":zero": 0,
+    }
+    response = call(
+        aws.dynamodb().update_item,
+        TableName=table_settings().operations_table,
+        Key=_key(order_id),
+        UpdateExpression=(
+            "SET #status = :open, order_id = :order_id, resume = :resume, failed_step = :failed_step, "
+            "failure = :failure, #error = :error, cause = :cause, execution_name = :execution_name, "
+            "updated_at = :now, created_at = if_not_exists(created_at, :now), "
+            "redrive_count = if_not_exists(redrive_count, :zero)"
+        ),
+        ExpressionAttributeNames={"#status": "status", "#error": "error"},
+        # None is stored as NULL so a reopened record does not keep a stale failure or error.
+        ExpressionAttributeValues={
+            **{
+                name: ({"NULL": True} if value is None else marshal({"v": value})["v"])
+                for name, value in values.items()
+            },
+            ":order_id": {"S": order_id},
+        },
+        ReturnValues="ALL_NEW",
+    )
+    return _to_dead_letter(response["Attributes"])
+
+
+def start_redrive(order_id: str, *, expected_count: int, execution_name: str, now: str) -> DeadLetter | None:
+    """OPEN -> REDRIVING as redrive number ``expected_count + 1``; None if someone else moved it first."""
+    try:
+        response = call(
+            aws.dynamodb().update_item,
+            TableName=table_settings().operations_table,
+            Key=_key(order_id),
+            UpdateExpression=(
+                "SET #status = :redriving, redrive_count = :next, redrive_execution = :execution, updated_at = :now"
+            ),
+            ConditionExpression="#status = :open AND redrive_count = :expected",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":redriving": {"S": "REDRIVING"},
+                ":open": {"S": "OPEN"},
+                ":next": {"N": str(expected_count + 1)},
+                ":expected": {"N": str(expected_count)},
+                ":execution": {"S": execution_name},
+                ":now": {"S": now},
+            },
+            ReturnValues="ALL_NEW",
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return None
+        raise
+    return _to_dead_letter(response["Attributes"])
+
+
+def resolve(order_id: str, *, now: str) -> None:
+    """Mark the order's dead letter RESOLVED; a no-op when there is none or it is resolved."""
+    try:
+        call(
+            aws.dynamodb().update_item,
+            TableName=table_settings().operations_table,
+            Key=_key(order_id),
+            UpdateExpression="SET #status = :resolved, updated_at = :now",
+            ConditionExpression="attribute_exists(pk) AND #status <> :resolved",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":resolved": {"S": "RESOLVED"}, ":now": {"S": now}},
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+
+
+def list_page(*, limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[DeadLetter], dict[str, Any] | None]:
+    """One page of dead letters (by order id) and DynamoDB's key to continue from (low-level shape)."""
+    request: dict[str, Any] = {
+        "TableName": table_settings().operations_table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": PARTITION}},
+        "Limit": limit,
+    }
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    response = call(aws.dynamodb().query, **request)
+    letters = [_to_dead_letter(item) for item in response.get("Items", [])]
+    return letters, response.get("LastEvaluatedKey")

@@ -1,0 +1,169 @@
+"""Orders in DynamoDB (OrdersTable) and the idempotency store of POST /orders (IdempotencyTable).
+
+Every change to an order is a whole-item put conditional on the ``version`` the writer read,
+so the saga's steps and a customer's cancel request can never overwrite each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from shop import aws
+from shop.config import table_settings
+from shop.errors import OrderContention
+from shop.models.orders import Order
+
+ORDERS_BY_CUSTOMER = "OrdersByCustomer"
+
+# Error codes that mean "DynamoDB is busy, try again later" (the saga retries OrderContention).
+_BUSY_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TransactionConflictException",
+        "InternalServerError",
+    }
+)
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+_T = TypeVar("_T")
+
+
+class VersionConflict(Exception):
+    """The order changed (or vanished) since it was read; read it again and retry."""
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; the models (Money is strict) want ints."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def marshal(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _serializer.serialize(value) for key, value in item.items() if value is not None}
+
+
+def unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _plain(_deserializer.deserialize(value)) for key, value in item.items()}
+
+
+def call(operation: Callable[..., _T], **request: Any) -> _T:
+    """Run one DynamoDB call; throttling and the like become OrderContention (transient)."""
+    try:
+        return operation(**request)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in _BUSY_CODES:
+            raise OrderContention(f"DynamoDB is busy ({code}); retry") from error
+        raise
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return bool(error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+def _order_item(order: Order) -> dict[str, Any]:
+    item = order.model_dump(mode="json")
+    item["created_key"] = order.created_key
+    return marshal(item)
+
+
+def to_order(item: Mapping[str, Any]) -> Order:
+    return Order.model_validate(unmarshal(item))
+
+
+def get(order_id: str) -> Order | None:
+    response = call(
+        aws.dynamodb().get_item,
+        TableName=table_settings().orders_table,
+        Key={"order_id": {"S": order_id}},
+        ConsistentRead=True,
+    )
+    item = response.get("Item")
+    return to_order(item) if item else None
+
+
+def create(order: Order) -> Order:
+    """Store a new order; if one with this id exists already, return the stored one unchanged."""
+    try:
+        call(
+            aws.dynamodb().put_item,
+            TableName=table_settings().orders_table,
+            Item=_order_item(order),
+            ConditionExpression="attribute_not_exists(order_id)",
+        )
+    except ClientError as error:
+        if not _is_condition_failure(error):
+            raise
+        existing = get(order.order_id)
+        if existing is None:  # deleted in between: nothing deletes orders, so this is a bug
+            raise
+        return existing
+    return order
+
+
+def save(order: Order, *, expected_version: int) -> None:
+    """Replace the order if it still has ``expected_version``; else raise VersionConflict."""
+    try:
+        call(
+            aws.dynamodb().put_item,
+            TableName=table_settings().orders_table,
+            Item=_order_item(order),
+            ConditionExpression="#version = :expected",
+            ExpressionAttributeNames={"#version": "version"},
+            ExpressionAttributeValues={":expected": {"N": str(expected_version)}},
+        )
+    except ClientError as error:
+        if _is_condition_failure(error):
+            raise VersionConflict(order.order_id) from error
+        raise
+
+
+def list_for_customer(
+    customer_id: str, *, limit: int, start_key: Mapping[str, Any] | None
+) -> tuple[list[Order], dict[str, Any] | None]:
+    """One page of the customer's orders, newest first, and DynamoDB's key to continue from.
+
+    Keys are in the low-level client's shape, as ``shop.pagination`` signs them.
+    """
+    request: dict[str, Any] = {
+        "TableName": table_settings().orders_table,
+        "IndexName": ORDERS_BY_CUSTOMER,
+        "KeyConditionExpression": "customer_id = :customer",
+        "ExpressionAttributeValues": {":customer": {"S": customer_id}},
+        "ScanIndexForward": False,
+        "Limit": limit,
+    }
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    response = call(aws.dynamodb().query, **request)
+    orders = [to_order(item) for item in response.get("Items", [])]
+    return orders, response.get("LastEvaluatedKey")
+
+
+def idempotency_store() -> DynamoDBPersistenceLayer:
+    """Powertools' persistence layer on IdempotencyTable (key ``id``, TTL ``expiration``).
+
+    Built on first use, not at import; rebuilt when the table or the cached client changes
+    (tests deploy a fresh emulator per test).
+    """
+    return _idempotency_store(table_settings().idempotency_table, aws.dynamodb())
+
+
+@lru_cache(maxsize=4)
+def _idempotency_store(table_name: str, client: Any) -> DynamoDBPersistenceLayer:
+    return DynamoDBPersistenceLayer(table_name=table_name, key_attr="id", expiry_attr="expiration", boto3_client=client)

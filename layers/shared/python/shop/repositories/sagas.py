@@ -1,0 +1,61 @@
+"""Starting the checkout and refund sagas (Step Functions STANDARD executions).
+
+Every start passes a name derived from the order, so a repeated start (a retried request, a
+duplicate delivery, the saga and a cancel request racing) can never run a second saga: Step
+Functions answers ExecutionAlreadyExists, or the running execution for the same name and input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shop import aws
+from shop.config import saga_settings
+from shop.errors import OrderContention
+
+_BUSY_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "ServiceUnavailable", "InternalFailure"})
+
+
+def checkout_execution_name(order_id: str) -> str:
+    return order_id
+
+
+def refund_execution_name(order_id: str) -> str:
+    return f"refund-{order_id}"
+
+
+def redrive_execution_name(base_name: str, redrive_number: int) -> str:
+    return f"{base_name}-redrive-{redrive_number}"
+
+
+def _arn(name: str, value: str | None) -> str:
+    if not value:
+        raise RuntimeError(f"{name} is not configured for this function (infra/template.yaml)")
+    return value
+
+
+def checkout_state_machine_arn() -> str:
+    return _arn("CHECKOUT_STATE_MACHINE_ARN", saga_settings().checkout_state_machine_arn)
+
+
+def refund_state_machine_arn() -> str:
+    return _arn("REFUND_STATE_MACHINE_ARN", saga_settings().refund_state_machine_arn)
+
+
+def start(state_machine_arn: str, *, name: str, payload: dict[str, Any]) -> bool:
+    """Start the named execution; False when one with that name exists already (nothing started)."""
+    try:
+        aws.stepfunctions().start_execution(
+            stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload, sort_keys=True)
+        )
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "ExecutionAlreadyExists":
+            return False
+        if code in _BUSY_CODES:
+            raise OrderContention(f"Step Functions is busy ({code}); retry") from error
+        raise
+    return True

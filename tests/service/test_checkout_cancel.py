@@ -1,0 +1,142 @@
+"""Cancelling an order before, during and after the checkout saga's capture.
+
+The saga is held before a chosen step (``PauseAt``) while the customer cancels, then released:
+whatever the timing, the order ends consistent (CANCELLED: nothing captured, no stock held;
+REFUNDED: the capture refunded in full and the stock returned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from infra.local import lambda_runtime
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product, steps
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=10)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+def _pause(local_aws: LocalAws, logical_id: str, step: str | None = None) -> PauseAt:
+    pause = PauseAt(local_aws.function(logical_id), lambda event: step is None or event.get("step") == step)
+    lambda_runtime.faults.before_invoke = pause
+    return pause
+
+
+def test_cancel_before_authorization_cancels_without_charging(shop: Shop, local_aws: LocalAws) -> None:
+    pause = _pause(local_aws, "RecordProgressFunction", "reserve_stock")
+    placed = shop.place_ok([("MUG-1", 3)])
+    pause.wait_reached()
+
+    cancelled = shop.cancel(placed["order_id"])
+    pause.released.set()
+
+    assert cancelled.status_code == 202
+    assert cancelled.json_body["cancel_requested"] is True
+    assert cancelled.json_body["status"] == "PENDING"
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    order = shop.get(placed["order_id"]).json_body
+    assert (order["status"], order["failure_reason"]) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+    assert order["payment"] is None  # the saga stopped before the payment step
+    assert available("MUG-1") == 10
+    assert ("cancel_requested", "REQUESTED") in steps(order)
+
+
+def test_cancel_after_authorization_voids_before_capture(shop: Shop, local_aws: LocalAws) -> None:
+    pause = _pause(local_aws, "RecordProgressFunction", "authorize_payment")
+    placed = shop.place_ok([("MUG-1", 2)])
+    pause.wait_reached()
+
+    assert shop.cancel(placed["order_id"]).status_code == 202
+    pause.released.set()
+
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    order = shop.get(placed["order_id"]).json_body
+    assert (order["status"], order["failure_reason"]) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+    assert order["payment"]["status"] == "VOIDED"
+    assert order["payment"]["captured"]["amount"] == 0
+    assert available("MUG-1") == 10
+
+
+def test_cancel_during_capture_ends_refunded(shop: Shop, local_aws: LocalAws) -> None:
+    pause = _pause(local_aws, "CapturePaymentFunction")
+    placed = shop.place_ok([("MUG-1", 2)])
+    pause.wait_reached()
+
+    cancelled = shop.cancel(placed["order_id"])
+    pause.released.set()
+
+    assert cancelled.status_code == 202
+    assert cancelled.json_body["status"] == "PAYMENT_AUTHORIZED"
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    assert shop.wait_refund(placed["order_id"]) == "SUCCEEDED"
+    order = shop.get(placed["order_id"]).json_body
+    assert order["status"] == "REFUNDED"
+    assert order["failure_reason"] is None
+    assert order["payment"]["captured"] == order["total"]
+    assert order["payment"]["refunded"] == order["total"]
+    assert available("MUG-1") == 10
+    assert ("complete_order", "REFUND_REQUIRED") in steps(order)
+    assert ("complete_order", "COMPLETED") not in steps(order)
+
+
+def test_cancel_after_completion_refunds_in_full_once(shop: Shop) -> None:
+    placed = shop.place_ok([("MUG-1", 2)])
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    assert available("MUG-1") == 8
+
+    first = shop.cancel(placed["order_id"])
+
+    assert first.status_code == 202
+    assert first.json_body["status"] == "REFUNDING"
+    assert shop.wait_refund(placed["order_id"]) == "SUCCEEDED"
+    order = shop.get(placed["order_id"]).json_body
+    assert order["status"] == "REFUNDED"
+    assert order["payment"]["refunded"] == order["total"] == order["payment"]["captured"]
+    assert available("MUG-1") == 10
+    again = shop.cancel(placed["order_id"])
+    assert again.status_code == 202
+    assert again.json_body == order
+    assert len(shop.executions("RefundStateMachine")) == 1
+    assert available("MUG-1") == 10
+
+
+def test_cancelling_twice_while_pending_changes_nothing_more(shop: Shop, local_aws: LocalAws) -> None:
+    pause = _pause(local_aws, "RecordProgressFunction", "reserve_stock")
+    placed = shop.place_ok([("MUG-1", 1)])
+    pause.wait_reached()
+
+    first = shop.cancel(placed["order_id"]).json_body
+    second = shop.cancel(placed["order_id"]).json_body
+    pause.released.set()
+
+    assert second == first
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    order = shop.get(placed["order_id"]).json_body
+    assert order["status"] == "CANCELLED"
+    assert steps(order).count(("cancel_requested", "REQUESTED")) == 1
+    assert shop.cancel(placed["order_id"]).json_body == order
+
+
+def test_only_the_owner_or_an_admin_may_cancel(shop: Shop) -> None:
+    placed = shop.place_ok([("MUG-1", 1)])
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    before = shop.order(placed["order_id"])
+
+    stranger = shop.cancel(placed["order_id"], who="bob")
+    missing = shop.cancel("no-such-order", who="bob")
+
+    assert stranger.status_code == missing.status_code == 404
+    assert stranger.json_body["type"] == missing.json_body["type"]
+    assert shop.order(placed["order_id"]) == before
+    assert shop.executions("RefundStateMachine") == []
+    by_admin = shop.cancel(placed["order_id"], who="admin")
+    assert by_admin.status_code == 202
+    assert shop.wait_refund(placed["order_id"]) == "SUCCEEDED"
+    assert shop.order(placed["order_id"]).status == "REFUNDED"

@@ -1,0 +1,237 @@
+"""The order routes: idempotent placement, catalog pricing, validation, reads, listing and access."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shop.repositories import sagas
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import DEADLINE_SECONDS, Shop, deactivate, open_shop, seed_product
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=100)
+    seed_product("TEE-1", price=1999, stock=100)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+def _stored_orders(shop: Shop) -> int:
+    dynamodb = shop.aws.client("dynamodb")
+    return int(dynamodb.scan(TableName=shop.aws.table("OrdersTable"), Select="COUNT")["Count"])
+
+
+def _body(*items: tuple[str, int], token: str = "tok_visa") -> dict[str, Any]:
+    return {"items": [{"sku": sku, "quantity": quantity} for sku, quantity in items], "payment": {"token": token}}
+
+
+# ---------------------------------------------------------------------------- idempotency
+def test_same_key_and_body_answers_the_first_response_again(shop: Shop) -> None:
+    first = shop.place([], key="key-1", body=_body(("MUG-1", 2)))
+    shop.wait_checkout(first.json_body["order_id"])
+
+    again = shop.place([], key="key-1", body=_body(("MUG-1", 2)))
+
+    assert first.status_code == again.status_code == 202
+    assert again.json_body == first.json_body
+    assert again.json_body["status"] == "PENDING"
+    assert again.headers["Location"] == first.headers["Location"] == f"/orders/{first.json_body['order_id']}"
+    assert _stored_orders(shop) == 1
+    assert len(shop.executions("CheckoutStateMachine")) == 1
+
+
+def test_same_key_with_another_body_is_422_and_changes_nothing(shop: Shop) -> None:
+    first = shop.place([], key="key-1", body=_body(("MUG-1", 2)))
+    shop.wait_checkout(first.json_body["order_id"])
+
+    other = shop.place([], key="key-1", body=_body(("MUG-1", 3)))
+
+    assert other.status_code == 422
+    assert other.headers["Content-Type"] == "application/problem+json"
+    assert other.json_body["type"].endswith("idempotency-key-reused")
+    assert _stored_orders(shop) == 1
+    assert len(shop.executions("CheckoutStateMachine")) == 1
+
+
+def test_same_key_while_the_first_request_is_in_flight_is_409(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    entered, release = threading.Event(), threading.Event()
+    start = sagas.start
+
+    def held_start(*args: Any, **kwargs: Any) -> bool:
+        entered.set()
+        assert release.wait(DEADLINE_SECONDS)
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(sagas, "start", held_start)
+    responses: list[Any] = []
+    first = threading.Thread(target=lambda: responses.append(shop.place([], key="key-1", body=_body(("MUG-1", 1)))))
+    first.start()
+    try:
+        assert entered.wait(DEADLINE_SECONDS)
+        monkeypatch.setattr(sagas, "start", start)
+        concurrent = shop.place([], key="key-1", body=_body(("MUG-1", 1)))
+    finally:
+        release.set()
+        first.join(DEADLINE_SECONDS)
+
+    assert concurrent.status_code == 409
+    assert concurrent.json_body["type"].endswith("idempotency-key-in-use")
+    assert responses[0].status_code == 202
+    shop.wait_checkout(responses[0].json_body["order_id"])
+    assert _stored_orders(shop) == 1
+
+
+def test_keys_are_scoped_to_the_caller(shop: Shop) -> None:
+    alice = shop.place([], who="alice", key="shared", body=_body(("MUG-1", 1)))
+    bob = shop.place([], who="bob", key="shared", body=_body(("MUG-1", 1)))
+
+    assert alice.status_code == bob.status_code == 202
+    assert alice.json_body["order_id"] != bob.json_body["order_id"]
+    assert (alice.json_body["customer_id"], bob.json_body["customer_id"]) == ("alice", "bob")
+    for placed in (alice, bob):
+        shop.wait_checkout(placed.json_body["order_id"])
+
+
+def test_a_missing_or_oversized_key_is_400(shop: Shop) -> None:
+    for key in (None, "", "k" * 256):
+        headers = shop.headers("alice", key)
+        response = shop.client.http.post("/orders", headers=headers, body=json.dumps(_body(("MUG-1", 1))))
+
+        assert response.status_code == 400, key
+        assert response.json_body["errors"][0]["field"] == "Idempotency-Key"
+    assert _stored_orders(shop) == 0
+
+
+# ---------------------------------------------------------------------------- pricing and validation
+def test_prices_come_from_the_catalog_and_are_snapshotted(shop: Shop) -> None:
+    from shop.domain import catalog
+    from shop.models.catalog import UpdateProductRequest
+    from shop.models.money import Money
+
+    placed = shop.place_ok([("MUG-1", 3), ("TEE-1", 2)])
+    catalog.update_product("MUG-1", UpdateProductRequest(price=Money(amount=1)))
+    shop.wait_checkout(placed["order_id"])
+
+    order = shop.get(placed["order_id"]).json_body
+    mug, tee = order["items"]
+    assert (mug["sku"], mug["name"], mug["unit_price"]["amount"], mug["line_total"]["amount"]) == (
+        "MUG-1",
+        "Product MUG-1",
+        1250,
+        3750,
+    )
+    assert tee["line_total"]["amount"] == 3998
+    assert order["total"] == {"amount": 3750 + 3998, "currency": "USD"}
+    assert order["payment"]["captured"] == order["total"]
+
+
+def test_unknown_or_inactive_skus_are_422_and_the_key_stays_usable(shop: Shop) -> None:
+    seed_product("OLD-1", price=500, stock=10)
+    deactivate("OLD-1")
+
+    response = shop.place([], key="key-1", body=_body(("MUG-1", 1), ("NOPE-1", 1), ("OLD-1", 1)))
+
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json_body["errors"]] == ["items.1.sku", "items.2.sku"]
+    assert _stored_orders(shop) == 0
+    assert shop.executions("CheckoutStateMachine") == []
+    fixed = shop.place([], key="key-1", body=_body(("MUG-1", 1)))
+    assert fixed.status_code == 202
+    shop.wait_checkout(fixed.json_body["order_id"])
+
+
+BAD_BODIES: list[tuple[dict[str, Any], str]] = [
+    (_body(("MUG-1", 0)), "items.0.quantity"),
+    (_body(("MUG-1", 101)), "items.0.quantity"),
+    (_body(("MUG-1", 1), ("MUG-1", 2)), "items"),
+    ({"items": [], "payment": {"token": "tok_visa"}}, "items"),
+    ({"items": [{"sku": f"S-{n}", "quantity": 1} for n in range(51)], "payment": {"token": "tok_visa"}}, "items"),
+    ({"items": [{"sku": "MUG-1", "quantity": "2"}], "payment": {"token": "tok_visa"}}, "items.0.quantity"),
+    ({"items": [{"sku": "MUG-1", "quantity": 1, "price": 1}], "payment": {"token": "tok_visa"}}, "items.0.price"),
+    ({"items": [{"sku": "bad sku", "quantity": 1}], "payment": {"token": "tok_visa"}}, "items.0.sku"),
+    ({"items": [{"sku": "MUG-1", "quantity": 1}]}, "payment"),
+    ({"items": [{"sku": "MUG-1", "quantity": 1}], "payment": {"token": ""}}, "payment.token"),
+    ({**_body(("MUG-1", 1)), "total": {"amount": 1, "currency": "USD"}}, "total"),
+]
+
+
+def test_bad_bodies_are_400_and_change_nothing(shop: Shop) -> None:
+    for body, field in BAD_BODIES:
+        response = shop.place([], key="same-key", body=body)
+
+        assert response.status_code == 400, body
+        assert field in [error["field"] for error in response.json_body["errors"]], body
+    assert _stored_orders(shop) == 0
+    assert shop.executions("CheckoutStateMachine") == []
+    valid = shop.place([], key="same-key", body=_body(("MUG-1", 1)))
+    assert valid.status_code == 202  # none of the rejected requests claimed the key
+    shop.wait_checkout(valid.json_body["order_id"])
+
+
+def test_malformed_json_and_missing_token_are_rejected(shop: Shop) -> None:
+    malformed = shop.client.http.post("/orders", headers=shop.headers("alice", "k"), body="{not json")
+    anonymous = shop.client.http.post(
+        "/orders", headers={"Content-Type": "application/json", "Idempotency-Key": "k"}, body=json.dumps(_body())
+    )
+
+    assert malformed.status_code == 400
+    assert anonymous.status_code == 401
+    assert _stored_orders(shop) == 0
+
+
+# ---------------------------------------------------------------------------- reads
+def test_only_the_owner_or_an_admin_can_read_an_order(shop: Shop) -> None:
+    placed = shop.place_ok([("MUG-1", 1)])
+    shop.wait_checkout(placed["order_id"])
+
+    owner = shop.get(placed["order_id"])
+    admin = shop.get(placed["order_id"], who="admin")
+    stranger = shop.get(placed["order_id"], who="bob")
+    missing = shop.get("0" * 36, who="bob")
+
+    assert owner.status_code == admin.status_code == 200
+    assert admin.json_body == owner.json_body
+    assert stranger.status_code == missing.status_code == 404
+    assert {k: v for k, v in stranger.json_body.items() if k != "detail"} == {
+        k: v for k, v in missing.json_body.items() if k != "detail"
+    }
+    assert shop.client.http.get(f"/orders/{placed['order_id']}").status_code == 401
+    assert shop.get("x" * 200).status_code == 400
+
+
+def test_listing_is_the_callers_own_orders_newest_first(shop: Shop) -> None:
+    alices = [shop.place_ok([("MUG-1", n)]) for n in (1, 2, 3)]
+    bobs = shop.place_ok([("TEE-1", 1)], who="bob")
+    for placed in [*alices, bobs]:
+        shop.wait_checkout(placed["order_id"])
+    newest_first = sorted(alices, key=lambda o: (o["created_at"], o["order_id"]), reverse=True)
+
+    first = shop.client.http.get("/orders?limit=2", headers=shop.headers("alice")).json_body
+    second = shop.client.http.get(
+        f"/orders?limit=2&next_token={first['next_token']}", headers=shop.headers("alice")
+    ).json_body
+
+    listed = [order["order_id"] for order in first["items"] + second["items"]]
+    assert listed == [order["order_id"] for order in newest_first]
+    assert second["next_token"] is None
+    assert first["items"][0]["status"] == "COMPLETED"
+    assert first["items"][0]["payment"]["captured"] == first["items"][0]["total"]
+    bob = shop.client.http.get("/orders", headers=shop.headers("bob")).json_body
+    assert [order["order_id"] for order in bob["items"]] == [bobs["order_id"]]
+    stolen = shop.client.http.get(f"/orders?limit=2&next_token={first['next_token']}", headers=shop.headers("bob"))
+    tampered = shop.client.http.get(
+        f"/orders?limit=2&next_token={first['next_token'][:-2]}xx", headers=shop.headers("alice")
+    )
+    assert stolen.status_code == tampered.status_code == 400
+    other_limit = shop.client.http.get(
+        f"/orders?limit=5&next_token={first['next_token']}", headers=shop.headers("alice")
+    )
+    assert [order["order_id"] for order in other_limit.json_body["items"]] == listed[2:]
+    assert shop.client.http.get("/orders?limit=0", headers=shop.headers("alice")).status_code == 400
+    assert shop.client.http.get("/orders?colour=red", headers=shop.headers("alice")).status_code == 400

@@ -1,0 +1,83 @@
+"""The refund saga: a completed order cancelled by its customer is refunded in full, its stock
+returned, exactly once; a refund that keeps failing is dead-lettered and redriven."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from infra.local import lambda_runtime
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, available, open_shop, seed_product, steps
+
+
+class ProviderOutage(Exception):
+    pass
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=10)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+def _completed(shop: Shop, quantity: int = 3) -> str:
+    placed = shop.place_ok([("MUG-1", quantity)])
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    assert shop.order(placed["order_id"]).status == "COMPLETED"
+    return str(placed["order_id"])
+
+
+def test_refund_returns_money_and_stock_and_records_each_step(shop: Shop) -> None:
+    order_id = _completed(shop)
+    assert available("MUG-1") == 7
+
+    shop.cancel(order_id)
+
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    order = shop.get(order_id).json_body
+    assert order["status"] == "REFUNDED"
+    assert order["payment"]["status"] == "REFUNDED"
+    assert order["payment"]["refunded"] == {"amount": 3 * 1250, "currency": "USD"}
+    assert available("MUG-1") == 10
+    assert steps(order)[-4:] == [
+        ("cancel_requested", "REQUESTED"),
+        ("refund_payment", "SUCCEEDED"),
+        ("return_stock", "SUCCEEDED"),
+        ("refund_order", "REFUNDED"),
+    ]
+
+
+def test_failed_refund_is_dead_lettered_and_redriven(shop: Shop, local_aws: LocalAws) -> None:
+    order_id = _completed(shop)
+    refund = local_aws.function("RefundPaymentFunction")
+
+    def outage(function_name: str, event: Any) -> None:
+        if function_name == refund:
+            raise ProviderOutage("the refund endpoint is down")
+
+    lambda_runtime.faults.before_invoke = outage
+    shop.cancel(order_id)
+
+    assert shop.wait_refund(order_id) == "FAILED"
+    stuck = shop.get(order_id, who="admin").json_body
+    assert stuck["status"] == "NEEDS_ATTENTION"
+    assert stuck["payment"]["refunded"]["amount"] == 0
+    letter = shop.dead_letter(order_id)
+    assert letter is not None
+    assert (letter.status, letter.resume, letter.failed_step) == ("OPEN", "refund", "refund_payment")
+    assert shop.cancel(order_id).json_body["status"] == "NEEDS_ATTENTION"  # only an operator moves it on
+
+    lambda_runtime.faults.before_invoke = None
+    assert shop.redrive(order_id).status_code == 202
+
+    assert shop.wait_execution("RefundStateMachine", f"refund-{order_id}-redrive-1") == "SUCCEEDED"
+    order = shop.get(order_id).json_body
+    assert order["status"] == "REFUNDED"
+    assert order["payment"]["refunded"] == order["total"]
+    assert available("MUG-1") == 10
+    resolved = shop.dead_letter(order_id)
+    assert resolved is not None and resolved.status == "RESOLVED"

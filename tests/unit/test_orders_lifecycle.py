@@ -1,0 +1,172 @@
+"""The order's transitions: pure functions of the stored order (no AWS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shop.domain import orders as lifecycle
+from shop.errors import OrderStateConflict
+from shop.models.money import Money
+from shop.models.orders import CancelOrder, Failure, HistoryEntry, Order, OrderLine, OrderStatus
+
+NOW = "2030-01-01T00:00:01.000Z"
+LATER = "2030-01-01T00:00:02.000Z"
+
+
+def _order(status: OrderStatus = "PENDING", **changes: Any) -> Order:
+    line = OrderLine(sku="MUG-1", name="Mug", quantity=2, unit_price=Money(amount=500), line_total=Money(amount=1000))
+    order = Order(
+        order_id="order-1",
+        customer_id="alice",
+        status=status,
+        items=[line],
+        total=Money(amount=1000),
+        history=[HistoryEntry(step="order_placed", status="PENDING", at="2030-01-01T00:00:00.000Z")],
+        created_at="2030-01-01T00:00:00.000Z",
+        updated_at="2030-01-01T00:00:00.000Z",
+    )
+    return order.model_copy(update=changes)
+
+
+def _pairs(order: Order) -> list[tuple[str, str]]:
+    return [(entry.step, entry.status) for entry in order.history]
+
+
+def _cancel(reason: str, step: str | None, compensations: list[str]) -> CancelOrder:
+    return CancelOrder.model_validate(
+        {"order_id": "order-1", "failure": {"reason": reason, "step": step, "compensations": compensations}}
+    )
+
+
+def test_progress_moves_forward_and_records_once() -> None:
+    reserved = lifecycle.progressed(_order(), "reserve_stock", NOW)
+    assert reserved is not None
+    assert reserved.status == "STOCK_RESERVED"
+    assert _pairs(reserved)[-1] == ("reserve_stock", "SUCCEEDED")
+    assert reserved.history[-1].at == NOW
+
+    assert lifecycle.progressed(reserved, "reserve_stock", LATER) is None
+
+
+def test_progress_never_moves_backwards() -> None:
+    authorized = _order("PAYMENT_AUTHORIZED")
+    late = lifecycle.progressed(authorized, "reserve_stock", NOW)
+    assert late is not None and late.status == "PAYMENT_AUTHORIZED"
+
+
+def test_progress_after_the_saga_moved_on_is_a_noop_or_a_conflict() -> None:
+    recorded = lifecycle.progressed(_order(), "reserve_stock", NOW)
+    assert recorded is not None
+    cancelled = recorded.model_copy(update={"status": "CANCELLED"})
+    assert lifecycle.progressed(cancelled, "reserve_stock", LATER) is None
+    with pytest.raises(OrderStateConflict):
+        lifecycle.progressed(cancelled, "authorize_payment", LATER)
+
+
+def test_completion_completes_unless_the_customer_cancelled() -> None:
+    done = lifecycle.completed(_order("PAYMENT_AUTHORIZED"), NOW)
+    assert done is not None and done.status == "COMPLETED"
+    assert _pairs(done)[-3:] == [
+        ("commit_reservation", "SUCCEEDED"),
+        ("capture_payment", "SUCCEEDED"),
+        ("complete_order", "COMPLETED"),
+    ]
+    assert lifecycle.completed(done, LATER) is None
+
+    flagged = _order("PAYMENT_AUTHORIZED", cancel_requested=True)
+    refunding = lifecycle.completed(flagged, NOW)
+    assert refunding is not None and refunding.status == "REFUNDING"
+    assert _pairs(refunding)[-1] == ("complete_order", "REFUND_REQUIRED")
+    assert lifecycle.completed(refunding, LATER) is None
+
+
+def test_completion_of_a_cancelled_order_is_a_conflict() -> None:
+    with pytest.raises(OrderStateConflict):
+        lifecycle.completed(_order("CANCELLED"), NOW)
+
+
+def test_cancel_records_the_failure_the_compensations_and_the_reason() -> None:
+    step = _cancel("PAYMENT_DECLINED", "authorize_payment", ["void_payment", "release_stock"])
+
+    cancelled = lifecycle.cancelled(_order("STOCK_RESERVED"), step, NOW)
+
+    assert cancelled is not None
+    assert (cancelled.status, cancelled.failure_reason) == ("CANCELLED", "PAYMENT_DECLINED")
+    assert _pairs(cancelled)[1:] == [
+        ("authorize_payment", "FAILED"),
+        ("void_payment", "SUCCEEDED"),
+        ("release_stock", "SUCCEEDED"),
+        ("cancel_order", "CANCELLED"),
+    ]
+    assert lifecycle.cancelled(cancelled, step, LATER) is None
+
+
+def test_a_redrive_may_cancel_an_order_that_needs_attention_but_never_a_completed_one() -> None:
+    step = _cancel("CANCELLED_BY_CUSTOMER", None, ["release_stock"])
+    redriven = lifecycle.cancelled(_order("NEEDS_ATTENTION"), step, NOW)
+    assert redriven is not None and redriven.status == "CANCELLED"
+    for status in ("COMPLETED", "REFUNDING", "REFUNDED"):
+        with pytest.raises(OrderStateConflict):
+            lifecycle.cancelled(_order(status), step, NOW)  # type: ignore[arg-type]
+
+
+def test_refunded_only_after_a_refund_was_requested() -> None:
+    refunded = lifecycle.refunded(_order("REFUNDING", failure_reason=None), NOW)
+    assert refunded is not None and refunded.status == "REFUNDED"
+    assert lifecycle.refunded(refunded, LATER) is None
+    with pytest.raises(OrderStateConflict):
+        lifecycle.refunded(_order("COMPLETED"), NOW)
+
+
+def test_flagging_needs_attention_records_the_failed_step_once() -> None:
+    flagged = lifecycle.flagged(_order("STOCK_RESERVED"), "void_payment", NOW)
+    assert flagged is not None and flagged.status == "NEEDS_ATTENTION"
+    assert _pairs(flagged)[-2:] == [("void_payment", "FAILED"), ("needs_attention", "NEEDS_ATTENTION")]
+    assert lifecycle.flagged(flagged, "void_payment", LATER) is None
+    with pytest.raises(OrderStateConflict):
+        lifecycle.flagged(_order("COMPLETED"), "void_payment", NOW)
+
+
+def test_cancel_request_on_a_pending_order_raises_the_flag_once() -> None:
+    decision = lifecycle.cancel_requested(_order("STOCK_RESERVED"), NOW)
+    assert decision.order is not None and not decision.start_refund
+    assert decision.order.cancel_requested
+    assert decision.order.status == "STOCK_RESERVED"  # the saga decides at its next checkpoint
+    again = lifecycle.cancel_requested(decision.order, LATER)
+    assert again.order is None and not again.start_refund
+
+
+def test_cancel_request_on_a_completed_order_starts_a_refund() -> None:
+    decision = lifecycle.cancel_requested(_order("COMPLETED"), NOW)
+    assert decision.order is not None and decision.start_refund
+    assert decision.order.status == "REFUNDING"
+    # Asking again only makes sure the refund saga runs (starting it again is a no-op).
+    again = lifecycle.cancel_requested(decision.order, LATER)
+    assert again.order is None and again.start_refund
+
+
+@pytest.mark.parametrize("status", ["CANCELLED", "REFUNDED", "NEEDS_ATTENTION"])
+def test_cancel_request_on_a_settled_order_changes_nothing(status: OrderStatus) -> None:
+    decision = lifecycle.cancel_requested(_order(status), NOW)
+    assert decision.order is None and not decision.start_refund
+
+
+def test_cancel_racing_completion_ends_refunded_whichever_writes_first() -> None:
+    authorized = _order("PAYMENT_AUTHORIZED")
+    # The cancel request wins the write: completion sees the flag and hands over to the refund.
+    flagged = lifecycle.cancel_requested(authorized, NOW).order
+    assert flagged is not None
+    after = lifecycle.completed(flagged, LATER)
+    assert after is not None and after.status == "REFUNDING"
+    # The completion wins the write: the cancel request turns into a refund.
+    completed = lifecycle.completed(authorized, NOW)
+    assert completed is not None
+    decision = lifecycle.cancel_requested(completed, LATER)
+    assert decision.start_refund and decision.order is not None and decision.order.status == "REFUNDING"
+
+
+def test_failure_model_rejects_unknown_reasons() -> None:
+    with pytest.raises(ValueError):
+        Failure.model_validate({"reason": "BORED"})

@@ -1,0 +1,101 @@
+"""The saga definitions' retry and catch policy, read from the ASL files as deployed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.template import Resolver, fill_substitutions, load_template
+
+REPO = Path(__file__).resolve().parents[2]
+BUSINESS_ERRORS = {"OutOfStock", "PaymentDeclined", "CheckoutCancelled", "ReservationExpired"}
+LAMBDA_TRANSIENT = {
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+}
+MACHINES = {"CheckoutStateMachine": "checkout.asl.json", "RefundStateMachine": "refund.asl.json"}
+
+
+def _definition(logical_id: str) -> dict[str, Any]:
+    template = load_template()
+    properties = template["Resources"][logical_id]["Properties"]
+    resolver = Resolver(refs={"RetryIntervalSeconds": "1", "RetryMaxDelaySeconds": "7"})
+    for name in template["Resources"]:
+        resolver.attributes[f"{name}.Arn"] = f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
+    substitutions = resolver.resolve(properties["DefinitionSubstitutions"])
+    return json.loads(fill_substitutions((REPO / properties["DefinitionUri"]).read_text(), substitutions))  # type: ignore[no-any-return]
+
+
+def _tasks(logical_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, state in _definition(logical_id)["States"].items():
+        if state["Type"] == "Task":
+            yield name, state
+
+
+@pytest.mark.parametrize("logical_id", MACHINES)
+def test_template_wires_the_definition_and_tracing(logical_id: str) -> None:
+    properties = load_template()["Resources"][logical_id]["Properties"]
+    assert properties["DefinitionUri"] == f"statemachines/{MACHINES[logical_id]}"
+    assert properties["Tracing"] == {"Enabled": True}
+    assert properties.get("Type", "STANDARD") == "STANDARD"
+    invoked = {policy["LambdaInvokePolicy"]["FunctionName"]["Ref"] for policy in properties["Policies"]}
+    arns = {value["Fn::GetAtt"][0] for value in properties["DefinitionSubstitutions"].values() if "Fn::GetAtt" in value}
+    assert invoked == arns  # least privilege: exactly the functions the definition calls
+
+
+@pytest.mark.parametrize("logical_id", MACHINES)
+def test_every_task_retries_with_capped_full_jitter_backoff(logical_id: str) -> None:
+    for name, state in _tasks(logical_id):
+        assert state["Retry"], name
+        for retrier in state["Retry"]:
+            assert retrier["JitterStrategy"] == "FULL", name
+            assert retrier["IntervalSeconds"] == 1 and retrier["MaxDelaySeconds"] == 7, name
+            assert retrier["BackoffRate"] > 1, name
+            assert not BUSINESS_ERRORS & set(retrier["ErrorEquals"]), f"{name} retries a business error"
+
+
+@pytest.mark.parametrize("logical_id", MACHINES)
+def test_every_task_passes_correlation_ids(logical_id: str) -> None:
+    for name, state in _tasks(logical_id):
+        payload = state["Parameters"]["Payload"]
+        assert payload["order_id.$"] == "$.order_id", name
+        assert payload["execution_name.$"] == "$$.Execution.Name", name
+
+
+def test_forward_steps_retry_lambda_service_errors_and_their_transient_error() -> None:
+    expected = {
+        "ReserveStock": "InventoryContention",
+        "AuthorizePayment": "PaymentProviderError",
+        "CommitReservation": "InventoryContention",
+        "CapturePayment": "PaymentProviderError",
+        "RecordStockReserved": "OrderContention",
+        "CompleteOrder": "OrderContention",
+    }
+    tasks = dict(_tasks("CheckoutStateMachine"))
+    for name, transient in expected.items():
+        retried = set(tasks[name]["Retry"][0]["ErrorEquals"])
+        assert {transient, *LAMBDA_TRANSIENT} <= retried, name
+        assert all("States.ALL" not in retrier["ErrorEquals"] for retrier in tasks[name]["Retry"]), name
+
+
+def test_business_errors_lead_into_the_compensation() -> None:
+    states = _definition("CheckoutStateMachine")["States"]
+    catches = {name: {c["ErrorEquals"][0]: c["Next"] for c in s.get("Catch", [])} for name, s in states.items()}
+    assert catches["AuthorizePayment"]["PaymentDeclined"] == "PaymentDeclined"
+    assert states["PaymentDeclined"]["Result"]["reason"] == "PAYMENT_DECLINED"
+    assert states["PaymentUnavailable"]["Result"]["reason"] == "PAYMENT_UNAVAILABLE"
+    assert states["ReservationFailed"]["Result"]["reason"] == "OUT_OF_STOCK"
+    assert catches["RecordPaymentAuthorized"]["CheckoutCancelled"] == "CancelledAfterAuthorization"
+    # Compensation runs in reverse order and every compensation failure ends at a dead letter.
+    assert states["VoidPayment"]["Next"] == "ReleaseStock"
+    assert states["ReleaseStock"]["Next"] == "CancelOrder"
+    for compensation in ("VoidPayment", "ReleaseStock", "CancelOrder"):
+        target = catches[compensation]["States.ALL"]
+        assert states[target]["Next"] == "FlagCompensation"
+    assert states["FlagCompensation"]["Next"] == "CompensationNeedsAttention"
