@@ -32,8 +32,9 @@ def health() -> Health:
     return Health(status="ok")
 
 
-@http.route(app, "/openapi.json", "GET", summary="This API's OpenAPI 3.1 document", responses={200: None},
-            tags=("meta",))
+@http.route(
+    app, "/openapi.json", "GET", summary="This API's OpenAPI 3.1 document", responses={200: None}, tags=("meta",)
+)
 def openapi_document() -> dict[str, Any]:
     return openapi.document(app, title="Serverless shop API", version="1.0.0")
 

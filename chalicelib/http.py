@@ -83,7 +83,11 @@ Headers = Mapping[str, str | list[str]]
 
 
 def _problem(
-    status: int, title: str, slug: str, detail: str, extensions: Mapping[str, Any] | None = None,
+    status: int,
+    title: str,
+    slug: str,
+    detail: str,
+    extensions: Mapping[str, Any] | None = None,
     headers: Headers | None = None,
 ) -> Response:
     body = {"type": f"{PROBLEM_TYPE_PREFIX}{slug}", "title": title, "status": status, "detail": detail}

@@ -41,6 +41,8 @@ from moto.awslambda.models import LambdaFunction, lambda_backends
 
 CACHE_DIR = Path(tempfile.gettempdir()) / "shop-lambda-code"
 _ORIGINAL_INVOKE = LambdaFunction._invoke_lambda
+# Variables the host process decides for in-process invocations when it has set them.
+HOST_OWNED = frozenset({"POWERTOOLS_LOG_LEVEL", "POWERTOOLS_TRACE_DISABLED", "AWS_XRAY_SDK_ENABLED"})
 _lock = threading.RLock()
 _modules: dict[str, ModuleType] = {}
 
@@ -165,8 +167,11 @@ def _invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool,
                 # test always runs the code under test.
                 sys.path.append(str(layer_dir))
         # Every function's environment comes from the same template Globals; only a few
-        # per-function values differ, and Powertools reads those once per cold start.
-        os.environ.update(function.environment_vars)
+        # per-function values differ, and Powertools reads those once per cold start. The
+        # host's observability settings win (tests keep logs at WARNING and X-Ray off).
+        os.environ.update(
+            {k: v for k, v in function.environment_vars.items() if not (k in HOST_OWNED and k in os.environ)}
+        )
     handler = _handler_of(function, code_dir)
     try:
         result = handler(event, _context(function))

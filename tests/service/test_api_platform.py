@@ -64,8 +64,15 @@ def test_the_openapi_document_describes_the_routes_that_exist(client: Client) ->
     assert documented <= registered
     assert ("/products", "put") not in documented  # the 405 answers are not operations
     schemas = document["components"]["schemas"]
-    assert {"CreateProductRequest", "UpdateProductRequest", "StockAdjustmentRequest", "Product", "ProductPage",
-            "Problem", "Money"} <= set(schemas)
+    assert {
+        "CreateProductRequest",
+        "UpdateProductRequest",
+        "StockAdjustmentRequest",
+        "Product",
+        "ProductPage",
+        "Problem",
+        "Money",
+    } <= set(schemas)
     for ref in _refs(document):
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
 
@@ -75,7 +82,11 @@ def test_the_openapi_document_carries_the_contract_rules(client: Client) -> None
     listing = paths["/products"]["get"]
     limit = next(p for p in listing["parameters"] if p["name"] == "limit")
     assert (limit["in"], limit["required"], limit["schema"]["minimum"], limit["schema"]["maximum"]) == (
-        "query", False, 1, 100)
+        "query",
+        False,
+        1,
+        100,
+    )
     category = next(p for p in listing["parameters"] if p["name"] == "category")
     assert category["schema"]["type"] == "string"  # optional means absent, not null
     assert "security" not in listing
@@ -142,8 +153,9 @@ def server(local_aws: LocalAws) -> Iterator[tuple[str, int]]:
         thread.join(timeout=10)
 
 
-def _request(address: tuple[str, int], method: str, path: str, headers: dict[str, str] | None = None,
-             body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+def _request(
+    address: tuple[str, int], method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection(*address, timeout=10)
     try:
         connection.request(method, path, body=body, headers=headers or {})

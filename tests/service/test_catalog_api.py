@@ -61,8 +61,13 @@ class Api:
         return Reply(response.status_code, {k.lower(): v for k, v in response.headers.items()}, parsed)
 
     def create(self, sku: str, *, category: str = "kitchen", amount: int = 1000, stock: int = 10) -> Reply:
-        body = {"sku": sku, "name": f"Product {sku}", "category": category,
-                "price": {"amount": amount, "currency": "USD"}, "stock": stock}
+        body = {
+            "sku": sku,
+            "name": f"Product {sku}",
+            "category": category,
+            "price": {"amount": amount, "currency": "USD"},
+            "stock": stock,
+        }
         return self.request("POST", "/products", body, token=self.admin)
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
@@ -104,16 +109,30 @@ def assert_problem(reply: Reply, status: int, field: str | None = None) -> None:
 # ---------------------------------------------------------------------------- happy paths
 def test_create_then_read_a_product(api: Api) -> None:
     created = api.request(
-        "POST", "/products",
-        {"sku": "MUG-1", "name": "Blue mug", "description": "Holds coffee", "category": "kitchen",
-         "price": {"amount": 1299, "currency": "USD"}, "stock": 5},
+        "POST",
+        "/products",
+        {
+            "sku": "MUG-1",
+            "name": "Blue mug",
+            "description": "Holds coffee",
+            "category": "kitchen",
+            "price": {"amount": 1299, "currency": "USD"},
+            "stock": 5,
+        },
         token=api.admin,
     )
     assert created.status == 201
     assert created.headers["location"] == "/products/MUG-1"
     assert created.headers["content-type"] == "application/json"
-    expected = {"sku": "MUG-1", "name": "Blue mug", "description": "Holds coffee", "category": "kitchen",
-                "price": {"amount": 1299, "currency": "USD"}, "available": 5, "active": True}
+    expected = {
+        "sku": "MUG-1",
+        "name": "Blue mug",
+        "description": "Holds coffee",
+        "category": "kitchen",
+        "price": {"amount": 1299, "currency": "USD"},
+        "available": 5,
+        "active": True,
+    }
     assert expected.items() <= created.body.items()
     read = api.request("GET", "/products/MUG-1")
     assert read.status == 200 and read.body == created.body
@@ -202,7 +221,7 @@ def test_a_tampered_page_token_is_400(api: Api) -> None:
     swapped = "A" if payload[middle] != "A" else "B"
     tampered = {
         "signature-changed": f"{payload}.{signature[:-4]}{'AAAA' if signature[-4:-1] != 'AAA' else 'BBBB'}",
-        "payload-changed": f"{payload[:middle]}{swapped}{payload[middle + 1:]}.{signature}",
+        "payload-changed": f"{payload[:middle]}{swapped}{payload[middle + 1 :]}.{signature}",
         "signature-dropped": payload,
         "made-up": "not-a-token",
     }
@@ -246,7 +265,8 @@ def test_an_inactive_product_changing_category_stays_unlisted(api: Api) -> None:
 def test_patch_changes_only_the_fields_sent(api: Api) -> None:
     created = api.create("A", amount=1000, stock=4).body
     patched = api.request(
-        "PATCH", "/products/A",
+        "PATCH",
+        "/products/A",
         {"name": "Renamed", "description": "New words", "price": {"amount": 1500, "currency": "USD"}},
         token=api.admin,
     )
@@ -294,9 +314,7 @@ def test_a_stock_adjustment_of_a_missing_product_is_404(api: Api) -> None:
     assert api.tables() == before
 
 
-def test_a_stock_adjustment_retries_when_stock_moved_since_its_read(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_stock_adjustment_retries_when_stock_moved_since_its_read(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     api.create("A", stock=5)
     real_get = repository.get_product
     reads = []
@@ -316,9 +334,11 @@ def test_a_stock_adjustment_retries_when_stock_moved_since_its_read(
 
 def test_get_products_is_one_batch_read_of_the_existing_skus(api: Api) -> None:
     for n in range(105):  # more than one BatchGetItem (100 keys)
-        domain.create_product(CreateProductRequest.model_validate(
-            {"sku": f"S{n:03d}", "name": "n", "category": "c", "price": {"amount": n}, "stock": n}
-        ))
+        domain.create_product(
+            CreateProductRequest.model_validate(
+                {"sku": f"S{n:03d}", "name": "n", "category": "c", "price": {"amount": n}, "stock": n}
+            )
+        )
     api.request("PATCH", "/products/S001", {"active": False}, token=api.admin)
     wanted = [f"S{n:03d}" for n in range(105)] + ["S000", "MISSING"]
     found = domain.get_products(wanted)
@@ -405,10 +425,18 @@ BAD_CREATE_BODIES = [
     ("null", b"null", 400, "body"),
     ("invalid-utf8", b'{"sku": "\xff\xfe"}', 400, None),
     ("bom", b"\xef\xbb\xbf" + _with(), 400, None),
-    ("lone-surrogate", b'{"sku": "NEW-1", "name": "\\ud800", "category": "c", "price": {"amount": 1}, "stock": 1}',
-     400, None),
-    ("duplicate-keys", b'{"sku": "NEW-1", "sku": "NEW-2", "name": "n", "category": "c", '
-                       b'"price": {"amount": 1}, "stock": 1}', 400, None),
+    (
+        "lone-surrogate",
+        b'{"sku": "NEW-1", "name": "\\ud800", "category": "c", "price": {"amount": 1}, "stock": 1}',
+        400,
+        None,
+    ),
+    (
+        "duplicate-keys",
+        b'{"sku": "NEW-1", "sku": "NEW-2", "name": "n", "category": "c", "price": {"amount": 1}, "stock": 1}',
+        400,
+        None,
+    ),
     ("nan", _with().replace(b'"stock": 1', b'"stock": NaN'), 400, None),
     ("infinity", _with().replace(b'"stock": 1', b'"stock": Infinity'), 400, None),
     ("minus-infinity", _with().replace(b'"stock": 1', b'"stock": -Infinity'), 400, None),
@@ -465,8 +493,13 @@ def test_an_oversized_body_is_413_and_changes_nothing(api: Api) -> None:
 
 def test_a_wrong_content_type_is_415_and_changes_nothing(api: Api) -> None:
     before = api.tables()
-    content_types = ["text/plain", "application/x-www-form-urlencoded", "application/xml",
-                     "application/json; charset=latin-1", "application/jsonx"]
+    content_types = [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "application/json; charset=latin-1",
+        "application/jsonx",
+    ]
     every_case(
         lambda ct: assert_problem(
             api.request("POST", "/products", raw=_with(), token=api.admin, headers={"Content-Type": ct}), 415
@@ -485,16 +518,26 @@ def test_a_missing_content_type_is_415(api: Api) -> None:
 
 
 def test_json_with_a_charset_is_accepted(api: Api) -> None:
-    reply = api.request("POST", "/products", raw=_with(), token=api.admin,
-                        headers={"Content-Type": "application/json; charset=UTF-8"})
+    reply = api.request(
+        "POST", "/products", raw=_with(), token=api.admin, headers={"Content-Type": "application/json; charset=UTF-8"}
+    )
     assert reply.status == 201
 
 
 def test_bad_patches_are_400_and_change_nothing(api: Api) -> None:
     api.create("A")
     before = api.tables()
-    bodies: list[Any] = [{}, {"name": None}, {"active": "no"}, {"price": {"amount": -5}}, {"stock": 3},
-                         {"available": 3}, {"sku": "B"}, [], "name"]
+    bodies: list[Any] = [
+        {},
+        {"name": None},
+        {"active": "no"},
+        {"price": {"amount": -5}},
+        {"stock": 3},
+        {"available": 3},
+        {"sku": "B"},
+        [],
+        "name",
+    ]
     every_case(
         lambda b: assert_problem(api.request("PATCH", "/products/A", b, token=api.admin), 400),
         {json.dumps(b): (b,) for b in bodies},
@@ -505,10 +548,17 @@ def test_bad_patches_are_400_and_change_nothing(api: Api) -> None:
 def test_bad_stock_adjustments_are_400_and_change_nothing(api: Api) -> None:
     api.create("A")
     before = api.tables()
-    bodies: list[Any] = [{"delta": 0, "reason": "x"}, {"delta": 1}, {"delta": "1", "reason": "x"},
-                         {"delta": 1.0, "reason": "x"}, {"delta": 2**64, "reason": "x"},
-                         {"delta": -(2**64), "reason": "x"}, {"delta": 1, "reason": "x", "sku": "B"},
-                         {"delta": 1, "reason": ""}, {"delta": None, "reason": "x"}]
+    bodies: list[Any] = [
+        {"delta": 0, "reason": "x"},
+        {"delta": 1},
+        {"delta": "1", "reason": "x"},
+        {"delta": 1.0, "reason": "x"},
+        {"delta": 2**64, "reason": "x"},
+        {"delta": -(2**64), "reason": "x"},
+        {"delta": 1, "reason": "x", "sku": "B"},
+        {"delta": 1, "reason": ""},
+        {"delta": None, "reason": "x"},
+    ]
     every_case(
         lambda b: assert_problem(api.request("POST", "/products/A/stock-adjustments", b, token=api.admin), 400),
         {json.dumps(b): (b,) for b in bodies},
@@ -540,11 +590,21 @@ def test_an_empty_sku_segment_is_400(api: Api) -> None:
 
 
 BAD_QUERIES = [
-    ("limit=0", "limit"), ("limit=101", "limit"), ("limit=-1", "limit"), ("limit=abc", "limit"),
-    ("limit=1.5", "limit"), ("limit=", "limit"), ("limit=99999999999999999999999", "limit"),
-    ("limit=%2B5", "limit"), ("limit=1&limit=2", "limit"), ("category=", "category"),
-    ("category=a%0Ab", "category"), ("sort=price", "sort"), ("next_token=", "next_token"),
-    ("next_token=garbage", "next_token"), ("next_token=" + "a" * 3000, "next_token"),
+    ("limit=0", "limit"),
+    ("limit=101", "limit"),
+    ("limit=-1", "limit"),
+    ("limit=abc", "limit"),
+    ("limit=1.5", "limit"),
+    ("limit=", "limit"),
+    ("limit=99999999999999999999999", "limit"),
+    ("limit=%2B5", "limit"),
+    ("limit=1&limit=2", "limit"),
+    ("category=", "category"),
+    ("category=a%0Ab", "category"),
+    ("sort=price", "sort"),
+    ("next_token=", "next_token"),
+    ("next_token=garbage", "next_token"),
+    ("next_token=" + "a" * 3000, "next_token"),
 ]
 
 

@@ -88,8 +88,15 @@ def test_a_token_signed_with_another_secret_is_rejected() -> None:
     _bad("products", forged, {"category": None})
 
 
-@pytest.mark.parametrize("payload", [{"k": "sku", "q": {"category": None}}, {"k": {}, "q": {"category": None}},
-                                     {"k": {"sku": {"BOOL": True}}, "q": {"category": None}}, ["k"]])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"k": "sku", "q": {"category": None}},
+        {"k": {}, "q": {"category": None}},
+        {"k": {"sku": {"BOOL": True}}, "q": {"category": None}},
+        ["k"],
+    ],
+)
 def test_a_signed_but_malformed_payload_is_rejected(payload: object) -> None:
     # Only a leaked secret could produce these; they must still be a 400, never a DynamoDB error.
     _bad("products", _signed(payload), {"category": None})

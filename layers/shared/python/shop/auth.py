@@ -79,9 +79,7 @@ class KeySet:
         except (OSError, ValueError, PyJWTError) as error:  # URLError and timeouts are OSErrors
             # Not the caller's fault: the keys are unreachable, so the token cannot be checked yet.
             raise TransientError("the identity provider's signing keys are unavailable") from error
-        self._keys = {
-            key.key_id: key for key in key_set.keys if key.key_id and key.public_key_use in ("sig", None)
-        }
+        self._keys = {key.key_id: key for key in key_set.keys if key.key_id and key.public_key_use in ("sig", None)}
         self._fetched_at = now
 
 

@@ -7,12 +7,15 @@ environment when these objects are created, so they are built on first use, not 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+
+from shop.errors import ShopError
 
 
 @lru_cache(maxsize=1)
@@ -22,6 +25,9 @@ def logger() -> Logger:
 
 @lru_cache(maxsize=1)
 def tracer() -> Tracer:
+    # `instrumented` logs each failure once, at the level it deserves; Powertools' tracer would
+    # also log every expected business error (a declined card) as an exception with a trace.
+    logging.getLogger("aws_lambda_powertools.tracing.tracer").setLevel(logging.CRITICAL)
     return Tracer()
 
 
@@ -41,11 +47,22 @@ def instrumented(func: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[s
     lock = threading.Lock()
 
     def with_correlation_keys(event: dict[str, Any], context: Any) -> Any:
+        # Thread-local keys: on Lambda one invocation runs at a time, but the local emulator runs
+        # many executions' steps concurrently in one process.
+        logger().thread_safe_clear_keys()
         if isinstance(event, dict):
             keys = {k: event[k] for k in ("order_id", "execution_name") if event.get(k)}
             if keys:
-                logger().append_keys(**keys)
-        return func(event, context)
+                logger().thread_safe_append_keys(**keys)
+        try:
+            return func(event, context)
+        except ShopError as error:
+            # An outcome the state machine handles (declined, out of stock, retried transients).
+            logger().info("step ended with %s", type(error).__name__, extra={"error_detail": error.detail})
+            raise
+        except Exception:
+            logger().exception("step failed unexpectedly")
+            raise
 
     @functools.wraps(func)
     def handler(event: dict[str, Any], context: Any) -> Any:

@@ -45,16 +45,12 @@ NextToken = Annotated[str, Field(min_length=1, max_length=2048)]
 QueryBinding = Mapping[str, str | int | None]
 
 # A LastEvaluatedKey in the low-level client's shape: {"sku": {"S": "..."}, ...}.
-_StartKey: TypeAdapter[dict[str, dict[Literal["S", "N"], str]]] = TypeAdapter(
-    dict[str, dict[Literal["S", "N"], str]]
-)
+_StartKey: TypeAdapter[dict[str, dict[Literal["S", "N"], str]]] = TypeAdapter(dict[str, dict[Literal["S", "N"], str]])
 
 
 def _serializer(listing: str) -> URLSafeSerializer:
     secret = api_settings().pagination_secret.get_secret_value()
-    return URLSafeSerializer(
-        secret, salt=f"shop.pagination.{listing}", signer_kwargs={"digest_method": hashlib.sha256}
-    )
+    return URLSafeSerializer(secret, salt=f"shop.pagination.{listing}", signer_kwargs={"digest_method": hashlib.sha256})
 
 
 def _invalid(message: str) -> FieldError:

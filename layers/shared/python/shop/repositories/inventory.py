@@ -48,7 +48,7 @@ class CancellationReason:
     item: dict[str, Any] | None = None
 
 
-class TransactionCancelled(Exception):  # noqa: N818 - mirrors DynamoDB's TransactionCanceledException
+class TransactionCancelled(Exception):
     """DynamoDB cancelled a transaction; ``reasons`` line up with the actions that were sent."""
 
     def __init__(self, reasons: list[CancellationReason]) -> None:

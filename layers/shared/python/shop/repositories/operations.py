@@ -123,7 +123,7 @@ class DynamoBreakerStore:
 
 
 # ---------------------------------------------------------------------------- payment simulator
-class _Cancelled(Exception):  # noqa: N818 - internal signal, mirrors TransactionCanceledException
+class _Cancelled(Exception):
     def __init__(self, codes: list[str], items: list[dict[str, Any] | None]) -> None:
         super().__init__(", ".join(codes))
         self.codes = codes
