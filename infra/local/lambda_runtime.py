@@ -42,7 +42,9 @@ from moto.awslambda.models import LambdaFunction, lambda_backends
 CACHE_DIR = Path(tempfile.gettempdir()) / "shop-lambda-code"
 _ORIGINAL_INVOKE = LambdaFunction._invoke_lambda
 # Variables the host process decides for in-process invocations when it has set them.
-HOST_OWNED = frozenset({"POWERTOOLS_LOG_LEVEL", "POWERTOOLS_TRACE_DISABLED", "AWS_XRAY_SDK_ENABLED"})
+HOST_OWNED = frozenset(
+    {"POWERTOOLS_LOG_LEVEL", "POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED", "AWS_XRAY_SDK_ENABLED"}
+)
 _lock = threading.RLock()
 _modules: dict[str, ModuleType] = {}
 

@@ -68,7 +68,10 @@ def _configure_process_environment(aws_endpoint: str, aws_port: int) -> None:
             "AWS_XRAY_SDK_ENABLED": "false",
         }
     )
+    # A quiet console by default: the API's access log only. POWERTOOLS_LOG_LEVEL=INFO and
+    # POWERTOOLS_METRICS_DISABLED=false show every step's structured logs and EMF metrics.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
 def _pagination_secret(state_dir: Path) -> str:
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         print(
-            f"Shop is up.\n"
+            f"\nShop is up.\n"
             f"  API:           {stack.api_url}  (GET /health, GET /openapi.json)\n"
             f"  AWS emulator:  {stack.aws_endpoint}  (LocalStack edge port; moto)\n"
             f"  Dev tokens:    {stack.tokens_path}\n"

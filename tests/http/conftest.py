@@ -42,9 +42,16 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a new server could listen on the port now, as `make run`'s servers would.
+
+    SO_REUSEADDR, as those servers set it: connections the old process closed may linger in
+    TIME_WAIT, which never stops a new listener.
+    """
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
+            probe.listen()
         except OSError:
             return False
         return True
