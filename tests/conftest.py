@@ -34,7 +34,7 @@ os.environ.update(_SAFE_ENVIRONMENT)
 for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
     os.environ.pop(_variable, None)
 
-from infra.local import lambda_runtime, moto_dynamodb  # noqa: E402
+from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions  # noqa: E402
 from infra.local.deploy import DeployedStack, deploy  # noqa: E402
 from infra.local.identity import DevIdentityProvider  # noqa: E402
 
@@ -93,6 +93,7 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) ->
 
     lambda_runtime.install()
     moto_dynamodb.install()
+    moto_stepfunctions.install()
     lambda_runtime.faults.duplicate_deliveries.clear()
     lambda_runtime.faults.before_invoke = None
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):

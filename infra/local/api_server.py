@@ -25,6 +25,7 @@ from chalice.local import (
     LocalChalice,
     LocalDevServer,
     LocalGatewayException,
+    ThreadedHTTPServer,
 )
 
 from infra.local.template import load_template, resources_of_type
@@ -117,6 +118,12 @@ class GatewayRequestHandler(ChaliceRequestHandler):
         self._send_http_response(status, headers, body)
 
 
+class _ApiHttpServer(ThreadedHTTPServer):
+    # http.server's default backlog of 5 resets connections under a burst of concurrent clients
+    # (the HTTP tier's 40 simultaneous checkouts); API Gateway accepts them all.
+    request_queue_size = 128
+
+
 def create_api_server(app: Chalice, host: str, port: int) -> LocalDevServer:
     """A threaded local server for ``app`` (no autoreload); ``serve_forever()`` / ``shutdown()``."""
     if not isinstance(app, LocalChalice):
@@ -127,4 +134,4 @@ def create_api_server(app: Chalice, host: str, port: int) -> LocalDevServer:
     config = Config.create(
         app_name=app.app_name, lambda_timeout=LAMBDA_TIMEOUT_SECONDS, lambda_memory_size=LAMBDA_MEMORY_MB
     )
-    return LocalDevServer(app, config, host, port, handler_cls=GatewayRequestHandler)
+    return LocalDevServer(app, config, host, port, handler_cls=GatewayRequestHandler, server_cls=_ApiHttpServer)

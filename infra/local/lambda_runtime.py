@@ -160,6 +160,14 @@ def _context(function: LambdaFunction) -> LambdaContext:
     )
 
 
+def export_environment(variables: dict[str, str]) -> None:
+    """Export a function's environment into this process, the host's observability settings winning.
+
+    Tests keep logs at WARNING and X-Ray off; `make run` keeps its console quiet unless asked.
+    """
+    os.environ.update({k: v for k, v in variables.items() if not (k in HOST_OWNED and k in os.environ)})
+
+
 def _invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, str]:
     code_dir = _extract(function.code_bytes, "code")
     with _lock:
@@ -169,11 +177,8 @@ def _invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool,
                 # test always runs the code under test.
                 sys.path.append(str(layer_dir))
         # Every function's environment comes from the same template Globals; only a few
-        # per-function values differ, and Powertools reads those once per cold start. The
-        # host's observability settings win (tests keep logs at WARNING and X-Ray off).
-        os.environ.update(
-            {k: v for k, v in function.environment_vars.items() if not (k in HOST_OWNED and k in os.environ)}
-        )
+        # per-function values differ, and Powertools reads those once per cold start.
+        export_environment(function.environment_vars)
     handler = _handler_of(function, code_dir)
     try:
         result = handler(event, _context(function))
@@ -206,6 +211,9 @@ def _invoke_in_subprocess(function: LambdaFunction, event: Any) -> tuple[str, bo
         **function.environment_vars,
         "PYTHONPATH": os.pathsep.join(path + [p for p in sys.path if "site-packages" in p]),
     }
+    if "SHOP_EMULATOR_ENDPOINT" in os.environ:
+        # A separate interpreter cannot share the host's in-memory moto: it calls the server.
+        environment["AWS_ENDPOINT_URL"] = os.environ["SHOP_EMULATOR_ENDPOINT"]
     context = _context(function).__dict__
     completed = subprocess.run(
         [sys.executable, "-c", _SUBPROCESS_RUNNER, str(function.handler), json.dumps(context)],

@@ -53,11 +53,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _configure_process_environment(aws_endpoint: str, aws_port: int) -> None:
-    """Everything in this process (API, Lambda handlers) talks to the local emulator."""
+    """Everything in this process (API, Lambda handlers) talks to the local emulator.
+
+    In-process calls are intercepted by moto directly (see `_start_emulator`), so no
+    AWS_ENDPOINT_URL is set here (moto would not intercept calls that name an endpoint);
+    Lambda handlers run in a subprocess get the server's address instead.
+    """
+    os.environ.pop("AWS_ENDPOINT_URL", None)
     os.environ.update(
         {
-            "AWS_ENDPOINT_URL": aws_endpoint,
-            # moto's Step Functions interpreter calls Lambda back through the server on this port.
+            "SHOP_EMULATOR_ENDPOINT": aws_endpoint,
             "MOTO_PORT": str(aws_port),
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
@@ -68,10 +73,10 @@ def _configure_process_environment(aws_endpoint: str, aws_port: int) -> None:
             "AWS_XRAY_SDK_ENABLED": "false",
         }
     )
-    # A quiet console by default: the API's access log only. POWERTOOLS_LOG_LEVEL=INFO and
-    # POWERTOOLS_METRICS_DISABLED=false show every step's structured logs and EMF metrics.
+    # A quiet console by default: the API's access log and the EMF metric lines CloudWatch would
+    # receive (one per completed or cancelled order). POWERTOOLS_LOG_LEVEL=INFO adds every step's
+    # structured log lines.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
 def _pagination_secret(state_dir: Path) -> str:
@@ -82,24 +87,29 @@ def _pagination_secret(state_dir: Path) -> str:
     return secret_file.read_text().strip()
 
 
-def _start_emulator(host: str, port: int) -> Any:
-    import requests
+def _start_emulator(host: str, port: int) -> list[Callable[[], None]]:
+    """moto in this process, and its server on the edge port for everything outside it.
+
+    Calls made inside the process (the API, the Lambda handlers, the Step Functions
+    interpreter invoking Lambda) are intercepted in memory, as in the service tests; going
+    through the HTTP server instead would serialize every call on moto's request routing.
+    Both paths reach the same backends. Returns the cleanups, in the order to run them.
+    """
+    from moto import mock_aws
     from moto.server import ThreadedMotoServer
 
-    from infra.local import lambda_runtime, moto_dynamodb
+    from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
 
     lambda_runtime.install()
     moto_dynamodb.install()
+    moto_stepfunctions.install()
+    in_process = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
+    in_process.start()
     # The emulator's per-request access log would drown the API's.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
-    requests.post(
-        f"http://{host}:{port}/moto-api/config",
-        json={"stepfunctions": {"execute_state_machine": True}},
-        timeout=10,
-    ).raise_for_status()
-    return server
+    return [in_process.stop, server.stop]
 
 
 def _dynamodb_client(endpoint: str) -> Any:
@@ -193,14 +203,14 @@ def start_stack(
 
     from localstack_client.session import Session
 
+    from infra.local import lambda_runtime
     from infra.local.deploy import deploy
     from infra.local.identity import DevIdentityProvider
 
     cleanups: list[Callable[[], None]] = []
     stop = threading.Event()
     try:
-        emulator = _start_emulator(host, aws_port)
-        cleanups.append(emulator.stop)
+        cleanups += _start_emulator(host, aws_port)
         aws = Session(region_name=REGION, localstack_host=f"{host}:{aws_port}")
         identity = DevIdentityProvider.create(state_dir / "dev-idp")
         deployed = deploy(
@@ -214,7 +224,7 @@ def start_stack(
             identity_audience=identity.audience,
             parameters={"PaginationSecret": _pagination_secret(state_dir), **(parameters or {})},
         )
-        os.environ.update(deployed.api_environment)
+        lambda_runtime.export_environment(deployed.api_environment)
         seeded = _seed_catalog() if seed else 0
         tokens_path = _write_tokens(state_dir, identity)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 
 import requests
 
+from infra.local.stack import DEMO_CATALOG
 from tests.conftest import REPO_ROOT
 from tests.http.conftest import RunningStack, free_port, port_is_free
 
@@ -37,9 +39,12 @@ def test_demo_catalog_is_seeded_across_categories(stack: RunningStack) -> None:
         token = page["next_token"]
         if not token:
             break
-    assert len(products) >= 24
-    assert len({product["category"] for product in products}) >= 4
-    assert all(product["available"] > 0 and product["active"] for product in products)
+    demo = {product["sku"]: product for product in json.loads(DEMO_CATALOG.read_text())}
+    listed = {product["sku"]: product for product in products if product["sku"] in demo}
+    assert len(demo) >= 24
+    assert len({product["category"] for product in demo.values()}) >= 4
+    assert set(listed) == set(demo)
+    assert all(listed[sku]["available"] == demo[sku]["stock"] > 0 for sku in demo)
 
 
 def test_emulator_speaks_localstack_style_through_localstack_client(stack: RunningStack) -> None:

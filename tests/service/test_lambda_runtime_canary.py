@@ -108,3 +108,24 @@ def test_duplicate_delivery_fault_runs_the_handler_twice(lambda_client: Any) -> 
         lambda_runtime.faults.duplicate_deliveries.clear()
     assert duplicated == before + 2
     assert deliveries() == duplicated + 1
+
+
+def test_moto_still_parses_and_invokes_where_the_step_functions_caches_hook_in() -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.parse import asl_parser
+
+    from infra.local import moto_stepfunctions
+
+    assert "AmazonStateLanguageParser.parse" in inspect.getsource(
+        __import__("moto.stepfunctions.parser.backend.execution_worker", fromlist=["x"])
+    ), "moto no longer parses the definition through AmazonStateLanguageParser.parse"
+    assert "boto_client_for(" in inspect.getsource(lambda_eval_utils._invoke_lambda_function)
+    assert hasattr(asl_parser, "SyntaxErrorListener") and hasattr(asl_parser, "ASLParserException")
+    moto_stepfunctions.install()
+    program, _tree = asl_parser.AmazonStateLanguageParser.parse(
+        '{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}'
+    )
+    again, _ = asl_parser.AmazonStateLanguageParser.parse('{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}')
+    assert program is not again  # fresh evaluation components per execution
+    with pytest.raises(asl_parser.ASLParserException):
+        asl_parser.AmazonStateLanguageParser.parse('{"StartAt": ')
