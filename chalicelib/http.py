@@ -55,6 +55,7 @@ from shop.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from shop.models.base import field_errors
 from shop.observability import logger
 
 PROBLEM_TYPE_PREFIX = "urn:shop:problem:"
@@ -103,16 +104,9 @@ def _problem(
     return Response(body=json.dumps(body, separators=(",", ":")), status_code=status, headers=all_headers)
 
 
-def _field_errors(error: ValidationError, root: str) -> list[dict[str, str]]:
-    return [
-        {"field": ".".join(str(part) for part in issue["loc"]) or root, "message": issue["msg"]}
-        for issue in error.errors(include_url=False, include_input=False, include_context=False)
-    ]
-
-
 def validation_error(error: ValidationError, root: str = "body") -> FieldError:
     """A FieldError (400) naming each invalid field of ``error``; ``root`` names the whole input."""
-    return FieldError("the request has invalid fields", _field_errors(error, root))
+    return FieldError("the request has invalid fields", field_errors(error, root))
 
 
 def problem_response(error: BaseException, headers: Headers | None = None) -> Response:
@@ -249,7 +243,7 @@ def _path_argument(name: str, adapter: TypeAdapter[Any], value: str | None) -> A
     try:
         return adapter.validate_python(value, strict=True)
     except ValidationError as error:
-        raise FieldError("the path has an invalid parameter", _field_errors(error, name)) from None
+        raise FieldError("the path has an invalid parameter", field_errors(error, name)) from None
 
 
 def path_value(name: str, value: str | None, annotation: Any) -> Any:

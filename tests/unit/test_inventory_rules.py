@@ -17,6 +17,7 @@ from shop.errors import (
     ReservationNotFound,
     TransientError,
 )
+from shop.models.base import parse_event
 from shop.models.inventory import (
     CommitReservation,
     ReleaseReservation,
@@ -24,7 +25,6 @@ from shop.models.inventory import (
     ReservationLine,
     ReservationResult,
     ReserveStock,
-    parse_event,
 )
 
 SKUS = ["A", "B", "C"]

@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from shop.domain.checkout import order_id_for
 from shop.errors import FieldError
-from shop.models.orders import PlaceOrderRequest, RecordProgress, parse_event
+from shop.models.base import parse_event
+from shop.models.orders import PlaceOrderRequest, RecordProgress
 
 
 def _request(**changes: object) -> dict[str, object]:

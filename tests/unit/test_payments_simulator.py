@@ -17,8 +17,9 @@ from shop.errors import (
     PaymentStateConflict,
     RefundExceedsCapture,
 )
+from shop.models.base import parse_event
 from shop.models.money import Money
-from shop.models.payments import AuthorizePayment, RefundPayment, parse_event
+from shop.models.payments import AuthorizePayment, RefundPayment
 from shop.payments.simulator import (
     LedgerAuthorization,
     LedgerEntry,

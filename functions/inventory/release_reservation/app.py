@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shop.domain import inventory
-from shop.models.inventory import ReleaseReservation, parse_event
+from shop.models.base import parse_event
+from shop.models.inventory import ReleaseReservation
 from shop.observability import instrumented
 
 

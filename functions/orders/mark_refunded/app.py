@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shop.domain import orders
-from shop.models.orders import MarkRefunded, parse_event
+from shop.models.base import parse_event
+from shop.models.orders import MarkRefunded
 from shop.observability import instrumented
 
 

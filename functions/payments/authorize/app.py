@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shop.domain.payments import authorize_payment
-from shop.models.payments import AuthorizePayment, parse_event
+from shop.models.base import parse_event
+from shop.models.payments import AuthorizePayment
 from shop.observability import instrumented
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shop.domain.payments import refund_payment
-from shop.models.payments import RefundPayment, parse_event
+from shop.models.base import parse_event
+from shop.models.payments import RefundPayment
 from shop.observability import instrumented
 
 

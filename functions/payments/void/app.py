@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shop.domain.payments import void_payment
-from shop.models.payments import VoidPayment, parse_event
+from shop.models.base import parse_event
+from shop.models.payments import VoidPayment
 from shop.observability import instrumented
 
 

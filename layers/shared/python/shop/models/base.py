@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shop.errors import FieldError
 
 
 class StrictModel(BaseModel):
@@ -24,3 +27,28 @@ def utc_now() -> datetime:
 def iso_now() -> str:
     """UTC timestamp, ISO 8601 with milliseconds and a Z: sorts lexicographically."""
     return utc_now().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+EventModel = TypeVar("EventModel", bound=BaseModel)
+
+
+def field_errors(error: ValidationError, root: str) -> list[dict[str, str]]:
+    """pydantic's findings as ``{"field": "items.0.quantity", "message": ...}`` entries."""
+    return [
+        {"field": ".".join(str(part) for part in issue["loc"]) or root, "message": issue["msg"]}
+        for issue in error.errors(include_url=False)
+    ]
+
+
+def parse_event(model: type[EventModel], event: object) -> EventModel:
+    """Validate a Lambda event; bad input is a FieldError (400) that names each field."""
+    try:
+        return model.model_validate(event)
+    except ValidationError as error:
+        raise FieldError(f"invalid {model.__name__} event", field_errors(error, "event")) from None
+
+
+def require_distinct_skus(skus: list[str]) -> None:
+    """One transaction may touch an item only once, and an order names each SKU once."""
+    if len(set(skus)) != len(skus):
+        raise ValueError("each SKU may appear only once")

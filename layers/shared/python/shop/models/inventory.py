@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from shop.errors import FieldError
-from shop.models.base import Record, StrictModel
+from shop.models.base import Record, StrictModel, require_distinct_skus
 
 Sku = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # Reservation and order ids come from the saga (the order id); any printable id up to 128.
@@ -40,10 +39,7 @@ class ReserveStock(StrictModel):
     @field_validator("lines")
     @classmethod
     def _distinct_skus(cls, lines: list[ReservationLine]) -> list[ReservationLine]:
-        # One transaction may touch an item only once, and an order has distinct SKUs anyway.
-        skus = [line.sku for line in lines]
-        if len(set(skus)) != len(skus):
-            raise ValueError("each SKU may appear only once")
+        require_distinct_skus([line.sku for line in lines])
         return lines
 
 
@@ -113,18 +109,3 @@ class ReservationResult(Record):
 
 class SweepResult(Record):
     released: int
-
-
-EventModel = TypeVar("EventModel", bound=StrictModel)
-
-
-def parse_event(model: type[EventModel], event: object) -> EventModel:
-    """Validate a Lambda event; bad input is a FieldError (400) that names each field."""
-    try:
-        return model.model_validate(event)
-    except ValidationError as error:
-        errors = [
-            {"field": ".".join(str(part) for part in issue["loc"]) or "event", "message": issue["msg"]}
-            for issue in error.errors(include_url=False)
-        ]
-        raise FieldError(f"invalid {model.__name__} event", errors) from None

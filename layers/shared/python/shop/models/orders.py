@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from shop.errors import FieldError
-from shop.models.base import Record, StrictModel
+from shop.models.base import Record, StrictModel, require_distinct_skus
 from shop.models.money import Money
 
 Sku = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -58,9 +57,7 @@ class PlaceOrderRequest(StrictModel):
     @field_validator("items")
     @classmethod
     def _distinct_skus(cls, items: list[OrderItemRequest]) -> list[OrderItemRequest]:
-        skus = [item.sku for item in items]
-        if len(set(skus)) != len(skus):
-            raise ValueError("each SKU may appear only once")
+        require_distinct_skus([item.sku for item in items])
         return items
 
 
@@ -246,18 +243,3 @@ class DeadLetter(Record):
 class DeadLetterPage(Record):
     items: list[DeadLetter]
     next_token: str | None
-
-
-EventModel = TypeVar("EventModel", bound=BaseModel)
-
-
-def parse_event(model: type[EventModel], event: object) -> EventModel:
-    """Validate a Lambda event; bad input is a FieldError (400) that names each field."""
-    try:
-        return model.model_validate(event)
-    except ValidationError as error:
-        errors = [
-            {"field": ".".join(str(part) for part in issue["loc"]) or "event", "message": issue["msg"]}
-            for issue in error.errors(include_url=False)
-        ]
-        raise FieldError(f"invalid {model.__name__} event", errors) from None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field
 
-from shop.errors import FieldError
 from shop.models.base import Record, StrictModel
 from shop.models.money import Currency, Money
 
@@ -114,18 +113,3 @@ class CircuitBreakerStatus(Record):
     retry_after_seconds: float | None
     probe_in_flight: bool
     updated_at: str | None
-
-
-EventModel = TypeVar("EventModel", bound=BaseModel)
-
-
-def parse_event(model: type[EventModel], event: object) -> EventModel:
-    """Validate a Lambda event; bad input is a FieldError (400) that names each field."""
-    try:
-        return model.model_validate(event)
-    except ValidationError as error:
-        errors = [
-            {"field": ".".join(str(part) for part in issue["loc"]) or "event", "message": issue["msg"]}
-            for issue in error.errors(include_url=False)
-        ]
-        raise FieldError(f"invalid {model.__name__} event", errors) from None
