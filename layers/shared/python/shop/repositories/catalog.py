@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from shop import aws
@@ -22,6 +21,7 @@ from shop.config import table_settings
 from shop.errors import ProductAlreadyExists, TransientError
 from shop.models.catalog import Product, StockLedgerEntry
 from shop.models.money import Money
+from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, serialize, unmarshal
 
 LISTING_ACTIVE = "ACTIVE"
 ACTIVE_PRODUCTS = "ActiveProducts"
@@ -29,21 +29,7 @@ ACTIVE_PRODUCTS_BY_CATEGORY = "ActiveProductsByCategory"
 BATCH_GET_LIMIT = 100
 _BATCH_ATTEMPTS = 5
 
-# Failures worth a retry by the caller (503), never a client error.
-_TRANSIENT_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TransactionInProgressException",
-        "TransactionConflictException",
-        "InternalServerError",
-        "ServiceUnavailable",
-    }
-)
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 _T = TypeVar("_T")
 
 
@@ -63,17 +49,9 @@ def _call(operation: Callable[..., _T], **request: Any) -> _T:
             if any(reason == "ConditionalCheckFailed" for reason in reasons):
                 raise ConditionFailed(", ".join(reasons)) from error
             raise TransientError("the catalog is busy; retry") from error
-        if code in _TRANSIENT_CODES:
+        if code in BUSY_ERROR_CODES:
             raise TransientError("the catalog is busy; retry") from error
         raise
-
-
-def _marshal(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _serializer.serialize(value) for key, value in item.items()}
-
-
-def _unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _deserializer.deserialize(value) for key, value in item.items()}
 
 
 def _int(value: Any) -> int:
@@ -84,7 +62,7 @@ def _int(value: Any) -> int:
 
 def to_product(item: Mapping[str, Any]) -> Product:
     """A Product from a low-level (typed) DynamoDB item."""
-    plain = _unmarshal(item)
+    plain = unmarshal(item)
     return Product(
         sku=plain["sku"],
         name=plain["name"],
@@ -116,7 +94,7 @@ def product_item(product: Product) -> dict[str, Any]:
     if product.active:
         item["listing"] = LISTING_ACTIVE
         item["listing_category"] = product.category
-    return _marshal(item)
+    return marshal(item)
 
 
 def insert_product(product: Product) -> None:
@@ -224,7 +202,7 @@ def update_product(
     assignments = []
     for index, (attribute, value) in enumerate(set_values.items()):
         names[f"#s{index}"] = attribute
-        values[f":s{index}"] = _serializer.serialize(value)
+        values[f":s{index}"] = serialize(value)
         assignments.append(f"#s{index} = :s{index}")
     removals = []
     for index, attribute in enumerate(remove):
@@ -233,7 +211,7 @@ def update_product(
     conditions = ["attribute_exists(#sku)"]
     for index, (attribute, value) in enumerate(expect.items()):
         names[f"#e{index}"] = attribute
-        values[f":e{index}"] = _serializer.serialize(value)
+        values[f":e{index}"] = serialize(value)
         conditions.append(f"#e{index} = :e{index}")
     expression = "ADD #version :one"
     if assignments:
@@ -286,7 +264,7 @@ def record_stock_adjustment(entry: StockLedgerEntry, *, expected_available: int,
             {
                 "Put": {
                     "TableName": tables.stock_ledger_table,
-                    "Item": _marshal(entry.model_dump(mode="python")),
+                    "Item": marshal(entry.model_dump(mode="python")),
                     "ConditionExpression": "attribute_not_exists(entry_id)",
                 }
             },
@@ -306,7 +284,7 @@ def stock_ledger(sku: str) -> list[StockLedgerEntry]:
     while True:
         response = _call(aws.dynamodb().query, **request)
         for item in response.get("Items", []):
-            plain = _unmarshal(item)
+            plain = unmarshal(item)
             plain["delta"], plain["available"] = _int(plain["delta"]), _int(plain["available"])
             entries.append(StockLedgerEntry.model_validate(plain))
         if not response.get("LastEvaluatedKey"):

@@ -15,7 +15,8 @@ from botocore.exceptions import ClientError
 from shop import aws
 from shop.config import table_settings
 from shop.models.orders import DeadLetter, Failure, ResumePoint
-from shop.repositories.orders import call, marshal, unmarshal
+from shop.repositories.dynamodb import marshal, unmarshal
+from shop.repositories.orders import call
 
 PARTITION = "DEAD_LETTER"
 # A Step Functions cause carries a stack trace; keep what an operator needs to read.

@@ -11,31 +11,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from shop import aws
 from shop.config import table_settings
 from shop.errors import InventoryContention
 from shop.models.inventory import Reservation, ReservationStatus, StoredLine
+from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, unmarshal
 
 HELD = "HELD"
 HELD_BY_EXPIRY = "HeldByExpiry"
 
-# Error codes (not cancellation reasons) that mean "try again later" for a whole call.
-_CONTENTION_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TransactionInProgressException",
-        "TransactionConflictException",
-        "InternalServerError",
-    }
-)
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 _T = TypeVar("_T")
 
@@ -56,19 +42,11 @@ class TransactionCancelled(Exception):
         self.reasons = reasons
 
 
-def _marshal(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _serializer.serialize(value) for key, value in item.items() if value is not None}
-
-
-def _unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _deserializer.deserialize(value) for key, value in item.items()}
-
-
 def _reasons(error: ClientError) -> list[CancellationReason]:
     return [
         CancellationReason(
             code=str(reason.get("Code", "None")),
-            item=_unmarshal(reason["Item"]) if reason.get("Item") else None,
+            item=unmarshal(reason["Item"]) if reason.get("Item") else None,
         )
         for reason in error.response.get("CancellationReasons", [])
     ]
@@ -82,7 +60,7 @@ def _call(operation: Callable[..., _T], **request: Any) -> _T:
         code = error.response.get("Error", {}).get("Code", "")
         if code == "TransactionCanceledException":
             raise TransactionCancelled(_reasons(error)) from error
-        if code in _CONTENTION_CODES:
+        if code in BUSY_ERROR_CODES:
             raise InventoryContention(f"DynamoDB is busy ({code}); retry") from error
         raise
 
@@ -91,7 +69,7 @@ def _reservation_item(reservation: Reservation) -> dict[str, Any]:
     item = reservation.model_dump(mode="python")
     # The sparse index HeldByExpiry sees a reservation only while it holds stock.
     item["held"] = HELD if reservation.status == "RESERVED" else None
-    return _marshal(item)
+    return marshal(item)
 
 
 def to_reservation(item: Mapping[str, Any]) -> Reservation:
@@ -131,7 +109,7 @@ def get_reservation(reservation_id: str) -> Reservation | None:
         ConsistentRead=True,
     )
     item = response.get("Item")
-    return to_reservation(_unmarshal(item)) if item else None
+    return to_reservation(unmarshal(item)) if item else None
 
 
 def create_reservation(reservation: Reservation) -> None:
@@ -178,10 +156,10 @@ def commit_reservation(reservation_id: str, updated_at: str) -> Reservation | No
         code = error.response.get("Error", {}).get("Code", "")
         if code == "ConditionalCheckFailedException":
             return None
-        if code in _CONTENTION_CODES:
+        if code in BUSY_ERROR_CODES:
             raise InventoryContention(f"DynamoDB is busy ({code}); retry") from error
         raise
-    return to_reservation(_unmarshal(response["Attributes"]))
+    return to_reservation(unmarshal(response["Attributes"]))
 
 
 def release_reservation(

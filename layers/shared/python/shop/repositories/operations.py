@@ -13,11 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from shop import aws
@@ -31,33 +28,7 @@ from shop.errors import (
 from shop.models.base import iso_now
 from shop.payments.circuit_breaker import BreakerState
 from shop.payments.simulator import LedgerAuthorization, LedgerEntry, SimulatedResult, SimulatorLedger
-
-_BUSY_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TransactionConflictException",
-        "TransactionInProgressException",
-        "InternalServerError",
-    }
-)
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
-
-
-def _marshal(item: Mapping[str, Any]) -> dict[str, Any]:
-    # TypeSerializer refuses floats (they may be inexact); breaker times are plain epoch seconds.
-    return {
-        key: _serializer.serialize(Decimal(repr(value)) if isinstance(value, float) else value)
-        for key, value in item.items()
-        if value is not None
-    }
-
-
-def _unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _deserializer.deserialize(value) for key, value in item.items()}
+from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, unmarshal
 
 
 def _key(pk: str, sk: str) -> dict[str, Any]:
@@ -73,7 +44,7 @@ def _call(operation: str, **request: Any) -> Any:
         return getattr(aws.dynamodb(), operation)(**request)
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
-        if code in _BUSY_CODES:
+        if code in BUSY_ERROR_CODES:
             raise PaymentProviderError(f"operations state is busy ({code}); retry") from error
         raise
 
@@ -95,7 +66,7 @@ class DynamoBreakerStore:
         item = response.get("Item")
         if not item:
             return BreakerState()
-        fields = _unmarshal(item)
+        fields = unmarshal(item)
         return BreakerState.model_validate({k: v for k, v in fields.items() if k not in ("pk", "sk")})
 
     def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
@@ -114,7 +85,7 @@ class DynamoBreakerStore:
                 "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
             }
         try:
-            _call("put_item", TableName=_table(), Item=_marshal(item), **condition)
+            _call("put_item", TableName=_table(), Item=marshal(item), **condition)
         except ClientError as error:
             if _is_condition_failure(error):
                 return False
@@ -146,14 +117,14 @@ class DynamoSimulatorStore:
             "get_item", TableName=_table(), Key=_key(self._request_pk(idempotency_key), "result"), ConsistentRead=True
         )
         item = response.get("Item")
-        return SimulatedResult.model_validate(_unmarshal(item)) if item else None
+        return SimulatedResult.model_validate(unmarshal(item)) if item else None
 
     def first_attempt(self, idempotency_key: str) -> bool:
         try:
             _call(
                 "put_item",
                 TableName=_table(),
-                Item=_marshal({"pk": self._request_pk(idempotency_key), "sk": "attempt", "at": iso_now()}),
+                Item=marshal({"pk": self._request_pk(idempotency_key), "sk": "attempt", "at": iso_now()}),
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as error:
@@ -179,7 +150,7 @@ class DynamoSimulatorStore:
         put = {
             "Put": {
                 "TableName": _table(),
-                "Item": _marshal(
+                "Item": marshal(
                     {
                         **authorization.model_dump(),
                         "pk": self._ledger_pk(authorization.reference),
@@ -251,7 +222,7 @@ class DynamoSimulatorStore:
         }
         while True:
             page = _call("query", **request)
-            items.extend(_unmarshal(item) for item in page.get("Items", []))
+            items.extend(unmarshal(item) for item in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
                 break
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -272,7 +243,7 @@ class DynamoSimulatorStore:
         put_result = {
             "Put": {
                 "TableName": _table(),
-                "Item": _marshal(
+                "Item": marshal(
                     {**result.model_dump(), "pk": self._request_pk(result.idempotency_key), "sk": "result"}
                 ),
                 "ConditionExpression": "attribute_not_exists(pk)",
@@ -293,7 +264,7 @@ class DynamoSimulatorStore:
                     return earlier
             if "ConditionalCheckFailed" in codes[1:]:
                 raise _Cancelled(
-                    codes, [_unmarshal(reason["Item"]) if reason.get("Item") else None for reason in reasons]
+                    codes, [unmarshal(reason["Item"]) if reason.get("Item") else None for reason in reasons]
                 ) from error
             raise
         return result
@@ -308,7 +279,7 @@ class DynamoSimulatorStore:
                 "UpdateExpression": expression,
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": {"#status": "status"},
-                "ExpressionAttributeValues": _marshal({**values, ":now": result.created_at}),
+                "ExpressionAttributeValues": marshal({**values, ":now": result.created_at}),
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
@@ -324,7 +295,7 @@ class DynamoSimulatorStore:
         return {
             "Put": {
                 "TableName": _table(),
-                "Item": _marshal(
+                "Item": marshal(
                     {
                         **entry.model_dump(),
                         "pk": self._ledger_pk(str(result.authorization_ref)),

@@ -12,29 +12,17 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from shop import aws
 from shop.config import table_settings
 from shop.errors import OrderContention
 from shop.models.orders import Order
+from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, unmarshal
 
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
 
-# Error codes that mean "DynamoDB is busy, try again later" (the saga retries OrderContention).
-_BUSY_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TransactionConflictException",
-        "InternalServerError",
-    }
-)
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 _T = TypeVar("_T")
 
 
@@ -53,12 +41,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def marshal(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _serializer.serialize(value) for key, value in item.items() if value is not None}
-
-
-def unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _plain(_deserializer.deserialize(value)) for key, value in item.items()}
+def _unmarshal_plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _plain(value) for key, value in unmarshal(item).items()}
 
 
 def call(operation: Callable[..., _T], **request: Any) -> _T:
@@ -67,7 +51,7 @@ def call(operation: Callable[..., _T], **request: Any) -> _T:
         return operation(**request)
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
-        if code in _BUSY_CODES:
+        if code in BUSY_ERROR_CODES:
             raise OrderContention(f"DynamoDB is busy ({code}); retry") from error
         raise
 
@@ -83,7 +67,7 @@ def _order_item(order: Order) -> dict[str, Any]:
 
 
 def to_order(item: Mapping[str, Any]) -> Order:
-    return Order.model_validate(unmarshal(item))
+    return Order.model_validate(_unmarshal_plain(item))
 
 
 def get(order_id: str) -> Order | None:

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from shop import aws
@@ -22,20 +21,7 @@ from shop.errors import PaymentProviderError
 from shop.models.base import iso_now
 from shop.models.money import Currency
 from shop.models.payments import Payment
-
-# Error codes that mean "try again later"; the saga retries PaymentProviderError with backoff.
-_BUSY_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TransactionConflictException",
-        "InternalServerError",
-    }
-)
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
+from shop.repositories.dynamodb import BUSY_ERROR_CODES, serialize, unmarshal
 
 
 @dataclass(frozen=True)
@@ -48,7 +34,7 @@ class Transition:
 
 
 def to_payment(item: Mapping[str, Any]) -> Payment:
-    return Payment.model_validate({key: _deserializer.deserialize(value) for key, value in item.items()})
+    return Payment.model_validate(unmarshal(item))
 
 
 class PaymentsRepository:
@@ -207,7 +193,7 @@ class PaymentsRepository:
                 UpdateExpression=expression,
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status", **(names or {})},
-                ExpressionAttributeValues={key: _serializer.serialize(value) for key, value in values.items()},
+                ExpressionAttributeValues={key: serialize(value) for key, value in values.items()},
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -224,6 +210,6 @@ class PaymentsRepository:
             return getattr(aws.dynamodb(), operation)(**request)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            if code in _BUSY_CODES:
+            if code in BUSY_ERROR_CODES:
                 raise PaymentProviderError(f"the payments ledger is busy ({code}); retry") from error
             raise
