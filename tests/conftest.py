@@ -117,6 +117,19 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) ->
     _reset_process_caches()
 
 
+def seed_product(sku: str, *, stock: int, price: int = 1000, name: str | None = None) -> None:
+    """An active product with ``stock`` available, created the way the API creates one."""
+    from shop.domain import catalog
+    from shop.models.catalog import CreateProductRequest
+    from shop.models.money import Money
+
+    catalog.create_product(
+        CreateProductRequest(
+            sku=sku, name=name or f"Product {sku}", category="test", price=Money(amount=price), stock=stock
+        )
+    )
+
+
 def random_suffix() -> str:
     return secrets.token_hex(4)
 

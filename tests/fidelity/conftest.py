@@ -25,6 +25,7 @@ from infra.local import moto_dynamodb
 from infra.local.deploy import create_tables
 from infra.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailable
 from infra.local.template import load_template
+from tests.conftest import seed_product
 
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_DYNAMODB"
 
@@ -60,24 +61,7 @@ class Backend:
         return self.tables[logical_id]
 
     def put_product(self, sku: str, available: int) -> None:
-        self.client.put_item(
-            TableName=self.table("ProductsTable"),
-            Item={
-                "sku": {"S": sku},
-                "name": {"S": f"Product {sku}"},
-                "description": {"S": ""},
-                "category": {"S": "test"},
-                "price_amount": {"N": "1000"},
-                "price_currency": {"S": "USD"},
-                "available": {"N": str(available)},
-                "active": {"BOOL": True},
-                "listing": {"S": "ACTIVE"},
-                "listing_category": {"S": "test"},
-                "created_at": {"S": "2024-01-01T00:00:00.000Z"},
-                "updated_at": {"S": "2024-01-01T00:00:00.000Z"},
-                "version": {"N": "1"},
-            },
-        )
+        seed_product(sku, stock=available)
 
     def product(self, sku: str) -> dict[str, Any] | None:
         item = self.client.get_item(

@@ -80,52 +80,55 @@ class RunningStack:
         return f"{self.api_url}{path}"
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+def launch_stack(state_dir: Path, *extra_args: str) -> RunningStack:
+    """`python -m infra.local.stack` (what `make run` starts) on free ports, once it answers /health."""
     api_port, aws_port = free_port(), free_port()
-    state_dir = tmp_path_factory.mktemp("stack-state")
-    log = (state_dir / "stack.log").open("w")
+    log_path = state_dir / "stack.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
     environment["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'layers/shared/python'}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infra.local.stack",
-            "--api-port",
-            str(api_port),
-            "--aws-port",
-            str(aws_port),
-            "--state-dir",
-            str(state_dir),
-            "--retry-interval-seconds",
-            "1",
-        ],
-        cwd=REPO_ROOT,
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "infra.local.stack",
+                "--api-port",
+                str(api_port),
+                "--aws-port",
+                str(aws_port),
+                "--state-dir",
+                str(state_dir),
+                *extra_args,
+            ],
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     running = RunningStack(f"http://127.0.0.1:{api_port}", aws_port, state_dir, process)
     deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
     while True:
         if process.poll() is not None:
-            pytest.fail(f"stack exited early ({process.returncode}):\n{(state_dir / 'stack.log').read_text()}")
+            pytest.fail(f"stack exited early ({process.returncode}):\n{log_path.read_text()}")
         try:
             if requests.get(running.url("/health"), timeout=2).status_code == 200:
-                break
+                return running
         except requests.ConnectionError:
             pass
         if time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"stack not healthy in time:\n{(state_dir / 'stack.log').read_text()}")
+            pytest.fail(f"stack not healthy in time:\n{log_path.read_text()}")
         time.sleep(0.2)  # polling interval of the readiness check above, not a wait in place of it
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    running = launch_stack(tmp_path_factory.mktemp("stack-state"), "--retry-interval-seconds", "1")
     yield running
-    process.send_signal(signal.SIGTERM)
+    running.process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=30)
+        running.process.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
+        if running.process.poll() is None:
+            running.process.kill()

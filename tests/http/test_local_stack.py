@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
+from pathlib import Path
 
 import requests
 
 from infra.local.stack import DEMO_CATALOG
-from tests.conftest import REPO_ROOT
-from tests.http.conftest import RunningStack, free_port, port_is_free
+from tests.http.conftest import RunningStack, launch_stack, port_is_free
 
 
 def test_health_answers_once_deployed_and_seeded(stack: RunningStack) -> None:
@@ -61,44 +57,14 @@ def test_unknown_path_is_problem_json_404(stack: RunningStack) -> None:
     assert response.json()["status"] == 404
 
 
-def test_stack_stops_cleanly_on_sigterm_and_frees_its_ports(tmp_path: object) -> None:
-    api_port, aws_port = free_port(), free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
-    environment["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'layers/shared/python'}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infra.local.stack",
-            "--api-port",
-            str(api_port),
-            "--aws-port",
-            str(aws_port),
-            "--state-dir",
-            str(tmp_path),
-            "--no-seed",
-        ],
-        cwd=REPO_ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def test_stack_stops_cleanly_on_sigterm_and_frees_its_ports(tmp_path: Path) -> None:
+    running = launch_stack(tmp_path, "--no-seed")
+    api_port = int(running.api_url.rsplit(":", 1)[1])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if requests.get(f"http://127.0.0.1:{api_port}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "stack did not become healthy"
-            time.sleep(0.2)  # readiness polling interval
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=30) == 0
         assert port_is_free(api_port)
-        assert port_is_free(aws_port)
+        assert port_is_free(running.aws_port)
     finally:
-        if process.poll() is None:
-            process.kill()
+        if running.process.poll() is None:
+            running.process.kill()

@@ -18,12 +18,14 @@ from chalice.test import Client
 
 from app import app
 from shop.domain import catalog
-from shop.models.catalog import CreateProductRequest, UpdateProductRequest
-from shop.models.money import Money
+from shop.models.catalog import UpdateProductRequest
 from shop.models.orders import DeadLetter, Order
 from shop.repositories import dead_letters
 from shop.repositories import orders as order_repository
-from tests.conftest import LocalAws
+from tests.conftest import (
+    LocalAws,
+    seed_product,  # noqa: F401 - re-exported for the saga tests
+)
 
 DEADLINE_SECONDS = 60.0
 POLL_SECONDS = 0.05
@@ -42,14 +44,6 @@ def eventually(probe: Callable[[], _T | None], what: str, deadline: float = DEAD
         if time.monotonic() > until:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(POLL_SECONDS)
-
-
-def seed_product(sku: str, *, price: int, stock: int, name: str | None = None) -> None:
-    catalog.create_product(
-        CreateProductRequest(
-            sku=sku, name=name or f"Product {sku}", category="test", price=Money(amount=price), stock=stock
-        )
-    )
 
 
 def deactivate(sku: str) -> None:

@@ -18,7 +18,7 @@ from shop import aws
 from shop.domain import inventory
 from shop.errors import InventoryContention
 from shop.models.inventory import ReservationLine
-from tests.conftest import LocalAws
+from tests.conftest import LocalAws, seed_product
 
 RESERVE = "ReserveStockFunction"
 COMMIT = "CommitReservationFunction"
@@ -59,24 +59,7 @@ def error_type(local_aws: LocalAws, function: str, event: Any) -> str:
 
 
 def put_product(local_aws: LocalAws, sku: str, available: int) -> None:
-    local_aws.client("dynamodb").put_item(
-        TableName=local_aws.table("ProductsTable"),
-        Item={
-            "sku": {"S": sku},
-            "name": {"S": sku},
-            "description": {"S": ""},
-            "category": {"S": "test"},
-            "price_amount": {"N": "500"},
-            "price_currency": {"S": "USD"},
-            "available": {"N": str(available)},
-            "active": {"BOOL": True},
-            "listing": {"S": "ACTIVE"},
-            "listing_category": {"S": "test"},
-            "created_at": {"S": "2024-01-01T00:00:00.000Z"},
-            "updated_at": {"S": "2024-01-01T00:00:00.000Z"},
-            "version": {"N": "1"},
-        },
-    )
+    seed_product(sku, stock=available, price=500)
 
 
 def available(local_aws: LocalAws, sku: str) -> int:
