@@ -19,8 +19,9 @@ is 400 with ``errors[].field`` = the parameter name), ``principal`` when ``auth`
 The checks run in that order: auth, path, query, body.
 
 Errors are mapped by exception type, here only (``problem_response``): a ``shop.errors.ShopError``
-answers its own status/title/slug (``FieldError`` adds ``errors``), a pydantic
-``ValidationError`` is 400 with ``errors``, anything else is a 500 without internals (logged).
+answers its own status/title/slug (``FieldError``, raised for invalid request input, adds
+``errors``), anything else is a 500 without internals (logged) — including a pydantic
+``ValidationError`` from the server's own data or configuration, which is never the caller's fault.
 The middleware (``install``) rewrites Chalice's own error answers (405, 415, bad requests, 500)
 into problem+json too, and ``install`` answers every unsupported method of a known path with
 405 + ``Allow`` from the function itself, so it is a 405 on API Gateway as well (where a missing
@@ -110,9 +111,13 @@ def validation_error(error: ValidationError, root: str = "body") -> FieldError:
 
 
 def problem_response(error: BaseException, headers: Headers | None = None) -> Response:
-    """The one mapping from an exception to its problem+json answer."""
-    if isinstance(error, ValidationError):
-        error = validation_error(error)
+    """The one mapping from an exception to its problem+json answer.
+
+    Request input is validated by ``parse_body``/``parse_query``/path parsing, which raise
+    ``FieldError`` (400). A pydantic ``ValidationError`` that gets here was raised by the server's
+    own data or configuration (a missing setting, a malformed stored record): a 500, never the
+    caller's fault.
+    """
     if isinstance(error, ShopError):
         status = error.status_code if isinstance(error, FieldError) else error.status
         if status >= 500:

@@ -14,6 +14,7 @@ from chalice.test import Client
 
 from app import app
 from infra.local.api_server import MAX_REQUEST_BYTES, create_api_server
+from shop.config import ApiSettings
 from shop.domain import catalog as domain
 from shop.errors import TransientError
 from tests.conftest import LocalAws
@@ -112,6 +113,20 @@ def test_an_unexpected_failure_is_a_500_problem_without_internals(
     body = json.loads(response.body)
     assert body["status"] == 500 and {"type", "title", "detail"} <= set(body)
     assert "hunter2" not in response.body.decode() and "10.0.0.7" not in response.body.decode()
+
+
+def test_a_server_side_validation_failure_is_a_500_not_the_callers_fault(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def misconfigured(sku: str) -> None:
+        # e.g. a required setting missing from the function's environment
+        ApiSettings.model_validate({})
+
+    monkeypatch.setattr(domain, "get_product", misconfigured)
+    response = client.http.get("/products/A")
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == PROBLEM
+    assert "pagination_secret" not in response.body.decode()
 
 
 def test_a_transient_failure_is_a_503_problem_to_retry(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
