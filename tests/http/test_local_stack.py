@@ -68,3 +68,28 @@ def test_stack_stops_cleanly_on_sigterm_and_frees_its_ports(tmp_path: Path) -> N
     finally:
         if running.process.poll() is None:
             running.process.kill()
+
+
+def test_bad_input_over_the_wire_is_a_clean_4xx_and_stores_nothing(stack: RunningStack) -> None:
+    def bobs_order_ids() -> list[str]:
+        page = requests.get(stack.url("/orders"), params={"limit": "100"}, headers=stack.auth("bob"), timeout=5)
+        return [order["order_id"] for order in page.json()["items"]]
+
+    before = bobs_order_ids()
+    headers = {**stack.auth("bob"), "Idempotency-Key": "wire-1", "Content-Type": "application/json"}
+    cases = {
+        "malformed JSON": b'{"items": [',
+        "unknown field": b'{"items": [{"sku": "BOOK-SRE", "quantity": 1}], "payment": {"token": "tok_visa"}, "x": 1}',
+        "quantity past 64 bits": b'{"items": [{"sku": "BOOK-SRE", "quantity": 18446744073709551617}],'
+        b' "payment": {"token": "tok_visa"}}',
+    }
+    for case, body in cases.items():
+        response = requests.post(stack.url("/orders"), headers=headers, data=body, timeout=5)
+        assert response.status_code == 400, case
+        assert response.headers["Content-Type"].startswith("application/problem+json"), case
+        assert response.json()["status"] == 400, case
+    wrong_method = requests.delete(stack.url("/products/BOOK-SRE"), headers=stack.auth("admin"), timeout=5)
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["Content-Type"].startswith("application/problem+json")
+    assert bobs_order_ids() == before
+    assert requests.get(stack.url("/products/BOOK-SRE"), timeout=5).json()["available"] == 40
