@@ -35,12 +35,16 @@ from typing import Any
 
 import requests
 
-from infra.local.template import REPO_ROOT
+from infra.local.template import REPO_ROOT, load_template
 
 PRICING = REPO_ROOT / "infra" / "pricing.json"
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
-LAMBDA_MEMORY_GB = 256 / 1024  # the template's Globals MemorySize
 BENCH_SKUS = [f"BENCH-{index:02d}" for index in range(8)]
+
+
+def _lambda_memory_gb() -> float:
+    """The memory the template gives the saga's functions (Globals), which Lambda bills GB-seconds on."""
+    return float(load_template()["Globals"]["Function"]["MemorySize"]) / 1024
 
 
 def _free_port() -> int:
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         prices = json.loads(PRICING.read_text())
         lambda_cost = per_order_invocations * (
             prices["lambda_per_request"]
-            + max(step_seconds_mean, 0.001) * LAMBDA_MEMORY_GB * prices["lambda_per_gb_second"]
+            + max(step_seconds_mean, 0.001) * _lambda_memory_gb() * prices["lambda_per_gb_second"]
         )
         dynamodb_cost = (
             per_order_rru * prices["dynamodb_per_read_request_unit"]
