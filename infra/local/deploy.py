@@ -62,7 +62,6 @@ class DeployedStack:
 
     prefix: str
     region: str
-    resolver: Resolver
     table_names: dict[str, str] = field(default_factory=dict)
     function_names: dict[str, str] = field(default_factory=dict)
     state_machine_arns: dict[str, str] = field(default_factory=dict)
@@ -161,7 +160,7 @@ def deploy(
     resolver.refs.update(parameter_defaults(template))
     resolver.refs.update(parameters or {})
     resolver.refs.update({"AWS::Region": region, "AWS::AccountId": LOCAL_ACCOUNT, "AWS::StackName": prefix})
-    stack = DeployedStack(prefix=prefix, region=region, resolver=resolver)
+    stack = DeployedStack(prefix=prefix, region=region)
     role_arn = _ensure_execution_role(iam)
 
     for logical_id in resources_of_type(template, USER_POOL):

@@ -250,7 +250,3 @@ def _invoke(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
 def install() -> None:
     """Route moto's Lambda invocations to the project's handlers (idempotent)."""
     LambdaFunction._invoke_lambda = _invoke  # type: ignore[method-assign]
-
-
-def uninstall() -> None:
-    LambdaFunction._invoke_lambda = _ORIGINAL_INVOKE  # type: ignore[method-assign]

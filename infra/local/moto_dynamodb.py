@@ -27,7 +27,3 @@ def _serialized_call_action(self: DynamoHandler) -> Any:
 def install() -> None:
     """Serialize moto's DynamoDB requests (idempotent)."""
     DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
-
-
-def uninstall() -> None:
-    DynamoHandler.call_action = _ORIGINAL_CALL_ACTION  # type: ignore[method-assign]

@@ -28,9 +28,6 @@ from moto.stepfunctions.parser.asl.parse import asl_parser
 from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
 from moto.stepfunctions.parser.asl.utils import boto_client
 
-_ORIGINAL_PARSE = asl_parser.AmazonStateLanguageParser.parse
-_ORIGINAL_CLIENT_FOR = lambda_eval_utils.boto_client_for
-
 
 @lru_cache(maxsize=64)
 def _syntax_tree(definition: str) -> Any:
@@ -63,8 +60,3 @@ def install() -> None:
     """Cache syntax trees and Lambda clients (idempotent)."""
     asl_parser.AmazonStateLanguageParser.parse = staticmethod(_parse)  # type: ignore[method-assign]
     lambda_eval_utils.boto_client_for = _client_for
-
-
-def uninstall() -> None:
-    asl_parser.AmazonStateLanguageParser.parse = staticmethod(_ORIGINAL_PARSE)  # type: ignore[method-assign]
-    lambda_eval_utils.boto_client_for = _ORIGINAL_CLIENT_FOR
