@@ -19,11 +19,28 @@ from chalice import Chalice
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from shop.models.catalog import MAX_STOCK
+from shop.models.money import MAX_AMOUNT
+from shop.models.orders import MAX_LINES, MAX_QUANTITY
+
 Auth = Literal["public", "customer", "admin"]
 
 PROBLEM_JSON = "application/problem+json"
 _OPERATION_ATTRIBUTE = "__shop_operation__"
 _REF_TEMPLATE = "#/components/schemas/{model}"
+
+# The bounds the server enforces that no single schema can state (the schemas carry the per-field
+# ones: Money.amount, quantity, stock, delta), in the document's description.
+LIMITS = (
+    "Limits: every amount (`Money.amount`, in minor units) is an integer from 0 to "
+    f"{MAX_AMOUNT}. That bounds unit prices and also what the server computes from the catalog: "
+    f"each order line's total (quantity x unit price) and the order's total; an order beyond it is "
+    "422 `order-total-too-large`, with `errors` naming the line (`items.N.quantity`) or the whole "
+    f"order (`items`). An order has 1 to {MAX_LINES} lines, each of quantity 1 to {MAX_QUANTITY}. "
+    f"Stock: a new product's `stock` is 0 to {MAX_STOCK}; a stock adjustment's `delta` is non-zero "
+    f"within -{MAX_STOCK} to {MAX_STOCK}, and is 409 if it would take `available` below 0 "
+    f"(`insufficient-stock`) or, increasing it, above {MAX_STOCK} (`stock-limit-exceeded`)."
+)
 
 
 class FieldIssue(BaseModel):
@@ -178,7 +195,8 @@ def _operation_object(
 
 
 def document(app: Chalice, *, title: str, version: str, description: str = "") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every described, registered route of ``app``."""
+    """The OpenAPI 3.1 document of every described, registered route of ``app``; ``LIMITS`` ends its description."""
+    description = f"{description}\n\n{LIMITS}" if description else LIMITS
     described: list[tuple[str, str, str, Operation]] = []
     for path, methods in sorted(app.routes.items()):
         for method, entry in sorted(methods.items()):
@@ -201,7 +219,7 @@ def document(app: Chalice, *, title: str, version: str, description: str = "") -
 
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version, **({"description": description} if description else {})},
+        "info": {"title": title, "version": version, "description": description},
         "paths": paths,
         "components": {
             "schemas": schemas,

@@ -34,7 +34,7 @@ os.environ.update(_SAFE_ENVIRONMENT)
 for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
     os.environ.pop(_variable, None)
 
-from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions  # noqa: E402
+from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions  # noqa: E402
 from infra.local.deploy import DeployedStack, deploy  # noqa: E402
 from infra.local.identity import DevIdentityProvider  # noqa: E402
 
@@ -47,8 +47,12 @@ TEST_PARAMETERS = {
 
 
 @pytest.fixture(scope="session")
-def identity(tmp_path_factory: pytest.TempPathFactory) -> DevIdentityProvider:
-    return DevIdentityProvider.create(tmp_path_factory.mktemp("dev-idp"))
+def identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevIdentityProvider]:
+    """The dev identity provider, serving its JWKS over HTTP on 127.0.0.1 for the whole session."""
+    provider = DevIdentityProvider.create(tmp_path_factory.mktemp("dev-idp"))
+    provider.serve()
+    yield provider
+    provider.close()
 
 
 @dataclass
@@ -94,14 +98,15 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) ->
     lambda_runtime.install()
     moto_dynamodb.install()
     moto_stepfunctions.install()
-    lambda_runtime.faults.duplicate_deliveries.clear()
-    lambda_runtime.faults.before_invoke = None
+    moto_events.install()
+    lambda_runtime.faults.clear()
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         stack = deploy(
             dynamodb=boto3.client("dynamodb"),
             lambda_client=boto3.client("lambda"),
             iam=boto3.client("iam"),
             stepfunctions=boto3.client("stepfunctions"),
+            events=boto3.client("events"),
             prefix="test",
             region=os.environ["AWS_DEFAULT_REGION"],
             identity_issuer=identity.issuer,
@@ -112,8 +117,7 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) ->
             monkeypatch.setenv(key, value)
         _reset_process_caches()
         yield LocalAws(stack=stack, identity=identity)
-        lambda_runtime.faults.duplicate_deliveries.clear()
-        lambda_runtime.faults.before_invoke = None
+        lambda_runtime.faults.clear()
     _reset_process_caches()
 
 
@@ -128,6 +132,19 @@ def seed_product(sku: str, *, stock: int, price: int = 1000, name: str | None = 
             sku=sku, name=name or f"Product {sku}", category="test", price=Money(amount=price), stock=stock
         )
     )
+
+
+class FakeClock:
+    """A clock the tests move (epoch seconds): time passes without sleeping."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def random_suffix() -> str:

@@ -7,7 +7,9 @@ their DefinitionSubstitutions resolved to the local ARNs.
 
 Resources that only exist on AWS (API Gateway, IAM, Cognito, schedules) are resolved to local
 stand-ins: the API runs under `chalice local`, the identity provider is the dev one in
-`infra/local/identity.py`, and schedules are returned so the caller can fire them.
+`infra/local/identity.py`, and schedules are returned so the caller can fire them. EventBridge
+rules are created in the emulator's EventBridge, which `infra/local/moto_events.py` makes deliver
+to Lambda targets and feed with Step Functions' execution status changes, as on AWS.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class DeployedStack:
     state_machine_arns: dict[str, str] = field(default_factory=dict)
     function_environments: dict[str, dict[str, str]] = field(default_factory=dict)
     schedules: list[Schedule] = field(default_factory=list)
+    event_rules: list[str] = field(default_factory=list)
 
     @property
     def api_environment(self) -> dict[str, str]:
@@ -146,6 +149,7 @@ def deploy(
     lambda_client: Any,
     iam: Any,
     stepfunctions: Any,
+    events: Any,
     prefix: str,
     region: str,
     identity_issuer: str,
@@ -185,6 +189,7 @@ def deploy(
         resolver.refs[logical_id] = published["LayerVersionArn"]
 
     functions = resources_of_type(template, FUNCTION)
+    rules: list[tuple[str, Any, str]] = []
     for logical_id in functions:
         # Names and ARNs first: state machines and environments may refer to any function.
         name = f"{prefix}-{logical_id}"
@@ -219,9 +224,11 @@ def deploy(
             Environment={"Variables": environment},
             Layers=[str(layer) for layer in resolver.resolve(properties.get("Layers", []))],
         )
-        for event in properties.get("Events", {}).values():
+        for event_name, event in properties.get("Events", {}).items():
             if event.get("Type") == "Schedule":
                 stack.schedules.append(Schedule(stack.function_names[logical_id], event["Properties"]["Schedule"]))
+            elif event.get("Type") == "EventBridgeRule":
+                rules.append((f"{prefix}-{logical_id}-{event_name}", event["Properties"]["Pattern"], logical_id))
 
     api = function_properties(template, API_HANDLER)
     stack.function_environments[API_HANDLER] = {
@@ -240,5 +247,14 @@ def deploy(
             roleArn=role_arn,
             type=properties.get("Type", "STANDARD"),
         )
+
+    # EventBridge rules last: their patterns may name the state machines (on the default bus,
+    # where AWS services put their events).
+    for rule_name, pattern, logical_id in rules:
+        events.put_rule(Name=rule_name, EventPattern=json.dumps(resolver.resolve(pattern)), State="ENABLED")
+        events.put_targets(
+            Rule=rule_name, Targets=[{"Id": logical_id, "Arn": resolver.attributes[f"{logical_id}.Arn"]}]
+        )
+        stack.event_rules.append(rule_name)
 
     return stack

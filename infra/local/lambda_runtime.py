@@ -56,11 +56,27 @@ class FaultInjection:
     ``duplicate_deliveries``: function names whose every invocation runs the handler twice with
     the same event (Lambda and Step Functions may deliver more than once); the second result is
     returned. ``before_invoke``: called with (function name, event) before the handler, e.g. to
-    raise a Lambda service error or to pause an execution at a chosen step.
+    raise a Lambda service error or to pause an execution at a chosen step. ``after_invoke``:
+    called with (function name, event) after the handler ran; an exception it raises replaces
+    the handler's answer, e.g. ``lambda_timeout()`` for a function that timed out after its
+    effect (the answer is lost, the effect is not).
     """
 
     duplicate_deliveries: set[str] = field(default_factory=set)
     before_invoke: Callable[[str, Any], None] | None = None
+    after_invoke: Callable[[str, Any], None] | None = None
+
+    def clear(self) -> None:
+        self.duplicate_deliveries.clear()
+        self.before_invoke = None
+        self.after_invoke = None
+
+
+def lambda_timeout(seconds: float = 15.0) -> Exception:
+    """The error Lambda reports for a function that ran out of time: Step Functions sees the
+    error name ``Sandbox.Timedout``, as on AWS."""
+    timed_out = type("Sandbox.Timedout", (Exception,), {})
+    return timed_out(f"Task timed out after {seconds:.2f} seconds")
 
 
 faults = FaultInjection()
@@ -244,6 +260,11 @@ def _invoke(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
     stats.record(self.function_name, time.perf_counter() - started)
     if self.function_name in faults.duplicate_deliveries:
         result = run(self, event)
+    if faults.after_invoke is not None:
+        try:
+            faults.after_invoke(self.function_name, event)
+        except Exception as error:  # noqa: BLE001 - the answer is lost; the effect stays applied
+            return _error_payload(error), True, ""
     return result
 
 

@@ -98,11 +98,12 @@ def _start_emulator(host: str, port: int) -> list[Callable[[], None]]:
     from moto import mock_aws
     from moto.server import ThreadedMotoServer
 
-    from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
+    from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions
 
     lambda_runtime.install()
     moto_dynamodb.install()
     moto_stepfunctions.install()
+    moto_events.install()
     in_process = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
     in_process.start()
     # The emulator's per-request access log would drown the API's.
@@ -139,6 +140,14 @@ def _write_tokens(state_dir: Path, identity: Any) -> Path:
     return path
 
 
+def scheduled_event() -> bytes:
+    """The event EventBridge Scheduler's classic schedules deliver (its ``time`` is when it fired)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return json.dumps(
+        {"version": "0", "source": "aws.events", "detail-type": "Scheduled Event", "time": now, "detail": {}}
+    ).encode()
+
+
 def _run_schedules(schedules: list[Any], lambda_client: Any, stop: threading.Event) -> None:
     """Fire each `Schedule` event of the template at its rate, as EventBridge would."""
     next_run = {schedule.function_name: 0.0 for schedule in schedules}
@@ -148,7 +157,7 @@ def _run_schedules(schedules: list[Any], lambda_client: Any, stop: threading.Eve
             if now >= next_run[schedule.function_name]:
                 next_run[schedule.function_name] = now + schedule.every_seconds
                 try:
-                    lambda_client.invoke(FunctionName=schedule.function_name, Payload=b'{"source": "local.schedule"}')
+                    lambda_client.invoke(FunctionName=schedule.function_name, Payload=scheduled_event())
                 except Exception as error:  # noqa: BLE001 - a failed run is retried at the next tick
                     print(f"schedule {schedule.function_name} failed: {error}", file=sys.stderr)
         stop.wait(1.0)
@@ -213,11 +222,14 @@ def start_stack(
         cleanups += _start_emulator(host, aws_port)
         aws = Session(region_name=REGION, localstack_host=f"{host}:{aws_port}")
         identity = DevIdentityProvider.create(state_dir / "dev-idp")
+        identity.serve()
+        cleanups.append(identity.close)
         deployed = deploy(
             dynamodb=_dynamodb_client(dynamodb_endpoint) if dynamodb_endpoint else aws.client("dynamodb"),
             lambda_client=aws.client("lambda"),
             iam=aws.client("iam"),
             stepfunctions=aws.client("stepfunctions"),
+            events=aws.client("events"),
             prefix="shop",
             region=REGION,
             identity_issuer=identity.issuer,

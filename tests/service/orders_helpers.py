@@ -171,6 +171,13 @@ class Shop:
     def dead_letter(self, order_id: str) -> DeadLetter | None:
         return dead_letters.get(order_id)
 
+    def wait_dead_letter(self, order_id: str, status: str) -> DeadLetter:
+        def reached() -> DeadLetter | None:
+            letter = dead_letters.get(order_id)
+            return letter if letter is not None and letter.status == status else None
+
+        return eventually(reached, f"the dead letter of order {order_id} to be {status}")
+
     def payment(self, order_id: str) -> dict[str, Any] | None:
         body = self.get(order_id, who="admin").json_body
         return body["payment"]  # type: ignore[no-any-return]

@@ -143,7 +143,7 @@ def test_operators_see_the_payment_circuit_breaker(shop: Shop) -> None:
 
     assert breakers.status_code == 200
     [breaker] = breakers.json_body["items"]
-    assert (breaker["state"], breaker["consecutive_failures"]) == ("CLOSED", 0)
+    assert (breaker["state"], breaker["failures_in_window"]) == ("CLOSED", 0)
     assert shop.client.http.get("/admin/circuit-breakers", headers=shop.headers("alice")).status_code == 403
 
 

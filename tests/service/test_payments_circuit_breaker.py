@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from infra.local import lambda_runtime
 from shop.config import payment_settings
 from shop.domain import payments as domain
 from shop.errors import CircuitOpen, PaymentProviderError
 from shop.payments.circuit_breaker import BreakerPolicy, CircuitBreaker
 from shop.repositories.operations import DynamoBreakerStore, DynamoSimulatorStore
 from shop.repositories.payments import PaymentsRepository
-from tests.conftest import LocalAws, random_suffix
+from tests.conftest import FakeClock, LocalAws, random_suffix
+from tests.service.orders_helpers import Shop, open_shop, seed_product
 
-POLICY = BreakerPolicy(failure_threshold=3, window_seconds=60.0, cooldown_seconds=30.0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+# Opens at >= 50% failures among >= 3 calls, the failures from >= 2 sources, within 60 s.
+POLICY = BreakerPolicy(
+    failure_rate_percent=50.0, minimum_calls=3, minimum_failing_sources=2, window_seconds=60.0, cooldown_seconds=30.0
+)
 
 
 def fail_transiently() -> None:
@@ -39,27 +35,88 @@ def instance(clock: FakeClock, name: str = "shared") -> CircuitBreaker:
     return CircuitBreaker(name, DynamoBreakerStore(), POLICY, clock=clock)
 
 
-def invoke_authorize(local_aws: LocalAws, order_id: str, token: str) -> tuple[dict[str, Any], str | None]:
-    event = {"order_id": order_id, "amount": {"amount": 100, "currency": "USD"}, "payment_token": token}
+def fail(breaker: CircuitBreaker, n: int) -> None:
+    """Order ``n`` of customer ``n`` fails transiently."""
+    with pytest.raises(PaymentProviderError):
+        breaker.call(fail_transiently, key=f"ord-{n}:authorize", source=f"cust-{n}")
+
+
+def trip(breaker: CircuitBreaker) -> None:
+    for n in range(POLICY.minimum_calls):
+        fail(breaker, n)
+
+
+def invoke_authorize(
+    local_aws: LocalAws, order_id: str, token: str, customer_id: str | None = None
+) -> tuple[dict[str, Any], str | None]:
+    event: dict[str, Any] = {"order_id": order_id, "amount": {"amount": 100, "currency": "USD"}, "payment_token": token}
+    if customer_id is not None:
+        event["customer_id"] = customer_id
     response = local_aws.client("lambda").invoke(
         FunctionName=local_aws.function("AuthorizePaymentFunction"), Payload=json.dumps(event)
     )
     return json.loads(response["Payload"].read()), response.get("FunctionError")
 
 
-def test_the_step_opens_the_breaker_after_n_failures_then_fails_fast(local_aws: LocalAws) -> None:
-    threshold = payment_settings().breaker_failure_threshold
-    for _ in range(threshold):
-        payload, error = invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError")
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=50)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+# ---------------------------------------------------------------------------- through the sagas
+def test_one_customers_failing_card_does_not_cancel_other_customers_orders(shop: Shop, local_aws: LocalAws) -> None:
+    """Issue "Recovery that holds", class 5: three orders of one customer with a card that fails
+    transiently every time (each authorization attempted again by the saga's retries) used to
+    open the breaker, so the next customer's healthy order was cancelled PAYMENT_UNAVAILABLE."""
+    authorize = local_aws.function("AuthorizePaymentFunction")
+    attempts: list[Any] = []
+
+    def count(function_name: str, event: Any) -> None:
+        if function_name == authorize:
+            attempts.append(event)
+
+    lambda_runtime.faults.before_invoke = count
+    failing = [shop.place_ok([("MUG-1", 1)], token="tok_processingError", who="mallory") for _ in range(3)]
+    for placed in failing:
+        assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+        order = shop.order(placed["order_id"])
+        assert (order.status, order.failure_reason) == ("CANCELLED", "PAYMENT_UNAVAILABLE")
+
+    assert len(attempts) >= 2 * len(failing)  # every authorization was retried...
+    status = domain.circuit_breaker_status()
+    # ...yet counts as one outcome.
+    assert (status.state, status.calls_in_window, status.failures_in_window) == ("CLOSED", 3, 3)
+
+    healthy = shop.place_ok([("MUG-1", 1)], token="tok_visa", who="alice")
+
+    assert shop.wait_checkout(healthy["order_id"]) == "SUCCEEDED"
+    order = shop.order(healthy["order_id"])
+    assert (order.status, order.failure_reason) == ("COMPLETED", None)
+    status = domain.circuit_breaker_status()
+    # Its authorization and capture count as successes while failures are in the window.
+    assert (status.state, status.calls_in_window, status.failures_in_window) == ("CLOSED", 5, 3)
+
+
+# ---------------------------------------------------------------------------- through the step
+def test_the_step_opens_the_breaker_when_many_orders_fail_then_fails_fast(local_aws: LocalAws) -> None:
+    settings = payment_settings()
+    calls = settings.breaker_minimum_calls
+    for n in range(calls):
+        payload, error = invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError", f"cust-{n}")
         assert payload["errorType"] == "PaymentProviderError"
 
     status = domain.circuit_breaker_status()
-    assert (status.state, status.consecutive_failures, status.failure_threshold) == ("OPEN", threshold, threshold)
+    assert (status.state, status.calls_in_window, status.failures_in_window) == ("OPEN", calls, calls)
+    assert (status.failure_rate_percent, status.failing_sources) == (100.0, calls)
+    assert (status.minimum_calls, status.minimum_failing_sources) == (calls, settings.breaker_minimum_failing_sources)
+    assert status.failure_rate_threshold_percent == settings.breaker_failure_rate_percent
     assert status.retry_after_seconds is not None and status.retry_after_seconds > 0
     assert status.opened_at is not None
 
     order_id = f"ord-{random_suffix()}"
-    payload, error = invoke_authorize(local_aws, order_id, "tok_visa")
+    payload, error = invoke_authorize(local_aws, order_id, "tok_visa", "someone-else")
     assert error is not None
     assert payload["errorType"] == "CircuitOpen"
     # Failing fast: the provider never saw the call, and nothing was authorized.
@@ -68,69 +125,115 @@ def test_the_step_opens_the_breaker_after_n_failures_then_fails_fast(local_aws: 
     assert payment is not None and payment.status == "PENDING"
 
 
+def test_the_step_counts_one_customers_failures_as_one_source(local_aws: LocalAws) -> None:
+    orders = [f"ord-{random_suffix()}" for _ in range(payment_settings().breaker_minimum_calls + 2)]
+    for order_id in orders:
+        for _ in range(2):  # the saga's retry of the same authorization
+            payload, _ = invoke_authorize(local_aws, order_id, "tok_processingError", "mallory")
+            assert payload["errorType"] == "PaymentProviderError"
+
+    status = domain.circuit_breaker_status()
+    assert (status.state, status.calls_in_window, status.failures_in_window) == ("CLOSED", len(orders), len(orders))
+    assert status.failing_sources == 1
+    payload, error = invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_visa", "alice")
+    assert error is None and payload["status"] == "AUTHORIZED"
+
+
 def test_status_of_a_breaker_that_never_tripped(local_aws: LocalAws) -> None:
     status = domain.circuit_breaker_status()
-    assert (status.state, status.consecutive_failures, status.retry_after_seconds) == ("CLOSED", 0, None)
+    assert (status.state, status.calls_in_window, status.failures_in_window) == ("CLOSED", 0, 0)
+    assert (status.failure_rate_percent, status.failing_sources, status.retry_after_seconds) == (0.0, 0, None)
     assert status.probe_in_flight is False
     assert status.name == "payment-provider:simulator"
+
+
+def test_other_thresholds_come_from_the_environment(local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shop.config import reset_settings_cache
+
+    monkeypatch.setenv("PAYMENT_BREAKER_MINIMUM_CALLS", "2")
+    monkeypatch.setenv("PAYMENT_BREAKER_MINIMUM_FAILING_SOURCES", "2")
+    monkeypatch.setenv("PAYMENT_BREAKER_FAILURE_RATE_PERCENT", "75")
+    reset_settings_cache()
+
+    invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError", "cust-1")
+    assert domain.circuit_breaker_status().state == "CLOSED"
+    invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError", "cust-2")
+
+    status = domain.circuit_breaker_status()
+    assert (status.state, status.minimum_calls, status.failure_rate_threshold_percent) == ("OPEN", 2, 75.0)
+
+
+# ---------------------------------------------------------------------------- instances sharing the table
+def test_outcomes_round_trip_through_the_table(local_aws: LocalAws) -> None:
+    clock = FakeClock()
+    clock.now += 0.123
+    breaker = instance(clock)
+    fail(breaker, 1)
+    assert breaker.call(lambda: "ok", key="ord-2:capture", source="ord-2") == "ok"
+
+    outcomes = DynamoBreakerStore().load("shared").outcomes
+    assert list(outcomes) == ["ord-1:authorize", "ord-2:capture"]
+    assert (outcomes["ord-1:authorize"].failed, outcomes["ord-1:authorize"].at) == (True, clock.now)
+    assert (outcomes["ord-2:capture"].failed, outcomes["ord-2:capture"].source) == (False, "ord-2")
 
 
 def test_failures_seen_by_different_instances_add_up(local_aws: LocalAws) -> None:
     clock = FakeClock()
     first, second = instance(clock), instance(clock)
-    for breaker in (first, second, first):
-        with pytest.raises(PaymentProviderError):
-            breaker.call(fail_transiently)
+    for n, breaker in enumerate((first, second, first)):
+        fail(breaker, n)
 
     calls: list[str] = []
     for breaker in (first, second):
         with pytest.raises(CircuitOpen):
-            breaker.call(lambda: calls.append("reached the provider"))
+            breaker.call(lambda: calls.append("reached the provider"), key="ord-x:authorize", source="cust-x")
     assert calls == []
     assert DynamoBreakerStore().load("shared").state == "OPEN"
+
+
+def test_retries_on_different_instances_count_once(local_aws: LocalAws) -> None:
+    clock = FakeClock()
+    first, second = instance(clock), instance(clock)
+    for breaker in (first, second, first, second):
+        fail(breaker, 1)
+    assert first.stats().calls == 1
+    assert DynamoBreakerStore().load("shared").state == "CLOSED"
 
 
 def test_half_open_lets_exactly_one_probe_through(local_aws: LocalAws) -> None:
     clock = FakeClock()
     first, second = instance(clock), instance(clock)
-    for _ in range(POLICY.failure_threshold):
-        with pytest.raises(PaymentProviderError):
-            first.call(fail_transiently)
+    trip(first)
     clock.advance(POLICY.cooldown_seconds)
     others: list[str] = []
 
     def probe() -> str:
         assert DynamoBreakerStore().load("shared").state == "HALF_OPEN"
         with pytest.raises(CircuitOpen):
-            second.call(lambda: others.append("second got through"))
+            second.call(lambda: others.append("second got through"), key="ord-s:authorize", source="cust-s")
         return "healthy"
 
-    assert first.call(probe) == "healthy"
+    assert first.call(probe, key="ord-p:authorize", source="cust-p") == "healthy"
     assert others == []
-    assert DynamoBreakerStore().load("shared").state == "CLOSED"
-    assert second.call(lambda: "through") == "through"
+    state = DynamoBreakerStore().load("shared")
+    assert (state.state, state.outcomes) == ("CLOSED", {})
+    assert second.call(lambda: "through", key="ord-s:authorize", source="cust-s") == "through"
 
 
 def test_a_failed_probe_reopens_for_every_instance(local_aws: LocalAws) -> None:
     clock = FakeClock()
     first, second = instance(clock), instance(clock)
-    for _ in range(POLICY.failure_threshold):
-        with pytest.raises(PaymentProviderError):
-            second.call(fail_transiently)
+    trip(second)
     clock.advance(POLICY.cooldown_seconds)
-    with pytest.raises(PaymentProviderError):
-        first.call(fail_transiently)
+    fail(first, 99)
     with pytest.raises(CircuitOpen):
-        second.call(lambda: None)
+        second.call(lambda: None, key="ord-s:authorize", source="cust-s")
     assert DynamoBreakerStore().load("shared").opened_at == clock.now
 
 
 def test_concurrent_callers_after_the_cooldown_claim_one_probe(local_aws: LocalAws) -> None:
     clock = FakeClock()
-    opener = instance(clock)
-    for _ in range(POLICY.failure_threshold):
-        with pytest.raises(PaymentProviderError):
-            opener.call(fail_transiently)
+    trip(instance(clock))
     clock.advance(POLICY.cooldown_seconds)
 
     callers = 6
@@ -151,7 +254,7 @@ def test_concurrent_callers_after_the_cooldown_claim_one_probe(local_aws: LocalA
 
         start.wait(timeout=30)
         try:
-            breaker.call(probe)
+            breaker.call(probe, key=f"ord-{number}:authorize", source=f"cust-{number}")
             outcome = "probed"
         except CircuitOpen:
             outcome = "failed fast"
@@ -172,9 +275,36 @@ def test_concurrent_callers_after_the_cooldown_claim_one_probe(local_aws: LocalA
     assert DynamoBreakerStore().load("shared").state == "CLOSED"
 
 
+def test_concurrent_failures_are_all_counted(local_aws: LocalAws) -> None:
+    clock = FakeClock()
+    wide = BreakerPolicy(
+        failure_rate_percent=50.0,
+        minimum_calls=100,
+        minimum_failing_sources=2,
+        window_seconds=60.0,
+        cooldown_seconds=30.0,
+    )
+    callers = 4
+    start = threading.Barrier(callers)
+
+    def caller(number: int) -> None:
+        breaker = CircuitBreaker("shared", DynamoBreakerStore(), wide, clock=clock)
+        start.wait(timeout=30)
+        with contextlib.suppress(PaymentProviderError):
+            breaker.call(fail_transiently, key=f"ord-{number}:authorize", source=f"cust-{number}")
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # Every compare-and-set that lost re-read and re-applied its outcome.
+    assert len(DynamoBreakerStore().load("shared").outcomes) == callers
+
+
 def test_breakers_of_different_providers_are_independent(local_aws: LocalAws) -> None:
     clock = FakeClock()
-    for _ in range(POLICY.failure_threshold):
-        with pytest.raises(PaymentProviderError):
-            instance(clock, "provider-a").call(fail_transiently)
-    assert instance(clock, "provider-b").call(lambda: "fine") == "fine"
+    trip(instance(clock, "provider-a"))
+    assert DynamoBreakerStore().load("provider-a").state == "OPEN"
+    assert instance(clock, "provider-b").call(lambda: "fine", key="ord-b:authorize", source="cust-b") == "fine"

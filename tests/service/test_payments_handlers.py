@@ -101,7 +101,7 @@ def test_amount_errors_carry_their_class_name_and_change_nothing(local_aws: Loca
     ok(local_aws, CAPTURE, {"order_id": order_id, "amount": usd(1000)})
     before = stored(order_id)
     assert error_type(local_aws, REFUND, {"order_id": order_id, "amount": usd(1001)}) == "RefundExceedsCapture"
-    assert error_type(local_aws, VOID, {"order_id": order_id}) == "PaymentStateConflict"
+    assert error_type(local_aws, VOID, {"order_id": order_id}) == "PaymentAlreadyCaptured"
     assert stored(order_id) == before
 
 

@@ -7,6 +7,7 @@ import pytest
 from shop.domain import payments as domain
 from shop.errors import (
     CaptureExceedsAuthorization,
+    PaymentAlreadyCaptured,
     PaymentDeclined,
     PaymentProviderError,
     PaymentStateConflict,
@@ -14,7 +15,13 @@ from shop.errors import (
 )
 from shop.models.money import Money
 from shop.models.payments import AuthorizePayment, CapturePayment, Payment, RefundPayment, VoidPayment
-from shop.payments.provider import ProviderAuthorization, ProviderCapture, ProviderRefund, ProviderVoid
+from shop.payments.provider import (
+    ProviderAuthorization,
+    ProviderCapture,
+    ProviderOperation,
+    ProviderRefund,
+    ProviderVoid,
+)
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories.operations import DynamoSimulatorStore
 from shop.repositories.payments import PaymentsRepository
@@ -282,7 +289,7 @@ def test_void_with_nothing_authorized_is_a_no_op_success(local_aws: LocalAws) ->
 def test_void_of_a_captured_payment_is_refused(local_aws: LocalAws) -> None:
     order_id = new_order()
     before = captured(order_id)
-    with pytest.raises(PaymentStateConflict):
+    with pytest.raises(PaymentAlreadyCaptured):
         domain.void_payment(VoidPayment(order_id=order_id))
     assert stored(order_id) == before
 
@@ -313,6 +320,9 @@ class VoidedMeanwhile:
     def refund(self, capture_ref: str, amount: Money, idempotency_key: str) -> ProviderRefund:
         return self.inner.refund(capture_ref, amount, idempotency_key)
 
+    def lookup(self, idempotency_key: str) -> ProviderOperation | None:
+        return self.inner.lookup(idempotency_key)
+
 
 def test_an_authorization_that_loses_to_a_void_releases_its_hold(local_aws: LocalAws) -> None:
     order_id, provider = new_order(), VoidedMeanwhile()
@@ -320,7 +330,8 @@ def test_an_authorization_that_loses_to_a_void_releases_its_hold(local_aws: Loca
 
     summary = service.authorize(AuthorizePayment(order_id=order_id, amount=usd(700), payment_token="tok_visa"))
 
-    assert (summary.status, summary.authorized) == ("VOIDED", usd(0))
+    # The void asked the provider, found the authorization and released it; the ledger says so.
+    assert (summary.status, summary.authorized) == ("VOIDED", usd(700))
     (authorization,) = provider.authorizations
     ledger = provider.inner.ledger(authorization.reference)
     assert ledger is not None
@@ -355,3 +366,32 @@ def test_simulator_ledger_enforces_its_invariants(local_aws: LocalAws) -> None:
     # Refused calls stored no result, so their keys are still unused.
     assert DynamoSimulatorStore().result("s1:refund-2") is not None
     assert DynamoSimulatorStore().result("s1:capture-too-much") is None
+
+
+def test_the_provider_answers_what_it_did_under_an_idempotency_key(local_aws: LocalAws) -> None:
+    simulator, declined, approved = domain.simulator(), new_order(), new_order()
+    assert simulator.lookup(f"{declined}:authorize") is None
+    with pytest.raises(PaymentDeclined):
+        simulator.authorize(usd(100), "tok_chargeDeclined", f"{declined}:authorize")
+    authorization = simulator.authorize(usd(100), "tok_visa", f"{approved}:authorize")
+    capture = simulator.capture(authorization.reference, usd(100), f"{approved}:capture")
+
+    refused = simulator.lookup(f"{declined}:authorize")
+    found = simulator.lookup(f"{approved}:capture")
+
+    assert refused is not None
+    assert (refused.operation, refused.approved, refused.decline_code, refused.reference) == (
+        "authorize",
+        False,
+        "card_declined",
+        None,
+    )
+    assert found is not None
+    assert (found.operation, found.approved, found.reference, found.authorization_ref, found.amount) == (
+        "capture",
+        True,
+        capture.reference,
+        authorization.reference,
+        usd(100),
+    )
+    assert simulator.lookup(f"{approved}:void") is None

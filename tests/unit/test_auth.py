@@ -1,10 +1,18 @@
-"""Bearer token verification (shop.auth) against the dev identity provider's real RS256 tokens."""
+"""Bearer token verification (shop.auth) against the dev identity provider's real RS256 tokens.
+
+The key cache's tests point shop.auth at a JWKS server of their own (``keys``), fail or hold it
+through ``DevIdentityProvider.jwks_hook``, count the requests it received and move the cache's
+clock (``KeySet.clock``) instead of sleeping.
+"""
 
 from __future__ import annotations
 
-import json
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -12,6 +20,7 @@ import pytest
 from infra.local.identity import KEY_ID, DevIdentityProvider
 from shop import auth, config
 from shop.errors import Forbidden, TransientError, Unauthorized
+from tests.conftest import FakeClock
 
 
 @pytest.fixture
@@ -138,30 +147,257 @@ def test_garbage_is_unauthorized(verifier: DevIdentityProvider, garbage: str) ->
         auth.verify(garbage)
 
 
-def test_the_key_set_is_fetched_once_and_cached(tmp_path: Path, configure: Callable[[str, str], None]) -> None:
-    provider = DevIdentityProvider.create(tmp_path / "idp")
-    configure(provider.issuer, provider.audience)
-    assert auth.verify(provider.token("alice")).subject == "alice"
-    (tmp_path / "idp" / ".well-known" / "jwks.json").unlink()
-    assert auth.verify(provider.token("bob")).subject == "bob"
+# ---------------------------------------------------------------------------- the signing keys' cache
 
 
-def test_an_unusable_key_set_is_a_transient_server_error_not_a_401(
-    tmp_path: Path, configure: Callable[[str, str], None]
-) -> None:
-    provider = DevIdentityProvider.create(tmp_path / "idp")
-    (tmp_path / "idp" / ".well-known" / "jwks.json").write_text(json.dumps({"not": "a key set"}))
+@dataclass
+class Keys:
+    """A JWKS server of its own (the session's key, another port) that shop.auth is pointed at."""
+
+    provider: DevIdentityProvider
+    clock: FakeClock
+
+    def token(self, username: str = "alice") -> str:
+        return self.provider.token(username)
+
+    def fail_with(self, status: int) -> None:
+        self.provider.jwks_hook = lambda: status
+
+    def recover(self) -> None:
+        self.provider.jwks_hook = None
+
+    @property
+    def fetches(self) -> int:
+        """JWKS requests the server received."""
+        return self.provider.jwks_requests
+
+
+@pytest.fixture
+def keys(identity: DevIdentityProvider, configure: Callable[[str, str], None]) -> Iterator[Keys]:
+    provider = DevIdentityProvider(directory=identity.directory, private_key_pem=identity.private_key_pem)
+    provider.serve()
     configure(provider.issuer, provider.audience)
+    clock = FakeClock()
+    auth.key_set(config.auth_settings().jwks_url).clock = clock
+    yield Keys(provider, clock)
+    provider.close()
+
+
+def test_the_key_set_is_fetched_once_and_cached(keys: Keys) -> None:
+    assert auth.verify(keys.token("alice")).subject == "alice"
+    keys.clock.advance(auth.KEYS_FRESH_SECONDS - 1)
+    assert auth.verify(keys.token("bob")).subject == "bob"
+    assert keys.fetches == 1
+
+
+def test_fresh_keys_are_fetched_again_after_the_fresh_period(keys: Keys) -> None:
+    auth.verify(keys.token())
+    keys.clock.advance(auth.KEYS_FRESH_SECONDS)
+    auth.verify(keys.token())
+    auth.verify(keys.token())
+    assert keys.fetches == 2
+
+
+@pytest.mark.parametrize("outage", ["500", "closed"])
+def test_a_stale_key_is_still_accepted_while_the_endpoint_is_down(keys: Keys, outage: str) -> None:
+    token = keys.token()
+    auth.verify(token)
+    if outage == "closed":
+        keys.provider.close()
+    else:
+        keys.fail_with(500)
+    keys.clock.advance(auth.KEYS_FRESH_SECONDS + 1)
+
+    assert auth.verify(token).subject == "alice"
+    # Still accepted just before the maximum staleness, whatever the backoff does meanwhile.
+    keys.clock.advance(auth.MAX_STALENESS_SECONDS - auth.KEYS_FRESH_SECONDS - 2)
+    assert auth.verify(token).subject == "alice"
+    if outage == "500":
+        assert keys.fetches >= 2  # each time, a refresh was attempted (and failed)
+
+
+def test_beyond_the_maximum_staleness_the_keys_are_a_transient_server_error(keys: Keys) -> None:
+    token = keys.token()
+    auth.verify(token)
+    keys.fail_with(500)
+    keys.clock.advance(auth.MAX_STALENESS_SECONDS)
     with pytest.raises(TransientError):
-        auth.verify(provider.token("alice"))
+        auth.verify(token)
+    # Once the provider answers again, the keys are refreshed (after the backoff) and tokens pass.
+    keys.recover()
+    keys.clock.advance(auth.RETRY_INITIAL_SECONDS)
+    assert auth.verify(token).subject == "alice"
 
 
-def test_an_unreachable_key_set_is_a_transient_server_error(
-    tmp_path: Path, configure: Callable[[str, str], None]
+def test_failed_refreshes_back_off_exponentially_up_to_a_cap(keys: Keys) -> None:
+    token = keys.token()
+    auth.verify(token)
+    keys.fail_with(500)
+    keys.clock.advance(auth.KEYS_FRESH_SECONDS)
+    auth.verify(token)
+    assert keys.fetches == 2  # the first refresh failed
+
+    delay = auth.RETRY_INITIAL_SECONDS
+    for _ in range(8):
+        before = keys.fetches
+        keys.clock.advance(delay - 0.5)
+        for _ in range(10):
+            assert auth.verify(token).subject == "alice"
+        assert keys.fetches == before, "a request within the backoff fetched again"
+        keys.clock.advance(0.5)
+        auth.verify(token)
+        assert keys.fetches == before + 1, "no retry once the backoff was over"
+        delay = min(delay * 2, auth.RETRY_MAX_SECONDS)
+    assert delay == auth.RETRY_MAX_SECONDS  # the loop did reach the cap (5, 10, ..., 300)
+
+    keys.recover()
+    keys.clock.advance(auth.RETRY_MAX_SECONDS)
+    auth.verify(token)
+    fetched = keys.fetches
+    keys.clock.advance(auth.KEYS_FRESH_SECONDS - 1)
+    auth.verify(token)
+    assert keys.fetches == fetched  # fresh again: no backoff left over, no fetch
+
+
+def test_an_unreachable_key_set_with_nothing_cached_is_a_transient_error_and_backs_off(keys: Keys) -> None:
+    keys.fail_with(503)
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            auth.verify(keys.token())
+    assert keys.fetches == 1
+    keys.recover()
+    keys.clock.advance(auth.RETRY_INITIAL_SECONDS)
+    assert auth.verify(keys.token()).subject == "alice"
+    assert keys.fetches == 2
+
+
+def test_an_unknown_kid_refetches_at_most_once_per_cooldown(keys: Keys) -> None:
+    auth.verify(keys.token())
+    claims = jwt.decode(keys.token(), options={"verify_signature": False})
+    rotated = jwt.encode(claims, keys.provider.private_key_pem, algorithm="RS256", headers={"kid": "rotated"})
+    for _ in range(5):
+        with pytest.raises(Unauthorized):
+            auth.verify(rotated)
+    assert keys.fetches == 1  # the first fetch started the cooldown
+    keys.clock.advance(auth.UNKNOWN_KID_COOLDOWN_SECONDS)
+    for _ in range(5):
+        with pytest.raises(Unauthorized):
+            auth.verify(rotated)
+    assert keys.fetches == 2
+
+
+def test_the_lock_is_not_held_while_fetching(keys: Keys) -> None:
+    token = keys.token()
+    auth.verify(token)
+    keys.clock.advance(auth.KEYS_FRESH_SECONDS)
+    in_fetch, release = threading.Event(), threading.Event()
+
+    def held() -> int:
+        in_fetch.set()
+        release.wait(30)
+        return 200
+
+    keys.provider.jwks_hook = held
+    results: dict[str, str] = {}
+
+    def verify_as(name: str) -> None:
+        results[name] = auth.verify(keys.provider.token(name)).subject
+
+    refresher = threading.Thread(target=verify_as, args=("refresher",))
+    refresher.start()
+    try:
+        assert in_fetch.wait(10), "the refresh never reached the JWKS server"
+        # While that refresh is blocked in the server, another request is answered from the cache.
+        other = threading.Thread(target=verify_as, args=("other",))
+        other.start()
+        other.join(10)
+        assert not other.is_alive(), "verify waited for the fetch in flight"
+        assert results == {"other": "other"}
+        assert refresher.is_alive()
+    finally:
+        release.set()
+        refresher.join(10)
+    assert results == {"other": "other", "refresher": "refresher"}
+    assert keys.fetches == 2  # one refresh in flight at a time: the other request did not fetch
+
+
+def test_with_nothing_cached_concurrent_requests_share_one_fetch(keys: Keys) -> None:
+    in_fetch, release = threading.Event(), threading.Event()
+
+    def held() -> int:
+        in_fetch.set()
+        release.wait(30)
+        return 200
+
+    keys.provider.jwks_hook = held
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(auth.verify(keys.token()).subject)) for _ in range(4)]
+    threads[0].start()
+    assert in_fetch.wait(10)
+    for thread in threads[1:]:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == ["alice"] * 4
+    assert keys.fetches == 1
+
+
+@pytest.fixture
+def serve_body() -> Iterator[Callable[[bytes], str]]:
+    """An issuer whose JWKS URL answers 200 with the given body (whatever it is)."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(body: bytes) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"not": "a key set"}',
+        b"not json",
+        b"[]",
+        b'{"keys": []}',
+        b'{"keys": [{"kty": "RSA", "kid": "k", "use": "enc", "n": "AQAB", "e": "AQAB"}]}',
+    ],
+)
+def test_an_unusable_key_set_is_a_transient_server_error_not_a_401(
+    body: bytes, serve_body: Callable[[bytes], str], configure: Callable[[str, str], None]
 ) -> None:
-    configure((tmp_path / "nowhere").as_uri(), "client")
+    configure(serve_body(body), "client")
     with pytest.raises(TransientError):
         auth.key_set(config.auth_settings().jwks_url).key(KEY_ID)
+
+
+def test_an_unreachable_key_set_is_a_transient_server_error(keys: Keys) -> None:
+    keys.provider.close()
+    with pytest.raises(TransientError):
+        auth.key_set(config.auth_settings().jwks_url).key(KEY_ID)
+
+
+def test_only_http_key_set_urls_are_accepted(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unsupported JWKS URL"):
+        auth.KeySet((tmp_path / ".well-known" / "jwks.json").as_uri())
 
 
 def test_a_cognito_provider_url_without_scheme_is_its_https_issuer(configure: Callable[[str, str], None]) -> None:

@@ -147,10 +147,30 @@ def test_cancel_request_on_a_completed_order_starts_a_refund() -> None:
     assert again.order is None and again.start_refund
 
 
-@pytest.mark.parametrize("status", ["CANCELLED", "REFUNDED", "NEEDS_ATTENTION"])
+@pytest.mark.parametrize("status", ["CANCELLED", "REFUNDED"])
 def test_cancel_request_on_a_settled_order_changes_nothing(status: OrderStatus) -> None:
     decision = lifecycle.cancel_requested(_order(status), NOW)
     assert decision.order is None and not decision.start_refund
+
+
+def test_cancel_request_on_an_order_needing_attention_is_recorded_for_the_redrive() -> None:
+    decision = lifecycle.cancel_requested(_order("NEEDS_ATTENTION"), NOW)
+    assert decision.order is not None and not decision.start_refund
+    assert (decision.order.status, decision.order.cancel_requested) == ("NEEDS_ATTENTION", True)
+    assert lifecycle.cancel_requested(decision.order, LATER).order is None  # asking again changes nothing
+
+
+@pytest.mark.parametrize("status", ["PENDING", "STOCK_RESERVED", "PAYMENT_AUTHORIZED", "NEEDS_ATTENTION"])
+def test_a_capture_that_cannot_complete_hands_the_order_to_the_refund_saga(status: OrderStatus) -> None:
+    refunding = lifecycle.refund_started(_order(status), NOW)
+    assert refunding is not None and (refunding.status, refunding.failure_reason) == ("REFUNDING", None)
+    assert lifecycle.refund_started(refunding, LATER) is None
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "CANCELLED"])
+def test_a_settled_order_is_not_handed_to_the_refund_saga(status: OrderStatus) -> None:
+    with pytest.raises(OrderStateConflict):
+        lifecycle.refund_started(_order(status), NOW)
 
 
 def test_cancel_racing_completion_ends_refunded_whichever_writes_first() -> None:

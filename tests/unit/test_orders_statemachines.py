@@ -99,3 +99,41 @@ def test_business_errors_lead_into_the_compensation() -> None:
         target = catches[compensation]["States.ALL"]
         assert states[target]["Next"] == "FlagCompensation"
     assert states["FlagCompensation"]["Next"] == "CompensationNeedsAttention"
+
+
+TIMEOUT_ERRORS = {"States.Timeout", "Sandbox.Timedout", "Lambda.Unknown"}
+# A task waits this much longer than its function may run, for the invoke's own round trip.
+INVOKE_MARGIN_SECONDS = 5
+
+
+@pytest.mark.parametrize("logical_id", MACHINES)
+def test_every_task_times_out_just_after_its_function_and_retries_timeouts(logical_id: str) -> None:
+    template = load_template()
+    default_timeout = template["Globals"]["Function"]["Timeout"]
+    for name, state in _tasks(logical_id):
+        function = state["Parameters"]["FunctionName"].rsplit(":", 1)[-1]
+        timeout = template["Resources"][function]["Properties"].get("Timeout", default_timeout)
+        assert state["TimeoutSeconds"] == timeout + INVOKE_MARGIN_SECONDS, name
+        first = set(state["Retry"][0]["ErrorEquals"])
+        assert first >= TIMEOUT_ERRORS or "States.ALL" in first, f"{name} does not retry a Lambda timeout"
+
+
+def test_payment_obligations_wait_out_an_open_breaker_and_new_authorizations_fail_fast() -> None:
+    tasks = {**dict(_tasks("CheckoutStateMachine")), **dict(_tasks("RefundStateMachine"))}
+    for name in ("CapturePayment", "VoidPayment", "RefundPayment"):
+        [waits] = [r for r in tasks[name]["Retry"] if r["ErrorEquals"] == ["CircuitOpen"]]
+        assert waits["MaxAttempts"] >= 50, name
+    assert all("CircuitOpen" not in r["ErrorEquals"] for r in tasks["AuthorizePayment"]["Retry"])
+
+
+def test_an_uncertain_capture_asks_the_provider_before_compensating() -> None:
+    states = _definition("CheckoutStateMachine")["States"]
+    assert {c["Next"] for c in states["CapturePayment"]["Catch"]} == {"ReconcileCapture"}
+    assert states["ReconcileCapture"]["Next"] == "CaptureOutcome"
+    assert states["CaptureOutcome"]["Choices"][0]["Next"] == "CompleteOrder"
+    assert states["CaptureOutcome"]["Default"] == "CaptureFailed"
+    # A captured payment is never voided: the void step's refusal leads to the refund saga.
+    catches = {c["ErrorEquals"][0]: c["Next"] for c in states["VoidPayment"]["Catch"]}
+    assert catches["PaymentAlreadyCaptured"] == "RefundCapturedOrder"
+    # Every redrive starts from the provider's truth.
+    assert {choice["Next"] for choice in states["Route"]["Choices"]} == {"ReconcilePayment"}

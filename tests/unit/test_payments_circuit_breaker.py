@@ -7,20 +7,15 @@ from collections.abc import Callable
 import pytest
 
 from shop.errors import CircuitOpen, PaymentDeclined, PaymentProviderError, RefundExceedsCapture
+from shop.models.money import Money
 from shop.payments.circuit_breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from shop.payments.provider import GuardedProvider, ProviderAuthorization, ProviderCapture
+from tests.conftest import FakeClock
 
-POLICY = BreakerPolicy(failure_threshold=3, window_seconds=60.0, cooldown_seconds=30.0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+# Opens at >= 50% failures among >= 4 calls, the failures from >= 2 sources, within 60 s.
+POLICY = BreakerPolicy(
+    failure_rate_percent=50.0, minimum_calls=4, minimum_failing_sources=2, window_seconds=60.0, cooldown_seconds=30.0
+)
 
 
 class FakeStore:
@@ -65,49 +60,131 @@ def store() -> FakeStore:
     return FakeStore()
 
 
-def breaker(store: FakeStore, clock: FakeClock) -> CircuitBreaker:
-    return CircuitBreaker("payments", store, POLICY, clock=clock)
+def breaker(store: FakeStore, clock: FakeClock, policy: BreakerPolicy = POLICY) -> CircuitBreaker:
+    return CircuitBreaker("payments", store, policy, clock=clock)
 
 
 def fail_transiently() -> None:
     raise PaymentProviderError("provider 503")
 
 
-def trip(subject: CircuitBreaker, times: int = POLICY.failure_threshold) -> None:
-    for _ in range(times):
-        with pytest.raises(PaymentProviderError):
-            subject.call(fail_transiently)
+def fail(subject: CircuitBreaker, key: str, source: str) -> None:
+    with pytest.raises(PaymentProviderError):
+        subject.call(fail_transiently, key=key, source=source)
 
 
+def succeed(subject: CircuitBreaker, key: str, source: str) -> None:
+    assert subject.call(lambda: "ok", key=key, source=source) == "ok"
+
+
+def trip(subject: CircuitBreaker, first: int = 0) -> None:
+    """Enough failed operations, each of another customer, to open the breaker."""
+    for n in range(first, first + POLICY.minimum_calls):
+        fail(subject, f"ord-{n}:authorize", f"cust-{n}")
+
+
+def state_of(store: FakeStore) -> BreakerState:
+    return store.load("payments")
+
+
+# ---------------------------------------------------------------------------- CLOSED: counting
 def test_closed_breaker_passes_calls_and_writes_nothing_on_success(store: FakeStore, clock: FakeClock) -> None:
-    assert breaker(store, clock).call(lambda: "ok") == "ok"
-    assert store.writes == 0
-    assert store.load("payments").state == "CLOSED"
-
-
-def test_opens_after_threshold_consecutive_transient_failures(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
-    trip(subject, POLICY.failure_threshold - 1)
-    assert store.load("payments").state == "CLOSED"
-    assert store.load("payments").consecutive_failures == POLICY.failure_threshold - 1
+    for n in range(20):
+        succeed(subject, f"ord-{n}:authorize", f"cust-{n}")
+    assert store.writes == 0
+    assert state_of(store).state == "CLOSED"
 
-    trip(subject, 1)
-    state = store.load("payments")
+
+def test_successes_are_counted_once_the_window_holds_a_failure(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    succeed(subject, "ord-0:authorize", "cust-0")  # before any failure: not recorded
+    fail(subject, "ord-1:authorize", "cust-1")
+    succeed(subject, "ord-2:authorize", "cust-2")
+    succeed(subject, "ord-3:capture", "ord-3")
+
+    stats = subject.stats()
+    assert (stats.calls, stats.failures, stats.failing_sources) == (3, 1, 1)
+    assert list(state_of(store).outcomes) == ["ord-1:authorize", "ord-2:authorize", "ord-3:capture"]
+    outcome = state_of(store).outcomes["ord-1:authorize"]
+    assert (outcome.failed, outcome.at, outcome.source) == (True, clock.now, "cust-1")
+
+
+def test_a_failure_rate_below_the_threshold_stays_closed(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    fail(subject, "ord-0:authorize", "cust-0")
+    for n in range(1, 4):
+        succeed(subject, f"ord-{n}:authorize", f"cust-{n}")
+    fail(subject, "ord-4:authorize", "cust-4")
+    stats = subject.stats()
+    assert (stats.calls, stats.failures, stats.failure_rate_percent) == (5, 2, 40.0)
+    assert state_of(store).state == "CLOSED"
+
+    fail(subject, "ord-5:authorize", "cust-5")  # 3 of 6: the rate reaches the threshold
+    state = state_of(store)
     assert state.state == "OPEN"
     assert state.opened_at == clock.now
 
 
-def test_success_resets_the_consecutive_count(store: FakeStore, clock: FakeClock) -> None:
+def test_fewer_calls_than_the_minimum_never_open(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
-    trip(subject, POLICY.failure_threshold - 1)
-    subject.call(lambda: None)
-    trip(subject, POLICY.failure_threshold - 1)
-    assert store.load("payments").state == "CLOSED"
+    for n in range(POLICY.minimum_calls - 1):
+        fail(subject, f"ord-{n}:authorize", f"cust-{n}")
+    assert subject.stats().failure_rate_percent == 100.0
+    assert state_of(store).state == "CLOSED"
+
+    fail(subject, "ord-last:authorize", "cust-last")
+    assert state_of(store).state == "OPEN"
 
 
-def test_business_errors_do_not_count_and_reset_the_streak(store: FakeStore, clock: FakeClock) -> None:
+def test_one_sources_failures_never_open_however_many(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
-    trip(subject, POLICY.failure_threshold - 1)
+    for n in range(50):
+        fail(subject, f"ord-{n}:authorize", "mallory")
+    stats = subject.stats()
+    assert (stats.failures, stats.failing_sources) == (50, 1)
+    assert state_of(store).state == "CLOSED"
+    succeed(subject, "ord-ok:authorize", "alice")
+    assert state_of(store).state == "CLOSED"
+
+
+def test_failures_from_enough_sources_above_the_rate_open(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    for n in range(5):
+        fail(subject, f"ord-{n}:authorize", "mallory")
+    assert state_of(store).state == "CLOSED"
+
+    fail(subject, "ord-b:authorize", "bob")  # a second failing source
+
+    assert state_of(store).state == "OPEN"
+    assert subject.stats().failing_sources == POLICY.minimum_failing_sources
+
+
+def test_retries_of_one_key_count_once(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    for _ in range(3):
+        fail(subject, "ord-1:authorize", "cust-1")
+    stats = subject.stats()
+    assert (stats.calls, stats.failures) == (1, 1)
+
+
+def test_a_retry_that_succeeds_replaces_the_keys_failure(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    fail(subject, "ord-1:authorize", "cust-1")
+    fail(subject, "ord-2:authorize", "cust-2")
+    clock.advance(1)
+    succeed(subject, "ord-1:authorize", "cust-1")
+
+    stats = subject.stats()
+    assert (stats.calls, stats.failures, stats.failing_sources) == (2, 1, 1)
+    assert state_of(store).outcomes["ord-1:authorize"].failed is False
+    # The latest attempt is the newest outcome, so the cap drops it last.
+    assert list(state_of(store).outcomes) == ["ord-2:authorize", "ord-1:authorize"]
+
+
+def test_business_errors_count_as_successes(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    fail(subject, "ord-0:authorize", "cust-0")
 
     def decline() -> None:
         raise PaymentDeclined("no")
@@ -115,12 +192,12 @@ def test_business_errors_do_not_count_and_reset_the_streak(store: FakeStore, clo
     def too_much() -> None:
         raise RefundExceedsCapture("no")
 
-    for business in (decline, too_much, decline, decline):
+    for n, business in enumerate((decline, too_much, decline, decline), start=1):
         with pytest.raises((PaymentDeclined, RefundExceedsCapture)):
-            subject.call(business)
-    state = store.load("payments")
-    assert state.state == "CLOSED"
-    assert state.consecutive_failures == 0
+            subject.call(business, key=f"ord-{n}:authorize", source=f"cust-{n}")
+    stats = subject.stats()
+    assert (stats.calls, stats.failures) == (5, 1)
+    assert state_of(store).state == "CLOSED"
 
 
 def test_unexpected_exceptions_count_as_failures(store: FakeStore, clock: FakeClock) -> None:
@@ -129,39 +206,77 @@ def test_unexpected_exceptions_count_as_failures(store: FakeStore, clock: FakeCl
     def crash() -> None:
         raise TimeoutError("read timed out")
 
-    for _ in range(POLICY.failure_threshold):
+    for n in range(POLICY.minimum_calls):
         with pytest.raises(TimeoutError):
-            subject.call(crash)
-    assert store.load("payments").state == "OPEN"
+            subject.call(crash, key=f"ord-{n}:capture", source=f"ord-{n}")
+    assert state_of(store).state == "OPEN"
 
 
-def test_failures_spread_wider_than_the_window_do_not_open(store: FakeStore, clock: FakeClock) -> None:
+def test_outcomes_older_than_the_window_expire(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
-    trip(subject, POLICY.failure_threshold - 1)
+    for n in range(POLICY.minimum_calls - 1):
+        fail(subject, f"ord-{n}:authorize", f"cust-{n}")
     clock.advance(POLICY.window_seconds + 1)
-    trip(subject, 1)
-    state = store.load("payments")
+    assert subject.stats().calls == 0
+    succeed(subject, "ord-ok:authorize", "cust-ok")  # the window holds no failure any more
+    assert list(state_of(store).outcomes) == [f"ord-{n}:authorize" for n in range(POLICY.minimum_calls - 1)]
+
+    fail(subject, "ord-late:authorize", "cust-late")
+
+    state = state_of(store)
     assert state.state == "CLOSED"
-    assert state.consecutive_failures == 1
-    assert state.window_started_at == clock.now
+    assert list(state.outcomes) == ["ord-late:authorize"]  # pruned on the write
 
 
+def test_the_stored_outcomes_are_capped_to_the_most_recent(store: FakeStore, clock: FakeClock) -> None:
+    policy = BreakerPolicy(
+        failure_rate_percent=50.0,
+        minimum_calls=3,
+        minimum_failing_sources=2,
+        window_seconds=60.0,
+        cooldown_seconds=30.0,
+        max_outcomes=5,
+    )
+    subject = breaker(store, clock, policy)
+    for n in range(8):
+        clock.advance(1)
+        fail(subject, f"ord-{n}:authorize", "mallory")
+    assert list(state_of(store).outcomes) == [f"ord-{n}:authorize" for n in range(3, 8)]
+    assert state_of(store).state == "CLOSED"
+
+
+def test_a_policy_that_could_never_open_is_refused() -> None:
+    with pytest.raises(ValueError, match="minimum_calls"):
+        BreakerPolicy(
+            failure_rate_percent=50.0,
+            minimum_calls=201,
+            minimum_failing_sources=3,
+            window_seconds=60.0,
+            cooldown_seconds=30.0,
+        )
+    with pytest.raises(ValueError, match="failure_rate_percent"):
+        BreakerPolicy(
+            failure_rate_percent=0, minimum_calls=1, minimum_failing_sources=1, window_seconds=1, cooldown_seconds=1
+        )
+
+
+# ---------------------------------------------------------------------------- OPEN and HALF_OPEN
 def test_open_breaker_fails_fast_without_calling(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
     trip(subject)
-    before = store.load("payments")
+    before = state_of(store)
     calls: list[int] = []
     clock.advance(POLICY.cooldown_seconds - 1)
 
     with pytest.raises(CircuitOpen) as raised:
-        subject.call(lambda: calls.append(1))
+        subject.call(lambda: calls.append(1), key="ord-x:authorize", source="cust-x")
 
     assert calls == []
     assert raised.value.extensions["retry_after"] == pytest.approx(1.0)
-    assert store.load("payments") == before
+    assert state_of(store) == before
 
 
-def test_after_cooldown_exactly_one_probe_goes_through(store: FakeStore, clock: FakeClock) -> None:
+def test_after_cooldown_exactly_one_probe_goes_through_and_success_closes(store: FakeStore, clock: FakeClock) -> None:
     subject, other = breaker(store, clock), breaker(store, clock)
     trip(subject)
     clock.advance(POLICY.cooldown_seconds)
@@ -169,31 +284,31 @@ def test_after_cooldown_exactly_one_probe_goes_through(store: FakeStore, clock: 
 
     def probe() -> str:
         # While the probe is in flight, every other caller still fails fast.
-        assert store.load("payments").state == "HALF_OPEN"
+        assert state_of(store).state == "HALF_OPEN"
         with pytest.raises(CircuitOpen):
-            other.call(lambda: others.append("ran"))
+            other.call(lambda: others.append("ran"), key="ord-o:authorize", source="cust-o")
         return "probed"
 
-    assert subject.call(probe) == "probed"
+    assert subject.call(probe, key="ord-p:authorize", source="cust-p") == "probed"
     assert others == []
-    state = store.load("payments")
+    state = state_of(store)
     assert state.state == "CLOSED"
-    assert state.consecutive_failures == 0
-    assert other.call(lambda: "through") == "through"
+    assert state.outcomes == {}  # closing starts a fresh window
+    assert other.call(lambda: "through", key="ord-o:authorize", source="cust-o") == "through"
 
 
 def test_failed_probe_reopens_with_a_fresh_cooldown(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
     trip(subject)
     clock.advance(POLICY.cooldown_seconds)
-    trip(subject, 1)  # the probe
-    state = store.load("payments")
+    fail(subject, "ord-p:authorize", "cust-p")  # the probe
+    state = state_of(store)
     assert state.state == "OPEN"
     assert state.opened_at == clock.now
 
     clock.advance(POLICY.cooldown_seconds - 1)
     with pytest.raises(CircuitOpen):
-        subject.call(lambda: None)
+        subject.call(lambda: None, key="ord-q:authorize", source="cust-q")
 
 
 def test_declined_probe_closes_the_breaker(store: FakeStore, clock: FakeClock) -> None:
@@ -205,8 +320,8 @@ def test_declined_probe_closes_the_breaker(store: FakeStore, clock: FakeClock) -
         raise PaymentDeclined("no")
 
     with pytest.raises(PaymentDeclined):
-        subject.call(decline)
-    assert store.load("payments").state == "CLOSED"
+        subject.call(decline, key="ord-p:authorize", source="cust-p")
+    assert state_of(store).state == "CLOSED"
 
 
 def test_a_stale_probe_can_be_replaced_and_its_late_report_is_ignored(store: FakeStore, clock: FakeClock) -> None:
@@ -216,16 +331,18 @@ def test_a_stale_probe_can_be_replaced_and_its_late_report_is_ignored(store: Fak
 
     def hanging_probe() -> None:
         with pytest.raises(CircuitOpen):
-            rescuer.call(lambda: None)  # the probe is still in flight
+            rescuer.call(lambda: None, key="ord-r:authorize", source="cust-r")  # the probe is still in flight
         # It hangs for another cooldown, so another instance may probe instead...
         clock.advance(POLICY.cooldown_seconds)
-        assert rescuer.call(lambda: "second probe") == "second probe"
+        assert rescuer.call(lambda: "second probe", key="ord-r:authorize", source="cust-r") == "second probe"
         # ...and the first probe's late failure changes nothing.
         raise PaymentProviderError("finally timed out")
 
     with pytest.raises(PaymentProviderError):
-        subject.call(hanging_probe)
-    assert store.load("payments").state == "CLOSED"
+        subject.call(hanging_probe, key="ord-p:authorize", source="cust-p")
+    state = state_of(store)
+    assert state.state == "CLOSED"
+    assert state.outcomes == {}
 
 
 def test_calls_admitted_before_opening_do_not_close_it(store: FakeStore, clock: FakeClock) -> None:
@@ -235,10 +352,13 @@ def test_calls_admitted_before_opening_do_not_close_it(store: FakeStore, clock: 
         trip(breaker(store, clock))
         return "late success"
 
-    assert subject.call(succeed_after_others_opened_it) == "late success"
-    assert store.load("payments").state == "OPEN"
+    assert subject.call(succeed_after_others_opened_it, key="ord-s:authorize", source="cust-s") == "late success"
+    state = state_of(store)
+    assert state.state == "OPEN"
+    assert "ord-s:authorize" not in state.outcomes
 
 
+# ---------------------------------------------------------------------------- compare-and-set
 def test_losing_the_probe_claim_race_fails_fast(store: FakeStore, clock: FakeClock) -> None:
     subject, rival = breaker(store, clock), breaker(store, clock)
     trip(subject)
@@ -249,27 +369,74 @@ def test_losing_the_probe_claim_race_fails_fast(store: FakeStore, clock: FakeClo
             raise InstanceDied
 
         with pytest.raises(InstanceDied):
-            rival.call(die)
+            rival.call(die, key="ord-r:authorize", source="cust-r")
 
     # The rival claims the probe between our read and our conditional write.
     store.before_replace = rival_claims_the_probe_and_dies
     calls: list[int] = []
 
     with pytest.raises(CircuitOpen):
-        subject.call(lambda: calls.append(1))
+        subject.call(lambda: calls.append(1), key="ord-s:authorize", source="cust-s")
     assert calls == []
-    assert store.load("payments").state == "HALF_OPEN"
+    assert state_of(store).state == "HALF_OPEN"
 
 
-def test_a_lost_count_race_is_retried_so_no_failure_is_lost(store: FakeStore, clock: FakeClock) -> None:
+def test_a_lost_count_race_is_retried_so_no_outcome_is_lost(store: FakeStore, clock: FakeClock) -> None:
     subject, rival = breaker(store, clock), breaker(store, clock)
-    store.before_replace = lambda: trip(rival, 1)
-    trip(subject, 1)
-    assert store.load("payments").consecutive_failures == 2
+    fail(subject, "ord-0:authorize", "cust-0")
+    # Another instance records its outcome between our read and our conditional write.
+    store.before_replace = lambda: fail(rival, "ord-1:authorize", "cust-1")
+    succeed(subject, "ord-2:authorize", "cust-2")
+
+    state = state_of(store)
+    assert list(state.outcomes) == ["ord-0:authorize", "ord-1:authorize", "ord-2:authorize"]
+    assert state.version == 3
+
+
+def test_a_lost_race_is_re_decided_on_the_fresh_state(store: FakeStore, clock: FakeClock) -> None:
+    subject, rival = breaker(store, clock), breaker(store, clock)
+    for n in range(POLICY.minimum_calls - 1):
+        fail(subject, f"ord-{n}:authorize", f"cust-{n}")
+    # The rival's failure opens the breaker while ours is being written: ours then changes nothing.
+    store.before_replace = lambda: fail(rival, "ord-r:authorize", "cust-r")
+    fail(subject, "ord-s:authorize", "cust-s")
+
+    state = state_of(store)
+    assert state.state == "OPEN"
+    assert "ord-s:authorize" not in state.outcomes
 
 
 def test_a_broken_store_does_not_hide_the_providers_answer(clock: FakeClock) -> None:
     subject = CircuitBreaker("payments", BrokenStore(), POLICY, clock=clock)
+    fail(subject, "ord-0:authorize", "cust-0")
+    assert subject.call(lambda: "charged", key="ord-0:authorize", source="cust-0") == "charged"
+
+
+# ---------------------------------------------------------------------------- the guarded provider
+class RecordingProvider:
+    name = "recording"
+
+    def authorize(self, amount: Money, token: str, idempotency_key: str) -> ProviderAuthorization:
+        raise PaymentProviderError("provider 503")
+
+    def capture(self, authorization_ref: str, amount: Money, idempotency_key: str) -> ProviderCapture:
+        raise PaymentProviderError("provider 503")
+
+
+def test_the_guarded_provider_counts_by_key_and_source(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    provider = RecordingProvider()
+    by_customer = GuardedProvider(provider, subject, source="cust-1")  # type: ignore[arg-type]
+    by_order = GuardedProvider(provider, subject)  # type: ignore[arg-type]
+
+    for _ in range(3):
+        with pytest.raises(PaymentProviderError):
+            by_customer.authorize(Money(amount=100), "tok", "ord-1:authorize")
     with pytest.raises(PaymentProviderError):
-        subject.call(fail_transiently)
-    assert subject.call(lambda: "charged") == "charged"
+        by_order.capture("auth-1", Money(amount=100), "ord-2:capture")
+
+    outcomes = state_of(store).outcomes
+    assert {key: outcome.source for key, outcome in outcomes.items()} == {
+        "ord-1:authorize": "cust-1",
+        "ord-2:capture": "ord-2",
+    }

@@ -1,11 +1,20 @@
 """Bearer ID token verification, the same code on AWS (Cognito) and locally (the dev provider).
 
-The signing keys come from ``{issuer}/.well-known/jwks.json`` (``AuthSettings.jwks_url``): an
-https URL of the Cognito user pool on AWS, a ``file://`` URL written by
-``infra/local/identity.py`` locally. PyJWT's ``PyJWKClient`` only accepts http(s) URLs, so the
-key set is fetched and cached here with ``urlopen`` (which reads both), with the same policy:
-cached for a few minutes, refetched at most once per cooldown for an unknown ``kid`` (key
-rotation) so forged ``kid`` values cannot make every request fetch the key set.
+The signing keys come from ``{issuer}/.well-known/jwks.json`` (``AuthSettings.jwks_url``): the
+Cognito user pool's https URL on AWS, the dev identity provider's http URL locally
+(``infra/local/identity.py``). PyJWT's ``PyJWKClient`` fetches and parses the key set; the
+caching policy is ``KeySet``'s (stale-while-revalidate):
+
+- keys fetched less than ``KEYS_FRESH_SECONDS`` ago are served as they are;
+- after that they are still served (a key does not stop being valid because the provider is
+  slow or down) while one request refreshes them, for at most ``MAX_STALENESS_SECONDS`` after
+  the last successful fetch; beyond that, with no fresh keys, tokens cannot be checked: 503;
+- a failed refresh is retried only after a backoff (``RETRY_INITIAL_SECONDS`` doubling up to
+  ``RETRY_MAX_SECONDS``), so an unreachable provider is not asked again by every request;
+- an unknown ``kid`` (perhaps a rotated key) refetches at most once per
+  ``UNKNOWN_KID_COOLDOWN_SECONDS``, so forged ``kid`` values cannot make every request fetch;
+- no lock is held across the network call: one refresh is in flight at a time, and meanwhile
+  other requests serve the cached keys (or, with nothing usable cached, wait for that refresh).
 
 A token is accepted only if it is an RS256 ID token (``token_use == "id"``) signed by a key of
 the set, not expired, from the configured issuer and for the configured audience (app client).
@@ -13,27 +22,35 @@ the set, not expired, from the configured issuer and for the configured audience
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlparse
 
 import jwt
-from jwt import PyJWK, PyJWKSet
+from jwt import PyJWK, PyJWKClient
 from jwt.exceptions import PyJWTError
 
 from shop.config import auth_settings
 from shop.errors import Forbidden, TransientError, Unauthorized
+from shop.observability import logger
 
 ALGORITHMS = ["RS256"]
-KEY_SET_LIFESPAN_SECONDS = 300.0
+KEYS_FRESH_SECONDS = 300.0
+MAX_STALENESS_SECONDS = 24 * 3600.0
 UNKNOWN_KID_COOLDOWN_SECONDS = 30.0
+RETRY_INITIAL_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
 FETCH_TIMEOUT_SECONDS = 5.0
+# How long a request with nothing usable cached waits for another request's refresh (real time):
+# a fetch's timeout applies to each socket operation, so allow it a few of them.
+REFRESH_WAIT_SECONDS = 3 * FETCH_TIMEOUT_SECONDS
 _REQUIRED_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "token_use"]
+
+Clock = Callable[[], float]
+Fetch = Callable[[], dict[str, PyJWK]]
 
 
 @dataclass(frozen=True)
@@ -46,41 +63,124 @@ class Principal:
     is_admin: bool
 
 
-class KeySet:
-    """The issuer's public signing keys by ``kid``, fetched lazily and cached."""
+def jwks_fetcher(url: str) -> Fetch:
+    """Fetch and parse the signing keys at ``url`` (http or https) with PyJWT's ``PyJWKClient``."""
+    try:
+        # PyJWKClient's own cache is off: KeySet decides when to fetch, and serves stale keys.
+        client = PyJWKClient(url, cache_jwk_set=False, timeout=FETCH_TIMEOUT_SECONDS)
+    except PyJWTError as error:  # only http(s) URLs are accepted
+        raise ValueError(f"unsupported JWKS URL: {url}") from error
 
-    def __init__(self, url: str) -> None:
-        if urlparse(url).scheme not in {"https", "http", "file"}:
-            raise ValueError(f"unsupported JWKS URL: {url}")
+    def fetch() -> dict[str, PyJWK]:
+        return {key.key_id: key for key in client.get_signing_keys(refresh=True) if key.key_id}
+
+    return fetch
+
+
+class KeySet:
+    """The issuer's public signing keys by ``kid``: fetched lazily, cached, served stale while refreshing.
+
+    ``fetch`` returns the keys by ``kid`` (default: ``jwks_fetcher(url)``); ``clock`` is the
+    monotonic clock of the cache, in seconds. Both are seams for tests: ``clock`` is a public
+    attribute that may be replaced by a fake clock (before the first fetch, as every timestamp
+    of the cache comes from it), so tests move time instead of sleeping.
+    """
+
+    def __init__(self, url: str, *, fetch: Fetch | None = None, clock: Clock = time.monotonic) -> None:
         self.url = url
-        self._keys: dict[str, PyJWK] = {}
-        self._fetched_at: float | None = None
+        self.clock = clock
+        self._fetch = fetch if fetch is not None else jwks_fetcher(url)
+        # Guards the state below, never held across a fetch.
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at: float | None = None  # the last successful fetch
+        self._attempted_at: float | None = None  # the last fetch started, successful or not
+        self._failures = 0  # consecutive failed fetches
+        self._retry_at: float | None = None  # no fetch before this after a failure
+        self._refreshing = False
+        self._last_error: BaseException | None = None
 
     def key(self, kid: str) -> PyJWK:
+        """The key ``kid``; Unauthorized if the key set has no such key, TransientError without a usable set."""
         with self._lock:
-            now = time.monotonic()
-            age = None if self._fetched_at is None else now - self._fetched_at
-            expired = age is None or age >= KEY_SET_LIFESPAN_SECONDS
-            # An unknown kid may be a rotated key: refetch, but at most once per cooldown.
-            if expired or (kid not in self._keys and age is not None and age >= UNKNOWN_KID_COOLDOWN_SECONDS):
-                self._refresh(now)
-            found = self._keys.get(kid)
-        if found is None:
-            raise Unauthorized("the token was not signed by a known key")
-        return found
+            deadline = time.monotonic() + REFRESH_WAIT_SECONDS
+            while True:
+                now = self.clock()
+                found = self._usable_key(kid, now)
+                if self._refreshing:
+                    if found is not None:
+                        return found  # served (possibly stale) while another request refreshes
+                    # Nothing to serve: the refresh in flight may bring the key, wait for it.
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TransientError("the identity provider's signing keys are unavailable")
+                    self._settled.wait(remaining)
+                    continue
+                if not self._should_fetch(kid, found, now):
+                    return self._answer(kid, found, now)
+                self._refreshing = True
+                self._attempted_at = now
+                break
+        self._refresh()
+        with self._lock:
+            now = self.clock()
+            return self._answer(kid, self._usable_key(kid, now), now)
 
-    def _refresh(self, now: float) -> None:
-        try:
-            # The URL is configuration (never taken from a token), so file:// is safe here.
-            with urllib.request.urlopen(self.url, timeout=FETCH_TIMEOUT_SECONDS) as response:
-                document = json.load(response)
-            key_set = PyJWKSet.from_dict(document)
-        except (OSError, ValueError, PyJWTError) as error:  # URLError and timeouts are OSErrors
+    def _usable(self, now: float) -> bool:
+        return self._fetched_at is not None and now - self._fetched_at < MAX_STALENESS_SECONDS
+
+    def _usable_key(self, kid: str, now: float) -> PyJWK | None:
+        return self._keys.get(kid) if self._usable(now) else None
+
+    def _should_fetch(self, kid: str, found: PyJWK | None, now: float) -> bool:
+        if self._retry_at is not None and now < self._retry_at:
+            return False  # backing off after a failed fetch
+        if self._fetched_at is None or now - self._fetched_at >= KEYS_FRESH_SECONDS:
+            return True  # nothing cached yet, or stale
+        # An unknown kid may be a rotated key: refetch, but at most once per cooldown.
+        return found is None and (
+            self._attempted_at is None or now - self._attempted_at >= UNKNOWN_KID_COOLDOWN_SECONDS
+        )
+
+    def _answer(self, kid: str, found: PyJWK | None, now: float) -> PyJWK:
+        if found is not None:
+            return found
+        if not self._usable(now):
             # Not the caller's fault: the keys are unreachable, so the token cannot be checked yet.
-            raise TransientError("the identity provider's signing keys are unavailable") from error
-        self._keys = {key.key_id: key for key in key_set.keys if key.key_id and key.public_key_use in ("sig", None)}
-        self._fetched_at = now
+            raise TransientError("the identity provider's signing keys are unavailable") from self._last_error
+        raise Unauthorized("the token was not signed by a known key")
+
+    def _refresh(self) -> None:
+        """One fetch, outside the lock; its outcome is recorded under the lock and waiters woken."""
+        keys: dict[str, PyJWK] | None = None
+        error: BaseException | None = None
+        delay = 0.0
+        try:
+            keys = self._fetch()
+        except (OSError, ValueError, PyJWTError) as failure:  # URLError and timeouts are OSErrors
+            error = failure
+        finally:
+            with self._lock:
+                now = self.clock()
+                if keys:
+                    self._keys = keys
+                    self._fetched_at = now
+                    self._failures = 0
+                    self._retry_at = None
+                    self._last_error = None
+                else:
+                    self._failures += 1
+                    delay = min(RETRY_INITIAL_SECONDS * 2 ** min(self._failures - 1, 32), RETRY_MAX_SECONDS)
+                    self._retry_at = now + delay
+                    self._last_error = error
+                self._refreshing = False
+                self._settled.notify_all()
+        if not keys:
+            logger().warning(
+                "could not refresh the signing keys",
+                extra={"jwks_url": self.url, "error": repr(error) if error else "no signing keys", "retry_in": delay},
+            )
 
 
 @lru_cache(maxsize=4)

@@ -36,16 +36,21 @@ class InventorySettings(BaseSettings):
 class PaymentSettings(BaseSettings):
     """Which payment provider the saga steps use, and its circuit breaker's tuning.
 
-    Environment: PAYMENT_PROVIDER, PAYMENT_BREAKER_FAILURE_THRESHOLD, PAYMENT_BREAKER_WINDOW_SECONDS,
-    PAYMENT_BREAKER_COOLDOWN_SECONDS.
+    Environment: PAYMENT_PROVIDER, PAYMENT_BREAKER_FAILURE_RATE_PERCENT, PAYMENT_BREAKER_MINIMUM_CALLS,
+    PAYMENT_BREAKER_MINIMUM_FAILING_SOURCES, PAYMENT_BREAKER_WINDOW_SECONDS, PAYMENT_BREAKER_COOLDOWN_SECONDS.
     """
 
     model_config = SettingsConfigDict(frozen=True, env_prefix="PAYMENT_")
 
     provider: Literal["simulator"] = "simulator"
-    # Consecutive transient failures (within the window) that open the breaker. High enough that
-    # one order retrying against a failing token does not starve every other order.
-    breaker_failure_threshold: int = Field(default=10, ge=1)
+    # The breaker opens when, within the sliding window, at least ``breaker_minimum_calls``
+    # operations (one per idempotency key, however often retried) were seen, at least
+    # ``breaker_failure_rate_percent`` of them failed, and the failures came from at least
+    # ``breaker_minimum_failing_sources`` distinct customers: one customer's failing card cannot
+    # starve every other order. Minimum calls are capped by the outcomes the breaker keeps (200).
+    breaker_failure_rate_percent: float = Field(default=50.0, gt=0, le=100)
+    breaker_minimum_calls: int = Field(default=10, ge=1, le=200)
+    breaker_minimum_failing_sources: int = Field(default=3, ge=1)
     breaker_window_seconds: float = Field(default=60.0, gt=0)
     # How long an open breaker fails fast before one probe may go through; also how long a probe
     # may stay unanswered before another instance may probe instead.
@@ -126,7 +131,28 @@ def saga_settings() -> SagaSettings:
     return SagaSettings()
 
 
+class RecoverySettings(BaseSettings):
+    """The orphan sweeper's bound (template parameter OrphanAfterSeconds)."""
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    orphan_after_seconds: int = Field(default=60, ge=1)
+
+
+@lru_cache(maxsize=1)
+def recovery_settings() -> RecoverySettings:
+    return RecoverySettings()
+
+
 def reset_settings_cache() -> None:
     """Forget cached settings (tests deploy a fresh stack per session with new names)."""
-    for getter in (table_settings, inventory_settings, payment_settings, auth_settings, api_settings, saga_settings):
+    for getter in (
+        table_settings,
+        inventory_settings,
+        payment_settings,
+        auth_settings,
+        api_settings,
+        saga_settings,
+        recovery_settings,
+    ):
         getter.cache_clear()

@@ -91,6 +91,18 @@ class ProductUnavailable(Unprocessable):
     title, slug = "Product unavailable", "product-unavailable"
 
 
+class StockWouldExceedMaximum(Conflict):
+    """A stock adjustment would take ``available`` above ``shop.models.catalog.MAX_STOCK``; nothing changes."""
+
+    title, slug = "Stock would exceed the maximum", "stock-limit-exceeded"
+
+
+class OrderTotalTooLarge(Unprocessable):
+    """A line total or the order total would exceed ``shop.models.money.MAX_AMOUNT``; ``errors`` names the fields."""
+
+    title, slug = "Order total too large", "order-total-too-large"
+
+
 # ---------------------------------------------------------------------------- inventory
 class OutOfStock(Conflict):
     """Business error: a reservation could not be made; no stock changed.
@@ -166,6 +178,15 @@ class RefundExceedsCapture(Conflict):
     title, slug = "Refund exceeds capture", "refund-exceeds-capture"
 
 
+class PaymentAlreadyCaptured(Conflict):
+    """Business error of the void step: the provider captured this payment, so it cannot be voided.
+
+    The checkout saga catches it and hands the order to the refund saga (refund, return stock).
+    """
+
+    title, slug = "Payment already captured", "payment-already-captured"
+
+
 class PaymentStateConflict(Conflict):
     """The payment is in a state that forbids the call (e.g. voiding a captured payment)."""
 
@@ -195,6 +216,12 @@ class OrderContention(TransientError):
     """Concurrent writers (the saga and a cancel request) kept changing the order under us."""
 
     title, slug = "Order busy", "order-contention"
+
+
+class SagaNotStarted(TransientError):
+    """Step Functions did not start (or describe) a saga execution: throttled, a service error."""
+
+    title, slug = "Saga not started", "saga-not-started"
 
 
 class IdempotencyKeyInUse(Conflict):

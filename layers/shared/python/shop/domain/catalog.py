@@ -10,9 +10,10 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from shop.errors import ProductNotFound, StockWouldGoNegative, TransientError
+from shop.errors import ProductNotFound, StockWouldExceedMaximum, StockWouldGoNegative, TransientError
 from shop.models.base import iso_now
 from shop.models.catalog import (
+    MAX_STOCK,
     CreateProductRequest,
     Product,
     ProductListQuery,
@@ -117,7 +118,8 @@ def _entry_id(at: str) -> str:
 def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Product:
     """Add ``delta`` to ``available`` and audit it in the stock ledger, in one transaction.
 
-    StockWouldGoNegative (409) if ``available`` would drop below zero: nothing changes then.
+    StockWouldGoNegative (409) if ``available`` would drop below zero, StockWouldExceedMaximum
+    (409) if an increase would take it above ``MAX_STOCK``: nothing changes then.
     ProductNotFound (404) for an unknown SKU.
     """
     for _ in range(_ATTEMPTS):
@@ -126,6 +128,14 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
         if resulting < 0:
             raise StockWouldGoNegative(
                 f"{current.available} available; a change of {request.delta} would leave {resulting}"
+            )
+        # Only increases are refused: stock returned by released reservations may have taken
+        # ``available`` above the maximum, and bringing it down must stay possible.
+        if request.delta > 0 and resulting > MAX_STOCK:
+            raise StockWouldExceedMaximum(
+                f"{current.available} available; a change of {request.delta} would make {resulting}, "
+                f"more than the maximum {MAX_STOCK}",
+                errors=[{"field": "delta", "message": f"at most {max(MAX_STOCK - current.available, 0)} here"}],
             )
         at = iso_now()
         entry = StockLedgerEntry(

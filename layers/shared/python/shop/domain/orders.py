@@ -24,6 +24,7 @@ from shop.models.orders import (
     CHECKOUT_IN_PROGRESS,
     CancelOrder,
     CompleteOrder,
+    Failure,
     FlagOrder,
     HistoryEntry,
     MarkRefunded,
@@ -48,6 +49,10 @@ _PROGRESS_STATUS: dict[str, OrderStatus] = {
     "authorize_payment": "PAYMENT_AUTHORIZED",
 }
 _PROGRESS_RANK: dict[str, int] = {"PENDING": 0, "STOCK_RESERVED": 1, "PAYMENT_AUTHORIZED": 2}
+
+# Why a checkout is compensated when the saga stopped before recording a reason (it failed
+# outside its own catches, or a redrive found nothing captured): the payment did not go through.
+UNSETTLED_FAILURE = Failure(reason="PAYMENT_UNAVAILABLE", step=None, compensations=["void_payment", "release_stock"])
 
 
 # ---------------------------------------------------------------------------- transitions (pure)
@@ -116,6 +121,16 @@ def refunded(order: Order, now: str) -> Order | None:
     return _changed(order, now, status="REFUNDED", failure_reason=None, history=with_history(order, entries, now))
 
 
+def refund_started(order: Order, now: str) -> Order | None:
+    """The payment is captured and the order will not complete: the refund saga takes over."""
+    if order.status in ("REFUNDING", "REFUNDED"):
+        return None
+    if order.status not in CHECKOUT_IN_PROGRESS and order.status != "NEEDS_ATTENTION":
+        raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot refund it")
+    history = with_history(order, [("start_refund", "REFUNDING")], now)
+    return _changed(order, now, status="REFUNDING", failure_reason=None, history=history)
+
+
 def flagged(order: Order, failed_step: str, now: str) -> Order | None:
     """A compensation failed after its retries: NEEDS_ATTENTION until an operator redrives it."""
     if order.status in ("COMPLETED", "CANCELLED", "REFUNDED"):
@@ -133,7 +148,8 @@ class CancelDecision:
 def cancel_requested(order: Order, now: str) -> CancelDecision:
     """A customer (or admin) asked to cancel. Pending: flag it for the saga. Completed: refund it."""
     entries = [("cancel_requested", "REQUESTED")]
-    if order.status in CHECKOUT_IN_PROGRESS:
+    # NEEDS_ATTENTION: recorded, and honoured by the redrive (a captured payment is refunded).
+    if order.status in CHECKOUT_IN_PROGRESS or order.status == "NEEDS_ATTENTION":
         changed = _changed(order, now, cancel_requested=True, history=with_history(order, entries, now))
         return CancelDecision(changed, start_refund=False)
     if order.status == "COMPLETED":
@@ -228,14 +244,13 @@ def cancel_order(step: CancelOrder) -> StepResult:
 
 
 def start_refund(step: StartRefund) -> StepResult:
-    """Hand a cancelled-after-capture order to the refund saga (once: the execution name is fixed)."""
-    order = repository.get(step.order_id)
-    if order is None:
-        raise OrderNotFound(f"order {step.order_id} does not exist")
+    """Mark the order REFUNDING and start its refund saga (once: the execution name is fixed).
+
+    Its dead letter, if any, stays as it is: only the refund saga's last step settles the order
+    (and resolves the letter); if that saga fails, the letter must still be open.
+    """
+    order, _ = mutate(step.order_id, lambda current: refund_started(current, iso_now()))
     request_refund(order.order_id)
-    # A redriven completion that turned into a refund is settled once the refund saga runs; if
-    # that fails, the refund saga dead-letters the order again.
-    _settle_dead_letter(order, iso_now())
     return _result(order)
 
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from shop.config import payment_settings
 from shop.errors import (
     CaptureExceedsAuthorization,
+    PaymentAlreadyCaptured,
     PaymentDeclined,
     PaymentStateConflict,
     RefundExceedsCapture,
@@ -32,6 +33,8 @@ from shop.models.payments import (
     CircuitBreakerStatus,
     Payment,
     PaymentSummary,
+    ReconciledPayment,
+    ReconcilePayment,
     RefundPayment,
     VoidPayment,
 )
@@ -65,7 +68,9 @@ class PaymentService:
         order_id = request.order_id
         started = self.ledger.begin_authorization(order_id, request.amount.currency, self.provider.name)
         if not started.applied:
-            return self._settled(_existing(started.payment, order_id))
+            current = _existing(started.payment, order_id)
+            self._release_fenced_authorization(current)
+            return self._settled(current)
         try:
             authorization = self.provider.authorize(
                 request.amount, request.payment_token, idempotency_key(order_id, "authorize")
@@ -79,9 +84,8 @@ class PaymentService:
         if outcome.applied:
             return _existing(outcome.payment, order_id).summary()
         current = _existing(outcome.payment, order_id)
-        if current.status == "VOIDED" and current.authorization_ref is None:
-            # The saga voided the order while this authorization was in flight: release the hold.
-            self.provider.void(authorization.reference, idempotency_key(order_id, "void"))
+        # The saga voided the order while this authorization was in flight: release the hold.
+        self._release_fenced_authorization(current)
         return self._settled(current)
 
     @staticmethod
@@ -109,19 +113,64 @@ class PaymentService:
             return done
         raise PaymentStateConflict(f"payment of order {order_id} changed during capture; retry")
 
+    # ------------------------------------------------------------------ reconcile
+    def reconcile(self, order_id: str) -> Payment | None:
+        """Bring the ledger in line with what the provider did for this order, and return it.
+
+        An outcome is ambiguous when the provider applied an operation and the ledger write of
+        its answer failed (or the step timed out in between): the ledger then lags behind the
+        provider. Each operation is looked up by its idempotency key, never assumed, and the
+        ledger is moved forward with the same conditional transitions the steps use, so running
+        this twice, or beside a step, changes nothing more.
+        """
+        payment = self.ledger.get(order_id)
+        if payment is not None and payment.status == "PENDING":
+            found = self.provider.lookup(idempotency_key(order_id, "authorize"))
+            if found is not None and found.operation == "authorize":
+                if found.approved and found.reference is not None:
+                    outcome = self.ledger.mark_authorized(order_id, found.amount.amount, found.reference)
+                else:
+                    outcome = self.ledger.mark_declined(order_id, found.decline_code or "card_declined")
+                payment = outcome.payment
+        if payment is not None and payment.status == "AUTHORIZED":
+            captured = self.provider.lookup(idempotency_key(order_id, "capture"))
+            if captured is not None and captured.approved and captured.reference is not None:
+                payment = self.ledger.mark_captured(order_id, captured.amount.amount, captured.reference).payment
+            else:
+                voided = self.provider.lookup(idempotency_key(order_id, "void"))
+                if voided is not None and voided.approved and voided.reference is not None:
+                    payment = self.ledger.mark_voided(order_id, voided.reference).payment
+        return payment
+
+    def _release_fenced_authorization(self, payment: Payment) -> None:
+        """A VOIDED payment with no authorization fenced off a late one: release that hold if the
+        provider approved it (the step that got the approval may have died before voiding it)."""
+        if payment.status != "VOIDED" or payment.authorization_ref is not None:
+            return
+        late = self.provider.lookup(idempotency_key(payment.order_id, "authorize"))
+        if late is None or not late.approved or late.reference is None:
+            return
+        self.provider.void(late.reference, idempotency_key(payment.order_id, "void"))
+
     # ------------------------------------------------------------------ void
     def void(self, request: VoidPayment) -> PaymentSummary:
+        """Compensation: void what the provider says is authorized; a captured payment is refused
+        with ``PaymentAlreadyCaptured`` (the saga refunds it instead)."""
         order_id = request.order_id
-        payment = self.ledger.get(order_id)
+        payment = self.reconcile(order_id)
         if payment is None or payment.status == "PENDING":
+            # The provider has no authorization for this order: fence off a late one.
             outcome = self.ledger.void_unauthorized(order_id, self.provider.name)
             payment = _existing(outcome.payment, order_id)
             if outcome.applied:
                 return payment.summary()
-        if payment.status in ("DECLINED", "VOIDED"):
+        if payment.status == "VOIDED":
+            self._release_fenced_authorization(payment)
+            return payment.summary()
+        if payment.status == "DECLINED":
             return payment.summary()
         if payment.status in CAPTURED_STATUSES:
-            raise PaymentStateConflict(f"the payment of order {order_id} is captured; refund it instead")
+            raise PaymentAlreadyCaptured(f"the payment of order {order_id} is captured; refund it instead")
         assert payment.authorization_ref is not None  # AUTHORIZED always carries its reference
         voided = self.provider.void(payment.authorization_ref, idempotency_key(order_id, "void"))
         outcome = self.ledger.mark_voided(order_id, voided.reference)
@@ -192,7 +241,9 @@ def payment_breaker() -> CircuitBreaker:
         f"payment-provider:{settings.provider}",
         DynamoBreakerStore(),
         BreakerPolicy(
-            failure_threshold=settings.breaker_failure_threshold,
+            failure_rate_percent=settings.breaker_failure_rate_percent,
+            minimum_calls=settings.breaker_minimum_calls,
+            minimum_failing_sources=settings.breaker_minimum_failing_sources,
             window_seconds=settings.breaker_window_seconds,
             cooldown_seconds=settings.breaker_cooldown_seconds,
         ),
@@ -208,13 +259,17 @@ def provider() -> PaymentProvider:
     return simulator()
 
 
-def payment_service() -> PaymentService:
+def payment_service(source: str | None = None) -> PaymentService:
+    """``source`` is who the breaker counts the provider calls against (the customer);
+    None counts each call against its order."""
     # Cheap to build and reads settings lazily, so nothing is cached across invocations here.
-    return PaymentService(ledger=PaymentsRepository(), provider=GuardedProvider(provider(), payment_breaker()))
+    return PaymentService(
+        ledger=PaymentsRepository(), provider=GuardedProvider(provider(), payment_breaker(), source=source)
+    )
 
 
 def authorize_payment(request: AuthorizePayment) -> PaymentSummary:
-    return payment_service().authorize(request)
+    return payment_service(source=request.customer_id).authorize(request)
 
 
 def capture_payment(request: CapturePayment) -> PaymentSummary:
@@ -223,6 +278,16 @@ def capture_payment(request: CapturePayment) -> PaymentSummary:
 
 def void_payment(request: VoidPayment) -> PaymentSummary:
     return payment_service().void(request)
+
+
+def reconcile_payment(request: ReconcilePayment) -> ReconciledPayment:
+    """The order's payment once the ledger agrees with the provider (status None: never attempted)."""
+    payment = payment_service().reconcile(request.order_id)
+    return ReconciledPayment(
+        order_id=request.order_id,
+        status=payment.status if payment else None,
+        captured=payment is not None and payment.status in CAPTURED_STATUSES,
+    )
 
 
 def refund_payment(request: RefundPayment) -> PaymentSummary:
@@ -240,14 +305,20 @@ def circuit_breaker_status() -> CircuitBreakerStatus:
     breaker = payment_breaker()
     state = breaker.state()
     policy = breaker.policy
+    stats = breaker.stats(state)
     retry_after = None
     if state.state == "OPEN" and state.opened_at is not None:
         retry_after = max(0.0, round(state.opened_at + policy.cooldown_seconds - time.time(), 3))
     return CircuitBreakerStatus(
         name=breaker.name,
         state=state.state,
-        consecutive_failures=state.consecutive_failures,
-        failure_threshold=policy.failure_threshold,
+        calls_in_window=stats.calls,
+        failures_in_window=stats.failures,
+        failure_rate_percent=round(stats.failure_rate_percent, 1),
+        failing_sources=stats.failing_sources,
+        failure_rate_threshold_percent=policy.failure_rate_percent,
+        minimum_calls=policy.minimum_calls,
+        minimum_failing_sources=policy.minimum_failing_sources,
         window_seconds=policy.window_seconds,
         cooldown_seconds=policy.cooldown_seconds,
         opened_at=_iso(state.opened_at),

@@ -56,7 +56,7 @@ class CreateProductRequest(StrictModel):
     description: Description = ""
     category: Category
     price: Money
-    stock: int = Field(ge=0, le=MAX_STOCK)
+    stock: int = Field(ge=0, le=MAX_STOCK, description=f"Becomes `available`; 0 to {MAX_STOCK}.")
 
 
 class UpdateProductRequest(StrictModel):
@@ -90,7 +90,11 @@ class UpdateProductRequest(StrictModel):
 class StockAdjustmentRequest(StrictModel):
     """``POST /products/{sku}/stock-adjustments``: a signed, non-zero change with a reason."""
 
-    delta: int = Field(ge=-MAX_STOCK, le=MAX_STOCK)
+    delta: int = Field(
+        ge=-MAX_STOCK,
+        le=MAX_STOCK,
+        description=f"Non-zero. The resulting `available` must stay within 0 to {MAX_STOCK} (else 409).",
+    )
     reason: Reason
 
     @field_validator("delta")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
 from shop.models.money import Money
@@ -33,6 +34,9 @@ FailureReason = Literal["OUT_OF_STOCK", "PAYMENT_DECLINED", "PAYMENT_UNAVAILABLE
 CHECKOUT_IN_PROGRESS: frozenset[str] = frozenset({"PENDING", "STOCK_RESERVED", "PAYMENT_AUTHORIZED"})
 # NEEDS_ATTENTION is terminal for clients; only an operator's redrive moves it on.
 TERMINAL: frozenset[str] = frozenset({"COMPLETED", "CANCELLED", "REFUNDED", "NEEDS_ATTENTION"})
+# A saga still has to move these on; each must have a running execution (the orphan sweeper
+# starts or settles those that have none).
+SAGA_IN_PROGRESS: frozenset[str] = CHECKOUT_IN_PROGRESS | {"REFUNDING"}
 
 # Where an operator's redrive resumes: the checkout compensation (void, release, cancel), the
 # checkout completion (complete, or hand over to the refund saga), or the refund saga.
@@ -94,6 +98,8 @@ class Order(Record):
     total: Money
     history: list[HistoryEntry]
     cancel_requested: bool = False
+    # Kept so that the orphan sweeper can start a saga whose StartExecution failed; never shown.
+    payment_token: str | None = None
     created_at: str
     updated_at: str
     version: int = 0
@@ -155,6 +161,7 @@ class CheckoutInput(Record):
     # A redrive starts the same machine with mode "compensate" or "complete" (see checkout.asl.json).
     mode: Literal["checkout"] = "checkout"
     order_id: str
+    customer_id: str
     lines: list[CheckoutLine]
     total: Money
     payment_token: str
@@ -213,6 +220,49 @@ class FlagOrder(_OrderStep):
     failure: Failure | None = None
 
 
+class ExecutionStatusChange(StrictModel):
+    """The ``detail`` of EventBridge's "Step Functions Execution Status Change" event (the fields used)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    execution_arn: str = Field(alias="executionArn", max_length=2048)
+    state_machine_arn: str = Field(alias="stateMachineArn", max_length=2048)
+    name: str = Field(max_length=256)
+    status: Literal["RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE"]
+    input: str | None = None
+    error: str | None = None
+    cause: str | None = None
+
+
+class ScheduledEvent(StrictModel):
+    """An EventBridge scheduled event; only its ``time`` matters (absent: now)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: str | None = Field(default=None, max_length=64)
+
+    @field_validator("time")
+    @classmethod
+    def _iso_8601(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_time(value)
+        return value
+
+    def at(self) -> datetime:
+        return datetime.now(UTC) if self.time is None else _parse_time(self.time)
+
+
+def _parse_time(value: str) -> datetime:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))  # ValueError: not ISO 8601
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class ExecutionStatusEvent(StrictModel):
+    model_config = ConfigDict(extra="ignore")
+
+    detail: ExecutionStatusChange
+
+
 class StepResult(Record):
     """What every order step returns to the saga."""
 
@@ -238,6 +288,22 @@ class DeadLetter(Record):
     redrive_execution: str | None = None
     created_at: str
     updated_at: str
+
+
+class SettledExecution(Record):
+    """What SettleStoppedExecution did about one stopped execution."""
+
+    order_id: str | None
+    execution_name: str
+    action: Literal["dead_lettered", "redrive_reopened", "already_settled", "not_an_order"]
+
+
+class OrphanSweep(Record):
+    """What one run of the orphan sweeper did."""
+
+    examined: int
+    started: list[str] = Field(default_factory=list)
+    settled: list[str] = Field(default_factory=list)
 
 
 class DeadLetterPage(Record):

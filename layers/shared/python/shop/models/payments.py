@@ -33,6 +33,9 @@ class _PaymentStep(StrictModel):
 class AuthorizePayment(_PaymentStep):
     amount: Money
     payment_token: PaymentToken
+    # Who placed the order: the circuit breaker counts failing sources by it. Absent, the order
+    # id stands in.
+    customer_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
 
 
 class CapturePayment(_PaymentStep):
@@ -40,6 +43,10 @@ class CapturePayment(_PaymentStep):
 
 
 class VoidPayment(_PaymentStep):
+    pass
+
+
+class ReconcilePayment(_PaymentStep):
     pass
 
 
@@ -99,13 +106,34 @@ class PaymentSummary(Record):
     refunded: Money
 
 
+class ReconciledPayment(Record):
+    """What the reconcile step returns: the payment as the provider and the ledger now agree on.
+
+    ``captured`` is what the saga branches on (complete the order, or compensate).
+    """
+
+    order_id: str
+    status: PaymentStatus | None
+    captured: bool
+
+
 class CircuitBreakerStatus(Record):
     """What operators see of the payment provider's circuit breaker."""
 
     name: str
     state: BreakerStateName
-    consecutive_failures: int
-    failure_threshold: int
+    # The sliding window as of now: one outcome per operation (idempotency key), however often
+    # it was retried. Successes are recorded only while the window holds a failure.
+    calls_in_window: int
+    failures_in_window: int
+    failure_rate_percent: float
+    # Distinct sources (customers) of the failures in the window.
+    failing_sources: int
+    # It opens when calls >= minimum_calls, failure rate >= failure_rate_threshold_percent and
+    # failing sources >= minimum_failing_sources, all within window_seconds.
+    failure_rate_threshold_percent: float
+    minimum_calls: int
+    minimum_failing_sources: int
     window_seconds: float
     cooldown_seconds: float
     opened_at: str | None

@@ -1,10 +1,22 @@
 """A circuit breaker whose state lives in a shared store, so every function instance obeys it.
 
-CLOSED: calls go through; ``failure_threshold`` consecutive failures within ``window_seconds``
-open it. OPEN: calls fail fast with ``CircuitOpen`` until ``cooldown_seconds`` have passed.
-Then the first caller claims the single probe (a conditional write: exactly one wins) and the
-breaker is HALF_OPEN: everyone else still fails fast; the probe's success closes the breaker,
-its failure re-opens it. A probe that never reports (its instance died) may be re-claimed
+CLOSED: calls go through. The breaker decides on the failure *rate* over a sliding time window
+(Resilience4j's time-based sliding window): it opens when, among the outcomes of the last
+``window_seconds``, there are at least ``minimum_calls``, at least ``failure_rate_percent`` of them
+failed, and the failures come from at least ``minimum_failing_sources`` distinct sources (e.g.
+customers), so one customer retrying a broken card can never open it for everybody.
+
+An outcome is counted once per key (the provider's idempotency key, e.g. ``"{order_id}:authorize"``),
+not per attempt: a retry overwrites the key's earlier outcome, so three failed attempts of one
+authorization are one failure and a success after failures is one success. The outcomes live in
+the breaker's one stored item, pruned to the window and capped to the ``max_outcomes`` most recent
+on every write. To spare a write per healthy call, a success is recorded only while the window
+holds at least one failure: calls are counted from the first failure in the window.
+
+OPEN: calls fail fast with ``CircuitOpen`` until ``cooldown_seconds`` have passed. Then the first
+caller claims the single probe (a conditional write: exactly one wins) and the breaker is
+HALF_OPEN: everyone else still fails fast; the probe's success closes the breaker with an empty
+window, its failure re-opens it. A probe that never reports (its instance died) may be re-claimed
 after another cooldown.
 
 Every transition is a compare-and-set on the stored state's version, so concurrent instances
@@ -17,9 +29,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
+
+from pydantic import Field
 
 from shop.errors import CircuitOpen, ShopError, TransientError
 from shop.models.base import Record
@@ -32,13 +46,24 @@ T = TypeVar("T")
 # making the same transition at the same moment, so giving up loses nothing.
 _CAS_ATTEMPTS = 5
 
+# Outcomes kept in the stored item: bounds its size (and a write's cost) however busy the window.
+MAX_OUTCOMES = 200
+
+
+class BreakerOutcome(Record):
+    """The latest outcome of one key. ``at`` is epoch seconds; ``source`` is who caused the call."""
+
+    failed: bool
+    at: float
+    source: str
+
 
 class BreakerState(Record):
     """The stored state. Times are epoch seconds; ``version`` 0 means never stored."""
 
     state: BreakerStateName = "CLOSED"
-    consecutive_failures: int = 0
-    window_started_at: float | None = None
+    # The window's outcomes by key; empty until the window holds a failure.
+    outcomes: dict[str, BreakerOutcome] = Field(default_factory=dict)
     opened_at: float | None = None
     probe_id: str | None = None
     probe_started_at: float | None = None
@@ -59,9 +84,58 @@ class BreakerStore(Protocol):
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    failure_threshold: int
+    failure_rate_percent: float
+    minimum_calls: int
+    minimum_failing_sources: int
     window_seconds: float
     cooldown_seconds: float
+    max_outcomes: int = MAX_OUTCOMES
+
+    def __post_init__(self) -> None:
+        if not 0 < self.failure_rate_percent <= 100:
+            raise ValueError("failure_rate_percent must be in (0, 100]")
+        if not 1 <= self.minimum_calls <= self.max_outcomes:
+            raise ValueError("minimum_calls must be between 1 and max_outcomes, or the breaker could never open")
+        if self.minimum_failing_sources < 1:
+            raise ValueError("minimum_failing_sources must be at least 1")
+        if self.window_seconds <= 0 or self.cooldown_seconds <= 0:
+            raise ValueError("window_seconds and cooldown_seconds must be positive")
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What the outcomes in the window add up to."""
+
+    calls: int
+    failures: int
+    failing_sources: int
+
+    @property
+    def failure_rate_percent(self) -> float:
+        return 100.0 * self.failures / self.calls if self.calls else 0.0
+
+    def should_open(self, policy: BreakerPolicy) -> bool:
+        return (
+            self.calls >= policy.minimum_calls
+            and self.failures * 100 >= policy.failure_rate_percent * self.calls
+            and self.failing_sources >= policy.minimum_failing_sources
+        )
+
+
+def in_window(outcomes: Mapping[str, BreakerOutcome], now: float, policy: BreakerPolicy) -> dict[str, BreakerOutcome]:
+    """The outcomes still inside the window, oldest first, at most ``max_outcomes`` of them."""
+    recent = sorted(
+        ((key, outcome) for key, outcome in outcomes.items() if now - outcome.at <= policy.window_seconds),
+        key=lambda item: item[1].at,
+    )
+    return dict(recent[-policy.max_outcomes :])
+
+
+def window_stats(outcomes: Mapping[str, BreakerOutcome]) -> WindowStats:
+    failing = [outcome for outcome in outcomes.values() if outcome.failed]
+    return WindowStats(
+        calls=len(outcomes), failures=len(failing), failing_sources=len({outcome.source for outcome in failing})
+    )
 
 
 def counts_as_failure(error: BaseException) -> bool:
@@ -88,15 +162,25 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self._store.load(self.name)
 
-    def call(self, operation: Callable[[], T]) -> T:
-        """Run ``operation`` if the breaker admits it, and record how it went."""
+    def stats(self, state: BreakerState | None = None) -> WindowStats:
+        """The window as of now (of ``state``, or of the stored state)."""
+        current = state if state is not None else self.state()
+        return window_stats(in_window(current.outcomes, self._clock(), self.policy))
+
+    def call(self, operation: Callable[[], T], *, key: str, source: str) -> T:
+        """Run ``operation`` if the breaker admits it, and record how it went.
+
+        ``key`` identifies the business operation (its idempotency key): its retries share one
+        outcome. ``source`` is who caused it (e.g. the customer); only failures from at least
+        ``minimum_failing_sources`` distinct sources can open the breaker.
+        """
         probe_id = self._admit()
         try:
             result = operation()
         except Exception as error:
-            self._record(probe_id, failed=self._is_failure(error))
+            self._record(probe_id, key, source, failed=self._is_failure(error))
             raise
-        self._record(probe_id, failed=False)
+        self._record(probe_id, key, source, failed=False)
         return result
 
     # ------------------------------------------------------------------ admission
@@ -120,27 +204,37 @@ class CircuitBreaker:
         raise CircuitOpen("payment provider circuit is being probed by another caller")
 
     # ------------------------------------------------------------------ outcome
-    def _record(self, probe_id: str | None, *, failed: bool) -> None:
+    def _record(self, probe_id: str | None, key: str, source: str, *, failed: bool) -> None:
         # Bookkeeping must not replace the provider's answer with a store error: the caller
         # would see the wrong error name, and a successful charge would look like a failure.
         try:
-            self._transition(probe_id, failed=failed)
+            self._transition(probe_id, key, source, failed=failed)
         except Exception:  # noqa: BLE001 - logged; the breaker simply misses one observation
             logger().exception("circuit breaker could not record an outcome", extra={"breaker": self.name})
 
-    def _transition(self, probe_id: str | None, *, failed: bool) -> None:
+    def _transition(self, probe_id: str | None, key: str, source: str, *, failed: bool) -> None:
         for _ in range(_CAS_ATTEMPTS):
             current = self._store.load(self.name)
-            updated = self._next_state(current, probe_id, failed=failed)
+            updated = self._next_state(current, probe_id, key, source, failed=failed)
             if updated is None or self._store.replace(self.name, updated, current.version):
                 if updated is not None and updated.state != current.state:
+                    stats = window_stats(updated.outcomes)
                     logger().warning(
                         "circuit breaker state changed",
-                        extra={"breaker": self.name, "from_state": current.state, "to_state": updated.state},
+                        extra={
+                            "breaker": self.name,
+                            "from_state": current.state,
+                            "to_state": updated.state,
+                            "calls_in_window": stats.calls,
+                            "failures_in_window": stats.failures,
+                            "failing_sources": stats.failing_sources,
+                        },
                     )
                 return
 
-    def _next_state(self, current: BreakerState, probe_id: str | None, *, failed: bool) -> BreakerState | None:
+    def _next_state(
+        self, current: BreakerState, probe_id: str | None, key: str, source: str, *, failed: bool
+    ) -> BreakerState | None:
         """The state after this outcome, or None when it changes nothing."""
         now = self._clock()
         if probe_id is not None:
@@ -154,20 +248,13 @@ class CircuitBreaker:
         if current.state != "CLOSED":
             # Calls admitted before the breaker opened neither close it nor extend the cooldown.
             return None
-        if not failed:
-            return BreakerState(version=current.version) if current.consecutive_failures else None
-        window_started = current.window_started_at
-        if window_started is None or now - window_started > self.policy.window_seconds:
-            failures, window_started = 1, now
-        else:
-            failures = current.consecutive_failures + 1
-        if failures >= self.policy.failure_threshold:
-            return current.model_copy(
-                update={
-                    "state": "OPEN",
-                    "consecutive_failures": failures,
-                    "window_started_at": window_started,
-                    "opened_at": now,
-                }
-            )
-        return current.model_copy(update={"consecutive_failures": failures, "window_started_at": window_started})
+        window = in_window(current.outcomes, now, self.policy)
+        if not failed and not any(outcome.failed for outcome in window.values()):
+            return None  # nothing to count against: a healthy call costs no write
+        # The key's latest attempt replaces its earlier ones, and moves to the newest end.
+        window.pop(key, None)
+        window[key] = BreakerOutcome(failed=failed, at=now, source=source)
+        window = in_window(window, now, self.policy)
+        if window_stats(window).should_open(self.policy):
+            return current.model_copy(update={"state": "OPEN", "outcomes": window, "opened_at": now})
+        return current.model_copy(update={"outcomes": window})

@@ -23,7 +23,13 @@ from typing import Literal, Protocol
 from shop.errors import PaymentDeclined, PaymentProviderError, PaymentStateConflict
 from shop.models.base import Record, iso_now
 from shop.models.money import Currency, Money
-from shop.payments.provider import ProviderAuthorization, ProviderCapture, ProviderRefund, ProviderVoid
+from shop.payments.provider import (
+    ProviderAuthorization,
+    ProviderCapture,
+    ProviderOperation,
+    ProviderRefund,
+    ProviderVoid,
+)
 
 TOKEN_APPROVED = "tok_visa"
 TOKEN_DECLINED = "tok_chargeDeclined"
@@ -45,9 +51,10 @@ class SimulatedResult(Record):
     idempotency_key: str
     operation: SimulatedOperation
     approved: bool
-    reference: str | None
+    # None for a decline (stored as an absent attribute, so it must default when read back).
+    reference: str | None = None
     # The authorization the call acted on (its own reference for an approved authorize).
-    authorization_ref: str | None
+    authorization_ref: str | None = None
     amount: int
     currency: Currency = "USD"
     decline_code: str | None = None
@@ -205,6 +212,20 @@ class SimulatorProvider:
             reference=str(result.reference),
             capture_ref=capture_ref_for(str(result.authorization_ref)),
             amount=self._money(result),
+        )
+
+    def lookup(self, idempotency_key: str) -> ProviderOperation | None:
+        result = self._store.result(idempotency_key)
+        if result is None:
+            return None
+        return ProviderOperation(
+            idempotency_key=result.idempotency_key,
+            operation=result.operation,
+            approved=result.approved,
+            reference=result.reference,
+            authorization_ref=result.authorization_ref,
+            amount=self._money(result),
+            decline_code=result.decline_code,
         )
 
     @staticmethod

@@ -115,6 +115,33 @@ def start_redrive(order_id: str, *, expected_count: int, execution_name: str, no
     return _to_dead_letter(response["Attributes"])
 
 
+def reopen_redrive(order_id: str, *, execution_name: str, error: str | None, cause: str | None, now: str) -> bool:
+    """REDRIVING -> OPEN when ``execution_name`` is the redrive that stopped without settling the
+    order (aborted, timed out, failed before its own flag step); False if the letter moved on."""
+    try:
+        call(
+            aws.dynamodb().update_item,
+            TableName=table_settings().operations_table,
+            Key=_key(order_id),
+            UpdateExpression="SET #status = :open, #error = :error, cause = :cause, updated_at = :now",
+            ConditionExpression="#status = :redriving AND redrive_execution = :execution",
+            ExpressionAttributeNames={"#status": "status", "#error": "error"},
+            ExpressionAttributeValues={
+                ":open": {"S": "OPEN"},
+                ":redriving": {"S": "REDRIVING"},
+                ":execution": {"S": execution_name},
+                ":error": {"S": error} if error else {"NULL": True},
+                ":cause": {"S": cause[:MAX_CAUSE_CHARS]} if cause else {"NULL": True},
+                ":now": {"S": now},
+            },
+        )
+    except ClientError as error_:
+        if error_.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
 def resolve(order_id: str, *, now: str) -> None:
     """Mark the order's dead letter RESOLVED; a no-op when there is none or it is resolved."""
     try:

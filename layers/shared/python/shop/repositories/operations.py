@@ -1,7 +1,8 @@
 """Operational state shared by every function instance, in OperationsTable (pk, sk).
 
 - Circuit breakers: ``pk = "circuit#{name}"``, ``sk = "state"``; every write is a
-  compare-and-set on ``version``.
+  compare-and-set on ``version``. ``outcomes`` is a map of the window's outcomes by key
+  (``{"failed", "at", "source"}``), pruned and capped by the breaker before every write.
 - The payment simulator:
   - ``pk = "simulator#request#{idempotency key}"``: ``sk = "result"`` is the first result for the
     key; ``sk = "attempt"`` marks that an attempt was made (tok_flaky fails only the first).
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -70,8 +72,13 @@ class DynamoBreakerStore:
         return BreakerState.model_validate({k: v for k, v in fields.items() if k not in ("pk", "sk")})
 
     def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
+        fields = state.model_dump(mode="python")
+        # ``marshal`` turns top-level floats into decimals only; the outcomes' times are nested.
+        fields["outcomes"] = {
+            key: {**outcome, "at": Decimal(repr(outcome["at"]))} for key, outcome in fields["outcomes"].items()
+        }
         item = {
-            **state.model_dump(mode="python"),
+            **fields,
             "pk": self._pk(name),
             "sk": "state",
             "version": expected_version + 1,

@@ -17,10 +17,13 @@ from botocore.exceptions import ClientError
 from shop import aws
 from shop.config import table_settings
 from shop.errors import OrderContention
-from shop.models.orders import Order
+from shop.models.orders import SAGA_IN_PROGRESS, Order
 from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, unmarshal
 
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
+ORDERS_IN_PROGRESS = "OrdersInProgress"
+# The one value of the sparse OrdersInProgress index's key; absent on every other order.
+IN_PROGRESS = "IN_PROGRESS"
 
 
 _T = TypeVar("_T")
@@ -63,6 +66,7 @@ def _is_condition_failure(error: ClientError) -> bool:
 def _order_item(order: Order) -> dict[str, Any]:
     item = order.model_dump(mode="json")
     item["created_key"] = order.created_key
+    item["in_progress"] = IN_PROGRESS if order.status in SAGA_IN_PROGRESS else None
     return marshal(item)
 
 
@@ -137,6 +141,25 @@ def list_for_customer(
     response = call(aws.dynamodb().query, **request)
     orders = [to_order(item) for item in response.get("Items", [])]
     return orders, response.get("LastEvaluatedKey")
+
+
+def in_progress_since(updated_before: str, *, limit: int) -> list[str]:
+    """Ids of orders in progress whose last change is older than ``updated_before``, stalest first."""
+    ids: list[str] = []
+    request: dict[str, Any] = {
+        "TableName": table_settings().orders_table,
+        "IndexName": ORDERS_IN_PROGRESS,
+        "KeyConditionExpression": "in_progress = :open AND updated_at < :before",
+        "ExpressionAttributeValues": {":open": {"S": IN_PROGRESS}, ":before": {"S": updated_before}},
+        "Limit": limit,
+    }
+    while len(ids) < limit:
+        response = call(aws.dynamodb().query, **request)
+        ids.extend(item["order_id"]["S"] for item in response.get("Items", []))
+        if "LastEvaluatedKey" not in response:
+            break
+        request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    return ids[:limit]
 
 
 def idempotency_store() -> DynamoDBPersistenceLayer:

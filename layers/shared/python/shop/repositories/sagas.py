@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shop import aws
 from shop.config import saga_settings
-from shop.errors import OrderContention
+from shop.errors import SagaNotStarted
 
-_BUSY_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "ServiceUnavailable", "InternalFailure"})
+ExecutionStatus = str  # RUNNING | SUCCEEDED | FAILED | TIMED_OUT | ABORTED | PENDING_REDRIVE
 
 
 def checkout_execution_name(order_id: str) -> str:
@@ -46,7 +46,11 @@ def refund_state_machine_arn() -> str:
 
 
 def start(state_machine_arn: str, *, name: str, payload: dict[str, Any]) -> bool:
-    """Start the named execution; False when one with that name exists already (nothing started)."""
+    """Start the named execution; False when one with that name exists already (nothing started).
+
+    Any other failure (throttled, a service error, no connection) is ``SagaNotStarted``: nothing
+    ran, and starting again with the same name is always safe.
+    """
     try:
         aws.stepfunctions().start_execution(
             stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload, sort_keys=True)
@@ -55,7 +59,23 @@ def start(state_machine_arn: str, *, name: str, payload: dict[str, Any]) -> bool
         code = error.response.get("Error", {}).get("Code", "")
         if code == "ExecutionAlreadyExists":
             return False
-        if code in _BUSY_CODES:
-            raise OrderContention(f"Step Functions is busy ({code}); retry") from error
-        raise
+        raise SagaNotStarted(f"Step Functions did not start {name} ({code}); retry") from error
+    except BotoCoreError as error:
+        raise SagaNotStarted(f"Step Functions did not start {name} ({type(error).__name__}); retry") from error
     return True
+
+
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + f":{name}"
+
+
+def status(state_machine_arn: str, name: str) -> ExecutionStatus | None:
+    """The named execution's status; None if it was never started."""
+    client = aws.stepfunctions()
+    try:
+        described = client.describe_execution(executionArn=execution_arn(state_machine_arn, name))
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code", "") == "ExecutionDoesNotExist":
+            return None
+        raise SagaNotStarted(f"Step Functions could not describe {name}; retry") from error
+    return str(described["status"])

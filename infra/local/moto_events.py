@@ -1,0 +1,111 @@
+"""EventBridge as the stack needs it: Lambda targets, and Step Functions' status-change events.
+
+moto's EventBridge matches rules against events (its own pattern matcher, so the template's
+patterns are honoured) but delivers only to logs, SQS, archives and other buses; and moto's Step
+Functions emits no events. On AWS, every execution that changes status emits a "Step Functions
+Execution Status Change" event to the default bus, and a rule with a Lambda target invokes the
+function asynchronously (retried twice on error). This adapter adds exactly that:
+
+- ``Rule.send_to_targets`` also delivers to ``lambda`` targets, asynchronously, with Lambda's
+  two retries of an asynchronous invocation that failed;
+- every execution that ends (SUCCEEDED, FAILED, TIMED_OUT, ABORTED) puts its status-change
+  event, with AWS's ``detail`` fields, on the default bus of its account and region.
+
+It patches two private moto functions; tests/service/test_lambda_runtime_canary.py fails if a
+moto upgrade moves them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from typing import Any
+
+from moto.awslambda.models import lambda_backends
+from moto.events.models import Rule, events_backends
+from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+from moto.utilities.arns import parse_arn
+
+DETAIL_TYPE = "Step Functions Execution Status Change"
+# What Lambda does with an asynchronous invocation whose handler fails.
+ASYNC_ATTEMPTS = 3
+
+_ORIGINAL_SEND = Rule.send_to_targets
+_ORIGINAL_TERMINATED = BaseExecutionWorkerCommunication.terminated
+
+
+def _invoke_async(account: str, region: str, function_name: str, event: dict[str, Any]) -> None:
+    function = lambda_backends[account][region].get_function(function_name)
+    for _ in range(ASYNC_ATTEMPTS):
+        _, errored, _ = function._invoke_lambda(event=event)
+        if not errored:
+            return
+
+
+def _is_lambda(target: dict[str, Any]) -> bool:
+    return bool(parse_arn(target["Arn"]).service == "lambda")
+
+
+def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input: bool = True) -> None:
+    others = [target for target in self.targets if not _is_lambda(target)]
+    if others:
+        # moto refuses the whole rule on a target type it does not know: hand it the rest only.
+        rest = copy.copy(self)
+        rest.targets = others
+        _ORIGINAL_SEND(rest, original_event, transform_input)
+    if not self.event_pattern.matches_event(original_event):
+        return
+    for target in filter(_is_lambda, self.targets):
+        arn = parse_arn(target["Arn"])
+        function_name = arn.resource_id.split(":")[0]
+        threading.Thread(
+            target=_invoke_async,
+            args=(arn.account, arn.region, function_name, json.loads(json.dumps(original_event, default=str))),
+            name=f"eventbridge->{function_name}",
+            daemon=True,
+        ).start()
+
+
+def _epoch_millis(moment: Any) -> int | None:
+    return int(moment.timestamp() * 1000) if moment is not None else None
+
+
+def status_change_detail(execution: Any) -> dict[str, Any]:
+    """The ``detail`` AWS puts in a status-change event (the fields it always carries)."""
+    status = str(getattr(execution.exec_status, "value", execution.exec_status))  # moto's enum
+    return {
+        "executionArn": execution.exec_arn,
+        "stateMachineArn": execution.state_machine.arn,
+        "name": execution.name,
+        "status": status,
+        "startDate": _epoch_millis(execution.start_date),
+        "stopDate": _epoch_millis(execution.stop_date),
+        "input": json.dumps(execution.input_data),
+        "inputDetails": {"included": True},
+        "output": json.dumps(execution.output) if status == "SUCCEEDED" else None,
+        "outputDetails": {"included": True} if status == "SUCCEEDED" else None,
+        "error": execution.error,
+        "cause": execution.cause,
+    }
+
+
+def _terminated(self: BaseExecutionWorkerCommunication) -> None:
+    _ORIGINAL_TERMINATED(self)
+    execution = self.execution
+    events_backends[execution.account_id][execution.region_name].put_events(
+        [
+            {
+                "Source": "aws.states",
+                "DetailType": DETAIL_TYPE,
+                "Detail": json.dumps(status_change_detail(execution)),
+                "Resources": [execution.exec_arn],
+            }
+        ]
+    )
+
+
+def install() -> None:
+    """Deliver to Lambda targets and emit execution status changes (idempotent)."""
+    Rule.send_to_targets = _send_to_targets  # type: ignore[method-assign]
+    BaseExecutionWorkerCommunication.terminated = _terminated  # type: ignore[method-assign]

@@ -1,0 +1,157 @@
+"""Recovery that does not depend on a saga's own last step.
+
+Two mechanisms, both outside the state machines:
+
+- ``settle_stopped_execution``: EventBridge delivers every "Step Functions Execution Status
+  Change" of either saga that ends FAILED, TIMED_OUT or ABORTED. An order such an execution left
+  in progress becomes NEEDS_ATTENTION with an open dead letter; a redrive that stopped reopens
+  its dead letter, so the next redrive starts a new execution.
+- ``resume_orphans``: a scheduled sweep of the orders still in progress whose last change is
+  older than ``ORPHAN_AFTER_SECONDS``. An order whose saga was never started (StartExecution
+  failed after the order was stored) gets it started, under the same execution name, so never
+  twice; an order whose saga stopped without the event being handled is settled as above.
+
+Both are idempotent: running them twice, or both on one order, leaves one dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from shop.config import recovery_settings
+from shop.domain import orders as lifecycle
+from shop.domain.checkout import start_checkout
+from shop.models.base import iso_now
+from shop.models.orders import (
+    SAGA_IN_PROGRESS,
+    ExecutionStatusChange,
+    Failure,
+    Order,
+    OrphanSweep,
+    ResumePoint,
+    SettledExecution,
+)
+from shop.observability import logger, metrics
+from shop.repositories import dead_letters, sagas
+from shop.repositories import orders as repository
+
+STOPPED = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
+SETTLED = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
+SWEEP_LIMIT = 100
+
+
+def _input_of(change: ExecutionStatusChange) -> dict[str, object]:
+    try:
+        document = json.loads(change.input or "{}")
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def settle_stopped_execution(change: ExecutionStatusChange) -> SettledExecution:
+    """Make sure the order of a stopped execution is visible to operators and redrivable."""
+    document = _input_of(change)
+    order_id = document.get("order_id")
+    if not isinstance(order_id, str) or change.status not in STOPPED:
+        return SettledExecution(order_id=None, execution_name=change.name, action="not_an_order")
+    now = iso_now()
+    reopened = dead_letters.reopen_redrive(
+        order_id, execution_name=change.name, error=change.error or change.status, cause=change.cause, now=now
+    )
+    order = repository.get(order_id)
+    if order is None:
+        return SettledExecution(order_id=order_id, execution_name=change.name, action="not_an_order")
+    letter = dead_letters.get(order_id)
+    if order.status in SETTLED or (order.status == "NEEDS_ATTENTION" and letter and letter.status == "OPEN"):
+        action = "redrive_reopened" if reopened else "already_settled"
+        return SettledExecution(order_id=order_id, execution_name=change.name, action=action)
+    recorded_failure = document.get("failure")
+    failure = Failure.model_validate(recorded_failure) if isinstance(recorded_failure, dict) else None
+    is_refund = change.state_machine_arn == sagas.refund_state_machine_arn() or order.status == "REFUNDING"
+    _dead_letter(
+        order,
+        resume="refund" if is_refund else "compensate",
+        failure=failure,
+        status=change.status,
+        error=change.error,
+        cause=change.cause,
+        execution_name=change.name,
+        now=now,
+    )
+    return SettledExecution(order_id=order_id, execution_name=change.name, action="dead_lettered")
+
+
+def _dead_letter(
+    order: Order,
+    *,
+    resume: ResumePoint,
+    failure: Failure | None,
+    status: str,
+    error: str | None,
+    cause: str | None,
+    execution_name: str,
+    now: str,
+) -> None:
+    failed_step = f"saga_{status.lower()}"
+    flagged, changed = lifecycle.mutate(order.order_id, lambda current: lifecycle.flagged(current, failed_step, now))
+    dead_letters.record(
+        order_id=order.order_id,
+        resume=resume,
+        failed_step=failed_step,
+        failure=failure,
+        error=error or status,
+        cause=cause,
+        execution_name=execution_name,
+        now=now,
+    )
+    if changed:
+        metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
+    logger().error(
+        "saga execution stopped without settling its order; order needs attention",
+        extra={"order_id": flagged.order_id, "execution_status": status, "execution": execution_name},
+    )
+
+
+def resume_orphans(now: datetime) -> OrphanSweep:
+    """Start or settle every order in progress that has had no change for ORPHAN_AFTER_SECONDS."""
+    cutoff = now - timedelta(seconds=recovery_settings().orphan_after_seconds)
+    candidates = repository.in_progress_since(_iso(cutoff), limit=SWEEP_LIMIT)
+    sweep = OrphanSweep(examined=len(candidates))
+    for order_id in candidates:
+        order = repository.get(order_id)
+        if order is None or order.status not in SAGA_IN_PROGRESS:
+            continue
+        refund = order.status == "REFUNDING"
+        machine = sagas.refund_state_machine_arn() if refund else sagas.checkout_state_machine_arn()
+        name = sagas.refund_execution_name(order_id) if refund else sagas.checkout_execution_name(order_id)
+        status = sagas.status(machine, name)
+        if status is None:
+            if refund:
+                lifecycle.request_refund(order_id)
+            else:
+                start_checkout(order)
+            sweep.started.append(order_id)
+            logger().warning("orphaned order: its saga was never started; started it", extra={"order_id": order_id})
+        elif status in STOPPED or status == "SUCCEEDED":
+            # Stopped without its event being handled, or ended without settling the order.
+            _dead_letter(
+                order,
+                resume="refund" if refund else "compensate",
+                failure=None,
+                status=status,
+                error=None,
+                cause=f"the {name} execution is {status} but the order was still {order.status}",
+                execution_name=name,
+                now=iso_now(),
+            )
+            sweep.settled.append(order_id)
+    if sweep.started:
+        metrics().add_metric(name="OrphanedSagasStarted", unit=MetricUnit.Count, value=len(sweep.started))
+    return sweep
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,0 +1,321 @@
+"""Recovery that holds: one fault at one seam at a time, then everything healthy again (and, where
+the fault outlasts every retry, an operator's redrive); then the books are checked.
+
+Every test asserts the end state, not the call sequence: the order's status, our payments
+ledger, the provider's own ledger and the stock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from infra.local import lambda_runtime
+from shop import aws
+from shop.domain import payments as payment_domain
+from shop.models.payments import Payment
+from shop.payments.simulator import SimulatorLedger
+from shop.repositories.payments import PaymentsRepository
+from tests.conftest import LocalAws
+from tests.service.faults import SdkFault, inject, updates_payment_to
+from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
+
+PRICE = 1250
+STOCK = 10
+
+
+class ServiceUnavailable(Exception):
+    """Stands for a step's dependency being down (an error no retrier names)."""
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=PRICE, stock=STOCK)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+@dataclass(frozen=True)
+class Books:
+    status: str
+    failure_reason: str | None
+    ours: Payment | None
+    provider: SimulatorLedger | None
+    available: int
+
+    def provider_entries(self, kind: str) -> int:
+        return len(self.provider.of_kind(kind)) if self.provider else 0
+
+
+def books(shop: Shop, order_id: str) -> Books:
+    order = shop.order(order_id)
+    authorization = payment_domain.simulator().lookup(f"{order_id}:authorize")
+    provider = None
+    if authorization is not None and authorization.reference is not None:
+        provider = payment_domain.simulator().ledger(authorization.reference)
+    return Books(
+        status=order.status,
+        failure_reason=order.failure_reason,
+        ours=PaymentsRepository().get(order_id),
+        provider=provider,
+        available=available("MUG-1"),
+    )
+
+
+def fail_functions(local_aws: LocalAws, *logical_ids: str) -> None:
+    names = {local_aws.function(logical_id) for logical_id in logical_ids}
+
+    def fail(function_name: str, event: Any) -> None:
+        if function_name in names:
+            raise ServiceUnavailable(f"{function_name} is down")
+
+    lambda_runtime.faults.before_invoke = fail
+
+
+def heal() -> None:
+    lambda_runtime.faults.clear()
+
+
+def checkout_stopped(shop: Shop, order_id: str, statuses: tuple[str, ...] = ("NEEDS_ATTENTION",)) -> None:
+    assert shop.wait_checkout(order_id) in ("FAILED", "SUCCEEDED")
+    shop.wait_status(order_id, *statuses)
+
+
+# ---------------------------------------------------------------------------- 1. ambiguous payment outcomes
+def test_an_authorization_whose_ledger_write_failed_is_voided_at_the_provider(shop: Shop, local_aws: LocalAws) -> None:
+    """The provider approved; writing that to our ledger failed until the authorize retries ran out."""
+    at_void = PauseAt(local_aws.function("VoidPaymentFunction"))
+    lambda_runtime.faults.before_invoke = at_void
+    lost = SdkFault("UpdateItem", "ProvisionedThroughputExceededException", when=updates_payment_to("AUTHORIZED"))
+    with inject(aws.dynamodb(), lost):
+        order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+        at_void.wait_reached()
+    at_void.released.set()
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert lost.injected == 4  # the first attempt and three retries
+    assert (end.status, end.failure_reason) == ("CANCELLED", "PAYMENT_UNAVAILABLE")
+    assert end.ours is not None and (end.ours.status, end.ours.authorized_amount) == ("VOIDED", 2 * PRICE)
+    assert end.provider is not None and end.provider.authorization.status == "VOIDED"  # the hold is released
+    assert end.provider_entries("void") == 1 and end.provider_entries("capture") == 0
+    assert end.available == STOCK
+
+
+def test_a_capture_whose_ledger_write_failed_completes_the_order(shop: Shop) -> None:
+    """The provider captured; writing that to our ledger failed on every capture attempt."""
+    lost = SdkFault(
+        "UpdateItem", "ProvisionedThroughputExceededException", when=updates_payment_to("CAPTURED"), times=5
+    )
+    with inject(aws.dynamodb(), lost):
+        order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+        assert shop.wait_checkout(order_id) == "SUCCEEDED"
+
+    end = books(shop, order_id)
+    assert lost.injected == 5  # every capture attempt; the reconciliation then asked the provider
+    assert end.status == "COMPLETED"
+    assert end.ours is not None and (end.ours.status, end.ours.captured_amount) == ("CAPTURED", 2 * PRICE)
+    assert end.provider is not None and end.provider.authorization.status == "CAPTURED"
+    assert end.provider_entries("capture") == 1 and end.provider_entries("void") == 0
+    assert end.available == STOCK - 2
+
+
+@pytest.mark.parametrize("customer_cancels", [False, True], ids=["redriven", "cancelled-then-redriven"])
+def test_a_capture_lost_until_the_order_needs_attention_is_redriven_from_the_truth(
+    shop: Shop, customer_cancels: bool
+) -> None:
+    lost = SdkFault("UpdateItem", "ProvisionedThroughputExceededException", when=updates_payment_to("CAPTURED"))
+    with inject(aws.dynamodb(), lost):
+        order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+        checkout_stopped(shop, order_id)
+    stuck = books(shop, order_id)
+    assert stuck.provider is not None and stuck.provider.authorization.status == "CAPTURED"
+    assert stuck.provider_entries("void") == 0  # a captured payment is never voided
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and letter.status == "OPEN"
+    if customer_cancels:
+        cancelled = shop.cancel(order_id)
+        assert cancelled.status_code == 202
+        assert (cancelled.json_body["status"], cancelled.json_body["cancel_requested"]) == ("NEEDS_ATTENTION", True)
+
+    assert shop.redrive(order_id).status_code == 202
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
+
+    if customer_cancels:
+        assert shop.wait_refund(order_id) == "SUCCEEDED"
+        end = books(shop, order_id)
+        assert end.status == "REFUNDED"
+        assert end.ours is not None and end.ours.refunded_amount == end.ours.captured_amount == 2 * PRICE
+        assert end.provider is not None and end.provider.authorization.refunded_amount == 2 * PRICE
+        assert end.available == STOCK
+    else:
+        end = books(shop, order_id)
+        assert end.status == "COMPLETED"
+        assert end.ours is not None and (end.ours.status, end.ours.captured_amount) == ("CAPTURED", 2 * PRICE)
+        assert end.provider_entries("capture") == 1 and end.provider_entries("refund") == 0
+        assert end.available == STOCK - 2
+    resolved = shop.dead_letter(order_id)
+    assert resolved is not None and resolved.status == "RESOLVED"
+
+
+# ---------------------------------------------------------------------------- 2. orders without a saga
+def sweep(local_aws: LocalAws, at: datetime) -> dict[str, Any]:
+    response = local_aws.client("lambda").invoke(
+        FunctionName=local_aws.function("ResumeOrphanedOrdersFunction"),
+        Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "time": at.isoformat()}),
+    )
+    assert "FunctionError" not in response, response["Payload"].read()
+    return json.loads(response["Payload"].read())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("customer_cancels", [False, True], ids=["started", "cancelled-while-orphaned"])
+def test_an_order_whose_saga_did_not_start_is_started_by_the_sweeper(
+    shop: Shop, local_aws: LocalAws, customer_cancels: bool
+) -> None:
+    throttled = SdkFault("StartExecution", "ThrottlingException")
+    with inject(aws.stepfunctions(), throttled):
+        placed = shop.place([("MUG-1", 3)], key="orphan-1")  # accepted: the order is stored, its saga starts later
+    assert throttled.injected == 1
+    assert placed.status_code == 202 and placed.json_body["status"] == "PENDING"
+    order_id = placed.json_body["order_id"]
+    assert shop.execution_status("CheckoutStateMachine", order_id) is None
+    assert shop.place([("MUG-1", 3)], key="orphan-1").json_body["order_id"] == order_id  # the same order again
+    if customer_cancels:
+        assert shop.cancel(order_id).json_body["cancel_requested"] is True
+
+    now = datetime.now(UTC)
+    assert sweep(local_aws, now)["started"] == []  # younger than the bound: left alone
+    assert sweep(local_aws, now + timedelta(seconds=61))["started"] == [order_id]
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    end = books(shop, order_id)
+    if customer_cancels:
+        assert (end.status, end.failure_reason) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+        assert end.available == STOCK
+        assert end.provider_entries("capture") == 0
+    else:
+        assert end.status == "COMPLETED"
+        assert end.ours is not None and end.ours.captured_amount == 3 * PRICE
+        assert end.available == STOCK - 3
+    assert sweep(local_aws, now + timedelta(seconds=120))["started"] == []  # settled orders are not touched
+    assert len(shop.executions("CheckoutStateMachine")) == 1
+
+
+def test_a_refund_whose_saga_did_not_start_is_started_by_the_sweeper(shop: Shop, local_aws: LocalAws) -> None:
+    order_id = shop.place_ok([("MUG-1", 1)])["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    with inject(aws.stepfunctions(), SdkFault("StartExecution", "ServiceUnavailable")):
+        cancelled = shop.cancel(order_id)
+    assert cancelled.status_code == 202 and cancelled.json_body["status"] == "REFUNDING"
+    assert shop.execution_status("RefundStateMachine", f"refund-{order_id}") is None
+
+    assert sweep(local_aws, datetime.now(UTC) + timedelta(seconds=61))["started"] == [order_id]
+
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert end.status == "REFUNDED"
+    assert end.ours is not None and end.ours.refunded_amount == PRICE
+    assert end.available == STOCK
+
+
+# ---------------------------------------------------------------------------- 3. last-resort steps fail too
+def test_a_saga_whose_last_resort_step_fails_is_dead_lettered_from_its_execution_event(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    fail_functions(local_aws, "VoidPaymentFunction", "FlagOrderFunction")
+    order_id = shop.place_ok([("MUG-1", 2)], token="tok_chargeDeclined")["order_id"]
+
+    assert shop.wait_checkout(order_id) == "FAILED"
+    stuck = shop.wait_status(order_id, "NEEDS_ATTENTION")
+    letter = shop.wait_dead_letter(order_id, "OPEN")
+    assert (letter.status, letter.failed_step, letter.resume) == ("OPEN", "saga_failed", "compensate")
+    assert ("needs_attention", "NEEDS_ATTENTION") in [(h.step, h.status) for h in stuck.history]
+    assert shop.cancel(order_id).json_body["cancel_requested"] is True  # recorded, not dropped
+
+    heal()
+    assert shop.redrive(order_id).status_code == 202
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert (end.status, end.failure_reason) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+    assert end.ours is not None and end.ours.status == "DECLINED" and end.ours.captured_amount == 0
+    assert end.available == STOCK
+    resolved = shop.dead_letter(order_id)
+    assert resolved is not None and resolved.status == "RESOLVED"
+
+
+def test_an_aborted_redrive_reopens_its_dead_letter(shop: Shop, local_aws: LocalAws) -> None:
+    fail_functions(local_aws, "VoidPaymentFunction")
+    order_id = shop.place_ok([("MUG-1", 2)], token="tok_chargeDeclined")["order_id"]
+    checkout_stopped(shop, order_id)
+    held = PauseAt(local_aws.function("ReconcilePaymentFunction"))
+    lambda_runtime.faults.before_invoke = held
+
+    assert shop.redrive(order_id).json_body["status"] == "REDRIVING"
+    held.wait_reached()
+    shop.sfn.stop_execution(executionArn=shop.execution_arn("CheckoutStateMachine", f"{order_id}-redrive-1"))
+    reopened = shop.wait_dead_letter(order_id, "OPEN")
+    held.released.set()
+    assert reopened.redrive_count == 1
+
+    heal()
+    assert shop.redrive(order_id).json_body["redrive_count"] == 2
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-2") == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
+
+
+# ---------------------------------------------------------------------------- 4. cancel, and refunds that fail
+def test_a_refund_saga_that_fails_leaves_its_dead_letter_open(shop: Shop, local_aws: LocalAws) -> None:
+    fail_functions(local_aws, "CompleteOrderFunction")
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    checkout_stopped(shop, order_id)
+    assert shop.cancel(order_id).json_body["cancel_requested"] is True
+    fail_functions(local_aws, "RefundPaymentFunction", "FlagOrderFunction")
+
+    assert shop.redrive(order_id).status_code == 202
+    assert shop.wait_refund(order_id) == "FAILED"
+    stuck = shop.wait_status(order_id, "NEEDS_ATTENTION")
+    letter = shop.wait_dead_letter(order_id, "OPEN")
+    assert letter.resume == "refund"
+    assert stuck.cancel_requested
+
+    heal()
+    assert shop.redrive(order_id).status_code == 202
+    assert shop.wait_execution("RefundStateMachine", f"refund-{order_id}-redrive-2") == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert end.status == "REFUNDED"
+    assert end.ours is not None and end.ours.refunded_amount == end.ours.captured_amount == 2 * PRICE
+    assert end.provider is not None and end.provider.authorization.refunded_amount == 2 * PRICE
+    assert end.available == STOCK
+    resolved = shop.dead_letter(order_id)
+    assert resolved is not None and resolved.status == "RESOLVED"
+
+
+# ---------------------------------------------------------------------------- 6. timeouts
+@pytest.mark.parametrize("logical_id", ["AuthorizePaymentFunction", "CapturePaymentFunction", "CompleteOrderFunction"])
+def test_a_step_that_times_out_after_its_effect_is_retried_not_compensated(
+    shop: Shop, local_aws: LocalAws, logical_id: str
+) -> None:
+    target = local_aws.function(logical_id)
+    timed_out: list[str] = []
+
+    def answer_lost_once(function_name: str, event: Any) -> None:
+        if function_name == target and not timed_out:
+            timed_out.append(function_name)
+            raise lambda_runtime.lambda_timeout()
+
+    lambda_runtime.faults.after_invoke = answer_lost_once
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert timed_out == [target]
+    assert end.status == "COMPLETED"
+    assert end.ours is not None and end.ours.captured_amount == 2 * PRICE
+    assert end.provider is not None and end.provider_entries("capture") == 1
+    assert end.available == STOCK - 2
