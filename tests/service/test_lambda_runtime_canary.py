@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import threading
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -129,3 +130,61 @@ def test_moto_still_parses_and_invokes_where_the_step_functions_caches_hook_in()
     assert program is not again  # fresh evaluation components per execution
     with pytest.raises(asl_parser.ASLParserException):
         asl_parser.AmazonStateLanguageParser.parse('{"StartAt": ')
+
+
+def test_moto_still_has_the_event_hooks_the_eventbridge_adapter_extends() -> None:
+    from moto.events.models import EventsBackend
+    from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    from infra.local import moto_events
+
+    assert list(inspect.signature(moto_events._ORIGINAL_SEND).parameters) == [
+        "self",
+        "original_event",
+        "transform_input",
+    ]
+    assert "send_to_targets(" in inspect.getsource(EventsBackend.put_events)
+    assert "_reflect_execution_status" in inspect.getsource(moto_events._ORIGINAL_TERMINATED)
+    assert ".terminated()" in inspect.getsource(ExecutionWorker), "moto no longer reports an execution's end"
+    assert BaseExecutionWorkerCommunication.__name__ == "BaseExecutionWorkerCommunication"
+
+
+def test_an_ended_execution_reaches_a_lambda_target_through_its_status_change_rule(lambda_client: Any) -> None:
+    from infra.local import moto_events, moto_stepfunctions
+
+    moto_stepfunctions.install()
+    moto_events.install()
+    received: list[Any] = []
+    delivered = threading.Event()
+
+    def observe(function_name: str, event: Any) -> None:
+        received.append(event)
+        delivered.set()
+
+    lambda_runtime.faults.before_invoke = observe
+    try:
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+            iam, sfn, events = boto3.client("iam"), boto3.client("stepfunctions"), boto3.client("events")
+            role = iam.get_role(RoleName="canary")["Role"]["Arn"]
+            definition = {"StartAt": "F", "States": {"F": {"Type": "Fail", "Error": "Boom", "Cause": "why"}}}
+            machine = sfn.create_state_machine(name="m", definition=json.dumps(definition), roleArn=role)
+            pattern = {
+                "source": ["aws.states"],
+                "detail-type": [moto_events.DETAIL_TYPE],
+                "detail": {"status": ["FAILED"], "stateMachineArn": [machine["stateMachineArn"]]},
+            }
+            events.put_rule(Name="stopped", EventPattern=json.dumps(pattern))
+            function_arn = lambda_client.get_function(FunctionName="canary")["Configuration"]["FunctionArn"]
+            events.put_targets(Rule="stopped", Targets=[{"Id": "canary", "Arn": function_arn}])
+
+            sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="x", input='{"order_id": "o-1"}')
+
+            assert delivered.wait(30), "the status change never reached the Lambda target"
+    finally:
+        lambda_runtime.faults.clear()
+    [event] = received
+    assert (event["source"], event["detail-type"]) == ("aws.states", moto_events.DETAIL_TYPE)
+    detail = event["detail"]
+    assert (detail["status"], detail["name"], detail["error"], detail["cause"]) == ("FAILED", "x", "Boom", "why")
+    assert json.loads(detail["input"]) == {"order_id": "o-1"}

@@ -8,6 +8,7 @@ ledger, the provider's own ledger and the stock.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,10 +17,11 @@ from typing import Any
 import pytest
 
 from infra.local import lambda_runtime
-from shop import aws
+from shop import aws, config
 from shop.domain import payments as payment_domain
 from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger
+from shop.repositories.operations import DynamoBreakerStore
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import LocalAws
 from tests.service.faults import SdkFault, inject, updates_payment_to
@@ -319,3 +321,67 @@ def test_a_step_that_times_out_after_its_effect_is_retried_not_compensated(
     assert end.ours is not None and end.ours.captured_amount == 2 * PRICE
     assert end.provider is not None and end.provider_entries("capture") == 1
     assert end.available == STOCK - 2
+
+
+# ---------------------------------------------------------------------------- 5. obligations and the breaker
+def open_breaker() -> None:
+    breaker = payment_domain.payment_breaker()
+    current = breaker.state()
+    opened = current.model_copy(update={"state": "OPEN", "opened_at": time.time()})
+    assert DynamoBreakerStore().replace(breaker.name, opened, current.version)
+
+
+def test_a_capture_waits_out_an_open_breaker_and_completes(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAYMENT_BREAKER_COOLDOWN_SECONDS", "2")
+    config.reset_settings_cache()
+    at_capture = PauseAt(local_aws.function("CapturePaymentFunction"))
+    lambda_runtime.faults.before_invoke = at_capture
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    at_capture.wait_reached()
+    open_breaker()  # the provider-wide breaker opened while this order was half-way
+    at_capture.released.set()
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert end.status == "COMPLETED"
+    assert end.ours is not None and end.ours.captured_amount == 2 * PRICE
+    assert end.provider_entries("capture") == 1
+    assert end.available == STOCK - 2
+    assert payment_domain.payment_breaker().state().state == "CLOSED"  # its half-open probe closed it
+
+
+def test_a_void_waits_out_an_open_breaker_and_releases_the_hold(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAYMENT_BREAKER_COOLDOWN_SECONDS", "2")
+    config.reset_settings_cache()
+    authorized = PauseAt(
+        local_aws.function("RecordProgressFunction"), when=lambda event: event.get("step") == "authorize_payment"
+    )
+    lambda_runtime.faults.before_invoke = authorized
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    authorized.wait_reached()
+    assert shop.cancel(order_id).status_code == 202
+    open_breaker()
+    authorized.released.set()
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert (end.status, end.failure_reason) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+    assert end.ours is not None and end.ours.status == "VOIDED"
+    assert end.provider is not None and end.provider.authorization.status == "VOIDED"
+    assert end.available == STOCK
+    assert payment_domain.payment_breaker().state().state == "CLOSED"
+
+
+def test_a_new_authorization_fails_fast_on_an_open_breaker(shop: Shop) -> None:
+    open_breaker()
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert (end.status, end.failure_reason) == ("CANCELLED", "PAYMENT_UNAVAILABLE")
+    assert end.provider is None  # never reached the provider
+    assert end.available == STOCK
