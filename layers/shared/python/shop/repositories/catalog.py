@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from shop import aws
 from shop.config import table_settings
 from shop.errors import ProductAlreadyExists, TransientError
 from shop.models.catalog import Product, StockLedgerEntry
 from shop.models.money import Money
-from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, serialize, unmarshal
+from shop.repositories.dynamodb import (
+    call,
+    cancellation_codes,
+    error_code,
+    is_condition_failure,
+    marshal,
+    serialize,
+    unmarshal,
+)
 
 LISTING_ACTIVE = "ACTIVE"
 ACTIVE_PRODUCTS = "ActiveProducts"
@@ -37,19 +44,17 @@ class ConditionFailed(Exception):
     """A conditional write found the item changed or missing; the caller re-reads and decides."""
 
 
-def _call(operation: Callable[..., _T], **request: Any) -> _T:
+def _call(operation: str, **request: Any) -> Any:
+    """One catalog request: a failed condition, alone or in a transaction, is ConditionFailed."""
     try:
-        return operation(**request)
+        return call(operation, busy=TransientError, **request)
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code == "ConditionalCheckFailedException":
-            raise ConditionFailed(code) from error
-        if code == "TransactionCanceledException":
-            reasons = [str(r.get("Code", "None")) for r in error.response.get("CancellationReasons", [])]
-            if any(reason == "ConditionalCheckFailed" for reason in reasons):
-                raise ConditionFailed(", ".join(reasons)) from error
-            raise TransientError("the catalog is busy; retry") from error
-        if code in BUSY_ERROR_CODES:
+        if is_condition_failure(error):
+            raise ConditionFailed(error_code(error)) from error
+        if error_code(error) == "TransactionCanceledException":
+            codes = cancellation_codes(error)
+            if "ConditionalCheckFailed" in codes:
+                raise ConditionFailed(", ".join(codes)) from error
             raise TransientError("the catalog is busy; retry") from error
         raise
 
@@ -101,7 +106,7 @@ def insert_product(product: Product) -> None:
     """Store a new product; ProductAlreadyExists (409) if the SKU is taken."""
     try:
         _call(
-            aws.dynamodb().put_item,
+            "put_item",
             TableName=table_settings().products_table,
             Item=product_item(product),
             ConditionExpression="attribute_not_exists(sku)",
@@ -112,7 +117,7 @@ def insert_product(product: Product) -> None:
 
 def get_product(sku: str) -> Product | None:
     response = _call(
-        aws.dynamodb().get_item,
+        "get_item",
         TableName=table_settings().products_table,
         Key={"sku": {"S": sku}},
         ConsistentRead=True,
@@ -134,7 +139,7 @@ def get_products(skus: Iterable[str]) -> dict[str, Product]:
             }
         }
         for attempt in range(_BATCH_ATTEMPTS):
-            response = _call(aws.dynamodb().batch_get_item, RequestItems=pending)
+            response = _call("batch_get_item", RequestItems=pending)
             for item in response.get("Responses", {}).get(table, []):
                 product = to_product(item)
                 found[product.sku] = product
@@ -176,7 +181,7 @@ def query_active(
         request["ExpressionAttributeValues"] = {":value": {"S": category}}
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
-    response = _call(aws.dynamodb().query, **request)
+    response = _call("query", **request)
     products = [to_product(item) for item in response.get("Items", [])]
     if len(products) > limit:
         products = products[:limit]
@@ -219,7 +224,7 @@ def update_product(
     if removals:
         expression = f"{expression} REMOVE {', '.join(removals)}"
     response = _call(
-        aws.dynamodb().update_item,
+        "update_item",
         TableName=table_settings().products_table,
         Key={"sku": {"S": sku}},
         UpdateExpression=expression,
@@ -239,7 +244,7 @@ def record_stock_adjustment(entry: StockLedgerEntry, *, expected_available: int,
     """
     tables = table_settings()
     _call(
-        aws.dynamodb().transact_write_items,
+        "transact_write_items",
         TransactItems=[
             {
                 "Update": {
@@ -282,7 +287,7 @@ def stock_ledger(sku: str) -> list[StockLedgerEntry]:
         "ConsistentRead": True,
     }
     while True:
-        response = _call(aws.dynamodb().query, **request)
+        response = _call("query", **request)
         for item in response.get("Items", []):
             plain = unmarshal(item)
             plain["delta"], plain["available"] = _int(plain["delta"]), _int(plain["available"])

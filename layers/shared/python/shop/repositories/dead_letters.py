@@ -12,11 +12,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shop import aws
 from shop.config import table_settings
+from shop.errors import OrderContention
 from shop.models.orders import DeadLetter, Failure, ResumePoint
-from shop.repositories.dynamodb import marshal, unmarshal
-from shop.repositories.orders import call
+from shop.repositories.dynamodb import call, is_condition_failure, marshal, unmarshal
 
 PARTITION = "DEAD_LETTER"
 # A Step Functions cause carries a stack trace; keep what an operator needs to read.
@@ -33,7 +32,11 @@ def _to_dead_letter(item: Mapping[str, Any]) -> DeadLetter:
 
 def get(order_id: str) -> DeadLetter | None:
     response = call(
-        aws.dynamodb().get_item, TableName=table_settings().operations_table, Key=_key(order_id), ConsistentRead=True
+        "get_item",
+        busy=OrderContention,
+        TableName=table_settings().operations_table,
+        Key=_key(order_id),
+        ConsistentRead=True,
     )
     item = response.get("Item")
     return _to_dead_letter(item) if item else None
@@ -63,7 +66,8 @@ def record(
         ":zero": 0,
     }
     response = call(
-        aws.dynamodb().update_item,
+        "update_item",
+        busy=OrderContention,
         TableName=table_settings().operations_table,
         Key=_key(order_id),
         UpdateExpression=(
@@ -90,7 +94,8 @@ def start_redrive(order_id: str, *, expected_count: int, execution_name: str, no
     """OPEN -> REDRIVING as redrive number ``expected_count + 1``; None if someone else moved it first."""
     try:
         response = call(
-            aws.dynamodb().update_item,
+            "update_item",
+            busy=OrderContention,
             TableName=table_settings().operations_table,
             Key=_key(order_id),
             UpdateExpression=(
@@ -109,7 +114,7 @@ def start_redrive(order_id: str, *, expected_count: int, execution_name: str, no
             ReturnValues="ALL_NEW",
         )
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+        if is_condition_failure(error):
             return None
         raise
     return _to_dead_letter(response["Attributes"])
@@ -120,7 +125,8 @@ def reopen_redrive(order_id: str, *, execution_name: str, error: str | None, cau
     order (aborted, timed out, failed before its own flag step); False if the letter moved on."""
     try:
         call(
-            aws.dynamodb().update_item,
+            "update_item",
+            busy=OrderContention,
             TableName=table_settings().operations_table,
             Key=_key(order_id),
             UpdateExpression="SET #status = :open, #error = :error, cause = :cause, updated_at = :now",
@@ -136,7 +142,7 @@ def reopen_redrive(order_id: str, *, execution_name: str, error: str | None, cau
             },
         )
     except ClientError as error_:
-        if error_.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+        if is_condition_failure(error_):
             return False
         raise
     return True
@@ -146,7 +152,8 @@ def resolve(order_id: str, *, now: str) -> None:
     """Mark the order's dead letter RESOLVED; a no-op when there is none or it is resolved."""
     try:
         call(
-            aws.dynamodb().update_item,
+            "update_item",
+            busy=OrderContention,
             TableName=table_settings().operations_table,
             Key=_key(order_id),
             UpdateExpression="SET #status = :resolved, updated_at = :now",
@@ -155,7 +162,7 @@ def resolve(order_id: str, *, now: str) -> None:
             ExpressionAttributeValues={":resolved": {"S": "RESOLVED"}, ":now": {"S": now}},
         )
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+        if not is_condition_failure(error):
             raise
 
 
@@ -169,6 +176,6 @@ def list_page(*, limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[
     }
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
-    response = call(aws.dynamodb().query, **request)
+    response = call("query", busy=OrderContention, **request)
     letters = [_to_dead_letter(item) for item in response.get("Items", [])]
     return letters, response.get("LastEvaluatedKey")

@@ -1,4 +1,10 @@
-"""What every repository needs from DynamoDB's low-level client: item (un)marshalling and error codes."""
+"""What every repository needs from DynamoDB's low-level client: one call helper, item (un)marshalling
+and the error codes.
+
+``call`` is the only place a repository talks to the client: the transient error it raises for
+a busy table is an argument (the one its callers' retry policies name), so which error a
+repository raises is visible at each call, and a new throttling code is one edit here.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+
+from shop import aws
+from shop.errors import TransientError
 
 # Codes that mean "DynamoDB is busy, try the whole call again later"; each repository turns them
 # into its transient error (the one its callers' retry policies name).
@@ -43,3 +52,27 @@ def unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
 
 def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def call(operation: str, *, busy: type[TransientError], **request: Any) -> Any:
+    """Run ``operation`` (e.g. ``"update_item"``) on the shared client; a busy table raises ``busy``.
+
+    Every other failure, a failed condition included, is the ClientError itself.
+    """
+    try:
+        return getattr(aws.dynamodb(), operation)(**request)
+    except ClientError as error:
+        code = error_code(error)
+        if code in BUSY_ERROR_CODES:
+            raise busy(f"DynamoDB is busy ({code}); retry") from error
+        raise
+
+
+def is_condition_failure(error: ClientError) -> bool:
+    """The item did not satisfy the request's ConditionExpression."""
+    return error_code(error) == "ConditionalCheckFailedException"
+
+
+def cancellation_codes(error: ClientError) -> list[str]:
+    """The per-item reasons of a TransactionCanceledException, in request order ("None" where none)."""
+    return [str(reason.get("Code", "None")) for reason in error.response.get("CancellationReasons", [])]

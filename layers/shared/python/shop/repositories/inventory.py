@@ -7,17 +7,16 @@ ONE transaction, so stock and reservations cannot disagree and nothing oversells
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from shop import aws
 from shop.config import table_settings
 from shop.errors import InventoryContention
 from shop.models.inventory import Reservation, ReservationStatus, StoredLine
-from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, unmarshal
+from shop.repositories.dynamodb import call, error_code, is_condition_failure, marshal, unmarshal
 
 HELD = "HELD"
 HELD_BY_EXPIRY = "HeldByExpiry"
@@ -52,16 +51,13 @@ def _reasons(error: ClientError) -> list[CancellationReason]:
     ]
 
 
-def _call(operation: Callable[..., _T], **request: Any) -> _T:
-    """Run one DynamoDB call, turning AWS's failure codes into what the domain acts on."""
+def _call(operation: str, **request: Any) -> Any:
+    """One inventory request: a cancelled transaction is TransactionCancelled with its reasons."""
     try:
-        return operation(**request)
+        return call(operation, busy=InventoryContention, **request)
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code == "TransactionCanceledException":
+        if error_code(error) == "TransactionCanceledException":
             raise TransactionCancelled(_reasons(error)) from error
-        if code in BUSY_ERROR_CODES:
-            raise InventoryContention(f"DynamoDB is busy ({code}); retry") from error
         raise
 
 
@@ -103,7 +99,7 @@ def _stock_update(products_table: str, line: StoredLine, *, take: bool) -> dict[
 
 def get_reservation(reservation_id: str) -> Reservation | None:
     response = _call(
-        aws.dynamodb().get_item,
+        "get_item",
         TableName=table_settings().reservations_table,
         Key={"reservation_id": {"S": reservation_id}},
         ConsistentRead=True,
@@ -130,7 +126,7 @@ def create_reservation(reservation: Reservation) -> None:
         }
     ]
     actions += [_stock_update(tables.products_table, line, take=True) for line in reservation.lines]
-    _call(aws.dynamodb().transact_write_items, TransactItems=actions)
+    _call("transact_write_items", TransactItems=actions)
 
 
 def commit_reservation(reservation_id: str, updated_at: str) -> Reservation | None:
@@ -139,7 +135,9 @@ def commit_reservation(reservation_id: str, updated_at: str) -> Reservation | No
     A committed reservation keeps no ``purge_at``: a refund may still return its stock.
     """
     try:
-        response = aws.dynamodb().update_item(
+        response = call(
+            "update_item",
+            busy=InventoryContention,
             TableName=table_settings().reservations_table,
             Key={"reservation_id": {"S": reservation_id}},
             UpdateExpression="SET #status = :committed, updated_at = :updated_at REMOVE held",
@@ -153,11 +151,8 @@ def commit_reservation(reservation_id: str, updated_at: str) -> Reservation | No
             ReturnValues="ALL_NEW",
         )
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code == "ConditionalCheckFailedException":
+        if is_condition_failure(error):
             return None
-        if code in BUSY_ERROR_CODES:
-            raise InventoryContention(f"DynamoDB is busy ({code}); retry") from error
         raise
     return to_reservation(unmarshal(response["Attributes"]))
 
@@ -194,7 +189,7 @@ def release_reservation(
         }
     ]
     actions += [_stock_update(tables.products_table, line, take=False) for line in reservation.lines]
-    _call(aws.dynamodb().transact_write_items, TransactItems=actions)
+    _call("transact_write_items", TransactItems=actions)
 
 
 def held_expired_ids(now: int, limit: int) -> Iterator[str]:
@@ -212,7 +207,7 @@ def held_expired_ids(now: int, limit: int) -> Iterator[str]:
     }
     yielded = 0
     while yielded < limit:
-        page = _call(aws.dynamodb().query, **request)
+        page = _call("query", **request)
         for item in page.get("Items", []):
             yield item["reservation_id"]["S"]
             yielded += 1

@@ -19,7 +19,6 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shop import aws
 from shop.config import table_settings
 from shop.errors import (
     CaptureExceedsAuthorization,
@@ -30,7 +29,7 @@ from shop.errors import (
 from shop.models.base import iso_now
 from shop.payments.circuit_breaker import BreakerState
 from shop.payments.simulator import LedgerAuthorization, LedgerEntry, SimulatedResult, SimulatorLedger
-from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, unmarshal
+from shop.repositories.dynamodb import call, cancellation_codes, error_code, is_condition_failure, marshal, unmarshal
 
 
 def _key(pk: str, sk: str) -> dict[str, Any]:
@@ -42,17 +41,8 @@ def _table() -> str:
 
 
 def _call(operation: str, **request: Any) -> Any:
-    try:
-        return getattr(aws.dynamodb(), operation)(**request)
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code in BUSY_ERROR_CODES:
-            raise PaymentProviderError(f"operations state is busy ({code}); retry") from error
-        raise
-
-
-def _is_condition_failure(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    # The breaker and the simulator serve the payment steps, whose retry policies name this error.
+    return call(operation, busy=PaymentProviderError, **request)
 
 
 # ---------------------------------------------------------------------------- circuit breakers
@@ -94,7 +84,7 @@ class DynamoBreakerStore:
         try:
             _call("put_item", TableName=_table(), Item=marshal(item), **condition)
         except ClientError as error:
-            if _is_condition_failure(error):
+            if is_condition_failure(error):
                 return False
             raise
         return True
@@ -135,7 +125,7 @@ class DynamoSimulatorStore:
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as error:
-            if _is_condition_failure(error):
+            if is_condition_failure(error):
                 return False
             raise
         return True
@@ -259,10 +249,10 @@ class DynamoSimulatorStore:
         try:
             _call("transact_write_items", TransactItems=[put_result, *ledger_actions])
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+            if error_code(error) != "TransactionCanceledException":
                 raise
             reasons = error.response.get("CancellationReasons", [])
-            codes = [str(reason.get("Code", "None")) for reason in reasons]
+            codes = cancellation_codes(error)
             if "TransactionConflict" in codes:
                 raise PaymentProviderError("simulator state is busy (TransactionConflict); retry") from error
             if codes and codes[0] == "ConditionalCheckFailed":

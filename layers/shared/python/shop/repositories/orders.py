@@ -6,10 +6,10 @@ so the saga's steps and a customer's cancel request can never overwrite each oth
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from botocore.exceptions import ClientError
@@ -18,15 +18,12 @@ from shop import aws
 from shop.config import table_settings
 from shop.errors import OrderContention
 from shop.models.orders import SAGA_IN_PROGRESS, Order
-from shop.repositories.dynamodb import BUSY_ERROR_CODES, marshal, unmarshal
+from shop.repositories.dynamodb import call, is_condition_failure, marshal, unmarshal
 
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
 ORDERS_IN_PROGRESS = "OrdersInProgress"
 # The one value of the sparse OrdersInProgress index's key; absent on every other order.
 IN_PROGRESS = "IN_PROGRESS"
-
-
-_T = TypeVar("_T")
 
 
 class VersionConflict(Exception):
@@ -48,21 +45,6 @@ def _unmarshal_plain(item: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _plain(value) for key, value in unmarshal(item).items()}
 
 
-def call(operation: Callable[..., _T], **request: Any) -> _T:
-    """Run one DynamoDB call; throttling and the like become OrderContention (transient)."""
-    try:
-        return operation(**request)
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code in BUSY_ERROR_CODES:
-            raise OrderContention(f"DynamoDB is busy ({code}); retry") from error
-        raise
-
-
-def _is_condition_failure(error: ClientError) -> bool:
-    return bool(error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
-
-
 def _order_item(order: Order) -> dict[str, Any]:
     item = order.model_dump(mode="json")
     item["created_key"] = order.created_key
@@ -76,7 +58,8 @@ def to_order(item: Mapping[str, Any]) -> Order:
 
 def get(order_id: str) -> Order | None:
     response = call(
-        aws.dynamodb().get_item,
+        "get_item",
+        busy=OrderContention,
         TableName=table_settings().orders_table,
         Key={"order_id": {"S": order_id}},
         ConsistentRead=True,
@@ -89,13 +72,14 @@ def create(order: Order) -> Order:
     """Store a new order; if one with this id exists already, return the stored one unchanged."""
     try:
         call(
-            aws.dynamodb().put_item,
+            "put_item",
+            busy=OrderContention,
             TableName=table_settings().orders_table,
             Item=_order_item(order),
             ConditionExpression="attribute_not_exists(order_id)",
         )
     except ClientError as error:
-        if not _is_condition_failure(error):
+        if not is_condition_failure(error):
             raise
         existing = get(order.order_id)
         if existing is None:  # deleted in between: nothing deletes orders, so this is a bug
@@ -108,7 +92,8 @@ def save(order: Order, *, expected_version: int) -> None:
     """Replace the order if it still has ``expected_version``; else raise VersionConflict."""
     try:
         call(
-            aws.dynamodb().put_item,
+            "put_item",
+            busy=OrderContention,
             TableName=table_settings().orders_table,
             Item=_order_item(order),
             ConditionExpression="#version = :expected",
@@ -116,7 +101,7 @@ def save(order: Order, *, expected_version: int) -> None:
             ExpressionAttributeValues={":expected": {"N": str(expected_version)}},
         )
     except ClientError as error:
-        if _is_condition_failure(error):
+        if is_condition_failure(error):
             raise VersionConflict(order.order_id) from error
         raise
 
@@ -138,7 +123,7 @@ def list_for_customer(
     }
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
-    response = call(aws.dynamodb().query, **request)
+    response = call("query", busy=OrderContention, **request)
     orders = [to_order(item) for item in response.get("Items", [])]
     return orders, response.get("LastEvaluatedKey")
 
@@ -154,7 +139,7 @@ def in_progress_since(updated_before: str, *, limit: int) -> list[str]:
         "Limit": limit,
     }
     while len(ids) < limit:
-        response = call(aws.dynamodb().query, **request)
+        response = call("query", busy=OrderContention, **request)
         ids.extend(item["order_id"]["S"] for item in response.get("Items", []))
         if "LastEvaluatedKey" not in response:
             break

@@ -15,13 +15,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shop import aws
 from shop.config import table_settings
 from shop.errors import PaymentProviderError
 from shop.models.base import iso_now
 from shop.models.money import Currency
 from shop.models.payments import Payment
-from shop.repositories.dynamodb import BUSY_ERROR_CODES, serialize, unmarshal
+from shop.repositories.dynamodb import call, is_condition_failure, serialize, unmarshal
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,12 @@ class PaymentsRepository:
         return table_settings().payments_table
 
     def get(self, order_id: str) -> Payment | None:
-        response = self._call(
-            "get_item", TableName=self._table(), Key={"order_id": {"S": order_id}}, ConsistentRead=True
+        response = call(
+            "get_item",
+            busy=PaymentProviderError,
+            TableName=self._table(),
+            Key={"order_id": {"S": order_id}},
+            ConsistentRead=True,
         )
         item = response.get("Item")
         return to_payment(item) if item else None
@@ -186,8 +189,9 @@ class PaymentsRepository:
     ) -> Transition:
         values = {":now": now or iso_now(), **values}
         try:
-            response = self._call(
+            response = call(
                 "update_item",
+                busy=PaymentProviderError,
                 TableName=self._table(),
                 Key={"order_id": {"S": order_id}},
                 UpdateExpression=expression,
@@ -198,18 +202,8 @@ class PaymentsRepository:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not is_condition_failure(error):
                 raise
             item = error.response.get("Item")
             return Transition(applied=False, payment=to_payment(item) if item else None)
         return Transition(applied=True, payment=to_payment(response["Attributes"]))
-
-    @staticmethod
-    def _call(operation: str, **request: Any) -> Any:
-        try:
-            return getattr(aws.dynamodb(), operation)(**request)
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code in BUSY_ERROR_CODES:
-                raise PaymentProviderError(f"the payments ledger is busy ({code}); retry") from error
-            raise
