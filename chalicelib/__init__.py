@@ -2,5 +2,6 @@
 
 - ``http``: problem+json errors, request parsing, auth helpers and the ``route`` decorator.
 - ``openapi``: the OpenAPI 3.1 document built from the registered routes.
-- ``catalog``: the catalog routes (a Blueprint).
+- ``catalog``, ``orders``, ``admin``: the route blueprints (catalog; orders; operators' dead letters
+  and circuit breakers).
 """

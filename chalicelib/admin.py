@@ -6,8 +6,7 @@ from chalice import Blueprint, Response
 
 from chalicelib import http
 from shop.auth import Principal
-from shop.domain import checkout as domain
-from shop.domain import payments
+from shop.domain import operations, payments
 from shop.models.base import Record, StrictModel
 from shop.models.orders import DeadLetter, DeadLetterPage, OrderId
 from shop.models.payments import CircuitBreakerStatus
@@ -39,7 +38,7 @@ class CircuitBreakerList(Record):
     tags=_TAGS,
 )
 def list_dead_letters(query: DeadLetterQuery, principal: Principal) -> Response:
-    return http.json_response(domain.list_dead_letters(limit=query.limit, next_token=query.next_token))
+    return http.json_response(operations.list_dead_letters(limit=query.limit, next_token=query.next_token))
 
 
 @http.route(
@@ -58,7 +57,7 @@ def list_dead_letters(query: DeadLetterQuery, principal: Principal) -> Response:
     tags=_TAGS,
 )
 def redrive_dead_letter(order_id: str, principal: Principal) -> Response:
-    return http.json_response(domain.redrive(order_id), status=202)
+    return http.json_response(operations.redrive(order_id), status=202)
 
 
 @http.route(

@@ -6,7 +6,7 @@ from chalice import Blueprint, Response
 
 from chalicelib import http
 from shop.auth import Principal
-from shop.domain import checkout as domain
+from shop.domain import orders as domain
 from shop.errors import FieldError
 from shop.models.base import StrictModel
 from shop.models.orders import OrderId, OrderPage, OrderView, PlaceOrderRequest
@@ -107,4 +107,4 @@ def get_order(order_id: str, principal: Principal) -> Response:
     tags=_TAGS,
 )
 def cancel_order(order_id: str, principal: Principal) -> Response:
-    return http.json_response(domain.cancel_order(order_id, principal), status=202)
+    return http.json_response(domain.request_cancellation(order_id, principal), status=202)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shop.domain import orders as lifecycle
+from shop.domain import order_lifecycle as lifecycle
 from shop.errors import OrderStateConflict
 from shop.models.money import Money
 from shop.models.orders import CancelOrder, Failure, HistoryEntry, Order, OrderLine, OrderStatus
@@ -130,34 +130,34 @@ def test_flagging_needs_attention_records_the_failed_step_once() -> None:
 
 
 def test_cancel_request_on_a_pending_order_raises_the_flag_once() -> None:
-    decision = lifecycle.cancel_requested(_order("STOCK_RESERVED"), NOW)
+    decision = lifecycle.decide_cancel(_order("STOCK_RESERVED"), NOW)
     assert decision.order is not None and not decision.start_refund
     assert decision.order.cancel_requested
     assert decision.order.status == "STOCK_RESERVED"  # the saga decides at its next checkpoint
-    again = lifecycle.cancel_requested(decision.order, LATER)
+    again = lifecycle.decide_cancel(decision.order, LATER)
     assert again.order is None and not again.start_refund
 
 
 def test_cancel_request_on_a_completed_order_starts_a_refund() -> None:
-    decision = lifecycle.cancel_requested(_order("COMPLETED"), NOW)
+    decision = lifecycle.decide_cancel(_order("COMPLETED"), NOW)
     assert decision.order is not None and decision.start_refund
     assert decision.order.status == "REFUNDING"
     # Asking again only makes sure the refund saga runs (starting it again is a no-op).
-    again = lifecycle.cancel_requested(decision.order, LATER)
+    again = lifecycle.decide_cancel(decision.order, LATER)
     assert again.order is None and again.start_refund
 
 
 @pytest.mark.parametrize("status", ["CANCELLED", "REFUNDED"])
 def test_cancel_request_on_a_settled_order_changes_nothing(status: OrderStatus) -> None:
-    decision = lifecycle.cancel_requested(_order(status), NOW)
+    decision = lifecycle.decide_cancel(_order(status), NOW)
     assert decision.order is None and not decision.start_refund
 
 
 def test_cancel_request_on_an_order_needing_attention_is_recorded_for_the_redrive() -> None:
-    decision = lifecycle.cancel_requested(_order("NEEDS_ATTENTION"), NOW)
+    decision = lifecycle.decide_cancel(_order("NEEDS_ATTENTION"), NOW)
     assert decision.order is not None and not decision.start_refund
     assert (decision.order.status, decision.order.cancel_requested) == ("NEEDS_ATTENTION", True)
-    assert lifecycle.cancel_requested(decision.order, LATER).order is None  # asking again changes nothing
+    assert lifecycle.decide_cancel(decision.order, LATER).order is None  # asking again changes nothing
 
 
 @pytest.mark.parametrize("status", ["PENDING", "STOCK_RESERVED", "PAYMENT_AUTHORIZED", "NEEDS_ATTENTION"])
@@ -176,14 +176,14 @@ def test_a_settled_order_is_not_handed_to_the_refund_saga(status: OrderStatus) -
 def test_cancel_racing_completion_ends_refunded_whichever_writes_first() -> None:
     authorized = _order("PAYMENT_AUTHORIZED")
     # The cancel request wins the write: completion sees the flag and hands over to the refund.
-    flagged = lifecycle.cancel_requested(authorized, NOW).order
+    flagged = lifecycle.decide_cancel(authorized, NOW).order
     assert flagged is not None
     after = lifecycle.completed(flagged, LATER)
     assert after is not None and after.status == "REFUNDING"
     # The completion wins the write: the cancel request turns into a refund.
     completed = lifecycle.completed(authorized, NOW)
     assert completed is not None
-    decision = lifecycle.cancel_requested(completed, LATER)
+    decision = lifecycle.decide_cancel(completed, LATER)
     assert decision.start_refund and decision.order is not None and decision.order.status == "REFUNDING"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shop.domain.checkout import order_id_for
+from shop.domain.orders import order_id_for
 from shop.errors import FieldError
 from shop.models.base import parse_event
 from shop.models.orders import PlaceOrderRequest, RecordProgress

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shop.domain import orders
+from shop.domain import order_saga
 from shop.models.base import parse_event
 from shop.models.orders import StartRefund
 from shop.observability import instrumented
@@ -12,4 +12,4 @@ from shop.observability import instrumented
 
 @instrumented
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return orders.start_refund(parse_event(StartRefund, event)).model_dump(mode="json")
+    return order_saga.start_refund(parse_event(StartRefund, event)).model_dump(mode="json")

@@ -1,9 +1,9 @@
 """Every error a client or a state machine can see.
 
 The HTTP layer maps these to `application/problem+json` by type (``status``, ``title``,
-``slug``), in one place (``shop.http.problems``). Saga steps raise them too: the class name is
+``slug``), in one place (``chalicelib/http.py``). Saga steps raise them too: the class name is
 the error name that the state machines' Retry and Catch match, so renaming one is a breaking
-change to ``statemachines/``.
+change to ``statemachines/`` (tests/unit/test_saga_terms.py checks every name they use).
 """
 
 from __future__ import annotations

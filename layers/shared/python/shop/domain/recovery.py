@@ -22,8 +22,9 @@ from datetime import UTC, datetime, timedelta
 from aws_lambda_powertools.metrics import MetricUnit
 
 from shop.config import recovery_settings
-from shop.domain import orders as lifecycle
-from shop.domain.checkout import start_checkout
+from shop.domain import order_lifecycle as lifecycle
+from shop.domain import order_saga
+from shop.domain.orders import start_checkout
 from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
@@ -96,7 +97,7 @@ def _dead_letter(
     now: str,
 ) -> None:
     failed_step = f"saga_{status.lower()}"
-    flagged, changed = lifecycle.mutate(order.order_id, lambda current: lifecycle.flagged(current, failed_step, now))
+    flagged, changed = repository.update(order.order_id, lambda current: lifecycle.flagged(current, failed_step, now))
     dead_letters.record(
         order_id=order.order_id,
         resume=resume,
@@ -130,7 +131,7 @@ def resume_orphans(now: datetime) -> OrphanSweep:
         status = sagas.status(machine, name)
         if status is None:
             if refund:
-                lifecycle.request_refund(order_id)
+                order_saga.start_refund_saga(order_id)
             else:
                 start_checkout(order)
             sweep.started.append(order_id)

@@ -6,7 +6,7 @@ so the saga's steps and a customer's cancel request can never overwrite each oth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from shop import aws
 from shop.config import table_settings
-from shop.errors import OrderContention
+from shop.errors import OrderContention, OrderNotFound
 from shop.models.orders import SAGA_IN_PROGRESS, Order
 from shop.repositories.dynamodb import call, is_condition_failure, marshal, unmarshal
 
@@ -24,6 +24,8 @@ ORDERS_BY_CUSTOMER = "OrdersByCustomer"
 ORDERS_IN_PROGRESS = "OrdersInProgress"
 # The one value of the sparse OrdersInProgress index's key; absent on every other order.
 IN_PROGRESS = "IN_PROGRESS"
+# A cancel request and the saga rarely collide more than once; more means something is wrong.
+MAX_WRITE_ATTEMPTS = 8
 
 
 class VersionConflict(Exception):
@@ -104,6 +106,28 @@ def save(order: Order, *, expected_version: int) -> None:
         if is_condition_failure(error):
             raise VersionConflict(order.order_id) from error
         raise
+
+
+def update(order_id: str, change: Callable[[Order], Order | None]) -> tuple[Order, bool]:
+    """Apply ``change`` (a pure transition) to the stored order with optimistic locking.
+
+    Returns the order as it now stands and whether it changed. The saga's steps and a racing
+    cancel request serialize on ``version``: each re-reads and re-decides after losing a race.
+    """
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        order = get(order_id)
+        if order is None:
+            raise OrderNotFound(f"order {order_id} does not exist")
+        updated = change(order)
+        if updated is None:
+            return order, False
+        updated = updated.model_copy(update={"version": order.version + 1})
+        try:
+            save(updated, expected_version=order.version)
+        except VersionConflict:
+            continue
+        return updated, True
+    raise OrderContention(f"order {order_id} kept changing; retry")
 
 
 def list_for_customer(

@@ -1,0 +1,73 @@
+"""What operators do: list the dead letters and redrive one.
+
+A redrive restarts the saga where the dead letter says, once per redrive: the checkout machine at
+``ReconcilePayment`` (it resumes from what the provider says happened to the payment), or the
+refund machine from its start.
+"""
+
+from __future__ import annotations
+
+from shop.domain import order_lifecycle as lifecycle
+from shop.errors import DeadLetterNotFound
+from shop.models.base import iso_now
+from shop.models.orders import DeadLetter, DeadLetterPage, Failure
+from shop.pagination import decode_token, encode_token
+from shop.repositories import dead_letters, sagas
+from shop.repositories import orders as repository
+
+DEAD_LETTERS_LISTING = "dead-letters"
+
+
+def list_dead_letters(*, limit: int, next_token: str | None) -> DeadLetterPage:
+    binding: dict[str, str | int | None] = {}
+    start = decode_token(DEAD_LETTERS_LISTING, next_token, binding)
+    letters, last_key = dead_letters.list_page(limit=limit, start_key=start)
+    return DeadLetterPage(items=letters, next_token=encode_token(DEAD_LETTERS_LISTING, last_key, binding))
+
+
+def redrive(order_id: str) -> DeadLetter:
+    """Finish a dead-lettered saga: restart it where the dead letter says, once per redrive.
+
+    OPEN -> REDRIVING as redrive number n with execution name ``<saga name>-redrive-<n>``; asking
+    again while it runs only makes sure that execution exists, and a RESOLVED one is left alone.
+    """
+    letter = dead_letters.get(order_id)
+    if letter is None:
+        raise DeadLetterNotFound(f"no dead letter for order {order_id}")
+    if letter.status == "OPEN":
+        number = letter.redrive_count + 1
+        base = (
+            sagas.refund_execution_name(order_id)
+            if letter.resume == "refund"
+            else sagas.checkout_execution_name(order_id)
+        )
+        claimed = dead_letters.start_redrive(
+            order_id,
+            expected_count=letter.redrive_count,
+            execution_name=sagas.redrive_execution_name(base, number),
+            now=iso_now(),
+        )
+        letter = claimed or dead_letters.get(order_id) or letter
+    if letter.status == "REDRIVING" and letter.redrive_execution:
+        _start_redrive(letter, letter.redrive_execution)
+    return letter
+
+
+def _start_redrive(letter: DeadLetter, name: str) -> None:
+    if letter.resume == "refund":
+        sagas.start(sagas.refund_state_machine_arn(), name=name, payload={"order_id": letter.order_id})
+        return
+    # Every checkout redrive first reconciles the payment with the provider; if nothing was
+    # captured it compensates with the recorded failure (or, when the saga stopped before it
+    # knew one, as the payment not having gone through).
+    failure = letter.failure or _unsettled_failure(letter.order_id)
+    payload = {"order_id": letter.order_id, "mode": letter.resume, "failure": failure.model_dump(mode="json")}
+    sagas.start(sagas.checkout_state_machine_arn(), name=name, payload=payload)
+
+
+def _unsettled_failure(order_id: str) -> Failure:
+    """Why to compensate when the saga stopped before recording a reason."""
+    order = repository.get(order_id)
+    if order is not None and order.cancel_requested:
+        return lifecycle.CUSTOMER_CANCELLED
+    return lifecycle.UNSETTLED_FAILURE

@@ -1,0 +1,138 @@
+"""The order's life cycle, as pure functions of the stored order.
+
+An order moves PENDING -> STOCK_RESERVED -> PAYMENT_AUTHORIZED -> COMPLETED, or to CANCELLED
+(compensated), REFUNDING -> REFUNDED (cancelled after capture, or a capture that cannot
+complete), or NEEDS_ATTENTION (the saga could not finish; an operator redrives it). Each
+transition returns the changed order, or None when it finds its work done, so every step is safe
+to run twice; history entries are appended only if that (step, status) pair is not recorded yet.
+``shop.repositories.orders.update`` applies a transition with optimistic locking, so the saga and
+a racing cancel request serialize on the order's ``version``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shop.errors import OrderStateConflict
+from shop.models.orders import CHECKOUT_IN_PROGRESS, CancelOrder, Failure, HistoryEntry, Order, OrderStatus
+from shop.saga_terms import PAYMENT_COMPENSATIONS, Outcome, Step
+
+SUCCEEDED = Outcome.SUCCEEDED
+FAILED = Outcome.FAILED
+
+_PROGRESS_STATUS: dict[str, OrderStatus] = {
+    Step.RESERVE_STOCK: "STOCK_RESERVED",
+    Step.AUTHORIZE_PAYMENT: "PAYMENT_AUTHORIZED",
+}
+_PROGRESS_RANK: dict[str, int] = {"PENDING": 0, "STOCK_RESERVED": 1, "PAYMENT_AUTHORIZED": 2}
+
+# Why a checkout is compensated when the saga stopped before recording a reason (it failed
+# outside its own catches, or a redrive found nothing captured): the payment did not go through.
+UNSETTLED_FAILURE = Failure(reason="PAYMENT_UNAVAILABLE", step=None, compensations=list(PAYMENT_COMPENSATIONS))
+CUSTOMER_CANCELLED = Failure(reason="CANCELLED_BY_CUSTOMER", step=None, compensations=list(PAYMENT_COMPENSATIONS))
+
+
+def with_history(order: Order, entries: Sequence[tuple[str, str]], now: str) -> list[HistoryEntry]:
+    """The order's history plus each (step, status) entry not recorded yet."""
+    history = list(order.history)
+    for step, status in entries:
+        if not any(entry.step == step and entry.status == status for entry in history):
+            history.append(HistoryEntry(step=step, status=status, at=now))
+    return history
+
+
+def _changed(order: Order, now: str, **changes: object) -> Order | None:
+    """``order`` with ``changes`` applied, or None if they change nothing."""
+    if all(getattr(order, field) == value for field, value in changes.items()):
+        return None
+    return order.model_copy(update={**changes, "updated_at": now})
+
+
+def progressed(order: Order, step: str, now: str) -> Order | None:
+    """A forward step of the checkout succeeded (stock reserved, payment authorized)."""
+    if order.status not in CHECKOUT_IN_PROGRESS:
+        if order.has_recorded(step, SUCCEEDED):
+            return None  # a late duplicate: the saga has moved on
+        raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot record {step}")
+    target = _PROGRESS_STATUS[step]
+    status = target if _PROGRESS_RANK[target] > _PROGRESS_RANK[order.status] else order.status
+    return _changed(order, now, status=status, history=with_history(order, [(step, SUCCEEDED)], now))
+
+
+def completed(order: Order, now: str) -> Order | None:
+    """Stock committed and payment captured: COMPLETED, or REFUNDING if the customer cancelled meanwhile."""
+    if order.status in ("COMPLETED", "REFUNDING", "REFUNDED"):
+        return None
+    if order.status not in CHECKOUT_IN_PROGRESS and order.status != "NEEDS_ATTENTION":
+        raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot complete it")
+    done = [(Step.COMMIT_RESERVATION, SUCCEEDED), (Step.CAPTURE_PAYMENT, SUCCEEDED)]
+    if order.cancel_requested:
+        history = with_history(order, [*done, (Step.COMPLETE_ORDER, "REFUND_REQUIRED")], now)
+        return _changed(order, now, status="REFUNDING", failure_reason=None, history=history)
+    history = with_history(order, [*done, (Step.COMPLETE_ORDER, "COMPLETED")], now)
+    return _changed(order, now, status="COMPLETED", failure_reason=None, history=history)
+
+
+def cancelled(order: Order, step: CancelOrder, now: str) -> Order | None:
+    """The compensation ran (void, release): CANCELLED with the failure's reason."""
+    if order.status == "CANCELLED":
+        return None
+    if order.status not in CHECKOUT_IN_PROGRESS and order.status != "NEEDS_ATTENTION":
+        raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot cancel it")
+    failure = step.failure
+    entries: list[tuple[str, str]] = [(failure.step, FAILED)] if failure.step else []
+    entries += [(compensation, SUCCEEDED) for compensation in failure.compensations]
+    entries.append((Step.CANCEL_ORDER, "CANCELLED"))
+    history = with_history(order, entries, now)
+    return _changed(order, now, status="CANCELLED", failure_reason=failure.reason, history=history)
+
+
+def refunded(order: Order, now: str) -> Order | None:
+    """The refund saga refunded the capture in full and returned the stock."""
+    if order.status == "REFUNDED":
+        return None
+    if order.status not in ("REFUNDING", "NEEDS_ATTENTION"):
+        raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot mark it refunded")
+    entries = [(Step.REFUND_PAYMENT, SUCCEEDED), (Step.RETURN_STOCK, SUCCEEDED), (Step.REFUND_ORDER, "REFUNDED")]
+    return _changed(order, now, status="REFUNDED", failure_reason=None, history=with_history(order, entries, now))
+
+
+def refund_started(order: Order, now: str) -> Order | None:
+    """The payment is captured and the order will not complete: the refund saga takes over."""
+    if order.status in ("REFUNDING", "REFUNDED"):
+        return None
+    if order.status not in CHECKOUT_IN_PROGRESS and order.status != "NEEDS_ATTENTION":
+        raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot refund it")
+    history = with_history(order, [(Step.START_REFUND, "REFUNDING")], now)
+    return _changed(order, now, status="REFUNDING", failure_reason=None, history=history)
+
+
+def flagged(order: Order, failed_step: str, now: str) -> Order | None:
+    """A compensation failed after its retries: NEEDS_ATTENTION until an operator redrives it."""
+    if order.status in ("COMPLETED", "CANCELLED", "REFUNDED"):
+        raise OrderStateConflict(f"order {order.order_id} is {order.status}; it needs no attention")
+    history = with_history(order, [(failed_step, FAILED), (Step.NEEDS_ATTENTION, "NEEDS_ATTENTION")], now)
+    return _changed(order, now, status="NEEDS_ATTENTION", history=history)
+
+
+@dataclass(frozen=True)
+class CancelDecision:
+    order: Order | None
+    start_refund: bool
+
+
+def decide_cancel(order: Order, now: str) -> CancelDecision:
+    """A customer (or admin) asked to cancel. Pending: flag it for the saga. Completed: refund it."""
+    entries = [(Step.CANCEL_REQUESTED, Outcome.REQUESTED)]
+    # NEEDS_ATTENTION: recorded, and honoured by the redrive (a captured payment is refunded).
+    if order.status in CHECKOUT_IN_PROGRESS or order.status == "NEEDS_ATTENTION":
+        changed = _changed(order, now, cancel_requested=True, history=with_history(order, entries, now))
+        return CancelDecision(changed, start_refund=False)
+    if order.status == "COMPLETED":
+        changed = _changed(
+            order, now, cancel_requested=True, status="REFUNDING", history=with_history(order, entries, now)
+        )
+        return CancelDecision(changed, start_refund=True)
+    # REFUNDING: make sure its saga runs (starting it again is a no-op); terminal: nothing changes.
+    return CancelDecision(None, start_refund=order.status == "REFUNDING")

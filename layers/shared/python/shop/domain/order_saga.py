@@ -1,0 +1,146 @@
+"""The order steps of both sagas (each one Lambda in functions/orders/): record progress, complete,
+mark cancelled, hand over to the refund saga, mark refunded, flag for attention.
+
+Each applies one transition of ``order_lifecycle`` with optimistic locking and is safe to run
+twice; metrics are emitted only by the write that made the transition.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from shop.domain import order_lifecycle as lifecycle
+from shop.errors import CheckoutCancelled
+from shop.models.base import iso_now
+from shop.models.orders import (
+    CHECKOUT_IN_PROGRESS,
+    CancelOrder,
+    CompleteOrder,
+    FlagOrder,
+    MarkRefunded,
+    Order,
+    RecordProgress,
+    StartRefund,
+    StepResult,
+)
+from shop.observability import logger, metrics
+from shop.repositories import dead_letters, sagas
+from shop.repositories import orders as repository
+from shop.saga_terms import Step
+
+
+def _saga_seconds(order: Order, now: str) -> float:
+    def parse(value: str) -> datetime:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    return max((parse(now) - parse(order.created_at)).total_seconds(), 0.0)
+
+
+def _emit(name: str, order: Order, now: str, **dimensions: str) -> None:
+    """One count and the saga's duration; emitted only by the write that made the transition."""
+    if dimensions:
+        with single_metric(name=name, unit=MetricUnit.Count, value=1) as metric:
+            for key, value in dimensions.items():
+                metric.add_dimension(name=key, value=value)
+    else:
+        metrics().add_metric(name=name, unit=MetricUnit.Count, value=1)
+    metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=_saga_seconds(order, now))
+
+
+def _settle_dead_letter(order: Order, now: str) -> None:
+    """A redrive finished the order: resolve its dead letter (only orders that ever needed attention have one)."""
+    if order.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION"):
+        dead_letters.resolve(order.order_id, now=now)
+
+
+def _result(order: Order, outcome: str | None = None) -> StepResult:
+    return StepResult.model_validate({"order_id": order.order_id, "status": order.status, "outcome": outcome})
+
+
+# ---------------------------------------------------------------------------- saga steps
+def record_progress(step: RecordProgress) -> StepResult:
+    """Record a forward step; at a checkpoint, stop the saga if the customer asked to cancel."""
+    now = iso_now()
+    order, _ = repository.update(step.order_id, lambda current: lifecycle.progressed(current, step.step, now))
+    if step.checkpoint and order.cancel_requested and order.status in CHECKOUT_IN_PROGRESS:
+        logger().info("cancellation requested; the saga compensates", extra={"step": step.step})
+        raise CheckoutCancelled(f"order {order.order_id}: the customer asked to cancel")
+    return _result(order)
+
+
+def complete_order(step: CompleteOrder) -> StepResult:
+    now = iso_now()
+    order, changed = repository.update(step.order_id, lambda current: lifecycle.completed(current, now))
+    if order.status == "COMPLETED":
+        _settle_dead_letter(order, now)
+        if changed:
+            _emit("OrdersCompleted", order, now)
+            logger().info("order completed")
+        return _result(order, "COMPLETED")
+    if changed:
+        logger().info("cancellation arrived during capture; handing over to the refund saga")
+    return _result(order, "REFUND_REQUIRED")
+
+
+def mark_cancelled(step: CancelOrder) -> StepResult:
+    now = iso_now()
+    order, changed = repository.update(step.order_id, lambda current: lifecycle.cancelled(current, step, now))
+    _settle_dead_letter(order, now)
+    if changed:
+        _emit("OrdersCancelled", order, now, reason=step.failure.reason)
+        logger().info("order cancelled", extra={"failure_reason": step.failure.reason})
+    return _result(order)
+
+
+def start_refund(step: StartRefund) -> StepResult:
+    """Mark the order REFUNDING and start its refund saga (once: the execution name is fixed).
+
+    Its dead letter, if any, stays as it is: only the refund saga's last step settles the order
+    (and resolves the letter); if that saga fails, the letter must still be open.
+    """
+    order, _ = repository.update(step.order_id, lambda current: lifecycle.refund_started(current, iso_now()))
+    start_refund_saga(order.order_id)
+    return _result(order)
+
+
+def start_refund_saga(order_id: str) -> None:
+    sagas.start(
+        sagas.refund_state_machine_arn(),
+        name=sagas.refund_execution_name(order_id),
+        payload={"order_id": order_id},
+    )
+
+
+def mark_refunded(step: MarkRefunded) -> StepResult:
+    now = iso_now()
+    order, changed = repository.update(step.order_id, lambda current: lifecycle.refunded(current, now))
+    _settle_dead_letter(order, now)
+    if changed:
+        _emit("OrdersRefunded", order, now)
+        logger().info("order refunded")
+    return _result(order)
+
+
+def flag_for_attention(step: FlagOrder) -> StepResult:
+    """Mark the order NEEDS_ATTENTION and leave a dead letter an operator can list and redrive."""
+    now = iso_now()
+    order, changed = repository.update(step.order_id, lambda current: lifecycle.flagged(current, step.failed_step, now))
+    dead_letters.record(
+        order_id=order.order_id,
+        resume=step.resume,
+        failed_step=step.failed_step,
+        failure=step.failure,
+        error=step.error.Error if step.error else None,
+        cause=step.error.Cause if step.error else None,
+        execution_name=step.execution_name,
+        now=now,
+    )
+    if changed:
+        metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
+    logger().error(
+        "compensation failed; order needs attention",
+        extra={"failed_step": step.failed_step, "error": step.error.Error if step.error else None},
+    )
+    return _result(order)
