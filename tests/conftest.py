@@ -37,6 +37,7 @@ for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
 from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions  # noqa: E402
 from infra.local.deploy import DeployedStack, deploy  # noqa: E402
 from infra.local.identity import DevIdentityProvider  # noqa: E402
+from tests import statemachine_coverage  # noqa: E402
 
 # Local retry waits are shortened through the template's parameters, never by editing ASL.
 TEST_PARAMETERS = {
@@ -44,6 +45,11 @@ TEST_PARAMETERS = {
     "RetryMaxDelaySeconds": "1",
     "PaginationSecret": "test-pagination-secret-" + "x" * 16,
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Which states and Retry/Catch edges of the sagas the run took; `make test` fails below 100%.
+    config.pluginmanager.register(statemachine_coverage.StateMachineCoverage(config), "statemachine-coverage")
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +124,7 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) ->
         _reset_process_caches()
         yield LocalAws(stack=stack, identity=identity)
         lambda_runtime.faults.clear()
+        statemachine_coverage.record_executions(boto3.client("stepfunctions"), stack.state_machine_arns)
     _reset_process_caches()
 
 

@@ -22,6 +22,7 @@ import pytest
 import requests
 from localstack_client.session import Session
 
+from tests import statemachine_coverage
 from tests.conftest import REPO_ROOT
 
 STARTUP_DEADLINE_SECONDS = 120
@@ -126,9 +127,14 @@ def launch_stack(state_dir: Path, *extra_args: str) -> RunningStack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     running = launch_stack(tmp_path_factory.mktemp("stack-state"), "--retry-interval-seconds", "1")
     yield running
-    running.process.send_signal(signal.SIGTERM)
     try:
-        running.process.wait(timeout=30)
+        if running.process.poll() is None:  # the sagas this tier ran count towards the state machine coverage
+            sfn = running.aws("stepfunctions")
+            statemachine_coverage.record_executions(sfn, statemachine_coverage.deployed_state_machines(sfn))
     finally:
-        if running.process.poll() is None:
-            running.process.kill()
+        running.process.send_signal(signal.SIGTERM)
+        try:
+            running.process.wait(timeout=30)
+        finally:
+            if running.process.poll() is None:
+                running.process.kill()
