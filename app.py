@@ -6,7 +6,7 @@ answers 405 for each method a registered path does not implement.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from chalice import Chalice
 from pydantic import BaseModel
@@ -24,16 +24,22 @@ app.register_blueprint(admin)
 
 
 class Health(BaseModel):
-    status: str
+    status: Literal["ok"]
 
 
-@http.route(app, "/health", "GET", summary="Liveness", responses={200: Health}, tags=("meta",))
+@http.route(app, "/health", "GET", summary="Liveness", responses={200: Health}, tags=("meta",), backend=False)
 def health() -> Health:
     return Health(status="ok")
 
 
 @http.route(
-    app, "/openapi.json", "GET", summary="This API's OpenAPI 3.1 document", responses={200: None}, tags=("meta",)
+    app,
+    "/openapi.json",
+    "GET",
+    summary="This API's OpenAPI 3.1 document",
+    responses={200: openapi.OpenApiDocument},
+    tags=("meta",),
+    backend=False,
 )
 def openapi_document() -> dict[str, Any]:
     return openapi.document(app, title="Serverless shop API", version="1.0.0")

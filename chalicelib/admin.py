@@ -8,7 +8,8 @@ from chalicelib import http
 from shop.auth import Principal
 from shop.domain import operations, payments
 from shop.models.base import Record, StrictModel
-from shop.models.orders import DeadLetter, DeadLetterPage, OrderId
+from shop.models.common import OrderId
+from shop.models.orders import DeadLetter, DeadLetterPage
 from shop.models.payments import CircuitBreakerStatus
 from shop.pagination import NextToken, PageLimit
 

@@ -16,7 +16,11 @@ is 400 with ``errors[].field`` = the parameter name), ``principal`` when ``auth`
 "customer" (any valid token) or "admin" (401 without a valid token, 403 for non-admins),
 ``query`` when ``query=Model`` (unknown or repeated parameters are 400) and ``body`` when
 ``body=Model`` (see ``parse_body``). A route without ``query`` rejects any query string (400).
-The checks run in that order: auth, path, query, body.
+``headers={"Idempotency-Key": IdempotencyKey}`` requires each header and validates it against its
+annotation (400 naming the header) without passing it to the view; ``backend=False`` marks a route
+that reaches no data store or service (its document then lists no 503). The checks run in that
+order: auth, path, query, headers, body. The ``Operation`` each route carries is what the OpenAPI
+document says of it, so whatever the route enforces here is declared there too.
 
 Errors are mapped by exception type, here only (``problem_response``): a ``shop.errors.ShopError``
 answers its own status/title/slug (``FieldError``, raised for invalid request input, adds
@@ -25,7 +29,8 @@ answers its own status/title/slug (``FieldError``, raised for invalid request in
 The middleware (``install``) rewrites Chalice's own error answers (405, 415, bad requests, 500)
 into problem+json too, and ``install`` answers every unsupported method of a known path with
 405 + ``Allow`` from the function itself, so it is a 405 on API Gateway as well (where a missing
-method would otherwise be the gateway's "Missing Authentication Token").
+method would otherwise be the gateway's "Missing Authentication Token"); any other method that
+reaches the function (HEAD, or TRACE through the local server) gets the same 405.
 """
 
 from __future__ import annotations
@@ -251,6 +256,15 @@ def _path_argument(name: str, adapter: TypeAdapter[Any], value: str | None) -> A
         raise FieldError("the path has an invalid parameter", field_errors(error, name)) from None
 
 
+def _header_argument(name: str, adapter: TypeAdapter[Any], value: str | None) -> Any:
+    if value is None:
+        raise FieldError("the request lacks a required header", [{"field": name, "message": "this header is required"}])
+    try:
+        return adapter.validate_python(value, strict=True)
+    except ValidationError as error:
+        raise FieldError("the request has an invalid header", field_errors(error, name)) from None
+
+
 def path_value(name: str, value: str | None, annotation: Any) -> Any:
     """A path parameter validated against ``annotation`` (e.g. ``Sku``); 400 naming it if invalid."""
     return _path_argument(name, TypeAdapter(annotation), value)
@@ -297,10 +311,12 @@ def route(
     body: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
     path_params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, Any] | None = None,
     errors: Iterable[int] = (),
     tags: Iterable[str] = (),
     description: str | None = None,
     response_headers: Mapping[int, Mapping[str, str]] | None = None,
+    backend: bool = True,
 ) -> Callable[[View], View]:
     """Register, document and guard a view; see the module docstring for what the view receives."""
     parameters = dict(path_params or {})
@@ -308,6 +324,7 @@ def route(
     if set(placeholders) != set(parameters):
         raise ValueError(f"{method} {path}: path_params must describe exactly {placeholders}")
     adapters = {name: TypeAdapter(annotation) for name, annotation in parameters.items()}
+    header_adapters = {name: TypeAdapter(annotation) for name, annotation in (headers or {}).items()}
     operation = Operation(
         summary=summary,
         auth=auth,
@@ -315,10 +332,12 @@ def route(
         body=body,
         query=query,
         path_params=parameters,
+        headers=dict(headers or {}),
         errors=tuple(errors),
         tags=tuple(tags),
         description=description,
         response_headers=dict(response_headers or {}),
+        backend=backend,
     )
 
     def decorator(view: View) -> View:
@@ -340,6 +359,8 @@ def route(
                         "this route takes no query parameters",
                         [{"field": name, "message": "unknown parameter"} for name in request.query_params],
                     )
+                for name, adapter in header_adapters.items():
+                    _header_argument(name, adapter, request.headers.get(name.lower()))
                 if body is not None:
                     arguments["body"] = parse_body(request, body)
                 result = view(**arguments)
@@ -363,21 +384,49 @@ def _current_request(api: Chalice | Blueprint) -> Request:
 
 def install(app: Chalice) -> None:
     """Add the problem+json middleware and the 405 answers; call once, after every route is registered."""
-    app.register_middleware(problem_middleware, "http")
+    allowed_by_path = {path: sorted(methods) for path, methods in app.routes.items()}
+    app.register_middleware(_with_method_check(allowed_by_path), "http")
     for path, methods in list(app.routes.items()):
-        allowed = sorted(methods)
         missing = [method for method in FALLBACK_METHODS if method not in methods]
         if missing:
-            _register_method_not_allowed(app, path, allowed, missing)
+            _register_method_not_allowed(app, path, allowed_by_path[path], missing)
+
+
+def _method_not_allowed(method: str, path: str, allowed: list[str]) -> Response:
+    return problem_response(
+        MethodNotAllowed(f"{method} is not allowed on {path}; use {', '.join(allowed)}"),
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
+def _with_method_check(
+    allowed_by_path: Mapping[str, list[str]],
+) -> Callable[[Request | None, Callable[[Request | None], Response]], Response]:
+    """``problem_middleware``, answering every method a path does not implement with the same 405.
+
+    That is the methods of ``FALLBACK_METHODS`` (whose views exist so that API Gateway routes them
+    to the function) and any other that reaches it (HEAD, or TRACE through the local server), which
+    Chalice would otherwise answer with its own 405, listing the fallback views as allowed.
+    """
+
+    def middleware(request: Request | None, get_response: Callable[[Request | None], Response]) -> Response:
+        def respond(request: Request | None) -> Response:
+            path = request.context.get("resourcePath") if request is not None else None
+            if request is not None and isinstance(path, str) and path in allowed_by_path:
+                allowed = allowed_by_path[path]
+                if request.method not in allowed:
+                    return _method_not_allowed(request.method, path, allowed)
+            return get_response(request)
+
+        return problem_middleware(request, respond)
+
+    return middleware
 
 
 def _register_method_not_allowed(app: Chalice, path: str, allowed: list[str], missing: list[str]) -> None:
     def method_not_allowed(**_: str) -> Response:
         method = app.current_request.method if app.current_request is not None else "this method"
-        return problem_response(
-            MethodNotAllowed(f"{method} is not allowed on {path}; use {', '.join(allowed)}"),
-            headers={"Allow": ", ".join(allowed)},
-        )
+        return _method_not_allowed(method, path, allowed)
 
     method_not_allowed.__name__ = "method_not_allowed_" + (re.sub(r"\W+", "_", path).strip("_") or "root")
     describe(method_not_allowed, Operation(summary="Method not allowed", hidden=True))

@@ -1,10 +1,17 @@
 """The OpenAPI 3.1 document, built from the routes the app really has.
 
 Every route declared with ``chalicelib.http.route`` carries an ``Operation`` (its summary, who may
-call it, its body/query/path models and its responses). ``document(app)`` walks ``app.routes`` —
-so only routes that are actually registered appear — and takes every schema from the pydantic
-models (JSON Schema 2020-12, which OpenAPI 3.1 uses as is). Nothing is listed twice: adding a
-route with ``http.route`` is all it takes to document it.
+call it, its body/query/path/header models and its responses). ``document(app)`` walks
+``app.routes`` — so only routes that are actually registered appear — and takes every schema from
+the pydantic models (JSON Schema 2020-12, which OpenAPI 3.1 uses as is). Nothing is listed twice:
+adding a route with ``http.route`` is all it takes to document it.
+
+The document says what the server enforces, no more and no less: a request it describes as valid
+is accepted (or refused only for a documented state or business reason), one it describes as
+invalid is a 4xx, and each operation lists every status the function and the gateway in front of
+it can answer, errors as ``application/problem+json`` (``Problem``). The HTTP tier fuzzes the
+served document against the running stack (tests/http/test_contract_fuzz.py), and a unit test
+validates it with openapi-spec-validator.
 """
 
 from __future__ import annotations
@@ -16,12 +23,12 @@ from http import HTTPStatus
 from typing import Any, Literal
 
 from chalice import Chalice
-from pydantic import BaseModel, Field, TypeAdapter
-from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode, SkipJsonSchema, models_json_schema
 
 from shop.models.catalog import MAX_STOCK
+from shop.models.common import MAX_LINES, MAX_QUANTITY
 from shop.models.money import MAX_AMOUNT
-from shop.models.orders import MAX_LINES, MAX_QUANTITY
 
 Auth = Literal["public", "customer", "admin"]
 
@@ -36,11 +43,59 @@ LIMITS = (
     f"{MAX_AMOUNT}. That bounds unit prices and also what the server computes from the catalog: "
     f"each order line's total (quantity x unit price) and the order's total; an order beyond it is "
     "422 `order-total-too-large`, with `errors` naming the line (`items.N.quantity`) or the whole "
-    f"order (`items`). An order has 1 to {MAX_LINES} lines, each of quantity 1 to {MAX_QUANTITY}. "
+    f"order (`items`). An order has 1 to {MAX_LINES} lines, each of quantity 1 to {MAX_QUANTITY}, and "
+    "names each SKU at most once (a repeated SKU is 400, `errors` naming `items`). "
     f"Stock: a new product's `stock` is 0 to {MAX_STOCK}; a stock adjustment's `delta` is non-zero "
     f"within -{MAX_STOCK} to {MAX_STOCK}, and is 409 if it would take `available` below 0 "
     f"(`insufficient-stock`) or, increasing it, above {MAX_STOCK} (`stock-limit-exceeded`)."
 )
+RULES = (
+    "Requests: a JSON body must be `Content-Type: application/json` (UTF-8) and valid JSON without "
+    "duplicate keys, NaN/Infinity or lone surrogate escapes; unknown fields, unknown or repeated "
+    "query parameters and a query string on a route that takes none are 400, with `errors` naming "
+    "each offending input. Text fields never contain control characters (descriptions may contain "
+    "newlines and tabs) and single-line ones never start or end with whitespace. A `next_token` is "
+    "opaque: only the value from the previous page of the same listing, with the same parameters, "
+    "is accepted (anything else is 400). Errors are `application/problem+json` (RFC 9457), with "
+    "`status` equal to the HTTP status; 429, 502 and 504 come from the API gateway."
+)
+
+# What each error status means on this API (one description for every operation that has it).
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Invalid request: a parameter, header or body the document does not allow (`errors` names each).",
+    401: "No valid bearer token (missing, malformed, expired or not signed by the identity provider).",
+    403: "The token is valid but not of the `admin` group.",
+    404: "No such resource (another customer's order is not found either).",
+    409: "Conflict with the current state.",
+    413: "The body is larger than the API accepts.",
+    415: "The body is not `Content-Type: application/json` (UTF-8).",
+    422: "Well-formed, but not processable (see `type`).",
+    429: "Throttled by the API gateway.",
+    500: "Unexpected failure (no internals are disclosed).",
+    502: "The API gateway got no valid answer from the function.",
+    503: "A dependency is busy or unavailable; retry after `Retry-After` seconds.",
+    504: "The function did not answer in time (API gateway).",
+}
+# Statuses the API gateway in front of every route can answer by itself.
+GATEWAY_STATUSES = frozenset({429, 502, 504})
+
+# Response headers the server always sends with an error status.
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "The authentication scheme to use (`Bearer`).",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^Bearer"},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
+}
 
 
 class FieldIssue(BaseModel):
@@ -48,19 +103,47 @@ class FieldIssue(BaseModel):
     message: str
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details: the body of every 4xx and 5xx answer."""
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
-    type: str = Field(description="URI identifying the kind of problem.")
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every 4xx and 5xx answer (extension members may follow)."""
+
+    type: str = Field(
+        description='URI identifying the kind of problem, e.g. "urn:shop:problem:not-found".',
+        json_schema_extra={"format": "uri"},
+    )
     title: str
-    status: int
+    status: int = Field(ge=400, le=599, description="The HTTP status of the answer.")
     detail: str
-    errors: list[FieldIssue] | None = Field(default=None, description="Present on validation errors.")
+    # Absent unless the request had invalid fields (never null).
+    errors: list[FieldIssue] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Present on validation errors: each offending input.",
+        json_schema_extra=_without_default,
+    )
+
+
+class OpenApiDocument(BaseModel):
+    """An OpenAPI 3.1 document (this API's own, served at ``GET /openapi.json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str = Field(pattern=r"^3\.1\.\d+$")
+    info: dict[str, Any]
+    paths: dict[str, Any]
+    components: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Operation:
-    """What the document says about one route (method + path)."""
+    """What the document says about one route (method + path).
+
+    ``headers`` are the request headers the route requires (name -> annotation, like
+    ``path_params``). ``backend`` says whether the route reaches a data store or another service
+    (503 when it is busy); a route that checks a token always may (the identity provider's keys).
+    """
 
     summary: str
     auth: Auth = "public"
@@ -68,23 +151,29 @@ class Operation:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     path_params: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, Any] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = ()
     description: str | None = None
     response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    backend: bool = True
     hidden: bool = False
 
     def error_statuses(self) -> list[int]:
-        """Declared errors plus those every route of this shape can answer."""
-        implied = {500}
+        """Declared errors plus those every route of this shape can answer.
+
+        Every route answers 400 (a query string it does not take), 500, and the gateway's own
+        statuses; the others follow from the route's auth, body and dependencies.
+        """
+        implied = {400, 500} | GATEWAY_STATUSES
         if self.auth != "public":
-            implied.add(401)
+            implied.update({401, 503})
         if self.auth == "admin":
             implied.add(403)
         if self.body is not None:
-            implied.update({400, 413, 415})
-        if self.query is not None or self.path_params:
-            implied.add(400)
+            implied.update({413, 415})
+        if self.backend:
+            implied.add(503)
         return sorted(implied | set(self.errors))
 
 
@@ -116,7 +205,7 @@ def _collect_models(operations: list[Operation]) -> list[tuple[type[BaseModel], 
 
 
 def _parameter_schema(prop: Mapping[str, Any]) -> dict[str, Any]:
-    """A query parameter's schema: an optional parameter is absent, never JSON null."""
+    """A query parameter's schema: an optional parameter is absent, never JSON null (so no null default)."""
     schema = {key: value for key, value in prop.items() if key not in {"title", "description"}}
     variants = schema.get("anyOf")
     if isinstance(variants, list):
@@ -124,6 +213,8 @@ def _parameter_schema(prop: Mapping[str, Any]) -> dict[str, Any]:
         if len(present) == 1:
             del schema["anyOf"]
             schema.update(present[0])
+    if schema.get("default", 0) is None:
+        del schema["default"]
     return schema
 
 
@@ -143,13 +234,30 @@ def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[d
     ]
 
 
+def _annotated_parameter(name: str, location: str, annotation: Any) -> dict[str, Any]:
+    schema = TypeAdapter(annotation).json_schema()
+    description = schema.pop("description", None)
+    parameter = {"name": name, "in": location, "required": True, "schema": schema}
+    if description:
+        parameter["description"] = description
+    return parameter
+
+
 def _path_parameters(operation: Operation, path: str) -> list[dict[str, Any]]:
-    parameters = []
-    for name in re.findall(r"{(\w+)}", path):
-        annotation = operation.path_params.get(name, str)
-        schema = TypeAdapter(annotation).json_schema()
-        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
-    return parameters
+    return [
+        _annotated_parameter(name, "path", operation.path_params.get(name, str))
+        for name in re.findall(r"{(\w+)}", path)
+    ]
+
+
+def _header_parameters(operation: Operation) -> list[dict[str, Any]]:
+    return [_annotated_parameter(name, "header", annotation) for name, annotation in operation.headers.items()]
+
+
+def _problem_content(status: int, refs: Mapping[Any, Any]) -> dict[str, Any]:
+    # The body's `status` is the answer's own.
+    schema = {**refs[(Problem, "serialization")], "properties": {"status": {"const": status}}}
+    return {PROBLEM_JSON: {"schema": schema}}
 
 
 def _operation_object(
@@ -164,7 +272,7 @@ def _operation_object(
         result["description"] = operation.description
     if operation.tags:
         result["tags"] = list(operation.tags)
-    parameters = _path_parameters(operation, path)
+    parameters = _path_parameters(operation, path) + _header_parameters(operation)
     if operation.query is not None:
         parameters += _query_parameters(operation.query, schemas)
     if parameters:
@@ -184,19 +292,29 @@ def _operation_object(
         headers = operation.response_headers.get(status)
         if headers:
             entry["headers"] = {
-                name: {"description": text, "schema": {"type": "string"}} for name, text in headers.items()
+                name: {"description": text, "required": True, "schema": {"type": "string", "minLength": 1}}
+                for name, text in headers.items()
             }
         responses[str(status)] = entry
-    problem = {PROBLEM_JSON: {"schema": refs[(Problem, "serialization")]}}
     for status in operation.error_statuses():
-        responses[str(status)] = {"description": _status_phrase(status), "content": problem}
+        entry = {
+            "description": _ERROR_DESCRIPTIONS.get(status, _status_phrase(status)),
+            "content": _problem_content(status, refs),
+        }
+        if status in _ERROR_HEADERS:
+            entry["headers"] = _ERROR_HEADERS[status]
+        responses[str(status)] = entry
     result["responses"] = responses
     return result
 
 
 def document(app: Chalice, *, title: str, version: str, description: str = "") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every described, registered route of ``app``; ``LIMITS`` ends its description."""
-    description = f"{description}\n\n{LIMITS}" if description else LIMITS
+    """The OpenAPI 3.1 document of every described, registered route of ``app``.
+
+    ``LIMITS`` and ``RULES`` end its description.
+    """
+    notes = f"{LIMITS}\n\n{RULES}"
+    description = f"{description}\n\n{notes}" if description else notes
     described: list[tuple[str, str, str, Operation]] = []
     for path, methods in sorted(app.routes.items()):
         for method, entry in sorted(methods.items()):

@@ -9,7 +9,8 @@ from shop.auth import Principal
 from shop.domain import orders as domain
 from shop.errors import FieldError
 from shop.models.base import StrictModel
-from shop.models.orders import OrderId, OrderPage, OrderView, PlaceOrderRequest
+from shop.models.common import OrderId
+from shop.models.orders import IdempotencyKey, OrderPage, OrderView, PlaceOrderRequest
 from shop.pagination import NextToken, PageLimit
 
 orders = Blueprint(__name__)
@@ -43,13 +44,15 @@ def _idempotency_key() -> str:
     "POST",
     summary="Place an order",
     description=(
-        f"Requires the header `{IDEMPOTENCY_HEADER}` (1-{MAX_IDEMPOTENCY_KEY} characters, scoped to the caller). "
+        f"Requires the header `{IDEMPOTENCY_HEADER}` (1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters, scoped "
+        "to the caller). "
         "Prices come from the catalog. The same key and body answer the first response again; the same key "
         "with another body is 422; while the first request is still being processed, 409. The order is "
         "PENDING until the checkout saga settles it."
     ),
     auth="customer",
     body=PlaceOrderRequest,
+    headers={IDEMPOTENCY_HEADER: IdempotencyKey},
     responses={202: OrderView},
     response_headers={202: {"Location": "/orders/{order_id}"}},
     errors=(409, 422),

@@ -5,15 +5,23 @@ Authentication Token". The deployed API answers with the template's Gateway Resp
 (``AWS::ApiGateway::GatewayResponse`` in infra/template.yaml), so this server renders those same
 resources: status, headers and response template. It also refuses bodies over API Gateway's
 10 MB limit without reading them (REQUEST_TOO_LARGE), as the gateway would.
+
+Every method reaches the app, not only those http.server has a ``do_*`` handler for: an unsupported
+one (TRACE, QUERY, ...) on a known path is the app's 405 problem with ``Allow``, as a wrong method
+is on the deployed API, never http.server's 501 HTML page; on an unknown path it is the gateway's
+404. Whatever http.server refuses by itself (a malformed request line, oversized headers) is
+problem+json too, and a HEAD answer carries no body.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from http import HTTPStatus
 from typing import Any
 
 from chalice import Chalice
@@ -55,6 +63,8 @@ class GatewayResponse:
 
 
 _DEFAULT_STATUS = {"DEFAULT_4XX": 400, "DEFAULT_5XX": 500, "MISSING_AUTHENTICATION_TOKEN": 403}
+# An HTTP method name (RFC 9110's token), as it can follow "do_".
+_METHOD_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 @lru_cache(maxsize=1)
@@ -103,6 +113,44 @@ class GatewayRequestHandler(ChaliceRequestHandler):
 
     # BaseHTTPRequestHandler dispatches to do_<METHOD>.
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _handle_with_gateway_rules  # noqa: N815
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, CONNECT, QUERY, ...): the app answers it, as for the ones above,
+        # instead of http.server's 501 HTML page.
+        if name.startswith("do_") and _METHOD_TOKEN.fullmatch(name[3:]):
+            return self._handle_with_gateway_rules
+        raise AttributeError(name)
+
+    def _send_http_response(self, code: int, headers: Any, body: str | bytes | None) -> None:
+        if self.command == "HEAD" and body is not None:
+            # A HEAD answer has the headers of the full answer and no body.
+            payload = body.encode("utf-8") if isinstance(body, str) else body
+            headers = {**headers, "Content-Length": str(len(payload))}
+            content_type = headers.pop("Content-Type", "application/json")
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self._send_headers(headers)
+            return
+        super()._send_http_response(code, headers, body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What http.server refuses by itself (bad request line, headers too large): problem+json, not HTML."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        slug = re.sub(r"[^a-z0-9]+", "-", phrase.lower()).strip("-")
+        body = json.dumps(
+            {"type": f"urn:shop:problem:{slug}", "title": phrase, "status": code, "detail": message or phrase}
+        ).encode("utf-8")
+        self.close_connection = True
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/problem+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
 
     def _send_error_response(self, error: LocalGatewayException) -> None:
         if isinstance(error, ForbiddenError):

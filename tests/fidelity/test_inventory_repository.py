@@ -25,7 +25,7 @@ from shop.errors import (
     ReservationExpired,
     ReservationNotFound,
 )
-from shop.models.inventory import ReservationLine
+from shop.models.common import Line
 from shop.repositories import inventory as repository
 from tests.fidelity.conftest import Backend
 
@@ -33,8 +33,8 @@ NOW = 1_900_000_000
 DAY = 24 * 3600
 
 
-def lines(**quantities: int) -> list[ReservationLine]:
-    return [ReservationLine(sku=sku, quantity=quantity) for sku, quantity in quantities.items()]
+def lines(**quantities: int) -> list[Line]:
+    return [Line(sku=sku, quantity=quantity) for sku, quantity in quantities.items()]
 
 
 def retrying(operation: Callable[[], object], deadline_seconds: float = 30.0) -> object:

@@ -209,3 +209,44 @@ def test_the_local_server_refuses_a_body_over_the_gateway_limit_without_reading_
         assert json.loads(response.read())["status"] == 413
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("method", ["TRACE", "QUERY", "CONNECT", "PUT"])
+def test_the_local_server_answers_an_unsupported_method_with_the_apis_405_problem(
+    server: tuple[str, int], method: str
+) -> None:
+    # Not http.server's 501 HTML page: the same 405 + Allow the API answers for a wrong method.
+    status, headers, body = _request(server, method, "/products")
+    assert status == 405
+    assert headers["content-type"] == PROBLEM and headers["allow"] == "GET, POST"
+    problem = json.loads(body)
+    assert problem["status"] == 405 and problem["type"] == "urn:shop:problem:method-not-allowed"
+    assert method in problem["detail"]
+    status, headers, body = _request(server, method, "/no/such/route")
+    assert (status, headers["content-type"], json.loads(body)["status"]) == (404, PROBLEM, 404)
+
+
+def test_the_local_server_answers_head_without_a_body(server: tuple[str, int]) -> None:
+    connection = http.client.HTTPConnection(*server, timeout=10)
+    try:
+        connection.request("HEAD", "/products/A")
+        response = connection.getresponse()
+        assert response.status == 405 and response.getheader("Allow") == "GET, PATCH"
+        assert response.read() == b""
+        # The connection stays usable: no stray body precedes the next answer.
+        connection.request("GET", "/health")
+        assert json.loads(connection.getresponse().read()) == {"status": "ok"}
+    finally:
+        connection.close()
+
+
+def test_what_the_local_server_refuses_by_itself_is_problem_json_too(server: tuple[str, int]) -> None:
+    with socket.create_connection(server, timeout=10) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431")
+    assert b"Content-Type: application/problem+json" in head
+    assert json.loads(body)["status"] == 431

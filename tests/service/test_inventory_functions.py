@@ -17,7 +17,7 @@ from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import inventory
 from shop.errors import InventoryContention
-from shop.models.inventory import ReservationLine
+from shop.models.common import Line
 from tests.conftest import LocalAws, seed_product
 
 RESERVE = "ReserveStockFunction"
@@ -74,10 +74,9 @@ def reservations(local_aws: LocalAws) -> dict[str, dict[str, Any]]:
     return {item["reservation_id"]["S"]: item for item in items["Items"]}
 
 
-def reserve_event(reservation_id: str = "order-1", **quantities: int) -> dict[str, Any]:
+def reserve_event(order_id: str = "order-1", **quantities: int) -> dict[str, Any]:
     return {
-        "reservation_id": reservation_id,
-        "order_id": reservation_id,
+        "order_id": order_id,
         "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in (quantities or {"A": 2}).items()],
     }
 
@@ -99,7 +98,7 @@ def test_reserve_commit_and_release_through_lambda(stocked: LocalAws) -> None:
     assert isinstance(reserved["expires_at"], int) and reserved["expires_at"] > time.time()
     assert (available(stocked, "A"), available(stocked, "B")) == (3, 0)
 
-    step = {"reservation_id": "order-1", "order_id": "order-1", "execution_name": "exec-1"}
+    step = {"order_id": "order-1", "execution_name": "exec-1"}
     committed = ok(stocked, COMMIT, step)
     assert committed == {**reserved, "status": "COMMITTED"}
 
@@ -128,7 +127,7 @@ def test_reserving_an_id_again_with_other_lines_is_a_conflict(stocked: LocalAws)
 
 BAD_RESERVE_EVENTS: dict[str, Any] = {
     "empty": {},
-    "no-lines": {"reservation_id": "order-1", "order_id": "order-1", "lines": []},
+    "no-lines": {"order_id": "order-1", "lines": []},
     "unknown-field": {**reserve_event(), "unexpected": True},
     "zero": {**reserve_event(), "lines": [{"sku": "A", "quantity": 0}]},
     "too-many": {**reserve_event(), "lines": [{"sku": "A", "quantity": 101}]},
@@ -136,15 +135,16 @@ BAD_RESERVE_EVENTS: dict[str, Any] = {
     "float-quantity": {**reserve_event(), "lines": [{"sku": "A", "quantity": 1.5}]},
     "duplicate-sku": {**reserve_event(), "lines": [{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 1}]},
     "bad-sku": {**reserve_event(), "lines": [{"sku": "not a sku!", "quantity": 1}]},
-    "empty-id": {**reserve_event(), "reservation_id": ""},
+    "empty-id": {**reserve_event(), "order_id": ""},
+    "reservation-id": {**reserve_event(), "reservation_id": "order-1"},  # the order id is the reservation id
     "null-order": {**reserve_event(), "order_id": None},
     "not-an-object": [1, 2, 3],
 }
 
 BAD_STEP_EVENTS: dict[str, Any] = {
     "empty": {},
-    "int-id": {"reservation_id": 7},
-    "unknown-field": {"reservation_id": "order-1", "extra": 1},
+    "int-id": {"order_id": 7},
+    "unknown-field": {"order_id": "order-1", "extra": 1},
 }
 
 
@@ -162,16 +162,16 @@ def test_bad_events_are_field_errors_and_change_nothing(stocked: LocalAws, subte
 
 
 def test_commit_errors_are_named_for_the_saga(stocked: LocalAws) -> None:
-    assert error_type(stocked, COMMIT, {"reservation_id": "missing"}) == "ReservationNotFound"
+    assert error_type(stocked, COMMIT, {"order_id": "missing"}) == "ReservationNotFound"
 
     ok(stocked, RESERVE, reserve_event(A=2))
-    ok(stocked, RELEASE, {"reservation_id": "order-1"})
-    assert error_type(stocked, COMMIT, {"reservation_id": "order-1"}) == "ReservationExpired"
+    ok(stocked, RELEASE, {"order_id": "order-1"})
+    assert error_type(stocked, COMMIT, {"order_id": "order-1"}) == "ReservationExpired"
     assert available(stocked, "A") == 5
 
 
 def test_releasing_a_missing_reservation_succeeds_and_creates_nothing(stocked: LocalAws) -> None:
-    result = ok(stocked, RELEASE, {"reservation_id": "order-9", "order_id": "order-9"})
+    result = ok(stocked, RELEASE, {"order_id": "order-9"})
 
     assert result == {
         "reservation_id": "order-9",
@@ -191,11 +191,11 @@ def test_every_step_delivered_twice_changes_stock_once(stocked: LocalAws) -> Non
     assert ok(stocked, RESERVE, reserve_event(A=2)) == reserved
     assert available(stocked, "A") == 3
 
-    assert ok(stocked, COMMIT, {"reservation_id": "order-1"})["status"] == "COMMITTED"
+    assert ok(stocked, COMMIT, {"order_id": "order-1"})["status"] == "COMMITTED"
     assert available(stocked, "A") == 3
 
-    assert ok(stocked, RELEASE, {"reservation_id": "order-1"})["status"] == "RELEASED"
-    assert ok(stocked, RELEASE, {"reservation_id": "order-1"})["status"] == "RELEASED"
+    assert ok(stocked, RELEASE, {"order_id": "order-1"})["status"] == "RELEASED"
+    assert ok(stocked, RELEASE, {"order_id": "order-1"})["status"] == "RELEASED"
     assert available(stocked, "A") == 5
     assert len(reservations(stocked)) == 1
 
@@ -203,7 +203,7 @@ def test_every_step_delivered_twice_changes_stock_once(stocked: LocalAws) -> Non
 def test_the_scheduled_sweeper_returns_expired_holds(stocked: LocalAws) -> None:
     ttl = int(stocked.stack.function_environments[SWEEP]["RESERVATION_TTL_SECONDS"])
     past = int(time.time()) - ttl - 60
-    inventory.reserve("expired", "expired", [ReservationLine(sku="A", quantity=2)], now=past)
+    inventory.reserve("expired", "expired", [Line(sku="A", quantity=2)], now=past)
     ok(stocked, RESERVE, reserve_event("current", A=1))
     assert available(stocked, "A") == 2
 
@@ -214,7 +214,7 @@ def test_the_scheduled_sweeper_returns_expired_holds(stocked: LocalAws) -> None:
     stored = reservations(stocked)
     assert stored["expired"]["status"] == {"S": "RELEASED"}
     assert stored["current"]["status"] == {"S": "RESERVED"}
-    assert error_type(stocked, COMMIT, {"reservation_id": "expired"}) == "ReservationExpired"
+    assert error_type(stocked, COMMIT, {"order_id": "expired"}) == "ReservationExpired"
 
 
 def test_the_sweeper_is_scheduled_by_the_template(local_aws: LocalAws) -> None:
@@ -235,6 +235,6 @@ def test_a_transaction_conflict_is_retryable_contention(stocked: LocalAws, reaso
             modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": reason}]},
         )
         with pytest.raises(InventoryContention):
-            inventory.reserve("order-1", "order-1", [ReservationLine(sku="A", quantity=1)])
+            inventory.reserve("order-1", "order-1", [Line(sku="A", quantity=1)])
     assert reservations(stocked) == {}
     assert available(stocked, "A") == 5

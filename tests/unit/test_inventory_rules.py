@@ -18,11 +18,11 @@ from shop.errors import (
     TransientError,
 )
 from shop.models.base import parse_event
+from shop.models.common import Line
 from shop.models.inventory import (
     CommitReservation,
     ReleaseReservation,
     Reservation,
-    ReservationLine,
     ReservationResult,
     ReserveStock,
 )
@@ -72,7 +72,6 @@ def test_cancellation_reasons_line_up_with_the_actions(codes: list[str], expecte
 
 def reserve_event(**overrides: Any) -> dict[str, Any]:
     return {
-        "reservation_id": "order-1",
         "order_id": "order-1",
         "lines": [{"sku": "SKU_1", "quantity": 2}, {"sku": "sku-2", "quantity": 100}],
         **overrides,
@@ -81,12 +80,12 @@ def reserve_event(**overrides: Any) -> dict[str, Any]:
 
 def test_reserve_event_accepts_the_saga_correlation_ids() -> None:
     event = parse_event(ReserveStock, reserve_event(execution_name="exec-1"))
-    assert event.lines == [ReservationLine(sku="SKU_1", quantity=2), ReservationLine(sku="sku-2", quantity=100)]
+    assert event.lines == [Line(sku="SKU_1", quantity=2), Line(sku="sku-2", quantity=100)]
     assert event.execution_name == "exec-1"
 
     for model in (CommitReservation, ReleaseReservation):
-        step = parse_event(model, {"reservation_id": "order-1", "order_id": "order-1", "execution_name": "e"})
-        assert step.reservation_id == "order-1"
+        step = parse_event(model, {"order_id": "order-1", "execution_name": "e"})
+        assert step.order_id == "order-1"
 
 
 @pytest.mark.parametrize(
@@ -101,8 +100,9 @@ def test_reserve_event_accepts_the_saga_correlation_ids() -> None:
         (reserve_event(lines=[{"sku": "A" * 65, "quantity": 1}]), "lines.0.sku"),
         (reserve_event(lines=[{"sku": "A", "quantity": 1, "price": 3}]), "lines.0.price"),
         (reserve_event(lines=[{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 2}]), "lines"),
-        (reserve_event(reservation_id="has space"), "reservation_id"),
-        (reserve_event(reservation_id="x" * 129), "reservation_id"),
+        (reserve_event(order_id="has space"), "order_id"),
+        (reserve_event(order_id="x" * 129), "order_id"),
+        (reserve_event(reservation_id="order-1"), "reservation_id"),
         (reserve_event(order_id=None), "order_id"),
         (reserve_event(customer_id="c-1"), "customer_id"),
         ("not an object", "event"),
@@ -118,9 +118,9 @@ def test_bad_reserve_events_name_the_field(event: Any, field: str) -> None:
 @pytest.mark.parametrize("model", [CommitReservation, ReleaseReservation])
 def test_step_events_accept_nothing_else(model: type[CommitReservation]) -> None:
     with pytest.raises(FieldError):
-        parse_event(model, {"reservation_id": "order-1", "lines": []})
+        parse_event(model, {"order_id": "order-1", "lines": []})
     with pytest.raises(FieldError):
-        parse_event(model, {"reservation_id": 1})
+        parse_event(model, {"order_id": 1})
 
 
 def reservation(**lines: int) -> Reservation:
@@ -137,9 +137,9 @@ def reservation(**lines: int) -> Reservation:
 
 def test_same_lines_ignores_order_but_not_quantities() -> None:
     stored = reservation(A=1, B=2)
-    assert stored.same_lines([ReservationLine(sku="B", quantity=2), ReservationLine(sku="A", quantity=1)])
-    assert not stored.same_lines([ReservationLine(sku="A", quantity=1), ReservationLine(sku="B", quantity=3)])
-    assert not stored.same_lines([ReservationLine(sku="A", quantity=1)])
+    assert stored.same_lines([Line(sku="B", quantity=2), Line(sku="A", quantity=1)])
+    assert not stored.same_lines([Line(sku="A", quantity=1), Line(sku="B", quantity=3)])
+    assert not stored.same_lines([Line(sku="A", quantity=1)])
 
 
 def test_results_have_one_shape_for_every_outcome() -> None:

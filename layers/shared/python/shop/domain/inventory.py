@@ -22,7 +22,8 @@ from shop.errors import (
     ShopError,
 )
 from shop.models.base import iso_now
-from shop.models.inventory import Reservation, ReservationLine, ReservationResult, StoredLine, SweepResult
+from shop.models.common import Line
+from shop.models.inventory import Reservation, ReservationResult, StoredLine, SweepResult
 from shop.observability import logger
 from shop.repositories import inventory as repository
 from shop.repositories.inventory import CancellationReason
@@ -93,9 +94,7 @@ def _existing_after_conflict(reservation_id: str, reasons: Sequence[Cancellation
     return repository.to_reservation(stored) if stored else repository.get_reservation(reservation_id)
 
 
-def reserve(
-    reservation_id: str, order_id: str, lines: Sequence[ReservationLine], *, now: int | None = None
-) -> ReservationResult:
+def reserve(reservation_id: str, order_id: str, lines: Sequence[Line], *, now: int | None = None) -> ReservationResult:
     """Take every line's stock and record the reservation, all or nothing.
 
     Raises OutOfStock naming every short SKU (nothing changes), ReservationConflict if the id

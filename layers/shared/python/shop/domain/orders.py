@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
+from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 
 from shop.auth import Principal
 from shop.domain import catalog, order_saga, payments
@@ -35,14 +36,15 @@ from shop.errors import (
     TransientError,
 )
 from shop.models.base import iso_now
+from shop.models.common import Line
 from shop.models.money import Money
 from shop.models.orders import (
     CheckoutInput,
-    CheckoutLine,
     HistoryEntry,
     Order,
     OrderLine,
     OrderPage,
+    OrderSubmission,
     OrderView,
     PaymentView,
     PlaceOrderRequest,
@@ -73,23 +75,25 @@ def place_order(
         expires_after_seconds=IDEMPOTENCY_TTL_SECONDS,
         lambda_context=lambda_context,
     )
+    # Powertools takes the models as they are: the submission is hashed from its JSON form and
+    # the stored response is validated back into an OrderView on a replay.
     place = idempotent_function(
-        _place, data_keyword_argument="submission", persistence_store=repository.idempotency_store(), config=config
+        _place,
+        data_keyword_argument="submission",
+        persistence_store=repository.idempotency_store(),
+        config=config,
+        output_serializer=PydanticSerializer(OrderView),
     )
-    submission = {
-        "customer_id": principal.subject,
-        "idempotency_key": idempotency_key,
-        "body": request.model_dump(mode="json"),
-    }
+    submission = OrderSubmission(customer_id=principal.subject, idempotency_key=idempotency_key, body=request)
     try:
-        response = place(submission=submission)
+        placed: OrderView = place(submission=submission)
     except IdempotencyAlreadyInProgressError:
         raise IdempotencyKeyInUse("a request with this Idempotency-Key is still being processed; retry later") from None
     except IdempotencyValidationError:
         raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body") from None
     except IdempotencyPersistenceLayerError as error:
         raise TransientError("the idempotency store is unavailable; retry") from error
-    return OrderView.model_validate(response)
+    return placed
 
 
 def order_id_for(customer_id: str, idempotency_key: str, body: dict[str, Any]) -> str:
@@ -98,12 +102,11 @@ def order_id_for(customer_id: str, idempotency_key: str, body: dict[str, Any]) -
     return str(uuid.uuid5(_ORDER_ID_NAMESPACE, material))
 
 
-def _place(submission: dict[str, Any]) -> dict[str, Any]:
-    customer_id: str = submission["customer_id"]
-    request = PlaceOrderRequest.model_validate(submission["body"])
+def _place(submission: OrderSubmission) -> OrderView:
+    body = submission.body.model_dump(mode="json")
     order = _priced_order(
-        order_id_for(customer_id, submission["idempotency_key"], submission["body"]), customer_id, request
-    ).model_copy(update={"payment_token": request.payment.token})
+        order_id_for(submission.customer_id, submission.idempotency_key, body), submission.customer_id, submission.body
+    ).model_copy(update={"payment_token": submission.body.payment.token})
     stored = repository.create(order)
     try:
         start_checkout(stored)
@@ -114,7 +117,7 @@ def _place(submission: dict[str, Any]) -> dict[str, Any]:
             "checkout saga not started; the orphan sweeper will start it", extra={"order_id": stored.order_id}
         )
         metrics().add_metric(name="SagaStartsDeferred", unit=MetricUnit.Count, value=1)
-    return stored.view(payment=None).model_dump(mode="json")
+    return stored.view(payment=None)
 
 
 def start_checkout(order: Order) -> bool:
@@ -124,7 +127,7 @@ def start_checkout(order: Order) -> bool:
     checkout = CheckoutInput(
         order_id=order.order_id,
         customer_id=order.customer_id,
-        lines=[CheckoutLine(sku=line.sku, quantity=line.quantity) for line in order.items],
+        lines=[Line(sku=line.sku, quantity=line.quantity) for line in order.items],
         total=order.total,
         payment_token=order.payment_token,
     )

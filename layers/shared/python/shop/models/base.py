@@ -15,9 +15,13 @@ class StrictModel(BaseModel):
 
 
 class Record(BaseModel):
-    """Base of outbound and stored models: tolerant of fields added by later versions."""
+    """Base of outbound and stored models: tolerant of fields added by later versions.
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    Serialized, every field is present (a defaulted one too, null where it may be null), and the
+    OpenAPI document's response schemas say so.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, json_schema_serialization_defaults_required=True)
 
 
 def utc_now() -> datetime:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel
+from shop.models.common import Sku
 from shop.models.money import Money
 from shop.pagination import NextToken, PageLimit
-
-SKU_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-Sku = Annotated[str, Field(pattern=SKU_PATTERN, description="1-64 characters of A-Z a-z 0-9 - _")]
 
 # Stock numbers stay far below what DynamoDB and JSON clients represent exactly.
 MAX_STOCK = 10**9
@@ -41,11 +39,27 @@ def _multi_line(value: str) -> str:
     return value
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
-Description = Annotated[str, Field(max_length=2000), AfterValidator(_multi_line)]
+# The validators above as JSON Schema patterns, for the OpenAPI document (the validators enforce
+# them; tests/unit/test_catalog_models.py checks that both agree on every code point). Forbidden
+# anywhere: the controls (Cc); at either end also whitespace (what str.strip() removes). Lone
+# surrogates cannot be stated portably; the body parser refuses them anywhere.
+_CONTROLS = r"\x00-\x1f\x7f-\x9f"
+_CONTROLS_BUT_NEWLINE_AND_TAB = r"\x00-\x08\x0b-\x1f\x7f-\x9f"
+_CONTROLS_AND_SPACES = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+SINGLE_LINE_PATTERN = f"^[^{_CONTROLS_AND_SPACES}](?:[^{_CONTROLS}]*[^{_CONTROLS_AND_SPACES}])?$"
+MULTI_LINE_PATTERN = f"^[^{_CONTROLS_BUT_NEWLINE_AND_TAB}]*$"
+
+
+def _text(min_length: int | None, max_length: int, pattern: str) -> Any:
+    # The pattern is documented only: the validator enforces it with a message that says why.
+    return Field(min_length=min_length, max_length=max_length, json_schema_extra={"pattern": pattern})
+
+
+Name = Annotated[str, _text(1, 200, SINGLE_LINE_PATTERN), AfterValidator(_single_line)]
+Description = Annotated[str, _text(None, 2000, MULTI_LINE_PATTERN), AfterValidator(_multi_line)]
 # The category is the partition key of the ActiveProductsByCategory index.
-Category = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_single_line)]
-Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_single_line)]
+Category = Annotated[str, _text(1, 64, SINGLE_LINE_PATTERN), AfterValidator(_single_line)]
+Reason = Annotated[str, _text(1, 500, SINGLE_LINE_PATTERN), AfterValidator(_single_line)]
 
 
 class CreateProductRequest(StrictModel):
@@ -59,8 +73,20 @@ class CreateProductRequest(StrictModel):
     stock: int = Field(ge=0, le=MAX_STOCK, description=f"Becomes `available`; 0 to {MAX_STOCK}.")
 
 
+def _present_fields_only(schema: dict[str, Any]) -> None:
+    """The schema of ``UpdateProductRequest`` as the server enforces it: no nulls, at least one field."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+        variants = [variant for variant in prop.pop("anyOf", []) if variant != {"type": "null"}]
+        if len(variants) == 1:
+            prop.update(variants[0])
+    schema["minProperties"] = 1
+
+
 class UpdateProductRequest(StrictModel):
     """``PATCH /products/{sku}``: any of the fields; at least one; none may be null."""
+
+    model_config = ConfigDict(json_schema_extra=_present_fields_only)
 
     name: Name | None = None
     description: Description | None = None
@@ -94,6 +120,7 @@ class StockAdjustmentRequest(StrictModel):
         ge=-MAX_STOCK,
         le=MAX_STOCK,
         description=f"Non-zero. The resulting `available` must stay within 0 to {MAX_STOCK} (else 409).",
+        json_schema_extra={"not": {"const": 0}},
     )
     reason: Reason
 

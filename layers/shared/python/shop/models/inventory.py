@@ -2,52 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
-
-Sku = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-# Reservation and order ids come from the saga (the order id); any printable id up to 128.
-Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
-
-# Matches the HTTP contract for orders (1-50 lines, quantity 1-100), and keeps one reservation
-# (a Put plus one Update per SKU) well inside TransactWriteItems' 100-item limit.
-MAX_LINES = 50
-MAX_QUANTITY = 100
+from shop.models.common import MAX_LINES, ExecutionName, Line, OrderId
 
 ReservationStatus = Literal["RESERVED", "COMMITTED", "RELEASED"]
 ReservationOutcome = Literal["RESERVED", "COMMITTED", "RELEASED", "NOT_FOUND"]
 
 
-class ReservationLine(StrictModel):
-    sku: Sku
-    quantity: int = Field(ge=1, le=MAX_QUANTITY)
-
-
-ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
-
-
 class ReserveStock(StrictModel):
-    reservation_id: Identifier
-    order_id: Identifier
+    """Reserve every line for an order; the reservation's id is the order's id."""
+
+    order_id: OrderId
     # The saga passes its execution name for log correlation; nothing else unknown is accepted.
     execution_name: ExecutionName | None = None
-    lines: list[ReservationLine] = Field(min_length=1, max_length=MAX_LINES)
+    lines: list[Line] = Field(min_length=1, max_length=MAX_LINES)
 
     @field_validator("lines")
     @classmethod
-    def _distinct_skus(cls, lines: list[ReservationLine]) -> list[ReservationLine]:
+    def _distinct_skus(cls, lines: list[Line]) -> list[Line]:
         require_distinct_skus([line.sku for line in lines])
         return lines
 
 
 class _ReservationStep(StrictModel):
-    """Commit and release name only the reservation; the saga's correlation ids are accepted."""
+    """Commit and release the order's reservation (its id is the order's id)."""
 
-    reservation_id: Identifier
-    order_id: Identifier | None = None
+    order_id: OrderId
     execution_name: ExecutionName | None = None
 
 
@@ -60,6 +44,8 @@ class ReleaseReservation(_ReservationStep):
 
 
 class StoredLine(Record):
+    """A ``Line`` as read back from DynamoDB (lenient: numbers arrive as Decimal)."""
+
     sku: str
     quantity: int
 
@@ -76,7 +62,7 @@ class Reservation(Record):
     updated_at: str
     purge_at: int | None = None
 
-    def same_lines(self, lines: list[ReservationLine]) -> bool:
+    def same_lines(self, lines: list[Line]) -> bool:
         """Order-insensitive comparison: a retried request may list the same lines differently."""
         return sorted((line.sku, line.quantity) for line in self.lines) == sorted(
             (line.sku, line.quantity) for line in lines

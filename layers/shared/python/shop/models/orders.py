@@ -8,15 +8,24 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, field_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
+from shop.models.common import MAX_LINES, ExecutionName, Line, OrderId, PaymentToken
 from shop.models.money import Money
 
-Sku = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
-ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
 StepName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
 
-MAX_LINES = 50
-MAX_QUANTITY = 100
+MAX_IDEMPOTENCY_KEY = 255
+
+# What a client sends as the Idempotency-Key header of POST /orders: 1-255 visible ASCII
+# characters, spaces only inside (an HTTP header value loses its leading and trailing whitespace).
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        pattern=r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$",
+        description=f"1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters (spaces only inside), scoped to the caller.",
+    ),
+]
 
 OrderStatus = Literal[
     "PENDING",
@@ -45,17 +54,22 @@ DeadLetterStatus = Literal["OPEN", "REDRIVING", "RESOLVED"]
 
 
 # ---------------------------------------------------------------------------- HTTP bodies
-class OrderItemRequest(StrictModel):
-    sku: Sku
-    quantity: int = Field(ge=1, le=MAX_QUANTITY)
+class OrderItemRequest(Line):
+    """A line of a POST /orders body."""
 
 
 class PaymentMethod(StrictModel):
-    token: str = Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
+    token: PaymentToken
 
 
 class PlaceOrderRequest(StrictModel):
-    items: list[OrderItemRequest] = Field(min_length=1, max_length=MAX_LINES)
+    # Distinct SKUs (no JSON Schema keyword says "unique by sku"; uniqueItems is the part it can say).
+    items: list[OrderItemRequest] = Field(
+        min_length=1,
+        max_length=MAX_LINES,
+        description="Each SKU at most once (a repeated SKU is 400).",
+        json_schema_extra={"uniqueItems": True},
+    )
     payment: PaymentMethod
 
     @field_validator("items")
@@ -63,6 +77,14 @@ class PlaceOrderRequest(StrictModel):
     def _distinct_skus(cls, items: list[OrderItemRequest]) -> list[OrderItemRequest]:
         require_distinct_skus([item.sku for item in items])
         return items
+
+
+class OrderSubmission(StrictModel):
+    """What POST /orders' idempotency is keyed on: the caller, their key and the body."""
+
+    customer_id: str
+    idempotency_key: str
+    body: PlaceOrderRequest
 
 
 # ---------------------------------------------------------------------------- stored order
@@ -150,11 +172,6 @@ class OrderPage(Record):
 
 
 # ---------------------------------------------------------------------------- sagas
-class CheckoutLine(Record):
-    sku: str
-    quantity: int
-
-
 class CheckoutInput(Record):
     """What the API starts CheckoutStateMachine with; the state machine passes parts to each step."""
 
@@ -162,7 +179,7 @@ class CheckoutInput(Record):
     mode: Literal["checkout"] = "checkout"
     order_id: str
     customer_id: str
-    lines: list[CheckoutLine]
+    lines: list[Line]
     total: Money
     payment_token: str
 

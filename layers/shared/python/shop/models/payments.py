@@ -7,12 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from shop.models.base import Record, StrictModel
+from shop.models.common import ExecutionName, OrderId, PaymentToken
 from shop.models.money import Currency, Money
-
-# Order ids come from the saga; any printable id up to 128 characters (as inventory accepts).
-OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
-ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
-PaymentToken = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
 
 # PENDING: an authorization was attempted and has no outcome yet. VOIDED with nothing authorized
 # is what voiding an order that never got an authorization leaves behind (it also fences off a

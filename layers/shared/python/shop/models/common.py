@@ -1,0 +1,36 @@
+"""Types and limits shared by every boundary, declared once.
+
+A (sku, quantity) ``Line`` means the same in a POST /orders body, the checkout saga's input and
+a reservation request; ids that travel through the sagas are printable ASCII.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from shop.models.base import StrictModel
+
+SKU_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# Visible ASCII, no spaces: ids and tokens that end up in keys, execution names and logs.
+PRINTABLE_PATTERN = r"^[\x21-\x7e]+$"
+
+# The HTTP contract's limits for an order (1-50 lines, quantity 1-100); they also keep one
+# reservation (a Put plus one Update per SKU) well inside TransactWriteItems' 100-item limit.
+MAX_LINES = 50
+MAX_QUANTITY = 100
+
+Sku = Annotated[str, Field(pattern=SKU_PATTERN, description="1-64 characters of A-Z a-z 0-9 - _")]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+# Order ids come from the API (UUIDs); the saga passes them to every step, the reservation's id included.
+OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
+ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
+PaymentToken = Annotated[str, Field(min_length=1, max_length=255, pattern=PRINTABLE_PATTERN)]
+
+
+class Line(StrictModel):
+    """One SKU and how many of it."""
+
+    sku: Sku
+    quantity: Quantity

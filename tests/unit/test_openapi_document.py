@@ -1,0 +1,153 @@
+"""The OpenAPI document: a valid OpenAPI 3.1 document that says what the server enforces.
+
+The HTTP tier fuzzes the served document against the running stack (tests/http/test_contract_fuzz.py);
+these are the properties that need no server.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+from pydantic import TypeAdapter, ValidationError
+
+from app import app
+from chalicelib import openapi
+from shop.models.catalog import (
+    MULTI_LINE_PATTERN,
+    SINGLE_LINE_PATTERN,
+    CreateProductRequest,
+    StockAdjustmentRequest,
+    UpdateProductRequest,
+)
+from shop.models.orders import IdempotencyKey
+
+PROBLEM = "application/problem+json"
+# What the route validates the Idempotency-Key header with, and what the document states.
+IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(IdempotencyKey)
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    return openapi.document(app, title="Serverless shop API", version="1.0.0")
+
+
+def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield path, method, operation
+
+
+def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
+    validate(document)  # openapi-spec-validator: raises on the first error
+
+
+def test_every_error_is_a_problem_whose_status_is_the_answers(document: dict[str, Any]) -> None:
+    for path, method, operation in _operations(document):
+        responses = operation["responses"]
+        assert {"400", "500", "502", "504", "429"} <= set(responses), (path, method)
+        for status, response in responses.items():
+            if int(status) >= 400:
+                schema = response["content"][PROBLEM]["schema"]
+                assert schema["$ref"] == "#/components/schemas/Problem"
+                assert schema["properties"]["status"] == {"const": int(status)}, (path, method, status)
+        if "401" in responses:
+            assert responses["401"]["headers"]["WWW-Authenticate"]["required"] is True
+        if "503" in responses:
+            assert responses["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 0}
+    problem = document["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) == {"type", "title", "status", "detail"}
+    assert problem["properties"]["errors"]["type"] == "array"  # absent when unused, never null
+
+
+def test_routes_with_a_token_declare_it_and_their_401(document: dict[str, Any]) -> None:
+    for path, method, operation in _operations(document):
+        registered = app.routes[path][method.upper()].view_function
+        declared = openapi.operation_of(registered)
+        assert declared is not None
+        if declared.auth == "public":
+            assert "security" not in operation and "401" not in operation["responses"], (path, method)
+        else:
+            assert operation["security"] == [{"bearerAuth": []}], (path, method)
+            assert "401" in operation["responses"] and "503" in operation["responses"]
+        assert ("403" in operation["responses"]) == (declared.auth == "admin"), (path, method)
+
+
+def test_placing_an_order_declares_its_idempotency_key(document: dict[str, Any]) -> None:
+    place = document["paths"]["/orders"]["post"]
+    (header,) = [parameter for parameter in place["parameters"] if parameter["in"] == "header"]
+    assert (header["name"], header["required"]) == ("Idempotency-Key", True)
+    assert (header["schema"]["minLength"], header["schema"]["maxLength"]) == (1, 255)
+    assert {"202", "409", "422", "413", "415"} <= set(place["responses"])
+    assert place["responses"]["202"]["headers"]["Location"]["required"] is True
+
+
+@pytest.mark.parametrize("key", ["k", "x" * 255, "order 1", "a-b_c.d~e!#$%&'*+^`|"])
+def test_a_valid_idempotency_key(key: str) -> None:
+    assert IDEMPOTENCY_KEY.validate_python(key, strict=True) == key
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, " lead", "trail ", "tab\tinside", "é", "nul\x00"])
+def test_an_invalid_idempotency_key(key: str) -> None:
+    with pytest.raises(ValidationError):
+        IDEMPOTENCY_KEY.validate_python(key, strict=True)
+
+
+def test_optional_inputs_are_absent_never_null(document: dict[str, Any]) -> None:
+    for path, method, operation in _operations(document):
+        for parameter in operation.get("parameters", []):
+            schema = parameter["schema"]
+            assert "anyOf" not in schema and schema.get("default", "") is not None, (path, method, parameter)
+    update = document["components"]["schemas"]["UpdateProductRequest"]
+    assert update["minProperties"] == 1
+    for name, prop in update["properties"].items():
+        assert "anyOf" not in prop and "default" not in prop, name
+    with pytest.raises(ValidationError):
+        UpdateProductRequest.model_validate_json('{"name": null}')
+    with pytest.raises(ValidationError):
+        UpdateProductRequest.model_validate_json("{}")
+
+
+def test_the_bounds_the_validators_enforce_are_in_the_schemas(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert schemas["StockAdjustmentRequest"]["properties"]["delta"]["not"] == {"const": 0}
+    with pytest.raises(ValidationError):
+        StockAdjustmentRequest.model_validate_json('{"delta": 0, "reason": "x"}')
+    items = schemas["PlaceOrderRequest"]["properties"]["items"]
+    assert items["uniqueItems"] is True and "SKU" in items["description"]
+    create = schemas["CreateProductRequest"]["properties"]
+    assert create["name"]["pattern"] == create["category"]["pattern"] == SINGLE_LINE_PATTERN
+    assert create["description"]["pattern"] == MULTI_LINE_PATTERN
+    assert schemas["StockAdjustmentRequest"]["properties"]["reason"]["pattern"] == SINGLE_LINE_PATTERN
+
+
+def _accepted(field: str, value: str) -> bool:
+    body = {"sku": "A", "name": "n", "category": "c", "price": {"amount": 1}, "stock": 0, field: value}
+    try:
+        CreateProductRequest.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+def _code_points() -> Iterator[str]:
+    # Every code point the Cc and whitespace categories use (all below U+3100), then a sample of
+    # the rest (lone surrogates excluded: the pattern cannot state them; the body parser refuses them).
+    for point in range(0x3100):
+        yield chr(point)
+    for point in range(0x3100, 0x110000, 97):
+        if unicodedata.category(chr(point)) != "Cs":
+            yield chr(point)
+
+
+@pytest.mark.parametrize(("field", "pattern"), [("name", SINGLE_LINE_PATTERN), ("description", MULTI_LINE_PATTERN)])
+def test_the_documented_text_patterns_agree_with_the_validators(field: str, pattern: str) -> None:
+    # JSON Schema patterns are unanchored ECMA-262 regexes; fullmatch is what ^...$ means there.
+    compiled = re.compile(pattern)
+    for char in _code_points():
+        for text in (char, f"a{char}", f"{char}a", f"a{char}b"):
+            assert bool(compiled.fullmatch(text)) == _accepted(field, text), (field, hex(ord(char)), text)
