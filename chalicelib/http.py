@@ -17,7 +17,7 @@ is 400 with ``errors[].field`` = the parameter name), ``principal`` when ``auth`
 ``query`` when ``query=Model`` (unknown or repeated parameters are 400) and ``body`` when
 ``body=Model`` (see ``parse_body``). A route without ``query`` rejects any query string (400).
 ``headers={"Idempotency-Key": IdempotencyKey}`` requires each header and validates it against its
-annotation (400 naming the header) without passing it to the view; ``backend=False`` marks a route
+annotation (400 naming the header) and passes them, validated, as ``headers``; ``backend=False`` marks a route
 that reaches no data store or service (its document then lists no 503). The checks run in that
 order: auth, path, query, headers, body. The ``Operation`` each route carries is what the OpenAPI
 document says of it, so whatever the route enforces here is declared there too.
@@ -359,8 +359,11 @@ def route(
                         "this route takes no query parameters",
                         [{"field": name, "message": "unknown parameter"} for name in request.query_params],
                     )
-                for name, adapter in header_adapters.items():
-                    _header_argument(name, adapter, request.headers.get(name.lower()))
+                if header_adapters:
+                    arguments["headers"] = {
+                        name: _header_argument(name, adapter, request.headers.get(name.lower()))
+                        for name, adapter in header_adapters.items()
+                    }
                 if body is not None:
                     arguments["body"] = parse_body(request, body)
                 result = view(**arguments)

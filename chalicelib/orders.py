@@ -7,16 +7,14 @@ from chalice import Blueprint, Response
 from chalicelib import http
 from shop.auth import Principal
 from shop.domain import orders as domain
-from shop.errors import FieldError
 from shop.models.base import StrictModel
 from shop.models.common import OrderId
-from shop.models.orders import IdempotencyKey, OrderPage, OrderView, PlaceOrderRequest
+from shop.models.orders import MAX_IDEMPOTENCY_KEY, IdempotencyKey, OrderPage, OrderView, PlaceOrderRequest
 from shop.pagination import NextToken, PageLimit
 
 orders = Blueprint(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY = 255
 _TAGS = ("orders",)
 _ORDER_ID = {"order_id": OrderId}
 
@@ -26,16 +24,6 @@ class OrderListQuery(StrictModel):
 
     limit: PageLimit = 20
     next_token: NextToken | None = None
-
-
-def _idempotency_key() -> str:
-    value = orders.current_request.headers.get(IDEMPOTENCY_HEADER.lower())
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY:
-        raise FieldError(
-            f"the {IDEMPOTENCY_HEADER} header is required",
-            [{"field": IDEMPOTENCY_HEADER, "message": f"send 1-{MAX_IDEMPOTENCY_KEY} characters"}],
-        )
-    return value
 
 
 @http.route(
@@ -58,8 +46,8 @@ def _idempotency_key() -> str:
     errors=(409, 422),
     tags=_TAGS,
 )
-def place_order(body: PlaceOrderRequest, principal: Principal) -> Response:
-    key = _idempotency_key()
+def place_order(body: PlaceOrderRequest, principal: Principal, headers: dict[str, str]) -> Response:
+    key = headers[IDEMPOTENCY_HEADER]  # validated as IdempotencyKey by the route declaration
     order = domain.place_order(principal, key, body, lambda_context=orders.lambda_context)
     return http.json_response(order, status=202, headers={"Location": f"/orders/{order.order_id}"})
 
