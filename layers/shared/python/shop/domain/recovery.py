@@ -6,10 +6,11 @@ Two mechanisms, both outside the state machines:
   Change" of either saga that ends FAILED, TIMED_OUT or ABORTED. An order such an execution left
   in progress becomes NEEDS_ATTENTION with an open dead letter; a redrive that stopped reopens
   its dead letter, so the next redrive starts a new execution.
-- ``resume_orphans``: a scheduled sweep of the orders still in progress whose last change is
-  older than ``ORPHAN_AFTER_SECONDS``. An order whose saga was never started (StartExecution
+- ``resume_orphans``: a scheduled sweep of the orders still in progress that were placed more
+  than ``ORPHAN_AFTER_SECONDS`` ago. An order whose saga was never started (StartExecution
   failed after the order was stored) gets it started, under the same execution name, so never
-  twice; an order whose saga stopped without the event being handled is settled as above.
+  twice; an order whose saga stopped without the event being handled is settled as above; one
+  whose saga is still running (long retries) is left to it.
 
 Both are idempotent: running them twice, or both on one order, leaves one dead letter.
 """
@@ -41,7 +42,9 @@ from shop.repositories import orders as repository
 
 STOPPED = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
 SETTLED = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
-SWEEP_LIMIT = 100
+# Oldest first; a sweep examines at most this many (one GetItem and one DescribeExecution each, well
+# inside the function's 60 s), so sagas still running their long retries cannot hide newer orphans.
+SWEEP_LIMIT = 1000
 
 
 def _input_of(change: ExecutionStatusChange) -> dict[str, object]:
@@ -117,7 +120,7 @@ def _dead_letter(
 
 
 def resume_orphans(now: datetime) -> OrphanSweep:
-    """Start or settle every order in progress that has had no change for ORPHAN_AFTER_SECONDS."""
+    """Start or settle every order in progress placed more than ORPHAN_AFTER_SECONDS ago that has no running saga."""
     cutoff = now - timedelta(seconds=recovery_settings().orphan_after_seconds)
     candidates = repository.in_progress_since(_iso(cutoff), limit=SWEEP_LIMIT)
     sweep = OrphanSweep(examined=len(candidates))

@@ -152,14 +152,14 @@ def list_for_customer(
     return orders, response.get("LastEvaluatedKey")
 
 
-def in_progress_since(updated_before: str, *, limit: int) -> list[str]:
-    """Ids of orders in progress whose last change is older than ``updated_before``, stalest first."""
+def in_progress_since(created_before: str, *, limit: int) -> list[str]:
+    """Ids of orders still in progress that were placed before ``created_before``, oldest first."""
     ids: list[str] = []
     request: dict[str, Any] = {
         "TableName": table_settings().orders_table,
         "IndexName": ORDERS_IN_PROGRESS,
-        "KeyConditionExpression": "in_progress = :open AND updated_at < :before",
-        "ExpressionAttributeValues": {":open": {"S": IN_PROGRESS}, ":before": {"S": updated_before}},
+        "KeyConditionExpression": "in_progress = :open AND created_at < :before",
+        "ExpressionAttributeValues": {":open": {"S": IN_PROGRESS}, ":before": {"S": created_before}},
         "Limit": limit,
     }
     while len(ids) < limit:
