@@ -65,11 +65,14 @@ class FaultInjection:
     duplicate_deliveries: set[str] = field(default_factory=set)
     before_invoke: Callable[[str, Any], None] | None = None
     after_invoke: Callable[[str, Any], None] | None = None
+    # Per invocation: (function name, event) -> deliver this one twice.
+    duplicate_when: Callable[[str, Any], bool] | None = None
 
     def clear(self) -> None:
         self.duplicate_deliveries.clear()
         self.before_invoke = None
         self.after_invoke = None
+        self.duplicate_when = None
 
 
 def lambda_timeout(seconds: float = 15.0) -> Exception:
@@ -258,7 +261,10 @@ def _invoke(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
     started = time.perf_counter()
     result = run(self, event)
     stats.record(self.function_name, time.perf_counter() - started)
-    if self.function_name in faults.duplicate_deliveries:
+    duplicate = faults.duplicate_when
+    if self.function_name in faults.duplicate_deliveries or (
+        duplicate is not None and duplicate(self.function_name, event)
+    ):
         result = run(self, event)
     if faults.after_invoke is not None:
         try:

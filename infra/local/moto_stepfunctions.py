@@ -1,4 +1,5 @@
-"""Keep moto's Step Functions interpreter from spending its time on setup instead of executing.
+"""Keep moto's Step Functions interpreter from spending its time on setup instead of executing
+(and let the chaos run throttle its API: ``fault_hook``).
 
 Measured with py-spy under `make bench`: moto parses the whole ASL definition with ANTLR at the
 start of every execution (about 0.1-0.3 s of CPU for the checkout machine, 38% of the stack's
@@ -15,6 +16,8 @@ tests/service/test_lambda_runtime_canary.py fail if a moto upgrade moves these f
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -27,6 +30,22 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda
 from moto.stepfunctions.parser.asl.parse import asl_parser
 from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
 from moto.stepfunctions.parser.asl.utils import boto_client
+from moto.stepfunctions.responses import StepFunctionResponse
+
+_ORIGINAL_CALL_ACTION = StepFunctionResponse.call_action
+# The chaos run's Step Functions faults (infra/local/faults.py): (operation, e.g. "StartExecution")
+# -> an error code to answer instead, before anything is started; None to go on.
+fault_hook: Callable[[str], str | None] | None = None
+
+
+def _call_action(self: StepFunctionResponse) -> Any:
+    hook = fault_hook
+    if hook is not None:
+        code = hook(str(self.headers.get("X-Amz-Target", "")).rsplit(".", 1)[-1])
+        if code is not None:
+            body = json.dumps({"__type": code, "message": f"injected {code}"})
+            return 400, {"Content-Type": "application/x-amz-json-1.0", "status": "400"}, body
+    return _ORIGINAL_CALL_ACTION(self)
 
 
 @lru_cache(maxsize=64)
@@ -60,3 +79,4 @@ def install() -> None:
     """Cache syntax trees and Lambda clients (idempotent)."""
     asl_parser.AmazonStateLanguageParser.parse = staticmethod(_parse)  # type: ignore[method-assign]
     lambda_eval_utils.boto_client_for = _client_for
+    StepFunctionResponse.call_action = _call_action  # type: ignore[method-assign]

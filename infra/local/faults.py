@@ -1,0 +1,156 @@
+"""Seeded fault profiles for the local stack: faults enter at the real seams, never in domain code.
+
+A ``FaultInjector`` installs one profile into the emulator's adapters:
+
+- Lambda invoke (``lambda_runtime``): throttled or a service error before the handler runs; the
+  handler runs and its answer is lost (``Sandbox.Timedout``, the effect stays); the same event
+  delivered twice.
+- DynamoDB requests (``moto_dynamodb``): throttling, ``ProvisionedThroughputExceededException``
+  and ``InternalServerError`` before the request is applied; a write applied with its answer
+  lost (``InternalServerError`` after the effect); ``TransactionConflict`` on transactions. The
+  payment simulator keeps its ledger in DynamoDB too, so its writes fail the same ways: a
+  provider call applied with its answer lost.
+- Step Functions (``moto_stepfunctions``): ``StartExecution`` throttled.
+
+Every decision comes from one ``random.Random(seed)``, so a profile and a seed name one run (the
+interleaving of threads still varies); every injected fault is counted by kind.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, fields
+from typing import Any
+
+from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
+
+WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """Probabilities per request (or invocation) of each kind of fault."""
+
+    name: str
+    lambda_throttled: float = 0.0
+    lambda_service_error: float = 0.0
+    lambda_answer_lost: float = 0.0
+    lambda_duplicate: float = 0.0
+    dynamodb_throttled: float = 0.0
+    dynamodb_throughput_exceeded: float = 0.0
+    dynamodb_internal_error: float = 0.0
+    dynamodb_answer_lost: float = 0.0
+    dynamodb_transaction_conflict: float = 0.0
+    start_execution_throttled: float = 0.0
+
+    @property
+    def kinds(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "name"]
+
+
+PROFILES: dict[str, FaultProfile] = {
+    "none": FaultProfile("none"),
+    "light": FaultProfile(
+        "light",
+        lambda_throttled=0.01,
+        lambda_service_error=0.01,
+        lambda_answer_lost=0.01,
+        lambda_duplicate=0.02,
+        dynamodb_throttled=0.01,
+        dynamodb_throughput_exceeded=0.01,
+        dynamodb_internal_error=0.005,
+        dynamodb_answer_lost=0.005,
+        dynamodb_transaction_conflict=0.02,
+        start_execution_throttled=0.02,
+    ),
+    "hostile": FaultProfile(
+        "hostile",
+        lambda_throttled=0.03,
+        lambda_service_error=0.03,
+        lambda_answer_lost=0.03,
+        lambda_duplicate=0.05,
+        dynamodb_throttled=0.03,
+        dynamodb_throughput_exceeded=0.03,
+        dynamodb_internal_error=0.02,
+        dynamodb_answer_lost=0.02,
+        dynamodb_transaction_conflict=0.05,
+        start_execution_throttled=0.1,
+    ),
+}
+
+
+class FaultInjector:
+    """One profile, one seed, installed into the adapters until ``stop()``."""
+
+    def __init__(self, profile: FaultProfile, seed: int) -> None:
+        self.profile = profile
+        self.injected: Counter[str] = Counter()
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self.enabled = False
+
+    def _roll(self, kind: str) -> bool:
+        probability = float(getattr(self.profile, kind))
+        if not self.enabled or probability <= 0.0:
+            return False
+        with self._lock:
+            hit = self._random.random() < probability
+            if hit:
+                self.injected[kind] += 1
+        return hit
+
+    # ------------------------------------------------------------------ seams
+    def _before_invoke(self, function_name: str, event: Any) -> None:
+        if self._roll("lambda_throttled"):
+            raise type("Lambda.TooManyRequestsException", (Exception,), {})("injected: rate exceeded")
+        if self._roll("lambda_service_error"):
+            raise type("Lambda.ServiceException", (Exception,), {})("injected: Lambda service error")
+
+    def _after_invoke(self, function_name: str, event: Any) -> None:
+        if self._roll("lambda_answer_lost"):
+            raise lambda_runtime.lambda_timeout()
+
+    def _duplicate(self, function_name: str, event: Any) -> bool:
+        return self._roll("lambda_duplicate")
+
+    def _dynamodb(self, moment: str, operation: str, request: dict[str, Any]) -> str | None:
+        if moment == "before":
+            if operation == "TransactWriteItems" and self._roll("dynamodb_transaction_conflict"):
+                return "TransactionConflictException"
+            if self._roll("dynamodb_throttled"):
+                return "ThrottlingException"
+            if self._roll("dynamodb_throughput_exceeded"):
+                return "ProvisionedThroughputExceededException"
+            if self._roll("dynamodb_internal_error"):
+                return "InternalServerError"
+            return None
+        if operation in WRITES and self._roll("dynamodb_answer_lost"):
+            return "InternalServerError"
+        return None
+
+    def _stepfunctions(self, operation: str) -> str | None:
+        if operation == "StartExecution" and self._roll("start_execution_throttled"):
+            return "ThrottlingException"
+        return None
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        lambda_runtime.faults.before_invoke = self._before_invoke
+        lambda_runtime.faults.after_invoke = self._after_invoke
+        lambda_runtime.faults.duplicate_when = self._duplicate
+        moto_dynamodb.fault_hook = self._dynamodb  # type: ignore[assignment]
+        moto_stepfunctions.fault_hook = self._stepfunctions
+        self.enabled = True
+
+    def stop(self) -> None:
+        """Faults off: everything healthy again (the counts stay)."""
+        self.enabled = False
+        lambda_runtime.faults.clear()
+        moto_dynamodb.fault_hook = None
+        moto_stepfunctions.fault_hook = None
+
+    def summary(self) -> str:
+        return json.dumps(dict(sorted(self.injected.items())))
