@@ -1,4 +1,5 @@
-"""Operator routes: the sagas' dead letters (list, redrive) and the payment circuit breaker."""
+"""Operator routes: the sagas' dead letters (list, redrive), the payment circuit breaker and the last
+reconciliation report."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from chalice import Blueprint, Response
 
 from chalicelib import http
 from shop.auth import Principal
-from shop.domain import operations, payments
+from shop.domain import operations, payments, reconciliation_job
+from shop.errors import ReconciliationReportNotFound
 from shop.models.base import Record, StrictModel
 from shop.models.common import OrderId
 from shop.models.orders import DeadLetter, DeadLetterPage
 from shop.models.payments import CircuitBreakerStatus
+from shop.models.reconciliation import ReconciliationReport
 from shop.pagination import NextToken, PageLimit
 
 admin = Blueprint(__name__)
@@ -72,3 +75,24 @@ def redrive_dead_letter(order_id: str, principal: Principal) -> Response:
 )
 def circuit_breakers(principal: Principal) -> Response:
     return http.json_response(CircuitBreakerList(items=[payments.circuit_breaker_status()]))
+
+
+@http.route(
+    admin,
+    "/admin/reconciliation",
+    "GET",
+    summary="The last reconciliation report (admin)",
+    description=(
+        "When the scheduled reconciliation last ran, what it checked, every discrepancy found (order or SKU, "
+        "what disagrees) and what was done about it (repaired, dead-lettered or reported). 404 before the first run."
+    ),
+    auth="admin",
+    responses={200: ReconciliationReport},
+    errors=(404,),
+    tags=_TAGS,
+)
+def reconciliation_report(principal: Principal) -> Response:
+    report = reconciliation_job.last_report()
+    if report is None:
+        raise ReconciliationReportNotFound("the reconciliation has not run yet")
+    return http.json_response(report)

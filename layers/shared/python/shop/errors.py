@@ -238,3 +238,7 @@ class IdempotencyKeyReused(Unprocessable):
 
 class DeadLetterNotFound(NotFound):
     title, slug = "Dead letter not found", "dead-letter-not-found"
+
+
+class ReconciliationReportNotFound(NotFound):
+    title, slug = "No reconciliation report yet", "reconciliation-report-not-found"

@@ -106,7 +106,7 @@ def _place(submission: OrderSubmission) -> OrderView:
     body = submission.body.model_dump(mode="json")
     order = _priced_order(
         order_id_for(submission.customer_id, submission.idempotency_key, body), submission.customer_id, submission.body
-    ).model_copy(update={"payment_token": submission.body.payment.token})
+    ).model_copy(update={"payment_token": submission.body.payment.token, "idempotency_key": submission.idempotency_key})
     stored = repository.create(order)
     try:
         start_checkout(stored)

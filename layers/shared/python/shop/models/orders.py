@@ -122,6 +122,9 @@ class Order(Record):
     cancel_requested: bool = False
     # Kept so that the orphan sweeper can start a saga whose StartExecution failed; never shown.
     payment_token: str | None = None
+    # The caller's Idempotency-Key (scoped to ``customer_id``); never shown. None on orders stored
+    # before it was kept. The reconciliation checks that no key placed two orders.
+    idempotency_key: str | None = None
     created_at: str
     updated_at: str
     version: int = 0

@@ -91,6 +91,8 @@ def product_item(product: Product) -> dict[str, Any]:
         "price_amount": product.price.amount,
         "price_currency": product.price.currency,
         "available": product.available,
+        # What the product was created with: the reconciliation job's stock equation starts here.
+        "initial_stock": product.available,
         "active": product.active,
         "created_at": product.created_at,
         "updated_at": product.updated_at,

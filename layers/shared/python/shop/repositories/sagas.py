@@ -79,3 +79,13 @@ def status(state_machine_arn: str, name: str) -> ExecutionStatus | None:
             return None
         raise SagaNotStarted(f"Step Functions could not describe {name}; retry") from error
     return str(described["status"])
+
+
+def running(state_machine_arn: str) -> list[str]:
+    """Names of the machine's executions still RUNNING (every page)."""
+    pages = (
+        aws.stepfunctions()
+        .get_paginator("list_executions")
+        .paginate(stateMachineArn=state_machine_arn, statusFilter="RUNNING")
+    )
+    return [str(execution["name"]) for page in pages for execution in page.get("executions", [])]

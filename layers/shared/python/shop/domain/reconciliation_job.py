@@ -1,0 +1,231 @@
+"""The scheduled reconciliation: read the books, check every invariant, repair what is safe.
+
+One run reads every table (``shop.repositories.audit``: parallel, consistent scans) and, for each
+settled order, what the provider did under its idempotency keys; ``shop.domain.reconciliation``
+checks the snapshot. Only one discrepancy is repaired here: a payments ledger behind the provider
+(``PaymentService.reconcile``, the same conditional transitions the saga uses). Every other
+discrepancy of an order opens the order's dead letter, so an operator sees it and can redrive it;
+a stuck order or an expired hold belongs to the sweepers, and a stock difference to an operator's
+audited adjustment: those are reported only. Each discrepancy kind is published as a metric and
+the report is stored for ``GET /admin/reconciliation``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from shop.domain import payments as payment_domain
+from shop.domain import reconciliation as checks
+from shop.domain.reconciliation import ProviderView, Snapshot, StockRecord
+from shop.errors import ShopError
+from shop.models.base import iso_now
+from shop.models.orders import DeadLetter, Order
+from shop.models.payments import Payment
+from shop.models.reconciliation import CheckedCounts, Discrepancy, DiscrepancyAction, ReconciliationReport
+from shop.observability import logger
+from shop.payments.provider import PaymentProvider
+from shop.payments.simulator import SimulatorLedger
+from shop.repositories import audit, dead_letters, sagas
+
+# An order unchanged for this long is settled: no saga is moving it any more (the orphan sweeper
+# takes over an order in progress after a minute; retries and an open breaker last minutes).
+SETTLE_AFTER = timedelta(minutes=15)
+# The expired-reservation sweeper runs every minute; a hold expired longer ago than this is missed.
+EXPIRY_GRACE = timedelta(minutes=15)
+# The stored report lists at most this many discrepancies (the item stays far below 400 KB).
+MAX_LISTED = 200
+# Handled by the sweepers (or an operator's stock adjustment), not by a redrive.
+# Two orders under one Idempotency-Key need an operator's decision (which one stands); no redrive makes it.
+REPORT_ONLY = frozenset(
+    {
+        "order_not_settled",
+        "execution_running",
+        "reservation_held_past_expiry",
+        "stock_negative",
+        "stock_mismatch",
+        "duplicate_idempotency_key",
+    }
+)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def provider_view(order_id: str, payment: Payment | None, provider: PaymentProvider) -> ProviderView:
+    """What the provider did for the order, by its idempotency keys (and its ledger, if it keeps one)."""
+    key = payment_domain.idempotency_key
+    authorize = provider.lookup(key(order_id, "authorize"))
+    refund_keys = {key(order_id, "refund:full"), *(payment.refunds if payment is not None else ())}
+    ledger: SimulatorLedger | None = None
+    read_ledger = getattr(provider, "ledger", None)
+    if authorize is not None and authorize.approved and authorize.reference and callable(read_ledger):
+        ledger = read_ledger(authorize.reference)
+        if ledger is not None:
+            refund_keys |= {entry.idempotency_key for entry in ledger.of_kind("refund")}
+    refunds = {k: found for k in sorted(refund_keys) if (found := provider.lookup(k)) is not None}
+    return ProviderView(
+        authorize=authorize,
+        capture=provider.lookup(key(order_id, "capture")),
+        void=provider.lookup(key(order_id, "void")),
+        refunds=refunds,
+        ledger=ledger,
+    )
+
+
+def read_snapshot(settled_before: str, provider: PaymentProvider) -> Snapshot:
+    """The books as they stand. Products are read first and last: a SKU whose ``version`` moved in
+    between changed while its reservations were read, so its stock equation is not judged."""
+    first = audit.product_stock()
+    adjustments = audit.adjustments()
+    reservations = audit.reservations()
+    orders = audit.orders()
+    payments = audit.payments()
+    letters = _dead_letters()
+    last = audit.product_stock()
+    products = {
+        sku: StockRecord(sku=sku, available=available, initial=initial, stable=last.get(sku) == (available, initial, v))
+        for sku, (available, initial, v) in first.items()
+    }
+    provider_views = {
+        order.order_id: provider_view(order.order_id, payments.get(order.order_id), provider)
+        for order in checks.settled_orders(orders, settled_before)
+    }
+    return Snapshot(
+        products=products,
+        adjustments=adjustments,
+        reservations=reservations,
+        orders=orders,
+        payments=payments,
+        dead_letters=letters,
+        provider=provider_views,
+    )
+
+
+def _dead_letters() -> dict[str, DeadLetter]:
+    letters: dict[str, DeadLetter] = {}
+    start = None
+    while True:
+        page, start = dead_letters.list_page(limit=100, start_key=start)
+        letters.update((letter.order_id, letter) for letter in page)
+        if not start:
+            return letters
+
+
+def run(now: datetime | None = None, *, quiescent: bool = False) -> ReconciliationReport:
+    """Check the books, repair what is safe, dead-letter the rest, publish and store the report.
+
+    ``quiescent``: every saga has finished (a chaos run's final check), so every order is judged,
+    one still in progress included, a hold is late as soon as it expired, and no execution of
+    either saga may still be running (this needs the state machines' ARNs in the environment).
+    """
+    started_at = iso_now()
+    moment = now or datetime.now(UTC)
+    settled_before = _iso(moment if quiescent else moment - SETTLE_AFTER)
+    expired_before = int((moment if quiescent else moment - EXPIRY_GRACE).timestamp())
+    provider = payment_domain.provider()
+    snapshot = read_snapshot(settled_before, provider)
+    found = checks.check(snapshot, settled_before=settled_before, expired_before=expired_before)
+    if quiescent:
+        machines = (sagas.checkout_state_machine_arn(), sagas.refund_state_machine_arn())
+        found += checks.check_executions(name for machine in machines for name in sagas.running(machine))
+    found = _repair_ledgers(found, snapshot, provider)
+    found = _dead_letter(found, snapshot)
+    _publish(found)
+    settled = checks.settled_orders(snapshot.orders, settled_before)
+    report = ReconciliationReport(
+        started_at=started_at,
+        finished_at=iso_now(),
+        settled_before=settled_before,
+        checked=CheckedCounts(
+            products=len(snapshot.products),
+            reservations=len(snapshot.reservations),
+            orders=len(settled),
+            payments=sum(order.order_id in snapshot.payments for order in settled),
+            provider_operations=sum(view.operations for view in snapshot.provider.values()),
+            dead_letters=len(snapshot.dead_letters),
+        ),
+        discrepancies=found[:MAX_LISTED],
+        omitted=max(len(found) - MAX_LISTED, 0),
+    )
+    audit.save_report(report)
+    return report
+
+
+def _repair_ledgers(found: list[Discrepancy], snapshot: Snapshot, provider: PaymentProvider) -> list[Discrepancy]:
+    """Reconcile every ledger behind the provider, then judge those orders again from fresh reads."""
+    behind = {d.order_id for d in found if d.kind == checks.LEDGER_BEHIND and d.order_id is not None}
+    if not behind:
+        return found
+    orders = {order.order_id: order for order in snapshot.orders}
+    result = [d for d in found if d.order_id not in behind or d.kind in REPORT_ONLY]
+    service = payment_domain.payment_service()
+    for order_id in sorted(behind):
+        lagging = next(d for d in found if d.order_id == order_id and d.kind == checks.LEDGER_BEHIND)
+        try:
+            payment = service.reconcile(order_id)
+        except ShopError as error:
+            logger().warning("reconciling a payment failed", extra={"order_id": order_id, "error": str(error)})
+            result += [d for d in found if d.order_id == order_id and d.kind not in REPORT_ONLY]
+            continue
+        result.append(lagging.model_copy(update={"action": "repaired"}))
+        again = checks.check_order(
+            orders[order_id],
+            payment=payment,
+            provider=provider_view(order_id, payment, provider),
+            reservation=snapshot.reservations.get(order_id),
+            dead_letter=snapshot.dead_letters.get(order_id),
+        )
+        result += [d for d in again if d.kind not in REPORT_ONLY]
+    return result
+
+
+def _dead_letter(found: list[Discrepancy], snapshot: Snapshot) -> list[Discrepancy]:
+    """Open the dead letter of every order with a discrepancy a redrive can act on (one per order)."""
+    orders = {order.order_id: order for order in snapshot.orders}
+    actions: dict[str, DiscrepancyAction] = {}
+    for order_id, discrepancies in checks.by_order(found).items():
+        open_ = [d for d in discrepancies if d.action == "reported" and d.kind not in REPORT_ONLY]
+        if not open_ or order_id not in orders:
+            continue
+        actions[order_id] = _open_dead_letter(orders[order_id], open_)
+    return [
+        d.model_copy(update={"action": actions[d.order_id]})
+        if d.order_id in actions and d.action == "reported" and d.kind not in REPORT_ONLY
+        else d
+        for d in found
+    ]
+
+
+def _open_dead_letter(order: Order, discrepancies: list[Discrepancy]) -> DiscrepancyAction:
+    letter = dead_letters.get(order.order_id)
+    if letter is not None and letter.status in checks.OPEN_DEAD_LETTER:
+        return "dead_letter_already_open"
+    dead_letters.record(
+        order_id=order.order_id,
+        resume=checks.resume_point(order),
+        failed_step="reconciliation",
+        failure=None,
+        error="ReconciliationDiscrepancy",
+        cause="; ".join(f"{d.kind}: {d.detail}" for d in discrepancies),
+        execution_name=None,
+        now=iso_now(),
+    )
+    return "dead_lettered"
+
+
+def _publish(found: list[Discrepancy]) -> None:
+    counts: dict[str, int] = {}
+    for discrepancy in found:
+        counts[discrepancy.kind] = counts.get(discrepancy.kind, 0) + 1
+    for kind, count in sorted(counts.items()):
+        with single_metric(name="ReconciliationDiscrepancies", unit=MetricUnit.Count, value=count) as metric:
+            metric.add_dimension(name="kind", value=kind)
+    if found:
+        logger().warning("reconciliation found discrepancies", extra={"discrepancies": counts})
+
+
+def last_report() -> ReconciliationReport | None:
+    return audit.last_report()

@@ -1,0 +1,65 @@
+"""Reconciliation: what the invariant checker found, as operators read it (``GET /admin/reconciliation``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shop.models.base import Record
+
+DiscrepancyKind = Literal[
+    "stock_negative",
+    "stock_mismatch",
+    "reservation_held_past_expiry",
+    "order_not_settled",
+    "execution_running",
+    "duplicate_idempotency_key",
+    "completed_not_captured",
+    "completed_reservation_not_committed",
+    "cancelled_but_captured",
+    "cancelled_authorization_not_voided",
+    "cancelled_stock_not_returned",
+    "refunded_amount_mismatch",
+    "refunded_stock_not_returned",
+    "attention_without_dead_letter",
+    "payment_ledger_behind_provider",
+    "payment_ledger_mismatch",
+    "provider_operation_duplicated",
+]
+# What the job did about a discrepancy.
+DiscrepancyAction = Literal["repaired", "dead_lettered", "dead_letter_already_open", "reported"]
+
+
+class Discrepancy(Record):
+    """One invariant that does not hold: on an order, or on a SKU's stock."""
+
+    kind: DiscrepancyKind
+    order_id: str | None = None
+    sku: str | None = None
+    detail: str = Field(description="What disagrees, with the numbers on both sides.")
+    action: DiscrepancyAction = "reported"
+
+
+class CheckedCounts(Record):
+    """How many of each kind of record the run examined (settled orders only, for the order checks)."""
+
+    products: int = 0
+    reservations: int = 0
+    orders: int = 0
+    payments: int = 0
+    provider_operations: int = 0
+    dead_letters: int = 0
+
+
+class ReconciliationReport(Record):
+    """The last run of the invariant checker: when, what it checked, every discrepancy and what was done."""
+
+    started_at: str
+    finished_at: str
+    # Orders last changed after this moment were left alone: a saga may still be moving them.
+    settled_before: str
+    checked: CheckedCounts
+    discrepancies: list[Discrepancy]
+    # Discrepancies found beyond the ones listed (the stored report is capped).
+    omitted: int = 0

@@ -1,0 +1,112 @@
+"""Whole-table reads for the reconciliation job, and where its last report is kept.
+
+Each table is read with a strongly consistent, paginated parallel Scan (``TotalSegments``
+segments, one thread each). Nothing here writes the tables it audits. The last report lives in
+OperationsTable (pk ``RECONCILIATION``, sk ``LAST``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+from shop.config import table_settings
+from shop.errors import TransientError
+from shop.models.inventory import Reservation
+from shop.models.orders import Order
+from shop.models.payments import Payment
+from shop.models.reconciliation import ReconciliationReport
+from shop.repositories.dynamodb import call, unmarshal
+from shop.repositories.orders import to_order
+from shop.repositories.payments import to_payment
+
+SEGMENTS = 4
+REPORT_KEY = {"pk": {"S": "RECONCILIATION"}, "sk": {"S": "LAST"}}
+
+
+def scan(table: str, *, segments: int = SEGMENTS, projection: str | None = None) -> list[dict[str, Any]]:
+    """Every item of ``table`` (low-level shape): ``segments`` parallel segments, each paginated."""
+
+    def segment(number: int) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {
+            "TableName": table,
+            "Segment": number,
+            "TotalSegments": segments,
+            "ConsistentRead": True,
+        }
+        if projection:
+            request["ProjectionExpression"] = projection
+        items: list[dict[str, Any]] = []
+        while True:
+            page = call("scan", busy=TransientError, **request)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    with ThreadPoolExecutor(max_workers=segments) as pool:
+        return [item for items in pool.map(segment, range(segments)) for item in items]
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, Decimal) else None
+
+
+def product_stock() -> dict[str, tuple[int, int | None, int]]:
+    """Per SKU: (available, initial stock or None, version)."""
+    items = scan(table_settings().products_table, projection="sku, available, initial_stock, version")
+    stock: dict[str, tuple[int, int | None, int]] = {}
+    for item in map(unmarshal, items):
+        stock[str(item["sku"])] = (int(item["available"]), _int(item.get("initial_stock")), int(item.get("version", 0)))
+    return stock
+
+
+def adjustments() -> dict[str, int]:
+    """Per SKU, the sum of every audited stock adjustment."""
+    totals: Counter[str] = Counter()
+    for item in map(unmarshal, scan(table_settings().stock_ledger_table, projection="sku, delta")):
+        totals[str(item["sku"])] += int(item["delta"])
+    return dict(totals)
+
+
+def reservations() -> dict[str, Reservation]:
+    found = (Reservation.model_validate(unmarshal(item)) for item in scan(table_settings().reservations_table))
+    return {reservation.reservation_id: reservation for reservation in found}
+
+
+def orders() -> list[Order]:
+    return [to_order(item) for item in scan(table_settings().orders_table)]
+
+
+def payments() -> dict[str, Payment]:
+    found = (to_payment(item) for item in scan(table_settings().payments_table))
+    return {payment.order_id: payment for payment in found}
+
+
+def save_report(report: ReconciliationReport) -> None:
+    # The report is stored as one JSON string: discrepancies are capped by the job, so it stays
+    # far below DynamoDB's 400 KB item limit.
+    call(
+        "put_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Item={**REPORT_KEY, "report": {"S": report.model_dump_json()}},
+    )
+
+
+def last_report() -> ReconciliationReport | None:
+    response = call(
+        "get_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=REPORT_KEY,
+        ConsistentRead=True,
+    )
+    item: Mapping[str, Any] | None = response.get("Item")
+    if not item:
+        return None
+    return ReconciliationReport.model_validate(json.loads(item["report"]["S"]))

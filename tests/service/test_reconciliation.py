@@ -1,0 +1,162 @@
+"""The reconciliation over real sagas: clean books give a clean report; then one corruption at a time.
+
+Each test runs real checkouts and refunds to the end (polling for the execution's end, never
+sleeping), then runs the checker (quiescent: every saga has finished) or the deployed scheduled
+function, and reads the report back through ``GET /admin/reconciliation``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shop import aws
+from shop.domain import reconciliation_job
+from shop.models.base import iso_now
+from shop.models.orders import HistoryEntry
+from shop.models.reconciliation import ReconciliationReport
+from shop.repositories import audit
+from shop.repositories import orders as order_repository
+from shop.repositories.payments import PaymentsRepository
+from shop.saga_terms import Step
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, open_shop, seed_product
+
+PRICE = 1250
+STOCK = 10
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=PRICE, stock=STOCK)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+def completed(shop: Shop, quantity: int = 1) -> str:
+    order_id: str = shop.place_ok([("MUG-1", quantity)])["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    shop.wait_status(order_id, "COMPLETED")
+    return order_id
+
+
+def report_via_api(shop: Shop) -> dict[str, Any]:
+    response = shop.client.http.get("/admin/reconciliation", headers=shop.headers("admin"))
+    assert response.status_code == 200, response.body
+    return response.json_body  # type: ignore[no-any-return]
+
+
+def kinds(report: ReconciliationReport) -> list[tuple[str, str]]:
+    return sorted((d.kind, d.action) for d in report.discrepancies)
+
+
+def test_real_sagas_leave_books_without_a_discrepancy(shop: Shop) -> None:
+    missing = shop.client.http.get("/admin/reconciliation", headers=shop.headers("admin"))
+    assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/problem+json"
+    assert shop.client.http.get("/admin/reconciliation", headers=shop.headers("alice")).status_code == 403
+
+    done = completed(shop, 2)
+    declined = shop.place_ok([("MUG-1", 1)], token="tok_chargeDeclined")["order_id"]
+    refunded = completed(shop, 3)
+    assert shop.cancel(refunded).status_code == 202
+    assert shop.wait_checkout(declined) == "SUCCEEDED" and shop.wait_refund(refunded) == "SUCCEEDED"
+    shop.wait_status(declined, "CANCELLED")
+    shop.wait_status(refunded, "REFUNDED")
+
+    # The production run leaves alone orders changed in the last 15 minutes: a saga may move them.
+    recent = reconciliation_job.run()
+    assert recent.discrepancies == [] and recent.checked.orders == 0 and recent.checked.products == 1
+
+    report = reconciliation_job.run(quiescent=True)
+    assert report.discrepancies == []
+    assert report.checked.orders == 3 and report.checked.payments == 3 and report.checked.reservations == 3
+    # authorize + capture (done); authorize (declined); authorize + capture + refund (refunded)
+    assert report.checked.provider_operations == 6
+    body = report_via_api(shop)
+    assert body["discrepancies"] == [] and body["started_at"] == report.started_at
+    stored = audit.orders()
+    assert {done, declined, refunded} == {order.order_id for order in stored}
+    assert all(order.idempotency_key for order in stored)  # kept, so duplicates would be found
+
+
+def test_a_payment_ledger_behind_the_provider_is_repaired(shop: Shop, local_aws: LocalAws) -> None:
+    order_id = completed(shop)
+    # Our record of the capture is lost: the ledger still says AUTHORIZED, the provider captured.
+    aws.dynamodb().update_item(
+        TableName=local_aws.table("PaymentsTable"),
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET #status = :authorized, captured_amount = :zero REMOVE capture_ref",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={":authorized": {"S": "AUTHORIZED"}, ":zero": {"N": "0"}},
+    )
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert kinds(report) == [("payment_ledger_behind_provider", "repaired")]
+    assert report.discrepancies[0].order_id == order_id
+    payment = PaymentsRepository().get(order_id)
+    assert payment is not None and (payment.status, payment.captured_amount) == ("CAPTURED", PRICE)
+    assert shop.dead_letter(order_id) is None
+    assert reconciliation_job.run(quiescent=True).discrepancies == []  # the books agree again
+    assert report_via_api(shop)["discrepancies"] == []
+
+
+def test_stock_changed_behind_the_ledgers_back_is_reported_by_the_scheduled_function(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    completed(shop, 2)
+    aws.dynamodb().update_item(
+        TableName=local_aws.table("ProductsTable"),
+        Key={"sku": {"S": "MUG-1"}},
+        UpdateExpression="SET available = available + :three",
+        ExpressionAttributeValues={":three": {"N": "3"}},
+    )
+
+    response = local_aws.client("lambda").invoke(
+        FunctionName=local_aws.function("ReconcileBooksFunction"),
+        Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}),
+    )
+    assert "FunctionError" not in response, response["Payload"].read()
+    assert json.loads(response["Payload"].read())["discrepancies"] == 1
+
+    body = report_via_api(shop)
+    assert [(d["kind"], d["sku"], d["order_id"], d["action"]) for d in body["discrepancies"]] == [
+        ("stock_mismatch", "MUG-1", None, "reported")
+    ]
+    detail = body["discrepancies"][0]["detail"]
+    assert f"initial {STOCK} + adjustments 0 = {STOCK}" in detail and f"= {STOCK + 3}" in detail
+    assert body["checked"]["products"] == 1
+
+
+def test_needs_attention_without_a_dead_letter_is_dead_lettered_and_the_redrive_settles_it(shop: Shop) -> None:
+    order_id = completed(shop)
+    # The order is flagged as a failed compensation would flag it, but its dead letter was never written.
+    flag = HistoryEntry(step=Step.NEEDS_ATTENTION, status="NEEDS_ATTENTION", at=iso_now())
+    order_repository.update(
+        order_id,
+        lambda order: order.model_copy(update={"status": "NEEDS_ATTENTION", "history": [*order.history, flag]}),
+    )
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert kinds(report) == [("attention_without_dead_letter", "dead_lettered")]
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and (letter.status, letter.resume) == ("OPEN", "compensate")
+    assert letter.cause is not None and "attention_without_dead_letter" in letter.cause
+    listed = report_via_api(shop)["discrepancies"]
+    assert [(d["order_id"], d["kind"], d["action"]) for d in listed] == [
+        (order_id, "attention_without_dead_letter", "dead_lettered")
+    ]
+    # With its dead letter open, the order satisfies the invariant.
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+    # The operator's redrive resumes from the truth (captured, committed) and completes the order.
+    redriven = shop.redrive(order_id)
+    assert redriven.status_code == 202
+    assert shop.wait_execution("CheckoutStateMachine", redriven.json_body["redrive_execution"]) == "SUCCEEDED"
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    shop.wait_status(order_id, "COMPLETED")
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
