@@ -11,8 +11,11 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 # The shared layer and the repo root are importable everywhere, as pytest's pythonpath does for tests.
 export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/shared/python
 PORT ?= 8000
+ORDERS ?= 300
+SEED ?= 1
+PROFILE ?= light
 
-.PHONY: help run test lint typecheck validate package unit service http fidelity bench clean
+.PHONY: help run test lint typecheck validate package unit service http fidelity bench chaos clean
 
 help:
 	@echo "make run        start the local stack (API on :$(PORT), AWS emulator on :4566) with demo data"
@@ -23,6 +26,8 @@ help:
 	@echo "make validate   cfn-lint on the packaged template, then every state machine filled and checked"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
+	@echo "make chaos      seeded randomized orders with faults at every seam, then the books checked"
+	@echo "                (ORDERS=$(ORDERS) SEED=$(SEED) PROFILE=$(PROFILE); profiles: none, light, hostile)"
 	@echo "make clean      remove build outputs and tool caches"
 
 # Reinstall only when a requirements file changes.
@@ -64,6 +69,9 @@ build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.txt $(
 # DynamoDB Local (npm, Java 17) reports consumed capacity, which the cost figures need.
 bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m infra.local.bench
+
+chaos: $(STAMP)
+	$(BIN)/python -m infra.local.chaos --orders $(ORDERS) --seed $(SEED) --profile $(PROFILE)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,8 @@ A ``FaultInjector`` installs one profile into the emulator's adapters:
   lost (``InternalServerError`` after the effect); ``TransactionConflict`` on transactions. The
   payment simulator keeps its ledger in DynamoDB too, so its writes fail the same ways: a
   provider call applied with its answer lost.
-- Step Functions (``moto_stepfunctions``): ``StartExecution`` throttled.
+- Step Functions (``moto_stepfunctions``): ``StartExecution`` throttled, in bursts that outlast
+  the SDK's retries, so that orders are left for the orphan sweeper.
 
 Every decision comes from one ``random.Random(seed)``, so a profile and a seed name one run (the
 interleaving of threads still varies); every injected fault is counted by kind.
@@ -28,6 +29,8 @@ from typing import Any
 from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
 
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})
+# StartExecution throttling comes in bursts that outlast the SDK's retries (4 attempts).
+START_EXECUTION_BURST = 4
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class FaultInjector:
         self.injected: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
+        self._throttle_burst = 0
         self.enabled = False
 
     def _roll(self, kind: str) -> bool:
@@ -132,7 +136,16 @@ class FaultInjector:
         return None
 
     def _stepfunctions(self, operation: str) -> str | None:
-        if operation == "StartExecution" and self._roll("start_execution_throttled"):
+        if operation != "StartExecution" or not self.enabled:
+            return None
+        with self._lock:
+            if self._throttle_burst > 0:
+                self._throttle_burst -= 1
+                return "ThrottlingException"
+        if self._roll("start_execution_throttled"):
+            # A burst, longer than the SDK's own retries: the caller sees the start fail.
+            with self._lock:
+                self._throttle_burst = START_EXECUTION_BURST - 1
             return "ThrottlingException"
         return None
 

@@ -1,0 +1,306 @@
+"""`make chaos`: a randomized, seeded workload against the local stack with faults at every seam,
+then everything healthy again, the sweepers and the redrives, then the books checked.
+
+    python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 8]
+
+1. Start the stack in this process (moto, free ports), create scarce and plentiful SKUs.
+2. With the fault profile on (``infra/local/faults.py``): several customers place multi-line
+   orders paid with every test token, from concurrent clients; a client retries with the same
+   Idempotency-Key after an error, sometimes sends a concurrent duplicate, sometimes repeats a
+   request whose answer it got (as after a timeout), and cancels at random moments.
+3. Faults off. Wait until no saga runs; run the orphan sweeper; redrive every open dead letter
+   (as an operator would) until none is left open; wait again.
+4. Run the invariant checker (``shop.domain.reconciliation_job.run(quiescent=True)``) and print a
+   summary: orders by final status and reason, faults injected by kind, what was checked and
+   every violation. Exit 1 on any violation, printing the seed and each violating order's history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from infra.local.bench import _free_port
+from infra.local.faults import PROFILES, FaultInjector
+
+TOKENS = (("tok_visa", 70), ("tok_flaky", 12), ("tok_chargeDeclined", 10), ("tok_processingError", 8))
+CUSTOMERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+# Scarce SKUs make orders compete for the last units; plentiful ones let most orders complete.
+SCARCE = {"CHAOS-SCARCE-1": 40, "CHAOS-SCARCE-2": 60, "CHAOS-SCARCE-3": 25}
+PLENTIFUL = {f"CHAOS-ITEM-{n}": 100_000 for n in range(1, 6)}
+QUIET_POLLS = 3
+TIMEOUT = 30
+
+
+@dataclass
+class Workload:
+    api: str
+    tokens: dict[str, str]
+    admin: str
+    seed: int
+    order_ids: set[str] = field(default_factory=set)
+    client_events: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def headers(self, who: str, key: str | None = None) -> dict[str, str]:
+        token = self.admin if who == "admin" else self.tokens[who]
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return headers
+
+    def note(self, event: str) -> None:
+        with self.lock:
+            self.client_events[event] += 1
+
+    def post(self, path: str, headers: dict[str, str], body: Any = None) -> requests.Response:
+        """A client that retries what a client should retry, with backoff, for up to 90 s: 5xx, no
+        answer, and 409 "in progress" (a request whose answer was lost holds its Idempotency-Key
+        until the API function's own timeout has passed)."""
+        last = "no answer"
+        deadline = time.monotonic() + 90
+        attempt = 0
+        while time.monotonic() < deadline:
+            attempt += 1
+            try:
+                response = requests.post(self.api + path, headers=headers, json=body, timeout=TIMEOUT)
+            except requests.RequestException as error:
+                last = f"no answer ({type(error).__name__}: {error})"[:300]
+                self.note("client_retry_no_answer")
+            else:
+                if response.status_code < 500 and not (response.status_code == 409 and "in-use" in response.text):
+                    return response
+                last = f"{response.status_code} {response.text[:300]}"
+                self.note(f"client_retry_{response.status_code}")
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+        raise RuntimeError(f"POST {path} kept failing: {last}")
+
+    def place(self, number: int) -> None:
+        rng = random.Random(self.seed * 1_000_003 + number)
+        who = rng.choice(CUSTOMERS)
+        skus = rng.sample([*SCARCE, *PLENTIFUL], rng.choice((1, 1, 2, 3)))
+        token = rng.choices([t for t, _ in TOKENS], weights=[w for _, w in TOKENS])[0]
+        body = {"items": [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in skus], "payment": {"token": token}}
+        key = f"chaos-{self.seed}-{number}"
+        headers = self.headers(who, key)
+        duplicate = None
+        if rng.random() < 0.05:  # a concurrent duplicate of the same request
+            duplicate = threading.Thread(target=self.post, args=("/orders", headers, body), daemon=True)
+            duplicate.start()
+            self.note("concurrent_duplicate")
+        response = self.post("/orders", headers, body)
+        if duplicate is not None:
+            duplicate.join(TIMEOUT)
+        if response.status_code != 202:
+            with self.lock:
+                self.problems.append(f"order {number}: POST /orders answered {response.status_code} {response.text}")
+            return
+        order_id = response.json()["order_id"]
+        with self.lock:
+            self.order_ids.add(order_id)
+        if rng.random() < 0.1:  # the answer was lost on the way: the client asks again
+            again = self.post("/orders", headers, body)
+            self.note("repeated_after_lost_answer")
+            if again.status_code != 202 or again.json()["order_id"] != order_id:
+                with self.lock:
+                    self.problems.append(
+                        f"order {number}: a repeated request answered {again.status_code} {again.text}"
+                    )
+        if rng.random() < 0.15:
+            # Early cancels meet the checkout saga, late ones a completed order (a refund).
+            time.sleep(rng.choice((rng.uniform(0.0, 1.5), rng.uniform(5.0, 40.0))))
+            cancelled = self.post(f"/orders/{order_id}/cancel", self.headers(who))
+            self.note("cancel")
+            if cancelled.status_code != 202:
+                with self.lock:
+                    self.problems.append(f"order {order_id}: cancel answered {cancelled.status_code} {cancelled.text}")
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r  {label:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    sys.stderr.flush()
+    if done >= total:
+        sys.stderr.write("\n")
+
+
+def _running(stepfunctions: Any, machines: list[str]) -> int:
+    running = 0
+    for machine in machines:
+        for page in stepfunctions.get_paginator("list_executions").paginate(
+            stateMachineArn=machine, statusFilter="RUNNING"
+        ):
+            running += len(page["executions"])
+    return running
+
+
+def _wait_quiet(stepfunctions: Any, machines: list[str], deadline_seconds: float) -> None:
+    """Until no execution of either saga has been running for a few polls in a row."""
+    until = time.monotonic() + deadline_seconds
+    quiet = 0
+    while quiet < QUIET_POLLS:
+        if time.monotonic() > until:
+            raise SystemExit(f"sagas still running after {deadline_seconds:.0f} s")
+        quiet = quiet + 1 if _running(stepfunctions, machines) == 0 else 0
+        time.sleep(0.5)
+
+
+def _open_letters(workload: Workload) -> list[str]:
+    open_ids: list[str] = []
+    token: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if token:
+            params["next_token"] = token
+        page = requests.get(
+            workload.api + "/admin/dead-letters", headers=workload.headers("admin"), params=params, timeout=TIMEOUT
+        ).json()
+        open_ids += [letter["order_id"] for letter in page["items"] if letter["status"] == "OPEN"]
+        token = page.get("next_token")
+        if not token:
+            return open_ids
+
+
+def _sweep_orphans(lambda_client: Any, function_name: str) -> dict[str, Any]:
+    # As the schedule would, but as of a moment past the bound: every orphan is due.
+    at = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    response = lambda_client.invoke(FunctionName=function_name, Payload=json.dumps({"time": at}))
+    return json.loads(response["Payload"].read())  # type: ignore[no-any-return]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="light")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--redrive-rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    from infra.local.identity import DevIdentityProvider
+    from infra.local.stack import start_stack
+
+    started = time.monotonic()
+    state_dir = Path(tempfile.mkdtemp(prefix="shop-chaos-"))
+    stack = start_stack(
+        api_port=_free_port(),
+        aws_port=_free_port(),
+        state_dir=state_dir,
+        seed=False,
+        # Short retry waits keep a run short; the ASL's retry policy is otherwise the deployed one.
+        parameters={"RetryIntervalSeconds": "1", "RetryMaxDelaySeconds": "2"},
+    )
+    injector = FaultInjector(PROFILES[args.profile], args.seed)
+    try:
+        import os
+
+        tokens = json.loads(stack.tokens_path.read_text())
+        identity = DevIdentityProvider.create(state_dir / "dev-idp")
+        issuer = os.environ["AUTH_ISSUER"]
+        workload = Workload(
+            api=stack.api_url,
+            tokens={name: identity.token(name, issuer=issuer) for name in CUSTOMERS},
+            admin=tokens["admin"],
+            seed=args.seed,
+        )
+        for sku, stock in {**SCARCE, **PLENTIFUL}.items():
+            created = requests.post(
+                stack.api_url + "/products",
+                headers=workload.headers("admin"),
+                json={"sku": sku, "name": sku, "category": "chaos", "price": {"amount": 1999}, "stock": stock},
+                timeout=TIMEOUT,
+            )
+            created.raise_for_status()
+        stepfunctions = stack.client("stepfunctions")
+        machines = list(stack.deployed.state_machine_arns.values())
+
+        injector.start()
+        placed = 0
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            futures = [pool.submit(workload.place, number) for number in range(args.orders)]
+            for future in futures:
+                future.result()
+                placed += 1
+                _progress("placing", placed, args.orders)
+        workload_seconds = time.monotonic() - started
+        _wait_quiet(stepfunctions, machines, 900)
+        injector.stop()
+
+        lambda_client = stack.client("lambda")
+        sweeper = stack.deployed.function_names["ResumeOrphanedOrdersFunction"]
+        swept = _sweep_orphans(lambda_client, sweeper)
+        _wait_quiet(stepfunctions, machines, 600)
+        redriven = 0
+        for _ in range(args.redrive_rounds):
+            letters = _open_letters(workload)
+            if not letters:
+                break
+            for order_id in letters:
+                workload.post(f"/admin/dead-letters/{order_id}/redrive", workload.headers("admin"))
+                redriven += 1
+            _wait_quiet(stepfunctions, machines, 600)
+            _sweep_orphans(lambda_client, sweeper)
+            _wait_quiet(stepfunctions, machines, 600)
+
+        from shop.domain import reconciliation_job
+
+        report = reconciliation_job.run(quiescent=True)
+        wall = time.monotonic() - started
+        orders = {
+            order_id: requests.get(
+                f"{stack.api_url}/orders/{order_id}", headers=workload.headers("admin"), timeout=TIMEOUT
+            ).json()
+            for order_id in sorted(workload.order_ids)
+        }
+        outcomes = Counter(f"{o['status']} {o['failure_reason'] or ''}".strip() for o in orders.values())
+        violations = report.discrepancies
+        print(
+            f"\nmake chaos: {args.orders} orders, seed {args.seed}, profile {args.profile}, {args.concurrency} clients"
+        )
+        print("  orders by final status:")
+        for outcome, count in sorted(outcomes.items()):
+            print(f"    {outcome:<40} {count}")
+        print(f"  faults injected:        {sum(injector.injected.values())}  {injector.summary()}")
+        print(f"  client behaviour:       {json.dumps(dict(sorted(workload.client_events.items())))}")
+        print(
+            f"  orphan sweep:           started {len(swept.get('started', []))}, "
+            f"settled {len(swept.get('settled', []))}"
+        )
+        print(f"  redrives:               {redriven}")
+        print(f"  checked:                {report.checked.model_dump_json()}")
+        print(f"  violations:             {len(violations) + report.omitted + len(workload.problems)}")
+        print(f"  wall time:              {wall:.0f} s  ({args.orders / workload_seconds:.1f} orders/s placed)")
+        for problem in workload.problems:
+            print(f"  CLIENT: {problem}")
+        for violation in violations:
+            print(f"  VIOLATION {violation.kind} order={violation.order_id} sku={violation.sku}: {violation.detail}")
+            if violation.order_id in orders:
+                history = [(h["step"], h["status"]) for h in orders[violation.order_id]["history"]]
+                print(f"    history: {history}")
+                print(f"    payment: {orders[violation.order_id]['payment']}")
+        if violations or report.omitted or workload.problems:
+            print(f"  replay: make chaos ORDERS={args.orders} SEED={args.seed} PROFILE={args.profile}")
+            return 1
+        return 0
+    finally:
+        injector.stop()
+        stack.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
