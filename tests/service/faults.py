@@ -10,12 +10,16 @@ request and a budget of occurrences, and counts what it injected.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
+
+from shop.domain import payments as payment_domain
+from shop.repositories.operations import DynamoBreakerStore
 
 Request = dict[str, Any]
 
@@ -87,3 +91,11 @@ def updates_payment_to(status: str) -> Callable[[Request], bool]:
         ).startswith(f"SET #status = :{status.lower()}")
 
     return matches
+
+
+def open_breaker() -> None:
+    """Open the payment provider's shared circuit breaker now, as a burst of failures would."""
+    breaker = payment_domain.payment_breaker()
+    current = breaker.state()
+    opened = current.model_copy(update={"state": "OPEN", "opened_at": time.time()})
+    assert DynamoBreakerStore().replace(breaker.name, opened, current.version)

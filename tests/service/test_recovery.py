@@ -8,7 +8,6 @@ ledger, the provider's own ledger and the stock.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,10 +20,9 @@ from shop import aws, config
 from shop.domain import payments as payment_domain
 from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger
-from shop.repositories.operations import DynamoBreakerStore
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import LocalAws
-from tests.service.faults import SdkFault, inject, updates_payment_to
+from tests.service.faults import SdkFault, inject, open_breaker, updates_payment_to
 from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
 
 PRICE = 1250
@@ -324,13 +322,6 @@ def test_a_step_that_times_out_after_its_effect_is_retried_not_compensated(
 
 
 # ---------------------------------------------------------------------------- 5. obligations and the breaker
-def open_breaker() -> None:
-    breaker = payment_domain.payment_breaker()
-    current = breaker.state()
-    opened = current.model_copy(update={"state": "OPEN", "opened_at": time.time()})
-    assert DynamoBreakerStore().replace(breaker.name, opened, current.version)
-
-
 def test_a_capture_waits_out_an_open_breaker_and_completes(
     shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,9 +25,8 @@ from shop.config import inventory_settings
 from shop.domain import inventory
 from shop.domain import payments as payment_domain
 from shop.errors import OrderContention
-from shop.repositories.operations import DynamoBreakerStore
 from tests.conftest import LocalAws
-from tests.service.faults import SdkFault, inject, updates_payment_to
+from tests.service.faults import SdkFault, inject, open_breaker, updates_payment_to
 from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
 
 PRICE, STOCK, QUANTITY = 1250, 10, 2
@@ -424,13 +423,6 @@ def test_a_refund_step_that_keeps_failing_is_dead_lettered(
     assert faults.refused[logical_id] == 3  # the first attempt and two retries
     assert end_of(shop, order_id) == end
     assert letter_of(shop, order_id) == ("OPEN", "refund", failed_step, 0)
-
-
-def open_breaker() -> None:
-    breaker = payment_domain.payment_breaker()
-    current = breaker.state()
-    opened = current.model_copy(update={"state": "OPEN", "opened_at": time.time()})
-    assert DynamoBreakerStore().replace(breaker.name, opened, current.version)
 
 
 def test_a_refund_waits_out_an_open_breaker_and_refunds_in_full(
