@@ -10,7 +10,7 @@ A ``FaultInjector`` installs one profile into the emulator's adapters:
   lost (``InternalServerError`` after the effect); ``TransactionConflict`` on transactions. The
   payment simulator keeps its ledger in DynamoDB too, so its writes fail the same ways: a
   provider call applied with its answer lost.
-- Step Functions (``moto_stepfunctions``): ``StartExecution`` throttled, in bursts that outlast
+- Step Functions (``moto_stepfunctions``): ``StartExecution`` throttled for a window that outlasts
   the SDK's retries, so that orders are left for the orphan sweeper.
 
 Every decision comes from one ``random.Random(seed)``, so a profile and a seed name one run (the
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
@@ -29,8 +30,9 @@ from typing import Any
 from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
 
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})
-# StartExecution throttling comes in bursts that outlast the SDK's retries (4 attempts).
-START_EXECUTION_BURST = 4
+# StartExecution throttling comes as an outage window that outlasts the SDK's retries and backoff
+# (shop.aws: 4 retries, a few seconds in all), so a caller sees the start fail.
+START_EXECUTION_OUTAGE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class FaultInjector:
         self.injected: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._throttle_burst = 0
+        self._throttled_until = 0.0
         self.enabled = False
 
     def _roll(self, kind: str) -> bool:
@@ -138,14 +140,14 @@ class FaultInjector:
     def _stepfunctions(self, operation: str) -> str | None:
         if operation != "StartExecution" or not self.enabled:
             return None
+        now = time.monotonic()
         with self._lock:
-            if self._throttle_burst > 0:
-                self._throttle_burst -= 1
+            if now < self._throttled_until:
                 return "ThrottlingException"
         if self._roll("start_execution_throttled"):
-            # A burst, longer than the SDK's own retries: the caller sees the start fail.
+            # An outage window, longer than the SDK's own retries and backoff: callers see it fail.
             with self._lock:
-                self._throttle_burst = START_EXECUTION_BURST - 1
+                self._throttled_until = now + START_EXECUTION_OUTAGE_SECONDS
             return "ThrottlingException"
         return None
 
