@@ -90,80 +90,74 @@ def record(
     return _to_dead_letter(response["Attributes"])
 
 
-def start_redrive(order_id: str, *, expected_count: int, execution_name: str, now: str) -> DeadLetter | None:
-    """OPEN -> REDRIVING as redrive number ``expected_count + 1``; None if someone else moved it first."""
+def _update_if(order_id: str, **request: Any) -> dict[str, Any] | None:
+    """One conditional UpdateItem of the order's dead letter; None when its condition does not hold."""
     try:
-        response = call(
+        response: dict[str, Any] = call(
             "update_item",
             busy=OrderContention,
             TableName=table_settings().operations_table,
             Key=_key(order_id),
-            UpdateExpression=(
-                "SET #status = :redriving, redrive_count = :next, redrive_execution = :execution, updated_at = :now"
-            ),
-            ConditionExpression="#status = :open AND redrive_count = :expected",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={
-                ":redriving": {"S": "REDRIVING"},
-                ":open": {"S": "OPEN"},
-                ":next": {"N": str(expected_count + 1)},
-                ":expected": {"N": str(expected_count)},
-                ":execution": {"S": execution_name},
-                ":now": {"S": now},
-            },
-            ReturnValues="ALL_NEW",
+            **request,
         )
     except ClientError as error:
         if is_condition_failure(error):
             return None
         raise
-    return _to_dead_letter(response["Attributes"])
+    return response
+
+
+def start_redrive(order_id: str, *, expected_count: int, execution_name: str, now: str) -> DeadLetter | None:
+    """OPEN -> REDRIVING as redrive number ``expected_count + 1``; None if someone else moved it first."""
+    response = _update_if(
+        order_id,
+        UpdateExpression=(
+            "SET #status = :redriving, redrive_count = :next, redrive_execution = :execution, updated_at = :now"
+        ),
+        ConditionExpression="#status = :open AND redrive_count = :expected",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={
+            ":redriving": {"S": "REDRIVING"},
+            ":open": {"S": "OPEN"},
+            ":next": {"N": str(expected_count + 1)},
+            ":expected": {"N": str(expected_count)},
+            ":execution": {"S": execution_name},
+            ":now": {"S": now},
+        },
+        ReturnValues="ALL_NEW",
+    )
+    return _to_dead_letter(response["Attributes"]) if response is not None else None
 
 
 def reopen_redrive(order_id: str, *, execution_name: str, error: str | None, cause: str | None, now: str) -> bool:
     """REDRIVING -> OPEN when ``execution_name`` is the redrive that stopped without settling the
     order (aborted, timed out, failed before its own flag step); False if the letter moved on."""
-    try:
-        call(
-            "update_item",
-            busy=OrderContention,
-            TableName=table_settings().operations_table,
-            Key=_key(order_id),
-            UpdateExpression="SET #status = :open, #error = :error, cause = :cause, updated_at = :now",
-            ConditionExpression="#status = :redriving AND redrive_execution = :execution",
-            ExpressionAttributeNames={"#status": "status", "#error": "error"},
-            ExpressionAttributeValues={
-                ":open": {"S": "OPEN"},
-                ":redriving": {"S": "REDRIVING"},
-                ":execution": {"S": execution_name},
-                ":error": {"S": error} if error else {"NULL": True},
-                ":cause": {"S": cause[:MAX_CAUSE_CHARS]} if cause else {"NULL": True},
-                ":now": {"S": now},
-            },
-        )
-    except ClientError as error_:
-        if is_condition_failure(error_):
-            return False
-        raise
-    return True
+    response = _update_if(
+        order_id,
+        UpdateExpression="SET #status = :open, #error = :error, cause = :cause, updated_at = :now",
+        ConditionExpression="#status = :redriving AND redrive_execution = :execution",
+        ExpressionAttributeNames={"#status": "status", "#error": "error"},
+        ExpressionAttributeValues={
+            ":open": {"S": "OPEN"},
+            ":redriving": {"S": "REDRIVING"},
+            ":execution": {"S": execution_name},
+            ":error": {"S": error} if error else {"NULL": True},
+            ":cause": {"S": cause[:MAX_CAUSE_CHARS]} if cause else {"NULL": True},
+            ":now": {"S": now},
+        },
+    )
+    return response is not None
 
 
 def resolve(order_id: str, *, now: str) -> None:
     """Mark the order's dead letter RESOLVED; a no-op when there is none or it is resolved."""
-    try:
-        call(
-            "update_item",
-            busy=OrderContention,
-            TableName=table_settings().operations_table,
-            Key=_key(order_id),
-            UpdateExpression="SET #status = :resolved, updated_at = :now",
-            ConditionExpression="attribute_exists(pk) AND #status <> :resolved",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":resolved": {"S": "RESOLVED"}, ":now": {"S": now}},
-        )
-    except ClientError as error:
-        if not is_condition_failure(error):
-            raise
+    _update_if(
+        order_id,
+        UpdateExpression="SET #status = :resolved, updated_at = :now",
+        ConditionExpression="attribute_exists(pk) AND #status <> :resolved",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={":resolved": {"S": "RESOLVED"}, ":now": {"S": now}},
+    )
 
 
 def list_page(*, limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[DeadLetter], dict[str, Any] | None]:
