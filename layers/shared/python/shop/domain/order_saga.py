@@ -140,7 +140,7 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
     if changed:
         metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
     logger().error(
-        "compensation failed; order needs attention",
+        "saga could not finish; order needs attention",
         extra={"failed_step": step.failed_step, "error": step.error.Error if step.error else None},
     )
     return _result(order)

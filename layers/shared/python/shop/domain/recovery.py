@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from aws_lambda_powertools.metrics import MetricUnit
 
 from shop.config import recovery_settings
-from shop.domain import order_lifecycle as lifecycle
 from shop.domain import order_saga
 from shop.domain.orders import start_checkout
 from shop.models.base import iso_now
@@ -31,10 +30,12 @@ from shop.models.orders import (
     SAGA_IN_PROGRESS,
     ExecutionStatusChange,
     Failure,
+    FlagOrder,
     Order,
     OrphanSweep,
     ResumePoint,
     SettledExecution,
+    StepError,
 )
 from shop.observability import logger, metrics
 from shop.repositories import dead_letters, sagas
@@ -83,7 +84,6 @@ def settle_stopped_execution(change: ExecutionStatusChange) -> SettledExecution:
         error=change.error,
         cause=change.cause,
         execution_name=change.name,
-        now=now,
     )
     return SettledExecution(order_id=order_id, execution_name=change.name, action="dead_lettered")
 
@@ -97,25 +97,17 @@ def _dead_letter(
     error: str | None,
     cause: str | None,
     execution_name: str,
-    now: str,
 ) -> None:
-    failed_step = f"saga_{status.lower()}"
-    flagged, changed = repository.update(order.order_id, lambda current: lifecycle.flagged(current, failed_step, now))
-    dead_letters.record(
-        order_id=order.order_id,
-        resume=resume,
-        failed_step=failed_step,
-        failure=failure,
-        error=error or status,
-        cause=cause,
-        execution_name=execution_name,
-        now=now,
-    )
-    if changed:
-        metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
-    logger().error(
-        "saga execution stopped without settling its order; order needs attention",
-        extra={"order_id": flagged.order_id, "execution_status": status, "execution": execution_name},
+    """What the state machine's own flag step would have done: NEEDS_ATTENTION and a dead letter."""
+    order_saga.flag_for_attention(
+        FlagOrder(
+            order_id=order.order_id,
+            execution_name=execution_name,
+            resume=resume,
+            failed_step=f"saga_{status.lower()}",
+            error=StepError(Error=error or status, Cause=cause or ""),
+            failure=failure,
+        )
     )
 
 
@@ -149,7 +141,6 @@ def resume_orphans(now: datetime) -> OrphanSweep:
                 error=None,
                 cause=f"the {name} execution is {status} but the order was still {order.status}",
                 execution_name=name,
-                now=iso_now(),
             )
             sweep.settled.append(order_id)
     if sweep.started:
