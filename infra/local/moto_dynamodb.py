@@ -7,6 +7,12 @@ executions and API requests are normal for this project, so every place that run
 in-process test fixture, the `make run` server) serializes its DynamoDB requests. DynamoDB Local
 and AWS need nothing of the kind.
 
+moto makes a TransactWriteItems all-or-nothing by deep-copying every table it touches before it
+starts, so each transaction costs time in proportion to the whole table: the chaos run's
+simulator ledger made that a quarter of the emulator's CPU and slowed every order as the tables
+grew. Here a transaction snapshots only the items it names and puts them back if it is cancelled,
+which is the same all-or-nothing outcome (requests are serialized, so nobody sees the middle).
+
 It is also where the chaos run's DynamoDB faults enter (``fault_hook``, set by
 ``infra/local/faults.py``): a request can be refused before it is applied, or applied with its
 answer lost, exactly as a throttled or timed-out request on AWS.
@@ -14,14 +20,22 @@ answer lost, exactly as a throttled or timed-out request on AWS.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
+import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import moto.dynamodb.models as dynamodb_models
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler
 
 _ORIGINAL_CALL_ACTION = DynamoHandler.call_action
+_ORIGINAL_TRANSACT_WRITE_ITEMS = DynamoDBBackend.transact_write_items
 _lock = threading.RLock()
 
 Moment = Literal["before", "after"]
@@ -67,6 +81,78 @@ def _serialized_call_action(self: DynamoHandler) -> Any:
     return error_response(after) if after is not None else response
 
 
+def _copy_all_but_tables(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """``copy.deepcopy`` for moto's backend module, except that a Table is not copied: the
+    transaction wrapper below keeps the items it needs instead."""
+    return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+
+@dataclass
+class _ItemSnapshot:
+    table: Table
+    hash_key: DynamoType
+    range_key: DynamoType | None
+    item: Any  # a deep copy of moto's Item, or None when there was none
+    stream_length: int | None
+
+
+def _snapshot(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> list[_ItemSnapshot]:
+    snapshots = []
+    for entry in transact_items:
+        for op_type, op in entry.items():
+            table = backend.tables.get(op.get("TableName", ""))
+            if table is None:
+                continue
+            attributes = op["Item"] if op_type == "Put" else op.get("Key", {})
+            if table.hash_key_attr not in attributes:
+                continue  # moto refuses it before writing anything
+            hash_key = DynamoType(attributes[table.hash_key_attr])
+            range_key = None
+            if table.range_key_attr is not None:
+                if table.range_key_attr not in attributes:
+                    continue
+                range_key = DynamoType(attributes[table.range_key_attr])
+            stream = table.stream_shard
+            snapshots.append(
+                _ItemSnapshot(
+                    table=table,
+                    hash_key=hash_key,
+                    range_key=range_key,
+                    item=copy.deepcopy(table.get_item(hash_key, range_key)),
+                    stream_length=len(stream.items) if stream is not None else None,
+                )
+            )
+    return snapshots
+
+
+def _restore(snapshots: list[_ItemSnapshot]) -> None:
+    for snapshot in reversed(snapshots):
+        items = snapshot.table.items
+        if snapshot.range_key is not None:
+            if snapshot.item is None:
+                items[snapshot.hash_key].pop(snapshot.range_key, None)
+            else:
+                items[snapshot.hash_key][snapshot.range_key] = snapshot.item
+        elif snapshot.item is None:
+            items.pop(snapshot.hash_key, None)
+        else:
+            items[snapshot.hash_key] = snapshot.item
+        stream = snapshot.table.stream_shard
+        if stream is not None and snapshot.stream_length is not None:
+            del stream.items[snapshot.stream_length :]
+
+
+def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    snapshots = _snapshot(self, transact_items)
+    try:
+        _ORIGINAL_TRANSACT_WRITE_ITEMS(self, transact_items)
+    except BaseException:
+        _restore(snapshots)
+        raise
+
+
 def install() -> None:
-    """Serialize moto's DynamoDB requests (idempotent)."""
+    """Serialize moto's DynamoDB requests; transactions snapshot items, not tables (idempotent)."""
     DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
+    DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    dynamodb_models.copy = types.SimpleNamespace(deepcopy=_copy_all_but_tables, copy=copy.copy)  # type: ignore[attr-defined]

@@ -1,0 +1,131 @@
+"""The moto DynamoDB adapter keeps TransactWriteItems all-or-nothing without copying tables.
+
+infra/local/moto_dynamodb.py snapshots only the items a transaction names; these tests pin the
+outcome a cancelled transaction must have on moto as on DynamoDB: nothing it wrote stays, and
+nothing outside it is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from infra.local import moto_dynamodb
+
+TABLE = "adapter-test"
+
+
+@pytest.fixture
+def dynamodb() -> Iterator[Any]:
+    moto_dynamodb.install()
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+        yield client
+
+
+def _key(pk: str, sk: str = "A") -> dict[str, Any]:
+    return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
+def _count(client: Any, pk: str) -> int | None:
+    item = client.get_item(TableName=TABLE, Key=_key(pk)).get("Item")
+    return int(item["count"]["N"]) if item else None
+
+
+def _stream_records(client: Any) -> int:
+    """Change records the table's stream holds (moto does not serve DescribeStream; read its backend)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    shard = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables[TABLE].stream_shard
+    assert shard is not None
+    return len(shard.items)
+
+
+def test_a_cancelled_transaction_undoes_the_writes_it_applied_before_failing(dynamodb: Any) -> None:
+    dynamodb.put_item(TableName=TABLE, Item={**_key("stock"), "count": {"N": "5"}})
+    dynamodb.put_item(TableName=TABLE, Item={**_key("guard"), "count": {"N": "0"}})
+    records_before = _stream_records(dynamodb)
+
+    with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+        dynamodb.transact_write_items(
+            TransactItems=[
+                # moto applies these in order: the first two are written before the third fails.
+                {
+                    "Update": {
+                        "TableName": TABLE,
+                        "Key": _key("stock"),
+                        "UpdateExpression": "SET #c = #c - :one",
+                        "ExpressionAttributeNames": {"#c": "count"},
+                        "ExpressionAttributeValues": {":one": {"N": "1"}},
+                    }
+                },
+                {"Put": {"TableName": TABLE, "Item": {**_key("new"), "count": {"N": "1"}}}},
+                {
+                    "ConditionCheck": {
+                        "TableName": TABLE,
+                        "Key": _key("guard"),
+                        "ConditionExpression": "#c > :zero",
+                        "ExpressionAttributeNames": {"#c": "count"},
+                        "ExpressionAttributeValues": {":zero": {"N": "0"}},
+                    }
+                },
+            ]
+        )
+
+    assert _count(dynamodb, "stock") == 5
+    assert _count(dynamodb, "new") is None
+    assert _stream_records(dynamodb) == records_before  # no change event for a write that never happened
+
+
+def test_a_cancelled_transaction_leaves_other_items_of_its_tables_alone(dynamodb: Any) -> None:
+    dynamodb.put_item(TableName=TABLE, Item={**_key("other"), "count": {"N": "7"}})
+
+    with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+        dynamodb.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": TABLE, "Item": {**_key("a"), "count": {"N": "1"}}}},
+                {
+                    "Put": {
+                        "TableName": TABLE,
+                        "Item": {**_key("b"), "count": {"N": "1"}},
+                        "ConditionExpression": "attribute_exists(pk)",
+                    }
+                },
+            ]
+        )
+    dynamodb.update_item(
+        TableName=TABLE,
+        Key=_key("other"),
+        UpdateExpression="SET #c = :eight",
+        ExpressionAttributeNames={"#c": "count"},
+        ExpressionAttributeValues={":eight": {"N": "8"}},
+    )
+
+    assert _count(dynamodb, "other") == 8
+    assert (_count(dynamodb, "a"), _count(dynamodb, "b")) == (None, None)
+
+
+def test_a_committed_transaction_writes_every_item(dynamodb: Any) -> None:
+    dynamodb.transact_write_items(
+        TransactItems=[
+            {"Put": {"TableName": TABLE, "Item": {**_key("x"), "count": {"N": "1"}}}},
+            {"Put": {"TableName": TABLE, "Item": {**_key("y"), "count": {"N": "2"}}}},
+        ]
+    )
+
+    assert (_count(dynamodb, "x"), _count(dynamodb, "y")) == (1, 2)
