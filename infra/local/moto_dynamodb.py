@@ -13,6 +13,12 @@ simulator ledger made that a quarter of the emulator's CPU and slowed every orde
 grew. Here a transaction snapshots only the items it names and puts them back if it is cancelled,
 which is the same all-or-nothing outcome (requests are serialized, so nobody sees the middle).
 
+moto also turns every answer into JSON by walking botocore's service model member by member, a
+fifth of the emulator's CPU under `make bench`. The answers of the item operations are already
+DynamoDB's wire shape (attribute-value maps, counts, keys), so they are written with
+``json.dumps``; anything else, or anything ``json`` cannot write, goes through moto's serializer
+(tests/service/test_moto_dynamodb_adapter.py compares the two).
+
 It is also where the chaos run's DynamoDB faults enter (``fault_hook``, set by
 ``infra/local/faults.py``): a request can be refused before it is applied, or applied with its
 answer lost, exactly as a throttled or timed-out request on AWS.
@@ -29,13 +35,30 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import moto.dynamodb.models as dynamodb_models
+from moto.core.responses import ActionResult
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
-from moto.dynamodb.responses import DynamoHandler
+from moto.dynamodb.responses import DynamoHandler, DynamoResult
 
 _ORIGINAL_CALL_ACTION = DynamoHandler.call_action
 _ORIGINAL_TRANSACT_WRITE_ITEMS = DynamoDBBackend.transact_write_items
+_ORIGINAL_SERIALIZED = DynamoHandler.serialized
+# Operations whose answers are plain wire-shaped JSON (no timestamps or model objects).
+ITEM_OPERATIONS = frozenset(
+    {
+        "GetItem",
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "Query",
+        "Scan",
+        "BatchGetItem",
+        "BatchWriteItem",
+        "TransactGetItems",
+        "TransactWriteItems",
+    }
+)
 _lock = threading.RLock()
 
 Moment = Literal["before", "after"]
@@ -79,6 +102,18 @@ def _serialized_call_action(self: DynamoHandler) -> Any:
         response = _ORIGINAL_CALL_ACTION(self)
     after = _fault("after", self)
     return error_response(after) if after is not None else response
+
+
+def _serialized(self: DynamoHandler, action_result: ActionResult) -> Any:
+    result = action_result.result
+    if isinstance(action_result, DynamoResult) and isinstance(result, dict) and self._get_action() in ITEM_OPERATIONS:
+        try:
+            body = json.dumps(result)
+        except (TypeError, ValueError):
+            pass
+        else:
+            return 200, {"Content-Type": "application/x-amz-json-1.0", **self.response_headers}, body
+    return _ORIGINAL_SERIALIZED(self, action_result)
 
 
 def _copy_all_but_tables(value: Any, memo: dict[int, Any] | None = None) -> Any:
@@ -155,4 +190,5 @@ def install() -> None:
     """Serialize moto's DynamoDB requests; transactions snapshot items, not tables (idempotent)."""
     DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    DynamoHandler.serialized = _serialized  # type: ignore[method-assign]
     dynamodb_models.copy = types.SimpleNamespace(deepcopy=_copy_all_but_tables, copy=copy.copy)  # type: ignore[assignment]

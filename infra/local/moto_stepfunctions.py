@@ -8,7 +8,10 @@ on their inputs, so they are cached here:
 
 - the ANTLR syntax tree per definition text; each execution still gets fresh evaluation
   components from moto's own preprocessor, because those carry per-execution state;
-- the boto3 client per (region, service, interception mode, port); clients are thread-safe.
+- the boto3 client per (region, service, interception mode, port); clients are thread-safe;
+- the parsed JSONPath of each path expression (InputPath, ResultPath, Parameters' `.$` values):
+  jsonpath_ng builds a new yacc parser for every parse, 6% of the emulator's CPU, and a parsed
+  path is only read when it is applied.
 
 The behaviour of the interpreter is unchanged; the canary tests in
 tests/service/test_lambda_runtime_canary.py fail if a moto upgrade moves these functions.
@@ -21,15 +24,18 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+import jsonpath_ng
+import jsonpath_ng.ext
 from antlr4 import CommonTokenStream, InputStream
 from moto.core.models import botocore_stubber
 from moto.settings import moto_server_port
 from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
 from moto.stepfunctions.parser.asl.antlr.runtime.ASLParser import ASLParser
+from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.parse import asl_parser
 from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
-from moto.stepfunctions.parser.asl.utils import boto_client
+from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.responses import StepFunctionResponse
 
 _ORIGINAL_CALL_ACTION = StepFunctionResponse.call_action
@@ -75,8 +81,14 @@ def _client_for(region: str, service: str, state_credentials: Any = None) -> Any
     return _client(region, service, botocore_stubber.enabled, moto_server_port())
 
 
+_parse_json_path = lru_cache(maxsize=1024)(jsonpath_ng.parse)
+_parse_extended_json_path = lru_cache(maxsize=1024)(jsonpath_ng.ext.parse)
+
+
 def install() -> None:
-    """Cache syntax trees and Lambda clients (idempotent)."""
+    """Cache syntax trees, parsed JSONPaths and Lambda clients (idempotent)."""
+    json_path.parse = _parse_extended_json_path  # type: ignore[attr-defined]
+    result_path.parse = _parse_json_path  # type: ignore[attr-defined]
     asl_parser.AmazonStateLanguageParser.parse = staticmethod(_parse)  # type: ignore[method-assign]
     lambda_eval_utils.boto_client_for = _client_for
     StepFunctionResponse.call_action = _call_action  # type: ignore[method-assign]

@@ -130,6 +130,14 @@ def test_moto_still_parses_and_invokes_where_the_step_functions_caches_hook_in()
     assert program is not again  # fresh evaluation components per execution
     with pytest.raises(asl_parser.ASLParserException):
         asl_parser.AmazonStateLanguageParser.parse('{"StartAt": ')
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    # The JSONPath caches replace the module-level names moto parses paths through.
+    assert "parse(" in inspect.getsource(json_path.extract_json)
+    assert "parse(" in inspect.getsource(result_path.ResultPath)
+    assert json_path.parse("$.order.id") is json_path.parse("$.order.id")  # type: ignore[attr-defined]
+    assert json_path.extract_json("$.order.id", {"order": {"id": "o-1"}}) == "o-1"
 
 
 def test_moto_still_has_the_event_hooks_the_eventbridge_adapter_extends() -> None:

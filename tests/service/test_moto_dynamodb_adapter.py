@@ -1,18 +1,20 @@
-"""The moto DynamoDB adapter keeps TransactWriteItems all-or-nothing without copying tables.
+"""The moto DynamoDB adapter's shortcuts change nothing a client can see.
 
-infra/local/moto_dynamodb.py snapshots only the items a transaction names; these tests pin the
-outcome a cancelled transaction must have on moto as on DynamoDB: nothing it wrote stays, and
-nothing outside it is touched.
+infra/local/moto_dynamodb.py snapshots only the items a transaction names (a cancelled transaction
+must leave nothing it wrote and touch nothing else, as on DynamoDB), and writes item answers with
+``json.dumps`` instead of moto's model-driven serializer (the two must agree).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
+from moto.dynamodb.responses import DynamoHandler
 
 from infra.local import moto_dynamodb
 
@@ -129,3 +131,52 @@ def test_a_committed_transaction_writes_every_item(dynamodb: Any) -> None:
     )
 
     assert (_count(dynamodb, "x"), _count(dynamodb, "y")) == (1, 2)
+
+
+def test_item_answers_written_directly_equal_what_motos_serializer_writes(
+    dynamodb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[str] = []
+
+    def both(handler: Any, action_result: Any) -> Any:
+        fast = moto_dynamodb._serialized(handler, action_result)
+        reference = moto_dynamodb._ORIGINAL_SERIALIZED(handler, action_result)
+        assert fast[0] == reference[0]
+        assert fast[1]["Content-Type"] == reference[1]["Content-Type"]
+        assert json.loads(fast[2] or "{}") == json.loads(reference[2] or "{}")
+        compared.append(handler._get_action())
+        return fast
+
+    monkeypatch.setattr(DynamoHandler, "serialized", both)
+    item = {**_key("p", "1"), "count": {"N": "1"}, "tags": {"SS": ["a", "b"]}, "blob": {"B": b"\x00\x01"}}
+    dynamodb.put_item(TableName=TABLE, Item=item)
+    dynamodb.put_item(TableName=TABLE, Item={**item, **_key("p", "2")}, ReturnValues="ALL_OLD")
+    dynamodb.get_item(TableName=TABLE, Key=_key("p", "1"), ReturnConsumedCapacity="TOTAL")
+    dynamodb.update_item(
+        TableName=TABLE,
+        Key=_key("p", "1"),
+        UpdateExpression="ADD #c :one SET nested = :nested",
+        ExpressionAttributeNames={"#c": "count"},
+        ExpressionAttributeValues={
+            ":one": {"N": "1"},
+            ":nested": {"M": {"l": {"L": [{"BOOL": True}, {"NULL": True}]}}},
+        },
+        ReturnValues="ALL_NEW",
+    )
+    dynamodb.query(
+        TableName=TABLE,
+        KeyConditionExpression="pk = :p",
+        ExpressionAttributeValues={":p": {"S": "p"}},
+        Limit=1,
+        ReturnConsumedCapacity="INDEXES",
+    )
+    dynamodb.scan(TableName=TABLE, Select="COUNT")
+    dynamodb.batch_get_item(RequestItems={TABLE: {"Keys": [_key("p", "1"), _key("p", "missing")]}})
+    dynamodb.transact_get_items(TransactItems=[{"Get": {"TableName": TABLE, "Key": _key("p", "2")}}])
+    dynamodb.transact_write_items(
+        TransactItems=[{"Put": {"TableName": TABLE, "Item": {**_key("p", "3"), "count": {"N": "0"}}}}]
+    )
+    dynamodb.batch_write_item(RequestItems={TABLE: [{"DeleteRequest": {"Key": _key("p", "3")}}]})
+    dynamodb.delete_item(TableName=TABLE, Key=_key("p", "2"), ReturnValues="ALL_OLD")
+
+    assert set(compared) >= moto_dynamodb.ITEM_OPERATIONS
