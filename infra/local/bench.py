@@ -1,10 +1,15 @@
 """`make bench`: checkouts against the local stack, and what they would cost on AWS.
 
 Starts the stack in this process (free ports, its own state folder), creates products with
-ample stock, then places orders over HTTP from concurrent clients and waits for every saga to
-end. It prints:
+ample stock, then runs shoppers: each places an order over HTTP (POST /orders) and waits for its
+saga to end before placing the next, as a customer waits for the confirmation. First one shopper
+alone (the sequential baseline), then ``--concurrency`` of them at once. The harness learns that
+a saga ended from the emulator's status-change event (``moto_events.execution_listeners``), not
+by polling, so that it measures the shop rather than itself. It prints:
 
-- checkout API latency (POST /orders) p50/p95/p99 and sagas completed per second;
+- checkout API latency (POST /orders) p50/p95/p99 under load, and the time from placing an order
+  to the end of its saga;
+- sagas completed per second under load and one shopper at a time;
 - per completed order, counted from what actually ran: state transitions (execution history),
   Lambda invocations (history + the API call), DynamoDB read and write units (the units
   DynamoDB reports with ReturnConsumedCapacity on every request the API and the steps made);
@@ -13,7 +18,8 @@ end. It prints:
 By default DynamoDB is AWS's DynamoDB Local (the fidelity tier's engine), because moto does not
 compute consumed capacity; `--dynamodb moto` keeps everything in moto.
 
-    python -m infra.local.bench [--orders 200] [--concurrency 8] [--dynamodb dynamodb-local|moto]
+    python -m infra.local.bench [--orders 200] [--concurrency 8] [--sequential 20]
+                                [--dynamodb dynamodb-local|moto]
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,6 @@ import requests
 from infra.local.template import REPO_ROOT, load_template
 
 PRICING = REPO_ROOT / "infra" / "pricing.json"
-TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 BENCH_SKUS = [f"BENCH-{index:02d}" for index in range(8)]
 
 
@@ -61,9 +65,33 @@ def _percentile(values: list[float], fraction: float) -> float:
 @dataclass
 class Run:
     latencies: list[float]
-    order_ids: list[str]
+    outcomes: list[float]  # from placing the order to the end of its saga
+    executions: list[dict[str, Any]]
     started: float
     finished: float
+
+    @property
+    def sagas_per_second(self) -> float:
+        return len(self.executions) / (self.finished - self.started)
+
+
+class SagaWatcher:
+    """The end of every saga, as the emulator announces it (a status-change event's detail)."""
+
+    def __init__(self) -> None:
+        self._ended: dict[str, dict[str, Any]] = {}
+        self._changed = threading.Condition()
+
+    def __call__(self, detail: dict[str, Any]) -> None:
+        with self._changed:
+            self._ended[detail["name"]] = detail
+            self._changed.notify_all()
+
+    def wait(self, execution_name: str, timeout: float) -> dict[str, Any]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: execution_name in self._ended, timeout):
+                raise SystemExit(f"saga {execution_name} still running after {timeout:.0f} s")
+            return self._ended[execution_name]
 
 
 def _create_products(api: str, admin: dict[str, str]) -> None:
@@ -84,13 +112,15 @@ def _create_products(api: str, admin: dict[str, str]) -> None:
         response.raise_for_status()
 
 
-def _place_orders(api: str, customers: list[dict[str, str]], count: int, concurrency: int) -> Run:
+def _shop(api: str, customers: list[dict[str, str]], count: int, concurrency: int, watcher: SagaWatcher) -> Run:
+    """``concurrency`` shoppers place ``count`` orders, each waiting for its saga before the next."""
     latencies: list[float] = []
-    order_ids: list[str] = []
+    outcomes: list[float] = []
+    executions: list[dict[str, Any]] = []
     lock = threading.Lock()
     local = threading.local()
 
-    def place(index: int) -> None:
+    def shop(index: int) -> None:
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
         lines = [{"sku": BENCH_SKUS[(index + offset) % len(BENCH_SKUS)], "quantity": 1 + offset} for offset in range(2)]
@@ -101,34 +131,23 @@ def _place_orders(api: str, customers: list[dict[str, str]], count: int, concurr
             json={"items": lines, "payment": {"token": "tok_visa"}},
             timeout=60,
         )
-        elapsed = time.perf_counter() - started
+        placed = time.perf_counter()
         response.raise_for_status()
+        execution = watcher.wait(response.json()["order_id"], 300)
+        ended = time.perf_counter()
         with lock:
-            latencies.append(elapsed)
-            order_ids.append(response.json()["order_id"])
+            latencies.append(placed - started)
+            outcomes.append(ended - started)
+            executions.append(execution)
 
-    started = time.time()
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(place, range(count)))
-    return Run(latencies=latencies, order_ids=order_ids, started=started, finished=time.time())
+        list(pool.map(shop, range(count)))
+    return Run(latencies, outcomes, executions, started, time.perf_counter())
 
 
-def _wait_for_sagas(stepfunctions: Any, machine_arn: str, order_ids: list[str], deadline_seconds: float) -> list[dict]:
-    execution_prefix = machine_arn.replace(":stateMachine:", ":execution:")
-    pending = {f"{execution_prefix}:{order_id}" for order_id in order_ids}
-    finished: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + deadline_seconds
-    while pending:
-        for arn in list(pending):
-            description = stepfunctions.describe_execution(executionArn=arn)
-            if description["status"] in TERMINAL:
-                finished[arn] = description
-                pending.discard(arn)
-        if pending and time.monotonic() > deadline:
-            raise SystemExit(f"{len(pending)} sagas still running after {deadline_seconds:.0f}s")
-        if pending:
-            time.sleep(0.25)  # polling interval of the loop above
-    return list(finished.values())
+def _saga_seconds(execution: dict[str, Any]) -> float:
+    return (execution["stopDate"] - execution["startDate"]) / 1000  # epoch milliseconds
 
 
 def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int]:
@@ -145,22 +164,18 @@ def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int]:
     return transitions, invocations
 
 
-def _seconds(value: Any) -> float:
-    return value.timestamp() if isinstance(value, datetime) else float(value)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--sequential", type=int, default=20, help="orders placed by one shopper first")
     parser.add_argument("--dynamodb", choices=["dynamodb-local", "moto"], default="dynamodb-local")
     args = parser.parse_args(argv)
 
     from shop import aws
 
     aws.capacity_meter.enabled = True
-    from infra.local import lambda_runtime
+    from infra.local import lambda_runtime, moto_events
     from infra.local.stack import start_stack
 
     dynamodb_local = None
@@ -184,31 +199,27 @@ def main(argv: list[str] | None = None) -> int:
         admin = {"Authorization": f"Bearer {tokens['admin']}"}
         customers = [{"Authorization": f"Bearer {token}"} for token in tokens["customers"].values()]
         stepfunctions = stack.client("stepfunctions")
-        machine = stack.deployed.state_machine_arns["CheckoutStateMachine"]
         _create_products(stack.api_url, admin)
 
-        # Warm-up one order at a time: it also measures how long a step's handler runs when it
-        # has a core to itself, the figure Lambda's GB-seconds are billed on.
+        watcher = SagaWatcher()
+        moto_events.execution_listeners.append(watcher)
+        _shop(stack.api_url, customers, 3, 1, watcher)  # warm: modules imported, clients built
+
+        # One shopper alone: the baseline, and how long a step's handler runs when it has a core
+        # to itself, the figure Lambda's GB-seconds are billed on.
         lambda_runtime.stats.reset()
-        warm_sagas: list[float] = []
-        for _ in range(args.warmup):
-            warmup = _place_orders(stack.api_url, customers, 1, 1)
-            for execution in _wait_for_sagas(stepfunctions, machine, warmup.order_ids, 300):
-                warm_sagas.append(_seconds(execution["stopDate"]) - _seconds(execution["startDate"]))
-        warm_saga_seconds = statistics.median(warm_sagas)
+        sequential = _shop(stack.api_url, customers, args.sequential, 1, watcher)
+        warm_saga_seconds = statistics.median(_saga_seconds(e) for e in sequential.executions)
         step_seconds = [s for values in lambda_runtime.stats.seconds.values() for s in values]
         aws.capacity_meter.reset()
 
-        run = _place_orders(stack.api_url, customers, args.orders, args.concurrency)
-        executions = _wait_for_sagas(stepfunctions, machine, run.order_ids, 600)
+        run = _shop(stack.api_url, customers, args.orders, args.concurrency, watcher)
         read_units, write_units = aws.capacity_meter.read_units, aws.capacity_meter.write_units
         requests_by_operation = dict(aws.capacity_meter.requests)
 
-        completed = [e for e in executions if e["status"] == "SUCCEEDED"]
+        completed = [e for e in run.executions if e["status"] == "SUCCEEDED"]
         if not completed:
             raise SystemExit("no saga completed")
-        last_stop = max(_seconds(e["stopDate"]) for e in executions)
-        sagas_per_second = len(completed) / (last_stop - run.started)
         transitions = invocations = 0
         for execution in completed:
             t, i = _history_counts(stepfunctions, execution["executionArn"])
@@ -216,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             invocations += i
         per_order_transitions = transitions / len(completed)
         per_order_invocations = invocations / len(completed) + 1  # + the API's own invocation
-        per_order_rru = read_units / len(run.order_ids)
-        per_order_wru = write_units / len(run.order_ids)
-        saga_seconds = statistics.median(_seconds(e["stopDate"]) - _seconds(e["startDate"]) for e in completed)
+        per_order_rru = read_units / len(run.executions)
+        per_order_wru = write_units / len(run.executions)
+        saga_seconds = statistics.median(_saga_seconds(e) for e in completed)
         step_seconds_mean = statistics.fmean(step_seconds) if step_seconds else 0.0
 
         prices = json.loads(PRICING.read_text())
@@ -246,27 +257,34 @@ def main(argv: list[str] | None = None) -> int:
         shared = lambda_cost + dynamodb_cost + api_cost
         million = 1_000_000
 
-        print(
-            f"\nmake bench: {args.orders} checkouts, {args.concurrency} concurrent clients, DynamoDB: {args.dynamodb}"
-        )
-        print(f"  completed sagas:        {len(completed)} of {len(executions)}")
+        print(f"\nmake bench: {args.orders} checkouts, {args.concurrency} shoppers, DynamoDB: {args.dynamodb}")
+        print(f"  completed sagas:        {len(completed)} of {len(run.executions)}")
         print(
             "  checkout API latency:   "
             f"p50 {_percentile(run.latencies, 0.50) * 1000:.0f} ms, "
             f"p95 {_percentile(run.latencies, 0.95) * 1000:.0f} ms, "
-            f"p99 {_percentile(run.latencies, 0.99) * 1000:.0f} ms"
+            f"p99 {_percentile(run.latencies, 0.99) * 1000:.0f} ms  (POST /orders)"
         )
         print(
-            f"  sagas completed/s:      {sagas_per_second:.1f}  (median saga {saga_seconds * 1000:.0f} ms under load)"
+            "  order to outcome:       "
+            f"p50 {_percentile(run.outcomes, 0.50) * 1000:.0f} ms, "
+            f"p95 {_percentile(run.outcomes, 0.95) * 1000:.0f} ms  (POST until the saga ended)"
         )
-        print(f"  saga duration alone:    {warm_saga_seconds * 1000:.0f} ms median (one order at a time)")
+        print(
+            f"  sagas completed/s:      {run.sagas_per_second:.1f} with {args.concurrency} shoppers, "
+            f"{sequential.sagas_per_second:.1f} with one"
+        )
+        print(
+            f"  saga duration:          {saga_seconds * 1000:.0f} ms median under load, "
+            f"{warm_saga_seconds * 1000:.0f} ms alone"
+        )
         print("  per completed order:")
         print(f"    state transitions:    {per_order_transitions:.1f}")
         print(f"    Lambda invocations:   {per_order_invocations:.1f}  (saga steps + API)")
         print(f"    Lambda step duration: {step_seconds_mean * 1000:.0f} ms mean (warm, measured one order at a time)")
         print(f"    DynamoDB read units:  {per_order_rru:.1f}")
         print(f"    DynamoDB write units: {per_order_wru:.1f}")
-        per_order_requests = sum(requests_by_operation.values()) / len(run.order_ids)
+        per_order_requests = sum(requests_by_operation.values()) / len(run.executions)
         print(f"    DynamoDB requests:    {per_order_requests:.1f}  {requests_by_operation}")
         print(f"  AWS cost per million orders ({prices['region']}, prices of {prices['as_of']}, infra/pricing.json):")
         for label, workflow in (("Standard", standard), ("Express", express)):

@@ -11,6 +11,9 @@ function asynchronously (retried twice on error). This adapter adds exactly that
 - every execution that ends (SUCCEEDED, FAILED, TIMED_OUT, ABORTED) puts its status-change
   event, with AWS's ``detail`` fields, on the default bus of its account and region.
 
+In-process observers (``execution_listeners``: `make bench` and `make chaos` waiting for sagas to
+end) get the same ``detail`` when an execution ends, instead of polling the Step Functions API.
+
 It patches two private moto functions; tests/service/test_lambda_runtime_canary.py fails if a
 moto upgrade moves them.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from moto.awslambda.models import lambda_backends
@@ -33,6 +37,8 @@ ASYNC_ATTEMPTS = 3
 
 _ORIGINAL_SEND = Rule.send_to_targets
 _ORIGINAL_TERMINATED = BaseExecutionWorkerCommunication.terminated
+# Called with the status-change ``detail`` of every execution that ends, in the executing thread.
+execution_listeners: list[Callable[[dict[str, Any]], None]] = []
 
 
 def _invoke_async(account: str, region: str, function_name: str, event: dict[str, Any]) -> None:
@@ -93,16 +99,19 @@ def status_change_detail(execution: Any) -> dict[str, Any]:
 def _terminated(self: BaseExecutionWorkerCommunication) -> None:
     _ORIGINAL_TERMINATED(self)
     execution = self.execution
+    detail = status_change_detail(execution)
     events_backends[execution.account_id][execution.region_name].put_events(
         [
             {
                 "Source": "aws.states",
                 "DetailType": DETAIL_TYPE,
-                "Detail": json.dumps(status_change_detail(execution)),
+                "Detail": json.dumps(detail),
                 "Resources": [execution.exec_arn],
             }
         ]
     )
+    for listener in list(execution_listeners):
+        listener(detail)
 
 
 def install() -> None:

@@ -123,11 +123,31 @@ def test_moto_still_parses_and_invokes_where_the_step_functions_caches_hook_in()
     assert "boto_client_for(" in inspect.getsource(lambda_eval_utils._invoke_lambda_function)
     assert hasattr(asl_parser, "SyntaxErrorListener") and hasattr(asl_parser, "ASLParserException")
     moto_stepfunctions.install()
-    program, _tree = asl_parser.AmazonStateLanguageParser.parse(
-        '{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}'
+    tasks_only = '{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}'
+    program, _tree = asl_parser.AmazonStateLanguageParser.parse(tasks_only)
+    again, _ = asl_parser.AmazonStateLanguageParser.parse(tasks_only)
+    assert program is again  # components without per-execution state are shared
+    parallel = json.dumps(
+        {
+            "StartAt": "P",
+            "States": {
+                "P": {
+                    "Type": "Parallel",
+                    "End": True,
+                    "Branches": [{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}],
+                }
+            },
+        }
     )
-    again, _ = asl_parser.AmazonStateLanguageParser.parse('{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}')
-    assert program is not again  # fresh evaluation components per execution
+    first, _ = asl_parser.AmazonStateLanguageParser.parse(parallel)
+    second, _ = asl_parser.AmazonStateLanguageParser.parse(parallel)
+    assert first is not second  # Parallel and Map keep per-execution state: fresh components
+    # Every component has its retry-counter key before the program is shared between threads.
+    from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
+
+    states = program.states.states  # type: ignore[attr-defined]
+    assert states and all(getattr(state, "_EvalComponent__heap_key", None) for state in states.values())
+    assert isinstance(program, EvalComponent)
     with pytest.raises(asl_parser.ASLParserException):
         asl_parser.AmazonStateLanguageParser.parse('{"StartAt": ')
     from moto.stepfunctions.parser.asl.component.common.path import result_path
