@@ -15,8 +15,10 @@ by polling, so that it measures the shop rather than itself. It prints:
   DynamoDB reports with ReturnConsumedCapacity on every request the API and the steps made);
 - the AWS cost per million orders for a Standard and an Express workflow, from infra/pricing.json.
 
-By default DynamoDB is AWS's DynamoDB Local (the fidelity tier's engine), because moto does not
-compute consumed capacity; `--dynamodb moto` keeps everything in moto.
+DynamoDB runs in a process of its own, as it is a service of its own on AWS: by default AWS's
+DynamoDB Local (the fidelity tier's engine), whose consumed capacity the cost figures use;
+`--dynamodb moto` runs moto's DynamoDB instead (``python -m infra.local.moto_dynamodb``), the
+emulator `make chaos` uses.
 
     python -m infra.local.bench [--orders 200] [--concurrency 8] [--sequential 20]
                                 [--dynamodb dynamodb-local|moto]
@@ -178,13 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     from infra.local import lambda_runtime, moto_events
     from infra.local.stack import start_stack
 
-    dynamodb_local = None
-    dynamodb_endpoint = None
+    dynamodb: Any
     if args.dynamodb == "dynamodb-local":
         from infra.local.dynamodb_local import DynamoDBLocal
 
-        dynamodb_local = DynamoDBLocal.start()
-        dynamodb_endpoint = dynamodb_local.endpoint
+        dynamodb = DynamoDBLocal.start()
+    else:
+        from infra.local.moto_dynamodb import MotoDynamoDBProcess
+
+        dynamodb = MotoDynamoDBProcess.start()
 
     state_dir = Path(tempfile.mkdtemp(prefix="shop-bench-"))
     stack = start_stack(
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         aws_port=_free_port(),
         state_dir=state_dir,
         seed=False,
-        dynamodb_endpoint=dynamodb_endpoint,
+        dynamodb_endpoint=dynamodb.endpoint,
     )
     try:
         tokens = json.loads(stack.tokens_path.read_text())
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         run = _shop(stack.api_url, customers, args.orders, args.concurrency, watcher)
         read_units, write_units = aws.capacity_meter.read_units, aws.capacity_meter.write_units
         requests_by_operation = dict(aws.capacity_meter.requests)
+        requests_by_table = dict(aws.capacity_meter.requests_by_table)
 
         completed = [e for e in run.executions if e["status"] == "SUCCEEDED"]
         if not completed:
@@ -285,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    DynamoDB read units:  {per_order_rru:.1f}")
         print(f"    DynamoDB write units: {per_order_wru:.1f}")
         per_order_requests = sum(requests_by_operation.values()) / len(run.executions)
-        print(f"    DynamoDB requests:    {per_order_requests:.1f}  {requests_by_operation}")
+        print(f"    DynamoDB requests:    {per_order_requests:.1f}")
+        for request, count in sorted(requests_by_table.items(), key=lambda entry: (-entry[1], entry[0])):
+            print(f"      {count / len(run.executions):4.1f}  {request}")
         print(f"  AWS cost per million orders ({prices['region']}, prices of {prices['as_of']}, infra/pricing.json):")
         for label, workflow in (("Standard", standard), ("Express", express)):
             total = (workflow + shared) * million
@@ -297,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         stack.stop()
-        if dynamodb_local is not None:
-            dynamodb_local.stop()
+        dynamodb.stop()
 
 
 if __name__ == "__main__":

@@ -28,10 +28,15 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
+import subprocess
+import sys
 import threading
+import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import moto.dynamodb.models as dynamodb_models
@@ -192,3 +197,161 @@ def install() -> None:
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
     DynamoHandler.serialized = _serialized  # type: ignore[method-assign]
     dynamodb_models.copy = types.SimpleNamespace(deepcopy=_copy_all_but_tables, copy=copy.copy)  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------- its own process
+# Under load the whole stack in one Python process is bound by one core (the GIL). moto's
+# DynamoDB is the largest self-contained part of it, and DynamoDB is a separate service on AWS
+# too, so `make bench` and `make chaos` run it in a process of its own (`python -m
+# infra.local.moto_dynamodb --port N`), reached over HTTP like DynamoDB Local. Its faults then
+# enter at the SDK's side of that connection (``sdk_fault_handler``), through the same
+# ``fault_hook``: refused before the request is sent, or sent, applied and its answer lost.
+
+# The endpoint of a DynamoDB in another process whose requests ``sdk_fault_handler`` may fail.
+remote_endpoint: str | None = None
+
+
+def _sdk_error_response(request: Any, code: str) -> Any:
+    from botocore.awsrequest import AWSResponse
+
+    status, headers, body = error_response(code)
+
+    class _Raw:
+        def stream(self, **_: Any) -> Any:
+            yield body.encode()
+
+    return AWSResponse(request.url, status, headers, _Raw())
+
+
+def sdk_fault_handler(request: Any, **_: Any) -> Any:
+    """botocore ``before-send`` handler: ``fault_hook`` applied to requests for ``remote_endpoint``."""
+    hook = fault_hook
+    if hook is None or remote_endpoint is None or not str(request.url).startswith(remote_endpoint):
+        return None
+    operation = _text(request.headers.get("X-Amz-Target", "")).rsplit(".", 1)[-1]
+    try:
+        parsed = json.loads(_text(request.body) or "{}")
+    except (TypeError, ValueError):
+        parsed = {}
+    before = hook("before", operation, parsed)
+    if before is not None:
+        return _sdk_error_response(request, before)
+    after = hook("after", operation, parsed)
+    if after is None:
+        return None  # botocore sends it as usual
+    _http_session().send(request)  # applied; the answer is what gets lost
+    return _sdk_error_response(request, after)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+@lru_cache(maxsize=1)
+def _http_session() -> Any:
+    from botocore.httpsession import URLLib3Session
+
+    return URLLib3Session()
+
+
+def install_sdk_faults() -> None:
+    """Every boto3 client created after this call passes its requests through ``sdk_fault_handler``."""
+    from botocore.handlers import BUILTIN_HANDLERS
+
+    if ("before-send.dynamodb", sdk_fault_handler) not in BUILTIN_HANDLERS:
+        BUILTIN_HANDLERS.append(("before-send.dynamodb", sdk_fault_handler))
+
+
+@dataclass
+class MotoDynamoDBProcess:
+    """``python -m infra.local.moto_dynamodb`` started as a child process; ``stop()`` ends it."""
+
+    endpoint: str
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, host: str = "127.0.0.1", startup_seconds: float = 60.0) -> MotoDynamoDBProcess:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        process = subprocess.Popen(
+            [sys.executable, "-m", "infra.local.moto_dynamodb", "--host", host, "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+        )
+        running = cls(endpoint=f"http://{host}:{port}", process=process)
+        deadline = time.monotonic() + startup_seconds
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto's DynamoDB process exited with {process.returncode}")
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                return running
+            except OSError:
+                if time.monotonic() > deadline:
+                    running.stop()
+                    raise RuntimeError(f"moto's DynamoDB process did not listen on {port} in time") from None
+            time.sleep(0.1)  # polling interval while the child imports moto
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=20)
+
+
+def _serve(host: str, port: int) -> Any:
+    """A keep-alive HTTP server that hands each request to moto's DynamoDB handler, as moto's
+    in-process interception does (moto's own server adds Flask routing and a connection per
+    request, which made it slower than running in-process)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from moto.core.request import Request
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body leave as two writes: no 40 ms delayed-ACK stall
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = dict(self.headers.items())
+            # moto finds the region in the URL, as AWS's endpoint would carry it.
+            url = "https://dynamodb.us-east-1.amazonaws.com/"
+            request = Request.from_primitives("POST", url, headers, body)
+            status, response_headers, response_body = DynamoHandler.dispatch(request, url, request.headers)
+            payload = response_body.encode() if isinstance(response_body, str) else response_body or b""
+            self.send_response(int(status))
+            for name, value in response_headers.items():
+                if name.lower() not in {"content-length", "status", "connection"}:
+                    self.send_header(name, str(value))
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # quiet: thousands of requests a second
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="moto's DynamoDB in a process of its own")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    install()
+    server = _serve(args.host, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

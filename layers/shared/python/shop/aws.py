@@ -34,6 +34,8 @@ class CapacityMeter:
     read_units: float = 0.0
     write_units: float = 0.0
     requests: Counter[str] = field(default_factory=Counter)
+    # "Operation table[+table...]" -> requests: which requests an order costs, table by table.
+    requests_by_table: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attach(self, dynamodb_client: Any) -> None:
@@ -43,16 +45,21 @@ class CapacityMeter:
             events.register(f"after-call.dynamodb.{operation}", self._record)
 
     @staticmethod
-    def _ask_for_capacity(params: dict[str, Any], **_: Any) -> None:
+    def _ask_for_capacity(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         params.setdefault("ReturnConsumedCapacity", "TOTAL")
+        tables = {params["TableName"]} if "TableName" in params else set(params.get("RequestItems", {}))
+        for item in params.get("TransactItems", []):
+            tables.update(operation["TableName"] for operation in item.values())
+        context["metered_tables"] = "+".join(sorted(tables))
 
-    def _record(self, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+    def _record(self, parsed: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         consumed = parsed.get("ConsumedCapacity") or []
         units = sum(
             entry.get("CapacityUnits", 0.0) for entry in (consumed if isinstance(consumed, list) else [consumed])
         )
         with self._lock:
             self.requests[model.name] += 1
+            self.requests_by_table[f"{model.name} {context.get('metered_tables', '?')}"] += 1
             if model.name in _READS:
                 self.read_units += units
             else:
@@ -62,6 +69,7 @@ class CapacityMeter:
         with self._lock:
             self.read_units = self.write_units = 0.0
             self.requests.clear()
+            self.requests_by_table.clear()
 
 
 capacity_meter = CapacityMeter()
