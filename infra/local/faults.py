@@ -12,6 +12,10 @@ A ``FaultInjector`` installs one profile into the emulator's adapters:
   provider call applied with its answer lost.
 - Step Functions (``moto_stepfunctions``): ``StartExecution`` throttled for a window that outlasts
   the SDK's retries, so that orders are left for the orphan sweeper.
+- The payment provider (the simulator, which stands in for a remote service): a slow answer; a
+  transient error before the call has any effect; the call applied and its answer lost; an
+  outage window during which every call fails transiently. Declines and failing cards come from
+  the workload's test tokens.
 
 Every decision comes from one ``random.Random(seed)``, so a profile and a seed name one run (the
 interleaving of threads still varies); every injected fault is counted by kind.
@@ -28,11 +32,18 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
+from shop.errors import PaymentProviderError
+from shop.payments.simulator import SimulatorProvider
 
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})
 # StartExecution throttling comes as an outage window that outlasts the SDK's retries and backoff
 # (shop.aws: 4 retries, a few seconds in all), so a caller sees the start fail.
 START_EXECUTION_OUTAGE_SECONDS = 10.0
+PROVIDER_OUTAGE_SECONDS = 5.0
+PROVIDER_SLOW_SECONDS = (0.2, 1.5)
+# The simulator's calls that reach the "remote" provider (``lookup`` is what reconciliation asks).
+PROVIDER_CALLS = ("authorize", "capture", "void", "refund", "lookup")
+PROVIDER_EFFECTS = frozenset({"authorize", "capture", "void", "refund"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,10 @@ class FaultProfile:
     dynamodb_answer_lost: float = 0.0
     dynamodb_transaction_conflict: float = 0.0
     start_execution_throttled: float = 0.0
+    provider_slow: float = 0.0
+    provider_transient_error: float = 0.0
+    provider_answer_lost: float = 0.0
+    provider_outage: float = 0.0
 
     @property
     def kinds(self) -> list[str]:
@@ -70,6 +85,10 @@ PROFILES: dict[str, FaultProfile] = {
         dynamodb_answer_lost=0.005,
         dynamodb_transaction_conflict=0.02,
         start_execution_throttled=0.02,
+        provider_slow=0.02,
+        provider_transient_error=0.01,
+        provider_answer_lost=0.01,
+        provider_outage=0.002,
     ),
     "hostile": FaultProfile(
         "hostile",
@@ -83,6 +102,10 @@ PROFILES: dict[str, FaultProfile] = {
         dynamodb_answer_lost=0.02,
         dynamodb_transaction_conflict=0.05,
         start_execution_throttled=0.1,
+        provider_slow=0.05,
+        provider_transient_error=0.03,
+        provider_answer_lost=0.03,
+        provider_outage=0.005,
     ),
 }
 
@@ -96,6 +119,8 @@ class FaultInjector:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._throttled_until = 0.0
+        self._provider_down_until = 0.0
+        self._provider_originals: dict[str, Any] = {}
         self.enabled = False
 
     def _roll(self, kind: str) -> bool:
@@ -151,6 +176,45 @@ class FaultInjector:
             return "ThrottlingException"
         return None
 
+    def _provider_call(self, name: str, call: Any) -> Any:
+        """Around one simulator call: the remote provider's failures, decided before and after it."""
+        if not self.enabled:
+            return call()
+        now = time.monotonic()
+        with self._lock:
+            down = now < self._provider_down_until
+        if down:
+            raise PaymentProviderError("injected: provider outage")
+        if self._roll("provider_outage"):
+            with self._lock:
+                self._provider_down_until = now + PROVIDER_OUTAGE_SECONDS
+            raise PaymentProviderError("injected: provider outage")
+        if self._roll("provider_transient_error"):
+            raise PaymentProviderError("injected: provider error before the call took effect")
+        if self._roll("provider_slow"):
+            with self._lock:
+                delay = self._random.uniform(*PROVIDER_SLOW_SECONDS)
+            time.sleep(delay)  # a slow provider answer (the call waits, as on a slow network)
+        result = call()
+        if name in PROVIDER_EFFECTS and self._roll("provider_answer_lost"):
+            raise PaymentProviderError("injected: provider answer lost after the call took effect")
+        return result
+
+    def _install_provider_faults(self) -> None:
+        for name in PROVIDER_CALLS:
+            original = getattr(SimulatorProvider, name)
+            self._provider_originals[name] = original
+
+            def faulty(provider: Any, *args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+                return self._provider_call(_name, lambda: _original(provider, *args, **kwargs))
+
+            setattr(SimulatorProvider, name, faulty)
+
+    def _remove_provider_faults(self) -> None:
+        for name, original in self._provider_originals.items():
+            setattr(SimulatorProvider, name, original)
+        self._provider_originals.clear()
+
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
         lambda_runtime.faults.before_invoke = self._before_invoke
@@ -158,6 +222,7 @@ class FaultInjector:
         lambda_runtime.faults.duplicate_when = self._duplicate
         moto_dynamodb.fault_hook = self._dynamodb  # type: ignore[assignment]
         moto_stepfunctions.fault_hook = self._stepfunctions
+        self._install_provider_faults()
         self.enabled = True
 
     def stop(self) -> None:
@@ -166,6 +231,7 @@ class FaultInjector:
         lambda_runtime.faults.clear()
         moto_dynamodb.fault_hook = None
         moto_stepfunctions.fault_hook = None
+        self._remove_provider_faults()
 
     def summary(self) -> str:
         return json.dumps(dict(sorted(self.injected.items())))

@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
-from infra.local.faults import PROFILES, FaultInjector
+from infra.local.faults import PROFILES, FaultInjector, FaultProfile
 from tests.conftest import LocalAws
 
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1})
@@ -95,3 +95,89 @@ def test_the_none_profile_injects_nothing(hooks_cleared: LocalAws) -> None:
     finally:
         injector.stop()
     assert sum(injector.injected.values()) == 0
+
+
+@pytest.fixture(scope="module")
+def dynamodb_process() -> Iterator[str]:
+    """moto's DynamoDB in its own process, as `make chaos` and `make bench --dynamodb moto` run it."""
+    from infra.local.moto_dynamodb import MotoDynamoDBProcess
+
+    running = MotoDynamoDBProcess.start()
+    yield running.endpoint
+    running.stop()
+
+
+@pytest.mark.parametrize(("moment", "applied"), [("before", False), ("after", True)])
+def test_a_fault_on_the_connection_to_a_dynamodb_process_behaves_the_same(
+    dynamodb_process: str, monkeypatch: pytest.MonkeyPatch, moment: str, applied: bool
+) -> None:
+    moto_dynamodb.install_sdk_faults()
+    monkeypatch.setattr(moto_dynamodb, "remote_endpoint", dynamodb_process)
+    client = boto3.client("dynamodb", endpoint_url=dynamodb_process, region_name="us-east-1", config=NO_RETRIES)
+    table = f"faults-{moment}"
+    client.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    monkeypatch.setattr(moto_dynamodb, "fault_hook", _once("InternalServerError", moment, "PutItem"))
+
+    with pytest.raises(ClientError) as raised:
+        client.put_item(TableName=table, Item={"id": {"S": "o-1"}})
+
+    assert raised.value.response["Error"]["Code"] == "InternalServerError"
+    stored = client.get_item(TableName=table, Key={"id": {"S": "o-1"}}, ConsistentRead=True)
+    assert ("Item" in stored) is applied
+
+
+def test_provider_faults_fail_before_the_effect_or_lose_the_answer_after_it(hooks_cleared: LocalAws) -> None:
+    from shop.domain import payments as payment_domain
+    from shop.errors import PaymentProviderError
+    from shop.models.money import Money
+
+    provider = payment_domain.provider()
+    only_before = FaultInjector(PROVIDER_ONLY_BEFORE, seed=3)
+    only_before.start()
+    try:
+        with pytest.raises(PaymentProviderError, match="before the call"):
+            provider.authorize(Money(amount=500), "tok_visa", "fault-before")
+    finally:
+        only_before.stop()
+    assert provider.lookup("fault-before") is None  # nothing happened at the provider
+
+    only_after = FaultInjector(PROVIDER_ONLY_AFTER, seed=3)
+    only_after.start()
+    try:
+        with pytest.raises(PaymentProviderError, match="answer lost"):
+            provider.authorize(Money(amount=500), "tok_visa", "fault-after")
+    finally:
+        only_after.stop()
+    found = provider.lookup("fault-after")
+    assert found is not None and found.approved  # the authorization exists; only its answer was lost
+    assert provider.authorize(Money(amount=500), "tok_visa", "fault-after").reference == found.reference
+
+
+def test_a_provider_outage_fails_every_call_until_the_window_closes(hooks_cleared: LocalAws) -> None:
+    from shop.domain import payments as payment_domain
+    from shop.errors import PaymentProviderError
+    from shop.models.money import Money
+
+    provider = payment_domain.provider()
+    injector = FaultInjector(PROVIDER_OUTAGE, seed=1)
+    injector.start()
+    try:
+        for attempt in range(5):
+            with pytest.raises(PaymentProviderError, match="outage"):
+                provider.authorize(Money(amount=500), "tok_visa", f"outage-{attempt}")
+        assert injector.injected["provider_outage"] == 1  # one window, every call inside it refused
+        injector._provider_down_until = 0.0  # the window closes
+        injector.profile = PROFILES["none"]  # type: ignore[misc]
+        assert provider.authorize(Money(amount=500), "tok_visa", "outage-after").reference
+    finally:
+        injector.stop()
+
+
+PROVIDER_ONLY_BEFORE = FaultProfile("provider-before", provider_transient_error=1.0)
+PROVIDER_ONLY_AFTER = FaultProfile("provider-after", provider_answer_lost=1.0)
+PROVIDER_OUTAGE = FaultProfile("provider-outage", provider_outage=1.0)
