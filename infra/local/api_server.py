@@ -172,7 +172,12 @@ class _ApiHttpServer(ThreadedHTTPServer):
     request_queue_size = 128
 
 
-def create_api_server(app: Chalice, host: str, port: int) -> LocalDevServer:
+class _QuietRequestHandler(GatewayRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # no access log: `make bench` and `make chaos` send thousands of requests
+
+
+def create_api_server(app: Chalice, host: str, port: int, *, access_log: bool = True) -> LocalDevServer:
     """A threaded local server for ``app`` (no autoreload); ``serve_forever()`` / ``shutdown()``."""
     if not isinstance(app, LocalChalice):
         # What chalice.local.create_local_server does: give each server thread its own
@@ -182,4 +187,5 @@ def create_api_server(app: Chalice, host: str, port: int) -> LocalDevServer:
     config = Config.create(
         app_name=app.app_name, lambda_timeout=LAMBDA_TIMEOUT_SECONDS, lambda_memory_size=LAMBDA_MEMORY_MB
     )
-    return LocalDevServer(app, config, host, port, handler_cls=GatewayRequestHandler, server_cls=_ApiHttpServer)
+    handler = GatewayRequestHandler if access_log else _QuietRequestHandler
+    return LocalDevServer(app, config, host, port, handler_cls=handler, server_cls=_ApiHttpServer)

@@ -1,13 +1,17 @@
 """`make chaos`: a randomized, seeded workload against the local stack with faults at every seam,
 then everything healthy again, the sweepers and the redrives, then the books checked.
 
-    python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 8]
+    python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 16]
 
-1. Start the stack in this process (moto, free ports), create scarce and plentiful SKUs.
+1. Start the stack in this process (moto, free ports; moto's DynamoDB in a process of its own,
+   its faults entering at the SDK's side of the connection), create scarce and plentiful SKUs.
 2. With the fault profile on (``infra/local/faults.py``): several customers place multi-line
    orders paid with every test token, from concurrent clients; a client retries with the same
    Idempotency-Key after an error, sometimes sends a concurrent duplicate, sometimes repeats a
-   request whose answer it got (as after a timeout), and cancels at random moments.
+   request whose answer it got (as after a timeout), and cancels at random moments (a timer
+   fires the cancel, so the client goes on shopping). A client waits a little for its order's
+   saga to end before the next one, as a shopper waits for the confirmation, so the emulator is
+   not buried under thousands of sagas in flight.
 3. Faults off. Wait until no saga runs; run the orphan sweeper; redrive every open dead letter
    (as an operator would) until none is left open; wait again.
 4. Run the invariant checker (``shop.domain.reconciliation_job.run(quiescent=True)``) and print a
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -43,6 +48,8 @@ SCARCE = {"CHAOS-SCARCE-1": 40, "CHAOS-SCARCE-2": 60, "CHAOS-SCARCE-3": 25}
 PLENTIFUL = {f"CHAOS-ITEM-{n}": 100_000 for n in range(1, 6)}
 QUIET_POLLS = 3
 TIMEOUT = 30
+# How long a client waits for its saga before placing its next order (an orphaned order has none).
+PACING_SECONDS = 2.0
 
 
 @dataclass
@@ -51,7 +58,9 @@ class Workload:
     tokens: dict[str, str]
     admin: str
     seed: int
+    watcher: Any = None  # infra.local.bench.SagaWatcher: when each saga ended
     order_ids: set[str] = field(default_factory=set)
+    cancels: list[threading.Timer] = field(default_factory=list)
     client_events: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -122,12 +131,32 @@ class Workload:
                     )
         if rng.random() < 0.15:
             # Early cancels meet the checkout saga, late ones a completed order (a refund).
-            time.sleep(rng.choice((rng.uniform(0.0, 1.5), rng.uniform(5.0, 40.0))))
+            delay = rng.choice((rng.uniform(0.0, 1.5), rng.uniform(5.0, 40.0)))
+            timer = threading.Timer(delay, self.cancel, args=(order_id, who))
+            timer.daemon = True
+            with self.lock:
+                self.cancels.append(timer)
+            timer.start()
+        if self.watcher is not None:
+            self.watcher.ended(order_id, PACING_SECONDS)
+
+    def cancel(self, order_id: str, who: str) -> None:
+        try:
             cancelled = self.post(f"/orders/{order_id}/cancel", self.headers(who))
-            self.note("cancel")
-            if cancelled.status_code != 202:
-                with self.lock:
-                    self.problems.append(f"order {order_id}: cancel answered {cancelled.status_code} {cancelled.text}")
+        except RuntimeError as error:
+            with self.lock:
+                self.problems.append(f"order {order_id}: cancel kept failing: {error}")
+            return
+        self.note("cancel")
+        if cancelled.status_code != 202:
+            with self.lock:
+                self.problems.append(f"order {order_id}: cancel answered {cancelled.status_code} {cancelled.text}")
+
+    def wait_for_cancels(self) -> None:
+        with self.lock:
+            timers = list(self.cancels)
+        for timer in timers:
+            timer.join()
 
 
 def _progress(label: str, done: int, total: int) -> None:
@@ -188,27 +217,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="light")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--redrive-rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    # The expected warnings (orphans started, redrives) and one metric line per order would bury
+    # the progress bar: only errors reach the console.
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
+    from infra.local import moto_dynamodb, moto_events
+    from infra.local.bench import SagaWatcher
     from infra.local.identity import DevIdentityProvider
     from infra.local.stack import start_stack
 
     started = time.monotonic()
     state_dir = Path(tempfile.mkdtemp(prefix="shop-chaos-"))
-    stack = start_stack(
-        api_port=_free_port(),
-        aws_port=_free_port(),
-        state_dir=state_dir,
-        seed=False,
-        # Short retry waits keep a run short; the ASL's retry policy is otherwise the deployed one.
-        parameters={"RetryIntervalSeconds": "1", "RetryMaxDelaySeconds": "2"},
-    )
-    injector = FaultInjector(PROFILES[args.profile], args.seed)
+    dynamodb = moto_dynamodb.MotoDynamoDBProcess.start()
+    moto_dynamodb.remote_endpoint = dynamodb.endpoint
+    moto_dynamodb.install_sdk_faults()  # before the stack builds its clients
     try:
-        import os
-
+        stack = start_stack(
+            api_port=_free_port(),
+            aws_port=_free_port(),
+            state_dir=state_dir,
+            seed=False,
+            # Short retry waits keep a run short; the ASL's retry policy is otherwise the deployed one.
+            parameters={"RetryIntervalSeconds": "1", "RetryMaxDelaySeconds": "2"},
+            dynamodb_endpoint=dynamodb.endpoint,
+            access_log=False,
+        )
+    except BaseException:
+        dynamodb.stop()
+        raise
+    injector = FaultInjector(PROFILES[args.profile], args.seed)
+    watcher = SagaWatcher()
+    moto_events.execution_listeners.append(watcher)
+    try:
         tokens = json.loads(stack.tokens_path.read_text())
         identity = DevIdentityProvider.create(state_dir / "dev-idp")
         issuer = os.environ["AUTH_ISSUER"]
@@ -217,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens={name: identity.token(name, issuer=issuer) for name in CUSTOMERS},
             admin=tokens["admin"],
             seed=args.seed,
+            watcher=watcher,
         )
         for sku, stock in {**SCARCE, **PLENTIFUL}.items():
             created = requests.post(
@@ -238,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
                 placed += 1
                 _progress("placing", placed, args.orders)
         workload_seconds = time.monotonic() - started
+        workload.wait_for_cancels()
         _wait_quiet(stepfunctions, machines, 900)
         injector.stop()
 
         lambda_client = stack.client("lambda")
         sweeper = stack.deployed.function_names["ResumeOrphanedOrdersFunction"]
-        swept = _sweep_orphans(lambda_client, sweeper)
+        sweeps = [_sweep_orphans(lambda_client, sweeper)]
         _wait_quiet(stepfunctions, machines, 600)
         redriven = 0
         for _ in range(args.redrive_rounds):
@@ -254,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 workload.post(f"/admin/dead-letters/{order_id}/redrive", workload.headers("admin"))
                 redriven += 1
             _wait_quiet(stepfunctions, machines, 600)
-            _sweep_orphans(lambda_client, sweeper)
+            sweeps.append(_sweep_orphans(lambda_client, sweeper))
             _wait_quiet(stepfunctions, machines, 600)
 
         from shop.domain import reconciliation_job
@@ -278,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  faults injected:        {sum(injector.injected.values())}  {injector.summary()}")
         print(f"  client behaviour:       {json.dumps(dict(sorted(workload.client_events.items())))}")
         print(
-            f"  orphan sweep:           started {len(swept.get('started', []))}, "
-            f"settled {len(swept.get('settled', []))}"
+            f"  orphan sweeps:          {len(sweeps)} after the workload: started "
+            f"{sum(len(sweep.get('started', [])) for sweep in sweeps)}, "
+            f"settled {sum(len(sweep.get('settled', [])) for sweep in sweeps)}"
         )
         print(f"  redrives:               {redriven}")
         print(f"  checked:                {report.checked.model_dump_json()}")
@@ -299,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         injector.stop()
+        moto_events.execution_listeners.remove(watcher)
         stack.stop()
+        dynamodb.stop()
+        moto_dynamodb.remote_endpoint = None
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems",
 # (shop.aws: 4 retries, a few seconds in all), so a caller sees the start fail.
 START_EXECUTION_OUTAGE_SECONDS = 10.0
 PROVIDER_OUTAGE_SECONDS = 5.0
+# After an outage window, a healthy stretch this many times as long before the next can open:
+# with many calls a second, a per-call chance would otherwise keep the service down nearly always.
+CALM_AFTER_OUTAGE = 3.0
 PROVIDER_SLOW_SECONDS = (0.2, 1.5)
 # The simulator's calls that reach the "remote" provider (``lookup`` is what reconciliation asks).
 PROVIDER_CALLS = ("authorize", "capture", "void", "refund", "lookup")
@@ -118,8 +121,8 @@ class FaultInjector:
         self.injected: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._throttled_until = 0.0
-        self._provider_down_until = 0.0
+        self._throttled_until = float("-inf")
+        self._provider_down_until = float("-inf")
         self._provider_originals: dict[str, Any] = {}
         self.enabled = False
 
@@ -169,7 +172,8 @@ class FaultInjector:
         with self._lock:
             if now < self._throttled_until:
                 return "ThrottlingException"
-        if self._roll("start_execution_throttled"):
+            calm = now < self._throttled_until + START_EXECUTION_OUTAGE_SECONDS * CALM_AFTER_OUTAGE
+        if not calm and self._roll("start_execution_throttled"):
             # An outage window, longer than the SDK's own retries and backoff: callers see it fail.
             with self._lock:
                 self._throttled_until = now + START_EXECUTION_OUTAGE_SECONDS
@@ -183,9 +187,10 @@ class FaultInjector:
         now = time.monotonic()
         with self._lock:
             down = now < self._provider_down_until
+            calm = now < self._provider_down_until + PROVIDER_OUTAGE_SECONDS * CALM_AFTER_OUTAGE
         if down:
             raise PaymentProviderError("injected: provider outage")
-        if self._roll("provider_outage"):
+        if not calm and self._roll("provider_outage"):
             with self._lock:
                 self._provider_down_until = now + PROVIDER_OUTAGE_SECONDS
             raise PaymentProviderError("injected: provider outage")

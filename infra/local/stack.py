@@ -197,6 +197,7 @@ def start_stack(
     seed: bool = True,
     parameters: dict[str, str] | None = None,
     dynamodb_endpoint: str | None = None,
+    access_log: bool = True,
 ) -> LocalStack:
     """Start the emulator, deploy the template, seed, start the scheduler and the API.
 
@@ -249,7 +250,7 @@ def start_stack(
         from app import app
         from infra.local.api_server import create_api_server
 
-        api_server = create_api_server(app, host, api_port)
+        api_server = create_api_server(app, host, api_port, access_log=access_log)
         threading.Thread(target=api_server.serve_forever, daemon=True).start()
         cleanups.append(api_server.shutdown)
     except BaseException:
