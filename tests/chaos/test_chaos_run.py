@@ -1,0 +1,58 @@
+"""The seeded chaos run that `make test` includes: 300 orders under the hostile profile.
+
+`python -m infra.local.chaos` (what `make chaos` runs) in a process of its own: the whole local
+stack, moto's DynamoDB in another process, 16 clients, faults at every seam (Lambda, DynamoDB
+before and after the write, StartExecution outage windows, the payment provider), then faults
+off, the sweepers and redrives, and the invariant checker over the books. The run must end with
+no violation, and every kind of fault the profile names must have been injected at least once,
+so that a quiet run cannot pass for a hostile one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from infra.local.faults import PROFILES
+from tests.conftest import REPO_ROOT
+
+ORDERS = 300
+SEED = 2
+PROFILE = "hostile"
+
+
+@pytest.mark.xdist_group("chaos")
+def test_a_seeded_hostile_run_of_300_orders_ends_with_the_books_consistent() -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
+    environment["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'layers/shared/python'}"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infra.local.chaos",
+            "--orders",
+            str(ORDERS),
+            "--seed",
+            str(SEED),
+            "--profile",
+            PROFILE,
+        ],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    report = run.stdout
+    assert run.returncode == 0, f"chaos run failed:\n{report}\n{run.stderr[-4000:]}"
+    assert re.search(r"^\s+violations:\s+0$", report, re.MULTILINE), report
+    faults = json.loads(re.search(r"^\s+faults injected:\s+\d+\s+(\{.*\})$", report, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    missing = [kind for kind in PROFILES[PROFILE].kinds if faults.get(kind, 0) == 0]
+    assert not missing, f"fault kinds never injected: {missing}\n{report}"
+    finals = re.findall(r"^\s{4}(COMPLETED|REFUNDED|CANCELLED [A-Z_]+)\s+(\d+)$", report, re.MULTILINE)
+    assert sum(int(count) for _, count in finals) == ORDERS, report
