@@ -108,7 +108,7 @@ PROFILES: dict[str, FaultProfile] = {
         provider_slow=0.05,
         provider_transient_error=0.03,
         provider_answer_lost=0.03,
-        provider_outage=0.005,
+        provider_outage=0.01,
     ),
 }
 

@@ -255,7 +255,8 @@ def _http_session() -> Any:
 
 
 def install_sdk_faults() -> None:
-    """Every boto3 client created after this call passes its requests through ``sdk_fault_handler``."""
+    """Every botocore session created after this call gives its clients ``sdk_fault_handler`` (a
+    session made earlier, such as boto3's default one, keeps the handlers it was made with)."""
     from botocore.handlers import BUILTIN_HANDLERS
 
     if ("before-send.dynamodb", sdk_fault_handler) not in BUILTIN_HANDLERS:

@@ -113,7 +113,10 @@ def test_a_fault_on_the_connection_to_a_dynamodb_process_behaves_the_same(
 ) -> None:
     moto_dynamodb.install_sdk_faults()
     monkeypatch.setattr(moto_dynamodb, "remote_endpoint", dynamodb_process)
-    client = boto3.client("dynamodb", endpoint_url=dynamodb_process, region_name="us-east-1", config=NO_RETRIES)
+    # A new session: the process-wide default one may predate install_sdk_faults().
+    client = boto3.session.Session().client(
+        "dynamodb", endpoint_url=dynamodb_process, region_name="us-east-1", config=NO_RETRIES
+    )
     table = f"faults-{moment}"
     client.create_table(
         TableName=table,
