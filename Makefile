@@ -14,6 +14,7 @@ PORT ?= 8000
 ORDERS ?= 300
 SEED ?= 1
 PROFILE ?= light
+DYNAMODB ?= dynamodb-local
 
 .PHONY: help run test lint typecheck validate package unit service http fidelity bench chaos clean
 
@@ -26,6 +27,7 @@ help:
 	@echo "make validate   cfn-lint on the packaged template, then every state machine filled and checked"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
+	@echo "                (DYNAMODB=moto: moto's DynamoDB in its own process, the emulator make chaos uses)"
 	@echo "make chaos      seeded randomized orders with faults at every seam, then the books checked"
 	@echo "                (ORDERS=$(ORDERS) SEED=$(SEED) PROFILE=$(PROFILE); profiles: none, light, hostile)"
 	@echo "make clean      remove build outputs and tool caches"
@@ -68,7 +70,7 @@ build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.txt $(
 
 # DynamoDB Local (npm, Java 17) reports consumed capacity, which the cost figures need.
 bench: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m infra.local.bench
+	$(BIN)/python -m infra.local.bench --dynamodb $(DYNAMODB)
 
 chaos: $(STAMP)
 	$(BIN)/python -m infra.local.chaos --orders $(ORDERS) --seed $(SEED) --profile $(PROFILE)
