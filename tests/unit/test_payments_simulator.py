@@ -90,6 +90,8 @@ class MemorySimulatorStore:
         return authorization
 
     def record_capture(self, result: SimulatedResult) -> SimulatedResult:
+        if result.idempotency_key in self.results:  # the key's first result, as the protocol says
+            return self.results[result.idempotency_key]
         authorization = self._authorization(result)
         if authorization.status != "AUTHORIZED":
             raise PaymentStateConflict(authorization.status)
@@ -100,11 +102,15 @@ class MemorySimulatorStore:
         )
 
     def record_void(self, result: SimulatedResult) -> SimulatedResult:
+        if result.idempotency_key in self.results:  # the key's first result, as the protocol says
+            return self.results[result.idempotency_key]
         if self._authorization(result).status != "AUTHORIZED":
             raise PaymentStateConflict("not voidable")
         return self._move(result, "void", status="VOIDED")
 
     def record_refund(self, result: SimulatedResult) -> SimulatedResult:
+        if result.idempotency_key in self.results:  # the key's first result, as the protocol says
+            return self.results[result.idempotency_key]
         authorization = self._authorization(result)
         if authorization.status != "CAPTURED":
             raise PaymentStateConflict(authorization.status)

@@ -174,22 +174,29 @@ class CircuitBreaker:
         outcome. ``source`` is who caused it (e.g. the customer); only failures from at least
         ``minimum_failing_sources`` distinct sources can open the breaker.
         """
-        probe_id = self._admit()
+        probe_id, admitted = self._admit()
         try:
             result = operation()
         except Exception as error:
             self._record(probe_id, key, source, failed=self._is_failure(error))
             raise
+        if probe_id is None and not any(
+            o.failed for o in in_window(admitted.outcomes, self._clock(), self.policy).values()
+        ):
+            # A success while no failure was being counted changes nothing (see _next_state): no
+            # second read. A failure recorded by another call meanwhile just misses this success.
+            return result
         self._record(probe_id, key, source, failed=False)
         return result
 
     # ------------------------------------------------------------------ admission
-    def _admit(self) -> str | None:
-        """None for an ordinary call, a probe id when this call is the half-open probe."""
+    def _admit(self) -> tuple[str | None, BreakerState]:
+        """(None for an ordinary call or a probe id when this call is the half-open probe, the
+        state that admitted it)."""
         for _ in range(_CAS_ATTEMPTS):
             current = self._store.load(self.name)
             if current.state == "CLOSED":
-                return None
+                return None, current
             now = self._clock()
             # OPEN waits for the cooldown; HALF_OPEN waits for the probe (or for it to go stale).
             since = current.opened_at if current.state == "OPEN" else current.probe_started_at
@@ -200,7 +207,7 @@ class CircuitBreaker:
             probe_id = uuid.uuid4().hex
             claimed = current.model_copy(update={"state": "HALF_OPEN", "probe_id": probe_id, "probe_started_at": now})
             if self._store.replace(self.name, claimed, current.version):
-                return probe_id
+                return probe_id, claimed
         raise CircuitOpen("payment provider circuit is being probed by another caller")
 
     # ------------------------------------------------------------------ outcome

@@ -147,28 +147,28 @@ class SimulatorProvider:
     def ledger(self, authorization_ref: str) -> SimulatorLedger | None:
         return self._store.ledger(authorization_ref)
 
+    # Each call writes first: the store answers a key used before with its first result, in the
+    # same request, so no read is spent on the (usual) first call.
     def authorize(self, amount: Money, token: str, idempotency_key: str) -> ProviderAuthorization:
-        result = self._store.result(idempotency_key)
-        if result is None:
-            if token == TOKEN_PROCESSING_ERROR:
-                raise PaymentProviderError("simulated provider processing error")
-            if token == TOKEN_FLAKY and self._store.first_attempt(idempotency_key):
-                raise PaymentProviderError("simulated transient failure on the first attempt")
-            if token in (TOKEN_APPROVED, TOKEN_FLAKY):
-                result = self._store.record_authorization(
-                    self._result(idempotency_key, "authorize", amount, reference=_AUTH_PREFIX + secrets.token_hex(12)),
-                    token,
-                )
-            else:
-                code = "card_declined" if token == TOKEN_DECLINED else "unknown_token"
-                result = self._store.record_decline(
-                    self._result(idempotency_key, "authorize", amount, reference=None, decline_code=code)
-                )
+        if token == TOKEN_PROCESSING_ERROR:
+            raise PaymentProviderError("simulated provider processing error")  # never a result
+        if token == TOKEN_FLAKY and self._store.first_attempt(idempotency_key):
+            raise PaymentProviderError("simulated transient failure on the first attempt")
+        if token in (TOKEN_APPROVED, TOKEN_FLAKY):
+            result = self._store.record_authorization(
+                self._result(idempotency_key, "authorize", amount, reference=_AUTH_PREFIX + secrets.token_hex(12)),
+                token,
+            )
+        else:
+            code = "card_declined" if token == TOKEN_DECLINED else "unknown_token"
+            result = self._store.record_decline(
+                self._result(idempotency_key, "authorize", amount, reference=None, decline_code=code)
+            )
         result = self._expect(result, "authorize")
         return ProviderAuthorization(reference=str(result.reference), amount=self._money(result))
 
     def capture(self, authorization_ref: str, amount: Money, idempotency_key: str) -> ProviderCapture:
-        result = self._store.result(idempotency_key) or self._store.record_capture(
+        result = self._store.record_capture(
             self._result(
                 idempotency_key,
                 "capture",
@@ -185,7 +185,7 @@ class SimulatorProvider:
         )
 
     def void(self, authorization_ref: str, idempotency_key: str) -> ProviderVoid:
-        result = self._store.result(idempotency_key) or self._store.record_void(
+        result = self._store.record_void(
             self._result(
                 idempotency_key,
                 "void",
@@ -198,7 +198,7 @@ class SimulatorProvider:
         return ProviderVoid(reference=str(result.reference), authorization_ref=str(result.authorization_ref))
 
     def refund(self, capture_ref: str, amount: Money, idempotency_key: str) -> ProviderRefund:
-        result = self._store.result(idempotency_key) or self._store.record_refund(
+        result = self._store.record_refund(
             self._result(
                 idempotency_key,
                 "refund",
