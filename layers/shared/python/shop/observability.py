@@ -15,6 +15,8 @@ from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from shop.errors import ShopError
 
@@ -37,6 +39,17 @@ def metrics() -> Metrics:
     # A step that records nothing on some path (a no-op void, an empty sweep) is normal.
     warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
     return Metrics()
+
+
+def dimensioned_metric(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
+    """One metric with its own dimensions, flushed now (Powertools' ``single_metric``), unless
+    POWERTOOLS_METRICS_DISABLED says no: ``single_metric`` prints regardless of that switch,
+    which the ``Metrics`` object honours."""
+    if is_metrics_disabled():
+        return
+    with single_metric(name=name, unit=unit, value=value) as metric:
+        for key, dimension in dimensions.items():
+            metric.add_dimension(name=key, value=dimension)
 
 
 def instrumented(func: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:

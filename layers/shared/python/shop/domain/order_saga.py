@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import CheckoutCancelled
@@ -25,7 +25,7 @@ from shop.models.orders import (
     StartRefund,
     StepResult,
 )
-from shop.observability import logger, metrics
+from shop.observability import dimensioned_metric, logger, metrics
 from shop.repositories import dead_letters, sagas
 from shop.repositories import orders as repository
 from shop.saga_terms import Step
@@ -41,9 +41,7 @@ def _saga_seconds(order: Order, now: str) -> float:
 def _emit(name: str, order: Order, now: str, **dimensions: str) -> None:
     """One count and the saga's duration; emitted only by the write that made the transition."""
     if dimensions:
-        with single_metric(name=name, unit=MetricUnit.Count, value=1) as metric:
-            for key, value in dimensions.items():
-                metric.add_dimension(name=key, value=value)
+        dimensioned_metric(name, MetricUnit.Count, 1, **dimensions)
     else:
         metrics().add_metric(name=name, unit=MetricUnit.Count, value=1)
     metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=_saga_seconds(order, now))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 
 from shop.domain import payments as payment_domain
 from shop.domain import reconciliation as checks
@@ -24,7 +24,7 @@ from shop.models.base import iso_now
 from shop.models.orders import DeadLetter, Order
 from shop.models.payments import Payment
 from shop.models.reconciliation import CheckedCounts, Discrepancy, DiscrepancyAction, ReconciliationReport
-from shop.observability import logger
+from shop.observability import dimensioned_metric, logger
 from shop.payments.provider import PaymentProvider
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories import audit, dead_letters, sagas
@@ -221,8 +221,7 @@ def _publish(found: list[Discrepancy]) -> None:
     for discrepancy in found:
         counts[discrepancy.kind] = counts.get(discrepancy.kind, 0) + 1
     for kind, count in sorted(counts.items()):
-        with single_metric(name="ReconciliationDiscrepancies", unit=MetricUnit.Count, value=count) as metric:
-            metric.add_dimension(name="kind", value=kind)
+        dimensioned_metric("ReconciliationDiscrepancies", MetricUnit.Count, count, kind=kind)
     if found:
         logger().warning("reconciliation found discrepancies", extra={"discrepancies": counts})
 
