@@ -294,12 +294,9 @@ class MotoDynamoDBProcess:
             time.sleep(0.1)  # polling interval while the child imports moto
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=20)
+        from infra.local.dynamodb_local import stop_child_process
+
+        stop_child_process(self.process)
 
 
 def _serve(host: str, port: int) -> Any:

@@ -18,6 +18,9 @@ from botocore.exceptions import ClientError
 
 from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
 from infra.local.faults import PROFILES, FaultInjector, FaultProfile
+from shop.domain import payments as payment_domain
+from shop.errors import PaymentProviderError
+from shop.models.money import Money
 from tests.conftest import LocalAws
 
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1})
@@ -50,12 +53,15 @@ def test_a_dynamodb_fault_before_is_not_applied_and_after_is_applied_with_its_an
     table = hooks_cleared.table("OrdersTable")
     moto_dynamodb.fault_hook = _once("InternalServerError", moment, "PutItem")
 
-    with pytest.raises(ClientError) as raised:
-        client.put_item(TableName=table, Item={"order_id": {"S": "o-1"}})
+    assert _put_fails_and_was_applied(client, table, {"order_id": {"S": "o-1"}}) is applied
 
+
+def _put_fails_and_was_applied(client: Any, table: str, key: dict[str, Any]) -> bool:
+    """Put ``key`` while the fault hook fails it; whether the item was stored all the same."""
+    with pytest.raises(ClientError) as raised:
+        client.put_item(TableName=table, Item=key)
     assert raised.value.response["Error"]["Code"] == "InternalServerError"
-    stored = client.get_item(TableName=table, Key={"order_id": {"S": "o-1"}}, ConsistentRead=True)
-    assert ("Item" in stored) is applied
+    return "Item" in client.get_item(TableName=table, Key=key, ConsistentRead=True)
 
 
 def test_a_throttled_start_execution_starts_nothing(hooks_cleared: LocalAws) -> None:
@@ -126,46 +132,39 @@ def test_a_fault_on_the_connection_to_a_dynamodb_process_behaves_the_same(
     )
     monkeypatch.setattr(moto_dynamodb, "fault_hook", _once("InternalServerError", moment, "PutItem"))
 
-    with pytest.raises(ClientError) as raised:
-        client.put_item(TableName=table, Item={"id": {"S": "o-1"}})
-
-    assert raised.value.response["Error"]["Code"] == "InternalServerError"
-    stored = client.get_item(TableName=table, Key={"id": {"S": "o-1"}}, ConsistentRead=True)
-    assert ("Item" in stored) is applied
+    assert _put_fails_and_was_applied(client, table, {"id": {"S": "o-1"}}) is applied
 
 
-def test_provider_faults_fail_before_the_effect_or_lose_the_answer_after_it(hooks_cleared: LocalAws) -> None:
-    from shop.domain import payments as payment_domain
-    from shop.errors import PaymentProviderError
-    from shop.models.money import Money
+PROVIDER_ONLY_BEFORE = FaultProfile("provider-before", provider_transient_error=1.0)
+PROVIDER_ONLY_AFTER = FaultProfile("provider-after", provider_answer_lost=1.0)
+PROVIDER_OUTAGE = FaultProfile("provider-outage", provider_outage=1.0)
 
+
+@pytest.mark.parametrize(
+    ("profile", "message", "applied"),
+    [(PROVIDER_ONLY_BEFORE, "before the call", False), (PROVIDER_ONLY_AFTER, "answer lost", True)],
+)
+def test_a_provider_fault_fails_before_the_effect_or_loses_the_answer_after_it(
+    hooks_cleared: LocalAws, profile: FaultProfile, message: str, applied: bool
+) -> None:
     provider = payment_domain.provider()
-    only_before = FaultInjector(PROVIDER_ONLY_BEFORE, seed=3)
-    only_before.start()
+    key = f"fault-{profile.name}"
+    injector = FaultInjector(profile, seed=3)
+    injector.start()
     try:
-        with pytest.raises(PaymentProviderError, match="before the call"):
-            provider.authorize(Money(amount=500), "tok_visa", "fault-before")
+        with pytest.raises(PaymentProviderError, match=message):
+            provider.authorize(Money(amount=500), "tok_visa", key)
     finally:
-        only_before.stop()
-    assert provider.lookup("fault-before") is None  # nothing happened at the provider
+        injector.stop()
 
-    only_after = FaultInjector(PROVIDER_ONLY_AFTER, seed=3)
-    only_after.start()
-    try:
-        with pytest.raises(PaymentProviderError, match="answer lost"):
-            provider.authorize(Money(amount=500), "tok_visa", "fault-after")
-    finally:
-        only_after.stop()
-    found = provider.lookup("fault-after")
-    assert found is not None and found.approved  # the authorization exists; only its answer was lost
-    assert provider.authorize(Money(amount=500), "tok_visa", "fault-after").reference == found.reference
+    found = provider.lookup(key)
+    assert (found is not None) is applied  # before: nothing happened at the provider
+    if found is not None:  # after: the authorization exists, and the retry gets it back
+        assert found.approved
+        assert provider.authorize(Money(amount=500), "tok_visa", key).reference == found.reference
 
 
 def test_a_provider_outage_fails_every_call_until_the_window_closes(hooks_cleared: LocalAws) -> None:
-    from shop.domain import payments as payment_domain
-    from shop.errors import PaymentProviderError
-    from shop.models.money import Money
-
     provider = payment_domain.provider()
     injector = FaultInjector(PROVIDER_OUTAGE, seed=1)
     injector.start()
@@ -179,8 +178,3 @@ def test_a_provider_outage_fails_every_call_until_the_window_closes(hooks_cleare
         assert provider.authorize(Money(amount=500), "tok_visa", "outage-after").reference
     finally:
         injector.stop()
-
-
-PROVIDER_ONLY_BEFORE = FaultProfile("provider-before", provider_transient_error=1.0)
-PROVIDER_ONLY_AFTER = FaultProfile("provider-after", provider_answer_lost=1.0)
-PROVIDER_OUTAGE = FaultProfile("provider-outage", provider_outage=1.0)
