@@ -196,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
 
         dynamodb = DynamoDBLocal.start()
     else:
-        from infra.local.moto_dynamodb import MotoDynamoDBProcess
+        from infra.local import moto_dynamodb
 
-        dynamodb = MotoDynamoDBProcess.start()
+        dynamodb = moto_dynamodb.MotoDynamoDBProcess.start()
+        moto_dynamodb.install_client_transport(dynamodb)  # before the stack builds its clients
 
     state_dir = Path(tempfile.mkdtemp(prefix="shop-bench-"))
     stack = start_stack(

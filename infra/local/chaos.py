@@ -4,7 +4,7 @@ then everything healthy again, the sweepers and the redrives, then the books che
     python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 16]
 
 1. Start the stack in this process (moto, free ports; moto's DynamoDB in a process of its own,
-   its faults entering at the SDK's side of the connection), create scarce and plentiful SKUs.
+   its faults entering where the stack's clients hand it their requests), create scarce and plentiful SKUs.
 2. With the fault profile on (``infra/local/faults.py``): several customers place multi-line
    orders paid with every test token, from concurrent clients; a client retries with the same
    Idempotency-Key after an error, sometimes sends a concurrent duplicate, sometimes repeats a
@@ -233,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     state_dir = Path(tempfile.mkdtemp(prefix="shop-chaos-"))
     dynamodb = moto_dynamodb.MotoDynamoDBProcess.start()
-    moto_dynamodb.remote_endpoint = dynamodb.endpoint
-    moto_dynamodb.install_sdk_faults()  # before the stack builds its clients
+    moto_dynamodb.install_client_transport(dynamodb)  # before the stack builds its clients
     try:
         stack = start_stack(
             api_port=_free_port(),
@@ -349,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         moto_events.execution_listeners.remove(watcher)
         stack.stop()
         dynamodb.stop()
-        moto_dynamodb.remote_endpoint = None
+        moto_dynamodb.remove_client_transport()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import queue
 import socket
 import subprocess
 import sys
@@ -36,7 +37,6 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 import moto.dynamodb.models as dynamodb_models
@@ -202,65 +202,112 @@ def install() -> None:
 # --------------------------------------------------------------------------- its own process
 # Under load the whole stack in one Python process is bound by one core (the GIL). moto's
 # DynamoDB is the largest self-contained part of it, and DynamoDB is a separate service on AWS
-# too, so `make bench` and `make chaos` run it in a process of its own (`python -m
-# infra.local.moto_dynamodb --port N`), reached over HTTP like DynamoDB Local. Its faults then
-# enter at the SDK's side of that connection (``sdk_fault_handler``), through the same
-# ``fault_hook``: refused before the request is sent, or sent, applied and its answer lost.
+# too, so `make bench DYNAMODB=moto` and `make chaos` run it in a process of its own
+# (`python -m infra.local.moto_dynamodb`). It answers HTTP like DynamoDB Local, for any client;
+# the stack's own clients reach it through ``install_client_transport``: a botocore
+# ``before-send`` handler that hands the request to the process over a
+# ``multiprocessing.connection`` (no HTTP stack, no header parsing, no signature, which the
+# emulator never checks: measured with py-spy, HTTP and signing were a third of the stack's CPU).
+# The chaos run's DynamoDB faults enter there too, through the same ``fault_hook``: refused
+# before the request is sent, or sent, applied and its answer lost.
 
-# The endpoint of a DynamoDB in another process whose requests ``sdk_fault_handler`` may fail.
+# The DynamoDB process this process's clients are handed to (``install_client_transport``).
 remote_endpoint: str | None = None
+_remote_address: tuple[str, int] | None = None
+_remote_key: bytes = b""
+_idle_connections: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+# The environment variable carrying the connection's authentication key to the child.
+CONNECTION_KEY_VARIABLE = "SHOP_DYNAMODB_CONNECTION_KEY"
 
 
-def _sdk_error_response(request: Any, code: str) -> Any:
+def _aws_response(request: Any, status: int, headers: dict[str, str], body: bytes) -> Any:
     from botocore.awsrequest import AWSResponse
-
-    status, headers, body = error_response(code)
 
     class _Raw:
         def stream(self, **_: Any) -> Any:
-            yield body.encode()
+            yield body
 
     return AWSResponse(request.url, status, headers, _Raw())
 
 
-def sdk_fault_handler(request: Any, **_: Any) -> Any:
-    """botocore ``before-send`` handler: ``fault_hook`` applied to requests for ``remote_endpoint``."""
-    hook = fault_hook
-    if hook is None or remote_endpoint is None or not str(request.url).startswith(remote_endpoint):
-        return None
-    operation = _text(request.headers.get("X-Amz-Target", "")).rsplit(".", 1)[-1]
+def _error_for(request: Any, code: str) -> Any:
+    status, headers, body = error_response(code)
+    return _aws_response(request, status, headers, body.encode())
+
+
+def _exchange(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    # A pool, not one connection per thread: moto runs every Step Functions task in a new thread.
+    from multiprocessing.connection import Client
+
     try:
-        parsed = json.loads(_text(request.body) or "{}")
-    except (TypeError, ValueError):
-        parsed = {}
-    before = hook("before", operation, parsed)
-    if before is not None:
-        return _sdk_error_response(request, before)
-    after = hook("after", operation, parsed)
-    if after is None:
-        return None  # botocore sends it as usual
-    _http_session().send(request)  # applied; the answer is what gets lost
-    return _sdk_error_response(request, after)
+        connection = _idle_connections.get_nowait()
+    except queue.Empty:
+        assert _remote_address is not None
+        connection = Client(_remote_address, authkey=_remote_key)
+    try:
+        connection.send((headers, body))
+        status, response_headers, response_body = connection.recv()
+    except BaseException:
+        connection.close()
+        raise
+    _idle_connections.put(connection)
+    return status, response_headers, response_body
+
+
+def _send_to_process(request: Any, **_: Any) -> Any:
+    """botocore ``before-send``: the request answered by the DynamoDB process, faults applied."""
+    if remote_endpoint is None or not str(request.url).startswith(remote_endpoint):
+        return None
+    headers = {name: _text(value) for name, value in request.headers.items()}
+    raw_body = request.body
+    body = raw_body.encode() if isinstance(raw_body, str) else bytes(raw_body or b"")
+    hook = fault_hook
+    operation = headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
+    parsed: dict[str, Any] = {}
+    if hook is not None:
+        try:
+            parsed = json.loads(body or b"{}")
+        except ValueError:
+            parsed = {}
+        before = hook("before", operation, parsed)
+        if before is not None:
+            return _error_for(request, before)
+    status, response_headers, response_body = _exchange(headers, body)
+    if hook is not None:
+        after = hook("after", operation, parsed)
+        if after is not None:
+            return _error_for(request, after)  # applied; the answer is what gets lost
+    return _aws_response(request, status, response_headers, response_body)
+
+
+def _unsigned(**_: Any) -> Any:
+    """botocore ``choose-signer``: no SigV4 for the emulator's DynamoDB, which never checks it."""
+    from botocore import UNSIGNED
+
+    return UNSIGNED if remote_endpoint is not None else None
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
-@lru_cache(maxsize=1)
-def _http_session() -> Any:
-    from botocore.httpsession import URLLib3Session
-
-    return URLLib3Session()
-
-
-def install_sdk_faults() -> None:
-    """Every botocore session created after this call gives its clients ``sdk_fault_handler`` (a
-    session made earlier, such as boto3's default one, keeps the handlers it was made with)."""
+def install_client_transport(process: MotoDynamoDBProcess) -> None:
+    """Hand this process's DynamoDB requests for ``process`` to it directly. Applies to every
+    botocore session created after this call (boto3's default session, if already made, keeps
+    the handlers it was made with)."""
     from botocore.handlers import BUILTIN_HANDLERS
 
-    if ("before-send.dynamodb", sdk_fault_handler) not in BUILTIN_HANDLERS:
-        BUILTIN_HANDLERS.append(("before-send.dynamodb", sdk_fault_handler))
+    global remote_endpoint, _remote_address, _remote_key
+    remote_endpoint, _remote_address, _remote_key = process.endpoint, process.connection_address, process.key
+    for handler in (("before-send.dynamodb", _send_to_process), ("choose-signer.dynamodb", _unsigned)):
+        if handler not in BUILTIN_HANDLERS:
+            BUILTIN_HANDLERS.append(handler)
+
+
+def remove_client_transport() -> None:
+    global remote_endpoint, _remote_address
+    remote_endpoint = _remote_address = None
 
 
 @dataclass
@@ -268,24 +315,45 @@ class MotoDynamoDBProcess:
     """``python -m infra.local.moto_dynamodb`` started as a child process; ``stop()`` ends it."""
 
     endpoint: str
+    connection_address: tuple[str, int]
+    key: bytes
     process: subprocess.Popen[bytes]
 
     @classmethod
     def start(cls, host: str = "127.0.0.1", startup_seconds: float = 60.0) -> MotoDynamoDBProcess:
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            port = int(probe.getsockname()[1])
+        import os
+        import secrets
+
+        ports = []
+        for _ in range(2):
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                ports.append(int(probe.getsockname()[1]))
+        port, connection_port = ports
+        key = secrets.token_bytes(16)
         process = subprocess.Popen(
-            [sys.executable, "-m", "infra.local.moto_dynamodb", "--host", host, "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "infra.local.moto_dynamodb",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--connection-port",
+                str(connection_port),
+            ],
             stdout=subprocess.DEVNULL,
+            env={**os.environ, CONNECTION_KEY_VARIABLE: key.hex()},
         )
-        running = cls(endpoint=f"http://{host}:{port}", process=process)
+        running = cls(f"http://{host}:{port}", (host, connection_port), key, process)
         deadline = time.monotonic() + startup_seconds
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"moto's DynamoDB process exited with {process.returncode}")
             try:
-                socket.create_connection((host, port), timeout=1).close()
+                for listening in (port, connection_port):
+                    socket.create_connection((host, listening), timeout=1).close()
                 return running
             except OSError:
                 if time.monotonic() > deadline:
@@ -299,13 +367,23 @@ class MotoDynamoDBProcess:
         stop_child_process(self.process)
 
 
-def _serve(host: str, port: int) -> Any:
-    """A keep-alive HTTP server that hands each request to moto's DynamoDB handler, as moto's
-    in-process interception does (moto's own server adds Flask routing and a connection per
-    request, which made it slower than running in-process)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+def _dispatch(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request through moto's DynamoDB handler, as moto's in-process interception does it."""
     from moto.core.request import Request
+
+    # moto finds the region in the URL, as AWS's endpoint would carry it.
+    url = "https://dynamodb.us-east-1.amazonaws.com/"
+    request = Request.from_primitives("POST", url, headers, body)
+    status, response_headers, response_body = DynamoHandler.dispatch(request, url, request.headers)
+    payload = response_body.encode() if isinstance(response_body, str) else response_body or b""
+    kept = {k: str(v) for k, v in response_headers.items() if k.lower() not in {"content-length", "status"}}
+    return int(status), kept, payload
+
+
+def _serve(host: str, port: int) -> Any:
+    """A keep-alive HTTP server over ``_dispatch``, for clients other than the stack's (moto's
+    own server adds Flask routing and a connection per request, slower than in-process moto)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -313,16 +391,11 @@ def _serve(host: str, port: int) -> Any:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = dict(self.headers.items())
-            # moto finds the region in the URL, as AWS's endpoint would carry it.
-            url = "https://dynamodb.us-east-1.amazonaws.com/"
-            request = Request.from_primitives("POST", url, headers, body)
-            status, response_headers, response_body = DynamoHandler.dispatch(request, url, request.headers)
-            payload = response_body.encode() if isinstance(response_body, str) else response_body or b""
-            self.send_response(int(status))
-            for name, value in response_headers.items():
-                if name.lower() not in {"content-length", "status", "connection"}:
-                    self.send_header(name, str(value))
+            status, headers, payload = _dispatch(dict(self.headers.items()), body)
+            self.send_response(status)
+            for name, value in headers.items():
+                if name.lower() != "connection":
+                    self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -335,15 +408,41 @@ def _serve(host: str, port: int) -> Any:
     return server
 
 
+def _serve_connections(host: str, port: int, key: bytes) -> None:
+    """``_dispatch`` for the stack's clients (``install_client_transport``), one thread each."""
+    from multiprocessing.connection import Listener
+
+    def serve(connection: Any) -> None:
+        with connection:
+            while True:
+                try:
+                    headers, body = connection.recv()
+                except (EOFError, OSError):
+                    return
+                connection.send(_dispatch(headers, body))
+
+    with Listener((host, port), authkey=key) as listener:
+        while True:
+            try:
+                connection = listener.accept()
+            except (OSError, EOFError):
+                continue  # a client that failed the handshake
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import os
     import signal
 
     parser = argparse.ArgumentParser(description="moto's DynamoDB in a process of its own")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--connection-port", type=int, required=True)
     args = parser.parse_args(argv)
     install()
+    key = bytes.fromhex(os.environ.pop(CONNECTION_KEY_VARIABLE))
+    threading.Thread(target=_serve_connections, args=(args.host, args.connection_port, key), daemon=True).start()
     server = _serve(args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=server.shutdown).start())

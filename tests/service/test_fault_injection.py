@@ -105,11 +105,13 @@ def test_the_none_profile_injects_nothing(hooks_cleared: LocalAws) -> None:
 
 @pytest.fixture(scope="module")
 def dynamodb_process() -> Iterator[str]:
-    """moto's DynamoDB in its own process, as `make chaos` and `make bench --dynamodb moto` run it."""
+    """moto's DynamoDB in its own process, as `make chaos` and `make bench DYNAMODB=moto` run it."""
     from infra.local.moto_dynamodb import MotoDynamoDBProcess
 
     running = MotoDynamoDBProcess.start()
+    moto_dynamodb.install_client_transport(running)
     yield running.endpoint
+    moto_dynamodb.remove_client_transport()
     running.stop()
 
 
@@ -117,9 +119,7 @@ def dynamodb_process() -> Iterator[str]:
 def test_a_fault_on_the_connection_to_a_dynamodb_process_behaves_the_same(
     dynamodb_process: str, monkeypatch: pytest.MonkeyPatch, moment: str, applied: bool
 ) -> None:
-    moto_dynamodb.install_sdk_faults()
-    monkeypatch.setattr(moto_dynamodb, "remote_endpoint", dynamodb_process)
-    # A new session: the process-wide default one may predate install_sdk_faults().
+    # A new session: the process-wide default one may predate install_client_transport().
     client = boto3.session.Session().client(
         "dynamodb", endpoint_url=dynamodb_process, region_name="us-east-1", config=NO_RETRIES
     )
