@@ -39,7 +39,7 @@ from typing import Any
 import requests
 
 from infra.local.bench import _free_port
-from infra.local.faults import PROFILES, FaultInjector
+from infra.local.faults import PROFILES, PROVIDER_OUTAGE_SECONDS, FaultInjector
 
 TOKENS = (("tok_visa", 70), ("tok_flaky", 12), ("tok_chargeDeclined", 10), ("tok_processingError", 8))
 CUSTOMERS = ("alice", "bob", "carol", "dave", "erin", "frank")
@@ -224,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     # the progress bar: only errors reach the console.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    # A run compresses time (see the retry waits below), the breaker's cooldown too: scaled to the
+    # provider's outage windows. With the deployed 30 s, one outage and an unlucky probe keep the
+    # breaker open for most of a short run: nearly every order then ends PAYMENT_UNAVAILABLE and
+    # the provider's own faults are hardly exercised.
+    os.environ.setdefault("PAYMENT_BREAKER_COOLDOWN_SECONDS", str(PROVIDER_OUTAGE_SECONDS))
 
     from infra.local import moto_dynamodb, moto_events
     from infra.local.bench import SagaWatcher
