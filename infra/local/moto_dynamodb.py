@@ -195,7 +195,7 @@ def install() -> None:
     """Serialize moto's DynamoDB requests; transactions snapshot items, not tables (idempotent)."""
     DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
-    DynamoHandler.serialized = _serialized  # type: ignore[method-assign]
+    DynamoHandler.serialized = _serialized  # type: ignore[method-assign,assignment]
     dynamodb_models.copy = types.SimpleNamespace(deepcopy=_copy_all_but_tables, copy=copy.copy)  # type: ignore[assignment]
 
 

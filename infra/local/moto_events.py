@@ -44,7 +44,7 @@ execution_listeners: list[Callable[[dict[str, Any]], None]] = []
 def _invoke_async(account: str, region: str, function_name: str, event: dict[str, Any]) -> None:
     function = lambda_backends[account][region].get_function(function_name)
     for _ in range(ASYNC_ATTEMPTS):
-        _, errored, _ = function._invoke_lambda(event=event)
+        _, errored, _ = function._invoke_lambda(event=event)  # type: ignore[arg-type]
         if not errored:
             return
 
@@ -59,8 +59,8 @@ def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input
         # moto refuses the whole rule on a target type it does not know: hand it the rest only.
         rest = copy.copy(self)
         rest.targets = others
-        _ORIGINAL_SEND(rest, original_event, transform_input)
-    if not self.event_pattern.matches_event(original_event):
+        _ORIGINAL_SEND(rest, original_event, transform_input)  # type: ignore[arg-type]
+    if not self.event_pattern.matches_event(original_event):  # type: ignore[arg-type]
         return
     for target in filter(_is_lambda, self.targets):
         arn = parse_arn(target["Arn"])
@@ -116,5 +116,5 @@ def _terminated(self: BaseExecutionWorkerCommunication) -> None:
 
 def install() -> None:
     """Deliver to Lambda targets and emit execution status changes (idempotent)."""
-    Rule.send_to_targets = _send_to_targets  # type: ignore[method-assign]
+    Rule.send_to_targets = _send_to_targets  # type: ignore[method-assign,assignment]
     BaseExecutionWorkerCommunication.terminated = _terminated  # type: ignore[method-assign]

@@ -139,4 +139,4 @@ def install() -> None:
     result_path.parse = _parse_json_path  # type: ignore[attr-defined]
     asl_parser.AmazonStateLanguageParser.parse = staticmethod(_parse)  # type: ignore[method-assign]
     lambda_eval_utils.boto_client_for = _client_for
-    StepFunctionResponse.call_action = _call_action  # type: ignore[method-assign]
+    StepFunctionResponse.call_action = _call_action  # type: ignore[method-assign,assignment]
