@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infra.local import lambda_runtime
-from shop.config import payment_settings
+from shop.config import payment_settings, table_settings
 from shop.domain import payments as domain
 from shop.errors import CircuitOpen, PaymentProviderError
 from shop.payments.circuit_breaker import BreakerPolicy, CircuitBreaker
@@ -175,6 +175,31 @@ def test_outcomes_round_trip_through_the_table(local_aws: LocalAws) -> None:
     assert list(outcomes) == ["ord-1:authorize", "ord-2:capture"]
     assert (outcomes["ord-1:authorize"].failed, outcomes["ord-1:authorize"].at) == (True, clock.now)
     assert (outcomes["ord-2:capture"].failed, outcomes["ord-2:capture"].source) == (False, "ord-2")
+
+
+def test_the_window_is_stored_as_one_string_and_the_earlier_map_form_still_loads(local_aws: LocalAws) -> None:
+    clock = FakeClock()
+    fail(instance(clock, "compact"), 1)
+    dynamodb, table = local_aws.client("dynamodb"), table_settings().operations_table
+    key = {"pk": {"S": "circuit#compact"}, "sk": {"S": "state"}}
+    stored = dynamodb.get_item(TableName=table, Key=key)["Item"]
+    assert "outcomes" not in stored
+    assert json.loads(stored["window"]["S"]) == [["ord-1:authorize", clock.now, 1, "cust-1"]]
+
+    # A breaker item written before the compact form: its outcomes as a map of maps.
+    earlier = {
+        "pk": {"S": "circuit#earlier"},
+        "sk": {"S": "state"},
+        "state": {"S": "CLOSED"},
+        "version": {"N": "3"},
+        "outcomes": {
+            "M": {"ord-7:capture": {"M": {"failed": {"BOOL": True}, "at": {"N": "12.5"}, "source": {"S": "cust-7"}}}}
+        },
+    }
+    dynamodb.put_item(TableName=table, Item=earlier)
+    state = DynamoBreakerStore().load("earlier")
+    assert state.version == 3
+    assert state.outcomes["ord-7:capture"].model_dump() == {"failed": True, "at": 12.5, "source": "cust-7"}
 
 
 def test_failures_seen_by_different_instances_add_up(local_aws: LocalAws) -> None:

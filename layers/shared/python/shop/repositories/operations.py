@@ -1,8 +1,11 @@
 """Operational state shared by every function instance, in OperationsTable (pk, sk).
 
 - Circuit breakers: ``pk = "circuit#{name}"``, ``sk = "state"``; every write is a
-  compare-and-set on ``version``. ``outcomes`` is a map of the window's outcomes by key
-  (``{"failed", "at", "source"}``), pruned and capped by the breaker before every write.
+  compare-and-set on ``version``. ``window`` holds the window's outcomes, pruned and capped by
+  the breaker before every write, as ONE JSON string of ``[key, at, failed, source]`` rows: while
+  the window holds a failure every payment call reads and writes this item, and up to 200
+  outcomes as nested DynamoDB maps cost every caller a deep parse and serialization (most of the
+  payment steps' CPU under a failing provider). Items written as an ``outcomes`` map are read too.
 - The payment simulator:
   - ``pk = "simulator#request#{idempotency key}"``: ``sk = "result"`` is the first result for the
     key; ``sk = "attempt"`` marks that an attempt was made (tok_flaky fails only the first).
@@ -14,7 +17,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+import json
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -27,7 +30,7 @@ from shop.errors import (
     RefundExceedsCapture,
 )
 from shop.models.base import iso_now
-from shop.payments.circuit_breaker import BreakerState
+from shop.payments.circuit_breaker import BreakerOutcome, BreakerState
 from shop.payments.simulator import LedgerAuthorization, LedgerEntry, SimulatedResult, SimulatorLedger
 from shop.repositories.dynamodb import call, cancellation_codes, error_code, is_condition_failure, marshal, unmarshal
 
@@ -58,17 +61,23 @@ class DynamoBreakerStore:
         item = response.get("Item")
         if not item:
             return BreakerState()
+        window = item.pop("window", None)
         fields = unmarshal(item)
-        return BreakerState.model_validate({k: v for k, v in fields.items() if k not in ("pk", "sk")})
+        fields.pop("pk", None)
+        fields.pop("sk", None)
+        if window is not None:
+            fields["outcomes"] = {
+                key: BreakerOutcome(at=at, failed=bool(failed), source=source)
+                for key, at, failed, source in json.loads(window["S"])
+            }
+        return BreakerState.model_validate(fields)
 
     def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
-        fields = state.model_dump(mode="python")
-        # ``marshal`` turns top-level floats into decimals only; the outcomes' times are nested.
-        fields["outcomes"] = {
-            key: {**outcome, "at": Decimal(repr(outcome["at"]))} for key, outcome in fields["outcomes"].items()
-        }
+        fields = state.model_dump(mode="python", exclude={"outcomes"})
+        window = [[key, o.at, int(o.failed), o.source] for key, o in state.outcomes.items()]
         item = {
             **fields,
+            "window": json.dumps(window, separators=(",", ":")),
             "pk": self._pk(name),
             "sk": "state",
             "version": expected_version + 1,
