@@ -44,6 +44,10 @@ PROVIDER_OUTAGE_SECONDS = 5.0
 # with many calls a second, a per-call chance would otherwise keep the service down nearly always.
 CALM_AFTER_OUTAGE = 3.0
 PROVIDER_SLOW_SECONDS = (0.2, 1.5)
+# A kind not yet injected after this many times its expected wait (1 / probability chances) is
+# injected at its next chance: at the rates a profile uses, pure chance would miss it about once
+# in 20 runs (e^-3), and a test that demands every kind would then fail for no fault of the shop.
+COVERAGE_FLOOR = 3.0
 # The simulator's calls that reach the "remote" provider (``lookup`` is what reconciliation asks).
 PROVIDER_CALLS = ("authorize", "capture", "void", "refund", "lookup")
 PROVIDER_EFFECTS = frozenset({"authorize", "capture", "void", "refund"})
@@ -119,6 +123,7 @@ class FaultInjector:
     def __init__(self, profile: FaultProfile, seed: int) -> None:
         self.profile = profile
         self.injected: Counter[str] = Counter()
+        self._chances: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._throttled_until = float("-inf")
@@ -131,7 +136,13 @@ class FaultInjector:
         if not self.enabled or probability <= 0.0:
             return False
         with self._lock:
+            self._chances[kind] += 1
             hit = self._random.random() < probability
+            # Every kind of the profile is exercised: one that has not come up by COVERAGE_FLOOR
+            # times its expected wait is injected at the next chance. A run whose calls to one
+            # seam are few (e.g. an open breaker spares the provider) still proves that kind.
+            if not hit and not self.injected[kind]:
+                hit = self._chances[kind] >= COVERAGE_FLOOR / probability
             if hit:
                 self.injected[kind] += 1
         return hit

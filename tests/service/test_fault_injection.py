@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
-from infra.local.faults import PROFILES, FaultInjector, FaultProfile
+from infra.local.faults import COVERAGE_FLOOR, PROFILES, FaultInjector, FaultProfile
 from shop.domain import payments as payment_domain
 from shop.errors import PaymentProviderError
 from shop.models.money import Money
@@ -101,6 +101,21 @@ def test_the_none_profile_injects_nothing(hooks_cleared: LocalAws) -> None:
     finally:
         injector.stop()
     assert sum(injector.injected.values()) == 0
+
+
+def test_a_kind_that_chance_keeps_missing_is_injected_at_the_coverage_floor(hooks_cleared: LocalAws) -> None:
+    rare = FaultProfile("rare", lambda_duplicate=0.001)
+    floor = round(COVERAGE_FLOOR / rare.lambda_duplicate)
+    for seed in range(20):
+        injector = FaultInjector(rare, seed=seed)
+        injector.start()
+        try:
+            hits = [n for n in range(1, floor + 1) if injector._duplicate("f", {})]
+        finally:
+            injector.stop()
+        assert hits, f"seed {seed}: no duplicate in {floor} chances"
+        assert hits[0] <= floor  # by chance earlier, or forced at the floor, never later
+        assert injector.injected["lambda_duplicate"] == len(hits)
 
 
 @pytest.fixture(scope="module")
