@@ -1,5 +1,5 @@
-"""Operator routes: the sagas' dead letters (list, redrive), the payment circuit breaker and the last
-reconciliation report."""
+"""Operator routes: the sagas' dead letters (list, redrive), the stock discrepancy letters, the payment
+circuit breaker and the last reconciliation report."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from shop.models.base import Record, StrictModel
 from shop.models.common import OrderId
 from shop.models.orders import DeadLetter, DeadLetterPage
 from shop.models.payments import CircuitBreakerStatus
-from shop.models.reconciliation import ReconciliationReport
+from shop.models.reconciliation import ReconciliationReport, StockDiscrepancyPage
 from shop.pagination import NextToken, PageLimit
 
 admin = Blueprint(__name__)
@@ -22,6 +22,8 @@ _TAGS = ("operations",)
 
 
 class DeadLetterQuery(StrictModel):
+    """A page of letters (dead letters or stock discrepancy letters)."""
+
     limit: PageLimit = 20
     next_token: NextToken | None = None
 
@@ -62,6 +64,25 @@ def list_dead_letters(query: DeadLetterQuery, principal: Principal) -> Response:
 )
 def redrive_dead_letter(order_id: str, principal: Principal) -> Response:
     return http.json_response(operations.redrive(order_id), status=202)
+
+
+@http.route(
+    admin,
+    "/admin/stock-discrepancies",
+    "GET",
+    summary="List the stock discrepancy letters (admin)",
+    description=(
+        "SKUs whose stock equation (initial + adjustments = available + held + committed, never negative) did not "
+        "hold at a reconciliation run. Each stays OPEN until a run finds the SKU consistent again (an operator "
+        "found and undid the cause), then RESOLVED. No redrive applies: a SKU belongs to no saga."
+    ),
+    auth="admin",
+    query=DeadLetterQuery,
+    responses={200: StockDiscrepancyPage},
+    tags=_TAGS,
+)
+def list_stock_discrepancies(query: DeadLetterQuery, principal: Principal) -> Response:
+    return http.json_response(operations.list_stock_discrepancies(limit=query.limit, next_token=query.next_token))
 
 
 @http.route(

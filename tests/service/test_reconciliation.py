@@ -104,16 +104,28 @@ def test_a_payment_ledger_behind_the_provider_is_repaired(shop: Shop, local_aws:
     assert report_via_api(shop)["discrepancies"] == []
 
 
-def test_stock_changed_behind_the_ledgers_back_is_reported_by_the_scheduled_function(
-    shop: Shop, local_aws: LocalAws
-) -> None:
-    completed(shop, 2)
+def _drift_stock(local_aws: LocalAws, units: int) -> None:
+    """Stock changed behind the ledgers' back: no reservation, no audited adjustment."""
     aws.dynamodb().update_item(
         TableName=local_aws.table("ProductsTable"),
         Key={"sku": {"S": "MUG-1"}},
-        UpdateExpression="SET available = available + :three",
-        ExpressionAttributeValues={":three": {"N": "3"}},
+        UpdateExpression="SET available = available + :units",
+        ExpressionAttributeValues={":units": {"N": str(units)}},
     )
+
+
+def stock_letters(shop: Shop) -> list[dict[str, Any]]:
+    response = shop.client.http.get("/admin/stock-discrepancies", headers=shop.headers("admin"))
+    assert response.status_code == 200, response.body
+    return response.json_body["items"]  # type: ignore[no-any-return]
+
+
+def test_stock_changed_behind_the_ledgers_back_opens_a_stock_letter_until_it_is_consistent_again(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    completed(shop, 2)
+    assert stock_letters(shop) == []
+    _drift_stock(local_aws, 3)
 
     response = local_aws.client("lambda").invoke(
         FunctionName=local_aws.function("ReconcileBooksFunction"),
@@ -124,11 +136,34 @@ def test_stock_changed_behind_the_ledgers_back_is_reported_by_the_scheduled_func
 
     body = report_via_api(shop)
     assert [(d["kind"], d["sku"], d["order_id"], d["action"]) for d in body["discrepancies"]] == [
-        ("stock_mismatch", "MUG-1", None, "reported")
+        ("stock_mismatch", "MUG-1", None, "dead_lettered")
     ]
     detail = body["discrepancies"][0]["detail"]
     assert f"initial {STOCK} + adjustments 0 = {STOCK}" in detail and f"= {STOCK + 3}" in detail
     assert body["checked"]["products"] == 1
+    [letter] = stock_letters(shop)
+    assert (letter["sku"], letter["status"], letter["kinds"], letter["runs_seen"]) == (
+        "MUG-1",
+        "OPEN",
+        ["stock_mismatch"],
+        1,
+    )
+    assert letter["detail"] == detail and letter["resolved_at"] is None
+
+    # The next run finds it still open: one letter, seen twice.
+    again = reconciliation_job.run(quiescent=True)
+    assert [(d.kind, d.action) for d in again.discrepancies] == [("stock_mismatch", "dead_letter_already_open")]
+    [letter] = stock_letters(shop)
+    assert (letter["status"], letter["runs_seen"], letter["first_seen_at"]) == ("OPEN", 2, body["started_at"])
+
+    # The operator found the cause and undid it: the next run resolves the letter.
+    _drift_stock(local_aws, -3)
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
+    [letter] = stock_letters(shop)
+    assert letter["status"] == "RESOLVED" and letter["resolved_at"] is not None
+    assert shop.client.http.get("/admin/stock-discrepancies", headers=shop.headers("alice")).status_code == 403
+    bad = shop.client.http.get("/admin/stock-discrepancies?limit=0", headers=shop.headers("admin"))
+    assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/problem+json"
 
 
 def test_needs_attention_without_a_dead_letter_is_dead_lettered_and_the_redrive_settles_it(shop: Shop) -> None:

@@ -1,4 +1,4 @@
-"""What operators do: list the dead letters and redrive one.
+"""What operators do: list the dead letters and redrive one; list the stock discrepancy letters.
 
 A redrive restarts the saga where the dead letter says, once per redrive: the checkout machine at
 ``ReconcilePayment`` (it resumes from what the provider says happened to the payment), or the
@@ -11,11 +11,13 @@ from shop.domain import order_lifecycle as lifecycle
 from shop.errors import DeadLetterNotFound
 from shop.models.base import iso_now
 from shop.models.orders import DeadLetter, DeadLetterPage, Failure
+from shop.models.reconciliation import StockDiscrepancyPage
 from shop.pagination import decode_token, encode_token
-from shop.repositories import dead_letters, sagas
+from shop.repositories import dead_letters, sagas, stock_discrepancies
 from shop.repositories import orders as repository
 
 DEAD_LETTERS_LISTING = "dead-letters"
+STOCK_DISCREPANCIES_LISTING = "stock-discrepancies"
 
 
 def list_dead_letters(*, limit: int, next_token: str | None) -> DeadLetterPage:
@@ -23,6 +25,13 @@ def list_dead_letters(*, limit: int, next_token: str | None) -> DeadLetterPage:
     start = decode_token(DEAD_LETTERS_LISTING, next_token, binding)
     letters, last_key = dead_letters.list_page(limit=limit, start_key=start)
     return DeadLetterPage(items=letters, next_token=encode_token(DEAD_LETTERS_LISTING, last_key, binding))
+
+
+def list_stock_discrepancies(*, limit: int, next_token: str | None) -> StockDiscrepancyPage:
+    binding: dict[str, str | int | None] = {}
+    start = decode_token(STOCK_DISCREPANCIES_LISTING, next_token, binding)
+    letters, last_key = stock_discrepancies.list_page(limit=limit, start_key=start)
+    return StockDiscrepancyPage(items=letters, next_token=encode_token(STOCK_DISCREPANCIES_LISTING, last_key, binding))
 
 
 def redrive(order_id: str) -> DeadLetter:

@@ -4,10 +4,12 @@ One run reads every table (``shop.repositories.audit``: parallel, consistent sca
 settled order, what the provider did under its idempotency keys; ``shop.domain.reconciliation``
 checks the snapshot. Only one discrepancy is repaired here: a payments ledger behind the provider
 (``PaymentService.reconcile``, the same conditional transitions the saga uses). Every other
-discrepancy of an order opens the order's dead letter, so an operator sees it and can redrive it;
-a stuck order or an expired hold belongs to the sweepers, and a stock difference to an operator's
-audited adjustment: those are reported only. Each discrepancy kind is published as a metric and
-the report is stored for ``GET /admin/reconciliation``.
+discrepancy of an order opens the order's dead letter, so an operator sees it and can redrive it.
+A SKU whose stock equation does not hold opens the SKU's stock discrepancy letter (no redrive
+applies: an operator finds and undoes the cause), resolved by the first run that finds
+the SKU consistent again. A stuck order or an expired hold belongs to the sweepers: reported only.
+Each discrepancy kind is published as a metric and the report is stored for
+``GET /admin/reconciliation``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from shop.models.reconciliation import CheckedCounts, Discrepancy, DiscrepancyAc
 from shop.observability import dimensioned_metric, logger
 from shop.payments.provider import PaymentProvider
 from shop.payments.simulator import SimulatorLedger
-from shop.repositories import audit, dead_letters, sagas
+from shop.repositories import audit, dead_letters, sagas, stock_discrepancies
 
 # An order unchanged for this long is settled: no saga is moving it any more (the orphan sweeper
 # takes over an order in progress after a minute; retries and an open breaker last minutes).
@@ -47,8 +49,6 @@ REPORT_ONLY = frozenset(
         "order_not_settled",
         "execution_running",
         "reservation_held_past_expiry",
-        "stock_negative",
-        "stock_mismatch",
         "duplicate_idempotency_key",
     }
 )
@@ -137,6 +137,7 @@ def run(now: datetime | None = None, *, quiescent: bool = False) -> Reconciliati
         found += checks.check_executions(name for machine in machines for name in sagas.running(machine))
     found = _repair_ledgers(found, snapshot, provider)
     found = _dead_letter(found, snapshot)
+    found = _letter_stock(found, snapshot, started_at)
     _publish(found)
     settled = checks.settled_orders(snapshot.orders, settled_before)
     report = ReconciliationReport(
@@ -201,6 +202,31 @@ def _dead_letter(found: list[Discrepancy], snapshot: Snapshot) -> list[Discrepan
         else d
         for d in found
     ]
+
+
+def _letter_stock(found: list[Discrepancy], snapshot: Snapshot, now: str) -> list[Discrepancy]:
+    """Open the letter of every SKU with a stock discrepancy; resolve the open letter of every SKU
+    judged consistent this run (a SKU that changed while it was read is not judged either way)."""
+    by_sku: dict[str, list[Discrepancy]] = {}
+    for discrepancy in found:
+        if discrepancy.sku is not None:
+            by_sku.setdefault(discrepancy.sku, []).append(discrepancy)
+    actions: dict[str, DiscrepancyAction] = {}
+    for sku, discrepancies in sorted(by_sku.items()):
+        opened = stock_discrepancies.open_letter(
+            sku,
+            kinds=sorted({d.kind for d in discrepancies}),
+            detail="; ".join(d.detail for d in discrepancies),
+            now=now,
+        )
+        actions[sku] = "dead_lettered" if opened else "dead_letter_already_open"
+        if opened:
+            logger().warning("stock discrepancy letter opened", extra={"sku": sku})
+    for sku in stock_discrepancies.open_skus() - by_sku.keys():
+        product = snapshot.products.get(sku)
+        if product is not None and product.stable and stock_discrepancies.resolve(sku, now=now):
+            logger().info("stock discrepancy resolved: the SKU is consistent again", extra={"sku": sku})
+    return [d.model_copy(update={"action": actions[d.sku]}) if d.sku in actions else d for d in found]
 
 
 def _open_dead_letter(order: Order, discrepancies: list[Discrepancy]) -> DiscrepancyAction:

@@ -63,3 +63,27 @@ class ReconciliationReport(Record):
     discrepancies: list[Discrepancy]
     # Discrepancies found beyond the ones listed (the stored report is capped).
     omitted: int = 0
+
+
+StockLetterStatus = Literal["OPEN", "RESOLVED"]
+
+
+class StockDiscrepancyLetter(Record):
+    """A SKU whose stock equation did not hold: open until a reconciliation finds it consistent again
+    (an operator found and undid the cause). No redrive applies: it belongs to no order."""
+
+    sku: str
+    status: StockLetterStatus
+    kinds: list[DiscrepancyKind] = Field(
+        description="What the last run that saw it found (stock_negative, stock_mismatch)."
+    )
+    detail: str = Field(description="The numbers on both sides of the stock equation, as the last run saw them.")
+    first_seen_at: str
+    last_seen_at: str
+    runs_seen: int = Field(ge=1, description="Reconciliation runs that found it, since it was first opened.")
+    resolved_at: str | None = None
+
+
+class StockDiscrepancyPage(Record):
+    items: list[StockDiscrepancyLetter]
+    next_token: str | None

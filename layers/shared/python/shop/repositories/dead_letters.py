@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from shop.config import table_settings
 from shop.errors import OrderContention
 from shop.models.orders import DeadLetter, Failure, ResumePoint
-from shop.repositories.dynamodb import call, is_condition_failure, marshal, unmarshal
+from shop.repositories.dynamodb import call, call_if, marshal, unmarshal
 
 PARTITION = "DEAD_LETTER"
 # A Step Functions cause carries a stack trace; keep what an operator needs to read.
@@ -92,18 +90,9 @@ def record(
 
 def _update_if(order_id: str, **request: Any) -> dict[str, Any] | None:
     """One conditional UpdateItem of the order's dead letter; None when its condition does not hold."""
-    try:
-        response: dict[str, Any] = call(
-            "update_item",
-            busy=OrderContention,
-            TableName=table_settings().operations_table,
-            Key=_key(order_id),
-            **request,
-        )
-    except ClientError as error:
-        if is_condition_failure(error):
-            return None
-        raise
+    response: dict[str, Any] | None = call_if(
+        "update_item", busy=OrderContention, TableName=table_settings().operations_table, Key=_key(order_id), **request
+    )
     return response
 
 

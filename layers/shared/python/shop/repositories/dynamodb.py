@@ -68,6 +68,16 @@ def call(operation: str, *, busy: type[TransientError], **request: Any) -> Any:
         raise
 
 
+def call_if(operation: str, *, busy: type[TransientError], **request: Any) -> Any | None:
+    """``call`` for a conditional write: None when its ConditionExpression does not hold."""
+    try:
+        return call(operation, busy=busy, **request)
+    except ClientError as error:
+        if is_condition_failure(error):
+            return None
+        raise
+
+
 def is_condition_failure(error: ClientError) -> bool:
     """The item did not satisfy the request's ConditionExpression."""
     return error_code(error) == "ConditionalCheckFailedException"
