@@ -7,6 +7,11 @@ transition returns the changed order, or None when it finds its work done, so ev
 to run twice; history entries are appended only if that (step, status) pair is not recorded yet.
 ``shop.repositories.orders.update`` applies a transition with optimistic locking, so the saga and
 a racing cancel request serialize on the order's ``version``.
+
+The saga's three forward transitions also exist as an ``Advance``: the same change written blind,
+in one conditional UpdateItem, for the common case the condition describes (the order is where
+the saga left it, and for completion no cancel was asked). When the condition fails, the step
+reads the order and applies the pure function as above; a unit test holds both to the same result.
 """
 
 from __future__ import annotations
@@ -31,6 +36,33 @@ _PROGRESS_RANK: dict[str, int] = {"PENDING": 0, "STOCK_RESERVED": 1, "PAYMENT_AU
 # outside its own catches, or a redrive found nothing captured): the payment did not go through.
 UNSETTLED_FAILURE = Failure(reason="PAYMENT_UNAVAILABLE", step=None, compensations=list(PAYMENT_COMPENSATIONS))
 CUSTOMER_CANCELLED = Failure(reason="CANCELLED_BY_CUSTOMER", step=None, compensations=list(PAYMENT_COMPENSATIONS))
+
+
+@dataclass(frozen=True)
+class Advance:
+    """A forward transition as a blind write: from ``from_status`` (and, if ``unless_cancel_requested``,
+    with no cancel asked) to ``to_status``, appending ``entries``; ``clears_failure`` removes the reason."""
+
+    from_status: OrderStatus
+    to_status: OrderStatus
+    entries: tuple[tuple[str, str], ...]
+    unless_cancel_requested: bool = False
+    clears_failure: bool = False
+
+
+# In the status each forward step finds the order in, its history entries cannot be recorded yet
+# (a status only moves forward while the checkout runs), so appending them blind duplicates nothing.
+PROGRESS_ADVANCES: dict[str, Advance] = {
+    Step.RESERVE_STOCK: Advance("PENDING", "STOCK_RESERVED", ((Step.RESERVE_STOCK, SUCCEEDED),)),
+    Step.AUTHORIZE_PAYMENT: Advance("STOCK_RESERVED", "PAYMENT_AUTHORIZED", ((Step.AUTHORIZE_PAYMENT, SUCCEEDED),)),
+}
+COMPLETE_ADVANCE = Advance(
+    "PAYMENT_AUTHORIZED",
+    "COMPLETED",
+    ((Step.COMMIT_RESERVATION, SUCCEEDED), (Step.CAPTURE_PAYMENT, SUCCEEDED), (Step.COMPLETE_ORDER, "COMPLETED")),
+    unless_cancel_requested=True,
+    clears_failure=True,
+)
 
 
 def with_history(order: Order, entries: Sequence[tuple[str, str]], now: str) -> list[HistoryEntry]:

@@ -19,6 +19,7 @@ from shop.models.orders import (
     CancelOrder,
     CompleteOrder,
     FlagOrder,
+    HistoryEntry,
     MarkRefunded,
     Order,
     RecordProgress,
@@ -58,10 +59,25 @@ def _result(order: Order, outcome: str | None = None) -> StepResult:
 
 
 # ---------------------------------------------------------------------------- saga steps
+def _advance(order_id: str, advance: lifecycle.Advance, now: str) -> Order | None:
+    """The common case in one conditional write (see ``order_lifecycle.Advance``); None otherwise."""
+    return repository.advance(
+        order_id,
+        from_status=advance.from_status,
+        to_status=advance.to_status,
+        entries=[HistoryEntry(step=step, status=status, at=now) for step, status in advance.entries],
+        now=now,
+        unless_cancel_requested=advance.unless_cancel_requested,
+        clears_failure=advance.clears_failure,
+    )
+
+
 def record_progress(step: RecordProgress) -> StepResult:
     """Record a forward step; at a checkpoint, stop the saga if the customer asked to cancel."""
     now = iso_now()
-    order, _ = repository.update(step.order_id, lambda current: lifecycle.progressed(current, step.step, now))
+    order = _advance(step.order_id, lifecycle.PROGRESS_ADVANCES[step.step], now)
+    if order is None:
+        order, _ = repository.update(step.order_id, lambda current: lifecycle.progressed(current, step.step, now))
     if step.checkpoint and order.cancel_requested and order.status in CHECKOUT_IN_PROGRESS:
         logger().info("cancellation requested; the saga compensates", extra={"step": step.step})
         raise CheckoutCancelled(f"order {order.order_id}: the customer asked to cancel")
@@ -70,7 +86,11 @@ def record_progress(step: RecordProgress) -> StepResult:
 
 def complete_order(step: CompleteOrder) -> StepResult:
     now = iso_now()
-    order, changed = repository.update(step.order_id, lambda current: lifecycle.completed(current, now))
+    advanced = _advance(step.order_id, lifecycle.COMPLETE_ADVANCE, now)
+    if advanced is not None:
+        order, changed = advanced, True
+    else:
+        order, changed = repository.update(step.order_id, lambda current: lifecycle.completed(current, now))
     if order.status == "COMPLETED":
         _settle_dead_letter(order, now)
         if changed:

@@ -1,0 +1,113 @@
+"""The order's blind forward writes (``orders.advance``) against the read-then-write path they
+shortcut, on moto and on DynamoDB Local: for the case their condition describes both must store the
+same item, and outside it the blind write must change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from shop.domain import order_lifecycle as lifecycle
+from shop.models.money import Money
+from shop.models.orders import HistoryEntry, Order, OrderLine, OrderStatus
+from shop.repositories import orders as repository
+from shop.saga_terms import Step
+from tests.fidelity.conftest import Backend
+
+NOW = "2026-11-30T01:00:00.000Z"
+
+
+def stored_order(order_id: str, status: OrderStatus, *, cancel_requested: bool = False) -> Order:
+    history = [HistoryEntry(step="place_order", status="PENDING", at="2026-11-30T00:59:59.000Z")]
+    if status != "PENDING":
+        history.append(HistoryEntry(step=Step.RESERVE_STOCK, status="SUCCEEDED", at="2026-11-30T00:59:59.500Z"))
+    if status == "PAYMENT_AUTHORIZED":
+        history.append(HistoryEntry(step=Step.AUTHORIZE_PAYMENT, status="SUCCEEDED", at="2026-11-30T00:59:59.700Z"))
+    order = Order(
+        order_id=order_id,
+        customer_id="cust-1",
+        status=status,
+        items=[
+            OrderLine(
+                sku="MUG-1",
+                name="Mug",
+                quantity=2,
+                unit_price=Money(amount=1250, currency="USD"),
+                line_total=Money(amount=2500, currency="USD"),
+            )
+        ],
+        total=Money(amount=2500, currency="USD"),
+        history=history,
+        cancel_requested=cancel_requested,
+        payment_token="tok_visa",
+        idempotency_key="key-1",
+        created_at="2026-11-30T00:59:59.000Z",
+        updated_at="2026-11-30T00:59:59.700Z",
+        version=3,
+    )
+    return repository.create(order)
+
+
+def raw(backend: Backend, order_id: str) -> dict[str, Any]:
+    item = backend.client.get_item(
+        TableName=backend.table("OrdersTable"), Key={"order_id": {"S": order_id}}, ConsistentRead=True
+    )["Item"]
+    return {key: value for key, value in item.items() if key not in ("order_id", "created_key")}
+
+
+CASES: list[tuple[str, lifecycle.Advance, Callable[[Order], Order | None]]] = [
+    (
+        "reserve",
+        lifecycle.PROGRESS_ADVANCES[Step.RESERVE_STOCK],
+        lambda o: lifecycle.progressed(o, Step.RESERVE_STOCK, NOW),
+    ),
+    (
+        "authorize",
+        lifecycle.PROGRESS_ADVANCES[Step.AUTHORIZE_PAYMENT],
+        lambda o: lifecycle.progressed(o, Step.AUTHORIZE_PAYMENT, NOW),
+    ),
+    ("complete", lifecycle.COMPLETE_ADVANCE, lambda o: lifecycle.completed(o, NOW)),
+]
+
+
+def blind(order_id: str, advance: lifecycle.Advance) -> Order | None:
+    return repository.advance(
+        order_id,
+        from_status=advance.from_status,
+        to_status=advance.to_status,
+        entries=[HistoryEntry(step=step, status=status, at=NOW) for step, status in advance.entries],
+        now=NOW,
+        unless_cancel_requested=advance.unless_cancel_requested,
+        clears_failure=advance.clears_failure,
+    )
+
+
+@pytest.mark.parametrize(("name", "advance", "transition"), CASES, ids=[case[0] for case in CASES])
+def test_a_blind_forward_write_stores_what_the_read_then_write_path_stores(
+    backend: Backend, name: str, advance: lifecycle.Advance, transition: Callable[[Order], Order | None]
+) -> None:
+    stored_order(f"{name}-blind", advance.from_status)
+    stored_order(f"{name}-read", advance.from_status)
+
+    written = blind(f"{name}-blind", advance)
+    updated, changed = repository.update(f"{name}-read", transition)
+
+    assert written is not None and changed
+    assert written.model_dump(exclude={"order_id"}) == updated.model_dump(exclude={"order_id"})
+    assert raw(backend, f"{name}-blind") == raw(backend, f"{name}-read")  # the index key too
+
+
+@pytest.mark.parametrize(("name", "advance", "transition"), CASES, ids=[case[0] for case in CASES])
+def test_a_blind_forward_write_changes_nothing_outside_its_case(
+    backend: Backend, name: str, advance: lifecycle.Advance, transition: Callable[[Order], Order | None]
+) -> None:
+    moved_on = stored_order(f"{name}-done", "COMPLETED")
+    assert blind(moved_on.order_id, advance) is None
+    assert repository.get(moved_on.order_id) == moved_on
+    assert blind("never-placed", advance) is None
+    if advance.unless_cancel_requested:
+        asked = stored_order(f"{name}-cancel", advance.from_status, cancel_requested=True)
+        assert blind(asked.order_id, advance) is None
+        assert repository.get(asked.order_id) == asked
