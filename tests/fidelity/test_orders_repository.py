@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from shop.domain import order_lifecycle as lifecycle
+from shop.domain import order_saga
 from shop.models.money import Money
 from shop.models.orders import HistoryEntry, Order, OrderLine, OrderStatus
 from shop.repositories import orders as repository
@@ -73,15 +74,7 @@ CASES: list[tuple[str, lifecycle.Advance, Callable[[Order], Order | None]]] = [
 
 
 def blind(order_id: str, advance: lifecycle.Advance) -> Order | None:
-    return repository.advance(
-        order_id,
-        from_status=advance.from_status,
-        to_status=advance.to_status,
-        entries=[HistoryEntry(step=step, status=status, at=NOW) for step, status in advance.entries],
-        now=NOW,
-        unless_cancel_requested=advance.unless_cancel_requested,
-        clears_failure=advance.clears_failure,
-    )
+    return order_saga.apply_advance(order_id, advance, NOW)
 
 
 @pytest.mark.parametrize(("name", "advance", "transition"), CASES, ids=[case[0] for case in CASES])

@@ -59,7 +59,7 @@ def _result(order: Order, outcome: str | None = None) -> StepResult:
 
 
 # ---------------------------------------------------------------------------- saga steps
-def _advance(order_id: str, advance: lifecycle.Advance, now: str) -> Order | None:
+def apply_advance(order_id: str, advance: lifecycle.Advance, now: str) -> Order | None:
     """The common case in one conditional write (see ``order_lifecycle.Advance``); None otherwise."""
     return repository.advance(
         order_id,
@@ -75,7 +75,7 @@ def _advance(order_id: str, advance: lifecycle.Advance, now: str) -> Order | Non
 def record_progress(step: RecordProgress) -> StepResult:
     """Record a forward step; at a checkpoint, stop the saga if the customer asked to cancel."""
     now = iso_now()
-    order = _advance(step.order_id, lifecycle.PROGRESS_ADVANCES[step.step], now)
+    order = apply_advance(step.order_id, lifecycle.PROGRESS_ADVANCES[step.step], now)
     if order is None:
         order, _ = repository.update(step.order_id, lambda current: lifecycle.progressed(current, step.step, now))
     if step.checkpoint and order.cancel_requested and order.status in CHECKOUT_IN_PROGRESS:
@@ -86,7 +86,7 @@ def record_progress(step: RecordProgress) -> StepResult:
 
 def complete_order(step: CompleteOrder) -> StepResult:
     now = iso_now()
-    advanced = _advance(step.order_id, lifecycle.COMPLETE_ADVANCE, now)
+    advanced = apply_advance(step.order_id, lifecycle.COMPLETE_ADVANCE, now)
     if advanced is not None:
         order, changed = advanced, True
     else:
