@@ -120,7 +120,9 @@ def test_moto_still_parses_and_invokes_where_the_step_functions_caches_hook_in()
     assert "AmazonStateLanguageParser.parse" in inspect.getsource(
         __import__("moto.stepfunctions.parser.backend.execution_worker", fromlist=["x"])
     ), "moto no longer parses the definition through AmazonStateLanguageParser.parse"
-    assert "boto_client_for(" in inspect.getsource(lambda_eval_utils._invoke_lambda_function)
+    original_invoke = inspect.getsource(moto_stepfunctions._ORIGINAL_INVOKE_LAMBDA_FUNCTION)
+    assert "boto_client_for(" in original_invoke and "lambda_client.invoke(**parameters)" in original_invoke
+    assert "_invoke_lambda_function(" in inspect.getsource(lambda_eval_utils.execute_lambda_function_integration)
     assert hasattr(asl_parser, "SyntaxErrorListener") and hasattr(asl_parser, "ASLParserException")
     moto_stepfunctions.install()
     tasks_only = '{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}'
