@@ -342,7 +342,11 @@ class MotoDynamoDBProcess:
                 str(port),
                 "--connection-port",
                 str(connection_port),
+                "--exit-with-parent",
             ],
+            # The child reads its stdin until end of file: when this process dies, however it dies,
+            # the pipe closes and the child exits instead of lingering on its ports.
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env={**os.environ, CONNECTION_KEY_VARIABLE: key.hex()},
         )
@@ -439,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--connection-port", type=int, required=True)
+    parser.add_argument("--exit-with-parent", action="store_true", help="exit at end of file on stdin (a pipe)")
     args = parser.parse_args(argv)
     install()
     key = bytes.fromhex(os.environ.pop(CONNECTION_KEY_VARIABLE))
@@ -446,8 +451,17 @@ def main(argv: list[str] | None = None) -> int:
     server = _serve(args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=server.shutdown).start())
+    if args.exit_with_parent:
+        threading.Thread(target=_exit_with_parent, args=(server,), daemon=True).start()
     server.serve_forever()
     return 0
+
+
+def _exit_with_parent(server: Any) -> None:
+    """Block on stdin, a pipe from the parent (``MotoDynamoDBProcess.start``): its end of file means
+    the parent is gone."""
+    sys.stdin.buffer.read()
+    server.shutdown()
 
 
 if __name__ == "__main__":

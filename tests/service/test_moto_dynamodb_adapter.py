@@ -180,3 +180,47 @@ def test_item_answers_written_directly_equal_what_motos_serializer_writes(
     dynamodb.delete_item(TableName=TABLE, Key=_key("p", "2"), ReturnValues="ALL_OLD")
 
     assert set(compared) >= moto_dynamodb.ITEM_OPERATIONS
+
+
+def test_the_dynamodb_process_exits_when_the_process_that_started_it_dies() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    starter = (
+        "from infra.local.moto_dynamodb import MotoDynamoDBProcess\n"
+        "running = MotoDynamoDBProcess.start()\n"
+        "print(running.process.pid, flush=True)\n"
+        "input()\n"  # until killed
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", starter],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'layers/shared/python'}"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)  # no cleanup code runs
+    parent.wait(timeout=30)
+
+    def running() -> bool:
+        # An exited process nobody reaped yet is a zombie ("Z"): it no longer holds its ports.
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 30
+    while running():
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail(f"moto's DynamoDB process {child} outlived its parent")
+        time.sleep(0.05)  # polling the condition, bounded by the deadline
