@@ -113,9 +113,11 @@ class LambdaContext:
     log_group_name: str = ""
     log_stream_name: str = ""
     timeout_seconds: int = 15
+    started: float = field(default_factory=time.monotonic)
 
     def get_remaining_time_in_millis(self) -> int:
-        return self.timeout_seconds * 1000
+        """As on AWS: the function's timeout less the time this invocation has run."""
+        return max(int((self.timeout_seconds - (time.monotonic() - self.started)) * 1000), 0)
 
 
 def _extract(zip_bytes: bytes, kind: str) -> Path:

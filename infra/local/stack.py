@@ -175,12 +175,13 @@ class LocalStack:
     _stop: threading.Event = field(default_factory=threading.Event)
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def client(self, service: str) -> Any:
-        """A boto3 client bound to this stack's emulator, through localstack-client."""
+    def client(self, service: str, **options: Any) -> Any:
+        """A boto3 client bound to this stack's emulator, through localstack-client (``options``:
+        boto3's, e.g. ``config``)."""
         from localstack_client.session import Session
 
         host_port = self.aws_endpoint.removeprefix("http://")
-        return Session(region_name=REGION, localstack_host=host_port).client(service)
+        return Session(region_name=REGION, localstack_host=host_port).client(service, **options)
 
     def stop(self) -> None:
         self._stop.set()

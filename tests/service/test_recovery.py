@@ -18,6 +18,7 @@ import pytest
 from infra.local import lambda_runtime
 from shop import aws, config
 from shop.domain import payments as payment_domain
+from shop.domain import recovery
 from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories.payments import PaymentsRepository
@@ -171,6 +172,24 @@ def sweep(local_aws: LocalAws, at: datetime) -> dict[str, Any]:
     )
     assert "FunctionError" not in response, response["Payload"].read()
     return json.loads(response["Payload"].read())  # type: ignore[no-any-return]
+
+
+def test_a_sweep_stops_before_its_timeout_and_the_next_run_goes_on(shop: Shop) -> None:
+    throttled = SdkFault("StartExecution", "ThrottlingException", times=3)
+    with inject(aws.stepfunctions(), throttled):
+        orphans = [shop.place([("MUG-1", 1)], key=f"backlog-{n}").json_body["order_id"] for n in range(3)]
+    assert throttled.injected == 3
+    due = datetime.now(UTC) + timedelta(seconds=61)
+    clock = iter([60.0, 30.0, recovery.SWEEP_MARGIN_SECONDS - 1])  # time left before each order
+
+    first = recovery.resume_orphans(due, seconds_left=lambda: next(clock))
+    assert (first.examined, first.stopped_early) == (2, True)
+    second = recovery.resume_orphans(due, seconds_left=lambda: 60.0)
+    assert second.stopped_early is False
+    assert sorted(first.started + second.started) == sorted(orphans)  # each started once, none left
+    for order_id in orphans:
+        assert shop.wait_checkout(order_id) == "SUCCEEDED"
+        assert books(shop, order_id).status == "COMPLETED"
 
 
 @pytest.mark.parametrize("customer_cancels", [False, True], ids=["started", "cancelled-while-orphaned"])

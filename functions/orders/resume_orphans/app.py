@@ -13,4 +13,7 @@ from shop.observability import instrumented
 @instrumented
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # "now" is the schedule's own event time, so a delayed delivery judges ages as of its schedule.
-    return recovery.resume_orphans(parse_event(ScheduledEvent, event).at()).model_dump(mode="json")
+    sweep = recovery.resume_orphans(
+        parse_event(ScheduledEvent, event).at(), seconds_left=lambda: context.get_remaining_time_in_millis() / 1000
+    )
+    return sweep.model_dump(mode="json")

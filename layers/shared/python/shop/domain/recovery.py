@@ -18,6 +18,7 @@ Both are idempotent: running them twice, or both on one order, leaves one dead l
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -46,6 +47,8 @@ SETTLED = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
 # Oldest first; a sweep examines at most this many (one GetItem and one DescribeExecution each, well
 # inside the function's 60 s), so sagas still running their long retries cannot hide newer orphans.
 SWEEP_LIMIT = 1000
+# Time kept in hand when the sweep stops early: one order's lookups and start, with retries.
+SWEEP_MARGIN_SECONDS = 10.0
 
 
 def _input_of(change: ExecutionStatusChange) -> dict[str, object]:
@@ -111,12 +114,20 @@ def _dead_letter(
     )
 
 
-def resume_orphans(now: datetime) -> OrphanSweep:
-    """Start or settle every order in progress placed more than ORPHAN_AFTER_SECONDS ago that has no running saga."""
+def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = None) -> OrphanSweep:
+    """Start or settle every order in progress placed more than ORPHAN_AFTER_SECONDS ago that has no running saga.
+
+    ``seconds_left``: the invocation's remaining time. A backlog (an outage left thousands of orders
+    without a saga) can take longer than the function may run: the sweep stops SWEEP_MARGIN_SECONDS
+    before its timeout, never half-way through an order, and the next scheduled run goes on.
+    """
     cutoff = now - timedelta(seconds=recovery_settings().orphan_after_seconds)
     candidates = repository.in_progress_since(_iso(cutoff), limit=SWEEP_LIMIT)
-    sweep = OrphanSweep(examined=len(candidates))
+    examined, started, settled = 0, [], []
     for order_id in candidates:
+        if seconds_left is not None and seconds_left() < SWEEP_MARGIN_SECONDS:
+            break
+        examined += 1
         order = repository.get(order_id)
         if order is None or order.status not in SAGA_IN_PROGRESS:
             continue
@@ -129,7 +140,7 @@ def resume_orphans(now: datetime) -> OrphanSweep:
                 order_saga.start_refund_saga(order_id)
             else:
                 start_checkout(order)
-            sweep.started.append(order_id)
+            started.append(order_id)
             logger().warning("orphaned order: its saga was never started; started it", extra={"order_id": order_id})
         elif status in STOPPED or status == "SUCCEEDED":
             # Stopped without its event being handled, or ended without settling the order.
@@ -142,9 +153,15 @@ def resume_orphans(now: datetime) -> OrphanSweep:
                 cause=f"the {name} execution is {status} but the order was still {order.status}",
                 execution_name=name,
             )
-            sweep.settled.append(order_id)
-    if sweep.started:
-        metrics().add_metric(name="OrphanedSagasStarted", unit=MetricUnit.Count, value=len(sweep.started))
+            settled.append(order_id)
+    sweep = OrphanSweep(examined=examined, started=started, settled=settled, stopped_early=examined < len(candidates))
+    if sweep.stopped_early:
+        logger().warning(
+            "orphan sweep stopped before its timeout; the next run goes on",
+            extra={"examined": examined, "candidates": len(candidates)},
+        )
+    if started:
+        metrics().add_metric(name="OrphanedSagasStarted", unit=MetricUnit.Count, value=len(started))
     return sweep
 
 

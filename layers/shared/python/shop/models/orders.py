@@ -324,6 +324,8 @@ class OrphanSweep(Record):
     examined: int
     started: list[str] = Field(default_factory=list)
     settled: list[str] = Field(default_factory=list)
+    # The run stopped before its Lambda timeout with candidates left; the next run goes on.
+    stopped_early: bool = False
 
 
 class DeadLetterPage(Record):
