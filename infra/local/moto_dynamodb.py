@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import queue
 import socket
 import subprocess
@@ -321,7 +322,6 @@ class MotoDynamoDBProcess:
 
     @classmethod
     def start(cls, host: str = "127.0.0.1", startup_seconds: float = 60.0) -> MotoDynamoDBProcess:
-        import os
         import secrets
 
         ports = []
@@ -436,7 +436,6 @@ def _serve_connections(host: str, port: int, key: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import os
     import signal
 
     parser = argparse.ArgumentParser(description="moto's DynamoDB in a process of its own")
@@ -460,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
 def _exit_with_parent(server: Any) -> None:
     """Block on stdin, a pipe from the parent (``MotoDynamoDBProcess.start``): its end of file means
     the parent is gone."""
-    sys.stdin.buffer.read()
+    # The raw descriptor, not sys.stdin: a daemon thread blocked inside the buffered reader makes the
+    # interpreter abort at shutdown ("could not acquire lock for <stdin>").
+    while os.read(0, 4096):
+        pass
     server.shutdown()
 
 

@@ -224,3 +224,9 @@ def test_the_dynamodb_process_exits_when_the_process_that_started_it_dies() -> N
             os.kill(child, signal.SIGKILL)
             pytest.fail(f"moto's DynamoDB process {child} outlived its parent")
         time.sleep(0.05)  # polling the condition, bounded by the deadline
+
+
+def test_the_dynamodb_process_stops_cleanly() -> None:
+    running = moto_dynamodb.MotoDynamoDBProcess.start()
+    running.stop()
+    assert running.process.returncode == 0  # no abort at shutdown from the thread that watches its parent
