@@ -218,3 +218,18 @@ def test_an_ended_execution_reaches_a_lambda_target_through_its_status_change_ru
     detail = event["detail"]
     assert (detail["status"], detail["name"], detail["error"], detail["cause"]) == ("FAILED", "x", "Boom", "why")
     assert json.loads(detail["input"]) == {"order_id": "o-1"}
+
+
+def test_an_execution_listed_before_it_started_reads_as_running() -> None:
+    from types import SimpleNamespace
+
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    from infra.local import moto_stepfunctions
+
+    assert "self.exec_status = None" in inspect.getsource(Execution.__init__), "moto changed how executions start"
+    moto_stepfunctions.install()
+    assert Execution.status.fget(SimpleNamespace(exec_status=None)) == "RUNNING"  # type: ignore[attr-defined]
+    done = SimpleNamespace(exec_status=ExecutionStatus.SUCCEEDED)
+    assert Execution.status.fget(done) == "SUCCEEDED"  # type: ignore[attr-defined]
