@@ -21,7 +21,7 @@ admin = Blueprint(__name__)
 _TAGS = ("operations",)
 
 
-class DeadLetterQuery(StrictModel):
+class LetterPageQuery(StrictModel):
     """A page of letters (dead letters or stock discrepancy letters)."""
 
     limit: PageLimit = 20
@@ -39,11 +39,11 @@ class CircuitBreakerList(Record):
     summary="List the sagas' dead letters (admin)",
     description="Orders whose compensation failed after its retries; each is NEEDS_ATTENTION until redriven.",
     auth="admin",
-    query=DeadLetterQuery,
+    query=LetterPageQuery,
     responses={200: DeadLetterPage},
     tags=_TAGS,
 )
-def list_dead_letters(query: DeadLetterQuery, principal: Principal) -> Response:
+def list_dead_letters(query: LetterPageQuery, principal: Principal) -> Response:
     return http.json_response(operations.list_dead_letters(limit=query.limit, next_token=query.next_token))
 
 
@@ -77,11 +77,11 @@ def redrive_dead_letter(order_id: str, principal: Principal) -> Response:
         "found and undid the cause), then RESOLVED. No redrive applies: a SKU belongs to no saga."
     ),
     auth="admin",
-    query=DeadLetterQuery,
+    query=LetterPageQuery,
     responses={200: StockDiscrepancyPage},
     tags=_TAGS,
 )
-def list_stock_discrepancies(query: DeadLetterQuery, principal: Principal) -> Response:
+def list_stock_discrepancies(query: LetterPageQuery, principal: Principal) -> Response:
     return http.json_response(operations.list_stock_discrepancies(limit=query.limit, next_token=query.next_token))
 
 

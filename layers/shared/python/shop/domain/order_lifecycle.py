@@ -11,7 +11,8 @@ a racing cancel request serialize on the order's ``version``.
 The saga's three forward transitions also exist as an ``Advance``: the same change written blind,
 in one conditional UpdateItem, for the common case the condition describes (the order is where
 the saga left it, and for completion no cancel was asked). When the condition fails, the step
-reads the order and applies the pure function as above; a unit test holds both to the same result.
+reads the order and applies the pure function as above; tests/fidelity/test_orders_repository.py
+holds both to the same stored item.
 """
 
 from __future__ import annotations

@@ -44,8 +44,9 @@ from shop.repositories import orders as repository
 
 STOPPED = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
 SETTLED = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
-# Oldest first; a sweep examines at most this many (one GetItem and one DescribeExecution each, well
-# inside the function's 60 s), so sagas still running their long retries cannot hide newer orphans.
+# Oldest first; a sweep examines at most this many (one GetItem and one DescribeExecution each), so
+# sagas still running their long retries cannot hide newer orphans. A large backlog can still outlast
+# the function's 60 s: the sweep then stops early (SWEEP_MARGIN_SECONDS) and the next run goes on.
 SWEEP_LIMIT = 1000
 # Time kept in hand when the sweep stops early: one order's lookups and start, with retries.
 SWEEP_MARGIN_SECONDS = 10.0
@@ -123,7 +124,9 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
     """
     cutoff = now - timedelta(seconds=recovery_settings().orphan_after_seconds)
     candidates = repository.in_progress_since(_iso(cutoff), limit=SWEEP_LIMIT)
-    examined, started, settled = 0, [], []
+    examined = 0
+    started: list[str] = []
+    settled: list[str] = []
     for order_id in candidates:
         if seconds_left is not None and seconds_left() < SWEEP_MARGIN_SECONDS:
             break

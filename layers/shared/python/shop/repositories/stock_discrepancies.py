@@ -73,12 +73,13 @@ def resolve(sku: str, *, now: str) -> bool:
 
 def open_skus() -> set[str]:
     """The SKUs whose letter is OPEN (the partition is small: one item per SKU that ever drifted)."""
-    letters, start = list_page(limit=100, start_key=None)
-    found = {letter.sku for letter in letters if letter.status == "OPEN"}
-    while start is not None:
+    found: set[str] = set()
+    start: Mapping[str, Any] | None = None
+    while True:
         letters, start = list_page(limit=100, start_key=start)
         found |= {letter.sku for letter in letters if letter.status == "OPEN"}
-    return found
+        if start is None:
+            return found
 
 
 def list_page(
