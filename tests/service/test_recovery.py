@@ -19,6 +19,7 @@ from infra.local import lambda_runtime
 from shop import aws, config
 from shop.domain import payments as payment_domain
 from shop.domain import recovery
+from shop.models.orders import ExecutionStatusChange
 from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories.payments import PaymentsRepository
@@ -284,6 +285,40 @@ def test_an_aborted_redrive_reopens_its_dead_letter(shop: Shop, local_aws: Local
     heal()
     assert shop.redrive(order_id).json_body["redrive_count"] == 2
     assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-2") == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
+
+
+def test_a_late_event_of_a_replaced_execution_leaves_the_running_redrive_alone(shop: Shop, local_aws: LocalAws) -> None:
+    """EventBridge may deliver the first execution's FAILED event after the operator's redrive began."""
+    fail_functions(local_aws, "VoidPaymentFunction")
+    order_id = shop.place_ok([("MUG-1", 2)], token="tok_chargeDeclined")["order_id"]
+    checkout_stopped(shop, order_id)
+    first = shop.sfn.describe_execution(executionArn=shop.execution_arn("CheckoutStateMachine", order_id))
+    held = PauseAt(local_aws.function("ReconcilePaymentFunction"))
+    lambda_runtime.faults.before_invoke = held
+    assert shop.redrive(order_id).json_body["status"] == "REDRIVING"
+    held.wait_reached()
+
+    late = ExecutionStatusChange.model_validate(
+        {
+            "executionArn": first["executionArn"],
+            "stateMachineArn": first["stateMachineArn"],
+            "name": first["name"],
+            "status": "FAILED",
+            "input": first["input"],
+            "error": "CompensationFailed",
+            "startDate": int(first["startDate"].timestamp() * 1000),
+        }
+    )
+    assert recovery.settle_stopped_execution(late).action == "superseded"
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and (letter.status, letter.redrive_count) == ("REDRIVING", 1)
+    assert letter.failure is not None and letter.failure.reason == "PAYMENT_DECLINED"
+
+    heal()
+    held.released.set()
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
     end = books(shop, order_id)
     assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
 

@@ -29,6 +29,7 @@ from shop.domain.orders import start_checkout
 from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
+    DeadLetter,
     ExecutionStatusChange,
     Failure,
     FlagOrder,
@@ -77,8 +78,14 @@ def settle_stopped_execution(change: ExecutionStatusChange) -> SettledExecution:
     if order.status in SETTLED or (order.status == "NEEDS_ATTENTION" and letter and letter.status == "OPEN"):
         action = "redrive_reopened" if reopened else "already_settled"
         return SettledExecution(order_id=order_id, execution_name=change.name, action=action)
+    if _replaced_by_running_redrive(change, letter):
+        # EventBridge delivers late (async invokes retry for minutes): the event of an execution a
+        # redrive has since replaced. Flagging now would reopen the letter under the running redrive.
+        return SettledExecution(order_id=order_id, execution_name=change.name, action="superseded")
     recorded_failure = document.get("failure")
     failure = Failure.model_validate(recorded_failure) if isinstance(recorded_failure, dict) else None
+    if failure is None and letter is not None:
+        failure = letter.failure  # a reason once known stays known: the redrive compensates with it
     is_refund = change.state_machine_arn == sagas.refund_state_machine_arn() or order.status == "REFUNDING"
     _dead_letter(
         order,
@@ -90,6 +97,20 @@ def settle_stopped_execution(change: ExecutionStatusChange) -> SettledExecution:
         execution_name=change.name,
     )
     return SettledExecution(order_id=order_id, execution_name=change.name, action="dead_lettered")
+
+
+def _replaced_by_running_redrive(change: ExecutionStatusChange, letter: DeadLetter | None) -> bool:
+    """The execution started before the running redrive began (the refund saga a redrive starts
+    comes after it, and is the redrive's own)."""
+    if letter is None or letter.status != "REDRIVING" or change.name == letter.redrive_execution:
+        return False
+    if change.start_date is None or letter.redrive_started_at is None:
+        return False
+    return change.start_date < _epoch_millis(letter.redrive_started_at)
+
+
+def _epoch_millis(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def _dead_letter(

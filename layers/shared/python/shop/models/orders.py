@@ -252,6 +252,7 @@ class ExecutionStatusChange(StrictModel):
     input: str | None = None
     error: str | None = None
     cause: str | None = None
+    start_date: int | None = Field(default=None, alias="startDate")  # epoch milliseconds
 
 
 class ScheduledEvent(StrictModel):
@@ -306,6 +307,8 @@ class DeadLetter(Record):
     execution_name: str | None = None
     redrive_count: int = 0
     redrive_execution: str | None = None
+    # When the running redrive began: an execution that started earlier is one it replaced.
+    redrive_started_at: str | None = None
     created_at: str
     updated_at: str
 
@@ -315,7 +318,7 @@ class SettledExecution(Record):
 
     order_id: str | None
     execution_name: str
-    action: Literal["dead_lettered", "redrive_reopened", "already_settled", "not_an_order"]
+    action: Literal["dead_lettered", "redrive_reopened", "already_settled", "superseded", "not_an_order"]
 
 
 class OrphanSweep(Record):

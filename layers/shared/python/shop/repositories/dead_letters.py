@@ -101,7 +101,8 @@ def start_redrive(order_id: str, *, expected_count: int, execution_name: str, no
     response = _update_if(
         order_id,
         UpdateExpression=(
-            "SET #status = :redriving, redrive_count = :next, redrive_execution = :execution, updated_at = :now"
+            "SET #status = :redriving, redrive_count = :next, redrive_execution = :execution, "
+            "redrive_started_at = :now, updated_at = :now"
         ),
         ConditionExpression="#status = :open AND redrive_count = :expected",
         ExpressionAttributeNames={"#status": "status"},
