@@ -27,6 +27,7 @@ answer lost, exactly as a throttled or timed-out request on AWS.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import queue
@@ -36,19 +37,27 @@ import sys
 import threading
 import time
 import types
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import moto.dynamodb.models as dynamodb_models
+import moto.dynamodb.responses as dynamodb_responses
 from moto.core.responses import ActionResult
+from moto.dynamodb.comparisons import ConditionExpressionParser
 from moto.dynamodb.models import DynamoDBBackend
-from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
 
 _ORIGINAL_CALL_ACTION = DynamoHandler.call_action
 _ORIGINAL_TRANSACT_WRITE_ITEMS = DynamoDBBackend.transact_write_items
+_ORIGINAL_UPDATE_ITEM = DynamoDBBackend.update_item
+_ORIGINAL_UPDATE_EXPRESSION_PARSER = dynamodb_models.UpdateExpressionParser
+_ORIGINAL_LEX_CONDITION = ConditionExpressionParser._lex_condition_expression
+# False only while an update of a table without a stream runs (``_update_item``).
+_item_copy_needed = True
 _ORIGINAL_SERIALIZED = DynamoHandler.serialized
 # Operations whose answers are plain wire-shaped JSON (no timestamps or model objects).
 ITEM_OPERATIONS = frozenset(
@@ -123,9 +132,12 @@ def _serialized(self: DynamoHandler, action_result: ActionResult) -> Any:
 
 
 def _copy_all_but_tables(value: Any, memo: dict[int, Any] | None = None) -> Any:
-    """``copy.deepcopy`` for moto's backend module, except that a Table is not copied: the
-    transaction wrapper below keeps the items it needs instead."""
-    return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+    """``copy.deepcopy`` for moto's backend module, except that a Table is not copied (the
+    transaction wrapper below keeps the items it needs instead), nor an item about to be updated
+    in a table without a stream (``_update_item``)."""
+    if isinstance(value, Table) or (isinstance(value, Item) and not _item_copy_needed):
+        return value
+    return copy.deepcopy(value, memo)
 
 
 @dataclass
@@ -192,12 +204,54 @@ def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, 
         raise
 
 
+# --------------------------------------------------------------------------- parsing once
+# moto parses every update and condition expression anew, though a shop sends the same few
+# expressions with new values; with its validation that was the largest part of its DynamoDB CPU.
+# The update expression's syntax tree is cached by its text (moto's validator deep-copies the tree
+# before it binds names and values, and the request checks only read it, so the cached tree is never
+# changed), and so are the tokens of
+# a condition expression (the parser builds new nodes from them; each call gets fresh ones).
+
+
+class _CachedUpdateExpressionParser:
+    make = staticmethod(functools.lru_cache(maxsize=512)(_ORIGINAL_UPDATE_EXPRESSION_PARSER.make))
+
+
+@functools.lru_cache(maxsize=512)
+def _condition_tokens(parser_class: type[ConditionExpressionParser], expression: str) -> tuple[Any, ...]:
+    lexer = parser_class.__new__(parser_class)
+    lexer.condition_expression = expression
+    return tuple(_ORIGINAL_LEX_CONDITION(lexer))
+
+
+def _lex_condition_expression(self: ConditionExpressionParser) -> deque[Any]:
+    tokens = _condition_tokens(type(self), self.condition_expression)
+    return deque(token._replace(children=[]) for token in tokens)
+
+
+def _update_item(self: DynamoDBBackend, table_name: str, *args: Any, **kwargs: Any) -> Any:
+    """moto deep-copies the item before every update only to give its stream the old image: skip
+    that copy for a table without a stream (requests are serialized, so a flag is enough)."""
+    global _item_copy_needed
+    table = self.tables.get(table_name)
+    _item_copy_needed = table is None or table.stream_shard is not None
+    try:
+        return _ORIGINAL_UPDATE_ITEM(self, table_name, *args, **kwargs)
+    finally:
+        _item_copy_needed = True
+
+
 def install() -> None:
-    """Serialize moto's DynamoDB requests; transactions snapshot items, not tables (idempotent)."""
+    """Serialize moto's DynamoDB requests; transactions snapshot items, not tables; expressions
+    parsed once (idempotent)."""
     DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
     DynamoHandler.serialized = _serialized  # type: ignore[method-assign,assignment]
     dynamodb_models.copy = types.SimpleNamespace(deepcopy=_copy_all_but_tables, copy=copy.copy)  # type: ignore[assignment]
+    dynamodb_models.UpdateExpressionParser = _CachedUpdateExpressionParser  # type: ignore[assignment]
+    dynamodb_responses.UpdateExpressionParser = _CachedUpdateExpressionParser  # type: ignore[attr-defined]
+    ConditionExpressionParser._lex_condition_expression = _lex_condition_expression  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- its own process

@@ -2,7 +2,8 @@
 
 infra/local/moto_dynamodb.py snapshots only the items a transaction names (a cancelled transaction
 must leave nothing it wrote and touch nothing else, as on DynamoDB), and writes item answers with
-``json.dumps`` instead of moto's model-driven serializer (the two must agree).
+``json.dumps`` instead of moto's model-driven serializer (the two must agree), and parses each
+expression text once (each request's values must still be the ones applied).
 """
 
 from __future__ import annotations
@@ -180,6 +181,60 @@ def test_item_answers_written_directly_equal_what_motos_serializer_writes(
     dynamodb.delete_item(TableName=TABLE, Key=_key("p", "2"), ReturnValues="ALL_OLD")
 
     assert set(compared) >= moto_dynamodb.ITEM_OPERATIONS
+
+
+def _add(client: Any, pk: str, amount: int, *, expected: int | None = None, table: str = TABLE) -> None:
+    """The same expressions every time, with new values: what the expression cache sees."""
+    values: dict[str, Any] = {":n": {"N": str(amount)}, ":zero": {"N": "0"}}
+    condition = "attribute_not_exists(pk) OR #c >= :zero"
+    if expected is not None:
+        values[":expected"] = {"N": str(expected)}
+        condition = "attribute_not_exists(pk) OR #c = :expected"
+    client.update_item(
+        TableName=table,
+        Key=_key(pk),
+        UpdateExpression="SET #c = if_not_exists(#c, :zero) + :n",
+        ConditionExpression=condition,
+        ExpressionAttributeNames={"#c": "count"},
+        ExpressionAttributeValues=values,
+    )
+
+
+def test_expressions_parsed_once_still_bind_each_requests_values(dynamodb: Any) -> None:
+    _add(dynamodb, "a", 1)
+    _add(dynamodb, "a", 5)
+    _add(dynamodb, "b", 2)
+    _add(dynamodb, "a", 10, expected=6)
+    with pytest.raises(dynamodb.exceptions.ConditionalCheckFailedException):
+        _add(dynamodb, "a", 100, expected=6)  # the same condition text, a value that no longer holds
+
+    assert (_count(dynamodb, "a"), _count(dynamodb, "b")) == (16, 2)
+
+
+def test_an_update_still_gives_the_stream_its_old_image_and_other_tables_their_new_item(dynamodb: Any) -> None:
+    dynamodb.create_table(
+        TableName="no-stream",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    _add(dynamodb, "s", 3)
+    _add(dynamodb, "s", 4)
+    _add(dynamodb, "n", 3, table="no-stream")
+    _add(dynamodb, "n", 4, table="no-stream")
+
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    shard = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables[TABLE].stream_shard
+    assert shard is not None
+    last = shard.items[-1].to_json()["dynamodb"]
+    assert (last["OldImage"]["count"], last["NewImage"]["count"]) == ({"N": "3"}, {"N": "7"})
+    item = dynamodb.get_item(TableName="no-stream", Key=_key("n"))["Item"]
+    assert item["count"] == {"N": "7"}
 
 
 def test_the_dynamodb_process_exits_when_the_process_that_started_it_dies() -> None:

@@ -24,17 +24,19 @@ class FakeStore:
     def __init__(self) -> None:
         self.states: dict[str, BreakerState] = {}
         self.writes = 0
+        self.loads = 0
         # Runs before a replace is applied: lets a test slip in a competing writer.
         self.before_replace: Callable[[], None] | None = None
 
     def load(self, name: str) -> BreakerState:
+        self.loads += 1
         return self.states.get(name, BreakerState())
 
     def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
         if self.before_replace is not None:
             hook, self.before_replace = self.before_replace, None
             hook()
-        if self.load(name).version != expected_version:
+        if self.states.get(name, BreakerState()).version != expected_version:
             return False
         self.states[name] = state.model_copy(update={"version": expected_version + 1})
         self.writes += 1
@@ -440,3 +442,26 @@ def test_the_guarded_provider_counts_by_key_and_source(store: FakeStore, clock: 
         "ord-1:authorize": "cust-1",
         "ord-2:capture": "ord-2",
     }
+
+
+def test_a_call_records_its_outcome_from_the_state_that_admitted_it(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    fail(subject, "ord-1:authorize", "cust-1")
+    store.loads = 0
+
+    fail(subject, "ord-2:authorize", "cust-2")
+    succeed(subject, "ord-3:authorize", "cust-3")
+
+    assert store.loads == 2  # one per call: admitting it; its record reuses that state
+    assert list(store.load("payments").outcomes) == ["ord-1:authorize", "ord-2:authorize", "ord-3:authorize"]
+
+
+def test_an_outcome_recorded_after_another_callers_write_re_reads(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    fail(subject, "ord-1:authorize", "cust-1")
+    # While ord-2's call is at the provider, another instance records ord-9's failure.
+    store.before_replace = lambda: fail(breaker(store, clock), "ord-9:authorize", "cust-9")
+
+    fail(subject, "ord-2:authorize", "cust-2")
+
+    assert list(store.load("payments").outcomes) == ["ord-1:authorize", "ord-9:authorize", "ord-2:authorize"]

@@ -175,10 +175,13 @@ class CircuitBreaker:
         ``minimum_failing_sources`` distinct sources can open the breaker.
         """
         probe_id, admitted = self._admit()
+        # An ordinary call's first compare-and-set starts from the state that admitted it (no second
+        # read); if another caller wrote meanwhile, the version check fails and it re-reads.
+        seen = admitted if probe_id is None else None
         try:
             result = operation()
         except Exception as error:
-            self._record(probe_id, key, source, failed=self._is_failure(error))
+            self._record(probe_id, key, source, failed=self._is_failure(error), seen=seen)
             raise
         if probe_id is None and not any(
             o.failed for o in in_window(admitted.outcomes, self._clock(), self.policy).values()
@@ -186,7 +189,7 @@ class CircuitBreaker:
             # A success while no failure was being counted changes nothing (see _next_state): no
             # second read. A failure recorded by another call meanwhile just misses this success.
             return result
-        self._record(probe_id, key, source, failed=False)
+        self._record(probe_id, key, source, failed=False, seen=seen)
         return result
 
     # ------------------------------------------------------------------ admission
@@ -211,17 +214,21 @@ class CircuitBreaker:
         raise CircuitOpen("payment provider circuit is being probed by another caller")
 
     # ------------------------------------------------------------------ outcome
-    def _record(self, probe_id: str | None, key: str, source: str, *, failed: bool) -> None:
+    def _record(
+        self, probe_id: str | None, key: str, source: str, *, failed: bool, seen: BreakerState | None = None
+    ) -> None:
         # Bookkeeping must not replace the provider's answer with a store error: the caller
         # would see the wrong error name, and a successful charge would look like a failure.
         try:
-            self._transition(probe_id, key, source, failed=failed)
+            self._transition(probe_id, key, source, failed=failed, seen=seen)
         except Exception:  # noqa: BLE001 - logged; the breaker simply misses one observation
             logger().exception("circuit breaker could not record an outcome", extra={"breaker": self.name})
 
-    def _transition(self, probe_id: str | None, key: str, source: str, *, failed: bool) -> None:
-        for _ in range(_CAS_ATTEMPTS):
-            current = self._store.load(self.name)
+    def _transition(
+        self, probe_id: str | None, key: str, source: str, *, failed: bool, seen: BreakerState | None = None
+    ) -> None:
+        for attempt in range(_CAS_ATTEMPTS):
+            current = seen if attempt == 0 and seen is not None else self._store.load(self.name)
             updated = self._next_state(current, probe_id, key, source, failed=failed)
             if updated is None or self._store.replace(self.name, updated, current.version):
                 if updated is not None and updated.state != current.state:

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -49,6 +50,17 @@ def _call(operation: str, **request: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- circuit breakers
+@functools.lru_cache(maxsize=8)
+def _parsed_window(window: str) -> dict[str, BreakerOutcome]:
+    """The window's outcomes; cached by the stored string, because every caller reads the same item
+    again and again between two writes (an open breaker's admissions, a call's admit-then-record)
+    and 200 outcomes are 200 models to build. Callers get a copy: the outcomes themselves are frozen."""
+    return {
+        key: BreakerOutcome(at=at, failed=bool(failed), source=source)
+        for key, at, failed, source in json.loads(window)
+    }
+
+
 class DynamoBreakerStore:
     """``BreakerStore`` over OperationsTable."""
 
@@ -66,10 +78,7 @@ class DynamoBreakerStore:
         fields.pop("pk", None)
         fields.pop("sk", None)
         if window is not None:
-            fields["outcomes"] = {
-                key: BreakerOutcome(at=at, failed=bool(failed), source=source)
-                for key, at, failed, source in json.loads(window["S"])
-            }
+            fields["outcomes"] = dict(_parsed_window(window["S"]))
         return BreakerState.model_validate(fields)
 
     def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
