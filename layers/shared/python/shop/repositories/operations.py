@@ -56,8 +56,7 @@ def _parsed_window(window: str) -> dict[str, BreakerOutcome]:
     again and again between two writes (an open breaker's admissions, a call's admit-then-record)
     and 200 outcomes are 200 models to build. Callers get a copy: the outcomes themselves are frozen."""
     return {
-        key: BreakerOutcome(at=at, failed=bool(failed), source=source)
-        for key, at, failed, source in json.loads(window)
+        key: BreakerOutcome(at=at, failed=bool(failed), source=source) for key, at, failed, source in json.loads(window)
     }
 
 
