@@ -28,6 +28,10 @@ StartExecution of the same state machine read that missing status while checking
 (``AttributeError``, seen once in a 10,000-order chaos run). Such an execution reads as RUNNING, which it is
 about to be.
 
+moto keeps a state machine's executions in a list and scans it on every StartExecution (the
+name-idempotency check) and DescribeExecution: the cost of a start grew with every order of a
+chaos run. The list also indexes its executions by name and by ARN, and those two look up instead.
+
 The behaviour of the interpreter is otherwise unchanged; the canary tests in
 tests/service/test_lambda_runtime_canary.py fail if a moto upgrade moves these functions.
 """
@@ -47,6 +51,8 @@ from moto.awslambda.models import lambda_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.models import botocore_stubber
 from moto.settings import moto_server_port
+from moto.stepfunctions.exceptions import ExecutionAlreadyExists, ExecutionDoesNotExist
+from moto.stepfunctions.models import StateMachine, StateMachineInstance, StepFunctionBackend
 from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
 from moto.stepfunctions.parser.asl.antlr.runtime.ASLParser import ASLParser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
@@ -60,6 +66,9 @@ from moto.stepfunctions.parser.backend.execution import Execution
 from moto.stepfunctions.responses import StepFunctionResponse
 
 _ORIGINAL_CALL_ACTION = StepFunctionResponse.call_action
+_ORIGINAL_STATE_MACHINE_INIT = StateMachineInstance.__init__
+_ORIGINAL_NAME_IDEMPOTENCY = StateMachine._handle_name_input_idempotency
+_ORIGINAL_DESCRIBE_EXECUTION = StepFunctionBackend.describe_execution
 _ORIGINAL_INVOKE_LAMBDA_FUNCTION = lambda_eval_utils._invoke_lambda_function
 # The chaos run's Step Functions faults (infra/local/faults.py): (operation, e.g. "StartExecution")
 # -> an error code to answer instead, before anything is started; None to go on.
@@ -173,12 +182,60 @@ _parse_json_path = lru_cache(maxsize=1024)(jsonpath_ng.parse)
 _parse_extended_json_path = lru_cache(maxsize=1024)(jsonpath_ng.ext.parse)
 
 
+class IndexedExecutions(list[Any]):
+    """A state machine's executions, in order, also by name (the first with it) and by ARN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_name: dict[str, Any] = {}
+        self.by_arn: dict[str, Any] = {}
+
+    def append(self, execution: Any) -> None:
+        super().append(execution)
+        self.by_name.setdefault(execution.name, execution)
+        self.by_arn.setdefault(execution.execution_arn, execution)
+
+
+def _state_machine_init(self: StateMachineInstance, *args: Any, **kwargs: Any) -> None:
+    _ORIGINAL_STATE_MACHINE_INIT(self, *args, **kwargs)
+    self.executions = IndexedExecutions()
+
+
+def _handle_name_input_idempotency(self: StateMachine, name: str, execution_input: str) -> Any:
+    """moto's check, over the one execution with the name instead of every execution."""
+    executions = self.executions
+    if not isinstance(executions, IndexedExecutions):
+        return _ORIGINAL_NAME_IDEMPOTENCY(self, name, execution_input)
+    execution = executions.by_name.get(name)
+    if execution is None:
+        return None
+    # The same name and input while it runs is the same start; anything else is a conflict.
+    if execution_input == execution.execution_input and execution.status == "RUNNING":
+        return execution
+    raise ExecutionAlreadyExists("Execution Already Exists: '" + execution.execution_arn + "'")
+
+
+def _describe_execution(self: StepFunctionBackend, execution_arn: str) -> Any:
+    self._validate_execution_arn(execution_arn)
+    executions = self._get_state_machine_for_execution(execution_arn).executions
+    if not isinstance(executions, IndexedExecutions):
+        return _ORIGINAL_DESCRIBE_EXECUTION(self, execution_arn)
+    execution = executions.by_arn.get(execution_arn)
+    if execution is None:
+        raise ExecutionDoesNotExist("Execution Does Not Exist: '" + execution_arn + "'")
+    return execution
+
+
 def install() -> None:
-    """Cache syntax trees, parsed JSONPaths and Lambda clients; invoke Lambda tasks directly (idempotent)."""
+    """Cache syntax trees, parsed JSONPaths and Lambda clients; invoke Lambda tasks directly; index
+    executions (idempotent; state machines created before it keep moto's list)."""
     json_path.parse = _parse_extended_json_path  # type: ignore[attr-defined]
     result_path.parse = _parse_json_path  # type: ignore[attr-defined]
     asl_parser.AmazonStateLanguageParser.parse = staticmethod(_parse)  # type: ignore[method-assign]
     lambda_eval_utils.boto_client_for = _client_for
     lambda_eval_utils._invoke_lambda_function = _invoke_lambda_function
     Execution.status = property(_execution_status)  # type: ignore[method-assign,assignment]
+    StateMachineInstance.__init__ = _state_machine_init  # type: ignore[method-assign]
+    StateMachine._handle_name_input_idempotency = _handle_name_input_idempotency  # type: ignore[method-assign]
+    StepFunctionBackend.describe_execution = _describe_execution  # type: ignore[method-assign]
     StepFunctionResponse.call_action = _call_action  # type: ignore[method-assign,assignment]

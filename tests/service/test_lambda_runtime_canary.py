@@ -233,3 +233,34 @@ def test_an_execution_listed_before_it_started_reads_as_running() -> None:
     assert Execution.status.fget(SimpleNamespace(exec_status=None)) == "RUNNING"  # type: ignore[attr-defined]
     done = SimpleNamespace(exec_status=ExecutionStatus.SUCCEEDED)
     assert Execution.status.fget(done) == "SUCCEEDED"  # type: ignore[attr-defined]
+
+
+def test_executions_looked_up_by_name_and_arn_answer_as_moto_does() -> None:
+    from infra.local import moto_stepfunctions
+
+    # The scans these replace: if moto indexes (or renames) them itself, this adapter must follow.
+    original_check = moto_stepfunctions._ORIGINAL_NAME_IDEMPOTENCY
+    assert "for execution in self.executions" in inspect.getsource(original_check)
+    assert "state_machine.executions" in inspect.getsource(moto_stepfunctions._ORIGINAL_DESCRIBE_EXECUTION)
+    moto_stepfunctions.install()
+    waiting = {"Type": "Wait", "Seconds": 60, "End": True}
+    with mock_aws():
+        sfn = boto3.client("stepfunctions", region_name="us-east-1")
+        machine = sfn.create_state_machine(
+            name="indexed",
+            definition=json.dumps({"StartAt": "Hold", "States": {"Hold": waiting}}),
+            roleArn="arn:aws:iam::123456789012:role/sfn",
+        )["stateMachineArn"]
+        first = sfn.start_execution(stateMachineArn=machine, name="order-1", input='{"n": 1}')["executionArn"]
+        for n in range(2, 6):
+            sfn.start_execution(stateMachineArn=machine, name=f"order-{n}", input=json.dumps({"n": n}))
+
+        again = sfn.start_execution(stateMachineArn=machine, name="order-1", input='{"n": 1}')["executionArn"]
+        assert again == first  # the same name and input while it runs: the same execution
+        with pytest.raises(sfn.exceptions.ExecutionAlreadyExists):
+            sfn.start_execution(stateMachineArn=machine, name="order-1", input='{"n": 2}')
+        assert sfn.describe_execution(executionArn=first)["input"] == '{"n": 1}'
+        with pytest.raises(sfn.exceptions.ExecutionDoesNotExist):
+            sfn.describe_execution(executionArn=first.replace("order-1", "order-9"))
+        assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 5
+        sfn.stop_execution(executionArn=first)
