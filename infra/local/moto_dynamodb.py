@@ -54,6 +54,8 @@ from moto.dynamodb.responses import DynamoHandler, DynamoResult
 _ORIGINAL_CALL_ACTION = DynamoHandler.call_action
 _ORIGINAL_TRANSACT_WRITE_ITEMS = DynamoDBBackend.transact_write_items
 _ORIGINAL_UPDATE_ITEM = DynamoDBBackend.update_item
+_ORIGINAL_ALL_ITEMS = Table.all_items
+_ORIGINAL_TABLE_QUERY = Table.query
 _ORIGINAL_UPDATE_EXPRESSION_PARSER = dynamodb_models.UpdateExpressionParser
 _ORIGINAL_LEX_CONDITION = ConditionExpressionParser._lex_condition_expression
 # False only while an update of a table without a stream runs (``_update_item``).
@@ -241,9 +243,53 @@ def _update_item(self: DynamoDBBackend, table_name: str, *args: Any, **kwargs: A
         _item_copy_needed = True
 
 
+# --------------------------------------------------------------------------- queries
+# moto answers every Query from ``Table.all_items()``: every item of the table, sorted, then the
+# partition picked out and sorted again. A reconciliation reads thousands of small partitions (the
+# provider's ledger, one per authorization) in a table of tens of thousands of items, so the final
+# check of a 10,000-order chaos run took many minutes of one core. While a Query runs, a table's
+# query reads only the named partition, and an index query the items unsorted (moto sorts what it
+# keeps by the index's keys anyway). Scans keep the sorted listing their pagination relies on.
+
+# Set while a Query runs (requests are serialized): (its partition, or None for an index query).
+_query_scope: tuple[DynamoType | None] | None = None
+
+
+def _all_items(self: Table) -> list[Item]:
+    scope = _query_scope
+    if scope is None:
+        return _ORIGINAL_ALL_ITEMS(self)
+    (partition,) = scope
+    if partition is not None:
+        found = self.items.get(partition)
+        if found is None:
+            return []
+        return list(found.values()) if self.range_key_attr else [found]  # type: ignore[list-item]
+    items: list[Item] = []
+    for hash_set in self.items.values():
+        if self.range_key_attr:
+            items.extend(hash_set.values())
+        else:
+            items.append(hash_set)  # type: ignore[arg-type]
+    return items
+
+
+def _table_query(self: Table, hash_key: DynamoType | None, *args: Any, **kwargs: Any) -> Any:
+    global _query_scope
+    # moto's backend passes index_name as the 8th positional argument (counting hash_key).
+    index_name = kwargs["index_name"] if "index_name" in kwargs else (args[6] if len(args) > 6 else None)
+    _query_scope = (hash_key if index_name is None else None,)
+    try:
+        return _ORIGINAL_TABLE_QUERY(self, hash_key, *args, **kwargs)
+    finally:
+        _query_scope = None
+
+
 def install() -> None:
     """Serialize moto's DynamoDB requests; transactions snapshot items, not tables; expressions
-    parsed once (idempotent)."""
+    parsed once; queries read their partition (idempotent)."""
+    Table.all_items = _all_items  # type: ignore[method-assign]
+    Table.query = _table_query  # type: ignore[method-assign]
     DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
     DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]

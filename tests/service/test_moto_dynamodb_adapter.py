@@ -3,7 +3,8 @@
 infra/local/moto_dynamodb.py snapshots only the items a transaction names (a cancelled transaction
 must leave nothing it wrote and touch nothing else, as on DynamoDB), and writes item answers with
 ``json.dumps`` instead of moto's model-driven serializer (the two must agree), and parses each
-expression text once (each request's values must still be the ones applied).
+expression text once (each request's values must still be the ones applied), and answers a Query
+from its partition (the same items, order and pages).
 """
 
 from __future__ import annotations
@@ -235,6 +236,62 @@ def test_an_update_still_gives_the_stream_its_old_image_and_other_tables_their_n
     assert (last["OldImage"]["count"], last["NewImage"]["count"]) == ({"N": "3"}, {"N": "7"})
     item = dynamodb.get_item(TableName="no-stream", Key=_key("n"))["Item"]
     assert item["count"] == {"N": "7"}
+
+
+def test_a_query_reads_its_partition_in_order_and_pages_as_before(dynamodb: Any) -> None:
+    dynamodb.update_table(
+        TableName=TABLE,
+        AttributeDefinitions=[{"AttributeName": "kind", "AttributeType": "S"}],
+        GlobalSecondaryIndexUpdates=[
+            {
+                "Create": {
+                    "IndexName": "ByKind",
+                    "KeySchema": [
+                        {"AttributeName": "kind", "KeyType": "HASH"},
+                        {"AttributeName": "sk", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            }
+        ],
+    )
+    for pk in ("ledger#2", "ledger#1", "ledger#3"):
+        for sk in ("capture#2", "authorization", "capture#1", "void#1"):
+            kind = {"S": "capture"} if sk.startswith("capture") else {"S": "other"}
+            dynamodb.put_item(TableName=TABLE, Item={**_key(pk, sk), "kind": kind})
+
+    def query(**request: Any) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        while True:
+            page = dynamodb.query(TableName=TABLE, Limit=2, **request)
+            found += [(item["pk"]["S"], item["sk"]["S"]) for item in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                return found
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    partition = {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": "ledger#1"}}}
+    assert query(**partition) == [("ledger#1", sk) for sk in ("authorization", "capture#1", "capture#2", "void#1")]
+    assert query(**partition, ScanIndexForward=False)[0] == ("ledger#1", "void#1")
+    prefix = {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :capture)",
+        "ExpressionAttributeValues": {":pk": {"S": "ledger#3"}, ":capture": {"S": "capture#"}},
+    }
+    assert query(**prefix) == [("ledger#3", "capture#1"), ("ledger#3", "capture#2")]
+    missing = {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": "ledger#9"}}}
+    assert query(**missing) == []
+    by_kind = {
+        "IndexName": "ByKind",
+        "KeyConditionExpression": "kind = :kind",
+        "ExpressionAttributeValues": {":kind": {"S": "capture"}},
+    }
+    assert sorted(query(**by_kind)) == [
+        (pk, sk) for pk in ("ledger#1", "ledger#2", "ledger#3") for sk in ("capture#1", "capture#2")
+    ]
+    scanned = dynamodb.scan(TableName=TABLE)["Items"]
+    assert [(i["pk"]["S"], i["sk"]["S"]) for i in scanned][:2] == [
+        ("ledger#1", "authorization"),
+        ("ledger#1", "capture#1"),
+    ]
 
 
 def test_the_dynamodb_process_exits_when_the_process_that_started_it_dies() -> None:
