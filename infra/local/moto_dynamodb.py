@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import os
 import queue
@@ -56,6 +57,7 @@ _ORIGINAL_TRANSACT_WRITE_ITEMS = DynamoDBBackend.transact_write_items
 _ORIGINAL_UPDATE_ITEM = DynamoDBBackend.update_item
 _ORIGINAL_ALL_ITEMS = Table.all_items
 _ORIGINAL_TABLE_QUERY = Table.query
+_QUERY_SIGNATURE = inspect.signature(Table.query)
 _ORIGINAL_UPDATE_EXPRESSION_PARSER = dynamodb_models.UpdateExpressionParser
 _ORIGINAL_LEX_CONDITION = ConditionExpressionParser._lex_condition_expression
 # False only while an update of a table without a stream runs (``_update_item``).
@@ -211,8 +213,8 @@ def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, 
 # expressions with new values; with its validation that was the largest part of its DynamoDB CPU.
 # The update expression's syntax tree is cached by its text (moto's validator deep-copies the tree
 # before it binds names and values, and the request checks only read it, so the cached tree is never
-# changed), and so are the tokens of
-# a condition expression (the parser builds new nodes from them; each call gets fresh ones).
+# changed), and so are the tokens of a condition expression (the parser builds new nodes from them;
+# each call gets fresh ones).
 
 
 class _CachedUpdateExpressionParser:
@@ -247,9 +249,10 @@ def _update_item(self: DynamoDBBackend, table_name: str, *args: Any, **kwargs: A
 # moto answers every Query from ``Table.all_items()``: every item of the table, sorted, then the
 # partition picked out and sorted again. A reconciliation reads thousands of small partitions (the
 # provider's ledger, one per authorization) in a table of tens of thousands of items, so the final
-# check of a 10,000-order chaos run took many minutes of one core. While a Query runs, a table's
-# query reads only the named partition, and an index query the items unsorted (moto sorts what it
-# keeps by the index's keys anyway). Scans keep the sorted listing their pagination relies on.
+# check of a 10,000-order chaos run was still at it, one core busy, 7 minutes after the orders.
+# While a Query runs, a table's query reads only the named partition, and an index query the items
+# unsorted (moto sorts what it keeps by the index's keys anyway). Scans keep the sorted listing
+# their pagination relies on.
 
 # Set while a Query runs (requests are serialized): (its partition, or None for an index query).
 _query_scope: tuple[DynamoType | None] | None = None
@@ -276,8 +279,8 @@ def _all_items(self: Table) -> list[Item]:
 
 def _table_query(self: Table, hash_key: DynamoType | None, *args: Any, **kwargs: Any) -> Any:
     global _query_scope
-    # moto's backend passes index_name as the 8th positional argument (counting hash_key).
-    index_name = kwargs["index_name"] if "index_name" in kwargs else (args[6] if len(args) > 6 else None)
+    # Bound by name: moto's backend passes index_name positionally.
+    index_name = _QUERY_SIGNATURE.bind(self, hash_key, *args, **kwargs).arguments.get("index_name")
     _query_scope = (hash_key if index_name is None else None,)
     try:
         return _ORIGINAL_TABLE_QUERY(self, hash_key, *args, **kwargs)

@@ -321,6 +321,8 @@ def test_a_late_event_of_a_replaced_execution_leaves_the_running_redrive_alone(s
     assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
     end = books(shop, order_id)
     assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
+    assert end.ours is not None and (end.ours.status, end.ours.captured_amount) == ("DECLINED", 0)
+    assert end.provider_entries("capture") == 0
 
 
 # ---------------------------------------------------------------------------- 4. cancel, and refunds that fail
