@@ -347,7 +347,8 @@ def _exchange(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]
     try:
         connection = _idle_connections.get_nowait()
     except queue.Empty:
-        assert _remote_address is not None
+        if _remote_address is None:
+            raise ConnectionRefusedError("the DynamoDB process has stopped") from None
         connection = Client(_remote_address, authkey=_remote_key)
     try:
         connection.send((headers, body))
@@ -471,6 +472,11 @@ class MotoDynamoDBProcess:
     def stop(self) -> None:
         from infra.local.dynamodb_local import stop_child_process
 
+        # First no request is handed to it any more: a thread still running (a scheduled function
+        # at shutdown) then fails to connect instead of connecting to a port nobody serves, where
+        # a connection that waits for the server's greeting can wait forever.
+        if _remote_address == self.connection_address:
+            remove_client_transport()
         stop_child_process(self.process)
 
 

@@ -342,3 +342,27 @@ def test_the_dynamodb_process_stops_cleanly() -> None:
     running = moto_dynamodb.MotoDynamoDBProcess.start()
     running.stop()
     assert running.process.returncode == 0  # no abort at shutdown from the thread that watches its parent
+
+
+def test_a_request_after_the_process_stopped_fails_at_once_instead_of_waiting_on_its_port() -> None:
+    from botocore.config import Config
+    from botocore.exceptions import EndpointConnectionError
+
+    running = moto_dynamodb.MotoDynamoDBProcess.start()
+    moto_dynamodb.install_client_transport(running)
+    try:
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=running.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=5),
+        )
+        assert client.list_tables()["TableNames"] == []  # handed to the process
+    finally:
+        running.stop()
+    # Stopping hands nothing more to the process: the request goes to its (closed) HTTP port.
+    assert moto_dynamodb.remote_endpoint is None
+    with pytest.raises(EndpointConnectionError):
+        client.list_tables()
