@@ -79,21 +79,33 @@ class Run:
 
 
 class SagaWatcher:
-    """The end of every saga, as the emulator announces it (a status-change event's detail)."""
+    """The end of every saga, as the emulator announces it (a status-change event's detail).
+
+    One event per awaited name, so an ending saga wakes only the client waiting for it (a shared
+    condition would wake every waiting client on every end, dozens at a time in `make chaos`)."""
 
     def __init__(self) -> None:
         self._ended: dict[str, dict[str, Any]] = {}
-        self._changed = threading.Condition()
+        self._waiting: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, detail: dict[str, Any]) -> None:
-        with self._changed:
+        with self._lock:
             self._ended[detail["name"]] = detail
-            self._changed.notify_all()
+            waiting = self._waiting.get(detail["name"])
+        if waiting is not None:
+            waiting.set()
 
     def ended(self, execution_name: str, timeout: float) -> dict[str, Any] | None:
         """The execution's end, waiting up to ``timeout`` seconds for it; None if it has not ended."""
-        with self._changed:
-            self._changed.wait_for(lambda: execution_name in self._ended, timeout)
+        with self._lock:
+            if execution_name in self._ended:
+                return self._ended[execution_name]
+            event = self._waiting.setdefault(execution_name, threading.Event())
+        event.wait(timeout)
+        with self._lock:
+            if self._waiting.get(execution_name) is event:
+                del self._waiting[execution_name]
             return self._ended.get(execution_name)
 
     def wait(self, execution_name: str, timeout: float) -> dict[str, Any]:

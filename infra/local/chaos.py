@@ -1,7 +1,7 @@
 """`make chaos`: a randomized, seeded workload against the local stack with faults at every seam,
 then everything healthy again, the sweepers and the redrives, then the books checked.
 
-    python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 48]
+    python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 72]
 
 1. Start the stack in this process (moto, free ports; moto's DynamoDB in a process of its own,
    its faults entering where the stack's clients hand it their requests), create scarce and plentiful SKUs.
@@ -65,6 +65,9 @@ class Workload:
     client_events: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # One keep-alive session per client thread, as a browser keeps its connection: a new connection
+    # per request costs the stack (in this process) a server thread each time.
+    sessions: threading.local = field(default_factory=threading.local)
 
     def headers(self, who: str, key: str | None = None) -> dict[str, str]:
         token = self.admin if who == "admin" else self.tokens[who]
@@ -77,6 +80,12 @@ class Workload:
         with self.lock:
             self.client_events[event] += 1
 
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self.sessions, "session", None)
+        if session is None:
+            session = self.sessions.session = requests.Session()
+        return session
+
     def post(self, path: str, headers: dict[str, str], body: Any = None) -> requests.Response:
         """A client that retries what a client should retry, with backoff, for up to 90 s: 5xx, no
         answer, and 409 "in progress" (a request whose answer was lost holds its Idempotency-Key
@@ -87,7 +96,7 @@ class Workload:
         while time.monotonic() < deadline:
             attempt += 1
             try:
-                response = requests.post(self.api + path, headers=headers, json=body, timeout=TIMEOUT)
+                response = self.session().post(self.api + path, headers=headers, json=body, timeout=TIMEOUT)
             except requests.RequestException as error:
                 last = f"no answer ({type(error).__name__}: {error})"[:300]
                 self.note("client_retry_no_answer")
@@ -227,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="light")
-    parser.add_argument("--concurrency", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=72)
     parser.add_argument("--redrive-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     # The expected warnings (orphans started, redrives) and one metric line per order would bury

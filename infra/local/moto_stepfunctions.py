@@ -102,8 +102,10 @@ def _syntax_tree(definition: str) -> Any:
 _STATEFUL_STATE_TYPES = frozenset({"Parallel", "Map"})
 
 
+@lru_cache(maxsize=64)
 def _has_stateful_states(definition: str) -> bool:
-    """Whether the definition has a Parallel or Map state (nested ones can only be inside those)."""
+    """Whether the definition has a Parallel or Map state (nested ones can only be inside those).
+    Cached: every execution and every redrive asks, and each definition is a few kilobytes of JSON."""
     try:
         states = json.loads(definition).get("States", {})
         return any(state.get("Type") in _STATEFUL_STATE_TYPES for state in states.values())

@@ -47,9 +47,9 @@ class PaymentSettings(BaseSettings):
     # operations (one per idempotency key, however often retried) were seen, at least
     # ``breaker_failure_rate_percent`` of them failed, and the failures came from at least
     # ``breaker_minimum_failing_sources`` distinct customers: one customer's failing card cannot
-    # starve every other order. Minimum calls are capped by the outcomes the breaker keeps (200).
+    # starve every other order. Minimum calls are capped by the outcomes the breaker keeps (100).
     breaker_failure_rate_percent: float = Field(default=50.0, gt=0, le=100)
-    breaker_minimum_calls: int = Field(default=10, ge=1, le=200)
+    breaker_minimum_calls: int = Field(default=10, ge=1, le=100)
     breaker_minimum_failing_sources: int = Field(default=3, ge=1)
     breaker_window_seconds: float = Field(default=60.0, gt=0)
     # How long an open breaker fails fast before one probe may go through; also how long a probe

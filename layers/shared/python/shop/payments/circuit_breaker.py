@@ -47,7 +47,9 @@ T = TypeVar("T")
 _CAS_ATTEMPTS = 5
 
 # Outcomes kept in the stored item: bounds its size (and a write's cost) however busy the window.
-MAX_OUTCOMES = 200
+# While the window holds a failure every payment call reads and rewrites them all, so their number
+# is most of a call's cost; 100 is Resilience4j's default window size, plenty to estimate a rate.
+MAX_OUTCOMES = 100
 
 
 class BreakerOutcome(Record):

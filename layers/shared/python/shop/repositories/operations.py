@@ -50,14 +50,20 @@ def _call(operation: str, **request: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- circuit breakers
+@functools.lru_cache(maxsize=4096)
+def _outcome(at: float, failed: int, source: str) -> BreakerOutcome:
+    # Two consecutive windows share all but their newest rows: each row's model is built once.
+    return BreakerOutcome(at=at, failed=bool(failed), source=source)
+
+
 @functools.lru_cache(maxsize=8)
 def _parsed_window(window: str) -> dict[str, BreakerOutcome]:
     """The window's outcomes; cached by the stored string, because every caller reads the same item
-    again and again between two writes (an open breaker's admissions, a call's admit-then-record)
-    and 200 outcomes are 200 models to build. Callers get a copy: the outcomes themselves are frozen."""
-    return {
-        key: BreakerOutcome(at=at, failed=bool(failed), source=source) for key, at, failed, source in json.loads(window)
-    }
+    again and again between two writes (an open breaker's admissions, a call's admit-then-record).
+    Each write changes the string, so the rows' models are cached too: 100 outcomes are 100 models
+    to build, most of them already built for the previous version. Callers get a copy: the outcomes
+    themselves are frozen, so sharing them is safe."""
+    return {key: _outcome(at, failed, source) for key, at, failed, source in json.loads(window)}
 
 
 class DynamoBreakerStore:
