@@ -23,11 +23,13 @@ interleaving of threads still varies); every injected fault is counted by kind.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -123,7 +125,8 @@ class FaultInjector:
     def __init__(self, profile: FaultProfile, seed: int) -> None:
         self.profile = profile
         self.injected: Counter[str] = Counter()
-        self._chances: Counter[str] = Counter()
+        # The chances each kind had so far, counted from 1.
+        self._chances: dict[str, Iterator[int]] = {kind: itertools.count(1) for kind in profile.kinds}
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._throttled_until = float("-inf")
@@ -135,15 +138,18 @@ class FaultInjector:
         probability = float(getattr(self.profile, kind))
         if not self.enabled or probability <= 0.0:
             return False
-        with self._lock:
-            self._chances[kind] += 1
-            hit = self._random.random() < probability
-            # Every kind of the profile is exercised: one that has not come up by COVERAGE_FLOOR
-            # times its expected wait is injected at the next chance. A run whose calls to one
-            # seam are few (e.g. an open breaker spares the provider) still proves that kind.
-            if not hit and not self.injected[kind]:
-                hit = self._chances[kind] >= COVERAGE_FLOOR / probability
-            if hit:
+        # No lock on this path, which every DynamoDB request and Lambda invoke takes (several
+        # times): under the GIL, next() on a count and random() are atomic, and a lock shared by
+        # a hundred threads costs more than the rolls themselves. Only a hit, which is rare, locks.
+        chances = next(self._chances[kind])
+        hit = self._random.random() < probability
+        # Every kind of the profile is exercised: one that has not come up by COVERAGE_FLOOR
+        # times its expected wait is injected at the next chance. A run whose calls to one
+        # seam are few (e.g. an open breaker spares the provider) still proves that kind.
+        if not hit and not self.injected[kind]:
+            hit = chances >= COVERAGE_FLOOR / probability
+        if hit:
+            with self._lock:
                 self.injected[kind] += 1
         return hit
 
