@@ -40,7 +40,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 
 from chalice import Blueprint, Chalice, Response
 from chalice.app import ChaliceViewError, Request
@@ -70,7 +70,6 @@ JSON = "application/json"
 # gateway's: a HEAD answer has no body to carry a problem).
 FALLBACK_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-Model = TypeVar("Model", bound=BaseModel)
 View = Callable[..., Response | BaseModel | Mapping[str, Any]]
 
 # Status codes Chalice answers by itself, to the error they stand for.
@@ -201,7 +200,7 @@ def _media_type(request: Request) -> tuple[str, dict[str, str]]:
     return media.lower(), params
 
 
-def parse_body(request: Request, model: type[Model]) -> Model:
+def parse_body[Model: BaseModel](request: Request, model: type[Model]) -> Model:
     """The request's JSON body as ``model``.
 
     413 over ``ApiSettings.max_body_bytes``; 415 unless ``Content-Type: application/json``
@@ -231,7 +230,7 @@ def parse_body(request: Request, model: type[Model]) -> Model:
         raise validation_error(error, "body") from None
 
 
-def parse_query(request: Request, model: type[Model]) -> Model:
+def parse_query[Model: BaseModel](request: Request, model: type[Model]) -> Model:
     """The query string as ``model``: 400 for unknown, repeated or invalid parameters."""
     params = request.query_params
     data: dict[str, str] = {}

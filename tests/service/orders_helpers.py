@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from chalice.test import Client
 
@@ -31,10 +31,8 @@ DEADLINE_SECONDS = 60.0
 POLL_SECONDS = 0.05
 TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
-_T = TypeVar("_T")
 
-
-def eventually(probe: Callable[[], _T | None], what: str, deadline: float = DEADLINE_SECONDS) -> _T:
+def eventually[T](probe: Callable[[], T | None], what: str, deadline: float = DEADLINE_SECONDS) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` after the deadline."""
     until = time.monotonic() + deadline
     while True:

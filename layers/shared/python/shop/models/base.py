@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -33,9 +32,6 @@ def iso_now() -> str:
     return utc_now().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-EventModel = TypeVar("EventModel", bound=BaseModel)
-
-
 def field_errors(error: ValidationError, root: str) -> list[dict[str, str]]:
     """pydantic's findings as ``{"field": "items.0.quantity", "message": ...}`` entries."""
     return [
@@ -44,7 +40,7 @@ def field_errors(error: ValidationError, root: str) -> list[dict[str, str]]:
     ]
 
 
-def parse_event(model: type[EventModel], event: object) -> EventModel:
+def parse_event[EventModel: BaseModel](model: type[EventModel], event: object) -> EventModel:
     """Validate a Lambda event; bad input is a FieldError (400) that names each field."""
     try:
         return model.model_validate(event)
