@@ -8,6 +8,7 @@ import pytest
 
 from shop.errors import CircuitOpen, PaymentDeclined, PaymentProviderError, RefundExceedsCapture
 from shop.models.money import Money
+from shop.observability import metrics
 from shop.payments.circuit_breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from shop.payments.provider import GuardedProvider, ProviderAuthorization, ProviderCapture
 from tests.conftest import FakeClock
@@ -465,3 +466,28 @@ def test_an_outcome_recorded_after_another_callers_write_re_reads(store: FakeSto
     fail(subject, "ord-2:authorize", "cust-2")
 
     assert list(store.load("payments").outcomes) == ["ord-1:authorize", "ord-9:authorize", "ord-2:authorize"]
+
+
+def opened_counts() -> list[float]:
+    recorded = metrics().metric_set.get("CircuitBreakerOpened")
+    return list(recorded["Value"]) if recorded else []
+
+
+def test_each_opening_counts_one_circuit_breaker_opened_metric(store: FakeStore, clock: FakeClock) -> None:
+    """The alarm on CircuitBreakerOpened (infra/template.yaml) counts these: one per transition to OPEN."""
+    metrics().clear_metrics()
+    subject = breaker(store, clock)
+
+    trip(subject)
+    with pytest.raises(CircuitOpen):  # failing fast opens nothing more
+        subject.call(lambda: None, key="ord-late:authorize", source="cust-late")
+    assert opened_counts() == [1.0]
+
+    clock.advance(POLICY.cooldown_seconds)
+    fail(subject, "ord-p:authorize", "cust-p")  # the failed probe re-opens it
+    assert opened_counts() == [1.0, 1.0]
+
+    clock.advance(POLICY.cooldown_seconds)
+    succeed(subject, "ord-q:authorize", "cust-q")  # the probe's success closes it: no count
+    assert opened_counts() == [1.0, 1.0]
+    metrics().clear_metrics()

@@ -14,6 +14,7 @@ Each discrepancy kind is published as a metric and the report is stored for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -27,7 +28,7 @@ from shop.models.base import iso_now
 from shop.models.orders import DeadLetter, Order
 from shop.models.payments import Payment
 from shop.models.reconciliation import CheckedCounts, Discrepancy, DiscrepancyAction, ReconciliationReport
-from shop.observability import dimensioned_metric, logger
+from shop.observability import dimensioned_metric, logger, metrics
 from shop.payments.provider import PaymentProvider
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories import audit, dead_letters, sagas, stock_discrepancies
@@ -137,8 +138,9 @@ def run(now: datetime | None = None, *, quiescent: bool = False) -> Reconciliati
         found += checks.check_executions(name for machine in machines for name in sagas.running(machine))
     found = _repair_ledgers(found, snapshot, provider)
     found = _dead_letter(found, snapshot)
+    open_letters = open_dead_letters(snapshot.dead_letters, found)
     found = _letter_stock(found, snapshot, started_at)
-    _publish(found)
+    _publish(found, open_letters)
     settled = checks.settled_orders(snapshot.orders, settled_before)
     report = ReconciliationReport(
         started_at=started_at,
@@ -246,12 +248,21 @@ def _open_dead_letter(order: Order, discrepancies: list[Discrepancy]) -> Discrep
     return "dead_lettered"
 
 
-def _publish(found: list[Discrepancy]) -> None:
+def open_dead_letters(letters: Mapping[str, DeadLetter], found: list[Discrepancy]) -> int:
+    """The orders' dead letters an operator still has to act on: those OPEN when the run read them,
+    plus those this run opened (a letter being redriven is in hand)."""
+    opened = {d.order_id for d in found if d.action == "dead_lettered" and d.order_id is not None}
+    return len({order_id for order_id, letter in letters.items() if letter.status == "OPEN"} | opened)
+
+
+def _publish(found: list[Discrepancy], open_letters: int) -> None:
     counts: dict[str, int] = {}
     for discrepancy in found:
         counts[discrepancy.kind] = counts.get(discrepancy.kind, 0) + 1
     for kind, count in sorted(counts.items()):
         dimensioned_metric("ReconciliationDiscrepancies", MetricUnit.Count, count, kind=kind)
+    # A level, published every run (zero included), for the "dead letters open" alarm.
+    metrics().add_metric(name="DeadLettersOpen", unit=MetricUnit.Count, value=open_letters)
     if found:
         logger().warning("reconciliation found discrepancies", extra={"discrepancies": counts})
 

@@ -33,12 +33,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import Field
 
 from shop.errors import CircuitOpen, ShopError, TransientError
 from shop.models.base import Record
 from shop.models.payments import BreakerStateName
-from shop.observability import logger
+from shop.observability import logger, metrics
 
 T = TypeVar("T")
 
@@ -246,6 +247,9 @@ class CircuitBreaker:
                             "failing_sources": stats.failing_sources,
                         },
                     )
+                    if updated.state == "OPEN":
+                        # Alarmed on (infra/template.yaml): payments fail fast until a probe succeeds.
+                        metrics().add_metric(name="CircuitBreakerOpened", unit=MetricUnit.Count, value=1)
                 return
 
     def _next_state(
