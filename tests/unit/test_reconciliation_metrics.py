@@ -65,10 +65,17 @@ def test_dead_letters_open_is_published_every_run_zero_included(published: None)
     reconciliation_job._publish([], 0)
 
     assert metrics().metric_set["DeadLettersOpen"]["Value"] == [0.0]
-    assert "ReconciliationDiscrepancies" not in metrics().metric_set
+    assert metrics().metric_set["ReconciliationDiscrepanciesOutstanding"]["Value"] == [0.0]
 
 
-def test_a_run_publishes_its_open_letters(published: None) -> None:
-    reconciliation_job._publish([discrepancy("o-new", "dead_lettered")], 3)
+def test_a_run_publishes_its_open_letters_and_what_it_did_not_repair(published: None) -> None:
+    found = [
+        discrepancy("o-new", "dead_lettered"),
+        discrepancy("o-old", "dead_letter_already_open"),
+        discrepancy("o-lag", "repaired"),
+    ]
+
+    reconciliation_job._publish(found, 3)
 
     assert metrics().metric_set["DeadLettersOpen"]["Value"] == [3.0]
+    assert metrics().metric_set["ReconciliationDiscrepanciesOutstanding"]["Value"] == [2.0]

@@ -261,7 +261,10 @@ def _publish(found: list[Discrepancy], open_letters: int) -> None:
         counts[discrepancy.kind] = counts.get(discrepancy.kind, 0) + 1
     for kind, count in sorted(counts.items()):
         dimensioned_metric("ReconciliationDiscrepancies", MetricUnit.Count, count, kind=kind)
-    # A level, published every run (zero included), for the "dead letters open" alarm.
+    # Levels, published every run (zero included), for the alarms: what is left for an operator
+    # (a ledger the run repaired is not), and the orders' dead letters waiting for a redrive.
+    outstanding = sum(discrepancy.action != "repaired" for discrepancy in found)
+    metrics().add_metric(name="ReconciliationDiscrepanciesOutstanding", unit=MetricUnit.Count, value=outstanding)
     metrics().add_metric(name="DeadLettersOpen", unit=MetricUnit.Count, value=open_letters)
     if found:
         logger().warning("reconciliation found discrepancies", extra={"discrepancies": counts})
