@@ -62,7 +62,7 @@ from shop.errors import (
     UnsupportedMediaType,
 )
 from shop.models.base import field_errors
-from shop.observability import logger
+from shop.observability import bind_request_ids, clear_request_ids, logger
 
 PROBLEM_TYPE_PREFIX = "urn:shop:problem:"
 JSON = "application/json"
@@ -387,11 +387,24 @@ def _current_request(api: Chalice | Blueprint) -> Request:
 def install(app: Chalice) -> None:
     """Add the problem+json middleware and the 405 answers; call once, after every route is registered."""
     allowed_by_path = {path: sorted(methods) for path, methods in app.routes.items()}
+    # Registered first, so it is the outermost: the problem middleware's log lines carry the ids too.
+    app.register_middleware(_with_request_ids, "http")
     app.register_middleware(_with_method_check(allowed_by_path), "http")
     for path, methods in list(app.routes.items()):
         missing = [method for method in FALLBACK_METHODS if method not in methods]
         if missing:
             _register_method_not_allowed(app, path, allowed_by_path[path], missing)
+
+
+def _with_request_ids(request: Request | None, get_response: Callable[[Request | None], Response]) -> Response:
+    """Every log line written while answering carries Lambda's request id and API Gateway's."""
+    if request is None:
+        return get_response(request)
+    bind_request_ids(request.lambda_context, request.context.get("requestId"))
+    try:
+        return get_response(request)
+    finally:
+        clear_request_ids()
 
 
 def _method_not_allowed(method: str, path: str, allowed: list[str]) -> Response:

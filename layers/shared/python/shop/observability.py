@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
@@ -50,6 +51,25 @@ def dimensioned_metric(name: str, unit: MetricUnit, value: float, **dimensions: 
     with single_metric(name=name, unit=unit, value=value) as metric:
         for key, dimension in dimensions.items():
             metric.add_dimension(name=key, value=dimension)
+
+
+def bind_request_ids(lambda_context: Any, correlation_id: str | None) -> None:
+    """From now on this thread's log lines carry the invocation's ids, as Powertools'
+    ``inject_lambda_context`` adds them (``function_request_id``, ``function_name``, ...) plus
+    ``correlation_id`` (API Gateway's request id, when there is one).
+
+    Thread-local keys, not ``inject_lambda_context``'s process-wide ones: the local servers
+    answer concurrent requests from one process. ``clear_request_ids`` ends the request.
+    """
+    keys: dict[str, object] = {"correlation_id": correlation_id} if correlation_id else {}
+    if lambda_context is not None:
+        keys.update(build_lambda_context_model(lambda_context).__dict__)
+    logger().thread_safe_clear_keys()
+    logger().thread_safe_append_keys(**keys)
+
+
+def clear_request_ids() -> None:
+    logger().thread_safe_clear_keys()
 
 
 def instrumented(func: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:
