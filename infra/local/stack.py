@@ -42,6 +42,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--api-port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--aws-port", type=int, default=4566)
+    # `make run` fixes it (4567) so `chalice local` can be pointed at a known issuer (README).
+    parser.add_argument("--identity-port", type=int, default=0, help="the dev token issuer's port (0: a free one)")
     parser.add_argument("--state-dir", type=Path, default=REPO_ROOT / ".local")
     parser.add_argument("--no-seed", action="store_true", help="deploy an empty catalog")
     parser.add_argument(
@@ -194,6 +196,7 @@ def start_stack(
     host: str = "127.0.0.1",
     api_port: int = 8000,
     aws_port: int = 4566,
+    identity_port: int = 0,
     state_dir: Path = REPO_ROOT / ".local",
     seed: bool = True,
     parameters: dict[str, str] | None = None,
@@ -224,7 +227,7 @@ def start_stack(
         cleanups += _start_emulator(host, aws_port)
         aws = Session(region_name=REGION, localstack_host=f"{host}:{aws_port}")
         identity = DevIdentityProvider.create(state_dir / "dev-idp")
-        identity.serve()
+        identity.serve(port=identity_port)
         cleanups.append(identity.close)
         deployed = deploy(
             dynamodb=_dynamodb_client(dynamodb_endpoint) if dynamodb_endpoint else aws.client("dynamodb"),
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         api_port=args.api_port,
         aws_port=args.aws_port,
+        identity_port=args.identity_port,
         state_dir=args.state_dir,
         seed=not args.no_seed,
         parameters=parameters,
@@ -296,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  AWS emulator:  {stack.aws_endpoint}  (LocalStack edge port; moto)\n"
             f"  Dev tokens:    {stack.tokens_path}\n"
             f"  Demo catalog:  {stack.seeded} products\n"
+            f"  chalice local: AWS_ENDPOINT_URL={stack.aws_endpoint}"
+            f" AUTH_ISSUER={stack.deployed.api_environment['AUTH_ISSUER']} .venv/bin/chalice local --port 8001\n"
             f"Ctrl-C stops everything.",
             flush=True,
         )
