@@ -1,0 +1,303 @@
+"""The alarms of infra/template.yaml: every operational signal has one, each notifies the topic with a
+threshold the deployer sets, and each alarm on a custom metric names a metric the code emits, with
+the dimensions it is emitted with (an alarm on a series nobody publishes never fires)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.template import API_HANDLER, REPO_ROOT, load_template, resources_of_type
+
+ALARM = "AWS::CloudWatch::Alarm"
+FUNCTION = "AWS::Serverless::Function"
+LAYER_ROOT = REPO_ROOT / "layers" / "shared" / "python"
+# The calls that publish a metric (Powertools' and ours); their other keywords are dimensions.
+EMITTERS = {"add_metric", "single_metric", "dimensioned_metric", "_emit"}
+NOT_DIMENSIONS = {"name", "unit", "value", "resolution", "namespace", "default_dimensions"}
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One metric an alarm reads. Dimension values are as written (a string or an intrinsic)."""
+
+    namespace: str
+    name: str
+    dimensions: tuple[tuple[str, str], ...]
+
+    def dimension(self, key: str) -> str | None:
+        return dict(self.dimensions).get(key)
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _watched(namespace: str, name: str, dimensions: list[dict[str, Any]] | None) -> Watched:
+    pairs = tuple(sorted((d["Name"], _value(d["Value"])) for d in dimensions or []))
+    return Watched(namespace, name, pairs)
+
+
+def watched_by(alarm: dict[str, Any]) -> list[Watched]:
+    properties = alarm["Properties"]
+    if "MetricName" in properties:
+        return [_watched(properties["Namespace"], properties["MetricName"], properties.get("Dimensions"))]
+    return [
+        _watched(
+            query["MetricStat"]["Metric"]["Namespace"],
+            query["MetricStat"]["Metric"]["MetricName"],
+            query["MetricStat"]["Metric"].get("Dimensions"),
+        )
+        for query in properties["Metrics"]
+        if "MetricStat" in query
+    ]
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return resources_of_type(template, ALARM)
+
+
+def alarms_watching(alarms: dict[str, dict[str, Any]], namespace: str, name: str) -> dict[str, list[Watched]]:
+    every = {logical_id: watched_by(alarm) for logical_id, alarm in alarms.items()}
+    return {
+        logical_id: metrics
+        for logical_id, metrics in every.items()
+        if any(m.namespace == namespace and m.name == name for m in metrics)
+    }
+
+
+def ref(logical_id: str) -> str:
+    return _value({"Ref": logical_id})
+
+
+# ---------------------------------------------------------------------------- every signal has an alarm
+@pytest.mark.parametrize(
+    "metric",
+    [
+        "OrdersNeedingAttention",
+        "CircuitBreakerOpened",
+        "DeadLettersOpen",
+        "ReconciliationDiscrepanciesOutstanding",
+    ],
+)
+def test_each_custom_signal_has_an_alarm_of_its_own(alarms: dict[str, dict[str, Any]], metric: str) -> None:
+    watching = alarms_watching(alarms, "Shop", metric)
+    assert any({m.name for m in metrics} == {metric} for metrics in watching.values()), watching
+
+
+def test_the_checkout_failure_rate_is_the_shops_failures_over_every_finished_checkout(
+    alarms: dict[str, dict[str, Any]],
+) -> None:
+    (alarm,) = [alarm for alarm in alarms.values() if "failure-rate" in json.dumps(alarm["Properties"]["AlarmName"])]
+    metrics = watched_by(alarm)
+    reasons = {m.dimension("reason") for m in metrics if m.name == "OrdersCancelled"}
+    assert reasons == {"OUT_OF_STOCK", "PAYMENT_DECLINED", "PAYMENT_UNAVAILABLE", "CANCELLED_BY_CUSTOMER"}
+    assert {m.name for m in metrics} == {"OrdersCompleted", "OrdersNeedingAttention", "OrdersCancelled"}
+    returned = [q for q in alarm["Properties"]["Metrics"] if q.get("ReturnData", True)]
+    assert len(returned) == 1 and "Expression" in returned[0]
+
+
+@pytest.mark.parametrize("machine", ["CheckoutStateMachine", "RefundStateMachine"])
+def test_each_saga_alarms_on_executions_failed_and_timed_out(alarms: dict[str, dict[str, Any]], machine: str) -> None:
+    assert any(
+        {(m.name, m.dimension("StateMachineArn")) for m in metrics}
+        == {("ExecutionsFailed", ref(machine)), ("ExecutionsTimedOut", ref(machine))}
+        for metrics in map(watched_by, alarms.values())
+    )
+
+
+def test_api_5xx_names_the_api_chalice_deploys(alarms: dict[str, dict[str, Any]]) -> None:
+    config = json.loads((REPO_ROOT / ".chalice" / "config.json").read_text())
+    (metrics,) = alarms_watching(alarms, "AWS/ApiGateway", "5XXError").values()
+    assert metrics == [
+        Watched("AWS/ApiGateway", "5XXError", (("ApiName", config["app_name"]), ("Stage", config["api_gateway_stage"])))
+    ]
+
+
+def test_lambda_errors_include_the_api_and_throttles_are_alarmed(alarms: dict[str, dict[str, Any]]) -> None:
+    errors = [m for metrics in alarms_watching(alarms, "AWS/Lambda", "Errors").values() for m in metrics]
+    assert Watched("AWS/Lambda", "Errors", (("FunctionName", ref(API_HANDLER)),)) in errors
+    assert alarms_watching(alarms, "AWS/Lambda", "Throttles")
+
+
+def test_lambda_errors_name_only_functions_of_the_template(
+    template: dict[str, Any], alarms: dict[str, dict[str, Any]]
+) -> None:
+    functions = {ref(name) for name in resources_of_type(template, FUNCTION)} | {ref(API_HANDLER)}
+    errors = [m for metrics in alarms_watching(alarms, "AWS/Lambda", "Errors").values() for m in metrics]
+    assert {m.dimension("FunctionName") for m in errors} <= functions
+
+
+@pytest.mark.parametrize("metric", ["ReadThrottleEvents", "WriteThrottleEvents"])
+def test_every_table_is_watched_for_throttles(
+    template: dict[str, Any], alarms: dict[str, dict[str, Any]], metric: str
+) -> None:
+    watched = {m.dimension("TableName") for ms in alarms_watching(alarms, "AWS/DynamoDB", metric).values() for m in ms}
+    assert watched == {ref(table) for table in resources_of_type(template, "AWS::DynamoDB::Table")}
+
+
+# ---------------------------------------------------------------------------- notification and thresholds
+def test_every_alarm_notifies_the_topic_when_it_fires_and_recovers(
+    template: dict[str, Any], alarms: dict[str, dict[str, Any]]
+) -> None:
+    assert template["Resources"]["AlarmTopic"]["Type"] == "AWS::SNS::Topic"
+    for logical_id, alarm in alarms.items():
+        properties = alarm["Properties"]
+        assert properties["AlarmActions"] == [{"Ref": "AlarmTopic"}], logical_id
+        assert properties["OKActions"] == [{"Ref": "AlarmTopic"}], logical_id
+
+
+def test_every_threshold_is_a_numeric_parameter(template: dict[str, Any], alarms: dict[str, dict[str, Any]]) -> None:
+    parameters = template["Parameters"]
+    for logical_id, alarm in alarms.items():
+        threshold = alarm["Properties"]["Threshold"]
+        assert isinstance(threshold, dict) and set(threshold) == {"Ref"}, logical_id
+        assert parameters[threshold["Ref"]]["Type"] == "Number", logical_id
+
+
+def test_the_email_subscription_exists_only_when_an_address_is_given(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["AlarmEmail"]["Default"] == ""
+    assert template["Conditions"]["HasAlarmEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}
+    subscription = template["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"] == {
+        "TopicArn": {"Ref": "AlarmTopic"},
+        "Protocol": "email",
+        "Endpoint": {"Ref": "AlarmEmail"},
+    }
+
+
+# ---------------------------------------------------------------------------- custom metrics exist
+@dataclass(frozen=True)
+class Emission:
+    module: str
+    metric: str
+    dimensions: frozenset[str]  # besides Powertools' `service`
+
+
+def _module_files() -> dict[str, Path]:
+    files = {".".join(p.relative_to(LAYER_ROOT).with_suffix("").parts): p for p in (LAYER_ROOT / "shop").rglob("*.py")}
+    files |= {
+        ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts): p for p in (REPO_ROOT / "chalicelib").rglob("*.py")
+    }
+    return {name.removesuffix(".__init__"): path for name, path in files.items()}
+
+
+@cache
+def _modules() -> dict[str, Path]:
+    return _module_files()
+
+
+@cache
+def _imports(path: Path) -> set[str]:
+    """The local modules a file imports (``from shop.domain import payments`` is shop.domain.payments)."""
+    modules = _modules()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                child = f"{node.module}.{alias.name}"
+                found.add(child if child in modules else node.module)
+    return {name for name in found if name in modules}
+
+
+@cache
+def reachable(entry: Path) -> set[str]:
+    """Every local module an entry point's imports reach."""
+    seen: set[str] = set()
+    pending = list(_imports(entry))
+    while pending:
+        module = pending.pop()
+        if module not in seen:
+            seen.add(module)
+            pending += _imports(_modules()[module])
+    return seen
+
+
+@cache
+def emissions() -> tuple[Emission, ...]:
+    return tuple(_scan())
+
+
+def _scan() -> Iterator[Emission]:
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if callee not in EMITTERS:
+                continue
+            names = [kw.value for kw in node.keywords if kw.arg == "name"] + node.args[:1]
+            if names and isinstance(names[0], ast.Constant) and isinstance(names[0].value, str):
+                dimensions = frozenset(kw.arg for kw in node.keywords if kw.arg and kw.arg not in NOT_DIMENSIONS)
+                yield Emission(module, names[0].value, dimensions)
+
+
+def services_running(template: dict[str, Any], module: str) -> set[str]:
+    """POWERTOOLS_SERVICE_NAME of every function whose code reaches ``module``."""
+    entries = {API_HANDLER: REPO_ROOT / "app.py"} | {
+        name: REPO_ROOT / resource["Properties"]["CodeUri"] / "app.py"
+        for name, resource in resources_of_type(template, FUNCTION).items()
+    }
+    return {
+        template["Resources"][name]["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+        for name, entry in entries.items()
+        if module in reachable(entry)
+    }
+
+
+def test_the_source_scan_finds_the_metrics_it_should() -> None:
+    """The scan itself: a known plain metric and a known dimensioned one."""
+    found = {(e.metric, e.dimensions) for e in emissions()}
+    assert ("OrdersNeedingAttention", frozenset()) in found
+    assert ("ReconciliationDiscrepancies", frozenset({"kind"})) in found
+
+
+def test_custom_metrics_are_in_the_namespace_the_functions_publish_to(
+    template: dict[str, Any], alarms: dict[str, dict[str, Any]]
+) -> None:
+    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    custom = {m.namespace for metrics in map(watched_by, alarms.values()) for m in metrics}
+    assert custom - {"AWS/States", "AWS/ApiGateway", "AWS/Lambda", "AWS/DynamoDB"} == {namespace}
+
+
+def test_every_custom_metric_alarmed_on_is_emitted_with_those_dimensions(
+    template: dict[str, Any], alarms: dict[str, dict[str, Any]]
+) -> None:
+    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    emitted = list(emissions())
+    for logical_id, alarm in alarms.items():
+        for metric in (m for m in watched_by(alarm) if m.namespace == namespace):
+            keys = {key for key, _ in metric.dimensions}
+            matching = [e for e in emitted if e.metric == metric.name and {"service", *e.dimensions} == keys]
+            assert matching, f"{logical_id}: no code emits {metric.name} with dimensions {sorted(keys)}"
+            services = set().union(*(services_running(template, e.module) for e in matching))
+            assert metric.dimension("service") in services, f"{logical_id}: {metric} is emitted by {services}"
+
+
+def test_the_dashboard_reads_only_metrics_the_alarms_read_or_the_code_emits(template: dict[str, Any]) -> None:
+    """Its body is !Sub text: with the substitutions blanked out it is JSON."""
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
+    emitted = {e.metric for e in emissions()}
+    shown = {m[1] for w in widgets if w["type"] == "metric" for m in w["properties"]["metrics"] if m[0] == "Shop"}
+    assert {"SagaDuration", "OrdersCompleted"} <= shown
+    assert shown <= emitted
+    alarm_widget = next(w for w in widgets if w["type"] == "alarm")
+    assert len(alarm_widget["properties"]["alarms"]) == len(resources_of_type(template, ALARM))
