@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from chalicelib import http, openapi
 from chalicelib.admin import admin
 from chalicelib.catalog import catalog
+from chalicelib.console import console
 from chalicelib.orders import orders
 
 app = Chalice(app_name="shop")
@@ -21,6 +22,7 @@ app = Chalice(app_name="shop")
 app.register_blueprint(catalog)
 app.register_blueprint(orders)
 app.register_blueprint(admin)
+app.register_blueprint(console)
 
 
 class Health(BaseModel):

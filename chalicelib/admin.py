@@ -1,5 +1,5 @@
-"""Operator routes: the sagas' dead letters (list, redrive), the stock discrepancy letters, the payment
-circuit breaker and the last reconciliation report."""
+"""Operator routes: every customer's orders (filtered), the sagas' dead letters (list, redrive), the stock
+levels and discrepancy letters, the payment circuit breaker and the last reconciliation report."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from chalice import Blueprint, Response
 from chalicelib import http
 from shop.auth import Principal
 from shop.domain import operations, payments, reconciliation_job
+from shop.domain import orders as order_domain
 from shop.errors import ReconciliationReportNotFound
 from shop.models.base import Record, StrictModel
+from shop.models.catalog import StockLevelPage
 from shop.models.common import OrderId
-from shop.models.orders import DeadLetter, DeadLetterPage
+from shop.models.orders import DeadLetter, DeadLetterPage, OrderFilter, OrderPage
 from shop.models.payments import CircuitBreakerStatus
 from shop.models.reconciliation import ReconciliationReport, StockDiscrepancyPage
 from shop.pagination import NextToken, PageLimit
@@ -22,7 +24,7 @@ _TAGS = ("operations",)
 
 
 class LetterPageQuery(StrictModel):
-    """A page of letters (dead letters or stock discrepancy letters)."""
+    """A page of an unfiltered listing (dead letters, stock discrepancy letters, stock levels)."""
 
     limit: PageLimit = 20
     next_token: NextToken | None = None
@@ -30,6 +32,50 @@ class LetterPageQuery(StrictModel):
 
 class CircuitBreakerList(Record):
     items: list[CircuitBreakerStatus]
+
+
+class AdminOrderQuery(OrderFilter, LetterPageQuery):
+    """``GET /admin/orders`` query string: the filter and the page."""
+
+
+@http.route(
+    admin,
+    "/admin/orders",
+    "GET",
+    summary="List every customer's orders, filtered (admin)",
+    description=(
+        "Filters: `status`, `reason` (the failure reason), `customer` (the customer id), `since` and `until` "
+        "(RFC 3339 date-times bounding the creation time, inclusive; `since` must not be after `until`). "
+        "With `customer` or `status` the orders come newest first from an index; with neither, every order "
+        "is scanned and each page is sorted on its own. A page may hold fewer than `limit` orders while a "
+        "`next_token` follows; pass it back with the same filters."
+    ),
+    auth="admin",
+    query=AdminOrderQuery,
+    responses={200: OrderPage},
+    tags=_TAGS,
+)
+def list_all_orders(query: AdminOrderQuery, principal: Principal) -> Response:
+    found = OrderFilter.model_validate(query.model_dump(include=set(OrderFilter.model_fields)))
+    return http.json_response(order_domain.list_all_orders(found, limit=query.limit, next_token=query.next_token))
+
+
+@http.route(
+    admin,
+    "/admin/stock",
+    "GET",
+    summary="Every product's stock level, low stock flagged (admin)",
+    description=(
+        "Active and inactive products with their available units; `low_stock` when `available` is at or below "
+        "`low_stock_threshold`."
+    ),
+    auth="admin",
+    query=LetterPageQuery,
+    responses={200: StockLevelPage},
+    tags=_TAGS,
+)
+def stock_levels(query: LetterPageQuery, principal: Principal) -> Response:
+    return http.json_response(operations.stock_levels(limit=query.limit, next_token=query.next_token))
 
 
 @http.route(

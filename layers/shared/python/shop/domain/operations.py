@@ -1,4 +1,5 @@
-"""What operators do: list the dead letters and redrive one; list the stock discrepancy letters.
+"""What operators do: list the dead letters and redrive one; list the stock discrepancy letters; read the
+stock levels.
 
 A redrive restarts the saga where the dead letter says, once per redrive: the checkout machine at
 ``ReconcilePayment`` (it resumes from what the provider says happened to the payment), or the
@@ -7,17 +8,20 @@ refund machine from its start.
 
 from __future__ import annotations
 
+from shop.config import inventory_settings
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import DeadLetterNotFound
 from shop.models.base import iso_now
+from shop.models.catalog import StockLevel, StockLevelPage
 from shop.models.orders import DeadLetter, DeadLetterPage, Failure
 from shop.models.reconciliation import StockDiscrepancyPage
 from shop.pagination import decode_token, encode_token
-from shop.repositories import dead_letters, sagas, stock_discrepancies
+from shop.repositories import catalog, dead_letters, sagas, stock_discrepancies
 from shop.repositories import orders as repository
 
 DEAD_LETTERS_LISTING = "dead-letters"
 STOCK_DISCREPANCIES_LISTING = "stock-discrepancies"
+STOCK_LEVELS_LISTING = "stock-levels"
 
 
 def list_dead_letters(*, limit: int, next_token: str | None) -> DeadLetterPage:
@@ -32,6 +36,32 @@ def list_stock_discrepancies(*, limit: int, next_token: str | None) -> StockDisc
     start = decode_token(STOCK_DISCREPANCIES_LISTING, next_token, binding)
     letters, last_key = stock_discrepancies.list_page(limit=limit, start_key=start)
     return StockDiscrepancyPage(items=letters, next_token=encode_token(STOCK_DISCREPANCIES_LISTING, last_key, binding))
+
+
+def low_stock_threshold() -> int:
+    """Available units at or below which a product is low on stock (a runtime setting)."""
+    return inventory_settings().low_stock_threshold
+
+
+def stock_levels(*, limit: int, next_token: str | None) -> StockLevelPage:
+    """Every product's available stock (inactive ones too), each flagged when low."""
+    binding: dict[str, str | int | None] = {}
+    start = decode_token(STOCK_LEVELS_LISTING, next_token, binding)
+    products, last_key = catalog.scan_products(limit, start)
+    threshold = low_stock_threshold()
+    levels = [
+        StockLevel(
+            sku=product.sku,
+            name=product.name,
+            active=product.active,
+            available=product.available,
+            low_stock=product.available <= threshold,
+        )
+        for product in sorted(products, key=lambda product: product.sku)
+    ]
+    return StockLevelPage(
+        items=levels, low_stock_threshold=threshold, next_token=encode_token(STOCK_LEVELS_LISTING, last_key, binding)
+    )
 
 
 def redrive(order_id: str) -> DeadLetter:

@@ -44,6 +44,7 @@ from shop.models.orders import (
     Order,
     OrderLine,
     OrderPage,
+    OrderFilter,
     OrderSubmission,
     OrderView,
     PaymentView,
@@ -58,6 +59,7 @@ from shop.saga_terms import Step
 ORDERS_LISTING = "orders"
 DEAD_LETTERS_LISTING = "dead-letters"
 # Long enough to cover any client's retries; after it a repeated key + body still finds the same
+ALL_ORDERS_LISTING = "all-orders"
 # order (its id is derived from them), so nothing is ever placed twice.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 _ORDER_ID_NAMESPACE = uuid.UUID("5b0f7a52-3c1e-4d8e-9a57-2f6f5f0c8e11")
@@ -242,6 +244,17 @@ def request_cancellation(order_id: str, principal: Principal) -> OrderView:
     _owned(order_id, principal)
     now = iso_now()
     decisions: list[lifecycle.CancelDecision] = []
+
+def list_all_orders(found: OrderFilter, *, limit: int, next_token: str | None) -> OrderPage:
+    """Every customer's orders narrowed by ``found`` (the operators' view); a token is bound to the filter."""
+    binding: dict[str, str | int | None] = found.model_dump()
+    start = decode_token(ALL_ORDERS_LISTING, next_token, binding)
+    orders, last_key = repository.list_filtered(found, limit=limit, start_key=start)
+    return OrderPage(
+        items=[order.view(_payment(order.order_id)) for order in orders],
+        next_token=encode_token(ALL_ORDERS_LISTING, last_key, binding),
+    )
+
 
     def decide(current: Order) -> Order | None:
         decision = lifecycle.decide_cancel(current, now)

@@ -159,6 +159,22 @@ class ProductPage(Record):
     next_token: str | None
 
 
+class StockLevel(Record):
+    """A product's stock as operators see it (inactive products too)."""
+
+    sku: str
+    name: str
+    active: bool
+    available: int
+    low_stock: bool
+
+
+class StockLevelPage(Record):
+    items: list[StockLevel]
+    low_stock_threshold: int
+    next_token: str | None
+
+
 class StockLedgerEntry(Record):
     """One audited stock adjustment in StockLedgerTable (``entry_id`` sorts by time)."""
 

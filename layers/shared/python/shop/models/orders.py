@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
-from shop.models.common import MAX_LINES, ExecutionName, Line, OrderId, PaymentToken
+from shop.models.common import MAX_LINES, PRINTABLE_PATTERN, ExecutionName, Line, OrderId, PaymentToken
 from shop.models.money import Money
 
 StepName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
@@ -172,6 +172,40 @@ class OrderView(Record):
 class OrderPage(Record):
     items: list[OrderView]
     next_token: str | None
+
+
+def _utc_timestamp(value: str) -> str:
+    """An RFC 3339 date-time as stored timestamps are written (UTC, milliseconds, Z), so it compares as text."""
+    try:
+        parsed = _DATE_TIME.validate_python(value)
+        return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError("must be a date-time within years 1-9999 in UTC") from None
+
+
+_DATE_TIME: TypeAdapter[AwareDatetime] = TypeAdapter(AwareDatetime)
+Timestamp = Annotated[
+    str,
+    Field(json_schema_extra={"format": "date-time"}, description="An RFC 3339 date-time with its offset."),
+    AfterValidator(_utc_timestamp),
+]
+CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
+
+
+class OrderFilter(StrictModel):
+    """What an operator narrows the orders to; ``since``/``until`` bound the creation time (inclusive)."""
+
+    status: OrderStatus | None = None
+    reason: FailureReason | None = None
+    customer: CustomerId | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> OrderFilter:
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ValueError("since must not be after until")
+        return self
 
 
 # ---------------------------------------------------------------------------- sagas

@@ -192,6 +192,15 @@ def query_active(
     return products, response.get("LastEvaluatedKey")
 
 
+def scan_products(limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[Product], dict[str, Any] | None]:
+    """One page of every product, active or not (no index holds the inactive ones), in no order."""
+    request: dict[str, Any] = {"TableName": table_settings().products_table, "Limit": limit}
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    response = _call("scan", **request)
+    return [to_product(item) for item in response.get("Items", [])], response.get("LastEvaluatedKey")
+
+
 def update_product(
     sku: str,
     *,

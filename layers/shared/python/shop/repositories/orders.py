@@ -19,11 +19,12 @@ from botocore.exceptions import ClientError
 from shop import aws
 from shop.config import table_settings
 from shop.errors import OrderContention, OrderNotFound
-from shop.models.orders import SAGA_IN_PROGRESS, HistoryEntry, Order, OrderStatus
+from shop.models.orders import SAGA_IN_PROGRESS, HistoryEntry, Order, OrderFilter, OrderStatus
 from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, serialize, unmarshal
 
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
 ORDERS_IN_PROGRESS = "OrdersInProgress"
+ORDERS_BY_STATUS = "OrdersByStatus"
 # The one value of the sparse OrdersInProgress index's key; absent on every other order.
 IN_PROGRESS = "IN_PROGRESS"
 # A cancel request and the saga rarely collide more than once; more means something is wrong.
@@ -196,6 +197,68 @@ def list_for_customer(
         request["ExclusiveStartKey"] = dict(start_key)
     response = call("query", busy=OrderContention, **request)
     orders = [to_order(item) for item in response.get("Items", [])]
+    return orders, response.get("LastEvaluatedKey")
+
+
+def list_filtered(
+    found: OrderFilter, *, limit: int, start_key: Mapping[str, Any] | None
+) -> tuple[list[Order], dict[str, Any] | None]:
+    """One page of every customer's orders narrowed by ``found``, and DynamoDB's key to continue from.
+
+    A customer or a status is a Query of its index (newest first); neither is a Scan (in no order),
+    the only way to see every order. The other criteria are filters, so a page may hold fewer than
+    ``limit`` orders while a ``next_token`` still follows.
+    """
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    filters: list[str] = []
+    request: dict[str, Any] = {"TableName": table_settings().orders_table, "Limit": limit}
+    if found.customer is not None or found.status is not None:
+        if found.customer is not None:
+            request["IndexName"], key = ORDERS_BY_CUSTOMER, "customer_id = :customer"
+            values[":customer"] = {"S": found.customer}
+        else:
+            request["IndexName"], key = ORDERS_BY_STATUS, "#status = :status"
+        request["ScanIndexForward"] = False
+        # created_key is "<created_at>#<order_id>": "$" sorts right after "#", so `until` is inclusive.
+        if found.since is not None and found.until is not None:
+            key += " AND created_key BETWEEN :since AND :until_key"
+        elif found.since is not None:
+            key += " AND created_key >= :since"
+        elif found.until is not None:
+            key += " AND created_key <= :until_key"
+        request["KeyConditionExpression"] = key
+        if found.until is not None:
+            values[":until_key"] = {"S": found.until + "$"}
+    else:
+        if found.until is not None:
+            filters.append("created_at <= :until")
+            values[":until"] = {"S": found.until}
+    if found.since is not None:
+        values[":since"] = {"S": found.since}
+        if "KeyConditionExpression" not in request:
+            filters.append("created_at >= :since")
+    if found.status is not None:
+        names["#status"] = "status"
+        values[":status"] = {"S": found.status}
+        if found.customer is not None or "KeyConditionExpression" not in request:
+            filters.append("#status = :status")
+    if found.reason is not None:
+        filters.append("failure_reason = :reason")
+        values[":reason"] = {"S": found.reason}
+    if filters:
+        request["FilterExpression"] = " AND ".join(filters)
+    if names:
+        request["ExpressionAttributeNames"] = names
+    if values:
+        request["ExpressionAttributeValues"] = values
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    operation = "query" if "KeyConditionExpression" in request else "scan"
+    response = call(operation, busy=OrderContention, **request)
+    orders = [to_order(item) for item in response.get("Items", [])]
+    if operation == "scan":
+        orders.sort(key=lambda order: order.created_key, reverse=True)
     return orders, response.get("LastEvaluatedKey")
 
 
