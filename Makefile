@@ -38,7 +38,7 @@ help:
 	@echo "make fidelity   the fidelity tier alone: the repository tests against moto and DynamoDB Local"
 	@echo "make lint       ruff check and format check"
 	@echo "make typecheck  mypy over the whole tree"
-	@echo "make validate   cfn-lint on the packaged template, then every state machine filled and checked"
+	@echo "make validate   cfn-lint on the packaged template and on its SAM transform (offline), then every state machine"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
 	@echo "make deploy     package, then sam deploy (--guided the first time; samconfig.toml after)"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
@@ -82,6 +82,7 @@ typecheck: $(STAMP)
 
 validate: $(STAMP) build/sam/template.yaml
 	$(BIN)/cfn-lint --ignore-checks I --template build/sam/template.yaml
+	$(BIN)/python -m infra.check_template
 	$(BIN)/python -m infra.validate_statemachines
 
 test: $(STAMP) $(NODE_STAMP) lint typecheck validate

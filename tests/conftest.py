@@ -43,7 +43,6 @@ from tests import statemachine_coverage  # noqa: E402
 TEST_PARAMETERS = {
     "RetryIntervalSeconds": "1",
     "RetryMaxDelaySeconds": "1",
-    "PaginationSecret": "test-pagination-secret-" + "x" * 16,
 }
 
 
@@ -113,6 +112,7 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) ->
             iam=boto3.client("iam"),
             stepfunctions=boto3.client("stepfunctions"),
             events=boto3.client("events"),
+            secretsmanager=boto3.client("secretsmanager"),
             prefix="test",
             region=os.environ["AWS_DEFAULT_REGION"],
             identity_issuer=identity.issuer,

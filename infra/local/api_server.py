@@ -2,8 +2,8 @@
 
 ``chalice local`` answers a path without a route with API Gateway's default 403 "Missing
 Authentication Token". The deployed API answers with the template's Gateway Responses instead
-(``AWS::ApiGateway::GatewayResponse`` in infra/template.yaml), so this server renders those same
-resources: status, headers and response template. It also refuses bodies over API Gateway's
+(the ``GatewayResponses`` of the ``RestAPI`` in infra/template.yaml), so this server renders those
+same entries: status, headers and response template. It also refuses bodies over API Gateway's
 10 MB limit without reading them (REQUEST_TOO_LARGE), as the gateway would.
 
 Every method reaches the app, not only those http.server has a ``do_*`` handler for: an unsupported
@@ -36,9 +36,10 @@ from chalice.local import (
     ThreadedHTTPServer,
 )
 
-from infra.local.template import load_template, resources_of_type
+from infra.local.template import load_template
 
-GATEWAY_RESPONSE = "AWS::ApiGateway::GatewayResponse"
+# The logical id Chalice gives the REST API; infra/template.yaml merges its GatewayResponses in.
+REST_API = "RestAPI"
 # API Gateway's REST API payload limit.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 # The Lambda limits the local server mirrors (from .chalice/config.json's dev stage).
@@ -69,15 +70,14 @@ _METHOD_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 @lru_cache(maxsize=1)
 def gateway_responses() -> Mapping[str, GatewayResponse]:
-    """The template's Gateway Responses by ResponseType."""
+    """The template's Gateway Responses by ResponseType (SAM's ``GatewayResponses`` shape)."""
+    declared: dict[str, dict[str, Any]] = load_template()["Resources"][REST_API]["Properties"]["GatewayResponses"]
     responses = {}
-    for resource in resources_of_type(load_template(), GATEWAY_RESPONSE).values():
-        properties: dict[str, Any] = resource["Properties"]
-        response_type = properties["ResponseType"]
+    for response_type, properties in declared.items():
+        # Header values are mapping expressions; a static value is quoted: "'application/problem+json'".
         headers = {
-            name.removeprefix("gatewayresponse.header."): str(value).strip("'")
-            for name, value in properties.get("ResponseParameters", {}).items()
-            if name.startswith("gatewayresponse.header.")
+            name: str(value).strip("'")
+            for name, value in properties.get("ResponseParameters", {}).get("Headers", {}).items()
         }
         responses[response_type] = GatewayResponse(
             status=int(properties.get("StatusCode", _DEFAULT_STATUS.get(response_type, 400))),

@@ -10,6 +10,7 @@ stand-ins: the API runs under `chalice local`, the identity provider is the dev 
 `infra/local/identity.py`, and schedules are returned so the caller can fire them. EventBridge
 rules are created in the emulator's EventBridge, which `infra/local/moto_events.py` makes deliver
 to Lambda targets and feed with Step Functions' execution status changes, as on AWS.
+Secrets Manager secrets are created in the emulator's Secrets Manager, generated as CloudFormation would.
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ LAYER = "AWS::Serverless::LayerVersion"
 STATE_MACHINE = "AWS::Serverless::StateMachine"
 USER_POOL = "AWS::Cognito::UserPool"
 USER_POOL_CLIENT = "AWS::Cognito::UserPoolClient"
+SECRET = "AWS::SecretsManager::Secret"
+# GenerateSecretString's options are GetRandomPassword's parameters (the JSON template ones aside).
+_RANDOM_PASSWORD_OPTIONS = {
+    "ExcludeCharacters",
+    "ExcludeLowercase",
+    "ExcludeNumbers",
+    "ExcludePunctuation",
+    "ExcludeUppercase",
+    "IncludeSpace",
+    "PasswordLength",
+    "RequireEachIncludedType",
+}
+
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,7 @@ class DeployedStack:
     function_environments: dict[str, dict[str, str]] = field(default_factory=dict)
     schedules: list[Schedule] = field(default_factory=list)
     event_rules: list[str] = field(default_factory=list)
+    secret_arns: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_environment(self) -> dict[str, str]:
@@ -100,6 +115,17 @@ def _table_request(name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
     }
     request["TableName"] = name
     return request
+
+
+def _secret_value(secretsmanager: Any, properties: Mapping[str, Any]) -> str:
+    """The secret's value: its SecretString, or one generated as CloudFormation would."""
+    if "SecretString" in properties:
+        return str(properties["SecretString"])
+    options = properties["GenerateSecretString"]
+    unsupported = set(options) - _RANDOM_PASSWORD_OPTIONS
+    if unsupported:
+        raise ValueError(f"the local stack does not generate secrets with {sorted(unsupported)}")
+    return str(secretsmanager.get_random_password(**options)["RandomPassword"])
 
 
 def _ensure_execution_role(iam: Any) -> str:
@@ -150,6 +176,7 @@ def deploy(
     iam: Any,
     stepfunctions: Any,
     events: Any,
+    secretsmanager: Any,
     prefix: str,
     region: str,
     identity_issuer: str,
@@ -178,6 +205,13 @@ def deploy(
         resolver.refs[logical_id] = name
         resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:dynamodb:{region}:{LOCAL_ACCOUNT}:table/{name}"
         stack.table_names[logical_id] = name
+
+    for logical_id, resource in resources_of_type(template, SECRET).items():
+        created = secretsmanager.create_secret(
+            Name=f"{prefix}-{logical_id}", SecretString=_secret_value(secretsmanager, resource["Properties"])
+        )
+        resolver.refs[logical_id] = created["ARN"]
+        stack.secret_arns[logical_id] = created["ARN"]
 
     for logical_id, resource in resources_of_type(template, LAYER).items():
         content = repo_root / resource["Properties"]["ContentUri"]

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -79,14 +78,6 @@ def _configure_process_environment(aws_endpoint: str, aws_port: int) -> None:
     # receive (one per completed or cancelled order). POWERTOOLS_LOG_LEVEL=INFO adds every step's
     # structured log lines.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-
-
-def _pagination_secret(state_dir: Path) -> str:
-    secret_file = state_dir / "pagination-secret"
-    if not secret_file.exists():
-        secret_file.write_text(secrets.token_urlsafe(48))
-        secret_file.chmod(0o600)
-    return secret_file.read_text().strip()
 
 
 def _start_emulator(host: str, port: int) -> list[Callable[[], None]]:
@@ -235,11 +226,12 @@ def start_stack(
             iam=aws.client("iam"),
             stepfunctions=aws.client("stepfunctions"),
             events=aws.client("events"),
+            secretsmanager=aws.client("secretsmanager"),
             prefix="shop",
             region=REGION,
             identity_issuer=identity.issuer,
             identity_audience=identity.audience,
-            parameters={"PaginationSecret": _pagination_secret(state_dir), **(parameters or {})},
+            parameters=parameters,
         )
         lambda_runtime.export_environment(deployed.api_environment)
         seeded = _seed_catalog() if seed else 0

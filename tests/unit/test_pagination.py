@@ -9,10 +9,11 @@ import pytest
 from itsdangerous import URLSafeSerializer
 from pydantic import ValidationError
 
-from shop import config
+from shop import aws, config, pagination
 from shop.errors import FieldError
 from shop.models.base import StrictModel
 from shop.pagination import NextToken, PageLimit, decode_token, encode_token
+from shop.repositories import secrets
 
 SECRET = "unit-test-pagination-secret-" + "y" * 16
 KEY = {"listing": {"S": "ACTIVE"}, "sku": {"S": "SKU-0042"}}
@@ -20,10 +21,9 @@ KEY = {"listing": {"S": "ACTIVE"}, "sku": {"S": "SKU-0042"}}
 
 @pytest.fixture(autouse=True)
 def _secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("PAGINATION_SECRET", SECRET)
-    config.reset_settings_cache()
+    # The key's source (Secrets Manager) is tested below; these tests are about the tokens.
+    monkeypatch.setattr(pagination, "pagination_key", lambda: SECRET)
     yield
-    config.reset_settings_cache()
 
 
 def _signed(payload: object, secret: str = SECRET) -> str:
@@ -130,3 +130,23 @@ def test_next_token_is_bounded() -> None:
         _Query.model_validate({"next_token": ""})
     with pytest.raises(ValidationError):
         _Query.model_validate({"next_token": "a" * 2049})
+
+
+def test_the_key_is_read_from_secrets_manager_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        manager = boto3.client("secretsmanager")
+        arn = manager.create_secret(Name="pagination", SecretString=SECRET)["ARN"]
+        monkeypatch.setenv("PAGINATION_SECRET_ARN", arn)
+        config.reset_settings_cache()
+        aws.reset_clients()
+        try:
+            assert secrets.pagination_key() == SECRET
+            # A rotated key is picked up once the cached value is older than max_age, not per call.
+            manager.put_secret_value(SecretId=arn, SecretString="rotated-" + SECRET)
+            assert secrets.pagination_key() == SECRET
+        finally:
+            config.reset_settings_cache()
+            aws.reset_clients()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -85,7 +85,8 @@ class AuthSettings(BaseSettings):
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True)
 
-    pagination_secret: SecretStr = Field(min_length=32)
+    # The Secrets Manager secret that signs pagination tokens (shop.repositories.secrets reads it).
+    pagination_secret_arn: str = Field(min_length=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1)
 
 

@@ -1,9 +1,9 @@
 """Opaque, signed pagination tokens, and the query-string types every listing shares.
 
 A ``next_token`` carries DynamoDB's ``LastEvaluatedKey`` for one listing and the query it was
-issued for, signed with ``PAGINATION_SECRET`` (itsdangerous, one salt per listing). A token that
-was altered, forged, issued by another listing or for other query parameters is a 400, so a
-client can never steer a Query to a key it did not get from us.
+issued for, signed with the key in Secrets Manager (``PAGINATION_SECRET_ARN``; itsdangerous, one
+salt per listing). A token that was altered, forged, issued by another listing or for other query
+parameters is a 400, so a client can never steer a Query to a key it did not get from us.
 
 Usage (a repository's Query page)::
 
@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 from itsdangerous import BadData, URLSafeSerializer
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
-from shop.config import api_settings
 from shop.errors import FieldError
+from shop.repositories.secrets import pagination_key
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -49,8 +49,9 @@ _StartKey: TypeAdapter[dict[str, dict[Literal["S", "N"], str]]] = TypeAdapter(di
 
 
 def _serializer(listing: str) -> URLSafeSerializer:
-    secret = api_settings().pagination_secret.get_secret_value()
-    return URLSafeSerializer(secret, salt=f"shop.pagination.{listing}", signer_kwargs={"digest_method": hashlib.sha256})
+    return URLSafeSerializer(
+        pagination_key(), salt=f"shop.pagination.{listing}", signer_kwargs={"digest_method": hashlib.sha256}
+    )
 
 
 def _invalid(message: str) -> FieldError:

@@ -1,0 +1,55 @@
+"""`.chalice/config.json`: the dev stage runs `chalice local` against the local stack; nothing of it deploys."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from infra.local.template import API_HANDLER, function_properties, load_template, resources_of_type
+from tests.conftest import REPO_ROOT
+
+# What `make run` prints for the user to export: the emulator's endpoint and the dev token issuer
+# (its port is only fixed under `make run`).
+FROM_THE_SHELL = {"AUTH_ISSUER"}
+TABLE = "AWS::DynamoDB::Table"
+
+
+def chalice_config() -> dict[str, Any]:
+    return json.loads((REPO_ROOT / ".chalice" / "config.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_the_dev_stage_sets_every_variable_the_template_gives_the_api() -> None:
+    template = load_template()
+    api_variables = function_properties(template, API_HANDLER)["Environment"]["Variables"]
+    dev = chalice_config()["stages"]["dev"]["environment_variables"]
+
+    assert sorted(api_variables.keys() - FROM_THE_SHELL - dev.keys()) == []
+    assert not FROM_THE_SHELL & dev.keys(), "config.json would override what the shell passes"
+
+
+def test_the_dev_stage_names_the_local_stacks_tables() -> None:
+    """The local stack deploys each table as `shop-<logical id>` (infra/local/deploy.py)."""
+    template = load_template()
+    api_variables = function_properties(template, API_HANDLER)["Environment"]["Variables"]
+    dev = chalice_config()["stages"]["dev"]["environment_variables"]
+    tables = resources_of_type(template, TABLE)
+
+    table_variables = {
+        name: value["Ref"]
+        for name, value in api_variables.items()
+        if isinstance(value, dict) and value.get("Ref") in tables
+    }
+    assert table_variables
+    assert {name: dev[name] for name in table_variables} == {
+        name: f"shop-{logical_id}" for name, logical_id in table_variables.items()
+    }
+
+
+def test_the_packaged_stage_carries_no_environment() -> None:
+    """`make package` packages the `prod` stage; the dev stage's values would override the template's."""
+    config = chalice_config()
+
+    assert "environment_variables" not in config
+    assert "environment_variables" not in config["stages"]["prod"]
+    package_script = (REPO_ROOT / "infra" / "package.py").read_text()
+    assert '"--stage",' in package_script and '"prod",' in package_script

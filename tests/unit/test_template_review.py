@@ -1,0 +1,206 @@
+"""What an operations review asks of the deployable stack, on the packaged template (`make package`)
+and on what the SAM transform makes of it (``infra.check_template``, offline).
+
+The packaged template is build/sam/template.yaml: `make test` builds it in `make validate`, before
+the tests run, and these tests reuse it. Only when it is missing or older than what generates it
+(a test run without `make validate`) is it rebuilt here, once, under a lock shared by the workers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+import pytest
+
+from infra import package
+from infra.check_template import PACKAGED, transform_template
+from infra.local.template import API_HANDLER, REPO_ROOT, load_template
+
+RUNTIME = "python3.12"
+# The tables holding the books (see the comment above ProductsTable in infra/template.yaml).
+MONEY_TABLES = ("ProductsTable", "StockLedgerTable", "OrdersTable", "PaymentsTable")
+# What generates the packaged template's text (the layer's files only change the artifacts).
+_TEMPLATE_INPUTS = ("app.py", "chalicelib", ".chalice/config.json", "infra/template.yaml", "infra/package.py")
+# Where code scans: the reconciliation's audit (shop.repositories.audit) reads whole tables, the
+# operators' console lists orders and stock without a key (shop.repositories.orders, .catalog).
+AUDITED = ("ProductsTable", "StockLedgerTable", "ReservationsTable", "OrdersTable", "PaymentsTable")
+SCANNING = {("ReconcileBooksFunctionRole", table) for table in AUDITED} | {
+    ("APIHandlerDataAccess", "OrdersTable"),
+    ("APIHandlerDataAccess", "ProductsTable"),
+}
+# Powertools' idempotency store deletes its record when the handler fails, so it can be retried.
+DELETING = {("APIHandlerDataAccess", "IdempotencyTable")}
+
+
+def _newest_input() -> float:
+    paths = [REPO_ROOT / name for name in _TEMPLATE_INPUTS]
+    files = [f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py"))]
+    return max(f.stat().st_mtime for f in files)
+
+
+@pytest.fixture(scope="module")
+def packaged() -> Iterator[dict[str, Any]]:
+    lock_path = REPO_ROOT / "build" / ".package.lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not PACKAGED.exists() or PACKAGED.stat().st_mtime < _newest_input():
+            package.build()
+        # Read under the lock: a concurrent build removes the file before writing it again.
+        template = load_template.__wrapped__(PACKAGED)
+    yield template
+
+
+@pytest.fixture(scope="module")
+def transformed(packaged: dict[str, Any]) -> dict[str, Any]:
+    return transform_template(packaged)
+
+
+def _of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == resource_type}
+
+
+@cache
+def _sub_target(text: str) -> str | None:
+    match = re.fullmatch(r"/aws/lambda/\$\{(\w+)\}", text)
+    return match.group(1) if match else None
+
+
+def _statements(transformed: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every IAM statement of the transformed template, with the role or policy that holds it."""
+    for name, role in _of_type(transformed, "AWS::IAM::Role").items():
+        for policy in role["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                yield name, statement
+    for name, policy in _of_type(transformed, "AWS::IAM::Policy").items():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            yield name, statement
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _table_of(resource: Any) -> str | None:
+    """The table a DynamoDB statement's resource names (GetAtt Table.Arn or a Sub on it)."""
+    if isinstance(resource, dict) and "Fn::GetAtt" in resource:
+        return str(resource["Fn::GetAtt"][0])
+    if isinstance(resource, dict) and "Fn::Sub" in resource:
+        match = re.match(r"\$\{(\w+)\.Arn\}", resource["Fn::Sub"])
+        return match.group(1) if match else None
+    return None
+
+
+def test_every_function_runs_one_runtime(transformed: dict[str, Any]) -> None:
+    functions = _of_type(transformed, "AWS::Lambda::Function")
+    assert API_HANDLER in functions
+    assert {name: f["Properties"]["Runtime"] for name, f in functions.items()} == dict.fromkeys(functions, RUNTIME)
+    assert {f["Properties"]["TracingConfig"]["Mode"] for f in functions.values()} == {"Active"}
+    (layer,) = _of_type(transformed, "AWS::Lambda::LayerVersion").values()
+    assert layer["Properties"]["CompatibleRuntimes"] == [RUNTIME]
+    assert f"python{package.LAMBDA_PYTHON}" == RUNTIME
+
+
+def test_no_function_has_a_managed_crud_policy(packaged: dict[str, Any], transformed: dict[str, Any]) -> None:
+    for name, function in _of_type(packaged, "AWS::Serverless::Function").items():
+        for policy in function["Properties"].get("Policies", []):
+            # Inline statements only: no SAM policy template (DynamoDBCrudPolicy, ...) or managed policy.
+            assert isinstance(policy, dict) and set(policy) == {"Statement"}, (name, policy)
+    for name, role in _of_type(transformed, "AWS::IAM::Role").items():
+        managed = {arn.rsplit("/", 1)[-1] for arn in role["Properties"].get("ManagedPolicyArns", [])}
+        assert managed <= {"AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}, name
+
+
+def test_dynamodb_access_is_per_action_on_named_tables(transformed: dict[str, Any]) -> None:
+    checked = 0
+    for holder, statement in _statements(transformed):
+        actions = _listed(statement["Action"])
+        dynamodb = [a for a in actions if a.startswith("dynamodb:")]
+        if not dynamodb:
+            continue
+        checked += 1
+        assert not any("*" in a for a in dynamodb), (holder, dynamodb)
+        assert "dynamodb:BatchWriteItem" not in dynamodb, holder
+        tables = {_table_of(r) for r in _listed(statement["Resource"])}
+        assert None not in tables, (holder, statement["Resource"])
+        if "dynamodb:Scan" in dynamodb:
+            assert {(holder, t) for t in tables} <= SCANNING, holder
+        if "dynamodb:DeleteItem" in dynamodb:
+            assert {(holder, t) for t in tables} <= DELETING, holder
+        for resource in _listed(statement["Resource"]):
+            assert "index/*" not in str(resource), holder
+    assert checked >= 20
+
+
+def test_the_books_are_retained_and_recoverable(packaged: dict[str, Any]) -> None:
+    for name in MONEY_TABLES:
+        table = packaged["Resources"][name]
+        assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain", name
+        assert table["Properties"]["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+
+
+def test_every_function_logs_to_a_group_with_retention(transformed: dict[str, Any]) -> None:
+    groups = {}
+    for group in _of_type(transformed, "AWS::Logs::LogGroup").values():
+        name = group["Properties"]["LogGroupName"]
+        target = _sub_target(name["Fn::Sub"]) if isinstance(name, dict) and "Fn::Sub" in name else None
+        if target:
+            groups[target] = group["Properties"]
+    functions = set(_of_type(transformed, "AWS::Lambda::Function"))
+    assert set(groups) == functions
+    assert all(g["RetentionInDays"] == {"Ref": "LogRetentionInDays"} for g in groups.values())
+    assert transformed["Parameters"]["LogRetentionInDays"]["Default"] == 30
+
+
+def test_both_state_machines_log_their_executions(transformed: dict[str, Any]) -> None:
+    machines = _of_type(transformed, "AWS::StepFunctions::StateMachine")
+    assert set(machines) == {"CheckoutStateMachine", "RefundStateMachine"}
+    for name, machine in machines.items():
+        logging = machine["Properties"]["LoggingConfiguration"]
+        assert logging["Level"] == "ALL" and logging["IncludeExecutionData"] is True
+        (destination,) = logging["Destinations"]
+        group = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+        assert "RetentionInDays" in transformed["Resources"][group]["Properties"]
+        role = machine["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+        granted = {a for holder, s in _statements(transformed) if holder == role for a in _listed(s["Action"])}
+        assert {"logs:CreateLogDelivery", "logs:PutResourcePolicy", "logs:DescribeLogGroups"} <= granted, name
+
+
+def test_users_can_get_a_token_with_the_cli_and_the_outputs_say_where(transformed: dict[str, Any]) -> None:
+    (client,) = _of_type(transformed, "AWS::Cognito::UserPoolClient").values()
+    assert "ALLOW_USER_PASSWORD_AUTH" in client["Properties"]["ExplicitAuthFlows"]
+    outputs = transformed["Outputs"]
+    assert outputs["UserPoolId"]["Value"] == {"Ref": "UserPool"}
+    assert outputs["UserPoolClientId"]["Value"] == {"Ref": "UserPoolClient"}
+    assert outputs["EndpointURL"]["Value"]["Fn::Sub"].endswith("/api/")
+    assert outputs["CheckoutStateMachineArn"]["Value"] == {"Ref": "CheckoutStateMachine"}
+    assert outputs["RefundStateMachineArn"]["Value"] == {"Ref": "RefundStateMachine"}
+
+
+def test_gateway_responses_are_part_of_the_api_body(transformed: dict[str, Any]) -> None:
+    assert not _of_type(transformed, "AWS::ApiGateway::GatewayResponse")
+    (api,) = _of_type(transformed, "AWS::ApiGateway::RestApi").values()
+    responses = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
+    assert len(responses) == 8
+    for response in responses.values():
+        assert response["responseParameters"] == {"gatewayresponse.header.Content-Type": "'application/problem+json'"}
+
+
+def test_the_pagination_key_is_a_generated_secret_only_the_api_reads(transformed: dict[str, Any]) -> None:
+    secret = transformed["Resources"]["PaginationSecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret" and "GenerateSecretString" in secret["Properties"]
+    assert "PaginationSecret" not in transformed.get("Parameters", {})
+    variables = transformed["Resources"][API_HANDLER]["Properties"]["Environment"]["Variables"]
+    assert variables["PAGINATION_SECRET_ARN"] == {"Ref": "PaginationSecret"}
+    assert "PAGINATION_SECRET" not in variables
+    readers = {
+        holder
+        for holder, s in _statements(transformed)
+        if "secretsmanager:GetSecretValue" in _listed(s["Action"])
+        and _listed(s["Resource"]) == [{"Ref": "PaginationSecret"}]
+    }
+    assert readers == {"APIHandlerDataAccess"}
