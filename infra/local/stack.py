@@ -265,6 +265,18 @@ def start_stack(
 
 
 def main(argv: list[str] | None = None) -> int:
+def console_url(stack: LocalStack, *, to_terminal: bool) -> str:
+    """The operators' console URL, with the dev admin token in the fragment (which browsers never send).
+
+    The token goes to a terminal only: when stdout is a file or a pipe (a log), the URL comes
+    without it and the page asks for the token from the dev tokens file.
+    """
+    if not to_terminal:
+        return f"{stack.api_url}/ops  (admin token: {stack.tokens_path})"
+    admin_token = json.loads(stack.tokens_path.read_text())["admin"]
+    return f"{stack.api_url}/ops#token={admin_token}"
+
+
     args = _parse_args(argv)
     stop = threading.Event()
 
@@ -293,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  Dev tokens:    {stack.tokens_path}\n"
             f"  Demo catalog:  {stack.seeded} products\n"
             f"  chalice local: AWS_ENDPOINT_URL={stack.aws_endpoint}"
+            f"  Ops console:   {console_url(stack, to_terminal=sys.stdout.isatty())}\n"
             f" AUTH_ISSUER={stack.deployed.api_environment['AUTH_ISSUER']} .venv/bin/chalice local --port 8001\n"
             f"Ctrl-C stops everything.",
             flush=True,

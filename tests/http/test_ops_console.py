@@ -1,0 +1,200 @@
+"""The operators' console (`GET /ops`) in a real headless browser: Debian's chromium driven by Playwright.
+
+The page is loaded as `make run` prints it (the admin token in the URL fragment), lists the orders
+this test placed, opens one order's saga timeline and redrives a dead letter until it leaves the list.
+No browser is ever downloaded: Playwright launches /usr/bin/chromium (`make http` installs it).
+
+With OPS_CONSOLE_SCREENSHOT=<path> the test also saves a screenshot of the console showing a
+timeline with compensations (docs/ops-console.png is made that way).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+
+from infra.local.identity import DevIdentityProvider
+from tests.http.conftest import RunningStack
+from tests.http.test_checkout_http import create_product, wait_for_terminal
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# A saga step retried against a failing provider, a redrive: seconds each on the HTTP tier's stack.
+UI_TIMEOUT_MS = 90_000
+DEADLINE_SECONDS = 90.0
+CUSTOMER = "console-customer"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make http` installs Debian's chromium (apt-get install chromium)")
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def customer_auth(stack: RunningStack) -> dict[str, str]:
+    """A customer of this test's own, so its orders never mix with those other tests count."""
+    issuer = jwt.decode(stack.tokens["admin"], options={"verify_signature": False})["iss"]
+    token = DevIdentityProvider.create(stack.state_dir / "dev-idp").token(CUSTOMER, issuer=issuer)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _place(stack: RunningStack, auth: dict[str, str], sku: str, payment_token: str) -> str:
+    response = requests.post(
+        stack.url("/orders"),
+        headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
+        json={"items": [{"sku": sku, "quantity": 1}], "payment": {"token": payment_token}},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["order_id"])
+
+
+def _poll(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)  # polling interval of the condition above
+
+
+def _admin_order(stack: RunningStack, order_id: str) -> dict[str, Any]:
+    response = requests.get(stack.url(f"/orders/{order_id}"), headers=stack.auth("admin"), timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _dead_letter(stack: RunningStack, order_id: str) -> dict[str, Any] | None:
+    listed = requests.get(stack.url("/admin/dead-letters?limit=100"), headers=stack.auth("admin"), timeout=10)
+    assert listed.status_code == 200, listed.text
+    return next((letter for letter in listed.json()["items"] if letter["order_id"] == order_id), None)
+
+
+def _dead_lettered_order(stack: RunningStack, auth: dict[str, str], sku: str) -> str:
+    """An order whose saga stopped half-way: NEEDS_ATTENTION with an OPEN dead letter.
+
+    The provider fails every authorization of ``tok_processingError`` and the saga retries it for
+    seconds; the test stops the execution then, as an operator or a timeout would, and the
+    stopped-execution handler dead-letters the order.
+    """
+    order_id = _place(stack, auth, sku, "tok_processingError")
+    _poll(lambda: _admin_order(stack, order_id)["status"] == "STOCK_RESERVED", f"order {order_id} to reserve stock")
+    sfn = stack.aws("stepfunctions")
+    machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"] if "Checkout" in m["name"])
+    sfn.stop_execution(executionArn=machine.replace(":stateMachine:", ":execution:") + f":{order_id}")
+    _poll(lambda: (_dead_letter(stack, order_id) or {}).get("status") == "OPEN", f"the dead letter of order {order_id}")
+    return order_id
+
+
+def _open_console(browser: Browser, stack: RunningStack, errors: list[str]) -> Page:
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(UI_TIMEOUT_MS)
+
+    def on_console(message: ConsoleMessage) -> None:
+        # A CSP violation or a script error. Chromium also reports every 4xx answer here (the
+        # reconciliation's 404 before its first run, the favicon): those are answers, not errors.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(stack.url(f"/ops#token={stack.tokens['admin']}"))
+    return page
+
+
+def test_the_console_lists_orders_opens_a_timeline_and_redrives_a_dead_letter(
+    stack: RunningStack, browser: Browser, customer_auth: dict[str, str]
+) -> None:
+    sku = create_product(stack, stock=10)
+    completed = _place(stack, customer_auth, sku, "tok_visa")
+    assert wait_for_terminal(stack, "admin", completed)["status"] == "COMPLETED"
+    stuck = _dead_lettered_order(stack, customer_auth, sku)
+    errors: list[str] = []
+
+    page = _open_console(browser, stack, errors)
+
+    # The token left the address bar; the page keeps it in sessionStorage.
+    expect(page).to_have_url(stack.url("/ops"))
+    # The orders this test placed, narrowed to its customer.
+    page.fill("#order-filters input[name=customer]", CUSTOMER)
+    page.click("#order-filters button[type=submit]")
+    for order_id in (completed, stuck):
+        expect(page.locator(f'#orders tbody tr[data-order-id="{order_id}"]')).to_be_visible()
+    expect(page.locator("#orders tbody tr")).to_have_count(2)
+    page.select_option("#order-filters select[name=status]", "NEEDS_ATTENTION")
+    page.click("#order-filters button[type=submit]")
+    expect(page.locator("#orders tbody tr")).to_have_count(1)
+    expect(page.locator(f'#orders tbody tr[data-order-id="{stuck}"]')).to_be_visible()
+    page.select_option("#order-filters select[name=status]", "")
+    page.click("#order-filters button[type=submit]")
+    expect(page.locator("#orders tbody tr")).to_have_count(2)
+
+    # One order's saga timeline: every history step, in order, each with its time.
+    page.click(f'#orders tbody tr[data-order-id="{completed}"] button')
+    history = _admin_order(stack, completed)["history"]
+    steps = page.locator("#timeline li")
+    expect(steps).to_have_count(len(history))
+    assert [step.get_attribute("data-step") for step in steps.all()] == [entry["step"] for entry in history]
+    expect(steps.last.locator(".step-at")).to_have_text(history[-1]["at"])
+    expect(steps.nth(1).locator(".duration")).to_contain_text("+")
+    expect(page.locator("#timeline li.compensation")).to_have_count(0)  # a completed checkout compensated nothing
+
+    # The dead letter, redriven from the page, leaves the list of open letters.
+    letter = page.locator(f'#dead-letters tbody tr[data-order-id="{stuck}"]')
+    expect(letter).to_be_visible()
+    letter.locator("button.redrive").click()
+    expect(letter).to_have_count(0)
+    assert (_dead_letter(stack, stuck) or {}).get("status") == "RESOLVED"
+    assert _admin_order(stack, stuck)["status"] == "CANCELLED"
+
+    # Its timeline now shows the compensations in their own colour.
+    page.click("#refresh")
+    page.click(f'#orders tbody tr[data-order-id="{stuck}"] button')
+    expect(page.locator("#timeline-order")).to_contain_text(stuck)
+    expect(page.locator('#timeline li.compensation[data-step="release_stock"]').first).to_be_visible()
+
+    # The other panels answered: breakers, stock (this test's product), the reconciliation panel.
+    expect(page.locator("#breakers tbody tr")).not_to_have_count(0)
+    expect(page.locator(f'#stock tbody tr[data-sku="{sku}"]')).to_be_visible()
+    expect(page.locator("#reconciliation")).not_to_be_empty()
+    assert errors == []
+
+    screenshot = os.environ.get("OPS_CONSOLE_SCREENSHOT")
+    if screenshot:
+        page.screenshot(path=screenshot, full_page=True)
+    page.close()
+
+
+def test_without_a_token_the_console_asks_for_one_and_calls_nothing(stack: RunningStack, browser: Browser) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+
+    page.goto(stack.url("/ops"))
+
+    expect(page.locator("#message")).to_contain_text("no token")
+    assert requested == [stack.url("/ops")]
+    page.close()
