@@ -36,14 +36,16 @@ class OrderListQuery(StrictModel):
         "to the caller). "
         "Prices come from the catalog. The same key and body answer the first response again; the same key "
         "with another body is 422; while the first request is still being processed, 409. The order is "
-        "PENDING until the checkout saga settles it."
+        "PENDING until the checkout saga settles it. While the shop is not accepting new orders (an operator's "
+        "runtime switch), 503 `orders-paused` with `Retry-After`: nothing is stored, and orders already placed "
+        "finish as usual."
     ),
     auth="customer",
     body=PlaceOrderRequest,
     headers={IDEMPOTENCY_HEADER: IdempotencyKey},
     responses={202: OrderView},
     response_headers={202: {"Location": "/orders/{order_id}"}},
-    errors=(409, 422),
+    errors=(409, 422, 503),
     tags=_TAGS,
 )
 def place_order(body: PlaceOrderRequest, principal: Principal, headers: dict[str, str]) -> Response:

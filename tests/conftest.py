@@ -112,6 +112,7 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) ->
             iam=boto3.client("iam"),
             stepfunctions=boto3.client("stepfunctions"),
             events=boto3.client("events"),
+            ssm=boto3.client("ssm"),
             secretsmanager=boto3.client("secretsmanager"),
             prefix="test",
             region=os.environ["AWS_DEFAULT_REGION"],

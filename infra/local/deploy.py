@@ -9,7 +9,8 @@ Resources that only exist on AWS (API Gateway, IAM, Cognito, schedules) are reso
 stand-ins: the API runs under `chalice local`, the identity provider is the dev one in
 `infra/local/identity.py`, and schedules are returned so the caller can fire them. EventBridge
 rules are created in the emulator's EventBridge, which `infra/local/moto_events.py` makes deliver
-to Lambda targets and feed with Step Functions' execution status changes, as on AWS.
+to Lambda targets and feed with Step Functions' execution status changes, as on AWS. SSM
+parameters (the runtime configuration) are created in the emulator's SSM with the template's values.
 Secrets Manager secrets are created in the emulator's Secrets Manager, generated as CloudFormation would.
 """
 
@@ -44,6 +45,7 @@ LAYER = "AWS::Serverless::LayerVersion"
 STATE_MACHINE = "AWS::Serverless::StateMachine"
 USER_POOL = "AWS::Cognito::UserPool"
 USER_POOL_CLIENT = "AWS::Cognito::UserPoolClient"
+SSM_PARAMETER = "AWS::SSM::Parameter"
 SECRET = "AWS::SecretsManager::Secret"
 # GenerateSecretString's options are GetRandomPassword's parameters (the JSON template ones aside).
 _RANDOM_PASSWORD_OPTIONS = {
@@ -56,7 +58,6 @@ _RANDOM_PASSWORD_OPTIONS = {
     "PasswordLength",
     "RequireEachIncludedType",
 }
-
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class DeployedStack:
     function_environments: dict[str, dict[str, str]] = field(default_factory=dict)
     schedules: list[Schedule] = field(default_factory=list)
     event_rules: list[str] = field(default_factory=list)
+    # SSM parameter name by logical id (the runtime configuration, seeded with the template's values).
+    parameter_names: dict[str, str] = field(default_factory=dict)
     secret_arns: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -176,6 +179,7 @@ def deploy(
     iam: Any,
     stepfunctions: Any,
     events: Any,
+    ssm: Any,
     secretsmanager: Any,
     prefix: str,
     region: str,
@@ -205,6 +209,18 @@ def deploy(
         resolver.refs[logical_id] = name
         resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:dynamodb:{region}:{LOCAL_ACCOUNT}:table/{name}"
         stack.table_names[logical_id] = name
+
+    for logical_id, resource in resources_of_type(template, SSM_PARAMETER).items():
+        # Created with the template's values, as CloudFormation would: the same parameters, no second list.
+        properties = resolver.resolve(resource["Properties"])
+        ssm.put_parameter(
+            Name=properties["Name"],
+            Value=str(properties["Value"]),
+            Type=properties.get("Type", "String"),
+            Description=properties.get("Description", ""),
+            Overwrite=True,
+        )
+        stack.parameter_names[logical_id] = properties["Name"]
 
     for logical_id, resource in resources_of_type(template, SECRET).items():
         created = secretsmanager.create_secret(

@@ -226,6 +226,7 @@ def start_stack(
             iam=aws.client("iam"),
             stepfunctions=aws.client("stepfunctions"),
             events=aws.client("events"),
+            ssm=aws.client("ssm"),
             secretsmanager=aws.client("secretsmanager"),
             prefix="shop",
             region=REGION,
@@ -264,7 +265,6 @@ def start_stack(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
 def console_url(stack: LocalStack, *, to_terminal: bool) -> str:
     """The operators' console URL, with the dev admin token in the fragment (which browsers never send).
 
@@ -277,6 +277,7 @@ def console_url(stack: LocalStack, *, to_terminal: bool) -> str:
     return f"{stack.api_url}/ops#token={admin_token}"
 
 
+def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     stop = threading.Event()
 
@@ -304,8 +305,8 @@ def console_url(stack: LocalStack, *, to_terminal: bool) -> str:
             f"  AWS emulator:  {stack.aws_endpoint}  (LocalStack edge port; moto)\n"
             f"  Dev tokens:    {stack.tokens_path}\n"
             f"  Demo catalog:  {stack.seeded} products\n"
-            f"  chalice local: AWS_ENDPOINT_URL={stack.aws_endpoint}"
             f"  Ops console:   {console_url(stack, to_terminal=sys.stdout.isatty())}\n"
+            f"  chalice local: AWS_ENDPOINT_URL={stack.aws_endpoint}"
             f" AUTH_ISSUER={stack.deployed.api_environment['AUTH_ISSUER']} .venv/bin/chalice local --port 8001\n"
             f"Ctrl-C stops everything.",
             flush=True,

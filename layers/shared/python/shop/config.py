@@ -2,15 +2,26 @@
 
 Each concern has its own settings model so a function only needs the variables it uses.
 Nothing here is read at import time: call the cached getters.
+
+Some fields can also be changed at run time, without a redeploy (``RUNTIME_PARAMETERS``): the
+template declares one SSM parameter per field under ``RUNTIME_CONFIG_PATH``, read through
+Powertools Parameters (``shop.parameters``) and cached for ``RUNTIME_CONFIG_MAX_AGE_SECONDS``.
+A present parameter overrides the environment's value once the same pydantic model accepts it;
+a rejected one is logged and the last good value (or the environment's) stays in force.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shop import parameters
+from shop.observability import logger
 
 
 class TableSettings(BaseSettings):
@@ -31,6 +42,8 @@ class InventorySettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True)
 
     reservation_ttl_seconds: int = Field(default=900, ge=1)
+    # A SKU with this many units available or fewer is reported as low on stock.
+    low_stock_threshold: int = Field(default=5, ge=0)
 
 
 class PaymentSettings(BaseSettings):
@@ -96,13 +109,23 @@ def table_settings() -> TableSettings:
 
 
 @lru_cache(maxsize=1)
-def inventory_settings() -> InventorySettings:
+def _inventory_environment() -> InventorySettings:
     return InventorySettings()
 
 
+def inventory_settings() -> InventorySettings:
+    """The environment's settings with the runtime parameters in force (``RUNTIME_PARAMETERS``)."""
+    return _with_runtime_parameters(InventorySettings, _inventory_environment())
+
+
 @lru_cache(maxsize=1)
-def payment_settings() -> PaymentSettings:
+def _payment_environment() -> PaymentSettings:
     return PaymentSettings()
+
+
+def payment_settings() -> PaymentSettings:
+    """The environment's settings with the runtime parameters in force (``RUNTIME_PARAMETERS``)."""
+    return _with_runtime_parameters(PaymentSettings, _payment_environment())
 
 
 @lru_cache(maxsize=1)
@@ -145,15 +168,147 @@ def recovery_settings() -> RecoverySettings:
     return RecoverySettings()
 
 
+class FeatureSwitches(BaseSettings):
+    """Switches an operator flips at run time (parameter ``accepting-orders``).
+
+    Not accepting orders, ``POST /orders`` answers 503 and stores nothing; orders already placed
+    finish as usual.
+    """
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    accepting_orders: bool = True
+
+
+@lru_cache(maxsize=1)
+def _feature_environment() -> FeatureSwitches:
+    return FeatureSwitches()
+
+
+def feature_switches() -> FeatureSwitches:
+    """The environment's switches with the runtime parameters in force (``RUNTIME_PARAMETERS``)."""
+    return _with_runtime_parameters(FeatureSwitches, _feature_environment())
+
+
+# ---------------------------------------------------------------------------- runtime parameters
+class RuntimeConfigSettings(BaseSettings):
+    """Where the runtime parameters live and how long a read of them is cached.
+
+    ``RUNTIME_CONFIG_PATH`` is ``/{stack name}/config`` (template Globals); unset (unit tests, a
+    bare ``chalice local``), only the environment and the defaults apply and SSM is never asked.
+    ``RUNTIME_CONFIG_MAX_AGE_SECONDS`` bounds how long an operator's change takes to apply.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, env_prefix="RUNTIME_CONFIG_")
+
+    path: str | None = None
+    max_age_seconds: int = Field(default=60, ge=0)
+
+
+@lru_cache(maxsize=1)
+def runtime_config_settings() -> RuntimeConfigSettings:
+    return RuntimeConfigSettings()
+
+
+# Each runtime parameter (its name under RUNTIME_CONFIG_PATH, as the template declares it) and the
+# settings field it overrides. tests/service/test_runtime_config.py checks the template against it.
+RUNTIME_PARAMETERS: dict[str, tuple[type[BaseSettings], str]] = {
+    "accepting-orders": (FeatureSwitches, "accepting_orders"),
+    "payment-provider": (PaymentSettings, "provider"),
+    "payment-breaker-failure-rate-percent": (PaymentSettings, "breaker_failure_rate_percent"),
+    "payment-breaker-minimum-calls": (PaymentSettings, "breaker_minimum_calls"),
+    "payment-breaker-minimum-failing-sources": (PaymentSettings, "breaker_minimum_failing_sources"),
+    "payment-breaker-window-seconds": (PaymentSettings, "breaker_window_seconds"),
+    "payment-breaker-cooldown-seconds": (PaymentSettings, "breaker_cooldown_seconds"),
+    "reservation-ttl-seconds": (InventorySettings, "reservation_ttl_seconds"),
+    "low-stock-threshold": (InventorySettings, "low_stock_threshold"),
+}
+
+_ENVIRONMENT_OF: dict[type[BaseSettings], Callable[[], BaseSettings]] = {
+    FeatureSwitches: _feature_environment,
+    PaymentSettings: _payment_environment,
+    InventorySettings: _inventory_environment,
+}
+
+
+class _RuntimeValues:
+    """The last parameter values read and, per parameter, the last value its model accepted."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.raw: Mapping[str, str] = {}
+        self.good: dict[str, Any] = {}
+        self.settings: dict[type[BaseSettings], BaseSettings] = {}
+
+    def update(self, raw: Mapping[str, str]) -> None:
+        """Validate what changed; a rejected value keeps the last good one (or the environment's)."""
+        good: dict[str, Any] = {}
+        for name, value in raw.items():
+            target = RUNTIME_PARAMETERS.get(name)
+            if target is None:
+                if name not in self.raw:
+                    logger().warning("unknown runtime parameter ignored", extra={"parameter": name})
+                continue
+            model, field = target
+            environment = _ENVIRONMENT_OF[model]()
+            try:
+                good[name] = getattr(model.model_validate({**environment.model_dump(), field: value}), field)
+            except ValidationError as error:
+                kept = self.good.get(name, getattr(environment, field))
+                if name in self.good:
+                    good[name] = kept
+                if self.raw.get(name) != value:
+                    logger().error(
+                        "runtime parameter rejected; keeping the last good value",
+                        extra={"parameter": name, "value": value, "kept": kept, "errors": error.errors()},
+                    )
+        self.raw = raw
+        self.good = good
+        self.settings.clear()
+
+    def apply[S: BaseSettings](self, model: type[S], environment: S) -> S:
+        cached = self.settings.get(model)
+        if cached is None:
+            updates = {
+                field: self.good[name]
+                for name, (owner, field) in RUNTIME_PARAMETERS.items()
+                if owner is model and name in self.good
+            }
+            cached = self.settings[model] = environment.model_copy(update=updates) if updates else environment
+        return cached  # type: ignore[return-value]
+
+
+_runtime_values = _RuntimeValues()
+
+
+def _with_runtime_parameters[S: BaseSettings](model: type[S], environment: S) -> S:
+    where = runtime_config_settings()
+    if where.path is None:
+        return environment
+    raw = parameters.read_path(where.path, where.max_age_seconds)
+    with _runtime_values.lock:
+        # The same mapping (Powertools' cache) or the same values: nothing to validate again.
+        if raw is not None and raw is not _runtime_values.raw and raw != _runtime_values.raw:
+            _runtime_values.update(raw)
+        return _runtime_values.apply(model, environment)
+
+
 def reset_settings_cache() -> None:
     """Forget cached settings (tests deploy a fresh stack per session with new names)."""
     for getter in (
         table_settings,
-        inventory_settings,
-        payment_settings,
+        _inventory_environment,
+        _payment_environment,
+        _feature_environment,
+        runtime_config_settings,
         auth_settings,
         api_settings,
         saga_settings,
         recovery_settings,
     ):
         getter.cache_clear()
+    with _runtime_values.lock:
+        _runtime_values.raw = {}
+        _runtime_values.good = {}
+        _runtime_values.settings.clear()
+    parameters.clear_cache()

@@ -224,6 +224,20 @@ class SagaNotStarted(TransientError):
     title, slug = "Saga not started", "saga-not-started"
 
 
+class OrdersPaused(ShopError):
+    """The shop is not accepting new orders (the ``accepting-orders`` runtime switch is off).
+
+    Not a TransientError: no saga retries it. ``retry_after_seconds`` is at least the settings'
+    cache interval, within which the switch turned back on takes effect.
+    """
+
+    status, title, slug = 503, "Not accepting orders", "orders-paused"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class IdempotencyKeyInUse(Conflict):
     """The first request with this Idempotency-Key is still being processed."""
 

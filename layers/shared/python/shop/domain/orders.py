@@ -24,12 +24,14 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 
 from shop.auth import Principal
+from shop.config import feature_switches, runtime_config_settings
 from shop.domain import catalog, order_saga, payments
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     OrderNotFound,
+    OrdersPaused,
     OrderStateConflict,
     ProductUnavailable,
     SagaNotStarted,
@@ -69,7 +71,16 @@ _ORDER_ID_NAMESPACE = uuid.UUID("5b0f7a52-3c1e-4d8e-9a57-2f6f5f0c8e11")
 def place_order(
     principal: Principal, idempotency_key: str, request: PlaceOrderRequest, lambda_context: Any = None
 ) -> OrderView:
-    """Store a PENDING order priced from the catalog and start its checkout saga."""
+    """Store a PENDING order priced from the catalog and start its checkout saga.
+
+    While the ``accepting-orders`` switch is off, raises OrdersPaused before anything is stored
+    (not even the idempotency record, so the same request succeeds once orders are accepted).
+    """
+    if not feature_switches().accepting_orders:
+        raise OrdersPaused(
+            "the shop is not accepting new orders right now; orders already placed are unaffected",
+            retry_after_seconds=max(runtime_config_settings().max_age_seconds, 1),
+        )
     config = IdempotencyConfig(
         event_key_jmespath="[customer_id, idempotency_key]",
         payload_validation_jmespath="body",

@@ -13,6 +13,7 @@ each refund saga execution gets its own refund and a redelivered step gets the s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -254,9 +255,14 @@ def simulator() -> SimulatorProvider:
     return SimulatorProvider(DynamoSimulatorStore())
 
 
+# Every provider ``PaymentSettings.provider`` may name (its Literal admits exactly these keys, so a
+# runtime switch to an unknown provider is rejected and logged by shop.config, never used).
+PROVIDERS: dict[str, Callable[[], PaymentProvider]] = {"simulator": simulator}
+
+
 def provider() -> PaymentProvider:
-    """The configured provider (``PaymentSettings.provider``), unguarded."""
-    return simulator()
+    """The configured provider (``PaymentSettings.provider``, switchable at run time), unguarded."""
+    return PROVIDERS[payment_settings().provider]()
 
 
 def payment_service(source: str | None = None) -> PaymentService:
