@@ -64,11 +64,15 @@ def log_lines() -> Iterator[io.StringIO]:
     handler.setFormatter(logger().registered_formatter)
     # The Python logger behind Powertools' (which has no removeHandler of its own).
     python_logger = logging.getLogger(logger().name)
+    level = python_logger.level
+    # Whatever level an earlier test's environment left the cached logger at, the lines get through.
+    python_logger.setLevel(logging.INFO)
     python_logger.addHandler(handler)
     try:
         yield stream
     finally:
         python_logger.removeHandler(handler)
+        python_logger.setLevel(level)
 
 
 class Done(BaseModel):
