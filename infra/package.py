@@ -9,8 +9,10 @@
 Deploy the result with the SAM CLI or plain CloudFormation:
 
     sam deploy --template-file build/sam/template.yaml --stack-name shop --resolve-s3 \\
-        --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND \\
-        --parameter-overrides PaginationSecret=$(openssl rand -hex 32)
+        --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND
+
+(`make deploy` runs it, guided the first time.) No parameter is required: the pagination key is
+generated in Secrets Manager by the stack itself.
 """
 
 from __future__ import annotations

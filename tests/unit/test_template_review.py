@@ -176,7 +176,8 @@ def test_users_can_get_a_token_with_the_cli_and_the_outputs_say_where(transforme
     outputs = transformed["Outputs"]
     assert outputs["UserPoolId"]["Value"] == {"Ref": "UserPool"}
     assert outputs["UserPoolClientId"]["Value"] == {"Ref": "UserPoolClient"}
-    assert outputs["EndpointURL"]["Value"]["Fn::Sub"].endswith("/api/")
+    assert outputs["ApiUrl"]["Value"]["Fn::Sub"].endswith("/api/")
+    assert outputs["ApiUrl"]["Value"] == outputs["EndpointURL"]["Value"]
     assert outputs["CheckoutStateMachineArn"]["Value"] == {"Ref": "CheckoutStateMachine"}
     assert outputs["RefundStateMachineArn"]["Value"] == {"Ref": "RefundStateMachine"}
 
