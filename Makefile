@@ -30,11 +30,12 @@ SEED ?= 1
 PROFILE ?= light
 DYNAMODB ?= dynamodb-local
 
-.PHONY: help run test lint typecheck validate package deploy unit service http fidelity bench chaos clean
+.PHONY: help run emulator test lint typecheck validate package deploy unit service http fidelity bench chaos clean
 
 help:
 	@echo "make help       this list"
 	@echo "make run        start the local stack (API on :$(PORT), AWS emulator on :4566, dev tokens from :$(IDENTITY_PORT)) with demo data"
+	@echo "make emulator   make run without the API: the AWS emulator and dev tokens, for chalice local (README)"
 	@echo "make test       lint, type-check, validate the template and state machines, run every test tier"
 	@echo "make unit       the unit tier alone: pure logic, no AWS"
 	@echo "make service    the service tier alone: the template deployed in moto in memory (handlers, sagas, the API)"
@@ -90,6 +91,9 @@ run: $(STAMP)
 	@echo "run: starting the AWS emulator, deploying infra/template.yaml into it, seeding the demo catalog (about 10 s)"
 	$(BIN)/python -m infra.local.stack --api-port $(PORT) --identity-port $(IDENTITY_PORT)
 
+emulator: $(STAMP)
+	@echo "emulator: starting the AWS emulator, deploying infra/template.yaml into it, seeding the demo catalog (no API)"
+	$(BIN)/python -m infra.local.stack --no-api --identity-port $(IDENTITY_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

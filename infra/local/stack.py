@@ -46,6 +46,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir", type=Path, default=REPO_ROOT / ".local")
     parser.add_argument("--no-seed", action="store_true", help="deploy an empty catalog")
     parser.add_argument(
+        "--no-api", action="store_true", help="everything but the API (`make emulator`: for `chalice local`)"
+    )
+    parser.add_argument(
         "--retry-interval-seconds",
         default=None,
         help="override the template's RetryIntervalSeconds parameter (the HTTP tests use 1)",
@@ -193,6 +196,7 @@ def start_stack(
     parameters: dict[str, str] | None = None,
     dynamodb_endpoint: str | None = None,
     access_log: bool = True,
+    api: bool = True,
 ) -> LocalStack:
     """Start the emulator, deploy the template, seed, start the scheduler and the API.
 
@@ -244,12 +248,13 @@ def start_stack(
         scheduler.start()
         cleanups.append(stop.set)
 
-        from app import app
-        from infra.local.api_server import create_api_server
+        if api:
+            from app import app
+            from infra.local.api_server import create_api_server
 
-        api_server = create_api_server(app, host, api_port, access_log=access_log)
-        threading.Thread(target=api_server.serve_forever, daemon=True).start()
-        cleanups.append(api_server.shutdown)
+            api_server = create_api_server(app, host, api_port, access_log=access_log)
+            threading.Thread(target=api_server.serve_forever, daemon=True).start()
+            cleanups.append(api_server.shutdown)
     except BaseException:
         for cleanup in reversed(cleanups):
             cleanup()
@@ -297,20 +302,27 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=args.state_dir,
         seed=not args.no_seed,
         parameters=parameters,
+        api=not args.no_api,
     )
     try:
-        print(
-            f"\nShop is up.\n"
-            f"  API:           {stack.api_url}  (GET /health, GET /openapi.json)\n"
-            f"  AWS emulator:  {stack.aws_endpoint}  (LocalStack edge port; moto)\n"
-            f"  Dev tokens:    {stack.tokens_path}\n"
-            f"  Demo catalog:  {stack.seeded} products\n"
-            f"  Ops console:   {console_url(stack, to_terminal=sys.stdout.isatty())}\n"
+        lines = ["", "Shop is up."]
+        if not args.no_api:
+            lines.append(f"  API:           {stack.api_url}  (GET /health, GET /openapi.json)")
+        lines += [
+            f"  AWS emulator:  {stack.aws_endpoint}  (LocalStack edge port; moto)",
+            f"  Dev tokens:    {stack.tokens_path}",
+            f"  Demo catalog:  {stack.seeded} products",
+        ]
+        if not args.no_api:
+            lines.append(f"  Ops console:   {console_url(stack, to_terminal=sys.stdout.isatty())}")
+        # Beside this stack's own API, chalice local takes another port.
+        chalice_port = "" if args.no_api else " --port 8001"
+        lines += [
             f"  chalice local: AWS_ENDPOINT_URL={stack.aws_endpoint}"
-            f" AUTH_ISSUER={stack.deployed.api_environment['AUTH_ISSUER']} .venv/bin/chalice local --port 8001\n"
-            f"Ctrl-C stops everything.",
-            flush=True,
-        )
+            f" AUTH_ISSUER={stack.deployed.api_environment['AUTH_ISSUER']} .venv/bin/chalice local{chalice_port}",
+            "Ctrl-C stops everything.",
+        ]
+        print("\n".join(lines), flush=True)
         stop.wait()
         print("Stopping...", flush=True)
         return 0
