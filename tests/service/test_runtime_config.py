@@ -242,6 +242,29 @@ def test_a_lower_breaker_threshold_opens_the_breaker_after_the_interval(
     assert _authorize(local_aws, "tok_visa", "someone-else")["errorType"] == "CircuitOpen"
 
 
+# ---------------------------------------------------------------------------- low stock
+def _stock_levels(shop: Shop) -> dict[str, Any]:
+    response = shop.client.http.get("/admin/stock", headers=shop.headers("admin"))
+    assert response.status_code == 200, response.body
+    return response.json_body  # type: ignore[no-any-return]
+
+
+def test_a_new_low_stock_threshold_flags_the_operators_stock_view_after_the_interval(
+    shop: Shop, local_aws: LocalAws, clock: ParameterClock
+) -> None:
+    page = _stock_levels(shop)
+    assert page["low_stock_threshold"] == 5
+    assert [(item["sku"], item["available"], item["low_stock"]) for item in page["items"]] == [("MUG-1", 100, False)]
+    put(local_aws, "low-stock-threshold", "100")
+
+    within_the_interval(clock)
+    assert _stock_levels(shop)["low_stock_threshold"] == 5
+    past_the_interval(clock)
+    page = _stock_levels(shop)
+    assert page["low_stock_threshold"] == 100
+    assert [(item["sku"], item["low_stock"]) for item in page["items"]] == [("MUG-1", True)]
+
+
 # ---------------------------------------------------------------------------- bad values
 @pytest.mark.parametrize(
     ("name", "good", "bad", "read"),
