@@ -45,7 +45,8 @@ class AdminOrderQuery(OrderFilter, LetterPageQuery):
     summary="List every customer's orders, filtered (admin)",
     description=(
         "Filters: `status`, `reason` (the failure reason), `customer` (the customer id), `since` and `until` "
-        "(RFC 3339 date-times bounding the creation time, inclusive; `since` must not be after `until`). "
+        "(RFC 3339 date-times bounding the creation time, inclusive, each an instant within years 1-9999 in UTC; "
+        "`since` must not be after `until`). "
         "With `customer` or `status` the orders come newest first from an index; with neither, every order "
         "is scanned and each page is sorted on its own. A page may hold fewer than `limit` orders while a "
         "`next_token` follows; pass it back with the same filters."

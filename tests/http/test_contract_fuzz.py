@@ -171,6 +171,13 @@ def documented_refusal(case: Case) -> Refusal | None:
     """The documented rule (beyond the schemas) that lets a schema-valid request be refused, if any."""
     if not _is_positive(case):
         return None
+    # Checked before the page token, so it may be the reason whether or not a next_token came too.
+    if case.operation.path == "/admin/orders" and case.query and {"since", "until"} & set(case.query):
+        return Refusal(
+            400,
+            frozenset({"urn:shop:problem:validation-error"}),
+            "since must not be after until, and each must be an instant within years 1-9999 in UTC",
+        )
     if case.query and "next_token" in case.query:
         return Refusal(
             400,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -176,14 +177,21 @@ class OrderPage(Record):
 
 def _utc_timestamp(value: str) -> str:
     """An RFC 3339 date-time as stored timestamps are written (UTC, milliseconds, Z), so it compares as text."""
+    # pydantic alone would also take "0.5" (seconds since 1970) or a bare date.
+    if not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T09:30:00Z")
     try:
         parsed = _DATE_TIME.validate_python(value)
-        return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        # isoformat pads the year to 4 digits (strftime's %Y does not), so the text sorts as the time does.
+        return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         raise ValueError("must be a date-time within years 1-9999 in UTC") from None
 
 
 _DATE_TIME: TypeAdapter[AwareDatetime] = TypeAdapter(AwareDatetime)
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 Timestamp = Annotated[
     str,
     Field(json_schema_extra={"format": "date-time"}, description="An RFC 3339 date-time with its offset."),
