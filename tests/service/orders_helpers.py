@@ -183,7 +183,8 @@ class Shop:
 
 @contextmanager
 def open_shop(local_aws: LocalAws) -> Iterator[Shop]:
-    with Client(app) as client:
+    # The packaged stage: dev's variables are chalice local's (.chalice/config.json).
+    with Client(app, stage_name="prod") as client:
         yield Shop(local_aws, client)
 
 

@@ -24,7 +24,8 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 def client(local_aws: LocalAws) -> Iterator[Client]:
-    with Client(app) as test_client:
+    # The packaged stage: dev's variables are chalice local's (.chalice/config.json).
+    with Client(app, stage_name="prod") as test_client:
         yield test_client
 
 

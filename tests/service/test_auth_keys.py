@@ -32,7 +32,8 @@ def test_a_valid_token_is_accepted_while_the_jwks_endpoint_is_down_after_the_fre
 ) -> None:
     identity = local_aws.identity
     headers = {"Authorization": f"Bearer {identity.token('alice')}"}
-    with Client(app) as client:
+    # The packaged stage: dev's variables are chalice local's (.chalice/config.json).
+    with Client(app, stage_name="prod") as client:
         assert client.http.get("/orders", headers=headers).status_code == 200
         fetched = identity.jwks_requests
 

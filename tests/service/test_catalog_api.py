@@ -82,7 +82,8 @@ class Api:
 
 @pytest.fixture
 def api(local_aws: LocalAws) -> Iterator[Api]:
-    with Client(app) as client:
+    # The packaged stage: dev's variables are chalice local's (.chalice/config.json).
+    with Client(app, stage_name="prod") as client:
         yield Api(client, local_aws)
 
 
