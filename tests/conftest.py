@@ -81,6 +81,15 @@ class LocalAws:
     def state_machine(self, logical_id: str) -> str:
         return self.stack.state_machine_arns[logical_id]
 
+    def set_runtime_parameter(self, name: str, value: str) -> None:
+        """An operator's change of a runtime parameter (shop.config.RUNTIME_PARAMETERS), in force at once:
+        the cached read is dropped instead of waiting out the cache interval."""
+        from shop import parameters
+
+        path = self.stack.api_environment["RUNTIME_CONFIG_PATH"]
+        self.client("ssm").put_parameter(Name=f"{path}/{name}", Value=value, Type="String", Overwrite=True)
+        parameters.clear_cache()
+
 
 def _reset_process_caches() -> None:
     from shop import aws, config

@@ -248,11 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     # the progress bar: only errors reach the console.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    # A run compresses time (see the retry waits below), the breaker's cooldown too: scaled to the
-    # provider's outage windows. With the deployed 30 s, one outage and an unlucky probe keep the
-    # breaker open for most of a short run: nearly every order then ends PAYMENT_UNAVAILABLE and
-    # the provider's own faults are hardly exercised.
-    os.environ.setdefault("PAYMENT_BREAKER_COOLDOWN_SECONDS", str(PROVIDER_OUTAGE_SECONDS))
 
     from infra.local import moto_dynamodb, moto_events
     from infra.local.bench import SagaWatcher
@@ -272,7 +267,17 @@ def main(argv: list[str] | None = None) -> int:
             # Short retry waits keep a run short; the ASL's retry policy is otherwise the deployed one.
             # The orphan bound is compressed the same way, so the scheduled sweeper resumes orphans
             # while the workload runs (and races the API's own starts), not all at once at the end.
-            parameters={"RetryIntervalSeconds": "1", "RetryMaxDelaySeconds": "2", "OrphanAfterSeconds": "15"},
+            parameters={
+                "RetryIntervalSeconds": "1",
+                "RetryMaxDelaySeconds": "2",
+                "OrphanAfterSeconds": "15",
+                # A run compresses time (the retry waits above), the breaker's cooldown too: scaled to
+                # the provider's outage windows (the runtime parameter's initial value). With the
+                # deployed 30 s, one outage and an unlucky probe keep the breaker open for most of a
+                # short run: nearly every order then ends PAYMENT_UNAVAILABLE and the provider's own
+                # faults are hardly exercised.
+                "PaymentBreakerCooldownSeconds": str(PROVIDER_OUTAGE_SECONDS),
+            },
             dynamodb_endpoint=dynamodb.endpoint,
             access_log=False,
         )

@@ -147,13 +147,10 @@ def test_status_of_a_breaker_that_never_tripped(local_aws: LocalAws) -> None:
     assert status.name == "payment-provider:simulator"
 
 
-def test_other_thresholds_come_from_the_environment(local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shop.config import reset_settings_cache
-
-    monkeypatch.setenv("PAYMENT_BREAKER_MINIMUM_CALLS", "2")
-    monkeypatch.setenv("PAYMENT_BREAKER_MINIMUM_FAILING_SOURCES", "2")
-    monkeypatch.setenv("PAYMENT_BREAKER_FAILURE_RATE_PERCENT", "75")
-    reset_settings_cache()
+def test_other_thresholds_come_from_the_runtime_parameters(local_aws: LocalAws) -> None:
+    local_aws.set_runtime_parameter("payment-breaker-minimum-calls", "2")
+    local_aws.set_runtime_parameter("payment-breaker-minimum-failing-sources", "2")
+    local_aws.set_runtime_parameter("payment-breaker-failure-rate-percent", "75")
 
     invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError", "cust-1")
     assert domain.circuit_breaker_status().state == "CLOSED"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from infra.local import lambda_runtime
-from shop import aws, config
+from shop import aws
 from shop.domain import payments as payment_domain
 from shop.domain import recovery
 from shop.models.orders import ExecutionStatusChange
@@ -378,11 +378,8 @@ def test_a_step_that_times_out_after_its_effect_is_retried_not_compensated(
 
 
 # ---------------------------------------------------------------------------- 5. obligations and the breaker
-def test_a_capture_waits_out_an_open_breaker_and_completes(
-    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PAYMENT_BREAKER_COOLDOWN_SECONDS", "2")
-    config.reset_settings_cache()
+def test_a_capture_waits_out_an_open_breaker_and_completes(shop: Shop, local_aws: LocalAws) -> None:
+    local_aws.set_runtime_parameter("payment-breaker-cooldown-seconds", "2")
     at_capture = PauseAt(local_aws.function("CapturePaymentFunction"))
     lambda_runtime.faults.before_invoke = at_capture
     order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
@@ -399,11 +396,8 @@ def test_a_capture_waits_out_an_open_breaker_and_completes(
     assert payment_domain.payment_breaker().state().state == "CLOSED"  # its half-open probe closed it
 
 
-def test_a_void_waits_out_an_open_breaker_and_releases_the_hold(
-    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PAYMENT_BREAKER_COOLDOWN_SECONDS", "2")
-    config.reset_settings_cache()
+def test_a_void_waits_out_an_open_breaker_and_releases_the_hold(shop: Shop, local_aws: LocalAws) -> None:
+    local_aws.set_runtime_parameter("payment-breaker-cooldown-seconds", "2")
     authorized = PauseAt(
         local_aws.function("RecordProgressFunction"), when=lambda event: event.get("step") == "authorize_payment"
     )

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from infra.local import lambda_runtime
-from shop import aws, config
+from shop import aws
 from shop.config import inventory_settings
 from shop.domain import inventory
 from shop.domain import payments as payment_domain
@@ -430,11 +430,8 @@ def test_a_refund_step_that_keeps_failing_is_dead_lettered(
     assert letter_of(shop, order_id) == ("OPEN", "refund", failed_step, 0)
 
 
-def test_a_refund_waits_out_an_open_breaker_and_refunds_in_full(
-    shop: Shop, faults: StepFaults, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PAYMENT_BREAKER_COOLDOWN_SECONDS", "2")
-    config.reset_settings_cache()
+def test_a_refund_waits_out_an_open_breaker_and_refunds_in_full(shop: Shop, faults: StepFaults) -> None:
+    shop.aws.set_runtime_parameter("payment-breaker-cooldown-seconds", "2")
     order_id = completed(shop)
     at_refund = faults.pause_at("RefundPaymentFunction")
     assert shop.cancel(order_id).status_code == 202
