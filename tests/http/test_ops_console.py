@@ -148,6 +148,10 @@ def test_the_console_lists_orders_opens_a_timeline_and_redrives_a_dead_letter(
     expect(page.locator("#orders tbody tr")).to_have_count(1)
     expect(page.locator(f'#orders tbody tr[data-order-id="{stuck}"]')).to_be_visible()
     page.select_option("#order-filters select[name=status]", "")
+    page.fill("#order-filters input[name=since]", "2999-01-01T00:00:00")  # UTC, after every order
+    page.click("#order-filters button[type=submit]")
+    expect(page.locator("#orders tbody tr")).to_have_count(0)
+    page.fill("#order-filters input[name=since]", "")
     page.click("#order-filters button[type=submit]")
     expect(page.locator("#orders tbody tr")).to_have_count(2)
 
