@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.parameters import base as powertools_parameters
-from chalice.test import Client
 
-from app import app
 from infra.local.template import load_template, parameter_defaults, resources_of_type
 from shop import config, parameters
 from shop.config import (
@@ -31,7 +29,7 @@ from shop.config import (
 from shop.domain import payments as payment_domain
 from shop.payments.simulator import SimulatorProvider
 from tests.conftest import LocalAws, random_suffix
-from tests.service.orders_helpers import Shop, seed_product
+from tests.service.orders_helpers import Shop, open_shop, seed_product
 
 
 class ParameterClock:
@@ -81,10 +79,8 @@ def logged(monkeypatch: pytest.MonkeyPatch) -> RecordedErrors:
 @pytest.fixture
 def shop(local_aws: LocalAws) -> Iterator[Shop]:
     seed_product("MUG-1", price=1250, stock=100)
-    # The "prod" stage adds no variables: the dev stage's (`chalice local` against `make run`'s
-    # stack) would replace the deployed test stack's names and configuration path in each request.
-    with Client(app, stage_name="prod") as client:
-        yield Shop(local_aws, client)
+    with open_shop(local_aws) as opened:
+        yield opened
 
 
 def put(local_aws: LocalAws, name: str, value: str) -> None:
