@@ -44,9 +44,9 @@ from shop.models.orders import (
     CheckoutInput,
     HistoryEntry,
     Order,
+    OrderFilter,
     OrderLine,
     OrderPage,
-    OrderFilter,
     OrderSubmission,
     OrderView,
     PaymentView,
@@ -59,9 +59,9 @@ from shop.repositories import sagas
 from shop.saga_terms import Step
 
 ORDERS_LISTING = "orders"
+ALL_ORDERS_LISTING = "all-orders"
 DEAD_LETTERS_LISTING = "dead-letters"
 # Long enough to cover any client's retries; after it a repeated key + body still finds the same
-ALL_ORDERS_LISTING = "all-orders"
 # order (its id is derived from them), so nothing is ever placed twice.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 _ORDER_ID_NAMESPACE = uuid.UUID("5b0f7a52-3c1e-4d8e-9a57-2f6f5f0c8e11")
@@ -245,17 +245,6 @@ def list_orders(principal: Principal, *, limit: int, next_token: str | None) -> 
     )
 
 
-# ---------------------------------------------------------------------------- cancel
-def request_cancellation(order_id: str, principal: Principal) -> OrderView:
-    """Pending: flag it, the saga compensates at its next checkpoint. Completed: start the refund saga.
-
-    Asking again changes nothing. The decision and the saga's own writes serialize on the order's
-    version, so a cancel racing the completion either stops it or is turned into a refund.
-    """
-    _owned(order_id, principal)
-    now = iso_now()
-    decisions: list[lifecycle.CancelDecision] = []
-
 def list_all_orders(found: OrderFilter, *, limit: int, next_token: str | None) -> OrderPage:
     """Every customer's orders narrowed by ``found`` (the operators' view); a token is bound to the filter."""
     binding: dict[str, str | int | None] = found.model_dump()
@@ -266,6 +255,17 @@ def list_all_orders(found: OrderFilter, *, limit: int, next_token: str | None) -
         next_token=encode_token(ALL_ORDERS_LISTING, last_key, binding),
     )
 
+
+# ---------------------------------------------------------------------------- cancel
+def request_cancellation(order_id: str, principal: Principal) -> OrderView:
+    """Pending: flag it, the saga compensates at its next checkpoint. Completed: start the refund saga.
+
+    Asking again changes nothing. The decision and the saga's own writes serialize on the order's
+    version, so a cancel racing the completion either stops it or is turned into a refund.
+    """
+    _owned(order_id, principal)
+    now = iso_now()
+    decisions: list[lifecycle.CancelDecision] = []
 
     def decide(current: Order) -> Order | None:
         decision = lifecycle.decide_cancel(current, now)
