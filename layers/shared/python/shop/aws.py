@@ -17,6 +17,11 @@ from botocore.config import Config
 # Standard retry mode handles throttling inside one call; the saga's Retry policies handle what
 # is still failing after that.
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4})
+# Parameter Store is read for configuration on a request's path: a slow or unreachable store must
+# cost a request seconds, not botocore's 60 s connect timeout per attempt (the defaults then apply).
+_SERVICE_CONFIGS = {
+    "ssm": Config(connect_timeout=2, read_timeout=3, retries={"mode": "standard", "max_attempts": 2}),
+}
 
 _READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
 _WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
@@ -87,7 +92,9 @@ def client(service: str) -> Any:
         with _clients_lock:
             built = _clients.get(service)
             if built is None:
-                built = boto3.session.Session().client(service, config=_CLIENT_CONFIG)  # type: ignore[call-overload]
+                built = boto3.session.Session().client(  # type: ignore[call-overload]
+                    service, config=_SERVICE_CONFIGS.get(service, _CLIENT_CONFIG)
+                )
                 if service == "dynamodb" and capacity_meter.enabled:
                     capacity_meter.attach(built)
                 _clients[service] = built
