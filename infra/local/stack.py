@@ -323,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
             "Ctrl-C stops everything.",
         ]
         print("\n".join(lines), flush=True)
-        stop.wait()
+        # Woken twice a second: the main thread then runs bytecode, so a signal's handler runs at
+        # once even while the emulator's threads keep the interpreter busy.
+        while not stop.wait(0.5):
+            pass
         print("Stopping...", flush=True)
         return 0
     finally:

@@ -87,12 +87,14 @@ def chalice_local(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory)
             time.sleep(0.2)  # polling interval of the readiness check above
         yield running
     finally:
+        # Ctrl-C, as a developer stops it. How fast it stops is not what these tests check (under a
+        # loaded machine it once took over 30 s): past that, it is killed rather than failing them.
         process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
 
 
 def test_chalice_local_lists_the_demo_catalog(chalice_local: ChaliceLocal) -> None:
