@@ -1,7 +1,7 @@
 """`make chaos`: a randomized, seeded workload against the local stack with faults at every seam,
 then everything healthy again, the sweepers and the redrives, then the books checked.
 
-    python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 96]
+    python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 72]
 
 1. Start the stack in this process (moto, free ports; moto's DynamoDB in a process of its own,
    its faults entering where the stack's clients hand it their requests), create scarce and plentiful SKUs.
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="light")
-    parser.add_argument("--concurrency", type=int, default=96)
+    parser.add_argument("--concurrency", type=int, default=72)
     parser.add_argument("--redrive-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     # The expected warnings (orphans started, redrives) and one metric line per order would bury
