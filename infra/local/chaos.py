@@ -394,4 +394,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The summary is printed and the stack and the DynamoDB process are stopped. An emulator thread
+    # still inside a scheduled function (its connection to the stopped DynamoDB process can wait for a
+    # greeting that never comes) must not keep the interpreter's exit waiting on it forever.
+    os._exit(code)
