@@ -117,14 +117,28 @@
     return `+${Math.floor(milliseconds / 60000)} min ${Math.round((milliseconds % 60000) / 1000)} s`;
   }
 
+  // Only the newest request renders: a refresh that started before the operator picked another
+  // order must not paint the old one over it when its answer comes back last.
+  // The timeline is aria-busy while any of its requests is out.
+  let timelineRequest = 0;
+  let timelineLoads = 0;
+
   async function showTimeline(orderId) {
-    const order = await api(`orders/${encodeURIComponent(orderId)}`);
     selectedOrder = orderId;
+    const request = ++timelineRequest;
+    const list = $("#timeline");
+    list.setAttribute("aria-busy", String(++timelineLoads > 0));
+    let order;
+    try {
+      order = await api(`orders/${encodeURIComponent(orderId)}`);
+    } finally {
+      list.setAttribute("aria-busy", String(--timelineLoads > 0));
+    }
+    if (request !== timelineRequest) return;
     for (const row of document.querySelectorAll("#orders tbody tr")) {
       row.classList.toggle("selected", row.dataset.orderId === orderId);
     }
     $("#timeline-order").textContent = `${order.order_id} · ${order.status}`;
-    const list = $("#timeline");
     list.replaceChildren();
     let previous = null;
     for (const entry of order.history) {

@@ -20,7 +20,7 @@ from typing import Any
 import jwt
 import pytest
 import requests
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from infra.local.identity import DevIdentityProvider
 from tests.http.conftest import RunningStack
@@ -173,9 +173,25 @@ def test_the_console_lists_orders_opens_a_timeline_and_redrives_a_dead_letter(
     assert (_dead_letter(stack, stuck) or {}).get("status") == "RESOLVED"
     assert _admin_order(stack, stuck)["status"] == "CANCELLED"
 
-    # Its timeline now shows the compensations in their own colour.
-    page.click("#refresh")
+    # Its timeline now shows the compensations in their own colour. The refresh re-reads the open
+    # timeline (the completed order's); that answer is held until the operator has opened another
+    # order, and when it comes back last it must not paint the old order over the new one.
+    held: list[Route] = []
+    old_timeline = f"**/orders/{completed}"
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(old_timeline, hold)
+    with page.expect_request(old_timeline):
+        page.click("#refresh")
     page.click(f'#orders tbody tr[data-order-id="{stuck}"] button')
+    expect(page.locator("#timeline-order")).to_contain_text(stuck)
+    with page.expect_response(old_timeline):
+        for route in held:
+            route.continue_()
+    page.unroute(old_timeline, hold)
+    expect(page.locator("#timeline")).to_have_attribute("aria-busy", "false")
     expect(page.locator("#timeline-order")).to_contain_text(stuck)
     expect(page.locator('#timeline li.compensation[data-step="release_stock"]').first).to_be_visible()
 
