@@ -103,11 +103,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy app.py chalicelib functions infra layers/shared/python/shop tests
 
 validate: $(STAMP) build/sam/template.yaml
-	$(BIN)/cfn-lint --ignore-checks I --template build/sam/template.yaml
-	$(BIN)/python -m infra.check_template
-	$(BIN)/python -m infra.validate_statemachines
+	$(BIN)/python -m infra.validate
 
-test: $(STAMP) $(NODE_STAMP) lint typecheck validate
+# The static checks side by side (mypy on one core, packaging and cfn-lint on the other), each
+# one's output printed whole when it ends; then every test tier on both cores.
+test: $(STAMP) $(NODE_STAMP)
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck validate
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 unit service http fidelity: $(STAMP) $(NODE_STAMP)

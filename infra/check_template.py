@@ -1,11 +1,12 @@
 """Check the packaged template as CloudFormation will see it, offline (`make validate`).
 
-1. build/sam/template.yaml (`make package`) is transformed with aws-sam-translator, the library
+1. cfn-lint runs on build/sam/template.yaml (`make package`) as written, with its SAM rules.
+2. The packaged template is transformed with aws-sam-translator, the library
    behind the `AWS::Serverless-2016-10-31` transform, with no AWS call: artifacts get the S3
    locations `sam deploy` would upload them to, and managed policy names are resolved from an
    empty map (the template names none; a name added later fails the transform instead of
    quietly granting a broad AWS policy).
-2. cfn-lint runs on the transformed template, where it sees what SAM generated (the RestApi's
+3. cfn-lint runs on the transformed template, where it sees what SAM generated (the RestApi's
    body, roles, log groups): any error or warning fails. Informational findings are not shown.
 
 The transformed template is written to build/sam/transformed.json for inspection.
@@ -21,7 +22,7 @@ import sys
 from typing import Any
 
 import boto3
-from cfnlint.api import ManualArgs, lint
+from cfnlint.api import ManualArgs, Match, lint, lint_file
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
@@ -68,16 +69,28 @@ def transform_template(template: dict[str, Any]) -> dict[str, Any]:
     return transformed
 
 
+def _lines(matches: list[Match]) -> list[str]:
+    return [f"{match.rule.id} {match.message} ({'/'.join(str(part) for part in match.path)})" for match in matches]
+
+
 def findings(transformed: dict[str, Any]) -> list[str]:
     """cfn-lint's errors and warnings on a transformed template, one line each."""
-    matches = lint(json.dumps(transformed), config=ManualArgs(regions=[REGION], ignore_checks=["I"]))
-    return [f"{match.rule.id} {match.message} ({'/'.join(str(part) for part in match.path)})" for match in matches]
+    return _lines(lint(json.dumps(transformed), config=ManualArgs(regions=[REGION], ignore_checks=["I"])))
+
+
+def packaged_findings() -> list[str]:
+    """cfn-lint's errors and warnings on the packaged SAM template itself (its own SAM rules)."""
+    return _lines(lint_file(PACKAGED, config=ManualArgs(regions=[REGION], ignore_checks=["I"])))
 
 
 def main() -> int:
     if not PACKAGED.exists():
         print(f"{PACKAGED.relative_to(REPO_ROOT)} is missing: run `make package`", file=sys.stderr)
         return 1
+    packaged_problems = packaged_findings()
+    for problem in packaged_problems:
+        print(problem, file=sys.stderr)
+    print(f"{PACKAGED.relative_to(REPO_ROOT)}: {len(packaged_problems)} cfn-lint errors or warnings")
     transformed = transform_template(load_template(PACKAGED))
     TRANSFORMED.write_text(json.dumps(transformed, indent=1, sort_keys=True))
     problems = findings(transformed)
@@ -85,7 +98,7 @@ def main() -> int:
         print(problem, file=sys.stderr)
     relative = TRANSFORMED.relative_to(REPO_ROOT)
     print(f"{relative}: {len(transformed['Resources'])} resources, {len(problems)} cfn-lint errors or warnings")
-    return 1 if problems else 0
+    return 1 if problems or packaged_problems else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import re
+import zipfile
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -103,6 +104,23 @@ def test_every_function_runs_one_runtime(transformed: dict[str, Any]) -> None:
     (layer,) = _of_type(transformed, "AWS::Lambda::LayerVersion").values()
     assert layer["Properties"]["CompatibleRuntimes"] == [RUNTIME]
     assert f"python{package.LAMBDA_PYTHON}" == RUNTIME
+
+
+def test_the_api_zip_holds_its_own_code_and_its_dependencies_come_from_the_layer(
+    packaged: dict[str, Any], transformed: dict[str, Any]
+) -> None:
+    (layer_id,) = _of_type(transformed, "AWS::Lambda::LayerVersion")
+    functions = _of_type(transformed, "AWS::Lambda::Function")
+    layers = {name: f["Properties"]["Layers"] for name, f in functions.items()}
+    assert layers == {name: [{"Ref": layer_id}] for name in functions}
+    with zipfile.ZipFile(PACKAGED.parent / packaged["Resources"][API_HANDLER]["Properties"]["CodeUri"]) as api_zip:
+        top_level = {name.split("/")[0] for name in api_zip.namelist()}
+    assert top_level == {"app.py", "chalicelib", "chalice"}  # chalice: the runtime part Chalice always adds
+    layer_python = PACKAGED.parent / "layers" / "shared" / "python"
+    assert {"shop", "pydantic", "pydantic_core", "aws_lambda_powertools", "jwt"} <= {
+        p.name for p in layer_python.iterdir()
+    }
+    assert list(layer_python.glob("pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu.so"))
 
 
 def test_no_function_has_a_managed_crud_policy(packaged: dict[str, Any], transformed: dict[str, Any]) -> None:
