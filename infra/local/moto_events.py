@@ -9,7 +9,10 @@ function asynchronously (retried twice on error). This adapter adds exactly that
 - ``Rule.send_to_targets`` also delivers to ``lambda`` targets, asynchronously, with Lambda's
   two retries of an asynchronous invocation that failed;
 - every execution that ends (SUCCEEDED, FAILED, TIMED_OUT, ABORTED) puts its status-change
-  event, with AWS's ``detail`` fields, on the default bus of its account and region.
+  event, with AWS's ``detail`` fields, on the default bus of its account and region;
+- StopExecution ends the execution at once, as on AWS: moto leaves it RUNNING (and emits
+  nothing) until the state it was in returns, which for a Lambda task still running can be
+  minutes. The state's own work still finishes, as a Lambda invoked before the stop does on AWS.
 
 In-process observers (``execution_listeners``: `make bench` and `make chaos` waiting for sagas to
 end) get the same ``detail`` when an execution ends, instead of polling the Step Functions API.
@@ -28,7 +31,8 @@ from typing import Any
 
 from moto.awslambda.models import lambda_backends
 from moto.events.models import Rule, events_backends
-from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+from moto.stepfunctions.parser.api import ExecutionStatus
+from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
 from moto.utilities.arns import parse_arn
 
 DETAIL_TYPE = "Step Functions Execution Status Change"
@@ -37,6 +41,10 @@ ASYNC_ATTEMPTS = 3
 
 _ORIGINAL_SEND = Rule.send_to_targets
 _ORIGINAL_TERMINATED = BaseExecutionWorkerCommunication.terminated
+_ORIGINAL_STOP = Execution.stop
+# An execution ends once: by StopExecution or by its worker, whichever comes first.
+_ENDED_ATTRIBUTE = "_shop_status_change_sent"
+_ending = threading.Lock()
 # Called with the status-change ``detail`` of every execution that ends, in the executing thread.
 execution_listeners: list[Callable[[dict[str, Any]], None]] = []
 
@@ -96,9 +104,15 @@ def status_change_detail(execution: Any) -> dict[str, Any]:
     }
 
 
-def _terminated(self: BaseExecutionWorkerCommunication) -> None:
-    _ORIGINAL_TERMINATED(self)
-    execution = self.execution
+def _claim_the_end(execution: Execution) -> bool:
+    with _ending:
+        if getattr(execution, _ENDED_ATTRIBUTE, False):
+            return False
+        setattr(execution, _ENDED_ATTRIBUTE, True)
+        return True
+
+
+def _announce_end(execution: Execution) -> None:
     detail = status_change_detail(execution)
     events_backends[execution.account_id][execution.region_name].put_events(
         [
@@ -114,7 +128,26 @@ def _terminated(self: BaseExecutionWorkerCommunication) -> None:
         listener(detail)
 
 
+def _terminated(self: BaseExecutionWorkerCommunication) -> None:
+    if not _claim_the_end(self.execution):
+        return  # stopped earlier: the status and its event are already out
+    _ORIGINAL_TERMINATED(self)
+    _announce_end(self.execution)
+
+
+def _stop(self: Execution, stop_date: Any, error: str | None, cause: str | None) -> None:
+    _ORIGINAL_STOP(self, stop_date=stop_date, error=error, cause=cause)
+    if self.exec_status != ExecutionStatus.RUNNING or not _claim_the_end(self):
+        return
+    self.exec_status = ExecutionStatus.ABORTED
+    self.stop_date = stop_date
+    self.error = error
+    self.cause = cause
+    _announce_end(self)
+
+
 def install() -> None:
     """Deliver to Lambda targets and emit execution status changes (idempotent)."""
     Rule.send_to_targets = _send_to_targets  # type: ignore[method-assign,assignment]
     BaseExecutionWorkerCommunication.terminated = _terminated  # type: ignore[method-assign]
+    Execution.stop = _stop  # type: ignore[method-assign]

@@ -220,6 +220,46 @@ def test_an_ended_execution_reaches_a_lambda_target_through_its_status_change_ru
     assert json.loads(detail["input"]) == {"order_id": "o-1"}
 
 
+def test_a_stopped_execution_ends_at_once_while_its_lambda_task_still_runs(lambda_client: Any) -> None:
+    """StopExecution answers ABORTED and emits its one status change at once, as AWS does."""
+    from infra.local import moto_events, moto_stepfunctions
+
+    moto_stepfunctions.install()
+    moto_events.install()
+    ended: list[dict[str, Any]] = []
+    reached, released = threading.Event(), threading.Event()
+
+    def hold(function_name: str, event: Any) -> None:
+        reached.set()
+        released.wait(30)
+
+    lambda_runtime.faults.before_invoke = hold
+    moto_events.execution_listeners.append(ended.append)
+    try:
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+            iam, sfn = boto3.client("iam"), boto3.client("stepfunctions")
+            role = iam.get_role(RoleName="canary")["Role"]["Arn"]
+            function_arn = lambda_client.get_function(FunctionName="canary")["Configuration"]["FunctionArn"]
+            definition = {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": function_arn, "End": True}}}
+            machine = sfn.create_state_machine(name="m", definition=json.dumps(definition), roleArn=role)
+            arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="x")["executionArn"]
+            assert reached.wait(30), "the task never started"
+
+            sfn.stop_execution(executionArn=arn)
+
+            assert sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+            assert [(d["status"], d["name"]) for d in ended] == [("ABORTED", "x")]
+            released.set()
+            for worker in [t for t in threading.enumerate() if "_execution_logic" in t.name]:
+                worker.join(30)
+            assert sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+    finally:
+        released.set()
+        lambda_runtime.faults.clear()
+        moto_events.execution_listeners.remove(ended.append)
+    assert len(ended) == 1, "the task's late return announced the end a second time"
+
+
 def test_an_execution_listed_before_it_started_reads_as_running() -> None:
     from types import SimpleNamespace
 
