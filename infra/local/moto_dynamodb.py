@@ -33,6 +33,7 @@ import json
 import os
 import queue
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -319,7 +320,13 @@ def install() -> None:
 remote_endpoint: str | None = None
 _remote_address: tuple[str, int] | None = None
 _remote_key: bytes = b""
-_idle_connections: queue.SimpleQueue[Any] = queue.SimpleQueue()
+# Idle connections, each with the address it is connected to: one made for an earlier process
+# is closed, never used for the current one.
+_idle_connections: queue.SimpleQueue[tuple[tuple[str, int], Any]] = queue.SimpleQueue()
+# How long a new connection may wait for the process's greeting. Without a bound, a connection
+# to a port that another server took over after the process stopped (tests bind free ports)
+# waits forever for a greeting that server never sends.
+HANDSHAKE_SECONDS = 10
 
 # The environment variable carrying the connection's authentication key to the child.
 CONNECTION_KEY_VARIABLE = "SHOP_DYNAMODB_CONNECTION_KEY"
@@ -340,24 +347,59 @@ def _error_for(request: Any, code: str) -> Any:
     return _aws_response(request, status, headers, body.encode())
 
 
+def _connect(address: tuple[str, int], key: bytes) -> Any:
+    """``multiprocessing.connection.Client(address, authkey=key)`` with a bounded handshake."""
+    from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+
+    with socket.create_connection(address, timeout=HANDSHAKE_SECONDS) as sock:
+        sock.settimeout(None)  # blocking, as Connection reads the descriptor itself ...
+        bounded = struct.pack("ll", HANDSHAKE_SECONDS, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bounded)  # ... but not forever
+        connection = Connection(os.dup(sock.fileno()))
+        try:
+            answer_challenge(connection, key)
+            deliver_challenge(connection, key)
+        except BaseException:
+            connection.close()
+            raise
+        # Greeted: a request may take long under load, and a dead process resets the socket.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+    return connection
+
+
 def _exchange(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
     # A pool, not one connection per thread: moto runs every Step Functions task in a new thread.
-    from multiprocessing.connection import Client
-
-    try:
-        connection = _idle_connections.get_nowait()
-    except queue.Empty:
-        if _remote_address is None:
-            raise ConnectionRefusedError("the DynamoDB process has stopped") from None
-        connection = Client(_remote_address, authkey=_remote_key)
+    address = _remote_address
+    if address is None:
+        raise ConnectionRefusedError("the DynamoDB process has stopped")
+    connection = None
+    while connection is None:
+        try:
+            connected_to, idle = _idle_connections.get_nowait()
+        except queue.Empty:
+            connection = _connect(address, _remote_key)
+        else:
+            if connected_to == address:
+                connection = idle
+            else:
+                idle.close()
     try:
         connection.send((headers, body))
         status, response_headers, response_body = connection.recv()
     except BaseException:
         connection.close()
         raise
-    _idle_connections.put(connection)
+    _idle_connections.put((address, connection))
     return status, response_headers, response_body
+
+
+def _close_idle_connections() -> None:
+    while True:
+        try:
+            _, idle = _idle_connections.get_nowait()
+        except queue.Empty:
+            return
+        idle.close()
 
 
 def _send_to_process(request: Any, **_: Any) -> Any:
@@ -404,6 +446,7 @@ def install_client_transport(process: MotoDynamoDBProcess) -> None:
     from botocore.handlers import BUILTIN_HANDLERS
 
     global remote_endpoint, _remote_address, _remote_key
+    _close_idle_connections()
     remote_endpoint, _remote_address, _remote_key = process.endpoint, process.connection_address, process.key
     for handler in (("before-send.dynamodb", _send_to_process), ("choose-signer.dynamodb", _unsigned)):
         if handler not in BUILTIN_HANDLERS:
@@ -413,6 +456,7 @@ def install_client_transport(process: MotoDynamoDBProcess) -> None:
 def remove_client_transport() -> None:
     global remote_endpoint, _remote_address
     remote_endpoint = _remote_address = None
+    _close_idle_connections()
 
 
 @dataclass

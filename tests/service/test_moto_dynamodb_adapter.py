@@ -10,6 +10,7 @@ from its partition (the same items, order and pages).
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -366,3 +367,45 @@ def test_a_request_after_the_process_stopped_fails_at_once_instead_of_waiting_on
     assert moto_dynamodb.remote_endpoint is None
     with pytest.raises(EndpointConnectionError):
         client.list_tables()
+
+
+def test_a_port_that_never_greets_fails_the_connection_instead_of_hanging_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port that accepts and stays silent (another server took the stopped process's port)."""
+    monkeypatch.setattr(moto_dynamodb, "HANDSHAKE_SECONDS", 1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the connection; nobody ever speaks on it
+        with pytest.raises(OSError):
+            moto_dynamodb._connect(silent.getsockname(), b"key")
+
+
+def test_connections_pooled_for_a_stopped_process_never_serve_the_next_one() -> None:
+    first = moto_dynamodb.MotoDynamoDBProcess.start()
+    moto_dynamodb.install_client_transport(first)
+    try:
+        client = _client(first.endpoint)
+        client.create_table(
+            TableName="only-in-the-first",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        second = moto_dynamodb.MotoDynamoDBProcess.start()
+        try:
+            moto_dynamodb.install_client_transport(second)  # the first one still runs
+            client = _client(second.endpoint)
+            assert client.list_tables()["TableNames"] == []
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def _client(endpoint: str) -> Any:
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
