@@ -326,7 +326,10 @@ _idle_connections: queue.SimpleQueue[tuple[tuple[str, int], Any]] = queue.Simple
 # How long a new connection may wait for the process's greeting. Without a bound, a connection
 # to a port that another server took over after the process stopped (tests bind free ports)
 # waits forever for a greeting that server never sends.
-HANDSHAKE_SECONDS = 10
+HANDSHAKE_SECONDS = 30
+# Connections the kernel queues for the accepting thread: a chaos run's burst of saga threads
+# each opens one at once.
+CONNECTION_BACKLOG = 512
 
 # The environment variable carrying the connection's authentication key to the child.
 CONNECTION_KEY_VARIABLE = "SHOP_DYNAMODB_CONNECTION_KEY"
@@ -566,11 +569,22 @@ def _serve(host: str, port: int) -> Any:
 
 
 def _serve_connections(host: str, port: int, key: bytes) -> None:
-    """``_dispatch`` for the stack's clients (``install_client_transport``), one thread each."""
-    from multiprocessing.connection import Listener
+    """``_dispatch`` for the stack's clients (``install_client_transport``), one thread each.
 
-    def serve(connection: Any) -> None:
-        with connection:
+    Not ``multiprocessing.connection.Listener``: its backlog of one drops the connections of a
+    burst (each then waits for a SYN retransmission, seconds), and its ``accept`` greets each
+    client before accepting the next, so one slow client (a busy stack process) holds up all.
+    Here the kernel queues a burst and each connection is greeted in its own thread.
+    """
+    from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+
+    def serve(sock: socket.socket) -> None:
+        with Connection(sock.detach()) as connection:
+            try:
+                deliver_challenge(connection, key)  # the order Listener.accept greets in
+                answer_challenge(connection, key)
+            except Exception:  # noqa: BLE001 - a client that failed the handshake, or left
+                return
             while True:
                 try:
                     headers, body = connection.recv()
@@ -578,13 +592,13 @@ def _serve_connections(host: str, port: int, key: bytes) -> None:
                     return
                 connection.send(_dispatch(headers, body))
 
-    with Listener((host, port), authkey=key) as listener:
+    with socket.create_server((host, port), backlog=CONNECTION_BACKLOG) as listener:
         while True:
             try:
-                connection = listener.accept()
-            except (OSError, EOFError):
-                continue  # a client that failed the handshake
-            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+                sock, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(sock,), daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
