@@ -398,6 +398,7 @@ if __name__ == "__main__":
     sys.stdout.flush()
     sys.stderr.flush()
     # The summary is printed and the stack and the DynamoDB process are stopped. An emulator thread
-    # still inside a scheduled function (its connection to the stopped DynamoDB process can wait for a
-    # greeting that never comes) must not keep the interpreter's exit waiting on it forever.
+    # still inside a scheduled function (a worker thread, which interpreter exit would join) fails
+    # its next DynamoDB request at once (moto_dynamodb's transport is removed) or within the bounded
+    # greeting; the run's answer does not wait for that.
     os._exit(code)
