@@ -49,8 +49,14 @@ SCARCE = {"CHAOS-SCARCE-1": 40, "CHAOS-SCARCE-2": 60, "CHAOS-SCARCE-3": 25}
 PLENTIFUL = {f"CHAOS-ITEM-{n}": 100_000 for n in range(1, 6)}
 QUIET_POLLS = 3
 TIMEOUT = 30
-# How long a client waits for its saga before placing its next order (an orphaned order has none).
-PACING_SECONDS = 2.0
+# A client waits for its order's saga to end before placing its next order, as a shopper waits for
+# the outcome: the sagas in flight stay about one per client. (With a short fixed wait instead, the
+# clients offered orders faster than the emulator ended sagas: at 96 clients, 500 executions ran at
+# once after 1,500 orders, each with its threads, and a 10,000-order run stalled at 26,000 threads.)
+# An order whose saga did not start (StartExecution throttled: an orphan, which the sweeper starts
+# later) has nothing to wait for beyond a short pause.
+SAGA_WAIT_SECONDS = 120.0
+ORPHAN_PAUSE_SECONDS = 2.0
 
 
 @dataclass
@@ -60,6 +66,8 @@ class Workload:
     admin: str
     seed: int
     watcher: Any = None  # infra.local.bench.SagaWatcher: when each saga ended
+    stepfunctions: Any = None  # whether an order's checkout saga started (its execution exists)
+    checkout_machine: str = ""
     order_ids: set[str] = field(default_factory=set)
     cancels: list[threading.Timer] = field(default_factory=list)
     client_events: Counter[str] = field(default_factory=Counter)
@@ -148,7 +156,17 @@ class Workload:
                 self.cancels.append(timer)
             timer.start()
         if self.watcher is not None:
-            self.watcher.ended(order_id, PACING_SECONDS)
+            self.watcher.ended(order_id, SAGA_WAIT_SECONDS if self.saga_started(order_id) else ORPHAN_PAUSE_SECONDS)
+
+    def saga_started(self, order_id: str) -> bool:
+        if self.stepfunctions is None:
+            return True
+        arn = self.checkout_machine.replace(":stateMachine:", ":execution:", 1) + f":{order_id}"
+        try:
+            self.stepfunctions.describe_execution(executionArn=arn)
+        except self.stepfunctions.exceptions.ExecutionDoesNotExist:
+            return False
+        return True
 
     def cancel(self, order_id: str, who: str) -> None:
         try:
@@ -297,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             admin=tokens["admin"],
             seed=args.seed,
             watcher=watcher,
+            stepfunctions=stack.client("stepfunctions"),
+            checkout_machine=stack.deployed.state_machine_arns["CheckoutStateMachine"],
         )
         for sku, stock in {**SCARCE, **PLENTIFUL}.items():
             created = requests.post(
