@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="light")
-    parser.add_argument("--concurrency", type=int, default=72)
+    parser.add_argument("--concurrency", type=int, default=192)
     parser.add_argument("--redrive-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     # The expected warnings (orphans started, redrives) and one metric line per order would bury
