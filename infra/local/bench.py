@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         read_units, write_units = aws.capacity_meter.read_units, aws.capacity_meter.write_units
         requests_by_operation = dict(aws.capacity_meter.requests)
         requests_by_table = dict(aws.capacity_meter.requests_by_table)
+        units_by_table = dict(aws.capacity_meter.units_by_table)
 
         completed = [e for e in run.executions if e["status"] == "SUCCEEDED"]
         if not completed:
@@ -315,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    DynamoDB write units: {per_order_wru:.1f}")
         per_order_requests = sum(requests_by_operation.values()) / len(run.executions)
         print(f"    DynamoDB requests:    {per_order_requests:.1f}")
+        print("      requests  units  (per order: request, table)")
         for request, count in sorted(requests_by_table.items(), key=lambda entry: (-entry[1], entry[0])):
-            print(f"      {count / len(run.executions):4.1f}  {request}")
+            units = units_by_table.get(request, 0.0) / len(run.executions)
+            print(f"      {count / len(run.executions):8.1f}  {units:5.1f}  {request}")
         print(f"  AWS cost per million orders ({prices['region']}, prices of {prices['as_of']}, infra/pricing.json):")
         for label, workflow in (("Standard", standard), ("Express", express)):
             total = (workflow + shared) * million

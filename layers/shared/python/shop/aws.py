@@ -41,6 +41,8 @@ class CapacityMeter:
     requests: Counter[str] = field(default_factory=Counter)
     # "Operation table[+table...]" -> requests: which requests an order costs, table by table.
     requests_by_table: Counter[str] = field(default_factory=Counter)
+    # The same keys -> the capacity units DynamoDB reported for those requests.
+    units_by_table: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attach(self, dynamodb_client: Any) -> None:
@@ -64,7 +66,9 @@ class CapacityMeter:
         )
         with self._lock:
             self.requests[model.name] += 1
-            self.requests_by_table[f"{model.name} {context.get('metered_tables', '?')}"] += 1
+            key = f"{model.name} {context.get('metered_tables', '?')}"
+            self.requests_by_table[key] += 1
+            self.units_by_table[key] += units
             if model.name in _READS:
                 self.read_units += units
             else:
@@ -75,6 +79,7 @@ class CapacityMeter:
             self.read_units = self.write_units = 0.0
             self.requests.clear()
             self.requests_by_table.clear()
+            self.units_by_table.clear()
 
 
 capacity_meter = CapacityMeter()

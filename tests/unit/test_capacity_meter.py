@@ -1,0 +1,38 @@
+"""The capacity meter `make bench` reads: requests and reported units, per request kind and table."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from shop.aws import CapacityMeter
+
+
+def _metered(meter: CapacityMeter, operation: str, params: dict[str, Any], consumed: Any) -> None:
+    context: dict[str, Any] = {}
+    meter._ask_for_capacity(params, context)
+    assert params["ReturnConsumedCapacity"] == "TOTAL"
+    meter._record({"ConsumedCapacity": consumed}, SimpleNamespace(name=operation), context)
+
+
+def test_units_are_summed_per_direction_and_per_request_kind_and_table() -> None:
+    meter = CapacityMeter(enabled=True)
+    _metered(meter, "UpdateItem", {"TableName": "Orders"}, {"CapacityUnits": 4.0})
+    _metered(meter, "UpdateItem", {"TableName": "Orders"}, {"CapacityUnits": 5.0})
+    transaction = {"TransactItems": [{"Update": {"TableName": "Stock"}}, {"Put": {"TableName": "Holds"}}]}
+    _metered(meter, "TransactWriteItems", transaction, [{"CapacityUnits": 6.0}, {"CapacityUnits": 4.0}])
+    _metered(meter, "GetItem", {"TableName": "Orders"}, {"CapacityUnits": 0.5})
+
+    assert (meter.write_units, meter.read_units) == (19.0, 0.5)
+    assert dict(meter.requests_by_table) == {
+        "UpdateItem Orders": 2,
+        "TransactWriteItems Holds+Stock": 1,
+        "GetItem Orders": 1,
+    }
+    assert dict(meter.units_by_table) == {
+        "UpdateItem Orders": 9.0,
+        "TransactWriteItems Holds+Stock": 10.0,
+        "GetItem Orders": 0.5,
+    }
+    meter.reset()
+    assert not meter.units_by_table and not meter.requests_by_table and meter.write_units == 0.0
