@@ -21,6 +21,12 @@ catalog = Blueprint(__name__)
 
 _TAGS = ("catalog",)
 _SKU = {"sku": Sku}
+# Catalog reads may be served by a browser or CDN cache this long without asking; a client that
+# revalidates (If-None-Match) sees an admin's change at once. Checkout never reads through a
+# cache: its price snapshot is read from the table (shop.domain.orders).
+CATALOG_MAX_AGE_SECONDS = 30
+_CONDITIONAL = {"If-None-Match": http.IfNoneMatch | None}
+_CACHEABLE = {200: http.CACHE_HEADERS, 304: http.CACHE_HEADERS}
 
 
 @http.route(
@@ -30,11 +36,13 @@ _SKU = {"sku": Sku}
     summary="List active products",
     description="Ordered by SKU. Pass `next_token` from the previous page (with the same `category`) to continue.",
     query=ProductListQuery,
-    responses={200: ProductPage},
+    headers=_CONDITIONAL,
+    responses={200: ProductPage, 304: None},
+    response_headers=_CACHEABLE,
     tags=_TAGS,
 )
-def list_products(query: ProductListQuery) -> Response:
-    return http.json_response(domain.list_products(query))
+def list_products(query: ProductListQuery, headers: dict[str, str | None]) -> Response:
+    return http.cacheable_response(domain.list_products(query), headers["If-None-Match"], CATALOG_MAX_AGE_SECONDS)
 
 
 @http.route(
@@ -43,12 +51,14 @@ def list_products(query: ProductListQuery) -> Response:
     "GET",
     summary="Read a product",
     path_params=_SKU,
-    responses={200: Product},
+    headers=_CONDITIONAL,
+    responses={200: Product, 304: None},
+    response_headers=_CACHEABLE,
     errors=(404,),
     tags=_TAGS,
 )
-def get_product(sku: str) -> Response:
-    return http.json_response(domain.get_product(sku))
+def get_product(sku: str, headers: dict[str, str | None]) -> Response:
+    return http.cacheable_response(domain.get_product(sku), headers["If-None-Match"], CATALOG_MAX_AGE_SECONDS)
 
 
 @http.route(

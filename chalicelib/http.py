@@ -17,7 +17,8 @@ is 400 with ``errors[].field`` = the parameter name), ``principal`` when ``auth`
 ``query`` when ``query=Model`` (unknown or repeated parameters are 400) and ``body`` when
 ``body=Model`` (see ``parse_body``). A route without ``query`` rejects any query string (400).
 ``headers={"Idempotency-Key": IdempotencyKey}`` requires each header and validates it against its
-annotation (400 naming the header) and passes them, validated, as ``headers``; ``backend=False`` marks a route
+annotation (400 naming the header) and passes them, validated, as ``headers``; a header annotated
+``T | None`` is optional (None when absent); ``backend=False`` marks a route
 that reaches no data store or service (its document then lists no 503). The checks run in that
 order: auth, path, query, headers, body. The ``Operation`` each route carries is what the OpenAPI
 document says of it, so whatever the route enforces here is declared there too.
@@ -36,17 +37,18 @@ reaches the function (HEAD, or TRACE through the local server) gets the same 405
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 from chalice import Blueprint, Chalice, Response
 from chalice.app import ChaliceViewError, Request
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from chalicelib.openapi import PROBLEM_JSON, Auth, Operation, Problem, describe
+from chalicelib.openapi import PROBLEM_JSON, Auth, Operation, Problem, describe, optional_inner
 from shop import auth
 from shop.auth import Principal
 from shop.config import api_settings
@@ -260,8 +262,10 @@ def _path_argument(name: str, adapter: TypeAdapter[Any], value: str | None) -> A
         raise FieldError("the path has an invalid parameter", field_errors(error, name)) from None
 
 
-def _header_argument(name: str, adapter: TypeAdapter[Any], value: str | None) -> Any:
+def _header_argument(name: str, adapter: TypeAdapter[Any], value: str | None, optional: bool = False) -> Any:
     if value is None:
+        if optional:
+            return None
         raise FieldError("the request lacks a required header", [{"field": name, "message": "this header is required"}])
     try:
         return adapter.validate_python(value, strict=True)
@@ -303,6 +307,46 @@ def json_response(
     return Response(body=body, status_code=status, headers={"Content-Type": JSON, **(headers or {})})
 
 
+# ---------------------------------------------------------------------------- conditional reads
+IfNoneMatch = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        description="ETags of representations the caller holds (RFC 9110), or `*`: a match answers 304 without a body.",
+    ),
+]
+# What a cacheable answer (200 or 304) carries, for the OpenAPI document.
+CACHE_HEADERS = {
+    "ETag": "The representation's entity tag: send it back in `If-None-Match` to revalidate.",
+    "Cache-Control": "`public, max-age=<seconds>`: how long a cache may answer without revalidating.",
+}
+
+
+def entity_tag(body: Any) -> str:
+    """A strong ETag of a JSON body: any change to what the caller would read changes it (a product's
+    name or price after an admin's edit, its `available` after a sale), so a revalidating client
+    never keeps a stale copy, and the same content always has the same tag on every instance."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:32] + '"'
+
+
+def _none_match(if_none_match: str, etag: str) -> bool:
+    # RFC 9110 13.1.2: weak comparison (a W/ prefix is ignored); `*` matches any representation.
+    candidates = [candidate.strip() for candidate in if_none_match.split(",")]
+    return "*" in candidates or any(candidate.removeprefix("W/") == etag for candidate in candidates)
+
+
+def cacheable_response(payload: BaseModel, if_none_match: str | None, max_age_seconds: int) -> Response:
+    """200 with ``ETag`` and ``Cache-Control``, or 304 without a body when ``If-None-Match`` matches."""
+    body = payload.model_dump(mode="json")
+    etag = entity_tag(body)
+    headers: dict[str, str | list[str]] = {"ETag": etag, "Cache-Control": f"public, max-age={max_age_seconds}"}
+    if if_none_match is not None and _none_match(if_none_match, etag):
+        return Response(body="", status_code=304, headers=headers)
+    return Response(body=body, status_code=200, headers={"Content-Type": JSON, **headers})
+
+
 # ---------------------------------------------------------------------------- routes
 def route(
     api: Chalice | Blueprint,
@@ -328,7 +372,10 @@ def route(
     if set(placeholders) != set(parameters):
         raise ValueError(f"{method} {path}: path_params must describe exactly {placeholders}")
     adapters = {name: TypeAdapter(annotation) for name, annotation in parameters.items()}
-    header_adapters = {name: TypeAdapter(annotation) for name, annotation in (headers or {}).items()}
+    header_adapters = {
+        name: (TypeAdapter(optional_inner(annotation) or annotation), optional_inner(annotation) is not None)
+        for name, annotation in (headers or {}).items()
+    }
     operation = Operation(
         summary=summary,
         auth=auth,
@@ -365,8 +412,8 @@ def route(
                     )
                 if header_adapters:
                     arguments["headers"] = {
-                        name: _header_argument(name, adapter, request.headers.get(name.lower()))
-                        for name, adapter in header_adapters.items()
+                        name: _header_argument(name, adapter, request.headers.get(name.lower()), optional)
+                        for name, (adapter, optional) in header_adapters.items()
                     }
                 if body is not None:
                     arguments["body"] = parse_body(request, body)

@@ -17,6 +17,8 @@ validates it with openapi-spec-validator.
 from __future__ import annotations
 
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -234,10 +236,21 @@ def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[d
     ]
 
 
+def optional_inner(annotation: Any) -> Any | None:
+    """For an optional parameter (``T | None``), ``T``: what it is when present. None otherwise."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    present = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if len(present) != 1 or len(present) == len(typing.get_args(annotation)):
+        return None
+    return present[0]
+
+
 def _annotated_parameter(name: str, location: str, annotation: Any) -> dict[str, Any]:
-    schema = TypeAdapter(annotation).json_schema()
+    inner = optional_inner(annotation)
+    schema = TypeAdapter(annotation if inner is None else inner).json_schema()
     description = schema.pop("description", None)
-    parameter = {"name": name, "in": location, "required": True, "schema": schema}
+    parameter = {"name": name, "in": location, "required": inner is None, "schema": schema}
     if description:
         parameter["description"] = description
     return parameter

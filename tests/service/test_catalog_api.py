@@ -108,6 +108,58 @@ def assert_problem(reply: Reply, status: int, field: str | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------- happy paths
+# ---------------------------------------------------------------------------- conditional reads
+def test_a_product_read_carries_an_etag_and_a_matching_revalidation_is_304_without_a_body(api: Api) -> None:
+    api.create("MUG-1")
+    first = api.request("GET", "/products/MUG-1")
+    assert first.status == 200
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    assert first.headers["cache-control"] == "public, max-age=30"
+    assert api.request("GET", "/products/MUG-1").headers["etag"] == etag  # the same content, the same tag
+
+    for if_none_match in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        again = api.request("GET", "/products/MUG-1", headers={"If-None-Match": if_none_match})
+        assert (again.status, again.body) == (304, None), if_none_match
+        assert again.headers["etag"] == etag and again.headers["cache-control"] == "public, max-age=30"
+    stale = api.request("GET", "/products/MUG-1", headers={"If-None-Match": '"something-else"'})
+    assert stale.status == 200 and stale.body == first.body
+
+
+def test_an_admin_edit_or_a_stock_change_is_seen_at_once_by_a_revalidating_client(api: Api) -> None:
+    api.create("MUG-1", stock=5)
+    etag = api.request("GET", "/products/MUG-1").headers["etag"]
+    api.request("PATCH", "/products/MUG-1", {"price": {"amount": 1500, "currency": "USD"}}, token=api.admin)
+    repriced = api.request("GET", "/products/MUG-1", headers={"If-None-Match": etag})
+    assert repriced.status == 200 and repriced.body["price"]["amount"] == 1500
+    assert repriced.headers["etag"] != etag
+
+    api.request("POST", "/products/MUG-1/stock-adjustments", {"delta": -2, "reason": "breakage"}, token=api.admin)
+    restocked = api.request("GET", "/products/MUG-1", headers={"If-None-Match": repriced.headers["etag"]})
+    assert restocked.status == 200 and restocked.body["available"] == 3
+
+
+def test_a_listing_page_revalidates_and_changes_when_a_listed_product_does(api: Api) -> None:
+    api.create("A", category="kitchen")
+    api.create("B", category="kitchen")
+    page = api.request("GET", "/products?category=kitchen&limit=1")
+    assert page.status == 200 and page.headers["cache-control"] == "public, max-age=30"
+    etag = page.headers["etag"]
+    same = api.request("GET", "/products?category=kitchen&limit=1", headers={"If-None-Match": etag})
+    assert (same.status, same.body) == (304, None)
+    # Another query is another representation: its own tag.
+    assert api.request("GET", "/products?category=kitchen&limit=2").headers["etag"] != etag
+
+    api.request("PATCH", "/products/A", {"name": "Renamed"}, token=api.admin)
+    changed = api.request("GET", "/products?category=kitchen&limit=1", headers={"If-None-Match": etag})
+    assert changed.status == 200 and changed.body["items"][0]["name"] == "Renamed"
+
+
+def test_a_bad_if_none_match_is_400_and_a_404_stays_a_404(api: Api) -> None:
+    assert_problem(api.request("GET", "/products/MUG-1", headers={"If-None-Match": "*"}), 404)
+    assert_problem(api.request("GET", "/products", headers={"If-None-Match": "x" * 2049}), 400, "If-None-Match")
+
+
 def test_create_then_read_a_product(api: Api) -> None:
     created = api.request(
         "POST",

@@ -151,3 +151,16 @@ def test_the_documented_text_patterns_agree_with_the_validators(field: str, patt
     for char in _code_points():
         for text in (char, f"a{char}", f"{char}a", f"a{char}b"):
             assert bool(compiled.fullmatch(text)) == _accepted(field, text), (field, hex(ord(char)), text)
+
+
+@pytest.mark.parametrize("path", ["/products", "/products/{sku}"])
+def test_catalog_reads_declare_their_conditional_request_and_the_bodiless_304(
+    document: dict[str, Any], path: str
+) -> None:
+    operation = document["paths"][path]["get"]
+    [header] = [parameter for parameter in operation["parameters"] if parameter["in"] == "header"]
+    assert (header["name"], header["required"], header["schema"]["type"]) == ("If-None-Match", False, "string")
+    assert header["schema"]["maxLength"] == 2048
+    for status in ("200", "304"):
+        assert set(operation["responses"][status]["headers"]) == {"ETag", "Cache-Control"}
+    assert "content" not in operation["responses"]["304"]
