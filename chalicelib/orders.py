@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from chalice import Blueprint, Response
+from pydantic import Field
 
 from chalicelib import http
 from shop.auth import Principal
@@ -15,6 +18,18 @@ from shop.pagination import NextToken, PageLimit
 orders = Blueprint(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+PREFER_HEADER = "Prefer"
+# RFC 7240's `wait` preference, the one this route honours: N whole seconds, 1-10. An enumeration,
+# so the document states exactly what is accepted (a pattern's `$` would also admit a newline).
+PreferWait = Annotated[
+    Literal["wait=1", "wait=2", "wait=3", "wait=4", "wait=5", "wait=6", "wait=7", "wait=8", "wait=9", "wait=10"],
+    Field(
+        description=(
+            "`wait=N` (N = 1-10 seconds): answer 201 with the final order if the saga settles it within N "
+            "seconds, else 202 with the order as it stands."
+        ),
+    ),
+]
 _TAGS = ("orders",)
 _ORDER_ID = {"order_id": OrderId}
 
@@ -38,20 +53,33 @@ class OrderListQuery(StrictModel):
         "with another body is 422; while the first request is still being processed, 409. The order is "
         "PENDING until the checkout saga settles it. While the shop is not accepting new orders (an operator's "
         "runtime switch), 503 `orders-paused` with `Retry-After`: nothing is stored, and orders already placed "
-        "finish as usual."
+        "finish as usual. With `Prefer: wait=N`, the answer waits up to N seconds for the saga: 201 with the "
+        "final order and `Preference-Applied` if it settled, else 202 with the order as it stands (a replay of "
+        "the key then answers the current state too)."
     ),
     auth="customer",
     body=PlaceOrderRequest,
-    headers={IDEMPOTENCY_HEADER: IdempotencyKey},
-    responses={202: OrderView},
-    response_headers={202: {"Location": "/orders/{order_id}"}},
+    headers={IDEMPOTENCY_HEADER: IdempotencyKey, PREFER_HEADER: PreferWait | None},
+    responses={201: OrderView, 202: OrderView},
+    response_headers={
+        201: {"Location": "/orders/{order_id}", "Preference-Applied": "`wait=N`, as asked."},
+        202: {"Location": "/orders/{order_id}"},
+    },
     errors=(409, 422, 503),
     tags=_TAGS,
 )
-def place_order(body: PlaceOrderRequest, principal: Principal, headers: dict[str, str]) -> Response:
-    key = headers[IDEMPOTENCY_HEADER]  # validated as IdempotencyKey by the route declaration
+def place_order(body: PlaceOrderRequest, principal: Principal, headers: dict[str, str | None]) -> Response:
+    key = str(headers[IDEMPOTENCY_HEADER])  # validated as IdempotencyKey by the route declaration
     order = domain.place_order(principal, key, body, lambda_context=orders.lambda_context)
-    return http.json_response(order, status=202, headers={"Location": f"/orders/{order.order_id}"})
+    location = {"Location": f"/orders/{order.order_id}"}
+    prefer = headers[PREFER_HEADER]
+    if prefer is None:
+        return http.json_response(order, status=202, headers=location)
+    # A replay of the key answers the order's current state, like a first request that waited.
+    current, settled = domain.await_outcome(order.order_id, principal, int(prefer.removeprefix("wait=")))
+    if settled:
+        return http.json_response(current, status=201, headers={**location, "Preference-Applied": prefer})
+    return http.json_response(current, status=202, headers=location)
 
 
 @http.route(

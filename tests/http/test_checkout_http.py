@@ -118,3 +118,19 @@ def test_forty_concurrent_checkouts_of_ten_units_never_oversell(stack: RunningSt
     assert available(stack, sku) == 0
     assert all(o["payment"]["captured"]["amount"] == 700 for o in completed)
     assert all(o["payment"] is None or o["payment"]["captured"]["amount"] == 0 for o in cancelled)
+
+
+def test_prefer_wait_gets_the_final_order_in_one_round_trip(stack: RunningStack) -> None:
+    sku = create_product(stack, stock=5)
+    response = requests.post(
+        stack.url("/orders"),
+        headers={**stack.auth("alice"), "Idempotency-Key": str(uuid.uuid4()), "Prefer": "wait=10"},
+        json={"items": [{"sku": sku, "quantity": 2}], "payment": {"token": "tok_visa"}},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert (order["status"], order["payment"]["captured"]["amount"]) == ("COMPLETED", 2500)
+    assert response.headers["Preference-Applied"] == "wait=10"
+    assert response.headers["Location"] == f"/orders/{order['order_id']}"
+    assert requests.get(stack.url(f"/products/{sku}"), timeout=10).json()["available"] == 3

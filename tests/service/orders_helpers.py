@@ -104,11 +104,13 @@ class Shop:
         who: str = "alice",
         key: str | None = None,
         body: dict[str, Any] | None = None,
+        prefer: str | None = None,
     ) -> Any:
         payload = body or {"items": [{"sku": sku, "quantity": qty} for sku, qty in items], "payment": {"token": token}}
-        return self.client.http.post(
-            "/orders", headers=self.headers(who, key or str(uuid.uuid4())), body=json.dumps(payload)
-        )
+        headers = self.headers(who, key or str(uuid.uuid4()))
+        if prefer is not None:
+            headers["Prefer"] = prefer
+        return self.client.http.post("/orders", headers=headers, body=json.dumps(payload))
 
     def place_ok(self, items: Iterable[tuple[str, int]], **kwargs: Any) -> dict[str, Any]:
         response = self.place(items, **kwargs)

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from infra.local import lambda_runtime
 from shop.repositories import sagas
 from tests.conftest import LocalAws
-from tests.service.orders_helpers import DEADLINE_SECONDS, Shop, deactivate, open_shop, seed_product
+from tests.service.orders_helpers import DEADLINE_SECONDS, PauseAt, Shop, deactivate, open_shop, seed_product
 
 
 @pytest.fixture
@@ -29,6 +30,56 @@ def _stored_orders(shop: Shop) -> int:
 
 def _body(*items: tuple[str, int], token: str = "tok_visa") -> dict[str, Any]:
     return {"items": [{"sku": sku, "quantity": quantity} for sku, quantity in items], "payment": {"token": token}}
+
+
+# ---------------------------------------------------------------------------- Prefer: wait=N
+def test_prefer_wait_answers_201_with_the_final_order_when_the_saga_settles_in_time(shop: Shop) -> None:
+    placed = shop.place([("MUG-1", 2)], key="wait-1", prefer="wait=10")
+
+    assert placed.status_code == 201, placed.body
+    assert placed.json_body["status"] == "COMPLETED"
+    assert placed.json_body["payment"]["captured"]["amount"] == 2500
+    assert placed.headers["Location"] == f"/orders/{placed.json_body['order_id']}"
+    assert placed.headers["Preference-Applied"] == "wait=10"
+    # A declined card settles too: the final answer is the cancellation.
+    declined = shop.place([("MUG-1", 1)], token="tok_chargeDeclined", prefer="wait=10")
+    assert declined.status_code == 201
+    assert (declined.json_body["status"], declined.json_body["failure_reason"]) == ("CANCELLED", "PAYMENT_DECLINED")
+
+
+def test_prefer_wait_answers_202_with_the_order_as_it_stands_when_the_saga_is_slower(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    held = PauseAt(local_aws.function("AuthorizePaymentFunction"))
+    lambda_runtime.faults.before_invoke = held
+    try:
+        placed = shop.place([("MUG-1", 1)], key="wait-2", prefer="wait=1")
+        assert held.reached.is_set()
+    finally:
+        held.released.set()
+    assert placed.status_code == 202, placed.body
+    assert placed.json_body["status"] == "STOCK_RESERVED"  # where the held saga stands
+    assert "Preference-Applied" not in placed.headers
+    order_id = placed.json_body["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+
+    # A replay of the key with the preference answers the order's current, final state.
+    replay = shop.place([("MUG-1", 1)], key="wait-2", prefer="wait=1")
+    assert (replay.status_code, replay.json_body["status"]) == (201, "COMPLETED")
+    assert replay.json_body["order_id"] == order_id
+    # Without it, the first answer, as before.
+    plain = shop.place([("MUG-1", 1)], key="wait-2")
+    assert (plain.status_code, plain.json_body["status"]) == (202, "PENDING")
+    assert _stored_orders(shop) == 1
+
+
+def test_a_bad_prefer_header_is_400_and_places_nothing(shop: Shop) -> None:
+    for prefer in ("wait=0", "wait=11", "wait=1.5", "wait=", "respond-async", "wait=5, handling=strict"):
+        response = shop.place([("MUG-1", 1)], prefer=prefer)
+        assert response.status_code == 400, prefer
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert "Prefer" in {error["field"] for error in response.json_body["errors"]}, prefer
+    assert _stored_orders(shop) == 0
 
 
 # ---------------------------------------------------------------------------- idempotency

@@ -79,8 +79,8 @@ def test_routes_with_a_token_declare_it_and_their_401(document: dict[str, Any]) 
 
 def test_placing_an_order_declares_its_idempotency_key(document: dict[str, Any]) -> None:
     place = document["paths"]["/orders"]["post"]
-    (header,) = [parameter for parameter in place["parameters"] if parameter["in"] == "header"]
-    assert (header["name"], header["required"]) == ("Idempotency-Key", True)
+    (header,) = [parameter for parameter in place["parameters"] if parameter["name"] == "Idempotency-Key"]
+    assert (header["in"], header["required"]) == ("header", True)
     assert (header["schema"]["minLength"], header["schema"]["maxLength"]) == (1, 255)
     assert {"202", "409", "422", "413", "415"} <= set(place["responses"])
     assert place["responses"]["202"]["headers"]["Location"]["required"] is True
@@ -164,3 +164,11 @@ def test_catalog_reads_declare_their_conditional_request_and_the_bodiless_304(
     for status in ("200", "304"):
         assert set(operation["responses"][status]["headers"]) == {"ETag", "Cache-Control"}
     assert "content" not in operation["responses"]["304"]
+
+
+def test_placing_an_order_declares_the_wait_preference_and_both_answers(document: dict[str, Any]) -> None:
+    operation = document["paths"]["/orders"]["post"]
+    prefer = next(p for p in operation["parameters"] if p["in"] == "header" and p["name"] == "Prefer")
+    assert prefer["required"] is False and prefer["schema"]["enum"] == [f"wait={n}" for n in range(1, 11)]
+    assert set(operation["responses"]["201"]["headers"]) == {"Location", "Preference-Applied"}
+    assert set(operation["responses"]["202"]["headers"]) == {"Location"}

@@ -11,7 +11,9 @@ same order and can never start a second saga.
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -41,6 +43,7 @@ from shop.models.base import iso_now
 from shop.models.common import Line
 from shop.models.money import Money
 from shop.models.orders import (
+    TERMINAL,
     CheckoutInput,
     HistoryEntry,
     Order,
@@ -232,6 +235,36 @@ def _payment(order_id: str) -> PaymentView | None:
 def get_order(order_id: str, principal: Principal) -> OrderView:
     order = _owned(order_id, principal)
     return order.view(_payment(order.order_id))
+
+
+# How often a waiting request re-reads its order: soon at first (a saga on AWS Express takes well
+# under a second), then less often, so a long wait costs about twenty strongly consistent reads.
+FIRST_POLL_SECONDS = 0.05
+MAX_POLL_SECONDS = 0.5
+
+
+def await_outcome(
+    order_id: str,
+    principal: Principal,
+    wait_seconds: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], None] = time.sleep,
+) -> tuple[OrderView, bool]:
+    """The order as it stands once it is terminal or ``wait_seconds`` have passed, and whether it is terminal.
+
+    ``Prefer: wait=N`` on ``POST /orders``: the saga runs on its own; this only reads the order
+    until the saga has settled it, so a request that gives up changes nothing.
+    """
+    deadline = clock() + wait_seconds
+    interval = FIRST_POLL_SECONDS
+    while True:
+        order = get_order(order_id, principal)
+        remaining = deadline - clock()
+        if order.status in TERMINAL or remaining <= 0:
+            return order, order.status in TERMINAL
+        pause(min(interval, remaining))
+        interval = min(interval * 2, MAX_POLL_SECONDS)
 
 
 def list_orders(principal: Principal, *, limit: int, next_token: str | None) -> OrderPage:
