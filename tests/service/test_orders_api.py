@@ -82,6 +82,42 @@ def test_a_bad_prefer_header_is_400_and_places_nothing(shop: Shop) -> None:
     assert _stored_orders(shop) == 0
 
 
+def test_a_request_never_uses_the_idempotency_store_half_configured(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Powertools marks its store configured before it sets the payload hash's expression; a second
+    request at that moment must wait for the first to finish configuring it."""
+    import jmespath
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
+
+    from shop.domain import orders as domain
+    from shop.repositories import orders as repository
+
+    repository._idempotency_store.cache_clear()  # a store not configured yet, as at a cold start
+    config = IdempotencyConfig(event_key_jmespath="[customer_id, idempotency_key]", payload_validation_jmespath="body")
+    compiling, release = threading.Event(), threading.Event()
+    compile_expression = jmespath.compile
+
+    def slow_compile(expression: str) -> Any:
+        if expression == "body":  # the payload hash's expression: set after the store is marked configured
+            compiling.set()
+            release.wait(DEADLINE_SECONDS)
+        return compile_expression(expression)
+
+    monkeypatch.setattr(jmespath, "compile", slow_compile)
+    first = threading.Thread(target=domain._configured_store, args=(config,))
+    first.start()
+    assert compiling.wait(DEADLINE_SECONDS)
+    seen: list[bool] = []
+    second = threading.Thread(target=lambda: seen.append(domain._configured_store(config).payload_validation_enabled))
+    second.start()
+    second.join(0.5)  # it may not return while the first is still configuring (it returned at once before)
+    release.set()
+    first.join(DEADLINE_SECONDS)
+    second.join(DEADLINE_SECONDS)
+    assert seen == [True]
+
+
 # ---------------------------------------------------------------------------- idempotency
 def test_same_key_and_body_answers_the_first_response_again(shop: Shop) -> None:
     first = shop.place([], key="key-1", body=_body(("MUG-1", 2)))

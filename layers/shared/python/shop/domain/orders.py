@@ -11,6 +11,7 @@ same order and can never start a second saga.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -96,7 +97,7 @@ def place_order(
     place = idempotent_function(
         _place,
         data_keyword_argument="submission",
-        persistence_store=repository.idempotency_store(),
+        persistence_store=_configured_store(config),
         config=config,
         output_serializer=PydanticSerializer(OrderView),
     )
@@ -110,6 +111,24 @@ def place_order(
     except IdempotencyPersistenceLayerError as error:
         raise TransientError("the idempotency store is unavailable; retry") from error
     return placed
+
+
+_store_configuration = threading.Lock()
+
+
+def _configured_store(config: IdempotencyConfig) -> Any:
+    """Powertools' idempotency store, configured in full before this request uses it.
+
+    Its ``configure`` marks the store configured first and then sets the key and payload-hash
+    expressions. On Lambda one request at a time runs per process; where requests share a process
+    (the local stack's threads, a Lambda that ran handlers concurrently), a second request could see
+    the mark before the expressions and store its record without the payload's hash: a later replay
+    of the same key and body was then refused as another body (422, seen in a chaos run).
+    """
+    store = repository.idempotency_store()
+    with _store_configuration:
+        store.configure(config, f"{_place.__module__}.{_place.__qualname__}")
+    return store
 
 
 def order_id_for(customer_id: str, idempotency_key: str, body: dict[str, Any]) -> str:
