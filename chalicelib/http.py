@@ -372,10 +372,10 @@ def route(
     if set(placeholders) != set(parameters):
         raise ValueError(f"{method} {path}: path_params must describe exactly {placeholders}")
     adapters = {name: TypeAdapter(annotation) for name, annotation in parameters.items()}
-    header_adapters = {
-        name: (TypeAdapter(optional_inner(annotation) or annotation), optional_inner(annotation) is not None)
-        for name, annotation in (headers or {}).items()
-    }
+    header_adapters = {}
+    for name, annotation in (headers or {}).items():
+        present = optional_inner(annotation)  # `T | None`: optional, validated as T when sent
+        header_adapters[name] = (TypeAdapter(annotation if present is None else present), present is not None)
     operation = Operation(
         summary=summary,
         auth=auth,

@@ -238,12 +238,11 @@ def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[d
 
 def optional_inner(annotation: Any) -> Any | None:
     """For an optional parameter (``T | None``), ``T``: what it is when present. None otherwise."""
-    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType) or type(None) not in arguments:
         return None
-    present = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    if len(present) != 1 or len(present) == len(typing.get_args(annotation)):
-        return None
-    return present[0]
+    present = [argument for argument in arguments if argument is not type(None)]
+    return present[0] if len(present) == 1 else None
 
 
 def _annotated_parameter(name: str, location: str, annotation: Any) -> dict[str, Any]:

@@ -161,9 +161,10 @@ class Workload:
     def saga_started(self, order_id: str) -> bool:
         if self.stepfunctions is None:
             return True
-        arn = self.checkout_machine.replace(":stateMachine:", ":execution:", 1) + f":{order_id}"
+        from shop.repositories.sagas import execution_arn
+
         try:
-            self.stepfunctions.describe_execution(executionArn=arn)
+            self.stepfunctions.describe_execution(executionArn=execution_arn(self.checkout_machine, order_id))
         except self.stepfunctions.exceptions.ExecutionDoesNotExist:
             return False
         return True

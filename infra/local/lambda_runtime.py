@@ -175,7 +175,9 @@ def _error_payload(error: BaseException) -> str:
         {
             "errorMessage": str(error),
             "errorType": type(error).__name__,
-            "stackTrace": [f'  File "{f.filename}", line {f.lineno}, in {f.name}\n    {f.line}\n' for f in frames],
+            "stackTrace": [
+                f'  File "{f.filename}", line {f.lineno}, in {f.name}\n    {f.line or ""}\n' for f in frames
+            ],
         }
     )
 
