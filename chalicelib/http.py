@@ -58,8 +58,8 @@ from shop.errors import (
     Forbidden,
     MethodNotAllowed,
     NotFound,
-    OrdersPaused,
     PayloadTooLarge,
+    RetryLater,
     ShopError,
     Unauthorized,
     UnsupportedMediaType,
@@ -125,8 +125,9 @@ def problem_response(error: BaseException, headers: Headers | None = None) -> Re
     own data or configuration (a missing setting, a malformed stored record): a 500, never the
     caller's fault.
     """
-    if isinstance(error, OrdersPaused):
-        # Not a failure: an operator's switch. Retry-After says when asking again may succeed.
+    if isinstance(error, RetryLater):
+        # Not a failure (an operator's switch, a customer's limit): Retry-After says when asking
+        # again may succeed.
         headers = {**(headers or {}), "Retry-After": str(error.retry_after_seconds)}
         return _problem(error.status, error.title, error.slug, error.detail, error.extensions, headers)
     if isinstance(error, ShopError):

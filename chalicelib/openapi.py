@@ -72,7 +72,10 @@ _ERROR_DESCRIPTIONS: dict[int, str] = {
     413: "The body is larger than the API accepts.",
     415: "The body is not `Content-Type: application/json` (UTF-8).",
     422: "Well-formed, but not processable (see `type`).",
-    429: "Throttled by the API gateway.",
+    429: (
+        "Too many requests: throttled by the API gateway, or (`POST /orders`) the customer already has the most "
+        "orders in progress allowed (`too-many-orders-in-progress`); retry after `Retry-After` seconds."
+    ),
     500: "Unexpected failure (no internals are disclosed).",
     502: "The API gateway got no valid answer from the function.",
     503: "A dependency is busy or unavailable; retry after `Retry-After` seconds.",
@@ -81,6 +84,11 @@ _ERROR_DESCRIPTIONS: dict[int, str] = {
 # Statuses the API gateway in front of every route can answer by itself.
 GATEWAY_STATUSES = frozenset({429, 502, 504})
 
+_RETRY_AFTER = {
+    "description": "Seconds to wait before retrying.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
 # Response headers the server always sends with an error status.
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {
@@ -90,13 +98,8 @@ _ERROR_HEADERS: dict[int, dict[str, Any]] = {
             "schema": {"type": "string", "pattern": "^Bearer"},
         }
     },
-    503: {
-        "Retry-After": {
-            "description": "Seconds to wait before retrying.",
-            "required": True,
-            "schema": {"type": "integer", "minimum": 0},
-        }
-    },
+    429: {"Retry-After": _RETRY_AFTER},
+    503: {"Retry-After": _RETRY_AFTER},
 }
 
 

@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         requests_by_operation = dict(aws.capacity_meter.requests)
         requests_by_table = dict(aws.capacity_meter.requests_by_table)
         units_by_table = dict(aws.capacity_meter.units_by_table)
+        units_by_target = {key: dict(targets) for key, targets in aws.capacity_meter.units_by_target.items()}
 
         completed = [e for e in run.executions if e["status"] == "SUCCEEDED"]
         if not completed:
@@ -320,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         for request, count in sorted(requests_by_table.items(), key=lambda entry: (-entry[1], entry[0])):
             units = units_by_table.get(request, 0.0) / len(run.executions)
             print(f"      {count / len(run.executions):8.1f}  {units:5.1f}  {request}")
+            targets = units_by_target.get(request, {})
+            if len(targets) > 1:  # where the units went: the table and each index written
+                where = ", ".join(
+                    f"{target.split('-', 1)[-1]} {value / len(run.executions):.1f}"
+                    for target, value in sorted(targets.items())
+                )
+                print(f"      {'':8}  {'':5}    = {where}")
         print(f"  AWS cost per million orders ({prices['region']}, prices of {prices['as_of']}, infra/pricing.json):")
         for label, workflow in (("Standard", standard), ("Express", express)):
             total = (workflow + shared) * million

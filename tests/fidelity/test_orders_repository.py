@@ -104,3 +104,52 @@ def test_a_blind_forward_write_changes_nothing_outside_its_case(
         asked = stored_order(f"{name}-cancel", advance.from_status, cancel_requested=True)
         assert blind(asked.order_id, advance) is None
         assert repository.get(asked.order_id) == asked
+
+
+def test_the_sparse_indexes_follow_an_order_from_open_to_settled(backend: Backend) -> None:
+    """OrdersInProgress holds exactly the open orders, by customer; OrdersByOutcome exactly the
+    settled ones, by status; the listings read the orders behind both, newest first."""
+    from shop.models.orders import OrderFilter
+
+    def placed(order_id: str, customer: str, minute: int, status: OrderStatus = "PENDING") -> Order:
+        order = stored_order(f"tmp-{order_id}", status)
+        return repository.create(
+            order.model_copy(
+                update={
+                    "order_id": order_id,
+                    "customer_id": customer,
+                    "created_at": f"2026-11-30T00:{minute:02d}:00.000Z",
+                }
+            )
+        )
+
+    placed("a-1", "cust-a", 1)
+    placed("a-2", "cust-a", 2, "STOCK_RESERVED")
+    placed("a-3", "cust-a", 3)
+    placed("b-1", "cust-b", 4, "PAYMENT_AUTHORIZED")
+    assert sorted(repository.open_order_ids("cust-a")) == ["a-1", "a-2", "a-3"]
+
+    # a-2 completes (the saga's blind write), a-3 is cancelled (the read-then-write path).
+    assert order_saga.apply_advance("a-2", lifecycle.PROGRESS_ADVANCES[Step.AUTHORIZE_PAYMENT], NOW) is not None
+    assert order_saga.apply_advance("a-2", lifecycle.COMPLETE_ADVANCE, NOW) is not None
+    repository.update("a-3", lambda o: o.model_copy(update={"status": "CANCELLED", "failure_reason": "OUT_OF_STOCK"}))
+
+    assert sorted(repository.open_order_ids("cust-a")) == ["a-1"]
+    assert repository.in_progress_since("2026-11-30T00:30:00.000Z", limit=10)[:2] == ["a-1", "b-1"]
+    assert repository.in_progress_since("2026-11-30T00:02:00.000Z", limit=10) == ["a-1"]
+
+    def listed(**criteria: Any) -> list[str]:
+        orders, _ = repository.list_filtered(OrderFilter(**criteria), limit=50, start_key=None)
+        return [order.order_id for order in orders if order.order_id[:2] in ("a-", "b-")]
+
+    assert listed(status="COMPLETED") == ["a-2"]
+    assert listed(status="CANCELLED", reason="OUT_OF_STOCK") == ["a-3"]
+    assert listed(status="CANCELLED", reason="PAYMENT_DECLINED") == []
+    assert listed(status="PENDING") == ["a-1"]
+    assert listed(status="PAYMENT_AUTHORIZED") == ["b-1"]
+    assert listed(customer="cust-a") == ["a-3", "a-2", "a-1"]
+    assert listed(customer="cust-a", since="2026-11-30T00:02:00.000Z") == ["a-3", "a-2"]
+    assert listed(customer="cust-a", status="PENDING") == ["a-1"]
+    assert listed() == ["b-1", "a-3", "a-2", "a-1"]
+    mine, _ = repository.list_for_customer("cust-a", limit=2, start_key=None)
+    assert [order.order_id for order in mine] == ["a-3", "a-2"]

@@ -322,3 +322,58 @@ def test_listing_is_the_callers_own_orders_newest_first(shop: Shop) -> None:
     assert [order["order_id"] for order in other_limit.json_body["items"]] == listed[2:]
     assert shop.client.http.get("/orders?limit=0", headers=shop.headers("alice")).status_code == 400
     assert shop.client.http.get("/orders?colour=red", headers=shop.headers("alice")).status_code == 400
+
+
+# ---------------------------------------------------------------------------- orders in progress
+class _HoldEveryAuthorization:
+    """Holds every saga before its payment step, so the orders stay in progress until released."""
+
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+        self.arrived = threading.Semaphore(0)
+        self.released = threading.Event()
+
+    def __call__(self, function_name: str, event: Any) -> None:
+        if function_name == self.function_name:
+            self.arrived.release()
+            if not self.released.wait(DEADLINE_SECONDS):
+                raise RuntimeError("the test never released the held step")
+
+
+def test_a_customer_with_the_most_orders_in_progress_gets_429_and_nothing_is_placed(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shop.config import reset_settings_cache
+
+    monkeypatch.setenv("MAX_ORDERS_IN_PROGRESS", "2")
+    reset_settings_cache()
+    held = _HoldEveryAuthorization(local_aws.function("AuthorizePaymentFunction"))
+    lambda_runtime.faults.before_invoke = held
+    try:
+        first = shop.place_ok([("MUG-1", 1)], key="open-1")
+        shop.place_ok([("MUG-1", 1)], key="open-2")
+        for _ in range(2):
+            assert held.arrived.acquire(timeout=DEADLINE_SECONDS)
+
+        refused = shop.place([("MUG-1", 1)], key="open-3")
+        assert refused.status_code == 429, refused.body
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert refused.json_body["type"].endswith("too-many-orders-in-progress")
+        assert (refused.json_body["orders_in_progress"], refused.json_body["limit"]) == (2, 2)
+        assert int(refused.headers["Retry-After"]) >= 1
+        # A replay of an order already placed still answers its first response; another customer
+        # is not limited by alice's orders.
+        replay = shop.place([("MUG-1", 1)], key="open-1")
+        assert (replay.status_code, replay.json_body["order_id"]) == (202, first["order_id"])
+        assert shop.place([("TEE-1", 1)], who="bob").status_code == 202
+        assert held.arrived.acquire(timeout=DEADLINE_SECONDS)
+        assert _stored_orders(shop) == 3
+        assert len(shop.executions("CheckoutStateMachine")) == 3
+    finally:
+        held.released.set()
+    for execution in shop.executions("CheckoutStateMachine"):
+        shop.wait_checkout(execution["name"])
+    # Once her orders have settled, the same request (the key was not used up by the 429) goes through.
+    again = shop.place([("MUG-1", 1)], key="open-3")
+    assert again.status_code == 202, again.body
+    assert shop.wait_checkout(again.json_body["order_id"]) == "SUCCEEDED"

@@ -11,7 +11,7 @@ from shop.aws import CapacityMeter
 def _metered(meter: CapacityMeter, operation: str, params: dict[str, Any], consumed: Any) -> None:
     context: dict[str, Any] = {}
     meter._ask_for_capacity(params, context)
-    assert params["ReturnConsumedCapacity"] == "TOTAL"
+    assert params["ReturnConsumedCapacity"] == "INDEXES"
     meter._record({"ConsumedCapacity": consumed}, SimpleNamespace(name=operation), context)
 
 
@@ -22,17 +22,29 @@ def test_units_are_summed_per_direction_and_per_request_kind_and_table() -> None
     transaction = {"TransactItems": [{"Update": {"TableName": "Stock"}}, {"Put": {"TableName": "Holds"}}]}
     _metered(meter, "TransactWriteItems", transaction, [{"CapacityUnits": 6.0}, {"CapacityUnits": 4.0}])
     _metered(meter, "GetItem", {"TableName": "Orders"}, {"CapacityUnits": 0.5})
+    indexed = {
+        "TableName": "Orders",
+        "CapacityUnits": 3.0,
+        "Table": {"CapacityUnits": 1.0},
+        "GlobalSecondaryIndexes": {"ByCustomer": {"CapacityUnits": 1.0}, "Open": {"CapacityUnits": 1.0}},
+    }
+    _metered(meter, "PutItem", {"TableName": "Orders"}, indexed)
 
-    assert (meter.write_units, meter.read_units) == (19.0, 0.5)
+    assert (meter.write_units, meter.read_units) == (22.0, 0.5)
+    # Where a request's units went: the table and each index it wrote.
+    assert meter.units_by_target["PutItem Orders"] == {"Orders": 1.0, "Orders/ByCustomer": 1.0, "Orders/Open": 1.0}
     assert dict(meter.requests_by_table) == {
         "UpdateItem Orders": 2,
         "TransactWriteItems Holds+Stock": 1,
         "GetItem Orders": 1,
+        "PutItem Orders": 1,
     }
     assert dict(meter.units_by_table) == {
         "UpdateItem Orders": 9.0,
         "TransactWriteItems Holds+Stock": 10.0,
         "GetItem Orders": 0.5,
+        "PutItem Orders": 3.0,
     }
     meter.reset()
-    assert not meter.units_by_table and not meter.requests_by_table and meter.write_units == 0.0
+    assert not meter.units_by_table and not meter.requests_by_table and not meter.units_by_target
+    assert meter.write_units == 0.0

@@ -27,11 +27,13 @@ MONEY_TABLES = ("ProductsTable", "StockLedgerTable", "OrdersTable", "PaymentsTab
 # What generates the packaged template's text (the layer's files only change the artifacts).
 _TEMPLATE_INPUTS = ("app.py", "chalicelib", ".chalice/config.json", "infra/template.yaml", "infra/package.py")
 # Where code scans: the reconciliation's audit (shop.repositories.audit) reads whole tables, the
-# operators' console lists orders and stock without a key (shop.repositories.orders, .catalog).
+# operators' console lists orders and stock without a key (shop.repositories.orders, .catalog); the
+# orphan sweeper scans the sparse OrdersInProgress index, which holds only the open orders.
 AUDITED = ("ProductsTable", "StockLedgerTable", "ReservationsTable", "OrdersTable", "PaymentsTable")
 SCANNING = {("ReconcileBooksFunctionRole", table) for table in AUDITED} | {
     ("APIHandlerDataAccess", "OrdersTable"),
     ("APIHandlerDataAccess", "ProductsTable"),
+    ("ResumeOrphanedOrdersFunctionRole", "OrdersTable"),
 }
 # Powertools' idempotency store deletes its record when the handler fails, so it can be retried.
 DELETING = {("APIHandlerDataAccess", "IdempotencyTable")}
@@ -205,8 +207,11 @@ def test_gateway_responses_are_part_of_the_api_body(transformed: dict[str, Any])
     (api,) = _of_type(transformed, "AWS::ApiGateway::RestApi").values()
     responses = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
     assert len(responses) == 8
-    for response in responses.values():
-        assert response["responseParameters"] == {"gatewayresponse.header.Content-Type": "'application/problem+json'"}
+    for kind, response in responses.items():
+        headers = {"gatewayresponse.header.Content-Type": "'application/problem+json'"}
+        if kind == "THROTTLED":  # the OpenAPI document promises Retry-After with every 429
+            headers["gatewayresponse.header.Retry-After"] = "'1'"
+        assert response["responseParameters"] == headers
 
 
 def test_the_pagination_key_is_a_generated_secret_only_the_api_reads(transformed: dict[str, Any]) -> None:

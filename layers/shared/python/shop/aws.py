@@ -32,7 +32,8 @@ class CapacityMeter:
     """Counts DynamoDB requests and the capacity units DynamoDB reports for them (`make bench`).
 
     Off unless enabled before the first client is built. When on, every data-plane request asks
-    for ``ReturnConsumedCapacity=TOTAL`` and the reported units are summed per direction.
+    for ``ReturnConsumedCapacity=INDEXES`` and the reported units are summed per direction, per
+    request kind, and per table or index written (an index's copy of an item costs units too).
     """
 
     enabled: bool = False
@@ -43,6 +44,8 @@ class CapacityMeter:
     requests_by_table: Counter[str] = field(default_factory=Counter)
     # The same keys -> the capacity units DynamoDB reported for those requests.
     units_by_table: Counter[str] = field(default_factory=Counter)
+    # The same keys -> {"table" or "table/index": units}: where in DynamoDB the units went.
+    units_by_target: dict[str, Counter[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attach(self, dynamodb_client: Any) -> None:
@@ -53,7 +56,7 @@ class CapacityMeter:
 
     @staticmethod
     def _ask_for_capacity(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        params.setdefault("ReturnConsumedCapacity", "TOTAL")
+        params.setdefault("ReturnConsumedCapacity", "INDEXES")
         tables = {params["TableName"]} if "TableName" in params else set(params.get("RequestItems", {}))
         for item in params.get("TransactItems", []):
             tables.update(operation["TableName"] for operation in item.values())
@@ -61,14 +64,21 @@ class CapacityMeter:
 
     def _record(self, parsed: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         consumed = parsed.get("ConsumedCapacity") or []
-        units = sum(
-            entry.get("CapacityUnits", 0.0) for entry in (consumed if isinstance(consumed, list) else [consumed])
-        )
+        entries = consumed if isinstance(consumed, list) else [consumed]
+        units = sum(entry.get("CapacityUnits", 0.0) for entry in entries)
+        targets: Counter[str] = Counter()
+        for entry in entries:
+            table = entry.get("TableName", "?")
+            if "Table" in entry:
+                targets[table] += entry["Table"].get("CapacityUnits", 0.0)
+            for index, capacity in (entry.get("GlobalSecondaryIndexes") or {}).items():
+                targets[f"{table}/{index}"] += capacity.get("CapacityUnits", 0.0)
         with self._lock:
             self.requests[model.name] += 1
             key = f"{model.name} {context.get('metered_tables', '?')}"
             self.requests_by_table[key] += 1
             self.units_by_table[key] += units
+            self.units_by_target.setdefault(key, Counter()).update(targets)
             if model.name in _READS:
                 self.read_units += units
             else:
@@ -80,6 +90,7 @@ class CapacityMeter:
             self.requests.clear()
             self.requests_by_table.clear()
             self.units_by_table.clear()
+            self.units_by_target.clear()
 
 
 capacity_meter = CapacityMeter()

@@ -101,6 +101,8 @@ class ApiSettings(BaseSettings):
     # The Secrets Manager secret that signs pagination tokens (shop.repositories.secrets reads it).
     pagination_secret_arn: str = Field(min_length=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1)
+    # POST /orders answers 429 to a customer with this many orders still in progress.
+    max_orders_in_progress: int = Field(default=5, ge=1)
 
 
 @lru_cache(maxsize=1)

@@ -224,7 +224,15 @@ class SagaNotStarted(TransientError):
     title, slug = "Saga not started", "saga-not-started"
 
 
-class OrdersPaused(ShopError):
+class RetryLater(ShopError):
+    """A refusal that the same request may get past later: the answer says when (``Retry-After``)."""
+
+    def __init__(self, detail: str, *, retry_after_seconds: int, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class OrdersPaused(RetryLater):
     """The shop is not accepting new orders (the ``accepting-orders`` runtime switch is off).
 
     Not a TransientError: no saga retries it. ``retry_after_seconds`` is at least the settings'
@@ -233,9 +241,12 @@ class OrdersPaused(ShopError):
 
     status, title, slug = 503, "Not accepting orders", "orders-paused"
 
-    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
-        super().__init__(detail)
-        self.retry_after_seconds = retry_after_seconds
+
+class TooManyOrdersInProgress(RetryLater):
+    """The customer already has the most orders in progress the shop allows (a bot holding stock
+    through many open checkouts); nothing was stored. One settles within seconds."""
+
+    status, title, slug = 429, "Too many orders in progress", "too-many-orders-in-progress"
 
 
 class IdempotencyKeyInUse(Conflict):

@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 
 from shop.auth import Principal
-from shop.config import feature_switches, runtime_config_settings
+from shop.config import api_settings, feature_switches, runtime_config_settings
 from shop.domain import catalog, order_saga, payments
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import (
@@ -38,6 +38,7 @@ from shop.errors import (
     OrderStateConflict,
     ProductUnavailable,
     SagaNotStarted,
+    TooManyOrdersInProgress,
     TransientError,
 )
 from shop.models.base import iso_now
@@ -137,11 +138,36 @@ def order_id_for(customer_id: str, idempotency_key: str, body: dict[str, Any]) -
     return str(uuid.uuid5(_ORDER_ID_NAMESPACE, material))
 
 
+# An Express saga settles in about a second, a Standard one in a few: by then a slot is likely free.
+IN_PROGRESS_RETRY_AFTER_SECONDS = 2
+
+
+def _check_orders_in_progress(customer_id: str, order_id: str) -> None:
+    """Refuse a customer's new order while they have the most orders in progress allowed.
+
+    The count reads an index (eventually consistent), so requests arriving in the same instant
+    may each see room; the stage's throttling bounds how many that can be. The order being
+    placed is not counted: a retry of a request whose order was stored is never refused.
+    """
+    limit = api_settings().max_orders_in_progress
+    open_orders = set(repository.open_order_ids(customer_id)) - {order_id}
+    if len(open_orders) >= limit:
+        raise TooManyOrdersInProgress(
+            f"customer {customer_id} has {len(open_orders)} orders in progress, the most allowed is {limit}; "
+            "retry once one has settled",
+            retry_after_seconds=IN_PROGRESS_RETRY_AFTER_SECONDS,
+            orders_in_progress=len(open_orders),
+            limit=limit,
+        )
+
+
 def _place(submission: OrderSubmission) -> OrderView:
     body = submission.body.model_dump(mode="json")
-    order = _priced_order(
-        order_id_for(submission.customer_id, submission.idempotency_key, body), submission.customer_id, submission.body
-    ).model_copy(update={"payment_token": submission.body.payment.token, "idempotency_key": submission.idempotency_key})
+    order_id = order_id_for(submission.customer_id, submission.idempotency_key, body)
+    _check_orders_in_progress(submission.customer_id, order_id)
+    order = _priced_order(order_id, submission.customer_id, submission.body).model_copy(
+        update={"payment_token": submission.body.payment.token, "idempotency_key": submission.idempotency_key}
+    )
     stored = repository.create(order)
     try:
         start_checkout(stored)

@@ -19,16 +19,18 @@ from botocore.exceptions import ClientError
 from shop import aws
 from shop.config import table_settings
 from shop.errors import OrderContention, OrderNotFound
-from shop.models.orders import SAGA_IN_PROGRESS, HistoryEntry, Order, OrderFilter, OrderStatus
+from shop.models.orders import SAGA_IN_PROGRESS, TERMINAL, HistoryEntry, Order, OrderFilter, OrderStatus
 from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, serialize, unmarshal
 
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
+# Sparse, keyed ``in_progress_for`` (the customer) while a saga still has to move the order on.
 ORDERS_IN_PROGRESS = "OrdersInProgress"
-ORDERS_BY_STATUS = "OrdersByStatus"
-# The one value of the sparse OrdersInProgress index's key; absent on every other order.
-IN_PROGRESS = "IN_PROGRESS"
+# Sparse, keyed ``outcome`` (the terminal status) once the order has settled.
+ORDERS_BY_OUTCOME = "OrdersByOutcome"
 # A cancel request and the saga rarely collide more than once; more means something is wrong.
 MAX_WRITE_ATTEMPTS = 8
+# BatchGetItem's most keys per request.
+_BATCH_GET_LIMIT = 100
 
 
 class VersionConflict(Exception):
@@ -50,15 +52,36 @@ def _unmarshal_plain(item: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _plain(value) for key, value in unmarshal(item).items()}
 
 
+# A history entry is stored as one string, "step|status|at": as a map it spent most of its bytes on
+# attribute names, and the order item outgrew the 1 KB that one write unit covers.
+_HISTORY_SEPARATOR = "|"
+
+
+def _stored_entry(entry: HistoryEntry) -> str:
+    return _HISTORY_SEPARATOR.join((entry.step, entry.status, entry.at))
+
+
+def _read_entry(stored: Any) -> Any:
+    if isinstance(stored, str):  # maps are read too (items written before the compact form)
+        step, status, at = stored.split(_HISTORY_SEPARATOR)
+        return {"step": step, "status": status, "at": at}
+    return stored
+
+
 def _order_item(order: Order) -> dict[str, Any]:
     item = order.model_dump(mode="json")
+    item["history"] = [_stored_entry(entry) for entry in order.history]
     item["created_key"] = order.created_key
-    item["in_progress"] = IN_PROGRESS if order.status in SAGA_IN_PROGRESS else None
+    # The sparse indexes' keys: exactly one of them is present on every order.
+    item["in_progress_for"] = order.customer_id if order.status in SAGA_IN_PROGRESS else None
+    item["outcome"] = order.status if order.status in TERMINAL else None
     return marshal(item)
 
 
 def to_order(item: Mapping[str, Any]) -> Order:
-    return Order.model_validate(_unmarshal_plain(item))
+    plain = _unmarshal_plain(item)
+    plain["history"] = [_read_entry(entry) for entry in plain.get("history", [])]
+    return Order.model_validate(plain)
 
 
 def get(order_id: str) -> Order | None:
@@ -149,8 +172,16 @@ def advance(
     condition = "#status = :from"
     if unless_cancel_requested:
         condition += " AND (attribute_not_exists(cancel_requested) OR cancel_requested = :false)"
-    update = "SET #status = :to, history = list_append(history, :entries), updated_at = :now ADD version :one"
-    removals = [] if to_status in SAGA_IN_PROGRESS else ["in_progress"]
+    update = "SET #status = :to, history = list_append(history, :entries), updated_at = :now"
+    removals = []
+    # Only the write that settles the order (or reopens it) touches the sparse indexes' keys.
+    if to_status in TERMINAL:
+        update += ", outcome = :to"
+        removals.append("in_progress_for")
+    elif from_status not in SAGA_IN_PROGRESS:
+        update += ", in_progress_for = customer_id"
+        removals.append("outcome")
+    update += " ADD version :one"
     if clears_failure:
         removals.append("failure_reason")
     if removals:
@@ -158,7 +189,7 @@ def advance(
     values: dict[str, Any] = {
         ":from": {"S": from_status},
         ":to": {"S": to_status},
-        ":entries": serialize([entry.model_dump(mode="json") for entry in entries]),
+        ":entries": serialize([_stored_entry(entry) for entry in entries]),
         ":now": {"S": now},
         ":one": {"N": "1"},
     }
@@ -176,6 +207,30 @@ def advance(
         ReturnValues="ALL_NEW",
     )
     return to_order(response["Attributes"]) if response is not None else None
+
+
+def _get_many(order_ids: list[str]) -> dict[str, Order]:
+    """The orders with these ids (strongly consistent), by id; ids with no order are left out."""
+    found: dict[str, Order] = {}
+    table = table_settings().orders_table
+    distinct = list(dict.fromkeys(order_ids))
+    for first in range(0, len(distinct), _BATCH_GET_LIMIT):
+        keys = [{"order_id": {"S": order_id}} for order_id in distinct[first : first + _BATCH_GET_LIMIT]]
+        request: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True}}
+        while request:
+            response = call("batch_get_item", busy=OrderContention, RequestItems=request)
+            for item in response.get("Responses", {}).get(table, []):
+                order = to_order(item)
+                found[order.order_id] = order
+            request = response.get("UnprocessedKeys") or {}
+    return found
+
+
+def _in_listed_order(keys: list[Mapping[str, Any]]) -> list[Order]:
+    """The orders an index page named, in the page's order (BatchGetItem answers in any order)."""
+    order_ids = [key["order_id"]["S"] for key in keys]
+    found = _get_many(order_ids)
+    return [found[order_id] for order_id in order_ids if order_id in found]
 
 
 def list_for_customer(
@@ -196,8 +251,34 @@ def list_for_customer(
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
     response = call("query", busy=OrderContention, **request)
-    orders = [to_order(item) for item in response.get("Items", [])]
-    return orders, response.get("LastEvaluatedKey")
+    return _in_listed_order(response.get("Items", [])), response.get("LastEvaluatedKey")
+
+
+def _matches(order: Order, found: OrderFilter) -> bool:
+    return (
+        (found.status is None or order.status == found.status)
+        and (found.reason is None or order.failure_reason == found.reason)
+        and (found.customer is None or order.customer_id == found.customer)
+        and (found.since is None or order.created_at >= found.since)
+        and (found.until is None or order.created_at <= found.until)
+    )
+
+
+def _created_key_range(found: OrderFilter) -> tuple[str, dict[str, Any]]:
+    """The ``created_key`` condition for ``since``/``until`` (created_key is "<created_at>#<order_id>":
+    "$" sorts right after "#", so ``until`` is inclusive)."""
+    values: dict[str, Any] = {}
+    if found.since is not None:
+        values[":since"] = {"S": found.since}
+    if found.until is not None:
+        values[":until_key"] = {"S": found.until + "$"}
+    if found.since is not None and found.until is not None:
+        return " AND created_key BETWEEN :since AND :until_key", values
+    if found.since is not None:
+        return " AND created_key >= :since", values
+    if found.until is not None:
+        return " AND created_key <= :until_key", values
+    return "", values
 
 
 def list_filtered(
@@ -205,80 +286,81 @@ def list_filtered(
 ) -> tuple[list[Order], dict[str, Any] | None]:
     """One page of every customer's orders narrowed by ``found``, and DynamoDB's key to continue from.
 
-    A customer or a status is a Query of its index (newest first); neither is a Scan (in no order),
-    the only way to see every order. The other criteria are filters, so a page may hold fewer than
-    ``limit`` orders while a ``next_token`` still follows.
+    The page's keys come from the narrowest source: a customer's orders (OrdersByCustomer) or a
+    settled status (OrdersByOutcome) are a Query, newest first; an open status is a Scan of
+    OrdersInProgress, which holds only the open orders; nothing else is a Scan of the table (in
+    no order), the only way to see every order. The orders are then read and the remaining
+    criteria applied, so a page may hold fewer than ``limit`` orders while a ``next_token`` follows.
     """
-    names: dict[str, str] = {}
-    values: dict[str, Any] = {}
-    filters: list[str] = []
-    request: dict[str, Any] = {"TableName": table_settings().orders_table, "Limit": limit}
-    if found.customer is not None or found.status is not None:
+    table = table_settings().orders_table
+    request: dict[str, Any] = {"TableName": table, "Limit": limit}
+    if found.customer is not None or (found.status is not None and found.status in TERMINAL):
         if found.customer is not None:
-            request["IndexName"], key = ORDERS_BY_CUSTOMER, "customer_id = :customer"
-            values[":customer"] = {"S": found.customer}
+            request["IndexName"], key = ORDERS_BY_CUSTOMER, "customer_id = :key"
+            values: dict[str, Any] = {":key": {"S": found.customer}}
         else:
-            request["IndexName"], key = ORDERS_BY_STATUS, "#status = :status"
+            assert found.status is not None  # narrowed above
+            request["IndexName"], key = ORDERS_BY_OUTCOME, "outcome = :key"
+            values = {":key": {"S": found.status}}
+        created, created_values = _created_key_range(found)
+        request["KeyConditionExpression"] = key + created
+        request["ExpressionAttributeValues"] = values | created_values
         request["ScanIndexForward"] = False
-        # created_key is "<created_at>#<order_id>": "$" sorts right after "#", so `until` is inclusive.
-        if found.since is not None and found.until is not None:
-            key += " AND created_key BETWEEN :since AND :until_key"
-        elif found.since is not None:
-            key += " AND created_key >= :since"
-        elif found.until is not None:
-            key += " AND created_key <= :until_key"
-        request["KeyConditionExpression"] = key
-        if found.until is not None:
-            values[":until_key"] = {"S": found.until + "$"}
+        operation = "query"
+    elif found.status is not None:
+        request["IndexName"] = ORDERS_IN_PROGRESS
+        operation = "scan"
     else:
-        if found.until is not None:
-            filters.append("created_at <= :until")
-            values[":until"] = {"S": found.until}
-    if found.since is not None:
-        values[":since"] = {"S": found.since}
-        if "KeyConditionExpression" not in request:
-            filters.append("created_at >= :since")
-    if found.status is not None:
-        names["#status"] = "status"
-        values[":status"] = {"S": found.status}
-        if found.customer is not None or "KeyConditionExpression" not in request:
-            filters.append("#status = :status")
-    if found.reason is not None:
-        filters.append("failure_reason = :reason")
-        values[":reason"] = {"S": found.reason}
-    if filters:
-        request["FilterExpression"] = " AND ".join(filters)
-    if names:
-        request["ExpressionAttributeNames"] = names
-    if values:
-        request["ExpressionAttributeValues"] = values
+        # The table itself: a page's items are the orders.
+        operation = "scan"
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
-    operation = "query" if "KeyConditionExpression" in request else "scan"
     response = call(operation, busy=OrderContention, **request)
-    orders = [to_order(item) for item in response.get("Items", [])]
+    items = response.get("Items", [])
+    orders = [to_order(item) for item in items] if "IndexName" not in request else _in_listed_order(items)
+    orders = [order for order in orders if _matches(order, found)]
     if operation == "scan":
         orders.sort(key=lambda order: order.created_key, reverse=True)
     return orders, response.get("LastEvaluatedKey")
 
 
 def in_progress_since(created_before: str, *, limit: int) -> list[str]:
-    """Ids of orders still in progress that were placed before ``created_before``, oldest first."""
-    ids: list[str] = []
+    """Ids of orders still in progress that were placed before ``created_before``, oldest first.
+
+    A Scan of OrdersInProgress, which holds only the open orders (keys only).
+    """
+    found: list[tuple[str, str]] = []
     request: dict[str, Any] = {
         "TableName": table_settings().orders_table,
         "IndexName": ORDERS_IN_PROGRESS,
-        "KeyConditionExpression": "in_progress = :open AND created_at < :before",
-        "ExpressionAttributeValues": {":open": {"S": IN_PROGRESS}, ":before": {"S": created_before}},
-        "Limit": limit,
+        "FilterExpression": "created_at < :before",
+        "ExpressionAttributeValues": {":before": {"S": created_before}},
     }
-    while len(ids) < limit:
-        response = call("query", busy=OrderContention, **request)
-        ids.extend(item["order_id"]["S"] for item in response.get("Items", []))
+    while True:
+        response = call("scan", busy=OrderContention, **request)
+        found.extend((item["created_at"]["S"], item["order_id"]["S"]) for item in response.get("Items", []))
         if "LastEvaluatedKey" not in response:
             break
         request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-    return ids[:limit]
+    return [order_id for _, order_id in sorted(found)[:limit]]
+
+
+def open_order_ids(customer_id: str) -> list[str]:
+    """Ids of the customer's orders a saga still has to move on (OrdersInProgress: one Query of
+    keys, eventually consistent as every index is)."""
+    request: dict[str, Any] = {
+        "TableName": table_settings().orders_table,
+        "IndexName": ORDERS_IN_PROGRESS,
+        "KeyConditionExpression": "in_progress_for = :customer",
+        "ExpressionAttributeValues": {":customer": {"S": customer_id}},
+    }
+    ids: list[str] = []
+    while True:
+        response = call("query", busy=OrderContention, **request)
+        ids.extend(item["order_id"]["S"] for item in response.get("Items", []))
+        if "LastEvaluatedKey" not in response:
+            return ids
+        request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
 
 def idempotency_store() -> DynamoDBPersistenceLayer:
