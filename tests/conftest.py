@@ -114,8 +114,19 @@ def _reset_process_caches() -> None:
     aws.reset_clients()
 
 
+# Both saga workflow types the template supports (parameter WorkflowType).
+WORKFLOW_TYPES = ("STANDARD", "EXPRESS")
+
+
 @pytest.fixture
-def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalAws]:
+def workflow_type() -> str:
+    """The sagas' workflow type for ``local_aws``; a module that runs every saga path in both types
+    overrides it with ``params=WORKFLOW_TYPES``."""
+    return "STANDARD"
+
+
+@pytest.fixture
+def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch, workflow_type: str) -> Iterator[LocalAws]:
     """A fresh in-process emulator (moto) with the whole template deployed.
 
     Step Functions executions run for real (moto's ASL interpreter) and Lambda invocations run
@@ -143,13 +154,14 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch) ->
             region=os.environ["AWS_DEFAULT_REGION"],
             identity_issuer=identity.issuer,
             identity_audience=identity.audience,
-            parameters=TEST_PARAMETERS,
+            parameters={**TEST_PARAMETERS, "WorkflowType": workflow_type},
         )
         for key, value in stack.api_environment.items():
             monkeypatch.setenv(key, value)
         _reset_process_caches()
         yield LocalAws(stack=stack, identity=identity)
         lambda_runtime.faults.clear()
+        moto_stepfunctions.express_copies = None
         statemachine_coverage.record_executions(boto3.client("stepfunctions"), stack.state_machine_arns)
     _reset_process_caches()
 

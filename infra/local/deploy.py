@@ -295,7 +295,7 @@ def deploy(
             name=resolver.attributes[f"{logical_id}.Name"],
             definition=definition,
             roleArn=role_arn,
-            type=properties.get("Type", "STANDARD"),
+            type=str(resolver.resolve(properties.get("Type", "STANDARD"))),
         )
 
     # EventBridge rules last: their patterns may name the state machines (on the default bus,

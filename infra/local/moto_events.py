@@ -114,16 +114,19 @@ def _claim_the_end(execution: Execution) -> bool:
 
 def _announce_end(execution: Execution) -> None:
     detail = status_change_detail(execution)
-    events_backends[execution.account_id][execution.region_name].put_events(
-        [
-            {
-                "Source": "aws.states",
-                "DetailType": DETAIL_TYPE,
-                "Detail": json.dumps(detail),
-                "Resources": [execution.exec_arn],
-            }
-        ]
-    )
+    # As on AWS, only STANDARD workflows send status changes to EventBridge; the in-process
+    # listeners (the harnesses waiting for sagas) hear about every execution.
+    if getattr(execution, "sm_type", "STANDARD") != "EXPRESS":
+        events_backends[execution.account_id][execution.region_name].put_events(
+            [
+                {
+                    "Source": "aws.states",
+                    "DetailType": DETAIL_TYPE,
+                    "Detail": json.dumps(detail),
+                    "Resources": [execution.exec_arn],
+                }
+            ]
+        )
     for listener in list(execution_listeners):
         listener(detail)
 

@@ -32,14 +32,22 @@ moto keeps a state machine's executions in a list and scans it on every StartExe
 name-idempotency check) and DescribeExecution: the cost of a start grew with every order of a
 chaos run. The list also indexes its executions by name and by ARN, and those two look up instead.
 
+EXPRESS state machines start as AWS starts them: names are not unique and not deduplicated, every
+execution has its own ARN (``arn:...:express:<machine>:<name>:<id>``), and a start is at-least-once:
+``express_copies`` (a test's or the chaos run's hook) makes one StartExecution start the same input
+several times, concurrently, as a duplicate delivery would.
+
 The behaviour of the interpreter is otherwise unchanged; the canary tests in
 tests/service/test_lambda_runtime_canary.py fail if a moto upgrade moves these functions.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import io
 import json
+import uuid
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -63,6 +71,7 @@ from moto.stepfunctions.parser.asl.parse import asl_parser
 from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.parser.backend.execution import Execution
+from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 from moto.stepfunctions.responses import StepFunctionResponse
 
 _ORIGINAL_CALL_ACTION = StepFunctionResponse.call_action
@@ -70,6 +79,10 @@ _ORIGINAL_STATE_MACHINE_INIT = StateMachineInstance.__init__
 _ORIGINAL_NAME_IDEMPOTENCY = StateMachine._handle_name_input_idempotency
 _ORIGINAL_DESCRIBE_EXECUTION = StepFunctionBackend.describe_execution
 _ORIGINAL_INVOKE_LAMBDA_FUNCTION = lambda_eval_utils._invoke_lambda_function
+_ORIGINAL_START_EXECUTION = StepFunctionsParserBackend.start_execution
+# How many executions one StartExecution of an EXPRESS machine starts: (machine name, execution
+# name) -> copies, at least 1. None: one, as usual (AWS's at-least-once start, on demand).
+express_copies: Callable[[str, str], int] | None = None
 # The chaos run's Step Functions faults (infra/local/faults.py): (operation, e.g. "StartExecution")
 # -> an error code to answer instead, before anything is started; None to go on.
 fault_hook: Callable[[str], str | None] | None = None
@@ -228,6 +241,51 @@ def _describe_execution(self: StepFunctionBackend, execution_arn: str) -> Any:
     return execution
 
 
+def _start_execution(
+    self: StepFunctionsParserBackend,
+    state_machine_arn: str,
+    name: Any = None,
+    execution_input: Any = None,
+    trace_header: Any = None,
+) -> Any:
+    machine = self.describe_state_machine(state_machine_arn)
+    if machine.sm_type != "EXPRESS":
+        return _ORIGINAL_START_EXECUTION(self, state_machine_arn, name, execution_input, trace_header)
+    execution_name = name or str(uuid.uuid4())
+    input_data = "{}" if execution_input is None else execution_input
+    json.loads(input_data)  # moto's check: invalid JSON is refused before anything starts
+    hook = express_copies
+    copies = max(1, hook(machine.name, execution_name)) if hook is not None else 1
+    started = [_start_express(self, machine, execution_name, input_data, trace_header) for _ in range(copies)]
+    return started[0]
+
+
+def _start_express(
+    self: StepFunctionsParserBackend, machine: Any, name: str, input_data: str, trace_header: Any
+) -> Any:
+    """moto's start, without the name check and with an Express execution's own ARN."""
+    snapshot = copy.deepcopy(machine, {id(machine.executions): [], id(machine.backend): machine.backend})
+    where = f"arn:{self.partition}:states:{self.region_name}:{self.account_id}"
+    arn = f"{where}:express:{machine.name}:{name}:{uuid.uuid4()}"
+    execution = Execution(
+        name=name,
+        sm_type=snapshot.sm_type,
+        role_arn=snapshot.roleArn,
+        exec_arn=arn,
+        account_id=self.account_id,
+        region_name=self.region_name,
+        state_machine=snapshot,
+        start_date=datetime.datetime.now(tz=datetime.UTC),
+        cloud_watch_logging_session=None,
+        input_data=input_data,
+        trace_header=trace_header,
+        activity_store={},
+    )
+    machine.executions.append(execution)
+    execution.start()
+    return execution
+
+
 def install() -> None:
     """Cache syntax trees, parsed JSONPaths and Lambda clients; invoke Lambda tasks directly; index
     executions (idempotent; state machines created before it keep moto's list)."""
@@ -241,3 +299,4 @@ def install() -> None:
     StateMachine._handle_name_input_idempotency = _handle_name_input_idempotency  # type: ignore[method-assign]
     StepFunctionBackend.describe_execution = _describe_execution  # type: ignore[method-assign]
     StepFunctionResponse.call_action = _call_action  # type: ignore[method-assign,assignment]
+    StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]

@@ -132,10 +132,17 @@ class Shop:
         return arn.replace(":stateMachine:", ":execution:") + f":{name}"
 
     def execution_status(self, machine: str, name: str) -> str | None:
-        try:
-            return str(self.sfn.describe_execution(executionArn=self.execution_arn(machine, name))["status"])
-        except self.sfn.exceptions.ExecutionDoesNotExist:
+        """The status of the named execution; None if none was started. Listed, not described by
+        ARN: an EXPRESS name is not unique (a duplicate start runs a second execution, which
+        claims nothing and succeeds at once), so any execution still running is RUNNING, then any
+        that did not succeed gives its status."""
+        pages = self.sfn.get_paginator("list_executions").paginate(stateMachineArn=self.aws.state_machine(machine))
+        statuses = [e["status"] for page in pages for e in page["executions"] if e["name"] == name]
+        if not statuses:
             return None
+        if "RUNNING" in statuses:
+            return "RUNNING"
+        return next((status for status in statuses if status != "SUCCEEDED"), "SUCCEEDED")
 
     def wait_execution(self, machine: str, name: str) -> str:
         """The final status of an execution, once it has one."""

@@ -150,6 +150,8 @@ class SagaSettings(BaseSettings):
 
     checkout_state_machine_arn: str | None = None
     refund_state_machine_arn: str | None = None
+    # Template parameter WorkflowType: EXPRESS executions cannot be described or listed by name.
+    workflow_type: Literal["STANDARD", "EXPRESS"] = "STANDARD"
 
 
 @lru_cache(maxsize=1)

@@ -212,6 +212,15 @@ class CheckoutCancelled(ShopError):
     status, title, slug = 409, "Checkout cancelled", "checkout-cancelled"
 
 
+class SagaClaimLost(ShopError):
+    """Another execution owns this order's saga (the claim's fencing token): this one stops at once,
+    without any effect and without compensating, which could undo the owner's work. Express
+    workflows start at least once, so a duplicate execution ends here; so does an execution an
+    operator's redrive or the refund saga took the order over from."""
+
+    status, title, slug = 409, "Saga claimed by another execution", "saga-claim-lost"
+
+
 class OrderContention(TransientError):
     """Concurrent writers (the saga and a cancel request) kept changing the order under us."""
 

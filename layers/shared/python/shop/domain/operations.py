@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from shop.config import inventory_settings
 from shop.domain import order_lifecycle as lifecycle
+from shop.domain import order_saga
 from shop.errors import DeadLetterNotFound
 from shop.models.base import iso_now
 from shop.models.catalog import StockLevel, StockLevelPage
-from shop.models.orders import DeadLetter, DeadLetterPage, Failure
+from shop.models.orders import FIRST_EPOCH, DeadLetter, DeadLetterPage, Failure
 from shop.models.reconciliation import StockDiscrepancyPage
 from shop.pagination import decode_token, encode_token
 from shop.repositories import catalog, dead_letters, sagas, stock_discrepancies
@@ -93,14 +94,23 @@ def redrive(order_id: str) -> DeadLetter:
 
 
 def _start_redrive(letter: DeadLetter, name: str) -> None:
+    # A redrive takes the order over from the execution that gave up: the next epoch of its claim.
+    order = repository.get(letter.order_id)
+    epoch = order_saga.next_epoch(order) if order is not None else FIRST_EPOCH
     if letter.resume == "refund":
-        sagas.start(sagas.refund_state_machine_arn(), name=name, payload={"order_id": letter.order_id})
+        payload: dict[str, object] = {"order_id": letter.order_id, "epoch": epoch}
+        sagas.start(sagas.refund_state_machine_arn(), name=name, payload=payload)
         return
     # Every checkout redrive first reconciles the payment with the provider; if nothing was
     # captured it compensates with the recorded failure (or, when the saga stopped before it
     # knew one, as the payment not having gone through).
     failure = letter.failure or _unsettled_failure(letter.order_id)
-    payload = {"order_id": letter.order_id, "mode": letter.resume, "failure": failure.model_dump(mode="json")}
+    payload = {
+        "order_id": letter.order_id,
+        "mode": letter.resume,
+        "failure": failure.model_dump(mode="json"),
+        "epoch": epoch,
+    }
     sagas.start(sagas.checkout_state_machine_arn(), name=name, payload=payload)
 
 

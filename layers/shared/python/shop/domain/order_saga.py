@@ -16,13 +16,16 @@ from shop.errors import CheckoutCancelled
 from shop.models.base import iso_now
 from shop.models.orders import (
     CHECKOUT_IN_PROGRESS,
+    FIRST_EPOCH,
     CancelOrder,
+    ClaimOrder,
     CompleteOrder,
     FlagOrder,
     HistoryEntry,
     MarkRefunded,
     Order,
     RecordProgress,
+    SagaClaim,
     StartRefund,
     StepResult,
 )
@@ -59,7 +62,19 @@ def _result(order: Order, outcome: str | None = None) -> StepResult:
 
 
 # ---------------------------------------------------------------------------- saga steps
-def apply_advance(order_id: str, advance: lifecycle.Advance, now: str) -> Order | None:
+def claim_order(step: ClaimOrder) -> SagaClaim:
+    """Claim the order for this execution (the first step of every saga run) and answer the claim,
+    which the state machine passes to every later step that writes the order.
+
+    Raises SagaClaimLost when another execution owns it: a duplicate start of an Express workflow,
+    or an execution an explicit takeover replaced. It then stops with no effect at all.
+    """
+    order = repository.claim(step.order_id, step.claim)
+    logger().info("saga claimed", extra={"epoch": order.saga_epoch})
+    return step.claim
+
+
+def apply_advance(order_id: str, advance: lifecycle.Advance, now: str, claim: SagaClaim | None = None) -> Order | None:
     """The common case in one conditional write (see ``order_lifecycle.Advance``); None otherwise."""
     return repository.advance(
         order_id,
@@ -69,15 +84,18 @@ def apply_advance(order_id: str, advance: lifecycle.Advance, now: str) -> Order 
         now=now,
         unless_cancel_requested=advance.unless_cancel_requested,
         clears_failure=advance.clears_failure,
+        claim=claim,
     )
 
 
 def record_progress(step: RecordProgress) -> StepResult:
     """Record a forward step; at a checkpoint, stop the saga if the customer asked to cancel."""
     now = iso_now()
-    order = apply_advance(step.order_id, lifecycle.PROGRESS_ADVANCES[step.step], now)
+    order = apply_advance(step.order_id, lifecycle.PROGRESS_ADVANCES[step.step], now, step.claim)
     if order is None:
-        order, _ = repository.update(step.order_id, lambda current: lifecycle.progressed(current, step.step, now))
+        order, _ = repository.update(
+            step.order_id, lambda current: lifecycle.progressed(current, step.step, now), claim=step.claim
+        )
     if step.checkpoint and order.cancel_requested and order.status in CHECKOUT_IN_PROGRESS:
         logger().info("cancellation requested; the saga compensates", extra={"step": step.step})
         raise CheckoutCancelled(f"order {order.order_id}: the customer asked to cancel")
@@ -86,11 +104,13 @@ def record_progress(step: RecordProgress) -> StepResult:
 
 def complete_order(step: CompleteOrder) -> StepResult:
     now = iso_now()
-    advanced = apply_advance(step.order_id, lifecycle.COMPLETE_ADVANCE, now)
+    advanced = apply_advance(step.order_id, lifecycle.COMPLETE_ADVANCE, now, step.claim)
     if advanced is not None:
         order, changed = advanced, True
     else:
-        order, changed = repository.update(step.order_id, lambda current: lifecycle.completed(current, now))
+        order, changed = repository.update(
+            step.order_id, lambda current: lifecycle.completed(current, now), claim=step.claim
+        )
     if order.status == "COMPLETED":
         _settle_dead_letter(order, now)
         if changed:
@@ -104,7 +124,9 @@ def complete_order(step: CompleteOrder) -> StepResult:
 
 def mark_cancelled(step: CancelOrder) -> StepResult:
     now = iso_now()
-    order, changed = repository.update(step.order_id, lambda current: lifecycle.cancelled(current, step, now))
+    order, changed = repository.update(
+        step.order_id, lambda current: lifecycle.cancelled(current, step, now), claim=step.claim
+    )
     _settle_dead_letter(order, now)
     if changed:
         _emit("OrdersCancelled", order, now, reason=step.failure.reason)
@@ -118,22 +140,32 @@ def start_refund(step: StartRefund) -> StepResult:
     Its dead letter, if any, stays as it is: only the refund saga's last step settles the order
     (and resolves the letter); if that saga fails, the letter must still be open.
     """
-    order, _ = repository.update(step.order_id, lambda current: lifecycle.refund_started(current, iso_now()))
-    start_refund_saga(order.order_id)
+    order, _ = repository.update(
+        step.order_id, lambda current: lifecycle.refund_started(current, iso_now()), claim=step.claim
+    )
+    start_refund_saga(order)
     return _result(order)
 
 
-def start_refund_saga(order_id: str) -> None:
+def next_epoch(order: Order) -> int:
+    """The epoch of the next saga run that takes the order over (the refund saga, a redrive)."""
+    return (order.saga_epoch or FIRST_EPOCH - 1) + 1
+
+
+def start_refund_saga(order: Order) -> None:
+    """Start the order's refund saga, which takes the order over from the checkout's execution."""
     sagas.start(
         sagas.refund_state_machine_arn(),
-        name=sagas.refund_execution_name(order_id),
-        payload={"order_id": order_id},
+        name=sagas.refund_execution_name(order.order_id),
+        payload={"order_id": order.order_id, "epoch": next_epoch(order)},
     )
 
 
 def mark_refunded(step: MarkRefunded) -> StepResult:
     now = iso_now()
-    order, changed = repository.update(step.order_id, lambda current: lifecycle.refunded(current, now))
+    order, changed = repository.update(
+        step.order_id, lambda current: lifecycle.refunded(current, now), claim=step.claim
+    )
     _settle_dead_letter(order, now)
     if changed:
         _emit("OrdersRefunded", order, now)
@@ -144,7 +176,9 @@ def mark_refunded(step: MarkRefunded) -> StepResult:
 def flag_for_attention(step: FlagOrder) -> StepResult:
     """Mark the order NEEDS_ATTENTION and leave a dead letter an operator can list and redrive."""
     now = iso_now()
-    order, changed = repository.update(step.order_id, lambda current: lifecycle.flagged(current, step.failed_step, now))
+    order, changed = repository.update(
+        step.order_id, lambda current: lifecycle.flagged(current, step.failed_step, now), claim=step.claim
+    )
     dead_letters.record(
         order_id=order.order_id,
         resume=step.resume,

@@ -353,7 +353,7 @@ def request_cancellation(order_id: str, principal: Principal) -> OrderView:
     order, _ = repository.update(order_id, decide)
     if decisions[-1].start_refund:
         try:
-            order_saga.start_refund_saga(order_id)
+            order_saga.start_refund_saga(order)
         except SagaNotStarted:
             # REFUNDING is stored: the orphan sweeper starts the refund saga within its bound.
             logger().warning("refund saga not started; the orphan sweeper will start it", extra={"order_id": order_id})

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from shop.config import recovery_settings
+from shop.config import recovery_settings, saga_settings
 from shop.domain import order_saga
 from shop.domain.orders import start_checkout
 from shop.models.base import iso_now
@@ -42,6 +42,7 @@ from shop.models.orders import (
 from shop.observability import logger, metrics
 from shop.repositories import dead_letters, sagas
 from shop.repositories import orders as repository
+from shop.repositories.sagas import ExecutionStatus
 
 STOPPED = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
 SETTLED = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
@@ -158,10 +159,15 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
         refund = order.status == "REFUNDING"
         machine = sagas.refund_state_machine_arn() if refund else sagas.checkout_state_machine_arn()
         name = sagas.refund_execution_name(order_id) if refund else sagas.checkout_execution_name(order_id)
-        status = sagas.status(machine, name)
+        if saga_settings().workflow_type == "EXPRESS":
+            status = _express_status(order, now, refund=refund, machine=machine)
+        else:
+            status = sagas.status(machine, name)
+        if status == "RUNNING":
+            continue
         if status is None:
             if refund:
-                order_saga.start_refund_saga(order_id)
+                order_saga.start_refund_saga(order)
             else:
                 start_checkout(order)
             started.append(order_id)
@@ -187,6 +193,29 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
     if started:
         metrics().add_metric(name="OrphanedSagasStarted", unit=MetricUnit.Count, value=len(started))
     return sweep
+
+
+# An Express execution runs at most 5 minutes; past that and a margin for a step's last write, none
+# of an order's executions can still be running.
+EXPRESS_LIMIT_SECONDS = 300
+EXPRESS_SETTLE_MARGIN_SECONDS = 60
+
+
+def _express_status(order: Order, now: datetime, *, refund: bool, machine: str) -> ExecutionStatus | None:
+    """What the sweeper can know of an Express saga, which cannot be described by name.
+
+    The order's claim says whether an execution of the saga ever ran its first step: never
+    claimed (for a refund: not claimed by the refund machine) means never started, unless the
+    order changed within ORPHAN_AFTER_SECONDS and a start may still be on its way to its claim;
+    starting one that did start is harmless (the claim stops the duplicate). Claimed and not
+    settled once no execution can still run means it stopped without settling (as TIMED_OUT).
+    """
+    quiet_seconds = (now - datetime.fromisoformat(order.updated_at.replace("Z", "+00:00"))).total_seconds()
+    all_over = quiet_seconds > EXPRESS_LIMIT_SECONDS + EXPRESS_SETTLE_MARGIN_SECONDS
+    claimed = order.saga_claim is not None and (not refund or sagas.claimed_by(order.saga_claim, machine))
+    if not claimed:
+        return None if quiet_seconds > recovery_settings().orphan_after_seconds else "RUNNING"
+    return "TIMED_OUT" if all_over else "RUNNING"
 
 
 def _iso(moment: datetime) -> str:

@@ -129,6 +129,9 @@ class Order(Record):
     created_at: str
     updated_at: str
     version: int = 0
+    # The fencing token of the execution that owns the saga (SagaClaim), absent until one claims it.
+    saga_claim: str | None = None
+    saga_epoch: int | None = None
 
     @property
     def created_key(self) -> str:
@@ -217,6 +220,24 @@ class OrderFilter(StrictModel):
 
 
 # ---------------------------------------------------------------------------- sagas
+# The first epoch: a checkout's own execution. Every takeover (a redrive, the refund saga) is a later one.
+FIRST_EPOCH = 1
+
+
+class SagaClaim(StrictModel):
+    """Which execution owns an order's saga: a fencing token.
+
+    ``execution`` is the execution's id (unique even among Express executions of one name),
+    ``epoch`` the saga run it belongs to: the checkout is epoch 1 and every explicit takeover (an
+    operator's redrive, the refund saga) starts the next epoch. A claim is taken by an epoch
+    higher than the stored one, or the first time for it; an execution of the same epoch that
+    finds another execution's claim is a duplicate start and stops.
+    """
+
+    execution: str = Field(min_length=1, max_length=2048)
+    epoch: int = Field(ge=FIRST_EPOCH)
+
+
 class CheckoutInput(Record):
     """What the API starts CheckoutStateMachine with; the state machine passes parts to each step."""
 
@@ -227,6 +248,7 @@ class CheckoutInput(Record):
     lines: list[Line]
     total: Money
     payment_token: str
+    epoch: int = FIRST_EPOCH
 
 
 class Failure(StrictModel):
@@ -251,6 +273,15 @@ class StepError(StrictModel):
 class _OrderStep(StrictModel):
     order_id: OrderId
     execution_name: ExecutionName | None = None
+    # The state machines pass their execution's claim to every step that writes the order, whose
+    # write then holds only while that claim does; None (a direct call) writes unfenced.
+    claim: SagaClaim | None = None
+
+
+class ClaimOrder(_OrderStep):
+    """The first step of every saga execution: claim the order, or stop (SagaClaimLost)."""
+
+    claim: SagaClaim
 
 
 class RecordProgress(_OrderStep):

@@ -18,8 +18,16 @@ from botocore.exceptions import ClientError
 
 from shop import aws
 from shop.config import table_settings
-from shop.errors import OrderContention, OrderNotFound
-from shop.models.orders import SAGA_IN_PROGRESS, TERMINAL, HistoryEntry, Order, OrderFilter, OrderStatus
+from shop.errors import OrderContention, OrderNotFound, SagaClaimLost
+from shop.models.orders import (
+    SAGA_IN_PROGRESS,
+    TERMINAL,
+    HistoryEntry,
+    Order,
+    OrderFilter,
+    OrderStatus,
+    SagaClaim,
+)
 from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, serialize, unmarshal
 
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
@@ -134,16 +142,28 @@ def save(order: Order, *, expected_version: int) -> None:
         raise
 
 
-def update(order_id: str, change: Callable[[Order], Order | None]) -> tuple[Order, bool]:
+def _check_claim(order: Order, claim: SagaClaim | None) -> None:
+    if claim is not None and order.saga_claim != claim.execution:
+        raise SagaClaimLost(
+            f"order {order.order_id} is owned by another execution of its saga (epoch {order.saga_epoch})"
+        )
+
+
+def update(
+    order_id: str, change: Callable[[Order], Order | None], *, claim: SagaClaim | None = None
+) -> tuple[Order, bool]:
     """Apply ``change`` (a pure transition) to the stored order with optimistic locking.
 
     Returns the order as it now stands and whether it changed. The saga's steps and a racing
     cancel request serialize on ``version``: each re-reads and re-decides after losing a race.
+    With a ``claim``, raises SagaClaimLost unless that execution owns the order's saga (a claim
+    bumps ``version``, so one taken between the read and the write fails the write too).
     """
     for _ in range(MAX_WRITE_ATTEMPTS):
         order = get(order_id)
         if order is None:
             raise OrderNotFound(f"order {order_id} does not exist")
+        _check_claim(order, claim)
         updated = change(order)
         if updated is None:
             return order, False
@@ -165,13 +185,17 @@ def advance(
     now: str,
     unless_cancel_requested: bool = False,
     clears_failure: bool = False,
+    claim: SagaClaim | None = None,
 ) -> Order | None:
     """One UpdateItem: ``from_status`` -> ``to_status`` with ``entries`` appended, if the order is in
-    ``from_status`` (and no cancel was asked, if ``unless_cancel_requested``). The order as it now
-    stands, or None when the condition does not hold (the caller then reads and decides)."""
+    ``from_status`` (and no cancel was asked, if ``unless_cancel_requested``; and ``claim`` still
+    owns the saga, if given). The order as it now stands, or None when the condition does not hold
+    (the caller then reads and decides)."""
     condition = "#status = :from"
     if unless_cancel_requested:
         condition += " AND (attribute_not_exists(cancel_requested) OR cancel_requested = :false)"
+    if claim is not None:
+        condition += " AND saga_claim = :claim"
     update = "SET #status = :to, history = list_append(history, :entries), updated_at = :now"
     removals = []
     # Only the write that settles the order (or reopens it) touches the sparse indexes' keys.
@@ -195,6 +219,8 @@ def advance(
     }
     if unless_cancel_requested:
         values[":false"] = {"BOOL": False}
+    if claim is not None:
+        values[":claim"] = {"S": claim.execution}
     response = call_if(
         "update_item",
         busy=OrderContention,
@@ -207,6 +233,46 @@ def advance(
         ReturnValues="ALL_NEW",
     )
     return to_order(response["Attributes"]) if response is not None else None
+
+
+def claim(order_id: str, token: SagaClaim) -> Order:
+    """Make ``token`` the owner of the order's saga, and return the order as it now stands.
+
+    One conditional UpdateItem: taken when no execution has claimed the order yet, or only one of an
+    earlier epoch has (an explicit takeover), or ``token`` itself has (a step delivered twice).
+    Raises SagaClaimLost when another execution holds the same or a later epoch, OrderNotFound when
+    there is no order. ``version`` is bumped: a read-then-write that read the old owner fails.
+    """
+    try:
+        response = call(
+            "update_item",
+            busy=OrderContention,
+            TableName=table_settings().orders_table,
+            Key={"order_id": {"S": order_id}},
+            UpdateExpression="SET saga_claim = :claim, saga_epoch = :epoch ADD version :one",
+            ConditionExpression=(
+                "attribute_exists(order_id) AND (attribute_not_exists(saga_epoch) OR saga_epoch < :epoch"
+                " OR (saga_epoch = :epoch AND saga_claim = :claim))"
+            ),
+            ExpressionAttributeValues={
+                ":claim": {"S": token.execution},
+                ":epoch": {"N": str(token.epoch)},
+                ":one": {"N": "1"},
+            },
+            ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    except ClientError as error:
+        if not is_condition_failure(error):
+            raise
+        stored = error.response.get("Item")
+        owner = to_order(stored) if stored else get(order_id)
+        if owner is None:
+            raise OrderNotFound(f"order {order_id} does not exist") from None
+        raise SagaClaimLost(
+            f"order {order_id} is owned by another execution (epoch {owner.saga_epoch}; this one is {token.epoch})"
+        ) from None
+    return to_order(response["Attributes"])
 
 
 def _get_many(order_ids: list[str]) -> dict[str, Order]:

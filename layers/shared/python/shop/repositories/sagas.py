@@ -1,8 +1,10 @@
-"""Starting the checkout and refund sagas (Step Functions STANDARD executions).
+"""Starting the checkout and refund sagas (Step Functions executions, STANDARD or EXPRESS).
 
 Every start passes a name derived from the order, so a repeated start (a retried request, a
-duplicate delivery, the saga and a cancel request racing) can never run a second saga: Step
-Functions answers ExecutionAlreadyExists, or the running execution for the same name and input.
+duplicate delivery, the saga and a cancel request racing) of a STANDARD workflow can never run a
+second saga: Step Functions answers ExecutionAlreadyExists, or the running execution for the same
+name and input. An EXPRESS start is at-least-once and names are not unique: a second execution can
+run, and its first step's claim (``shop.domain.order_saga.claim_order``) stops it without effect.
 """
 
 from __future__ import annotations
@@ -63,6 +65,16 @@ def start(state_machine_arn: str, *, name: str, payload: dict[str, Any]) -> bool
     except BotoCoreError as error:
         raise SagaNotStarted(f"Step Functions did not start {name} ({type(error).__name__}); retry") from error
     return True
+
+
+def claimed_by(execution_id: str, state_machine_arn: str) -> bool:
+    """Whether the execution id (a claim) is an execution of that state machine.
+
+    Standard ids are ``arn:...:execution:<machine>:<name>``, Express ones
+    ``arn:...:express:<machine>:<name>:<id>``: the machine's name is the seventh field of both.
+    """
+    fields = execution_id.split(":")
+    return len(fields) > 6 and fields[6] == state_machine_arn.split(":")[-1]
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:
