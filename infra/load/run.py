@@ -1,7 +1,6 @@
 """`make load`: Locust, headless and bounded, against a local stack it starts or a deployed stage.
 
-    python -m infra.load.run [--mix shopper|flash|all] [--users 20] [--spawn-rate 5] [--duration 30s]
-                             [--host URL] [--csv PREFIX]
+    python -m infra.load.run [--mix shopper|flash|all] [--users 20] [--spawn-rate 5] [--duration 30s] [--host URL]
 
 Without ``--host`` it starts `python -m infra.local.stack` (what `make run` starts) in a subprocess
 on free ports, so it works while a `make run` stack is up, with its state in a temporary folder;
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,7 +46,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spawn-rate", type=float, default=5, help="users started per second")
     parser.add_argument("--duration", default="30s", help="Locust's --run-time: 30s, 2m, 1h30m")
     parser.add_argument("--host", default="", help="a deployed stage's URL (default: start a local stack)")
-    parser.add_argument("--csv", default="", help="also write Locust's CSV files with this prefix")
     args = parser.parse_args(argv)
     if args.users < 1 or args.spawn_rate <= 0:
         parser.error("--users must be at least 1 and --spawn-rate above 0")
@@ -57,10 +55,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def locust_command(
-    *, mix: str, users: int, spawn_rate: float, duration: str, host: str, csv_prefix: str = ""
+    *, mix: str, users: int, spawn_rate: float, duration: str, host: str, options: Sequence[str] = ()
 ) -> list[str]:
-    """The headless Locust run: bounded by ``duration``, only the final table printed."""
-    command = [
+    """The headless Locust run: bounded by ``duration``, only the final table printed (``options``: Locust's)."""
+    return [
         sys.executable,
         "-m",
         "locust",
@@ -78,10 +76,9 @@ def locust_command(
         str(STOP_TIMEOUT_SECONDS),
         "--host",
         host,
+        *options,
+        *MIXES[mix],
     ]
-    if csv_prefix:
-        command += ["--csv", csv_prefix]
-    return [*command, *MIXES[mix]]
 
 
 def mint_tokens(state_dir: Path, customers: list[str]) -> dict[str, object]:
@@ -156,12 +153,7 @@ def _run_locust(args: argparse.Namespace, host: str, tokens_path: Path | None) -
     if tokens_path is not None:
         environment["LOAD_TOKENS"] = str(tokens_path)
     command = locust_command(
-        mix=args.mix,
-        users=args.users,
-        spawn_rate=args.spawn_rate,
-        duration=args.duration,
-        host=host,
-        csv_prefix=args.csv,
+        mix=args.mix, users=args.users, spawn_rate=args.spawn_rate, duration=args.duration, host=host
     )
     print(f"load: locust {' '.join(command[3:])}", flush=True)
     return subprocess.run(command, cwd=REPO_ROOT, env=environment, check=False).returncode
