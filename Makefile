@@ -150,8 +150,7 @@ chaos: $(STAMP)
 	$(BIN)/python -m infra.local.chaos --orders $(ORDERS) --seed $(SEED) --profile $(PROFILE)
 
 load: $(STAMP)
-	$(BIN)/python -m infra.load.run --mix $(MIX) --users $(USERS) --spawn-rate $(SPAWN) --duration $(DURATION) \
-		$(if $(HOST),--host $(HOST))
+	$(BIN)/python -m infra.load.run --mix $(MIX) --users $(USERS) --spawn-rate $(SPAWN) --duration $(DURATION)$(if $(HOST), --host $(HOST))
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

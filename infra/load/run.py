@@ -125,8 +125,9 @@ def local_stack(state_dir: Path) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
     api_url = f"http://127.0.0.1:{api_port}"
+    started = time.monotonic()
     try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+        deadline = started + STARTUP_DEADLINE_SECONDS
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the local stack exited ({process.returncode}):\n{log_path.read_text()[-4000:]}")
@@ -138,14 +139,17 @@ def local_stack(state_dir: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the local stack was not healthy in time:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.2)  # the readiness check's polling interval
+        print(f"load: the local stack is up in {time.monotonic() - started:.0f} s ({api_url})", flush=True)
         yield api_url
     finally:
+        stopping = time.monotonic()
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        print(f"load: the local stack stopped in {time.monotonic() - stopping:.0f} s", flush=True)
 
 
 def _run_locust(args: argparse.Namespace, host: str, tokens_path: Path | None) -> int:
@@ -173,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="shop-load-") as state:
         state_dir = Path(state)
-        print("load: starting the local stack on free ports (about 10 s)", flush=True)
+        print("load: starting the local stack (python -m infra.local.stack) on free ports", flush=True)
         try:
             with local_stack(state_dir) as api_url:
                 customers = [f"{CUSTOMER_PREFIX}-{index:03d}" for index in range(1, args.users + 1)]
                 tokens_path = write_tokens(state_dir / "load-tokens.json", mint_tokens(state_dir, customers))
-                print(f"load: {args.mix} mix, {args.users} users for {args.duration} against {api_url}", flush=True)
+                print(f"load: {args.mix} mix, {args.users} users for {args.duration}", flush=True)
                 return _run_locust(args, api_url, tokens_path)
         except RuntimeError as error:
             print(f"load: {error}", file=sys.stderr)
