@@ -15,6 +15,9 @@ User classes (Locust's class picker: name them on the command line; with none, b
   units sold against the stock and fails the run if more were sold, or if the stock left does not
   account for the units sold.
 
+The tasks are tagged ``browse``, ``checkout``, ``cancel``, ``orders`` and ``flash`` for Locust's
+``--tags``/``--exclude-tags``.
+
 Every order's outcome is a row of Locust's table (type ``ORDER``, its time from the POST to the
 settled status). A failure is: a 5xx, a status the route should not answer, an outcome the order
 should not have (``NEEDS_ATTENTION``, a decline for a good card, ...), an order that does not settle
