@@ -29,8 +29,15 @@ ORDERS ?= 300
 SEED ?= 1
 PROFILE ?= light
 DYNAMODB ?= dynamodb-local
+# make load: Locust's users, users started per second, run time, mix (shopper, flash, all); HOST=<url>
+# targets a deployed stage instead of a local stack (tokens: README, make load).
+USERS ?= 20
+SPAWN ?= 5
+DURATION ?= 30s
+MIX ?= shopper
+HOST ?=
 
-.PHONY: help run emulator test lint typecheck validate package deploy unit service http fidelity bench chaos clean
+.PHONY: help run emulator test lint typecheck validate package deploy unit service http fidelity bench chaos load clean
 
 help:
 	@echo "make help       this list"
@@ -50,6 +57,9 @@ help:
 	@echo "                (DYNAMODB=moto: moto's DynamoDB in its own process, the emulator make chaos uses)"
 	@echo "make chaos      seeded randomized orders with faults at every seam, then the books checked"
 	@echo "                (ORDERS=$(ORDERS) SEED=$(SEED) PROFILE=$(PROFILE); profiles: none, light, hostile)"
+	@echo "make load       Locust, headless, against a local stack it starts: prints Locust's table"
+	@echo "                (USERS=$(USERS) SPAWN=$(SPAWN) DURATION=$(DURATION) MIX=$(MIX); mixes: shopper, flash, all;"
+	@echo "                HOST=<url> LOAD_TOKENS=<file>: a deployed stage instead, README)"
 	@echo "make clean      remove build outputs and tool caches"
 
 # Reinstall only when a requirements file changes. uv installs in seconds what pip takes minutes for.
@@ -138,6 +148,9 @@ bench: $(STAMP) $(NODE_STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m infra.local.chaos --orders $(ORDERS) --seed $(SEED) --profile $(PROFILE)
+
+load: $(STAMP)
+	$(BIN)/python -m infra.load.run --mix $(MIX) --users $(USERS) --spawn-rate $(SPAWN) --duration $(DURATION)$(if $(HOST), --host $(HOST))
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

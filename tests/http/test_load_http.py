@@ -1,0 +1,148 @@
+"""`make load`'s Locust file against the HTTP tier's stack: each mix runs clean, and the flash sale never oversells.
+
+Locust monkey-patches the interpreter with gevent, so it never runs in this process: each test runs the
+`locust` command `make load` runs (``infra.load.run.locust_command``), headless, with a short run time, and
+reads Locust's statistics and the stack's own answers afterwards. No latency is asserted.
+
+The statistics come from ``--json-file``, written once at the end from the final numbers. ``--csv`` is not
+enough for exact counts: a greenlet rewrites its files once a second and is not run again at the end, so
+the last second's requests were missing from it (141 POSTs in the CSV for 150 orders the stack held).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from infra.load.run import LOCUSTFILE, locust_command, mint_tokens, write_tokens
+from tests.conftest import REPO_ROOT
+from tests.http.conftest import RunningStack
+
+# The run's bound (Locust's --run-time) plus the stop timeout for orders in flight, plus startup.
+LOCUST_DEADLINE_SECONDS = 180
+
+
+def run_locust(
+    stack: RunningStack, tmp_path: Path, *, mix: str, users: int, duration: str, **settings: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, int], dict[str, int]]:
+    """Run the mix with one fresh customer per user.
+
+    Returns Locust's result and its request counts and failure counts by "<type> <name>" (e.g.
+    "POST /orders", "ORDER checkout -> COMPLETED").
+    """
+    customers = [f"load-{mix}-{uuid.uuid4().hex[:8]}-{index}" for index in range(users)]
+    tokens = write_tokens(tmp_path / "tokens.json", mint_tokens(stack.state_dir, customers))
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("LOAD_")}
+    environment |= {"LOAD_TOKENS": str(tokens), **{f"LOAD_{key.upper()}": value for key, value in settings.items()}}
+    environment["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'layers/shared/python'}"
+    report = tmp_path / mix
+    command = locust_command(
+        mix=mix,
+        users=users,
+        spawn_rate=users,
+        duration=duration,
+        host=stack.api_url,
+        options=["--json-file", str(report)],
+    )
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=LOCUST_DEADLINE_SECONDS
+    )
+    if not Path(f"{report}.json").exists():
+        pytest.fail(f"Locust wrote no report ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    entries = json.loads(Path(f"{report}.json").read_text())
+    requests_by_name = {f"{entry['method']} {entry['name']}": int(entry["num_requests"]) for entry in entries}
+    failures_by_name = {f"{entry['method']} {entry['name']}": int(entry["num_failures"]) for entry in entries}
+    return result, requests_by_name, failures_by_name
+
+
+def requested(stats: dict[str, int], name: str) -> int:
+    return stats.get(name, 0)
+
+
+def orders_of(stack: RunningStack, token: str) -> list[dict[str, Any]]:
+    """Every order of the token's customer (all pages)."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = requests.get(
+            stack.url("/orders"), params=params, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ).json()
+        found += page["items"]
+        if not page["next_token"]:
+            return found
+        params["next_token"] = page["next_token"]
+
+
+def test_locustfile_is_what_make_load_runs() -> None:
+    assert LOCUSTFILE == REPO_ROOT / "infra/load/locustfile.py"
+    assert LOCUSTFILE.is_file()
+
+
+def test_shopper_mix_reaches_every_route_it_exercises_without_a_failure(stack: RunningStack, tmp_path: Path) -> None:
+    result, stats, failures = run_locust(
+        stack, tmp_path, mix="shopper", users=8, duration="20s", think_min_seconds="0.1", think_max_seconds="0.4"
+    )
+
+    assert {name: count for name, count in failures.items() if count} == {}
+    assert result.returncode == 0, result.stderr[-4000:]
+    routes = [
+        "GET /products",
+        "GET /products?next_token",
+        "GET /products?category",
+        "GET /products/{sku}",
+        "POST /orders",
+        "POST /orders (Prefer: wait=5)",
+        "GET /orders/{order_id}",
+        "POST /orders/{order_id}/cancel",
+        "GET /orders",
+    ]
+    outcomes = [
+        "ORDER checkout -> COMPLETED",
+        "ORDER declined card -> CANCELLED PAYMENT_DECLINED",
+        "ORDER refund -> REFUNDED",
+    ]
+    assert [name for name in routes + outcomes if requested(stats, name) == 0] == []
+    # A cancel right after the POST finds the order pending, or already completed and refunds it.
+    cancelled = ["ORDER cancel -> CANCELLED CANCELLED_BY_CUSTOMER", "ORDER cancel -> REFUNDED"]
+    assert sum(requested(stats, name) for name in cancelled) > 0
+    # What a shopper has seen it revalidates (a product a checkout changed answers 200, the rest 304).
+    assert sum(requested(stats, name) for name in stats if name.endswith("(If-None-Match)")) > 0
+    # The rows are the routes, the revalidations and the outcomes: no stray name (e.g. an order id).
+    known = {*routes, *outcomes, *cancelled}
+    assert {name for name in stats if not name.endswith("(If-None-Match)")} <= known
+
+
+def test_flash_sale_sells_exactly_the_stock_and_the_rest_sell_out(stack: RunningStack, tmp_path: Path) -> None:
+    sku = f"FLASH-TEST-{uuid.uuid4().hex[:8]}"
+    stock = 5
+    users = 10
+    result, stats, failures = run_locust(
+        stack, tmp_path, mix="flash", users=users, duration="10s", flash_sku=sku, flash_stock=str(stock)
+    )
+
+    assert {name: count for name, count in failures.items() if count} == {}
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"flash sale {sku}: {stock} of {stock} units sold" in result.stdout
+    assert requested(stats, "ORDER flash sale -> COMPLETED") == stock
+    assert requested(stats, "ORDER flash sale -> CANCELLED OUT_OF_STOCK") > 0
+    # The stack's own books: every flash order settled, units sold = stock - available, never more than stock.
+    product = requests.get(stack.url(f"/products/{sku}"), timeout=10).json()
+    customer_tokens = json.loads((tmp_path / "tokens.json").read_text())["customers"]
+    flash_orders = [
+        order
+        for token in customer_tokens.values()
+        for order in orders_of(stack, token)
+        if any(line["sku"] == sku for line in order["items"])
+    ]
+    assert {order["status"] for order in flash_orders} <= {"COMPLETED", "CANCELLED"}
+    sold = sum(line["quantity"] for order in flash_orders if order["status"] == "COMPLETED" for line in order["items"])
+    assert (sold, product["available"]) == (stock, 0)
+    assert {order["failure_reason"] for order in flash_orders if order["status"] == "CANCELLED"} == {"OUT_OF_STOCK"}
+    assert len(flash_orders) == requested(stats, "POST /orders (Prefer: wait=5)")
