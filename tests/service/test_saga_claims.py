@@ -1,0 +1,202 @@
+"""The sagas' claim (fencing token), in both workflow types: a duplicate execution and an execution
+that was taken over stop without any effect and without compensating.
+
+Express starts are at-least-once and their names are not unique: the emulator starts the same
+order twice at once on demand (``moto_stepfunctions.express_copies``). A takeover is what an
+operator's redrive or the refund saga does (a later epoch claims the order); here it happens just
+before one step of a running execution, which must then stop at NotTheOwner, leaving the order,
+the payments ledger, the provider's ledger and the stock as the new owner found them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from infra.local import lambda_runtime, moto_stepfunctions
+from shop.domain import payments as payment_domain
+from shop.errors import PaymentAlreadyCaptured
+from shop.models.orders import SagaClaim
+from shop.payments.simulator import SimulatorLedger
+from shop.repositories import orders as order_repository
+from shop.repositories.payments import PaymentsRepository
+from tests.conftest import WORKFLOW_TYPES, LocalAws
+from tests.service.orders_helpers import Shop, available, open_shop, seed_product
+from tests.service.test_saga_edges import Down, StepFaults
+
+PRICE, STOCK, QUANTITY = 1250, 10, 2
+TOTAL = PRICE * QUANTITY
+# The states a stopped execution must never enter after losing its claim.
+COMPENSATIONS = frozenset({"VoidPayment", "ReleaseStock", "CancelOrder", "ReturnStock", "RefundPayment"})
+
+
+@pytest.fixture(params=WORKFLOW_TYPES)
+def workflow_type(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=PRICE, stock=STOCK)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+@pytest.fixture
+def faults(local_aws: LocalAws) -> StepFaults:
+    return StepFaults(local_aws)
+
+
+def provider_ledger(order_id: str) -> SimulatorLedger | None:
+    payment = PaymentsRepository().get(order_id)
+    if payment is None or payment.authorization_ref is None:
+        return None
+    return payment_domain.simulator().ledger(payment.authorization_ref)
+
+
+def executions_of(shop: Shop, machine: str, name: str) -> list[dict[str, Any]]:
+    pages = shop.sfn.get_paginator("list_executions").paginate(stateMachineArn=shop.aws.state_machine(machine))
+    return [execution for page in pages for execution in page["executions"] if execution["name"] == name]
+
+
+def states_entered(shop: Shop, execution_arn: str) -> list[str]:
+    pages = shop.sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+    return [
+        event["stateEnteredEventDetails"]["name"]
+        for page in pages
+        for event in page["events"]
+        if "stateEnteredEventDetails" in event
+    ]
+
+
+# ---------------------------------------------------------------------------- duplicate starts
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_a_duplicate_express_start_of_an_order_stops_at_its_claim_and_the_order_completes_once(shop: Shop) -> None:
+    moto_stepfunctions.express_copies = lambda machine, name: 2
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    runs = executions_of(shop, "CheckoutStateMachine", order_id)
+    assert len(runs) == 2 and len({run["executionArn"] for run in runs}) == 2
+    paths = sorted((states_entered(shop, run["executionArn"]) for run in runs), key=len)
+    assert paths[0] == ["ClaimOrder", "NotTheOwner"]  # the duplicate: nothing else ran
+    assert paths[1][-1] == "Completed" and not COMPENSATIONS & set(paths[1])
+    order = shop.order(order_id)
+    assert order.status == "COMPLETED" and order.saga_claim in {run["executionArn"] for run in runs}
+    ledger = provider_ledger(order_id)
+    assert ledger is not None and len(ledger.of_kind("capture")) == 1 and not ledger.of_kind("void")
+    assert available("MUG-1") == STOCK - QUANTITY
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_a_duplicate_of_a_compensating_checkout_and_of_a_refund_change_nothing_twice(shop: Shop) -> None:
+    moto_stepfunctions.express_copies = lambda machine, name: 2
+    declined = shop.place_ok([("MUG-1", QUANTITY)], token="tok_chargeDeclined")["order_id"]
+    completed = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    assert shop.wait_checkout(declined) == "SUCCEEDED"
+    assert shop.wait_checkout(completed) == "SUCCEEDED"
+    assert (shop.order(declined).status, shop.order(declined).failure_reason) == ("CANCELLED", "PAYMENT_DECLINED")
+
+    assert shop.cancel(completed).status_code == 202
+    assert shop.wait_refund(completed) == "SUCCEEDED"
+    refunds = executions_of(shop, "RefundStateMachine", f"refund-{completed}")
+    assert len(refunds) == 2
+    assert sorted(len(states_entered(shop, run["executionArn"])) for run in refunds)[0] == 2  # claim, NotTheOwner
+    assert shop.order(completed).status == "REFUNDED"
+    ledger = provider_ledger(completed)
+    assert ledger is not None and len(ledger.of_kind("refund")) == 1 and ledger.of_kind("refund")[0].amount == TOTAL
+    assert available("MUG-1") == STOCK
+
+
+# ---------------------------------------------------------------------------- takeovers
+class TakeOverBefore:
+    """Before the first matching invocation of a step, another saga run takes the order over (a
+    later epoch claims it), as an operator's redrive would; the running execution goes on."""
+
+    def __init__(self, local_aws: LocalAws, logical_id: str, when: Callable[[Any], bool]) -> None:
+        self.function_name = local_aws.function(logical_id)
+        self.when = when
+        self.taken = threading.Event()
+        self.claim: SagaClaim | None = None
+
+    def __call__(self, function_name: str, event: Any) -> None:
+        if function_name != self.function_name or not self.when(event) or self.taken.is_set():
+            return
+        self.taken.set()
+        order = order_repository.get(event["order_id"])
+        assert order is not None and order.saga_epoch is not None
+        self.claim = SagaClaim(
+            execution=f"arn:aws:states:us-east-1:123456789012:execution:redrive:{order.order_id}",
+            epoch=order.saga_epoch + 1,
+        )
+        order_repository.claim(order.order_id, self.claim)
+
+
+def _every(event: Any) -> bool:
+    return True
+
+
+# (step's function, which invocation, how the saga gets there, where the execution is)
+TAKEOVERS: list[tuple[str, str, Callable[[Any], bool], str]] = [
+    ("reserved", "RecordProgressFunction", lambda e: e.get("step") == "reserve_stock", "checkout"),
+    ("authorized", "RecordProgressFunction", lambda e: e.get("step") == "authorize_payment", "checkout"),
+    ("complete", "CompleteOrderFunction", _every, "checkout"),
+    ("cancel", "CancelOrderFunction", _every, "declined"),
+    ("flag-compensation", "FlagOrderFunction", _every, "cancel-fails"),
+    ("flag-completion", "FlagOrderFunction", _every, "complete-fails"),
+    ("refund-captured", "StartRefundFunction", _every, "void-finds-capture"),
+    ("start-refund", "StartRefundFunction", _every, "cancel-during-capture"),
+    ("mark-refunded", "MarkRefundedFunction", _every, "refund"),
+    ("flag-refund", "FlagOrderFunction", _every, "refund-fails"),
+]
+
+
+@pytest.mark.parametrize(("case", "logical_id", "when", "path"), TAKEOVERS, ids=[takeover[0] for takeover in TAKEOVERS])
+def test_an_execution_taken_over_before_a_step_stops_there_and_compensates_nothing(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults, case: str, logical_id: str, when: Any, path: str
+) -> None:
+    token = "tok_chargeDeclined" if path in ("declined", "cancel-fails") else "tok_visa"
+    if path == "cancel-fails":
+        faults.fail("CancelOrderFunction", Down)
+    elif path == "complete-fails":
+        faults.fail("CompleteOrderFunction", Down)
+    elif path == "void-finds-capture":
+        token = "tok_chargeDeclined"
+        faults.fail("VoidPaymentFunction", PaymentAlreadyCaptured)
+    elif path == "refund-fails":
+        faults.fail("MarkRefundedFunction", Down)
+    takeover = TakeOverBefore(local_aws, logical_id, when)
+    pause = faults.pause_at("CapturePaymentFunction") if path == "cancel-during-capture" else None
+    before_step = faults._before  # the faults' hook first (a failing step), then the takeover
+
+    def hook(function_name: str, event: Any) -> None:
+        takeover(function_name, event)
+        before_step(function_name, event)
+
+    lambda_runtime.faults.before_invoke = hook
+    order_id = shop.place_ok([("MUG-1", QUANTITY)], token=token)["order_id"]
+    machine, name = "CheckoutStateMachine", order_id
+    if pause is not None:
+        pause.wait_reached()
+        assert shop.cancel(order_id).status_code == 202
+        pause.released.set()
+    if path.startswith("refund"):
+        assert shop.wait_checkout(order_id) == "SUCCEEDED"
+        assert shop.cancel(order_id).status_code == 202
+        machine, name = "RefundStateMachine", f"refund-{order_id}"
+
+    assert shop.wait_execution(machine, name) == "SUCCEEDED"
+    assert takeover.taken.is_set(), case
+    (run,) = executions_of(shop, machine, name)
+    entered = states_entered(shop, run["executionArn"])
+    # Straight from the step that found the order taken over to the end: nothing compensated.
+    assert entered[-1] == "NotTheOwner", entered
+    # The order is as the new owner found it: claimed by it, not moved on by the stopped execution.
+    order = shop.order(order_id)
+    assert takeover.claim is not None and order.saga_claim == takeover.claim.execution
+    assert order.saga_epoch == takeover.claim.epoch
+    assert order.status not in {"COMPLETED", "CANCELLED", "REFUNDED", "NEEDS_ATTENTION"}
+    assert shop.dead_letter(order_id) is None
