@@ -19,6 +19,7 @@ from shop.errors import PurchaseLimitExceeded, ReservationConflict
 from shop.models.common import CheckoutLine
 from shop.models.inventory import Reservation, StoredLine
 from shop.repositories import inventory as repository
+from shop.repositories import purchases
 from tests.fidelity.conftest import Backend
 from tests.fidelity.test_inventory_repository import NOW, retrying
 
@@ -133,3 +134,14 @@ def test_one_customers_concurrent_orders_never_get_past_the_limit(backend: Backe
 
     assert outcomes == Counter({"reserved": 3, "over-limit": 9})
     assert (counted(backend, "c", "DROP"), backend.available("DROP"), backend.reservation_count()) == (3, 97, 3)
+
+
+def test_the_apis_check_reads_what_the_reservations_counted(backend: Backend) -> None:
+    backend.put_product("DROP", 10)
+    backend.put_product("TEE", 10)
+    inventory.reserve("o-1", "o-1", [limited("DROP", 2, 5), limited("TEE", 1, 5)], customer_id="c")
+    inventory.release("o-1")
+    inventory.reserve("o-2", "o-2", [limited("DROP", 3, 5)], customer_id="c")
+
+    assert purchases.counted_units("c", ["DROP", "TEE", "NEVER"]) == {"DROP": 3, "TEE": 0, "NEVER": 0}
+    assert purchases.counted_units("someone-else", ["DROP"]) == {"DROP": 0}
