@@ -55,11 +55,16 @@ class ReleaseReservation(_ReservationStep):
     frees_purchase_units: bool = True
 
 
-class StoredLine(Record):
-    """A ``Line`` as read back from DynamoDB (lenient: numbers arrive as Decimal)."""
+class ReservedLine(Record):
+    """A ``Line`` as read back from DynamoDB (lenient: numbers arrive as Decimal), and as the steps return it."""
 
     sku: str
     quantity: int
+
+
+class StoredLine(ReservedLine):
+    """A reservation's line as stored."""
+
     # Set on a line that counts against its product's purchase limit (absent otherwise, so an
     # unlimited line stores nothing more).
     purchase_limit: int | None = None
@@ -97,7 +102,7 @@ class ReservationResult(Record):
     reservation_id: str
     order_id: str | None
     status: ReservationOutcome
-    lines: list[StoredLine]
+    lines: list[ReservedLine]
     expires_at: int | None
 
     @classmethod
@@ -106,7 +111,8 @@ class ReservationResult(Record):
             reservation_id=reservation.reservation_id,
             order_id=reservation.order_id,
             status=reservation.status,
-            lines=reservation.lines,
+            # What was reserved; which lines counted against purchase limits stays with the reservation.
+            lines=[ReservedLine(sku=line.sku, quantity=line.quantity) for line in reservation.lines],
             expires_at=reservation.expires_at,
         )
 
