@@ -83,7 +83,11 @@ def create_product(body: CreateProductRequest, principal: Principal) -> Response
     "/products/{sku}",
     "PATCH",
     summary="Change a product (admin)",
-    description="Any of name, description, category, price, active. Deactivating takes it off the listings.",
+    description=(
+        "Any of name, description, category, price, active, purchase_limit. Deactivating takes it off the listings. "
+        "`purchase_limit` (1-100, or null for none) is the most units of this SKU one customer may hold across "
+        "orders that are not CANCELLED; it applies to orders placed from then on."
+    ),
     auth="admin",
     path_params=_SKU,
     body=UpdateProductRequest,

@@ -53,9 +53,12 @@ class OrderListQuery(StrictModel):
         "with another body is 422; while the first request is still being processed, 409. The order is "
         "PENDING until the checkout saga settles it. While the shop is not accepting new orders (an operator's "
         "runtime switch), 503 `orders-paused` with `Retry-After`: nothing is stored, and orders already placed "
-        "finish as usual. With `Prefer: wait=N`, the answer waits up to N seconds for the saga: 201 with the "
-        "final order and `Preference-Applied` if it settled, else 202 with the order as it stands (a replay of "
-        "the key then answers the current state too)."
+        "finish as usual. A line over its product's `purchase_limit`, alone or with the units of that SKU in the "
+        "customer's orders that are not CANCELLED, is 422 `purchase-limit-exceeded` (`errors` names each line) and "
+        "nothing is placed; two of the customer's orders racing for the last units end the later one CANCELLED with "
+        "`failure_reason` PURCHASE_LIMIT_EXCEEDED. With `Prefer: wait=N`, the answer waits up to N seconds for the "
+        "saga: 201 with the final order and `Preference-Applied` if it settled, else 202 with the order as it "
+        "stands (a replay of the key then answers the current state too)."
     ),
     auth="customer",
     body=PlaceOrderRequest,

@@ -18,7 +18,7 @@ from shop.errors import (
     TransientError,
 )
 from shop.models.base import parse_event
-from shop.models.common import Line
+from shop.models.common import CheckoutLine, Line
 from shop.models.inventory import (
     CommitReservation,
     ReleaseReservation,
@@ -70,6 +70,50 @@ def test_cancellation_reasons_line_up_with_the_actions(codes: list[str], expecte
     assert classify_cancellation(codes, SKUS) == expected
 
 
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        (
+            ["None", "None", "None", "None", "ConditionalCheckFailed", "None"],
+            CancellationVerdict(over_limit_skus=["A"]),
+        ),
+        (
+            ["None", "None", "ConditionalCheckFailed", "None", "None", "ConditionalCheckFailed"],
+            CancellationVerdict(failed_skus=["B"], over_limit_skus=["C"]),
+        ),
+        (
+            ["ConditionalCheckFailed", "None", "None", "None", "ConditionalCheckFailed", "None"],
+            CancellationVerdict(reservation_failed=True, over_limit_skus=["A"]),
+        ),
+        (["None", "None", "None", "None", "TransactionConflict", "None"], CancellationVerdict(contention=True)),
+        (["None", "None", "None", "None"], CancellationVerdict(unexpected=["4 reasons for 6 actions"])),
+    ],
+    ids=["over-limit", "short-and-over-limit", "exists-and-over-limit", "counter-conflict", "misaligned"],
+)
+def test_purchase_counter_reasons_follow_the_stock_actions(codes: list[str], expected: CancellationVerdict) -> None:
+    """The counters of the limited lines (A and C here) are the last actions, in their order."""
+    assert classify_cancellation(codes, SKUS, ["A", "C"]) == expected
+
+
+def test_a_reserve_event_carries_each_lines_purchase_limit_and_the_customer() -> None:
+    event = parse_event(
+        ReserveStock,
+        reserve_event(
+            customer_id="alice", lines=[{"sku": "A", "quantity": 2, "purchase_limit": 3}, {"sku": "B", "quantity": 1}]
+        ),
+    )
+    assert event.customer_id == "alice"
+    assert [line.purchase_limit for line in event.lines] == [3, None]
+
+
+def test_only_the_refund_keeps_purchase_units_when_releasing() -> None:
+    assert parse_event(ReleaseReservation, {"order_id": "order-1"}).frees_purchase_units is True
+    kept = parse_event(ReleaseReservation, {"order_id": "order-1", "frees_purchase_units": False})
+    assert kept.frees_purchase_units is False
+    with pytest.raises(FieldError):
+        parse_event(ReleaseReservation, {"order_id": "order-1", "frees_purchase_units": "no"})
+
+
 def reserve_event(**overrides: Any) -> dict[str, Any]:
     return {
         "order_id": "order-1",
@@ -80,8 +124,9 @@ def reserve_event(**overrides: Any) -> dict[str, Any]:
 
 def test_reserve_event_accepts_the_saga_correlation_ids() -> None:
     event = parse_event(ReserveStock, reserve_event(execution_name="exec-1"))
-    assert event.lines == [Line(sku="SKU_1", quantity=2), Line(sku="sku-2", quantity=100)]
+    assert event.lines == [CheckoutLine(sku="SKU_1", quantity=2), CheckoutLine(sku="sku-2", quantity=100)]
     assert event.execution_name == "exec-1"
+    assert event.customer_id is None
 
     for model in (CommitReservation, ReleaseReservation):
         step = parse_event(model, {"order_id": "order-1", "execution_name": "e"})
@@ -104,7 +149,13 @@ def test_reserve_event_accepts_the_saga_correlation_ids() -> None:
         (reserve_event(order_id="x" * 129), "order_id"),
         (reserve_event(reservation_id="order-1"), "reservation_id"),
         (reserve_event(order_id=None), "order_id"),
-        (reserve_event(customer_id="c-1"), "customer_id"),
+        (reserve_event(customer_id="has space"), "customer_id"),
+        (reserve_event(customer_id=""), "customer_id"),
+        (reserve_event(lines=[{"sku": "A", "quantity": 1, "purchase_limit": 0}]), "lines.0.purchase_limit"),
+        (reserve_event(lines=[{"sku": "A", "quantity": 1, "purchase_limit": 101}]), "lines.0.purchase_limit"),
+        (reserve_event(lines=[{"sku": "A", "quantity": 1, "purchase_limit": "2"}]), "lines.0.purchase_limit"),
+        # A limited line counts against a customer: without one it cannot be reserved.
+        (reserve_event(lines=[{"sku": "A", "quantity": 1, "purchase_limit": 2}]), "event"),
         ("not an object", "event"),
     ],
 )

@@ -105,11 +105,28 @@ def test_optional_inputs_are_absent_never_null(document: dict[str, Any]) -> None
     update = document["components"]["schemas"]["UpdateProductRequest"]
     assert update["minProperties"] == 1
     for name, prop in update["properties"].items():
-        assert "anyOf" not in prop and "default" not in prop, name
+        if name != "purchase_limit":  # null clears the limit (next test)
+            assert "anyOf" not in prop and "default" not in prop, name
     with pytest.raises(ValidationError):
         UpdateProductRequest.model_validate_json('{"name": null}')
     with pytest.raises(ValidationError):
         UpdateProductRequest.model_validate_json("{}")
+
+
+def test_a_purchase_limit_is_1_to_100_or_null_in_the_document_as_on_the_server(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    limit = schemas["UpdateProductRequest"]["properties"]["purchase_limit"]
+    assert "default" not in limit
+    integer, null = limit["anyOf"]
+    assert (integer["type"], integer["minimum"], integer["maximum"], null) == ("integer", 1, 100, {"type": "null"})
+    assert UpdateProductRequest.model_validate_json('{"purchase_limit": null}').changes() == {"purchase_limit": None}
+    assert UpdateProductRequest.model_validate_json('{"purchase_limit": 100}').changes() == {"purchase_limit": 100}
+    for bad in ("0", "101", '"5"', "2.5", "true"):
+        with pytest.raises(ValidationError):
+            UpdateProductRequest.model_validate_json(f'{{"purchase_limit": {bad}}}')
+    product = schemas["Product"]
+    assert "purchase_limit" in product["required"]
+    assert {variant["type"] for variant in product["properties"]["purchase_limit"]["anyOf"]} == {"integer", "null"}
 
 
 def test_the_bounds_the_validators_enforce_are_in_the_schemas(document: dict[str, Any]) -> None:

@@ -228,3 +228,22 @@ def test_the_pagination_key_is_a_generated_secret_only_the_api_reads(transformed
         and _listed(s["Resource"]) == [{"Ref": "PaginationSecret"}]
     }
     assert readers == {"APIHandlerDataAccess"}
+
+
+def test_the_api_stage_throttles_every_method_with_the_template_parameters(transformed: dict[str, Any]) -> None:
+    (stage,) = _of_type(transformed, "AWS::ApiGateway::Stage").values()
+    assert stage["Properties"]["MethodSettings"] == [
+        {
+            "ResourcePath": "/*",
+            "HttpMethod": "*",
+            "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+            "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        }
+    ]
+    parameters = transformed["Parameters"]
+    rate, burst = parameters["ApiThrottlingRateLimit"], parameters["ApiThrottlingBurstLimit"]
+    assert rate["Type"] == burst["Type"] == "Number"
+    assert rate["MinValue"] == burst["MinValue"] == 1
+    # The bucket holds at least one second of the steady rate, and stays under the account's
+    # default regional limit (10,000 requests per second, burst 5,000) so one stage cannot take it all.
+    assert rate["Default"] <= burst["Default"] <= 5000 and rate["Default"] < 10000

@@ -13,4 +13,6 @@ from shop.observability import instrumented
 @instrumented
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request = parse_event(ReleaseReservation, event)
-    return inventory.release(request.order_id).model_dump(mode="json")
+    return inventory.release(request.order_id, frees_purchase_units=request.frees_purchase_units).model_dump(
+        mode="json"
+    )

@@ -1,4 +1,7 @@
-"""Saga step: reserve every line's stock for an order, all or nothing (ReservationsTable + ProductsTable)."""
+"""Saga step: reserve every line's stock for an order, all or nothing.
+
+ReservationsTable + ProductsTable, and PurchaseCountsTable for lines with a purchase limit.
+"""
 
 from __future__ import annotations
 
@@ -13,4 +16,6 @@ from shop.observability import instrumented
 @instrumented
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request = parse_event(ReserveStock, event)
-    return inventory.reserve(request.order_id, request.order_id, request.lines).model_dump(mode="json")
+    return inventory.reserve(
+        request.order_id, request.order_id, request.lines, customer_id=request.customer_id
+    ).model_dump(mode="json")

@@ -36,6 +36,7 @@ class TableSettings(BaseSettings):
     payments_table: str
     idempotency_table: str
     operations_table: str
+    purchase_counts_table: str
 
 
 class InventorySettings(BaseSettings):

@@ -117,6 +117,25 @@ class OutOfStock(Conflict):
         self.short_skus = short_skus
 
 
+class PurchaseLimitExceeded(Unprocessable):
+    """Business error: the customer would hold more units of a SKU than its purchase limit allows.
+
+    The API answers it (422) when the request alone, or with the units the customer already
+    holds, exceeds a limit; the reserve step raises it when a race between two of the customer's
+    orders made the later one exceed it (the checkout saga cancels that order). Nothing changed.
+    ``skus`` names every SKU over its limit; ``errors`` (API) names the lines.
+    """
+
+    title, slug = "Purchase limit exceeded", "purchase-limit-exceeded"
+
+    def __init__(self, skus: list[str], errors: list[dict[str, str]] | None = None) -> None:
+        extensions: dict[str, object] = {"skus": skus}
+        if errors is not None:
+            extensions["errors"] = errors
+        super().__init__(f"over the purchase limit per customer: {', '.join(skus)}", **extensions)
+        self.skus = skus
+
+
 class ReservationConflict(Conflict):
     """The same reservation id was used for different lines, or is in a state that forbids the call."""
 

@@ -96,6 +96,12 @@ def update_product(sku: str, request: UpdateProductRequest) -> Product:
             current, changes.get("active", current.active), changes.get("category", current.category)
         )
         set_values.update(listing)
+        if "purchase_limit" in changes:
+            # Absent on the item means no limit: clearing removes it, so unlimited products store nothing more.
+            if changes["purchase_limit"] is None:
+                remove = [*remove, "purchase_limit"]
+            else:
+                set_values["purchase_limit"] = changes["purchase_limit"]
         try:
             # Only what the listing attributes were derived from must be unchanged; stock moves
             # by the inventory service meanwhile do not matter to a PATCH.

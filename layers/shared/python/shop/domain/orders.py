@@ -28,7 +28,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 
 from shop.auth import Principal
 from shop.config import api_settings, feature_switches, runtime_config_settings
-from shop.domain import catalog, order_saga, payments
+from shop.domain import catalog, order_saga, payments, purchase_limits
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import (
     IdempotencyKeyInUse,
@@ -37,12 +37,13 @@ from shop.errors import (
     OrdersPaused,
     OrderStateConflict,
     ProductUnavailable,
+    PurchaseLimitExceeded,
     SagaNotStarted,
     TooManyOrdersInProgress,
     TransientError,
 )
 from shop.models.base import iso_now
-from shop.models.common import Line
+from shop.models.common import CheckoutLine
 from shop.models.money import Money
 from shop.models.orders import (
     TERMINAL,
@@ -165,7 +166,16 @@ def _place(submission: OrderSubmission) -> OrderView:
     body = submission.body.model_dump(mode="json")
     order_id = order_id_for(submission.customer_id, submission.idempotency_key, body)
     _check_orders_in_progress(submission.customer_id, order_id)
-    order = _priced_order(order_id, submission.customer_id, submission.body).model_copy(
+    try:
+        priced = _priced_order(order_id, submission.customer_id, submission.body)
+    except PurchaseLimitExceeded:
+        # A replay of an order already placed (its idempotency record expired) meets its own
+        # counted units: it answers as placed, like any replay, and only a new order is refused.
+        existing = repository.get(order_id)
+        if existing is None:
+            raise
+        return existing.view(payment=None)
+    order = priced.model_copy(
         update={"payment_token": submission.body.payment.token, "idempotency_key": submission.idempotency_key}
     )
     stored = repository.create(order)
@@ -188,7 +198,12 @@ def start_checkout(order: Order) -> bool:
     checkout = CheckoutInput(
         order_id=order.order_id,
         customer_id=order.customer_id,
-        lines=[Line(sku=line.sku, quantity=line.quantity) for line in order.items],
+        lines=[
+            CheckoutLine(
+                sku=line.sku, quantity=line.quantity, purchase_limit=(order.purchase_limits or {}).get(line.sku)
+            )
+            for line in order.items
+        ],
         total=order.total,
         payment_token=order.payment_token,
     )
@@ -231,6 +246,10 @@ def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -
         too_large.append({"field": "items", "message": f"the order total exceeds the maximum, {MAX_AMOUNT}"})
     if too_large:
         raise OrderTotalTooLarge(f"the order total may be at most {MAX_AMOUNT} (minor units)", errors=too_large)
+    # Snapshotted into the order: the reserve step enforces them without reading the products again.
+    limits = {item.sku: limit for item in request.items if (limit := products[item.sku].purchase_limit) is not None}
+    if limits:
+        purchase_limits.check_within_limits(customer_id, request.items, limits)
     lines = []
     total = Money.zero()
     for item in request.items:
@@ -254,6 +273,7 @@ def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -
         items=lines,
         total=total,
         history=[HistoryEntry(step=Step.ORDER_PLACED, status="PENDING", at=now)],
+        purchase_limits=limits or None,
         created_at=now,
         updated_at=now,
     )

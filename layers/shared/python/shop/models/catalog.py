@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel
-from shop.models.common import Sku
+from shop.models.common import PurchaseLimit, Sku
 from shop.models.money import Money
 from shop.pagination import NextToken, PageLimit
 
@@ -73,10 +73,16 @@ class CreateProductRequest(StrictModel):
     stock: int = Field(ge=0, le=MAX_STOCK, description=f"Becomes `available`; 0 to {MAX_STOCK}.")
 
 
+# The fields of ``UpdateProductRequest`` whose null means "clear" rather than being refused.
+_CLEARABLE = frozenset({"purchase_limit"})
+
+
 def _present_fields_only(schema: dict[str, Any]) -> None:
-    """The schema of ``UpdateProductRequest`` as the server enforces it: no nulls, at least one field."""
-    for prop in schema.get("properties", {}).values():
+    """``UpdateProductRequest``'s schema as the server enforces it: null only where it clears; at least one field."""
+    for name, prop in schema.get("properties", {}).items():
         prop.pop("default", None)
+        if name in _CLEARABLE:
+            continue
         variants = [variant for variant in prop.pop("anyOf", []) if variant != {"type": "null"}]
         if len(variants) == 1:
             prop.update(variants[0])
@@ -84,7 +90,7 @@ def _present_fields_only(schema: dict[str, Any]) -> None:
 
 
 class UpdateProductRequest(StrictModel):
-    """``PATCH /products/{sku}``: any of the fields; at least one; none may be null."""
+    """``PATCH /products/{sku}``: any of the fields; at least one; only ``purchase_limit`` may be null (clears it)."""
 
     model_config = ConfigDict(json_schema_extra=_present_fields_only)
 
@@ -93,11 +99,14 @@ class UpdateProductRequest(StrictModel):
     category: Category | None = None
     price: Money | None = None
     active: bool | None = None
+    purchase_limit: PurchaseLimit | None = Field(
+        default=None, description="Units of this SKU one customer may hold across orders not CANCELLED; null: no limit."
+    )
 
-    @field_validator("*", mode="before")
+    @field_validator("name", "description", "category", "price", "active", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
-        # An explicit null would mean "clear", which no field supports; absent means "keep".
+        # An explicit null would mean "clear", which these fields do not support; absent means "keep".
         if value is None:
             raise ValueError("must not be null (leave the field out to keep its value)")
         return value
@@ -150,6 +159,8 @@ class Product(Record):
     price: Money
     available: int
     active: bool
+    # The most units one customer may hold across orders that are not CANCELLED; None: no limit.
+    purchase_limit: int | None = None
     created_at: str
     updated_at: str
 

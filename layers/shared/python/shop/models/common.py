@@ -20,11 +20,23 @@ PRINTABLE_PATTERN = r"^[\x21-\x7e]+$"
 # reservation (a Put plus one Update per SKU) well inside TransactWriteItems' 100-item limit.
 MAX_LINES = 50
 MAX_QUANTITY = 100
+# The most units of one SKU a customer may hold across orders that are not CANCELLED, when the
+# product sets one (the HTTP contract's "Fair sales": 1-100).
+MAX_PURCHASE_LIMIT = 100
 
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, description="1-64 characters of A-Z a-z 0-9 - _")]
 Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
 # Order ids come from the API (UUIDs); the saga passes them to every step, the reservation's id included.
 OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
+PurchaseLimit = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_PURCHASE_LIMIT,
+        description=f"Most units one customer may hold across orders not CANCELLED; 1-{MAX_PURCHASE_LIMIT}.",
+    ),
+]
+CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
 ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
 PaymentToken = Annotated[str, Field(min_length=1, max_length=255, pattern=PRINTABLE_PATTERN)]
 
@@ -34,3 +46,13 @@ class Line(StrictModel):
 
     sku: Sku
     quantity: Quantity
+
+
+class CheckoutLine(Line):
+    """A line as the checkout saga carries it: with its product's purchase limit when the order was placed.
+
+    The limit is snapshotted at placement (which reads the products anyway), so the reserve step
+    counts the customer's units without reading the product again.
+    """
+
+    purchase_limit: PurchaseLimit | None = None

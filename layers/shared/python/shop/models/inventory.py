@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
-from shop.models.common import MAX_LINES, ExecutionName, Line, OrderId
+from shop.models.common import MAX_LINES, CheckoutLine, CustomerId, ExecutionName, Line, OrderId
 
 ReservationStatus = Literal["RESERVED", "COMMITTED", "RELEASED"]
 ReservationOutcome = Literal["RESERVED", "COMMITTED", "RELEASED", "NOT_FOUND"]
@@ -19,13 +20,22 @@ class ReserveStock(StrictModel):
     order_id: OrderId
     # The saga passes its execution name for log correlation; nothing else unknown is accepted.
     execution_name: ExecutionName | None = None
-    lines: list[Line] = Field(min_length=1, max_length=MAX_LINES)
+    # Whose purchase limits the limited lines count against. Optional: an execution started before
+    # limits existed passes none, and its lines carry no limit either.
+    customer_id: CustomerId | None = None
+    lines: list[CheckoutLine] = Field(min_length=1, max_length=MAX_LINES)
 
     @field_validator("lines")
     @classmethod
-    def _distinct_skus(cls, lines: list[Line]) -> list[Line]:
+    def _distinct_skus(cls, lines: list[CheckoutLine]) -> list[CheckoutLine]:
         require_distinct_skus([line.sku for line in lines])
         return lines
+
+    @model_validator(mode="after")
+    def _limited_lines_have_a_customer(self) -> ReserveStock:
+        if self.customer_id is None and any(line.purchase_limit is not None for line in self.lines):
+            raise ValueError("lines with a purchase_limit need the customer_id they count against")
+        return self
 
 
 class _ReservationStep(StrictModel):
@@ -40,14 +50,24 @@ class CommitReservation(_ReservationStep):
 
 
 class ReleaseReservation(_ReservationStep):
-    pass
+    # Whether the order's units stop counting against purchase limits: true where the order ends
+    # CANCELLED (checkout compensation). The refund saga passes false: a REFUNDED order still counts.
+    frees_purchase_units: bool = True
 
 
-class StoredLine(Record):
-    """A ``Line`` as read back from DynamoDB (lenient: numbers arrive as Decimal)."""
+class ReservedLine(Record):
+    """A ``Line`` as read back from DynamoDB (lenient: numbers arrive as Decimal), and as the steps return it."""
 
     sku: str
     quantity: int
+
+
+class StoredLine(ReservedLine):
+    """A reservation's line as stored."""
+
+    # Set on a line that counts against its product's purchase limit (absent otherwise, so an
+    # unlimited line stores nothing more).
+    purchase_limit: int | None = None
 
 
 class Reservation(Record):
@@ -55,6 +75,8 @@ class Reservation(Record):
 
     reservation_id: str
     order_id: str
+    # Whose purchase counters the limited lines moved; only on reservations with such a line.
+    customer_id: str | None = None
     lines: list[StoredLine]
     status: ReservationStatus
     expires_at: int
@@ -62,7 +84,12 @@ class Reservation(Record):
     updated_at: str
     purge_at: int | None = None
 
-    def same_lines(self, lines: list[Line]) -> bool:
+    @property
+    def limited_lines(self) -> list[StoredLine]:
+        """The lines whose units this reservation counted against the customer's purchase limits."""
+        return [line for line in self.lines if line.purchase_limit is not None] if self.customer_id else []
+
+    def same_lines(self, lines: Sequence[Line]) -> bool:
         """Order-insensitive comparison: a retried request may list the same lines differently."""
         return sorted((line.sku, line.quantity) for line in self.lines) == sorted(
             (line.sku, line.quantity) for line in lines
@@ -75,7 +102,7 @@ class ReservationResult(Record):
     reservation_id: str
     order_id: str | None
     status: ReservationOutcome
-    lines: list[StoredLine]
+    lines: list[ReservedLine]
     expires_at: int | None
 
     @classmethod
@@ -84,7 +111,8 @@ class ReservationResult(Record):
             reservation_id=reservation.reservation_id,
             order_id=reservation.order_id,
             status=reservation.status,
-            lines=reservation.lines,
+            # What was reserved; which lines counted against purchase limits stays with the reservation.
+            lines=[ReservedLine(sku=line.sku, quantity=line.quantity) for line in reservation.lines],
             expires_at=reservation.expires_at,
         )
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
-from shop.models.common import MAX_LINES, PRINTABLE_PATTERN, ExecutionName, Line, OrderId, PaymentToken
+from shop.models.common import MAX_LINES, CheckoutLine, CustomerId, ExecutionName, Line, OrderId, PaymentToken
 from shop.models.money import Money
 
 StepName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
@@ -38,7 +38,9 @@ OrderStatus = Literal[
     "REFUNDED",
     "NEEDS_ATTENTION",
 ]
-FailureReason = Literal["OUT_OF_STOCK", "PAYMENT_DECLINED", "PAYMENT_UNAVAILABLE", "CANCELLED_BY_CUSTOMER"]
+FailureReason = Literal[
+    "OUT_OF_STOCK", "PAYMENT_DECLINED", "PAYMENT_UNAVAILABLE", "CANCELLED_BY_CUSTOMER", "PURCHASE_LIMIT_EXCEEDED"
+]
 
 # The checkout saga is between these; a cancel request only raises a flag the saga reads.
 CHECKOUT_IN_PROGRESS: frozenset[str] = frozenset({"PENDING", "STOCK_RESERVED", "PAYMENT_AUTHORIZED"})
@@ -126,6 +128,10 @@ class Order(Record):
     # The caller's Idempotency-Key (scoped to ``customer_id``); never shown. None on orders stored
     # before it was kept. The reconciliation checks that no key placed two orders.
     idempotency_key: str | None = None
+    # SKU -> its product's purchase limit when the order was placed, for the lines that had one
+    # (None when none had: an unlimited order stores nothing more). Passed to the reserve step;
+    # never shown.
+    purchase_limits: dict[str, int] | None = None
     created_at: str
     updated_at: str
     version: int = 0
@@ -200,7 +206,6 @@ Timestamp = Annotated[
     Field(json_schema_extra={"format": "date-time"}, description="An RFC 3339 date-time with its offset."),
     AfterValidator(_utc_timestamp),
 ]
-CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
 
 
 class OrderFilter(StrictModel):
@@ -245,7 +250,7 @@ class CheckoutInput(Record):
     mode: Literal["checkout"] = "checkout"
     order_id: str
     customer_id: str
-    lines: list[Line]
+    lines: list[CheckoutLine]
     total: Money
     payment_token: str
     epoch: int = FIRST_EPOCH

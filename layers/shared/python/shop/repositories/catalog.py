@@ -76,6 +76,7 @@ def to_product(item: Mapping[str, Any]) -> Product:
         price=Money(amount=_int(plain["price_amount"]), currency=plain["price_currency"]),
         available=_int(plain["available"]),
         active=bool(plain["active"]),
+        purchase_limit=_int(plain["purchase_limit"]) if "purchase_limit" in plain else None,
         created_at=plain["created_at"],
         updated_at=plain["updated_at"],
     )
@@ -98,6 +99,8 @@ def product_item(product: Product) -> dict[str, Any]:
         "updated_at": product.updated_at,
         "version": 1,
     }
+    if product.purchase_limit is not None:
+        item["purchase_limit"] = product.purchase_limit
     if product.active:
         item["listing"] = LISTING_ACTIVE
         item["listing_category"] = product.category

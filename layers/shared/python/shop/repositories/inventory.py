@@ -17,6 +17,7 @@ from shop.config import table_settings
 from shop.errors import InventoryContention
 from shop.models.inventory import Reservation, ReservationStatus, StoredLine
 from shop.repositories.dynamodb import call, error_code, is_condition_failure, marshal, unmarshal
+from shop.repositories.purchases import count_update
 
 HELD = "HELD"
 HELD_BY_EXPIRY = "HeldByExpiry"
@@ -62,7 +63,9 @@ def _call(operation: str, **request: Any) -> Any:
 
 
 def _reservation_item(reservation: Reservation) -> dict[str, Any]:
-    item = reservation.model_dump(mode="python")
+    # Unset fields (a line's purchase_limit, the customer of an unlimited reservation) are not
+    # stored: an order without limited lines writes exactly what it did before limits existed.
+    item = reservation.model_dump(mode="python", exclude_none=True)
     # The sparse index HeldByExpiry sees a reservation only while it holds stock.
     item["held"] = HELD if reservation.status == "RESERVED" else None
     return marshal(item)
@@ -111,8 +114,11 @@ def get_reservation(reservation_id: str) -> Reservation | None:
 def create_reservation(reservation: Reservation) -> None:
     """Write a RESERVED reservation and take its stock, all or nothing.
 
-    Raises TransactionCancelled: reason 0 is the reservation (ConditionalCheckFailed: it
-    exists, with the stored item), reason i the stock of ``reservation.lines[i - 1]``.
+    Each of ``reservation.limited_lines`` also adds its units to the customer's purchase counter,
+    on the condition that they stay within its limit (one more action per limited line, after the
+    stock actions). Raises TransactionCancelled: reason 0 is the reservation (ConditionalCheckFailed:
+    it exists, with the stored item), reason i the stock of ``reservation.lines[i - 1]``, then one
+    reason per limited line (ConditionalCheckFailed: over the limit).
     """
     tables = table_settings()
     actions: list[dict[str, Any]] = [
@@ -126,7 +132,15 @@ def create_reservation(reservation: Reservation) -> None:
         }
     ]
     actions += [_stock_update(tables.products_table, line, take=True) for line in reservation.lines]
+    actions += _count_updates(reservation, take=True)
     _call("transact_write_items", TransactItems=actions)
+
+
+def _count_updates(reservation: Reservation, *, take: bool) -> list[dict[str, Any]]:
+    customer_id = reservation.customer_id
+    if customer_id is None:
+        return []
+    return [count_update(customer_id, line, take=take) for line in reservation.limited_lines]
 
 
 def commit_reservation(reservation_id: str, updated_at: str) -> Reservation | None:
@@ -158,14 +172,21 @@ def commit_reservation(reservation_id: str, updated_at: str) -> Reservation | No
 
 
 def release_reservation(
-    reservation: Reservation, *, expected: ReservationStatus, updated_at: str, purge_at: int
+    reservation: Reservation,
+    *,
+    expected: ReservationStatus,
+    updated_at: str,
+    purge_at: int,
+    frees_purchase_units: bool = True,
 ) -> None:
     """Mark the reservation RELEASED and return every line's stock, all or nothing.
 
     The reservation's condition is the status the caller read, so two racing releases (or a
-    release racing a commit) cannot both return the stock. Raises TransactionCancelled: reason 0
-    is the reservation (ConditionalCheckFailed: its status moved on), reason i the product of
-    ``reservation.lines[i - 1]``.
+    release racing a commit) cannot both return the stock. With ``frees_purchase_units`` (the
+    order ends CANCELLED) the limited lines' units stop counting in the same transaction, so
+    exactly once too. Raises TransactionCancelled: reason 0 is the reservation
+    (ConditionalCheckFailed: its status moved on), reason i the product of
+    ``reservation.lines[i - 1]``, then one reason per freed limited line.
     """
     tables = table_settings()
     actions: list[dict[str, Any]] = [
@@ -189,6 +210,8 @@ def release_reservation(
         }
     ]
     actions += [_stock_update(tables.products_table, line, take=False) for line in reservation.lines]
+    if frees_purchase_units:
+        actions += _count_updates(reservation, take=False)
     _call("transact_write_items", TransactItems=actions)
 
 
