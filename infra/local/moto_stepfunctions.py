@@ -80,6 +80,7 @@ _ORIGINAL_NAME_IDEMPOTENCY = StateMachine._handle_name_input_idempotency
 _ORIGINAL_DESCRIBE_EXECUTION = StepFunctionBackend.describe_execution
 _ORIGINAL_INVOKE_LAMBDA_FUNCTION = lambda_eval_utils._invoke_lambda_function
 _ORIGINAL_START_EXECUTION = StepFunctionsParserBackend.start_execution
+_ORIGINAL_VALIDATE_EXECUTION_ARN = StepFunctionBackend._validate_execution_arn
 # How many executions one StartExecution of an EXPRESS machine starts: (machine name, execution
 # name) -> copies, at least 1. None: one, as usual (AWS's at-least-once start, on demand).
 express_copies: Callable[[str, str], int] | None = None
@@ -231,11 +232,7 @@ def _handle_name_input_idempotency(self: StateMachine, name: str, execution_inpu
 
 
 def _describe_execution(self: StepFunctionBackend, execution_arn: str) -> Any:
-    # An Express execution's ARN (":express:") is not in moto's pattern. AWS itself answers
-    # DescribeExecution for Express executions only through CloudWatch Logs; the emulator keeps
-    # answering so that tests and harnesses can read an execution's history (the shop never asks).
-    if ":express:" not in execution_arn:
-        self._validate_execution_arn(execution_arn)
+    self._validate_execution_arn(execution_arn)
     executions = self._get_state_machine_for_execution(execution_arn).executions
     if not isinstance(executions, IndexedExecutions):
         return _ORIGINAL_DESCRIBE_EXECUTION(self, execution_arn)
@@ -290,6 +287,15 @@ def _start_express(
     return execution
 
 
+def _validate_execution_arn(self: StepFunctionBackend, execution_arn: str) -> None:
+    """moto's check, which knows only Standard ARNs. An Express execution's (":express:") is
+    accepted too: AWS answers DescribeExecution of Express executions only through CloudWatch
+    Logs, but the emulator keeps answering, so that tests and harnesses can read an execution's
+    history and stop one (the shop's own code never asks)."""
+    if ":express:" not in execution_arn:
+        _ORIGINAL_VALIDATE_EXECUTION_ARN(self, execution_arn)
+
+
 def install() -> None:
     """Cache syntax trees, parsed JSONPaths and Lambda clients; invoke Lambda tasks directly; index
     executions (idempotent; state machines created before it keep moto's list)."""
@@ -304,3 +310,4 @@ def install() -> None:
     StepFunctionBackend.describe_execution = _describe_execution  # type: ignore[method-assign]
     StepFunctionResponse.call_action = _call_action  # type: ignore[method-assign,assignment]
     StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]
+    StepFunctionBackend._validate_execution_arn = _validate_execution_arn  # type: ignore[method-assign]

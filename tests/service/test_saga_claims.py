@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from infra.local import lambda_runtime, moto_stepfunctions
+from shop.config import recovery_settings
 from shop.domain import payments as payment_domain
+from shop.domain import recovery
 from shop.errors import PaymentAlreadyCaptured
 from shop.models.orders import SagaClaim
 from shop.payments.simulator import SimulatorLedger
@@ -25,6 +28,7 @@ from shop.repositories import orders as order_repository
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import WORKFLOW_TYPES, LocalAws
 from tests.service.orders_helpers import Shop, available, open_shop, seed_product
+from tests.service.test_recovery import sweep
 from tests.service.test_saga_edges import Down, StepFaults
 
 PRICE, STOCK, QUANTITY = 1250, 10, 2
@@ -108,6 +112,67 @@ def test_a_duplicate_of_a_compensating_checkout_and_of_a_refund_change_nothing_t
     assert shop.order(completed).status == "REFUNDED"
     ledger = provider_ledger(completed)
     assert ledger is not None and len(ledger.of_kind("refund")) == 1 and ledger.of_kind("refund")[0].amount == TOTAL
+    assert available("MUG-1") == STOCK
+
+
+# ---------------------------------------------------------------------------- a claim that cannot be written
+def test_a_claim_that_keeps_failing_ends_the_execution_before_any_effect_and_recovery_finishes_the_order(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults, workflow_type: str
+) -> None:
+    faults.fail("ClaimOrderFunction", Down)
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+
+    assert shop.wait_checkout(order_id) == "FAILED"
+    (run,) = executions_of(shop, "CheckoutStateMachine", order_id)
+    assert states_entered(shop, run["executionArn"]) == ["ClaimOrder", "ClaimFailed"]
+    assert shop.order(order_id).saga_claim is None
+    assert PaymentsRepository().get(order_id) is None and available("MUG-1") == STOCK  # nothing ran
+    faults.heal()
+    if workflow_type == "STANDARD":
+        # The FAILED status reaches SettleStoppedExecution: a dead letter an operator redrives.
+        shop.wait_dead_letter(order_id, "OPEN")
+        assert shop.redrive(order_id).status_code == 202
+        shop.wait_dead_letter(order_id, "RESOLVED")
+        assert shop.order(order_id).status == "CANCELLED"
+    else:
+        # Express sends no status event: the orphan sweeper finds the order never claimed and starts it.
+        due = datetime.now(UTC) + timedelta(seconds=recovery_settings().orphan_after_seconds + 1)
+        assert sweep(local_aws, due)["started"] == [order_id]
+        shop.wait_status(order_id, "COMPLETED")
+        assert available("MUG-1") == STOCK - QUANTITY
+    assert shop.dead_letter(order_id) is None or workflow_type == "STANDARD"
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_the_sweeper_settles_an_express_saga_that_stopped_after_its_claim_once_none_can_still_run(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """An Express execution that ends without settling its order (stopped, or at its 5-minute limit)
+    leaves the order claimed and in progress, and no event says so. The sweeper leaves it alone while
+    an execution could still be running, then dead-letters it for an operator, as SettleStoppedExecution
+    does for a Standard one; the redrive (a later epoch) finishes it."""
+    pause = faults.pause_at("AuthorizePaymentFunction")
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    pause.wait_reached()
+    (run,) = executions_of(shop, "CheckoutStateMachine", order_id)
+    shop.sfn.stop_execution(executionArn=run["executionArn"], error="States.Timeout", cause="the 5-minute limit")
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "ABORTED"
+    assert shop.order(order_id).status == "STOCK_RESERVED" and shop.order(order_id).saga_epoch == 1
+
+    orphan_after = recovery_settings().orphan_after_seconds
+    early = datetime.now(UTC) + timedelta(seconds=orphan_after + 1)
+    assert sweep(local_aws, early)["settled"] == []  # an execution may still be running
+    assert shop.dead_letter(order_id) is None
+    late = datetime.now(UTC) + timedelta(
+        seconds=recovery.EXPRESS_LIMIT_SECONDS + recovery.EXPRESS_SETTLE_MARGIN_SECONDS + 1
+    )
+    assert sweep(local_aws, late)["settled"] == [order_id]
+    assert shop.order(order_id).status == "NEEDS_ATTENTION"
+    assert shop.redrive(order_id).status_code == 202
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    order = shop.order(order_id)
+    assert order.status == "CANCELLED" and order.saga_epoch == 2
     assert available("MUG-1") == STOCK
 
 

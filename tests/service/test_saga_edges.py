@@ -175,6 +175,7 @@ def test_each_forward_step_that_loses_its_answer_once_is_retried_and_the_order_c
     shop: Shop, faults: StepFaults
 ) -> None:
     faults.lose_answer_once(
+        "ClaimOrderFunction",
         "ReserveStockFunction",
         "RecordProgressFunction",
         "AuthorizePaymentFunction",
@@ -186,6 +187,7 @@ def test_each_forward_step_that_loses_its_answer_once_is_retried_and_the_order_c
 
     assert shop.wait_checkout(order_id) == "SUCCEEDED"
     assert faults.lost == [
+        ("ClaimOrderFunction", None),
         ("ReserveStockFunction", None),
         ("RecordProgressFunction", "reserve_stock"),
         ("AuthorizePaymentFunction", None),
@@ -216,7 +218,11 @@ def test_each_refund_step_that_loses_its_answer_once_is_retried_and_the_order_is
     shop: Shop, faults: StepFaults
 ) -> None:
     faults.lose_answer_once(
-        "StartRefundFunction", "RefundPaymentFunction", "ReleaseReservationFunction", "MarkRefundedFunction"
+        "ClaimOrderFunction",
+        "StartRefundFunction",
+        "RefundPaymentFunction",
+        "ReleaseReservationFunction",
+        "MarkRefundedFunction",
     )
     order_id = cancelled_during_capture(shop, faults)
 
@@ -226,9 +232,18 @@ def test_each_refund_step_that_loses_its_answer_once_is_retried_and_the_order_is
     # StartRefund's answer is lost after it started the refund saga, whose steps may run first:
     # the order between the two executions is not fixed, each one's own order is.
     assert sorted(lost) == sorted(
-        ["StartRefundFunction", "RefundPaymentFunction", "ReleaseReservationFunction", "MarkRefundedFunction"]
+        [
+            "ClaimOrderFunction",  # the checkout's claim
+            "StartRefundFunction",
+            "ClaimOrderFunction",  # the refund saga's claim
+            "RefundPaymentFunction",
+            "ReleaseReservationFunction",
+            "MarkRefundedFunction",
+        ]
     )
     assert [step for step in lost if step != "StartRefundFunction"] == [
+        "ClaimOrderFunction",
+        "ClaimOrderFunction",
         "RefundPaymentFunction",
         "ReleaseReservationFunction",
         "MarkRefundedFunction",

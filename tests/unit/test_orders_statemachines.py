@@ -43,7 +43,11 @@ def test_template_wires_the_definition_and_tracing(logical_id: str) -> None:
     properties = load_template()["Resources"][logical_id]["Properties"]
     assert properties["DefinitionUri"] == f"statemachines/{MACHINES[logical_id]}"
     assert properties["Tracing"] == {"Enabled": True}
-    assert properties.get("Type", "STANDARD") == "STANDARD"
+    # One parameter chooses both machines' workflow type; the ASL is the same for both.
+    assert properties["Type"] == {"Ref": "WorkflowType"}
+    assert load_template()["Parameters"]["WorkflowType"]["AllowedValues"] == ["STANDARD", "EXPRESS"]
+    # Logged in full whatever the type: an Express workflow has no execution history otherwise.
+    assert properties["Logging"]["Level"] == "ALL" and properties["Logging"]["IncludeExecutionData"] is True
     # The other statements are the log delivery the state machine's logging needs (not Lambda).
     invoked = {
         policy["LambdaInvokePolicy"]["FunctionName"]["Ref"]
