@@ -70,6 +70,8 @@ class FaultProfile:
     dynamodb_answer_lost: float = 0.0
     dynamodb_transaction_conflict: float = 0.0
     start_execution_throttled: float = 0.0
+    # An EXPRESS start delivered twice (at-least-once): two executions of one order at once.
+    express_start_duplicated: float = 0.0
     provider_slow: float = 0.0
     provider_transient_error: float = 0.0
     provider_answer_lost: float = 0.0
@@ -78,6 +80,10 @@ class FaultProfile:
     @property
     def kinds(self) -> list[str]:
         return [f.name for f in fields(self) if f.name != "name"]
+
+    def kinds_for(self, workflow_type: str) -> list[str]:
+        """The kinds a run with sagas of that workflow type can meet (a STANDARD start is never duplicated)."""
+        return [kind for kind in self.kinds if workflow_type == "EXPRESS" or kind != "express_start_duplicated"]
 
 
 PROFILES: dict[str, FaultProfile] = {
@@ -94,6 +100,7 @@ PROFILES: dict[str, FaultProfile] = {
         dynamodb_answer_lost=0.005,
         dynamodb_transaction_conflict=0.02,
         start_execution_throttled=0.02,
+        express_start_duplicated=0.03,
         provider_slow=0.02,
         provider_transient_error=0.01,
         provider_answer_lost=0.01,
@@ -111,6 +118,7 @@ PROFILES: dict[str, FaultProfile] = {
         dynamodb_answer_lost=0.02,
         dynamodb_transaction_conflict=0.05,
         start_execution_throttled=0.1,
+        express_start_duplicated=0.1,
         provider_slow=0.05,
         provider_transient_error=0.03,
         provider_answer_lost=0.03,
@@ -122,11 +130,14 @@ PROFILES: dict[str, FaultProfile] = {
 class FaultInjector:
     """One profile, one seed, installed into the adapters until ``stop()``."""
 
-    def __init__(self, profile: FaultProfile, seed: int) -> None:
+    def __init__(self, profile: FaultProfile, seed: int, workflow_type: str = "STANDARD") -> None:
         self.profile = profile
+        self.workflow_type = workflow_type
         self.injected: Counter[str] = Counter()
         # The chances each kind had so far, counted from 1.
-        self._chances: dict[str, Iterator[int]] = {kind: itertools.count(1) for kind in profile.kinds}
+        self._chances: dict[str, Iterator[int]] = {
+            kind: itertools.count(1) for kind in profile.kinds_for(workflow_type)
+        }
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._throttled_until = float("-inf")
@@ -197,6 +208,9 @@ class FaultInjector:
             return "ThrottlingException"
         return None
 
+    def _express_copies(self, machine: str, name: str) -> int:
+        return 2 if self._roll("express_start_duplicated") else 1
+
     def _provider_call(self, name: str, call: Any) -> Any:
         """Around one simulator call: the remote provider's failures, decided before and after it."""
         if not self.enabled:
@@ -244,6 +258,8 @@ class FaultInjector:
         lambda_runtime.faults.duplicate_when = self._duplicate
         moto_dynamodb.fault_hook = self._dynamodb  # type: ignore[assignment]
         moto_stepfunctions.fault_hook = self._stepfunctions
+        if self.workflow_type == "EXPRESS":
+            moto_stepfunctions.express_copies = self._express_copies
         self._install_provider_faults()
         self.enabled = True
 
@@ -253,6 +269,7 @@ class FaultInjector:
         lambda_runtime.faults.clear()
         moto_dynamodb.fault_hook = None
         moto_stepfunctions.fault_hook = None
+        moto_stepfunctions.express_copies = None
         self._remove_provider_faults()
 
     def summary(self) -> str:

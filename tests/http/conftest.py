@@ -70,8 +70,20 @@ class RunningStack:
         return json.loads((self.state_dir / "dev-tokens.json").read_text())  # type: ignore[no-any-return]
 
     def auth(self, who: str) -> dict[str, str]:
-        """Headers for "admin" or a demo customer ("alice", "bob")."""
-        token = self.tokens["admin"] if who == "admin" else self.tokens["customers"][who]
+        """Headers for "admin", a demo customer ("alice", "bob") or any other customer name (a token
+        signed by the stack's dev identity provider, as a sign-in would give)."""
+        tokens = self.tokens
+        if who == "admin":
+            token = tokens["admin"]
+        elif who in tokens["customers"]:
+            token = tokens["customers"][who]
+        else:
+            import jwt
+
+            from infra.local.identity import DevIdentityProvider
+
+            issuer = jwt.decode(tokens["admin"], options={"verify_signature": False})["iss"]
+            token = DevIdentityProvider.create(self.state_dir / "dev-idp").token(who, issuer=issuer)
         return {"Authorization": f"Bearer {token}"}
 
     def aws(self, service: str) -> Any:

@@ -26,6 +26,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from shop.config import recovery_settings, saga_settings
 from shop.domain import order_saga
 from shop.domain.orders import start_checkout
+from shop.errors import OrderStateConflict
 from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
@@ -174,15 +175,21 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
             logger().warning("orphaned order: its saga was never started; started it", extra={"order_id": order_id})
         elif status in STOPPED or status == "SUCCEEDED":
             # Stopped without its event being handled, or ended without settling the order.
-            _dead_letter(
-                order,
-                resume="refund" if refund else "compensate",
-                failure=None,
-                status=status,
-                error=None,
-                cause=f"the {name} execution is {status} but the order was still {order.status}",
-                execution_name=name,
-            )
+            try:
+                _dead_letter(
+                    order,
+                    resume="refund" if refund else "compensate",
+                    failure=None,
+                    status=status,
+                    error=None,
+                    cause=f"the {name} execution is {status} but the order was still {order.status}",
+                    execution_name=name,
+                )
+            except OrderStateConflict:
+                # Settled since it was read (a late step of its saga, delivered twice, finished it):
+                # nothing needs attention, and the rest of the sweep goes on.
+                logger().info("order settled while the sweep looked at it", extra={"order_id": order_id})
+                continue
             settled.append(order_id)
     sweep = OrphanSweep(examined=examined, started=started, settled=settled, stopped_early=examined < len(candidates))
     if sweep.stopped_early:
