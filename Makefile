@@ -28,8 +28,9 @@ SAM_CLI_INSTALL := https://docs.aws.amazon.com/serverless-application-model/late
 ORDERS ?= 300
 SEED ?= 1
 PROFILE ?= light
-# The sagas' workflow type for make chaos (the template's WorkflowType): STANDARD or EXPRESS.
-WORKFLOW ?= STANDARD
+# The sagas' workflow type for make chaos (the template's WorkflowType): STANDARD or EXPRESS; empty:
+# the template's default.
+WORKFLOW ?=
 DYNAMODB ?= dynamodb-local
 # make load: Locust's users, users started per second, run time, mix (shopper, flash, all); HOST=<url>
 # targets a deployed stage instead of a local stack (tokens: README, make load).
@@ -58,8 +59,8 @@ help:
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
 	@echo "                (DYNAMODB=moto: moto's DynamoDB in its own process, the emulator make chaos uses)"
 	@echo "make chaos      seeded randomized orders with faults at every seam, then the books checked"
-	@echo "                (ORDERS=$(ORDERS) SEED=$(SEED) PROFILE=$(PROFILE) WORKFLOW=$(WORKFLOW); profiles: none, light, hostile;"
-	@echo "                WORKFLOW=EXPRESS runs the sagas as Express workflows, some starts delivered twice)"
+	@echo "                (ORDERS=$(ORDERS) SEED=$(SEED) PROFILE=$(PROFILE); profiles: none, light, hostile;"
+	@echo "                WORKFLOW=STANDARD or EXPRESS: the sagas' workflow type, the template's default if unset)"
 	@echo "make load       Locust, headless, against a local stack it starts: prints Locust's table"
 	@echo "                (USERS=$(USERS) SPAWN=$(SPAWN) DURATION=$(DURATION) MIX=$(MIX); mixes: shopper, flash, all;"
 	@echo "                HOST=<url> LOAD_TOKENS=<file>: a deployed stage instead, README)"
@@ -150,7 +151,7 @@ bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m infra.local.bench --dynamodb $(DYNAMODB)
 
 chaos: $(STAMP)
-	$(BIN)/python -m infra.local.chaos --orders $(ORDERS) --seed $(SEED) --profile $(PROFILE) --workflow-type $(WORKFLOW)
+	$(BIN)/python -m infra.local.chaos --orders $(ORDERS) --seed $(SEED) --profile $(PROFILE) $(if $(WORKFLOW), --workflow-type $(WORKFLOW))
 
 load: $(STAMP)
 	$(BIN)/python -m infra.load.run --mix $(MIX) --users $(USERS) --spawn-rate $(SPAWN) --duration $(DURATION)$(if $(HOST), --host $(HOST))

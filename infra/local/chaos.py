@@ -252,6 +252,13 @@ def _sweep_orphans(lambda_client: Any, function_name: str) -> dict[str, Any]:
             return swept
 
 
+def default_workflow_type() -> str:
+    """The template's default WorkflowType (what `make run` and a plain deploy use)."""
+    from infra.local.template import load_template, parameter_defaults
+
+    return parameter_defaults(load_template())["WorkflowType"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=300)
@@ -260,9 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=192)
     parser.add_argument("--redrive-rounds", type=int, default=5)
     parser.add_argument(
-        "--workflow-type", choices=["STANDARD", "EXPRESS"], default="STANDARD", help="the template's WorkflowType"
+        "--workflow-type",
+        choices=["STANDARD", "EXPRESS"],
+        default=None,
+        help="the template's WorkflowType (default: the template's default)",
     )
     args = parser.parse_args(argv)
+    if args.workflow_type is None:
+        args.workflow_type = default_workflow_type()
     # The expected warnings (orphans started, redrives) and one metric line per order would bury
     # the progress bar: only errors reach the console.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
@@ -380,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         violations = report.discrepancies
         wall = time.monotonic() - started
         print(
-            f"\nmake chaos: {args.orders} orders, seed {args.seed}, profile {args.profile}, {args.concurrency} clients"
+            f"\nmake chaos: {args.orders} orders, seed {args.seed}, profile {args.profile}, "
+            f"{args.concurrency} clients, {args.workflow_type} sagas"
         )
         print("  orders by final status:")
         for outcome, count in sorted(outcomes.items()):

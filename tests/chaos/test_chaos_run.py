@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from infra.local.chaos import default_workflow_type
 from infra.local.faults import PROFILES
 from tests.conftest import REPO_ROOT
 
@@ -56,7 +57,7 @@ def test_a_seeded_hostile_run_of_300_orders_ends_with_the_books_consistent() -> 
     assert run.returncode == 0, f"chaos run failed:\n{report}\n{run.stderr[-4000:]}"
     assert re.search(r"^\s+violations:\s+0$", report, re.MULTILINE), report
     faults = json.loads(re.search(r"^\s+faults injected:\s+\d+\s+(\{.*\})$", report, re.MULTILINE).group(1))  # type: ignore[union-attr]
-    missing = [kind for kind in PROFILES[PROFILE].kinds_for("STANDARD") if faults.get(kind, 0) == 0]
+    missing = [kind for kind in PROFILES[PROFILE].kinds_for(default_workflow_type()) if faults.get(kind, 0) == 0]
     assert not missing, f"fault kinds never injected: {missing}\n{report}"
     finals = re.findall(r"^\s{4}(COMPLETED|REFUNDED|CANCELLED [A-Z_]+)\s+(\d+)$", report, re.MULTILINE)
     assert sum(int(count) for _, count in finals) == ORDERS, report

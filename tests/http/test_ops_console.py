@@ -10,10 +10,12 @@ timeline with compensations (docs/ops-console.png is made that way).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +98,31 @@ def _dead_lettered_order(stack: RunningStack, auth: dict[str, str], sku: str) ->
     """An order whose saga stopped half-way: NEEDS_ATTENTION with an OPEN dead letter.
 
     The provider fails every authorization of ``tok_processingError`` and the saga retries it for
-    seconds; the test stops the execution then, as an operator or a timeout would, and the
-    stopped-execution handler dead-letters the order.
+    seconds; the test stops the execution then, as an operator or a timeout would. A Standard
+    execution's stop reaches the stopped-execution handler, which dead-letters the order; an
+    Express one sends no event, and the orphan sweeper dead-letters it once no execution can still
+    run (the sweep is asked as of ten minutes from now).
     """
     order_id = _place(stack, auth, sku, "tok_processingError")
     _poll(lambda: _admin_order(stack, order_id)["status"] == "STOCK_RESERVED", f"order {order_id} to reserve stock")
     sfn = stack.aws("stepfunctions")
     machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"] if "Checkout" in m["name"])
-    sfn.stop_execution(executionArn=machine.replace(":stateMachine:", ":execution:") + f":{order_id}")
+    pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=machine, statusFilter="RUNNING")
+    (running,) = [e for page in pages for e in page["executions"] if e["name"] == order_id]
+    sfn.stop_execution(executionArn=running["executionArn"])
+
+    def nothing_running() -> bool:
+        machines = [m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]]
+        return not any(sfn.list_executions(stateMachineArn=m, statusFilter="RUNNING")["executions"] for m in machines)
+
+    # The sweep judges every order in progress: only once no other saga of this stack runs.
+    _poll(nothing_running, "every saga of the stack to end")
+    later = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    swept = stack.aws("lambda").invoke(
+        FunctionName="shop-ResumeOrphanedOrdersFunction",
+        Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "time": later}),
+    )
+    assert "FunctionError" not in swept, swept["Payload"].read()
     _poll(lambda: (_dead_letter(stack, order_id) or {}).get("status") == "OPEN", f"the dead letter of order {order_id}")
     return order_id
 

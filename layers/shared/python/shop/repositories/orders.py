@@ -8,6 +8,7 @@ the status the step expects (``advance``), which bumps ``version`` too and costs
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from functools import lru_cache
@@ -142,8 +143,20 @@ def save(order: Order, *, expected_version: int) -> None:
         raise
 
 
+def claim_token(claim: SagaClaim) -> str:
+    """What the order stores of a claim: ``<state machine name>:<digest of the execution id>``.
+
+    An execution id is a 100-170 character ARN; stored whole, it took the order item past the 1 KB
+    that one write unit covers. The digest keeps executions apart (a duplicate of the same name has
+    another id) and the machine's name says which saga holds the order (``sagas.claimed_by``).
+    """
+    fields = claim.execution.split(":")
+    machine = fields[6] if len(fields) > 6 else ""
+    return f"{machine}:{hashlib.sha256(claim.execution.encode()).hexdigest()[:20]}"
+
+
 def _check_claim(order: Order, claim: SagaClaim | None) -> None:
-    if claim is not None and order.saga_claim != claim.execution:
+    if claim is not None and order.saga_claim != claim_token(claim):
         raise SagaClaimLost(
             f"order {order.order_id} is owned by another execution of its saga (epoch {order.saga_epoch})"
         )
@@ -220,7 +233,7 @@ def advance(
     if unless_cancel_requested:
         values[":false"] = {"BOOL": False}
     if claim is not None:
-        values[":claim"] = {"S": claim.execution}
+        values[":claim"] = {"S": claim_token(claim)}
     response = call_if(
         "update_item",
         busy=OrderContention,
@@ -255,7 +268,7 @@ def claim(order_id: str, token: SagaClaim) -> Order:
                 " OR (saga_epoch = :epoch AND saga_claim = :claim))"
             ),
             ExpressionAttributeValues={
-                ":claim": {"S": token.execution},
+                ":claim": {"S": claim_token(token)},
                 ":epoch": {"N": str(token.epoch)},
                 ":one": {"N": "1"},
             },

@@ -67,14 +67,10 @@ def start(state_machine_arn: str, *, name: str, payload: dict[str, Any]) -> bool
     return True
 
 
-def claimed_by(execution_id: str, state_machine_arn: str) -> bool:
-    """Whether the execution id (a claim) is an execution of that state machine.
-
-    Standard ids are ``arn:...:execution:<machine>:<name>``, Express ones
-    ``arn:...:express:<machine>:<name>:<id>``: the machine's name is the seventh field of both.
-    """
-    fields = execution_id.split(":")
-    return len(fields) > 6 and fields[6] == state_machine_arn.split(":")[-1]
+def claimed_by(stored_claim: str, state_machine_arn: str) -> bool:
+    """Whether an order's stored claim (``<machine name>:<digest>``, see
+    ``shop.repositories.orders.claim_token``) is held by an execution of that state machine."""
+    return stored_claim.rsplit(":", 1)[0] == state_machine_arn.split(":")[-1]
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:
