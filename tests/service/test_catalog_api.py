@@ -74,7 +74,7 @@ class Api:
         """Every item of the catalog's tables, to show a request changed nothing."""
         dynamodb = self.aws.client("dynamodb")
         snapshot = {}
-        for logical_id in ("ProductsTable", "StockLedgerTable"):
+        for logical_id in ("ProductsTable", "StockTable", "StockLedgerTable"):
             items = dynamodb.scan(TableName=self.aws.table(logical_id), ConsistentRead=True)["Items"]
             snapshot[logical_id] = sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
         return snapshot
@@ -195,7 +195,12 @@ def test_the_stored_item_follows_the_shared_product_schema(api: Api) -> None:
     api.create("MUG-1", category="kitchen", amount=1299, stock=5)
     item = api.tables()["ProductsTable"][0]
     assert item["price_amount"] == {"N": "1299"} and item["price_currency"] == {"S": "USD"}
-    assert item["available"] == {"N": "5"} and item["active"] == {"BOOL": True}
+    assert "available" not in item and item["active"] == {"BOOL": True}
+    assert item["initial_stock"] == {"N": "5"} and item["stock_shards"] == {"N": "1"}
+    # The stock is a counter of its own (shard 0), so a sale writes neither the product nor its indexes.
+    assert api.tables()["StockTable"] == [
+        {"sku": {"S": "MUG-1"}, "shard": {"N": "0"}, "available": {"N": "5"}, "version": {"N": "1"}}
+    ]
     assert item["listing"] == {"S": "ACTIVE"} and item["listing_category"] == {"S": "kitchen"}
     assert item["version"] == {"N": "1"} and "created_at" in item and "updated_at" in item
 

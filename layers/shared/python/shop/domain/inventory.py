@@ -4,15 +4,24 @@ The checkout saga calls ``reserve`` (reservation id = order id), then ``commit``
 ``release`` to compensate; the refund saga calls ``release`` to return sold stock; the scheduled
 sweeper calls ``release_expired``. Each is idempotent: a repeated call changes nothing more and
 answers with the reservation as it now stands.
+
+Stock is sharded (``shop.domain.stock_shards``): a line first tries one shard picked at random
+among the SKU's count as the order recorded it, with no read. Only when that shard lacks the
+units are the SKU's shards read (one Query) and the line planned over the shards that have
+them, several if no single one suffices; OUT_OF_STOCK only when the sum is short. The
+reservation records the shard(s) each line took; a release returns the units there, or to
+shard 0 when a reshard has removed that shard.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shop.config import inventory_settings
+from shop.domain import stock_shards
 from shop.errors import (
     InventoryContention,
     OutOfStock,
@@ -22,10 +31,11 @@ from shop.errors import (
     ShopError,
 )
 from shop.models.base import iso_now
-from shop.models.common import Line
-from shop.models.inventory import Reservation, ReservationResult, StoredLine, SweepResult
+from shop.models.common import ReserveLine
+from shop.models.inventory import Reservation, ReservationResult, ShardTake, StoredLine, SweepResult
 from shop.observability import logger
 from shop.repositories import inventory as repository
+from shop.repositories import stock
 from shop.repositories.inventory import CancellationReason
 
 # A released reservation is kept this long (then DynamoDB TTL deletes it) so late duplicate
@@ -39,6 +49,13 @@ _ATTEMPTS = 3
 
 # How many expired holds one sweep releases; the next scheduled run takes the rest.
 SWEEP_LIMIT = 500
+
+# Rounds of "try the planned shards; read the short SKUs' shards and plan again" before the
+# saga's Retry takes over: each round after the first follows a fresh read, so only a shard
+# emptied between that read and the write sends it round again.
+_RESERVE_ROUNDS = 4
+# TransactWriteItems' limit: the reservation plus every take must fit.
+MAX_TRANSACTION_ACTIONS = 100
 
 _CONTENTION_REASONS = frozenset(
     {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
@@ -58,8 +75,9 @@ class CancellationVerdict:
 def classify_cancellation(codes: Sequence[str], skus: Sequence[str]) -> CancellationVerdict:
     """Read DynamoDB's CancellationReasons codes, which line up with the actions sent.
 
-    ``codes[0]`` belongs to the reservation item and ``codes[i]`` to ``skus[i - 1]``.
-    ConditionalCheckFailed on a stock action means that SKU lacked stock (or does not exist).
+    ``codes[0]`` belongs to the reservation item and ``codes[i]`` to ``skus[i - 1]``, the SKU of
+    the i-th stock action (a line taking from several shards has several). ConditionalCheckFailed
+    on a stock action means that shard lacked stock (or does not exist); each SKU is named once.
     """
     if len(codes) != len(skus) + 1:
         return CancellationVerdict(unexpected=[f"{len(codes)} reasons for {len(skus) + 1} actions"])
@@ -73,7 +91,7 @@ def classify_cancellation(codes: Sequence[str], skus: Sequence[str]) -> Cancella
         if code == "ConditionalCheckFailed":
             if index == 0:
                 reservation_failed = True
-            else:
+            elif skus[index - 1] not in failed:
                 failed.append(skus[index - 1])
         elif code in _CONTENTION_REASONS:
             contention = True
@@ -94,7 +112,14 @@ def _existing_after_conflict(reservation_id: str, reasons: Sequence[Cancellation
     return repository.to_reservation(stored) if stored else repository.get_reservation(reservation_id)
 
 
-def reserve(reservation_id: str, order_id: str, lines: Sequence[Line], *, now: int | None = None) -> ReservationResult:
+def reserve(
+    reservation_id: str,
+    order_id: str,
+    lines: Sequence[ReserveLine],
+    *,
+    now: int | None = None,
+    rng: random.Random | None = None,
+) -> ReservationResult:
     """Take every line's stock and record the reservation, all or nothing.
 
     Raises OutOfStock naming every short SKU (nothing changes), ReservationConflict if the id
@@ -103,34 +128,62 @@ def reserve(reservation_id: str, order_id: str, lines: Sequence[Line], *, now: i
     """
     issued_at = _now() if now is None else now
     stamp = iso_now()
-    reservation = Reservation(
-        reservation_id=reservation_id,
-        order_id=order_id,
-        lines=[StoredLine(sku=line.sku, quantity=line.quantity) for line in lines],
-        status="RESERVED",
-        expires_at=issued_at + inventory_settings().reservation_ttl_seconds,
-        created_at=stamp,
-        updated_at=stamp,
-    )
-    try:
-        repository.create_reservation(reservation)
-    except repository.TransactionCancelled as cancelled:
-        verdict = classify_cancellation([r.code for r in cancelled.reasons], [line.sku for line in lines])
-        if verdict.reservation_failed:
-            existing = _existing_after_conflict(reservation_id, cancelled.reasons)
-            if existing is None:  # purged between the write and the read: a fresh try decides
-                raise InventoryContention("reservation changed while reserving; retry") from None
-            if existing.order_id == order_id and existing.same_lines(list(lines)):
-                return ReservationResult.of(existing)
-            raise ReservationConflict(
-                f"reservation {reservation_id} already exists with other lines", reservation_id=reservation_id
-            ) from None
-        if verdict.contention:
-            raise InventoryContention("stock is being changed concurrently; retry") from None
-        if verdict.failed_skus:
-            raise OutOfStock(verdict.failed_skus) from None
-        raise ShopError(f"reservation cancelled unexpectedly: {verdict.unexpected}") from None
-    return ReservationResult.of(reservation)
+    plan = {
+        line.sku: [ShardTake(shard=stock_shards.pick_shard(line.stock_shards, rng), quantity=line.quantity)]
+        for line in lines
+    }
+    for _ in range(_RESERVE_ROUNDS):
+        reservation = Reservation(
+            reservation_id=reservation_id,
+            order_id=order_id,
+            lines=[StoredLine(sku=line.sku, quantity=line.quantity, takes=plan[line.sku]) for line in lines],
+            status="RESERVED",
+            expires_at=issued_at + inventory_settings().reservation_ttl_seconds,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        if 1 + sum(len(takes) for takes in plan.values()) > MAX_TRANSACTION_ACTIONS:
+            # Only stock scattered in small remainders over many shards of many lines gets here;
+            # a restock (which fills the emptiest shards) or a reshard gathers it again.
+            raise InventoryContention("the order's stock is spread over too many shards for one transaction; retry")
+        try:
+            repository.create_reservation(reservation)
+        except repository.TransactionCancelled as cancelled:
+            verdict = classify_cancellation([r.code for r in cancelled.reasons], repository.take_skus(reservation))
+            if verdict.reservation_failed:
+                existing = _existing_after_conflict(reservation_id, cancelled.reasons)
+                if existing is None:  # purged between the write and the read: a fresh try decides
+                    raise InventoryContention("reservation changed while reserving; retry") from None
+                if existing.order_id == order_id and existing.same_lines(list(lines)):
+                    return ReservationResult.of(existing)
+                raise ReservationConflict(
+                    f"reservation {reservation_id} already exists with other lines", reservation_id=reservation_id
+                ) from None
+            if verdict.contention:
+                raise InventoryContention("stock is being changed concurrently; retry") from None
+            if verdict.failed_skus:
+                quantities = {line.sku: line.quantity for line in lines}
+                short = _replan(plan, {sku: quantities[sku] for sku in verdict.failed_skus}, rng)
+                if short:
+                    raise OutOfStock(short) from None
+                continue
+            raise ShopError(f"reservation cancelled unexpectedly: {verdict.unexpected}") from None
+        return ReservationResult.of(reservation)
+    raise InventoryContention("the shards kept emptying while reserving; retry")
+
+
+def _replan(plan: dict[str, list[ShardTake]], wanted: Mapping[str, int], rng: random.Random | None) -> list[str]:
+    """Plan each of ``wanted`` (SKU -> quantity) over the shards that have units now; the SKUs whose
+    shards together are short (none of them changes ``plan``)."""
+    short = []
+    for sku, quantity in wanted.items():
+        counters = stock.shards(sku, busy=InventoryContention)
+        takes = stock_shards.plan_takes({number: shard.available for number, shard in counters.items()}, quantity, rng)
+        if takes is None:
+            short.append(sku)
+        else:
+            plan[sku] = takes
+    return short
 
 
 def commit(reservation_id: str) -> ReservationResult:
@@ -154,8 +207,21 @@ def commit(reservation_id: str) -> ReservationResult:
     raise InventoryContention(f"reservation {reservation_id} kept changing; retry")
 
 
+def _returns(reservation: Reservation, existing: Mapping[str, set[int]]) -> list[tuple[str, int, int]]:
+    """Where each line's units go back: the shard they came from, or shard 0 when ``existing``
+    (the SKU's shards as read after a release failed) no longer has it; one action per shard."""
+    returns: dict[tuple[str, int], int] = {}
+    for line in reservation.lines:
+        for take in line.shard_takes():
+            known = existing.get(line.sku)
+            shard = take.shard if known is None or take.shard in known else 0
+            returns[(line.sku, shard)] = returns.get((line.sku, shard), 0) + take.quantity
+    return [(sku, shard, quantity) for (sku, shard), quantity in returns.items()]
+
+
 def _release(reservation_id: str, *, only_if_reserved: bool, now: int) -> tuple[ReservationResult, bool]:
     """Release and return stock; the bool says whether this call did it."""
+    existing: dict[str, set[int]] = {}  # the shards of SKUs whose return failed, as read since
     for _ in range(_ATTEMPTS):
         current = repository.get_reservation(reservation_id)
         if current is None:
@@ -164,20 +230,29 @@ def _release(reservation_id: str, *, only_if_reserved: bool, now: int) -> tuple[
             return ReservationResult.of(current), False
         stamp = iso_now()
         purge_at = now + RELEASED_RETENTION_SECONDS
+        returns = _returns(current, existing)
         try:
-            repository.release_reservation(current, expected=current.status, updated_at=stamp, purge_at=purge_at)
+            repository.release_reservation(
+                current, expected=current.status, updated_at=stamp, purge_at=purge_at, returns=returns
+            )
         except repository.TransactionCancelled as cancelled:
-            verdict = classify_cancellation([r.code for r in cancelled.reasons], [line.sku for line in current.lines])
+            verdict = classify_cancellation([r.code for r in cancelled.reasons], [sku for sku, _, _ in returns])
             if verdict.reservation_failed:
                 continue  # its status moved on (a racing release or commit): decide again
             if verdict.contention:
                 raise InventoryContention("stock is being changed concurrently; retry") from None
             if verdict.failed_skus:
-                # Products are deactivated, never deleted; a missing one is a data error to look at.
-                raise ReservationConflict(
-                    f"cannot return stock to missing products: {', '.join(verdict.failed_skus)}",
-                    reservation_id=reservation_id,
-                ) from None
+                missing = [sku for sku in verdict.failed_skus if 0 in existing.get(sku, {0})]
+                if not missing:
+                    # Products are deactivated, never deleted, and shard 0 never goes: a data error to look at.
+                    raise ReservationConflict(
+                        f"cannot return stock to missing products: {', '.join(verdict.failed_skus)}",
+                        reservation_id=reservation_id,
+                    ) from None
+                # A reshard removed a shard the units came from: learn which exist and go again.
+                for sku in verdict.failed_skus:
+                    existing[sku] = set(stock.shards(sku, busy=InventoryContention))
+                continue
             raise ShopError(f"release cancelled unexpectedly: {verdict.unexpected}") from None
         released = current.model_copy(update={"status": "RELEASED", "updated_at": stamp, "purge_at": purge_at})
         return ReservationResult.of(released), True

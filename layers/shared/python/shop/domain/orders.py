@@ -41,7 +41,7 @@ from shop.errors import (
     TransientError,
 )
 from shop.models.base import iso_now
-from shop.models.common import Line
+from shop.models.common import ReserveLine
 from shop.models.money import Money
 from shop.models.orders import (
     TERMINAL,
@@ -162,7 +162,10 @@ def start_checkout(order: Order) -> bool:
     checkout = CheckoutInput(
         order_id=order.order_id,
         customer_id=order.customer_id,
-        lines=[Line(sku=line.sku, quantity=line.quantity) for line in order.items],
+        lines=[
+            ReserveLine(sku=line.sku, quantity=line.quantity, stock_shards=order.stock_shards.get(line.sku, 1))
+            for line in order.items
+        ],
         total=order.total,
         payment_token=order.payment_token,
     )
@@ -174,8 +177,9 @@ def start_checkout(order: Order) -> bool:
 
 
 def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -> Order:
-    """The order with each line priced from the catalog now (never from the client)."""
-    products = catalog.get_products([item.sku for item in request.items])
+    """The order with each line priced from the catalog now (never from the client), and each SKU's
+    stock shard count for the reservation (no stock is read here)."""
+    products = catalog.get_products_for_sale([item.sku for item in request.items])
     problems = [
         {"field": f"items.{index}.sku", "message": f"{item.sku} does not exist or is not for sale"}
         for index, item in enumerate(request.items)
@@ -228,6 +232,7 @@ def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -
         items=lines,
         total=total,
         history=[HistoryEntry(step=Step.ORDER_PLACED, status="PENDING", at=now)],
+        stock_shards={sku: product.stock_shards for sku, product in products.items() if product.stock_shards != 1},
         created_at=now,
         updated_at=now,
     )

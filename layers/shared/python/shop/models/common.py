@@ -20,9 +20,13 @@ PRINTABLE_PATTERN = r"^[\x21-\x7e]+$"
 # reservation (a Put plus one Update per SKU) well inside TransactWriteItems' 100-item limit.
 MAX_LINES = 50
 MAX_QUANTITY = 100
+# The contract's bound on a SKU's stock counters ("Hot products"); a reshard's transaction writes
+# the product and at most this many counters, inside TransactWriteItems' 100-item limit.
+MAX_STOCK_SHARDS = 50
 
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, description="1-64 characters of A-Z a-z 0-9 - _")]
 Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+StockShards = Annotated[int, Field(ge=1, le=MAX_STOCK_SHARDS)]
 # Order ids come from the API (UUIDs); the saga passes them to every step, the reservation's id included.
 OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
 ExecutionName = Annotated[str, Field(min_length=1, max_length=256)]
@@ -34,3 +38,13 @@ class Line(StrictModel):
 
     sku: Sku
     quantity: Quantity
+
+
+class ReserveLine(Line):
+    """A line as the checkout saga reserves it: with the SKU's shard count when the order was placed.
+
+    The snapshot lets the reservation pick a shard without reading the product; a stale one (the
+    SKU was resharded since) only costs the fallback's read of the SKU's shards.
+    """
+
+    stock_shards: StockShards = 1

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
-from shop.models.common import MAX_LINES, ExecutionName, Line, OrderId
+from shop.models.common import MAX_LINES, ExecutionName, Line, OrderId, ReserveLine
 
 ReservationStatus = Literal["RESERVED", "COMMITTED", "RELEASED"]
 ReservationOutcome = Literal["RESERVED", "COMMITTED", "RELEASED", "NOT_FOUND"]
@@ -19,11 +19,11 @@ class ReserveStock(StrictModel):
     order_id: OrderId
     # The saga passes its execution name for log correlation; nothing else unknown is accepted.
     execution_name: ExecutionName | None = None
-    lines: list[Line] = Field(min_length=1, max_length=MAX_LINES)
+    lines: list[ReserveLine] = Field(min_length=1, max_length=MAX_LINES)
 
     @field_validator("lines")
     @classmethod
-    def _distinct_skus(cls, lines: list[Line]) -> list[Line]:
+    def _distinct_skus(cls, lines: list[ReserveLine]) -> list[ReserveLine]:
         require_distinct_skus([line.sku for line in lines])
         return lines
 
@@ -43,11 +43,24 @@ class ReleaseReservation(_ReservationStep):
     pass
 
 
+class ShardTake(Record):
+    """Units of a line taken from one of its SKU's stock shards."""
+
+    shard: int
+    quantity: int
+
+
 class StoredLine(Record):
-    """A ``Line`` as read back from DynamoDB (lenient: numbers arrive as Decimal)."""
+    """A ``Line`` as read back from DynamoDB (lenient: numbers arrive as Decimal), with the shards
+    its units came from, so a release returns them there."""
 
     sku: str
     quantity: int
+    # Empty on a reservation stored before stock was sharded: all of it came from shard 0.
+    takes: list[ShardTake] = Field(default_factory=list)
+
+    def shard_takes(self) -> list[ShardTake]:
+        return self.takes or [ShardTake(shard=0, quantity=self.quantity)]
 
 
 class Reservation(Record):

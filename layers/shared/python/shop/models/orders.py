@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
-from shop.models.common import MAX_LINES, PRINTABLE_PATTERN, ExecutionName, Line, OrderId, PaymentToken
+from shop.models.common import MAX_LINES, PRINTABLE_PATTERN, ExecutionName, Line, OrderId, PaymentToken, ReserveLine
 from shop.models.money import Money
 
 StepName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
@@ -126,6 +126,9 @@ class Order(Record):
     # The caller's Idempotency-Key (scoped to ``customer_id``); never shown. None on orders stored
     # before it was kept. The reconciliation checks that no key placed two orders.
     idempotency_key: str | None = None
+    # Each SKU's stock shard count when the order was placed (the saga's reservation picks a shard
+    # from it without reading the product); never shown. Absent means 1.
+    stock_shards: dict[str, int] = Field(default_factory=dict)
     created_at: str
     updated_at: str
     version: int = 0
@@ -224,7 +227,7 @@ class CheckoutInput(Record):
     mode: Literal["checkout"] = "checkout"
     order_id: str
     customer_id: str
-    lines: list[Line]
+    lines: list[ReserveLine]
     total: Money
     payment_token: str
 
