@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from chalice.test import Client
 from app import app
 from infra.local.identity import DevIdentityProvider
 from shop.domain import catalog as domain
+from shop.errors import StockWouldGoNegative
 from shop.models.catalog import CreateProductRequest, StockAdjustmentRequest
 from shop.repositories import catalog as repository
 from tests.conftest import LocalAws
@@ -374,19 +375,24 @@ def test_a_stock_adjustment_of_a_missing_product_is_404(api: Api) -> None:
 
 def test_a_stock_adjustment_retries_when_stock_moved_since_its_read(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     api.create("A", stock=5)
-    real_get = repository.get_product
+    real_shards = repository.stock_shards
     reads = []
 
     def stale_then_real(sku: str) -> Any:
-        product = real_get(sku)
-        reads.append(product)
-        if len(reads) == 1 and product is not None:
-            return product.model_copy(update={"available": 99})  # a read that lost a race
-        return product
+        counters = real_shards(sku)
+        reads.append(counters)
+        if len(reads) == 1:  # a read that lost a race: the shard had 99 then
+            return {number: replace(shard, available=99) for number, shard in counters.items()}
+        return counters
 
-    monkeypatch.setattr(repository, "get_product", stale_then_real)
+    monkeypatch.setattr(repository, "stock_shards", stale_then_real)
+    before = api.tables()
+    # The stale read allows taking 7; the shard's condition refuses, the re-read says 409.
+    with pytest.raises(StockWouldGoNegative):
+        domain.adjust_stock("A", StockAdjustmentRequest(delta=-7, reason="count"), actor="root")
+    assert len(reads) == 2 and api.tables() == before
     result = domain.adjust_stock("A", StockAdjustmentRequest(delta=-2, reason="count"), actor="root")
-    assert result.available == 3 and len(reads) == 2
+    assert result.available == 3
     assert [entry.available for entry in domain.stock_ledger("A")] == [3]
 
 

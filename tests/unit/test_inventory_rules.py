@@ -18,7 +18,7 @@ from shop.errors import (
     TransientError,
 )
 from shop.models.base import parse_event
-from shop.models.common import Line
+from shop.models.common import Line, ReserveLine
 from shop.models.inventory import (
     CommitReservation,
     ReleaseReservation,
@@ -70,6 +70,12 @@ def test_cancellation_reasons_line_up_with_the_actions(codes: list[str], expecte
     assert classify_cancellation(codes, SKUS) == expected
 
 
+def test_a_line_taking_from_several_shards_is_named_once() -> None:
+    # A's units come from two shards, so two actions; both short names A once.
+    codes = ["None", "ConditionalCheckFailed", "ConditionalCheckFailed", "None"]
+    assert classify_cancellation(codes, ["A", "A", "B"]) == CancellationVerdict(failed_skus=["A"])
+
+
 def reserve_event(**overrides: Any) -> dict[str, Any]:
     return {
         "order_id": "order-1",
@@ -80,7 +86,8 @@ def reserve_event(**overrides: Any) -> dict[str, Any]:
 
 def test_reserve_event_accepts_the_saga_correlation_ids() -> None:
     event = parse_event(ReserveStock, reserve_event(execution_name="exec-1"))
-    assert event.lines == [Line(sku="SKU_1", quantity=2), Line(sku="sku-2", quantity=100)]
+    assert event.lines == [ReserveLine(sku="SKU_1", quantity=2), ReserveLine(sku="sku-2", quantity=100)]
+    assert [line.stock_shards for line in event.lines] == [1, 1]  # an event without the snapshot: one shard
     assert event.execution_name == "exec-1"
 
     for model in (CommitReservation, ReleaseReservation):
@@ -98,6 +105,8 @@ def test_reserve_event_accepts_the_saga_correlation_ids() -> None:
         (reserve_event(lines=[{"sku": "A", "quantity": "1"}]), "lines.0.quantity"),
         (reserve_event(lines=[{"sku": "A", "quantity": True}]), "lines.0.quantity"),
         (reserve_event(lines=[{"sku": "A" * 65, "quantity": 1}]), "lines.0.sku"),
+        (reserve_event(lines=[{"sku": "A", "quantity": 1, "stock_shards": 0}]), "lines.0.stock_shards"),
+        (reserve_event(lines=[{"sku": "A", "quantity": 1, "stock_shards": 51}]), "lines.0.stock_shards"),
         (reserve_event(lines=[{"sku": "A", "quantity": 1, "price": 3}]), "lines.0.price"),
         (reserve_event(lines=[{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 2}]), "lines"),
         (reserve_event(order_id="has space"), "order_id"),
