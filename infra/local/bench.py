@@ -32,7 +32,7 @@ meter counts the write units of every item key and index partition (``shop.aws.C
 from the hottest one's units per buyer it projects that key's WCU/s at 5,000 reservations/s,
 against DynamoDB's 1,000 WCU/s per partition.
 
-    python -m infra.local.bench --flash-sale [--buyers 300] [--units 20] [--shards 20]
+    python -m infra.local.bench --flash-sale [--buyers 300] [--units 20] [--shards 32]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from infra.local.template import REPO_ROOT, load_template
 PRICING = REPO_ROOT / "infra" / "pricing.json"
 BENCH_SKUS = [f"BENCH-{index:02d}" for index in range(8)]
 # The README's recommendation for a hot product (section "Hot products"), and what it is held to.
-RECOMMENDED_SHARDS = 20
+RECOMMENDED_SHARDS = 32
 PROJECTED_RESERVATIONS_PER_SECOND = 5_000
 PARTITION_WRITE_LIMIT = 1_000  # WCU/s per partition, so per item key
 
