@@ -92,3 +92,34 @@ def test_write_units_are_counted_per_item_key_and_index_partition() -> None:
     assert sum(meter.units_by_key_second.values()) == 8
     meter.reset()
     assert not meter.units_by_key and not meter.units_by_key_second
+
+
+def test_an_update_that_sets_a_sparse_index_key_writes_that_partition() -> None:
+    meter = CapacityMeter(enabled=True, schemas={"Orders": KeySchema(keys=("id",), indexes={"ByOutcome": "outcome"})})
+    for order in ("o1", "o2"):
+        _write(meter, "PutItem", {"TableName": "Orders", "Item": {"id": {"S": order}, "status": {"S": "PENDING"}}})
+        _write(
+            meter,
+            "UpdateItem",
+            {
+                "TableName": "Orders",
+                "Key": {"id": {"S": order}},
+                "UpdateExpression": "SET #s = :to, outcome = :to, #v = #v + :one",
+                "ExpressionAttributeNames": {"#s": "status", "#v": "version"},
+                "ExpressionAttributeValues": {":to": {"S": "CANCELLED"}, ":one": {"N": "1"}},
+            },
+        )
+    # Not an assignment of a value: the entry it would write is unknown, so none is counted.
+    _write(
+        meter,
+        "UpdateItem",
+        {
+            "TableName": "Orders",
+            "Key": {"id": {"S": "o3"}},
+            "UpdateExpression": "SET outcome = if_not_exists(outcome, :to)",
+            "ExpressionAttributeValues": {":to": {"S": "REFUNDED"}},
+        },
+    )
+
+    assert meter.units_by_key["Orders/ByOutcome CANCELLED"] == 2
+    assert "Orders/ByOutcome REFUNDED" not in meter.units_by_key

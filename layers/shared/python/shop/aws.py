@@ -99,7 +99,8 @@ class CapacityMeter:
             self._add(key, units, second)
             for index, attribute in schema.indexes.items():
                 remembered = self._index_values.get((index, key))
-                if kind == "Put" and attribute in attributes:
+                # A Put's item, or an UpdateItem's ``SET attribute = :value``, names the new entry.
+                if attribute in attributes:
                     value = _scalar(attributes[attribute])
                     if remembered is not None and remembered != value:
                         self._add(f"{table}/{index} {remembered}", 1, second)
@@ -164,6 +165,23 @@ def _updated_attributes(operation: Mapping[str, Any]) -> set[str]:
     return {aliases.get(name, name) for name in names}
 
 
+# ``name = :value`` in an UpdateExpression's SET clause (not ``name = name + :value`` or a function).
+_ASSIGNMENT = re.compile(r"(#?[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(:[A-Za-z0-9_]+)\s*(?=,|$|\b(?:REMOVE|ADD|DELETE|SET)\b)")
+
+
+def _assigned_values(operation: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes an UpdateExpression sets to a plain value (aliases resolved), with the value:
+    an update that puts an item into an index (a sparse index's key set on a status change) writes
+    the entry under that value."""
+    aliases = operation.get("ExpressionAttributeNames", {})
+    values = operation.get("ExpressionAttributeValues", {})
+    return {
+        aliases.get(name, name): values[placeholder]
+        for name, placeholder in _ASSIGNMENT.findall(operation.get("UpdateExpression", ""))
+        if placeholder in values
+    }
+
+
 def _written_items(params: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any], int]]:
     """(kind, table, key or item attributes, units) of every item a write request writes."""
     found: list[tuple[str, str, dict[str, Any], int]] = []
@@ -171,6 +189,7 @@ def _written_items(params: Mapping[str, Any]) -> list[tuple[str, str, dict[str, 
     def add(kind: str, operation: Mapping[str, Any], table: str, units: int) -> None:
         attributes = dict(operation.get("Item") or operation.get("Key") or {})
         if kind == "Update":
+            attributes = {**_assigned_values(operation), **attributes}
             attributes["$updated"] = _updated_attributes(operation)
         found.append((kind, table, attributes, units))
 
