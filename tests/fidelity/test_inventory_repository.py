@@ -59,8 +59,8 @@ def test_reserve_takes_stock_and_records_a_held_reservation(backend: Backend) ->
         "order_id": "order-1",
         "status": "RESERVED",
         "lines": [
-            {"sku": "A", "quantity": 2, "takes": [{"shard": 0, "quantity": 2}]},
-            {"sku": "B", "quantity": 3, "takes": [{"shard": 0, "quantity": 3}]},
+            {"sku": "A", "quantity": 2},
+            {"sku": "B", "quantity": 3},
         ],
         "expires_at": NOW + inventory_settings().reservation_ttl_seconds,
     }

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shop.domain import catalog, inventory
-from shop.errors import InventoryContention, OutOfStock, TransientError
+from shop.errors import InventoryContention, OutOfStock, PurchaseLimitExceeded, TransientError
 from shop.models.catalog import UpdateProductRequest
 from shop.models.common import CheckoutLine
 from shop.repositories import stock
@@ -190,3 +190,64 @@ def test_resharding_up_and_down_while_orders_reserve_keeps_the_total(shop: Shop)
     for number in range(40):
         inventory.release(f"r{number}")
     assert catalog.get_product("HOT-1").available == 60 and min(counters("HOT-1").values()) >= 0
+
+
+def counted_units(shop: Shop, customer: str, sku: str) -> int:
+    item = (
+        shop.aws.client("dynamodb")
+        .get_item(
+            TableName=shop.aws.table("PurchaseCountsTable"),
+            Key={"customer_id": {"S": customer}, "sku": {"S": sku}},
+            ConsistentRead=True,
+        )
+        .get("Item")
+    )
+    return int(item["units"]["N"]) if item else 0
+
+
+def test_a_limited_sku_on_several_shards_counts_units_and_frees_them_with_its_shards(shop: Shop) -> None:
+    """Both snapshots travel with the order: the shard count and the purchase limit."""
+    seed_product("HOT-1", stock=8)
+    assert patch(shop, "HOT-1", {"stock_shards": 4, "purchase_limit": 3}).status_code == 200
+    stored_order = shop.place_ok([("HOT-1", 2)], token="tok_chargeDeclined")["order_id"]
+    assert (shop.order(stored_order).stock_shards, shop.order(stored_order).purchase_limits) == (
+        {"HOT-1": 4},
+        {"HOT-1": 3},
+    )
+
+    # Declined: the release returns the units to their shards and frees the counted units.
+    shop.wait_checkout(stored_order)
+    assert (shop.order(stored_order).status, shop.order(stored_order).failure_reason) == (
+        "CANCELLED",
+        "PAYMENT_DECLINED",
+    )
+    assert counters("HOT-1") == {0: 2, 1: 2, 2: 2, 3: 2} and counted_units(shop, "alice", "HOT-1") == 0
+
+    sold = shop.place_ok([("HOT-1", 3)])["order_id"]
+    shop.wait_checkout(sold)
+    assert shop.order(sold).status == "COMPLETED"
+    # No shard had 3: the line took from several, and counted 3 units once.
+    assert sum(counters("HOT-1").values()) == 5 and counted_units(shop, "alice", "HOT-1") == 3
+
+
+def test_a_short_shard_and_a_refused_purchase_counter_are_told_apart(shop: Shop) -> None:
+    seed_product("HOT-1", stock=6)
+    catalog.update_product("HOT-1", UpdateProductRequest(stock_shards=3))  # 2 + 2 + 2
+    lines = [CheckoutLine(sku="HOT-1", quantity=3, stock_shards=3, purchase_limit=4)]
+
+    # 3 units are on no single shard: the fallback takes from two, with the counter after both takes.
+    inventory.reserve("r1", "r1", lines, customer_id="carol")
+    assert sum(counters("HOT-1").values()) == 3 and counted_units(shop, "carol", "HOT-1") == 3
+
+    # Stock for 3 more is there, but carol may hold only 1 more: the counter refuses, nothing moves.
+    with pytest.raises(PurchaseLimitExceeded):
+        inventory.reserve("r2", "r2", lines, customer_id="carol")
+    assert sum(counters("HOT-1").values()) == 3 and counted_units(shop, "carol", "HOT-1") == 3
+
+    # Another customer is short of stock, not of limit.
+    with pytest.raises(OutOfStock):
+        inventory.reserve("r3", "r3", [lines[0].model_copy(update={"quantity": 4})], customer_id="dave")
+    assert counted_units(shop, "dave", "HOT-1") == 0
+
+    inventory.release("r1")
+    assert counters("HOT-1") == {0: 2, 1: 2, 2: 2} and counted_units(shop, "carol", "HOT-1") == 0
