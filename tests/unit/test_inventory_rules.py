@@ -112,6 +112,8 @@ def test_only_the_refund_keeps_purchase_units_when_releasing() -> None:
     assert kept.frees_purchase_units is False
     with pytest.raises(FieldError):
         parse_event(ReleaseReservation, {"order_id": "order-1", "frees_purchase_units": "no"})
+
+
 def test_a_line_taking_from_several_shards_is_named_once() -> None:
     # A's units come from two shards, so two actions; both short names A once.
     codes = ["None", "ConditionalCheckFailed", "ConditionalCheckFailed", "None"]
@@ -125,9 +127,9 @@ def test_purchase_counter_reasons_come_after_every_shard_take() -> None:
     assert classify_cancellation(codes, ["A", "A", "B"], ["A"]) == CancellationVerdict(
         failed_skus=["A"], over_limit_skus=["A"]
     )
-    assert classify_cancellation(["None", "None", "None", "None", "ConditionalCheckFailed"], ["A", "A", "B"], ["A"]) == (
-        CancellationVerdict(over_limit_skus=["A"])
-    )
+    assert classify_cancellation(
+        ["None", "None", "None", "None", "ConditionalCheckFailed"], ["A", "A", "B"], ["A"]
+    ) == (CancellationVerdict(over_limit_skus=["A"]))
 
 
 def reserve_event(**overrides: Any) -> dict[str, Any]:

@@ -165,7 +165,9 @@ def reserve(
             # Stored only when it matters: a reservation without limited lines is what it always was.
             customer_id=customer_id if limited else None,
             lines=[
-                StoredLine(sku=line.sku, quantity=line.quantity, takes=plan[line.sku], purchase_limit=line.purchase_limit)
+                StoredLine(
+                    sku=line.sku, quantity=line.quantity, takes=plan[line.sku], purchase_limit=line.purchase_limit
+                )
                 for line in lines
             ],
             status="RESERVED",
