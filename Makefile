@@ -39,6 +39,8 @@ SPAWN ?= 5
 DURATION ?= 30s
 MIX ?= shopper
 HOST ?=
+# FLASH_SALE=1: make bench runs the flash sale (hundreds of buyers, one SKU, few units) instead.
+FLASH_SALE ?=
 
 .PHONY: help run emulator test lint typecheck validate package deploy unit service http fidelity bench chaos load clean
 
@@ -58,6 +60,7 @@ help:
 	@echo "make deploy     package, then sam deploy (--guided the first time; samconfig.toml after)"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
 	@echo "                (DYNAMODB=moto: moto's DynamoDB in its own process, the emulator make chaos uses)"
+	@echo "                (FLASH_SALE=1: a flash sale of one SKU; the hottest key's WCU/s projected at 5,000 orders/s)"
 	@echo "make chaos      seeded randomized orders with faults at every seam, then the books checked"
 	@echo "                (ORDERS=$(ORDERS) SEED=$(SEED) PROFILE=$(PROFILE); profiles: none, light, hostile;"
 	@echo "                WORKFLOW=STANDARD or EXPRESS: the sagas' workflow type, the template's default if unset)"
@@ -148,7 +151,7 @@ build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.txt $(
 
 # DynamoDB Local (npm, Java 17) reports consumed capacity, which the cost figures need.
 bench: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m infra.local.bench --dynamodb $(DYNAMODB)
+	$(BIN)/python -m infra.local.bench --dynamodb $(DYNAMODB) $(if $(FLASH_SALE),--flash-sale)
 
 chaos: $(STAMP)
 	$(BIN)/python -m infra.local.chaos --orders $(ORDERS) --seed $(SEED) --profile $(PROFILE) $(if $(WORKFLOW), --workflow-type $(WORKFLOW))

@@ -22,6 +22,17 @@ emulator `make chaos` uses.
 
     python -m infra.local.bench [--orders 200] [--concurrency 8] [--sequential 20]
                                 [--dynamodb dynamodb-local|moto]
+
+`--flash-sale` (`make bench FLASH_SALE=1`) runs a flash sale instead: ``--buyers`` concurrent
+buyers (threads through the API, one unit each) for one SKU with ``--units`` units, once with
+the SKU's stock on one counter and once on ``--shards`` (the README's recommendation). Exactly
+``--units`` orders must complete and every other one end CANCELLED with OUT_OF_STOCK, no
+counter may go negative, and the books must agree (the reconciliation, quiescent). The capacity
+meter counts the write units of every item key and index partition (``shop.aws.CapacityMeter``);
+from the hottest one's units per buyer it projects that key's WCU/s at 5,000 reservations/s,
+against DynamoDB's 1,000 WCU/s per partition.
+
+    python -m infra.local.bench --flash-sale [--buyers 300] [--units 20] [--shards 32]
 """
 
 from __future__ import annotations
@@ -36,10 +47,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 
@@ -47,6 +59,10 @@ from infra.local.template import REPO_ROOT, load_template
 
 PRICING = REPO_ROOT / "infra" / "pricing.json"
 BENCH_SKUS = [f"BENCH-{index:02d}" for index in range(8)]
+# The README's recommendation for a hot product (section "Hot products"), and what it is held to.
+RECOMMENDED_SHARDS = 32
+PROJECTED_RESERVATIONS_PER_SECOND = 5_000
+PARTITION_WRITE_LIMIT = 1_000  # WCU/s per partition, so per item key
 
 
 def _lambda_memory_gb() -> float:
@@ -185,12 +201,203 @@ def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int]:
     return transitions, invocations
 
 
+@dataclass
+class FlashSale:
+    shards: int
+    outcomes: dict[str, int]
+    counters: dict[int, int]
+    seconds: float
+    hottest: HotKey  # of the inventory's keys: stock counters and HeldByExpiry partitions
+    hottest_elsewhere: HotKey  # of every other key the sale wrote
+    buyers: int
+
+
+@dataclass
+class HotKey:
+    key: str
+    units: float
+    peak_per_second: float
+    buyers: int
+
+    @property
+    def projected_wcu(self) -> float:
+        """The key's write units per second if buyers came at 5,000 reservations/s."""
+        return self.units / self.buyers * PROJECTED_RESERVATIONS_PER_SECOND
+
+
+def _inventory_key(key: str) -> bool:
+    return key.split(" ", 1)[0].endswith(("StockTable", "/HeldByExpiry"))
+
+
+def _hottest(buyers: int, inventory: bool) -> HotKey:
+    from shop import aws
+
+    meter = aws.capacity_meter
+    key, units = max(
+        ((key, units) for key, units in meter.units_by_key.items() if _inventory_key(key) == inventory),
+        key=lambda entry: entry[1],
+        default=("(none)", 0),
+    )
+    peak = max((units for (k, _), units in meter.units_by_key_second.items() if k == key), default=0)
+    return HotKey(key=key, units=units, peak_per_second=peak, buyers=buyers)
+
+
+def _meter_schemas(dynamodb: Any) -> None:
+    """Tell the capacity meter each table's keys and index partition keys, to count writes per item."""
+    from shop import aws
+
+    for table in dynamodb.list_tables()["TableNames"]:
+        description = dynamodb.describe_table(TableName=table)["Table"]
+        indexes = {
+            index["IndexName"]: next(k["AttributeName"] for k in index["KeySchema"] if k["KeyType"] == "HASH")
+            for index in description.get("GlobalSecondaryIndexes", [])
+        }
+        aws.capacity_meter.schemas[table] = aws.KeySchema(
+            keys=tuple(key["AttributeName"] for key in description["KeySchema"]), indexes=indexes
+        )
+
+
+def _flash_sale(
+    api: str,
+    admin: dict[str, str],
+    customers: list[dict[str, str]],
+    watcher: SagaWatcher,
+    dynamodb: Any,
+    stock_table: str,
+    *,
+    shards: int,
+    buyers: int,
+    units: int,
+    concurrency: int,
+) -> FlashSale:
+    """``buyers`` buyers at once for one SKU of ``units`` units spread over ``shards`` counters."""
+    from shop import aws
+
+    sku = f"FLASH-{shards:02d}-{uuid.uuid4().hex[:6]}"
+    created = requests.post(
+        f"{api}/products",
+        headers=admin,
+        json={
+            "sku": sku,
+            "name": f"Flash sale, {shards} shards",
+            "category": "flash",
+            "price": {"amount": 999},
+            "stock": units,
+        },
+        timeout=30,
+    )
+    created.raise_for_status()
+    requests.patch(f"{api}/products/{sku}", headers=admin, json={"stock_shards": shards}, timeout=30).raise_for_status()
+    aws.capacity_meter.reset()
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def buy(index: int) -> None:
+        customer = customers[index % len(customers)]
+        placed = requests.post(
+            f"{api}/orders",
+            headers={**customer, "Idempotency-Key": str(uuid.uuid4())},
+            json={"items": [{"sku": sku, "quantity": 1}], "payment": {"token": "tok_visa"}},
+            timeout=120,
+        )
+        placed.raise_for_status()
+        order_id = placed.json()["order_id"]
+        watcher.wait(order_id, 600)
+        order = requests.get(f"{api}/orders/{order_id}", headers=customer, timeout=60).json()
+        with lock:
+            outcomes[f"{order['status']} {order.get('failure_reason') or ''}".strip()] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(buy, range(buyers)))
+    seconds = time.perf_counter() - started
+    items = dynamodb.query(
+        TableName=stock_table,
+        KeyConditionExpression="sku = :sku",
+        ExpressionAttributeValues={":sku": {"S": sku}},
+        ConsistentRead=True,
+    )["Items"]
+    counters = {int(item["shard"]["N"]): int(item["available"]["N"]) for item in items}
+    return FlashSale(
+        shards=shards,
+        outcomes=dict(outcomes),
+        counters=counters,
+        seconds=seconds,
+        hottest=_hottest(buyers, inventory=True),
+        hottest_elsewhere=_hottest(buyers, inventory=False),
+        buyers=buyers,
+    )
+
+
+def _run_flash_sales(stack: Any, args: argparse.Namespace, watcher: SagaWatcher) -> int:
+    """Both flash sales, their checks and the projection; non-zero if a check or the projection fails."""
+    from infra.load.run import mint_tokens
+    from shop import aws
+    from shop.domain import reconciliation_job
+
+    # One customer per buyer, as in a real sale: a customer holds at most MaxOrdersInProgress open
+    # orders (POST /orders answers 429 past it), and the sale's buyers are all in flight at once.
+    tokens = mint_tokens(stack.tokens_path.parent, [f"flash-buyer-{index}" for index in range(args.buyers)])
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    customers = [{"Authorization": f"Bearer {token}"} for token in cast(dict[str, str], tokens["customers"]).values()]
+    dynamodb = aws.dynamodb()  # where the stack's tables are (DynamoDB Local or moto's process)
+    _meter_schemas(dynamodb)
+    stock_table = next(name for name in aws.capacity_meter.schemas if name.endswith("StockTable"))
+    failures: list[str] = []
+    print(
+        f"\nmake bench FLASH_SALE=1: {args.buyers} buyers at once ({args.flash_concurrency} threads), "
+        f"{args.units} units"
+    )
+    for shards in dict.fromkeys((1, args.shards)):
+        sale = _flash_sale(
+            stack.api_url,
+            admin,
+            customers,
+            watcher,
+            dynamodb,
+            stock_table,
+            shards=shards,
+            buyers=args.buyers,
+            units=args.units,
+            concurrency=args.flash_concurrency,
+        )
+        sold = sale.outcomes.get("COMPLETED", 0)
+        print(f"  {shards} shard(s): {sale.seconds:.1f} s")
+        print(f"    orders:               {json.dumps(dict(sorted(sale.outcomes.items())))}")
+        print(f"    counters after:       {json.dumps(sale.counters)}")
+        for label, hot in (("hottest stock key:", sale.hottest), ("hottest other key:", sale.hottest_elsewhere)):
+            verdict = "under" if hot.projected_wcu < PARTITION_WRITE_LIMIT else "OVER"
+            print(f"    {label:<22}{hot.key}: {hot.units:.0f} write units, {hot.units / sale.buyers:.2f} per buyer")
+            print(
+                f"    {'':<22}projected {hot.projected_wcu:,.0f} WCU/s at {PROJECTED_RESERVATIONS_PER_SECOND:,} "
+                f"reservations/s ({verdict} {PARTITION_WRITE_LIMIT:,} per partition; "
+                f"peak here {hot.peak_per_second:.0f} in one second)"
+            )
+        if sold != args.units or sale.outcomes.get("CANCELLED OUT_OF_STOCK", 0) != args.buyers - args.units:
+            failures.append(f"{shards} shard(s): {json.dumps(sale.outcomes)}, expected {args.units} COMPLETED")
+        if any(units < 0 for units in sale.counters.values()) or sum(sale.counters.values()) != 0:
+            failures.append(f"{shards} shard(s): counters {json.dumps(sale.counters)} after selling out")
+        if shards == args.shards and sale.hottest.projected_wcu >= PARTITION_WRITE_LIMIT:
+            failures.append(f"{shards} shards: {sale.hottest.key} would take {sale.hottest.projected_wcu:,.0f} WCU/s")
+    report = reconciliation_job.run(quiescent=True)
+    print(f"  books:                  {len(report.discrepancies)} discrepancies ({report.checked.model_dump_json()})")
+    failures += [f"{d.kind} {d.sku or d.order_id}: {d.detail}" for d in report.discrepancies]
+    for failure in failures:
+        print(f"  FAILED: {failure}")
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--sequential", type=int, default=20, help="orders placed by one shopper first")
     parser.add_argument("--dynamodb", choices=["dynamodb-local", "moto"], default="dynamodb-local")
+    parser.add_argument("--flash-sale", action="store_true", help="run the flash sale instead of the checkout bench")
+    parser.add_argument("--buyers", type=int, default=300, help="flash sale: buyers, one unit each")
+    parser.add_argument("--units", type=int, default=20, help="flash sale: units on sale")
+    parser.add_argument("--shards", type=int, default=RECOMMENDED_SHARDS, help="flash sale: the sharded run's count")
+    parser.add_argument("--flash-concurrency", type=int, default=150, help="flash sale: buyers in flight at once")
     args = parser.parse_args(argv)
     # One metric line per order on the console would cost more than the order (CloudWatch takes
     # them from the log stream on AWS, off the function's clock).
@@ -227,10 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         admin = {"Authorization": f"Bearer {tokens['admin']}"}
         customers = [{"Authorization": f"Bearer {token}"} for token in tokens["customers"].values()]
         stepfunctions = stack.client("stepfunctions")
-        _create_products(stack.api_url, admin)
-
         watcher = SagaWatcher()
         moto_events.execution_listeners.append(watcher)
+        if args.flash_sale:
+            return _run_flash_sales(stack, args, watcher)
+        _create_products(stack.api_url, admin)
         _shop(stack.api_url, customers, 3, 1, watcher)  # warm: modules imported, clients built
 
         # One shopper alone: the baseline, and how long a step's handler runs when it has a core

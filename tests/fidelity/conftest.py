@@ -69,10 +69,19 @@ class Backend:
         ).get("Item")
         return dict(item) if item else None
 
+    def shards(self, sku: str) -> dict[int, int]:
+        """The SKU's stock counters as stored: shard -> available."""
+        items = self.client.query(
+            TableName=self.table("StockTable"),
+            KeyConditionExpression="sku = :sku",
+            ExpressionAttributeValues={":sku": {"S": sku}},
+            ConsistentRead=True,
+        )["Items"]
+        return {int(item["shard"]["N"]): int(item["available"]["N"]) for item in items}
+
     def available(self, sku: str) -> int:
-        product = self.product(sku)
-        assert product is not None, f"product {sku} is missing"
-        return int(product["available"]["N"])
+        assert self.product(sku) is not None, f"product {sku} is missing"
+        return sum(self.shards(sku).values())
 
     def reservation_item(self, reservation_id: str) -> dict[str, Any] | None:
         item = self.client.get_item(

@@ -46,7 +46,11 @@ def test_reserving_counts_a_limited_line_and_nothing_else(backend: Backend) -> N
     assert (counted(backend, "c", "DROP"), counted(backend, "c", "MUG")) == (2, None)
     stored = backend.reservation_item("o-1")
     assert stored is not None and stored["customer_id"] == {"S": "c"}
-    assert stored["lines"]["L"][1]["M"] == {"sku": {"S": "MUG"}, "quantity": {"N": "1"}}
+    assert stored["lines"]["L"][1]["M"] == {
+        "sku": {"S": "MUG"},
+        "quantity": {"N": "1"},
+        "takes": {"L": [{"M": {"shard": {"N": "0"}, "quantity": {"N": "1"}}}]},
+    }
 
 
 def test_over_the_limit_the_transaction_changes_nothing_and_names_the_sku(backend: Backend) -> None:

@@ -96,8 +96,15 @@ def test_a_completed_order_can_be_refunded_over_http(stack: RunningStack) -> Non
     assert available(stack, sku) == 3
 
 
-def test_forty_concurrent_checkouts_of_ten_units_never_oversell(stack: RunningStack) -> None:
+@pytest.mark.parametrize("stock_shards", [1, 8])
+def test_forty_concurrent_checkouts_of_ten_units_never_oversell(stack: RunningStack, stock_shards: int) -> None:
     sku = create_product(stack, stock=10, price=700)
+    if stock_shards > 1:  # a hot product: the stock over several counters
+        patched = requests.patch(
+            stack.url(f"/products/{sku}"), headers=stack.auth("admin"), json={"stock_shards": stock_shards}, timeout=10
+        )
+        assert patched.status_code == 200 and patched.json()["stock_shards"] == stock_shards, patched.text
+        assert patched.json()["available"] == 10
     # Forty shoppers, one order each (one customer may have at most 5 orders in progress: 429).
     customers = [f"shopper-{index}" for index in range(40)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from chalice.test import Client
 from app import app
 from infra.local.identity import DevIdentityProvider
 from shop.domain import catalog as domain
+from shop.errors import StockWouldGoNegative
 from shop.models.catalog import CreateProductRequest, StockAdjustmentRequest
 from shop.repositories import catalog as repository
 from tests.conftest import LocalAws
@@ -74,7 +75,7 @@ class Api:
         """Every item of the catalog's tables, to show a request changed nothing."""
         dynamodb = self.aws.client("dynamodb")
         snapshot = {}
-        for logical_id in ("ProductsTable", "StockLedgerTable"):
+        for logical_id in ("ProductsTable", "StockTable", "StockLedgerTable"):
             items = dynamodb.scan(TableName=self.aws.table(logical_id), ConsistentRead=True)["Items"]
             snapshot[logical_id] = sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
         return snapshot
@@ -195,7 +196,12 @@ def test_the_stored_item_follows_the_shared_product_schema(api: Api) -> None:
     api.create("MUG-1", category="kitchen", amount=1299, stock=5)
     item = api.tables()["ProductsTable"][0]
     assert item["price_amount"] == {"N": "1299"} and item["price_currency"] == {"S": "USD"}
-    assert item["available"] == {"N": "5"} and item["active"] == {"BOOL": True}
+    assert "available" not in item and item["active"] == {"BOOL": True}
+    assert item["initial_stock"] == {"N": "5"} and item["stock_shards"] == {"N": "1"}
+    # The stock is a counter of its own (shard 0), so a sale writes neither the product nor its indexes.
+    assert api.tables()["StockTable"] == [
+        {"sku": {"S": "MUG-1"}, "shard": {"N": "0"}, "available": {"N": "5"}, "version": {"N": "1"}}
+    ]
     assert item["listing"] == {"S": "ACTIVE"} and item["listing_category"] == {"S": "kitchen"}
     assert item["version"] == {"N": "1"} and "created_at" in item and "updated_at" in item
 
@@ -369,19 +375,24 @@ def test_a_stock_adjustment_of_a_missing_product_is_404(api: Api) -> None:
 
 def test_a_stock_adjustment_retries_when_stock_moved_since_its_read(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     api.create("A", stock=5)
-    real_get = repository.get_product
+    real_shards = repository.stock_shards
     reads = []
 
     def stale_then_real(sku: str) -> Any:
-        product = real_get(sku)
-        reads.append(product)
-        if len(reads) == 1 and product is not None:
-            return product.model_copy(update={"available": 99})  # a read that lost a race
-        return product
+        counters = real_shards(sku)
+        reads.append(counters)
+        if len(reads) == 1:  # a read that lost a race: the shard had 99 then
+            return {number: replace(shard, available=99) for number, shard in counters.items()}
+        return counters
 
-    monkeypatch.setattr(repository, "get_product", stale_then_real)
+    monkeypatch.setattr(repository, "stock_shards", stale_then_real)
+    before = api.tables()
+    # The stale read allows taking 7; the shard's condition refuses, the re-read says 409.
+    with pytest.raises(StockWouldGoNegative):
+        domain.adjust_stock("A", StockAdjustmentRequest(delta=-7, reason="count"), actor="root")
+    assert len(reads) == 2 and api.tables() == before
     result = domain.adjust_stock("A", StockAdjustmentRequest(delta=-2, reason="count"), actor="root")
-    assert result.available == 3 and len(reads) == 2
+    assert result.available == 3
     assert [entry.available for entry in domain.stock_ledger("A")] == [3]
 
 

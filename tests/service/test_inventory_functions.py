@@ -17,7 +17,7 @@ from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import inventory
 from shop.errors import InventoryContention
-from shop.models.common import Line
+from shop.models.common import CheckoutLine
 from tests.conftest import LocalAws, seed_product
 
 RESERVE = "ReserveStockFunction"
@@ -63,10 +63,14 @@ def put_product(local_aws: LocalAws, sku: str, available: int) -> None:
 
 
 def available(local_aws: LocalAws, sku: str) -> int:
-    item = local_aws.client("dynamodb").get_item(
-        TableName=local_aws.table("ProductsTable"), Key={"sku": {"S": sku}}, ConsistentRead=True
-    )["Item"]
-    return int(item["available"]["N"])
+    """The sum of the SKU's stock shards, as stored."""
+    items = local_aws.client("dynamodb").query(
+        TableName=local_aws.table("StockTable"),
+        KeyConditionExpression="sku = :sku",
+        ExpressionAttributeValues={":sku": {"S": sku}},
+        ConsistentRead=True,
+    )["Items"]
+    return sum(int(item["available"]["N"]) for item in items)
 
 
 def reservations(local_aws: LocalAws) -> dict[str, dict[str, Any]]:
@@ -94,6 +98,7 @@ def test_reserve_commit_and_release_through_lambda(stocked: LocalAws) -> None:
     reserved = ok(stocked, RESERVE, event)
     assert set(reserved) == {"reservation_id", "order_id", "status", "lines", "expires_at"}
     assert reserved["status"] == "RESERVED"
+    # The step answers (sku, quantity); the shards each line took stay on the stored reservation.
     assert reserved["lines"] == [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]
     assert isinstance(reserved["expires_at"], int) and reserved["expires_at"] > time.time()
     assert (available(stocked, "A"), available(stocked, "B")) == (3, 0)
@@ -203,7 +208,7 @@ def test_every_step_delivered_twice_changes_stock_once(stocked: LocalAws) -> Non
 def test_the_scheduled_sweeper_returns_expired_holds(stocked: LocalAws) -> None:
     ttl = int(stocked.stack.function_environments[SWEEP]["RESERVATION_TTL_SECONDS"])
     past = int(time.time()) - ttl - 60
-    inventory.reserve("expired", "expired", [Line(sku="A", quantity=2)], now=past)
+    inventory.reserve("expired", "expired", [CheckoutLine(sku="A", quantity=2)], now=past)
     ok(stocked, RESERVE, reserve_event("current", A=1))
     assert available(stocked, "A") == 2
 
@@ -235,6 +240,6 @@ def test_a_transaction_conflict_is_retryable_contention(stocked: LocalAws, reaso
             modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": reason}]},
         )
         with pytest.raises(InventoryContention):
-            inventory.reserve("order-1", "order-1", [Line(sku="A", quantity=1)])
+            inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
     assert reservations(stocked) == {}
     assert available(stocked, "A") == 5

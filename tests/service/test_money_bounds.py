@@ -39,7 +39,7 @@ def _scan(shop: Shop, logical_id: str) -> list[dict[str, Any]]:
 
 def _stored(shop: Shop) -> dict[str, list[dict[str, Any]]]:
     """Everything an order placement or a stock adjustment could have written."""
-    return {table: _scan(shop, table) for table in ("OrdersTable", "ProductsTable", "StockLedgerTable")}
+    return {table: _scan(shop, table) for table in ("OrdersTable", "ProductsTable", "StockTable", "StockLedgerTable")}
 
 
 def _assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:

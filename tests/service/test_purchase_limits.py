@@ -125,7 +125,17 @@ def test_an_unlimited_order_writes_no_counter_and_stores_nothing_more(shop: Shop
     )["Item"]
     assert "purchase_limits" not in stored_order
     assert "customer_id" not in reservation
-    assert reservation["lines"] == {"L": [{"M": {"sku": {"S": "MUG-1"}, "quantity": {"N": "2"}}}]}
+    assert reservation["lines"] == {
+        "L": [
+            {
+                "M": {
+                    "sku": {"S": "MUG-1"},
+                    "quantity": {"N": "2"},
+                    "takes": {"L": [{"M": {"shard": {"N": "0"}, "quantity": {"N": "2"}}}]},
+                }
+            }
+        ]
+    }
 
 
 def test_a_limit_set_later_applies_to_orders_placed_later(shop: Shop, local_aws: LocalAws) -> None:

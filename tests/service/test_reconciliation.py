@@ -107,8 +107,8 @@ def test_a_payment_ledger_behind_the_provider_is_repaired(shop: Shop, local_aws:
 def _drift_stock(local_aws: LocalAws, units: int) -> None:
     """Stock changed behind the ledgers' back: no reservation, no audited adjustment."""
     aws.dynamodb().update_item(
-        TableName=local_aws.table("ProductsTable"),
-        Key={"sku": {"S": "MUG-1"}},
+        TableName=local_aws.table("StockTable"),
+        Key={"sku": {"S": "MUG-1"}, "shard": {"N": "0"}},
         UpdateExpression="SET available = available + :units",
         ExpressionAttributeValues={":units": {"N": str(units)}},
     )

@@ -144,6 +144,21 @@ def test_a_claim_that_keeps_failing_ends_the_execution_before_any_effect_and_rec
     assert shop.dead_letter(order_id) is None or workflow_type == "STANDARD"
 
 
+def test_a_refund_whose_claim_keeps_failing_ends_before_any_effect(shop: Shop, faults: StepFaults) -> None:
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    faults.fail("ClaimOrderFunction", Down)
+
+    assert shop.cancel(order_id).status_code == 202
+
+    assert shop.wait_refund(order_id) == "FAILED"
+    (run,) = executions_of(shop, "RefundStateMachine", f"refund-{order_id}")
+    assert states_entered(shop, run["executionArn"]) == ["ClaimOrder", "ClaimFailed"]
+    ledger = provider_ledger(order_id)
+    assert ledger is not None and ledger.of_kind("refund") == []  # nothing refunded
+    assert available("MUG-1") == STOCK - QUANTITY  # nor any stock returned
+
+
 @pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
 def test_the_sweeper_settles_an_express_saga_that_stopped_after_its_claim_once_none_can_still_run(
     shop: Shop, local_aws: LocalAws, faults: StepFaults

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from shop.aws import CapacityMeter
+from shop.aws import CapacityMeter, KeySchema
 
 
 def _metered(meter: CapacityMeter, operation: str, params: dict[str, Any], consumed: Any) -> None:
@@ -48,3 +48,78 @@ def test_units_are_summed_per_direction_and_per_request_kind_and_table() -> None
     meter.reset()
     assert not meter.units_by_table and not meter.requests_by_table and not meter.units_by_target
     assert meter.write_units == 0.0
+
+
+def _write(meter: CapacityMeter, operation: str, params: dict[str, Any]) -> None:
+    context: dict[str, Any] = {}
+    meter._ask_for_capacity(params, context, model=SimpleNamespace(name=operation))
+    meter._record({}, SimpleNamespace(name=operation), context)
+
+
+def test_write_units_are_counted_per_item_key_and_index_partition() -> None:
+    meter = CapacityMeter(
+        enabled=True,
+        schemas={
+            "Stock": KeySchema(keys=("sku", "shard")),
+            "Holds": KeySchema(keys=("id",), indexes={"ByExpiry": "held"}),
+        },
+    )
+    take = {
+        "Update": {
+            "TableName": "Stock",
+            "Key": {"sku": {"S": "A"}, "shard": {"N": "3"}},
+            "UpdateExpression": "SET #a = #a - :q",
+            "ExpressionAttributeNames": {"#a": "available"},
+        }
+    }
+    hold = {"Put": {"TableName": "Holds", "Item": {"id": {"S": "h1"}, "held": {"S": "HELD#2"}}}}
+    _write(meter, "TransactWriteItems", {"TransactItems": [hold, take]})
+    # A failed attempt is charged too (the meter counts what was sent).
+    _write(meter, "UpdateItem", {"TableName": "Stock", **take["Update"]})
+    # The hold leaves the index: its old partition is written once more.
+    _write(
+        meter,
+        "UpdateItem",
+        {"TableName": "Holds", "Key": {"id": {"S": "h1"}}, "UpdateExpression": "SET s = :s REMOVE held"},
+    )
+    _write(meter, "GetItem", {"TableName": "Stock", "Key": {"sku": {"S": "A"}, "shard": {"N": "3"}}})
+
+    assert dict(meter.units_by_key) == {
+        "Stock sku=A shard=3": 3,
+        "Holds id=h1": 3,
+        "Holds/ByExpiry HELD#2": 2,
+    }
+    assert sum(meter.units_by_key_second.values()) == 8
+    meter.reset()
+    assert not meter.units_by_key and not meter.units_by_key_second
+
+
+def test_an_update_that_sets_a_sparse_index_key_writes_that_partition() -> None:
+    meter = CapacityMeter(enabled=True, schemas={"Orders": KeySchema(keys=("id",), indexes={"ByOutcome": "outcome"})})
+    for order in ("o1", "o2"):
+        _write(meter, "PutItem", {"TableName": "Orders", "Item": {"id": {"S": order}, "status": {"S": "PENDING"}}})
+        _write(
+            meter,
+            "UpdateItem",
+            {
+                "TableName": "Orders",
+                "Key": {"id": {"S": order}},
+                "UpdateExpression": "SET #s = :to, outcome = :to, #v = #v + :one",
+                "ExpressionAttributeNames": {"#s": "status", "#v": "version"},
+                "ExpressionAttributeValues": {":to": {"S": "CANCELLED"}, ":one": {"N": "1"}},
+            },
+        )
+    # Not an assignment of a value: the entry it would write is unknown, so none is counted.
+    _write(
+        meter,
+        "UpdateItem",
+        {
+            "TableName": "Orders",
+            "Key": {"id": {"S": "o3"}},
+            "UpdateExpression": "SET outcome = if_not_exists(outcome, :to)",
+            "ExpressionAttributeValues": {":to": {"S": "REFUNDED"}},
+        },
+    )
+
+    assert meter.units_by_key["Orders/ByOutcome CANCELLED"] == 2
+    assert "Orders/ByOutcome REFUNDED" not in meter.units_by_key

@@ -114,6 +114,24 @@ def test_only_the_refund_keeps_purchase_units_when_releasing() -> None:
         parse_event(ReleaseReservation, {"order_id": "order-1", "frees_purchase_units": "no"})
 
 
+def test_a_line_taking_from_several_shards_is_named_once() -> None:
+    # A's units come from two shards, so two actions; both short names A once.
+    codes = ["None", "ConditionalCheckFailed", "ConditionalCheckFailed", "None"]
+    assert classify_cancellation(codes, ["A", "A", "B"]) == CancellationVerdict(failed_skus=["A"])
+
+
+def test_purchase_counter_reasons_come_after_every_shard_take() -> None:
+    # A takes from two shards and B from one (three stock actions), then A's counter: a short
+    # shard and a refused counter are told apart.
+    codes = ["None", "None", "ConditionalCheckFailed", "None", "ConditionalCheckFailed"]
+    assert classify_cancellation(codes, ["A", "A", "B"], ["A"]) == CancellationVerdict(
+        failed_skus=["A"], over_limit_skus=["A"]
+    )
+    assert classify_cancellation(
+        ["None", "None", "None", "None", "ConditionalCheckFailed"], ["A", "A", "B"], ["A"]
+    ) == (CancellationVerdict(over_limit_skus=["A"]))
+
+
 def reserve_event(**overrides: Any) -> dict[str, Any]:
     return {
         "order_id": "order-1",
@@ -125,6 +143,7 @@ def reserve_event(**overrides: Any) -> dict[str, Any]:
 def test_reserve_event_accepts_the_saga_correlation_ids() -> None:
     event = parse_event(ReserveStock, reserve_event(execution_name="exec-1"))
     assert event.lines == [CheckoutLine(sku="SKU_1", quantity=2), CheckoutLine(sku="sku-2", quantity=100)]
+    assert [line.stock_shards for line in event.lines] == [1, 1]  # an event without the snapshot: one shard
     assert event.execution_name == "exec-1"
     assert event.customer_id is None
 
@@ -143,6 +162,8 @@ def test_reserve_event_accepts_the_saga_correlation_ids() -> None:
         (reserve_event(lines=[{"sku": "A", "quantity": "1"}]), "lines.0.quantity"),
         (reserve_event(lines=[{"sku": "A", "quantity": True}]), "lines.0.quantity"),
         (reserve_event(lines=[{"sku": "A" * 65, "quantity": 1}]), "lines.0.sku"),
+        (reserve_event(lines=[{"sku": "A", "quantity": 1, "stock_shards": 0}]), "lines.0.stock_shards"),
+        (reserve_event(lines=[{"sku": "A", "quantity": 1, "stock_shards": 51}]), "lines.0.stock_shards"),
         (reserve_event(lines=[{"sku": "A", "quantity": 1, "price": 3}]), "lines.0.price"),
         (reserve_event(lines=[{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 2}]), "lines"),
         (reserve_event(order_id="has space"), "order_id"),

@@ -189,3 +189,17 @@ def test_placing_an_order_declares_the_wait_preference_and_both_answers(document
     assert prefer["required"] is False and prefer["schema"]["enum"] == [f"wait={n}" for n in range(1, 11)]
     assert set(operation["responses"]["201"]["headers"]) == {"Location", "Preference-Applied"}
     assert set(operation["responses"]["202"]["headers"]) == {"Location"}
+
+
+def test_the_shard_count_is_declared_with_its_bounds_and_shown_on_products(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    shards = schemas["UpdateProductRequest"]["properties"]["stock_shards"]
+    assert (shards["type"], shards["minimum"], shards["maximum"]) == ("integer", 1, 50)
+    assert "anyOf" not in shards and "default" not in shards
+    product = schemas["Product"]
+    assert product["properties"]["stock_shards"]["type"] == "integer"
+    assert {"stock_shards", "available"} <= set(product["required"])
+    for bad in ('{"stock_shards": 0}', '{"stock_shards": 51}', '{"stock_shards": null}', '{"stock_shards": "2"}'):
+        with pytest.raises(ValidationError):
+            UpdateProductRequest.model_validate_json(bad)
+    assert UpdateProductRequest.model_validate_json('{"stock_shards": 50}').changes() == {"stock_shards": 50}

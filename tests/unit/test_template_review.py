@@ -23,20 +23,22 @@ from infra.local.template import API_HANDLER, REPO_ROOT, load_template
 
 RUNTIME = "python3.12"
 # The tables holding the books (see the comment above ProductsTable in infra/template.yaml).
-MONEY_TABLES = ("ProductsTable", "StockLedgerTable", "OrdersTable", "PaymentsTable")
+MONEY_TABLES = ("ProductsTable", "StockTable", "StockLedgerTable", "OrdersTable", "PaymentsTable")
 # What generates the packaged template's text (the layer's files only change the artifacts).
 _TEMPLATE_INPUTS = ("app.py", "chalicelib", ".chalice/config.json", "infra/template.yaml", "infra/package.py")
 # Where code scans: the reconciliation's audit (shop.repositories.audit) reads whole tables, the
 # operators' console lists orders and stock without a key (shop.repositories.orders, .catalog); the
 # orphan sweeper scans the sparse OrdersInProgress index, which holds only the open orders.
-AUDITED = ("ProductsTable", "StockLedgerTable", "ReservationsTable", "OrdersTable", "PaymentsTable")
+AUDITED = ("ProductsTable", "StockTable", "StockLedgerTable", "ReservationsTable", "OrdersTable", "PaymentsTable")
 SCANNING = {("ReconcileBooksFunctionRole", table) for table in AUDITED} | {
     ("APIHandlerDataAccess", "OrdersTable"),
     ("APIHandlerDataAccess", "ProductsTable"),
+    ("APIHandlerDataAccess", "StockTable"),
     ("ResumeOrphanedOrdersFunctionRole", "OrdersTable"),
 }
 # Powertools' idempotency store deletes its record when the handler fails, so it can be retried.
-DELETING = {("APIHandlerDataAccess", "IdempotencyTable")}
+# Resharding a SKU down deletes its shards above the new count (their stock moved to the others).
+DELETING = {("APIHandlerDataAccess", "IdempotencyTable"), ("APIHandlerDataAccess", "StockTable")}
 
 
 def _newest_input() -> float:

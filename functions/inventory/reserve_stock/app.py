@@ -1,6 +1,6 @@
 """Saga step: reserve every line's stock for an order, all or nothing.
 
-ReservationsTable + ProductsTable, and PurchaseCountsTable for lines with a purchase limit.
+ReservationsTable + StockTable, and PurchaseCountsTable for lines with a purchase limit.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ class TableSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True)
 
     products_table: str
+    stock_table: str
     stock_ledger_table: str
     reservations_table: str
     orders_table: str

@@ -1,7 +1,11 @@
-"""Catalog rules: list, read, create and change products; audited stock adjustments.
+"""Catalog rules: list, read, create and change products; audited stock adjustments; resharding.
 
 Plain functions over pydantic models, used by the HTTP API (chalicelib/catalog.py), the demo
-seeder (``create_product``) and order placement (``get_products``, a batch read).
+seeder (``create_product``) and order placement (``get_products_for_sale``, a batch read).
+
+A SKU's stock is the sum of its ``stock_shards`` counters (``shop.repositories.stock``): a
+reshard moves the units onto the new count in one transaction conditioned on every counter's
+version, an adjustment adds to the emptiest counters or takes from the fullest.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from shop.domain import stock_shards
 from shop.errors import ProductNotFound, StockWouldExceedMaximum, StockWouldGoNegative, TransientError
 from shop.models.base import iso_now
 from shop.models.catalog import (
     MAX_STOCK,
     CreateProductRequest,
     Product,
+    ProductInfo,
     ProductListQuery,
     ProductPage,
     StockAdjustmentRequest,
@@ -24,6 +30,7 @@ from shop.models.catalog import (
 )
 from shop.pagination import decode_token, encode_token
 from shop.repositories import catalog as repository
+from shop.repositories import stock
 from shop.repositories.catalog import LISTING_ACTIVE, ConditionFailed
 
 LISTING = "products"
@@ -49,8 +56,14 @@ def get_product(sku: str) -> Product:
 
 
 def get_products(skus: Iterable[str]) -> dict[str, Product]:
-    """The existing products among ``skus`` by SKU, active or not (the caller decides); one batch read."""
+    """The existing products among ``skus`` by SKU, active or not (the caller decides), with their stock."""
     return repository.get_products(skus)
+
+
+def get_products_for_sale(skus: Iterable[str]) -> dict[str, ProductInfo]:
+    """``get_products`` without the stock: order placement prices lines and reads no counter, so a
+    flash sale's placements do not read the hot SKU's shards (the reservation finds out)."""
+    return repository.get_product_infos(skus)
 
 
 def create_product(request: CreateProductRequest) -> Product:
@@ -71,7 +84,7 @@ def create_product(request: CreateProductRequest) -> Product:
     return product
 
 
-def _listing_changes(current: Product, active: bool, category: str) -> tuple[dict[str, Any], list[str]]:
+def _listing_changes(current: ProductInfo, active: bool, category: str) -> tuple[dict[str, Any], list[str]]:
     """The listing attributes that keep the sparse indexes in step with ``active`` and ``category``."""
     if not active:
         return {}, ["listing", "listing_category"] if current.active else []
@@ -81,10 +94,13 @@ def _listing_changes(current: Product, active: bool, category: str) -> tuple[dic
 
 
 def update_product(sku: str, request: UpdateProductRequest) -> Product:
-    """Apply a PATCH; deactivating takes the product off the listings. ProductNotFound (404)."""
+    """Apply a PATCH; deactivating takes the product off the listings; ``stock_shards`` moves the
+    stock onto that many counters in the same transaction. ProductNotFound (404)."""
     changes = request.changes()
     for _ in range(_ATTEMPTS):
-        current = get_product(sku)
+        current = repository.get_product_info(sku)
+        if current is None:
+            raise ProductNotFound(f"no product with SKU {sku}")
         set_values: dict[str, Any] = {"updated_at": iso_now()}
         for name in ("name", "description", "category", "active"):
             if name in changes:
@@ -102,18 +118,48 @@ def update_product(sku: str, request: UpdateProductRequest) -> Product:
                 remove = [*remove, "purchase_limit"]
             else:
                 set_values["purchase_limit"] = changes["purchase_limit"]
+        # Only what the listing attributes (and the shard count) were derived from must be
+        # unchanged; stock moves by the inventory service meanwhile do not matter to a PATCH.
+        expect = {"active": current.active, "category": current.category}
         try:
-            # Only what the listing attributes were derived from must be unchanged; stock moves
-            # by the inventory service meanwhile do not matter to a PATCH.
-            return repository.update_product(
-                sku,
-                set_values=set_values,
-                remove=remove,
-                expect={"active": current.active, "category": current.category},
-            )
+            if changes.get("stock_shards", current.stock_shards) == current.stock_shards:
+                repository.update_product(sku, set_values=set_values, remove=remove, expect=expect)
+            else:
+                _reshard(sku, changes["stock_shards"], set_values, remove, expect, current.stock_shards)
         except ConditionFailed:
-            continue
+            continue  # the product or a counter changed since the read: decide again
+        return get_product(sku)
     raise TransientError(f"product {sku} is changing too often to update; retry")
+
+
+def _reshard(
+    sku: str, shards: int, set_values: dict[str, Any], remove: list[str], expect: dict[str, Any], current_shards: int
+) -> None:
+    """Move the SKU's units onto ``shards`` counters with the PATCH's other changes, all or nothing.
+
+    Each counter's new value is written on the condition that its version is still the one read,
+    and a counter left as it was is checked too: a sale or release in between cancels the
+    transaction, so the total moved is exactly the total read. Removed counters are deleted.
+    """
+    counters = repository.stock_shards(sku)
+    target = stock_shards.reshard({number: shard.available for number, shard in counters.items()}, shards)
+    actions: list[dict[str, Any]] = []
+    for number, units in target.items():
+        existing = counters.get(number)
+        if existing is None:
+            actions.append(stock.create(sku, number, units))
+        elif existing.available == units:
+            actions.append(stock.unchanged(sku, existing))
+        else:
+            actions.append(stock.replace(sku, existing, units))
+    actions += [stock.remove(sku, shard) for number, shard in sorted(counters.items()) if number not in target]
+    repository.update_product_and_stock(
+        sku,
+        set_values={**set_values, "stock_shards": shards},
+        remove=remove,
+        expect={**expect, "stock_shards": current_shards},
+        stock_actions=actions,
+    )
 
 
 def _entry_id(at: str) -> str:
@@ -124,25 +170,45 @@ def _entry_id(at: str) -> str:
 def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Product:
     """Add ``delta`` to ``available`` and audit it in the stock ledger, in one transaction.
 
+    An increase goes to the emptiest shards, a decrease comes from the fullest (each conditioned on
+    the units being there), so a restock during a flash sale does not wait for the sale to pause.
     StockWouldGoNegative (409) if ``available`` would drop below zero, StockWouldExceedMaximum
     (409) if an increase would take it above ``MAX_STOCK``: nothing changes then.
     ProductNotFound (404) for an unknown SKU.
     """
     for _ in range(_ATTEMPTS):
-        current = get_product(sku)
-        resulting = current.available + request.delta
+        info = repository.get_product_info(sku)
+        if info is None:
+            raise ProductNotFound(f"no product with SKU {sku}")
+        counters = {
+            number: shard.available
+            for number, shard in repository.stock_shards(sku).items()
+            if number < info.stock_shards
+        }
+        available = sum(counters.values())
+        resulting = available + request.delta
         if resulting < 0:
-            raise StockWouldGoNegative(
-                f"{current.available} available; a change of {request.delta} would leave {resulting}"
-            )
+            raise StockWouldGoNegative(f"{available} available; a change of {request.delta} would leave {resulting}")
         # Only increases are refused: stock returned by released reservations may have taken
         # ``available`` above the maximum, and bringing it down must stay possible.
         if request.delta > 0 and resulting > MAX_STOCK:
             raise StockWouldExceedMaximum(
-                f"{current.available} available; a change of {request.delta} would make {resulting}, "
+                f"{available} available; a change of {request.delta} would make {resulting}, "
                 f"more than the maximum {MAX_STOCK}",
-                errors=[{"field": "delta", "message": f"at most {max(MAX_STOCK - current.available, 0)} here"}],
+                errors=[{"field": "delta", "message": f"at most {max(MAX_STOCK - available, 0)} here"}],
             )
+        if not counters:
+            continue  # a reshard is moving the counters: read again
+        if request.delta > 0:
+            actions = [
+                stock.give(sku, number, units)
+                for number, units in stock_shards.plan_increase(counters, request.delta).items()
+            ]
+        else:
+            decrease = stock_shards.plan_decrease(counters, -request.delta)
+            if decrease is None:  # counters beyond the shard count are being moved: read again
+                continue
+            actions = [stock.take(sku, number, units) for number, units in decrease.items()]
         at = iso_now()
         entry = StockLedgerEntry(
             sku=sku,
@@ -154,10 +220,10 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
             available=resulting,
         )
         try:
-            repository.record_stock_adjustment(entry, expected_available=current.available, updated_at=at)
+            repository.record_stock_adjustment(entry, stock_actions=actions, updated_at=at)
         except ConditionFailed:
-            continue  # stock moved (or the product vanished) since the read: decide again
-        return current.model_copy(update={"available": resulting, "updated_at": at})
+            continue  # a sale emptied a counter (or a reshard moved them) since the read: decide again
+        return Product.of(info.model_copy(update={"updated_at": at}), resulting)
     raise TransientError(f"stock of {sku} is changing too often to adjust; retry")
 
 

@@ -4,15 +4,24 @@ The checkout saga calls ``reserve`` (reservation id = order id), then ``commit``
 ``release`` to compensate; the refund saga calls ``release`` to return sold stock; the scheduled
 sweeper calls ``release_expired``. Each is idempotent: a repeated call changes nothing more and
 answers with the reservation as it now stands.
+
+Stock is sharded (``shop.domain.stock_shards``): a line first tries one shard picked at random
+among the SKU's count as the order recorded it, with no read. Only when that shard lacks the
+units are the SKU's shards read (one Query) and the line planned over the shards that have
+them, several if no single one suffices; OUT_OF_STOCK only when the sum is short. The
+reservation records the shard(s) each line took; a release returns the units there, or to
+shard 0 when a reshard has removed that shard.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shop.config import inventory_settings
+from shop.domain import stock_shards
 from shop.errors import (
     InventoryContention,
     OutOfStock,
@@ -23,10 +32,11 @@ from shop.errors import (
     ShopError,
 )
 from shop.models.base import iso_now
-from shop.models.common import CheckoutLine, Line
-from shop.models.inventory import Reservation, ReservationResult, StoredLine, SweepResult
+from shop.models.common import CheckoutLine
+from shop.models.inventory import Reservation, ReservationResult, ShardTake, StoredLine, SweepResult
 from shop.observability import logger
 from shop.repositories import inventory as repository
+from shop.repositories import stock
 from shop.repositories.inventory import CancellationReason
 
 # A released reservation is kept this long (then DynamoDB TTL deletes it) so late duplicate
@@ -40,6 +50,13 @@ _ATTEMPTS = 3
 
 # How many expired holds one sweep releases; the next scheduled run takes the rest.
 SWEEP_LIMIT = 500
+
+# Rounds of "try the planned shards; read the short SKUs' shards and plan again" before the
+# saga's Retry takes over: each round after the first follows a fresh read, so only a shard
+# emptied between that read and the write sends it round again.
+_RESERVE_ROUNDS = 4
+# TransactWriteItems' limit: the reservation plus every take must fit.
+MAX_TRANSACTION_ACTIONS = 100
 
 _CONTENTION_REASONS = frozenset(
     {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
@@ -63,10 +80,11 @@ def classify_cancellation(
 ) -> CancellationVerdict:
     """Read DynamoDB's CancellationReasons codes, which line up with the actions sent.
 
-    ``codes[0]`` belongs to the reservation item, ``codes[i]`` to ``skus[i - 1]`` and the codes
-    after those to ``limited_skus`` (the purchase counters), in order. ConditionalCheckFailed on a
-    stock action means that SKU lacked stock (or does not exist); on a counter, that the customer
-    would exceed the SKU's purchase limit.
+    ``codes[0]`` belongs to the reservation item, ``codes[i]`` to ``skus[i - 1]``, the SKU of the
+    i-th stock action (a line taking from several shards has several), and the codes after those
+    to ``limited_skus`` (the purchase counters), in order. ConditionalCheckFailed on a stock action
+    means that shard lacked stock (or does not exist), each SKU named once; on a counter, that the
+    customer would exceed the SKU's purchase limit.
     """
     expected = 1 + len(skus) + len(limited_skus)
     if len(codes) != expected:
@@ -83,7 +101,8 @@ def classify_cancellation(
             if index == 0:
                 reservation_failed = True
             elif index <= len(skus):
-                failed.append(skus[index - 1])
+                if skus[index - 1] not in failed:
+                    failed.append(skus[index - 1])
             else:
                 over_limit.append(limited_skus[index - 1 - len(skus)])
         elif code in _CONTENTION_REASONS:
@@ -109,72 +128,102 @@ def _existing_after_conflict(reservation_id: str, reasons: Sequence[Cancellation
     return repository.to_reservation(stored) if stored else repository.get_reservation(reservation_id)
 
 
-def _limit_of(line: Line) -> int | None:
-    return line.purchase_limit if isinstance(line, CheckoutLine) else None
-
-
 def reserve(
     reservation_id: str,
     order_id: str,
-    lines: Sequence[Line],
+    lines: Sequence[CheckoutLine],
     *,
     customer_id: str | None = None,
     now: int | None = None,
+    rng: random.Random | None = None,
 ) -> ReservationResult:
     """Take every line's stock and record the reservation, all or nothing.
 
-    A line with a ``purchase_limit`` (a CheckoutLine) also counts its units for ``customer_id``
+    A line with a ``purchase_limit`` also counts its units for ``customer_id``
     in the same transaction, within the limit. Raises PurchaseLimitExceeded naming every SKU the
     customer would hold too many of, OutOfStock naming every short SKU (nothing changes either
     way), ReservationConflict if the id is already used for other lines, InventoryContention when
     worth retrying. A retry of the same request answers with the reservation as stored.
     """
-    limited = [line for line in lines if _limit_of(line) is not None]
+    limited = [line for line in lines if line.purchase_limit is not None]
     if limited and customer_id is None:
         raise ShopError(f"reservation {reservation_id} has limited lines but no customer to count them for")
     issued_at = _now() if now is None else now
     stamp = iso_now()
-    reservation = Reservation(
-        reservation_id=reservation_id,
-        order_id=order_id,
-        # Stored only when it matters: a reservation without limited lines is what it always was.
-        customer_id=customer_id if limited else None,
-        lines=[StoredLine(sku=line.sku, quantity=line.quantity, purchase_limit=_limit_of(line)) for line in lines],
-        status="RESERVED",
-        expires_at=issued_at + inventory_settings().reservation_ttl_seconds,
-        created_at=stamp,
-        updated_at=stamp,
-    )
+    plan = {
+        line.sku: [ShardTake(shard=stock_shards.pick_shard(line.stock_shards, rng), quantity=line.quantity)]
+        for line in lines
+    }
     # A line over its limit by itself never fits (the API refuses it; this is for any other caller).
-    alone_over = [line.sku for line in reservation.limited_lines if line.quantity > (line.purchase_limit or 0)]
+    alone_over = [line.sku for line in limited if line.quantity > (line.purchase_limit or 0)]
     if alone_over:
         raise PurchaseLimitExceeded(alone_over)
-    try:
-        repository.create_reservation(reservation)
-    except repository.TransactionCancelled as cancelled:
-        verdict = classify_cancellation(
-            [r.code for r in cancelled.reasons],
-            [line.sku for line in lines],
-            [line.sku for line in reservation.limited_lines],
+    for _ in range(_RESERVE_ROUNDS):
+        reservation = Reservation(
+            reservation_id=reservation_id,
+            order_id=order_id,
+            # Stored only when it matters: a reservation without limited lines is what it always was.
+            customer_id=customer_id if limited else None,
+            lines=[
+                StoredLine(
+                    sku=line.sku, quantity=line.quantity, takes=plan[line.sku], purchase_limit=line.purchase_limit
+                )
+                for line in lines
+            ],
+            status="RESERVED",
+            expires_at=issued_at + inventory_settings().reservation_ttl_seconds,
+            created_at=stamp,
+            updated_at=stamp,
         )
-        if verdict.reservation_failed:
-            existing = _existing_after_conflict(reservation_id, cancelled.reasons)
-            if existing is None:  # purged between the write and the read: a fresh try decides
-                raise InventoryContention("reservation changed while reserving; retry") from None
-            if existing.order_id == order_id and existing.same_lines(list(lines)):
-                return ReservationResult.of(existing)
-            raise ReservationConflict(
-                f"reservation {reservation_id} already exists with other lines", reservation_id=reservation_id
-            ) from None
-        if verdict.contention:
-            raise InventoryContention("stock is being changed concurrently; retry") from None
-        # The customer's own limit first: that order could never have been filled for them.
-        if verdict.over_limit_skus:
-            raise PurchaseLimitExceeded(verdict.over_limit_skus) from None
-        if verdict.failed_skus:
-            raise OutOfStock(verdict.failed_skus) from None
-        raise ShopError(f"reservation cancelled unexpectedly: {verdict.unexpected}") from None
-    return ReservationResult.of(reservation)
+        if 1 + sum(len(takes) for takes in plan.values()) + len(limited) > MAX_TRANSACTION_ACTIONS:
+            # Only stock scattered in small remainders over many shards of many lines gets here;
+            # a restock (which fills the emptiest shards) or a reshard gathers it again.
+            raise InventoryContention("the order's stock is spread over too many shards for one transaction; retry")
+        try:
+            repository.create_reservation(reservation)
+        except repository.TransactionCancelled as cancelled:
+            verdict = classify_cancellation(
+                [r.code for r in cancelled.reasons],
+                repository.take_skus(reservation),
+                [line.sku for line in reservation.limited_lines],
+            )
+            if verdict.reservation_failed:
+                existing = _existing_after_conflict(reservation_id, cancelled.reasons)
+                if existing is None:  # purged between the write and the read: a fresh try decides
+                    raise InventoryContention("reservation changed while reserving; retry") from None
+                if existing.order_id == order_id and existing.same_lines(list(lines)):
+                    return ReservationResult.of(existing)
+                raise ReservationConflict(
+                    f"reservation {reservation_id} already exists with other lines", reservation_id=reservation_id
+                ) from None
+            if verdict.contention:
+                raise InventoryContention("stock is being changed concurrently; retry") from None
+            # The customer's own limit first: that order could never have been filled for them.
+            if verdict.over_limit_skus:
+                raise PurchaseLimitExceeded(verdict.over_limit_skus) from None
+            if verdict.failed_skus:
+                quantities = {line.sku: line.quantity for line in lines}
+                short = _replan(plan, {sku: quantities[sku] for sku in verdict.failed_skus}, rng)
+                if short:
+                    raise OutOfStock(short) from None
+                continue
+            raise ShopError(f"reservation cancelled unexpectedly: {verdict.unexpected}") from None
+        return ReservationResult.of(reservation)
+    raise InventoryContention("the shards kept emptying while reserving; retry")
+
+
+def _replan(plan: dict[str, list[ShardTake]], wanted: Mapping[str, int], rng: random.Random | None) -> list[str]:
+    """Plan each of ``wanted`` (SKU -> quantity) over the shards that have units now; the SKUs whose
+    shards together are short (none of them changes ``plan``)."""
+    short = []
+    for sku, quantity in wanted.items():
+        counters = stock.shards(sku, busy=InventoryContention)
+        takes = stock_shards.plan_takes({number: shard.available for number, shard in counters.items()}, quantity, rng)
+        if takes is None:
+            short.append(sku)
+        else:
+            plan[sku] = takes
+    return short
 
 
 def commit(reservation_id: str) -> ReservationResult:
@@ -198,10 +247,23 @@ def commit(reservation_id: str) -> ReservationResult:
     raise InventoryContention(f"reservation {reservation_id} kept changing; retry")
 
 
+def _returns(reservation: Reservation, existing: Mapping[str, set[int]]) -> list[tuple[str, int, int]]:
+    """Where each line's units go back: the shard they came from, or shard 0 when ``existing``
+    (the SKU's shards as read after a release failed) no longer has it; one action per shard."""
+    returns: dict[tuple[str, int], int] = {}
+    for line in reservation.lines:
+        for take in line.shard_takes():
+            known = existing.get(line.sku)
+            shard = take.shard if known is None or take.shard in known else 0
+            returns[(line.sku, shard)] = returns.get((line.sku, shard), 0) + take.quantity
+    return [(sku, shard, quantity) for (sku, shard), quantity in returns.items()]
+
+
 def _release(
     reservation_id: str, *, only_if_reserved: bool, now: int, frees_purchase_units: bool = True
 ) -> tuple[ReservationResult, bool]:
     """Release and return stock (and, with ``frees_purchase_units``, the counted units); True if this call did it."""
+    existing: dict[str, set[int]] = {}  # the shards of SKUs whose return failed, as read since
     for _ in range(_ATTEMPTS):
         current = repository.get_reservation(reservation_id)
         if current is None:
@@ -211,18 +273,20 @@ def _release(
         stamp = iso_now()
         purge_at = now + RELEASED_RETENTION_SECONDS
         freed = current.limited_lines if frees_purchase_units else []
+        returns = _returns(current, existing)
         try:
             repository.release_reservation(
                 current,
                 expected=current.status,
                 updated_at=stamp,
                 purge_at=purge_at,
+                returns=returns,
                 frees_purchase_units=frees_purchase_units,
             )
         except repository.TransactionCancelled as cancelled:
             verdict = classify_cancellation(
                 [r.code for r in cancelled.reasons],
-                [line.sku for line in current.lines],
+                [sku for sku, _, _ in returns],
                 [line.sku for line in freed],
             )
             if verdict.reservation_failed:
@@ -230,11 +294,17 @@ def _release(
             if verdict.contention:
                 raise InventoryContention("stock is being changed concurrently; retry") from None
             if verdict.failed_skus:
-                # Products are deactivated, never deleted; a missing one is a data error to look at.
-                raise ReservationConflict(
-                    f"cannot return stock to missing products: {', '.join(verdict.failed_skus)}",
-                    reservation_id=reservation_id,
-                ) from None
+                missing = [sku for sku in verdict.failed_skus if 0 in existing.get(sku, {0})]
+                if not missing:
+                    # Products are deactivated, never deleted, and shard 0 never goes: a data error to look at.
+                    raise ReservationConflict(
+                        f"cannot return stock to missing products: {', '.join(verdict.failed_skus)}",
+                        reservation_id=reservation_id,
+                    ) from None
+                # A reshard removed a shard the units came from: learn which exist and go again.
+                for sku in verdict.failed_skus:
+                    existing[sku] = set(stock.shards(sku, busy=InventoryContention))
+                continue
             if verdict.over_limit_skus:
                 # Only this release takes units off a counter: one without them is out of step.
                 raise ReservationConflict(

@@ -200,7 +200,10 @@ def start_checkout(order: Order) -> bool:
         customer_id=order.customer_id,
         lines=[
             CheckoutLine(
-                sku=line.sku, quantity=line.quantity, purchase_limit=(order.purchase_limits or {}).get(line.sku)
+                sku=line.sku,
+                quantity=line.quantity,
+                purchase_limit=(order.purchase_limits or {}).get(line.sku),
+                stock_shards=order.stock_shards.get(line.sku, 1),
             )
             for line in order.items
         ],
@@ -215,8 +218,9 @@ def start_checkout(order: Order) -> bool:
 
 
 def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -> Order:
-    """The order with each line priced from the catalog now (never from the client)."""
-    products = catalog.get_products([item.sku for item in request.items])
+    """The order with each line priced from the catalog now (never from the client), and each SKU's
+    stock shard count for the reservation (no stock is read here)."""
+    products = catalog.get_products_for_sale([item.sku for item in request.items])
     problems = [
         {"field": f"items.{index}.sku", "message": f"{item.sku} does not exist or is not for sale"}
         for index, item in enumerate(request.items)
@@ -274,6 +278,7 @@ def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -
         total=total,
         history=[HistoryEntry(step=Step.ORDER_PLACED, status="PENDING", at=now)],
         purchase_limits=limits or None,
+        stock_shards={sku: product.stock_shards for sku, product in products.items() if product.stock_shards != 1},
         created_at=now,
         updated_at=now,
     )

@@ -4,8 +4,9 @@ Nothing here reads or writes: ``shop.domain.reconciliation_job`` takes the snaps
 ``shop.repositories.audit`` and the provider's ``lookup``), runs ``check`` and acts on what it
 finds. Each check returns ``Discrepancy`` records; an empty list means the books agree.
 
-Stock. A product's ``available`` only moves in transactions that also write a reservation or a
-stock-ledger entry, so for every SKU
+Stock. A product's ``available`` (the sum of its stock shards) only moves in transactions that
+also write a reservation or a stock-ledger entry (a reshard moves units between shards and
+keeps the sum), so for every SKU
 
     initial + Σ adjustments = available + Σ RESERVED + Σ COMMITTED
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel
-from shop.models.common import PurchaseLimit, Sku
+from shop.models.common import PurchaseLimit, Sku, StockShards
 from shop.models.money import Money
 from shop.pagination import NextToken, PageLimit
 
@@ -102,8 +102,13 @@ class UpdateProductRequest(StrictModel):
     purchase_limit: PurchaseLimit | None = Field(
         default=None, description="Units of this SKU one customer may hold across orders not CANCELLED; null: no limit."
     )
+    stock_shards: StockShards | None = Field(
+        default=None,
+        description="How many independently written counters hold the SKU's stock (1-50); the units move, none are "
+        "lost or created.",
+    )
 
-    @field_validator("name", "description", "category", "price", "active", mode="before")
+    @field_validator("name", "description", "category", "price", "active", "stock_shards", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         # An explicit null would mean "clear", which these fields do not support; absent means "keep".
@@ -149,20 +154,34 @@ class ProductListQuery(StrictModel):
     next_token: NextToken | None = None
 
 
-class Product(Record):
-    """A product as clients see it (the contract's fields plus timestamps)."""
+class ProductInfo(Record):
+    """The product item without its stock: what order placement needs (prices, no stock read)."""
 
     sku: str
     name: str
     description: str
     category: str
     price: Money
-    available: int
     active: bool
     # The most units one customer may hold across orders that are not CANCELLED; None: no limit.
     purchase_limit: int | None = None
+    # How many stock counters (shards) hold the SKU's ``available`` (StockTable).
+    stock_shards: int = 1
     created_at: str
     updated_at: str
+
+
+class Product(ProductInfo):
+    """A product as clients see it (the contract's fields, the shard count and timestamps).
+
+    ``available`` is the sum of the SKU's stock shards.
+    """
+
+    available: int
+
+    @classmethod
+    def of(cls, info: ProductInfo, available: int) -> Product:
+        return cls(**info.model_dump(), available=available)
 
 
 class ProductPage(Record):
@@ -187,7 +206,11 @@ class StockLevelPage(Record):
 
 
 class StockLedgerEntry(Record):
-    """One audited stock adjustment in StockLedgerTable (``entry_id`` sorts by time)."""
+    """One audited stock adjustment in StockLedgerTable (``entry_id`` sorts by time).
+
+    ``available`` is the total the adjustment was computed from plus ``delta``: sales on other
+    shards may move the total at the same moment (the adjustment does not wait for them).
+    """
 
     sku: str
     entry_id: str

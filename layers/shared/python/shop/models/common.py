@@ -23,9 +23,13 @@ MAX_QUANTITY = 100
 # The most units of one SKU a customer may hold across orders that are not CANCELLED, when the
 # product sets one (the HTTP contract's "Fair sales": 1-100).
 MAX_PURCHASE_LIMIT = 100
+# The contract's bound on a SKU's stock counters ("Hot products"); a reshard's transaction writes
+# the product and at most this many counters, inside TransactWriteItems' 100-item limit.
+MAX_STOCK_SHARDS = 50
 
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, description="1-64 characters of A-Z a-z 0-9 - _")]
 Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+StockShards = Annotated[int, Field(ge=1, le=MAX_STOCK_SHARDS)]
 # Order ids come from the API (UUIDs); the saga passes them to every step, the reservation's id included.
 OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
 PurchaseLimit = Annotated[
@@ -49,10 +53,13 @@ class Line(StrictModel):
 
 
 class CheckoutLine(Line):
-    """A line as the checkout saga carries it: with its product's purchase limit when the order was placed.
+    """A line as the checkout saga carries it: with its product's purchase limit and the SKU's
+    stock shard count when the order was placed.
 
-    The limit is snapshotted at placement (which reads the products anyway), so the reserve step
-    counts the customer's units without reading the product again.
+    Both are snapshotted at placement (which reads the products anyway): the reserve step counts
+    the customer's units and picks a shard without reading the product again; a stale shard count
+    (the SKU was resharded since) only costs the fallback's read of the SKU's shards.
     """
 
     purchase_limit: PurchaseLimit | None = None
+    stock_shards: StockShards = 1

@@ -55,6 +55,13 @@ class ReleaseReservation(_ReservationStep):
     frees_purchase_units: bool = True
 
 
+class ShardTake(Record):
+    """Units of a line taken from one of its SKU's stock shards."""
+
+    shard: int
+    quantity: int
+
+
 class ReservedLine(Record):
     """A ``Line`` as read back from DynamoDB (lenient: numbers arrive as Decimal), and as the steps return it."""
 
@@ -63,11 +70,17 @@ class ReservedLine(Record):
 
 
 class StoredLine(ReservedLine):
-    """A reservation's line as stored."""
+    """A reservation's line as stored: with the shards its units came from, so a release returns
+    them there."""
 
+    # Empty on a reservation stored before stock was sharded: all of it came from shard 0.
+    takes: list[ShardTake] = Field(default_factory=list)
     # Set on a line that counts against its product's purchase limit (absent otherwise, so an
     # unlimited line stores nothing more).
     purchase_limit: int | None = None
+
+    def shard_takes(self) -> list[ShardTake]:
+        return self.takes or [ShardTake(shard=0, quantity=self.quantity)]
 
 
 class Reservation(Record):

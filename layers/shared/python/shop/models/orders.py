@@ -132,6 +132,9 @@ class Order(Record):
     # (None when none had: an unlimited order stores nothing more). Passed to the reserve step;
     # never shown.
     purchase_limits: dict[str, int] | None = None
+    # Each SKU's stock shard count when the order was placed (the saga's reservation picks a shard
+    # from it without reading the product); never shown. Absent means 1.
+    stock_shards: dict[str, int] = Field(default_factory=dict)
     created_at: str
     updated_at: str
     version: int = 0

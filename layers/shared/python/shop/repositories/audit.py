@@ -20,6 +20,7 @@ from shop.models.inventory import Reservation
 from shop.models.orders import Order
 from shop.models.payments import Payment
 from shop.models.reconciliation import ReconciliationReport
+from shop.repositories import stock
 from shop.repositories.dynamodb import call, unmarshal
 from shop.repositories.orders import to_order
 from shop.repositories.payments import to_payment
@@ -56,13 +57,30 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, Decimal) else None
 
 
-def product_stock() -> dict[str, tuple[int, int | None, int]]:
-    """Per SKU: (available, initial stock or None, version)."""
-    items = scan(table_settings().products_table, projection="sku, available, initial_stock, version")
-    stock: dict[str, tuple[int, int | None, int]] = {}
-    for item in map(unmarshal, items):
-        stock[str(item["sku"])] = (int(item["available"]), _int(item.get("initial_stock")), int(item.get("version", 0)))
-    return stock
+# What identifies a SKU's stock as read: the product's version and each shard's (number, version).
+StockVersions = tuple[int, tuple[tuple[int, int], ...]]
+
+
+def product_stock() -> dict[str, tuple[int, int | None, StockVersions]]:
+    """Per product: (available = the sum of its stock shards, initial stock or None, versions).
+
+    ``versions`` changes with any write of the product or of one of its shards, so two reads
+    with equal versions bracket a moment in which the SKU's stock did not move.
+    """
+    tables = table_settings()
+    products = scan(tables.products_table, projection="sku, initial_stock, version")
+    shards = stock.all_shards(scan(tables.stock_table))
+    found: dict[str, tuple[int, int | None, StockVersions]] = {}
+    for item in map(unmarshal, products):
+        sku = str(item["sku"])
+        counters = shards.get(sku, {})
+        versions = tuple(sorted((number, shard.version) for number, shard in counters.items()))
+        found[sku] = (
+            sum(shard.available for shard in counters.values()),
+            _int(item.get("initial_stock")),
+            (int(item.get("version", 0)), versions),
+        )
+    return found
 
 
 def adjustments() -> dict[str, int]:

@@ -1,9 +1,11 @@
-"""Products (ProductsTable) and the stock ledger (StockLedgerTable), in DynamoDB.
+"""Products (ProductsTable), their stock (StockTable) and the stock ledger (StockLedgerTable), in DynamoDB.
 
 A product item carries the listing attributes ``listing`` ("ACTIVE") and ``listing_category``
 only while it is active, so the sparse indexes ActiveProducts and ActiveProductsByCategory hold
-exactly the listable products, ordered by SKU. ``version`` is bumped by every writer (inventory
-too), ``available`` is shared with the inventory service.
+exactly the listable products, ordered by SKU. ``version`` is bumped by every writer of the item.
+The stock is not on the product item: a sale would rewrite it and both index copies. It is the
+sum of the SKU's ``stock_shards`` counters in StockTable (``shop.repositories.stock``), which the
+inventory service writes; reads here add it up.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from botocore.exceptions import ClientError
 
 from shop.config import table_settings
 from shop.errors import ProductAlreadyExists, TransientError
-from shop.models.catalog import Product, StockLedgerEntry
+from shop.models.catalog import Product, ProductInfo, StockLedgerEntry
 from shop.models.money import Money
+from shop.repositories import stock
 from shop.repositories.dynamodb import (
     call,
     cancellation_codes,
@@ -65,21 +68,28 @@ def _int(value: Any) -> int:
     return int(value)
 
 
-def to_product(item: Mapping[str, Any]) -> Product:
-    """A Product from a low-level (typed) DynamoDB item."""
+def to_product_info(item: Mapping[str, Any]) -> ProductInfo:
+    """The product (without its stock) from a low-level (typed) DynamoDB item."""
     plain = unmarshal(item)
-    return Product(
+    return ProductInfo(
         sku=plain["sku"],
         name=plain["name"],
         description=plain.get("description", ""),
         category=plain["category"],
         price=Money(amount=_int(plain["price_amount"]), currency=plain["price_currency"]),
-        available=_int(plain["available"]),
         active=bool(plain["active"]),
         purchase_limit=_int(plain["purchase_limit"]) if "purchase_limit" in plain else None,
+        stock_shards=_int(plain.get("stock_shards", Decimal(1))),
         created_at=plain["created_at"],
         updated_at=plain["updated_at"],
     )
+
+
+def with_stock(infos: Iterable[ProductInfo], *, consistent: bool) -> list[Product]:
+    """The products with ``available`` added up from their shards (one BatchGetItem per 100 shards)."""
+    listed = list(infos)
+    available = stock.totals({info.sku: info.stock_shards for info in listed}, consistent=consistent)
+    return [Product.of(info, available[info.sku]) for info in listed]
 
 
 def product_item(product: Product) -> dict[str, Any]:
@@ -91,9 +101,9 @@ def product_item(product: Product) -> dict[str, Any]:
         "category": product.category,
         "price_amount": product.price.amount,
         "price_currency": product.price.currency,
-        "available": product.available,
         # What the product was created with: the reconciliation job's stock equation starts here.
         "initial_stock": product.available,
+        "stock_shards": product.stock_shards,
         "active": product.active,
         "created_at": product.created_at,
         "updated_at": product.updated_at,
@@ -108,19 +118,28 @@ def product_item(product: Product) -> dict[str, Any]:
 
 
 def insert_product(product: Product) -> None:
-    """Store a new product; ProductAlreadyExists (409) if the SKU is taken."""
+    """Store a new product and its stock (all of it on shard 0); ProductAlreadyExists (409) if the SKU is taken."""
+    if product.stock_shards != 1:
+        raise ValueError("a new product starts with one stock shard")
     try:
         _call(
-            "put_item",
-            TableName=table_settings().products_table,
-            Item=product_item(product),
-            ConditionExpression="attribute_not_exists(sku)",
+            "transact_write_items",
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": table_settings().products_table,
+                        "Item": product_item(product),
+                        "ConditionExpression": "attribute_not_exists(sku)",
+                    }
+                },
+                stock.create(product.sku, 0, product.available),
+            ],
         )
     except ConditionFailed:
         raise ProductAlreadyExists(f"a product with SKU {product.sku} already exists") from None
 
 
-def get_product(sku: str) -> Product | None:
+def get_product_info(sku: str) -> ProductInfo | None:
     response = _call(
         "get_item",
         TableName=table_settings().products_table,
@@ -128,14 +147,31 @@ def get_product(sku: str) -> Product | None:
         ConsistentRead=True,
     )
     item = response.get("Item")
-    return to_product(item) if item else None
+    return to_product_info(item) if item else None
+
+
+def get_product(sku: str) -> Product | None:
+    info = get_product_info(sku)
+    if info is None:
+        return None
+    return Product.of(info, sum(shard.available for shard in stock_shards(sku).values()))
+
+
+def stock_shards(sku: str) -> dict[int, stock.Shard]:
+    """The SKU's stock counters as they stand, by shard number."""
+    return stock.shards(sku)
 
 
 def get_products(skus: Iterable[str]) -> dict[str, Product]:
-    """Every existing product among ``skus`` (active or not), by SKU; strongly consistent."""
+    """Every existing product among ``skus`` (active or not) with its stock, by SKU; strongly consistent."""
+    return {product.sku: product for product in with_stock(get_product_infos(skus).values(), consistent=True)}
+
+
+def get_product_infos(skus: Iterable[str]) -> dict[str, ProductInfo]:
+    """Every existing product among ``skus`` (active or not) without its stock, by SKU; strongly consistent."""
     wanted = list(dict.fromkeys(skus))  # BatchGetItem rejects duplicate keys
     table = table_settings().products_table
-    found: dict[str, Product] = {}
+    found: dict[str, ProductInfo] = {}
     for start in range(0, len(wanted), BATCH_GET_LIMIT):
         pending: dict[str, Any] = {
             table: {
@@ -146,7 +182,7 @@ def get_products(skus: Iterable[str]) -> dict[str, Product]:
         for attempt in range(_BATCH_ATTEMPTS):
             response = _call("batch_get_item", RequestItems=pending)
             for item in response.get("Responses", {}).get(table, []):
-                product = to_product(item)
+                product = to_product_info(item)
                 found[product.sku] = product
             pending = response.get("UnprocessedKeys") or {}
             if not pending:
@@ -170,7 +206,7 @@ def query_active(
     """One page of active products by SKU, and the key to continue after (None on the last page).
 
     One extra item is read so the last page says so, instead of handing out a token that only
-    leads to an empty page.
+    leads to an empty page. The page's stock is read eventually consistent, as the index is.
     """
     request: dict[str, Any] = {
         "TableName": table_settings().products_table,
@@ -187,12 +223,12 @@ def query_active(
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
     response = _call("query", **request)
-    products = [to_product(item) for item in response.get("Items", [])]
-    if len(products) > limit:
-        products = products[:limit]
-        return products, _listing_key(category, products[-1].sku)
+    infos = [to_product_info(item) for item in response.get("Items", [])]
+    if len(infos) > limit:
+        infos = infos[:limit]
+        return with_stock(infos, consistent=False), _listing_key(category, infos[-1].sku)
     # Fewer than asked but a key: DynamoDB stopped at its 1 MB page size, so continue from there.
-    return products, response.get("LastEvaluatedKey")
+    return with_stock(infos, consistent=False), response.get("LastEvaluatedKey")
 
 
 def scan_products(limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[Product], dict[str, Any] | None]:
@@ -201,21 +237,14 @@ def scan_products(limit: int, start_key: Mapping[str, Any] | None) -> tuple[list
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
     response = _call("scan", **request)
-    return [to_product(item) for item in response.get("Items", [])], response.get("LastEvaluatedKey")
+    infos = [to_product_info(item) for item in response.get("Items", [])]
+    return with_stock(infos, consistent=True), response.get("LastEvaluatedKey")
 
 
-def update_product(
-    sku: str,
-    *,
-    set_values: Mapping[str, Any],
-    remove: Iterable[str],
-    expect: Mapping[str, Any],
-) -> Product:
-    """Set and remove attributes of an existing product if it still has the ``expect`` values.
-
-    Raises ConditionFailed if the product is gone or one of ``expect`` changed meanwhile.
-    Bumps ``version``; returns the product as stored afterwards.
-    """
+def _product_update(
+    sku: str, *, set_values: Mapping[str, Any], remove: Iterable[str], expect: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The UpdateItem parameters that set and remove attributes if ``expect`` still holds; bumps ``version``."""
     names: dict[str, str] = {"#sku": "sku", "#version": "version"}
     values: dict[str, Any] = {":one": {"N": "1"}}
     assignments = []
@@ -237,23 +266,59 @@ def update_product(
         expression = f"SET {', '.join(assignments)} {expression}"
     if removals:
         expression = f"{expression} REMOVE {', '.join(removals)}"
-    response = _call(
-        "update_item",
-        TableName=table_settings().products_table,
-        Key={"sku": {"S": sku}},
-        UpdateExpression=expression,
-        ConditionExpression=" AND ".join(conditions),
-        ExpressionAttributeNames=names,
-        ExpressionAttributeValues=values,
-        ReturnValues="ALL_NEW",
+    return {
+        "TableName": table_settings().products_table,
+        "Key": {"sku": {"S": sku}},
+        "UpdateExpression": expression,
+        "ConditionExpression": " AND ".join(conditions),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def update_product(
+    sku: str,
+    *,
+    set_values: Mapping[str, Any],
+    remove: Iterable[str],
+    expect: Mapping[str, Any],
+) -> ProductInfo:
+    """Set and remove attributes of an existing product if it still has the ``expect`` values.
+
+    Raises ConditionFailed if the product is gone or one of ``expect`` changed meanwhile.
+    Bumps ``version``; returns the product as stored afterwards (its stock is not read).
+    """
+    update = _product_update(sku, set_values=set_values, remove=remove, expect=expect)
+    response = _call("update_item", **update, ReturnValues="ALL_NEW")
+    return to_product_info(response["Attributes"])
+
+
+def update_product_and_stock(
+    sku: str,
+    *,
+    set_values: Mapping[str, Any],
+    remove: Iterable[str],
+    expect: Mapping[str, Any],
+    stock_actions: list[dict[str, Any]],
+) -> None:
+    """``update_product`` and the stock shards' actions (``shop.repositories.stock``) in one transaction.
+
+    A reshard: the product's ``stock_shards`` changes with the counters, so a concurrent sale or
+    reshard (which changes a counter's version, or the product) cancels it. ConditionFailed then.
+    """
+    _call(
+        "transact_write_items",
+        TransactItems=[
+            {"Update": _product_update(sku, set_values=set_values, remove=remove, expect=expect)},
+            *stock_actions,
+        ],
     )
-    return to_product(response["Attributes"])
 
 
-def record_stock_adjustment(entry: StockLedgerEntry, *, expected_available: int, updated_at: str) -> None:
-    """Set the product's ``available`` to ``entry.available`` and write the ledger entry, atomically.
+def record_stock_adjustment(entry: StockLedgerEntry, *, stock_actions: list[dict[str, Any]], updated_at: str) -> None:
+    """Apply the adjustment's shard actions and write the ledger entry, atomically.
 
-    The product must still have ``expected_available`` (the value the new one was computed from);
+    The product must exist (its ``updated_at`` is set) and every shard action's condition hold;
     otherwise ConditionFailed and nothing is written.
     """
     tables = table_settings()
@@ -264,22 +329,13 @@ def record_stock_adjustment(entry: StockLedgerEntry, *, expected_available: int,
                 "Update": {
                     "TableName": tables.products_table,
                     "Key": {"sku": {"S": entry.sku}},
-                    "UpdateExpression": "SET #available = :new, #updated_at = :at ADD #version :one",
-                    "ConditionExpression": "attribute_exists(#sku) AND #available = :old",
-                    "ExpressionAttributeNames": {
-                        "#sku": "sku",
-                        "#available": "available",
-                        "#updated_at": "updated_at",
-                        "#version": "version",
-                    },
-                    "ExpressionAttributeValues": {
-                        ":new": {"N": str(entry.available)},
-                        ":old": {"N": str(expected_available)},
-                        ":at": {"S": updated_at},
-                        ":one": {"N": "1"},
-                    },
+                    "UpdateExpression": "SET #updated_at = :at ADD #version :one",
+                    "ConditionExpression": "attribute_exists(#sku)",
+                    "ExpressionAttributeNames": {"#sku": "sku", "#updated_at": "updated_at", "#version": "version"},
+                    "ExpressionAttributeValues": {":at": {"S": updated_at}, ":one": {"N": "1"}},
                 }
             },
+            *stock_actions,
             {
                 "Put": {
                     "TableName": tables.stock_ledger_table,

@@ -1,0 +1,188 @@
+"""A SKU's stock on hand in StockTable: one counter item per shard, key (``sku``, ``shard``).
+
+Shards ``0 .. stock_shards - 1`` (the product item's ``stock_shards``) exist while the product
+does; shard 0 always. Every write bumps the counter's ``version``, so a writer that read the
+shards (a reshard, the reconciliation's snapshot) sees any change since. The builders here make
+the actions that the inventory and catalog repositories put into their own transactions, so stock
+never moves without the reservation or the ledger entry that explains it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shop.config import table_settings
+from shop.errors import TransientError
+from shop.repositories.dynamodb import call
+
+BATCH_GET_LIMIT = 100
+_BATCH_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One stock counter as read."""
+
+    shard: int
+    available: int
+    version: int
+
+
+def _key(sku: str, shard: int) -> dict[str, Any]:
+    return {"sku": {"S": sku}, "shard": {"N": str(shard)}}
+
+
+def _to_shard(item: Mapping[str, Any]) -> tuple[str, Shard]:
+    return item["sku"]["S"], Shard(
+        shard=int(item["shard"]["N"]),
+        available=int(item["available"]["N"]),
+        version=int(item.get("version", {"N": "0"})["N"]),
+    )
+
+
+# ---------------------------------------------------------------------------- actions
+def take(sku: str, shard: int, quantity: int) -> dict[str, Any]:
+    """Take ``quantity`` units from one shard, if it exists and has them."""
+    return {
+        "Update": {
+            "TableName": table_settings().stock_table,
+            "Key": _key(sku, shard),
+            "UpdateExpression": "SET #available = #available - :quantity ADD #version :one",
+            "ConditionExpression": "attribute_exists(#sku) AND #available >= :quantity",
+            "ExpressionAttributeNames": {"#available": "available", "#version": "version", "#sku": "sku"},
+            "ExpressionAttributeValues": {":quantity": {"N": str(quantity)}, ":one": {"N": "1"}},
+        }
+    }
+
+
+def give(sku: str, shard: int, quantity: int) -> dict[str, Any]:
+    """Return ``quantity`` units to one shard, if it exists (a reshard may have removed it)."""
+    return {
+        "Update": {
+            "TableName": table_settings().stock_table,
+            "Key": _key(sku, shard),
+            "UpdateExpression": "SET #available = #available + :quantity ADD #version :one",
+            "ConditionExpression": "attribute_exists(#sku)",
+            "ExpressionAttributeNames": {"#available": "available", "#version": "version", "#sku": "sku"},
+            "ExpressionAttributeValues": {":quantity": {"N": str(quantity)}, ":one": {"N": "1"}},
+        }
+    }
+
+
+def create(sku: str, shard: int, available: int) -> dict[str, Any]:
+    """A new shard holding ``available`` units; fails if it exists."""
+    return {
+        "Put": {
+            "TableName": table_settings().stock_table,
+            "Item": {**_key(sku, shard), "available": {"N": str(available)}, "version": {"N": "1"}},
+            "ConditionExpression": "attribute_not_exists(#sku)",
+            "ExpressionAttributeNames": {"#sku": "sku"},
+        }
+    }
+
+
+def replace(sku: str, current: Shard, available: int) -> dict[str, Any]:
+    """Set a shard to ``available`` if it is still as read (its version)."""
+    return {
+        "Update": {
+            "TableName": table_settings().stock_table,
+            "Key": _key(sku, current.shard),
+            "UpdateExpression": "SET #available = :available ADD #version :one",
+            "ConditionExpression": "#version = :version",
+            "ExpressionAttributeNames": {"#available": "available", "#version": "version"},
+            "ExpressionAttributeValues": {
+                ":available": {"N": str(available)},
+                ":version": {"N": str(current.version)},
+                ":one": {"N": "1"},
+            },
+        }
+    }
+
+
+def unchanged(sku: str, current: Shard) -> dict[str, Any]:
+    """Only a condition: the shard is still as read (its version)."""
+    return {
+        "ConditionCheck": {
+            "TableName": table_settings().stock_table,
+            "Key": _key(sku, current.shard),
+            "ConditionExpression": "#version = :version",
+            "ExpressionAttributeNames": {"#version": "version"},
+            "ExpressionAttributeValues": {":version": {"N": str(current.version)}},
+        }
+    }
+
+
+def remove(sku: str, current: Shard) -> dict[str, Any]:
+    """Delete a shard if it is still as read (its units having moved to others in the same transaction)."""
+    return {
+        "Delete": {
+            "TableName": table_settings().stock_table,
+            "Key": _key(sku, current.shard),
+            "ConditionExpression": "#version = :version",
+            "ExpressionAttributeNames": {"#version": "version"},
+            "ExpressionAttributeValues": {":version": {"N": str(current.version)}},
+        }
+    }
+
+
+# ---------------------------------------------------------------------------- reads
+def shards(sku: str, *, busy: type[TransientError] = TransientError) -> dict[int, Shard]:
+    """Every shard of a SKU as it stands (strongly consistent), by shard number; empty if none."""
+    found: dict[int, Shard] = {}
+    request: dict[str, Any] = {
+        "TableName": table_settings().stock_table,
+        "KeyConditionExpression": "#sku = :sku",
+        "ExpressionAttributeNames": {"#sku": "sku"},
+        "ExpressionAttributeValues": {":sku": {"S": sku}},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = call("query", busy=busy, **request)
+        for item in page.get("Items", []):
+            _, shard = _to_shard(item)
+            found[shard.shard] = shard
+        if "LastEvaluatedKey" not in page:
+            return found
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, int]:
+    """``available`` of each SKU: the sum of its shards ``0 .. count - 1``, read in BatchGetItem
+    requests of up to 100 keys. A SKU without any shard item has 0."""
+    keys = [(sku, shard) for sku, count in shard_counts.items() for shard in range(count)]
+    found = dict.fromkeys(shard_counts, 0)
+    table = table_settings().stock_table
+    for start in range(0, len(keys), BATCH_GET_LIMIT):
+        pending: dict[str, Any] = {
+            table: {
+                "Keys": [_key(sku, shard) for sku, shard in keys[start : start + BATCH_GET_LIMIT]],
+                "ConsistentRead": consistent,
+                "ProjectionExpression": "#sku, #shard, #available",
+                "ExpressionAttributeNames": {"#sku": "sku", "#shard": "shard", "#available": "available"},
+            }
+        }
+        for attempt in range(_BATCH_ATTEMPTS):
+            response = call("batch_get_item", busy=TransientError, RequestItems=pending)
+            for item in response.get("Responses", {}).get(table, []):
+                found[item["sku"]["S"]] += int(item["available"]["N"])
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+            # Throttled keys come back unprocessed: back off (full jitter) and retry them.
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))
+        if pending:
+            raise TransientError("the stock table is busy; retry")
+    return found
+
+
+def all_shards(items: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, Shard]]:
+    """Scanned StockTable items, by SKU and shard (the reconciliation's snapshot)."""
+    found: dict[str, dict[int, Shard]] = {}
+    for item in items:
+        sku, shard = _to_shard(item)
+        found.setdefault(sku, {})[shard.shard] = shard
+    return found

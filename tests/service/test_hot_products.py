@@ -1,0 +1,253 @@
+"""Hot products: a SKU's stock over several counters, through the API, the saga and the reserve step.
+
+``available`` is always the sum of the shards; no order takes more than the total; resharding
+neither loses nor creates units, also while orders are being reserved.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from shop.domain import catalog, inventory
+from shop.errors import InventoryContention, OutOfStock, PurchaseLimitExceeded, TransientError
+from shop.models.catalog import UpdateProductRequest
+from shop.models.common import CheckoutLine
+from shop.repositories import stock
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, open_shop, seed_product
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+def counters(sku: str) -> dict[int, int]:
+    return {number: shard.available for number, shard in stock.shards(sku).items()}
+
+
+def patch(shop: Shop, sku: str, body: Any) -> Any:
+    return shop.client.http.request(
+        "PATCH", f"/products/{sku}", headers=shop.headers("admin"), body=json.dumps(body).encode()
+    )
+
+
+def stored(shop: Shop) -> dict[str, Any]:
+    dynamodb = shop.aws.client("dynamodb")
+    return {
+        logical_id: sorted(
+            json.dumps(item, sort_keys=True) for item in dynamodb.scan(TableName=shop.aws.table(logical_id))["Items"]
+        )
+        for logical_id in ("ProductsTable", "StockTable", "StockLedgerTable")
+    }
+
+
+def test_patch_stock_shards_spreads_the_stock_and_every_read_shows_the_sum(shop: Shop) -> None:
+    seed_product("HOT-1", stock=10)
+
+    patched = patch(shop, "HOT-1", {"stock_shards": 4})
+
+    assert patched.status_code == 200, patched.body
+    assert (patched.json_body["stock_shards"], patched.json_body["available"]) == (4, 10)
+    assert counters("HOT-1") == {0: 3, 1: 3, 2: 2, 3: 2}
+    admin = shop.headers("admin")
+    read = shop.client.http.get("/products/HOT-1").json_body
+    listed = shop.client.http.get("/products").json_body["items"]
+    by_category = shop.client.http.get("/products?category=test").json_body["items"]
+    levels = shop.client.http.get("/admin/stock", headers=admin).json_body["items"]
+    adjusted = shop.client.http.post(
+        "/products/HOT-1/stock-adjustments", headers=admin, body=json.dumps({"delta": 5, "reason": "restock"}).encode()
+    ).json_body
+    assert [read["available"], listed[0]["available"], by_category[0]["available"], levels[0]["available"]] == [10] * 4
+    assert adjusted["available"] == 15 and sum(counters("HOT-1").values()) == 15
+    # The restock filled the emptiest shards first.
+    assert counters("HOT-1") == {0: 4, 1: 4, 2: 4, 3: 3}
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"stock_shards": 0}, 400),
+        ({"stock_shards": 51}, 400),
+        ({"stock_shards": "4"}, 400),
+        ({"stock_shards": 2.5}, 400),
+        ({"stock_shards": True}, 400),
+        ({"stock_shards": None}, 400),
+        ({"stock_shards": 4, "available": 99}, 400),
+    ],
+    ids=["zero", "above-50", "string", "fraction", "boolean", "null", "with-an-unknown-field"],
+)
+def test_a_bad_stock_shards_is_a_clean_4xx_and_changes_nothing(shop: Shop, body: Any, status: int) -> None:
+    seed_product("HOT-1", stock=10)
+    before = stored(shop)
+
+    response = patch(shop, "HOT-1", body)
+
+    assert response.status_code == status, response.body
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert stored(shop) == before
+
+
+def test_resharding_an_unknown_sku_is_404_and_creates_no_counter(shop: Shop) -> None:
+    before = stored(shop)
+    assert patch(shop, "NOPE", {"stock_shards": 3}).status_code == 404
+    assert stored(shop) == before
+
+
+def test_a_flash_sale_through_the_saga_sells_exactly_the_units(shop: Shop) -> None:
+    seed_product("HOT-1", stock=5)
+    assert patch(shop, "HOT-1", {"stock_shards": 3}).status_code == 200
+
+    placed = [shop.place_ok([("HOT-1", 1)], who=f"buyer-{n}")["order_id"] for n in range(8)]
+    for order_id in placed:
+        shop.wait_checkout(order_id)
+
+    outcomes = Counter((order.status, order.failure_reason) for order in (shop.order(order_id) for order_id in placed))
+    assert outcomes == {("COMPLETED", None): 5, ("CANCELLED", "OUT_OF_STOCK"): 3}
+    assert counters("HOT-1") == {0: 0, 1: 0, 2: 0}
+    # The order recorded the shard count, so each reservation picked a shard without reading the product.
+    assert {shop.order(order_id).stock_shards["HOT-1"] for order_id in placed} == {3}
+
+
+def test_a_multi_line_order_across_shards_is_all_or_nothing(shop: Shop) -> None:
+    seed_product("HOT-1", stock=4)
+    seed_product("COLD-1", stock=1)
+    catalog.update_product("HOT-1", UpdateProductRequest(stock_shards=4))
+
+    order_id = shop.place_ok([("HOT-1", 3), ("COLD-1", 2)])["order_id"]
+    shop.wait_checkout(order_id)
+
+    assert (shop.order(order_id).status, shop.order(order_id).failure_reason) == ("CANCELLED", "OUT_OF_STOCK")
+    assert counters("HOT-1") == {0: 1, 1: 1, 2: 1, 3: 1} and counters("COLD-1") == {0: 1}
+
+    order_id = shop.place_ok([("HOT-1", 3), ("COLD-1", 1)])["order_id"]
+    shop.wait_checkout(order_id)
+    assert shop.order(order_id).status == "COMPLETED"
+    assert sum(counters("HOT-1").values()) == 1 and counters("COLD-1") == {0: 0}
+
+
+def _reserve(number: int, shards: int) -> str:
+    line = [CheckoutLine(sku="HOT-1", quantity=1, stock_shards=shards)]
+    while True:
+        try:
+            inventory.reserve(f"r{number}", f"r{number}", line)
+        except OutOfStock:
+            return "out"
+        except InventoryContention:
+            continue  # the saga's Retry does this
+        return "reserved"
+
+
+def test_concurrent_sharded_reservations_never_oversell(shop: Shop) -> None:
+    seed_product("HOT-1", stock=15)
+    catalog.update_product("HOT-1", UpdateProductRequest(stock_shards=5))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = Counter(pool.map(lambda number: _reserve(number, 5), range(40)))
+
+    assert outcomes == {"reserved": 15, "out": 25}
+    assert counters("HOT-1") == dict.fromkeys(range(5), 0)
+
+
+def test_resharding_up_and_down_while_orders_reserve_keeps_the_total(shop: Shop) -> None:
+    seed_product("HOT-1", stock=60)
+    done = threading.Event()
+    reshards: list[int] = []
+
+    def keep_resharding() -> None:
+        for shards in [7, 2, 11, 1, 5, 3] * 5:
+            if done.is_set():
+                return
+            try:
+                catalog.update_product("HOT-1", UpdateProductRequest(stock_shards=shards))
+            except TransientError:
+                continue  # a sale kept moving a counter: the admin would retry
+            reshards.append(shards)
+
+    resharder = threading.Thread(target=keep_resharding)
+    resharder.start()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            outcomes = Counter(pool.map(lambda number: _reserve(number, 7), range(40)))
+    finally:
+        done.set()
+        resharder.join()
+
+    assert outcomes == {"reserved": 40}
+    assert reshards, "no reshard got through"
+    product = catalog.get_product("HOT-1")
+    assert product.available == 20 == sum(counters("HOT-1").values())
+    assert set(counters("HOT-1")) == set(range(product.stock_shards))
+    # Every reservation gives its units back, to shards that exist now.
+    for number in range(40):
+        inventory.release(f"r{number}")
+    assert catalog.get_product("HOT-1").available == 60 and min(counters("HOT-1").values()) >= 0
+
+
+def counted_units(shop: Shop, customer: str, sku: str) -> int:
+    item = (
+        shop.aws.client("dynamodb")
+        .get_item(
+            TableName=shop.aws.table("PurchaseCountsTable"),
+            Key={"customer_id": {"S": customer}, "sku": {"S": sku}},
+            ConsistentRead=True,
+        )
+        .get("Item")
+    )
+    return int(item["units"]["N"]) if item else 0
+
+
+def test_a_limited_sku_on_several_shards_counts_units_and_frees_them_with_its_shards(shop: Shop) -> None:
+    """Both snapshots travel with the order: the shard count and the purchase limit."""
+    seed_product("HOT-1", stock=8)
+    assert patch(shop, "HOT-1", {"stock_shards": 4, "purchase_limit": 3}).status_code == 200
+    stored_order = shop.place_ok([("HOT-1", 2)], token="tok_chargeDeclined")["order_id"]
+    assert (shop.order(stored_order).stock_shards, shop.order(stored_order).purchase_limits) == (
+        {"HOT-1": 4},
+        {"HOT-1": 3},
+    )
+
+    # Declined: the release returns the units to their shards and frees the counted units.
+    shop.wait_checkout(stored_order)
+    assert (shop.order(stored_order).status, shop.order(stored_order).failure_reason) == (
+        "CANCELLED",
+        "PAYMENT_DECLINED",
+    )
+    assert counters("HOT-1") == {0: 2, 1: 2, 2: 2, 3: 2} and counted_units(shop, "alice", "HOT-1") == 0
+
+    sold = shop.place_ok([("HOT-1", 3)])["order_id"]
+    shop.wait_checkout(sold)
+    assert shop.order(sold).status == "COMPLETED"
+    # No shard had 3: the line took from several, and counted 3 units once.
+    assert sum(counters("HOT-1").values()) == 5 and counted_units(shop, "alice", "HOT-1") == 3
+
+
+def test_a_short_shard_and_a_refused_purchase_counter_are_told_apart(shop: Shop) -> None:
+    seed_product("HOT-1", stock=6)
+    catalog.update_product("HOT-1", UpdateProductRequest(stock_shards=3))  # 2 + 2 + 2
+    lines = [CheckoutLine(sku="HOT-1", quantity=3, stock_shards=3, purchase_limit=4)]
+
+    # 3 units are on no single shard: the fallback takes from two, with the counter after both takes.
+    inventory.reserve("r1", "r1", lines, customer_id="carol")
+    assert sum(counters("HOT-1").values()) == 3 and counted_units(shop, "carol", "HOT-1") == 3
+
+    # Stock for 3 more is there, but carol may hold only 1 more: the counter refuses, nothing moves.
+    with pytest.raises(PurchaseLimitExceeded):
+        inventory.reserve("r2", "r2", lines, customer_id="carol")
+    assert sum(counters("HOT-1").values()) == 3 and counted_units(shop, "carol", "HOT-1") == 3
+
+    # Another customer is short of stock, not of limit.
+    with pytest.raises(OutOfStock):
+        inventory.reserve("r3", "r3", [lines[0].model_copy(update={"quantity": 4})], customer_id="dave")
+    assert counted_units(shop, "dave", "HOT-1") == 0
+
+    inventory.release("r1")
+    assert counters("HOT-1") == {0: 2, 1: 2, 2: 2} and counted_units(shop, "carol", "HOT-1") == 0
