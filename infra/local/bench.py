@@ -27,12 +27,16 @@ emulator `make chaos` uses.
 buyers (threads through the API, one unit each) for one SKU with ``--units`` units, once with
 the SKU's stock on one counter and once on ``--shards`` (the README's recommendation). Exactly
 ``--units`` orders must complete and every other one end CANCELLED with OUT_OF_STOCK, no
-counter may go negative, and the books must agree (the reconciliation, quiescent). The capacity
+counter may go negative, and the books must agree (the reconciliation, quiescent). The SKU has a
+purchase limit (``--purchase-limit``, 2), and a hoarder fires ``--hoarder-orders`` (20) orders of its
+own among the buyers: it must end with at most the limit, every other order of its refused (422
+over the limit, 429 too many in progress) or cancelled. The capacity
 meter counts the write units of every item key and index partition (``shop.aws.CapacityMeter``);
 from the hottest one's units per buyer it projects that key's WCU/s at 5,000 reservations/s,
 against DynamoDB's 1,000 WCU/s per partition.
 
     python -m infra.local.bench --flash-sale [--buyers 300] [--units 20] [--shards 32]
+        [--purchase-limit 2] [--hoarder-orders 20]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import argparse
 import json
 import math
 import os
+import random
 import socket
 import statistics
 import tempfile
@@ -210,6 +215,8 @@ class FlashSale:
     hottest: HotKey  # of the inventory's keys: stock counters and HeldByExpiry partitions
     hottest_elsewhere: HotKey  # of every other key the sale wrote
     buyers: int
+    # The hoarder's orders by how they ended: an order status, or the HTTP status that refused it.
+    hoarder: dict[str, int]
 
 
 @dataclass
@@ -269,8 +276,12 @@ def _flash_sale(
     buyers: int,
     units: int,
     concurrency: int,
+    purchase_limit: int,
+    hoarder: dict[str, str],
+    hoarder_orders: int,
 ) -> FlashSale:
-    """``buyers`` buyers at once for one SKU of ``units`` units spread over ``shards`` counters."""
+    """``buyers`` buyers at once for one SKU of ``units`` units spread over ``shards`` counters, at most
+    ``purchase_limit`` per customer, and among them a hoarder (a bot) firing ``hoarder_orders`` orders."""
     from shop import aws
 
     sku = f"FLASH-{shards:02d}-{uuid.uuid4().hex[:6]}"
@@ -287,29 +298,43 @@ def _flash_sale(
         timeout=30,
     )
     created.raise_for_status()
-    requests.patch(f"{api}/products/{sku}", headers=admin, json={"stock_shards": shards}, timeout=30).raise_for_status()
+    requests.patch(
+        f"{api}/products/{sku}",
+        headers=admin,
+        json={"stock_shards": shards, "purchase_limit": purchase_limit},
+        timeout=30,
+    ).raise_for_status()
     aws.capacity_meter.reset()
     outcomes: Counter[str] = Counter()
+    hoarded: Counter[str] = Counter()
     lock = threading.Lock()
 
     def buy(index: int) -> None:
-        customer = customers[index % len(customers)]
+        hoarding = index >= buyers
+        customer = hoarder if hoarding else customers[index % len(customers)]
         placed = requests.post(
             f"{api}/orders",
             headers={**customer, "Idempotency-Key": str(uuid.uuid4())},
             json={"items": [{"sku": sku, "quantity": 1}], "payment": {"token": "tok_visa"}},
             timeout=120,
         )
+        if hoarding and placed.status_code in (422, 429):  # over its limit, or too many in progress
+            with lock:
+                hoarded[str(placed.status_code)] += 1
+            return
         placed.raise_for_status()
         order_id = placed.json()["order_id"]
         watcher.wait(order_id, 600)
         order = requests.get(f"{api}/orders/{order_id}", headers=customer, timeout=60).json()
         with lock:
-            outcomes[f"{order['status']} {order.get('failure_reason') or ''}".strip()] += 1
+            (hoarded if hoarding else outcomes)[f"{order['status']} {order.get('failure_reason') or ''}".strip()] += 1
 
+    # The hoarder's orders are spread through the buyers', all in flight together.
+    order_of_arrival = list(range(buyers + hoarder_orders))
+    random.Random(shards).shuffle(order_of_arrival)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(buy, range(buyers)))
+        list(pool.map(buy, order_of_arrival))
     seconds = time.perf_counter() - started
     items = dynamodb.query(
         TableName=stock_table,
@@ -326,6 +351,7 @@ def _flash_sale(
         hottest=_hottest(buyers, inventory=True),
         hottest_elsewhere=_hottest(buyers, inventory=False),
         buyers=buyers,
+        hoarder=dict(hoarded),
     )
 
 
@@ -337,16 +363,20 @@ def _run_flash_sales(stack: Any, args: argparse.Namespace, watcher: SagaWatcher)
 
     # One customer per buyer, as in a real sale: a customer holds at most MaxOrdersInProgress open
     # orders (POST /orders answers 429 past it), and the sale's buyers are all in flight at once.
-    tokens = mint_tokens(stack.tokens_path.parent, [f"flash-buyer-{index}" for index in range(args.buyers)])
+    tokens = mint_tokens(
+        stack.tokens_path.parent, ["flash-hoarder", *(f"flash-buyer-{index}" for index in range(args.buyers))]
+    )
     admin = {"Authorization": f"Bearer {tokens['admin']}"}
-    customers = [{"Authorization": f"Bearer {token}"} for token in cast(dict[str, str], tokens["customers"]).values()]
+    by_name = cast(dict[str, str], tokens["customers"])
+    hoarder = {"Authorization": f"Bearer {by_name.pop('flash-hoarder')}"}
+    customers = [{"Authorization": f"Bearer {token}"} for token in by_name.values()]
     dynamodb = aws.dynamodb()  # where the stack's tables are (DynamoDB Local or moto's process)
     _meter_schemas(dynamodb)
     stock_table = next(name for name in aws.capacity_meter.schemas if name.endswith("StockTable"))
     failures: list[str] = []
     print(
         f"\nmake bench FLASH_SALE=1: {args.buyers} buyers at once ({args.flash_concurrency} threads), "
-        f"{args.units} units"
+        f"{args.units} units, at most {args.purchase_limit} per customer; a hoarder fires {args.hoarder_orders} orders"
     )
     for shards in dict.fromkeys((1, args.shards)):
         sale = _flash_sale(
@@ -360,11 +390,16 @@ def _run_flash_sales(stack: Any, args: argparse.Namespace, watcher: SagaWatcher)
             buyers=args.buyers,
             units=args.units,
             concurrency=args.flash_concurrency,
+            purchase_limit=args.purchase_limit,
+            hoarder=hoarder,
+            hoarder_orders=args.hoarder_orders,
         )
-        sold = sale.outcomes.get("COMPLETED", 0)
+        hoarded = sale.hoarder.get("COMPLETED", 0)
+        sold = sale.outcomes.get("COMPLETED", 0) + hoarded
         print(f"  {shards} shard(s): {sale.seconds:.1f} s")
         print(f"    orders:               {json.dumps(dict(sorted(sale.outcomes.items())))}")
         print(f"    counters after:       {json.dumps(sale.counters)}")
+        print(f"    the hoarder's orders: {json.dumps(dict(sorted(sale.hoarder.items())))}")
         for label, hot in (("hottest stock key:", sale.hottest), ("hottest other key:", sale.hottest_elsewhere)):
             verdict = "under" if hot.projected_wcu < PARTITION_WRITE_LIMIT else "OVER"
             print(f"    {label:<22}{hot.key}: {hot.units:.0f} write units, {hot.units / sale.buyers:.2f} per buyer")
@@ -373,8 +408,10 @@ def _run_flash_sales(stack: Any, args: argparse.Namespace, watcher: SagaWatcher)
                 f"reservations/s ({verdict} {PARTITION_WRITE_LIMIT:,} per partition; "
                 f"peak here {hot.peak_per_second:.0f} in one second)"
             )
-        if sold != args.units or sale.outcomes.get("CANCELLED OUT_OF_STOCK", 0) != args.buyers - args.units:
+        if sold != args.units or sale.outcomes.get("CANCELLED OUT_OF_STOCK", 0) != args.buyers - (sold - hoarded):
             failures.append(f"{shards} shard(s): {json.dumps(sale.outcomes)}, expected {args.units} COMPLETED")
+        if hoarded > args.purchase_limit or sum(sale.hoarder.values()) != args.hoarder_orders:
+            failures.append(f"{shards} shard(s): the hoarder got {hoarded} units, {json.dumps(sale.hoarder)}")
         if any(units < 0 for units in sale.counters.values()) or sum(sale.counters.values()) != 0:
             failures.append(f"{shards} shard(s): counters {json.dumps(sale.counters)} after selling out")
         if shards == args.shards and sale.hottest.projected_wcu >= PARTITION_WRITE_LIMIT:
@@ -398,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=20, help="flash sale: units on sale")
     parser.add_argument("--shards", type=int, default=RECOMMENDED_SHARDS, help="flash sale: the sharded run's count")
     parser.add_argument("--flash-concurrency", type=int, default=150, help="flash sale: buyers in flight at once")
+    parser.add_argument("--purchase-limit", type=int, default=2, help="flash sale: units per customer")
+    parser.add_argument("--hoarder-orders", type=int, default=20, help="flash sale: the hoarder's orders, all at once")
     args = parser.parse_args(argv)
     # One metric line per order on the console would cost more than the order (CloudWatch takes
     # them from the log stream on AWS, off the function's clock).

@@ -229,17 +229,20 @@ def test_the_sweeper_is_scheduled_by_the_template(local_aws: LocalAws) -> None:
 
 @pytest.mark.parametrize("reason", ["TransactionConflict", "ThrottlingError"])
 def test_a_transaction_conflict_is_retryable_contention(stocked: LocalAws, reason: str) -> None:
+    """Tried again within the step (each round a fresh shard pick), then left to the saga's Retry."""
     # Emulators serialize transactions, so DynamoDB's conflict answer is stubbed here.
     client = aws.dynamodb()
     with Stubber(client) as stub:
-        stub.add_client_error(
-            "transact_write_items",
-            service_error_code="TransactionCanceledException",
-            service_message="Transaction cancelled",
-            http_status_code=400,
-            modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": reason}]},
-        )
+        for _ in range(inventory._RESERVE_ROUNDS):
+            stub.add_client_error(
+                "transact_write_items",
+                service_error_code="TransactionCanceledException",
+                service_message="Transaction cancelled",
+                http_status_code=400,
+                modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": reason}]},
+            )
         with pytest.raises(InventoryContention):
             inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
+        stub.assert_no_pending_responses()  # every round was tried
     assert reservations(stocked) == {}
     assert available(stocked, "A") == 5

@@ -55,6 +55,11 @@ SWEEP_LIMIT = 500
 # saga's Retry takes over: each round after the first follows a fresh read, so only a shard
 # emptied between that read and the write sends it round again.
 _RESERVE_ROUNDS = 4
+# A transaction cancelled because another one wrote the same stock counter at that moment (buyers
+# of one SKU at once; DynamoDB's TransactionConflict) is tried again within the step after a short
+# jittered pause, each line on a freshly picked shard: the saga's own Retry waits seconds between
+# its few attempts, and a hot SKU's conflicts would use them up.
+_CONFLICT_PAUSE_SECONDS = 0.02
 # TransactWriteItems' limit: the reservation plus every take must fit.
 MAX_TRANSACTION_ACTIONS = 100
 
@@ -158,7 +163,7 @@ def reserve(
     alone_over = [line.sku for line in limited if line.quantity > (line.purchase_limit or 0)]
     if alone_over:
         raise PurchaseLimitExceeded(alone_over)
-    for _ in range(_RESERVE_ROUNDS):
+    for round_number in range(_RESERVE_ROUNDS):
         reservation = Reservation(
             reservation_id=reservation_id,
             order_id=order_id,
@@ -197,7 +202,14 @@ def reserve(
                     f"reservation {reservation_id} already exists with other lines", reservation_id=reservation_id
                 ) from None
             if verdict.contention:
-                raise InventoryContention("stock is being changed concurrently; retry") from None
+                if round_number + 1 == _RESERVE_ROUNDS:
+                    raise InventoryContention("stock is being changed concurrently; retry") from None
+                time.sleep(random.uniform(0, _CONFLICT_PAUSE_SECONDS * 2**round_number))
+                plan = {
+                    line.sku: [ShardTake(shard=stock_shards.pick_shard(line.stock_shards, rng), quantity=line.quantity)]
+                    for line in lines
+                }
+                continue
             # The customer's own limit first: that order could never have been filled for them.
             if verdict.over_limit_skus:
                 raise PurchaseLimitExceeded(verdict.over_limit_skus) from None
