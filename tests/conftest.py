@@ -119,10 +119,14 @@ WORKFLOW_TYPES = ("STANDARD", "EXPRESS")
 
 
 @pytest.fixture
-def workflow_type() -> str:
-    """The sagas' workflow type for ``local_aws``; a module that runs every saga path in both types
-    overrides it with ``params=WORKFLOW_TYPES``."""
-    return "STANDARD"
+def workflow_type(request: pytest.FixtureRequest) -> str:
+    """The sagas' workflow type for ``local_aws``: STANDARD unless a test asks for others with
+    ``pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)`` (``BOTH_WORKFLOW_TYPES``)."""
+    return str(getattr(request, "param", "STANDARD"))
+
+
+# A module whose every saga path runs in both workflow types: ``pytestmark = BOTH_WORKFLOW_TYPES``.
+BOTH_WORKFLOW_TYPES = pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
 
 
 @pytest.fixture

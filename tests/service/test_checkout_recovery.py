@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from infra.local import lambda_runtime
-from tests.conftest import WORKFLOW_TYPES, LocalAws
+from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
 from tests.service.orders_helpers import Shop, available, open_shop, seed_product, steps
 
 
@@ -18,9 +18,7 @@ class ServiceUnavailable(Exception):
 
 
 # Every saga path of this module runs in both workflow types (template parameter WorkflowType).
-@pytest.fixture(params=WORKFLOW_TYPES)
-def workflow_type(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+pytestmark = BOTH_WORKFLOW_TYPES
 
 
 @pytest.fixture

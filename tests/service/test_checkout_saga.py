@@ -10,14 +10,11 @@ import pytest
 
 from infra.local import lambda_runtime
 from shop.errors import InventoryContention
-from tests.conftest import WORKFLOW_TYPES, LocalAws
+from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
 from tests.service.orders_helpers import Shop, available, open_shop, seed_product, steps
 
-
 # Every saga path of this module runs in both workflow types (template parameter WorkflowType).
-@pytest.fixture(params=WORKFLOW_TYPES)
-def workflow_type(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+pytestmark = BOTH_WORKFLOW_TYPES
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from shop.models.orders import SagaClaim
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories import orders as order_repository
 from shop.repositories.payments import PaymentsRepository
-from tests.conftest import WORKFLOW_TYPES, LocalAws
+from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
 from tests.service.orders_helpers import Shop, available, open_shop, seed_product
 from tests.service.test_recovery import sweep
 from tests.service.test_saga_edges import Down, StepFaults
@@ -35,11 +35,6 @@ PRICE, STOCK, QUANTITY = 1250, 10, 2
 TOTAL = PRICE * QUANTITY
 # The states a stopped execution must never enter after losing its claim.
 COMPENSATIONS = frozenset({"VoidPayment", "ReleaseStock", "CancelOrder", "ReturnStock", "RefundPayment"})
-
-
-@pytest.fixture(params=WORKFLOW_TYPES)
-def workflow_type(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture
@@ -117,6 +112,7 @@ def test_a_duplicate_of_a_compensating_checkout_and_of_a_refund_change_nothing_t
 
 
 # ---------------------------------------------------------------------------- a claim that cannot be written
+@BOTH_WORKFLOW_TYPES
 def test_a_claim_that_keeps_failing_ends_the_execution_before_any_effect_and_recovery_finishes_the_order(
     shop: Shop, local_aws: LocalAws, faults: StepFaults, workflow_type: str
 ) -> None:
@@ -144,6 +140,7 @@ def test_a_claim_that_keeps_failing_ends_the_execution_before_any_effect_and_rec
     assert shop.dead_letter(order_id) is None or workflow_type == "STANDARD"
 
 
+@BOTH_WORKFLOW_TYPES
 def test_a_refund_whose_claim_keeps_failing_ends_before_any_effect(shop: Shop, faults: StepFaults) -> None:
     order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
     assert shop.wait_checkout(order_id) == "SUCCEEDED"
@@ -235,6 +232,7 @@ TAKEOVERS: list[tuple[str, str, Callable[[Any], bool], str]] = [
 ]
 
 
+@BOTH_WORKFLOW_TYPES
 @pytest.mark.parametrize(("case", "logical_id", "when", "path"), TAKEOVERS, ids=[takeover[0] for takeover in TAKEOVERS])
 def test_an_execution_taken_over_before_a_step_stops_there_and_compensates_nothing(
     shop: Shop, local_aws: LocalAws, faults: StepFaults, case: str, logical_id: str, when: Any, path: str

@@ -25,7 +25,7 @@ from shop.config import inventory_settings
 from shop.domain import inventory
 from shop.domain import payments as payment_domain
 from shop.errors import OrderContention
-from tests.conftest import WORKFLOW_TYPES, LocalAws
+from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
 from tests.service.faults import SdkFault, inject, open_breaker, updates_payment_to
 from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
 
@@ -133,9 +133,7 @@ def letter_of(shop: Shop, order_id: str) -> tuple[str, str, str, int]:
 
 
 # Every saga path of this module runs in both workflow types (template parameter WorkflowType).
-@pytest.fixture(params=WORKFLOW_TYPES)
-def workflow_type(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+pytestmark = BOTH_WORKFLOW_TYPES
 
 
 @pytest.fixture
