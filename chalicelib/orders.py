@@ -58,7 +58,9 @@ class OrderListQuery(StrictModel):
         "nothing is placed; two of the customer's orders racing for the last units end the later one CANCELLED with "
         "`failure_reason` PURCHASE_LIMIT_EXCEEDED. With `Prefer: wait=N`, the answer waits up to N seconds for the "
         "saga: 201 with the final order and `Preference-Applied` if it settled, else 202 with the order as it "
-        "stands (a replay of the key then answers the current state too)."
+        "stands (a replay of the key then answers the current state too). A customer who already has the most "
+        "orders in progress the shop allows (template parameter MaxOrdersInProgress, default 5) gets 429 "
+        "`too-many-orders-in-progress` with `Retry-After`, and nothing is stored."
     ),
     auth="customer",
     body=PlaceOrderRequest,
