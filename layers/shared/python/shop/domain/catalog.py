@@ -185,6 +185,8 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
             for number, shard in repository.stock_shards(sku).items()
             if number < info.stock_shards
         }
+        if not counters:
+            continue  # a reshard is moving the counters: read again (before judging a total of 0)
         available = sum(counters.values())
         resulting = available + request.delta
         if resulting < 0:
@@ -197,8 +199,6 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
                 f"more than the maximum {MAX_STOCK}",
                 errors=[{"field": "delta", "message": f"at most {max(MAX_STOCK - available, 0)} here"}],
             )
-        if not counters:
-            continue  # a reshard is moving the counters: read again
         if request.delta > 0:
             actions = [
                 stock.give(sku, number, units)

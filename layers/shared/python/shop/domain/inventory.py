@@ -205,8 +205,11 @@ def reserve(
                 if round_number + 1 == _RESERVE_ROUNDS:
                     raise InventoryContention("stock is being changed concurrently; retry") from None
                 time.sleep(random.uniform(0, _CONFLICT_PAUSE_SECONDS * 2**round_number))
+                # A fresh shard for a line on one shard; a line spread over several after a read keeps its plan.
                 plan = {
-                    line.sku: [ShardTake(shard=stock_shards.pick_shard(line.stock_shards, rng), quantity=line.quantity)]
+                    line.sku: plan[line.sku]
+                    if len(plan[line.sku]) > 1
+                    else [ShardTake(shard=stock_shards.pick_shard(line.stock_shards, rng), quantity=line.quantity)]
                     for line in lines
                 }
                 continue
