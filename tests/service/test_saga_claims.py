@@ -199,6 +199,8 @@ class TakeOverBefore:
         self.when = when
         self.taken = threading.Event()
         self.claim: SagaClaim | None = None
+        # The books as the new owner found them: stock, our payments ledger, the provider's.
+        self.found: tuple[Any, ...] | None = None
 
     def __call__(self, function_name: str, event: Any) -> None:
         if function_name != self.function_name or not self.when(event) or self.taken.is_set():
@@ -211,6 +213,11 @@ class TakeOverBefore:
             epoch=order.saga_epoch + 1,
         )
         order_repository.claim(order.order_id, self.claim)
+        self.found = books(order.order_id)
+
+
+def books(order_id: str) -> tuple[Any, ...]:
+    return available("MUG-1"), PaymentsRepository().get(order_id), provider_ledger(order_id)
 
 
 def _every(event: Any) -> bool:
@@ -279,3 +286,4 @@ def test_an_execution_taken_over_before_a_step_stops_there_and_compensates_nothi
     assert order.saga_epoch == takeover.claim.epoch
     assert order.status not in {"COMPLETED", "CANCELLED", "REFUNDED", "NEEDS_ATTENTION"}
     assert shop.dead_letter(order_id) is None
+    assert books(order_id) == takeover.found  # the stopped execution moved nothing after the takeover

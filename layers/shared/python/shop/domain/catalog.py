@@ -206,8 +206,7 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
             ]
         else:
             decrease = stock_shards.plan_decrease(counters, -request.delta)
-            if decrease is None:  # counters beyond the shard count are being moved: read again
-                continue
+            assert decrease is not None  # resulting >= 0: the counters hold at least -delta
             actions = [stock.take(sku, number, units) for number, units in decrease.items()]
         at = iso_now()
         entry = StockLedgerEntry(

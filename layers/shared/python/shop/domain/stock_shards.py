@@ -74,16 +74,18 @@ def plan_increase(available: Mapping[int, int], delta: int) -> dict[int, int]:
 
 
 def plan_decrease(available: Mapping[int, int], delta: int) -> dict[int, int] | None:
-    """Per shard, the units to remove so ``delta`` fewer come from the fullest shards; None if the sum is short."""
-    takes = plan_takes({shard: units for shard, units in available.items() if units > 0}, delta)
-    if takes is None:
+    """Per shard, the units to remove so ``delta`` fewer come from the fullest shards first (a decrease
+    evens shards out too); None if the sum is short."""
+    if delta < 1 or sum(max(units, 0) for units in available.values()) < delta:
         return None
-    if len(takes) == 1:
-        # Decreases come from the fullest shards, not a random one: they even shards out too.
-        fullest = max(sorted(available), key=lambda shard: available[shard])
-        if available[fullest] >= delta:
-            return {fullest: delta}
-    return {take.shard: take.quantity for take in takes}
+    removed: dict[int, int] = {}
+    needed = delta
+    for shard, units in sorted(available.items(), key=lambda entry: (-entry[1], entry[0])):
+        if needed == 0:
+            break
+        removed[shard] = min(units, needed)
+        needed -= removed[shard]
+    return removed
 
 
 def reshard(available: Mapping[int, int], shards: int) -> dict[int, int]:

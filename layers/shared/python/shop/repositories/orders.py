@@ -256,35 +256,30 @@ def claim(order_id: str, token: SagaClaim) -> Order:
     Raises SagaClaimLost when another execution holds the same or a later epoch, OrderNotFound when
     there is no order. ``version`` is bumped: a read-then-write that read the old owner fails.
     """
-    try:
-        response = call(
-            "update_item",
-            busy=OrderContention,
-            TableName=table_settings().orders_table,
-            Key={"order_id": {"S": order_id}},
-            UpdateExpression="SET saga_claim = :claim, saga_epoch = :epoch ADD version :one",
-            ConditionExpression=(
-                "attribute_exists(order_id) AND (attribute_not_exists(saga_epoch) OR saga_epoch < :epoch"
-                " OR (saga_epoch = :epoch AND saga_claim = :claim))"
-            ),
-            ExpressionAttributeValues={
-                ":claim": {"S": claim_token(token)},
-                ":epoch": {"N": str(token.epoch)},
-                ":one": {"N": "1"},
-            },
-            ReturnValues="ALL_NEW",
-            ReturnValuesOnConditionCheckFailure="ALL_OLD",
-        )
-    except ClientError as error:
-        if not is_condition_failure(error):
-            raise
-        stored = error.response.get("Item")
-        owner = to_order(stored) if stored else get(order_id)
+    response = call_if(
+        "update_item",
+        busy=OrderContention,
+        TableName=table_settings().orders_table,
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET saga_claim = :claim, saga_epoch = :epoch ADD version :one",
+        ConditionExpression=(
+            "attribute_exists(order_id) AND (attribute_not_exists(saga_epoch) OR saga_epoch < :epoch"
+            " OR (saga_epoch = :epoch AND saga_claim = :claim))"
+        ),
+        ExpressionAttributeValues={
+            ":claim": {"S": claim_token(token)},
+            ":epoch": {"N": str(token.epoch)},
+            ":one": {"N": "1"},
+        },
+        ReturnValues="ALL_NEW",
+    )
+    if response is None:  # the rare path: read who holds it, for the error
+        owner = get(order_id)
         if owner is None:
-            raise OrderNotFound(f"order {order_id} does not exist") from None
+            raise OrderNotFound(f"order {order_id} does not exist")
         raise SagaClaimLost(
             f"order {order_id} is owned by another execution (epoch {owner.saga_epoch}; this one is {token.epoch})"
-        ) from None
+        )
     return to_order(response["Attributes"])
 
 
