@@ -82,10 +82,16 @@
     return query;
   }
 
+  // Only the newest listing renders: the page's first load (every order) can answer after the
+  // operator's filter did, and must not paint the unfiltered list over the filtered one.
+  let ordersRequest = 0;
+
   async function loadOrders(append) {
+    const request = ++ordersRequest;
     const query = orderQuery();
     if (append && ordersNextToken) query.set("next_token", ordersNextToken);
     const page = await api(`admin/orders?${query}`);
+    if (request !== ordersRequest) return;
     const body = $("#orders tbody");
     if (!append) body.replaceChildren();
     for (const order of page.items) {

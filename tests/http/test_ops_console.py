@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -41,6 +42,8 @@ CHROMIUM_ARGS = [
 UI_TIMEOUT_MS = 90_000
 DEADLINE_SECONDS = 90.0
 CUSTOMER = "console-customer"
+# Assertions wait as long as actions do: on a busy CI machine a listing can take more than the default 5 s.
+expect.set_options(timeout=UI_TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +130,13 @@ def _dead_lettered_order(stack: RunningStack, auth: dict[str, str], sku: str) ->
     return order_id
 
 
-def _open_console(browser: Browser, stack: RunningStack, errors: list[str]) -> Page:
+def _open_console(
+    browser: Browser, stack: RunningStack, errors: list[str], before_load: Callable[[Page], None] | None = None
+) -> Page:
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.set_default_timeout(UI_TIMEOUT_MS)
+    if before_load:
+        before_load(page)
 
     def on_console(message: ConsoleMessage) -> None:
         # A CSP violation or a script error. Chromium also reports every 4xx answer here (the
@@ -150,15 +157,37 @@ def test_the_console_lists_orders_opens_a_timeline_and_redrives_a_dead_letter(
     completed = _place(stack, customer_auth, sku, "tok_visa")
     assert wait_for_terminal(stack, "admin", completed)["status"] == "COMPLETED"
     stuck = _dead_lettered_order(stack, customer_auth, sku)
+    someone_elses = _place(stack, stack.auth("alice"), sku, "tok_visa")  # listed only when unfiltered
     errors: list[str] = []
 
-    page = _open_console(browser, stack, errors)
+    # The page's first listing (every order of the stack) is held until the operator's filter has
+    # answered: when it comes back last it must not paint the unfiltered list over the filtered one.
+    held_listings: list[Route] = []
+
+    def unfiltered_listing(url: str) -> bool:
+        address = urlsplit(url)
+        return address.path.endswith("/admin/orders") and "customer" not in parse_qs(address.query)
+
+    def hold(route: Route) -> None:
+        held_listings.append(route)
+
+    def hold_listings(page: Page) -> None:
+        page.route(unfiltered_listing, hold)
+
+    page = _open_console(browser, stack, errors, before_load=hold_listings)
 
     # The token left the address bar; the page keeps it in sessionStorage.
     expect(page).to_have_url(stack.url("/ops"))
     # The orders this test placed, narrowed to its customer.
     page.fill("#order-filters input[name=customer]", CUSTOMER)
     page.click("#order-filters button[type=submit]")
+    expect(page.locator("#message")).to_contain_text("Orders filtered")
+    assert len(held_listings) == 1
+    with page.expect_response(lambda response: unfiltered_listing(response.url)):
+        held_listings[0].continue_()
+    page.unroute(unfiltered_listing, hold)
+    expect(page.locator("#message")).to_contain_text("Updated")  # the held listing has answered too
+    expect(page.locator(f'#orders tbody tr[data-order-id="{someone_elses}"]')).to_have_count(0)
     for order_id in (completed, stuck):
         expect(page.locator(f'#orders tbody tr[data-order-id="{order_id}"]')).to_be_visible()
     expect(page.locator("#orders tbody tr")).to_have_count(2)
