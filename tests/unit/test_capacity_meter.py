@@ -123,3 +123,29 @@ def test_an_update_that_sets_a_sparse_index_key_writes_that_partition() -> None:
 
     assert meter.units_by_key["Orders/ByOutcome CANCELLED"] == 2
     assert "Orders/ByOutcome REFUNDED" not in meter.units_by_key
+
+
+def test_a_transaction_is_billed_two_units_per_item_however_its_units_were_reported() -> None:
+    """DynamoDB Local reports a transaction's write units per table (2.0 for one small item and 2.0
+    for three in one table); AWS bills 2 units per item of up to 1 KB. Larger reports stand."""
+    meter = CapacityMeter(enabled=True)
+    takes = [{"Update": {"TableName": "Stock"}} for _ in range(3)]
+    transaction = {"TransactItems": [{"Put": {"TableName": "Holds"}}, *takes]}
+    reported = [
+        {
+            "TableName": "Holds",
+            "CapacityUnits": 6.0,
+            "Table": {"CapacityUnits": 4.0},
+            "GlobalSecondaryIndexes": {"ByExpiry": {"CapacityUnits": 2.0}},
+        },
+        {"TableName": "Stock", "CapacityUnits": 2.0, "Table": {"CapacityUnits": 2.0}},
+    ]
+    _metered(meter, "TransactWriteItems", transaction, reported)
+
+    assert meter.units_by_target["TransactWriteItems Holds+Stock"] == {
+        "Holds": 4.0,  # a 2 KB item: reported as billed
+        "Holds/ByExpiry": 2.0,
+        "Stock": 6.0,  # three items, 2 units each
+    }
+    assert meter.write_units == 12.0
+    assert meter.units_by_table["TransactWriteItems Holds+Stock"] == 12.0

@@ -85,6 +85,10 @@ class CapacityMeter:
         for item in params.get("TransactItems", []):
             tables.update(operation["TableName"] for operation in item.values())
         context["metered_tables"] = "+".join(sorted(tables))
+        if "TransactItems" in params:
+            context["transaction_items"] = Counter(
+                operation["TableName"] for item in params["TransactItems"] for operation in item.values()
+            )
         if self.schemas and model is not None and model.name in _WRITES:
             context["metered_writes"] = _written_items(params)
 
@@ -120,10 +124,16 @@ class CapacityMeter:
         entries = consumed if isinstance(consumed, list) else [consumed]
         units = sum(entry.get("CapacityUnits", 0.0) for entry in entries)
         targets: Counter[str] = Counter()
+        transaction_items: Counter[str] = context.get("transaction_items", Counter())
         for entry in entries:
             table = entry.get("TableName", "?")
             if "Table" in entry:
-                targets[table] += entry["Table"].get("CapacityUnits", 0.0)
+                reported = entry["Table"].get("CapacityUnits", 0.0)
+                # AWS bills a transaction 2 units per item (per KB of it); DynamoDB Local reports 2
+                # per table however many of its items the transaction wrote.
+                billed = max(reported, 2.0 * transaction_items[table])
+                targets[table] += billed
+                units += billed - reported
             for index, capacity in (entry.get("GlobalSecondaryIndexes") or {}).items():
                 targets[f"{table}/{index}"] += capacity.get("CapacityUnits", 0.0)
         with self._lock:
