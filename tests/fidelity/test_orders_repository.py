@@ -55,6 +55,11 @@ def raw(backend: Backend, order_id: str) -> dict[str, Any]:
     item = backend.client.get_item(
         TableName=backend.table("OrdersTable"), Key={"order_id": {"S": order_id}}, ConsistentRead=True
     )["Item"]
+    if "outcome" in item:
+        # The index partition is the order's own shard; orders compared here differ in id only.
+        status = item["outcome"]["S"].split("#")[0]
+        assert item["outcome"]["S"] == repository.outcome_key(status, order_id)  # type: ignore[arg-type]
+        item["outcome"] = {"S": status}
     return {key: value for key, value in item.items() if key not in ("order_id", "created_key")}
 
 
@@ -153,3 +158,57 @@ def test_the_sparse_indexes_follow_an_order_from_open_to_settled(backend: Backen
     assert listed() == ["b-1", "a-3", "a-2", "a-1"]
     mine, _ = repository.list_for_customer("cust-a", limit=2, start_key=None)
     assert [order.order_id for order in mine] == ["a-3", "a-2"]
+
+
+def test_a_settled_status_is_listed_newest_first_across_every_outcome_shard(backend: Backend) -> None:
+    """OrdersByOutcome spreads a status over ``OUTCOME_SHARDS`` partitions (a flash sale's CANCELLED
+    orders would overrun one); the listing merges them newest first, page by page, with nothing
+    lost or repeated, an order stored before the sharding (bare status) included."""
+    from shop.models.orders import OrderFilter
+
+    settled = [f"s-{number:02d}" for number in range(9)]
+    for minute, order_id in enumerate(settled):
+        order = stored_order(f"tmp-{order_id}", "PENDING").model_copy(
+            update={
+                "order_id": order_id,
+                "status": "CANCELLED",
+                "failure_reason": "OUT_OF_STOCK",
+                "created_at": f"2026-12-01T00:{minute:02d}:00.000Z",
+            }
+        )
+        repository.create(order)
+    shards = {repository.outcome_key("CANCELLED", order_id) for order_id in settled}
+    assert len(shards) > 1  # the orders really are spread
+    legacy = "s-legacy"
+    repository.create(
+        stored_order(f"tmp-{legacy}", "PENDING").model_copy(
+            update={"order_id": legacy, "status": "CANCELLED", "created_at": "2026-12-01T00:30:00.000Z"}
+        )
+    )
+    backend.client.update_item(
+        TableName=backend.table("OrdersTable"),
+        Key={"order_id": {"S": legacy}},
+        UpdateExpression="SET outcome = :bare",
+        ExpressionAttributeValues={":bare": {"S": "CANCELLED"}},
+    )
+    newest_first = [legacy, *reversed(settled)]
+
+    def pages(**criteria: Any) -> list[list[str]]:
+        found, start, listed = OrderFilter(status="CANCELLED", **criteria), None, []
+        while True:
+            orders, start = repository.list_filtered(found, limit=4, start_key=start)
+            listed.append([order.order_id for order in orders if order.order_id.startswith("s-")])
+            if start is None:
+                return listed
+
+    every = pages(since="2026-12-01T00:00:00.000Z")
+    assert [order_id for page in every for order_id in page] == newest_first
+    assert every[0] == newest_first[:4]
+    window = pages(since="2026-12-01T00:02:00.000Z", until="2026-12-01T00:06:00.000Z")
+    assert [order_id for page in window for order_id in page] == ["s-06", "s-05", "s-04", "s-03", "s-02"]
+    assert (
+        repository.list_filtered(
+            OrderFilter(status="COMPLETED", since="2026-12-01T00:00:00.000Z"), limit=4, start_key=None
+        )[0]
+        == []
+    )

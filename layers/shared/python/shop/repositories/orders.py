@@ -9,6 +9,8 @@ the status the step expects (``advance``), which bumps ``version`` too and costs
 from __future__ import annotations
 
 import hashlib
+import heapq
+import zlib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from functools import lru_cache
@@ -34,8 +36,12 @@ from shop.repositories.dynamodb import call, call_if, is_condition_failure, mars
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
 # Sparse, keyed ``in_progress_for`` (the customer) while a saga still has to move the order on.
 ORDERS_IN_PROGRESS = "OrdersInProgress"
-# Sparse, keyed ``outcome`` (the terminal status) once the order has settled.
+# Sparse, keyed ``outcome`` ("<terminal status>#<shard>") once the order has settled.
 ORDERS_BY_OUTCOME = "OrdersByOutcome"
+# Each terminal status is spread over this many index partitions: a flash sale settles thousands of
+# orders a second with one status (CANCELLED, sold out), more than the 1,000 write units a second
+# one partition takes. 16 keep each under ~320 at 5,000 orders a second; a listing reads all 16.
+OUTCOME_SHARDS = 16
 # A cancel request and the saga rarely collide more than once; more means something is wrong.
 MAX_WRITE_ATTEMPTS = 8
 # BatchGetItem's most keys per request.
@@ -83,8 +89,14 @@ def _order_item(order: Order) -> dict[str, Any]:
     item["created_key"] = order.created_key
     # The sparse indexes' keys: exactly one of them is present on every order.
     item["in_progress_for"] = order.customer_id if order.status in SAGA_IN_PROGRESS else None
-    item["outcome"] = order.status if order.status in TERMINAL else None
+    item["outcome"] = outcome_key(order.status, order.order_id) if order.status in TERMINAL else None
     return marshal(item)
+
+
+def outcome_key(status: OrderStatus, order_id: str) -> str:
+    """The order's OrdersByOutcome partition: its status and a shard fixed by its id (CRC-32, stable
+    across processes)."""
+    return f"{status}#{zlib.crc32(order_id.encode()) % OUTCOME_SHARDS}"
 
 
 def to_order(item: Mapping[str, Any]) -> Order:
@@ -213,7 +225,7 @@ def advance(
     removals = []
     # Only the write that settles the order (or reopens it) touches the sparse indexes' keys.
     if to_status in TERMINAL:
-        update += ", outcome = :to"
+        update += ", outcome = :outcome"
         removals.append("in_progress_for")
     elif from_status not in SAGA_IN_PROGRESS:
         update += ", in_progress_for = customer_id"
@@ -230,6 +242,8 @@ def advance(
         ":now": {"S": now},
         ":one": {"N": "1"},
     }
+    if to_status in TERMINAL:
+        values[":outcome"] = {"S": outcome_key(to_status, order_id)}
     if unless_cancel_requested:
         values[":false"] = {"BOOL": False}
     if claim is not None:
@@ -360,25 +374,22 @@ def list_filtered(
 ) -> tuple[list[Order], dict[str, Any] | None]:
     """One page of every customer's orders narrowed by ``found``, and DynamoDB's key to continue from.
 
-    The page's keys come from the narrowest source: a customer's orders (OrdersByCustomer) or a
-    settled status (OrdersByOutcome) are a Query, newest first; an open status is a Scan of
+    The page's keys come from the narrowest source: a customer's orders (OrdersByCustomer) are a
+    Query, newest first; a settled status is one Query per OrdersByOutcome shard, merged newest
+    first (``_list_settled``); an open status is a Scan of
     OrdersInProgress, which holds only the open orders; nothing else is a Scan of the table (in
     no order), the only way to see every order. The orders are then read and the remaining
     criteria applied, so a page may hold fewer than ``limit`` orders while a ``next_token`` follows.
     """
     table = table_settings().orders_table
+    if found.customer is None and found.status is not None and found.status in TERMINAL:
+        return _list_settled(found, found.status, limit=limit, start_key=start_key)
     request: dict[str, Any] = {"TableName": table, "Limit": limit}
-    if found.customer is not None or (found.status is not None and found.status in TERMINAL):
-        if found.customer is not None:
-            request["IndexName"], key = ORDERS_BY_CUSTOMER, "customer_id = :key"
-            values: dict[str, Any] = {":key": {"S": found.customer}}
-        else:
-            assert found.status is not None  # narrowed above
-            request["IndexName"], key = ORDERS_BY_OUTCOME, "outcome = :key"
-            values = {":key": {"S": found.status}}
+    if found.customer is not None:
+        request["IndexName"] = ORDERS_BY_CUSTOMER
         created, created_values = _created_key_range(found)
-        request["KeyConditionExpression"] = key + created
-        request["ExpressionAttributeValues"] = values | created_values
+        request["KeyConditionExpression"] = "customer_id = :key" + created
+        request["ExpressionAttributeValues"] = {":key": {"S": found.customer}} | created_values
         request["ScanIndexForward"] = False
         operation = "query"
     elif found.status is not None:
@@ -396,6 +407,56 @@ def list_filtered(
     if operation == "scan":
         orders.sort(key=lambda order: order.created_key, reverse=True)
     return orders, response.get("LastEvaluatedKey")
+
+
+# The position a merged listing of OrdersByOutcome continues from: no shard's LastEvaluatedKey
+# alone says where the others stood, the last created_key listed does (it is unique).
+_LISTED_BEFORE = "created_key_before"
+
+
+def _list_settled(
+    found: OrderFilter, status: OrderStatus, *, limit: int, start_key: Mapping[str, Any] | None
+) -> tuple[list[Order], dict[str, Any] | None]:
+    """One page of the orders settled in ``status``, newest first, across every OrdersByOutcome shard.
+
+    Each shard is queried for at most ``limit`` keys newer-first below the page's start; the merged
+    newest ``limit`` are the page, and the last of them is where the next page starts. Orders
+    written before the index was sharded (``outcome`` = the bare status) are one more partition.
+    """
+    before = start_key.get(_LISTED_BEFORE, {}).get("S") if start_key else None
+    created, values = _created_key_range(found)
+    if before is not None:
+        # The page's start bounds the range from above (exclusive: it was listed already).
+        lower = (
+            " AND created_key BETWEEN :since AND :before" if found.since is not None else " AND created_key < :before"
+        )
+        if found.until is not None and found.until + "$" < before:
+            before = found.until + "$"
+        created = lower
+        values = {key: value for key, value in values.items() if key != ":until_key"} | {":before": {"S": before}}
+    partitions = [f"{status}#{shard}" for shard in range(OUTCOME_SHARDS)] + [status]
+    listed: list[tuple[str, str]] = []
+    more = False
+    for partition in partitions:
+        request: dict[str, Any] = {
+            "TableName": table_settings().orders_table,
+            "IndexName": ORDERS_BY_OUTCOME,
+            "KeyConditionExpression": "outcome = :key" + created,
+            "ExpressionAttributeValues": {":key": {"S": partition}} | values,
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        response = call("query", busy=OrderContention, **request)
+        keys = [(item["created_key"]["S"], item["order_id"]["S"]) for item in response.get("Items", [])]
+        listed.extend(key for key in keys if before is None or key[0] < before)
+        more = more or "LastEvaluatedKey" in response
+    page = heapq.nlargest(limit, listed)
+    more = more or len(listed) > len(page)
+    found_orders = _get_many([order_id for _, order_id in page])
+    orders = [found_orders[order_id] for _, order_id in page if order_id in found_orders]
+    orders = [order for order in orders if _matches(order, found)]
+    next_key = {_LISTED_BEFORE: {"S": page[-1][0]}} if more and page else None
+    return orders, next_key
 
 
 def in_progress_since(created_before: str, *, limit: int) -> list[str]:
