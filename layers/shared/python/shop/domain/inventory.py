@@ -246,20 +246,16 @@ def commit(reservation_id: str) -> ReservationResult:
 
     Raises ReservationExpired if it was released first, ReservationNotFound if it never existed.
     """
-    for _ in range(_ATTEMPTS):
-        current = repository.get_reservation(reservation_id)
-        if current is None:
-            raise ReservationNotFound(f"no reservation {reservation_id}", reservation_id=reservation_id)
-        if current.status == "COMMITTED":
-            return ReservationResult.of(current)
-        if current.status == "RELEASED":
-            raise ReservationExpired(
-                f"reservation {reservation_id} was released before it was committed", reservation_id=reservation_id
-            )
-        committed = repository.commit_reservation(reservation_id, iso_now())
-        if committed is not None:
-            return ReservationResult.of(committed)
-    raise InventoryContention(f"reservation {reservation_id} kept changing; retry")
+    attempt = repository.commit_reservation(reservation_id, iso_now())
+    current = attempt.current
+    if current is None:
+        raise ReservationNotFound(f"no reservation {reservation_id}", reservation_id=reservation_id)
+    if attempt.committed or current.status == "COMMITTED":
+        return ReservationResult.of(current)
+    # Only RESERVED can be committed, and the condition said it was not: RELEASED is all that is left.
+    raise ReservationExpired(
+        f"reservation {reservation_id} was released before it was committed", reservation_id=reservation_id
+    )
 
 
 def _returns(reservation: Reservation, existing: Mapping[str, set[int]]) -> list[tuple[str, int, int]]:

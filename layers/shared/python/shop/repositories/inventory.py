@@ -146,8 +146,18 @@ def take_skus(reservation: Reservation) -> list[str]:
     return [line.sku for line in reservation.lines for _ in line.shard_takes()]
 
 
-def commit_reservation(reservation_id: str, updated_at: str) -> Reservation | None:
-    """RESERVED -> COMMITTED; None when the reservation is no longer RESERVED (or gone).
+@dataclass(frozen=True)
+class CommitAttempt:
+    """``committed``: this call moved the reservation RESERVED -> COMMITTED. Otherwise ``current``
+    is the reservation as it stood (None if there is none)."""
+
+    committed: bool
+    current: Reservation | None
+
+
+def commit_reservation(reservation_id: str, updated_at: str) -> CommitAttempt:
+    """RESERVED -> COMMITTED in one conditional UpdateItem, no read first: when the condition fails
+    DynamoDB answers with the item as it stood, which says why (committed already, released, gone).
 
     A committed reservation keeps no ``purge_at``: a refund may still return its stock.
     """
@@ -166,12 +176,14 @@ def commit_reservation(reservation_id: str, updated_at: str) -> Reservation | No
                 ":updated_at": {"S": updated_at},
             },
             ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
     except ClientError as error:
         if is_condition_failure(error):
-            return None
+            old = error.response.get("Item")
+            return CommitAttempt(committed=False, current=to_reservation(unmarshal(old)) if old else None)
         raise
-    return to_reservation(unmarshal(response["Attributes"]))
+    return CommitAttempt(committed=True, current=to_reservation(unmarshal(response["Attributes"])))
 
 
 def release_reservation(
