@@ -28,9 +28,14 @@ class FakeStore:
         self.loads = 0
         # Runs before a replace is applied: lets a test slip in a competing writer.
         self.before_replace: Callable[[], None] | None = None
+        # name -> what an eventually consistent read answers while it lags behind the last write.
+        self.lagging: dict[str, BreakerState] = {}
 
-    def load(self, name: str) -> BreakerState:
+    def load(self, name: str, *, consistent: bool = True) -> BreakerState:
         self.loads += 1
+        if not consistent and name in self.lagging:
+            # An eventually consistent read that has not seen the latest write yet.
+            return self.lagging[name]
         return self.states.get(name, BreakerState())
 
     def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
@@ -88,6 +93,37 @@ def trip(subject: CircuitBreaker, first: int = 0) -> None:
 
 def state_of(store: FakeStore) -> BreakerState:
     return store.load("payments")
+
+
+# ---------------------------------------------------------------------------- stale admission reads
+def test_admission_reads_eventually_consistent_and_a_stale_state_is_never_written_back(
+    store: FakeStore, clock: FakeClock
+) -> None:
+    """Admission costs half a read unit: it may see a state a moment old. A call admitted on a
+    stale CLOSED state records its failure on the current state (the compare-and-set on the
+    version refuses the stale one, and the retry reads consistently), so nothing is lost."""
+    subject = breaker(store, clock)
+    fail(subject, "ord-0:authorize", "cust-0")
+    store.lagging["payments"] = BreakerState()  # the read lags: no failure, version 0
+    fail(subject, "ord-1:authorize", "cust-1")
+
+    assert list(state_of(store).outcomes) == ["ord-0:authorize", "ord-1:authorize"]
+    assert state_of(store).version == 2
+
+
+def test_a_breaker_that_just_opened_may_admit_one_call_on_a_stale_read_but_stays_open(
+    store: FakeStore, clock: FakeClock
+) -> None:
+    subject = breaker(store, clock)
+    store.lagging["payments"] = BreakerState()
+    trip(subject)
+    assert state_of(store).state == "OPEN"
+    # Admitted on the lagging CLOSED state, like a call already in flight when it opened.
+    fail(subject, "ord-9:authorize", "cust-9")
+    assert state_of(store).state == "OPEN"
+    del store.lagging["payments"]
+    with pytest.raises(CircuitOpen):
+        subject.call(lambda: "ok", key="ord-10:authorize", source="cust-10")
 
 
 # ---------------------------------------------------------------------------- CLOSED: counting

@@ -75,8 +75,9 @@ class BreakerState(Record):
 
 
 class BreakerStore(Protocol):
-    def load(self, name: str) -> BreakerState:
-        """The current state (the default CLOSED state, version 0, if none is stored)."""
+    def load(self, name: str, *, consistent: bool = True) -> BreakerState:
+        """The current state (the default CLOSED state, version 0, if none is stored). With
+        ``consistent=False`` possibly a moment old (an eventually consistent read, half the price)."""
         ...
 
     def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
@@ -199,8 +200,11 @@ class CircuitBreaker:
     def _admit(self) -> tuple[str | None, BreakerState]:
         """(None for an ordinary call or a probe id when this call is the half-open probe, the
         state that admitted it)."""
-        for _ in range(_CAS_ATTEMPTS):
-            current = self._store.load(self.name)
+        for attempt in range(_CAS_ATTEMPTS):
+            # Admission may read a state a moment old: a call admitted just after the breaker
+            # opened is one more call in flight as it opened, and every write is a compare-and-set
+            # on the version, so a stale state is never written back (the retry reads consistently).
+            current = self._store.load(self.name, consistent=attempt > 0)
             if current.state == "CLOSED":
                 return None, current
             now = self._clock()

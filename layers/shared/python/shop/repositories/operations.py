@@ -73,8 +73,8 @@ class DynamoBreakerStore:
     def _pk(name: str) -> str:
         return f"circuit#{name}"
 
-    def load(self, name: str) -> BreakerState:
-        response = _call("get_item", TableName=_table(), Key=_key(self._pk(name), "state"), ConsistentRead=True)
+    def load(self, name: str, *, consistent: bool = True) -> BreakerState:
+        response = _call("get_item", TableName=_table(), Key=_key(self._pk(name), "state"), ConsistentRead=consistent)
         item = response.get("Item")
         if not item:
             return BreakerState()
