@@ -168,11 +168,11 @@ def test_the_console_lists_orders_opens_a_timeline_and_redrives_a_dead_letter(
         address = urlsplit(url)
         return address.path.endswith("/admin/orders") and "customer" not in parse_qs(address.query)
 
-    def hold(route: Route) -> None:
+    def hold_listing(route: Route) -> None:
         held_listings.append(route)
 
     def hold_listings(page: Page) -> None:
-        page.route(unfiltered_listing, hold)
+        page.route(unfiltered_listing, hold_listing)
 
     page = _open_console(browser, stack, errors, before_load=hold_listings)
 
@@ -185,7 +185,7 @@ def test_the_console_lists_orders_opens_a_timeline_and_redrives_a_dead_letter(
     assert len(held_listings) == 1
     with page.expect_response(lambda response: unfiltered_listing(response.url)):
         held_listings[0].continue_()
-    page.unroute(unfiltered_listing, hold)
+    page.unroute(unfiltered_listing, hold_listing)
     expect(page.locator("#message")).to_contain_text("Updated")  # the held listing has answered too
     expect(page.locator(f'#orders tbody tr[data-order-id="{someone_elses}"]')).to_have_count(0)
     for order_id in (completed, stuck):
