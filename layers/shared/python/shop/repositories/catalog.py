@@ -119,7 +119,7 @@ def product_item(product: Product) -> dict[str, Any]:
 
 def insert_product(product: Product, *, index_actions: list[dict[str, Any]]) -> None:
     """Store a new product, its stock (all of it on shard 0) and its search index items
-    (``shop.repositories.search``) in one transaction; ProductAlreadyExists (409) if the SKU is taken."""
+    (``shop.repositories.search_index``) in one transaction; ProductAlreadyExists (409) if the SKU is taken."""
     if product.stock_shards != 1:
         raise ValueError("a new product starts with one stock shard")
     try:
@@ -287,7 +287,7 @@ def update_product(
     index_actions: list[dict[str, Any]],
 ) -> None:
     """Set and remove attributes of an existing product if it still has the ``expect`` values, and
-    apply the search index's actions (``shop.repositories.search``) in the same transaction.
+    apply the search index's actions (``shop.repositories.search_index``) in the same transaction.
 
     Raises ConditionFailed if the product is gone or one of ``expect`` changed meanwhile (nothing
     is written then). Bumps ``version``.
