@@ -8,6 +8,7 @@ from chalicelib import http
 from shop.auth import Principal
 from shop.domain import catalog as domain
 from shop.models.catalog import (
+    MAX_QUERY_WORDS,
     CreateProductRequest,
     Product,
     ProductListQuery,
@@ -33,12 +34,19 @@ _CACHEABLE = {200: http.CACHE_HEADERS, 304: http.CACHE_HEADERS}
     catalog,
     "/products",
     "GET",
-    summary="List active products",
-    description="Ordered by SKU. Pass `next_token` from the previous page (with the same `category`) to continue.",
+    summary="List or search active products",
+    description=(
+        "Without `q`: ordered by SKU. With `q`: the products with a term beginning with each of its words in their "
+        "name, description or category (case and accents do not matter), best matches first (a match in the name "
+        "above one in the description above one in the category, a whole word above a prefix), then by SKU; 422 "
+        f"`search-too-many-words` for more than {MAX_QUERY_WORDS} different words. Pass `next_token` from the "
+        "previous page (with the same `q` and `category`) to continue."
+    ),
     query=ProductListQuery,
     headers=_CONDITIONAL,
     responses={200: ProductPage, 304: None},
     response_headers=_CACHEABLE,
+    errors=(422,),
     tags=_TAGS,
 )
 def list_products(query: ProductListQuery, headers: dict[str, str | None]) -> Response:

@@ -6,7 +6,7 @@ README "make load" has the knobs. By hand, with PYTHONPATH as the Makefile sets 
     LOAD_TOKENS=tokens.json locust -f infra/load/locustfile.py --headless --host URL Shopper FlashSaleShopper
 
 User classes (Locust's class picker: name them on the command line; with none, both run, 3:1):
-- ``Shopper``: browses the catalog (list pages, a category, product details), revalidating what it
+- ``Shopper``: browses the catalog (list pages, a category, searches, product details), revalidating what it
   has seen with ``If-None-Match`` as a browser reloading a page does; checks out (``Idempotency-Key``,
   half of the time ``Prefer: wait=N``) and follows the order to its outcome; pays with a declined
   card now and then; cancels an order (pending or completed); looks at its orders.
@@ -419,9 +419,11 @@ class Shopper(ShopUser):
         super().on_start()
         self.known_skus: list[str] = list(SHOPPER_SKUS)
         self.categories: list[str] = [SHOPPER_CATEGORY]
+        # Words of the product names seen, for searches a shopper would type.
+        self.name_words: list[str] = ["mug", "lamp"]
 
     def learn(self, body: bytes | None) -> str | None:
-        """Remember the SKUs and categories of a catalog page; its next_token."""
+        """Remember the SKUs, categories and name words of a catalog page; its next_token."""
         if body is None:
             return None
         page = ProductPage.model_validate_json(body)
@@ -430,6 +432,9 @@ class Shopper(ShopUser):
                 self.known_skus.append(product.sku)
             if product.category not in self.categories:
                 self.categories.append(product.category)
+            for word in product.name.split():
+                if word.isalpha() and len(word) > 2 and word.lower() not in self.name_words:
+                    self.name_words.append(word.lower())
         return page.next_token
 
     @tag("browse")
@@ -445,6 +450,15 @@ class Shopper(ShopUser):
     def browse_category(self) -> None:
         category = random.choice(self.categories)
         self.learn(self.read_catalog(f"/products?{urlencode({'category': category})}", name="/products?category"))
+
+    @tag("browse")
+    @task(3)
+    def search(self) -> None:
+        """A search as typed: one or two words of names seen, the last one sometimes unfinished."""
+        words = random.sample(self.name_words, k=min(len(self.name_words), random.randint(1, 2)))
+        if random.random() < 0.5:
+            words[-1] = words[-1][: random.randint(2, len(words[-1]))]
+        self.learn(self.read_catalog(f"/products?{urlencode({'q': ' '.join(words)})}", name="/products?q"))
 
     @tag("browse")
     @task(4)

@@ -33,6 +33,9 @@ from schemathesis import Case, CheckFunction, GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from infra.local.identity import DevIdentityProvider
+from shop.domain import search
+from shop.errors import SearchTooBroad
+from shop.models.catalog import MAX_QUERY_WORDS
 from tests.http.conftest import RunningStack
 
 SEED = 20260706
@@ -178,6 +181,15 @@ def documented_refusal(case: Case) -> Refusal | None:
             frozenset({"urn:shop:problem:validation-error"}),
             "since must not be after until, and each must be an instant within years 1-9999 in UTC",
         )
+    # Checked before the page token: a search refuses its words before it reads the token.
+    q = case.query.get("q") if case.operation.path == "/products" and case.method == "GET" and case.query else None
+    if isinstance(q, str) and _too_many_words(q):
+        return Refusal(
+            422,
+            frozenset({"urn:shop:problem:search-too-many-words"}),
+            f"a search has at most {MAX_QUERY_WORDS} different words",
+            field="q",
+        )
     if case.query and "next_token" in case.query:
         return Refusal(
             400,
@@ -204,6 +216,14 @@ def documented_refusal(case: Case) -> Refusal | None:
             "an order's SKUs must exist and be active, its total within the limit, its key not reused",
         )
     return None
+
+
+def _too_many_words(q: str) -> bool:
+    try:
+        search.query_words(q)
+    except SearchTooBroad:
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------- the tests

@@ -96,6 +96,7 @@ def test_shopper_mix_reaches_every_route_it_exercises_without_a_failure(stack: R
         "GET /products",
         "GET /products?next_token",
         "GET /products?category",
+        "GET /products?q",
         "GET /products/{sku}",
         "POST /orders",
         "POST /orders (Prefer: wait=5)",

@@ -18,9 +18,11 @@ from pydantic import TypeAdapter, ValidationError
 from app import app
 from chalicelib import openapi
 from shop.models.catalog import (
+    MAX_QUERY_WORDS,
     MULTI_LINE_PATTERN,
     SINGLE_LINE_PATTERN,
     CreateProductRequest,
+    ProductListQuery,
     StockAdjustmentRequest,
     UpdateProductRequest,
 )
@@ -203,3 +205,16 @@ def test_the_shard_count_is_declared_with_its_bounds_and_shown_on_products(docum
         with pytest.raises(ValidationError):
             UpdateProductRequest.model_validate_json(bad)
     assert UpdateProductRequest.model_validate_json('{"stock_shards": 50}').changes() == {"stock_shards": 50}
+
+
+def test_a_search_is_1_to_100_characters_and_its_422_is_declared(document: dict[str, Any]) -> None:
+    listing = document["paths"]["/products"]["get"]
+    (q,) = [parameter for parameter in listing["parameters"] if parameter["name"] == "q"]
+    assert not q["required"]
+    assert (q["schema"]["type"], q["schema"]["minLength"], q["schema"]["maxLength"]) == ("string", 1, 100)
+    assert f"At most {MAX_QUERY_WORDS} different words" in q["schema"]["description"]
+    assert "422" in listing["responses"]
+    for bad in ("", "x" * 101):
+        with pytest.raises(ValidationError):
+            ProductListQuery.model_validate({"q": bad})
+    assert ProductListQuery.model_validate({"q": "x" * 100}).q == "x" * 100

@@ -38,7 +38,12 @@ SCANNING = {("ReconcileBooksFunctionRole", table) for table in AUDITED} | {
 }
 # Powertools' idempotency store deletes its record when the handler fails, so it can be retried.
 # Resharding a SKU down deletes its shards above the new count (their stock moved to the others).
-DELETING = {("APIHandlerDataAccess", "IdempotencyTable"), ("APIHandlerDataAccess", "StockTable")}
+# Renaming or deactivating a product deletes its search index items for the terms it no longer has.
+DELETING = {
+    ("APIHandlerDataAccess", "IdempotencyTable"),
+    ("APIHandlerDataAccess", "StockTable"),
+    ("APIHandlerDataAccess", "SearchIndexTable"),
+}
 
 
 def _newest_input() -> float:

@@ -103,6 +103,12 @@ class OrderTotalTooLarge(Unprocessable):
     title, slug = "Order total too large", "order-total-too-large"
 
 
+class SearchTooBroad(Unprocessable):
+    """A product search with more different words than one search reads (``errors`` names ``q``)."""
+
+    title, slug = "Search has too many words", "search-too-many-words"
+
+
 # ---------------------------------------------------------------------------- inventory
 class OutOfStock(Conflict):
     """Business error: a reservation could not be made; no stock changed.

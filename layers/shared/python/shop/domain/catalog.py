@@ -14,8 +14,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from shop.domain import stock_shards
-from shop.errors import ProductNotFound, StockWouldExceedMaximum, StockWouldGoNegative, TransientError
+from shop.domain import search, stock_shards
+from shop.errors import FieldError, ProductNotFound, StockWouldExceedMaximum, StockWouldGoNegative, TransientError
 from shop.models.base import iso_now
 from shop.models.catalog import (
     MAX_STOCK,
@@ -30,10 +30,12 @@ from shop.models.catalog import (
 )
 from shop.pagination import decode_token, encode_token
 from shop.repositories import catalog as repository
-from shop.repositories import stock
+from shop.repositories import search_index, stock
 from shop.repositories.catalog import LISTING_ACTIVE, ConditionFailed
 
 LISTING = "products"
+# Search pages have their own tokens: a listing's token is refused by a search and the other way round.
+SEARCH_LISTING = "product-search"
 
 # A conditional write loses only to a concurrent change of the same product (a reservation, an
 # admin edit); each retry re-reads, so a handful always settles outside a pathological burst.
@@ -41,11 +43,60 @@ _ATTEMPTS = 5
 
 
 def list_products(query: ProductListQuery) -> ProductPage:
-    """Active products ordered by SKU, optionally of one category; 400 for a bad next_token."""
+    """Active products ordered by SKU, optionally of one category, or with ``q`` the products
+    matching it best first (``search_products``); 400 for a bad next_token."""
+    if query.q is not None:
+        return search_products(query)
     binding = {"category": query.category}
     start = decode_token(LISTING, query.next_token, binding)
     products, last_key = repository.query_active(query.category, query.limit, start)
     return ProductPage(items=products, next_token=encode_token(LISTING, last_key, binding))
+
+
+def _search_cursor(start: dict[str, Any] | None) -> search.Ranked | None:
+    """The last result of the previous page, from a search token's key (score, sku)."""
+    if start is None:
+        return None
+    try:
+        return search.Ranked.of(int(start["score"]["N"]), start["sku"]["S"])
+    except (KeyError, ValueError):
+        raise FieldError(
+            "the pagination token is not valid", [{"field": "next_token", "message": "is malformed"}]
+        ) from None
+
+
+def search_products(query: ProductListQuery) -> ProductPage:
+    """Active products matching every word of ``query.q`` (``shop.domain.search``), best first,
+    optionally of one category; paged after the previous page's last result (score, SKU).
+
+    SearchTooBroad (422) for more than ``search.MAX_QUERY_WORDS`` words; 400 for a bad next_token.
+    """
+    assert query.q is not None
+    words = search.query_words(query.q)
+    binding = {"category": query.category, "q": " ".join(words)}
+    after = _search_cursor(decode_token(SEARCH_LISTING, query.next_token, binding))
+    matches_by_word: dict[str, dict[str, list[search.TermMatch]]] = {}
+    for word in words:
+        by_sku: dict[str, list[search.TermMatch]] = {}
+        for hit in search_index.hits(word):
+            if query.category is None or hit.category == query.category:
+                by_sku.setdefault(hit.sku, []).append(search.TermMatch(hit.term, hit.fields))
+        if not by_sku:
+            return ProductPage(items=[], next_token=None)  # this word matches nothing: neither does the query
+        matches_by_word[word] = by_sku
+    page, more = search.page_after(search.rank(matches_by_word), after, query.limit)
+    infos = repository.get_product_infos(entry.sku for entry in page)
+    # The index holds active products only; one deactivated since the index was read is left out.
+    listed = [infos[entry.sku] for entry in page if entry.sku in infos and infos[entry.sku].active]
+    last_key = {"score": {"N": str(page[-1].score)}, "sku": {"S": page[-1].sku}} if more else None
+    return ProductPage(
+        items=repository.with_stock(listed, consistent=False),
+        next_token=encode_token(SEARCH_LISTING, last_key, binding),
+    )
+
+
+def _index_terms(name: str, description: str, category: str, active: bool) -> dict[str, int]:
+    return search.index_terms(name, description, category) if active else {}
 
 
 def get_product(sku: str) -> Product:
@@ -80,7 +131,9 @@ def create_product(request: CreateProductRequest) -> Product:
         created_at=now,
         updated_at=now,
     )
-    repository.insert_product(product)
+    terms = search.index_terms(product.name, product.description, product.category)
+    index_actions = search_index.changes(product.sku, {}, product.category, terms, product.category)
+    repository.insert_product(product, index_actions=index_actions)
     return product
 
 
@@ -118,22 +171,51 @@ def update_product(sku: str, request: UpdateProductRequest) -> Product:
                 remove = [*remove, "purchase_limit"]
             else:
                 set_values["purchase_limit"] = changes["purchase_limit"]
-        # Only what the listing attributes (and the shard count) were derived from must be
-        # unchanged; stock moves by the inventory service meanwhile do not matter to a PATCH.
-        expect = {"active": current.active, "category": current.category}
+        index_actions = _index_changes(current, changes)
+        # Only what the listing attributes, the search index items (and the shard count) were
+        # derived from must be unchanged; stock moves by the inventory service meanwhile do not
+        # matter to a PATCH.
+        expect = {
+            "active": current.active,
+            "category": current.category,
+            "name": current.name,
+            "description": current.description,
+        }
         try:
             if changes.get("stock_shards", current.stock_shards) == current.stock_shards:
-                repository.update_product(sku, set_values=set_values, remove=remove, expect=expect)
+                repository.update_product(
+                    sku, set_values=set_values, remove=remove, expect=expect, index_actions=index_actions
+                )
             else:
-                _reshard(sku, changes["stock_shards"], set_values, remove, expect, current.stock_shards)
+                _reshard(sku, changes["stock_shards"], set_values, remove, expect, current.stock_shards, index_actions)
         except ConditionFailed:
             continue  # the product or a counter changed since the read: decide again
         return get_product(sku)
     raise TransientError(f"product {sku} is changing too often to update; retry")
 
 
+def _index_changes(current: ProductInfo, changes: dict[str, Any]) -> list[dict[str, Any]]:
+    """The search index actions that follow the product from ``current`` to ``current`` + ``changes``."""
+    name = changes.get("name", current.name)
+    description = changes.get("description", current.description)
+    category = changes.get("category", current.category)
+    return search_index.changes(
+        current.sku,
+        _index_terms(current.name, current.description, current.category, current.active),
+        current.category,
+        _index_terms(name, description, category, changes.get("active", current.active)),
+        category,
+    )
+
+
 def _reshard(
-    sku: str, shards: int, set_values: dict[str, Any], remove: list[str], expect: dict[str, Any], current_shards: int
+    sku: str,
+    shards: int,
+    set_values: dict[str, Any],
+    remove: list[str],
+    expect: dict[str, Any],
+    current_shards: int,
+    index_actions: list[dict[str, Any]],
 ) -> None:
     """Move the SKU's units onto ``shards`` counters with the PATCH's other changes, all or nothing.
 
@@ -159,6 +241,7 @@ def _reshard(
         remove=remove,
         expect={**expect, "stock_shards": current_shards},
         stock_actions=actions,
+        index_actions=index_actions,
     )
 
 

@@ -146,9 +146,29 @@ class StockAdjustmentRequest(StrictModel):
         return value
 
 
-class ProductListQuery(StrictModel):
-    """``GET /products`` query string."""
+# The contract's bound on a search's text, in characters; and the most different words one search
+# reads (each word is one Query of the search index, shop.domain.search).
+MAX_SEARCH_LENGTH = 100
+MAX_QUERY_WORDS = 8
+SearchText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_SEARCH_LENGTH,
+        description=(
+            f"Search text, 1-{MAX_SEARCH_LENGTH} characters: products whose name, description or category have a "
+            "term beginning with each of its words (letters and digits; case and accents do not matter), best "
+            f"matches first. At most {MAX_QUERY_WORDS} different words (more: 422 `search-too-many-words`); text "
+            "without a letter or digit matches nothing."
+        ),
+    ),
+]
 
+
+class ProductListQuery(StrictModel):
+    """``GET /products`` query string: with ``q`` a search, else the listing by SKU."""
+
+    q: SearchText | None = None
     category: Category | None = None
     limit: PageLimit = 20
     next_token: NextToken | None = None

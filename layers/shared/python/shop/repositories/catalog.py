@@ -117,8 +117,9 @@ def product_item(product: Product) -> dict[str, Any]:
     return marshal(item)
 
 
-def insert_product(product: Product) -> None:
-    """Store a new product and its stock (all of it on shard 0); ProductAlreadyExists (409) if the SKU is taken."""
+def insert_product(product: Product, *, index_actions: list[dict[str, Any]]) -> None:
+    """Store a new product, its stock (all of it on shard 0) and its search index items
+    (``shop.repositories.search_index``) in one transaction; ProductAlreadyExists (409) if the SKU is taken."""
     if product.stock_shards != 1:
         raise ValueError("a new product starts with one stock shard")
     try:
@@ -133,6 +134,7 @@ def insert_product(product: Product) -> None:
                     }
                 },
                 stock.create(product.sku, 0, product.available),
+                *index_actions,
             ],
         )
     except ConditionFailed:
@@ -282,15 +284,19 @@ def update_product(
     set_values: Mapping[str, Any],
     remove: Iterable[str],
     expect: Mapping[str, Any],
-) -> ProductInfo:
-    """Set and remove attributes of an existing product if it still has the ``expect`` values.
+    index_actions: list[dict[str, Any]],
+) -> None:
+    """Set and remove attributes of an existing product if it still has the ``expect`` values, and
+    apply the search index's actions (``shop.repositories.search_index``) in the same transaction.
 
-    Raises ConditionFailed if the product is gone or one of ``expect`` changed meanwhile.
-    Bumps ``version``; returns the product as stored afterwards (its stock is not read).
+    Raises ConditionFailed if the product is gone or one of ``expect`` changed meanwhile (nothing
+    is written then). Bumps ``version``.
     """
     update = _product_update(sku, set_values=set_values, remove=remove, expect=expect)
-    response = _call("update_item", **update, ReturnValues="ALL_NEW")
-    return to_product_info(response["Attributes"])
+    if not index_actions:
+        _call("update_item", **update)
+        return
+    _call("transact_write_items", TransactItems=[{"Update": update}, *index_actions])
 
 
 def update_product_and_stock(
@@ -300,6 +306,7 @@ def update_product_and_stock(
     remove: Iterable[str],
     expect: Mapping[str, Any],
     stock_actions: list[dict[str, Any]],
+    index_actions: list[dict[str, Any]],
 ) -> None:
     """``update_product`` and the stock shards' actions (``shop.repositories.stock``) in one transaction.
 
@@ -311,6 +318,7 @@ def update_product_and_stock(
         TransactItems=[
             {"Update": _product_update(sku, set_values=set_values, remove=remove, expect=expect)},
             *stock_actions,
+            *index_actions,
         ],
     )
 

@@ -1,0 +1,156 @@
+"""GET /products?q= through Chalice's test client over the deployed (moto) stack.
+
+What the search finds is the fidelity tier's (tests/fidelity/test_search_index.py, on moto and
+DynamoDB Local); here the HTTP side: the query's bounds and refusals (problem+json, nothing
+written), paging with next_token, caching, and the admin routes keeping the index in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from shop.models.catalog import MAX_QUERY_WORDS, MAX_SEARCH_LENGTH
+from tests.conftest import LocalAws
+from tests.service.test_catalog_api import Api, assert_problem
+
+
+class SearchApi(Api):
+    def search(self, q: str, **params: str) -> tuple[int, dict[str, str], object]:
+        query = "&".join([f"q={quote(q)}", *(f"{name}={quote(value)}" for name, value in params.items())])
+        reply = self.request("GET", f"/products?{query}")
+        return reply.status, reply.headers, reply.body
+
+    def found(self, q: str, **params: str) -> list[str]:
+        status, _, body = self.search(q, **params)
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return [item["sku"] for item in body["items"]]
+
+    def tables_with_index(self) -> dict[str, list[dict[str, object]]]:
+        snapshot = self.tables()
+        items = self.aws.client("dynamodb").scan(TableName=self.aws.table("SearchIndexTable"), ConsistentRead=True)
+        snapshot["SearchIndexTable"] = sorted(items["Items"], key=str)
+        return snapshot
+
+
+@pytest.fixture
+def api(local_aws: LocalAws) -> Iterator[SearchApi]:
+    with Client(app, stage_name="prod") as client:
+        yield SearchApi(client, local_aws)
+
+
+def create(api: SearchApi, sku: str, name: str, *, description: str = "", category: str = "kitchen") -> None:
+    body = {
+        "sku": sku,
+        "name": name,
+        "description": description,
+        "category": category,
+        "price": {"amount": 1000, "currency": "USD"},
+        "stock": 3,
+    }
+    reply = api.request("POST", "/products", body, token=api.admin)
+    assert reply.status == 201, reply.body
+
+
+def test_a_search_answers_a_product_page_best_first(api: SearchApi) -> None:
+    create(api, "MUG-STONE", "Stoneware mug", description="Glazed by hand.")
+    create(api, "BOWL", "Serving bowl", description="Stoneware, for salads.")
+    create(api, "CAFE", "Café crème", category="coffee")
+
+    status, headers, body = api.search("ston mu")
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert isinstance(body, dict) and body["next_token"] is None
+    (item,) = body["items"]
+    assert item["sku"] == "MUG-STONE" and item["available"] == 3 and item["name"] == "Stoneware mug"
+
+    assert api.found("stoneware") == ["MUG-STONE", "BOWL"]
+    assert api.found("CAFE creme") == ["CAFE"]
+    assert api.found("cafe", category="coffee") == ["CAFE"]
+    assert api.found("cafe", category="kitchen") == []
+    assert api.found("?!") == []  # no letter or digit: nothing matches
+
+
+def test_admin_changes_are_searchable_at_once(api: SearchApi) -> None:
+    create(api, "MUG", "Stoneware mug")
+    assert api.request("PATCH", "/products/MUG", {"name": "Porcelain cup"}, token=api.admin).status == 200
+    assert api.found("mug") == []
+    assert api.found("porcelain") == ["MUG"]
+
+    assert api.request("PATCH", "/products/MUG", {"active": False}, token=api.admin).status == 200
+    assert api.found("porcelain") == []
+    assert api.request("PATCH", "/products/MUG", {"active": True}, token=api.admin).status == 200
+    assert api.found("porcelain") == ["MUG"]
+
+
+def test_search_pages_carry_their_own_tokens(api: SearchApi) -> None:
+    for number in range(5):
+        create(api, f"LAMP-{number}", "Lamp")
+    status, _, first = api.search("lamp", limit="2")
+    assert status == 200 and isinstance(first, dict) and first["next_token"]
+    skus = [item["sku"] for item in first["items"]]
+    token = first["next_token"]
+    while token:
+        status, _, page = api.search("lamp", limit="2", next_token=token)
+        assert status == 200 and isinstance(page, dict)
+        skus += [item["sku"] for item in page["items"]]
+        token = page["next_token"]
+    assert skus == [f"LAMP-{number}" for number in range(5)]
+
+    # The token belongs to this search: not to another q, another category or the plain listing.
+    for params in ({"q": "lam"}, {"q": "lamp", "category": "kitchen"}):
+        q = params.pop("q")
+        status, _, problem = api.search(q, limit="2", next_token=first["next_token"], **params)
+        assert status == 400 and isinstance(problem, dict)
+        assert {error["field"] for error in problem["errors"]} == {"next_token"}
+    listing = api.request("GET", f"/products?limit=2&next_token={first['next_token']}")
+    assert_problem(listing, 400, "next_token")
+
+
+def test_a_search_is_cacheable_and_revalidates_when_a_result_changes(api: SearchApi) -> None:
+    create(api, "MUG", "Stoneware mug")
+    first = api.request("GET", "/products?q=mug")
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"] == "public, max-age=30"
+    assert api.request("GET", "/products?q=mug").headers["etag"] == etag
+    again = api.request("GET", "/products?q=mug", headers={"If-None-Match": etag})
+    assert (again.status, again.body) == (304, None)
+
+    api.request("PATCH", "/products/MUG", {"price": {"amount": 1500, "currency": "USD"}}, token=api.admin)
+    repriced = api.request("GET", "/products?q=mug", headers={"If-None-Match": etag})
+    assert repriced.status == 200 and repriced.body["items"][0]["price"]["amount"] == 1500
+    create(api, "MUG-2", "Tea mug")
+    grown = api.request("GET", "/products?q=mug", headers={"If-None-Match": repriced.headers["etag"]})
+    assert grown.status == 200 and [item["sku"] for item in grown.body["items"]] == ["MUG", "MUG-2"]
+
+
+def test_bad_searches_are_4xx_problems_and_change_nothing(api: SearchApi) -> None:
+    create(api, "MUG", "Stoneware mug")
+    before = api.tables_with_index()
+    too_many = " ".join(f"w{number}" for number in range(MAX_QUERY_WORDS + 1))
+    cases = {
+        "empty": ("/products?q=", 400),
+        "too long": (f"/products?q={'a' * (MAX_SEARCH_LENGTH + 1)}", 400),
+        "repeated": ("/products?q=mug&q=cup", 400),
+        "too many words": (f"/products?q={quote(too_many)}", 422),
+        "bad limit": ("/products?q=mug&limit=0", 400),
+        "forged token": ("/products?q=mug&next_token=abc", 400),
+    }
+    for name, (path, status) in cases.items():
+        reply = api.request("GET", path)
+        assert_problem(reply, status, "q" if name != "bad limit" and name != "forged token" else None)
+        assert reply.body["status"] == status, name
+    too_many_reply = api.request("GET", f"/products?q={quote(too_many)}")
+    assert too_many_reply.body["type"] == "urn:shop:problem:search-too-many-words"
+    assert api.tables_with_index() == before
+
+
+def test_the_longest_search_is_accepted(api: SearchApi) -> None:
+    create(api, "MUG", "Stoneware mug")
+    assert api.found("m" * MAX_SEARCH_LENGTH) == []
+    assert api.found("mug " + "x" * (MAX_SEARCH_LENGTH - 4)) == []
+    assert api.found("M") == ["MUG"]
