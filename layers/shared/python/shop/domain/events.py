@@ -64,6 +64,7 @@ def order_transition(old: Order | None, new: Order | None) -> OutgoingEvent | No
     if new is None:
         return None  # orders are never deleted; a removal announces nothing
     common: dict[str, Any] = {
+        "version": 1,
         "event_id": order_event_id(new) if old is not None else f"{new.order_id}:PLACED",
         "occurred_at": new.updated_at,
         "order_id": new.order_id,
@@ -155,6 +156,7 @@ def judge_stock(sku: str, claimant: str) -> OutgoingEvent | None:
     if claim is None or claim.published:
         return None
     detail = StockLow(
+        version=1,
         event_id=stock_low_event_id(sku, claim.fall),
         occurred_at=iso_now(),
         sku=sku,

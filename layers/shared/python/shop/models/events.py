@@ -27,7 +27,9 @@ class EventDetail(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    version: Literal[1] = 1
+    # No default: the schema says it is always there. A field added later has one, so that the
+    # schema does not require it of events published before (which is what makes it compatible).
+    version: Literal[1]
     event_id: str = Field(min_length=1, description="Stable per transition: deduplicate on it.")
     occurred_at: str = Field(description="When the change was written (ISO 8601, UTC).")
 
