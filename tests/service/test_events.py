@@ -190,3 +190,56 @@ def test_every_published_detail_type_is_declared(local_aws: LocalAws) -> None:
         "OrderNeedsAttention",
         "StockLow",
     }
+
+
+def test_a_failed_publish_is_retried_from_that_record_and_keeps_the_order(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shop.errors import EventPublishFailed
+    from shop.models.events import OutgoingEvent
+    from shop.repositories import event_bus
+
+    put = event_bus.put
+    refused: list[str] = []
+
+    def put_refusing_the_first_completion(event: OutgoingEvent) -> None:
+        if event.detail_type == "OrderCompleted" and not refused:
+            refused.append(event.event_id)
+            raise EventPublishFailed("throttled")
+        put(event)
+
+    monkeypatch.setattr(event_bus, "put", put_refusing_the_first_completion)
+    placed = shop.place_ok([("MUG-1", 1)])
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+
+    local_aws.deliver_events()  # the completion's record failed: it and what follows stay in the stream
+    assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced"]
+    assert event_records.notifications_for(order_id) == []
+
+    local_aws.deliver_events()  # retried from the failed record: the placement is not published again
+
+    assert spy.of_order(order_id) == [("OrderPlaced", f"{order_id}:PLACED"), ("OrderCompleted", refused[0])]
+    assert [email.template for email in event_records.notifications_for(order_id)] == ["order-completed"]
+
+
+def test_a_publisher_that_fails_gets_the_whole_batch_again(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
+    from infra.local import lambda_runtime
+
+    publisher = local_aws.function("PublishOrderEventsFunction")
+    failed: list[str] = []
+
+    def crash_once(function_name: str, event: Any) -> None:
+        if function_name == publisher and not failed:
+            failed.append(function_name)
+            raise RuntimeError("the publisher crashed")
+
+    lambda_runtime.faults.before_invoke = crash_once
+    placed = shop.place_ok([("MUG-1", 1)])
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+
+    local_aws.deliver_events()  # the orders stream's batch errored: nothing of it is done
+    assert spy.of_order(placed["order_id"]) == []
+
+    local_aws.deliver_events()
+    assert [kind for kind, _ in spy.of_order(placed["order_id"])] == ["OrderPlaced", "OrderCompleted"]
