@@ -63,6 +63,7 @@ class StreamDelivery:
     streams: Any  # a dynamodbstreams client
     lambda_client: Any
     _iterator: str | None = None
+    _last_read: str | None = None
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,14 +72,24 @@ class StreamDelivery:
             shards = self.streams.describe_stream(StreamArn=self.mapping.stream_arn)["StreamDescription"]["Shards"]
             if not shards:
                 return []
+            position: dict[str, Any] = (
+                {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": self._last_read}
+                if self._last_read is not None
+                else {"ShardIteratorType": "TRIM_HORIZON"}
+            )
             self._iterator = self.streams.get_shard_iterator(
-                StreamArn=self.mapping.stream_arn,
-                ShardId=shards[0]["ShardId"],
-                ShardIteratorType="TRIM_HORIZON",
+                StreamArn=self.mapping.stream_arn, ShardId=shards[0]["ShardId"], **position
             )["ShardIterator"]
-        page = self.streams.get_records(ShardIterator=self._iterator, Limit=limit)
-        self._iterator = page.get("NextShardIterator") or self._iterator
-        return [{**_wire(record), "eventSourceARN": self.mapping.stream_arn} for record in page.get("Records", [])]
+        try:
+            page = self.streams.get_records(ShardIterator=self._iterator, Limit=limit)
+        except Exception:
+            self._iterator = None  # an iterator is used once: the next read starts after the last record read
+            raise
+        self._iterator = page.get("NextShardIterator")
+        records = [{**_wire(record), "eventSourceARN": self.mapping.stream_arn} for record in page.get("Records", [])]
+        if records:
+            self._last_read = str(records[-1]["dynamodb"]["SequenceNumber"])
+        return records
 
     def _duplicated(self) -> bool:
         tags = self.lambda_client.list_tags(Resource=self.mapping.function_arn).get("Tags", {})

@@ -243,3 +243,20 @@ def test_a_publisher_that_fails_gets_the_whole_batch_again(shop: Shop, local_aws
 
     local_aws.deliver_events()
     assert [kind for kind, _ in spy.of_order(placed["order_id"])] == ["OrderPlaced", "OrderCompleted"]
+
+
+def test_a_refund_is_announced_after_the_completion(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
+    placed = shop.place_ok([("MUG-1", 1)])
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    local_aws.deliver_events()
+    assert shop.cancel(order_id).status_code == 202
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+
+    local_aws.deliver_events()
+
+    assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced", "OrderCompleted", "OrderRefunded"]
+    assert sorted(email.template for email in event_records.notifications_for(order_id)) == [
+        "order-completed",
+        "order-refunded",
+    ]
