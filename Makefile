@@ -42,7 +42,7 @@ HOST ?=
 # FLASH_SALE=1: make bench runs the flash sale (hundreds of buyers, one SKU, few units) instead.
 FLASH_SALE ?=
 
-.PHONY: help run emulator test lint typecheck validate package deploy unit service http fidelity bench chaos load clean
+.PHONY: help run emulator test lint typecheck validate schemas package deploy unit service http fidelity bench chaos load clean
 
 help:
 	@echo "make help       this list"
@@ -56,6 +56,7 @@ help:
 	@echo "make lint       ruff check and format check"
 	@echo "make typecheck  mypy over the whole tree"
 	@echo "make validate   cfn-lint on the packaged template and on its SAM transform (offline), then every state machine"
+	@echo "make schemas    regenerate the events' JSON Schemas into events/schemas/ (a breaking change needs a new version)"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
 	@echo "make deploy     package, then sam deploy (--guided the first time; samconfig.toml after)"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
@@ -121,6 +122,9 @@ typecheck: $(STAMP)
 
 validate: $(STAMP) build/sam/template.yaml
 	$(BIN)/python -m infra.validate
+
+schemas: $(STAMP)
+	$(BIN)/python -m infra.event_schemas
 
 # The static checks side by side (mypy on one core, packaging and cfn-lint on the other), each
 # one's output printed whole when it ends; then every test tier on both cores.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ os.environ.update(_SAFE_ENVIRONMENT)
 for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
     os.environ.pop(_variable, None)
 
-from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions  # noqa: E402
+from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions, streams  # noqa: E402
 from infra.local.deploy import DeployedStack, deploy  # noqa: E402
 from infra.local.identity import DevIdentityProvider  # noqa: E402
 from tests import statemachine_coverage  # noqa: E402
@@ -82,6 +82,8 @@ class LocalAws:
 
     stack: DeployedStack
     identity: DevIdentityProvider
+    # One poller per stream mapping, made on first use: each keeps its place in its stream.
+    _stream_deliveries: list[streams.StreamDelivery] = field(default_factory=list)
 
     def client(self, service: str) -> Any:
         import boto3
@@ -96,6 +98,25 @@ class LocalAws:
 
     def state_machine(self, logical_id: str) -> str:
         return self.stack.state_machine_arns[logical_id]
+
+    def deliver_events(self, timeout: float = 30.0) -> int:
+        """What Lambda's event source mappings and EventBridge would have done by now: every stream
+        record written so far delivered to its publisher, then every event those put on a bus
+        delivered to its rules' targets. Returns how many stream records were delivered."""
+        if not self._stream_deliveries:
+            import boto3
+            from botocore.config import Config
+
+            # botocore names an account-specific endpoint for DynamoDB Streams, which moto does not route.
+            streams_client = boto3.client(
+                "dynamodbstreams", region_name=self.stack.region, config=Config(account_id_endpoint_mode="disabled")
+            )
+            self._stream_deliveries = streams.deliveries(
+                self.stack.stream_mappings, streams_client, self.client("lambda")
+            )
+        delivered = streams.deliver_all(self._stream_deliveries)
+        assert moto_events.wait_for_deliveries(timeout), "EventBridge deliveries still running"
+        return delivered
 
     def set_runtime_parameter(self, name: str, value: str) -> None:
         """An operator's change of a runtime parameter (shop.config.RUNTIME_PARAMETERS), in force at once:

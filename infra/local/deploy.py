@@ -8,8 +8,11 @@ their DefinitionSubstitutions resolved to the local ARNs.
 Resources that only exist on AWS (API Gateway, IAM, Cognito, schedules) are resolved to local
 stand-ins: the API runs under `chalice local`, the identity provider is the dev one in
 `infra/local/identity.py`, and schedules are returned so the caller can fire them. EventBridge
-rules are created in the emulator's EventBridge, which `infra/local/moto_events.py` makes deliver
-to Lambda targets and feed with Step Functions' execution status changes, as on AWS. SSM
+rules are created in the emulator's EventBridge (on their bus: the default one, or an event bus of
+the template), which `infra/local/moto_events.py` makes deliver to Lambda targets and feed with
+Step Functions' execution status changes, as on AWS. Tables keep their streams, and each
+``Type: DynamoDB`` event of a function is returned as a ``StreamMapping`` that
+`infra/local/streams.py` delivers as Lambda's event source mapping would. SSM
 parameters (the runtime configuration) are created in the emulator's SSM with the template's values.
 Secrets Manager secrets are created in the emulator's Secrets Manager, generated as CloudFormation would.
 """
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.local.streams import StreamMapping
 from infra.local.template import (
     API_HANDLER,
     REPO_ROOT,
@@ -47,6 +51,7 @@ USER_POOL = "AWS::Cognito::UserPool"
 USER_POOL_CLIENT = "AWS::Cognito::UserPoolClient"
 SSM_PARAMETER = "AWS::SSM::Parameter"
 SECRET = "AWS::SecretsManager::Secret"
+EVENT_BUS = "AWS::Events::EventBus"
 # GenerateSecretString's options are GetRandomPassword's parameters (the JSON template ones aside).
 _RANDOM_PASSWORD_OPTIONS = {
     "ExcludeCharacters",
@@ -88,6 +93,9 @@ class DeployedStack:
     # SSM parameter name by logical id (the runtime configuration, seeded with the template's values).
     parameter_names: dict[str, str] = field(default_factory=dict)
     secret_arns: dict[str, str] = field(default_factory=dict)
+    event_bus_names: dict[str, str] = field(default_factory=dict)
+    # The functions' ``Type: DynamoDB`` events: what infra.local.streams delivers.
+    stream_mappings: list[StreamMapping] = field(default_factory=list)
 
     @property
     def api_environment(self) -> dict[str, str]:
@@ -116,6 +124,10 @@ def _table_request(name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
         )
         if key in properties
     }
+    stream = properties.get("StreamSpecification")
+    if stream:
+        # CloudFormation's StreamSpecification names the view only; the API also wants it enabled.
+        request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
     request["TableName"] = name
     return request
 
@@ -209,6 +221,17 @@ def deploy(
         resolver.refs[logical_id] = name
         resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:dynamodb:{region}:{LOCAL_ACCOUNT}:table/{name}"
         stack.table_names[logical_id] = name
+        stream_arn = dynamodb.describe_table(TableName=name)["Table"].get("LatestStreamArn")
+        if stream_arn:
+            resolver.attributes[f"{logical_id}.StreamArn"] = stream_arn
+
+    for logical_id, resource in resources_of_type(template, EVENT_BUS).items():
+        bus_name = str(resolver.resolve(resource["Properties"]["Name"]))
+        created = events.create_event_bus(Name=bus_name)
+        resolver.refs[logical_id] = bus_name
+        resolver.attributes[f"{logical_id}.Name"] = bus_name
+        resolver.attributes[f"{logical_id}.Arn"] = created["EventBusArn"]
+        stack.event_bus_names[logical_id] = bus_name
 
     for logical_id, resource in resources_of_type(template, SSM_PARAMETER).items():
         # Created with the template's values, as CloudFormation would: the same parameters, no second list.
@@ -239,7 +262,7 @@ def deploy(
         resolver.refs[logical_id] = published["LayerVersionArn"]
 
     functions = resources_of_type(template, FUNCTION)
-    rules: list[tuple[str, Any, str]] = []
+    rules: list[tuple[str, Any, str, Any]] = []
     for logical_id in functions:
         # Names and ARNs first: state machines and environments may refer to any function.
         name = f"{prefix}-{logical_id}"
@@ -278,7 +301,28 @@ def deploy(
             if event.get("Type") == "Schedule":
                 stack.schedules.append(Schedule(stack.function_names[logical_id], event["Properties"]["Schedule"]))
             elif event.get("Type") == "EventBridgeRule":
-                rules.append((f"{prefix}-{logical_id}-{event_name}", event["Properties"]["Pattern"], logical_id))
+                rule_properties = event["Properties"]
+                rules.append(
+                    (
+                        f"{prefix}-{logical_id}-{event_name}",
+                        rule_properties["Pattern"],
+                        logical_id,
+                        rule_properties.get("EventBusName", "default"),
+                    )
+                )
+            elif event.get("Type") == "DynamoDB":
+                source = resolver.resolve(event["Properties"])
+                stream_arn = str(source["Stream"])
+                stack.stream_mappings.append(
+                    StreamMapping(
+                        function_name=stack.function_names[logical_id],
+                        function_arn=resolver.attributes[f"{logical_id}.Arn"],
+                        table_name=stream_arn.split(":table/", 1)[1].split("/stream/", 1)[0],
+                        stream_arn=stream_arn,
+                        batch_size=int(source.get("BatchSize", 100)),
+                        report_batch_item_failures="ReportBatchItemFailures" in source.get("FunctionResponseTypes", []),
+                    )
+                )
 
     api = function_properties(template, API_HANDLER)
     stack.function_environments[API_HANDLER] = {
@@ -300,10 +344,15 @@ def deploy(
 
     # EventBridge rules last: their patterns may name the state machines (on the default bus,
     # where AWS services put their events).
-    for rule_name, pattern, logical_id in rules:
-        events.put_rule(Name=rule_name, EventPattern=json.dumps(resolver.resolve(pattern)), State="ENABLED")
+    for rule_name, pattern, logical_id, bus in rules:
+        bus_name = str(resolver.resolve(bus))
+        events.put_rule(
+            Name=rule_name, EventBusName=bus_name, EventPattern=json.dumps(resolver.resolve(pattern)), State="ENABLED"
+        )
         events.put_targets(
-            Rule=rule_name, Targets=[{"Id": logical_id, "Arn": resolver.attributes[f"{logical_id}.Arn"]}]
+            Rule=rule_name,
+            EventBusName=bus_name,
+            Targets=[{"Id": logical_id, "Arn": resolver.attributes[f"{logical_id}.Arn"]}],
         )
         stack.event_rules.append(rule_name)
 

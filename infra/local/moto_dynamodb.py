@@ -52,8 +52,12 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
+from moto.dynamodbstreams.models import ShardIterator
+from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
 _ORIGINAL_CALL_ACTION = DynamoHandler.call_action
+_ORIGINAL_STREAMS_CALL_ACTION = DynamoDBStreamsHandler.call_action
+_ORIGINAL_SHARD_ITERATOR_GET = ShardIterator.get
 _ORIGINAL_TRANSACT_WRITE_ITEMS = DynamoDBBackend.transact_write_items
 _ORIGINAL_UPDATE_ITEM = DynamoDBBackend.update_item
 _ORIGINAL_ALL_ITEMS = Table.all_items
@@ -122,6 +126,22 @@ def _serialized_call_action(self: DynamoHandler) -> Any:
         response = _ORIGINAL_CALL_ACTION(self)
     after = _fault("after", self)
     return error_response(after) if after is not None else response
+
+
+def _serialized_streams_call_action(self: DynamoDBStreamsHandler) -> Any:
+    # A stream read between a transaction's writes and its cancellation (which takes its records
+    # back) would see records that never happened: reads of a stream wait for writes as well.
+    with _lock:
+        return _ORIGINAL_STREAMS_CALL_ACTION(self)
+
+
+def _shard_iterator_get_once(self: ShardIterator, limit: int = 1000) -> dict[str, Any]:
+    """moto keeps every shard iterator it ever handed out; the local stream poller (infra/local/streams.py)
+    reads a stream four times a second, each time with the iterator the last read returned, so a
+    used one is forgotten (a reader that reuses one gets ExpiredIteratorException, as after 15 min on AWS)."""
+    page = _ORIGINAL_SHARD_ITERATOR_GET(self, limit)
+    self.streams_backend.shard_iterators.pop(self.arn, None)
+    return page  # type: ignore[no-any-return]
 
 
 def _serialized(self: DynamoHandler, action_result: ActionResult) -> Any:
@@ -295,6 +315,8 @@ def install() -> None:
     Table.all_items = _all_items  # type: ignore[method-assign]
     Table.query = _table_query  # type: ignore[method-assign]
     DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
+    DynamoDBStreamsHandler.call_action = _serialized_streams_call_action  # type: ignore[method-assign]
+    ShardIterator.get = _shard_iterator_get_once  # type: ignore[method-assign]
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
     DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
     DynamoHandler.serialized = _serialized  # type: ignore[method-assign,assignment]

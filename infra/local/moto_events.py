@@ -14,6 +14,9 @@ function asynchronously (retried twice on error). This adapter adds exactly that
   nothing) until the state it was in returns, which for a Lambda task still running can be
   minutes. The state's own work still finishes, as a Lambda invoked before the stop does on AWS.
 
+``wait_for_deliveries`` waits until every Lambda delivery started so far has ended (the service
+tier: an event's consumers have run, retries included).
+
 In-process observers (``execution_listeners``: `make bench` and `make chaos` waiting for sagas to
 end) get the same ``detail`` when an execution ends, instead of polling the Step Functions API.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,14 +51,36 @@ _ENDED_ATTRIBUTE = "_shop_status_change_sent"
 _ending = threading.Lock()
 # Called with the status-change ``detail`` of every execution that ends, in the executing thread.
 execution_listeners: list[Callable[[dict[str, Any]], None]] = []
+# The asynchronous Lambda deliveries still running (``wait_for_deliveries``).
+_deliveries: set[threading.Thread] = set()
+_deliveries_lock = threading.Lock()
 
 
 def _invoke_async(account: str, region: str, function_name: str, event: dict[str, Any]) -> None:
-    function = lambda_backends[account][region].get_function(function_name)
-    for _ in range(ASYNC_ATTEMPTS):
-        _, errored, _ = function._invoke_lambda(event=event)  # type: ignore[arg-type]
-        if not errored:
-            return
+    try:
+        function = lambda_backends[account][region].get_function(function_name)
+        for _ in range(ASYNC_ATTEMPTS):
+            _, errored, _ = function._invoke_lambda(event=event)  # type: ignore[arg-type]
+            if not errored:
+                return
+    finally:
+        with _deliveries_lock:
+            _deliveries.discard(threading.current_thread())
+
+
+def wait_for_deliveries(timeout: float) -> bool:
+    """Wait until the Lambda deliveries started so far have ended; False if some still run at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _deliveries_lock:
+            running = list(_deliveries)
+        if not running:
+            return True
+        for thread in running:
+            thread.join(max(deadline - time.monotonic(), 0))
+        if time.monotonic() >= deadline:
+            with _deliveries_lock:
+                return not _deliveries
 
 
 def _is_lambda(target: dict[str, Any]) -> bool:
@@ -73,12 +99,15 @@ def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input
     for target in filter(_is_lambda, self.targets):
         arn = parse_arn(target["Arn"])
         function_name = arn.resource_id.split(":")[0]
-        threading.Thread(
+        delivery = threading.Thread(
             target=_invoke_async,
             args=(arn.account, arn.region, function_name, json.loads(json.dumps(original_event, default=str))),
             name=f"eventbridge->{function_name}",
             daemon=True,
-        ).start()
+        )
+        with _deliveries_lock:
+            _deliveries.add(delivery)
+        delivery.start()
 
 
 def _epoch_millis(moment: Any) -> int | None:

@@ -5,7 +5,9 @@ One process, three threads, so Ctrl-C or SIGTERM leaves nothing behind:
   definitions for real and Lambda invocations running the project's handlers (no Docker);
 - the API under Chalice's local dev server (no autoreload), with the template's Gateway
   Responses emulated;
-- a scheduler that fires the template's `Schedule` events (e.g. the reservation sweeper).
+- a scheduler that fires the template's `Schedule` events (e.g. the reservation sweeper);
+- the tables' streams delivered to the functions of the template's `DynamoDB` events
+  (`infra/local/streams.py`: the event publishers), as Lambda's event source mappings do.
 
 The stack is deployed from infra/template.yaml by infra/local/deploy.py, through
 localstack-client, so any LocalStack-style endpoint works the same way.
@@ -247,6 +249,18 @@ def start_stack(
         )
         scheduler.start()
         cleanups.append(stop.set)
+
+        # The streams of tables kept elsewhere (DynamoDB Local, moto's own process: `make bench`,
+        # `make chaos`) are not delivered: those runs measure the saga, not the events.
+        if not dynamodb_endpoint and deployed.stream_mappings:
+            from infra.local.streams import StreamPoller, deliveries
+
+            poller = StreamPoller(
+                deliveries(deployed.stream_mappings, aws.client("dynamodbstreams"), aws.client("lambda")),
+                on_error=lambda error: print(f"stream delivery failed: {error}", file=sys.stderr),
+            )
+            poller.start()
+            cleanups.append(poller.stop)
 
         if api:
             from app import app

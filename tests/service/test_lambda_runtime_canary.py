@@ -180,6 +180,20 @@ def test_moto_still_has_the_event_hooks_the_eventbridge_adapter_extends() -> Non
     assert BaseExecutionWorkerCommunication.__name__ == "BaseExecutionWorkerCommunication"
 
 
+def test_moto_still_keeps_streams_as_the_stream_delivery_reads_them() -> None:
+    from moto.dynamodb.models.table import StreamShard
+
+    from infra.local import moto_dynamodb
+
+    # infra/local/streams.py reads moto's stream through the Streams API and never lets moto invoke
+    # a function itself (no moto event source mapping): moto appends, and would invoke only mappings.
+    assert "lambda_event_source_mappings" in inspect.getsource(StreamShard.add)
+    # moto_dynamodb forgets a used shard iterator: moto still stores each one it hands out by its arn.
+    source = inspect.getsource(moto_dynamodb._ORIGINAL_SHARD_ITERATOR_GET)
+    assert "streams_backend.shard_iterators[new_shard_iterator.arn]" in source
+    assert list(inspect.signature(moto_dynamodb._ORIGINAL_SHARD_ITERATOR_GET).parameters) == ["self", "limit"]
+
+
 def test_an_ended_execution_reaches_a_lambda_target_through_its_status_change_rule(lambda_client: Any) -> None:
     from infra.local import moto_events, moto_stepfunctions
 

@@ -49,6 +49,16 @@ class InventorySettings(BaseSettings):
     low_stock_threshold: int = Field(default=5, ge=0)
 
 
+class EventSettings(BaseSettings):
+    """Where events go and where their consumers write, wired per function by the template:
+    EVENT_BUS_NAME (the publishers), NOTIFICATIONS_TABLE (the notification consumer)."""
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    event_bus_name: str = ""
+    notifications_table: str = ""
+
+
 class PaymentSettings(BaseSettings):
     """Which payment provider the saga steps use, and its circuit breaker's tuning.
 
@@ -111,6 +121,11 @@ class ApiSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def table_settings() -> TableSettings:
     return TableSettings()  # type: ignore[call-arg]
+
+
+@lru_cache(maxsize=1)
+def event_settings() -> EventSettings:
+    return EventSettings()
 
 
 @lru_cache(maxsize=1)
@@ -304,6 +319,7 @@ def reset_settings_cache() -> None:
     """Forget cached settings (tests deploy a fresh stack per session with new names)."""
     for getter in (
         table_settings,
+        event_settings,
         _inventory_environment,
         _payment_environment,
         _feature_environment,

@@ -301,3 +301,10 @@ class DeadLetterNotFound(NotFound):
 
 class ReconciliationReportNotFound(NotFound):
     title, slug = "No reconciliation report yet", "reconciliation-report-not-found"
+
+
+# ---------------------------------------------------------------------------- events
+class EventPublishFailed(TransientError):
+    """EventBridge refused an entry of PutEvents (throttled or failed): the stream record is retried."""
+
+    title, slug = "Event not published", "event-publish-failed"

@@ -1,0 +1,153 @@
+"""The events the shop publishes to its EventBridge bus, and what its consumers store of them.
+
+Each ``detail`` model is a published contract: its JSON Schema is committed in ``events/schemas/``
+(``python -m events.generate``) and ``tests/unit/test_event_schemas.py`` fails when a change
+breaks a committed schema without a new ``version``. Consumers deduplicate on ``event_id``, which
+is stable: the same transition always gets the same id, however often its stream record is
+delivered.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shop.models.base import StrictModel
+from shop.models.money import Money
+from shop.models.orders import FailureReason, OrderStatus
+
+ORDERS_SOURCE = "shop.orders"
+INVENTORY_SOURCE = "shop.inventory"
+
+
+class EventDetail(BaseModel):
+    """Base of every published ``detail``. A consumer reading one ignores fields it does not know:
+    adding an optional field is not a breaking change (its schema rule, events/README.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # No default: the schema says it is always there. A field added later has one, so that the
+    # schema does not require it of events published before (which is what makes it compatible).
+    version: Literal[1]
+    event_id: str = Field(min_length=1, description="Stable per transition: deduplicate on it.")
+    occurred_at: str = Field(description="When the change was written (ISO 8601, UTC).")
+
+
+class EventLine(StrictModel):
+    sku: str
+    quantity: int = Field(ge=1)
+
+
+class OrderEventDetail(EventDetail):
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    total: Money
+
+
+class OrderPlaced(OrderEventDetail):
+    items: list[EventLine]
+
+
+class OrderCompleted(OrderEventDetail):
+    pass
+
+
+class OrderCancelled(OrderEventDetail):
+    reason: FailureReason | None
+
+
+class OrderRefunded(OrderEventDetail):
+    pass
+
+
+class OrderNeedsAttention(OrderEventDetail):
+    pass
+
+
+class StockLow(EventDetail):
+    sku: str
+    available: int = Field(ge=0)
+    threshold: int = Field(ge=0)
+
+
+# detail-type -> (source, detail model): every event the shop publishes.
+PUBLISHED: dict[str, tuple[str, type[EventDetail]]] = {
+    "OrderPlaced": (ORDERS_SOURCE, OrderPlaced),
+    "OrderCompleted": (ORDERS_SOURCE, OrderCompleted),
+    "OrderCancelled": (ORDERS_SOURCE, OrderCancelled),
+    "OrderRefunded": (ORDERS_SOURCE, OrderRefunded),
+    "OrderNeedsAttention": (ORDERS_SOURCE, OrderNeedsAttention),
+    "StockLow": (INVENTORY_SOURCE, StockLow),
+}
+
+# The order status each transition event announces ("PLACED" is the order's creation).
+ORDER_EVENT_FOR_STATUS: dict[str, str] = {
+    "COMPLETED": "OrderCompleted",
+    "CANCELLED": "OrderCancelled",
+    "REFUNDED": "OrderRefunded",
+    "NEEDS_ATTENTION": "OrderNeedsAttention",
+}
+
+
+class OutgoingEvent(BaseModel):
+    """One PutEvents entry: where it goes and what it says."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    detail_type: str
+    detail: EventDetail
+
+    @property
+    def event_id(self) -> str:
+        return self.detail.event_id
+
+
+class BusEvent(BaseModel):
+    """An event as EventBridge delivers it to a rule's target (the fields the consumers read)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    source: str
+    detail_type: str = Field(alias="detail-type")
+    detail: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------- consumers' records
+EmailTemplate = Literal["order-completed", "order-cancelled", "order-refunded"]
+
+# The e-mail each customer-facing event sends.
+EMAIL_TEMPLATES: dict[str, EmailTemplate] = {
+    "OrderCompleted": "order-completed",
+    "OrderCancelled": "order-cancelled",
+    "OrderRefunded": "order-refunded",
+}
+
+
+class EmailNotification(BaseModel):
+    """An e-mail the notification consumer would send, in its outbox (one per event id)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    customer_id: str
+    order_id: str
+    template: EmailTemplate
+    created_at: str
+    # Deliveries of the same event after the first: deduplicated, never a second e-mail.
+    duplicates_ignored: int = 0
+
+
+class LowStockAlert(BaseModel):
+    """An alert for operators, one per fall of a SKU to or below the threshold."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    sku: str
+    available: int
+    threshold: int
+    occurred_at: str
+    recorded_at: str

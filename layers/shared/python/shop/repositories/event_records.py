@@ -1,0 +1,179 @@
+"""What the event publishers and consumers keep in DynamoDB.
+
+- StockLow markers, OperationsTable ``pk = "stock-low#{sku}"``, ``sk = "marker"``: ``low`` while the
+  SKU is at or below the threshold, ``fall`` the number of its falls so far (the event id),
+  ``claimed_by`` the stream record that claimed the current fall, ``published`` once its event is
+  on the bus. A fall is claimed by ONE conditional write, so it is announced once however many
+  stream records (several shards, redeliveries) see the SKU low.
+- Low-stock alerts for operators, OperationsTable ``pk = "alert#stock-low"``, ``sk = {event id}``.
+- The notification outbox, NotificationsTable keyed by ``event_id``: the e-mails to send.
+
+Every consumer write is conditional on the event id being new: a redelivered event changes nothing
+but the ``duplicates_ignored`` count.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from shop.config import event_settings, table_settings
+from shop.errors import TransientError
+from shop.models.events import EmailNotification, LowStockAlert
+from shop.repositories.dynamodb import call, call_if, marshal, unmarshal
+
+LOW_STOCK_ALERTS = "alert#stock-low"
+# How long the outbox keeps a queued e-mail (NotificationsTable's TTL, ``purge_at``).
+NOTIFICATION_RETENTION_SECONDS = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class FallClaim:
+    """The SKU's current fall: its number, and whether this record claimed it and it is still unannounced."""
+
+    fall: int
+    ours: bool
+    published: bool
+
+
+def _marker_key(sku: str) -> dict[str, Any]:
+    return {"pk": {"S": f"stock-low#{sku}"}, "sk": {"S": "marker"}}
+
+
+def claim_fall(sku: str, claimant: str) -> FallClaim | None:
+    """Mark the SKU low and claim its next fall for ``claimant`` (a stream record's sequence
+    number). None when the SKU was already low and another record claimed that fall."""
+    claimed = call_if(
+        "update_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_marker_key(sku),
+        UpdateExpression="SET low = :true, claimed_by = :claimant, published = :false ADD fall :one",
+        ConditionExpression="attribute_not_exists(low) OR low = :false",
+        ExpressionAttributeValues={
+            ":true": {"BOOL": True},
+            ":false": {"BOOL": False},
+            ":claimant": {"S": claimant},
+            ":one": {"N": "1"},
+        },
+        ReturnValues="ALL_NEW",
+    )
+    if claimed is not None:
+        return FallClaim(fall=int(claimed["Attributes"]["fall"]["N"]), ours=True, published=False)
+    current = call(
+        "get_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_marker_key(sku),
+        ConsistentRead=True,
+    ).get("Item")
+    if current is None or current.get("claimed_by", {}).get("S") != claimant:
+        return None
+    # This record claimed the fall before (a redelivery): announce it unless that already happened.
+    return FallClaim(
+        fall=int(current["fall"]["N"]), ours=True, published=bool(current.get("published", {}).get("BOOL"))
+    )
+
+
+def mark_published(sku: str, fall: int) -> None:
+    call_if(
+        "update_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_marker_key(sku),
+        UpdateExpression="SET published = :true",
+        ConditionExpression="fall = :fall",
+        ExpressionAttributeValues={":true": {"BOOL": True}, ":fall": {"N": str(fall)}},
+    )
+
+
+def rearm(sku: str) -> None:
+    """The SKU is above the threshold again: its next fall is announced (no write unless it was low)."""
+    call_if(
+        "update_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_marker_key(sku),
+        UpdateExpression="SET low = :false",
+        ConditionExpression="low = :true",
+        ExpressionAttributeValues={":true": {"BOOL": True}, ":false": {"BOOL": False}},
+    )
+
+
+def _insert_or_count_duplicate(table: str, key: dict[str, Any], item: dict[str, Any], key_attribute: str) -> bool:
+    """Put ``item`` if its key is new (True); else count the duplicate on the stored item (False)."""
+    inserted = call_if(
+        "put_item",
+        busy=TransientError,
+        TableName=table,
+        Item=marshal(item),
+        ConditionExpression="attribute_not_exists(#key)",
+        ExpressionAttributeNames={"#key": key_attribute},
+    )
+    if inserted is not None:
+        return True
+    call(
+        "update_item",
+        busy=TransientError,
+        TableName=table,
+        Key=key,
+        UpdateExpression="ADD duplicates_ignored :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
+    )
+    return False
+
+
+def add_notification(notification: EmailNotification) -> bool:
+    """Queue the e-mail once per event id; True when this call queued it."""
+    item = {**notification.model_dump(mode="json"), "purge_at": int(time.time()) + NOTIFICATION_RETENTION_SECONDS}
+    return _insert_or_count_duplicate(
+        event_settings().notifications_table, {"event_id": {"S": notification.event_id}}, item, "event_id"
+    )
+
+
+def add_low_stock_alert(alert: LowStockAlert) -> bool:
+    """Record the alert once per event id; True when this call recorded it."""
+    item = {"pk": LOW_STOCK_ALERTS, "sk": alert.event_id, **alert.model_dump(mode="json")}
+    return _insert_or_count_duplicate(
+        table_settings().operations_table,
+        {"pk": {"S": LOW_STOCK_ALERTS}, "sk": {"S": alert.event_id}},
+        item,
+        "sk",
+    )
+
+
+def low_stock_alerts() -> list[LowStockAlert]:
+    request: dict[str, Any] = {
+        "TableName": table_settings().operations_table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": LOW_STOCK_ALERTS}},
+    }
+    alerts: list[LowStockAlert] = []
+    while True:
+        page = call("query", busy=TransientError, **request)
+        alerts += [LowStockAlert.model_validate(_plain(unmarshal(item))) for item in page.get("Items", [])]
+        if "LastEvaluatedKey" not in page:
+            return alerts
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def notifications_for(order_id: str) -> list[EmailNotification]:
+    """The queued e-mails of one order (a Scan: the outbox is read by tests and operators, rarely)."""
+    request: dict[str, Any] = {
+        "TableName": event_settings().notifications_table,
+        "FilterExpression": "order_id = :order",
+        "ExpressionAttributeValues": {":order": {"S": order_id}},
+    }
+    found: list[EmailNotification] = []
+    while True:
+        page = call("scan", busy=TransientError, **request)
+        found += [EmailNotification.model_validate(_plain(unmarshal(item))) for item in page.get("Items", [])]
+        if "LastEvaluatedKey" not in page:
+            return found
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    return {key: int(value) if isinstance(value, Decimal) else value for key, value in item.items()}

@@ -1,0 +1,57 @@
+"""The events' conditional writes (shop.repositories.event_records) on moto and on DynamoDB Local:
+a fall of a SKU is claimed once, a redelivered record finds its own claim, a restock re-arms, and the
+consumers' records are written once per event id."""
+
+from __future__ import annotations
+
+from shop.models.events import EmailNotification, LowStockAlert
+from shop.repositories import event_records
+from tests.fidelity.conftest import Backend
+
+
+def test_a_fall_is_claimed_once_and_its_claimant_finds_it_again(backend: Backend) -> None:
+    first = event_records.claim_fall("MUG-1", "seq-1")
+    assert first is not None and (first.fall, first.ours, first.published) == (1, True, False)
+
+    assert event_records.claim_fall("MUG-1", "seq-2") is None  # another record, same fall: nothing
+    again = event_records.claim_fall("MUG-1", "seq-1")  # the claimant redelivered: announce it (again)
+    assert again is not None and (again.fall, again.published) == (1, False)
+
+    event_records.mark_published("MUG-1", 1)
+    published = event_records.claim_fall("MUG-1", "seq-1")
+    assert published is not None and published.published
+
+
+def test_a_restock_rearms_and_the_next_fall_is_a_new_one(backend: Backend) -> None:
+    assert event_records.claim_fall("MUG-1", "seq-1") is not None
+    event_records.rearm("MUG-1")
+    event_records.rearm("MUG-1")  # not low: nothing to do
+
+    second = event_records.claim_fall("MUG-1", "seq-9")
+    assert second is not None and (second.fall, second.ours) == (2, True)
+    event_records.rearm("OTHER")  # never low: no marker is written
+    marker = backend.client.get_item(
+        TableName=backend.tables["OperationsTable"], Key={"pk": {"S": "stock-low#OTHER"}, "sk": {"S": "marker"}}
+    )
+    assert "Item" not in marker
+
+
+def test_a_notification_is_queued_once_per_event_id(backend: Backend) -> None:
+    email = EmailNotification(
+        event_id="o-1:COMPLETED:5", customer_id="alice", order_id="o-1", template="order-completed", created_at="t"
+    )
+    assert event_records.add_notification(email) is True
+    assert event_records.add_notification(email) is False
+
+    [stored] = event_records.notifications_for("o-1")
+    assert (stored.event_id, stored.duplicates_ignored) == ("o-1:COMPLETED:5", 1)
+
+
+def test_a_low_stock_alert_is_recorded_once_per_event_id(backend: Backend) -> None:
+    alert = LowStockAlert(
+        event_id="MUG-1:STOCK_LOW:1", sku="MUG-1", available=3, threshold=5, occurred_at="t", recorded_at="t"
+    )
+    assert event_records.add_low_stock_alert(alert) is True
+    assert event_records.add_low_stock_alert(alert) is False
+
+    assert [(a.event_id, a.available) for a in event_records.low_stock_alerts()] == [("MUG-1:STOCK_LOW:1", 3)]

@@ -1,0 +1,262 @@
+"""Events from the tables' streams, end to end in the emulator: the order item's stream (the
+outbox) and the stock table's stream are delivered to the publishers as Lambda's event source
+mappings would (``LocalAws.deliver_events``), the publishers put events on the template's bus, and
+EventBridge's rules deliver them to the two consumers.
+
+Besides the consumers, a spy rule on the bus copies every shop event into an SQS queue, so the
+tests see what was published, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from infra.local.streams import DUPLICATE_DELIVERY_TAG
+from shop.domain import catalog
+from shop.models.catalog import StockAdjustmentRequest
+from shop.models.events import PUBLISHED
+from shop.repositories import event_records
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, available, open_shop, seed_product
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=50)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+class BusSpy:
+    """Every event put on the shop's bus, through a rule with an SQS target (as an auditor would)."""
+
+    def __init__(self, local_aws: LocalAws) -> None:
+        self.sqs = local_aws.client("sqs")
+        self.queue_url = self.sqs.create_queue(QueueName="bus-spy")["QueueUrl"]
+        queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        bus = local_aws.stack.event_bus_names["ShopEventBus"]
+        events = local_aws.client("events")
+        events.put_rule(
+            Name="bus-spy", EventBusName=bus, EventPattern=json.dumps({"source": ["shop.orders", "shop.inventory"]})
+        )
+        events.put_targets(Rule="bus-spy", EventBusName=bus, Targets=[{"Id": "spy", "Arn": queue_arn}])
+        self.seen: list[dict[str, Any]] = []
+
+    def events(self) -> list[dict[str, Any]]:
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return self.seen
+            for message in messages:
+                self.seen.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def of_order(self, order_id: str) -> list[tuple[str, str]]:
+        return [
+            (event["detail-type"], event["detail"]["event_id"])
+            for event in self.events()
+            if event["detail"].get("order_id") == order_id
+        ]
+
+
+@pytest.fixture
+def spy(local_aws: LocalAws) -> BusSpy:
+    return BusSpy(local_aws)
+
+
+def _duplicate_stream_deliveries(local_aws: LocalAws, logical_id: str) -> None:
+    arn = local_aws.client("lambda").get_function(FunctionName=local_aws.function(logical_id))["Configuration"][
+        "FunctionArn"
+    ]
+    local_aws.client("lambda").tag_resource(Resource=arn, Tags={DUPLICATE_DELIVERY_TAG: "true"})
+
+
+def test_a_completed_order_sends_one_email_and_its_events_in_order(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy
+) -> None:
+    placed = shop.place_ok([("MUG-1", 2)], who="carol")
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    version = shop.order(order_id).version
+
+    assert local_aws.deliver_events() > 0
+
+    assert spy.of_order(order_id) == [
+        ("OrderPlaced", f"{order_id}:PLACED"),
+        ("OrderCompleted", f"{order_id}:COMPLETED:{version}"),
+    ]
+    completed = next(e for e in spy.events() if e["detail-type"] == "OrderCompleted")
+    assert completed["source"] == "shop.orders"
+    assert completed["detail"]["version"] == 1
+    assert completed["detail"]["customer_id"] == "carol"
+    assert completed["detail"]["total"] == {"amount": 2500, "currency": "USD"}
+    [email] = event_records.notifications_for(order_id)
+    assert (email.template, email.customer_id, email.event_id) == (
+        "order-completed",
+        "carol",
+        completed["detail"]["event_id"],
+    )
+    assert email.duplicates_ignored == 0
+
+
+def test_delivering_again_publishes_nothing_new(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
+    placed = shop.place_ok([("MUG-1", 1)])
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    local_aws.deliver_events()
+    published = len(spy.events())
+
+    assert local_aws.deliver_events() == 0
+    assert len(spy.events()) == published
+
+
+def test_a_declined_order_is_announced_cancelled_with_its_reason(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
+    placed = shop.place_ok([("MUG-1", 1)], token="tok_chargeDeclined")
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+
+    local_aws.deliver_events()
+
+    assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced", "OrderCancelled"]
+    cancelled = next(e for e in spy.events() if e["detail-type"] == "OrderCancelled")
+    assert cancelled["detail"]["reason"] == "PAYMENT_DECLINED"
+    assert [email.template for email in event_records.notifications_for(order_id)] == ["order-cancelled"]
+
+
+def test_a_duplicated_stream_delivery_still_sends_one_email(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
+    _duplicate_stream_deliveries(local_aws, "PublishOrderEventsFunction")
+    placed = shop.place_ok([("MUG-1", 1)])
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+
+    local_aws.deliver_events()
+
+    # Published twice (at least once, as on AWS), with the same id both times ...
+    completed = [event_id for kind, event_id in spy.of_order(order_id) if kind == "OrderCompleted"]
+    assert len(completed) == 2 and len(set(completed)) == 1
+    # ... and the consumer saw both and queued one e-mail.
+    [email] = event_records.notifications_for(order_id)
+    assert email.template == "order-completed"
+    assert email.duplicates_ignored == 1
+
+
+def _adjust(sku: str, delta: int) -> None:
+    catalog.adjust_stock(sku, StockAdjustmentRequest(delta=delta, reason="test"), actor="admin")
+
+
+def _alerts(sku: str) -> list[tuple[str, int]]:
+    return sorted((alert.event_id, alert.available) for alert in event_records.low_stock_alerts() if alert.sku == sku)
+
+
+@pytest.mark.parametrize("duplicated", [False, True], ids=["once", "duplicated-delivery"])
+def test_stock_low_is_announced_once_per_fall(local_aws: LocalAws, spy: BusSpy, duplicated: bool) -> None:
+    if duplicated:
+        _duplicate_stream_deliveries(local_aws, "PublishStockEventsFunction")
+    seed_product("LAMP-1", stock=9)  # the threshold is 5 (LowStockThreshold)
+    local_aws.deliver_events()
+    assert _alerts("LAMP-1") == []
+
+    _adjust("LAMP-1", -4)  # 5: at the threshold
+    local_aws.deliver_events()
+    _adjust("LAMP-1", -2)  # 3: still the same fall
+    local_aws.deliver_events()
+    assert _alerts("LAMP-1") == [("LAMP-1:STOCK_LOW:1", 5)]
+
+    _adjust("LAMP-1", 10)  # 13: restocked, re-armed
+    local_aws.deliver_events()
+    _adjust("LAMP-1", -12)  # 1: a second fall
+    local_aws.deliver_events()
+
+    assert available("LAMP-1") == 1
+    assert _alerts("LAMP-1") == [("LAMP-1:STOCK_LOW:1", 5), ("LAMP-1:STOCK_LOW:2", 1)]
+    stock_low = [e for e in spy.events() if e["detail-type"] == "StockLow"]
+    assert {e["detail"]["event_id"] for e in stock_low} == {"LAMP-1:STOCK_LOW:1", "LAMP-1:STOCK_LOW:2"}
+    assert all(e["source"] == "shop.inventory" and e["detail"]["threshold"] == 5 for e in stock_low)
+    # A duplicated delivery finds its fall already announced: nothing is put on the bus twice.
+    assert len(stock_low) == 2
+
+
+def test_every_published_detail_type_is_declared(local_aws: LocalAws) -> None:
+    assert set(PUBLISHED) == {
+        "OrderPlaced",
+        "OrderCompleted",
+        "OrderCancelled",
+        "OrderRefunded",
+        "OrderNeedsAttention",
+        "StockLow",
+    }
+
+
+def test_a_failed_publish_is_retried_from_that_record_and_keeps_the_order(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shop.errors import EventPublishFailed
+    from shop.models.events import OutgoingEvent
+    from shop.repositories import event_bus
+
+    put = event_bus.put
+    refused: list[str] = []
+
+    def put_refusing_the_first_completion(event: OutgoingEvent) -> None:
+        if event.detail_type == "OrderCompleted" and not refused:
+            refused.append(event.event_id)
+            raise EventPublishFailed("throttled")
+        put(event)
+
+    monkeypatch.setattr(event_bus, "put", put_refusing_the_first_completion)
+    placed = shop.place_ok([("MUG-1", 1)])
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+
+    local_aws.deliver_events()  # the completion's record failed: it and what follows stay in the stream
+    assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced"]
+    assert event_records.notifications_for(order_id) == []
+
+    local_aws.deliver_events()  # retried from the failed record: the placement is not published again
+
+    assert spy.of_order(order_id) == [("OrderPlaced", f"{order_id}:PLACED"), ("OrderCompleted", refused[0])]
+    assert [email.template for email in event_records.notifications_for(order_id)] == ["order-completed"]
+
+
+def test_a_publisher_that_fails_gets_the_whole_batch_again(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
+    from infra.local import lambda_runtime
+
+    publisher = local_aws.function("PublishOrderEventsFunction")
+    failed: list[str] = []
+
+    def crash_once(function_name: str, event: Any) -> None:
+        if function_name == publisher and not failed:
+            failed.append(function_name)
+            raise RuntimeError("the publisher crashed")
+
+    lambda_runtime.faults.before_invoke = crash_once
+    placed = shop.place_ok([("MUG-1", 1)])
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+
+    local_aws.deliver_events()  # the orders stream's batch errored: nothing of it is done
+    assert spy.of_order(placed["order_id"]) == []
+
+    local_aws.deliver_events()
+    assert [kind for kind, _ in spy.of_order(placed["order_id"])] == ["OrderPlaced", "OrderCompleted"]
+
+
+def test_a_refund_is_announced_after_the_completion(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
+    placed = shop.place_ok([("MUG-1", 1)])
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    local_aws.deliver_events()
+    assert shop.cancel(order_id).status_code == 202
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+
+    local_aws.deliver_events()
+
+    assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced", "OrderCompleted", "OrderRefunded"]
+    assert sorted(email.template for email in event_records.notifications_for(order_id)) == [
+        "order-completed",
+        "order-refunded",
+    ]

@@ -1,0 +1,155 @@
+"""Which writes of an order announce an event, with which stable id, and the publisher's ordering
+per order when a record fails (pure: the bus is a fake)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shop.domain import events
+from shop.errors import EventPublishFailed
+from shop.models.events import OrderCancelled, OrderPlaced, OutgoingEvent
+from shop.models.money import Money
+from shop.models.orders import HistoryEntry, Order, OrderLine, OrderStatus
+from shop.repositories.orders import _order_item
+
+
+def _order(status: OrderStatus = "PENDING", order_id: str = "order-1", version: int = 0, **changes: Any) -> Order:
+    line = OrderLine(sku="MUG-1", name="Mug", quantity=2, unit_price=Money(amount=500), line_total=Money(amount=1000))
+    return Order(
+        order_id=order_id,
+        customer_id="alice",
+        status=status,
+        items=[line],
+        total=Money(amount=1000),
+        history=[HistoryEntry(step="order_placed", status="PENDING", at="2030-01-01T00:00:00.000Z")],
+        created_at="2030-01-01T00:00:00.000Z",
+        updated_at=f"2030-01-01T00:00:0{version}.000Z",
+        version=version,
+    ).model_copy(update=changes)
+
+
+def test_a_new_order_is_placed_with_its_lines() -> None:
+    announced = events.order_transition(None, _order())
+    assert announced is not None
+    assert (announced.source, announced.detail_type, announced.event_id) == (
+        "shop.orders",
+        "OrderPlaced",
+        "order-1:PLACED",
+    )
+    assert isinstance(announced.detail, OrderPlaced)
+    assert [(line.sku, line.quantity) for line in announced.detail.items] == [("MUG-1", 2)]
+    assert announced.detail.version == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "detail_type"),
+    [
+        ("COMPLETED", "OrderCompleted"),
+        ("CANCELLED", "OrderCancelled"),
+        ("REFUNDED", "OrderRefunded"),
+        ("NEEDS_ATTENTION", "OrderNeedsAttention"),
+    ],
+)
+def test_each_announced_status_has_its_event(status: OrderStatus, detail_type: str) -> None:
+    announced = events.order_transition(_order("PAYMENT_AUTHORIZED", version=4), _order(status, version=5))
+    assert announced is not None
+    assert (announced.detail_type, announced.event_id) == (detail_type, f"order-1:{status}:5")
+
+
+@pytest.mark.parametrize("status", ["STOCK_RESERVED", "PAYMENT_AUTHORIZED", "REFUNDING"])
+def test_steps_in_between_announce_nothing(status: OrderStatus) -> None:
+    assert events.order_transition(_order("PENDING", version=1), _order(status, version=2)) is None
+
+
+def test_a_write_that_keeps_the_status_announces_nothing() -> None:
+    # A claim, a cancel request, a progress note: the status stays, nothing is published.
+    before = _order("PENDING", version=1)
+    assert events.order_transition(before, before.model_copy(update={"cancel_requested": True, "version": 2})) is None
+
+
+def test_a_removed_order_announces_nothing() -> None:
+    assert events.order_transition(_order("COMPLETED"), None) is None
+
+
+def test_a_cancellation_carries_its_reason() -> None:
+    announced = events.order_transition(
+        _order("PAYMENT_AUTHORIZED", version=3), _order("CANCELLED", version=4, failure_reason="PAYMENT_DECLINED")
+    )
+    assert announced is not None and isinstance(announced.detail, OrderCancelled)
+    assert announced.detail.reason == "PAYMENT_DECLINED"
+
+
+def test_the_same_transition_always_gets_the_same_id_and_a_later_one_another() -> None:
+    first = events.order_transition(_order("REFUNDING", version=6), _order("NEEDS_ATTENTION", version=7))
+    again = events.order_transition(_order("REFUNDING", version=6), _order("NEEDS_ATTENTION", version=7))
+    # An operator's redrive that fails again reaches NEEDS_ATTENTION a second time: a new event.
+    later = events.order_transition(_order("REFUNDING", version=9), _order("NEEDS_ATTENTION", version=10))
+    assert first is not None and again is not None and later is not None
+    assert first.event_id == again.event_id != later.event_id
+
+
+# ---------------------------------------------------------------------------- the publisher's batch
+def _record(sequence: int, old: Order | None, new: Order) -> dict[str, Any]:
+    image: dict[str, Any] = {
+        "Keys": {"order_id": {"S": new.order_id}},
+        "SequenceNumber": str(sequence),
+        "NewImage": _order_item(new),
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    }
+    if old is not None:
+        image["OldImage"] = _order_item(old)
+    return {
+        "eventID": str(sequence),
+        "eventName": "INSERT" if old is None else "MODIFY",
+        "eventSource": "aws:dynamodb",
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/1",
+        "dynamodb": image,
+    }
+
+
+class FakeBus:
+    def __init__(self, failing: set[str]) -> None:
+        self.failing = failing
+        self.put: list[str] = []
+
+    def __call__(self, event: OutgoingEvent) -> None:
+        if event.event_id in self.failing:
+            raise EventPublishFailed(event.event_id)
+        self.put.append(event.event_id)
+
+
+def test_after_a_failed_record_the_same_orders_later_records_wait_and_others_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a_placed, b_placed = _order(order_id="a"), _order(order_id="b")
+    a_done = _order("COMPLETED", order_id="a", version=5)
+    b_done = _order("COMPLETED", order_id="b", version=5)
+    batch = {
+        "Records": [
+            _record(1, None, a_placed),
+            _record(2, None, b_placed),
+            _record(3, _order("PAYMENT_AUTHORIZED", order_id="a", version=4), a_done),
+            _record(4, _order("PAYMENT_AUTHORIZED", order_id="b", version=4), b_done),
+        ]
+    }
+    bus = FakeBus(failing={"a:PLACED"})
+    monkeypatch.setattr(events.event_bus, "put", bus)
+
+    response = events.publish_order_changes(batch, None)
+
+    # a's completion is not published before its placement: both are retried, in order.
+    assert [failure["itemIdentifier"] for failure in response["batchItemFailures"]] == ["1", "3"]
+    assert bus.put == ["b:PLACED", "b:COMPLETED:5"]
+
+
+def test_a_batch_that_publishes_everything_reports_no_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    bus = FakeBus(failing=set())
+    monkeypatch.setattr(events.event_bus, "put", bus)
+    batch = {
+        "Records": [_record(1, None, _order()), _record(2, _order(version=0), _order("STOCK_RESERVED", version=1))]
+    }
+
+    assert events.publish_order_changes(batch, None) == {"batchItemFailures": []}
+    assert bus.put == ["order-1:PLACED"]
