@@ -38,7 +38,12 @@ SCANNING = {("ReconcileBooksFunctionRole", table) for table in AUDITED} | {
 }
 # Powertools' idempotency store deletes its record when the handler fails, so it can be retried.
 # Resharding a SKU down deletes its shards above the new count (their stock moved to the others).
-DELETING = {("APIHandlerDataAccess", "IdempotencyTable"), ("APIHandlerDataAccess", "StockTable")}
+DELETING = {
+    ("APIHandlerDataAccess", "IdempotencyTable"),
+    ("APIHandlerDataAccess", "StockTable"),
+    # DELETE /cart, and a merge deletes the anonymous cart.
+    ("APIHandlerDataAccess", "CartsTable"),
+}
 
 
 def _newest_input() -> float:

@@ -38,6 +38,7 @@ class TableSettings(BaseSettings):
     idempotency_table: str
     operations_table: str
     purchase_counts_table: str
+    carts_table: str
 
 
 class InventorySettings(BaseSettings):
