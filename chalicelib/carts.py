@@ -39,7 +39,7 @@ _PRICES = (
     tags=_TAGS,
 )
 def get_cart(principal: Principal | None, headers: dict[str, str | None]) -> Response:
-    return http.json_response(domain.view(domain.owner(principal, headers[CART_TOKEN_HEADER])))
+    return http.json_response(domain.read_cart(principal, headers[CART_TOKEN_HEADER]))
 
 
 @http.route(
@@ -72,11 +72,9 @@ def get_cart(principal: Principal | None, headers: dict[str, str | None]) -> Res
 def set_cart_item(
     sku: str, body: SetCartItemRequest, principal: Principal | None, headers: dict[str, str | None]
 ) -> Response:
-    owner = domain.owner(principal, headers[CART_TOKEN_HEADER], start_new=True)
-    assert owner is not None  # start_new: a caller without any cart gets a new one
-    cart = domain.set_quantity(owner, sku, body.quantity)
-    issued = {CART_TOKEN_HEADER: owner.issued_token} if owner.issued_token is not None else {}
-    return http.json_response(cart, headers=issued)
+    changed = domain.set_line(principal, headers[CART_TOKEN_HEADER], sku, body.quantity)
+    issued = {CART_TOKEN_HEADER: changed.issued_token} if changed.issued_token is not None else {}
+    return http.json_response(changed.cart, headers=issued)
 
 
 @http.route(
@@ -91,7 +89,7 @@ def set_cart_item(
     tags=_TAGS,
 )
 def delete_cart(principal: Principal | None, headers: dict[str, str | None]) -> Response:
-    domain.clear(domain.owner(principal, headers[CART_TOKEN_HEADER]))
+    domain.delete_cart(principal, headers[CART_TOKEN_HEADER])
     return Response(body="", status_code=204)
 
 

@@ -218,6 +218,31 @@ def _shown(lines: Sequence[Line], expires_at: int | None) -> CartView:
     return priced(lines, catalog.get_products(line.sku for line in lines) if lines else {}, expires_at)
 
 
+@dataclass(frozen=True)
+class ChangedCart:
+    """A cart after a change, and the token of the anonymous cart the change started (if it did)."""
+
+    cart: CartView
+    issued_token: str | None
+
+
+def read_cart(principal: Principal | None, token: str | None) -> CartView:
+    """``GET /cart``: the caller's cart (see ``owner``), empty if there is none."""
+    return view(owner(principal, token))
+
+
+def set_line(principal: Principal | None, token: str | None, sku: str, quantity: int) -> ChangedCart:
+    """``PUT /cart/items/{sku}``: ``set_quantity`` on the caller's cart, a new anonymous one if they have none."""
+    cart_owner = owner(principal, token, start_new=True)
+    assert cart_owner is not None  # start_new: a caller without a cart gets a new one
+    return ChangedCart(set_quantity(cart_owner, sku, quantity), cart_owner.issued_token)
+
+
+def delete_cart(principal: Principal | None, token: str | None) -> None:
+    """``DELETE /cart``: ``clear`` the caller's cart."""
+    clear(owner(principal, token))
+
+
 def view(cart_owner: CartOwner | None) -> CartView:
     """The cart (empty when there is none, or it expired)."""
     if cart_owner is None or cart_owner.issued_token is not None:
@@ -242,21 +267,23 @@ def set_quantity(cart_owner: CartOwner, sku: str, quantity: int) -> CartView:
     """Set a line's quantity (0 removes it). An unknown SKU is 422, and so is a positive quantity of an
     inactive product (a line whose product was deactivated can still be removed). Nothing changes on
     any refusal."""
-    product = catalog.get_products([sku]).get(sku)
-    if product is None or (quantity > 0 and not product.active):
-        raise ProductUnavailable(
-            f"{sku} does not exist or is not for sale",
-            errors=[{"field": "sku", "message": f"{sku} does not exist or is not for sale"}],
-        )
     for _ in range(MAX_WRITE_ATTEMPTS):
         stored = None if cart_owner.issued_token is not None else repository.get(cart_owner.cart_id)
         now = _now()
         lines = current_lines(stored, now)
+        # One read of the catalog for the cart's lines and the SKU being set.
+        products = catalog.get_products({*(line.sku for line in lines), sku})
+        product = products.get(sku)
+        if product is None or (quantity > 0 and not product.active):
+            raise ProductUnavailable(
+                f"{sku} does not exist or is not for sale",
+                errors=[{"field": "sku", "message": f"{sku} does not exist or is not for sale"}],
+            )
         changed = with_quantity(lines, sku, quantity)
         if changed is None:
-            return _shown(lines, stored.expires_at if stored is not None and lines else None)
+            return priced(lines, products, stored.expires_at if stored is not None and lines else None)
         cart = _stored(cart_owner.cart_id, stored, changed, now)
-        shown = _shown(changed, cart.expires_at)  # refuses a total too large before anything is written
+        shown = priced(changed, products, cart.expires_at)  # refuses a total too large before anything is written
         try:
             repository.put(cart, expected_version=stored.version if stored is not None else None)
         except CartVersionConflict:
