@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from chalicelib import http, openapi
 from chalicelib.admin import admin
+from chalicelib.carts import carts
 from chalicelib.catalog import catalog
 from chalicelib.console import console
 from chalicelib.orders import orders
@@ -21,6 +22,7 @@ app = Chalice(app_name="shop")
 
 app.register_blueprint(catalog)
 app.register_blueprint(orders)
+app.register_blueprint(carts)
 app.register_blueprint(admin)
 app.register_blueprint(console)
 

@@ -2,7 +2,7 @@
 
 - ``http``: problem+json errors, request parsing, auth helpers and the ``route`` decorator.
 - ``openapi``: the OpenAPI 3.1 document built from the registered routes.
-- ``catalog``, ``orders``, ``admin``: the route blueprints (catalog; orders; operators' dead letters
+- ``catalog``, ``orders``, ``carts``, ``admin``: the route blueprints (catalog; orders; carts; operators' dead letters
   and circuit breakers).
 
 On Lambda the layer puts ``shop`` on the path. In a checkout (``chalice local``, ``chalice package``)

@@ -13,7 +13,8 @@ parses before the view runs, passes the results as keyword arguments, documents 
 
 The view receives: each path parameter by name (validated against ``path_params``; a bad value
 is 400 with ``errors[].field`` = the parameter name), ``principal`` when ``auth`` is
-"customer" (any valid token) or "admin" (401 without a valid token, 403 for non-admins),
+"customer" (any valid token) or "admin" (401 without a valid token, 403 for non-admins), or
+"optional" (None without a token; a token sent must be valid: 401),
 ``query`` when ``query=Model`` (unknown or repeated parameters are 400) and ``body`` when
 ``body=Model`` (see ``parse_body``). A route without ``query`` rejects any query string (400).
 ``headers={"Idempotency-Key": IdempotencyKey}`` requires each header and validates it against its
@@ -48,7 +49,7 @@ from chalice import Blueprint, Chalice, Response
 from chalice.app import ChaliceViewError, Request
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from chalicelib.openapi import PROBLEM_JSON, Auth, Operation, Problem, describe, optional_inner
+from chalicelib.openapi import PROBLEM_JSON, Auth, Operation, Problem, ResponseHeaderDoc, describe, optional_inner
 from shop import auth
 from shop.auth import Principal
 from shop.config import api_settings
@@ -364,7 +365,7 @@ def route(
     errors: Iterable[int] = (),
     tags: Iterable[str] = (),
     description: str | None = None,
-    response_headers: Mapping[int, Mapping[str, str]] | None = None,
+    response_headers: Mapping[int, Mapping[str, ResponseHeaderDoc]] | None = None,
     backend: bool = True,
 ) -> Callable[[View], View]:
     """Register, document and guard a view; see the module docstring for what the view receives."""
@@ -402,6 +403,8 @@ def route(
                     arguments["principal"] = require_admin(request)
                 elif auth == "customer":
                     arguments["principal"] = require_customer(request)
+                elif auth == "optional":
+                    arguments["principal"] = optional_principal(request)
                 for name, adapter in adapters.items():
                     arguments[name] = _path_argument(name, adapter, raw_path.get(name))
                 if query is not None:

@@ -32,7 +32,8 @@ from shop.models.catalog import MAX_STOCK
 from shop.models.common import MAX_LINES, MAX_QUANTITY
 from shop.models.money import MAX_AMOUNT
 
-Auth = Literal["public", "customer", "admin"]
+# "optional": anyone, and a bearer token when sent must be valid (the route then knows the caller).
+Auth = Literal["public", "optional", "customer", "admin"]
 
 PROBLEM_JSON = "application/problem+json"
 _OPERATION_ATTRIBUTE = "__shop_operation__"
@@ -142,6 +143,16 @@ class OpenApiDocument(BaseModel):
 
 
 @dataclass(frozen=True)
+class OptionalHeader:
+    """A response header the answer carries only sometimes (``description`` says when)."""
+
+    description: str
+
+
+ResponseHeaderDoc = str | OptionalHeader
+
+
+@dataclass(frozen=True)
 class Operation:
     """What the document says about one route (method + path).
 
@@ -160,7 +171,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = ()
     description: str | None = None
-    response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    # Name -> description of a header every such answer carries, or an OptionalHeader.
+    response_headers: Mapping[int, Mapping[str, ResponseHeaderDoc]] = field(default_factory=dict)
     backend: bool = True
     hidden: bool = False
 
@@ -297,7 +309,9 @@ def _operation_object(
             "required": True,
             "content": {"application/json": {"schema": refs[(operation.body, "validation")]}},
         }
-    if operation.auth != "public":
+    if operation.auth == "optional":
+        result["security"] = [{}, {"bearerAuth": []}]
+    elif operation.auth != "public":
         result["security"] = [{"bearerAuth": []}]
     responses: dict[str, Any] = {}
     for status, model in sorted(operation.responses.items()):
@@ -307,7 +321,11 @@ def _operation_object(
         headers = operation.response_headers.get(status)
         if headers:
             entry["headers"] = {
-                name: {"description": text, "required": True, "schema": {"type": "string", "minLength": 1}}
+                name: {
+                    "description": text.description if isinstance(text, OptionalHeader) else text,
+                    "required": not isinstance(text, OptionalHeader),
+                    "schema": {"type": "string", "minLength": 1},
+                }
                 for name, text in headers.items()
             }
         responses[str(status)] = entry

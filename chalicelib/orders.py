@@ -49,7 +49,9 @@ class OrderListQuery(StrictModel):
     description=(
         f"Requires the header `{IDEMPOTENCY_HEADER}` (1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters, scoped "
         "to the caller). "
-        "Prices come from the catalog. The same key and body answer the first response again; the same key "
+        'Prices come from the catalog. The lines are `items`, or with `"cart": true` the lines of the customer\'s '
+        "cart as they are now (an empty cart is 422 `cart-empty`); the cart is emptied of them only when the order "
+        "COMPLETES. The same key and body answer the first response again; the same key "
         "with another body is 422; while the first request is still being processed, 409. The order is "
         "PENDING until the checkout saga settles it. While the shop is not accepting new orders (an operator's "
         "runtime switch), 503 `orders-paused` with `Retry-After`: nothing is stored, and orders already placed "

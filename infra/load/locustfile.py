@@ -9,13 +9,15 @@ User classes (Locust's class picker: name them on the command line; with none, b
 - ``Shopper``: browses the catalog (list pages, a category, searches, product details), revalidating what it
   has seen with ``If-None-Match`` as a browser reloading a page does; checks out (``Idempotency-Key``,
   half of the time ``Prefer: wait=N``) and follows the order to its outcome; pays with a declined
-  card now and then; cancels an order (pending or completed); looks at its orders.
+  card now and then; cancels an order (pending or completed); looks at its orders; fills an
+  anonymous cart (``X-Cart-Token``), merges it into its customer's cart as at sign-in and orders
+  the cart (``"cart": true``).
 - ``FlashSaleShopper``: many users buying one unit each of ONE SKU that has few units. Sold out
   (the saga ends CANCELLED with ``OUT_OF_STOCK``) is an expected outcome. At the end it prints the
   units sold against the stock and fails the run if more were sold, or if the stock left does not
   account for the units sold.
 
-The tasks are tagged ``browse``, ``checkout``, ``cancel``, ``orders`` and ``flash`` for Locust's
+The tasks are tagged ``browse``, ``checkout``, ``cancel``, ``orders``, ``cart`` and ``flash`` for Locust's
 ``--tags``/``--exclude-tags``.
 
 Every order's outcome is a row of Locust's table (type ``ORDER``, its time from the POST to the
@@ -59,6 +61,7 @@ from locust.env import Environment
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shop.models.carts import CART_TOKEN_HEADER, CartView, SetCartItemRequest
 from shop.models.catalog import CreateProductRequest, Product, ProductPage, StockAdjustmentRequest
 from shop.models.money import Money
 from shop.models.orders import TERMINAL, OrderPage, OrderView, PlaceOrderRequest
@@ -331,26 +334,35 @@ class ShopUser(HttpUser):
             return response.content
 
     # -------------------------------------------------------------- orders
-    def place_order(self, lines: dict[str, int], card: str, *, prefer_wait: bool) -> tuple[OrderView, float] | None:
-        """POST /orders with a fresh Idempotency-Key; the order as answered and when it was sent."""
-        body = PlaceOrderRequest.model_validate(
-            {
-                "items": [{"sku": sku, "quantity": quantity} for sku, quantity in lines.items()],
-                "payment": {"token": card},
-            }
+    def place_order(
+        self, lines: dict[str, int] | None, card: str, *, prefer_wait: bool
+    ) -> tuple[OrderView, float] | None:
+        """POST /orders with a fresh Idempotency-Key; the order as answered and when it was sent.
+
+        ``lines`` None orders the customer's cart (``"cart": true``). Several users share a customer,
+        so another may have ordered that cart first: its 422 ``cart-empty`` is then not a failure.
+        """
+        source: dict[str, Any] = (
+            {"cart": True}
+            if lines is None
+            else {"items": [{"sku": sku, "quantity": quantity} for sku, quantity in lines.items()]}
         )
+        body = PlaceOrderRequest.model_validate({**source, "payment": {"token": card}})
         headers = {**self.auth, "Idempotency-Key": str(uuid.uuid4())}
-        name = "/orders"
+        name = "/orders" if lines is not None else "/orders (cart)"
         expected = {202}
         if prefer_wait:
             wait = settings().prefer_wait_seconds
             headers["Prefer"] = f"wait={wait}"
-            name = f"/orders (Prefer: wait={wait})"
+            name = f"{name} (Prefer: wait={wait})"
             expected = {201, 202}
         sent = time.monotonic()
         with self.client.post(
             "/orders", json=body.model_dump(mode="json"), headers=headers, name=name, catch_response=True
         ) as response:
+            if lines is None and response.status_code == 422 and "cart-empty" in response.text:
+                response.success()  # another user of this customer ordered the cart first
+                return None
             if response.status_code not in expected:
                 response.failure(f"{response.status_code}: {response.text[:300]}")
                 return None
@@ -509,6 +521,42 @@ class Shopper(ShopUser):
                 return
             response.success()
         self.follow(order, cancelled_at, IS_CANCELLED, "refund" if after_completion else "cancel")
+
+    @tag("cart")
+    @task(1)
+    def cart_checkout(self) -> None:
+        """Fill an anonymous cart, merge it into the customer's cart (as at sign-in), order the cart.
+
+        The cart empties when the order completes; it is not checked here, as users sharing a customer
+        share its cart (the service and HTTP tiers check it).
+        """
+        token: str | None = None
+        for sku, quantity in self.basket().items():
+            headers = {CART_TOKEN_HEADER: token} if token is not None else {}
+            body = SetCartItemRequest(quantity=quantity).model_dump(mode="json")
+            with self.client.put(
+                f"/cart/items/{sku}", json=body, headers=headers, name="/cart/items/{sku}", catch_response=True
+            ) as response:
+                if response.status_code != 200:
+                    response.failure(f"{response.status_code}: {response.text[:300]}")
+                    return
+                token = token or response.headers.get(CART_TOKEN_HEADER)
+                cart = CartView.model_validate_json(response.content)
+                if token is None or sku not in {line.sku for line in cart.items}:
+                    response.failure("a new anonymous cart without its token or its line")
+                    return
+                response.success()
+        assert token is not None  # the basket has at least one line
+        with self.client.post(
+            "/cart/merge", headers={**self.auth, CART_TOKEN_HEADER: token}, name="/cart/merge", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:300]}")
+                return
+            response.success()
+        placed = self.place_order(None, APPROVED_CARD, prefer_wait=random.random() < 0.5)
+        if placed:
+            self.follow(*placed, COMPLETES, "cart checkout")
 
     @tag("orders")
     @task(2)

@@ -197,7 +197,39 @@ def documented_refusal(case: Case) -> Refusal | None:
             "a next_token is opaque: only the previous page's value is accepted",
             field="next_token",
         )
+    if case.headers and "X-Cart-Token" in case.headers:
+        return Refusal(
+            400,
+            frozenset({"urn:shop:problem:validation-error"}),
+            "a cart token is opaque: only a value the API issued is accepted",
+            field="X-Cart-Token",
+        )
+    if case.operation.path.startswith("/cart"):
+        return Refusal(
+            422,
+            frozenset(
+                {
+                    "urn:shop:problem:product-unavailable",
+                    "urn:shop:problem:cart-full",
+                    "urn:shop:problem:order-total-too-large",
+                }
+            ),
+            "a cart line's SKU must exist (and be active to add), a cart holds 50 lines, its total within the limit",
+        )
     if case.operation.path == "/orders" and case.method == "POST" and isinstance(case.body, dict):
+        if case.body.get("cart") is True:
+            return Refusal(
+                422,
+                frozenset(
+                    {
+                        "urn:shop:problem:cart-empty",
+                        "urn:shop:problem:product-unavailable",
+                        "urn:shop:problem:order-total-too-large",
+                        "urn:shop:problem:idempotency-key-reused",
+                    }
+                ),
+                "an order from the cart needs lines in the cart, each for sale, within the limit, its key not reused",
+            )
         items = case.body.get("items")
         skus = [item.get("sku") for item in items if isinstance(item, dict)] if isinstance(items, list) else []
         if len(set(skus)) != len(skus):

@@ -103,20 +103,26 @@ def test_shopper_mix_reaches_every_route_it_exercises_without_a_failure(stack: R
         "GET /orders/{order_id}",
         "POST /orders/{order_id}/cancel",
         "GET /orders",
+        "PUT /cart/items/{sku}",
+        "POST /cart/merge",
     ]
     outcomes = [
         "ORDER checkout -> COMPLETED",
         "ORDER declined card -> CANCELLED PAYMENT_DECLINED",
         "ORDER refund -> REFUNDED",
+        "ORDER cart checkout -> COMPLETED",
     ]
     assert [name for name in routes + outcomes if requested(stats, name) == 0] == []
     # A cancel right after the POST finds the order pending, or already completed and refunds it.
     cancelled = ["ORDER cancel -> CANCELLED CANCELLED_BY_CUSTOMER", "ORDER cancel -> REFUNDED"]
     assert sum(requested(stats, name) for name in cancelled) > 0
+    # An order from the cart, with or without the wait.
+    cart_orders = ["POST /orders (cart)", "POST /orders (cart) (Prefer: wait=5)"]
+    assert sum(requested(stats, name) for name in cart_orders) > 0
     # What a shopper has seen it revalidates (a product a checkout changed answers 200, the rest 304).
     assert sum(requested(stats, name) for name in stats if name.endswith("(If-None-Match)")) > 0
     # The rows are the routes, the revalidations and the outcomes: no stray name (e.g. an order id).
-    known = {*routes, *outcomes, *cancelled}
+    known = {*routes, *outcomes, *cancelled, *cart_orders}
     assert {name for name in stats if not name.endswith("(If-None-Match)")} <= known
 
 

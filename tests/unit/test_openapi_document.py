@@ -73,6 +73,10 @@ def test_routes_with_a_token_declare_it_and_their_401(document: dict[str, Any]) 
         assert declared is not None
         if declared.auth == "public":
             assert "security" not in operation and "401" not in operation["responses"], (path, method)
+        elif declared.auth == "optional":
+            # Anyone may call it; a token sent must be valid (the empty requirement: none needed).
+            assert operation["security"] == [{}, {"bearerAuth": []}], (path, method)
+            assert "401" in operation["responses"] and "503" in operation["responses"]
         else:
             assert operation["security"] == [{"bearerAuth": []}], (path, method)
             assert "401" in operation["responses"] and "503" in operation["responses"]

@@ -17,7 +17,7 @@ def _request(**changes: object) -> dict[str, object]:
 
 def test_a_valid_request_parses() -> None:
     request = PlaceOrderRequest.model_validate(_request())
-    assert request.items[0].quantity == 1 and request.payment.token == "tok_visa"
+    assert request.items is not None and request.items[0].quantity == 1 and request.payment.token == "tok_visa"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from itsdangerous import URLSafeSerializer
 from pydantic import ValidationError
 
-from shop import aws, config, pagination
+from shop import aws, config, signing
 from shop.errors import FieldError
 from shop.models.base import StrictModel
 from shop.pagination import NextToken, PageLimit, decode_token, encode_token
@@ -22,7 +22,7 @@ KEY = {"listing": {"S": "ACTIVE"}, "sku": {"S": "SKU-0042"}}
 @pytest.fixture(autouse=True)
 def _secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # The key's source (Secrets Manager) is tested below; these tests are about the tokens.
-    monkeypatch.setattr(pagination, "pagination_key", lambda: SECRET)
+    monkeypatch.setattr(signing, "pagination_key", lambda: SECRET)
     yield
 
 

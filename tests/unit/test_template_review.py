@@ -46,6 +46,8 @@ DELETING = {
     ("APIHandlerDataAccess", "IdempotencyTable"),
     ("APIHandlerDataAccess", "StockTable"),
     ("APIHandlerDataAccess", "SearchIndexTable"),
+    # DELETE /cart, and a merge deletes the anonymous cart.
+    ("APIHandlerDataAccess", "CartsTable"),
 }
 
 

@@ -39,6 +39,7 @@ class TableSettings(BaseSettings):
     operations_table: str
     purchase_counts_table: str
     search_index_table: str
+    carts_table: str
 
 
 class InventorySettings(BaseSettings):

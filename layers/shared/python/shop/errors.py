@@ -158,6 +158,19 @@ class ReservationExpired(Conflict):
     title, slug = "Reservation expired", "reservation-expired"
 
 
+# ---------------------------------------------------------------------------- carts
+class CartFull(Unprocessable):
+    """A new line would take the cart past ``shop.models.carts.MAX_CART_LINES``; nothing changed."""
+
+    title, slug = "Cart full", "cart-full"
+
+
+class CartEmpty(Unprocessable):
+    """``POST /orders`` with ``"cart": true`` found no lines in the customer's cart; nothing was placed."""
+
+    title, slug = "Cart empty", "cart-empty"
+
+
 # ---------------------------------------------------------------------------- transient
 class TransientError(ShopError):
     """Worth retrying with backoff: throttling, a provider 5xx, a lost race."""
@@ -250,6 +263,12 @@ class OrderContention(TransientError):
     """Concurrent writers (the saga and a cancel request) kept changing the order under us."""
 
     title, slug = "Order busy", "order-contention"
+
+
+class CartContention(TransientError):
+    """Writers kept changing the same cart (many tabs at once) or DynamoDB was busy; retry."""
+
+    title, slug = "Cart busy", "cart-contention"
 
 
 class SagaNotStarted(TransientError):

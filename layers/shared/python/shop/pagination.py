@@ -1,7 +1,7 @@
 """Opaque, signed pagination tokens, and the query-string types every listing shares.
 
 A ``next_token`` carries DynamoDB's ``LastEvaluatedKey`` for one listing and the query it was
-issued for, signed with the key in Secrets Manager (``PAGINATION_SECRET_ARN``; itsdangerous, one
+issued for, signed with the key in Secrets Manager (``PAGINATION_SECRET_ARN``; ``shop.signing``, one
 salt per listing). A token that was altered, forged, issued by another listing or for other query
 parameters is a 400, so a client can never steer a Query to a key it did not get from us.
 
@@ -14,7 +14,6 @@ Usage (a repository's Query page)::
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -22,8 +21,8 @@ from typing import Annotated, Any, Literal
 from itsdangerous import BadData, URLSafeSerializer
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
+from shop import signing
 from shop.errors import FieldError
-from shop.repositories.secrets import pagination_key
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -49,9 +48,7 @@ _StartKey: TypeAdapter[dict[str, dict[Literal["S", "N"], str]]] = TypeAdapter(di
 
 
 def _serializer(listing: str) -> URLSafeSerializer:
-    return URLSafeSerializer(
-        pagination_key(), salt=f"shop.pagination.{listing}", signer_kwargs={"digest_method": hashlib.sha256}
-    )
+    return signing.serializer(f"pagination.{listing}")
 
 
 def _invalid(message: str) -> FieldError:

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from shop.domain import carts
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import CheckoutCancelled
 from shop.models.base import iso_now
@@ -113,6 +114,7 @@ def complete_order(step: CompleteOrder) -> StepResult:
         )
     if order.status == "COMPLETED":
         _settle_dead_letter(order, now)
+        carts.remove_ordered_lines(order)  # an order placed from a cart; once, however often this runs
         if changed:
             _emit("OrdersCompleted", order, now)
             logger().info("order completed")

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -28,7 +28,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 
 from shop.auth import Principal
 from shop.config import api_settings, feature_switches, runtime_config_settings
-from shop.domain import catalog, order_saga, payments, purchase_limits
+from shop.domain import carts, catalog, order_saga, payments, purchase_limits
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import (
     IdempotencyKeyInUse,
@@ -43,7 +43,7 @@ from shop.errors import (
     TransientError,
 )
 from shop.models.base import iso_now
-from shop.models.common import CheckoutLine
+from shop.models.common import CheckoutLine, Line
 from shop.models.money import Money
 from shop.models.orders import (
     TERMINAL,
@@ -166,8 +166,20 @@ def _place(submission: OrderSubmission) -> OrderView:
     body = submission.body.model_dump(mode="json")
     order_id = order_id_for(submission.customer_id, submission.idempotency_key, body)
     _check_orders_in_progress(submission.customer_id, order_id)
+    cart_id: str | None = None
+    items: Sequence[Line]
+    if submission.body.items is not None:
+        items = submission.body.items
+    else:
+        # A replay whose idempotency record expired answers its order: the cart may be emptied by now.
+        existing = repository.get(order_id)
+        if existing is not None:
+            return existing.view(payment=None)
+        # The cart's lines as they are now (CartEmpty, 422, without any); the order keeps the cart's
+        # id, so that its completion removes these lines from it.
+        cart_id, items = carts.lines_for_checkout(submission.customer_id)
     try:
-        priced = _priced_order(order_id, submission.customer_id, submission.body)
+        priced = _priced_order(order_id, submission.customer_id, items)
     except PurchaseLimitExceeded:
         # A replay of an order already placed (its idempotency record expired) meets its own
         # counted units: it answers as placed, like any replay, and only a new order is refused.
@@ -176,7 +188,11 @@ def _place(submission: OrderSubmission) -> OrderView:
             raise
         return existing.view(payment=None)
     order = priced.model_copy(
-        update={"payment_token": submission.body.payment.token, "idempotency_key": submission.idempotency_key}
+        update={
+            "payment_token": submission.body.payment.token,
+            "idempotency_key": submission.idempotency_key,
+            "cart_id": cart_id,
+        }
     )
     stored = repository.create(order)
     try:
@@ -217,17 +233,17 @@ def start_checkout(order: Order) -> bool:
     )
 
 
-def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -> Order:
+def _priced_order(order_id: str, customer_id: str, items: Sequence[Line]) -> Order:
     """The order with each line priced from the catalog now (never from the client), and each SKU's
     stock shard count for the reservation (no stock is read here)."""
-    products = catalog.get_products_for_sale([item.sku for item in request.items])
+    products = catalog.get_products_for_sale([item.sku for item in items])
     problems = [
         {"field": f"items.{index}.sku", "message": f"{item.sku} does not exist or is not for sale"}
-        for index, item in enumerate(request.items)
+        for index, item in enumerate(items)
         if item.sku not in products or not products[item.sku].active
     ]
     if problems:
-        unavailable = [item.sku for item in request.items if item.sku not in products or not products[item.sku].active]
+        unavailable = [item.sku for item in items if item.sku not in products or not products[item.sku].active]
         raise ProductUnavailable(f"not available: {', '.join(unavailable)}", errors=problems)
     # Imported here, not at the top, to keep this change to this function (hoist when convenient).
     from shop.errors import OrderTotalTooLarge
@@ -242,21 +258,21 @@ def _priced_order(order_id: str, customer_id: str, request: PlaceOrderRequest) -
             "message": f"{item.quantity} x {products[item.sku].price.amount} exceeds the maximum line total, "
             f"{MAX_AMOUNT}",
         }
-        for index, item in enumerate(request.items)
+        for index, item in enumerate(items)
         if products[item.sku].price.amount * item.quantity > MAX_AMOUNT
     ]
-    order_total = sum(products[item.sku].price.amount * item.quantity for item in request.items)
+    order_total = sum(products[item.sku].price.amount * item.quantity for item in items)
     if not too_large and order_total > MAX_AMOUNT:
         too_large.append({"field": "items", "message": f"the order total exceeds the maximum, {MAX_AMOUNT}"})
     if too_large:
         raise OrderTotalTooLarge(f"the order total may be at most {MAX_AMOUNT} (minor units)", errors=too_large)
     # Snapshotted into the order: the reserve step enforces them without reading the products again.
-    limits = {item.sku: limit for item in request.items if (limit := products[item.sku].purchase_limit) is not None}
+    limits = {item.sku: limit for item in items if (limit := products[item.sku].purchase_limit) is not None}
     if limits:
-        purchase_limits.check_within_limits(customer_id, request.items, limits)
+        purchase_limits.check_within_limits(customer_id, items, limits)
     lines = []
     total = Money.zero()
-    for item in request.items:
+    for item in items:
         product = products[item.sku]
         line_total = product.price.times(item.quantity)
         total = total + line_total

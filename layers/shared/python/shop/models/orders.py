@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
 from shop.models.common import MAX_LINES, CheckoutLine, CustomerId, ExecutionName, Line, OrderId, PaymentToken
@@ -65,21 +75,63 @@ class PaymentMethod(StrictModel):
     token: PaymentToken
 
 
+def _items_or_cart(schema: dict[str, Any]) -> None:
+    """``PlaceOrderRequest``'s schema as the server enforces it: exactly one of ``items`` and ``cart``, never null."""
+    for name in ("items", "cart"):
+        prop = schema["properties"][name]
+        prop.pop("default", None)
+        variants = [variant for variant in prop.pop("anyOf", []) if variant != {"type": "null"}]
+        if len(variants) == 1:
+            prop.update(variants[0])
+    schema["oneOf"] = [{"required": ["items"]}, {"required": ["cart"]}]
+
+
 class PlaceOrderRequest(StrictModel):
+    """``POST /orders``: the lines (``items``), or ``"cart": true`` for the lines of the customer's cart."""
+
+    model_config = ConfigDict(json_schema_extra=_items_or_cart)
+
     # Distinct SKUs (no JSON Schema keyword says "unique by sku"; uniqueItems is the part it can say).
-    items: list[OrderItemRequest] = Field(
+    items: list[OrderItemRequest] | None = Field(
+        default=None,
         min_length=1,
         max_length=MAX_LINES,
-        description="Each SKU at most once (a repeated SKU is 400).",
+        description="Each SKU at most once (a repeated SKU is 400). Not with `cart`.",
         json_schema_extra={"uniqueItems": True},
+    )
+    cart: Literal[True] | None = Field(
+        default=None,
+        description="Order the lines of the customer's cart as they are now (not with `items`); an empty cart is "
+        "422 `cart-empty`. The cart is emptied of them only when the order COMPLETES.",
     )
     payment: PaymentMethod
 
+    @field_validator("items", "cart", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null (send either items or cart)")
+        return value
+
     @field_validator("items")
     @classmethod
-    def _distinct_skus(cls, items: list[OrderItemRequest]) -> list[OrderItemRequest]:
-        require_distinct_skus([item.sku for item in items])
+    def _distinct_skus(cls, items: list[OrderItemRequest] | None) -> list[OrderItemRequest] | None:
+        if items is not None:
+            require_distinct_skus([item.sku for item in items])
         return items
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PlaceOrderRequest:
+        if (self.items is None) == (self.cart is None):
+            raise ValueError("send either items or cart (true), not both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent stays absent: an order's id and its idempotency record are derived from this form,
+        # which must not change for bodies that were valid before `cart` existed.
+        data: dict[str, Any] = serialize(self)
+        return {key: value for key, value in data.items() if not (key in ("items", "cart") and value is None)}
 
 
 class OrderSubmission(StrictModel):
@@ -135,6 +187,9 @@ class Order(Record):
     # Each SKU's stock shard count when the order was placed (the saga's reservation picks a shard
     # from it without reading the product); never shown. Absent means 1.
     stock_shards: dict[str, int] = Field(default_factory=dict)
+    # The cart the order was placed from (``"cart": true``), whose lines the completion removes
+    # (shop.domain.carts.remove_ordered_lines); never shown. None for an order of ``items``.
+    cart_id: str | None = None
     created_at: str
     updated_at: str
     version: int = 0

@@ -1,0 +1,367 @@
+"""Carts: who owns which cart, the rules for changing one, and what a cart shows.
+
+A customer's cart is keyed by identity (``customer#<sub>``); anyone else's by a random id that
+only the holder of its signed ``X-Cart-Token`` can name (``anonymous#<id>``; the token is signed
+like the pagination tokens, ``shop.signing``). A cart stores (sku, quantity) lines only: names,
+prices and availability are the catalog's current ones, read each time the cart is shown.
+
+Every change reads the cart, applies a pure rule below and writes the whole cart back on the
+condition that its version is unchanged (``shop.repositories.carts``); the loser of a race reads
+again and re-applies its own change, so two tabs editing one cart never lose an update. A cart
+expires 7 days after its last change: DynamoDB's TTL deletes it some time later, and until then
+every read treats it as empty.
+
+An order placed from the cart records the cart's id; its lines are the cart's lines at that
+moment. When the order COMPLETES, the saga's completion step removes exactly those quantities
+from the cart (``remove_ordered_lines``), once: the cart remembers the ids of the last orders
+it removed. Lines the shopper added or raised after placing the order stay.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from itsdangerous import BadData
+
+from shop import signing
+from shop.auth import Principal
+from shop.domain import catalog
+from shop.errors import (
+    CartContention,
+    CartEmpty,
+    CartFull,
+    FieldError,
+    OrderContention,
+    OrderTotalTooLarge,
+    ProductUnavailable,
+)
+from shop.models.base import iso_now
+from shop.models.carts import (
+    CART_LIFETIME_SECONDS,
+    CART_TOKEN_HEADER,
+    MAX_CART_LINES,
+    MAX_CART_QUANTITY,
+    CartLineView,
+    CartView,
+    StoredCart,
+)
+from shop.models.catalog import Product
+from shop.models.common import Line
+from shop.models.money import MAX_AMOUNT, Money
+from shop.models.orders import Order
+from shop.repositories import carts as repository
+from shop.repositories.carts import CartVersionConflict
+
+CUSTOMER_CART = "customer#"
+ANONYMOUS_CART = "anonymous#"
+_TOKEN_PURPOSE = "cart"
+# Two tabs rarely collide more than once; more means something is wrong (CartContention, 503).
+MAX_WRITE_ATTEMPTS = 8
+# How many completed orders a cart remembers having removed: a completion step delivered again
+# (Step Functions and Lambda are at-least-once) comes within seconds, a customer has at most a few
+# orders in progress at once, and an operator's redrive of a completion is rare.
+REMEMBERED_CHECKOUTS = 20
+
+
+def _now() -> int:
+    """Epoch seconds (a seam for tests)."""
+    return int(time.time())
+
+
+# ---------------------------------------------------------------------------- owners and tokens
+@dataclass(frozen=True)
+class CartOwner:
+    """Whose cart a request is about. ``issued_token`` is set when the request started a new anonymous
+    cart: the answer carries it in ``X-Cart-Token``."""
+
+    cart_id: str
+    issued_token: str | None = None
+
+
+def customer_cart_id(subject: str) -> str:
+    return f"{CUSTOMER_CART}{subject}"
+
+
+def _invalid_token(message: str) -> FieldError:
+    return FieldError("the cart token is not valid", [{"field": CART_TOKEN_HEADER, "message": message}])
+
+
+def issue_token(anonymous_id: str) -> str:
+    return str(signing.serializer(_TOKEN_PURPOSE).dumps(anonymous_id))
+
+
+def anonymous_cart_id(token: str) -> str:
+    """The cart an ``X-Cart-Token`` names; FieldError (400) for a token this API did not issue."""
+    try:
+        anonymous_id = signing.serializer(_TOKEN_PURPOSE).loads(token)
+    except BadData:
+        raise _invalid_token("was altered or was not issued by this API") from None
+    if not isinstance(anonymous_id, str) or len(anonymous_id) != 32:
+        raise _invalid_token("is malformed")
+    return f"{ANONYMOUS_CART}{anonymous_id}"
+
+
+def owner(principal: Principal | None, token: str | None, *, start_new: bool = False) -> CartOwner | None:
+    """The caller's cart: a customer's own (a token sent too must still be valid), else the token's.
+
+    With neither, a new anonymous cart when ``start_new`` (its token issued), else None.
+    """
+    token_cart = anonymous_cart_id(token) if token is not None else None
+    if principal is not None:
+        return CartOwner(customer_cart_id(principal.subject))
+    if token_cart is not None:
+        return CartOwner(token_cart)
+    if start_new:
+        anonymous_id = uuid.uuid4().hex
+        return CartOwner(f"{ANONYMOUS_CART}{anonymous_id}", issued_token=issue_token(anonymous_id))
+    return None
+
+
+# ---------------------------------------------------------------------------- pure rules
+def current_lines(cart: StoredCart | None, now: int) -> list[Line]:
+    """The cart's lines, none once it has expired (TTL deletes it later)."""
+    if cart is None or cart.expires_at <= now:
+        return []
+    return list(cart.lines)
+
+
+def with_quantity(lines: Sequence[Line], sku: str, quantity: int) -> list[Line] | None:
+    """``lines`` with ``sku`` set to ``quantity`` (0 removes it; a new line goes last), or None if
+    that changes nothing. CartFull (422) for a new line beyond ``MAX_CART_LINES``."""
+    existing = next((line for line in lines if line.sku == sku), None)
+    if existing is None:
+        if quantity == 0:
+            return None
+        if len(lines) >= MAX_CART_LINES:
+            raise CartFull(f"a cart holds at most {MAX_CART_LINES} lines; remove one first")
+        return [*lines, Line(sku=sku, quantity=quantity)]
+    if existing.quantity == quantity:
+        return None
+    if quantity == 0:
+        return [line for line in lines if line.sku != sku]
+    return [Line(sku=sku, quantity=quantity) if line.sku == sku else line for line in lines]
+
+
+def merged(customer: Sequence[Line], anonymous: Sequence[Line]) -> list[Line]:
+    """The anonymous cart's lines added to the customer's: quantities of a SKU in both summed and capped at
+    ``MAX_CART_QUANTITY``; new SKUs appended in their order while the cart has room (``MAX_CART_LINES``)."""
+    quantities = {line.sku: line.quantity for line in customer}
+    order = [line.sku for line in customer]
+    for line in anonymous:
+        if line.sku in quantities:
+            quantities[line.sku] = min(quantities[line.sku] + line.quantity, MAX_CART_QUANTITY)
+        elif len(order) < MAX_CART_LINES:
+            quantities[line.sku] = line.quantity
+            order.append(line.sku)
+    return [Line(sku=sku, quantity=quantities[sku]) for sku in order]
+
+
+def without_ordered(lines: Sequence[Line], ordered: Iterable[Line]) -> list[Line]:
+    """``lines`` less the ordered quantities: a line left with nothing goes; what the shopper added since
+    (a new line, or more of a SKU) stays."""
+    taken = {line.sku: line.quantity for line in ordered}
+    remaining = [
+        Line(sku=line.sku, quantity=line.quantity - taken.get(line.sku, 0))
+        for line in lines
+        if line.quantity > taken.get(line.sku, 0)
+    ]
+    return remaining
+
+
+def expiry_text(expires_at: int) -> str:
+    return datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def priced(lines: Sequence[Line], products: Mapping[str, Product], expires_at: int | None) -> CartView:
+    """The cart as clients see it, at the catalog's current prices.
+
+    A line is ``available`` while its product is active and has at least the line's quantity in
+    stock. OrderTotalTooLarge (422) when a line total or the total would exceed ``MAX_AMOUNT`` (a
+    price raised since), naming the line (``items.N.quantity``) or the cart (``items``). A line
+    whose product no longer exists is left out (products are never deleted).
+    """
+    shown = [(line, products[line.sku]) for line in lines if line.sku in products]
+    too_large = [
+        {"field": f"items.{index}.quantity", "message": f"the line total would exceed the maximum, {MAX_AMOUNT}"}
+        for index, (line, product) in enumerate(shown)
+        if product.price.amount * line.quantity > MAX_AMOUNT
+    ]
+    total = sum(product.price.amount * line.quantity for line, product in shown)
+    if not too_large and total > MAX_AMOUNT:
+        too_large.append({"field": "items", "message": f"the cart total would exceed the maximum, {MAX_AMOUNT}"})
+    if too_large:
+        raise OrderTotalTooLarge(f"a cart's total may be at most {MAX_AMOUNT} (minor units)", errors=too_large)
+    items = [
+        CartLineView(
+            sku=line.sku,
+            name=product.name,
+            quantity=line.quantity,
+            unit_price=product.price,
+            line_total=product.price.times(line.quantity),
+            available=product.active and product.available >= line.quantity,
+        )
+        for line, product in shown
+    ]
+    return CartView(
+        items=items,
+        total=Money(amount=total),
+        expires_at=expiry_text(expires_at) if items and expires_at is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------- what the API does
+def _shown(lines: Sequence[Line], expires_at: int | None) -> CartView:
+    return priced(lines, catalog.get_products(line.sku for line in lines) if lines else {}, expires_at)
+
+
+@dataclass(frozen=True)
+class ChangedCart:
+    """A cart after a change, and the token of the anonymous cart the change started (if it did)."""
+
+    cart: CartView
+    issued_token: str | None
+
+
+def read_cart(principal: Principal | None, token: str | None) -> CartView:
+    """``GET /cart``: the caller's cart (see ``owner``), empty if there is none."""
+    return view(owner(principal, token))
+
+
+def set_line(principal: Principal | None, token: str | None, sku: str, quantity: int) -> ChangedCart:
+    """``PUT /cart/items/{sku}``: ``set_quantity`` on the caller's cart, a new anonymous one if they have none."""
+    cart_owner = owner(principal, token, start_new=True)
+    assert cart_owner is not None  # start_new: a caller without a cart gets a new one
+    return ChangedCart(set_quantity(cart_owner, sku, quantity), cart_owner.issued_token)
+
+
+def delete_cart(principal: Principal | None, token: str | None) -> None:
+    """``DELETE /cart``: ``clear`` the caller's cart."""
+    clear(owner(principal, token))
+
+
+def view(cart_owner: CartOwner | None) -> CartView:
+    """The cart (empty when there is none, or it expired)."""
+    if cart_owner is None or cart_owner.issued_token is not None:
+        return _shown([], None)
+    stored = repository.get(cart_owner.cart_id)
+    lines = current_lines(stored, _now())
+    return _shown(lines, stored.expires_at if stored is not None and lines else None)
+
+
+def _stored(cart_id: str, previous: StoredCart | None, lines: list[Line], now: int) -> StoredCart:
+    return StoredCart(
+        cart_id=cart_id,
+        lines=lines,
+        version=(previous.version if previous is not None else 0) + 1,
+        updated_at=iso_now(),
+        expires_at=now + CART_LIFETIME_SECONDS,
+        checked_out=previous.checked_out if previous is not None else [],
+    )
+
+
+def set_quantity(cart_owner: CartOwner, sku: str, quantity: int) -> CartView:
+    """Set a line's quantity (0 removes it). An unknown SKU is 422, and so is a positive quantity of an
+    inactive product (a line whose product was deactivated can still be removed). Nothing changes on
+    any refusal."""
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        stored = None if cart_owner.issued_token is not None else repository.get(cart_owner.cart_id)
+        now = _now()
+        lines = current_lines(stored, now)
+        # One read of the catalog for the cart's lines and the SKU being set.
+        products = catalog.get_products({*(line.sku for line in lines), sku})
+        product = products.get(sku)
+        if product is None or (quantity > 0 and not product.active):
+            raise ProductUnavailable(
+                f"{sku} does not exist or is not for sale",
+                errors=[{"field": "sku", "message": f"{sku} does not exist or is not for sale"}],
+            )
+        changed = with_quantity(lines, sku, quantity)
+        if changed is None:
+            return priced(lines, products, stored.expires_at if stored is not None and lines else None)
+        cart = _stored(cart_owner.cart_id, stored, changed, now)
+        shown = priced(changed, products, cart.expires_at)  # refuses a total too large before anything is written
+        try:
+            repository.put(cart, expected_version=stored.version if stored is not None else None)
+        except CartVersionConflict:
+            continue  # another tab changed the cart since the read: apply this change to what it wrote
+        return shown
+    raise CartContention(f"cart {cart_owner.cart_id} kept changing; retry")
+
+
+def clear(cart_owner: CartOwner | None) -> None:
+    """Delete the cart (none, or an expired one, is fine)."""
+    if cart_owner is not None and cart_owner.issued_token is None:
+        repository.delete(cart_owner.cart_id)
+
+
+def merge(principal: Principal, token: str) -> CartView:
+    """Add the anonymous cart's lines to the customer's (``merged``) and delete the anonymous cart, in one
+    transaction. Repeating it changes nothing: the anonymous cart is gone (or empty, or expired)."""
+    customer_cart = customer_cart_id(principal.subject)
+    anonymous_cart = anonymous_cart_id(token)
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        anonymous = repository.get(anonymous_cart)
+        mine = repository.get(customer_cart)
+        now = _now()
+        own_lines = current_lines(mine, now)
+        own_expiry = mine.expires_at if mine is not None and own_lines else None
+        incoming = current_lines(anonymous, now)
+        if anonymous is None:
+            return _shown(own_lines, own_expiry)
+        if not incoming:
+            repository.delete(anonymous_cart)  # empty or expired: nothing to add, only to tidy
+            return _shown(own_lines, own_expiry)
+        cart = _stored(customer_cart, mine, merged(own_lines, incoming), now)
+        shown = _shown(cart.lines, cart.expires_at)
+        try:
+            repository.merge(cart, expected_version=mine.version if mine is not None else None, absorbed=anonymous)
+        except CartVersionConflict:
+            continue
+        return shown
+    raise CartContention(f"cart {customer_cart} kept changing; retry")
+
+
+# ---------------------------------------------------------------------------- checkout
+def lines_for_checkout(customer_id: str) -> tuple[str, list[Line]]:
+    """The customer's cart id and its lines now, for an order placed from the cart; CartEmpty (422) without
+    lines."""
+    cart_id = customer_cart_id(customer_id)
+    lines = current_lines(repository.get(cart_id), _now())
+    if not lines:
+        raise CartEmpty("the cart has no lines to order")
+    return cart_id, lines
+
+
+def remove_ordered_lines(order: Order) -> None:
+    """The order placed from a cart COMPLETED: remove its quantities from that cart, once.
+
+    A saga step (complete_order): safe to run twice, as the cart records the order's id in the same
+    conditional write. A busy table or a cart that keeps changing raises OrderContention, the error
+    the step's Retry names; the retried step finds the order completed and comes here again.
+    """
+    if order.cart_id is None:
+        return
+    ordered = [Line(sku=item.sku, quantity=item.quantity) for item in order.items]
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        stored = repository.get(order.cart_id, busy=OrderContention)
+        if stored is None or order.order_id in stored.checked_out:
+            return  # no cart any more (deleted, or expired and purged), or removed already
+        lines = without_ordered(current_lines(stored, _now()), ordered)
+        cart = stored.model_copy(
+            update={
+                "lines": lines,
+                "version": stored.version + 1,
+                "updated_at": iso_now(),
+                "checked_out": [*stored.checked_out, order.order_id][-REMEMBERED_CHECKOUTS:],
+            }
+        )
+        try:
+            repository.put(cart, expected_version=stored.version, busy=OrderContention)
+        except CartVersionConflict:
+            continue
+        return
+    raise OrderContention(f"cart {order.cart_id} kept changing; retry")

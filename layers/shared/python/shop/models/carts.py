@@ -1,0 +1,88 @@
+"""Carts: the HTTP bodies, the Cart clients see and the stored cart.
+
+A cart holds (sku, quantity) lines only; names, prices and availability are the catalog's
+current ones, added when the cart is shown (``shop.domain.carts.priced``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from shop.models.base import Record, StrictModel
+from shop.models.common import MAX_LINES, MAX_QUANTITY, Line
+from shop.models.money import Money
+
+# 7 days without a change, then DynamoDB's TTL deletes the cart (a read treats it as empty at once).
+CART_LIFETIME_SECONDS = 7 * 24 * 3600
+# The contract's limits: a cart line is what an order line may be, and a cart what an order may hold.
+MAX_CART_LINES = MAX_LINES
+MAX_CART_QUANTITY = MAX_QUANTITY
+
+CART_TOKEN_HEADER = "X-Cart-Token"
+# What the API issues (itsdangerous' URL-safe payload.signature); anything else cannot be one.
+CartToken = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description=(
+            "An anonymous cart's token, as issued in the `X-Cart-Token` response header of `PUT /cart/items/{sku}`. "
+            "Opaque and signed: a token that was altered or not issued by this API is 400."
+        ),
+    ),
+]
+CartQuantity = Annotated[
+    int,
+    Field(ge=0, le=MAX_CART_QUANTITY, description=f"0 removes the line; 1-{MAX_CART_QUANTITY} sets its quantity."),
+]
+
+
+class SetCartItemRequest(StrictModel):
+    """``PUT /cart/items/{sku}``."""
+
+    quantity: CartQuantity
+
+
+class CartLineView(Record):
+    """A cart line at the catalog's current price; ``available`` is false when the catalog cannot fill it
+    now (the product is inactive, or fewer units are in stock than the line's quantity)."""
+
+    sku: str
+    name: str
+    quantity: int
+    unit_price: Money
+    line_total: Money
+    available: bool
+
+
+class CartView(Record):
+    """The Cart of the HTTP contract. ``expires_at`` is null while the cart has no lines."""
+
+    items: list[CartLineView]
+    total: Money
+    expires_at: str | None = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When the cart expires unless it changes again (7 days after the last change); "
+        "null for an empty cart.",
+    )
+
+
+class StoredCart(Record):
+    """The item in CartsTable.
+
+    ``cart_id`` is ``customer#<sub>`` or ``anonymous#<random id>``. ``version`` guards every write
+    (two tabs editing one cart serialize on it). ``expires_at`` (epoch seconds) is the table's TTL
+    attribute; DynamoDB deletes an expired cart lazily, so readers judge it themselves.
+    ``checked_out`` holds the ids of the last orders whose lines were removed from the cart when
+    they completed, newest last: their completion step may run twice and must remove them once.
+    """
+
+    cart_id: str
+    lines: list[Line] = Field(default_factory=list)
+    version: int = 0
+    updated_at: str
+    expires_at: int
+    checked_out: list[str] = Field(default_factory=list)

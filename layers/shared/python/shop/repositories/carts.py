@@ -1,0 +1,113 @@
+"""Carts in DynamoDB (CartsTable): one item per cart, each write conditional on its ``version``.
+
+A change reads the cart, decides the new lines (``shop.domain.carts``) and puts the whole item
+back only if ``version`` is still the one read (or, for a new cart, if there is none): two tabs
+editing one cart serialize, the loser reads again and re-applies its change. A merge writes the
+customer's cart and deletes the anonymous one in one transaction, each conditional on its version.
+Reads return an expired item as it is (TTL deletes lazily); the domain judges ``expires_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shop.config import table_settings
+from shop.errors import CartContention, TransientError
+from shop.models.carts import StoredCart
+from shop.repositories.dynamodb import call, cancellation_codes, error_code, is_condition_failure, marshal, unmarshal
+
+
+class CartVersionConflict(Exception):
+    """The cart changed (or appeared, or vanished) since it was read; read it again and re-decide."""
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; the models (strict lines) want ints."""
+    if isinstance(value, Decimal):
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def to_cart(item: Mapping[str, Any]) -> StoredCart:
+    return StoredCart.model_validate({key: _plain(value) for key, value in unmarshal(item).items()})
+
+
+def _key(cart_id: str) -> dict[str, Any]:
+    return {"cart_id": {"S": cart_id}}
+
+
+def _condition(expected_version: int | None) -> dict[str, Any]:
+    """The cart is as it was read: absent (``None``), or still at ``expected_version``."""
+    if expected_version is None:
+        return {"ConditionExpression": "attribute_not_exists(cart_id)"}
+    return {
+        "ConditionExpression": "#version = :expected",
+        "ExpressionAttributeNames": {"#version": "version"},
+        "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+    }
+
+
+def get(cart_id: str, *, busy: type[TransientError] = CartContention) -> StoredCart | None:
+    """The stored cart, expired or not (strongly consistent); None if there is none."""
+    response = call(
+        "get_item", busy=busy, TableName=table_settings().carts_table, Key=_key(cart_id), ConsistentRead=True
+    )
+    item = response.get("Item")
+    return to_cart(item) if item else None
+
+
+def put(cart: StoredCart, *, expected_version: int | None, busy: type[TransientError] = CartContention) -> None:
+    """Store ``cart`` whole if the stored one is still at ``expected_version`` (None: if there is none);
+    else CartVersionConflict."""
+    try:
+        call(
+            "put_item",
+            busy=busy,
+            TableName=table_settings().carts_table,
+            Item=marshal(cart.model_dump(mode="json")),
+            **_condition(expected_version),
+        )
+    except ClientError as error:
+        if is_condition_failure(error):
+            raise CartVersionConflict(cart.cart_id) from error
+        raise
+
+
+def delete(cart_id: str) -> None:
+    """Delete the cart, whatever it holds (deleting none is fine)."""
+    call("delete_item", busy=CartContention, TableName=table_settings().carts_table, Key=_key(cart_id))
+
+
+def merge(into: StoredCart, *, expected_version: int | None, absorbed: StoredCart) -> None:
+    """Store ``into`` and delete ``absorbed`` in one transaction: both must still be as they were read
+    (``into`` at ``expected_version``, ``absorbed`` at its own version), else CartVersionConflict."""
+    table = table_settings().carts_table
+    try:
+        call(
+            "transact_write_items",
+            busy=CartContention,
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": marshal(into.model_dump(mode="json")),
+                        **_condition(expected_version),
+                    }
+                },
+                {"Delete": {"TableName": table, "Key": _key(absorbed.cart_id), **_condition(absorbed.version)}},
+            ],
+        )
+    except ClientError as error:
+        if error_code(error) != "TransactionCanceledException":
+            raise
+        if "ConditionalCheckFailed" in cancellation_codes(error):
+            raise CartVersionConflict(into.cart_id) from error
+        raise CartContention("the carts are busy; retry") from error

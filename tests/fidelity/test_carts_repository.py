@@ -1,0 +1,152 @@
+"""Carts against a real DynamoDB engine and against moto: the same tests on both.
+
+Every cart write is conditional on the version read (or on there being no cart), and a merge is
+one transaction of a conditional Put and a conditional Delete: these check that both engines
+refuse a stale write and change nothing, and that the race between two writers ends with both
+changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shop.domain import carts
+from shop.models.carts import StoredCart
+from shop.models.common import Line
+from shop.models.money import Money
+from shop.models.orders import HistoryEntry, Order, OrderLine
+from shop.repositories import carts as repository
+from shop.repositories.carts import CartVersionConflict
+from tests.fidelity.conftest import Backend
+
+EXPIRES = 4_000_000_000
+
+
+def cart(cart_id: str, version: int, *pairs: tuple[str, int], checked_out: list[str] | None = None) -> StoredCart:
+    return StoredCart(
+        cart_id=cart_id,
+        lines=[Line(sku=sku, quantity=quantity) for sku, quantity in pairs],
+        version=version,
+        updated_at="2026-01-01T00:00:00.000Z",
+        expires_at=EXPIRES,
+        checked_out=checked_out or [],
+    )
+
+
+def stored(backend: Backend, cart_id: str) -> dict[str, Any] | None:
+    item = backend.client.get_item(
+        TableName=backend.table("CartsTable"), Key={"cart_id": {"S": cart_id}}, ConsistentRead=True
+    ).get("Item")
+    return dict(item) if item else None
+
+
+def test_the_table_expires_carts_by_ttl(backend: Backend) -> None:
+    description = backend.client.describe_time_to_live(TableName=backend.table("CartsTable"))
+    assert description["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+    assert description["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
+
+
+def test_a_cart_round_trips_and_a_new_cart_is_written_only_if_there_is_none(backend: Backend) -> None:
+    first = cart("customer#c", 1, ("A", 2), ("B", 1), checked_out=["o-1"])
+    repository.put(first, expected_version=None)
+
+    assert repository.get("customer#c") == first
+    assert stored(backend, "customer#c")["expires_at"] == {"N": str(EXPIRES)}  # type: ignore[index]
+    with pytest.raises(CartVersionConflict):
+        repository.put(cart("customer#c", 1, ("Z", 1)), expected_version=None)
+    assert repository.get("customer#c") == first
+    assert repository.get("customer#nobody") is None
+
+
+def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(backend: Backend) -> None:
+    repository.put(cart("customer#c", 1, ("A", 1)), expected_version=None)
+    repository.put(cart("customer#c", 2, ("A", 2)), expected_version=1)
+
+    with pytest.raises(CartVersionConflict):
+        repository.put(cart("customer#c", 2, ("A", 9)), expected_version=1)
+    assert repository.get("customer#c") == cart("customer#c", 2, ("A", 2))
+
+
+def test_a_merge_writes_one_cart_and_deletes_the_other_or_neither(backend: Backend) -> None:
+    repository.put(cart("customer#c", 1, ("A", 1)), expected_version=None)
+    anonymous = cart("anonymous#x", 3, ("B", 2))
+    repository.put(anonymous, expected_version=None)
+
+    # The anonymous cart changed since it was read: neither write happens.
+    with pytest.raises(CartVersionConflict):
+        repository.merge(
+            cart("customer#c", 2, ("A", 1), ("B", 2)),
+            expected_version=1,
+            absorbed=anonymous.model_copy(update={"version": 2}),
+        )
+    # The customer's cart changed since it was read: neither either.
+    with pytest.raises(CartVersionConflict):
+        repository.merge(cart("customer#c", 2, ("A", 1), ("B", 2)), expected_version=7, absorbed=anonymous)
+    assert repository.get("customer#c") == cart("customer#c", 1, ("A", 1))
+    assert repository.get("anonymous#x") == anonymous
+
+    repository.merge(cart("customer#c", 2, ("A", 1), ("B", 2)), expected_version=1, absorbed=anonymous)
+    assert repository.get("customer#c") == cart("customer#c", 2, ("A", 1), ("B", 2))
+    assert stored(backend, "anonymous#x") is None
+
+
+def test_two_writers_interleaved_both_land(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writer 1 reads, writer 2 reads and writes, writer 1's write fails its condition on the real engine,
+    and writer 1 re-applies its change to what writer 2 wrote."""
+    backend.put_product("A", 10)
+    backend.put_product("B", 10)
+    owner = carts.CartOwner("customer#c")
+    carts.set_quantity(owner, "A", 1)
+    real_put = repository.put
+    refused: list[int | None] = []
+
+    def writer_two_first(new: StoredCart, *, expected_version: int | None, **kwargs: Any) -> None:
+        if not refused:
+            refused.append(None)
+            monkeypatch.setattr(repository, "put", real_put)
+            carts.set_quantity(owner, "B", 4)  # writer 2, start to finish
+            monkeypatch.setattr(repository, "put", writer_two_first)
+        try:
+            real_put(new, expected_version=expected_version, **kwargs)
+        except CartVersionConflict:
+            refused.append(expected_version)
+            raise
+
+    monkeypatch.setattr(repository, "put", writer_two_first)
+    carts.set_quantity(owner, "A", 3)  # writer 1
+
+    assert refused == [None, 1]  # writer 1's first write, made from version 1, was refused
+    found = repository.get("customer#c")
+    assert found is not None and found.version == 3
+    assert [(line.sku, line.quantity) for line in found.lines] == [("A", 3), ("B", 4)]
+
+
+def test_a_completed_orders_lines_are_removed_once(backend: Backend) -> None:
+    repository.put(cart("customer#c", 4, ("A", 3), ("B", 1)), expected_version=None)
+    order = Order(
+        order_id="o-9",
+        customer_id="c",
+        status="COMPLETED",
+        items=[
+            OrderLine(sku="A", name="A", quantity=2, unit_price=Money(amount=1), line_total=Money(amount=2)),
+            OrderLine(sku="B", name="B", quantity=1, unit_price=Money(amount=1), line_total=Money(amount=1)),
+        ],
+        total=Money(amount=3),
+        history=[HistoryEntry(step="order_placed", status="PENDING", at="2026-01-01T00:00:00.000Z")],
+        cart_id="customer#c",
+        created_at="2026-01-01T00:00:00.000Z",
+        updated_at="2026-01-01T00:00:00.000Z",
+    )
+
+    carts.remove_ordered_lines(order)
+    carts.remove_ordered_lines(order)  # delivered again
+
+    found = repository.get("customer#c")
+    assert found is not None
+    assert ([(line.sku, line.quantity) for line in found.lines], found.checked_out, found.version) == (
+        [("A", 1)],
+        ["o-9"],
+        5,
+    )

@@ -1,0 +1,427 @@
+"""Carts through the real API and the real checkout saga (moto, in-process handlers).
+
+Anonymous and customer carts, merge at sign-in, expiry, the version-guarded writes under a real
+race, an order placed from the cart and the cart emptied only when that order COMPLETES.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shop.domain import carts as cart_domain
+from shop.repositories import carts as cart_repository
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, deactivate, open_shop, seed_product
+
+TOKEN = "X-Cart-Token"
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=100)
+    seed_product("TEE-1", price=1999, stock=100)
+    seed_product("CAP-1", price=500, stock=1)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+# ---------------------------------------------------------------------------- helpers
+def put(shop: Shop, sku: str, quantity: Any, *, who: str | None = None, token: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if who is not None:
+        headers["Authorization"] = f"Bearer {shop.token(who)}"
+    if token is not None:
+        headers[TOKEN] = token
+    return shop.client.http.put(f"/cart/items/{sku}", headers=headers, body=json.dumps({"quantity": quantity}))
+
+
+def get(shop: Shop, *, who: str | None = None, token: str | None = None) -> Any:
+    headers = {}
+    if who is not None:
+        headers["Authorization"] = f"Bearer {shop.token(who)}"
+    if token is not None:
+        headers[TOKEN] = token
+    return shop.client.http.get("/cart", headers=headers)
+
+
+def merge(shop: Shop, who: str, token: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {shop.token(who)}"}
+    if token is not None:
+        headers[TOKEN] = token
+    return shop.client.http.post("/cart/merge", headers=headers)
+
+
+def lines(body: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(item["sku"], item["quantity"]) for item in body["items"]]
+
+
+def stored_carts(shop: Shop) -> list[dict[str, Any]]:
+    dynamodb = shop.aws.client("dynamodb")
+    return list(dynamodb.scan(TableName=shop.aws.table("CartsTable"), ConsistentRead=True)["Items"])
+
+
+def order_from_cart(shop: Shop, *, who: str = "alice", token: str = "tok_visa", key: str | None = None) -> Any:
+    return shop.place([], who=who, key=key, body={"cart": True, "payment": {"token": token}})
+
+
+# ---------------------------------------------------------------------------- anonymous carts
+def test_an_anonymous_shopper_gets_a_cart_and_its_token_on_the_first_put(shop: Shop) -> None:
+    first = put(shop, "MUG-1", 2)
+
+    assert first.status_code == 200, first.body
+    token = first.headers[TOKEN]
+    assert lines(first.json_body) == [("MUG-1", 2)]
+    item = first.json_body["items"][0]
+    assert item == {
+        "sku": "MUG-1",
+        "name": "Product MUG-1",
+        "quantity": 2,
+        "unit_price": {"amount": 1250, "currency": "USD"},
+        "line_total": {"amount": 2500, "currency": "USD"},
+        "available": True,
+    }
+    assert first.json_body["total"] == {"amount": 2500, "currency": "USD"}
+    assert first.json_body["expires_at"].endswith("Z")
+
+    again = put(shop, "TEE-1", 1, token=token)
+    assert TOKEN not in again.headers  # the cart exists: no new token
+    assert lines(get(shop, token=token).json_body) == [("MUG-1", 2), ("TEE-1", 1)]
+    # Anyone without the token sees no cart; a second shopper's first PUT starts another one.
+    assert get(shop).json_body == {"items": [], "total": {"amount": 0, "currency": "USD"}, "expires_at": None}
+    other = put(shop, "TEE-1", 3)
+    assert other.headers[TOKEN] != token and lines(other.json_body) == [("TEE-1", 3)]
+
+
+def test_quantity_zero_removes_a_line_and_delete_empties_the_cart(shop: Shop) -> None:
+    token = put(shop, "MUG-1", 2).headers[TOKEN]
+    put(shop, "TEE-1", 1, token=token)
+
+    removed = put(shop, "MUG-1", 0, token=token)
+    assert lines(removed.json_body) == [("TEE-1", 1)]
+
+    deleted = shop.client.http.delete("/cart", headers={TOKEN: token})
+    assert (deleted.status_code, deleted.body) == (204, b"")
+    assert get(shop, token=token).json_body["items"] == []
+    assert shop.client.http.delete("/cart", headers={TOKEN: token}).status_code == 204  # none left: fine
+
+
+def test_prices_and_availability_are_the_catalogs_current_ones(shop: Shop, local_aws: LocalAws) -> None:
+    token = put(shop, "MUG-1", 2).headers[TOKEN]
+    put(shop, "CAP-1", 2, token=token)  # 1 in stock
+
+    shown = get(shop, token=token).json_body
+    assert [item["available"] for item in shown["items"]] == [True, False]
+
+    admin = shop.headers("admin")
+    shop.client.http.patch("/products/MUG-1", headers=admin, body=json.dumps({"price": {"amount": 1500}}))
+    deactivate("TEE-1")
+    put(shop, "CAP-1", 1, token=token)
+    shown = get(shop, token=token).json_body
+    assert [(item["sku"], item["unit_price"]["amount"], item["available"]) for item in shown["items"]] == [
+        ("MUG-1", 1500, True),
+        ("CAP-1", 500, True),
+    ]
+    assert shown["total"]["amount"] == 2 * 1500 + 500
+
+
+# ---------------------------------------------------------------------------- customer carts and merge
+def test_a_customers_cart_follows_the_identity(shop: Shop) -> None:
+    put(shop, "MUG-1", 1, who="alice")
+
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 1)]
+    assert get(shop, who="bob").json_body["items"] == []
+    assert TOKEN not in put(shop, "TEE-1", 1, who="alice").headers
+
+
+def test_merge_sums_caps_deletes_the_anonymous_cart_and_repeating_it_changes_nothing(shop: Shop) -> None:
+    put(shop, "MUG-1", 60, who="alice")
+    token = put(shop, "MUG-1", 70).headers[TOKEN]
+    put(shop, "TEE-1", 2, token=token)
+
+    merged = merge(shop, "alice", token)
+
+    assert merged.status_code == 200, merged.body
+    assert lines(merged.json_body) == [("MUG-1", 100), ("TEE-1", 2)]
+    assert get(shop, token=token).json_body["items"] == []  # the anonymous cart is gone
+    assert len(stored_carts(shop)) == 1
+    before = stored_carts(shop)
+    again = merge(shop, "alice", token)
+    assert (again.status_code, again.json_body) == (200, merged.json_body)
+    assert stored_carts(shop) == before  # not even the version moved
+
+
+def test_merge_needs_a_customer_and_a_valid_cart_token(shop: Shop) -> None:
+    token = put(shop, "MUG-1", 1).headers[TOKEN]
+
+    assert shop.client.http.post("/cart/merge", headers={TOKEN: token}).status_code == 401
+    missing = merge(shop, "alice", None)
+    assert missing.status_code == 400 and missing.json_body["errors"][0]["field"] == TOKEN
+    tampered = merge(shop, "alice", token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
+    assert tampered.status_code == 400 and tampered.headers["Content-Type"] == "application/problem+json"
+    assert lines(get(shop, token=token).json_body) == [("MUG-1", 1)]  # nothing moved
+    assert get(shop, who="alice").json_body["items"] == []
+
+
+# ---------------------------------------------------------------------------- expiry
+def test_a_cart_past_its_expiry_reads_empty_before_ttl_deletes_it(shop: Shop, local_aws: LocalAws) -> None:
+    token = put(shop, "MUG-1", 2).headers[TOKEN]
+    (item,) = stored_carts(shop)
+    assert local_aws.client("dynamodb").describe_time_to_live(TableName=local_aws.table("CartsTable"))[
+        "TimeToLiveDescription"
+    ] == {"AttributeName": "expires_at", "TimeToLiveStatus": "ENABLED"}
+    # TTL deletes lazily (up to days later): the item is still there, its expiry passed.
+    local_aws.client("dynamodb").update_item(
+        TableName=local_aws.table("CartsTable"),
+        Key={"cart_id": item["cart_id"]},
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": "1000"}},
+    )
+
+    assert get(shop, token=token).json_body["items"] == []
+    # A change starts from the empty cart, not from the expired lines.
+    assert lines(put(shop, "TEE-1", 1, token=token).json_body) == [("TEE-1", 1)]
+
+
+def test_every_change_moves_the_expiry_seven_days_past_it(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cart_domain, "_now", lambda: 1_800_000_000)
+    token = put(shop, "MUG-1", 1).headers[TOKEN]
+    assert get(shop, token=token).json_body["expires_at"] == "2027-01-22T08:00:00Z"
+
+    monkeypatch.setattr(cart_domain, "_now", lambda: 1_800_000_000 + 3600)
+    assert put(shop, "MUG-1", 2, token=token).json_body["expires_at"] == "2027-01-22T09:00:00Z"
+    (item,) = stored_carts(shop)
+    assert item["expires_at"] == {"N": str(1_800_000_000 + 3600 + 7 * 24 * 3600)}
+
+
+# ---------------------------------------------------------------------------- two tabs
+def test_two_tabs_editing_one_cart_never_lose_an_update(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tab 1 reads the cart, tab 2 reads it and writes first: tab 1's conditional write fails, it reads
+    again and applies its change to what tab 2 wrote."""
+    put(shop, "MUG-1", 1, who="alice")
+    real_put = cart_repository.put
+    interleaved: list[str] = []
+
+    def tab_two_writes_first(cart: Any, *, expected_version: int | None, **kwargs: Any) -> None:
+        if not interleaved:
+            interleaved.append("tab 2")
+            put(shop, "TEE-1", 5, who="alice")  # the whole of tab 2's request, between tab 1's read and write
+        interleaved.append(f"write at version {expected_version}")
+        real_put(cart, expected_version=expected_version, **kwargs)
+
+    monkeypatch.setattr(cart_repository, "put", tab_two_writes_first)
+    tab_one = put(shop, "MUG-1", 3, who="alice")
+
+    assert tab_one.status_code == 200, tab_one.body
+    # Tab 2 wrote at version 1; tab 1's first write (also at 1) lost, its second went in at 2.
+    assert interleaved == ["tab 2", "write at version 1", "write at version 1", "write at version 2"]
+    assert lines(tab_one.json_body) == [("MUG-1", 3), ("TEE-1", 5)]
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 3), ("TEE-1", 5)]
+
+
+# ---------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("sku", "body", "status"),
+    [
+        ("NOPE-1", {"quantity": 1}, 422),  # unknown SKU
+        ("NOPE-1", {"quantity": 0}, 422),
+        ("MUG-1", {"quantity": 101}, 400),
+        ("MUG-1", {"quantity": -1}, 400),
+        ("MUG-1", {"quantity": 1.5}, 400),
+        ("MUG-1", {"quantity": "1"}, 400),
+        ("MUG-1", {"quantity": None}, 400),
+        ("MUG-1", {}, 400),
+        ("MUG-1", {"quantity": 1, "price": 1}, 400),
+        ("bad sku!", {"quantity": 1}, 400),
+    ],
+)
+def test_a_bad_cart_change_is_a_clean_4xx_and_changes_nothing(
+    shop: Shop, sku: str, body: dict[str, Any], status: int
+) -> None:
+    token = put(shop, "MUG-1", 1).headers[TOKEN]
+    before = stored_carts(shop)
+
+    for headers in ({TOKEN: token}, {}, {"Authorization": f"Bearer {shop.token('alice')}"}):
+        response = shop.client.http.put(
+            f"/cart/items/{sku}", headers={"Content-Type": "application/json", **headers}, body=json.dumps(body)
+        )
+        assert response.status_code == status, (headers, response.body)
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert TOKEN not in response.headers
+
+    assert stored_carts(shop) == before
+
+
+def test_an_inactive_product_cannot_be_added_but_its_line_can_be_removed(shop: Shop) -> None:
+    token = put(shop, "TEE-1", 2).headers[TOKEN]
+    deactivate("TEE-1")
+    before = stored_carts(shop)
+
+    refused = put(shop, "TEE-1", 3, token=token)
+    assert (refused.status_code, refused.json_body["type"]) == (422, "urn:shop:problem:product-unavailable")
+    assert stored_carts(shop) == before
+    assert get(shop, token=token).json_body["items"][0]["available"] is False
+    assert put(shop, "TEE-1", 0, token=token).json_body["items"] == []
+
+
+def test_a_fifty_first_line_is_422_and_changes_nothing(shop: Shop, local_aws: LocalAws) -> None:
+    for index in range(50):
+        seed_product(f"BULK-{index}", price=1, stock=10)
+    for index in range(50):
+        assert put(shop, f"BULK-{index}", 1, who="alice").status_code == 200
+    before = stored_carts(shop)
+
+    refused = put(shop, "MUG-1", 1, who="alice")
+
+    assert (refused.status_code, refused.json_body["type"]) == (422, "urn:shop:problem:cart-full")
+    assert stored_carts(shop) == before
+
+
+@pytest.mark.parametrize("token", ["not-a-token", "abc.def", "x" * 513, "bad token"])
+def test_a_tampered_or_malformed_cart_token_is_400_on_every_route(shop: Shop, token: str) -> None:
+    real = put(shop, "MUG-1", 1).headers[TOKEN]
+    before = stored_carts(shop)
+
+    answers = [
+        shop.client.http.get("/cart", headers={TOKEN: token}),
+        put(shop, "MUG-1", 2, token=token),
+        shop.client.http.delete("/cart", headers={TOKEN: token}),
+        merge(shop, "alice", token),
+    ]
+
+    assert [answer.status_code for answer in answers] == [400, 400, 400, 400]
+    assert all(answer.headers["Content-Type"] == "application/problem+json" for answer in answers)
+    assert stored_carts(shop) == before
+    assert lines(get(shop, token=real).json_body) == [("MUG-1", 1)]
+
+
+def test_a_cart_request_with_an_invalid_bearer_token_is_401(shop: Shop) -> None:
+    response = shop.client.http.get("/cart", headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401
+
+
+# ---------------------------------------------------------------------------- cart -> order
+def test_an_order_from_the_cart_snapshots_its_lines_and_the_cart_empties_when_it_completes(shop: Shop) -> None:
+    put(shop, "MUG-1", 2, who="alice")
+    put(shop, "TEE-1", 1, who="alice")
+
+    placed = order_from_cart(shop)
+
+    assert placed.status_code == 202, placed.body
+    order = placed.json_body
+    assert [(line["sku"], line["quantity"]) for line in order["items"]] == [("MUG-1", 2), ("TEE-1", 1)]
+    assert order["total"]["amount"] == 2 * 1250 + 1999
+    assert shop.wait_checkout(order["order_id"]) == "SUCCEEDED"
+    assert shop.order(order["order_id"]).status == "COMPLETED"
+    assert get(shop, who="alice").json_body["items"] == []
+
+
+def test_lines_added_after_placing_stay_when_the_order_completes(shop: Shop, local_aws: LocalAws) -> None:
+    from infra.local import lambda_runtime
+    from tests.service.orders_helpers import PauseAt
+
+    put(shop, "MUG-1", 2, who="alice")
+    held = PauseAt(local_aws.function("CompleteOrderFunction"))
+    lambda_runtime.faults.before_invoke = held
+    try:
+        placed = order_from_cart(shop)
+        assert placed.status_code == 202, placed.body
+        held.wait_reached()
+        # While the saga is about to complete: one more mug, and a new line.
+        put(shop, "MUG-1", 3, who="alice")
+        put(shop, "TEE-1", 1, who="alice")
+    finally:
+        held.released.set()
+        lambda_runtime.faults.before_invoke = None
+
+    assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 1), ("TEE-1", 1)]
+
+
+def test_a_declined_card_leaves_the_cart_as_it_was(shop: Shop) -> None:
+    put(shop, "MUG-1", 2, who="alice")
+    before = get(shop, who="alice").json_body
+
+    placed = order_from_cart(shop, token="tok_chargeDeclined")
+
+    assert placed.status_code == 202, placed.body
+    assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
+    assert shop.order(placed.json_body["order_id"]).failure_reason == "PAYMENT_DECLINED"
+    assert get(shop, who="alice").json_body == before
+
+
+def test_the_completion_step_delivered_twice_removes_the_lines_once(shop: Shop) -> None:
+    put(shop, "MUG-1", 2, who="alice")
+    placed = order_from_cart(shop).json_body
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    put(shop, "MUG-1", 2, who="alice")  # the shopper wants two more
+
+    # The completion step runs again (an at-least-once delivery, a redrive): nothing more is removed.
+    order = shop.order(placed["order_id"])
+    cart_domain.remove_ordered_lines(order)
+    from shop.domain import order_saga
+    from shop.models.orders import CompleteOrder
+
+    order_saga.complete_order(CompleteOrder(order_id=placed["order_id"]))
+
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
+    assert order.cart_id == "customer#alice"  # the dev tokens' subject is the user name
+
+
+def test_an_order_from_an_empty_cart_is_422_and_places_nothing(shop: Shop) -> None:
+    empty = order_from_cart(shop)
+
+    assert (empty.status_code, empty.json_body["type"]) == (422, "urn:shop:problem:cart-empty")
+    assert shop.executions("CheckoutStateMachine") == []
+    dynamodb = shop.aws.client("dynamodb")
+    assert dynamodb.scan(TableName=shop.aws.table("OrdersTable"), Select="COUNT")["Count"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"cart": False, "payment": {"token": "tok_visa"}},
+        {"cart": "true", "payment": {"token": "tok_visa"}},
+        {"cart": None, "payment": {"token": "tok_visa"}},
+        {"cart": True, "items": [{"sku": "MUG-1", "quantity": 1}], "payment": {"token": "tok_visa"}},
+        {"payment": {"token": "tok_visa"}},
+        {"cart": True},
+    ],
+)
+def test_a_bad_cart_order_body_is_400_and_places_nothing(shop: Shop, body: dict[str, Any]) -> None:
+    put(shop, "MUG-1", 1, who="alice")
+    before = stored_carts(shop)
+
+    response = shop.place([], body=body)
+
+    assert response.status_code == 400, response.body
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert shop.executions("CheckoutStateMachine") == []
+    assert stored_carts(shop) == before
+
+
+def test_replaying_a_cart_order_answers_the_same_order_even_after_the_cart_emptied(shop: Shop) -> None:
+    put(shop, "MUG-1", 1, who="alice")
+    first = order_from_cart(shop, key="cart-key-1")
+    assert shop.wait_checkout(first.json_body["order_id"]) == "SUCCEEDED"
+    assert get(shop, who="alice").json_body["items"] == []
+
+    replay = order_from_cart(shop, key="cart-key-1")
+
+    assert (replay.status_code, replay.json_body["order_id"]) == (202, first.json_body["order_id"])
+    assert len(shop.executions("CheckoutStateMachine")) == 1
+    # With the idempotency record gone (expired), the stored order still answers it.
+    shop.aws.client("dynamodb").delete_item(
+        TableName=shop.aws.table("IdempotencyTable"),
+        Key={"id": next(iter(_idempotency_ids(shop)))},
+    )
+    late = order_from_cart(shop, key="cart-key-1")
+    assert (late.status_code, late.json_body["order_id"]) == (202, first.json_body["order_id"])
+
+
+def _idempotency_ids(shop: Shop) -> list[dict[str, str]]:
+    items = shop.aws.client("dynamodb").scan(TableName=shop.aws.table("IdempotencyTable"))["Items"]
+    return [item["id"] for item in items]

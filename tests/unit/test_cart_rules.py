@@ -1,0 +1,204 @@
+"""The cart's pure rules (shop.domain.carts): quantities, caps, merge, totals, expiry, checkout removal, tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pydantic import ValidationError
+
+from shop import signing
+from shop.auth import Principal
+from shop.domain import carts
+from shop.errors import CartFull, FieldError, OrderTotalTooLarge
+from shop.models.carts import MAX_CART_LINES, CartView, SetCartItemRequest, StoredCart
+from shop.models.catalog import Product
+from shop.models.common import Line
+from shop.models.money import MAX_AMOUNT, Money
+from shop.models.orders import PlaceOrderRequest
+
+SECRET = "unit-test-cart-secret-" + "z" * 16
+NOW = 1_800_000_000
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(signing, "pagination_key", lambda: SECRET)
+    yield
+
+
+def lines(*pairs: tuple[str, int]) -> list[Line]:
+    return [Line(sku=sku, quantity=quantity) for sku, quantity in pairs]
+
+
+def pairs(found: list[Line] | None) -> list[tuple[str, int]] | None:
+    return None if found is None else [(line.sku, line.quantity) for line in found]
+
+
+def product(sku: str, price: int, *, available: int = 10, active: bool = True) -> Product:
+    return Product(
+        sku=sku,
+        name=f"Product {sku}",
+        description="",
+        category="test",
+        price=Money(amount=price),
+        active=active,
+        created_at="2026-01-01T00:00:00.000Z",
+        updated_at="2026-01-01T00:00:00.000Z",
+        available=available,
+    )
+
+
+# ---------------------------------------------------------------------------- quantities and caps
+def test_setting_a_quantity_adds_changes_and_removes_lines_in_place() -> None:
+    cart = lines(("A", 1), ("B", 2))
+
+    assert pairs(carts.with_quantity(cart, "C", 3)) == [("A", 1), ("B", 2), ("C", 3)]
+    assert pairs(carts.with_quantity(cart, "A", 5)) == [("A", 5), ("B", 2)]
+    assert pairs(carts.with_quantity(cart, "A", 0)) == [("B", 2)]
+
+
+def test_a_quantity_that_changes_nothing_writes_nothing() -> None:
+    cart = lines(("A", 1))
+
+    assert carts.with_quantity(cart, "A", 1) is None
+    assert carts.with_quantity(cart, "Z", 0) is None  # removing a line that is not there
+
+
+def test_a_cart_holds_at_most_fifty_lines_but_a_full_cart_still_changes_and_removes() -> None:
+    full = lines(*((f"S{index}", 1) for index in range(MAX_CART_LINES)))
+
+    with pytest.raises(CartFull):
+        carts.with_quantity(full, "ONE-MORE", 1)
+    assert pairs(carts.with_quantity(full, "S0", 7))[0] == ("S0", 7)  # type: ignore[index]
+    assert len(carts.with_quantity(full, "S0", 0) or []) == MAX_CART_LINES - 1
+
+
+@pytest.mark.parametrize("quantity", [-1, 101, True, 1.0, "2"])
+def test_a_quantity_outside_0_to_100_or_not_an_integer_is_refused(quantity: object) -> None:
+    with pytest.raises(ValidationError):
+        SetCartItemRequest.model_validate({"quantity": quantity})
+
+
+# ---------------------------------------------------------------------------- merge
+def test_merge_sums_quantities_caps_them_at_100_and_appends_new_lines_in_order() -> None:
+    customer = lines(("A", 60), ("B", 1))
+    anonymous = lines(("C", 2), ("A", 70), ("B", 4))
+
+    assert pairs(carts.merged(customer, anonymous)) == [("A", 100), ("B", 5), ("C", 2)]
+
+
+def test_merge_takes_new_lines_only_while_the_cart_has_room() -> None:
+    customer = lines(*((f"S{index}", 1) for index in range(MAX_CART_LINES - 1)))
+    anonymous = lines(("NEW-1", 1), ("S0", 2), ("NEW-2", 1))
+
+    result = carts.merged(customer, anonymous)
+
+    assert len(result) == MAX_CART_LINES
+    assert pairs(result)[-1] == ("NEW-1", 1)  # type: ignore[index]
+    assert pairs(result)[0] == ("S0", 3)  # type: ignore[index]  # a SKU already there still sums
+
+
+def test_merging_into_an_empty_cart_is_the_anonymous_cart() -> None:
+    assert pairs(carts.merged([], lines(("A", 2)))) == [("A", 2)]
+
+
+# ---------------------------------------------------------------------------- totals and availability
+def test_a_cart_shows_current_prices_totals_and_availability() -> None:
+    products = {
+        "A": product("A", 250),
+        "B": product("B", 1000, available=1),
+        "C": product("C", 5, active=False),
+    }
+
+    shown = carts.priced(lines(("A", 2), ("B", 2), ("C", 1)), products, NOW)
+
+    assert [(item.sku, item.line_total.amount, item.available) for item in shown.items] == [
+        ("A", 500, True),
+        ("B", 2000, False),  # 1 in stock, 2 wanted
+        ("C", 5, False),  # inactive
+    ]
+    assert shown.total == Money(amount=2505)
+    assert shown.items[0].unit_price == Money(amount=250) and shown.items[0].name == "Product A"
+    assert shown.expires_at == "2027-01-15T08:00:00Z"
+
+
+def test_an_empty_cart_has_a_zero_total_and_no_expiry() -> None:
+    assert carts.priced([], {}, NOW) == CartView(items=[], total=Money(amount=0), expires_at=None)
+
+
+def test_a_total_beyond_the_money_limit_is_refused_naming_the_line_or_the_cart() -> None:
+    with pytest.raises(OrderTotalTooLarge) as line_too_large:
+        carts.priced(lines(("A", 100)), {"A": product("A", MAX_AMOUNT // 10)}, NOW)
+    assert line_too_large.value.extensions["errors"][0]["field"] == "items.0.quantity"
+
+    with pytest.raises(OrderTotalTooLarge) as cart_too_large:
+        carts.priced(lines(("A", 1), ("B", 1)), {"A": product("A", MAX_AMOUNT), "B": product("B", 1)}, NOW)
+    assert cart_too_large.value.extensions["errors"] == [
+        {"field": "items", "message": f"the cart total would exceed the maximum, {MAX_AMOUNT}"}
+    ]
+
+
+# ---------------------------------------------------------------------------- expiry
+def test_an_expired_cart_reads_empty_before_ttl_deletes_it() -> None:
+    stored = StoredCart(cart_id="customer#c", lines=lines(("A", 1)), version=3, updated_at="x", expires_at=NOW)
+
+    assert carts.current_lines(stored, NOW - 1) == lines(("A", 1))
+    assert carts.current_lines(stored, NOW) == []
+    assert carts.current_lines(None, NOW) == []
+
+
+# ---------------------------------------------------------------------------- checkout removal
+def test_a_completed_order_takes_its_quantities_and_leaves_what_was_added_since() -> None:
+    cart = lines(("A", 3), ("B", 1), ("NEW", 2))  # A raised from 2 to 3 and NEW added after placing
+    ordered = lines(("A", 2), ("B", 1))
+
+    assert pairs(carts.without_ordered(cart, ordered)) == [("A", 1), ("NEW", 2)]
+    # A line lowered below what was ordered goes; a SKU the shopper removed stays removed.
+    assert pairs(carts.without_ordered(lines(("A", 1)), lines(("A", 2), ("B", 1)))) == []
+
+
+# ---------------------------------------------------------------------------- tokens and owners
+def test_a_cart_token_names_its_cart_and_any_other_token_is_400() -> None:
+    issued = carts.owner(None, None, start_new=True)
+    assert issued is not None and issued.issued_token is not None
+    assert carts.owner(None, issued.issued_token) == carts.CartOwner(issued.cart_id)
+
+    payload, signature = issued.issued_token.rsplit(".", 1)
+    forged_signature = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    other_purpose = signing.serializer("pagination.orders").dumps(issued.cart_id.removeprefix("anonymous#"))
+    for tampered in (f"{payload}.{forged_signature}", f"x{payload}.{signature}", "abc", other_purpose):
+        with pytest.raises(FieldError) as raised:
+            carts.owner(None, tampered)
+        assert raised.value.errors[0]["field"] == "X-Cart-Token"
+
+
+def test_a_customer_has_their_own_cart_and_a_token_sent_along_must_still_be_valid() -> None:
+    alice = Principal(subject="alice-sub", username="alice", groups=(), is_admin=False)
+    token = carts.issue_token("0" * 32)
+
+    assert carts.owner(alice, None) == carts.CartOwner("customer#alice-sub")
+    assert carts.owner(alice, token) == carts.CartOwner("customer#alice-sub")
+    with pytest.raises(FieldError):
+        carts.owner(alice, token + "x")
+    assert carts.owner(None, None) is None
+
+
+# ---------------------------------------------------------------------------- the order body
+def test_an_order_names_either_items_or_the_cart() -> None:
+    payment = {"token": "tok_visa"}
+    from_cart = PlaceOrderRequest.model_validate({"cart": True, "payment": payment})
+    assert from_cart.items is None and from_cart.model_dump(mode="json") == {"cart": True, "payment": payment}
+    # The form an order's id is derived from is unchanged for an order of items.
+    items = {"items": [{"sku": "A", "quantity": 1}], "payment": payment}
+    assert PlaceOrderRequest.model_validate(items).model_dump(mode="json") == items
+
+    for body in (
+        {"payment": payment},
+        {"cart": False, "payment": payment},
+        {"cart": None, "items": items["items"], "payment": payment},
+        {"cart": True, "items": items["items"], "payment": payment},
+        {"items": None, "cart": True, "payment": payment},
+    ):
+        with pytest.raises(ValidationError):
+            PlaceOrderRequest.model_validate(body)
