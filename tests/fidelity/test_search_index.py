@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from shop import pagination
+from shop import signing
 from shop.domain import catalog, search
 from shop.errors import FieldError, SearchTooBroad
 from shop.models.catalog import CreateProductRequest, ProductListQuery, StockAdjustmentRequest, UpdateProductRequest
@@ -128,7 +128,7 @@ def test_stock_writes_leave_the_index_alone(shop_catalog: Backend) -> None:
 
 def test_pages_follow_the_ranking_with_signed_tokens(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     # The signing key lives in Secrets Manager, which this tier does not deploy.
-    monkeypatch.setattr(pagination, "pagination_key", lambda: "fidelity-tier-signing-key")
+    monkeypatch.setattr(signing, "pagination_key", lambda: "fidelity-tier-signing-key")
     for number in range(7):
         create(f"LAMP-{number}", "Desk lamp" if number % 2 else "Lamp", description="A lamp.")
     seen: list[str] = []
