@@ -11,7 +11,7 @@ from tests.fidelity.conftest import Backend
 
 def test_a_fall_is_claimed_once_and_its_claimant_finds_it_again(backend: Backend) -> None:
     first = event_records.claim_fall("MUG-1", "seq-1")
-    assert first is not None and (first.fall, first.ours, first.published) == (1, True, False)
+    assert first is not None and (first.fall, first.published) == (1, False)
 
     assert event_records.claim_fall("MUG-1", "seq-2") is None  # another record, same fall: nothing
     again = event_records.claim_fall("MUG-1", "seq-1")  # the claimant redelivered: announce it (again)
@@ -22,18 +22,35 @@ def test_a_fall_is_claimed_once_and_its_claimant_finds_it_again(backend: Backend
     assert published is not None and published.published
 
 
-def test_a_restock_rearms_and_the_next_fall_is_a_new_one(backend: Backend) -> None:
+def test_a_restock_rearms_an_announced_fall_and_the_next_fall_is_a_new_one(backend: Backend) -> None:
     assert event_records.claim_fall("MUG-1", "seq-1") is not None
-    event_records.rearm("MUG-1")
-    event_records.rearm("MUG-1")  # not low: nothing to do
+    event_records.mark_published("MUG-1", 1)
+    assert event_records.rearm("MUG-1", "seq-5") is None
+    assert event_records.rearm("MUG-1", "seq-6") is None  # not low: nothing to do
 
     second = event_records.claim_fall("MUG-1", "seq-9")
-    assert second is not None and (second.fall, second.ours) == (2, True)
-    event_records.rearm("OTHER")  # never low: no marker is written
+    assert second is not None and (second.fall, second.published) == (2, False)
+    assert event_records.rearm("OTHER", "seq-1") is None  # never low: no marker is written
     marker = backend.client.get_item(
         TableName=backend.tables["OperationsTable"], Key={"pk": {"S": "stock-low#OTHER"}, "sk": {"S": "marker"}}
     )
     assert "Item" not in marker
+
+
+def test_a_fall_not_announced_yet_is_not_rearmed_and_its_claimant_gets_it_back(backend: Backend) -> None:
+    """The claimant's put failed and the stock rose before its record came back: the fall is
+    announced then, not lost; only then does a restock re-arm."""
+    assert event_records.claim_fall("MUG-1", "seq-1") is not None
+
+    assert event_records.rearm("MUG-1", "seq-2") is None  # another record: nothing to announce, nothing re-armed
+    pending = event_records.rearm("MUG-1", "seq-1")
+    assert pending is not None and (pending.fall, pending.published) == (1, False)
+    assert event_records.claim_fall("MUG-1", "seq-3") is None  # still the same fall
+
+    event_records.mark_published("MUG-1", 1)
+    assert event_records.rearm("MUG-1", "seq-1") is None
+    third = event_records.claim_fall("MUG-1", "seq-4")
+    assert third is not None and third.fall == 2
 
 
 def test_a_notification_is_queued_once_per_event_id(backend: Backend) -> None:

@@ -150,9 +150,10 @@ def judge_stock(sku: str, claimant: str) -> OutgoingEvent | None:
         return None  # a product being created or deleted: its stock is judged once it exists
     threshold = inventory_settings().low_stock_threshold
     if product.available > threshold:
-        event_records.rearm(sku)
-        return None
-    claim = event_records.claim_fall(sku, claimant)
+        # Re-armed, unless this record's own fall is still to be announced (its put failed).
+        claim = event_records.rearm(sku, claimant)
+    else:
+        claim = event_records.claim_fall(sku, claimant)
     if claim is None or claim.published:
         return None
     detail = StockLow(

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from shop.config import event_settings, table_settings
 from shop.errors import TransientError
 from shop.models.events import EmailNotification, LowStockAlert
-from shop.repositories.dynamodb import call, call_if, marshal, unmarshal
+from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, unmarshal
 
 LOW_STOCK_ALERTS = "alert#stock-low"
 # How long the outbox keeps a queued e-mail (NotificationsTable's TTL, ``purge_at``).
@@ -31,10 +33,9 @@ NOTIFICATION_RETENTION_SECONDS = 30 * 24 * 3600
 
 @dataclass(frozen=True)
 class FallClaim:
-    """The SKU's current fall: its number, and whether this record claimed it and it is still unannounced."""
+    """A fall of the SKU's stock that a record claimed: its number, and whether it was announced."""
 
     fall: int
-    ours: bool
     published: bool
 
 
@@ -61,7 +62,7 @@ def claim_fall(sku: str, claimant: str) -> FallClaim | None:
         ReturnValues="ALL_NEW",
     )
     if claimed is not None:
-        return FallClaim(fall=int(claimed["Attributes"]["fall"]["N"]), ours=True, published=False)
+        return FallClaim(fall=int(claimed["Attributes"]["fall"]["N"]), published=False)
     current = call(
         "get_item",
         busy=TransientError,
@@ -72,9 +73,7 @@ def claim_fall(sku: str, claimant: str) -> FallClaim | None:
     if current is None or current.get("claimed_by", {}).get("S") != claimant:
         return None
     # This record claimed the fall before (a redelivery): announce it unless that already happened.
-    return FallClaim(
-        fall=int(current["fall"]["N"]), ours=True, published=bool(current.get("published", {}).get("BOOL"))
-    )
+    return FallClaim(fall=int(current["fall"]["N"]), published=bool(current.get("published", {}).get("BOOL")))
 
 
 def mark_published(sku: str, fall: int) -> None:
@@ -89,17 +88,32 @@ def mark_published(sku: str, fall: int) -> None:
     )
 
 
-def rearm(sku: str) -> None:
-    """The SKU is above the threshold again: its next fall is announced (no write unless it was low)."""
-    call_if(
-        "update_item",
-        busy=TransientError,
-        TableName=table_settings().operations_table,
-        Key=_marker_key(sku),
-        UpdateExpression="SET low = :false",
-        ConditionExpression="low = :true",
-        ExpressionAttributeValues={":true": {"BOOL": True}, ":false": {"BOOL": False}},
-    )
+def rearm(sku: str, claimant: str) -> FallClaim | None:
+    """The SKU is above the threshold again: its next fall is announced (no write unless it was low).
+
+    Only an announced fall is re-armed: a fall whose event is not on the bus yet (its put failed
+    and its record is being retried) must not vanish because the stock rose meanwhile. When that
+    fall is ``claimant``'s own, it is returned, for the caller to announce first; None otherwise.
+    """
+    try:
+        call(
+            "update_item",
+            busy=TransientError,
+            TableName=table_settings().operations_table,
+            Key=_marker_key(sku),
+            UpdateExpression="SET low = :false",
+            ConditionExpression="low = :true AND published = :true",
+            ExpressionAttributeValues={":true": {"BOOL": True}, ":false": {"BOOL": False}},
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    except ClientError as error:
+        if not is_condition_failure(error):
+            raise
+        old = error.response.get("Item") or {}
+        unannounced = old.get("low", {}).get("BOOL") and not old.get("published", {}).get("BOOL")
+        if unannounced and old.get("claimed_by", {}).get("S") == claimant:
+            return FallClaim(fall=int(old["fall"]["N"]), published=False)
+    return None
 
 
 def _insert_or_count_duplicate(table: str, key: dict[str, Any], item: dict[str, Any], key_attribute: str) -> bool:
