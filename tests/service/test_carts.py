@@ -341,6 +341,65 @@ def test_lines_added_after_placing_stay_when_the_order_completes(shop: Shop, loc
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 1), ("TEE-1", 1)]
 
 
+def test_lines_added_after_the_cart_was_emptied_stay_when_an_earlier_order_completes(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """Placed from the cart, then the cart emptied (DELETE) and the same SKU added again: what is in
+    the cart now came after the order, so its completion removes nothing."""
+    from infra.local import lambda_runtime
+    from tests.service.orders_helpers import PauseAt
+
+    put(shop, "MUG-1", 2, who="alice")
+    held = PauseAt(local_aws.function("CompleteOrderFunction"))
+    lambda_runtime.faults.before_invoke = held
+    try:
+        placed = order_from_cart(shop)
+        assert placed.status_code == 202, placed.body
+        held.wait_reached()
+        emptied = shop.client.http.delete("/cart", headers={"Authorization": f"Bearer {shop.token('alice')}"})
+        assert emptied.status_code == 204
+        put(shop, "MUG-1", 2, who="alice")
+    finally:
+        held.released.set()
+        lambda_runtime.faults.before_invoke = None
+
+    assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
+
+
+def test_a_tab_that_read_the_cart_before_it_was_emptied_cannot_overwrite_the_new_one(shop: Shop) -> None:
+    """Emptying keeps the item and moves its version on: a write based on the old read is refused,
+    even when the cart was started afresh meanwhile."""
+    put(shop, "MUG-1", 1, who="alice")
+    stale = cart_repository.get(cart_domain.customer_cart_id("alice"))
+    assert stale is not None
+    assert (
+        shop.client.http.delete("/cart", headers={"Authorization": f"Bearer {shop.token('alice')}"}).status_code == 204
+    )
+    put(shop, "TEE-1", 1, who="alice")
+
+    with pytest.raises(cart_repository.CartVersionConflict):
+        cart_repository.put(stale.model_copy(update={"version": stale.version + 1}), expected_version=stale.version)
+    assert lines(get(shop, who="alice").json_body) == [("TEE-1", 1)]
+
+
+def test_a_cart_that_cannot_be_written_leaves_the_order_completed(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order and its books are settled before the cart is touched: a cart that stays
+    unwritable keeps its lines, and the order still completes (never flagged for attention)."""
+    from shop.errors import OrderContention
+
+    def unwritable(order: Any) -> None:
+        raise OrderContention("the carts table is throttling")
+
+    monkeypatch.setattr(cart_domain, "remove_ordered_lines", unwritable)
+    put(shop, "MUG-1", 2, who="alice")
+    placed = order_from_cart(shop)
+
+    assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
+    assert shop.order(placed.json_body["order_id"]).status == "COMPLETED"
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
+
+
 def test_a_declined_card_leaves_the_cart_as_it_was(shop: Shop) -> None:
     put(shop, "MUG-1", 2, who="alice")
     before = get(shop, who="alice").json_body

@@ -260,6 +260,7 @@ def _stored(cart_id: str, previous: StoredCart | None, lines: list[Line], now: i
         updated_at=iso_now(),
         expires_at=now + CART_LIFETIME_SECONDS,
         checked_out=previous.checked_out if previous is not None else [],
+        cleared_at=previous.cleared_at if previous is not None else None,
     )
 
 
@@ -293,9 +294,21 @@ def set_quantity(cart_owner: CartOwner, sku: str, quantity: int) -> CartView:
 
 
 def clear(cart_owner: CartOwner | None) -> None:
-    """Delete the cart (none, or an expired one, is fine)."""
-    if cart_owner is not None and cart_owner.issued_token is None:
-        repository.delete(cart_owner.cart_id)
+    """Empty the cart (none, or an expired one, is fine). It is written empty, not deleted: its version
+    moves on, and ``cleared_at`` tells an order placed before that its lines are gone already."""
+    if cart_owner is None or cart_owner.issued_token is not None:
+        return
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        stored = repository.get(cart_owner.cart_id)
+        if stored is None:
+            return
+        cart = _stored(cart_owner.cart_id, stored, [], _now()).model_copy(update={"cleared_at": iso_now()})
+        try:
+            repository.put(cart, expected_version=stored.version)
+        except CartVersionConflict:
+            continue
+        return
+    raise CartContention(f"cart {cart_owner.cart_id} kept changing; retry")
 
 
 def merge(principal: Principal, token: str) -> CartView:
@@ -313,7 +326,11 @@ def merge(principal: Principal, token: str) -> CartView:
         if anonymous is None:
             return _shown(own_lines, own_expiry)
         if not incoming:
-            repository.delete(anonymous_cart)  # empty or expired: nothing to add, only to tidy
+            # Empty or expired: nothing to add, only to tidy, unless another tab just added a line.
+            try:
+                repository.delete(anonymous_cart, expected_version=anonymous.version)
+            except CartVersionConflict:
+                continue
             return _shown(own_lines, own_expiry)
         cart = _stored(customer_cart, mine, merged(own_lines, incoming), now)
         shown = _shown(cart.lines, cart.expires_at)
@@ -349,7 +366,9 @@ def remove_ordered_lines(order: Order) -> None:
     for _ in range(MAX_WRITE_ATTEMPTS):
         stored = repository.get(order.cart_id, busy=OrderContention)
         if stored is None or order.order_id in stored.checked_out:
-            return  # no cart any more (deleted, or expired and purged), or removed already
+            return  # no cart any more (expired and purged), or removed already
+        if stored.cleared_at is not None and stored.cleared_at >= order.created_at:
+            return  # the shopper emptied the cart after placing: what is in it now came later
         lines = without_ordered(current_lines(stored, _now()), ordered)
         cart = stored.model_copy(
             update={

@@ -78,6 +78,8 @@ class StoredCart(Record):
     attribute; DynamoDB deletes an expired cart lazily, so readers judge it themselves.
     ``checked_out`` holds the ids of the last orders whose lines were removed from the cart when
     they completed, newest last: their completion step may run twice and must remove them once.
+    Emptying the cart keeps the item (an empty one, its version moved on), so a tab that read it
+    before can never overwrite a cart started afresh at the same version.
     """
 
     cart_id: str
@@ -86,3 +88,6 @@ class StoredCart(Record):
     updated_at: str
     expires_at: int
     checked_out: list[str] = Field(default_factory=list)
+    # When the shopper last emptied the cart (DELETE /cart): an order placed before then has no lines
+    # of its own left in it to remove when it completes.
+    cleared_at: str | None = None

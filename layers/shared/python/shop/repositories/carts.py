@@ -81,9 +81,20 @@ def put(cart: StoredCart, *, expected_version: int | None, busy: type[TransientE
         raise
 
 
-def delete(cart_id: str) -> None:
-    """Delete the cart, whatever it holds (deleting none is fine)."""
-    call("delete_item", busy=CartContention, TableName=table_settings().carts_table, Key=_key(cart_id))
+def delete(cart_id: str, *, expected_version: int) -> None:
+    """Delete the cart if it is still at ``expected_version``; else CartVersionConflict."""
+    try:
+        call(
+            "delete_item",
+            busy=CartContention,
+            TableName=table_settings().carts_table,
+            Key=_key(cart_id),
+            **_condition(expected_version),
+        )
+    except ClientError as error:
+        if is_condition_failure(error):
+            raise CartVersionConflict(cart_id) from error
+        raise
 
 
 def merge(into: StoredCart, *, expected_version: int | None, absorbed: StoredCart) -> None:
