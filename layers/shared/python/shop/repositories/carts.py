@@ -10,7 +10,6 @@ Reads return an expired item as it is (TTL deletes lazily); the domain judges ``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,26 +17,22 @@ from botocore.exceptions import ClientError
 from shop.config import table_settings
 from shop.errors import CartContention, TransientError
 from shop.models.carts import StoredCart
-from shop.repositories.dynamodb import call, cancellation_codes, error_code, is_condition_failure, marshal, unmarshal
+from shop.repositories.dynamodb import (
+    call,
+    cancellation_codes,
+    error_code,
+    is_condition_failure,
+    marshal,
+    unmarshal_plain,
+)
 
 
 class CartVersionConflict(Exception):
     """The cart changed (or appeared, or vanished) since it was read; read it again and re-decide."""
 
 
-def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; the models (strict lines) want ints."""
-    if isinstance(value, Decimal):
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
 def to_cart(item: Mapping[str, Any]) -> StoredCart:
-    return StoredCart.model_validate({key: _plain(value) for key, value in unmarshal(item).items()})
+    return StoredCart.model_validate(unmarshal_plain(item))
 
 
 def _key(cart_id: str) -> dict[str, Any]:

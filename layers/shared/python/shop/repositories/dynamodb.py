@@ -50,6 +50,23 @@ def unmarshal(item: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _deserializer.deserialize(value) for key, value in item.items()}
 
 
+def plain(value: Any) -> Any:
+    """An unmarshalled value with DynamoDB's Decimals as ints (floats where fractional): the models
+    are strict (Money, quantities) and want ints."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+def unmarshal_plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    """``unmarshal`` with ``plain`` numbers."""
+    return {key: plain(value) for key, value in unmarshal(item).items()}
+
+
 def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -24,7 +23,7 @@ from botocore.exceptions import ClientError
 from shop.config import event_settings, table_settings
 from shop.errors import TransientError
 from shop.models.events import EmailNotification, LowStockAlert
-from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, unmarshal
+from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, unmarshal_plain
 
 LOW_STOCK_ALERTS = "alert#stock-low"
 # How long the outbox keeps a queued e-mail (NotificationsTable's TTL, ``purge_at``).
@@ -167,7 +166,7 @@ def low_stock_alerts() -> list[LowStockAlert]:
     alerts: list[LowStockAlert] = []
     while True:
         page = call("query", busy=TransientError, **request)
-        alerts += [LowStockAlert.model_validate(_plain(unmarshal(item))) for item in page.get("Items", [])]
+        alerts += [LowStockAlert.model_validate(unmarshal_plain(item)) for item in page.get("Items", [])]
         if "LastEvaluatedKey" not in page:
             return alerts
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -183,11 +182,7 @@ def notifications_for(order_id: str) -> list[EmailNotification]:
     found: list[EmailNotification] = []
     while True:
         page = call("scan", busy=TransientError, **request)
-        found += [EmailNotification.model_validate(_plain(unmarshal(item))) for item in page.get("Items", [])]
+        found += [EmailNotification.model_validate(unmarshal_plain(item)) for item in page.get("Items", [])]
         if "LastEvaluatedKey" not in page:
             return found
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def _plain(item: dict[str, Any]) -> dict[str, Any]:
-    return {key: int(value) if isinstance(value, Decimal) else value for key, value in item.items()}

@@ -12,7 +12,6 @@ import hashlib
 import heapq
 import zlib
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -31,7 +30,7 @@ from shop.models.orders import (
     OrderStatus,
     SagaClaim,
 )
-from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, serialize, unmarshal
+from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, serialize, unmarshal_plain
 
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
 # Sparse, keyed ``in_progress_for`` (the customer) while a saga still has to move the order on.
@@ -50,21 +49,6 @@ _BATCH_GET_LIMIT = 100
 
 class VersionConflict(Exception):
     """The order changed (or vanished) since it was read; read it again and retry."""
-
-
-def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; the models (Money is strict) want ints."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
-def _unmarshal_plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _plain(value) for key, value in unmarshal(item).items()}
 
 
 # A history entry is stored as one string, "step|status|at": as a map it spent most of its bytes on
@@ -100,7 +84,7 @@ def outcome_key(status: OrderStatus, order_id: str) -> str:
 
 
 def to_order(item: Mapping[str, Any]) -> Order:
-    plain = _unmarshal_plain(item)
+    plain = unmarshal_plain(item)
     plain["history"] = [_read_entry(entry) for entry in plain.get("history", [])]
     return Order.model_validate(plain)
 
