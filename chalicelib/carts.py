@@ -82,7 +82,7 @@ def set_cart_item(
     "/cart",
     "DELETE",
     summary="Empty your cart",
-    description=f"{_WHO} Deleting a cart that does not exist (or expired) is fine too.",
+    description=f"{_WHO} Its lines are removed; emptying a cart that does not exist (or expired) is fine too.",
     auth="optional",
     headers=_OPTIONAL_TOKEN,
     responses={204: None},

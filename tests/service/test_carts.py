@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -319,25 +320,33 @@ def test_an_order_from_the_cart_snapshots_its_lines_and_the_cart_empties_when_it
     assert get(shop, who="alice").json_body["items"] == []
 
 
-def test_lines_added_after_placing_stay_when_the_order_completes(shop: Shop, local_aws: LocalAws) -> None:
+@contextmanager
+def placed_from_cart_before_completion(shop: Shop, local_aws: LocalAws) -> Iterator[str]:
+    """Alice's order from her cart, its saga held just before ``complete_order`` while the block
+    runs; the order id. The saga completes after the block."""
     from infra.local import lambda_runtime
     from tests.service.orders_helpers import PauseAt
 
-    put(shop, "MUG-1", 2, who="alice")
     held = PauseAt(local_aws.function("CompleteOrderFunction"))
     lambda_runtime.faults.before_invoke = held
     try:
         placed = order_from_cart(shop)
         assert placed.status_code == 202, placed.body
         held.wait_reached()
-        # While the saga is about to complete: one more mug, and a new line.
-        put(shop, "MUG-1", 3, who="alice")
-        put(shop, "TEE-1", 1, who="alice")
+        yield str(placed.json_body["order_id"])
     finally:
         held.released.set()
         lambda_runtime.faults.before_invoke = None
 
-    assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
+
+def test_lines_added_after_placing_stay_when_the_order_completes(shop: Shop, local_aws: LocalAws) -> None:
+    put(shop, "MUG-1", 2, who="alice")
+    with placed_from_cart_before_completion(shop, local_aws) as order_id:
+        # While the saga is about to complete: one more mug, and a new line.
+        put(shop, "MUG-1", 3, who="alice")
+        put(shop, "TEE-1", 1, who="alice")
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 1), ("TEE-1", 1)]
 
 
@@ -346,24 +355,13 @@ def test_lines_added_after_the_cart_was_emptied_stay_when_an_earlier_order_compl
 ) -> None:
     """Placed from the cart, then the cart emptied (DELETE) and the same SKU added again: what is in
     the cart now came after the order, so its completion removes nothing."""
-    from infra.local import lambda_runtime
-    from tests.service.orders_helpers import PauseAt
-
     put(shop, "MUG-1", 2, who="alice")
-    held = PauseAt(local_aws.function("CompleteOrderFunction"))
-    lambda_runtime.faults.before_invoke = held
-    try:
-        placed = order_from_cart(shop)
-        assert placed.status_code == 202, placed.body
-        held.wait_reached()
+    with placed_from_cart_before_completion(shop, local_aws) as order_id:
         emptied = shop.client.http.delete("/cart", headers={"Authorization": f"Bearer {shop.token('alice')}"})
         assert emptied.status_code == 204
         put(shop, "MUG-1", 2, who="alice")
-    finally:
-        held.released.set()
-        lambda_runtime.faults.before_invoke = None
 
-    assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
 
 
