@@ -13,7 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as TransportConnectionError
 
 from shop import aws
 from shop.errors import TransientError
@@ -74,6 +75,10 @@ def error_code(error: ClientError) -> str:
 def call(operation: str, *, busy: type[TransientError], **request: Any) -> Any:
     """Run ``operation`` (e.g. ``"update_item"``) on the shared client; a busy table raises ``busy``.
 
+    So does a request that never got an answer (the connection failed, reset or timed out after
+    the client's own retries): a saga step's retry policy then tries again, as for throttling (the
+    steps are idempotent, so repeating a write that was applied changes nothing), and an HTTP
+    client gets a 503 instead of a 500.
     Every other failure, a failed condition included, is the ClientError itself.
     """
     try:
@@ -83,6 +88,8 @@ def call(operation: str, *, busy: type[TransientError], **request: Any) -> Any:
         if code in BUSY_ERROR_CODES:
             raise busy(f"DynamoDB is busy ({code}); retry") from error
         raise
+    except (TransportConnectionError, HTTPClientError) as error:
+        raise busy(f"DynamoDB did not answer ({type(error).__name__}); retry") from error
 
 
 def call_if(operation: str, *, busy: type[TransientError], **request: Any) -> Any | None:
