@@ -148,7 +148,7 @@ def test_every_step_delivered_twice_acts_once(local_aws: LocalAws) -> None:
         ("refund", 700),
     ]
     scan = local_aws.client("dynamodb").scan(TableName=local_aws.table("OperationsTable"))
-    authorizations = [item for item in scan["Items"] if item["sk"]["S"] == "authorization"]
+    authorizations = [item for item in scan["Items"] if item.get("operation") == {"S": "authorize"}]
     assert len(authorizations) == 1
 
 

@@ -1,6 +1,7 @@
 """The simulator's test tokens and idempotent replay, over an in-memory store.
 
-The DynamoDB store and its ledger invariants are covered in tests/service/test_payments_ledger.py.
+The DynamoDB store and its ledger invariants are covered in tests/service/test_payments_ledger.py
+(through the payment steps) and tests/fidelity/test_simulator_store.py (moto and DynamoDB Local).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from shop.payments.simulator import (
     SimulatedResult,
     SimulatorLedger,
     SimulatorProvider,
+    authorization_ref_for_key,
+    digest_of,
+    key_digest,
 )
 
 
@@ -160,6 +164,15 @@ def test_a_different_key_is_a_different_authorization(simulator: SimulatorProvid
     first = simulator.authorize(usd(100), "tok_visa", "o1:authorize")
     second = simulator.authorize(usd(100), "tok_visa", "o2:authorize")
     assert first.reference != second.reference
+
+
+def test_the_authorization_reference_is_derived_from_its_key(simulator: SimulatorProvider) -> None:
+    reference = simulator.authorize(usd(100), "tok_visa", "o1:authorize").reference
+
+    assert reference == authorization_ref_for_key("o1:authorize") != authorization_ref_for_key("o1:authorize ")
+    assert digest_of(reference) == key_digest("o1:authorize")
+    assert len(key_digest("o1:authorize")) == len(key_digest("x" * 500)) == 32
+    assert digest_of("ch_elsewhere") is None
 
 
 def test_charge_declined_is_declined_and_stays_declined(

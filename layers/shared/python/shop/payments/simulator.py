@@ -6,6 +6,9 @@ invariants it enforces atomically (capture <= authorization, once; refunds <= ca
 capture after a void), and, per idempotency key, the first result, which a repeated key gets
 back (declines included; transient failures are not results and are not stored).
 
+An authorization's reference is derived from its idempotency key (``authorization_ref_for_key``),
+so the store can write an authorization, and answer a repeat of it, in one conditional write.
+
 Test tokens:
 - ``tok_visa``: approved.
 - ``tok_chargeDeclined``: declined (business error, retrying changes nothing).
@@ -17,6 +20,7 @@ Test tokens:
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Literal, Protocol
 
@@ -93,9 +97,11 @@ class SimulatorLedger(Record):
 
 
 class SimulatorStore(Protocol):
-    """The simulator's shared state. Every ``record_*`` is atomic: it stores ``result`` under its
-    idempotency key together with the ledger change, and returns the result stored under that
-    key (``result`` itself, or the first one when the key was used before, with no change)."""
+    """The simulator's shared state. Every ``record_*`` stores ``result`` under its idempotency key
+    and moves the ledger as one change (a key is never answered without the ledger having moved,
+    or the reverse), and returns the result stored under that key (``result`` itself, or the
+    first one when the key was used before, with no change). A key used before for another
+    operation may instead raise ``PaymentStateConflict``."""
 
     def result(self, idempotency_key: str) -> SimulatedResult | None: ...
 
@@ -120,6 +126,23 @@ class SimulatorStore(Protocol):
         ...
 
     def ledger(self, authorization_ref: str) -> SimulatorLedger | None: ...
+
+
+def key_digest(idempotency_key: str) -> str:
+    """A fixed-length name for an idempotency key (128 bits of its SHA-256)."""
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+def authorization_ref_for_key(idempotency_key: str) -> str:
+    # Deterministic, so a repeated key names the same authorization before anything is read.
+    return _AUTH_PREFIX + key_digest(idempotency_key)
+
+
+def digest_of(authorization_ref: str) -> str | None:
+    """The key digest an authorization reference was derived from; None if it is not one of ours."""
+    if not authorization_ref.startswith(_AUTH_PREFIX):
+        return None
+    return authorization_ref.removeprefix(_AUTH_PREFIX)
 
 
 def capture_ref_for(authorization_ref: str) -> str:
@@ -156,7 +179,9 @@ class SimulatorProvider:
             raise PaymentProviderError("simulated transient failure on the first attempt")
         if token in (TOKEN_APPROVED, TOKEN_FLAKY):
             result = self._store.record_authorization(
-                self._result(idempotency_key, "authorize", amount, reference=_AUTH_PREFIX + secrets.token_hex(12)),
+                self._result(
+                    idempotency_key, "authorize", amount, reference=authorization_ref_for_key(idempotency_key)
+                ),
                 token,
             )
         else:

@@ -6,20 +6,30 @@
   the window holds a failure every payment call reads and writes this item, and up to 200
   outcomes as nested DynamoDB maps cost every caller a deep parse and serialization (most of the
   payment steps' CPU under a failing provider). Items written as an ``outcomes`` map are read too.
-- The payment simulator:
-  - ``pk = "simulator#request#{idempotency key}"``: ``sk = "result"`` is the first result for the
-    key; ``sk = "attempt"`` marks that an attempt was made (tok_flaky fails only the first).
-  - ``pk = "simulator#authorization#{ref}"``: the ledger of one authorization. ``sk =
-    "authorization"`` holds its amounts and status; ``capture#``, ``void#`` and ``refund#`` items
-    record each operation. A result and its ledger change are written in ONE transaction, so a
-    key can never be answered without the ledger having moved, or the reverse.
+- The payment simulator: ONE item per idempotency key, ``pk = "simulator#key#{key_digest(key)}"``,
+  ``sk = "result"``, so a key can be bound to one operation only (every write of it is
+  conditional on ``attribute_not_exists(pk)`` or on what it holds), and every write is a
+  single-item write (no transaction: AWS bills those twice per item):
+  - an authorize key's item is the authorization itself with its whole ledger: the amounts and
+    status (DECLINED, with its code, for a decline), and the ``capture``, ``void`` and ``refunds``
+    (a map by idempotency key) entries. Its reference is derived from the key
+    (``authorization_ref_for_key``), so authorize is one conditional PutItem, and a repeat gets
+    the first result back from the refused write itself (ReturnValuesOnConditionCheckFailure).
+  - a capture, void or refund key's item points to the authorization it acted on. It is written
+    first, then the authorization's item is updated by ONE conditional UpdateItem whose condition
+    is the ledger's invariant and refuses a repeat; the refused write returns the item as it was,
+    which tells a replay (the key's entry is there) from a refusal. A pointer without its entry
+    (a crash in between, or a refused call) means "not done": the key has no result yet, and a
+    retry with the same key and authorization completes it.
+  - ``pk = "simulator#request#{key}"``, ``sk = "attempt"`` marks that an attempt was made
+    (tok_flaky fails only the first).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
@@ -32,8 +42,16 @@ from shop.errors import (
 )
 from shop.models.base import iso_now
 from shop.payments.circuit_breaker import BreakerOutcome, BreakerState
-from shop.payments.simulator import LedgerAuthorization, LedgerEntry, SimulatedResult, SimulatorLedger
-from shop.repositories.dynamodb import call, cancellation_codes, error_code, is_condition_failure, marshal, unmarshal
+from shop.payments.simulator import (
+    LedgerAuthorization,
+    LedgerEntry,
+    SimulatedResult,
+    SimulatorLedger,
+    authorization_ref_for_key,
+    digest_of,
+    key_digest,
+)
+from shop.repositories.dynamodb import call, is_condition_failure, marshal, unmarshal, unmarshal_plain
 
 
 def _key(pk: str, sk: str) -> dict[str, Any]:
@@ -114,37 +132,34 @@ class DynamoBreakerStore:
 
 
 # ---------------------------------------------------------------------------- payment simulator
-class _Cancelled(Exception):
-    def __init__(self, codes: list[str], items: list[dict[str, Any] | None]) -> None:
-        super().__init__(", ".join(codes))
-        self.codes = codes
-        self.items = items
+_EntryKind = Literal["capture", "void", "refund"]
 
 
 class DynamoSimulatorStore:
-    """``SimulatorStore`` over OperationsTable."""
+    """``SimulatorStore`` over OperationsTable: authorize is one write, capture, void and refund
+    two, and an authorization's ledger is one read."""
 
     @staticmethod
-    def _request_pk(idempotency_key: str) -> str:
-        return f"simulator#request#{idempotency_key}"
-
-    @staticmethod
-    def _ledger_pk(authorization_ref: str) -> str:
-        return f"simulator#authorization#{authorization_ref}"
+    def _result_key(digest: str) -> dict[str, Any]:
+        return _key(f"simulator#key#{digest}", "result")
 
     def result(self, idempotency_key: str) -> SimulatedResult | None:
-        response = _call(
-            "get_item", TableName=_table(), Key=_key(self._request_pk(idempotency_key), "result"), ConsistentRead=True
-        )
-        item = response.get("Item")
-        return SimulatedResult.model_validate(unmarshal(item)) if item else None
+        item = self._get(self._result_key(key_digest(idempotency_key)))
+        if item is None or item.get("idempotency_key") != idempotency_key:
+            return None
+        if item["operation"] == "authorize":
+            return self._authorize_result(item)
+        authorization = self._authorization_item(str(item["authorization_ref"]))
+        if authorization is None:
+            return None
+        return self._entry_result(authorization, item["operation"], idempotency_key)
 
     def first_attempt(self, idempotency_key: str) -> bool:
         try:
             _call(
                 "put_item",
                 TableName=_table(),
-                Item=marshal({"pk": self._request_pk(idempotency_key), "sk": "attempt", "at": iso_now()}),
+                Item=marshal({"pk": f"simulator#request#{idempotency_key}", "sk": "attempt", "at": iso_now()}),
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as error:
@@ -154,182 +169,249 @@ class DynamoSimulatorStore:
         return True
 
     def record_decline(self, result: SimulatedResult) -> SimulatedResult:
-        return self._record(result, [])
+        return self._put_authorize_result(
+            {"status": "DECLINED", "decline_code": result.decline_code, "amount": result.amount}, result
+        )
 
     def record_authorization(self, result: SimulatedResult, token: str) -> SimulatedResult:
-        now = result.created_at
+        if result.reference != authorization_ref_for_key(result.idempotency_key):
+            raise ValueError("an authorization's reference is derived from its idempotency key")
         authorization = LedgerAuthorization(
-            reference=str(result.reference),
+            reference=result.reference,
             token=token,
             amount=result.amount,
             currency=result.currency,
             status="AUTHORIZED",
-            created_at=now,
-            updated_at=now,
+            created_at=result.created_at,
+            updated_at=result.created_at,
         )
-        put = {
-            "Put": {
-                "TableName": _table(),
-                "Item": marshal(
-                    {
-                        **authorization.model_dump(),
-                        "pk": self._ledger_pk(authorization.reference),
-                        "sk": "authorization",
-                    }
-                ),
-                "ConditionExpression": "attribute_not_exists(pk)",
-            }
-        }
-        return self._record(result, [put])
+        # ``refunds`` exists from the start: an update can set a key in a map, not in a missing one.
+        return self._put_authorize_result({**authorization.model_dump(), "refunds": {}}, result)
 
     def record_capture(self, result: SimulatedResult) -> SimulatedResult:
         # One capture per authorization, at most its amount; the remainder is released.
-        update = self._authorization_update(
+        old = self._move(
             result,
-            "SET #status = :captured, captured_amount = :amount, refundable_amount = :amount, updated_at = :now",
+            "capture",
+            "SET #entry = :entry, #status = :captured, captured_amount = :amount, refundable_amount = :amount, "
+            "updated_at = :now",
             "#status = :authorized AND amount >= :amount",
             {":captured": "CAPTURED", ":authorized": "AUTHORIZED", ":amount": result.amount},
         )
-        try:
-            return self._record(result, [update, self._entry_put(result, "capture")])
-        except _Cancelled as cancelled:
-            authorization = self._cancelled_authorization(cancelled, result)
-            if authorization.status != "AUTHORIZED":
-                raise PaymentStateConflict(f"authorization is {authorization.status}; cannot capture") from None
-            raise CaptureExceedsAuthorization(
-                f"capture of {result.amount} exceeds the authorized {authorization.amount}"
-            ) from None
+        if old is None:
+            return result
+        authorization = self._refusing(old, result)
+        if isinstance(authorization, SimulatedResult):
+            return authorization
+        if authorization.status != "AUTHORIZED":
+            raise PaymentStateConflict(f"authorization is {authorization.status}; cannot capture")
+        raise CaptureExceedsAuthorization(f"capture of {result.amount} exceeds the authorized {authorization.amount}")
 
     def record_void(self, result: SimulatedResult) -> SimulatedResult:
-        update = self._authorization_update(
+        old = self._move(
             result,
-            "SET #status = :voided, updated_at = :now",
+            "void",
+            "SET #entry = :entry, #status = :voided, updated_at = :now",
             "#status = :authorized",
             {":voided": "VOIDED", ":authorized": "AUTHORIZED"},
         )
-        try:
-            return self._record(result, [update, self._entry_put(result, "void")])
-        except _Cancelled as cancelled:
-            authorization = self._cancelled_authorization(cancelled, result)
-            raise PaymentStateConflict(f"authorization is {authorization.status}; cannot void") from None
+        if old is None:
+            return result
+        authorization = self._refusing(old, result)
+        if isinstance(authorization, SimulatedResult):
+            return authorization
+        raise PaymentStateConflict(f"authorization is {authorization.status}; cannot void")
 
     def record_refund(self, result: SimulatedResult) -> SimulatedResult:
-        # ``refundable_amount`` counts down, so refunds <= capture needs no arithmetic in the condition.
-        update = self._authorization_update(
+        # ``refundable_amount`` counts down, so refunds <= capture needs no arithmetic in the condition;
+        # the key's own entry refuses a repeat.
+        old = self._move(
             result,
-            "SET refundable_amount = refundable_amount - :amount, refunded_amount = refunded_amount + :amount, "
-            "updated_at = :now",
-            "#status = :captured AND refundable_amount >= :amount",
+            "refund",
+            "SET #entry.#key = :entry, refundable_amount = refundable_amount - :amount, "
+            "refunded_amount = refunded_amount + :amount, updated_at = :now",
+            "#status = :captured AND refundable_amount >= :amount AND attribute_not_exists(#entry.#key)",
             {":captured": "CAPTURED", ":amount": result.amount},
         )
-        try:
-            return self._record(result, [update, self._entry_put(result, "refund")])
-        except _Cancelled as cancelled:
-            authorization = self._cancelled_authorization(cancelled, result)
-            if authorization.status != "CAPTURED":
-                raise PaymentStateConflict(f"authorization is {authorization.status}; cannot refund") from None
-            raise RefundExceedsCapture(
-                f"refund of {result.amount} exceeds the {authorization.refundable_amount} still refundable"
-            ) from None
+        if old is None:
+            return result
+        authorization = self._refusing(old, result)
+        if isinstance(authorization, SimulatedResult):
+            return authorization
+        if authorization.status != "CAPTURED":
+            raise PaymentStateConflict(f"authorization is {authorization.status}; cannot refund")
+        raise RefundExceedsCapture(
+            f"refund of {result.amount} exceeds the {authorization.refundable_amount} still refundable"
+        )
 
     def ledger(self, authorization_ref: str) -> SimulatorLedger | None:
-        items: list[dict[str, Any]] = []
-        request: dict[str, Any] = {
-            "TableName": _table(),
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": self._ledger_pk(authorization_ref)}},
-            "ConsistentRead": True,
-        }
-        while True:
-            page = _call("query", **request)
-            items.extend(unmarshal(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        authorization = next((item for item in items if item["sk"] == "authorization"), None)
-        if authorization is None:
+        item = self._authorization_item(authorization_ref)
+        if item is None:
             return None
-        entries = sorted(
-            (LedgerEntry.model_validate(item) for item in items if item["sk"] != "authorization"),
-            key=lambda entry: (entry.created_at, entry.reference),
-        )
-        return SimulatorLedger(authorization=LedgerAuthorization.model_validate(authorization), entries=entries)
+        entries: list[LedgerEntry] = []
+        for kind in ("capture", "void"):
+            if kind in item:
+                entries.append(LedgerEntry.model_validate({**item[kind], "kind": kind}))
+        for key, refund in item.get("refunds", {}).items():
+            entries.append(LedgerEntry.model_validate({**refund, "kind": "refund", "idempotency_key": key}))
+        entries.sort(key=lambda entry: (entry.created_at, entry.reference))
+        return SimulatorLedger(authorization=LedgerAuthorization.model_validate(item), entries=entries)
 
     # ------------------------------------------------------------------ plumbing
-    def _record(self, result: SimulatedResult, ledger_actions: list[dict[str, Any]]) -> SimulatedResult:
-        """Store ``result`` under its key together with ``ledger_actions``; the key's first
-        result if it was already used. Raises ``_Cancelled`` when a ledger action's condition
-        failed (reasons line up with the actions, the result's Put first)."""
-        put_result = {
-            "Put": {
-                "TableName": _table(),
-                "Item": marshal(
-                    {**result.model_dump(), "pk": self._request_pk(result.idempotency_key), "sk": "result"}
-                ),
-                "ConditionExpression": "attribute_not_exists(pk)",
-            }
+    def _get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        item = _call("get_item", TableName=_table(), Key=key, ConsistentRead=True).get("Item")
+        return unmarshal_plain(item) if item else None
+
+    def _authorization_item(self, authorization_ref: str) -> dict[str, Any] | None:
+        """The authorization's item, or None when the reference names no (approved) authorization."""
+        digest = digest_of(authorization_ref)
+        item = self._get(self._result_key(digest)) if digest is not None else None
+        if item is None or not _is_authorization(item) or item.get("reference") != authorization_ref:
+            return None
+        return item
+
+    def _put_authorize_result(self, fields: dict[str, Any], result: SimulatedResult) -> SimulatedResult:
+        item = {
+            **fields,
+            "operation": "authorize",
+            "idempotency_key": result.idempotency_key,
+            "currency": result.currency,
+            "created_at": result.created_at,
         }
+        old = self._put_first(result.idempotency_key, item)
+        if old is None:
+            return result
+        if old["operation"] != "authorize":
+            raise PaymentStateConflict(
+                f"idempotency key {result.idempotency_key!r} was already used for a {old['operation']}"
+            )
+        return self._authorize_result(old)
+
+    def _put_first(self, idempotency_key: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Write the key's item unless the key was used before: None if written, else the key's item."""
+        key = self._result_key(key_digest(idempotency_key))
+        item = {**marshal(fields), **key}
         try:
-            _call("transact_write_items", TransactItems=[put_result, *ledger_actions])
+            _call(
+                "put_item",
+                TableName=_table(),
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except ClientError as error:
-            if error_code(error) != "TransactionCanceledException":
+            if not is_condition_failure(error):
                 raise
-            reasons = error.response.get("CancellationReasons", [])
-            codes = cancellation_codes(error)
-            if "TransactionConflict" in codes:
-                raise PaymentProviderError("simulator state is busy (TransactionConflict); retry") from error
-            if codes and codes[0] == "ConditionalCheckFailed":
-                earlier = self.result(result.idempotency_key)
-                if earlier is not None:
-                    return earlier
-            if "ConditionalCheckFailed" in codes[1:]:
-                raise _Cancelled(
-                    codes, [unmarshal(reason["Item"]) if reason.get("Item") else None for reason in reasons]
-                ) from error
-            raise
-        return result
+            old = unmarshal_plain(error.response.get("Item") or {})
+            if old.get("idempotency_key") != idempotency_key:  # two keys with one digest: never in practice
+                raise PaymentStateConflict(f"idempotency key {idempotency_key!r} collides with another") from None
+            return old
+        return None
 
-    def _authorization_update(
-        self, result: SimulatedResult, expression: str, condition: str, values: dict[str, Any]
-    ) -> dict[str, Any]:
-        return {
-            "Update": {
-                "TableName": _table(),
-                "Key": _key(self._ledger_pk(str(result.authorization_ref)), "authorization"),
-                "UpdateExpression": expression,
-                "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#status": "status"},
-                "ExpressionAttributeValues": marshal({**values, ":now": result.created_at}),
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-            }
+    def _move(
+        self,
+        result: SimulatedResult,
+        kind: _EntryKind,
+        expression: str,
+        condition: str,
+        values: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Bind the key to this operation on this authorization, then apply the ledger change with
+        the key's entry: None if applied, else the authorization's item as it was ({} if none)."""
+        authorization_ref = str(result.authorization_ref)
+        digest = digest_of(authorization_ref)
+        if digest is None:
+            raise PaymentStateConflict(f"unknown authorization {authorization_ref!r}")
+        pointer = {
+            "operation": kind,
+            "idempotency_key": result.idempotency_key,
+            "authorization_ref": authorization_ref,
+            "created_at": result.created_at,
         }
+        bound = self._put_first(result.idempotency_key, pointer)
+        if bound is not None:
+            if bound["operation"] != kind:
+                raise PaymentStateConflict(
+                    f"idempotency key {result.idempotency_key!r} was already used for a {bound['operation']}"
+                )
+            if bound.get("authorization_ref") != authorization_ref:
+                other = bound.get("authorization_ref")
+                raise PaymentStateConflict(f"idempotency key {result.idempotency_key!r} was already used for {other!r}")
+            # Bound by an earlier call with this key: its entry is there (a replay, told by the
+            # refused update) or not yet (that call stopped in between, or was refused): apply it now.
+        entry = {"reference": result.reference, "amount": result.amount, "created_at": result.created_at}
+        names = {"#status": "status", "#entry": "refunds" if kind == "refund" else kind}
+        if kind == "refund":
+            names["#key"] = result.idempotency_key
+        else:
+            entry["idempotency_key"] = result.idempotency_key
+        try:
+            _call(
+                "update_item",
+                TableName=_table(),
+                Key=self._result_key(digest),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=marshal({**values, ":entry": entry, ":now": result.created_at}),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if not is_condition_failure(error):
+                raise
+            return unmarshal_plain(error.response.get("Item") or {})
+        return None
 
-    def _entry_put(self, result: SimulatedResult, kind: str) -> dict[str, Any]:
-        entry = LedgerEntry(
-            kind=kind,  # type: ignore[arg-type]
-            reference=str(result.reference),
-            amount=result.amount,
-            idempotency_key=result.idempotency_key,
-            created_at=result.created_at,
-        )
-        return {
-            "Put": {
-                "TableName": _table(),
-                "Item": marshal(
-                    {
-                        **entry.model_dump(),
-                        "pk": self._ledger_pk(str(result.authorization_ref)),
-                        "sk": f"{kind}#{entry.reference}",
-                    }
-                ),
-                "ConditionExpression": "attribute_not_exists(pk)",
-            }
-        }
+    def _refusing(self, old: dict[str, Any], result: SimulatedResult) -> SimulatedResult | LedgerAuthorization:
+        """Why the authorization refused ``result``: the key's own first result (a replay), or the
+        authorization as it was, for the caller to name the broken invariant."""
+        if not _is_authorization(old) or old.get("reference") != result.authorization_ref:
+            raise PaymentStateConflict(f"unknown authorization {result.authorization_ref!r}")
+        replay = self._entry_result(old, result.operation, result.idempotency_key)
+        if replay is not None:
+            return replay
+        return LedgerAuthorization.model_validate(old)
 
     @staticmethod
-    def _cancelled_authorization(cancelled: _Cancelled, result: SimulatedResult) -> LedgerAuthorization:
-        # The authorization update is always the action right after the result's Put.
-        item = cancelled.items[1] if len(cancelled.items) > 1 else None
-        if item is None:
-            raise PaymentStateConflict(f"unknown authorization {result.authorization_ref!r}") from None
-        return LedgerAuthorization.model_validate(item)
+    def _authorize_result(item: dict[str, Any]) -> SimulatedResult:
+        approved = item["status"] != "DECLINED"
+        return SimulatedResult(
+            idempotency_key=item["idempotency_key"],
+            operation="authorize",
+            approved=approved,
+            reference=item.get("reference"),
+            authorization_ref=item.get("reference"),
+            amount=item["amount"],
+            currency=item.get("currency", "USD"),
+            decline_code=None if approved else item.get("decline_code", "card_declined"),
+            created_at=item["created_at"],
+        )
+
+    @staticmethod
+    def _entry_result(authorization: dict[str, Any], operation: str, idempotency_key: str) -> SimulatedResult | None:
+        """The result the authorization's ledger holds for ``idempotency_key``, if any."""
+        if operation == "refund":
+            entry = authorization.get("refunds", {}).get(idempotency_key)
+        else:
+            entry = authorization.get(operation)
+            if entry is not None and entry.get("idempotency_key") != idempotency_key:
+                entry = None
+        if entry is None:
+            return None
+        return SimulatedResult.model_validate(
+            {
+                "idempotency_key": idempotency_key,
+                "operation": operation,
+                "approved": True,
+                "reference": entry["reference"],
+                "authorization_ref": authorization["reference"],
+                "amount": entry["amount"],
+                "currency": authorization.get("currency", "USD"),
+                "created_at": entry["created_at"],
+            }
+        )
+
+
+def _is_authorization(item: dict[str, Any]) -> bool:
+    """An approved authorization's item (not a decline, nor a pointer of another operation's key)."""
+    return item.get("operation") == "authorize" and item.get("status") in ("AUTHORIZED", "CAPTURED", "VOIDED")
