@@ -410,7 +410,9 @@ class ShopUser(HttpUser):
                 f"order {order.order_id} still {current.status} after {settings().settle_seconds:.0f} s"
             )
         elif not expected.allows(current):
-            error = AssertionError(f"order {order.order_id} ended {outcome}, expected {expected}")
+            # The history names the step that failed: OUT_OF_STOCK, for one, comes from three of them.
+            steps = ", ".join(f"{entry.step} {entry.status}" for entry in current.history)
+            error = AssertionError(f"order {order.order_id} ended {outcome}, expected {expected}; history: {steps}")
         self.environment.events.request.fire(
             request_type=ORDER,
             name=f"{label} -> {outcome}",

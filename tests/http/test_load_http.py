@@ -62,6 +62,13 @@ def run_locust(
     return result, requests_by_name, failures_by_name
 
 
+def error_report(result: subprocess.CompletedProcess[str]) -> str:
+    """Locust's closing "Error report" (each failure's message and count), for an assertion's message."""
+    output = result.stdout + result.stderr
+    start = output.rfind("Error report")
+    return output[start:][:4000] if start >= 0 else output[-4000:]
+
+
 def requested(stats: dict[str, int], name: str) -> int:
     return stats.get(name, 0)
 
@@ -90,7 +97,7 @@ def test_shopper_mix_reaches_every_route_it_exercises_without_a_failure(stack: R
         stack, tmp_path, mix="shopper", users=8, duration="20s", think_min_seconds="0.1", think_max_seconds="0.4"
     )
 
-    assert {name: count for name, count in failures.items() if count} == {}
+    assert {name: count for name, count in failures.items() if count} == {}, error_report(result)
     assert result.returncode == 0, result.stderr[-4000:]
     routes = [
         "GET /products",
@@ -134,7 +141,7 @@ def test_flash_sale_sells_exactly_the_stock_and_the_rest_sell_out(stack: Running
         stack, tmp_path, mix="flash", users=users, duration="10s", flash_sku=sku, flash_stock=str(stock)
     )
 
-    assert {name: count for name, count in failures.items() if count} == {}
+    assert {name: count for name, count in failures.items() if count} == {}, error_report(result)
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"flash sale {sku}: {stock} of {stock} units sold" in result.stdout
     assert requested(stats, "ORDER flash sale -> COMPLETED") == stock
