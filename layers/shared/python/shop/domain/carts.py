@@ -29,14 +29,13 @@ from itsdangerous import BadData
 
 from shop import signing
 from shop.auth import Principal
-from shop.domain import catalog
+from shop.domain import catalog, totals
 from shop.errors import (
     CartContention,
     CartEmpty,
     CartFull,
     FieldError,
     OrderContention,
-    OrderTotalTooLarge,
     ProductUnavailable,
 )
 from shop.models.base import iso_now
@@ -185,16 +184,12 @@ def priced(lines: Sequence[Line], products: Mapping[str, Product], expires_at: i
     whose product no longer exists is left out (products are never deleted).
     """
     shown = [(line, products[line.sku]) for line in lines if line.sku in products]
-    too_large = [
-        {"field": f"items.{index}.quantity", "message": f"the line total would exceed the maximum, {MAX_AMOUNT}"}
-        for index, (line, product) in enumerate(shown)
-        if product.price.amount * line.quantity > MAX_AMOUNT
-    ]
-    total = sum(product.price.amount * line.quantity for line, product in shown)
-    if not too_large and total > MAX_AMOUNT:
-        too_large.append({"field": "items", "message": f"the cart total would exceed the maximum, {MAX_AMOUNT}"})
-    if too_large:
-        raise OrderTotalTooLarge(f"a cart's total may be at most {MAX_AMOUNT} (minor units)", errors=too_large)
+    total = totals.checked_total(
+        [totals.PricedQuantity(product.price.amount, line.quantity) for line, product in shown],
+        line_message=lambda _: f"the line total would exceed the maximum, {MAX_AMOUNT}",
+        total_message=f"the cart total would exceed the maximum, {MAX_AMOUNT}",
+        detail=f"a cart's total may be at most {MAX_AMOUNT} (minor units)",
+    )
     items = [
         CartLineView(
             sku=line.sku,
