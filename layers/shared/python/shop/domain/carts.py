@@ -25,8 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from itsdangerous import BadData
-
 from shop import signing
 from shop.auth import Principal
 from shop.domain import catalog, totals
@@ -95,10 +93,7 @@ def issue_token(anonymous_id: str) -> str:
 
 def anonymous_cart_id(token: str) -> str:
     """The cart an ``X-Cart-Token`` names; FieldError (400) for a token this API did not issue."""
-    try:
-        anonymous_id = signing.serializer(_TOKEN_PURPOSE).loads(token)
-    except BadData:
-        raise _invalid_token("was altered or was not issued by this API") from None
+    anonymous_id = signing.load(_TOKEN_PURPOSE, token, _invalid_token("was altered or was not issued by this API"))
     if not isinstance(anonymous_id, str) or len(anonymous_id) != 32:
         raise _invalid_token("is malformed")
     return f"{ANONYMOUS_CART}{anonymous_id}"
