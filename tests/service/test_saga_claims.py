@@ -27,9 +27,9 @@ from shop.payments.simulator import SimulatorLedger
 from shop.repositories import orders as order_repository
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
+from tests.service.faults import Down, StepFaults
 from tests.service.orders_helpers import Shop, available, open_shop, seed_product
 from tests.service.test_recovery import sweep
-from tests.service.test_saga_edges import Down, StepFaults
 
 PRICE, STOCK, QUANTITY = 1250, 10, 2
 TOTAL = PRICE * QUANTITY
@@ -42,11 +42,6 @@ def shop(local_aws: LocalAws) -> Iterator[Shop]:
     seed_product("MUG-1", price=PRICE, stock=STOCK)
     with open_shop(local_aws) as opened:
         yield opened
-
-
-@pytest.fixture
-def faults(local_aws: LocalAws) -> StepFaults:
-    return StepFaults(local_aws)
 
 
 def provider_ledger(order_id: str) -> SimulatorLedger | None:

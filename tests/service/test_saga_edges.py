@@ -11,89 +11,23 @@ its status, the payments ledger as an admin sees it, the stock and, if any, the 
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 
-from infra.local import lambda_runtime
 from shop import aws
 from shop.config import inventory_settings
 from shop.domain import inventory
 from shop.domain import payments as payment_domain
 from shop.errors import OrderContention
 from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
-from tests.service.faults import SdkFault, inject, open_breaker, updates_payment_to
-from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
+from tests.service.faults import SdkFault, StepFaults, inject, open_breaker, updates_payment_to
+from tests.service.orders_helpers import Shop, available, open_shop, seed_product
 
 PRICE, STOCK, QUANTITY = 1250, 10, 2
 TOTAL = PRICE * QUANTITY
-
-
-class Down(Exception):
-    """A step's dependency is down: an error no first retrier names (only States.ALL takes it)."""
-
-
-class StepFaults:
-    """The Lambda runtime's fault hooks for one test: steps that are down, answers lost once, a pause.
-
-    ``lose_answer_once``: the named functions run, then their answer is lost (a Lambda timeout
-    after the effect) the first time per execution and step, so each task state's first retrier
-    runs it again.
-    """
-
-    def __init__(self, local_aws: LocalAws) -> None:
-        self._aws = local_aws
-        self._logical_ids = {name: logical_id for logical_id, name in local_aws.stack.function_names.items()}
-        self._lock = threading.Lock()
-        self._down: dict[str, tuple[type[Exception], Callable[[Any], bool]]] = {}
-        self._losing: set[str] = set()
-        self.refused: Counter[str] = Counter()
-        self.lost: list[tuple[str, str | None]] = []
-        self._lost_keys: set[tuple[str, str, str | None]] = set()
-        self._pause: PauseAt | None = None
-        lambda_runtime.faults.before_invoke = self._before
-        lambda_runtime.faults.after_invoke = self._after
-
-    def fail(
-        self, logical_id: str, error: type[Exception] = Down, when: Callable[[Any], bool] = lambda e: True
-    ) -> None:
-        self._down[logical_id] = (error, when)
-
-    def heal(self) -> None:
-        self._down.clear()
-
-    def lose_answer_once(self, *logical_ids: str) -> None:
-        self._losing.update(logical_ids)
-
-    def pause_at(self, logical_id: str) -> PauseAt:
-        self._pause = PauseAt(self._aws.function(logical_id))
-        return self._pause
-
-    def _before(self, function_name: str, event: Any) -> None:
-        if self._pause is not None:
-            self._pause(function_name, event)
-        logical_id = self._logical_ids.get(function_name, function_name)
-        error, when = self._down.get(logical_id, (None, None))
-        if error is not None and when is not None and when(event):
-            with self._lock:
-                self.refused[logical_id] += 1
-            raise error(f"{logical_id} is down")
-
-    def _after(self, function_name: str, event: Any) -> None:
-        logical_id = self._logical_ids.get(function_name, function_name)
-        if logical_id not in self._losing:
-            return
-        key = (logical_id, str(event.get("execution_name")), event.get("step"))
-        with self._lock:
-            if key in self._lost_keys:
-                return
-            self._lost_keys.add(key)
-            self.lost.append((logical_id, event.get("step")))
-        raise lambda_runtime.lambda_timeout()
 
 
 class Ledger(NamedTuple):
@@ -141,11 +75,6 @@ def shop(local_aws: LocalAws) -> Iterator[Shop]:
     seed_product("MUG-1", price=PRICE, stock=STOCK)
     with open_shop(local_aws) as opened:
         yield opened
-
-
-@pytest.fixture
-def faults(local_aws: LocalAws) -> StepFaults:
-    return StepFaults(local_aws)
 
 
 def place(shop: Shop, token: str = "tok_visa") -> str:

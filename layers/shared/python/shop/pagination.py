@@ -18,7 +18,6 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from itsdangerous import BadData, URLSafeSerializer
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from shop import signing
@@ -47,8 +46,8 @@ QueryBinding = Mapping[str, str | int | None]
 _StartKey: TypeAdapter[dict[str, dict[Literal["S", "N"], str]]] = TypeAdapter(dict[str, dict[Literal["S", "N"], str]])
 
 
-def _serializer(listing: str) -> URLSafeSerializer:
-    return signing.serializer(f"pagination.{listing}")
+def _purpose(listing: str) -> str:
+    return f"pagination.{listing}"
 
 
 def _invalid(message: str) -> FieldError:
@@ -59,17 +58,14 @@ def encode_token(listing: str, last_key: Mapping[str, Any] | None, bound_to: Que
     """The ``next_token`` for a page, or None when DynamoDB reported no further key."""
     if not last_key:
         return None
-    return _serializer(listing).dumps({"k": dict(last_key), "q": dict(bound_to)})
+    return signing.serializer(_purpose(listing)).dumps({"k": dict(last_key), "q": dict(bound_to)})
 
 
 def decode_token(listing: str, token: str | None, bound_to: QueryBinding) -> dict[str, Any] | None:
     """The ``ExclusiveStartKey`` a token stands for (None without a token); FieldError (400) if invalid."""
     if token is None:
         return None
-    try:
-        payload = _serializer(listing).loads(token)
-    except BadData:
-        raise _invalid("was altered or was not issued by this listing") from None
+    payload = signing.load(_purpose(listing), token, _invalid("was altered or was not issued by this listing"))
     if not isinstance(payload, dict) or payload.get("q") != dict(bound_to):
         raise _invalid("belongs to a different query; repeat the query parameters of the first page")
     try:

@@ -25,18 +25,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from itsdangerous import BadData
-
 from shop import signing
 from shop.auth import Principal
-from shop.domain import catalog
+from shop.domain import catalog, totals
 from shop.errors import (
     CartContention,
     CartEmpty,
     CartFull,
     FieldError,
     OrderContention,
-    OrderTotalTooLarge,
     ProductUnavailable,
 )
 from shop.models.base import iso_now
@@ -96,10 +93,7 @@ def issue_token(anonymous_id: str) -> str:
 
 def anonymous_cart_id(token: str) -> str:
     """The cart an ``X-Cart-Token`` names; FieldError (400) for a token this API did not issue."""
-    try:
-        anonymous_id = signing.serializer(_TOKEN_PURPOSE).loads(token)
-    except BadData:
-        raise _invalid_token("was altered or was not issued by this API") from None
+    anonymous_id = signing.load(_TOKEN_PURPOSE, token, _invalid_token("was altered or was not issued by this API"))
     if not isinstance(anonymous_id, str) or len(anonymous_id) != 32:
         raise _invalid_token("is malformed")
     return f"{ANONYMOUS_CART}{anonymous_id}"
@@ -185,16 +179,12 @@ def priced(lines: Sequence[Line], products: Mapping[str, Product], expires_at: i
     whose product no longer exists is left out (products are never deleted).
     """
     shown = [(line, products[line.sku]) for line in lines if line.sku in products]
-    too_large = [
-        {"field": f"items.{index}.quantity", "message": f"the line total would exceed the maximum, {MAX_AMOUNT}"}
-        for index, (line, product) in enumerate(shown)
-        if product.price.amount * line.quantity > MAX_AMOUNT
-    ]
-    total = sum(product.price.amount * line.quantity for line, product in shown)
-    if not too_large and total > MAX_AMOUNT:
-        too_large.append({"field": "items", "message": f"the cart total would exceed the maximum, {MAX_AMOUNT}"})
-    if too_large:
-        raise OrderTotalTooLarge(f"a cart's total may be at most {MAX_AMOUNT} (minor units)", errors=too_large)
+    total = totals.checked_total(
+        [totals.PricedQuantity(product.price.amount, line.quantity) for line, product in shown],
+        line_message=lambda _: f"the line total would exceed the maximum, {MAX_AMOUNT}",
+        total_message=f"the cart total would exceed the maximum, {MAX_AMOUNT}",
+        detail=f"a cart's total may be at most {MAX_AMOUNT} (minor units)",
+    )
     items = [
         CartLineView(
             sku=line.sku,

@@ -220,7 +220,7 @@ def _reshard(
     transaction, so the total moved is exactly the total read. Removed counters are deleted.
     """
     counters = repository.stock_shards(sku)
-    target = stock_shards.reshard({number: shard.available for number, shard in counters.items()}, shards)
+    target = stock_shards.reshard(stock_shards.units_by_shard(counters), shards)
     actions: list[dict[str, Any]] = []
     for number, units in target.items():
         existing = counters.get(number)
@@ -260,13 +260,13 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
         if info is None:
             raise ProductNotFound(f"no product with SKU {sku}")
         counters = {
-            number: shard.available
-            for number, shard in repository.stock_shards(sku).items()
+            number: units
+            for number, units in stock_shards.units_by_shard(repository.stock_shards(sku)).items()
             if number < info.stock_shards
         }
         if not counters:
             continue  # a reshard is moving the counters: read again (before judging a total of 0)
-        available = sum(counters.values())
+        available = stock_shards.total_available(counters)
         resulting = available + request.delta
         if resulting < 0:
             raise StockWouldGoNegative(f"{available} available; a change of {request.delta} would leave {resulting}")

@@ -233,7 +233,7 @@ def _replan(plan: dict[str, list[ShardTake]], wanted: Mapping[str, int], rng: ra
     short = []
     for sku, quantity in wanted.items():
         counters = stock.shards(sku, busy=InventoryContention)
-        takes = stock_shards.plan_takes({number: shard.available for number, shard in counters.items()}, quantity, rng)
+        takes = stock_shards.plan_takes(stock_shards.units_by_shard(counters), quantity, rng)
         if takes is None:
             short.append(sku)
         else:

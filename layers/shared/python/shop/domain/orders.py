@@ -28,7 +28,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 
 from shop.auth import Principal
 from shop.config import api_settings, feature_switches, runtime_config_settings
-from shop.domain import carts, catalog, order_saga, payments, purchase_limits
+from shop.domain import carts, catalog, order_saga, payments, purchase_limits, totals
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import (
     IdempotencyKeyInUse,
@@ -44,7 +44,7 @@ from shop.errors import (
 )
 from shop.models.base import iso_now
 from shop.models.common import CheckoutLine, Line
-from shop.models.money import Money
+from shop.models.money import MAX_AMOUNT, Money
 from shop.models.orders import (
     TERMINAL,
     CheckoutInput,
@@ -245,27 +245,13 @@ def _priced_order(order_id: str, customer_id: str, items: Sequence[Line]) -> Ord
     if problems:
         unavailable = [item.sku for item in items if item.sku not in products or not products[item.sku].active]
         raise ProductUnavailable(f"not available: {', '.join(unavailable)}", errors=problems)
-    # Imported here, not at the top, to keep this change to this function (hoist when convenient).
-    from shop.errors import OrderTotalTooLarge
-    from shop.models.money import MAX_AMOUNT
-
-    # Quantities and prices are bounded (the request and the catalog), their products and sum are
-    # not: check them as plain integers before any Money is built, so an order too large for the
-    # Money type is the caller's 422, never a 500.
-    too_large = [
-        {
-            "field": f"items.{index}.quantity",
-            "message": f"{item.quantity} x {products[item.sku].price.amount} exceeds the maximum line total, "
-            f"{MAX_AMOUNT}",
-        }
-        for index, item in enumerate(items)
-        if products[item.sku].price.amount * item.quantity > MAX_AMOUNT
-    ]
-    order_total = sum(products[item.sku].price.amount * item.quantity for item in items)
-    if not too_large and order_total > MAX_AMOUNT:
-        too_large.append({"field": "items", "message": f"the order total exceeds the maximum, {MAX_AMOUNT}"})
-    if too_large:
-        raise OrderTotalTooLarge(f"the order total may be at most {MAX_AMOUNT} (minor units)", errors=too_large)
+    # Refuses a total too large for Money (422) before any Money is built below.
+    totals.checked_total(
+        [totals.PricedQuantity(products[item.sku].price.amount, item.quantity) for item in items],
+        line_message=lambda line: f"{line.quantity} x {line.unit_price} exceeds the maximum line total, {MAX_AMOUNT}",
+        total_message=f"the order total exceeds the maximum, {MAX_AMOUNT}",
+        detail=f"the order total may be at most {MAX_AMOUNT} (minor units)",
+    )
     # Snapshotted into the order: the reserve step enforces them without reading the products again.
     limits = {item.sku: limit for item in items if (limit := products[item.sku].purchase_limit) is not None}
     if limits:

@@ -8,8 +8,32 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from typing import Protocol
 
 from shop.models.inventory import ShardTake
+
+
+class StockCounter(Protocol):
+    """A stock counter as read (``shop.repositories.stock.Shard``): what the arithmetic here needs of it."""
+
+    @property
+    def available(self) -> int: ...
+
+
+def units_by_shard(counters: Mapping[int, StockCounter]) -> dict[int, int]:
+    """Each counter's ``available`` by shard number: what the functions here are given."""
+    return {number: counter.available for number, counter in counters.items()}
+
+
+def total_available(available: Mapping[int, int]) -> int:
+    """The SKU's ``available``: the sum of its counters, each as it stands."""
+    return sum(available.values())
+
+
+def _takeable(available: Mapping[int, int]) -> int:
+    """The units a take or a decrease can have: the positive counters' sum (a counter at or below
+    zero gives nothing, and takes nothing from the others)."""
+    return sum(max(units, 0) for units in available.values())
 
 
 def spread(total: int, shards: int) -> list[int]:
@@ -32,7 +56,7 @@ def plan_takes(available: Mapping[int, int], quantity: int, rng: random.Random |
     One shard if any has enough (chosen at random among those, so fallbacks spread too); else the
     fewest shards, fullest first, so the transaction stays small.
     """
-    if quantity < 1 or sum(max(units, 0) for units in available.values()) < quantity:
+    if quantity < 1 or _takeable(available) < quantity:
         return None
     enough = sorted(shard for shard, units in available.items() if units >= quantity)
     if enough:
@@ -76,7 +100,7 @@ def plan_increase(available: Mapping[int, int], delta: int) -> dict[int, int]:
 def plan_decrease(available: Mapping[int, int], delta: int) -> dict[int, int] | None:
     """Per shard, the units to remove so ``delta`` fewer come from the fullest shards first (a decrease
     evens shards out too); None if the sum is short."""
-    if delta < 1 or sum(max(units, 0) for units in available.values()) < delta:
+    if delta < 1 or _takeable(available) < delta:
         return None
     removed: dict[int, int] = {}
     needed = delta
@@ -91,4 +115,4 @@ def plan_decrease(available: Mapping[int, int], delta: int) -> dict[int, int] | 
 def reshard(available: Mapping[int, int], shards: int) -> dict[int, int]:
     """The shards' new values when the SKU's stock moves onto ``shards`` counters: the same total,
     spread evenly over shards ``0 .. shards - 1`` (every other shard is to be removed)."""
-    return dict(enumerate(spread(sum(available.values()), shards)))
+    return dict(enumerate(spread(total_available(available), shards)))

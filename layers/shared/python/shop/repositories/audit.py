@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from shop.config import table_settings
+from shop.domain.stock_shards import total_available, units_by_shard
 from shop.errors import TransientError
 from shop.models.inventory import Reservation
 from shop.models.orders import Order
@@ -76,7 +77,7 @@ def product_stock() -> dict[str, tuple[int, int | None, StockVersions]]:
         counters = shards.get(sku, {})
         versions = tuple(sorted((number, shard.version) for number, shard in counters.items()))
         found[sku] = (
-            sum(shard.available for shard in counters.values()),
+            total_available(units_by_shard(counters)),
             _int(item.get("initial_stock")),
             (int(item.get("version", 0)), versions),
         )

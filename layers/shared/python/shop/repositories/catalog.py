@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from shop.config import table_settings
+from shop.domain.stock_shards import total_available, units_by_shard
 from shop.errors import ProductAlreadyExists, TransientError
 from shop.models.catalog import Product, ProductInfo, StockLedgerEntry
 from shop.models.money import Money
@@ -156,7 +157,7 @@ def get_product(sku: str) -> Product | None:
     info = get_product_info(sku)
     if info is None:
         return None
-    return Product.of(info, sum(shard.available for shard in stock_shards(sku).values()))
+    return Product.of(info, total_available(units_by_shard(stock_shards(sku))))
 
 
 def stock_shards(sku: str) -> dict[int, stock.Shard]:

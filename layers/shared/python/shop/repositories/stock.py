@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shop.config import table_settings
+from shop.domain.stock_shards import total_available
 from shop.errors import TransientError
 from shop.repositories.dynamodb import call
 
@@ -154,7 +155,7 @@ def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, in
     """``available`` of each SKU: the sum of its shards ``0 .. count - 1``, read in BatchGetItem
     requests of up to 100 keys. A SKU without any shard item has 0."""
     keys = [(sku, shard) for sku, count in shard_counts.items() for shard in range(count)]
-    found = dict.fromkeys(shard_counts, 0)
+    units: dict[str, dict[int, int]] = {sku: {} for sku in shard_counts}
     table = table_settings().stock_table
     for start in range(0, len(keys), BATCH_GET_LIMIT):
         pending: dict[str, Any] = {
@@ -168,7 +169,7 @@ def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, in
         for attempt in range(_BATCH_ATTEMPTS):
             response = call("batch_get_item", busy=TransientError, RequestItems=pending)
             for item in response.get("Responses", {}).get(table, []):
-                found[item["sku"]["S"]] += int(item["available"]["N"])
+                units[item["sku"]["S"]][int(item["shard"]["N"])] = int(item["available"]["N"])
             pending = response.get("UnprocessedKeys") or {}
             if not pending:
                 break
@@ -176,7 +177,7 @@ def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, in
             time.sleep(random.uniform(0, 0.05 * 2**attempt))
         if pending:
             raise TransientError("the stock table is busy; retry")
-    return found
+    return {sku: total_available(by_shard) for sku, by_shard in units.items()}
 
 
 def all_shards(items: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, Shard]]:
