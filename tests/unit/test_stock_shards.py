@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from shop.domain import stock_shards
-from shop.models.inventory import ShardTake
+from shop.models.inventory import ShardTake, total_available, units_by_shard
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ def test_a_skus_available_counts_every_counter_but_a_take_only_the_positive_ones
     # A counter below zero lowers the SKU's ``available``, and gives nothing to a take or a decrease.
     counters = {0: Counter(5), 1: Counter(-2), 2: Counter(0)}
 
-    assert stock_shards.units_by_shard(counters) == {0: 5, 1: -2, 2: 0}
-    assert stock_shards.total_available(stock_shards.units_by_shard(counters)) == 3
+    assert units_by_shard(counters) == {0: 5, 1: -2, 2: 0}
+    assert total_available(units_by_shard(counters)) == 3
     assert stock_shards.plan_takes({0: 5, 1: -2}, 5) == [ShardTake(shard=0, quantity=5)]
     assert stock_shards.plan_decrease({0: 5, 1: -2}, 4) == {0: 4}
     assert stock_shards.plan_decrease({0: 5, 1: -2}, 6) is None

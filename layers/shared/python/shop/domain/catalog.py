@@ -28,6 +28,7 @@ from shop.models.catalog import (
     StockLedgerEntry,
     UpdateProductRequest,
 )
+from shop.models.inventory import total_available, units_by_shard
 from shop.pagination import decode_token, encode_token
 from shop.repositories import catalog as repository
 from shop.repositories import search_index, stock
@@ -220,7 +221,7 @@ def _reshard(
     transaction, so the total moved is exactly the total read. Removed counters are deleted.
     """
     counters = repository.stock_shards(sku)
-    target = stock_shards.reshard(stock_shards.units_by_shard(counters), shards)
+    target = stock_shards.reshard(units_by_shard(counters), shards)
     actions: list[dict[str, Any]] = []
     for number, units in target.items():
         existing = counters.get(number)
@@ -261,12 +262,12 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
             raise ProductNotFound(f"no product with SKU {sku}")
         counters = {
             number: units
-            for number, units in stock_shards.units_by_shard(repository.stock_shards(sku)).items()
+            for number, units in units_by_shard(repository.stock_shards(sku)).items()
             if number < info.stock_shards
         }
         if not counters:
             continue  # a reshard is moving the counters: read again (before judging a total of 0)
-        available = stock_shards.total_available(counters)
+        available = total_available(counters)
         resulting = available + request.delta
         if resulting < 0:
             raise StockWouldGoNegative(f"{available} available; a change of {request.delta} would leave {resulting}")

@@ -33,7 +33,14 @@ from shop.errors import (
 )
 from shop.models.base import iso_now
 from shop.models.common import CheckoutLine
-from shop.models.inventory import Reservation, ReservationResult, ShardTake, StoredLine, SweepResult
+from shop.models.inventory import (
+    Reservation,
+    ReservationResult,
+    ShardTake,
+    StoredLine,
+    SweepResult,
+    units_by_shard,
+)
 from shop.observability import logger
 from shop.repositories import inventory as repository
 from shop.repositories import stock
@@ -233,7 +240,7 @@ def _replan(plan: dict[str, list[ShardTake]], wanted: Mapping[str, int], rng: ra
     short = []
     for sku, quantity in wanted.items():
         counters = stock.shards(sku, busy=InventoryContention)
-        takes = stock_shards.plan_takes(stock_shards.units_by_shard(counters), quantity, rng)
+        takes = stock_shards.plan_takes(units_by_shard(counters), quantity, rng)
         if takes is None:
             short.append(sku)
         else:

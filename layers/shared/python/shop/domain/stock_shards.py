@@ -8,26 +8,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Protocol
 
-from shop.models.inventory import ShardTake
-
-
-class StockCounter(Protocol):
-    """A stock counter as read (``shop.repositories.stock.Shard``): what the arithmetic here needs of it."""
-
-    @property
-    def available(self) -> int: ...
-
-
-def units_by_shard(counters: Mapping[int, StockCounter]) -> dict[int, int]:
-    """Each counter's ``available`` by shard number: what the functions here are given."""
-    return {number: counter.available for number, counter in counters.items()}
-
-
-def total_available(available: Mapping[int, int]) -> int:
-    """The SKU's ``available``: the sum of its counters, each as it stands."""
-    return sum(available.values())
+from shop.models.inventory import ShardTake, total_available
 
 
 def _takeable(available: Mapping[int, int]) -> int:

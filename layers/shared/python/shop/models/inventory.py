@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
 
 from pydantic import Field, field_validator, model_validator
 
@@ -136,3 +136,21 @@ class ReservationResult(Record):
 
 class SweepResult(Record):
     released: int
+
+
+# ---------------------------------------------------------------------------- stock counters
+class StockCounter(Protocol):
+    """A stock counter as read (``shop.repositories.stock.Shard``): what the sums below need of it."""
+
+    @property
+    def available(self) -> int: ...
+
+
+def units_by_shard(counters: Mapping[int, StockCounter]) -> dict[int, int]:
+    """Each counter's ``available`` by shard number: what ``shop.domain.stock_shards`` is given."""
+    return {number: counter.available for number, counter in counters.items()}
+
+
+def total_available(available: Mapping[int, int]) -> int:
+    """The SKU's ``available``: the sum of its counters, each as it stands."""
+    return sum(available.values())

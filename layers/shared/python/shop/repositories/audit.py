@@ -15,9 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 from shop.config import table_settings
-from shop.domain.stock_shards import total_available, units_by_shard
 from shop.errors import TransientError
-from shop.models.inventory import Reservation
+from shop.models.inventory import Reservation, total_available, units_by_shard
 from shop.models.orders import Order
 from shop.models.payments import Payment
 from shop.models.reconciliation import ReconciliationReport

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from shop.config import table_settings
-from shop.domain.stock_shards import total_available, units_by_shard
 from shop.errors import ProductAlreadyExists, TransientError
 from shop.models.catalog import Product, ProductInfo, StockLedgerEntry
+from shop.models.inventory import total_available, units_by_shard
 from shop.models.money import Money
 from shop.repositories import stock
 from shop.repositories.dynamodb import (

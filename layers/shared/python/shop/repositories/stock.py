@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shop.config import table_settings
-from shop.domain.stock_shards import total_available
 from shop.errors import TransientError
+from shop.models.inventory import total_available
 from shop.repositories.dynamodb import call
 
 BATCH_GET_LIMIT = 100
