@@ -11,9 +11,17 @@ by polling, so that it measures the shop rather than itself. It prints:
   to the end of its saga;
 - sagas completed per second under load and one shopper at a time;
 - per completed order, counted from what actually ran: state transitions (execution history),
-  Lambda invocations (history + the API call), DynamoDB read and write units (the units
-  DynamoDB reports with ReturnConsumedCapacity on every request the API and the steps made);
+  Lambda invocations (the saga's steps, the event publishers and consumers, + the API call),
+  DynamoDB read and write units (the units DynamoDB reports with ReturnConsumedCapacity on every
+  request the API, the steps and the event functions made), the events put on EventBridge, and
+  the bytes CloudWatch Logs would ingest: the state machine's log (every history event, with
+  its data, as `Logging: ALL` writes it) and the functions' logs (what they write at the
+  deployed level, INFO, metrics included, measured on orders placed one at a time, plus
+  Lambda's START/END/REPORT lines);
 - the AWS cost per million orders for a Standard and an Express workflow, from infra/pricing.json.
+
+The tables' streams are delivered (DynamoDB Local serves them), so an order's events are
+published and consumed as on AWS, and counted with it.
 
 DynamoDB runs in a process of its own, as it is a service of its own on AWS: by default AWS's
 DynamoDB Local (the fidelity tier's engine), whose consumed capacity the cost figures use;
@@ -42,18 +50,22 @@ against DynamoDB's 1,000 WCU/s per partition.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
 import random
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -73,6 +85,91 @@ PARTITION_WRITE_LIMIT = 1_000  # WCU/s per partition, so per item key
 def _lambda_memory_gb() -> float:
     """The memory the template gives the saga's functions (Globals), which Lambda bills GB-seconds on."""
     return float(load_template()["Globals"]["Function"]["MemorySize"]) / 1024
+
+
+# What Lambda itself writes to a function's log for every invocation (its platform lines), and
+# what CloudWatch Logs counts per log event on top of its text.
+_REQUEST_ID = str(uuid.UUID(int=0))
+LAMBDA_PLATFORM_LINES = (
+    f"START RequestId: {_REQUEST_ID} Version: $LATEST",
+    f"END RequestId: {_REQUEST_ID}",
+    f"REPORT RequestId: {_REQUEST_ID}\tDuration: 12.34 ms\tBilled Duration: 13 ms\tMemory Size: 256 MB\t"
+    "Max Memory Used: 96 MB\t",
+)
+LOG_EVENT_OVERHEAD_BYTES = 26
+
+
+class _LogSink(io.TextIOBase):
+    """Counts what is written to it (bytes and lines) and keeps none of it."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lines = 0
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.bytes += len(text.encode())
+            self.lines += text.count("\n")
+        return len(text)
+
+
+@contextmanager
+def _function_logs_counted(sink: _LogSink) -> Iterator[None]:
+    """The functions log at the deployed level (INFO) and flush their metrics (EMF lines, which
+    CloudWatch takes from the log too), into ``sink`` instead of the console."""
+    from shop.observability import logger
+
+    log = logger()
+    handler = cast(Any, log.registered_handler)
+    level = log.log_level
+    metrics_disabled = os.environ.get("POWERTOOLS_METRICS_DISABLED")
+    stdout = sys.stdout
+    stream = handler.setStream(sink)
+    log.setLevel("INFO")
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "false"
+    sys.stdout = sink  # Powertools prints its metric lines
+    try:
+        yield
+    finally:
+        sys.stdout = stdout
+        handler.setStream(stream)
+        log.setLevel(level)
+        if metrics_disabled is None:
+            os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
+        else:
+            os.environ["POWERTOOLS_METRICS_DISABLED"] = metrics_disabled
+
+
+def _drain_events(stack: Any) -> None:
+    """Until nothing is left: every stream record delivered, every event's consumers run."""
+    from infra.local import moto_events
+    from infra.local.streams import deliver_all
+
+    while True:
+        moto_events.wait_for_deliveries(timeout=60)
+        delivered = deliver_all(stack.stream_deliveries)
+        moto_events.wait_for_deliveries(timeout=60)
+        if delivered == 0:
+            return
+
+
+def _log_event_bytes(event: dict[str, Any], execution_arn: str) -> int:
+    """What `Logging: ALL` with execution data writes for one history event: its details (inputs
+    and outputs included) under ``details``, as Step Functions logs them."""
+    details: dict[str, Any] = next((value for key, value in event.items() if key.endswith("EventDetails")), {})
+    record = {
+        "id": str(event["id"]),
+        "type": event["type"],
+        "details": details,
+        "previous_event_id": str(event.get("previousEventId", 0)),
+        "event_timestamp": str(int(event["timestamp"].timestamp() * 1000)),
+        "execution_arn": execution_arn,
+    }
+    return len(json.dumps(record, default=str).encode()) + LOG_EVENT_OVERHEAD_BYTES
 
 
 def _free_port() -> int:
@@ -192,8 +289,9 @@ def _saga_seconds(execution: dict[str, Any]) -> float:
     return (execution["stopDate"] - execution["startDate"]) / 1000  # epoch milliseconds
 
 
-def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int]:
-    transitions = invocations = 0
+def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int, int]:
+    """State transitions, Lambda invocations and the bytes of the state machine's log, of one execution."""
+    transitions = invocations = log_bytes = 0
     for page in stepfunctions.get_paginator("get_execution_history").paginate(executionArn=execution_arn):
         for event in page["events"]:
             kind = event["type"]
@@ -203,7 +301,8 @@ def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int]:
                 kind == "TaskScheduled" and event["taskScheduledEventDetails"]["resourceType"] == "lambda"
             ):
                 invocations += 1
-    return transitions, invocations
+            log_bytes += _log_event_bytes(event, execution_arn)
+    return transitions, invocations, log_bytes
 
 
 @dataclass
@@ -429,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--sequential", type=int, default=20, help="orders placed by one shopper first")
+    parser.add_argument(
+        "--log-sample", type=int, default=10, help="orders placed one at a time with the functions logging at INFO"
+    )
     parser.add_argument("--dynamodb", choices=["dynamodb-local", "moto"], default="dynamodb-local")
     parser.add_argument("--flash-sale", action="store_true", help="run the flash sale instead of the checkout bench")
     parser.add_argument("--buyers", type=int, default=300, help="flash sale: buyers, one unit each")
@@ -466,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=state_dir,
         seed=False,
         dynamodb_endpoint=dynamodb.endpoint,
+        # DynamoDB Local serves the tables' streams too: the events are published and consumed.
+        streams_endpoint=dynamodb.endpoint if args.dynamodb == "dynamodb-local" else None,
         access_log=False,
     )
     try:
@@ -479,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run_flash_sales(stack, args, watcher)
         _create_products(stack.api_url, admin)
         _shop(stack.api_url, customers, 3, 1, watcher)  # warm: modules imported, clients built
+        _drain_events(stack)
 
         # One shopper alone: the baseline, and how long a step's handler runs when it has a core
         # to itself, the figure Lambda's GB-seconds are billed on.
@@ -486,10 +591,28 @@ def main(argv: list[str] | None = None) -> int:
         sequential = _shop(stack.api_url, customers, args.sequential, 1, watcher)
         warm_saga_seconds = statistics.median(_saga_seconds(e) for e in sequential.executions)
         step_seconds = [s for values in lambda_runtime.stats.seconds.values() for s in values]
-        aws.capacity_meter.reset()
+        _drain_events(stack)
 
+        # The functions' logs as deployed, on orders placed one at a time (the console stays quiet).
+        sink = _LogSink()
+        lambda_runtime.stats.reset()
+        with _function_logs_counted(sink):
+            logged = _shop(stack.api_url, customers, args.log_sample, 1, watcher)
+            _drain_events(stack)
+        logged_invocations = sum(len(v) for v in lambda_runtime.stats.seconds.values()) + len(logged.executions)
+        platform_bytes = sum(len(line.encode()) + 1 + LOG_EVENT_OVERHEAD_BYTES for line in LAMBDA_PLATFORM_LINES)
+        function_log_bytes = (
+            sink.bytes + sink.lines * LOG_EVENT_OVERHEAD_BYTES + logged_invocations * platform_bytes
+        ) / len(logged.executions)
+
+        aws.capacity_meter.reset()
+        lambda_runtime.stats.reset()
+        moto_events.published.clear()
         run = _shop(stack.api_url, customers, args.orders, args.concurrency, watcher)
+        _drain_events(stack)  # the order's events are part of its cost
         read_units, write_units = aws.capacity_meter.read_units, aws.capacity_meter.write_units
+        all_invocations = sum(len(v) for v in lambda_runtime.stats.seconds.values())
+        events_published = sum(moto_events.published.values())
         requests_by_operation = dict(aws.capacity_meter.requests)
         requests_by_table = dict(aws.capacity_meter.requests_by_table)
         units_by_table = dict(aws.capacity_meter.units_by_table)
@@ -498,13 +621,19 @@ def main(argv: list[str] | None = None) -> int:
         completed = [e for e in run.executions if e["status"] == "SUCCEEDED"]
         if not completed:
             raise SystemExit("no saga completed")
-        transitions = invocations = 0
+        transitions = invocations = state_machine_log_bytes = 0
         for execution in completed:
-            t, i = _history_counts(stepfunctions, execution["executionArn"])
+            t, i, b = _history_counts(stepfunctions, execution["executionArn"])
             transitions += t
             invocations += i
+            state_machine_log_bytes += b
         per_order_transitions = transitions / len(completed)
-        per_order_invocations = invocations / len(completed) + 1  # + the API's own invocation
+        per_order_saga_invocations = invocations / len(completed)
+        # The rest of what ran: the event publishers and consumers (and a sweeper's tick or two).
+        per_order_event_invocations = max(all_invocations / len(run.executions) - per_order_saga_invocations, 0.0)
+        per_order_invocations = per_order_saga_invocations + per_order_event_invocations + 1  # + the API's own
+        per_order_events = events_published / len(run.executions)
+        per_order_log_bytes = state_machine_log_bytes / len(completed) + function_log_bytes
         per_order_rru = read_units / len(run.executions)
         per_order_wru = write_units / len(run.executions)
         saga_seconds = statistics.median(_saga_seconds(e) for e in completed)
@@ -520,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             + per_order_wru * prices["dynamodb_per_write_request_unit"]
         )
         api_cost = prices["api_gateway_rest_per_request"]
+        events_cost = per_order_events * prices["eventbridge_per_custom_event"]
+        logs_cost = per_order_log_bytes / 1e9 * prices["cloudwatch_logs_per_gb_ingested"]
         standard = per_order_transitions * prices["step_functions_standard_per_state_transition"]
         # Express bills the execution's duration: taken from sagas run one at a time, since under load
         # the emulator's own queueing (not the saga) dominates the wall time.
@@ -532,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             * (prices["step_functions_express_memory_chunk_mb"] / 1024)
             * prices["step_functions_express_per_gb_second"]
         )
-        shared = lambda_cost + dynamodb_cost + api_cost
+        shared = lambda_cost + dynamodb_cost + api_cost + events_cost + logs_cost
         million = 1_000_000
 
         print(f"\nmake bench: {args.orders} checkouts, {args.concurrency} shoppers, DynamoDB: {args.dynamodb}")
@@ -558,11 +689,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("  per completed order:")
         print(f"    state transitions:    {per_order_transitions:.1f}")
-        print(f"    Lambda invocations:   {per_order_invocations:.1f}  (saga steps + API)")
+        print(
+            f"    Lambda invocations:   {per_order_invocations:.1f}  (saga steps {per_order_saga_invocations:.1f}, "
+            f"events {per_order_event_invocations:.1f}, API 1)"
+        )
         print(f"    Lambda step duration: {step_seconds_mean * 1000:.0f} ms mean (warm, measured one order at a time)")
         print(f"    DynamoDB read units:  {per_order_rru:.1f}")
         print(f"    DynamoDB write units: {per_order_wru:.1f}")
         per_order_requests = sum(requests_by_operation.values()) / len(run.executions)
+        print(f"    EventBridge events:   {per_order_events:.1f}  ({', '.join(sorted(moto_events.published))})")
+        print(
+            f"    CloudWatch Logs:      {per_order_log_bytes / 1000:.1f} KB  (state machine "
+            f"{state_machine_log_bytes / len(completed) / 1000:.1f} KB, functions {function_log_bytes / 1000:.1f} KB "
+            f"measured on {len(logged.executions)} orders)"
+        )
         print(f"    DynamoDB requests:    {per_order_requests:.1f}")
         print("      requests  units  (per order: request, table)")
         for request, count in sorted(requests_by_table.items(), key=lambda entry: (-entry[1], entry[0])):
@@ -581,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {label + ' workflow:':22}${total:,.2f}  (Step Functions ${workflow * million:,.2f})")
         print(
             f"    of which Lambda ${lambda_cost * million:,.2f}, DynamoDB ${dynamodb_cost * million:,.2f}, "
-            f"API Gateway ${api_cost * million:,.2f}"
+            f"API Gateway ${api_cost * million:,.2f}, EventBridge ${events_cost * million:,.2f}, "
+            f"CloudWatch Logs ${logs_cost * million:,.2f}"
         )
         return 0
     finally:

@@ -15,7 +15,9 @@ function asynchronously (retried twice on error). This adapter adds exactly that
   minutes. The state's own work still finishes, as a Lambda invoked before the stop does on AWS.
 
 ``wait_for_deliveries`` waits until every Lambda delivery started so far has ended (the service
-tier: an event's consumers have run, retries included).
+tier: an event's consumers have run, retries included). ``published`` counts the custom events
+put on any bus, by detail-type (`make bench`: EventBridge bills each one; events from AWS
+services, ``aws.*`` sources, are free).
 
 In-process observers (``execution_listeners``: `make bench` and `make chaos` waiting for sagas to
 end) get the same ``detail`` when an execution ends, instead of polling the Step Functions API.
@@ -30,11 +32,12 @@ import copy
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from moto.awslambda.models import lambda_backends
-from moto.events.models import Rule, events_backends
+from moto.events.models import EventsBackend, Rule, events_backends
 from moto.stepfunctions.parser.api import ExecutionStatus
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
 from moto.utilities.arns import parse_arn
@@ -46,11 +49,15 @@ ASYNC_ATTEMPTS = 3
 _ORIGINAL_SEND = Rule.send_to_targets
 _ORIGINAL_TERMINATED = BaseExecutionWorkerCommunication.terminated
 _ORIGINAL_STOP = Execution.stop
+_ORIGINAL_PUT_EVENTS = EventsBackend.put_events
 # An execution ends once: by StopExecution or by its worker, whichever comes first.
 _ENDED_ATTRIBUTE = "_shop_status_change_sent"
 _ending = threading.Lock()
 # Called with the status-change ``detail`` of every execution that ends, in the executing thread.
 execution_listeners: list[Callable[[dict[str, Any]], None]] = []
+# Custom events put so far, by detail-type (what EventBridge bills).
+published: Counter[str] = Counter()
+_published_lock = threading.Lock()
 # The asynchronous Lambda deliveries still running (``wait_for_deliveries``).
 _deliveries: set[threading.Thread] = set()
 _deliveries_lock = threading.Lock()
@@ -178,8 +185,16 @@ def _stop(self: Execution, stop_date: Any, error: str | None, cause: str | None)
     _announce_end(self)
 
 
+def _put_events(self: EventsBackend, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    custom = [str(event.get("DetailType")) for event in events if not str(event.get("Source", "")).startswith("aws.")]
+    with _published_lock:
+        published.update(custom)
+    return _ORIGINAL_PUT_EVENTS(self, events)
+
+
 def install() -> None:
-    """Deliver to Lambda targets and emit execution status changes (idempotent)."""
+    """Deliver to Lambda targets, emit execution status changes, count custom events (idempotent)."""
+    EventsBackend.put_events = _put_events  # type: ignore[method-assign]
     Rule.send_to_targets = _send_to_targets  # type: ignore[method-assign,assignment]
     BaseExecutionWorkerCommunication.terminated = _terminated  # type: ignore[method-assign]
     Execution.stop = _stop  # type: ignore[method-assign]

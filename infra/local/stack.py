@@ -117,6 +117,12 @@ def _dynamodb_client(endpoint: str) -> Any:
     return boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
 
 
+def _streams_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("dynamodbstreams", endpoint_url=endpoint, region_name=REGION)
+
+
 def _seed_catalog() -> int:
     from shop.domain import catalog
     from shop.models.catalog import CreateProductRequest
@@ -170,6 +176,8 @@ class LocalStack:
     tokens_path: Path
     seeded: int
     deployed: Any
+    # The table streams' deliveries to their functions (empty when the streams are not delivered).
+    stream_deliveries: list[Any] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
@@ -197,13 +205,16 @@ def start_stack(
     seed: bool = True,
     parameters: dict[str, str] | None = None,
     dynamodb_endpoint: str | None = None,
+    streams_endpoint: str | None = None,
     access_log: bool = True,
     api: bool = True,
 ) -> LocalStack:
     """Start the emulator, deploy the template, seed, start the scheduler and the API.
 
     ``dynamodb_endpoint`` puts the tables on another DynamoDB (e.g. DynamoDB Local) while
-    Lambda and Step Functions stay in the emulator.
+    Lambda and Step Functions stay in the emulator; their streams are delivered only with
+    ``streams_endpoint``, the DynamoDB Streams API that serves them (DynamoDB Local answers both
+    APIs at one address).
     """
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -250,13 +261,17 @@ def start_stack(
         scheduler.start()
         cleanups.append(stop.set)
 
-        # The streams of tables kept elsewhere (DynamoDB Local, moto's own process: `make bench`,
-        # `make chaos`) are not delivered: those runs measure the saga, not the events.
-        if not dynamodb_endpoint and deployed.stream_mappings:
+        # The streams of tables kept in moto's own process (`make chaos`) are not delivered: that
+        # run checks the saga's books, not the events. `make bench` delivers DynamoDB Local's, so
+        # that the events' cost is measured with the order's.
+        stream_deliveries: list[Any] = []
+        if deployed.stream_mappings and (not dynamodb_endpoint or streams_endpoint):
             from infra.local.streams import StreamPoller, deliveries
 
+            streams = _streams_client(streams_endpoint) if streams_endpoint else aws.client("dynamodbstreams")
+            stream_deliveries = deliveries(deployed.stream_mappings, streams, aws.client("lambda"))
             poller = StreamPoller(
-                deliveries(deployed.stream_mappings, aws.client("dynamodbstreams"), aws.client("lambda")),
+                stream_deliveries,
                 on_error=lambda error: print(f"stream delivery failed: {error}", file=sys.stderr),
             )
             poller.start()
@@ -279,6 +294,7 @@ def start_stack(
         tokens_path=tokens_path,
         seeded=seeded,
         deployed=deployed,
+        stream_deliveries=stream_deliveries,
         _stop=stop,
         _cleanups=cleanups,
     )

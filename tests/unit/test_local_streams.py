@@ -127,3 +127,33 @@ def test_a_failed_read_resumes_after_the_last_record_read() -> None:
     assert delivery.deliver_pending() == 2
 
     assert functions.batches[-1] == ["4", "5"]
+
+
+def test_an_empty_map_reaches_the_function_as_aws_writes_it() -> None:
+    # DynamoDB Local's stream writes {"M": {}} as {}, which no deserializer accepts: the order
+    # publisher failed every record in `make bench` until the poller wrote it as AWS does.
+    delivery, streams, functions = _delivery(1)
+    streams.records[0]["dynamodb"] |= {
+        "Keys": {"order_id": {"S": "o-1"}},
+        "NewImage": {
+            "order_id": {"S": "o-1"},
+            "stock_shards": {},
+            "lines": {"L": [{"M": {"sku": {"S": "A"}, "limits": {}}}]},
+            "nested": {"M": {"inner": {}}},
+        },
+    }
+    delivered: list[dict[str, Any]] = []
+    original = functions.invoke
+
+    def invoke(**request: Any) -> dict[str, Any]:
+        delivered.extend(json.loads(request["Payload"])["Records"])
+        return original(**request)
+
+    functions.invoke = invoke  # type: ignore[method-assign]
+    delivery.deliver_pending()
+
+    image = delivered[0]["dynamodb"]["NewImage"]
+    assert image["stock_shards"] == {"M": {}}
+    assert image["lines"] == {"L": [{"M": {"sku": {"S": "A"}, "limits": {"M": {}}}}]}
+    assert image["nested"] == {"M": {"inner": {"M": {}}}}
+    assert image["order_id"] == {"S": "o-1"}
