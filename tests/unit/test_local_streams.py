@@ -26,7 +26,9 @@ class FakeStreams:
     """One shard; iterators are positions, each usable once (as moto_dynamodb makes them)."""
 
     def __init__(self, count: int) -> None:
-        self.records = [{"eventID": str(n), "dynamodb": {"SequenceNumber": str(100 + n)}} for n in range(count)]
+        self.records: list[dict[str, Any]] = [
+            {"eventID": str(n), "dynamodb": {"SequenceNumber": str(100 + n)}} for n in range(count)
+        ]
         self.live: dict[str, int] = {}
         self.fail_next_read = False
 
