@@ -14,8 +14,9 @@ by polling, so that it measures the shop rather than itself. It prints:
   Lambda invocations (the saga's steps, the event publishers and consumers, + the API call),
   DynamoDB read and write units (the units DynamoDB reports with ReturnConsumedCapacity on every
   request the API, the steps and the event functions made), the events put on EventBridge, and
-  the bytes CloudWatch Logs would ingest: the state machine's log (every history event, with
-  its data, as `Logging: ALL` writes it) and the functions' logs (what they write at the
+  the bytes CloudWatch Logs would ingest: the state machine's log (the history events its
+  `Logging` level writes, with their data: the template's ``StateMachineLogLevel``, or
+  ``--state-machine-log-level``) and the functions' logs (what they write at the
   deployed level, INFO, metrics included, measured on orders placed one at a time, plus
   Lambda's START/END/REPORT lines);
 - the AWS cost per million orders for a Standard and an Express workflow, from infra/pricing.json.
@@ -289,9 +290,25 @@ def _saga_seconds(execution: dict[str, Any]) -> float:
     return (execution["stopDate"] - execution["startDate"]) / 1000  # epoch milliseconds
 
 
-def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int, int]:
-    """State transitions, Lambda invocations and the bytes of the state machine's log, of one execution."""
-    transitions = invocations = log_bytes = 0
+# The history events each `Logging` level writes (Step Functions: ERROR adds the error events to
+# FATAL's failed, timed-out and aborted executions; ALL writes every event).
+LOG_LEVELS = ("ALL", "ERROR", "FATAL", "OFF")
+_FATAL_EVENTS = frozenset({"ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted"})
+
+
+def _logged_at(level: str, event_type: str) -> bool:
+    if level == "ALL":
+        return True
+    if level == "ERROR":
+        return event_type.endswith(("Failed", "TimedOut", "Aborted"))
+    return level == "FATAL" and event_type in _FATAL_EVENTS
+
+
+def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int, Counter[str]]:
+    """State transitions, Lambda invocations and the bytes of the state machine's log at each
+    level, of one execution."""
+    transitions = invocations = 0
+    log_bytes: Counter[str] = Counter()
     for page in stepfunctions.get_paginator("get_execution_history").paginate(executionArn=execution_arn):
         for event in page["events"]:
             kind = event["type"]
@@ -301,7 +318,8 @@ def _history_counts(stepfunctions: Any, execution_arn: str) -> tuple[int, int, i
                 kind == "TaskScheduled" and event["taskScheduledEventDetails"]["resourceType"] == "lambda"
             ):
                 invocations += 1
-            log_bytes += _log_event_bytes(event, execution_arn)
+            size = _log_event_bytes(event, execution_arn)
+            log_bytes.update({level: size for level in LOG_LEVELS if _logged_at(level, kind)})
     return transitions, invocations, log_bytes
 
 
@@ -529,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--sequential", type=int, default=20, help="orders placed by one shopper first")
     parser.add_argument(
+        "--state-machine-log-level",
+        choices=LOG_LEVELS,
+        default=load_template()["Parameters"]["StateMachineLogLevel"]["Default"],
+        help="the sagas' Logging level to price (default: the template's)",
+    )
+    parser.add_argument(
         "--log-sample", type=int, default=10, help="orders placed one at a time with the functions logging at INFO"
     )
     parser.add_argument("--dynamodb", choices=["dynamodb-local", "moto"], default="dynamodb-local")
@@ -621,12 +645,14 @@ def main(argv: list[str] | None = None) -> int:
         completed = [e for e in run.executions if e["status"] == "SUCCEEDED"]
         if not completed:
             raise SystemExit("no saga completed")
-        transitions = invocations = state_machine_log_bytes = 0
+        transitions = invocations = 0
+        log_bytes_by_level: Counter[str] = Counter()
         for execution in completed:
             t, i, b = _history_counts(stepfunctions, execution["executionArn"])
             transitions += t
             invocations += i
-            state_machine_log_bytes += b
+            log_bytes_by_level.update(b)
+        state_machine_log_bytes = log_bytes_by_level[args.state_machine_log_level]
         per_order_transitions = transitions / len(completed)
         per_order_saga_invocations = invocations / len(completed)
         # The rest of what ran: the event publishers and consumers (and a sweeper's tick or two).
@@ -699,9 +725,10 @@ def main(argv: list[str] | None = None) -> int:
         per_order_requests = sum(requests_by_operation.values()) / len(run.executions)
         print(f"    EventBridge events:   {per_order_events:.1f}  ({', '.join(sorted(moto_events.published))})")
         print(
-            f"    CloudWatch Logs:      {per_order_log_bytes / 1000:.1f} KB  (state machine "
-            f"{state_machine_log_bytes / len(completed) / 1000:.1f} KB, functions {function_log_bytes / 1000:.1f} KB "
-            f"measured on {len(logged.executions)} orders)"
+            f"    CloudWatch Logs:      {per_order_log_bytes / 1000:.1f} KB  (state machine at "
+            f"{args.state_machine_log_level} {state_machine_log_bytes / len(completed) / 1000:.1f} KB, functions "
+            f"{function_log_bytes / 1000:.1f} KB measured on {len(logged.executions)} orders; the state machine "
+            f"at ALL: {log_bytes_by_level['ALL'] / len(completed) / 1000:.1f} KB)"
         )
         print(f"    DynamoDB requests:    {per_order_requests:.1f}")
         print("      requests  units  (per order: request, table)")
