@@ -272,7 +272,9 @@ def start_stack(
             stream_deliveries = deliveries(deployed.stream_mappings, streams, aws.client("lambda"))
             poller = StreamPoller(
                 stream_deliveries,
-                on_error=lambda error: print(f"stream delivery failed: {error}", file=sys.stderr),
+                on_error=lambda mapping, error: print(
+                    f"stream delivery to {mapping.function_name} failed: {error}", file=sys.stderr
+                ),
             )
             poller.start()
             cleanups.append(poller.stop)

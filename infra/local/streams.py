@@ -171,7 +171,7 @@ def deliver_all(pollers: list[StreamDelivery]) -> int:
 class StreamPoller:
     """A thread that keeps every mapping delivered until ``stop()``."""
 
-    def __init__(self, pollers: list[StreamDelivery], on_error: Callable[[Exception], None]) -> None:
+    def __init__(self, pollers: list[StreamDelivery], on_error: Callable[[StreamMapping, Exception], None]) -> None:
         self._pollers = pollers
         self._on_error = on_error
         self._stop = threading.Event()
@@ -190,4 +190,4 @@ class StreamPoller:
                 try:
                     poller.deliver_pending()
                 except Exception as error:  # noqa: BLE001 - the emulator stopping, a read that failed: next tick
-                    self._on_error(error)
+                    self._on_error(poller.mapping, error)
