@@ -190,7 +190,7 @@ class DynamoSimulatorStore:
 
     def record_capture(self, result: SimulatedResult) -> SimulatedResult:
         # One capture per authorization, at most its amount; the remainder is released.
-        old = self._move(
+        refused = self._apply(
             result,
             "capture",
             "SET #entry = :entry, #status = :captured, captured_amount = :amount, refundable_amount = :amount, "
@@ -198,34 +198,28 @@ class DynamoSimulatorStore:
             "#status = :authorized AND amount >= :amount",
             {":captured": "CAPTURED", ":authorized": "AUTHORIZED", ":amount": result.amount},
         )
-        if old is None:
-            return result
-        authorization = self._refusing(old, result)
-        if isinstance(authorization, SimulatedResult):
-            return authorization
-        if authorization.status != "AUTHORIZED":
-            raise PaymentStateConflict(f"authorization is {authorization.status}; cannot capture")
-        raise CaptureExceedsAuthorization(f"capture of {result.amount} exceeds the authorized {authorization.amount}")
+        if isinstance(refused, SimulatedResult):
+            return refused  # applied, or applied before: the key's result
+        if refused.status != "AUTHORIZED":
+            raise PaymentStateConflict(f"authorization is {refused.status}; cannot capture")
+        raise CaptureExceedsAuthorization(f"capture of {result.amount} exceeds the authorized {refused.amount}")
 
     def record_void(self, result: SimulatedResult) -> SimulatedResult:
-        old = self._move(
+        refused = self._apply(
             result,
             "void",
             "SET #entry = :entry, #status = :voided, updated_at = :now",
             "#status = :authorized",
             {":voided": "VOIDED", ":authorized": "AUTHORIZED"},
         )
-        if old is None:
-            return result
-        authorization = self._refusing(old, result)
-        if isinstance(authorization, SimulatedResult):
-            return authorization
-        raise PaymentStateConflict(f"authorization is {authorization.status}; cannot void")
+        if isinstance(refused, SimulatedResult):
+            return refused  # applied, or applied before: the key's result
+        raise PaymentStateConflict(f"authorization is {refused.status}; cannot void")
 
     def record_refund(self, result: SimulatedResult) -> SimulatedResult:
         # ``refundable_amount`` counts down, so refunds <= capture needs no arithmetic in the condition;
         # the key's own entry refuses a repeat.
-        old = self._move(
+        refused = self._apply(
             result,
             "refund",
             "SET #entry.#key = :entry, refundable_amount = refundable_amount - :amount, "
@@ -233,15 +227,12 @@ class DynamoSimulatorStore:
             "#status = :captured AND refundable_amount >= :amount AND attribute_not_exists(#entry.#key)",
             {":captured": "CAPTURED", ":amount": result.amount},
         )
-        if old is None:
-            return result
-        authorization = self._refusing(old, result)
-        if isinstance(authorization, SimulatedResult):
-            return authorization
-        if authorization.status != "CAPTURED":
-            raise PaymentStateConflict(f"authorization is {authorization.status}; cannot refund")
+        if isinstance(refused, SimulatedResult):
+            return refused  # applied, or applied before: the key's result
+        if refused.status != "CAPTURED":
+            raise PaymentStateConflict(f"authorization is {refused.status}; cannot refund")
         raise RefundExceedsCapture(
-            f"refund of {result.amount} exceeds the {authorization.refundable_amount} still refundable"
+            f"refund of {result.amount} exceeds the {refused.refundable_amount} still refundable"
         )
 
     def ledger(self, authorization_ref: str) -> SimulatorLedger | None:
@@ -307,6 +298,18 @@ class DynamoSimulatorStore:
                 raise PaymentStateConflict(f"idempotency key {idempotency_key!r} collides with another") from None
             return old
         return None
+
+    def _apply(
+        self,
+        result: SimulatedResult,
+        kind: _EntryKind,
+        expression: str,
+        condition: str,
+        values: dict[str, Any],
+    ) -> SimulatedResult | LedgerAuthorization:
+        """The key's result (applied now, or replayed from before), or the authorization that refused it."""
+        old = self._move(result, kind, expression, condition, values)
+        return result if old is None else self._refusing(old, result)
 
     def _move(
         self,
