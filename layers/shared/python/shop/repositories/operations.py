@@ -190,7 +190,7 @@ class DynamoSimulatorStore:
 
     def record_capture(self, result: SimulatedResult) -> SimulatedResult:
         # One capture per authorization, at most its amount; the remainder is released.
-        refused = self._apply(
+        refused = self._move(
             result,
             "capture",
             "SET #entry = :entry, #status = :captured, captured_amount = :amount, refundable_amount = :amount, "
@@ -205,7 +205,7 @@ class DynamoSimulatorStore:
         raise CaptureExceedsAuthorization(f"capture of {result.amount} exceeds the authorized {refused.amount}")
 
     def record_void(self, result: SimulatedResult) -> SimulatedResult:
-        refused = self._apply(
+        refused = self._move(
             result,
             "void",
             "SET #entry = :entry, #status = :voided, updated_at = :now",
@@ -219,7 +219,7 @@ class DynamoSimulatorStore:
     def record_refund(self, result: SimulatedResult) -> SimulatedResult:
         # ``refundable_amount`` counts down, so refunds <= capture needs no arithmetic in the condition;
         # the key's own entry refuses a repeat.
-        refused = self._apply(
+        refused = self._move(
             result,
             "refund",
             "SET #entry.#key = :entry, refundable_amount = refundable_amount - :amount, "
@@ -299,18 +299,6 @@ class DynamoSimulatorStore:
             return old
         return None
 
-    def _apply(
-        self,
-        result: SimulatedResult,
-        kind: _EntryKind,
-        expression: str,
-        condition: str,
-        values: dict[str, Any],
-    ) -> SimulatedResult | LedgerAuthorization:
-        """The key's result (applied now, or replayed from before), or the authorization that refused it."""
-        old = self._move(result, kind, expression, condition, values)
-        return result if old is None else self._refusing(old, result)
-
     def _move(
         self,
         result: SimulatedResult,
@@ -318,9 +306,10 @@ class DynamoSimulatorStore:
         expression: str,
         condition: str,
         values: dict[str, Any],
-    ) -> dict[str, Any] | None:
+    ) -> SimulatedResult | LedgerAuthorization:
         """Bind the key to this operation on this authorization, then apply the ledger change with
-        the key's entry: None if applied, else the authorization's item as it was ({} if none)."""
+        the key's entry. The key's result (applied now, or replayed from before), or the
+        authorization that refused it."""
         authorization_ref = str(result.authorization_ref)
         digest = digest_of(authorization_ref)
         if digest is None:
@@ -362,8 +351,8 @@ class DynamoSimulatorStore:
         except ClientError as error:
             if not is_condition_failure(error):
                 raise
-            return unmarshal_plain(error.response.get("Item") or {})
-        return None
+            return self._refusing(unmarshal_plain(error.response.get("Item") or {}), result)
+        return result
 
     def _refusing(self, old: dict[str, Any], result: SimulatedResult) -> SimulatedResult | LedgerAuthorization:
         """Why the authorization refused ``result``: the key's own first result (a replay), or the
