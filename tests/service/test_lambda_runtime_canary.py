@@ -163,7 +163,6 @@ def test_moto_still_parses_and_invokes_where_the_step_functions_caches_hook_in()
 
 
 def test_moto_still_has_the_event_hooks_the_eventbridge_adapter_extends() -> None:
-    from moto.events.models import EventsBackend
     from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
     from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
@@ -174,7 +173,8 @@ def test_moto_still_has_the_event_hooks_the_eventbridge_adapter_extends() -> Non
         "original_event",
         "transform_input",
     ]
-    assert "send_to_targets(" in inspect.getsource(EventsBackend.put_events)
+    assert "send_to_targets(" in inspect.getsource(moto_events._ORIGINAL_PUT_EVENTS)
+    assert list(inspect.signature(moto_events._ORIGINAL_PUT_EVENTS).parameters) == ["self", "events"]
     assert "_reflect_execution_status" in inspect.getsource(moto_events._ORIGINAL_TERMINATED)
     assert ".terminated()" in inspect.getsource(ExecutionWorker), "moto no longer reports an execution's end"
     assert BaseExecutionWorkerCommunication.__name__ == "BaseExecutionWorkerCommunication"

@@ -46,8 +46,10 @@ def test_template_wires_the_definition_and_tracing(logical_id: str) -> None:
     # One parameter chooses both machines' workflow type; the ASL is the same for both.
     assert properties["Type"] == {"Ref": "WorkflowType"}
     assert load_template()["Parameters"]["WorkflowType"]["AllowedValues"] == ["STANDARD", "EXPRESS"]
-    # Logged in full whatever the type: an Express workflow has no execution history otherwise.
-    assert properties["Logging"]["Level"] == "ALL" and properties["Logging"]["IncludeExecutionData"] is True
+    # Logged whatever the type (an Express workflow has no execution history otherwise), at the
+    # level the stack chooses: its failures by default, every step with ALL.
+    assert properties["Logging"]["Level"] == {"Ref": "StateMachineLogLevel"}
+    assert properties["Logging"]["IncludeExecutionData"] is True
     # The other statements are the log delivery the state machine's logging needs (not Lambda).
     invoked = {
         policy["LambdaInvokePolicy"]["FunctionName"]["Ref"]
