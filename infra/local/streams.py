@@ -64,6 +64,11 @@ def _images_as_aws_writes_them(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "dynamodb": change}
 
 
+def _error_code(error: Exception) -> str | None:
+    response = getattr(error, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
 def _wire(value: Any) -> Any:
     """A record as Lambda passes it: JSON, with DynamoDB's epoch seconds for the creation time."""
     if isinstance(value, datetime):
@@ -87,7 +92,7 @@ class StreamDelivery:
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _read(self, limit: int) -> list[dict[str, Any]]:
+    def _read(self, limit: int, *, again: bool = False) -> list[dict[str, Any]]:
         if self._iterator is None:
             shards = self.streams.describe_stream(StreamArn=self.mapping.stream_arn)["StreamDescription"]["Shards"]
             if not shards:
@@ -102,8 +107,12 @@ class StreamDelivery:
             )["ShardIterator"]
         try:
             page = self.streams.get_records(ShardIterator=self._iterator, Limit=limit)
-        except Exception:
+        except Exception as error:
             self._iterator = None  # an iterator is used once: the next read starts after the last record read
+            if self._last_read is None and not again and _error_code(error) == "TrimmedDataAccessException":
+                # DynamoDB Local refuses the first iterator it handed out once its stream has records;
+                # nothing was read yet, so starting at the trim horizon again skips nothing.
+                return self._read(limit, again=True)
             raise
         self._iterator = page.get("NextShardIterator")
         records = [

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from infra.local.streams import DUPLICATE_DELIVERY_TAG, StreamDelivery, StreamMapping
 
@@ -31,6 +32,7 @@ class FakeStreams:
         ]
         self.live: dict[str, int] = {}
         self.fail_next_read = False
+        self.trim_next_read = False
 
     def _iterator(self, position: int) -> str:
         name = f"it-{len(self.live)}-{position}"
@@ -51,6 +53,9 @@ class FakeStreams:
         if self.fail_next_read:
             self.fail_next_read = False
             raise ConnectionError("the emulator went away")
+        if self.trim_next_read:
+            self.trim_next_read = False
+            raise ClientError({"Error": {"Code": "TrimmedDataAccessException", "Message": "trimmed"}}, "GetRecords")
         page = self.records[position : position + request["Limit"]]
         return {"Records": page, "NextShardIterator": self._iterator(position + len(page))}
 
@@ -159,3 +164,25 @@ def test_an_empty_map_reaches_the_function_as_aws_writes_it() -> None:
     assert image["lines"] == {"L": [{"M": {"sku": {"S": "A"}, "limits": {"M": {}}}}]}
     assert image["nested"] == {"M": {"inner": {"M": {}}}}
     assert image["order_id"] == {"S": "o-1"}
+
+
+def test_a_first_iterator_refused_as_trimmed_starts_again_at_the_trim_horizon() -> None:
+    # DynamoDB Local refuses the first iterator once its stream has records (`make bench` printed it
+    # for every stream); nothing was read, so a fresh TRIM_HORIZON iterator skips nothing.
+    delivery, streams, functions = _delivery(3)
+    streams.trim_next_read = True
+
+    assert delivery.deliver_pending() == 3
+    assert functions.batches == [["0", "1"], ["2"]]
+
+
+def test_a_later_trimmed_read_is_an_error_for_the_poller_to_report() -> None:
+    delivery, streams, functions = _delivery(3)
+    assert delivery.deliver_pending() == 3
+    streams.records.append({"eventID": "3", "dynamodb": {"SequenceNumber": "103"}})
+    streams.trim_next_read = True
+
+    with pytest.raises(ClientError):
+        delivery.deliver_pending()
+    assert delivery.deliver_pending() == 1
+    assert functions.batches[-1] == ["3"]
