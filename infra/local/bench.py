@@ -18,7 +18,8 @@ by polling, so that it measures the shop rather than itself. It prints:
   `Logging` level writes, with their data: the template's ``StateMachineLogLevel``, or
   ``--state-machine-log-level``) and the functions' logs (what they write at the
   deployed level, INFO, metrics included, measured on orders placed one at a time, plus
-  Lambda's START/END/REPORT lines);
+  Lambda's own start and report lines unless the template's ``FunctionSystemLogLevel`` (or
+  ``--function-system-log-level``) is WARN, which drops them);
 - the AWS cost per million orders for a Standard and an Express workflow, from infra/pricing.json.
 
 The tables' streams are delivered (DynamoDB Local serves them), so an order's events are
@@ -88,15 +89,33 @@ def _lambda_memory_gb() -> float:
     return float(load_template()["Globals"]["Function"]["MemorySize"]) / 1024
 
 
-# What Lambda itself writes to a function's log for every invocation (its platform lines), and
-# what CloudWatch Logs counts per log event on top of its text.
+# What Lambda itself writes to a function's log for every invocation in the JSON log format the
+# template sets (LoggingConfig; the Telemetry API's records), all at INFO: kept when the template's
+# FunctionSystemLogLevel is INFO or DEBUG, dropped at WARN. And what CloudWatch Logs counts per log
+# event on top of its text.
 _REQUEST_ID = str(uuid.UUID(int=0))
+_AT = "2026-11-30T12:00:00.000Z"
+_TRACE_HEADER = f"Root=1-{'0' * 8}-{'0' * 24};Parent={'0' * 16};Sampled=1"
 LAMBDA_PLATFORM_LINES = (
-    f"START RequestId: {_REQUEST_ID} Version: $LATEST",
-    f"END RequestId: {_REQUEST_ID}",
-    f"REPORT RequestId: {_REQUEST_ID}\tDuration: 12.34 ms\tBilled Duration: 13 ms\tMemory Size: 256 MB\t"
-    "Max Memory Used: 96 MB\t",
+    json.dumps(
+        {"time": _AT, "type": "platform.start", "record": {"requestId": _REQUEST_ID, "version": "$LATEST"}},
+        separators=(",", ":"),
+    ),
+    json.dumps(
+        {
+            "time": _AT,
+            "type": "platform.report",
+            "record": {
+                "requestId": _REQUEST_ID,
+                "metrics": {"durationMs": 12.345, "billedDurationMs": 13, "memorySizeMB": 256, "maxMemoryUsedMB": 96},
+                "tracing": {"spanId": "0" * 16, "type": "X-Amzn-Trace-Id", "value": _TRACE_HEADER},
+                "status": "success",
+            },
+        },
+        separators=(",", ":"),
+    ),
 )
+SYSTEM_LOG_LEVELS = ("DEBUG", "INFO", "WARN")
 LOG_EVENT_OVERHEAD_BYTES = 26
 
 
@@ -553,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the sagas' Logging level to price (default: the template's)",
     )
     parser.add_argument(
+        "--function-system-log-level",
+        choices=SYSTEM_LOG_LEVELS,
+        default=load_template()["Parameters"]["FunctionSystemLogLevel"]["Default"],
+        help="the level of Lambda's own log lines to price (default: the template's)",
+    )
+    parser.add_argument(
         "--log-sample", type=int, default=10, help="orders placed one at a time with the functions logging at INFO"
     )
     parser.add_argument("--dynamodb", choices=["dynamodb-local", "moto"], default="dynamodb-local")
@@ -625,9 +650,10 @@ def main(argv: list[str] | None = None) -> int:
             _drain_events(stack)
         logged_invocations = sum(len(v) for v in lambda_runtime.stats.seconds.values()) + len(logged.executions)
         platform_bytes = sum(len(line.encode()) + 1 + LOG_EVENT_OVERHEAD_BYTES for line in LAMBDA_PLATFORM_LINES)
-        function_log_bytes = (
-            sink.bytes + sink.lines * LOG_EVENT_OVERHEAD_BYTES + logged_invocations * platform_bytes
-        ) / len(logged.executions)
+        platform_log_bytes = logged_invocations * platform_bytes / len(logged.executions)
+        application_log_bytes = (sink.bytes + sink.lines * LOG_EVENT_OVERHEAD_BYTES) / len(logged.executions)
+        kept_platform_log_bytes = platform_log_bytes if args.function_system_log_level != "WARN" else 0.0
+        function_log_bytes = application_log_bytes + kept_platform_log_bytes
 
         aws.capacity_meter.reset()
         lambda_runtime.stats.reset()
@@ -727,8 +753,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"    CloudWatch Logs:      {per_order_log_bytes / 1000:.1f} KB  (state machine at "
             f"{args.state_machine_log_level} {state_machine_log_bytes / len(completed) / 1000:.1f} KB, functions "
-            f"{function_log_bytes / 1000:.1f} KB measured on {len(logged.executions)} orders; the state machine "
-            f"at ALL: {log_bytes_by_level['ALL'] / len(completed) / 1000:.1f} KB)"
+            f"{application_log_bytes / 1000:.1f} KB measured on {len(logged.executions)} orders + Lambda's lines at "
+            f"{args.function_system_log_level} {kept_platform_log_bytes / 1000:.1f} KB; the state machine at ALL "
+            f"{log_bytes_by_level['ALL'] / len(completed) / 1000:.1f} KB, Lambda's lines at INFO "
+            f"{platform_log_bytes / 1000:.1f} KB)"
         )
         print(f"    DynamoDB requests:    {per_order_requests:.1f}")
         print("      requests  units  (per order: request, table)")

@@ -191,6 +191,25 @@ def test_every_function_logs_to_a_group_with_retention(transformed: dict[str, An
     assert transformed["Parameters"]["LogRetentionInDays"]["Default"] == 30
 
 
+def test_every_function_filters_lambdas_own_lines_but_keeps_its_metrics(transformed: dict[str, Any]) -> None:
+    # Lambda's START/END/REPORT lines are INFO: WARN drops them by default (half the log bytes).
+    assert transformed["Parameters"]["FunctionSystemLogLevel"]["Default"] == "WARN"
+    functions = _of_type(transformed, "AWS::Lambda::Function")
+    assert len(functions) >= 20
+    for name, function in functions.items():
+        properties = function["Properties"]
+        logging = properties["LoggingConfig"]
+        # Level filtering needs JSON; an EMF metric line has no level and counts as INFO, so the
+        # application level must stay INFO or every metric is dropped with the info lines.
+        assert logging == {
+            "LogFormat": "JSON",
+            "ApplicationLogLevel": "INFO",
+            "SystemLogLevel": {"Ref": "FunctionSystemLogLevel"},
+        }, name
+        # Powertools warns when its level is below Lambda's: the two agree.
+        assert properties["Environment"]["Variables"]["POWERTOOLS_LOG_LEVEL"] == logging["ApplicationLogLevel"], name
+
+
 def test_both_state_machines_log_their_executions(transformed: dict[str, Any]) -> None:
     # The failures by default (every step of every order is ALL's cost, about $18 a million orders).
     assert transformed["Parameters"]["StateMachineLogLevel"]["Default"] == "ERROR"
