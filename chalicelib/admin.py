@@ -1,5 +1,6 @@
 """Operator routes: every customer's orders (filtered), the sagas' dead letters (list, redrive), the stock
-levels and discrepancy letters, the payment circuit breaker and the last reconciliation report."""
+levels and discrepancy letters, the stream records the event publishers set aside, the payment circuit
+breaker and the last reconciliation report."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from shop.errors import ReconciliationReportNotFound
 from shop.models.base import Record, StrictModel
 from shop.models.catalog import StockLevelPage
 from shop.models.common import OrderId
+from shop.models.events import UnreadableRecordPage
 from shop.models.orders import DeadLetter, DeadLetterPage, OrderFilter, OrderPage
 from shop.models.payments import CircuitBreakerStatus
 from shop.models.reconciliation import ReconciliationReport, StockDiscrepancyPage
@@ -130,6 +132,26 @@ def redrive_dead_letter(order_id: str, principal: Principal) -> Response:
 )
 def list_stock_discrepancies(query: LetterPageQuery, principal: Principal) -> Response:
     return http.json_response(operations.list_stock_discrepancies(limit=query.limit, next_token=query.next_token))
+
+
+@http.route(
+    admin,
+    "/admin/unreadable-records",
+    "GET",
+    summary="List the stream records the event publishers set aside (admin)",
+    description=(
+        "Table stream records a publisher could not read (its images or keys are not what it reads), kept whole "
+        "so that the records behind them were published. Every quarter of an hour each OPEN one is read again; "
+        "once a fixed publisher is deployed it is published, late, with the event id and time it always had, "
+        "and becomes PUBLISHED. Nothing to redrive by hand."
+    ),
+    auth="admin",
+    query=LetterPageQuery,
+    responses={200: UnreadableRecordPage},
+    tags=_TAGS,
+)
+def list_unreadable_records(query: LetterPageQuery, principal: Principal) -> Response:
+    return http.json_response(operations.list_unreadable_records(limit=query.limit, next_token=query.next_token))
 
 
 @http.route(

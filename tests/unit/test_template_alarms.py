@@ -100,6 +100,16 @@ def test_each_custom_signal_has_an_alarm_of_its_own(alarms: dict[str, dict[str, 
     assert any({m.name for m in metrics} == {metric} for metrics in watching.values()), watching
 
 
+def test_unreadable_stream_records_alarm_when_set_aside_and_while_any_waits(alarms: dict[str, dict[str, Any]]) -> None:
+    # The count of records set aside fires at once; the level the republisher publishes keeps the
+    # alarm raised until a fixed publisher has read every one (a count alone would clear itself).
+    (metrics,) = alarms_watching(alarms, "Shop", "UnreadableStreamRecordsOpen").values()
+    assert {(m.name, m.dimension("service")) for m in metrics} == {
+        ("UnreadableStreamRecords", "events"),
+        ("UnreadableStreamRecordsOpen", "events"),
+    }
+
+
 def test_the_checkout_failure_rate_is_the_shops_failures_over_every_finished_checkout(
     alarms: dict[str, dict[str, Any]],
 ) -> None:

@@ -17,13 +17,25 @@ consumer never sees an order's events out of order.
 StockLow comes from the stock table's stream (keys only): each record names a SKU whose counter
 moved; its current total is judged against the low-stock threshold (the one the operators'
 console flags by), and a fall is announced once (``event_records.claim_fall``).
+
+A record is read (its images or keys into what it announces: pure), then acted on (the bus, the
+markers: AWS calls). A failure to act is retried: the bus or a table is busy, or misconfigured,
+and the same record succeeds once it is not. A failure to read cannot succeed on a retry: the
+record, or the code reading it, is wrong, and retrying it would hold up every record behind it in
+the shard until it expires (24 h), then lose them all. Such a record is set aside instead
+(``unreadable_records``, whole), counted (metric ``UnreadableStreamRecords``, alarmed) and logged;
+the records behind it go on. ``republish_unreadable``, every quarter of an hour, reads each one
+again: once a fixed publisher is deployed, their events are published by themselves (late, with
+their original ids and times: consumers deduplicate and judge by them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
@@ -43,10 +55,14 @@ from shop.models.events import (
     OrderEventDetail,
     OrderPlaced,
     OutgoingEvent,
+    RepublishResult,
     StockLow,
+    StreamSource,
+    UnreadableRecord,
 )
 from shop.models.orders import Order
-from shop.repositories import catalog, event_bus, event_records
+from shop.observability import logger, metrics
+from shop.repositories import catalog, event_bus, event_records, unreadable_records
 from shop.repositories import orders as order_repository
 
 
@@ -126,15 +142,74 @@ def _process(
     )
 
 
-def _publish_order_record(record: DynamoDBRecord) -> None:
-    announced = order_transition(_image(record, "OldImage"), _image(record, "NewImage"))
+# ---------------------------------------------------------------------------- records that cannot be read
+def _sequence_number(record: Mapping[str, Any]) -> str:
+    return str((record.get("dynamodb") or {}).get("SequenceNumber"))
+
+
+def _keys_as_text(record: Mapping[str, Any]) -> dict[str, str]:
+    keys = (record.get("dynamodb") or {}).get("Keys") or {}
+    return {name: str(next(iter(value.values()), "")) for name, value in keys.items() if isinstance(value, dict)}
+
+
+def _set_aside(source: StreamSource, record: Mapping[str, Any], error: Exception) -> None:
+    """Keep a record its publisher cannot read, count it and log it; the batch goes on."""
+    now = iso_now()
+    unreadable = UnreadableRecord(
+        record_id=f"{source}-{_sequence_number(record)}",
+        source=source,
+        sequence_number=_sequence_number(record),
+        keys=_keys_as_text(record),
+        status="OPEN",
+        error=type(error).__name__,
+        detail=str(error),
+        attempts=1,
+        set_aside_at=now,
+        last_attempt_at=now,
+        record=dict(record),
+    )
+    unreadable_records.set_aside(unreadable)  # busy: raises, and the record is retried
+    metrics().add_metric(name="UnreadableStreamRecords", unit=MetricUnit.Count, value=1)
+    logger().exception(
+        "stream record set aside: it cannot be read",
+        extra={"record_id": unreadable.record_id, "keys": unreadable.keys},
+    )
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """How a source's records are read (pure: raises when the record cannot be) and acted on."""
+
+    read: Callable[[DynamoDBRecord], Any]
+    act: Callable[[DynamoDBRecord, Any], None]
+
+
+def _read_or_set_aside(source: StreamSource, reader: _Reader, record: DynamoDBRecord) -> None:
+    try:
+        what = reader.read(record)
+    except Exception as error:  # noqa: BLE001 - whatever the reading raised, the record is what is wrong
+        _set_aside(source, record.raw_event, error)
+        return
+    reader.act(record, what)
+
+
+# ---------------------------------------------------------------------------- order transitions, published
+def _read_order_record(record: DynamoDBRecord) -> OutgoingEvent | None:
+    return order_transition(_image(record, "OldImage"), _image(record, "NewImage"))
+
+
+def _publish_announced(record: DynamoDBRecord, announced: OutgoingEvent | None) -> None:
     if announced is not None:
         event_bus.put(announced)
 
 
+ORDER_RECORDS = _Reader(read=_read_order_record, act=_publish_announced)
+
+
 def publish_order_changes(event: Mapping[str, Any], context: Any) -> PartialItemFailureResponse:
-    """The orders stream's batch: each transition published; the records that failed reported."""
-    return _process(event, context, _publish_order_record)
+    """The orders stream's batch: each transition published; the records that failed reported,
+    the records that cannot be read set aside."""
+    return _process(event, context, lambda record: _read_or_set_aside("orders", ORDER_RECORDS, record))
 
 
 # ---------------------------------------------------------------------------- stock falls
@@ -172,19 +247,58 @@ def publish_stock_changes(event: Mapping[str, Any], context: Any) -> PartialItem
     already includes the batch's later records), a fall announced once."""
     judged: set[str] = set()
 
-    def handle(record: DynamoDBRecord) -> None:
-        keys = (record.raw_event.get("dynamodb") or {}).get("Keys") or {}
-        sku = keys["sku"]["S"]
-        if sku in judged:
-            return
-        sequence = str((record.raw_event.get("dynamodb") or {}).get("SequenceNumber"))
-        announced = judge_stock(sku, claimant=sequence)
-        if announced is not None:
-            event_bus.put(announced)
-            event_records.mark_published(sku, int(announced.event_id.rsplit(":", 1)[1]))
-        judged.add(sku)
+    def announce_once_per_batch(record: DynamoDBRecord, sku: str) -> None:
+        if sku not in judged:
+            _announce_stock(record, sku)
+            judged.add(sku)
 
-    return _process(event, context, handle)
+    reader = _Reader(read=_read_stock_record, act=announce_once_per_batch)
+    return _process(event, context, lambda record: _read_or_set_aside("stock", reader, record))
+
+
+def _read_stock_record(record: DynamoDBRecord) -> str:
+    """The SKU whose counter moved."""
+    sku = (record.raw_event.get("dynamodb") or {}).get("Keys", {})["sku"]["S"]
+    if not isinstance(sku, str) or not sku:
+        raise ValueError(f"the record's sku key is {sku!r}")
+    return sku
+
+
+def _announce_stock(record: DynamoDBRecord, sku: str) -> None:
+    announced = judge_stock(sku, claimant=_sequence_number(record.raw_event))
+    if announced is not None:
+        event_bus.put(announced)
+        event_records.mark_published(sku, int(announced.event_id.rsplit(":", 1)[1]))
+
+
+STOCK_RECORDS = _Reader(read=_read_stock_record, act=_announce_stock)
+READERS: dict[StreamSource, _Reader] = {"orders": ORDER_RECORDS, "stock": STOCK_RECORDS}
+
+
+def republish_unreadable() -> RepublishResult:
+    """Read every record set aside again (the republisher's schedule): publish what it announces
+    when it can be read now, and mark it PUBLISHED; count one more failed read otherwise. A
+    failure to act (a busy bus or table) raises: the next run tries again, and what this run
+    published stays PUBLISHED (a record published twice has one event id: consumers deduplicate)."""
+    result = RepublishResult()
+    for unreadable in unreadable_records.open_records():
+        reader = READERS[unreadable.source]
+        record = DynamoDBRecord(unreadable.record)
+        try:
+            what = reader.read(record)
+        except Exception as error:  # noqa: BLE001 - still unreadable, whatever it raised
+            unreadable_records.failed_again(
+                unreadable.record_id, error=type(error).__name__, detail=str(error), now=iso_now()
+            )
+            result = result.model_copy(update={"still_unreadable": result.still_unreadable + 1})
+            continue
+        reader.act(record, what)
+        unreadable_records.mark_published(unreadable.record_id, now=iso_now())
+        logger().info("set-aside stream record published", extra={"record_id": unreadable.record_id})
+        result = result.model_copy(update={"published": result.published + 1})
+    # A level, like the dead letters': the alarm stays raised while any record waits for a fix.
+    metrics().add_metric(name="UnreadableStreamRecordsOpen", unit=MetricUnit.Count, value=result.still_unreadable)
+    return result
 
 
 # ---------------------------------------------------------------------------- consumers

@@ -1,5 +1,5 @@
-"""What operators do: list the dead letters and redrive one; list the stock discrepancy letters; read the
-stock levels.
+"""What operators do: list the dead letters and redrive one; list the stock discrepancy letters and the
+stream records the event publishers set aside; read the stock levels.
 
 A redrive restarts the saga where the dead letter says, once per redrive: the checkout machine at
 ``ReconcilePayment`` (it resumes from what the provider says happened to the payment), or the
@@ -14,15 +14,17 @@ from shop.domain import order_saga
 from shop.errors import DeadLetterNotFound
 from shop.models.base import iso_now
 from shop.models.catalog import StockLevel, StockLevelPage
+from shop.models.events import UnreadableRecordPage
 from shop.models.orders import FIRST_EPOCH, DeadLetter, DeadLetterPage, Failure
 from shop.models.reconciliation import StockDiscrepancyPage
 from shop.pagination import decode_token, encode_token
-from shop.repositories import catalog, dead_letters, sagas, stock_discrepancies
+from shop.repositories import catalog, dead_letters, sagas, stock_discrepancies, unreadable_records
 from shop.repositories import orders as repository
 
 DEAD_LETTERS_LISTING = "dead-letters"
 STOCK_DISCREPANCIES_LISTING = "stock-discrepancies"
 STOCK_LEVELS_LISTING = "stock-levels"
+UNREADABLE_RECORDS_LISTING = "unreadable-records"
 
 
 def list_dead_letters(*, limit: int, next_token: str | None) -> DeadLetterPage:
@@ -37,6 +39,13 @@ def list_stock_discrepancies(*, limit: int, next_token: str | None) -> StockDisc
     start = decode_token(STOCK_DISCREPANCIES_LISTING, next_token, binding)
     letters, last_key = stock_discrepancies.list_page(limit=limit, start_key=start)
     return StockDiscrepancyPage(items=letters, next_token=encode_token(STOCK_DISCREPANCIES_LISTING, last_key, binding))
+
+
+def list_unreadable_records(*, limit: int, next_token: str | None) -> UnreadableRecordPage:
+    binding: dict[str, str | int | None] = {}
+    start = decode_token(UNREADABLE_RECORDS_LISTING, next_token, binding)
+    records, last_key = unreadable_records.list_page(limit=limit, start_key=start)
+    return UnreadableRecordPage(items=records, next_token=encode_token(UNREADABLE_RECORDS_LISTING, last_key, binding))
 
 
 def low_stock_threshold() -> int:

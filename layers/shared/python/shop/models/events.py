@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shop.models.base import StrictModel
+from shop.models.base import Record, StrictModel
 from shop.models.money import Money
 from shop.models.orders import FailureReason, OrderStatus
 
@@ -151,3 +151,38 @@ class LowStockAlert(BaseModel):
     threshold: int
     occurred_at: str
     recorded_at: str
+
+
+# ---------------------------------------------------------------------------- unreadable stream records
+StreamSource = Literal["orders", "stock"]
+
+
+class UnreadableRecord(Record):
+    """A table stream record a publisher could not read (its images fail the model, a key is missing):
+    set aside so that the records behind it are published, kept whole, and read again by the
+    republisher every quarter of an hour until a fixed publisher reads it (then PUBLISHED)."""
+
+    record_id: str = Field(description="`<source>-<sequence number>`: one per stream record")
+    source: StreamSource = Field(description="the table whose stream the record came from")
+    sequence_number: str
+    keys: dict[str, str] = Field(description="the item's key attributes, as text")
+    status: Literal["OPEN", "PUBLISHED"]
+    error: str = Field(description="the exception that the last read raised (its class name)")
+    detail: str = Field(description="its message, truncated")
+    attempts: int = Field(ge=1, description="reads that failed, the first included")
+    set_aside_at: str
+    last_attempt_at: str
+    published_at: str | None = None
+    record: dict[str, Any] = Field(description="the stream record as Lambda delivered it")
+
+
+class UnreadableRecordPage(Record):
+    items: list[UnreadableRecord]
+    next_token: str | None
+
+
+class RepublishResult(Record):
+    """What one run of the republisher did."""
+
+    published: int = 0
+    still_unreadable: int = 0

@@ -1,0 +1,156 @@
+"""Stream records the event publishers could not read, in OperationsTable (pk ``UNREADABLE_RECORD``,
+sk ``<source>-<sequence number>``).
+
+One item per stream record, holding the whole record (as JSON text: its images keep DynamoDB's
+typed attribute values as they came). Setting a record aside twice (a redelivered batch) counts
+an attempt on the item already there. The partition stays small by nature: a record lands here
+only when a publisher's code cannot read it, and an operator fixes that code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from shop.config import table_settings
+from shop.errors import TransientError
+from shop.models.events import UnreadableRecord
+from shop.repositories.dynamodb import call, call_if
+
+PARTITION = "UNREADABLE_RECORD"
+# An exception's message can quote a whole image; keep what an operator needs to read.
+MAX_DETAIL_CHARS = 2000
+
+
+def _key(record_id: str) -> dict[str, Any]:
+    return {"pk": {"S": PARTITION}, "sk": {"S": record_id}}
+
+
+def _stream_order(record: UnreadableRecord) -> tuple[str, int, str]:
+    # Sequence numbers are decimal strings of growing length: compare by length, then text.
+    return record.source, len(record.sequence_number), record.sequence_number
+
+
+def _to_record(item: Mapping[str, Any]) -> UnreadableRecord:
+    return UnreadableRecord(
+        record_id=item["sk"]["S"],
+        source=item["source"]["S"],
+        sequence_number=item["sequence_number"]["S"],
+        keys=json.loads(item["keys"]["S"]),
+        status=item["status"]["S"],
+        error=item["error"]["S"],
+        detail=item["detail"]["S"],
+        attempts=int(item["attempts"]["N"]),
+        set_aside_at=item["set_aside_at"]["S"],
+        last_attempt_at=item["last_attempt_at"]["S"],
+        published_at=item["published_at"]["S"] if "published_at" in item else None,
+        record=json.loads(item["record"]["S"]),
+    )
+
+
+def set_aside(record: UnreadableRecord) -> None:
+    """Keep ``record`` (OPEN); if it is kept already, count one more failed read of it."""
+    detail = record.detail[:MAX_DETAIL_CHARS]
+    created = call_if(
+        "put_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Item={
+            **_key(record.record_id),
+            "source": {"S": record.source},
+            "sequence_number": {"S": record.sequence_number},
+            "keys": {"S": json.dumps(record.keys, sort_keys=True)},
+            "status": {"S": "OPEN"},
+            "error": {"S": record.error},
+            "detail": {"S": detail},
+            "attempts": {"N": "1"},
+            "set_aside_at": {"S": record.set_aside_at},
+            "last_attempt_at": {"S": record.last_attempt_at},
+            "record": {"S": json.dumps(record.record, sort_keys=True)},
+        },
+        ConditionExpression="attribute_not_exists(pk)",
+    )
+    if created is None:
+        failed_again(record.record_id, error=record.error, detail=detail, now=record.last_attempt_at)
+
+
+def failed_again(record_id: str, *, error: str, detail: str, now: str) -> None:
+    """Count one more failed read of an OPEN record (a PUBLISHED one stays as it is)."""
+    call_if(
+        "update_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_key(record_id),
+        UpdateExpression="SET #error = :error, detail = :detail, last_attempt_at = :now ADD attempts :one",
+        ConditionExpression="#status = :open",
+        ExpressionAttributeNames={"#status": "status", "#error": "error"},
+        ExpressionAttributeValues={
+            ":error": {"S": error},
+            ":detail": {"S": detail[:MAX_DETAIL_CHARS]},
+            ":now": {"S": now},
+            ":one": {"N": "1"},
+            ":open": {"S": "OPEN"},
+        },
+    )
+
+
+def mark_published(record_id: str, *, now: str) -> None:
+    call_if(
+        "update_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_key(record_id),
+        UpdateExpression="SET #status = :published, published_at = :now",
+        ConditionExpression="#status = :open",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={":published": {"S": "PUBLISHED"}, ":open": {"S": "OPEN"}, ":now": {"S": now}},
+    )
+
+
+def open_records() -> list[UnreadableRecord]:
+    """Every OPEN record, oldest first within each source (sequence numbers grow)."""
+    request: dict[str, Any] = {
+        "TableName": table_settings().operations_table,
+        "KeyConditionExpression": "pk = :pk",
+        "FilterExpression": "#status = :open",
+        "ExpressionAttributeNames": {"#status": "status"},
+        "ExpressionAttributeValues": {":pk": {"S": PARTITION}, ":open": {"S": "OPEN"}},
+        "ConsistentRead": True,
+    }
+    found: list[UnreadableRecord] = []
+    while True:
+        page = call("query", busy=TransientError, **request)
+        found += [_to_record(item) for item in page.get("Items", [])]
+        if "LastEvaluatedKey" not in page:
+            return sorted(
+                found, key=lambda record: (record.source, len(record.sequence_number), record.sequence_number)
+            )
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def get(record_id: str) -> UnreadableRecord | None:
+    item = call(
+        "get_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_key(record_id),
+        ConsistentRead=True,
+    ).get("Item")
+    return _to_record(item) if item else None
+
+
+def list_page(
+    *, limit: int, start_key: Mapping[str, Any] | None
+) -> tuple[list[UnreadableRecord], dict[str, Any] | None]:
+    """One page of the records (by id) and DynamoDB's key to continue from (low-level shape)."""
+    request: dict[str, Any] = {
+        "TableName": table_settings().operations_table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": PARTITION}},
+        "Limit": limit,
+    }
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    response = call("query", busy=TransientError, **request)
+    return [_to_record(item) for item in response.get("Items", [])], response.get("LastEvaluatedKey")

@@ -1,0 +1,170 @@
+"""A stream record a publisher cannot read is set aside whole, and the records behind it go on; the
+republisher publishes it, with the event id it always had, once a fixed publisher can read it.
+
+Without this, such a record fails every retry: Lambda retries a stream from the first failed record,
+so every record behind it in the shard would wait until it expired (24 hours), then be lost with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shop.domain import events
+from shop.models.events import RepublishResult
+from shop.models.orders import Order
+from shop.repositories import event_records, unreadable_records
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, open_shop, seed_product
+from tests.service.test_events import BusSpy
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=50)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+@pytest.fixture
+def spy(local_aws: LocalAws) -> BusSpy:
+    return BusSpy(local_aws)
+
+
+def republish(local_aws: LocalAws) -> RepublishResult:
+    """One run of the scheduled republisher, as its schedule invokes it."""
+    response = local_aws.client("lambda").invoke(
+        FunctionName=local_aws.function("RepublishUnreadableRecordsFunction"),
+        Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}),
+    )
+    assert "FunctionError" not in response, response["Payload"].read()
+    return RepublishResult.model_validate_json(response["Payload"].read())
+
+
+def listed(shop: Shop) -> list[dict[str, Any]]:
+    response = shop.client.http.get("/admin/unreadable-records", headers=shop.headers("admin"))
+    assert response.status_code == 200, response.body
+    return response.json_body["items"]  # type: ignore[no-any-return]
+
+
+def unreadable_completion_of(order_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publisher bug that only one order's completion meets (its images are read, then the code raises)."""
+    transition = events.order_transition
+
+    def buggy(old: Order | None, new: Order | None) -> Any:
+        if new is not None and new.order_id == order_id and new.status == "COMPLETED":
+            raise KeyError("template")
+        return transition(old, new)
+
+    monkeypatch.setattr(events, "order_transition", buggy)
+
+
+def test_a_record_that_cannot_be_read_is_set_aside_and_the_records_behind_it_are_published(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = shop.place_ok([("MUG-1", 1)], who="carol")["order_id"]
+    assert shop.wait_checkout(first) == "SUCCEEDED"
+    second = shop.place_ok([("MUG-1", 1)], who="dave")["order_id"]
+    assert shop.wait_checkout(second) == "SUCCEEDED"
+    unreadable_completion_of(first, monkeypatch)
+
+    local_aws.deliver_events()
+
+    # The second order's records came after the unreadable one in the same shard: published.
+    assert [kind for kind, _ in spy.of_order(second)] == ["OrderPlaced", "OrderCompleted"]
+    assert [kind for kind, _ in spy.of_order(first)] == ["OrderPlaced"]
+    assert local_aws.deliver_events() == 0  # nothing is held back for a retry
+    [record] = unreadable_records.open_records()
+    assert (record.source, record.keys, record.status, record.error, record.attempts) == (
+        "orders",
+        {"order_id": first},
+        "OPEN",
+        "KeyError",
+        1,
+    )
+    assert record.record["dynamodb"]["NewImage"]["status"] == {"S": "COMPLETED"}
+    [shown] = listed(shop)
+    assert (shown["record_id"], shown["status"], shown["keys"]) == (record.record_id, "OPEN", {"order_id": first})
+
+
+def test_the_republisher_publishes_it_with_its_own_event_id_once_the_publisher_is_fixed(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = shop.place_ok([("MUG-1", 1)], who="carol")["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    version = shop.order(order_id).version
+    unreadable_completion_of(order_id, monkeypatch)
+    local_aws.deliver_events()
+
+    # Still broken: nothing is published, one more failed read is counted.
+    assert republish(local_aws) == RepublishResult(published=0, still_unreadable=1)
+    [record] = unreadable_records.open_records()
+    assert record.attempts == 2
+    assert event_records.notifications_for(order_id) == []
+
+    monkeypatch.undo()  # the fixed publisher is deployed
+    assert republish(local_aws) == RepublishResult(published=1, still_unreadable=0)
+    local_aws.deliver_events()
+
+    assert spy.of_order(order_id) == [
+        ("OrderPlaced", f"{order_id}:PLACED"),
+        ("OrderCompleted", f"{order_id}:COMPLETED:{version}"),
+    ]
+    assert [email.template for email in event_records.notifications_for(order_id)] == ["order-completed"]
+    assert unreadable_records.open_records() == []
+    [published] = listed(shop)
+    assert (published["status"], published["attempts"]) == ("PUBLISHED", 2)
+    assert published["published_at"] is not None
+    # A later run has nothing to do; the record stays as the audit of what happened.
+    assert republish(local_aws) == RepublishResult(published=0, still_unreadable=0)
+    assert len(spy.of_order(order_id)) == 2
+
+
+def test_an_order_item_no_version_of_the_shop_wrote_is_set_aside(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
+    # Written behind the shop's back (a hand edit, a bad migration): its image is not an Order.
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.table("OrdersTable"),
+        Item={"order_id": {"S": "hand-written"}, "status": {"S": "SHIPPED"}},
+    )
+    placed = shop.place_ok([("MUG-1", 1)])["order_id"]
+    assert shop.wait_checkout(placed) == "SUCCEEDED"
+
+    local_aws.deliver_events()
+
+    assert [kind for kind, _ in spy.of_order(placed)] == ["OrderPlaced", "OrderCompleted"]
+    [record] = unreadable_records.open_records()
+    assert (record.keys, record.error) == ({"order_id": "hand-written"}, "ValidationError")
+    # Delivered again (Lambda's at-least-once): the same record, one more failed read, no second item.
+    unreadable_records.set_aside(record.model_copy(update={"last_attempt_at": "2026-12-01T00:00:00.000Z"}))
+    [again] = unreadable_records.open_records()
+    assert (again.record_id, again.attempts) == (record.record_id, 2)
+
+
+def test_a_failure_to_publish_is_still_retried_not_set_aside(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shop.errors import EventPublishFailed
+    from shop.repositories import event_bus
+
+    def refuse(event: Any) -> None:
+        raise EventPublishFailed("throttled")
+
+    monkeypatch.setattr(event_bus, "put", refuse)
+    order_id = shop.place_ok([("MUG-1", 1)])["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+
+    local_aws.deliver_events()
+    assert unreadable_records.open_records() == []
+    monkeypatch.undo()
+    local_aws.deliver_events()  # the same records again, from the first that failed
+    assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced", "OrderCompleted"]
+
+
+def test_only_admins_list_them(shop: Shop) -> None:
+    assert shop.client.http.get("/admin/unreadable-records", headers=shop.headers("alice")).status_code == 403
+    assert shop.client.http.get("/admin/unreadable-records").status_code == 401
+    bad = shop.client.http.get("/admin/unreadable-records?next_token=forged", headers=shop.headers("admin"))
+    assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/problem+json"
