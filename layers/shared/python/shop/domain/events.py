@@ -280,7 +280,7 @@ def republish_unreadable() -> RepublishResult:
     when it can be read now, and mark it PUBLISHED; count one more failed read otherwise. A
     failure to act (a busy bus or table) raises: the next run tries again, and what this run
     published stays PUBLISHED (a record published twice has one event id: consumers deduplicate)."""
-    result = RepublishResult()
+    published = still_unreadable = 0
     for unreadable in unreadable_records.open_records():
         reader = READERS[unreadable.source]
         record = DynamoDBRecord(unreadable.record)
@@ -290,15 +290,15 @@ def republish_unreadable() -> RepublishResult:
             unreadable_records.failed_again(
                 unreadable.record_id, error=type(error).__name__, detail=str(error), now=iso_now()
             )
-            result = result.model_copy(update={"still_unreadable": result.still_unreadable + 1})
+            still_unreadable += 1
             continue
         reader.act(record, what)
         unreadable_records.mark_published(unreadable.record_id, now=iso_now())
         logger().info("set-aside stream record published", extra={"record_id": unreadable.record_id})
-        result = result.model_copy(update={"published": result.published + 1})
+        published += 1
     # A level, like the dead letters': the alarm stays raised while any record waits for a fix.
-    metrics().add_metric(name="UnreadableStreamRecordsOpen", unit=MetricUnit.Count, value=result.still_unreadable)
-    return result
+    metrics().add_metric(name="UnreadableStreamRecordsOpen", unit=MetricUnit.Count, value=still_unreadable)
+    return RepublishResult(published=published, still_unreadable=still_unreadable)
 
 
 # ---------------------------------------------------------------------------- consumers
