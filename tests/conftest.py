@@ -175,6 +175,7 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch, wo
             events=boto3.client("events"),
             ssm=boto3.client("ssm"),
             secretsmanager=boto3.client("secretsmanager"),
+            sqs=boto3.client("sqs"),
             prefix="test",
             region=os.environ["AWS_DEFAULT_REGION"],
             identity_issuer=identity.issuer,

@@ -52,6 +52,7 @@ USER_POOL_CLIENT = "AWS::Cognito::UserPoolClient"
 SSM_PARAMETER = "AWS::SSM::Parameter"
 SECRET = "AWS::SecretsManager::Secret"
 EVENT_BUS = "AWS::Events::EventBus"
+QUEUE = "AWS::SQS::Queue"
 # GenerateSecretString's options are GetRandomPassword's parameters (the JSON template ones aside).
 _RANDOM_PASSWORD_OPTIONS = {
     "ExcludeCharacters",
@@ -94,6 +95,7 @@ class DeployedStack:
     parameter_names: dict[str, str] = field(default_factory=dict)
     secret_arns: dict[str, str] = field(default_factory=dict)
     event_bus_names: dict[str, str] = field(default_factory=dict)
+    queue_urls: dict[str, str] = field(default_factory=dict)
     # The functions' ``Type: DynamoDB`` events: what infra.local.streams delivers.
     stream_mappings: list[StreamMapping] = field(default_factory=list)
 
@@ -193,6 +195,7 @@ def deploy(
     events: Any,
     ssm: Any,
     secretsmanager: Any,
+    sqs: Any,
     prefix: str,
     region: str,
     identity_issuer: str,
@@ -232,6 +235,14 @@ def deploy(
         resolver.attributes[f"{logical_id}.Name"] = bus_name
         resolver.attributes[f"{logical_id}.Arn"] = created["EventBusArn"]
         stack.event_bus_names[logical_id] = bus_name
+
+    for logical_id in resources_of_type(template, QUEUE):
+        url = sqs.create_queue(QueueName=f"{prefix}-{logical_id}")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        resolver.refs[logical_id] = url
+        resolver.attributes[f"{logical_id}.Arn"] = arn
+        resolver.attributes[f"{logical_id}.QueueName"] = f"{prefix}-{logical_id}"
+        stack.queue_urls[logical_id] = url
 
     for logical_id, resource in resources_of_type(template, SSM_PARAMETER).items():
         # Created with the template's values, as CloudFormation would: the same parameters, no second list.
@@ -297,6 +308,15 @@ def deploy(
             Environment={"Variables": environment},
             Layers=[str(layer) for layer in resolver.resolve(properties.get("Layers", []))],
         )
+        invoke_config = resolver.resolve(properties.get("EventInvokeConfig"))
+        if invoke_config:
+            # What Lambda does with an asynchronous invocation that failed (infra.local.moto_events honours it).
+            on_failure = invoke_config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+            lambda_client.put_function_event_invoke_config(
+                FunctionName=stack.function_names[logical_id],
+                MaximumRetryAttempts=int(invoke_config.get("MaximumRetryAttempts", 2)),
+                **({"DestinationConfig": {"OnFailure": {"Destination": str(on_failure)}}} if on_failure else {}),
+            )
         for event_name, event in properties.get("Events", {}).items():
             if event.get("Type") == "Schedule":
                 stack.schedules.append(Schedule(stack.function_names[logical_id], event["Properties"]["Schedule"]))

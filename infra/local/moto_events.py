@@ -7,7 +7,9 @@ Execution Status Change" event to the default bus, and a rule with a Lambda targ
 function asynchronously (retried twice on error). This adapter adds exactly that:
 
 - ``Rule.send_to_targets`` also delivers to ``lambda`` targets, asynchronously, with Lambda's
-  two retries of an asynchronous invocation that failed;
+  retries of an asynchronous invocation that failed (two, or the function's EventInvokeConfig
+  ``MaximumRetryAttempts``) and, when they are spent, the invocation record sent to the function's
+  ``OnFailure`` destination if that is an SQS queue (what Lambda's destinations write);
 - every execution that ends (SUCCEEDED, FAILED, TIMED_OUT, ABORTED) puts its status-change
   event, with AWS's ``detail`` fields, on the default bus of its account and region;
 - StopExecution ends the execution at once, as on AWS: moto leaves it RUNNING (and emits
@@ -32,12 +34,14 @@ import copy
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from moto.awslambda.models import lambda_backends
 from moto.events.models import EventsBackend, Rule, events_backends
+from moto.sqs.models import sqs_backends
 from moto.stepfunctions.parser.api import ExecutionStatus
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
 from moto.utilities.arns import parse_arn
@@ -66,13 +70,41 @@ _deliveries_lock = threading.Lock()
 def _invoke_async(account: str, region: str, function_name: str, event: dict[str, Any]) -> None:
     try:
         function = lambda_backends[account][region].get_function(function_name)
-        for _ in range(ASYNC_ATTEMPTS):
-            _, errored, _ = function._invoke_lambda(event=event)  # type: ignore[arg-type]
+        config = function.event_invoke_config[0].config if function.event_invoke_config else {}
+        attempts = int(config.get("MaximumRetryAttempts", ASYNC_ATTEMPTS - 1)) + 1
+        for _ in range(attempts):
+            result, errored, _ = function._invoke_lambda(event=event)  # type: ignore[arg-type]
             if not errored:
                 return
+        destination = (config.get("DestinationConfig") or {}).get("OnFailure", {}).get("Destination")
+        if destination and parse_arn(destination).service == "sqs":
+            _send_failure_record(destination, function.function_arn, event, result, attempts)
     finally:
         with _deliveries_lock:
             _deliveries.discard(threading.current_thread())
+
+
+def _send_failure_record(queue_arn: str, function_arn: str, event: Any, response: Any, attempts: int) -> None:
+    """What Lambda writes to an SQS on-failure destination once an asynchronous invocation's retries are spent."""
+    try:
+        payload = json.loads(response) if isinstance(response, str | bytes) and response else response
+    except ValueError:
+        payload = str(response)
+    record = {
+        "version": "1.0",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": f"{function_arn}:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": payload,
+    }
+    queue = parse_arn(queue_arn)
+    sqs_backends[queue.account][queue.region].send_message(queue.resource_id, json.dumps(record, default=str))
 
 
 def wait_for_deliveries(timeout: float) -> bool:

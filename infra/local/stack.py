@@ -245,6 +245,7 @@ def start_stack(
             events=aws.client("events"),
             ssm=aws.client("ssm"),
             secretsmanager=aws.client("secretsmanager"),
+            sqs=aws.client("sqs"),
             prefix="shop",
             region=REGION,
             identity_issuer=identity.issuer,

@@ -285,7 +285,7 @@ def test_custom_metrics_are_in_the_namespace_the_functions_publish_to(
 ) -> None:
     namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
     custom = {m.namespace for metrics in map(watched_by, alarms.values()) for m in metrics}
-    assert custom - {"AWS/States", "AWS/ApiGateway", "AWS/Lambda", "AWS/DynamoDB"} == {namespace}
+    assert custom - {"AWS/States", "AWS/ApiGateway", "AWS/Lambda", "AWS/DynamoDB", "AWS/SQS"} == {namespace}
 
 
 def test_every_custom_metric_alarmed_on_is_emitted_with_those_dimensions(

@@ -283,3 +283,45 @@ def test_the_api_stage_throttles_every_method_with_the_template_parameters(trans
     # The bucket holds at least one second of the steady rate, and stays under the account's
     # default regional limit (10,000 requests per second, burst 5,000) so one stage cannot take it all.
     assert rate["Default"] <= burst["Default"] <= 5000 and rate["Default"] < 10000
+
+
+def test_no_event_a_consumer_fails_on_is_dropped(transformed: dict[str, Any]) -> None:
+    # EventBridge invokes Lambda asynchronously: after Lambda's two retries a failed event is gone
+    # unless the function has an on-failure destination; one EventBridge cannot deliver needs the
+    # rule target's dead-letter queue. Both are the queue the redriver reads.
+    queue = {"Fn::GetAtt": ["ConsumerFailuresQueue", "Arn"]}
+    targeted = set()
+    for name, rule in _of_type(transformed, "AWS::Events::Rule").items():
+        if "EventPattern" not in rule["Properties"]:
+            continue  # a schedule: a failed tick is the next tick's work, no event is lost
+        for target in rule["Properties"].get("Targets", []):
+            arn = target["Arn"]
+            if isinstance(arn, dict) and "Fn::GetAtt" in arn and arn["Fn::GetAtt"][0].endswith("Function"):
+                targeted.add(arn["Fn::GetAtt"][0])
+                assert target["DeadLetterConfig"] == {"Arn": queue}, name
+    assert {"NotifyCustomerFunction", "RecordLowStockFunction", "SettleStoppedExecutionFunction"} <= targeted
+    configs = {
+        config["Properties"]["FunctionName"]["Ref"]: config["Properties"]
+        for config in _of_type(transformed, "AWS::Lambda::EventInvokeConfig").values()
+    }
+    for function in targeted:
+        assert configs[function]["DestinationConfig"] == {"OnFailure": {"Destination": queue}}, function
+        assert configs[function]["MaximumRetryAttempts"] == 2, function
+    # The redriver may hand events back to exactly those functions, and the queue is alarmed.
+    role = transformed["Resources"]["RedriveConsumerFailuresFunctionRole"]
+    invokable = [
+        resource
+        for policy in role["Properties"]["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        if "lambda:InvokeFunction" in statement["Action"]
+        for resource in statement["Resource"]
+    ]
+    assert sorted(r["Fn::GetAtt"][0] for r in invokable) == sorted(targeted)
+    alarmed = [
+        alarm
+        for alarm in _of_type(transformed, "AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"].get("Namespace") == "AWS/SQS"
+    ]
+    assert [a["Properties"]["Dimensions"][0]["Value"] for a in alarmed] == [
+        {"Fn::GetAtt": ["ConsumerFailuresQueue", "QueueName"]}
+    ]

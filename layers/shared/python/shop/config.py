@@ -52,12 +52,14 @@ class InventorySettings(BaseSettings):
 
 class EventSettings(BaseSettings):
     """Where events go and where their consumers write, wired per function by the template:
-    EVENT_BUS_NAME (the publishers), NOTIFICATIONS_TABLE (the notification consumer)."""
+    EVENT_BUS_NAME (the publishers), NOTIFICATIONS_TABLE (the notification consumer),
+    CONSUMER_FAILURES_QUEUE_URL (the events the consumers failed on, for their redriver)."""
 
     model_config = SettingsConfigDict(frozen=True)
 
     event_bus_name: str = ""
     notifications_table: str = ""
+    consumer_failures_queue_url: str = ""
 
 
 class PaymentSettings(BaseSettings):

@@ -186,3 +186,11 @@ class RepublishResult(Record):
 
     published: int = 0
     still_unreadable: int = 0
+
+
+class RedriveResult(Record):
+    """What one run of the consumers' redriver did."""
+
+    redelivered: int = 0
+    still_failing: int = 0
+    unrecognised: int = 0

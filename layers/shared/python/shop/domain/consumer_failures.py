@@ -1,0 +1,67 @@
+"""The events the consumers failed on, handed back to them (RedriveConsumerFailuresFunction's schedule).
+
+EventBridge invokes a consumer asynchronously: when the function fails, Lambda retries it twice and
+then writes the invocation to the on-failure destination, ConsumerFailuresQueue, instead of dropping
+the event; an event EventBridge could not deliver at all lands there too. Every quarter of an hour
+each waiting event is handed back to its function and waited for: one that succeeds is deleted, one
+that fails again stays (hidden for the visibility timeout, then read by the next run) until the queue's
+retention (14 days) ends. The consumers are idempotent on the event (its ``event_id``, or the
+execution for the saga settler), so handing an event back that was in fact done changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from shop.models.events import RedriveResult
+from shop.observability import logger, metrics
+from shop.repositories import consumer_failures
+from shop.repositories.consumer_failures import WaitingMessage
+
+# A run hands back at most this many events (the function's timeout bounds the rest; the next run goes on).
+MAX_PER_RUN = 200
+
+
+def failed_invocation(message: WaitingMessage) -> tuple[str, dict[str, Any]] | None:
+    """The function and the event a waiting message names (pure); None when it names neither."""
+    try:
+        body = json.loads(message.body)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    context = body.get("requestContext")
+    if isinstance(context, dict) and isinstance(body.get("requestPayload"), dict):
+        function = context.get("functionArn")  # Lambda's destination record
+        return (function, body["requestPayload"]) if isinstance(function, str) and function else None
+    target = message.attributes.get("TARGET_ARN")  # EventBridge's dead letter: the event itself
+    return (target, body) if target else None
+
+
+def redrive() -> RedriveResult:
+    redelivered = still_failing = unrecognised = 0
+    while redelivered + still_failing + unrecognised < MAX_PER_RUN:
+        waiting = consumer_failures.receive()
+        if not waiting:
+            break
+        for message in waiting:
+            invocation = failed_invocation(message)
+            if invocation is None:
+                unrecognised += 1  # kept for an operator to read; it alarms like any other
+                logger().error("a message in the consumer failures queue names no function and event")
+                continue
+            function, event = invocation
+            outcome = consumer_failures.invoke(function, event)
+            if outcome.error is None:
+                consumer_failures.delete(message)
+                redelivered += 1
+            else:
+                still_failing += 1
+                logger().warning(
+                    "a consumer failed again on a redriven event", extra={"function": function, "error": outcome.error}
+                )
+    metrics().add_metric(name="ConsumerFailuresRedriven", unit=MetricUnit.Count, value=redelivered)
+    return RedriveResult(redelivered=redelivered, still_failing=still_failing, unrecognised=unrecognised)

@@ -1,0 +1,122 @@
+"""An event a consumer keeps failing on is kept, not dropped, and handed back until the consumer takes it.
+
+EventBridge invokes the consumers asynchronously: Lambda retries a failed invocation twice and then,
+without an on-failure destination, drops the event. The template gives every function EventBridge
+invokes a destination, ConsumerFailuresQueue (the emulator writes Lambda's invocation record there,
+``infra.local.moto_events``), and RedriveConsumerFailuresFunction hands each event back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shop.errors import TransientError
+from shop.models.events import RedriveResult
+from shop.repositories import event_records
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, open_shop, seed_product
+from tests.service.test_events import BusSpy
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=50)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+def redrive(local_aws: LocalAws) -> RedriveResult:
+    """One run of the scheduled redriver, as its schedule invokes it."""
+    response = local_aws.client("lambda").invoke(
+        FunctionName=local_aws.function("RedriveConsumerFailuresFunction"),
+        Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}),
+    )
+    assert "FunctionError" not in response, response["Payload"].read()
+    return RedriveResult.model_validate_json(response["Payload"].read())
+
+
+def waiting(local_aws: LocalAws) -> tuple[int, int]:
+    """Messages in the queue: (visible, being handled or hidden after a failed hand-back)."""
+    attributes = local_aws.client("sqs").get_queue_attributes(
+        QueueUrl=local_aws.stack.queue_urls["ConsumerFailuresQueue"],
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def notifications_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notification consumer's table is unavailable (for longer than Lambda's retries)."""
+
+    def busy(notification: Any) -> bool:
+        raise TransientError("NotificationsTable is throttling")
+
+    monkeypatch.setattr(event_records, "add_notification", busy)
+
+
+def completed_order(shop: Shop, local_aws: LocalAws) -> str:
+    order_id: str = shop.place_ok([("MUG-1", 1)], who="carol")["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    local_aws.deliver_events()  # published; the consumer runs, with Lambda's retries
+    return order_id
+
+
+def test_the_event_a_consumer_failed_on_is_kept_and_taken_once_handed_back(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notifications_fail(monkeypatch)
+    order_id = completed_order(shop, local_aws)
+
+    assert event_records.notifications_for(order_id) == []
+    assert waiting(local_aws) == (1, 0)  # Lambda's invocation record, not a dropped event
+
+    monkeypatch.undo()  # the table is back
+    assert redrive(local_aws) == RedriveResult(redelivered=1, still_failing=0, unrecognised=0)
+    [email] = event_records.notifications_for(order_id)
+    assert (email.template, email.event_id.split(":")[1]) == ("order-completed", "COMPLETED")
+    assert waiting(local_aws) == (0, 0)
+    assert redrive(local_aws) == RedriveResult()  # nothing left to hand back
+
+
+def test_an_event_the_consumer_still_fails_on_stays_in_the_queue(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notifications_fail(monkeypatch)
+    order_id = completed_order(shop, local_aws)
+
+    assert redrive(local_aws) == RedriveResult(redelivered=0, still_failing=1, unrecognised=0)
+    assert waiting(local_aws) == (0, 1)  # hidden until the next run, not deleted
+    assert event_records.notifications_for(order_id) == []
+
+
+def test_an_event_eventbridge_could_not_deliver_is_handed_to_its_target(shop: Shop, local_aws: LocalAws) -> None:
+    spy = BusSpy(local_aws)
+    order_id = completed_order(shop, local_aws)
+    [completion] = [e for e in spy.events() if e["detail-type"] == "OrderCompleted"]
+    target = local_aws.client("lambda").get_function(FunctionName=local_aws.function("NotifyCustomerFunction"))
+    # EventBridge's dead letter: the event itself, the target it failed to reach in an attribute.
+    local_aws.client("sqs").send_message(
+        QueueUrl=local_aws.stack.queue_urls["ConsumerFailuresQueue"],
+        MessageBody=json.dumps(completion),
+        MessageAttributes={
+            "TARGET_ARN": {"DataType": "String", "StringValue": target["Configuration"]["FunctionArn"]},
+            "ERROR_CODE": {"DataType": "String", "StringValue": "SDK_CLIENT_ERROR"},
+        },
+    )
+
+    assert redrive(local_aws) == RedriveResult(redelivered=1, still_failing=0, unrecognised=0)
+    # The consumer had taken the event already: handed back, it is a duplicate, not a second e-mail.
+    [email] = event_records.notifications_for(order_id)
+    assert email.duplicates_ignored == 1
+    assert waiting(local_aws) == (0, 0)
+
+
+def test_a_message_that_names_no_function_is_kept_for_an_operator(local_aws: LocalAws) -> None:
+    local_aws.client("sqs").send_message(
+        QueueUrl=local_aws.stack.queue_urls["ConsumerFailuresQueue"], MessageBody="not an event"
+    )
+    assert redrive(local_aws) == RedriveResult(redelivered=0, still_failing=0, unrecognised=1)
+    assert waiting(local_aws) == (0, 1)
