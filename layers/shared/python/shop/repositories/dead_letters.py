@@ -13,7 +13,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import OrderContention
 from shop.models.orders import DeadLetter, Failure, ResumePoint
-from shop.repositories.dynamodb import call, call_if, marshal, unmarshal
+from shop.repositories.dynamodb import call, call_if, marshal, partition_page, unmarshal
 
 PARTITION = "DEAD_LETTER"
 # A Step Functions cause carries a stack trace; keep what an operator needs to read.
@@ -152,14 +152,7 @@ def resolve(order_id: str, *, now: str) -> None:
 
 def list_page(*, limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[DeadLetter], dict[str, Any] | None]:
     """One page of dead letters (by order id) and DynamoDB's key to continue from (low-level shape)."""
-    request: dict[str, Any] = {
-        "TableName": table_settings().operations_table,
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": PARTITION}},
-        "Limit": limit,
-    }
-    if start_key:
-        request["ExclusiveStartKey"] = dict(start_key)
-    response = call("query", busy=OrderContention, **request)
-    letters = [_to_dead_letter(item) for item in response.get("Items", [])]
-    return letters, response.get("LastEvaluatedKey")
+    items, last_key = partition_page(
+        table_settings().operations_table, PARTITION, limit=limit, start_key=start_key, busy=OrderContention
+    )
+    return [_to_dead_letter(item) for item in items], last_key

@@ -102,6 +102,30 @@ def call_if(operation: str, *, busy: type[TransientError], **request: Any) -> An
         raise
 
 
+def partition_page(
+    table: str,
+    partition: str,
+    *,
+    limit: int,
+    start_key: Mapping[str, Any] | None,
+    busy: type[TransientError],
+    consistent: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """One page of the items whose ``pk`` is ``partition``, in key order, and DynamoDB's key to
+    continue from (the low-level shape the pagination tokens carry)."""
+    request: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": partition}},
+        "ConsistentRead": consistent,
+        "Limit": limit,
+    }
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    response = call("query", busy=busy, **request)
+    return response.get("Items", []), response.get("LastEvaluatedKey")
+
+
 def is_condition_failure(error: ClientError) -> bool:
     """The item did not satisfy the request's ConditionExpression."""
     return error_code(error) == "ConditionalCheckFailedException"

@@ -14,7 +14,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.reconciliation import StockDiscrepancyLetter
-from shop.repositories.dynamodb import call, call_if, unmarshal
+from shop.repositories.dynamodb import call, call_if, partition_page, unmarshal
 
 PARTITION = "STOCK_DISCREPANCY"
 
@@ -85,14 +85,12 @@ def open_skus() -> set[str]:
 def list_page(
     *, limit: int, start_key: Mapping[str, Any] | None
 ) -> tuple[list[StockDiscrepancyLetter], dict[str, Any] | None]:
-    request: dict[str, Any] = {
-        "TableName": table_settings().operations_table,
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": PARTITION}},
-        "ConsistentRead": True,
-        "Limit": limit,
-    }
-    if start_key is not None:
-        request["ExclusiveStartKey"] = dict(start_key)
-    response = call("query", busy=TransientError, **request)
-    return [_to_letter(item) for item in response.get("Items", [])], response.get("LastEvaluatedKey")
+    items, last_key = partition_page(
+        table_settings().operations_table,
+        PARTITION,
+        limit=limit,
+        start_key=start_key,
+        busy=TransientError,
+        consistent=True,
+    )
+    return [_to_letter(item) for item in items], last_key

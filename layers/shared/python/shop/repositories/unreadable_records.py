@@ -16,7 +16,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.events import UnreadableRecord
-from shop.repositories.dynamodb import call, call_if
+from shop.repositories.dynamodb import call, call_if, partition_page
 
 PARTITION = "UNREADABLE_RECORD"
 # An exception's message can quote a whole image; keep what an operator needs to read.
@@ -144,13 +144,7 @@ def list_page(
     *, limit: int, start_key: Mapping[str, Any] | None
 ) -> tuple[list[UnreadableRecord], dict[str, Any] | None]:
     """One page of the records (by id) and DynamoDB's key to continue from (low-level shape)."""
-    request: dict[str, Any] = {
-        "TableName": table_settings().operations_table,
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": PARTITION}},
-        "Limit": limit,
-    }
-    if start_key:
-        request["ExclusiveStartKey"] = dict(start_key)
-    response = call("query", busy=TransientError, **request)
-    return [_to_record(item) for item in response.get("Items", [])], response.get("LastEvaluatedKey")
+    items, last_key = partition_page(
+        table_settings().operations_table, PARTITION, limit=limit, start_key=start_key, busy=TransientError
+    )
+    return [_to_record(item) for item in items], last_key
