@@ -236,8 +236,13 @@ def deploy(
         resolver.attributes[f"{logical_id}.Arn"] = created["EventBusArn"]
         stack.event_bus_names[logical_id] = bus_name
 
-    for logical_id in resources_of_type(template, QUEUE):
-        url = sqs.create_queue(QueueName=f"{prefix}-{logical_id}")["QueueUrl"]
+    for logical_id, resource in resources_of_type(template, QUEUE).items():
+        # The template's retention and visibility timeout, as CloudFormation would set them.
+        settings = resolver.resolve(resource.get("Properties", {}))
+        attributes = {
+            name: str(settings[name]) for name in ("MessageRetentionPeriod", "VisibilityTimeout") if name in settings
+        }
+        url = sqs.create_queue(QueueName=f"{prefix}-{logical_id}", Attributes=attributes)["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         resolver.refs[logical_id] = url
         resolver.attributes[f"{logical_id}.Arn"] = arn

@@ -19,7 +19,7 @@ from shop.models.orders import Order
 from shop.repositories import event_records, unreadable_records
 from tests.conftest import LocalAws
 from tests.service.orders_helpers import Shop, open_shop, seed_product
-from tests.service.test_events import BusSpy
+from tests.service.test_events import BusSpy, _duplicate_stream_deliveries
 
 
 @pytest.fixture
@@ -137,10 +137,20 @@ def test_an_order_item_no_version_of_the_shop_wrote_is_set_aside(shop: Shop, loc
     assert [kind for kind, _ in spy.of_order(placed)] == ["OrderPlaced", "OrderCompleted"]
     [record] = unreadable_records.open_records()
     assert (record.keys, record.error) == ({"order_id": "hand-written"}, "ValidationError")
-    # Delivered again (Lambda's at-least-once): the same record, one more failed read, no second item.
-    unreadable_records.set_aside(record.model_copy(update={"last_attempt_at": "2026-12-01T00:00:00.000Z"}))
-    [again] = unreadable_records.open_records()
-    assert (again.record_id, again.attempts) == (record.record_id, 2)
+
+
+def test_a_record_delivered_twice_is_set_aside_once(shop: Shop, local_aws: LocalAws) -> None:
+    # Lambda's delivery is at least once: the same record again counts a failed read, no second item.
+    _duplicate_stream_deliveries(local_aws, "PublishOrderEventsFunction")
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.table("OrdersTable"),
+        Item={"order_id": {"S": "hand-written"}, "status": {"S": "SHIPPED"}},
+    )
+
+    local_aws.deliver_events()
+
+    [record] = unreadable_records.open_records()
+    assert (record.keys, record.attempts) == ({"order_id": "hand-written"}, 2)
 
 
 def test_a_failure_to_publish_is_still_retried_not_set_aside(

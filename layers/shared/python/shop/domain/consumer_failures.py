@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from shop.models.events import RedriveResult
-from shop.observability import logger, metrics
+from shop.observability import logger
 from shop.repositories import consumer_failures
 from shop.repositories.consumer_failures import WaitingMessage
 
@@ -63,5 +61,4 @@ def redrive() -> RedriveResult:
                 logger().warning(
                     "a consumer failed again on a redriven event", extra={"function": function, "error": outcome.error}
                 )
-    metrics().add_metric(name="ConsumerFailuresRedriven", unit=MetricUnit.Count, value=redelivered)
     return RedriveResult(redelivered=redelivered, still_failing=still_failing, unrecognised=unrecognised)
