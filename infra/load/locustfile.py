@@ -34,6 +34,10 @@ Environment (read when Locust starts):
 - ``LOAD_THINK_MIN_SECONDS``, ``LOAD_THINK_MAX_SECONDS`` (1, 3): a shopper's pause between tasks;
   a flash-sale shopper pauses a tenth of it.
 - ``LOAD_PREFER_WAIT_SECONDS`` (5), ``LOAD_SETTLE_SECONDS`` (30), ``LOAD_POLL_SECONDS`` (0.5).
+- ``LOAD_TOURS`` (0): each user, instead of the random mix, makes this many tours of every route and every
+  choice its tasks make (``tour``: a flash buyer looks and buys one unit), and the run ends once every user
+  has, or at ``--run-time``. A short run then reaches every outcome whatever the dice say and however slow
+  the machine: the HTTP tier's checks run one tour.
 
 Runs as one Locust process (the seeding and the flash tally live in it), not distributed.
 """
@@ -58,6 +62,7 @@ import gevent
 import requests
 from locust import HttpUser, events, tag, task
 from locust.env import Environment
+from locust.exception import StopUser
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -94,6 +99,7 @@ class LoadSettings(BaseSettings):
     prefer_wait_seconds: int = Field(default=5, ge=1, le=10)
     settle_seconds: float = Field(default=30.0, gt=0)
     poll_seconds: float = Field(default=0.5, gt=0)
+    tours: int = Field(default=0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _think_range(self) -> LoadSettings:
@@ -138,6 +144,10 @@ class Run:
 
     customers: Iterator[tuple[str, str]] = field(default_factory=lambda: iter(()))
     flash: FlashTally = field(default_factory=FlashTally)
+    # LOAD_TOURS: the users Locust started (known once spawning completes) and those done touring.
+    users_started: int | None = None
+    users_toured: int = 0
+    environment: Environment | None = None
 
 
 run = Run()
@@ -212,6 +222,7 @@ def _prepare_run(environment: Environment, **_kwargs: Any) -> None:
     Locust fires ``init`` once, in its main flow: a failure here ends the process (exit status 1)
     before the run begins.
     """
+    run.environment = environment
     try:
         config = settings()
         tokens = LoadTokens.model_validate_json(config.tokens.read_bytes())
@@ -229,6 +240,22 @@ def _prepare_run(environment: Environment, **_kwargs: Any) -> None:
     except (OSError, ValidationError, RuntimeError, requests.RequestException) as error:
         log.error("the load test could not start: %s", error)
         sys.exit(1)  # SystemExit passes through Locust's event hook, which logs and swallows Exceptions
+
+
+# ---------------------------------------------------------------------------- LOAD_TOURS: the run's end
+@events.spawning_complete.add_listener
+def _count_users(user_count: int, **_kwargs: Any) -> None:
+    if settings().tours:
+        run.users_started = user_count
+        _end_when_every_user_toured()
+
+
+def _end_when_every_user_toured() -> None:
+    """With LOAD_TOURS, the run ends once every user has made its tours, before --run-time."""
+    runner = run.environment.runner if run.environment is not None else None
+    if runner is not None and run.users_started is not None and run.users_toured >= run.users_started:
+        # From a greenlet of its own: quit() kills every user's greenlet, the caller's among them.
+        gevent.spawn(runner.quit)
 
 
 # ---------------------------------------------------------------------------- the flash sale's books
@@ -310,6 +337,16 @@ class ShopUser(HttpUser):
         self.auth = {"Authorization": f"Bearer {token}"}
         # What a browser cache keeps: the ETag and body of each URL this user has read.
         self.cached: dict[str, tuple[str, bytes]] = {}
+        if settings().tours:
+            for _ in range(settings().tours):
+                self.tour()
+            run.users_toured += 1
+            _end_when_every_user_toured()
+            raise StopUser()  # instead of the random mix
+
+    def tour(self) -> None:
+        """Every route and every choice of this user's tasks, once (LOAD_TOURS)."""
+        raise NotImplementedError
 
     # -------------------------------------------------------------- catalog reads, revalidated
     def read_catalog(self, path: str, name: str) -> bytes | None:
@@ -430,11 +467,11 @@ class Shopper(ShopUser):
     weight = 3
 
     def on_start(self) -> None:
-        super().on_start()
         self.known_skus: list[str] = list(SHOPPER_SKUS)
         self.categories: list[str] = [SHOPPER_CATEGORY]
         # Words of the product names seen, for searches a shopper would type.
         self.name_words: list[str] = ["mug", "lamp"]
+        super().on_start()
 
     def learn(self, body: bytes | None) -> str | None:
         """Remember the SKUs, categories and name words of a catalog page; its next_token."""
@@ -451,58 +488,105 @@ class Shopper(ShopUser):
                     self.name_words.append(word.lower())
         return page.next_token
 
-    @tag("browse")
-    @task(4)
-    def browse_catalog(self) -> None:
+    # ------------------------------------------------------------ what a shopper does, each choice explicit
+    def browse_pages(self, *, next_page: bool) -> None:
         next_token = self.learn(self.read_catalog("/products?limit=20", name="/products"))
-        if next_token and random.random() < 0.5:
+        if next_token and next_page:
             query = urlencode({"limit": 20, "next_token": next_token})
             self.learn(self.read_catalog(f"/products?{query}", name="/products?next_token"))
 
-    @tag("browse")
-    @task(3)
     def browse_category(self) -> None:
         category = random.choice(self.categories)
         self.learn(self.read_catalog(f"/products?{urlencode({'category': category})}", name="/products?category"))
 
-    @tag("browse")
-    @task(3)
-    def search(self) -> None:
-        """A search as typed: one or two words of names seen, the last one sometimes unfinished."""
+    def search_names(self, *, unfinished: bool) -> None:
+        """A search as typed: one or two words of names seen, the last one unfinished or whole."""
         words = random.sample(self.name_words, k=min(len(self.name_words), random.randint(1, 2)))
-        if random.random() < 0.5:
+        if unfinished:
             words[-1] = words[-1][: random.randint(2, len(words[-1]))]
         self.learn(self.read_catalog(f"/products?{urlencode({'q': ' '.join(words)})}", name="/products?q"))
 
-    @tag("browse")
-    @task(4)
     def view_product(self) -> None:
         sku = random.choice(self.known_skus)
         self.read_catalog(f"/products/{sku}", name="/products/{sku}")
+
+    def buy(self, card: str, *, prefer_wait: bool) -> None:
+        placed = self.place_order(self.basket(), card, prefer_wait=prefer_wait)
+        if placed and card == APPROVED_CARD:
+            self.follow(*placed, COMPLETES, "checkout")
+        elif placed:
+            self.follow(*placed, IS_DECLINED, "declined card")
 
     def basket(self) -> dict[str, int]:
         skus = random.sample(SHOPPER_SKUS, k=random.randint(1, 3))
         return {sku: random.randint(1, 3) for sku in skus}
 
+    def tour(self) -> None:
+        """Every route and every choice of the tasks below, once: what a short run must reach, whatever
+        the dice say."""
+        self.browse_pages(next_page=True)
+        self.browse_category()
+        self.search_names(unfinished=False)
+        self.search_names(unfinished=True)
+        self.view_product()
+        for prefer_wait in (True, False):
+            self.buy(APPROVED_CARD, prefer_wait=prefer_wait)
+            self.buy(DECLINED_CARD, prefer_wait=prefer_wait)
+            self.order_cart(prefer_wait=prefer_wait)
+        self.cancel_order(after_completion=False)
+        self.cancel_order(after_completion=True)
+        self.list_orders()
+        self.browse_pages(next_page=False)  # a page seen before: revalidated with If-None-Match
+
+    # ------------------------------------------------------------ the mix: each task's choices by chance
+    @tag("browse")
+    @task(4)
+    def browse_catalog(self) -> None:
+        self.browse_pages(next_page=random.random() < 0.5)
+
+    @tag("browse")
+    @task(3)
+    def browse_a_category(self) -> None:
+        self.browse_category()
+
+    @tag("browse")
+    @task(3)
+    def search(self) -> None:
+        self.search_names(unfinished=random.random() < 0.5)
+
+    @tag("browse")
+    @task(4)
+    def view_a_product(self) -> None:
+        self.view_product()
+
     @tag("checkout")
     @task(2)
     def checkout(self) -> None:
-        placed = self.place_order(self.basket(), APPROVED_CARD, prefer_wait=random.random() < 0.5)
-        if placed:
-            self.follow(*placed, COMPLETES, "checkout")
+        self.buy(APPROVED_CARD, prefer_wait=random.random() < 0.5)
 
     @tag("checkout")
     @task(1)
     def checkout_declined(self) -> None:
-        placed = self.place_order(self.basket(), DECLINED_CARD, prefer_wait=random.random() < 0.5)
-        if placed:
-            self.follow(*placed, IS_DECLINED, "declined card")
+        self.buy(DECLINED_CARD, prefer_wait=random.random() < 0.5)
 
     @tag("cancel")
     @task(1)
     def cancel(self) -> None:
+        self.cancel_order(after_completion=random.random() < 0.5)
+
+    @tag("cart")
+    @task(1)
+    def cart_checkout(self) -> None:
+        self.order_cart(prefer_wait=random.random() < 0.5)
+
+    @tag("orders")
+    @task(2)
+    def my_orders(self) -> None:
+        self.list_orders()
+
+    # ------------------------------------------------------------ the longer steps
+    def cancel_order(self, *, after_completion: bool) -> None:
         """Cancel an order at once (usually still pending) or once it completed (a refund)."""
-        after_completion = random.random() < 0.5
         placed = self.place_order(self.basket(), APPROVED_CARD, prefer_wait=after_completion)
         if not placed:
             return
@@ -524,9 +608,7 @@ class Shopper(ShopUser):
             response.success()
         self.follow(order, cancelled_at, IS_CANCELLED, "refund" if after_completion else "cancel")
 
-    @tag("cart")
-    @task(1)
-    def cart_checkout(self) -> None:
+    def order_cart(self, *, prefer_wait: bool) -> None:
         """Fill an anonymous cart, merge it into the customer's cart (as at sign-in), order the cart.
 
         The cart empties when the order completes; it is not checked here, as users sharing a customer
@@ -556,13 +638,11 @@ class Shopper(ShopUser):
                 response.failure(f"{response.status_code}: {response.text[:300]}")
                 return
             response.success()
-        placed = self.place_order(None, APPROVED_CARD, prefer_wait=random.random() < 0.5)
+        placed = self.place_order(None, APPROVED_CARD, prefer_wait=prefer_wait)
         if placed:
             self.follow(*placed, COMPLETES, "cart checkout")
 
-    @tag("orders")
-    @task(2)
-    def my_orders(self) -> None:
+    def list_orders(self) -> None:
         with self.client.get("/orders?limit=10", headers=self.auth, name="/orders", catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:300]}")
@@ -579,6 +659,11 @@ class FlashSaleShopper(ShopUser):
 
     weight = 1
     think_scale = 0.1
+
+    def tour(self) -> None:
+        """Look at the SKU, buy one unit: with more users than units, some sell out."""
+        self.look()
+        self.buy_one()
 
     @tag("flash")
     @task(1)
