@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 import requests
 
 from infra.load.run import LOCUSTFILE, locust_command, mint_tokens, write_tokens
+from tests import statemachine_coverage
 from tests.conftest import REPO_ROOT
 from tests.http.conftest import RunningStack
 
@@ -69,6 +71,40 @@ def error_report(result: subprocess.CompletedProcess[str]) -> str:
     return output[start:][:4000] if start >= 0 else output[-4000:]
 
 
+def saga_failures(stack: RunningStack, result: subprocess.CompletedProcess[str]) -> str:
+    """The errors the sagas of the orders Locust failed met (state, error, cause), for an assertion's message:
+    an outcome's row names the order and its history, the saga's history says why."""
+    order_ids = set(re.findall(r"order (\S+) (?:ended|still)", result.stdout + result.stderr))
+    if not order_ids:
+        return ""
+    stepfunctions = stack.aws("stepfunctions")
+    lines = []
+    for arn in statemachine_coverage.deployed_state_machines(stepfunctions).values():
+        for page in stepfunctions.get_paginator("list_executions").paginate(stateMachineArn=arn):
+            for execution in page["executions"]:
+                if not any(order_id in execution["name"] for order_id in order_ids):
+                    continue
+                history = stepfunctions.get_execution_history(executionArn=execution["executionArn"], maxResults=1000)
+                for event in history["events"]:
+                    details = next((v for k, v in event.items() if k.endswith("FailedEventDetails")), None)
+                    if details is not None:
+                        lines.append(f"{execution['name']}: {event['type']} {details.get('error')}: {_cause(details)}")
+    return "\nsaga failures:\n" + "\n".join(lines[:40])
+
+
+def _cause(details: dict[str, Any]) -> str:
+    """A Lambda error's message and the innermost frame of its trace; any other cause as it is."""
+    cause = str(details.get("cause") or "")
+    try:
+        error = json.loads(cause)
+    except ValueError:
+        return cause[:500]
+    if not isinstance(error, dict):
+        return cause[:500]
+    frames = error.get("stackTrace") or [""]
+    return f"{error.get('errorMessage')} at {str(frames[-1]).strip()[:300]}"
+
+
 def requested(stats: dict[str, int], name: str) -> int:
     return stats.get(name, 0)
 
@@ -106,7 +142,9 @@ def test_shopper_mix_reaches_every_route_it_exercises_without_a_failure(stack: R
         think_max_seconds="0",
     )
 
-    assert {name: count for name, count in failures.items() if count} == {}, error_report(result)
+    assert {name: count for name, count in failures.items() if count} == {}, error_report(result) + saga_failures(
+        stack, result
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     routes = [
         "GET /products",
@@ -150,7 +188,9 @@ def test_flash_sale_sells_exactly_the_stock_and_the_rest_sell_out(stack: Running
         stack, tmp_path, mix="flash", users=users, duration="100s", tours="1", flash_sku=sku, flash_stock=str(stock)
     )
 
-    assert {name: count for name, count in failures.items() if count} == {}, error_report(result)
+    assert {name: count for name, count in failures.items() if count} == {}, error_report(result) + saga_failures(
+        stack, result
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"flash sale {sku}: {stock} of {stock} units sold" in result.stdout
     assert requested(stats, "ORDER flash sale -> COMPLETED") == stock
