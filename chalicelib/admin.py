@@ -1,6 +1,6 @@
 """Operator routes: every customer's orders (filtered), the sagas' dead letters (list, redrive), the stock
-levels and discrepancy letters, the stream records the event publishers set aside, the payment circuit
-breaker and the last reconciliation report."""
+levels and discrepancy letters, the stream records the event publishers set aside, the count of events
+the consumers failed on, the payment circuit breaker and the last reconciliation report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from shop.errors import ReconciliationReportNotFound
 from shop.models.base import Record, StrictModel
 from shop.models.catalog import StockLevelPage
 from shop.models.common import OrderId
-from shop.models.events import UnreadableRecordPage
+from shop.models.events import ConsumerFailuresStatus, UnreadableRecordPage
 from shop.models.orders import DeadLetter, DeadLetterPage, OrderFilter, OrderPage
 from shop.models.payments import CircuitBreakerStatus
 from shop.models.reconciliation import ReconciliationReport, StockDiscrepancyPage
@@ -152,6 +152,25 @@ def list_stock_discrepancies(query: LetterPageQuery, principal: Principal) -> Re
 )
 def list_unreadable_records(query: LetterPageQuery, principal: Principal) -> Response:
     return http.json_response(operations.list_unreadable_records(limit=query.limit, next_token=query.next_token))
+
+
+@http.route(
+    admin,
+    "/admin/consumer-failures",
+    "GET",
+    summary="Count the events the consumers failed on (admin)",
+    description=(
+        "Events a consumer (the notifier, the low-stock recorder, the stopped-saga settler) still failed on after "
+        "Lambda's retries, or that EventBridge could not deliver, wait in ConsumerFailuresQueue for 14 days. Every "
+        "quarter of an hour each is handed back to its function; it leaves the queue once the function takes it. "
+        "The counts are SQS's, approximate."
+    ),
+    auth="admin",
+    responses={200: ConsumerFailuresStatus},
+    tags=_TAGS,
+)
+def consumer_failures(principal: Principal) -> Response:
+    return http.json_response(operations.consumer_failures_status())
 
 
 @http.route(

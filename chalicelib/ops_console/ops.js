@@ -213,6 +213,63 @@
     await loadDeadLetters();
   }
 
+  // ------------------------------------------------------------------ the event pipeline
+  // Every OPEN item of a letter listing (dead letters, set-aside records, stock discrepancies), all pages.
+  async function openItems(path) {
+    const items = [];
+    let next = null;
+    do {
+      const query = new URLSearchParams({ limit: "100" });
+      if (next) query.set("next_token", next);
+      const page = await api(`${path}?${query}`);
+      items.push(...page.items.filter((item) => item.status === "OPEN"));
+      next = page.next_token;
+    } while (next);
+    return items;
+  }
+
+  async function loadEventPipeline() {
+    const [failures, records, discrepancies] = await Promise.all([
+      api("admin/consumer-failures"),
+      openItems("admin/unreadable-records"),
+      openItems("admin/stock-discrepancies"),
+    ]);
+    const summary = $("#consumer-failures");
+    const total = failures.waiting + failures.in_hand;
+    summary.textContent = total
+      ? `Events the consumers failed on: ${failures.waiting} waiting for the next redrive, ` +
+        `${failures.in_hand} being handed back or failed again (each is handed back every quarter of an hour).`
+      : "Events the consumers failed on: none.";
+    summary.classList.toggle("waiting", total > 0);
+    $("#unreadable-records tbody").replaceChildren(
+      ...records.map((record) => {
+        const row = document.createElement("tr");
+        row.dataset.recordId = record.record_id;
+        cell(row, record.record_id);
+        cell(row, Object.entries(record.keys).map(([name, value]) => `${name}=${value}`).join(", "));
+        // The message's first line (a ValidationError's count of errors); the whole of it on hover.
+        cell(row, `${record.error}: ${record.detail.split("\n")[0]}`).title = record.detail;
+        cell(row, record.attempts);
+        cell(row, record.set_aside_at);
+        cell(row, record.last_attempt_at);
+        return row;
+      }),
+    );
+    $("#stock-discrepancies tbody").replaceChildren(
+      ...discrepancies.map((letter) => {
+        const row = document.createElement("tr");
+        row.dataset.sku = letter.sku;
+        cell(row, letter.sku);
+        cell(row, letter.kinds.join(", "), "state-OPEN");
+        cell(row, letter.detail);
+        cell(row, letter.runs_seen);
+        cell(row, letter.first_seen_at);
+        cell(row, letter.last_seen_at);
+        return row;
+      }),
+    );
+  }
+
   // ------------------------------------------------------------------ breakers, stock, reconciliation
   async function loadBreakers() {
     const breakers = await api("admin/circuit-breakers");
@@ -314,6 +371,7 @@
       loadDeadLetters(),
       loadBreakers(),
       loadStock(),
+      loadEventPipeline(),
       loadReconciliation(),
     ]);
     const failed = results.find((result) => result.status === "rejected");

@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report = reconciliation_job.run(quiescent=True)
         # One parallel scan, not a GET per order: a 10,000-order run would spend minutes here.
-        final = {order.order_id: order for order in audit.orders() if order.order_id in workload.order_ids}
+        final = {order.order_id: order for order in audit.orders().records if order.order_id in workload.order_ids}
         outcomes = Counter(f"{o.status} {o.failure_reason or ''}".strip() for o in final.values())
         violations = report.discrepancies
         wall = time.monotonic() - started

@@ -1,11 +1,12 @@
 """The operators' console (`GET /ops`) in a real headless browser: Debian's chromium driven by Playwright.
 
 The page is loaded as `make run` prints it (the admin token in the URL fragment), lists the orders
-this test placed, opens one order's saga timeline and redrives a dead letter until it leaves the list.
+this test placed, opens one order's saga timeline and redrives a dead letter until it leaves the list;
+the event pipeline panel shows a stream record set aside and an event a consumer failed on.
 No browser is ever downloaded: Playwright launches /usr/bin/chromium (`make http` installs it).
 
-With OPS_CONSOLE_SCREENSHOT=<path> the test also saves a screenshot of the console showing a
-timeline with compensations (docs/ops-console.png is made that way).
+With OPS_CONSOLE_SCREENSHOT=<path> the timeline test also saves a screenshot of the console showing a
+timeline with compensations, and the pipeline test's rows (docs/ops-console.png is made that way).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from infra.local.identity import DevIdentityProvider
+from shop.models.reconciliation import StockDiscrepancyLetter, StockDiscrepancyPage
 from tests.http.conftest import RunningStack
 from tests.http.test_checkout_http import create_product, wait_for_terminal
 
@@ -148,6 +150,68 @@ def _open_console(
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(stack.url(f"/ops#token={stack.tokens['admin']}"))
     return page
+
+
+def _resource_named(names: list[str], logical_id: str) -> str:
+    """The stack's physical name for ``logical_id`` (``<stack>-<logical id>``)."""
+    (name,) = [name for name in names if name.rsplit("/", 1)[-1].endswith(f"-{logical_id}")]
+    return name
+
+
+def test_the_event_pipeline_panel_shows_what_waits_for_a_retry(stack: RunningStack, browser: Browser) -> None:
+    # A stream record no publisher can read: an order item written behind the shop's back.
+    dynamodb = stack.aws("dynamodb")
+    orders_table = _resource_named(dynamodb.list_tables()["TableNames"], "OrdersTable")
+    hand_written = f"hand-written-{uuid.uuid4().hex[:8]}"
+    dynamodb.put_item(TableName=orders_table, Item={"order_id": {"S": hand_written}, "status": {"S": "SHIPPED"}})
+
+    def set_aside() -> dict[str, Any] | None:
+        listed = requests.get(
+            stack.url("/admin/unreadable-records?limit=100"), headers=stack.auth("admin"), timeout=10
+        ).json()
+        return next((r for r in listed["items"] if r["keys"] == {"order_id": hand_written}), None)
+
+    _poll(lambda: set_aside() is not None, f"the stream record of {hand_written} to be set aside")
+    # An event a consumer failed on (here one naming no function: the redriver keeps it for an operator).
+    sqs = stack.aws("sqs")
+    queue = _resource_named(sqs.list_queues()["QueueUrls"], "ConsumerFailuresQueue")
+    sqs.send_message(QueueUrl=queue, MessageBody="not an event")
+    # A stock discrepancy letter: only a reconciliation run opens one, and none runs on this shared
+    # stack, so the API's answer is served to the page as the model writes it.
+    letter = StockDiscrepancyLetter(
+        sku="CONSOLE-SKU",
+        status="OPEN",
+        kinds=["stock_mismatch"],
+        detail="initial 10 + adjustments 0 != available 7 + held 0 + committed 2",
+        first_seen_at="2026-11-30T10:00:00Z",
+        last_seen_at="2026-11-30T11:00:00Z",
+        runs_seen=2,
+    )
+    resolved = letter.model_copy(update={"sku": "RESOLVED-SKU", "status": "RESOLVED"})
+    letters = StockDiscrepancyPage(items=[letter, resolved], next_token=None).model_dump_json()
+
+    def serve_letters(page: Page) -> None:
+        page.route(
+            "**/admin/stock-discrepancies?*",
+            lambda route: route.fulfill(status=200, content_type="application/json", body=letters),
+        )
+
+    errors: list[str] = []
+    page = _open_console(browser, stack, errors, before_load=serve_letters)
+
+    expect(page.locator("#message")).to_contain_text("Updated")
+    waiting = requests.get(stack.url("/admin/consumer-failures"), headers=stack.auth("admin"), timeout=10).json()
+    summary = page.locator("#consumer-failures.waiting")
+    expect(summary).to_contain_text(f"{waiting['waiting']} waiting for the next redrive")
+    record = set_aside()
+    assert record is not None
+    row = page.locator(f'#unreadable-records tbody tr[data-record-id="{record["record_id"]}"]')
+    expect(row).to_contain_text(f"order_id={hand_written}")
+    expect(row).to_contain_text("ValidationError")
+    expect(page.locator('#stock-discrepancies tbody tr[data-sku="CONSOLE-SKU"]')).to_contain_text("stock_mismatch")
+    expect(page.locator('#stock-discrepancies tbody tr[data-sku="RESOLVED-SKU"]')).to_have_count(0)
+    assert errors == []
+    page.close()
 
 
 def test_the_console_lists_orders_opens_a_timeline_and_redrives_a_dead_letter(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from shop.errors import TransientError
-from shop.models.events import RedriveResult
+from shop.models.events import ConsumerFailuresStatus, RedriveResult
 from shop.repositories import event_records
 from tests.conftest import LocalAws
 from tests.service.orders_helpers import Shop, open_shop, seed_product
@@ -48,6 +48,13 @@ def waiting(local_aws: LocalAws) -> tuple[int, int]:
     return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
+def operators_count(shop: Shop) -> dict[str, int]:
+    """What GET /admin/consumer-failures says."""
+    response = shop.client.http.get("/admin/consumer-failures", headers=shop.headers("admin"))
+    assert response.status_code == 200, response.body
+    return ConsumerFailuresStatus.model_validate_json(response.body).model_dump()
+
+
 def notifications_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     """The notification consumer's table is unavailable (for longer than Lambda's retries)."""
 
@@ -72,12 +79,14 @@ def test_the_event_a_consumer_failed_on_is_kept_and_taken_once_handed_back(
 
     assert event_records.notifications_for(order_id) == []
     assert waiting(local_aws) == (1, 0)  # Lambda's invocation record, not a dropped event
+    assert operators_count(shop) == {"waiting": 1, "in_hand": 0}
 
     monkeypatch.undo()  # the table is back
     assert redrive(local_aws) == RedriveResult(redelivered=1, still_failing=0, unrecognised=0)
     [email] = event_records.notifications_for(order_id)
     assert (email.template, email.event_id.split(":")[1]) == ("order-completed", "COMPLETED")
     assert waiting(local_aws) == (0, 0)
+    assert operators_count(shop) == {"waiting": 0, "in_hand": 0}
     assert redrive(local_aws) == RedriveResult()  # nothing left to hand back
 
 
@@ -89,7 +98,15 @@ def test_an_event_the_consumer_still_fails_on_stays_in_the_queue(
 
     assert redrive(local_aws) == RedriveResult(redelivered=0, still_failing=1, unrecognised=0)
     assert waiting(local_aws) == (0, 1)  # hidden until the next run, not deleted
+    assert operators_count(shop) == {"waiting": 0, "in_hand": 1}
     assert event_records.notifications_for(order_id) == []
+
+
+def test_only_an_admin_reads_the_consumer_failures_count(shop: Shop) -> None:
+    assert shop.client.http.get("/admin/consumer-failures", headers=shop.headers("alice")).status_code == 403
+    assert shop.client.http.get("/admin/consumer-failures").status_code == 401
+    extra = shop.client.http.get("/admin/consumer-failures?limit=5", headers=shop.headers("admin"))
+    assert extra.status_code == 400  # the route takes no query
 
 
 def test_an_event_eventbridge_could_not_deliver_is_handed_to_its_target(shop: Shop, local_aws: LocalAws) -> None:

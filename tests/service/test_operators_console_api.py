@@ -109,6 +109,34 @@ def test_admin_orders_filter_by_status_reason_customer_and_time(shop: Shop, plac
 
 
 # ---------------------------------------------------------------------------- bad input
+def test_an_order_item_no_version_of_the_shop_wrote_is_left_out_of_every_listing(
+    shop: Shop, local_aws: LocalAws, placed: dict[str, Any]
+) -> None:
+    # Written behind the shop's back into every index a listing reads: its image is not an Order.
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.table("OrdersTable"),
+        Item={
+            "order_id": {"S": "hand-written"},
+            "status": {"S": "SHIPPED"},
+            "customer_id": {"S": "alice"},
+            "created_key": {"S": "2999-01-01T00:00:00Z#hand-written"},
+            "created_at": {"S": "2999-01-01T00:00:00Z"},
+            "outcome": {"S": "COMPLETED#0"},
+            "in_progress_for": {"S": "alice"},
+        },
+    )
+    alice_ok, alice_declined, bob_ok = (placed[name]["order_id"] for name in ("alice_ok", "alice_declined", "bob_ok"))
+
+    assert sorted(_all_pages(shop)[0]) == sorted([alice_ok, alice_declined, bob_ok])  # the table's scan
+    assert _ids(_admin_get(shop, "/admin/orders", customer="alice")) == [alice_declined, alice_ok]
+    assert _ids(_admin_get(shop, "/admin/orders", status="COMPLETED")) == [bob_ok, alice_ok]
+    assert _ids(_admin_get(shop, "/admin/orders", status="PENDING")) == []  # OrdersInProgress
+    assert _ids(shop.client.http.get("/orders", headers=shop.headers("alice"))) == [alice_declined, alice_ok]
+    # Read on its own, it is the server's fault, not the caller's.
+    answer = shop.get("hand-written", who="admin")
+    assert answer.status_code == 500 and answer.headers["Content-Type"] == "application/problem+json"
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [

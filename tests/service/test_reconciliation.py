@@ -77,7 +77,7 @@ def test_real_sagas_leave_books_without_a_discrepancy(shop: Shop) -> None:
     assert report.checked.provider_operations == 6
     body = report_via_api(shop)
     assert body["discrepancies"] == [] and body["started_at"] == report.started_at
-    stored = audit.orders()
+    stored = audit.orders().records
     assert {done, declined, refunded} == {order.order_id for order in stored}
     assert all(order.idempotency_key for order in stored)  # kept, so duplicates would be found
 
@@ -102,6 +102,46 @@ def test_a_payment_ledger_behind_the_provider_is_repaired(shop: Shop, local_aws:
     assert shop.dead_letter(order_id) is None
     assert reconciliation_job.run(quiescent=True).discrepancies == []  # the books agree again
     assert report_via_api(shop)["discrepancies"] == []
+
+
+def _set_status(local_aws: LocalAws, table: str, key: dict[str, str], status: str) -> None:
+    """An item's status changed behind the shop's back."""
+    aws.dynamodb().update_item(
+        TableName=local_aws.table(table),
+        Key={name: {"S": value} for name, value in key.items()},
+        UpdateExpression="SET #status = :status",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={":status": {"S": status}},
+    )
+
+
+def test_items_no_version_of_the_shop_wrote_are_reported_and_the_rest_is_still_checked(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    judged = completed(shop)
+    unjudged = completed(shop)
+    # Written behind the shop's back: an order item that is not an Order, and a payment item of a
+    # completed order that is not a Payment.
+    aws.dynamodb().put_item(
+        TableName=local_aws.table("OrdersTable"), Item={"order_id": {"S": "hand-written"}, "status": {"S": "SHIPPED"}}
+    )
+    _set_status(local_aws, "PaymentsTable", {"order_id": unjudged}, "SHIPPED")
+    # A discrepancy the run must still find on a readable order: its reservation was never committed.
+    _set_status(local_aws, "ReservationsTable", {"reservation_id": judged}, "RESERVED")
+
+    report = reconciliation_job.run(quiescent=True)
+
+    unreadable = {
+        (d.order_id, d.detail.split(" item ")[0]) for d in report.discrepancies if d.kind == "record_unreadable"
+    }
+    assert unreadable == {("hand-written", "OrdersTable"), (unjudged, "PaymentsTable")}
+    assert all(d.action == "reported" for d in report.discrepancies if d.kind == "record_unreadable")
+    # The order whose payment cannot be read is not judged (every check would find its payment missing),
+    # nor dead-lettered; the readable one is judged as ever.
+    assert {d.order_id for d in report.discrepancies if d.kind != "record_unreadable"} == {judged}
+    assert shop.dead_letter(unjudged) is None
+    assert report.checked.orders == 2
+    assert [d["kind"] for d in report_via_api(shop)["discrepancies"]].count("record_unreadable") == 2
 
 
 def _drift_stock(local_aws: LocalAws, units: int) -> None:

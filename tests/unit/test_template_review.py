@@ -266,6 +266,18 @@ def test_the_pagination_key_is_a_generated_secret_only_the_api_reads(transformed
     assert readers == {"APIHandlerDataAccess"}
 
 
+def test_only_the_redriver_takes_messages_from_the_consumer_failures_queue(transformed: dict[str, Any]) -> None:
+    queue = {"Fn::GetAtt": ["ConsumerFailuresQueue", "Arn"]}
+    actions: dict[str, set[str]] = {}
+    for holder, statement in _statements(transformed):
+        if queue in _listed(statement["Resource"]) and statement["Effect"] == "Allow":
+            actions.setdefault(holder, set()).update(_listed(statement["Action"]))
+    # The operators' count (GET /admin/consumer-failures) reads the queue's attributes, never a message.
+    assert actions.pop("APIHandlerDataAccess") == {"sqs:GetQueueAttributes"}
+    assert actions.pop("RedriveConsumerFailuresFunctionRole") == {"sqs:ReceiveMessage", "sqs:DeleteMessage"}
+    assert all(granted == {"sqs:SendMessage"} for granted in actions.values()), actions
+
+
 def test_the_api_stage_throttles_every_method_with_the_template_parameters(transformed: dict[str, Any]) -> None:
     (stage,) = _of_type(transformed, "AWS::ApiGateway::Stage").values()
     assert stage["Properties"]["MethodSettings"] == [

@@ -1,5 +1,5 @@
 """What operators do: list the dead letters and redrive one; list the stock discrepancy letters and the
-stream records the event publishers set aside; read the stock levels.
+stream records the event publishers set aside; count the events the consumers failed on; read the stock levels.
 
 A redrive restarts the saga where the dead letter says, once per redrive: the checkout machine at
 ``ReconcilePayment`` (it resumes from what the provider says happened to the payment), or the
@@ -14,11 +14,11 @@ from shop.domain import order_saga
 from shop.errors import DeadLetterNotFound
 from shop.models.base import iso_now
 from shop.models.catalog import StockLevel, StockLevelPage
-from shop.models.events import UnreadableRecordPage
+from shop.models.events import ConsumerFailuresStatus, UnreadableRecordPage
 from shop.models.orders import FIRST_EPOCH, DeadLetter, DeadLetterPage, Failure
 from shop.models.reconciliation import StockDiscrepancyPage
 from shop.pagination import decode_token, encode_token
-from shop.repositories import catalog, dead_letters, sagas, stock_discrepancies, unreadable_records
+from shop.repositories import catalog, consumer_failures, dead_letters, sagas, stock_discrepancies, unreadable_records
 from shop.repositories import orders as repository
 
 DEAD_LETTERS_LISTING = "dead-letters"
@@ -46,6 +46,11 @@ def list_unreadable_records(*, limit: int, next_token: str | None) -> Unreadable
     start = decode_token(UNREADABLE_RECORDS_LISTING, next_token, binding)
     records, last_key = unreadable_records.list_page(limit=limit, start_key=start)
     return UnreadableRecordPage(items=records, next_token=encode_token(UNREADABLE_RECORDS_LISTING, last_key, binding))
+
+
+def consumer_failures_status() -> ConsumerFailuresStatus:
+    waiting, in_hand = consumer_failures.counts()
+    return ConsumerFailuresStatus(waiting=waiting, in_hand=in_hand)
 
 
 def low_stock_threshold() -> int:

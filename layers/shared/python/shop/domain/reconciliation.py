@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from shop.models.inventory import Reservation
 from shop.models.orders import SAGA_IN_PROGRESS, DeadLetter, Order, ResumePoint
 from shop.models.payments import CAPTURED_STATUSES, Payment
-from shop.models.reconciliation import Discrepancy, DiscrepancyKind
+from shop.models.reconciliation import Discrepancy, DiscrepancyKind, UnreadableItem
 from shop.payments.provider import ProviderOperation
 from shop.payments.simulator import SimulatorLedger
 from shop.saga_terms import Step
@@ -78,6 +78,8 @@ class Snapshot:
     payments: Mapping[str, Payment]
     dead_letters: Mapping[str, DeadLetter]
     provider: Mapping[str, ProviderView]
+    # Items of the audited tables their models refused (reported; their orders are not judged).
+    unreadable: Sequence[UnreadableItem] = ()
 
 
 def _approved(operation: ProviderOperation | None) -> bool:
@@ -355,7 +357,15 @@ def check(snapshot: Snapshot, *, settled_before: str, expired_before: int) -> li
     found = check_stock(snapshot.products, snapshot.adjustments, snapshot.reservations.values())
     found += check_reservations(snapshot.reservations.values(), expired_before=expired_before)
     found += check_idempotency(snapshot.orders)
+    found += [
+        _found("record_unreadable", f"{item.table} item {item.key}: {item.error}", order_id=item.order_id)
+        for item in snapshot.unreadable
+    ]
+    # An order one of whose records cannot be read is not judged: every check would see it missing.
+    unjudged = {item.order_id for item in snapshot.unreadable}
     for order in settled_orders(snapshot.orders, settled_before):
+        if order.order_id in unjudged:
+            continue
         found += check_order(
             order,
             payment=snapshot.payments.get(order.order_id),

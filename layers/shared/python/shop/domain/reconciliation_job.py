@@ -51,6 +51,7 @@ REPORT_ONLY = frozenset(
         "execution_running",
         "reservation_held_past_expiry",
         "duplicate_idempotency_key",
+        "record_unreadable",
     }
 )
 
@@ -87,25 +88,27 @@ def read_snapshot(settled_before: str, provider: PaymentProvider) -> Snapshot:
     adjustments = audit.adjustments()
     reservations = audit.reservations()
     orders = audit.orders()
-    payments = audit.payments()
+    payments_read = audit.payments()
+    payments = {payment.order_id: payment for payment in payments_read.records}
     letters = _dead_letters()
     last = audit.product_stock()
     products = {
         sku: StockRecord(sku=sku, available=available, initial=initial, stable=last.get(sku) == (available, initial, v))
         for sku, (available, initial, v) in first.items()
     }
-    settled = checks.settled_orders(orders, settled_before)
+    settled = checks.settled_orders(orders.records, settled_before)
     with ThreadPoolExecutor(max_workers=PROVIDER_READERS) as pool:
         views = pool.map(lambda order: provider_view(order.order_id, payments.get(order.order_id), provider), settled)
         provider_views = {order.order_id: view for order, view in zip(settled, views, strict=True)}
     return Snapshot(
         products=products,
         adjustments=adjustments,
-        reservations=reservations,
-        orders=orders,
+        reservations={reservation.reservation_id: reservation for reservation in reservations.records},
+        orders=orders.records,
         payments=payments,
         dead_letters=letters,
         provider=provider_views,
+        unreadable=[*orders.unreadable, *payments_read.unreadable, *reservations.unreadable],
     )
 
 

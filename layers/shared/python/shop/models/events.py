@@ -188,6 +188,19 @@ class RepublishResult(Record):
     still_unreadable: int = 0
 
 
+class ConsumerFailuresStatus(Record):
+    """ConsumerFailuresQueue at a glance: SQS's approximate counts of the events the consumers failed on."""
+
+    waiting: int = Field(ge=0, description="events waiting for the next redrive (SQS: visible messages)")
+    in_hand: int = Field(
+        ge=0,
+        description=(
+            "events being handed back now, or hidden for the queue's visibility timeout after their consumer "
+            "failed again (SQS: messages not visible)"
+        ),
+    )
+
+
 class RedriveResult(Record):
     """What one run of the consumers' redriver did."""
 

@@ -26,6 +26,7 @@ DiscrepancyKind = Literal[
     "payment_ledger_behind_provider",
     "payment_ledger_mismatch",
     "provider_operation_duplicated",
+    "record_unreadable",
 ]
 # What the job did about a discrepancy.
 DiscrepancyAction = Literal["repaired", "dead_lettered", "dead_letter_already_open", "reported"]
@@ -39,6 +40,20 @@ class Discrepancy(Record):
     sku: str | None = None
     detail: str = Field(description="What disagrees, with the numbers on both sides.")
     action: DiscrepancyAction = "reported"
+
+
+class UnreadableItem(Record):
+    """An item of an audited table that is not a record the shop writes (its model refuses it): written
+    behind the shop's back, or by a version that wrote what this one cannot read."""
+
+    table: str = Field(description="The table's role, e.g. OrdersTable.")
+    key: dict[str, str] = Field(description="The item's key attributes, as text.")
+    error: str = Field(description="Why it could not be read: the error's class and message, truncated.")
+
+    @property
+    def order_id(self) -> str | None:
+        """The order it belongs to: the key of an order, its payment and its reservation is the order's id."""
+        return self.key.get("order_id") or self.key.get("reservation_id")
 
 
 class CheckedCounts(Record):

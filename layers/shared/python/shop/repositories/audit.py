@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from pydantic import ValidationError
 
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.inventory import Reservation, total_available, units_by_shard
 from shop.models.orders import Order
 from shop.models.payments import Payment
-from shop.models.reconciliation import ReconciliationReport
+from shop.models.reconciliation import ReconciliationReport, UnreadableItem
 from shop.repositories import stock
 from shop.repositories.dynamodb import call, unmarshal
 from shop.repositories.orders import to_order
@@ -27,6 +30,16 @@ from shop.repositories.payments import to_payment
 
 SEGMENTS = 4
 REPORT_KEY = {"pk": {"S": "RECONCILIATION"}, "sk": {"S": "LAST"}}
+# How much of a refused item's error the report keeps.
+ERROR_TEXT_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class Audited[T]:
+    """A table's records, and the items its model refused: one bad item is reported, never fatal."""
+
+    records: list[T]
+    unreadable: list[UnreadableItem]
 
 
 def scan(table: str, *, segments: int = SEGMENTS, projection: str | None = None) -> list[dict[str, Any]]:
@@ -91,18 +104,35 @@ def adjustments() -> dict[str, int]:
     return dict(totals)
 
 
-def reservations() -> dict[str, Reservation]:
-    found = (Reservation.model_validate(unmarshal(item)) for item in scan(table_settings().reservations_table))
-    return {reservation.reservation_id: reservation for reservation in found}
+def _read_each[T](table_role: str, items: list[dict[str, Any]], key: str, read: Callable[[Any], T]) -> Audited[T]:
+    records: list[T] = []
+    unreadable: list[UnreadableItem] = []
+    for item in items:
+        try:
+            records.append(read(item))
+        except (ValidationError, KeyError, TypeError, ValueError) as error:
+            key_value = item.get(key, {})
+            unreadable.append(
+                UnreadableItem(
+                    table=table_role,
+                    key={key: str(next(iter(key_value.values()), "")) if isinstance(key_value, dict) else ""},
+                    error=f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT],
+                )
+            )
+    return Audited(records, unreadable)
 
 
-def orders() -> list[Order]:
-    return [to_order(item) for item in scan(table_settings().orders_table)]
+def reservations() -> Audited[Reservation]:
+    items = scan(table_settings().reservations_table)
+    return _read_each("ReservationsTable", items, "reservation_id", lambda i: Reservation.model_validate(unmarshal(i)))
 
 
-def payments() -> dict[str, Payment]:
-    found = (to_payment(item) for item in scan(table_settings().payments_table))
-    return {payment.order_id: payment for payment in found}
+def orders() -> Audited[Order]:
+    return _read_each("OrdersTable", scan(table_settings().orders_table), "order_id", to_order)
+
+
+def payments() -> Audited[Payment]:
+    return _read_each("PaymentsTable", scan(table_settings().payments_table), "order_id", to_payment)
 
 
 def save_report(report: ReconciliationReport) -> None:

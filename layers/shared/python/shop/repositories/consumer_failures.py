@@ -57,6 +57,15 @@ def receive() -> list[WaitingMessage]:
     ]
 
 
+def counts() -> tuple[int, int]:
+    """SQS's approximate counts: (visible messages, messages not visible)."""
+    attributes = aws.client("sqs").get_queue_attributes(
+        QueueUrl=event_settings().consumer_failures_queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
 def delete(message: WaitingMessage) -> None:
     aws.client("sqs").delete_message(
         QueueUrl=event_settings().consumer_failures_queue_url, ReceiptHandle=message.receipt_handle
