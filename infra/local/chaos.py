@@ -4,7 +4,9 @@ then everything healthy again, the sweepers and the redrives, then the books che
     python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 72]
 
 1. Start the stack in this process (moto, free ports; moto's DynamoDB in a process of its own,
-   its faults entering where the stack's clients hand it their requests), create scarce and plentiful SKUs.
+   its faults entering where the stack's clients hand it their requests), create scarce and plentiful SKUs,
+   and plant items no version of the shop wrote (``UNREADABLE_ITEMS``: an order in progress, an expired
+   hold, a payment) where the sweepers, the listings and the books check read.
 2. With the fault profile on (``infra/local/faults.py``): several customers place multi-line
    orders paid with every test token, from concurrent clients; a client retries with the same
    Idempotency-Key after an error, sometimes sends a concurrent duplicate, sometimes repeats a
@@ -14,9 +16,11 @@ then everything healthy again, the sweepers and the redrives, then the books che
    not buried under thousands of sagas in flight.
 3. Faults off. Wait until no saga runs; run the orphan sweeper; redrive every open dead letter
    (as an operator would) until none is left open; wait again.
-4. Run the invariant checker (``shop.domain.reconciliation_job.run(quiescent=True)``) and print a
-   summary: orders by final status and reason, faults injected by kind, what was checked and
-   every violation. Exit 1 on any violation, printing the seed and each violating order's history.
+4. Run the holds' sweeper once more and list every order as an operator would; run the invariant
+   checker (``shop.domain.reconciliation_job.run(quiescent=True)``) and print a summary: orders by
+   final status and reason, faults injected by kind, the planted items reported, what was checked and
+   every violation. Exit 1 on any violation (a planted item not reported is one), printing the seed
+   and each violating order's history.
 """
 
 from __future__ import annotations
@@ -252,6 +256,69 @@ def _sweep_orphans(lambda_client: Any, function_name: str) -> dict[str, Any]:
             return swept
 
 
+# Items no version of the shop wrote (a hand edit, or a newer version's write read by an older one after
+# a rollback), planted before the workload where the sweepers, the listings and the books check read:
+# an order in progress placed long ago, an expired hold, a payment. None may stop any of them, and the
+# books check must report exactly these (record_unreadable), by table and key.
+UNREADABLE_ITEMS: dict[str, dict[str, Any]] = {
+    "OrdersTable": {
+        "order_id": {"S": "chaos-unreadable-order"},
+        "status": {"S": "SHIPPING"},
+        "customer_id": {"S": "legacy-customer"},
+        "in_progress_for": {"S": "legacy-customer"},
+        "created_at": {"S": "2000-01-01T00:00:00.000Z"},
+        "created_key": {"S": "2000-01-01T00:00:00.000Z#chaos-unreadable-order"},
+    },
+    "ReservationsTable": {
+        "reservation_id": {"S": "chaos-unreadable-hold"},
+        "status": {"S": "RESERVED"},
+        "expires_at": {"N": "946684800"},
+        "lines": {"S": "two units of something"},
+    },
+    "PaymentsTable": {"order_id": {"S": "chaos-unreadable-payment"}, "status": {"S": "SETTLING"}},
+}
+
+
+def plant_unreadable_items(dynamodb: Any, table_names: dict[str, str]) -> set[tuple[str, str]]:
+    """Write ``UNREADABLE_ITEMS``; the (table, key value) the books check must report."""
+    from shop.repositories.inventory import held_key
+
+    planted = set()
+    for table, item in UNREADABLE_ITEMS.items():
+        item = dict(item)
+        if table == "ReservationsTable":  # in the sweeper's index, in the shard its id belongs to
+            item["held"] = {"S": held_key(item["reservation_id"]["S"])}
+        dynamodb.put_item(TableName=table_names[table], Item=item)
+        key = item.get("order_id") or item["reservation_id"]
+        planted.add((table, key["S"]))
+    return planted
+
+
+def _sweep_holds(lambda_client: Any, function_name: str) -> int:
+    """One run of the expired holds' sweeper, as its schedule invokes it; the holds it released."""
+    response = lambda_client.invoke(FunctionName=function_name, Payload=json.dumps({"source": "aws.events"}))
+    sweep = json.loads(response["Payload"].read())
+    if response.get("FunctionError"):
+        raise RuntimeError(f"the expired holds' sweeper failed: {sweep}")
+    return int(sweep["released"])
+
+
+def _every_order_listed(workload: Workload) -> int:
+    """Every page of the operators' unfiltered listing (a scan of the table); the orders listed."""
+    listed = 0
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = requests.get(
+            workload.api + "/admin/orders", headers=workload.headers("admin"), params=params, timeout=TIMEOUT
+        )
+        if page.status_code != 200:
+            raise RuntimeError(f"GET /admin/orders answered {page.status_code}: {page.text[:300]}")
+        listed += len(page.json()["items"])
+        if not page.json()["next_token"]:
+            return listed
+        params["next_token"] = page.json()["next_token"]
+
+
 def default_workflow_type() -> str:
     """The template's default WorkflowType (what `make run` and a plain deploy use)."""
     from infra.local.template import load_template, parameter_defaults
@@ -345,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
             created.raise_for_status()
         stepfunctions = stack.client("stepfunctions")
         machines = list(stack.deployed.state_machine_arns.values())
+        from shop import aws
+
+        # Through the shop's own client: the tables live in moto's DynamoDB process, which it reaches.
+        planted = plant_unreadable_items(aws.dynamodb(), stack.deployed.table_names)
 
         injector.start()
         placed = 0
@@ -381,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
             _wait_quiet(stepfunctions, machines, 600)
             sweeps.append(_sweep_orphans(lambda_client, sweeper))
             _wait_quiet(stepfunctions, machines, 600)
+        try:
+            holds_released = _sweep_holds(
+                lambda_client, stack.deployed.function_names["ReleaseExpiredReservationsFunction"]
+            )
+            orders_listed = _every_order_listed(workload)
+        except (RuntimeError, requests.RequestException) as error:
+            workload.problems.append(str(error))
+            holds_released = orders_listed = 0
 
         from shop.domain import reconciliation_job
         from shop.repositories import audit
@@ -389,7 +468,19 @@ def main(argv: list[str] | None = None) -> int:
         # One parallel scan, not a GET per order: a 10,000-order run would spend minutes here.
         final = {order.order_id: order for order in audit.orders().records if order.order_id in workload.order_ids}
         outcomes = Counter(f"{o.status} {o.failure_reason or ''}".strip() for o in final.values())
-        violations = report.discrepancies
+        reported = {
+            (d.detail.split(" item ", 1)[0], d.order_id or "")
+            for d in report.discrepancies
+            if d.kind == "record_unreadable"
+        }
+        workload.problems += [
+            f"planted unreadable item not reported: {table} {key}" for table, key in planted - reported
+        ]
+        violations = [
+            d
+            for d in report.discrepancies
+            if not (d.kind == "record_unreadable" and (d.detail.split(" item ", 1)[0], d.order_id or "") in planted)
+        ]
         wall = time.monotonic() - started
         print(
             f"\nmake chaos: {args.orders} orders, seed {args.seed}, profile {args.profile}, "
@@ -406,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
             f"settled {sum(len(sweep.get('settled', [])) for sweep in sweeps)}"
         )
         print(f"  redrives:               {redriven}")
+        print(
+            f"  unreadable items:       {len(planted)} planted, {len(planted & reported)} reported by the books "
+            f"check; then the holds' sweeper released {holds_released}, the orders' listing showed {orders_listed}"
+        )
         print(f"  checked:                {report.checked.model_dump_json()}")
         print(f"  violations:             {len(violations) + report.omitted + len(workload.problems)}")
         print(f"  wall time:              {wall:.0f} s  ({args.orders / workload_seconds:.1f} orders/s placed)")

@@ -3,9 +3,11 @@
 `python -m infra.local.chaos` (what `make chaos` runs) in a process of its own: the whole local
 stack, moto's DynamoDB in another process, 16 clients, faults at every seam (Lambda, DynamoDB
 before and after the write, StartExecution outage windows, the payment provider), then faults
-off, the sweepers and redrives, and the invariant checker over the books. The run must end with
-no violation, and every kind of fault the profile names must have been injected at least once,
-so that a quiet run cannot pass for a hostile one.
+off, the sweepers and redrives, and the invariant checker over the books. Items no version of the
+shop wrote are planted in three tables first: each must be reported, and none may stop a sweeper,
+the orders' listing or the books check. The run must end with no violation, and every kind of
+fault the profile names must have been injected at least once, so that a quiet run cannot pass
+for a hostile one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 
 import pytest
 
-from infra.local.chaos import default_workflow_type
+from infra.local.chaos import UNREADABLE_ITEMS, default_workflow_type
 from infra.local.faults import PROFILES
 from tests.conftest import REPO_ROOT
 
@@ -59,5 +61,8 @@ def test_a_seeded_hostile_run_of_300_orders_ends_with_the_books_consistent() -> 
     faults = json.loads(re.search(r"^\s+faults injected:\s+\d+\s+(\{.*\})$", report, re.MULTILINE).group(1))  # type: ignore[union-attr]
     missing = [kind for kind in PROFILES[PROFILE].kinds_for(default_workflow_type()) if faults.get(kind, 0) == 0]
     assert not missing, f"fault kinds never injected: {missing}\n{report}"
+    # The items no version of the shop wrote, planted before the workload: each reported, none stopped anything.
+    planted = len(UNREADABLE_ITEMS)
+    assert re.search(rf"^\s+unreadable items:\s+{planted} planted, {planted} reported", report, re.MULTILINE), report
     finals = re.findall(r"^\s{4}(COMPLETED|REFUNDED|CANCELLED [A-Z_]+)\s+(\d+)$", report, re.MULTILINE)
     assert sum(int(count) for _, count in finals) == ORDERS, report
