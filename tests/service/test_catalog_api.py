@@ -235,6 +235,36 @@ def test_the_listing_pages_through_active_products_in_sku_order(api: Api) -> Non
     assert pages == 3  # 3 + 3 + 1: the last page says so instead of pointing at an empty one
 
 
+def test_a_product_item_no_version_of_the_shop_wrote_never_takes_the_storefront_down(api: Api) -> None:
+    for sku in ("P-1", "P-3", "P-4"):
+        api.create(sku, category="books")
+    # Written behind the shop's back into both listings: its image is not a product (no price).
+    api.aws.client("dynamodb").put_item(
+        TableName=api.aws.table("ProductsTable"),
+        Item={
+            "sku": {"S": "P-2"},
+            "name": {"S": "Hand-written"},
+            "listing": {"S": "ACTIVE"},
+            "listing_category": {"S": "books"},
+        },
+    )
+
+    for path in ("/products?limit=2", "/products?limit=2&category=books"):
+        seen, token = [], None
+        while True:
+            page = api.request("GET", path + (f"&next_token={token}" if token else ""))
+            assert page.status == 200, page.body
+            seen += [item["sku"] for item in page.body["items"]]
+            token = page.body["next_token"]
+            if token is None:
+                break
+        assert seen == ["P-1", "P-3", "P-4"], path  # the page holding it is one short; the next goes on
+    stock = api.request("GET", "/admin/stock?limit=100", token=api.admin)
+    assert stock.status == 200 and {item["sku"] for item in stock.body["items"]} == {"P-1", "P-3", "P-4"}
+    # Nobody can read it, so nobody can buy it: as an unknown SKU.
+    assert_problem(api.request("PUT", "/cart/items/P-2", {"quantity": 1}, token=api.customer), 422)
+
+
 def test_an_exact_multiple_of_the_limit_ends_without_a_token(api: Api) -> None:
     for sku in ("A", "B", "C", "D"):
         api.create(sku)

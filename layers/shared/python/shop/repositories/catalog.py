@@ -23,6 +23,7 @@ from shop.errors import ProductAlreadyExists, TransientError
 from shop.models.catalog import Product, ProductInfo, StockLedgerEntry
 from shop.models.inventory import total_available, units_by_shard
 from shop.models.money import Money
+from shop.observability import logger
 from shop.repositories import stock
 from shop.repositories.dynamodb import (
     call,
@@ -84,6 +85,22 @@ def to_product_info(item: Mapping[str, Any]) -> ProductInfo:
         created_at=plain["created_at"],
         updated_at=plain["updated_at"],
     )
+
+
+def _listable(items: Iterable[Mapping[str, Any]]) -> list[ProductInfo]:
+    """The products of a listing's (or a batch read's) items. An item that is not a product (written behind
+    the shop's back, or by a version this one cannot read) is left out and logged: one bad item never takes
+    the storefront down, and a product nobody can read is not for sale (an order naming it is 422)."""
+    infos = []
+    for item in items:
+        try:
+            infos.append(to_product_info(item))
+        except (KeyError, TypeError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+            logger().error(
+                "a product item is not a product; left out",
+                extra={"sku": str(item.get("sku")), "error": type(error).__name__},
+            )
+    return infos
 
 
 def with_stock(infos: Iterable[ProductInfo], *, consistent: bool) -> list[Product]:
@@ -184,8 +201,7 @@ def get_product_infos(skus: Iterable[str]) -> dict[str, ProductInfo]:
         }
         for attempt in range(_BATCH_ATTEMPTS):
             response = _call("batch_get_item", RequestItems=pending)
-            for item in response.get("Responses", {}).get(table, []):
-                product = to_product_info(item)
+            for product in _listable(response.get("Responses", {}).get(table, [])):
                 found[product.sku] = product
             pending = response.get("UnprocessedKeys") or {}
             if not pending:
@@ -226,12 +242,12 @@ def query_active(
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
     response = _call("query", **request)
-    infos = [to_product_info(item) for item in response.get("Items", [])]
-    if len(infos) > limit:
-        infos = infos[:limit]
-        return with_stock(infos, consistent=False), _listing_key(category, infos[-1].sku)
+    items = response.get("Items", [])
+    if len(items) > limit:
+        items = items[:limit]
+        return with_stock(_listable(items), consistent=False), _listing_key(category, items[-1]["sku"]["S"])
     # Fewer than asked but a key: DynamoDB stopped at its 1 MB page size, so continue from there.
-    return with_stock(infos, consistent=False), response.get("LastEvaluatedKey")
+    return with_stock(_listable(items), consistent=False), response.get("LastEvaluatedKey")
 
 
 def scan_products(limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[Product], dict[str, Any] | None]:
@@ -240,8 +256,7 @@ def scan_products(limit: int, start_key: Mapping[str, Any] | None) -> tuple[list
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
     response = _call("scan", **request)
-    infos = [to_product_info(item) for item in response.get("Items", [])]
-    return with_stock(infos, consistent=True), response.get("LastEvaluatedKey")
+    return with_stock(_listable(response.get("Items", [])), consistent=True), response.get("LastEvaluatedKey")
 
 
 def _product_update(
