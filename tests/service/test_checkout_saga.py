@@ -145,6 +145,30 @@ def test_transient_inventory_contention_is_retried(shop: Shop, local_aws: LocalA
     assert available("MUG-1") == 9
 
 
+def test_inventory_still_busy_after_the_retries_cancels_without_claiming_the_stock_is_gone(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    seed_product("MUG-1", price=1250, stock=10)
+    reserve = local_aws.function("ReserveStockFunction")
+    attempts: list[Any] = []
+
+    def always_contended(function_name: str, event: Any) -> None:
+        if function_name == reserve:
+            attempts.append(event)
+            raise InventoryContention("simulated TransactionConflict")
+
+    lambda_runtime.faults.before_invoke = always_contended
+
+    placed = shop.place_ok([("MUG-1", 1)])
+
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    order = shop.get(placed["order_id"]).json_body
+    assert (order["status"], order["failure_reason"]) == ("CANCELLED", "INVENTORY_UNAVAILABLE")
+    assert len(attempts) == 5  # the first attempt and the 4 retries of ReserveStock
+    assert available("MUG-1") == 10
+    assert order["payment"] is None  # never charged: the saga never reached the payment
+
+
 def test_every_step_gets_the_order_id_and_execution_name(shop: Shop, local_aws: LocalAws) -> None:
     seed_product("MUG-1", price=1250, stock=10)
     events: list[Any] = []

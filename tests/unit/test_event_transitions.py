@@ -78,7 +78,17 @@ def test_a_cancellation_carries_its_reason() -> None:
         _order("PAYMENT_AUTHORIZED", version=3), _order("CANCELLED", version=4, failure_reason="PAYMENT_DECLINED")
     )
     assert announced is not None and isinstance(announced.detail, OrderCancelled)
-    assert announced.detail.reason == "PAYMENT_DECLINED"
+    assert (announced.detail.reason, announced.detail.failure_reason) == ("PAYMENT_DECLINED", "PAYMENT_DECLINED")
+
+
+def test_a_reason_added_after_version_1_is_in_failure_reason_only() -> None:
+    # Version 1's consumers may match its reasons exhaustively: reason stays within them (null here).
+    announced = events.order_transition(
+        _order("PENDING", version=1), _order("CANCELLED", version=2, failure_reason="INVENTORY_UNAVAILABLE")
+    )
+    assert announced is not None and isinstance(announced.detail, OrderCancelled)
+    assert (announced.detail.reason, announced.detail.failure_reason) == (None, "INVENTORY_UNAVAILABLE")
+    assert announced.detail.version == 1
 
 
 def test_the_same_transition_always_gets_the_same_id_and_a_later_one_another() -> None:

@@ -102,7 +102,11 @@ def test_business_errors_lead_into_the_compensation() -> None:
     assert catches["AuthorizePayment"]["PaymentDeclined"] == "PaymentDeclined"
     assert states["PaymentDeclined"]["Result"]["reason"] == "PAYMENT_DECLINED"
     assert states["PaymentUnavailable"]["Result"]["reason"] == "PAYMENT_UNAVAILABLE"
+    assert catches["ReserveStock"]["OutOfStock"] == "ReservationFailed"
     assert states["ReservationFailed"]["Result"]["reason"] == "OUT_OF_STOCK"
+    # Only a refusal for want of units says so; a reservation that never happened is not "out of stock".
+    assert catches["ReserveStock"]["States.ALL"] == "InventoryUnavailable"
+    assert states["InventoryUnavailable"]["Result"]["reason"] == "INVENTORY_UNAVAILABLE"
     assert catches["RecordPaymentAuthorized"]["CheckoutCancelled"] == "CancelledAfterAuthorization"
     # Compensation runs in reverse order and every compensation failure ends at a dead letter.
     assert states["VoidPayment"]["Next"] == "ReleaseStock"

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -49,6 +49,7 @@ from shop.models.events import (
     ORDERS_SOURCE,
     PUBLISHED,
     BusEvent,
+    CancelReasonV1,
     EmailNotification,
     EventLine,
     LowStockAlert,
@@ -98,7 +99,9 @@ def order_transition(old: Order | None, new: Order | None) -> OutgoingEvent | No
         return None
     _, model = PUBLISHED[detail_type]
     if detail_type == "OrderCancelled":
-        common["reason"] = new.failure_reason
+        reason = new.failure_reason
+        common["reason"] = reason if reason in get_args(CancelReasonV1) else None
+        common["failure_reason"] = reason
     detail = model(**common)
     assert isinstance(detail, OrderEventDetail)
     return OutgoingEvent(source=ORDERS_SOURCE, detail_type=detail_type, detail=detail)

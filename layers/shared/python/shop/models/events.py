@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shop.models.base import Record, StrictModel
 from shop.models.money import Money
-from shop.models.orders import FailureReason, OrderStatus
+from shop.models.orders import OrderStatus
 
 ORDERS_SOURCE = "shop.orders"
 INVENTORY_SOURCE = "shop.inventory"
@@ -54,8 +54,24 @@ class OrderCompleted(OrderEventDetail):
     pass
 
 
+# The reasons version 1 of OrderCancelled was published with. Its ``reason`` keeps exactly these, so that
+# a consumer matching them exhaustively keeps working; a reason added since is in ``failure_reason`` only.
+CancelReasonV1 = Literal[
+    "OUT_OF_STOCK", "PAYMENT_DECLINED", "PAYMENT_UNAVAILABLE", "CANCELLED_BY_CUSTOMER", "PURCHASE_LIMIT_EXCEEDED"
+]
+
+
 class OrderCancelled(OrderEventDetail):
-    reason: FailureReason | None
+    reason: CancelReasonV1 | None = Field(
+        description="Why the order was cancelled, among version 1's reasons; null for a reason added since."
+    )
+    failure_reason: str | None = Field(
+        default=None,
+        description=(
+            "Why the order was cancelled: the order's failure_reason, whatever its value. An open list: "
+            "INVENTORY_UNAVAILABLE was added after version 1, and more may come."
+        ),
+    )
 
 
 class OrderRefunded(OrderEventDetail):

@@ -49,7 +49,12 @@ OrderStatus = Literal[
     "NEEDS_ATTENTION",
 ]
 FailureReason = Literal[
-    "OUT_OF_STOCK", "PAYMENT_DECLINED", "PAYMENT_UNAVAILABLE", "CANCELLED_BY_CUSTOMER", "PURCHASE_LIMIT_EXCEEDED"
+    "OUT_OF_STOCK",
+    "PAYMENT_DECLINED",
+    "PAYMENT_UNAVAILABLE",
+    "CANCELLED_BY_CUSTOMER",
+    "PURCHASE_LIMIT_EXCEEDED",
+    "INVENTORY_UNAVAILABLE",
 ]
 
 # The checkout saga is between these; a cancel request only raises a flag the saga reads.
