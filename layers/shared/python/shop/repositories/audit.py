@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
-
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.inventory import Reservation, total_available, units_by_shard
@@ -24,7 +22,7 @@ from shop.models.orders import Order
 from shop.models.payments import Payment
 from shop.models.reconciliation import ReconciliationReport, UnreadableItem
 from shop.repositories import stock
-from shop.repositories.dynamodb import call, unmarshal
+from shop.repositories.dynamodb import call, key_text, read_each, unmarshal
 from shop.repositories.orders import to_order
 from shop.repositories.payments import to_payment
 
@@ -105,20 +103,15 @@ def adjustments() -> dict[str, int]:
 
 
 def _read_each[T](table_role: str, items: list[dict[str, Any]], key: str, read: Callable[[Any], T]) -> Audited[T]:
-    records: list[T] = []
-    unreadable: list[UnreadableItem] = []
-    for item in items:
-        try:
-            records.append(read(item))
-        except (ValidationError, KeyError, TypeError, ValueError) as error:
-            key_value = item.get(key, {})
-            unreadable.append(
-                UnreadableItem(
-                    table=table_role,
-                    key={key: str(next(iter(key_value.values()), "")) if isinstance(key_value, dict) else ""},
-                    error=f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT],
-                )
-            )
+    records, refused = read_each(items, read)
+    unreadable = [
+        UnreadableItem(
+            table=table_role,
+            key={key: key_text(item, key)},
+            error=f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT],
+        )
+        for item, error in refused
+    ]
     return Audited(records, unreadable)
 
 

@@ -23,13 +23,13 @@ from shop.errors import ProductAlreadyExists, TransientError
 from shop.models.catalog import Product, ProductInfo, StockLedgerEntry
 from shop.models.inventory import total_available, units_by_shard
 from shop.models.money import Money
-from shop.observability import logger
 from shop.repositories import stock
 from shop.repositories.dynamodb import (
     call,
     cancellation_codes,
     error_code,
     is_condition_failure,
+    listable,
     marshal,
     serialize,
     unmarshal,
@@ -88,19 +88,9 @@ def to_product_info(item: Mapping[str, Any]) -> ProductInfo:
 
 
 def _listable(items: Iterable[Mapping[str, Any]]) -> list[ProductInfo]:
-    """The products of a listing's (or a batch read's) items. An item that is not a product (written behind
-    the shop's back, or by a version this one cannot read) is left out and logged: one bad item never takes
-    the storefront down, and a product nobody can read is not for sale (an order naming it is 422)."""
-    infos = []
-    for item in items:
-        try:
-            infos.append(to_product_info(item))
-        except (KeyError, TypeError, ValueError) as error:  # pydantic's ValidationError is a ValueError
-            logger().error(
-                "a product item is not a product; left out",
-                extra={"sku": str(item.get("sku")), "error": type(error).__name__},
-            )
-    return infos
+    """The products of a listing's (or a batch read's) items; one that is not a product is left out
+    (``listable``), so it never takes the storefront down, and nobody can buy it (an unknown SKU)."""
+    return listable(items, to_product_info, key="sku")
 
 
 def with_stock(infos: Iterable[ProductInfo], *, consistent: bool) -> list[Product]:

@@ -8,7 +8,7 @@ repository raises is visible at each call, and a new throttling code is one edit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +18,7 @@ from botocore.exceptions import ConnectionError as TransportConnectionError
 
 from shop import aws
 from shop.errors import TransientError
+from shop.observability import logger
 
 # Codes that mean "DynamoDB is busy, try the whole call again later"; each repository turns them
 # into its transient error (the one its callers' retry policies name).
@@ -124,6 +125,44 @@ def partition_page(
         request["ExclusiveStartKey"] = dict(start_key)
     response = call("query", busy=busy, **request)
     return response.get("Items", []), response.get("LastEvaluatedKey")
+
+
+# What reading an item that is not a record of its table raises: its model refuses it (pydantic's
+# ValidationError is a ValueError), or an attribute the reader needs is missing or of another type.
+UNREADABLE_ITEM_ERRORS = (KeyError, TypeError, ValueError)
+
+
+def read_each[T](
+    items: Iterable[Mapping[str, Any]], read: Callable[[Mapping[str, Any]], T]
+) -> tuple[list[T], list[tuple[Mapping[str, Any], Exception]]]:
+    """Each item as ``read`` makes it, and the items it could not read with why. An item written behind
+    the shop's back, or by a version this one cannot read, must never stop a listing or the books check."""
+    records: list[T] = []
+    refused: list[tuple[Mapping[str, Any], Exception]] = []
+    for item in items:
+        try:
+            records.append(read(item))
+        except UNREADABLE_ITEM_ERRORS as error:
+            refused.append((item, error))
+    return records, refused
+
+
+def key_text(item: Mapping[str, Any], key: str) -> str:
+    """The item's ``key`` attribute as text ("" if it has none)."""
+    value = item.get(key)
+    return str(next(iter(value.values()), "")) if isinstance(value, dict) and value else ""
+
+
+def listable[T](items: Iterable[Mapping[str, Any]], read: Callable[[Mapping[str, Any]], T], *, key: str) -> list[T]:
+    """For a listing: the items ``read`` accepts. Each one it refuses is left out and logged; the
+    reconciliation reports it (and a stream publisher set it aside), each with an alarm."""
+    records, refused = read_each(items, read)
+    for item, error in refused:
+        logger().error(
+            "an item is not a record of its table; left out of the listing",
+            extra={key: key_text(item, key), "error": type(error).__name__},
+        )
+    return records
 
 
 def is_condition_failure(error: ClientError) -> bool:

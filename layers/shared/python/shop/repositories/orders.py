@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from botocore.exceptions import ClientError
-from pydantic import ValidationError
 
 from shop import aws
 from shop.config import table_settings
@@ -31,8 +30,15 @@ from shop.models.orders import (
     OrderStatus,
     SagaClaim,
 )
-from shop.observability import logger
-from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, serialize, unmarshal_plain
+from shop.repositories.dynamodb import (
+    call,
+    call_if,
+    is_condition_failure,
+    listable,
+    marshal,
+    serialize,
+    unmarshal_plain,
+)
 
 ORDERS_BY_CUSTOMER = "OrdersByCustomer"
 # Sparse, keyed ``in_progress_for`` (the customer) while a saga still has to move the order on.
@@ -89,22 +95,6 @@ def to_order(item: Mapping[str, Any]) -> Order:
     plain = unmarshal_plain(item)
     plain["history"] = [_read_entry(entry) for entry in plain.get("history", [])]
     return Order.model_validate(plain)
-
-
-def _listable(items: Iterable[Mapping[str, Any]]) -> list[Order]:
-    """The orders of a listing's items. An item the model refuses (written behind the shop's back) is
-    left out and logged, so that one bad item never takes a listing down; its stream record was set
-    aside and the reconciliation reports it, each with an alarm."""
-    orders = []
-    for item in items:
-        try:
-            orders.append(to_order(item))
-        except ValidationError as error:
-            logger().error(
-                "an order item is not an Order; left out of the listing",
-                extra={"order_key": str(item.get("order_id")), "errors": error.error_count()},
-            )
-    return orders
 
 
 def get(order_id: str) -> Order | None:
@@ -310,7 +300,7 @@ def _get_many(order_ids: list[str]) -> dict[str, Order]:
         request: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True}}
         while request:
             response = call("batch_get_item", busy=OrderContention, RequestItems=request)
-            for order in _listable(response.get("Responses", {}).get(table, [])):
+            for order in listable(response.get("Responses", {}).get(table, []), to_order, key="order_id"):
                 found[order.order_id] = order
             request = response.get("UnprocessedKeys") or {}
     return found
@@ -404,7 +394,7 @@ def list_filtered(
         request["ExclusiveStartKey"] = dict(start_key)
     response = call(operation, busy=OrderContention, **request)
     items = response.get("Items", [])
-    orders = _listable(items) if "IndexName" not in request else _in_listed_order(items)
+    orders = listable(items, to_order, key="order_id") if "IndexName" not in request else _in_listed_order(items)
     orders = [order for order in orders if _matches(order, found)]
     if operation == "scan":
         orders.sort(key=lambda order: order.created_key, reverse=True)
