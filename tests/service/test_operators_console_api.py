@@ -138,6 +138,27 @@ def test_an_order_item_no_version_of_the_shop_wrote_is_left_out_of_every_listing
 
 
 @pytest.mark.parametrize(
+    ("route", "partition", "sort_key"),
+    [
+        ("/admin/dead-letters", "DEAD_LETTER", "ORDER#hand-written"),
+        ("/admin/unreadable-records", "UNREADABLE_RECORD", "hand-written"),
+        ("/admin/stock-discrepancies", "STOCK_DISCREPANCY", "SKU#HAND-WRITTEN"),
+    ],
+)
+def test_an_operations_item_no_version_of_the_shop_wrote_is_left_out_of_its_listing(
+    shop: Shop, local_aws: LocalAws, route: str, partition: str, sort_key: str
+) -> None:
+    # The operators' own records share OperationsTable; one they cannot read must not hide the others.
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.table("OperationsTable"),
+        Item={"pk": {"S": partition}, "sk": {"S": sort_key}, "status": {"S": "OPEN"}},
+    )
+    response = _admin_get(shop, route)
+    assert response.status_code == 200, response.body
+    assert response.json_body["items"] == []
+
+
+@pytest.mark.parametrize(
     ("query", "field"),
     [
         ({"status": "LOST"}, "status"),

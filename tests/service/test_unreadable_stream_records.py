@@ -123,6 +123,25 @@ def test_the_republisher_publishes_it_with_its_own_event_id_once_the_publisher_i
     assert len(spy.of_order(order_id)) == 2
 
 
+def test_an_item_in_its_own_partition_it_cannot_read_does_not_stop_the_republisher(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = shop.place_ok([("MUG-1", 1)], who="carol")["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    unreadable_completion_of(order_id, monkeypatch)
+    local_aws.deliver_events()
+    monkeypatch.undo()
+    # Sorted before the real one, and no UnreadableRecord: a run that stopped on it would publish nothing, ever.
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.table("OperationsTable"),
+        Item={"pk": {"S": "UNREADABLE_RECORD"}, "sk": {"S": "0-hand-written"}, "status": {"S": "OPEN"}},
+    )
+
+    assert republish(local_aws) == RepublishResult(published=1, still_unreadable=0)
+    local_aws.deliver_events()
+    assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced", "OrderCompleted"]
+
+
 def test_an_order_item_no_version_of_the_shop_wrote_is_set_aside(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
     # Written behind the shop's back (a hand edit, a bad migration): its image is not an Order.
     local_aws.client("dynamodb").put_item(

@@ -13,7 +13,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import OrderContention
 from shop.models.orders import DeadLetter, Failure, ResumePoint
-from shop.repositories.dynamodb import call, call_if, marshal, partition_page, unmarshal
+from shop.repositories.dynamodb import call, call_if, listable, marshal, partition_page, unmarshal
 
 PARTITION = "DEAD_LETTER"
 # A Step Functions cause carries a stack trace; keep what an operator needs to read.
@@ -155,4 +155,4 @@ def list_page(*, limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[
     items, last_key = partition_page(
         table_settings().operations_table, PARTITION, limit=limit, start_key=start_key, busy=OrderContention
     )
-    return [_to_dead_letter(item) for item in items], last_key
+    return listable(items, _to_dead_letter, key="sk"), last_key

@@ -14,7 +14,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.reconciliation import StockDiscrepancyLetter
-from shop.repositories.dynamodb import call, call_if, partition_page, unmarshal
+from shop.repositories.dynamodb import call, call_if, listable, partition_page, unmarshal
 
 PARTITION = "STOCK_DISCREPANCY"
 
@@ -93,4 +93,4 @@ def list_page(
         busy=TransientError,
         consistent=True,
     )
-    return [_to_letter(item) for item in items], last_key
+    return listable(items, _to_letter, key="sk"), last_key

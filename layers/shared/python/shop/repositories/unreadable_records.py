@@ -16,7 +16,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.events import UnreadableRecord
-from shop.repositories.dynamodb import call, call_if, partition_page
+from shop.repositories.dynamodb import call, call_if, listable, partition_page
 
 PARTITION = "UNREADABLE_RECORD"
 # An exception's message can quote a whole image; keep what an operator needs to read.
@@ -121,7 +121,7 @@ def open_records() -> list[UnreadableRecord]:
     found: list[UnreadableRecord] = []
     while True:
         page = call("query", busy=TransientError, **request)
-        found += [_to_record(item) for item in page.get("Items", [])]
+        found += listable(page.get("Items", []), _to_record, key="sk")
         if "LastEvaluatedKey" not in page:
             return sorted(
                 found, key=lambda record: (record.source, len(record.sequence_number), record.sequence_number)
@@ -147,4 +147,4 @@ def list_page(
     items, last_key = partition_page(
         table_settings().operations_table, PARTITION, limit=limit, start_key=start_key, busy=TransientError
     )
-    return [_to_record(item) for item in items], last_key
+    return listable(items, _to_record, key="sk"), last_key
