@@ -107,6 +107,15 @@ def test_business_errors_lead_into_the_compensation() -> None:
     # Only a refusal for want of units says so; a reservation that never happened is not "out of stock".
     assert catches["ReserveStock"]["States.ALL"] == "InventoryUnavailable"
     assert states["InventoryUnavailable"]["Result"]["reason"] == "INVENTORY_UNAVAILABLE"
+    # Units held but not recorded, or given back before the commit: the shop failed, the stock was there.
+    assert catches["RecordStockReserved"]["States.ALL"] == "ReservationNotRecorded"
+    assert catches["CommitReservation"]["States.ALL"] == "ReservationLost"
+    says_out_of_stock = [
+        name
+        for name, state in states.items()
+        if isinstance(result := state.get("Result"), dict) and result.get("reason") == "OUT_OF_STOCK"
+    ]
+    assert says_out_of_stock == ["ReservationFailed"]
     assert catches["RecordPaymentAuthorized"]["CheckoutCancelled"] == "CancelledAfterAuthorization"
     # Compensation runs in reverse order and every compensation failure ends at a dead letter.
     assert states["VoidPayment"]["Next"] == "ReleaseStock"
