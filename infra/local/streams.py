@@ -20,6 +20,7 @@ function tagged ``DUPLICATE_DELIVERY_TAG = "true"`` gets every batch twice.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Callable
@@ -80,48 +81,108 @@ def _wire(value: Any) -> Any:
     return value
 
 
+def _next_batch(pending: list[tuple[str, dict[str, Any]]], size: int) -> list[dict[str, Any]]:
+    """The first ``size`` pending records, as far as they are of the first one's shard (as Lambda's,
+    a batch holds the records of one shard)."""
+    shard = pending[0][0]
+    return [record for _, record in itertools.islice(itertools.takewhile(lambda read: read[0] == shard, pending), size)]
+
+
+def _starting_sequence(shard: dict[str, Any]) -> int:
+    return int(shard.get("SequenceNumberRange", {}).get("StartingSequenceNumber", "0") or 0)
+
+
 @dataclass
 class StreamDelivery:
-    """The poller of one mapping: a cursor on the stream and the records read but not yet delivered."""
+    """The poller of one mapping: a cursor on each shard of the stream, and the records read but not
+    yet delivered.
+
+    A stream's shards form a lineage: a shard closes (DynamoDB rolls them over, and splits them with
+    the table's partitions) and its children take over. Like Lambda, the poller reads a child only
+    once its parent is read to its end, so a key's records arrive in the order they were written,
+    and a batch never mixes shards."""
 
     mapping: StreamMapping
     streams: Any  # a dynamodbstreams client
     lambda_client: Any
-    _iterator: str | None = None
-    _last_read: str | None = None
-    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _shards: list[dict[str, Any]] | None = None  # as DescribeStream listed them, oldest first
+    _finished: set[str] = field(default_factory=set)  # closed shards read to their end
+    _last_read: dict[str, str] = field(default_factory=dict)  # per shard: the last sequence number read
+    _iterators: dict[str, str] = field(default_factory=dict)  # per shard: the next read (each used once)
+    _pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (shard, record), in order
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _read(self, limit: int, *, again: bool = False) -> list[dict[str, Any]]:
-        if self._iterator is None:
-            shards = self.streams.describe_stream(StreamArn=self.mapping.stream_arn)["StreamDescription"]["Shards"]
-            if not shards:
-                return []
+    def _describe(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        request: dict[str, Any] = {"StreamArn": self.mapping.stream_arn}
+        while True:
+            description = self.streams.describe_stream(**request)["StreamDescription"]
+            shards += description.get("Shards", [])
+            if not description.get("LastEvaluatedShardId"):
+                return sorted(shards, key=_starting_sequence)
+            request["ExclusiveStartShardId"] = description["LastEvaluatedShardId"]
+
+    def _readable(self) -> list[str]:
+        """The shards to read now, oldest first: not finished, and whose parent is finished (or
+        trimmed from the stream already)."""
+        if self._shards is None:
+            self._shards = self._describe()
+        listed = {shard["ShardId"] for shard in self._shards}
+        return [
+            shard["ShardId"]
+            for shard in self._shards
+            if shard["ShardId"] not in self._finished
+            and (shard.get("ParentShardId") not in listed or shard.get("ParentShardId") in self._finished)
+        ]
+
+    def _iterator(self, shard_id: str) -> str:
+        if shard_id not in self._iterators:
+            last = self._last_read.get(shard_id)
             position: dict[str, Any] = (
-                {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": self._last_read}
-                if self._last_read is not None
+                {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": last}
+                if last is not None
                 else {"ShardIteratorType": "TRIM_HORIZON"}
             )
-            self._iterator = self.streams.get_shard_iterator(
-                StreamArn=self.mapping.stream_arn, ShardId=shards[0]["ShardId"], **position
+            self._iterators[shard_id] = self.streams.get_shard_iterator(
+                StreamArn=self.mapping.stream_arn, ShardId=shard_id, **position
             )["ShardIterator"]
+        return self._iterators[shard_id]
+
+    def _read_shard(self, shard_id: str, limit: int, *, again: bool = False) -> list[dict[str, Any]]:
         try:
-            page = self.streams.get_records(ShardIterator=self._iterator, Limit=limit)
+            page = self.streams.get_records(ShardIterator=self._iterator(shard_id), Limit=limit)
         except Exception as error:
-            self._iterator = None  # an iterator is used once: the next read starts after the last record read
-            if self._last_read is None and not again and _error_code(error) == "TrimmedDataAccessException":
+            self._iterators.pop(shard_id, None)  # the next read starts after the last record read
+            if shard_id not in self._last_read and not again and _error_code(error) == "TrimmedDataAccessException":
                 # DynamoDB Local refuses the first iterator it handed out once its stream has records;
                 # nothing was read yet, so starting at the trim horizon again skips nothing.
-                return self._read(limit, again=True)
+                return self._read_shard(shard_id, limit, again=True)
             raise
-        self._iterator = page.get("NextShardIterator")
         records = [
             {**_wire(_images_as_aws_writes_them(record)), "eventSourceARN": self.mapping.stream_arn}
             for record in page.get("Records", [])
         ]
         if records:
-            self._last_read = str(records[-1]["dynamodb"]["SequenceNumber"])
+            self._last_read[shard_id] = str(records[-1]["dynamodb"]["SequenceNumber"])
+        if page.get("NextShardIterator"):
+            self._iterators[shard_id] = page["NextShardIterator"]
+        else:
+            # Closed and read to its end: its children (listed by the next DescribeStream) come next.
+            self._iterators.pop(shard_id, None)
+            self._finished.add(shard_id)
+            self._shards = None
         return records
+
+    def _read(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``limit`` records of the oldest readable shard that has any, each with its shard."""
+        while True:
+            finished = len(self._finished)
+            for shard_id in self._readable():
+                records = self._read_shard(shard_id, limit)
+                if records:
+                    return [(shard_id, record) for record in records]
+            if len(self._finished) == finished:  # no shard closed: nothing more to read now
+                return []
 
     def _duplicated(self) -> bool:
         tags = self.lambda_client.list_tags(Resource=self.mapping.function_arn).get("Tags", {})
@@ -158,7 +219,7 @@ class StreamDelivery:
                     self._pending += self._read(wanted)
                 if not self._pending:
                     return delivered
-                batch = self._pending[: self.mapping.batch_size]
+                batch = _next_batch(self._pending, self.mapping.batch_size)
                 done = self._invoke(batch)
                 if done == len(batch) and self._duplicated():
                     self._invoke(batch)

@@ -1,6 +1,7 @@
 """The local stack's stream delivery (infra/local/streams.py) against fake Streams and Lambda APIs:
 batches in stream order, a partial failure retried from its first failed record, an invocation
-error retried whole, the duplicated-delivery hook, and a failed read resumed after the last record."""
+error retried whole, the duplicated-delivery hook, a failed read resumed after the last record, and
+a stream's shards followed from parent to children."""
 
 from __future__ import annotations
 
@@ -23,41 +24,76 @@ MAPPING = StreamMapping(
 )
 
 
+def _record(n: int) -> dict[str, Any]:
+    return {"eventID": str(n), "dynamodb": {"SequenceNumber": str(100 + n)}}
+
+
 class FakeStreams:
-    """One shard; iterators are positions, each usable once (as moto_dynamodb makes them)."""
+    """Shards of records; iterators are positions, each usable once (as moto_dynamodb makes them).
+    ``records`` is the first shard's; ``roll_over`` closes a shard and opens its children, as
+    DynamoDB does (moto never does, DynamoDB Local and AWS do). DescribeStream lists one shard a
+    page, newest first, so the poller must page and order them itself."""
 
     def __init__(self, count: int) -> None:
-        self.records: list[dict[str, Any]] = [
-            {"eventID": str(n), "dynamodb": {"SequenceNumber": str(100 + n)}} for n in range(count)
-        ]
-        self.live: dict[str, int] = {}
+        self.shards: dict[str, dict[str, Any]] = {
+            "shard-1": {"records": [_record(n) for n in range(count)], "parent": None, "closed": False}
+        }
+        self.live: dict[str, tuple[str, int]] = {}
         self.fail_next_read = False
         self.trim_next_read = False
 
-    def _iterator(self, position: int) -> str:
-        name = f"it-{len(self.live)}-{position}"
-        self.live[name] = position
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.shards["shard-1"]["records"]
+
+    def roll_over(self, parent: str, children: dict[str, list[int]]) -> None:
+        self.shards[parent]["closed"] = True
+        for shard_id, numbers in children.items():
+            self.shards[shard_id] = {"records": [_record(n) for n in numbers], "parent": parent, "closed": False}
+
+    def _iterator(self, shard_id: str, position: int) -> str:
+        name = f"it-{len(self.live)}-{shard_id}-{position}"
+        self.live[name] = (shard_id, position)
         return name
 
     def describe_stream(self, **request: Any) -> dict[str, Any]:
-        return {"StreamDescription": {"Shards": [{"ShardId": "shard-1"}]}}
+        listed = list(reversed(self.shards))
+        at = listed.index(request["ExclusiveStartShardId"]) + 1 if "ExclusiveStartShardId" in request else 0
+        shard_id = listed[at]
+        shard = self.shards[shard_id]
+        first = shard["records"][0]["dynamodb"]["SequenceNumber"] if shard["records"] else "999"
+        description: dict[str, Any] = {
+            "Shards": [
+                {"ShardId": shard_id, "SequenceNumberRange": {"StartingSequenceNumber": first}}
+                | ({"ParentShardId": shard["parent"]} if shard["parent"] else {})
+            ]
+        }
+        if at + 1 < len(listed):
+            description["LastEvaluatedShardId"] = shard_id
+        return {"StreamDescription": description}
 
     def get_shard_iterator(self, **request: Any) -> dict[str, Any]:
+        shard_id = request["ShardId"]
         if request["ShardIteratorType"] == "TRIM_HORIZON":
-            return {"ShardIterator": self._iterator(0)}
+            return {"ShardIterator": self._iterator(shard_id, 0)}
         assert request["ShardIteratorType"] == "AFTER_SEQUENCE_NUMBER"
-        return {"ShardIterator": self._iterator(int(request["SequenceNumber"]) - 100 + 1)}
+        numbers = [record["dynamodb"]["SequenceNumber"] for record in self.shards[shard_id]["records"]]
+        return {"ShardIterator": self._iterator(shard_id, numbers.index(request["SequenceNumber"]) + 1)}
 
     def get_records(self, **request: Any) -> dict[str, Any]:
-        position = self.live.pop(request["ShardIterator"])
+        shard_id, position = self.live.pop(request["ShardIterator"])
         if self.fail_next_read:
             self.fail_next_read = False
             raise ConnectionError("the emulator went away")
         if self.trim_next_read:
             self.trim_next_read = False
             raise ClientError({"Error": {"Code": "TrimmedDataAccessException", "Message": "trimmed"}}, "GetRecords")
-        page = self.records[position : position + request["Limit"]]
-        return {"Records": page, "NextShardIterator": self._iterator(position + len(page))}
+        shard = self.shards[shard_id]
+        page = shard["records"][position : position + request["Limit"]]
+        end = position + len(page)
+        if shard["closed"] and end == len(shard["records"]):
+            return {"Records": page}  # closed and read to its end: no next iterator
+        return {"Records": page, "NextShardIterator": self._iterator(shard_id, end)}
 
 
 class FakeLambda:
@@ -126,7 +162,7 @@ def test_a_tagged_function_gets_every_batch_twice() -> None:
 def test_a_failed_read_resumes_after_the_last_record_read() -> None:
     delivery, streams, functions = _delivery(4)
     assert delivery.deliver_pending() == 4
-    streams.records += [{"eventID": str(n), "dynamodb": {"SequenceNumber": str(100 + n)}} for n in (4, 5)]
+    streams.records.extend(_record(n) for n in (4, 5))
     streams.fail_next_read = True
 
     with pytest.raises(ConnectionError):
@@ -179,10 +215,35 @@ def test_a_first_iterator_refused_as_trimmed_starts_again_at_the_trim_horizon() 
 def test_a_later_trimmed_read_is_an_error_for_the_poller_to_report() -> None:
     delivery, streams, functions = _delivery(3)
     assert delivery.deliver_pending() == 3
-    streams.records.append({"eventID": "3", "dynamodb": {"SequenceNumber": "103"}})
+    streams.records.append(_record(3))
     streams.trim_next_read = True
 
     with pytest.raises(ClientError):
         delivery.deliver_pending()
     assert delivery.deliver_pending() == 1
     assert functions.batches[-1] == ["3"]
+
+
+def test_a_closed_shard_is_read_to_its_end_before_its_children_and_a_batch_keeps_to_one_shard() -> None:
+    # DynamoDB rolls a stream's shards over (and splits them with the table's partitions): a poller
+    # that read only the first shard stopped delivering at its first roll-over, for good.
+    delivery, streams, functions = _delivery(3)
+    streams.roll_over("shard-1", {"shard-2": [3, 4, 5], "shard-3": [6]})
+    streams.roll_over("shard-2", {"shard-4": [7]})
+
+    assert delivery.deliver_pending() == 8
+    assert functions.batches == [["0", "1"], ["2"], ["3", "4"], ["5"], ["6"], ["7"]]
+
+
+def test_a_shard_that_closes_after_the_last_read_is_finished_and_its_child_followed() -> None:
+    delivery, streams, functions = _delivery(2)
+    assert delivery.deliver_pending() == 2
+    streams.records.append(_record(2))
+    streams.roll_over("shard-1", {"shard-2": [3]})
+
+    assert delivery.deliver_pending() == 2
+    assert delivery.deliver_pending() == 0
+    streams.shards["shard-2"]["records"].append(_record(4))
+    assert delivery.deliver_pending() == 1
+
+    assert functions.batches == [["0", "1"], ["2"], ["3"], ["4"]]
