@@ -16,11 +16,14 @@ then everything healthy again, the sweepers and the redrives, then the books che
    not buried under thousands of sagas in flight.
 3. Faults off. Wait until no saga runs; run the orphan sweeper; redrive every open dead letter
    (as an operator would) until none is left open; wait again.
-4. Run the holds' sweeper once more and list every order as an operator would; run the invariant
-   checker (``shop.domain.reconciliation_job.run(quiescent=True)``) and print a summary: orders by
-   final status and reason, faults injected by kind, the planted items reported, what was checked and
-   every violation. Exit 1 on any violation (a planted item not reported is one), printing the seed
-   and each violating order's history.
+4. Run the holds' sweeper once more and list every order as an operator would; deliver what is
+   left of the tables' streams (delivered to the publishers all along, through the faults), the
+   bus's Lambda targets and the consumers' failures; run the invariant checker
+   (``shop.domain.reconciliation_job.run(quiescent=True)``) and audit the events against the orders
+   (``infra/local/event_audit.py``); print a summary: orders by final status and reason, faults
+   injected by kind, the planted items reported, the events, what was checked and every violation.
+   Exit 1 on any violation (a planted item not reported, or its stream record not set aside, is
+   one), printing the seed and each violating order's history.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ from typing import Any
 import requests
 from botocore.config import Config
 
+from infra.local import event_audit
 from infra.local.bench import _free_port
+from infra.local.event_audit import BusRecorder, OrderBooks
 from infra.local.faults import PROFILES, PROVIDER_OUTAGE_SECONDS, FaultInjector
 
 TOKENS = (("tok_visa", 70), ("tok_flaky", 12), ("tok_chargeDeclined", 10), ("tok_processingError", 8))
@@ -319,6 +324,39 @@ def _every_order_listed(workload: Workload) -> int:
         params["next_token"] = page.json()["next_token"]
 
 
+def _deliver_every_event(stack: Any, lambda_client: Any, function_names: dict[str, str]) -> dict[str, int]:
+    """Faults off: the tables' streams delivered to the publishers, the bus's Lambda targets run, and
+    what the consumers failed on handed back by their redriver, until nothing is left in flight."""
+    from infra.local import moto_events
+    from infra.local.streams import deliver_all
+
+    delivered = redelivered = 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        moved = deliver_all(stack.stream_deliveries)
+        if not moto_events.wait_for_deliveries(120):
+            raise RuntimeError("the bus's Lambda targets still run after 120 s")
+        response = lambda_client.invoke(FunctionName=function_names["RedriveConsumerFailuresFunction"], Payload=b"{}")
+        redrive = json.loads(response["Payload"].read())
+        if response.get("FunctionError"):
+            raise RuntimeError(f"the consumers' redriver failed: {redrive}")
+        if not moto_events.wait_for_deliveries(120):
+            raise RuntimeError("the bus's Lambda targets still run after 120 s")
+        delivered += moved
+        redelivered += int(redrive["redelivered"])
+        if moved == 0 and not any(redrive.values()):
+            return {"stream_records": delivered, "consumer_events_redriven": redelivered}
+    raise RuntimeError("stream records or consumer failures still waiting after 300 s")
+
+
+def _queued_emails(dynamodb: Any, table: str) -> dict[str, str]:
+    """The notification outbox: each queued e-mail's event id -> its order id."""
+    emails: dict[str, str] = {}
+    for page in dynamodb.get_paginator("scan").paginate(TableName=table):
+        emails |= {item["event_id"]["S"]: item["order_id"]["S"] for item in page["Items"]}
+    return emails
+
+
 def default_workflow_type() -> str:
     """The template's default WorkflowType (what `make run` and a plain deploy use)."""
     from infra.local.template import load_template, parameter_defaults
@@ -381,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                 "MaxOrdersInProgress": "100000",
             },
             dynamodb_endpoint=dynamodb.endpoint,
+            # The tables' streams live in moto's DynamoDB process too: delivered to the publishers as
+            # Lambda would, faults and all, so that the events are audited with the books.
+            streams_endpoint=dynamodb.endpoint,
             access_log=False,
         )
     except BaseException:
@@ -389,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     injector = FaultInjector(PROFILES[args.profile], args.seed, args.workflow_type)
     watcher = SagaWatcher()
     moto_events.execution_listeners.append(watcher)
+    bus = BusRecorder()
+    moto_events.published_listeners.append(bus)
     try:
         tokens = json.loads(stack.tokens_path.read_text())
         identity = DevIdentityProvider.create(state_dir / "dev-idp")
@@ -460,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, requests.RequestException) as error:
             workload.problems.append(str(error))
             holds_released = orders_listed = 0
+        try:
+            deliveries = _deliver_every_event(stack, lambda_client, stack.deployed.function_names)
+        except RuntimeError as error:
+            workload.problems.append(str(error))
+            deliveries = {}
 
         from shop.domain import reconciliation_job
         from shop.repositories import audit
@@ -476,6 +524,22 @@ def main(argv: list[str] | None = None) -> int:
         workload.problems += [
             f"planted unreadable item not reported: {table} {key}" for table, key in planted - reported
         ]
+        from shop.repositories import unreadable_records
+
+        # The planted order's INSERT is the one stream record a publisher cannot read: set aside, not lost.
+        set_aside = {(r.source, r.keys.get("order_id", "")) for r in unreadable_records.open_records()}
+        expected_aside = {("orders", UNREADABLE_ITEMS["OrdersTable"]["order_id"]["S"])}
+        event_problems = [f"planted order's stream record not set aside: {key}" for key in expected_aside - set_aside]
+        event_problems += [f"a stream record set aside that is readable: {key}" for key in set_aside - expected_aside]
+        events = event_audit.audit(
+            {
+                order_id: OrderBooks(order_id, order.status, frozenset(entry.status for entry in order.history))
+                for order_id, order in final.items()
+            },
+            bus.events,
+            _queued_emails(aws.dynamodb(), stack.deployed.table_names["NotificationsTable"]),
+        )
+        event_problems += events.problems
         violations = [
             d
             for d in report.discrepancies
@@ -501,9 +565,19 @@ def main(argv: list[str] | None = None) -> int:
             f"  unreadable items:       {len(planted)} planted, {len(planted & reported)} reported by the books "
             f"check; then the holds' sweeper released {holds_released}, the orders' listing showed {orders_listed}"
         )
+        print(
+            f"  events:                 {events.distinct} order events published ({events.puts - events.distinct} "
+            f"put again by a redelivery), {events.emails} e-mails queued; {len(set_aside)} stream record set aside; "
+            f"after the workload {json.dumps(deliveries)}"
+        )
         print(f"  checked:                {report.checked.model_dump_json()}")
-        print(f"  violations:             {len(violations) + report.omitted + len(workload.problems)}")
+        print(
+            f"  violations:             "
+            f"{len(violations) + report.omitted + len(workload.problems) + len(event_problems)}"
+        )
         print(f"  wall time:              {wall:.0f} s  ({args.orders / workload_seconds:.1f} orders/s placed)")
+        for problem in event_problems:
+            print(f"  EVENTS: {problem}")
         for problem in workload.problems:
             print(f"  CLIENT: {problem}")
         for violation in violations:
@@ -514,13 +588,14 @@ def main(argv: list[str] | None = None) -> int:
                 ).json()
                 print(f"    history: {[(h['step'], h['status']) for h in order['history']]}")
                 print(f"    payment: {order['payment']}")
-        if violations or report.omitted or workload.problems:
+        if violations or report.omitted or workload.problems or event_problems:
             print(f"  replay: make chaos ORDERS={args.orders} SEED={args.seed} PROFILE={args.profile}")
             return 1
         return 0
     finally:
         injector.stop()
         moto_events.execution_listeners.remove(watcher)
+        moto_events.published_listeners.remove(bus)
         stack.stop()
         dynamodb.stop()
         moto_dynamodb.remove_client_transport()

@@ -10,6 +10,8 @@ A ``FaultInjector`` installs one profile into the emulator's adapters:
   lost (``InternalServerError`` after the effect); ``TransactionConflict`` on transactions. The
   payment simulator keeps its ledger in DynamoDB too, so its writes fail the same ways: a
   provider call applied with its answer lost.
+- EventBridge (``moto_events``): a ``PutEvents`` whose entry is refused (throttled, or an
+  internal failure), so that a publisher's record fails and its stream retries it.
 - Step Functions (``moto_stepfunctions``): ``StartExecution`` throttled for a window that outlasts
   the SDK's retries, so that orders are left for the orphan sweeper.
 - The payment provider (the simulator, which stands in for a remote service): a slow answer; a
@@ -33,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
+from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions
 from shop.errors import PaymentProviderError
 from shop.payments.simulator import SimulatorProvider
 
@@ -76,6 +78,8 @@ class FaultProfile:
     provider_transient_error: float = 0.0
     provider_answer_lost: float = 0.0
     provider_outage: float = 0.0
+    # A PutEvents entry of the shop's refused by EventBridge.
+    eventbridge_put_refused: float = 0.0
 
     @property
     def kinds(self) -> list[str]:
@@ -105,6 +109,7 @@ PROFILES: dict[str, FaultProfile] = {
         provider_transient_error=0.01,
         provider_answer_lost=0.01,
         provider_outage=0.002,
+        eventbridge_put_refused=0.02,
     ),
     "hostile": FaultProfile(
         "hostile",
@@ -123,6 +128,7 @@ PROFILES: dict[str, FaultProfile] = {
         provider_transient_error=0.03,
         provider_answer_lost=0.03,
         provider_outage=0.01,
+        eventbridge_put_refused=0.05,
     ),
 }
 
@@ -208,6 +214,11 @@ class FaultInjector:
             return "ThrottlingException"
         return None
 
+    def _put_events(self) -> str | None:
+        if self._roll("eventbridge_put_refused"):
+            return "ThrottlingException" if self._random.random() < 0.5 else "InternalFailure"
+        return None
+
     def _express_copies(self, machine: str, name: str) -> int:
         return 2 if self._roll("express_start_duplicated") else 1
 
@@ -258,6 +269,7 @@ class FaultInjector:
         lambda_runtime.faults.duplicate_when = self._duplicate
         moto_dynamodb.fault_hook = self._dynamodb  # type: ignore[assignment]
         moto_stepfunctions.fault_hook = self._stepfunctions
+        moto_events.fault_hook = self._put_events
         if self.workflow_type == "EXPRESS":
             moto_stepfunctions.express_copies = self._express_copies
         self._install_provider_faults()
@@ -269,6 +281,7 @@ class FaultInjector:
         lambda_runtime.faults.clear()
         moto_dynamodb.fault_hook = None
         moto_stepfunctions.fault_hook = None
+        moto_events.fault_hook = None
         moto_stepfunctions.express_copies = None
         self._remove_provider_faults()
 

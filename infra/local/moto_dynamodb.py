@@ -550,13 +550,18 @@ class MotoDynamoDBProcess:
 
 
 def _dispatch(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One request through moto's DynamoDB handler, as moto's in-process interception does it."""
+    """One request through moto's DynamoDB handler, or its DynamoDB Streams handler (the tables'
+    streams live with the tables), as moto's in-process interception does it."""
     from moto.core.request import Request
 
+    streams = any(
+        name.lower() == "x-amz-target" and str(value).startswith("DynamoDBStreams_") for name, value in headers.items()
+    )
     # moto finds the region in the URL, as AWS's endpoint would carry it.
-    url = "https://dynamodb.us-east-1.amazonaws.com/"
+    url = f"https://{'streams.dynamodb' if streams else 'dynamodb'}.us-east-1.amazonaws.com/"
     request = Request.from_primitives("POST", url, headers, body)
-    status, response_headers, response_body = DynamoHandler.dispatch(request, url, request.headers)
+    handler = DynamoDBStreamsHandler if streams else DynamoHandler
+    status, response_headers, response_body = handler.dispatch(request, url, request.headers)
     payload = response_body.encode() if isinstance(response_body, str) else response_body or b""
     kept = {k: str(v) for k, v in response_headers.items() if k.lower() not in {"content-length", "status"}}
     return int(status), kept, payload

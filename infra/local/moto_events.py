@@ -21,6 +21,8 @@ tier: an event's consumers have run, retries included). ``published`` counts the
 put on any bus, by detail-type (`make bench`: EventBridge bills each one; events from AWS
 services, ``aws.*`` sources, are free).
 
+``published_listeners`` see every custom event put (`make chaos` audits the bus with it).
+
 In-process observers (``execution_listeners``: `make bench` and `make chaos` waiting for sagas to
 end) get the same ``detail`` when an execution ends, instead of polling the Step Functions API.
 
@@ -61,6 +63,12 @@ _ending = threading.Lock()
 execution_listeners: list[Callable[[dict[str, Any]], None]] = []
 # Custom events put so far, by detail-type (what EventBridge bills).
 published: Counter[str] = Counter()
+# The chaos run's EventBridge faults (infra/local/faults.py): an error code for every entry of a
+# PutEvents (a refused put, as EventBridge answers when throttled or failing), or None to go on.
+fault_hook: Callable[[], str | None] | None = None
+# Called with every custom event put (a PutEvents entry: Source, DetailType, Detail, EventBusName), in
+# the putting thread: `make chaos` audits what reached the bus.
+published_listeners: list[Callable[[dict[str, Any]], None]] = []
 _published_lock = threading.Lock()
 # The asynchronous Lambda deliveries still running (``wait_for_deliveries``).
 _deliveries: set[threading.Thread] = set()
@@ -218,9 +226,18 @@ def _stop(self: Execution, stop_date: Any, error: str | None, cause: str | None)
 
 
 def _put_events(self: EventsBackend, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    custom = [str(event.get("DetailType")) for event in events if not str(event.get("Source", "")).startswith("aws.")]
+    custom = [event for event in events if not str(event.get("Source", "")).startswith("aws.")]
+    hook = fault_hook
+    # Only the shop's own puts fail: AWS's service events (an execution's status change) are not ours to lose.
+    code = hook() if hook is not None and events and len(custom) == len(events) else None
+    if code is not None:
+        # EventBridge refuses entries one by one (the call itself succeeds): nothing is put.
+        return [{"ErrorCode": code, "ErrorMessage": f"injected {code}"} for _ in events]
     with _published_lock:
-        published.update(custom)
+        published.update(str(event.get("DetailType")) for event in custom)
+    for listener in list(published_listeners):
+        for event in custom:
+            listener(event)
     return _ORIGINAL_PUT_EVENTS(self, events)
 
 

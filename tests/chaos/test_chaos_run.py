@@ -5,7 +5,9 @@ stack, moto's DynamoDB in another process, 16 clients, faults at every seam (Lam
 before and after the write, StartExecution outage windows, the payment provider), then faults
 off, the sweepers and redrives, and the invariant checker over the books. Items no version of the
 shop wrote are planted in three tables first: each must be reported, and none may stop a sweeper,
-the orders' listing or the books check. The run must end with no violation, and every kind of
+the orders' listing or the books check. The tables' streams are delivered to the event publishers
+through the same faults, and what reached the bus and the e-mail outbox is audited against the
+orders (infra/local/event_audit.py). The run must end with no violation, and every kind of
 fault the profile names must have been injected at least once, so that a quiet run cannot pass
 for a hostile one.
 """
@@ -64,5 +66,14 @@ def test_a_seeded_hostile_run_of_300_orders_ends_with_the_books_consistent() -> 
     # The items no version of the shop wrote, planted before the workload: each reported, none stopped anything.
     planted = len(UNREADABLE_ITEMS)
     assert re.search(rf"^\s+unreadable items:\s+{planted} planted, {planted} reported", report, re.MULTILINE), report
+    # The tables' streams were delivered through the faults: the events were audited against the
+    # orders (a failure there is a violation), every order announced at least its placement and its
+    # end, and the planted order's record was set aside rather than lost or blocking the shard.
+    events = re.search(
+        r"^\s+events:\s+(\d+) order events published .*, (\d+) e-mails queued; (\d+) stream record", report, re.M
+    )
+    assert events is not None, report
+    published, emails, set_aside = (int(group) for group in events.groups())
+    assert published >= 2 * ORDERS and emails >= ORDERS and set_aside == 1, report
     finals = re.findall(r"^\s{4}(COMPLETED|REFUNDED|CANCELLED [A-Z_]+)\s+(\d+)$", report, re.MULTILINE)
     assert sum(int(count) for _, count in finals) == ORDERS, report

@@ -1,8 +1,8 @@
 """The chaos run's faults enter at the emulator's seams and behave as AWS's do.
 
 A DynamoDB request refused *before* is not applied; one failed *after* is applied and only its
-answer is lost; a throttled StartExecution starts nothing; a profile and a seed decide the same
-faults every time.
+answer is lost; a throttled StartExecution starts nothing; a refused PutEvents puts nothing; a
+profile and a seed decide the same faults every time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from infra.local import lambda_runtime, moto_dynamodb, moto_stepfunctions
+from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions
 from infra.local.faults import COVERAGE_FLOOR, PROFILES, FaultInjector, FaultProfile
 from shop.domain import payments as payment_domain
 from shop.errors import PaymentProviderError
@@ -31,6 +31,7 @@ def hooks_cleared(local_aws: LocalAws) -> Iterator[LocalAws]:
     yield local_aws
     moto_dynamodb.fault_hook = None
     moto_stepfunctions.fault_hook = None
+    moto_events.fault_hook = None
 
 
 def _once(code: str, moment: str, operation: str) -> Any:
@@ -75,6 +76,41 @@ def test_a_throttled_start_execution_starts_nothing(hooks_cleared: LocalAws) -> 
     assert raised.value.response["Error"]["Code"] == "ThrottlingException"
     moto_stepfunctions.fault_hook = None
     assert sfn.list_executions(stateMachineArn=machine)["executions"] == []
+
+
+def test_a_refused_put_events_puts_nothing_and_the_publisher_sees_it_fail(hooks_cleared: LocalAws) -> None:
+    from shop.errors import EventPublishFailed
+    from shop.models.events import OrderCompleted, OutgoingEvent
+    from shop.repositories import event_bus
+
+    event = OutgoingEvent(
+        source="shop.orders",
+        detail_type="OrderCompleted",
+        detail=OrderCompleted(
+            version=1,
+            event_id="o-1:COMPLETED:3",
+            occurred_at="2026-12-01T00:00:00Z",
+            order_id="o-1",
+            customer_id="alice",
+            status="COMPLETED",
+            total=Money(amount=100),
+        ),
+    )
+    published = moto_events.published["OrderCompleted"]
+    moto_events.fault_hook = lambda: "ThrottlingException"
+
+    with pytest.raises(EventPublishFailed, match="ThrottlingException"):
+        event_bus.put(event)
+    assert moto_events.published["OrderCompleted"] == published
+    # AWS's own service events are not the shop's to lose: they still go through.
+    answer = boto3.client("events").put_events(
+        Entries=[{"Source": "aws.states", "DetailType": "Step Functions Execution Status Change", "Detail": "{}"}]
+    )
+    assert answer["FailedEntryCount"] == 0
+
+    moto_events.fault_hook = None
+    event_bus.put(event)
+    assert moto_events.published["OrderCompleted"] == published + 1
 
 
 def test_a_profile_and_a_seed_decide_the_same_faults(hooks_cleared: LocalAws) -> None:

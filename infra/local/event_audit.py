@@ -1,0 +1,144 @@
+"""`make chaos`'s audit of the events: what reached the bus and the e-mail outbox against the orders.
+
+The README promises that every order transition is published once, as consumers see it (one
+``event_id`` per transition; a redelivery repeats the id, never mints another), and that the
+notification consumer queues one e-mail per event. Under chaos the publishers meet Lambda and
+DynamoDB faults (a lost answer redelivers a batch, a throttled bus fails a record), so the run
+records every event put on the bus (``BusRecorder``, fed by ``moto_events.published_listeners``)
+and, once everything is delivered, ``audit`` holds them to each order's books:
+
+- one ``OrderPlaced`` per order, and no event of an order the run did not place;
+- every status the order's history reached that is announced (COMPLETED, CANCELLED, REFUNDED,
+  NEEDS_ATTENTION) has its event, and no event announces a status the order never had;
+- COMPLETED, CANCELLED and REFUNDED are each reached at most once, so each has at most one event
+  id (NEEDS_ATTENTION may recur: a redrive that fails again is a new transition, with a new id);
+- the latest event (the highest order version) announces the order's final status;
+- one queued e-mail per published completion, cancellation and refund, and none for an event
+  that was never published.
+
+Pure: the chaos run gathers the inputs; ``tests/unit/test_event_audit.py`` holds each rule.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ANNOUNCED = {
+    "COMPLETED": "OrderCompleted",
+    "CANCELLED": "OrderCancelled",
+    "REFUNDED": "OrderRefunded",
+    "NEEDS_ATTENTION": "OrderNeedsAttention",
+}
+REACHED_ONCE = {"COMPLETED", "CANCELLED", "REFUNDED"}
+EMAILED = {"OrderCompleted", "OrderCancelled", "OrderRefunded"}
+
+
+@dataclass(frozen=True)
+class OrderBooks:
+    """What the audit needs of an order as it finally stands."""
+
+    order_id: str
+    status: str
+    statuses_reached: frozenset[str]  # every status its history records
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    detail_type: str
+    event_id: str
+    order_id: str | None
+    status: str | None
+
+
+@dataclass
+class BusRecorder:
+    """Every custom event put on a bus, in the order the puts happened (a ``published_listeners`` entry)."""
+
+    events: list[BusEvent] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, entry: Mapping[str, Any]) -> None:
+        detail = json.loads(entry.get("Detail") or "{}")
+        event = BusEvent(
+            detail_type=str(entry.get("DetailType")),
+            event_id=str(detail.get("event_id")),
+            order_id=detail.get("order_id"),
+            status=detail.get("status"),
+        )
+        with self._lock:
+            self.events.append(event)
+
+
+@dataclass
+class EventAudit:
+    problems: list[str]
+    puts: int  # order events put on the bus, redeliveries included
+    distinct: int  # order events by id
+    emails: int
+
+
+def _version(event_id: str) -> int:
+    return int(event_id.rsplit(":", 1)[1]) if event_id.rsplit(":", 1)[-1].isdigit() else -1
+
+
+def audit(orders: Mapping[str, OrderBooks], events: Iterable[BusEvent], emails: Mapping[str, str]) -> EventAudit:
+    """``emails``: each queued e-mail's event id -> its order id."""
+    order_events = [event for event in events if event.order_id is not None]
+    distinct: dict[str, BusEvent] = {}
+    for event in order_events:
+        distinct.setdefault(event.event_id, event)
+    by_order: dict[str, list[BusEvent]] = defaultdict(list)
+    for event in distinct.values():
+        by_order[str(event.order_id)].append(event)
+
+    problems = [
+        f"order {order_id}: {len(seen)} events, but the run placed no such order"
+        for order_id, seen in by_order.items()
+        if order_id not in orders
+    ]
+    for order_id, books in orders.items():
+        problems += _order_problems(books, by_order.get(order_id, []))
+
+    for event in distinct.values():
+        if event.detail_type in EMAILED and event.event_id not in emails:
+            problems.append(f"order {event.order_id}: no e-mail queued for {event.detail_type} {event.event_id}")
+    problems += [
+        f"order {order_id}: an e-mail queued for {event_id}, an event never published"
+        for event_id, order_id in emails.items()
+        if event_id not in distinct and order_id in orders
+    ]
+    return EventAudit(problems=problems, puts=len(order_events), distinct=len(distinct), emails=len(emails))
+
+
+def _order_problems(books: OrderBooks, seen: list[BusEvent]) -> list[str]:
+    order_id = books.order_id
+    problems: list[str] = []
+    placed = [event for event in seen if event.detail_type == "OrderPlaced"]
+    if len(placed) != 1:
+        problems.append(f"order {order_id}: {len(placed)} OrderPlaced events, not one")
+    transitions = sorted(
+        (event for event in seen if event.detail_type != "OrderPlaced"), key=lambda e: _version(e.event_id)
+    )
+    announced = Counter(event.status for event in transitions)
+    reached = books.statuses_reached | {books.status}
+    for status, detail_type in ANNOUNCED.items():
+        if status in reached and not announced[status]:
+            problems.append(f"order {order_id}: reached {status}, but no {detail_type} was published")
+        if status in REACHED_ONCE and announced[status] > 1:
+            ids = sorted(event.event_id for event in transitions if event.status == status)
+            problems.append(f"order {order_id}: one transition to {status} published as {len(ids)} events: {ids}")
+    problems += [
+        f"order {order_id}: {event.detail_type} {event.event_id} announces {event.status}, which it never reached"
+        for event in transitions
+        if event.status not in reached
+    ]
+    if books.status in ANNOUNCED and transitions and transitions[-1].status != books.status:
+        problems.append(
+            f"order {order_id}: the latest event, {transitions[-1].event_id}, is not its final status {books.status}"
+        )
+    return problems
