@@ -129,6 +129,36 @@ def test_prices_and_availability_are_the_catalogs_current_ones(shop: Shop, local
     assert shown["total"]["amount"] == 2 * 1500 + 500
 
 
+def test_a_cart_priced_past_what_an_order_may_total_is_shown_and_can_be_lowered_not_raised(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    from shop.models.money import MAX_AMOUNT
+
+    put(shop, "MUG-1", 3, who="alice")
+    admin = shop.headers("admin")
+    raised = shop.client.http.patch(
+        "/products/MUG-1", headers=admin, body=json.dumps({"price": {"amount": MAX_AMOUNT}})
+    )
+    assert raised.status_code == 200, raised.body
+
+    # GET /cart is 200 whatever the prices did since: the cart shows what its lines cost now.
+    shown = get(shop, who="alice")
+    assert shown.status_code == 200, shown.body
+    assert (shown.json_body["items"][0]["line_total"]["amount"], shown.json_body["total"]["amount"]) == (
+        3 * MAX_AMOUNT,
+        3 * MAX_AMOUNT,
+    )
+    # Ordering it, or adding to it, is what is refused; nothing changes.
+    for refused in (order_from_cart(shop), put(shop, "MUG-1", 4, who="alice")):
+        assert (refused.status_code, refused.json_body["type"]) == (422, "urn:shop:problem:order-total-too-large")
+    assert shop.executions("CheckoutStateMachine") == []
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 3)]
+
+    lowered = put(shop, "MUG-1", 1, who="alice")
+    assert (lowered.status_code, lowered.json_body["total"]["amount"]) == (200, MAX_AMOUNT)
+    assert order_from_cart(shop).status_code == 202
+
+
 # ---------------------------------------------------------------------------- customer carts and merge
 def test_a_customers_cart_follows_the_identity(shop: Shop) -> None:
     put(shop, "MUG-1", 1, who="alice")

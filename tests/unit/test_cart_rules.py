@@ -11,7 +11,7 @@ from shop import signing
 from shop.auth import Principal
 from shop.domain import carts
 from shop.errors import CartFull, FieldError, OrderTotalTooLarge
-from shop.models.carts import MAX_CART_LINES, CartView, SetCartItemRequest, StoredCart
+from shop.models.carts import MAX_CART_AMOUNT, MAX_CART_LINES, CartMoney, CartView, SetCartItemRequest, StoredCart
 from shop.models.catalog import Product
 from shop.models.common import Line
 from shop.models.money import MAX_AMOUNT, Money
@@ -119,25 +119,33 @@ def test_a_cart_shows_current_prices_totals_and_availability() -> None:
         ("B", 2000, False),  # 1 in stock, 2 wanted
         ("C", 5, False),  # inactive
     ]
-    assert shown.total == Money(amount=2505)
+    assert shown.total == CartMoney(amount=2505)
     assert shown.items[0].unit_price == Money(amount=250) and shown.items[0].name == "Product A"
     assert shown.expires_at == "2027-01-15T08:00:00Z"
 
 
 def test_an_empty_cart_has_a_zero_total_and_no_expiry() -> None:
-    assert carts.priced([], {}, NOW) == CartView(items=[], total=Money(amount=0), expires_at=None)
+    assert carts.priced([], {}, NOW) == CartView(items=[], total=CartMoney(amount=0), expires_at=None)
 
 
-def test_a_total_beyond_the_money_limit_is_refused_naming_the_line_or_the_cart() -> None:
+def test_a_total_beyond_what_an_order_may_total_is_shown_but_not_orderable_naming_the_line_or_the_cart() -> None:
+    over_a_line = (lines(("A", 100)), {"A": product("A", MAX_AMOUNT // 10)})
+    assert carts.priced(*over_a_line, NOW).total == CartMoney(amount=10 * MAX_AMOUNT)
     with pytest.raises(OrderTotalTooLarge) as line_too_large:
-        carts.priced(lines(("A", 100)), {"A": product("A", MAX_AMOUNT // 10)}, NOW)
+        carts.check_orderable_total(*over_a_line)
     assert line_too_large.value.extensions["errors"][0]["field"] == "items.0.quantity"
 
     with pytest.raises(OrderTotalTooLarge) as cart_too_large:
-        carts.priced(lines(("A", 1), ("B", 1)), {"A": product("A", MAX_AMOUNT), "B": product("B", 1)}, NOW)
+        carts.check_orderable_total(lines(("A", 1), ("B", 1)), {"A": product("A", MAX_AMOUNT), "B": product("B", 1)})
     assert cart_too_large.value.extensions["errors"] == [
         {"field": "items", "message": f"the cart total would exceed the maximum, {MAX_AMOUNT}"}
     ]
+
+
+def test_the_largest_cart_there_can_be_is_shown_exactly() -> None:
+    largest = [Line(sku=f"S{n}", quantity=100) for n in range(MAX_CART_LINES)]
+    shown = carts.priced(largest, {line.sku: product(line.sku, MAX_AMOUNT) for line in largest}, NOW)
+    assert shown.total.amount == MAX_CART_AMOUNT < 2**53  # a JSON number any client reads exactly
 
 
 # ---------------------------------------------------------------------------- expiry

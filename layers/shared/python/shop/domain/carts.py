@@ -43,12 +43,13 @@ from shop.models.carts import (
     MAX_CART_LINES,
     MAX_CART_QUANTITY,
     CartLineView,
+    CartMoney,
     CartView,
     StoredCart,
 )
 from shop.models.catalog import Product
 from shop.models.common import Line
-from shop.models.money import MAX_AMOUNT, Money
+from shop.models.money import MAX_AMOUNT
 from shop.models.orders import Order
 from shop.repositories import carts as repository
 from shop.repositories.carts import CartVersionConflict
@@ -170,35 +171,44 @@ def expiry_text(expires_at: int) -> str:
     return datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def priced(lines: Sequence[Line], products: Mapping[str, Product], expires_at: int | None) -> CartView:
-    """The cart as clients see it, at the catalog's current prices.
-
-    A line is ``available`` while its product is active and has at least the line's quantity in
-    stock. OrderTotalTooLarge (422) when a line total or the total would exceed ``MAX_AMOUNT`` (a
-    price raised since), naming the line (``items.N.quantity``) or the cart (``items``). A line
-    whose product no longer exists is left out (products are never deleted).
-    """
-    shown = [(line, products[line.sku]) for line in lines if line.sku in products]
-    total = totals.checked_total(
-        [totals.PricedQuantity(product.price.amount, line.quantity) for line, product in shown],
+def check_orderable_total(lines: Sequence[Line], products: Mapping[str, Product]) -> None:
+    """OrderTotalTooLarge (422) when a line total or the total would exceed ``MAX_AMOUNT``, what one
+    order may total, naming the line (``items.N.quantity``) or the cart (``items``)."""
+    totals.checked_total(
+        [
+            totals.PricedQuantity(products[line.sku].price.amount, line.quantity)
+            for line in lines
+            if line.sku in products
+        ],
         line_message=lambda _: f"the line total would exceed the maximum, {MAX_AMOUNT}",
         total_message=f"the cart total would exceed the maximum, {MAX_AMOUNT}",
         detail=f"a cart's total may be at most {MAX_AMOUNT} (minor units)",
     )
+
+
+def priced(lines: Sequence[Line], products: Mapping[str, Product], expires_at: int | None) -> CartView:
+    """The cart as clients see it, at the catalog's current prices.
+
+    A line is ``available`` while its product is active and has at least the line's quantity in
+    stock. A line whose product no longer exists is left out (products are never deleted). Never
+    refused for its total: a price raised since can take the cart past what one order may total
+    (``check_orderable_total``), and the cart is shown all the same, so its owner can see and lower it.
+    """
+    shown = [(line, products[line.sku]) for line in lines if line.sku in products]
     items = [
         CartLineView(
             sku=line.sku,
             name=product.name,
             quantity=line.quantity,
             unit_price=product.price,
-            line_total=product.price.times(line.quantity),
+            line_total=CartMoney(amount=product.price.amount * line.quantity),
             available=product.active and product.available >= line.quantity,
         )
         for line, product in shown
     ]
     return CartView(
         items=items,
-        total=Money(amount=total),
+        total=CartMoney(amount=sum(item.line_total.amount for item in items)),
         expires_at=expiry_text(expires_at) if items and expires_at is not None else None,
     )
 
@@ -273,8 +283,11 @@ def set_quantity(cart_owner: CartOwner, sku: str, quantity: int) -> CartView:
         changed = with_quantity(lines, sku, quantity)
         if changed is None:
             return priced(lines, products, stored.expires_at if stored is not None and lines else None)
+        if quantity > next((line.quantity for line in lines if line.sku == sku), 0):
+            # More of a line may not take the cart past what an order may total; less always may.
+            check_orderable_total(changed, products)
         cart = _stored(cart_owner.cart_id, stored, changed, now)
-        shown = priced(changed, products, cart.expires_at)  # refuses a total too large before anything is written
+        shown = priced(changed, products, cart.expires_at)
         try:
             repository.put(cart, expected_version=stored.version if stored is not None else None)
         except CartVersionConflict:

@@ -8,17 +8,33 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shop.models.base import Record, StrictModel
 from shop.models.common import MAX_LINES, MAX_QUANTITY, Line
-from shop.models.money import Money
+from shop.models.money import MAX_AMOUNT, Currency, Money
 
 # 7 days without a change, then DynamoDB's TTL deletes the cart (a read treats it as empty at once).
 CART_LIFETIME_SECONDS = 7 * 24 * 3600
 # The contract's limits: a cart line is what an order line may be, and a cart what an order may hold.
 MAX_CART_LINES = MAX_LINES
 MAX_CART_QUANTITY = MAX_QUANTITY
+
+# What a cart can add up to at the catalog's current prices: more than an order may (MAX_AMOUNT), and
+# still exact in any JSON number (below 2**53).
+MAX_CART_AMOUNT = MAX_AMOUNT * MAX_CART_QUANTITY * MAX_CART_LINES
+
+
+class CartMoney(BaseModel):
+    """A cart line's total or the cart's total, in minor units. A cart shows what its lines cost now:
+    prices raised since a line was added can take it past what one order may total (``Money``), and
+    the cart is still shown; placing the order is what is refused (422 order-total-too-large)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    amount: int = Field(ge=0, le=MAX_CART_AMOUNT)
+    currency: Currency = "USD"
+
 
 CART_TOKEN_HEADER = "X-Cart-Token"
 # What the API issues (itsdangerous' URL-safe payload.signature); anything else cannot be one.
@@ -54,7 +70,7 @@ class CartLineView(Record):
     name: str
     quantity: int
     unit_price: Money
-    line_total: Money
+    line_total: CartMoney
     available: bool
 
 
@@ -62,7 +78,7 @@ class CartView(Record):
     """The Cart of the HTTP contract. ``expires_at`` is null while the cart has no lines."""
 
     items: list[CartLineView]
-    total: Money
+    total: CartMoney
     expires_at: str | None = Field(
         json_schema_extra={"format": "date-time"},
         description="When the cart expires unless it changes again (7 days after the last change); "
