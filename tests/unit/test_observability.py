@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+from typing import Any
 
 import pytest
 from aws_lambda_powertools.metrics import MetricUnit
@@ -28,3 +31,53 @@ def test_no_line_when_metrics_are_disabled(monkeypatch: pytest.MonkeyPatch, caps
     dimensioned_metric("OrdersCancelled", MetricUnit.Count, 1, reason="OUT_OF_STOCK")
 
     assert capsys.readouterr().out == ""
+
+
+def test_concurrent_invocations_of_two_functions_each_log_under_their_own_name() -> None:
+    # The local emulator runs many functions' invocations in one process at once: the invocation's
+    # ids that Powertools appends are process-wide, and the last to start named every line.
+    import threading
+    from types import SimpleNamespace
+
+    from shop.observability import instrumented, logger
+
+    second_logged = threading.Event()
+
+    def context(name: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            function_name=name,
+            memory_limit_in_mb=256,
+            invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{name}",
+            aws_request_id=f"request-of-{name}",
+        )
+
+    @instrumented
+    def first(event: dict[str, Any], _: Any) -> None:
+        second_logged.wait(10)  # the second invocation starts, and logs, in between
+        logger().warning("first speaking")
+
+    @instrumented
+    def second(event: dict[str, Any], _: Any) -> None:
+        logger().warning("second speaking")
+        second_logged.set()
+
+    # The lines as Powertools formats them, whatever stream its own handler was given first.
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(logger().registered_formatter)
+    logger().addHandler(handler)
+    try:
+        running = threading.Thread(target=first, args=({"order_id": "o-1"}, context("shop-First")))
+        running.start()
+        second({"order_id": "o-2"}, context("shop-Second"))
+        running.join(10)
+    finally:
+        logging.getLogger(logger().name).removeHandler(handler)
+
+    lines = [json.loads(line) for line in written.getvalue().splitlines() if "speaking" in line]
+    assert {
+        (line["message"], line["function_name"], line["function_request_id"], line["order_id"]) for line in lines
+    } == {
+        ("first speaking", "shop-First", "request-of-shop-First", "o-1"),
+        ("second speaking", "shop-Second", "request-of-shop-Second", "o-2"),
+    }

@@ -84,12 +84,15 @@ def instrumented(func: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[s
 
     def with_correlation_keys(event: dict[str, Any], context: Any) -> Any:
         # Thread-local keys: on Lambda one invocation runs at a time, but the local emulator runs
-        # many executions' steps concurrently in one process.
+        # many functions' invocations concurrently in one process, and the invocation's ids that
+        # ``inject_lambda_context`` appends are process-wide: the last invocation to start would
+        # name every line (thread-local keys take precedence; on Lambda the values are the same).
         logger().thread_safe_clear_keys()
+        keys: dict[str, Any] = dict(build_lambda_context_model(context).__dict__) if context is not None else {}
         if isinstance(event, dict):
-            keys = {k: event[k] for k in ("order_id", "execution_name") if event.get(k)}
-            if keys:
-                logger().thread_safe_append_keys(**keys)
+            keys |= {k: event[k] for k in ("order_id", "execution_name") if event.get(k)}
+        if keys:
+            logger().thread_safe_append_keys(**keys)
         try:
             return func(event, context)
         except ShopError as error:
