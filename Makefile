@@ -62,7 +62,7 @@ help:
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
 	@echo "                (DYNAMODB=moto: moto's DynamoDB in its own process, the emulator make chaos uses)"
 	@echo "                (FLASH_SALE=1: a flash sale of one SKU; the hottest key's WCU/s projected at 5,000 orders/s)"
-	@echo "make chaos      seeded randomized orders with faults at every seam, then the books checked"
+	@echo "make chaos      seeded randomized orders with faults at every seam, then the books and the events checked"
 	@echo "                (ORDERS=$(ORDERS) SEED=$(SEED) PROFILE=$(PROFILE); profiles: none, light, hostile;"
 	@echo "                WORKFLOW=STANDARD or EXPRESS: the sagas' workflow type, the template's default if unset)"
 	@echo "make load       Locust, headless, against a local stack it starts: prints Locust's table"

@@ -324,7 +324,7 @@ def _every_order_listed(workload: Workload) -> int:
         params["next_token"] = page.json()["next_token"]
 
 
-def _deliver_every_event(stack: Any, lambda_client: Any, function_names: dict[str, str]) -> dict[str, int]:
+def _deliver_every_event(stack: Any, lambda_client: Any) -> dict[str, int]:
     """Faults off: the tables' streams delivered to the publishers, the bus's Lambda targets run, and
     what the consumers failed on handed back by their redriver, until nothing is left in flight."""
     from infra.local import moto_events
@@ -336,7 +336,8 @@ def _deliver_every_event(stack: Any, lambda_client: Any, function_names: dict[st
         moved = deliver_all(stack.stream_deliveries)
         if not moto_events.wait_for_deliveries(120):
             raise RuntimeError("the bus's Lambda targets still run after 120 s")
-        response = lambda_client.invoke(FunctionName=function_names["RedriveConsumerFailuresFunction"], Payload=b"{}")
+        redriver = stack.deployed.function_names["RedriveConsumerFailuresFunction"]
+        response = lambda_client.invoke(FunctionName=redriver, Payload=b"{}")
         redrive = json.loads(response["Payload"].read())
         if response.get("FunctionError"):
             raise RuntimeError(f"the consumers' redriver failed: {redrive}")
@@ -504,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             workload.problems.append(str(error))
             holds_released = orders_listed = 0
         try:
-            deliveries = _deliver_every_event(stack, lambda_client, stack.deployed.function_names)
+            deliveries = _deliver_every_event(stack, lambda_client)
         except RuntimeError as error:
             workload.problems.append(str(error))
             deliveries = {}
