@@ -48,7 +48,7 @@ from botocore.config import Config
 
 from infra.local import event_audit
 from infra.local.bench import _free_port
-from infra.local.event_audit import BusRecorder, OrderBooks
+from infra.local.event_audit import BusRecorder, OrderBooks, StockMarker
 from infra.local.faults import PROFILES, PROVIDER_OUTAGE_SECONDS, FaultInjector
 
 TOKENS = (("tok_visa", 70), ("tok_flaky", 12), ("tok_chargeDeclined", 10), ("tok_processingError", 8))
@@ -358,6 +358,24 @@ def _queued_emails(dynamodb: Any, table: str) -> dict[str, str]:
     return emails
 
 
+def _stock_markers(dynamodb: Any, table: str) -> dict[str, StockMarker]:
+    """Every SKU's StockLow marker (OperationsTable ``stock-low#<sku>``), by SKU."""
+    markers: dict[str, StockMarker] = {}
+    pages = dynamodb.get_paginator("scan").paginate(
+        TableName=table,
+        FilterExpression="begins_with(pk, :marker) AND sk = :sk",
+        ExpressionAttributeValues={":marker": {"S": "stock-low#"}, ":sk": {"S": "marker"}},
+    )
+    for page in pages:
+        for item in page["Items"]:
+            markers[item["pk"]["S"].removeprefix("stock-low#")] = StockMarker(
+                fall=int(item["fall"]["N"]),
+                low=bool(item.get("low", {}).get("BOOL")),
+                published=bool(item.get("published", {}).get("BOOL")),
+            )
+    return markers
+
+
 def default_workflow_type() -> str:
     """The template's default WorkflowType (what `make run` and a plain deploy use)."""
     from infra.local.template import load_template, parameter_defaults
@@ -541,6 +559,18 @@ def main(argv: list[str] | None = None) -> int:
             _queued_emails(aws.dynamodb(), stack.deployed.table_names["NotificationsTable"]),
         )
         event_problems += events.problems
+        from shop.config import inventory_settings
+        from shop.repositories import event_records
+
+        stock_now = audit.product_stock()
+        event_problems += event_audit.audit_stock(
+            _stock_markers(aws.dynamodb(), stack.deployed.table_names["OperationsTable"]),
+            {sku: available for sku, (available, _, _) in stock_now.items()},
+            inventory_settings().low_stock_threshold,
+            bus.events,
+            [alert.event_id for alert in event_records.low_stock_alerts()],
+        )
+        stock_lows = len({event.event_id for event in bus.events if event.detail_type == "StockLow"})
         violations = [
             d
             for d in report.discrepancies
@@ -569,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  events:                 {events.distinct} order events published ({events.puts - events.distinct} "
             f"put again by a redelivery), {events.emails} e-mails queued; {len(set_aside)} stream record set aside; "
-            f"after the workload {json.dumps(deliveries)}"
+            f"{stock_lows} StockLow; after the workload {json.dumps(deliveries)}"
         )
         print(f"  checked:                {report.checked.model_dump_json()}")
         print(

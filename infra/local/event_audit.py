@@ -14,7 +14,10 @@ and, once everything is delivered, ``audit`` holds them to each order's books:
   id (NEEDS_ATTENTION may recur: a redrive that fails again is a new transition, with a new id);
 - the latest event (the highest order version) announces the order's final status;
 - one queued e-mail per published completion, cancellation and refund, and none for an event
-  that was never published.
+  that was never published;
+- StockLow once per fall (``audit_stock``): a SKU's falls, as its marker counts them, are each on
+  the bus under one id and nothing more; its latest fall is announced; a SKU whose stock ended at or
+  below the threshold is marked low (its fall not lost); one operators' alert per StockLow event.
 
 Pure: the chaos run gathers the inputs; ``tests/unit/test_event_audit.py`` holds each rule.
 """
@@ -53,6 +56,17 @@ class BusEvent:
     event_id: str
     order_id: str | None
     status: str | None
+    sku: str | None = None
+
+
+@dataclass(frozen=True)
+class StockMarker:
+    """A SKU's StockLow marker (OperationsTable ``stock-low#<sku>``): its falls so far, whether it
+    is low now, and whether its latest fall was announced."""
+
+    fall: int
+    low: bool
+    published: bool
 
 
 @dataclass
@@ -69,6 +83,7 @@ class BusRecorder:
             event_id=str(detail.get("event_id")),
             order_id=detail.get("order_id"),
             status=detail.get("status"),
+            sku=detail.get("sku"),
         )
         with self._lock:
             self.events.append(event)
@@ -141,4 +156,40 @@ def _order_problems(books: OrderBooks, seen: list[BusEvent]) -> list[str]:
         problems.append(
             f"order {order_id}: the latest event, {transitions[-1].event_id}, is not its final status {books.status}"
         )
+    return problems
+
+
+def audit_stock(
+    markers: Mapping[str, StockMarker],
+    final_available: Mapping[str, int],
+    threshold: int,
+    events: Iterable[BusEvent],
+    alerts: Iterable[str],
+) -> list[str]:
+    """StockLow once per fall. ``alerts``: the event id of each operators' alert recorded."""
+    announced: dict[str, set[str]] = defaultdict(set)
+    for event in events:
+        if event.detail_type == "StockLow":
+            announced[str(event.sku)].add(event.event_id)
+    problems: list[str] = []
+    for sku in sorted({*markers, *announced, *final_available}):
+        marker = markers.get(sku, StockMarker(fall=0, low=False, published=False))
+        falls = {f"{sku}:STOCK_LOW:{fall}" for fall in range(1, marker.fall + 1)}
+        # Every delivery made, every fall the marker counts is on the bus (the SKU is re-armed only
+        # after its fall was announced, and a claimed fall's record is retried until it is).
+        problems += [f"SKU {sku}: fall {event_id} never announced" for event_id in sorted(falls - announced[sku])]
+        problems += [f"SKU {sku}: {event_id} announced, not a fall" for event_id in sorted(announced[sku] - falls)]
+        if marker.low and not marker.published:
+            problems.append(f"SKU {sku}: fall {marker.fall} claimed, still not announced after every delivery")
+        available = final_available.get(sku)
+        if available is not None and available <= threshold and not marker.low:
+            problems.append(f"SKU {sku}: {available} left (threshold {threshold}), but not marked low: a fall lost")
+    recorded = Counter(alerts)
+    every_event = {event_id for ids in announced.values() for event_id in ids}
+    problems += [
+        f"StockLow {event_id}: no operators' alert recorded" for event_id in sorted(every_event - set(recorded))
+    ]
+    problems += [
+        f"StockLow {event_id}: {count} alerts recorded" for event_id, count in sorted(recorded.items()) if count > 1
+    ]
     return problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from infra.local.event_audit import BusEvent, BusRecorder, OrderBooks, audit
+from infra.local.event_audit import BusEvent, BusRecorder, OrderBooks, StockMarker, audit, audit_stock
 
 
 def _books(order_id: str, status: str, *reached: str) -> OrderBooks:
@@ -108,6 +108,38 @@ def test_the_recorder_reads_what_put_events_carries() -> None:
 
     assert recorder.events == [
         BusEvent(detail_type="OrderCompleted", event_id="a:COMPLETED:5", order_id="a", status="COMPLETED"),
-        BusEvent(detail_type="StockLow", event_id="S:STOCK_LOW:1", order_id=None, status=None),
+        BusEvent(detail_type="StockLow", event_id="S:STOCK_LOW:1", order_id=None, status=None, sku=None),
     ]
     assert audit({}, recorder.events[1:], {}).problems == []  # stock events are not order events
+
+
+def _low(sku: str, fall: int) -> BusEvent:
+    return BusEvent(detail_type="StockLow", event_id=f"{sku}:STOCK_LOW:{fall}", order_id=None, status=None, sku=sku)
+
+
+def test_stock_falls_each_announced_once_with_one_alert_pass() -> None:
+    markers = {"A": StockMarker(fall=2, low=True, published=True), "B": StockMarker(fall=1, low=False, published=True)}
+    events = [_low("A", 1), _low("A", 2), _low("A", 2), _low("B", 1)]  # a redelivered put repeats an id
+
+    problems = audit_stock(
+        markers, {"A": 0, "B": 40, "C": 90}, 5, events, ["A:STOCK_LOW:1", "A:STOCK_LOW:2", "B:STOCK_LOW:1"]
+    )
+
+    assert problems == []
+
+
+def test_a_lost_fall_an_extra_announcement_and_alerts_are_found() -> None:
+    markers = {"A": StockMarker(fall=2, low=True, published=False), "B": StockMarker(fall=1, low=False, published=True)}
+    events = [_low("A", 1), _low("B", 1), _low("B", 2)]
+
+    problems = audit_stock(markers, {"A": 0, "B": 9, "C": 3}, 5, events, ["A:STOCK_LOW:1", "A:STOCK_LOW:1"])
+
+    assert problems == [
+        "SKU A: fall A:STOCK_LOW:2 never announced",
+        "SKU A: fall 2 claimed, still not announced after every delivery",
+        "SKU B: B:STOCK_LOW:2 announced, not a fall",
+        "SKU C: 3 left (threshold 5), but not marked low: a fall lost",
+        "StockLow B:STOCK_LOW:1: no operators' alert recorded",
+        "StockLow B:STOCK_LOW:2: no operators' alert recorded",
+        "StockLow A:STOCK_LOW:1: 2 alerts recorded",
+    ]
