@@ -31,12 +31,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ANNOUNCED = {
-    "COMPLETED": "OrderCompleted",
-    "CANCELLED": "OrderCancelled",
-    "REFUNDED": "OrderRefunded",
-    "NEEDS_ATTENTION": "OrderNeedsAttention",
-}
+from shop.domain.events import stock_low_event_id
+from shop.models.events import ORDER_EVENT_FOR_STATUS
+
 REACHED_ONCE = {"COMPLETED", "CANCELLED", "REFUNDED"}
 EMAILED = {"OrderCompleted", "OrderCancelled", "OrderRefunded"}
 
@@ -141,7 +138,7 @@ def _order_problems(books: OrderBooks, seen: list[BusEvent]) -> list[str]:
     )
     announced = Counter(event.status for event in transitions)
     reached = books.statuses_reached | {books.status}
-    for status, detail_type in ANNOUNCED.items():
+    for status, detail_type in ORDER_EVENT_FOR_STATUS.items():
         if status in reached and not announced[status]:
             problems.append(f"order {order_id}: reached {status}, but no {detail_type} was published")
         if status in REACHED_ONCE and announced[status] > 1:
@@ -152,7 +149,7 @@ def _order_problems(books: OrderBooks, seen: list[BusEvent]) -> list[str]:
         for event in transitions
         if event.status not in reached
     ]
-    if books.status in ANNOUNCED and transitions and transitions[-1].status != books.status:
+    if books.status in ORDER_EVENT_FOR_STATUS and transitions and transitions[-1].status != books.status:
         problems.append(
             f"order {order_id}: the latest event, {transitions[-1].event_id}, is not its final status {books.status}"
         )
@@ -174,7 +171,7 @@ def audit_stock(
     problems: list[str] = []
     for sku in sorted({*markers, *announced, *final_available}):
         marker = markers.get(sku, StockMarker(fall=0, low=False, published=False))
-        falls = {f"{sku}:STOCK_LOW:{fall}" for fall in range(1, marker.fall + 1)}
+        falls = {stock_low_event_id(sku, fall) for fall in range(1, marker.fall + 1)}
         # Every delivery made, every fall the marker counts is on the bus (the SKU is re-armed only
         # after its fall was announced, and a claimed fall's record is retried until it is).
         problems += [f"SKU {sku}: fall {event_id} never announced" for event_id in sorted(falls - announced[sku])]
