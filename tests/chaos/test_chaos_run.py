@@ -1,7 +1,7 @@
 """The seeded chaos run that `make test` includes: 300 orders under the hostile profile.
 
 `python -m infra.local.chaos` (what `make chaos` runs) in a process of its own: the whole local
-stack, moto's DynamoDB in another process, 16 clients, faults at every seam (Lambda, DynamoDB
+stack, moto's DynamoDB in another process, 32 clients, faults at every seam (Lambda, DynamoDB
 before and after the write, StartExecution outage windows, the payment provider), then faults
 off, the sweepers and redrives, and the invariant checker over the books. Items no version of the
 shop wrote are planted in three tables first: each must be reported, and none may stop a sweeper,
@@ -29,7 +29,7 @@ from tests.conftest import REPO_ROOT
 ORDERS = 300
 SEED = 2
 PROFILE = "hostile"
-# Fewer clients than `make chaos` (48): this run shares the machine with the other test tiers.
+# Fewer clients than `make chaos` (192): this run shares the machine with the other test tiers.
 CLIENTS = 32
 
 

@@ -148,7 +148,7 @@ def test_an_order_item_no_version_of_the_shop_wrote_is_left_out_of_every_listing
 def test_an_operations_item_no_version_of_the_shop_wrote_is_left_out_of_its_listing(
     shop: Shop, local_aws: LocalAws, route: str, partition: str, sort_key: str
 ) -> None:
-    # The operators' own records share OperationsTable; one they cannot read must not hide the others.
+    # The operators' own records share OperationsTable; one they cannot read must not take the listing down.
     local_aws.client("dynamodb").put_item(
         TableName=local_aws.table("OperationsTable"),
         Item={"pk": {"S": partition}, "sk": {"S": sort_key}, "status": {"S": "OPEN"}},
