@@ -585,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
         for outcome, count in sorted(outcomes.items()):
             print(f"    {outcome:<40} {count}")
         print(f"  faults injected:        {sum(injector.injected.values())}  {injector.summary()}")
+        if injector.never_injected():
+            # Not the shop's violation, but the run is no proof for them: say so rather than pass quietly.
+            print(f"  never injected:         {', '.join(injector.never_injected())} (no proof of these kinds)")
         print(f"  client behaviour:       {json.dumps(dict(sorted(workload.client_events.items())))}")
         print(
             f"  orphan sweeps:          {len(sweeps)} after the workload: started "

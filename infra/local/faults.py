@@ -52,6 +52,9 @@ PROVIDER_SLOW_SECONDS = (0.2, 1.5)
 # injected at its next chance: at the rates a profile uses, pure chance would miss it about once
 # in 20 runs (e^-3), and a test that demands every kind would then fail for no fault of the shop.
 COVERAGE_FLOOR = 3.0
+# ... or after this many chances, whichever comes first: a seam that few calls reach (the provider
+# behind an open breaker: 300 chances of a 1 % kind may never come) still gets every kind once.
+FIRST_INJECTION_BY_CHANCE = 40
 # The simulator's calls that reach the "remote" provider (``lookup`` is what reconciliation asks).
 PROVIDER_CALLS = ("authorize", "capture", "void", "refund", "lookup")
 PROVIDER_EFFECTS = frozenset({"authorize", "capture", "void", "refund"})
@@ -164,7 +167,7 @@ class FaultInjector:
         # times its expected wait is injected at the next chance. A run whose calls to one
         # seam are few (e.g. an open breaker spares the provider) still proves that kind.
         if not hit and not self.injected[kind]:
-            hit = chances >= COVERAGE_FLOOR / probability
+            hit = chances >= min(COVERAGE_FLOOR / probability, FIRST_INJECTION_BY_CHANCE)
         if hit:
             with self._lock:
                 self.injected[kind] += 1
@@ -287,3 +290,11 @@ class FaultInjector:
 
     def summary(self) -> str:
         return json.dumps(dict(sorted(self.injected.items())))
+
+    def never_injected(self) -> list[str]:
+        """The profile's kinds this run never injected: the run proved nothing about them."""
+        return [
+            kind
+            for kind in self.profile.kinds_for(self.workflow_type)
+            if getattr(self.profile, kind) > 0.0 and not self.injected[kind]
+        ]

@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions
-from infra.local.faults import COVERAGE_FLOOR, PROFILES, FaultInjector, FaultProfile
+from infra.local.faults import COVERAGE_FLOOR, FIRST_INJECTION_BY_CHANCE, PROFILES, FaultInjector, FaultProfile
 from shop.domain import payments as payment_domain
 from shop.errors import PaymentProviderError
 from shop.models.money import Money
@@ -139,11 +139,20 @@ def test_the_none_profile_injects_nothing(hooks_cleared: LocalAws) -> None:
     assert sum(injector.injected.values()) == 0
 
 
-def test_a_kind_that_chance_keeps_missing_is_injected_at_the_coverage_floor(hooks_cleared: LocalAws) -> None:
-    rare = FaultProfile("rare", lambda_duplicate=0.001)
-    floor = round(COVERAGE_FLOOR / rare.lambda_duplicate)
+@pytest.mark.parametrize(
+    ("probability", "floor"),
+    [
+        (0.1, round(COVERAGE_FLOOR / 0.1)),  # three times the expected wait comes first
+        (0.001, FIRST_INJECTION_BY_CHANCE),  # a seam with few calls must not wait 3,000 of them
+    ],
+)
+def test_a_kind_that_chance_keeps_missing_is_injected_at_the_coverage_floor(
+    hooks_cleared: LocalAws, probability: float, floor: int
+) -> None:
+    rare = FaultProfile("rare", lambda_duplicate=probability)
     for seed in range(20):
         injector = FaultInjector(rare, seed=seed)
+        assert injector.never_injected() == ["lambda_duplicate"]
         injector.start()
         try:
             hits = [n for n in range(1, floor + 1) if injector._duplicate("f", {})]
@@ -152,6 +161,7 @@ def test_a_kind_that_chance_keeps_missing_is_injected_at_the_coverage_floor(hook
         assert hits, f"seed {seed}: no duplicate in {floor} chances"
         assert hits[0] <= floor  # by chance earlier, or forced at the floor, never later
         assert injector.injected["lambda_duplicate"] == len(hits)
+        assert injector.never_injected() == []
 
 
 @pytest.fixture(scope="module")
