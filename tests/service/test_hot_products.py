@@ -16,8 +16,14 @@ from typing import Any
 import pytest
 
 from shop.domain import catalog, inventory
-from shop.errors import InventoryContention, OutOfStock, PurchaseLimitExceeded, TransientError
-from shop.models.catalog import UpdateProductRequest
+from shop.errors import (
+    InventoryContention,
+    OutOfStock,
+    PurchaseLimitExceeded,
+    StockWouldExceedMaximum,
+    TransientError,
+)
+from shop.models.catalog import MAX_STOCK, StockAdjustmentRequest, UpdateProductRequest
 from shop.models.common import CheckoutLine
 from shop.repositories import stock
 from tests.conftest import LocalAws
@@ -190,6 +196,61 @@ def test_resharding_up_and_down_while_orders_reserve_keeps_the_total(shop: Shop)
     for number in range(40):
         inventory.release(f"r{number}")
     assert catalog.get_product("HOT-1").available == 60 and min(counters("HOT-1").values()) >= 0
+
+
+def _reshard_between_the_adjustments_reads(monkeypatch: pytest.MonkeyPatch, sku: str, shards: int) -> None:
+    """An admin's reshard lands after the adjustment read the product and before it reads the counters."""
+    read_counters = catalog.repository.stock_shards
+
+    def counters_after_a_reshard(of: str) -> Any:
+        monkeypatch.setattr(catalog.repository, "stock_shards", read_counters)
+        catalog.update_product(sku, UpdateProductRequest(stock_shards=shards))
+        return read_counters(of)
+
+    monkeypatch.setattr(catalog.repository, "stock_shards", counters_after_a_reshard)
+
+
+def test_a_decrease_racing_a_reshard_is_judged_on_the_whole_stock(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_product("HOT-ADJ-1", stock=10)
+    _reshard_between_the_adjustments_reads(monkeypatch, "HOT-ADJ-1", 4)
+    # Judged on shard 0's share alone, -8 was refused as going below 0 with 10 units there.
+    result = catalog.adjust_stock("HOT-ADJ-1", StockAdjustmentRequest(delta=-8, reason="count"), actor="root")
+
+    assert result.available == 2 == catalog.get_product("HOT-ADJ-1").available == sum(counters("HOT-ADJ-1").values())
+    assert result.stock_shards == 4 and [entry.available for entry in catalog.stock_ledger("HOT-ADJ-1")] == [2]
+
+
+def test_an_increase_racing_a_reshard_cannot_pass_the_maximum(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_product("HOT-ADJ-2", stock=MAX_STOCK - 4)
+    _reshard_between_the_adjustments_reads(monkeypatch, "HOT-ADJ-2", 4)
+    # Judged on shard 0's share alone, the increase passed and the stock went past MAX_STOCK.
+    with pytest.raises(StockWouldExceedMaximum):
+        catalog.adjust_stock("HOT-ADJ-2", StockAdjustmentRequest(delta=MAX_STOCK // 2, reason="restock"), actor="root")
+
+    assert catalog.get_product("HOT-ADJ-2").available == MAX_STOCK - 4 == sum(counters("HOT-ADJ-2").values())
+    assert catalog.stock_ledger("HOT-ADJ-2") == []
+
+
+def test_an_adjustment_planned_on_shards_a_reshard_replaced_is_not_written(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write itself is conditioned on the shard count its plan was made for."""
+    seed_product("HOT-ADJ-3", stock=40)
+    catalog.update_product("HOT-ADJ-3", UpdateProductRequest(stock_shards=4))
+    record = catalog.repository.record_stock_adjustment
+    planned_on: list[int] = []
+
+    def reshard_first(entry: Any, *, stock_shards: int, **rest: Any) -> None:
+        planned_on.append(stock_shards)
+        if len(planned_on) == 1:
+            catalog.update_product("HOT-ADJ-3", UpdateProductRequest(stock_shards=1))
+        record(entry, stock_shards=stock_shards, **rest)
+
+    monkeypatch.setattr(catalog.repository, "record_stock_adjustment", reshard_first)
+    result = catalog.adjust_stock("HOT-ADJ-3", StockAdjustmentRequest(delta=5, reason="restock"), actor="root")
+
+    assert planned_on == [4, 1]  # refused on the old shards, planned again on the new
+    assert result.available == 45 == sum(counters("HOT-ADJ-3").values()) and set(counters("HOT-ADJ-3")) == {0}
 
 
 def counted_units(shop: Shop, customer: str, sku: str) -> int:

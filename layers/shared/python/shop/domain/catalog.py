@@ -260,13 +260,11 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
         info = repository.get_product_info(sku)
         if info is None:
             raise ProductNotFound(f"no product with SKU {sku}")
-        counters = {
-            number: units
-            for number, units in units_by_shard(repository.stock_shards(sku)).items()
-            if number < info.stock_shards
-        }
-        if not counters:
-            continue  # a reshard is moving the counters: read again (before judging a total of 0)
+        counters = units_by_shard(repository.stock_shards(sku))
+        if not counters or max(counters) >= info.stock_shards:
+            # A reshard moved the units since the product was read (no counter yet, or more of them
+            # than it said): a total of what was read would be a part of the stock. Read again.
+            continue
         available = total_available(counters)
         resulting = available + request.delta
         if resulting < 0:
@@ -299,7 +297,9 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
             available=resulting,
         )
         try:
-            repository.record_stock_adjustment(entry, stock_actions=actions, updated_at=at)
+            repository.record_stock_adjustment(
+                entry, stock_shards=info.stock_shards, stock_actions=actions, updated_at=at
+            )
         except ConditionFailed:
             continue  # a sale emptied a counter (or a reshard moved them) since the read: decide again
         return Product.of(info.model_copy(update={"updated_at": at}), resulting)

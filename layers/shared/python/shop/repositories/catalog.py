@@ -329,10 +329,13 @@ def update_product_and_stock(
     )
 
 
-def record_stock_adjustment(entry: StockLedgerEntry, *, stock_actions: list[dict[str, Any]], updated_at: str) -> None:
+def record_stock_adjustment(
+    entry: StockLedgerEntry, *, stock_shards: int, stock_actions: list[dict[str, Any]], updated_at: str
+) -> None:
     """Apply the adjustment's shard actions and write the ledger entry, atomically.
 
-    The product must exist (its ``updated_at`` is set) and every shard action's condition hold;
+    The product must exist (its ``updated_at`` is set) with the ``stock_shards`` the actions were
+    planned on (a reshard since moved the units), and every shard action's condition hold;
     otherwise ConditionFailed and nothing is written.
     """
     tables = table_settings()
@@ -344,9 +347,18 @@ def record_stock_adjustment(entry: StockLedgerEntry, *, stock_actions: list[dict
                     "TableName": tables.products_table,
                     "Key": {"sku": {"S": entry.sku}},
                     "UpdateExpression": "SET #updated_at = :at ADD #version :one",
-                    "ConditionExpression": "attribute_exists(#sku)",
-                    "ExpressionAttributeNames": {"#sku": "sku", "#updated_at": "updated_at", "#version": "version"},
-                    "ExpressionAttributeValues": {":at": {"S": updated_at}, ":one": {"N": "1"}},
+                    "ConditionExpression": "attribute_exists(#sku) AND #stock_shards = :shards",
+                    "ExpressionAttributeNames": {
+                        "#sku": "sku",
+                        "#updated_at": "updated_at",
+                        "#version": "version",
+                        "#stock_shards": "stock_shards",
+                    },
+                    "ExpressionAttributeValues": {
+                        ":at": {"S": updated_at},
+                        ":one": {"N": "1"},
+                        ":shards": {"N": str(stock_shards)},
+                    },
                 }
             },
             *stock_actions,
