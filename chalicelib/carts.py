@@ -22,7 +22,13 @@ _WHO = (
 _PRICES = (
     "Prices are the catalog's current ones; a line is `available` while its product is active and has at least "
     "the line's quantity in stock. A cart expires 7 days after its last change (`expires_at`); an expired cart "
-    "is empty. A line or cart total beyond the money limit (prices raised since) is 422 `order-total-too-large`."
+    "is empty. A price raised since may take a line or the cart past what one order may total: the cart is "
+    "still shown, and lowering a line always works."
+)
+# What PUT and merge refuse (and POST /orders of the cart): the reads never do.
+_RAISING = (
+    "A change that would take a line total or the cart's total past what one order may total is 422 "
+    "`order-total-too-large`, nothing changed."
 )
 
 
@@ -35,7 +41,6 @@ _PRICES = (
     auth="optional",
     headers=_OPTIONAL_TOKEN,
     responses={200: CartView},
-    errors=(422,),
     tags=_TAGS,
 )
 def get_cart(principal: Principal | None, headers: dict[str, str | None]) -> Response:
@@ -51,7 +56,7 @@ def get_cart(principal: Principal | None, headers: dict[str, str | None]) -> Res
         f"{_WHO} A caller with neither gets a new anonymous cart, whose token is in the `{CART_TOKEN_HEADER}` "
         "response header: send it with every later cart request. A cart holds at most 50 lines (a new one beyond "
         "is 422 `cart-full`). An unknown SKU, or a positive quantity of an inactive product, is 422 "
-        f"`product-unavailable`; nothing changes on any refusal. {_PRICES}"
+        f"`product-unavailable`; nothing changes on any refusal. {_RAISING} {_PRICES}"
     ),
     auth="optional",
     path_params={"sku": Sku},
@@ -102,7 +107,7 @@ def delete_cart(principal: Principal | None, headers: dict[str, str | None]) -> 
         f"The lines of the `{CART_TOKEN_HEADER}` cart are added to the customer's: a SKU in both gets the sum of "
         "the quantities, at most 100; new SKUs follow while the cart has fewer than 50 lines (the rest are not "
         "taken). The anonymous cart is then deleted, in the same transaction, so repeating the request changes "
-        f"nothing. {_PRICES}"
+        f"nothing. {_RAISING} {_PRICES}"
     ),
     auth="customer",
     headers={CART_TOKEN_HEADER: CartToken},

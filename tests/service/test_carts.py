@@ -60,6 +60,11 @@ def lines(body: dict[str, Any]) -> list[tuple[str, int]]:
     return [(item["sku"], item["quantity"]) for item in body["items"]]
 
 
+def openapi_document(shop: Shop) -> dict[str, Any]:
+    document: dict[str, Any] = shop.client.http.get("/openapi.json").json_body
+    return document
+
+
 def stored_carts(shop: Shop) -> list[dict[str, Any]]:
     dynamodb = shop.aws.client("dynamodb")
     return list(dynamodb.scan(TableName=shop.aws.table("CartsTable"), ConsistentRead=True)["Items"])
@@ -157,6 +162,27 @@ def test_a_cart_priced_past_what_an_order_may_total_is_shown_and_can_be_lowered_
     lowered = put(shop, "MUG-1", 1, who="alice")
     assert (lowered.status_code, lowered.json_body["total"]["amount"]) == (200, MAX_AMOUNT)
     assert order_from_cart(shop).status_code == 202
+
+
+def test_a_merge_that_would_take_the_cart_past_what_an_order_may_total_is_refused(shop: Shop) -> None:
+    from shop.models.money import MAX_AMOUNT
+
+    admin = shop.headers("admin")
+    price = {"price": {"amount": MAX_AMOUNT // 2 + 1}}
+    assert shop.client.http.patch("/products/MUG-1", headers=admin, body=json.dumps(price)).status_code == 200
+    put(shop, "MUG-1", 1, who="alice")
+    token = put(shop, "MUG-1", 1).headers[TOKEN]
+    assert put(shop, "MUG-1", 2, who="alice").status_code == 422  # as raising the line by hand is
+    before = stored_carts(shop)
+
+    refused = merge(shop, "alice", token)
+
+    assert (refused.status_code, refused.json_body["type"]) == (422, "urn:shop:problem:order-total-too-large")
+    assert stored_carts(shop) == before  # neither cart changed: lower a line, then merge again
+    assert put(shop, "MUG-1", 0, who="alice").status_code == 200
+    assert lines(merge(shop, "alice", token).json_body) == [("MUG-1", 1)]
+    # GET /cart never refuses (the document says no 422 for it), whatever the prices did.
+    assert "422" not in openapi_document(shop)["paths"]["/cart"]["get"]["responses"]
 
 
 # ---------------------------------------------------------------------------- customer carts and merge

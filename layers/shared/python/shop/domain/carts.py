@@ -316,7 +316,9 @@ def clear(cart_owner: CartOwner | None) -> None:
 
 def merge(principal: Principal, token: str) -> CartView:
     """Add the anonymous cart's lines to the customer's (``merged``) and delete the anonymous cart, in one
-    transaction. Repeating it changes nothing: the anonymous cart is gone (or empty, or expired)."""
+    transaction. Repeating it changes nothing: the anonymous cart is gone (or empty, or expired).
+    OrderTotalTooLarge (422), nothing changed, when what it adds would take a line or the cart past
+    what one order may total, as ``set_line`` refuses raising a line."""
     customer_cart = customer_cart_id(principal.subject)
     anonymous_cart = anonymous_cart_id(token)
     for _ in range(MAX_WRITE_ATTEMPTS):
@@ -335,8 +337,12 @@ def merge(principal: Principal, token: str) -> CartView:
             except CartVersionConflict:
                 continue
             return _shown(own_lines, own_expiry)
-        cart = _stored(customer_cart, mine, merged(own_lines, incoming), now)
-        shown = _shown(cart.lines, cart.expires_at)
+        lines = merged(own_lines, incoming)
+        products = catalog.get_products(line.sku for line in lines)
+        if lines != own_lines:
+            check_orderable_total(lines, products)
+        cart = _stored(customer_cart, mine, lines, now)
+        shown = priced(cart.lines, products, cart.expires_at)
         try:
             repository.merge(cart, expected_version=mine.version if mine is not None else None, absorbed=anonymous)
         except CartVersionConflict:
