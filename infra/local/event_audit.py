@@ -181,6 +181,10 @@ def audit_stock(
         available = final_available.get(sku)
         if available is not None and available <= threshold and not marker.low:
             problems.append(f"SKU {sku}: {available} left (threshold {threshold}), but not marked low: a fall lost")
+        if available is not None and available > threshold and marker.low:
+            problems.append(
+                f"SKU {sku}: {available} left (threshold {threshold}), but still marked low: its next fall is lost"
+            )
     recorded = Counter(alerts)
     every_event = {event_id for ids in announced.values() for event_id in ids}
     problems += [

@@ -145,6 +145,25 @@ def test_a_duplicated_stream_delivery_still_sends_one_email(shop: Shop, local_aw
     assert email.duplicates_ignored == 1
 
 
+def refuse_the_first_put_of(monkeypatch: pytest.MonkeyPatch, detail_type: str) -> list[str]:
+    """The bus refuses the first put of a ``detail_type`` event (throttled); the list gets its id."""
+    from shop.errors import EventPublishFailed
+    from shop.models.events import OutgoingEvent
+    from shop.repositories import event_bus
+
+    put = event_bus.put
+    refused: list[str] = []
+
+    def refusing(event: OutgoingEvent) -> None:
+        if event.detail_type == detail_type and not refused:
+            refused.append(event.event_id)
+            raise EventPublishFailed("throttled")
+        put(event)
+
+    monkeypatch.setattr(event_bus, "put", refusing)
+    return refused
+
+
 def _adjust(sku: str, delta: int) -> None:
     catalog.adjust_stock(sku, StockAdjustmentRequest(delta=delta, reason="test"), actor="admin")
 
@@ -181,6 +200,26 @@ def test_stock_low_is_announced_once_per_fall(local_aws: LocalAws, spy: BusSpy, 
     assert len(stock_low) == 2
 
 
+def test_a_fall_whose_put_failed_until_a_restock_is_announced_as_it_fell_and_rearms(
+    local_aws: LocalAws, spy: BusSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_product("LAMP-9", stock=9)  # the threshold is 5
+    local_aws.deliver_events()
+    refused = refuse_the_first_put_of(monkeypatch, "StockLow")
+    _adjust("LAMP-9", -5)  # 4: the first fall, whose put fails
+    local_aws.deliver_events()
+    _adjust("LAMP-9", 10)  # 14: restocked before the fall's record is retried
+    local_aws.deliver_events()
+    # The fall is announced late, with the stock it fell to (not the 14 of the moment the put succeeded).
+    assert refused == ["LAMP-9:STOCK_LOW:1"] and _alerts("LAMP-9") == [("LAMP-9:STOCK_LOW:1", 4)]
+
+    _adjust("LAMP-9", -12)  # 2: a second fall
+    local_aws.deliver_events()
+
+    # Left marked low after the late announcement, the SKU never announced this fall.
+    assert _alerts("LAMP-9") == [("LAMP-9:STOCK_LOW:1", 4), ("LAMP-9:STOCK_LOW:2", 2)]
+
+
 def test_every_published_detail_type_is_declared(local_aws: LocalAws) -> None:
     assert set(PUBLISHED) == {
         "OrderPlaced",
@@ -195,20 +234,7 @@ def test_every_published_detail_type_is_declared(local_aws: LocalAws) -> None:
 def test_a_failed_publish_is_retried_from_that_record_and_keeps_the_order(
     shop: Shop, local_aws: LocalAws, spy: BusSpy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shop.errors import EventPublishFailed
-    from shop.models.events import OutgoingEvent
-    from shop.repositories import event_bus
-
-    put = event_bus.put
-    refused: list[str] = []
-
-    def put_refusing_the_first_completion(event: OutgoingEvent) -> None:
-        if event.detail_type == "OrderCompleted" and not refused:
-            refused.append(event.event_id)
-            raise EventPublishFailed("throttled")
-        put(event)
-
-    monkeypatch.setattr(event_bus, "put", put_refusing_the_first_completion)
+    refused = refuse_the_first_put_of(monkeypatch, "OrderCompleted")
     placed = shop.place_ok([("MUG-1", 1)])
     order_id = placed["order_id"]
     assert shop.wait_checkout(order_id) == "SUCCEEDED"

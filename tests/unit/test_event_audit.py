@@ -129,16 +129,23 @@ def test_stock_falls_each_announced_once_with_one_alert_pass() -> None:
 
 
 def test_a_lost_fall_an_extra_announcement_and_alerts_are_found() -> None:
-    markers = {"A": StockMarker(fall=2, low=True, published=False), "B": StockMarker(fall=1, low=False, published=True)}
-    events = [_low("A", 1), _low("B", 1), _low("B", 2)]
+    markers = {
+        "A": StockMarker(fall=2, low=True, published=False),
+        "B": StockMarker(fall=1, low=False, published=True),
+        "D": StockMarker(fall=1, low=True, published=True),
+    }
+    events = [_low("A", 1), _low("B", 1), _low("B", 2), _low("D", 1)]
+    alerts = ["A:STOCK_LOW:1", "A:STOCK_LOW:1", "D:STOCK_LOW:1"]
 
-    problems = audit_stock(markers, {"A": 0, "B": 9, "C": 3}, 5, events, ["A:STOCK_LOW:1", "A:STOCK_LOW:1"])
+    problems = audit_stock(markers, {"A": 0, "B": 9, "C": 3, "D": 14}, 5, events, alerts)
 
     assert problems == [
         "SKU A: fall A:STOCK_LOW:2 never announced",
         "SKU A: fall 2 claimed, still not announced after every delivery",
         "SKU B: B:STOCK_LOW:2 announced, not a fall",
         "SKU C: 3 left (threshold 5), but not marked low: a fall lost",
+        # Restocked, and its fall announced, but never re-armed: the next fall would go unannounced.
+        "SKU D: 14 left (threshold 5), but still marked low: its next fall is lost",
         "StockLow B:STOCK_LOW:1: no operators' alert recorded",
         "StockLow B:STOCK_LOW:2: no operators' alert recorded",
         "StockLow A:STOCK_LOW:1: 2 alerts recorded",

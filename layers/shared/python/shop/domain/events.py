@@ -220,29 +220,43 @@ def stock_low_event_id(sku: str, fall: int) -> str:
     return f"{sku}:STOCK_LOW:{fall}"
 
 
-def judge_stock(sku: str, claimant: str) -> OutgoingEvent | None:
+@dataclass(frozen=True)
+class FallToAnnounce:
+    """A StockLow to put on the bus; ``restocked``: the stock has risen above the threshold since the
+    fall (its put failed and was retried), so the SKU is re-armed once the event is on the bus."""
+
+    event: OutgoingEvent
+    fall: int
+    restocked: bool
+
+
+def judge_stock(sku: str, claimant: str) -> FallToAnnounce | None:
     """Whether the SKU's stock as it stands now starts a fall to or below the threshold; the
     StockLow to publish when it does and this record claimed it (already published: None)."""
     product = catalog.get_product(sku)
     if product is None:
         return None  # a product being created or deleted: its stock is judged once it exists
     threshold = inventory_settings().low_stock_threshold
-    if product.available > threshold:
+    now = iso_now()
+    restocked = product.available > threshold
+    if restocked:
         # Re-armed, unless this record's own fall is still to be announced (its put failed).
         claim = event_records.rearm(sku, claimant)
     else:
-        claim = event_records.claim_fall(sku, claimant)
+        claim = event_records.claim_fall(sku, claimant, available=product.available, at=now)
     if claim is None or claim.published:
         return None
+    # The event tells of the fall as it was claimed, not of the stock when a retried put succeeds.
     detail = StockLow(
         version=1,
         event_id=stock_low_event_id(sku, claim.fall),
-        occurred_at=iso_now(),
+        occurred_at=claim.fell_at or now,
         sku=sku,
-        available=product.available,
+        available=claim.available if claim.available is not None else product.available,
         threshold=threshold,
     )
-    return OutgoingEvent(source=INVENTORY_SOURCE, detail_type="StockLow", detail=detail)
+    event = OutgoingEvent(source=INVENTORY_SOURCE, detail_type="StockLow", detail=detail)
+    return FallToAnnounce(event=event, fall=claim.fall, restocked=restocked)
 
 
 def publish_stock_changes(event: Mapping[str, Any], context: Any) -> PartialItemFailureResponse:
@@ -268,10 +282,10 @@ def _read_stock_record(record: DynamoDBRecord) -> str:
 
 
 def _announce_stock(record: DynamoDBRecord, sku: str) -> None:
-    announced = judge_stock(sku, claimant=_sequence_number(record.raw_event))
-    if announced is not None:
-        event_bus.put(announced)
-        event_records.mark_published(sku, int(announced.event_id.rsplit(":", 1)[1]))
+    fall = judge_stock(sku, claimant=_sequence_number(record.raw_event))
+    if fall is not None:
+        event_bus.put(fall.event)
+        event_records.mark_published(sku, fall.fall, rearm=fall.restocked)
 
 
 STOCK_RECORDS = _Reader(read=_read_stock_record, act=_announce_stock)

@@ -2,9 +2,10 @@
 
 - StockLow markers, OperationsTable ``pk = "stock-low#{sku}"``, ``sk = "marker"``: ``low`` while the
   SKU is at or below the threshold, ``fall`` the number of its falls so far (the event id),
-  ``claimed_by`` the stream record that claimed the current fall, ``published`` once its event is
-  on the bus. A fall is claimed by ONE conditional write, so it is announced once however many
-  stream records (several shards, redeliveries) see the SKU low.
+  ``claimed_by`` the stream record that claimed the current fall, ``available`` and ``fell_at``
+  what the stock was when it did (the event says that, however late its put succeeds),
+  ``published`` once its event is on the bus. A fall is claimed by ONE conditional write, so it is
+  announced once however many stream records (several shards, redeliveries) see the SKU low.
 - Low-stock alerts for operators, OperationsTable ``pk = "alert#stock-low"``, ``sk = {event id}``.
 - The notification outbox, NotificationsTable keyed by ``event_id``: the e-mails to send.
 
@@ -32,36 +33,54 @@ NOTIFICATION_RETENTION_SECONDS = 30 * 24 * 3600
 
 @dataclass(frozen=True)
 class FallClaim:
-    """A fall of the SKU's stock that a record claimed: its number, and whether it was announced."""
+    """A fall of the SKU's stock that a record claimed: its number, whether it was announced, and
+    the stock when it was claimed (None on a marker written before the shop kept it)."""
 
     fall: int
     published: bool
+    available: int | None = None
+    fell_at: str | None = None
+
+
+def _claim_of(item: dict[str, Any]) -> FallClaim:
+    return FallClaim(
+        fall=int(item["fall"]["N"]),
+        published=bool(item.get("published", {}).get("BOOL")),
+        available=int(item["available"]["N"]) if "available" in item else None,
+        fell_at=item["fell_at"]["S"] if "fell_at" in item else None,
+    )
 
 
 def _marker_key(sku: str) -> dict[str, Any]:
     return {"pk": {"S": f"stock-low#{sku}"}, "sk": {"S": "marker"}}
 
 
-def claim_fall(sku: str, claimant: str) -> FallClaim | None:
+def claim_fall(sku: str, claimant: str, *, available: int, at: str) -> FallClaim | None:
     """Mark the SKU low and claim its next fall for ``claimant`` (a stream record's sequence
-    number). None when the SKU was already low and another record claimed that fall."""
+    number), the stock being ``available`` at ``at``. None when the SKU was already low and another
+    record claimed that fall."""
     claimed = call_if(
         "update_item",
         busy=TransientError,
         TableName=table_settings().operations_table,
         Key=_marker_key(sku),
-        UpdateExpression="SET low = :true, claimed_by = :claimant, published = :false ADD fall :one",
+        UpdateExpression=(
+            "SET low = :true, claimed_by = :claimant, published = :false, available = :available, fell_at = :at "
+            "ADD fall :one"
+        ),
         ConditionExpression="attribute_not_exists(low) OR low = :false",
         ExpressionAttributeValues={
             ":true": {"BOOL": True},
             ":false": {"BOOL": False},
             ":claimant": {"S": claimant},
+            ":available": {"N": str(available)},
+            ":at": {"S": at},
             ":one": {"N": "1"},
         },
         ReturnValues="ALL_NEW",
     )
     if claimed is not None:
-        return FallClaim(fall=int(claimed["Attributes"]["fall"]["N"]), published=False)
+        return _claim_of(claimed["Attributes"])
     current = call(
         "get_item",
         busy=TransientError,
@@ -72,18 +91,21 @@ def claim_fall(sku: str, claimant: str) -> FallClaim | None:
     if current is None or current.get("claimed_by", {}).get("S") != claimant:
         return None
     # This record claimed the fall before (a redelivery): announce it unless that already happened.
-    return FallClaim(fall=int(current["fall"]["N"]), published=bool(current.get("published", {}).get("BOOL")))
+    return _claim_of(current)
 
 
-def mark_published(sku: str, fall: int) -> None:
+def mark_published(sku: str, fall: int, *, rearm: bool = False) -> None:
+    """The fall's event is on the bus. ``rearm``: the stock has risen above the threshold since the
+    fall (its put was retried after a restock), so the next fall is announced too."""
     call_if(
         "update_item",
         busy=TransientError,
         TableName=table_settings().operations_table,
         Key=_marker_key(sku),
-        UpdateExpression="SET published = :true",
+        UpdateExpression="SET published = :true, low = :false" if rearm else "SET published = :true",
         ConditionExpression="fall = :fall",
-        ExpressionAttributeValues={":true": {"BOOL": True}, ":fall": {"N": str(fall)}},
+        ExpressionAttributeValues={":true": {"BOOL": True}, ":fall": {"N": str(fall)}}
+        | ({":false": {"BOOL": False}} if rearm else {}),
     )
 
 
@@ -92,7 +114,8 @@ def rearm(sku: str, claimant: str) -> FallClaim | None:
 
     Only an announced fall is re-armed: a fall whose event is not on the bus yet (its put failed
     and its record is being retried) must not vanish because the stock rose meanwhile. When that
-    fall is ``claimant``'s own, it is returned, for the caller to announce first; None otherwise.
+    fall is ``claimant``'s own, it is returned, for the caller to announce first and then re-arm
+    (``mark_published(rearm=True)``); None otherwise.
     """
     try:
         call(
@@ -111,7 +134,7 @@ def rearm(sku: str, claimant: str) -> FallClaim | None:
         old = error.response.get("Item") or {}
         unannounced = old.get("low", {}).get("BOOL") and not old.get("published", {}).get("BOOL")
         if unannounced and old.get("claimed_by", {}).get("S") == claimant:
-            return FallClaim(fall=int(old["fall"]["N"]), published=False)
+            return _claim_of(old)
     return None
 
 
