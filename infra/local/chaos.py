@@ -6,7 +6,7 @@ then everything healthy again, the sweepers and the redrives, then the books che
 1. Start the stack in this process (moto, free ports; moto's DynamoDB in a process of its own,
    its faults entering where the stack's clients hand it their requests), create scarce and plentiful SKUs,
    and plant items no version of the shop wrote (``UNREADABLE_ITEMS``: an order in progress, an expired
-   hold, a payment) where the sweepers, the listings and the books check read.
+   hold, a payment, a stock counter) where the sweepers, the listings, the sales and the books check read.
 2. With the fault profile on (``infra/local/faults.py``): several customers place multi-line
    orders paid with every test token, from concurrent clients; a client retries with the same
    Idempotency-Key after an error, sometimes sends a concurrent duplicate, sometimes repeats a
@@ -281,6 +281,9 @@ UNREADABLE_ITEMS: dict[str, dict[str, Any]] = {
         "lines": {"S": "two units of something"},
     },
     "PaymentsTable": {"order_id": {"S": "chaos-unreadable-payment"}, "status": {"S": "SETTLING"}},
+    # A stock counter of a SKU on sale, beyond its shards and with its units as text: it must hold
+    # nothing for the shop, and stop no catalog read, sale or StockLow judgement of that SKU.
+    "StockTable": {"sku": {"S": "CHAOS-ITEM-5"}, "shard": {"N": "7"}, "available": {"S": "seven"}},
 }
 
 
@@ -294,7 +297,7 @@ def plant_unreadable_items(dynamodb: Any, table_names: dict[str, str]) -> set[tu
         if table == "ReservationsTable":  # in the sweeper's index, in the shard its id belongs to
             item["held"] = {"S": held_key(item["reservation_id"]["S"])}
         dynamodb.put_item(TableName=table_names[table], Item=item)
-        key = item.get("order_id") or item["reservation_id"]
+        key = item.get("order_id") or item.get("reservation_id") or item["sku"]
         planted.add((table, key["S"]))
     return planted
 
@@ -535,11 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         # One parallel scan, not a GET per order: a 10,000-order run would spend minutes here.
         final = {order.order_id: order for order in audit.orders().records if order.order_id in workload.order_ids}
         outcomes = Counter(f"{o.status} {o.failure_reason or ''}".strip() for o in final.values())
-        reported = {
-            (d.detail.split(" item ", 1)[0], d.order_id or "")
-            for d in report.discrepancies
-            if d.kind == "record_unreadable"
-        }
+
+        def planted_key(d: Any) -> tuple[str, str]:
+            return d.detail.split(" item ", 1)[0], d.order_id or d.sku or ""
+
+        reported = {planted_key(d) for d in report.discrepancies if d.kind == "record_unreadable"}
         workload.problems += [
             f"planted unreadable item not reported: {table} {key}" for table, key in planted - reported
         ]
@@ -562,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         from shop.config import inventory_settings
         from shop.repositories import event_records
 
-        stock_now = audit.product_stock()
+        stock_now = audit.product_stock().by_sku
         event_problems += event_audit.audit_stock(
             _stock_markers(aws.dynamodb(), stack.deployed.table_names["OperationsTable"]),
             {sku: available for sku, (available, _, _) in stock_now.items()},
@@ -572,9 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         stock_lows = len({event.event_id for event in bus.events if event.detail_type == "StockLow"})
         violations = [
-            d
-            for d in report.discrepancies
-            if not (d.kind == "record_unreadable" and (d.detail.split(" item ", 1)[0], d.order_id or "") in planted)
+            d for d in report.discrepancies if not (d.kind == "record_unreadable" and planted_key(d) in planted)
         ]
         wall = time.monotonic() - started
         print(

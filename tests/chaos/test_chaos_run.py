@@ -4,7 +4,7 @@
 stack, moto's DynamoDB in another process, 32 clients, faults at every seam (Lambda, DynamoDB
 before and after the write, StartExecution outage windows, the payment provider), then faults
 off, the sweepers and redrives, and the invariant checker over the books. Items no version of the
-shop wrote are planted in three tables first: each must be reported, and none may stop a sweeper,
+shop wrote are planted in four tables first: each must be reported, and none may stop a sweeper, a sale,
 the orders' listing or the books check. The tables' streams are delivered to the event publishers
 through the same faults, and what reached the bus and the e-mail outbox is audited against the
 orders (infra/local/event_audit.py). The run must end with no violation, and every kind of

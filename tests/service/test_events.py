@@ -220,6 +220,36 @@ def test_a_fall_whose_put_failed_until_a_restock_is_announced_as_it_fell_and_rea
     assert _alerts("LAMP-9") == [("LAMP-9:STOCK_LOW:1", 4), ("LAMP-9:STOCK_LOW:2", 2)]
 
 
+def test_a_stock_counter_the_shop_cannot_read_holds_nothing_and_stops_nothing(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy
+) -> None:
+    from shop.domain import reconciliation_job
+
+    seed_product("LAMP-2", stock=9)
+    seed_product("LAMP-3", stock=9)
+    local_aws.deliver_events()
+    # Written behind the shop's back: a counter beyond the SKU's shards, its units as text.
+    planted = {"sku": {"S": "LAMP-2"}, "shard": {"N": "7"}, "available": {"S": "seven"}}
+    local_aws.client("dynamodb").put_item(TableName=local_aws.table("StockTable"), Item=planted)
+    _adjust("LAMP-3", -5)  # 4: a fall behind the planted counter's record in the stream
+
+    # Its record is judged like any (the SKU's readable counters), and the fall behind it is
+    # announced; before, the publisher failed on it at every retry, and a stream stalls so.
+    assert local_aws.deliver_events() == 2 and local_aws.deliver_events() == 0
+    assert _alerts("LAMP-3") == [("LAMP-3:STOCK_LOW:1", 4)] and _alerts("LAMP-2") == []
+    # The SKU's page and the listing show what can be sold, and it sells.
+    assert shop.client.http.get("/products/LAMP-2").json_body["available"] == 9
+    listed = shop.client.http.get("/products?limit=100")
+    assert listed.status_code == 200 and {"LAMP-2", "LAMP-3"} <= {item["sku"] for item in listed.json_body["items"]}
+    placed = shop.place_ok([("LAMP-2", 2)])
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED" and available("LAMP-2") == 7
+    # The books check reports the item with its SKU, and judges the other SKUs' stock as ever.
+    report = reconciliation_job.run(quiescent=True)
+    [unreadable] = report.discrepancies
+    assert (unreadable.kind, unreadable.sku) == ("record_unreadable", "LAMP-2")
+    assert unreadable.detail.startswith("StockTable item {'sku': 'LAMP-2', 'shard': '7'}")
+
+
 def test_every_published_detail_type_is_declared(local_aws: LocalAws) -> None:
     assert set(PUBLISHED) == {
         "OrderPlaced",

@@ -44,12 +44,15 @@ OPEN_DEAD_LETTER = frozenset({"OPEN", "REDRIVING"})
 class StockRecord:
     """A product's stock as read. ``initial`` is None for a product stored before it was recorded;
     ``stable`` is False when the product changed between the reads that bracket the snapshot
-    (its reservations and adjustments may then be from another moment than ``available``)."""
+    (its reservations and adjustments may then be from another moment than ``available``);
+    ``every_counter_read`` is False when one of its counters is an item the shop cannot read
+    (reported as such: ``available`` leaves it out, so the stock equation is not judged)."""
 
     sku: str
     available: int
     initial: int | None
     stable: bool = True
+    every_counter_read: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def check_stock(
     for sku, product in sorted(products.items()):
         if product.available < 0:
             found.append(_found("stock_negative", f"available is {product.available}", sku=sku))
-        if product.initial is None or not product.stable:
+        if product.initial is None or not product.stable or not product.every_counter_read:
             continue
         expected = product.initial + adjustments.get(sku, 0)
         actual = product.available + held[sku] + committed[sku]
@@ -358,7 +361,7 @@ def check(snapshot: Snapshot, *, settled_before: str, expired_before: int) -> li
     found += check_reservations(snapshot.reservations.values(), expired_before=expired_before)
     found += check_idempotency(snapshot.orders)
     found += [
-        _found("record_unreadable", f"{item.table} item {item.key}: {item.error}", order_id=item.order_id)
+        _found("record_unreadable", f"{item.table} item {item.key}: {item.error}", order_id=item.order_id, sku=item.sku)
         for item in snapshot.unreadable
     ]
     # An order one of whose records cannot be read is not judged: every check would see it missing.

@@ -92,9 +92,16 @@ def read_snapshot(settled_before: str, provider: PaymentProvider) -> Snapshot:
     payments = {payment.order_id: payment for payment in payments_read.records}
     letters = _dead_letters()
     last = audit.product_stock()
+    unreadable_counters = {item.sku for item in first.unreadable}
     products = {
-        sku: StockRecord(sku=sku, available=available, initial=initial, stable=last.get(sku) == (available, initial, v))
-        for sku, (available, initial, v) in first.items()
+        sku: StockRecord(
+            sku=sku,
+            available=available,
+            initial=initial,
+            stable=last.by_sku.get(sku) == (available, initial, v),
+            every_counter_read=sku not in unreadable_counters,
+        )
+        for sku, (available, initial, v) in first.by_sku.items()
     }
     settled = checks.settled_orders(orders.records, settled_before)
     with ThreadPoolExecutor(max_workers=PROVIDER_READERS) as pool:
@@ -108,7 +115,7 @@ def read_snapshot(settled_before: str, provider: PaymentProvider) -> Snapshot:
         payments=payments,
         dead_letters=letters,
         provider=provider_views,
-        unreadable=[*orders.unreadable, *payments_read.unreadable, *reservations.unreadable],
+        unreadable=[*orders.unreadable, *payments_read.unreadable, *reservations.unreadable, *first.unreadable],
     )
 
 

@@ -55,6 +55,11 @@ class UnreadableItem(Record):
         """The order it belongs to: the key of an order, its payment and its reservation is the order's id."""
         return self.key.get("order_id") or self.key.get("reservation_id")
 
+    @property
+    def sku(self) -> str | None:
+        """The product it belongs to (a stock counter's)."""
+        return self.key.get("sku")
+
 
 class CheckedCounts(Record):
     """How many of each kind of record the run examined (settled orders only, for the order checks)."""

@@ -72,15 +72,24 @@ def _int(value: Any) -> int | None:
 StockVersions = tuple[int, tuple[tuple[int, int], ...]]
 
 
-def product_stock() -> dict[str, tuple[int, int | None, StockVersions]]:
-    """Per product: (available = the sum of its stock shards, initial stock or None, versions).
+@dataclass(frozen=True)
+class StockLevels:
+    """Per product: (available = the sum of its stock shards, initial stock or None, versions); and
+    the StockTable items that are no counter the shop can read (left out of ``available``)."""
+
+    by_sku: dict[str, tuple[int, int | None, StockVersions]]
+    unreadable: list[UnreadableItem]
+
+
+def product_stock() -> StockLevels:
+    """Every product's stock as it stands.
 
     ``versions`` changes with any write of the product or of one of its shards, so two reads
     with equal versions bracket a moment in which the SKU's stock did not move.
     """
     tables = table_settings()
     products = scan(tables.products_table, projection="sku, initial_stock, version")
-    shards = stock.all_shards(scan(tables.stock_table))
+    shards, refused = stock.all_shards(scan(tables.stock_table))
     found: dict[str, tuple[int, int | None, StockVersions]] = {}
     for item in map(unmarshal, products):
         sku = str(item["sku"])
@@ -91,7 +100,7 @@ def product_stock() -> dict[str, tuple[int, int | None, StockVersions]]:
             _int(item.get("initial_stock")),
             (int(item.get("version", 0)), versions),
         )
-    return found
+    return StockLevels(found, [_unreadable("StockTable", item, error, ("sku", "shard")) for item, error in refused])
 
 
 def adjustments() -> dict[str, int]:
@@ -102,17 +111,17 @@ def adjustments() -> dict[str, int]:
     return dict(totals)
 
 
+def _unreadable(table_role: str, item: Mapping[str, Any], error: Exception, keys: tuple[str, ...]) -> UnreadableItem:
+    return UnreadableItem(
+        table=table_role,
+        key={key: key_text(item, key) for key in keys},
+        error=f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT],
+    )
+
+
 def _read_each[T](table_role: str, items: list[dict[str, Any]], key: str, read: Callable[[Any], T]) -> Audited[T]:
     records, refused = read_each(items, read)
-    unreadable = [
-        UnreadableItem(
-            table=table_role,
-            key={key: key_text(item, key)},
-            error=f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT],
-        )
-        for item, error in refused
-    ]
-    return Audited(records, unreadable)
+    return Audited(records, [_unreadable(table_role, item, error, (key,)) for item, error in refused])
 
 
 def reservations() -> Audited[Reservation]:

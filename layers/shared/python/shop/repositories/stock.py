@@ -5,6 +5,10 @@ does; shard 0 always. Every write bumps the counter's ``version``, so a writer t
 shards (a reshard, the reconciliation's snapshot) sees any change since. The builders here make
 the actions that the inventory and catalog repositories put into their own transactions, so stock
 never moves without the reservation or the ledger entry that explains it.
+
+A counter item the shop cannot read (written behind its back) holds nothing for it: the reads
+leave it out and log it, as a sale's conditional take never draws from it, and the reconciliation
+reports it (``all_shards``). It stops no read, no sale and no stream publisher.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.inventory import total_available
-from shop.repositories.dynamodb import call
+from shop.repositories.dynamodb import call, listable, read_each
 
 BATCH_GET_LIMIT = 100
 _BATCH_ATTEMPTS = 5
@@ -143,8 +147,7 @@ def shards(sku: str, *, busy: type[TransientError] = TransientError) -> dict[int
     }
     while True:
         page = call("query", busy=busy, **request)
-        for item in page.get("Items", []):
-            _, shard = _to_shard(item)
+        for _, shard in listable(page.get("Items", []), _to_shard, key="sku"):
             found[shard.shard] = shard
         if "LastEvaluatedKey" not in page:
             return found
@@ -168,8 +171,8 @@ def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, in
         }
         for attempt in range(_BATCH_ATTEMPTS):
             response = call("batch_get_item", busy=TransientError, RequestItems=pending)
-            for item in response.get("Responses", {}).get(table, []):
-                units[item["sku"]["S"]][int(item["shard"]["N"])] = int(item["available"]["N"])
+            for sku, shard in listable(response.get("Responses", {}).get(table, []), _to_shard, key="sku"):
+                units[sku][shard.shard] = shard.available
             pending = response.get("UnprocessedKeys") or {}
             if not pending:
                 break
@@ -180,10 +183,13 @@ def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, in
     return {sku: total_available(by_shard) for sku, by_shard in units.items()}
 
 
-def all_shards(items: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, Shard]]:
-    """Scanned StockTable items, by SKU and shard (the reconciliation's snapshot)."""
+def all_shards(
+    items: Iterable[Mapping[str, Any]],
+) -> tuple[dict[str, dict[int, Shard]], list[tuple[Mapping[str, Any], Exception]]]:
+    """Scanned StockTable items, by SKU and shard (the reconciliation's snapshot), and the items
+    that are no counter the shop can read, with why."""
     found: dict[str, dict[int, Shard]] = {}
-    for item in items:
-        sku, shard = _to_shard(item)
+    readable, refused = read_each(items, _to_shard)
+    for sku, shard in readable:
         found.setdefault(sku, {})[shard.shard] = shard
-    return found
+    return found, refused
