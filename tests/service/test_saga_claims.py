@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from infra.local import lambda_runtime, moto_stepfunctions
+from shop import aws
 from shop.config import recovery_settings
 from shop.domain import payments as payment_domain
 from shop.domain import recovery
@@ -27,7 +28,7 @@ from shop.payments.simulator import SimulatorLedger
 from shop.repositories import orders as order_repository
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
-from tests.service.faults import Down, StepFaults
+from tests.service.faults import Down, SdkFault, StepFaults, inject
 from tests.service.orders_helpers import Shop, available, open_shop, seed_product
 from tests.service.test_recovery import sweep
 
@@ -182,6 +183,34 @@ def test_the_sweeper_settles_an_express_saga_that_stopped_after_its_claim_once_n
     order = shop.order(order_id)
     assert order.status == "CANCELLED" and order.saga_epoch == 2
     assert available("MUG-1") == STOCK
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_an_express_saga_the_sweeper_started_late_is_timed_from_its_claim_not_its_placement(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """The claim dates the order: before, it left ``updated_at`` at the placement, and an orphan placed
+    five minutes before the sweeper started it was dead-lettered by the next sweep while it still ran."""
+    with inject(aws.stepfunctions(), SdkFault("StartExecution", "ThrottlingException")):
+        order_id = shop.place([("MUG-1", QUANTITY)], key="started-late").json_body["order_id"]
+    placed = (datetime.now(UTC) - timedelta(seconds=recovery.EXPRESS_LIMIT_SECONDS)).isoformat()
+    local_aws.client("dynamodb").update_item(
+        TableName=local_aws.table("OrdersTable"),
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET created_at = :placed, updated_at = :placed",
+        ExpressionAttributeValues={":placed": {"S": placed.replace("+00:00", "Z")}},
+    )
+    pause = faults.pause_at("ReserveStockFunction")
+    now = datetime.now(UTC)
+    assert sweep(local_aws, now)["started"] == [order_id]
+    pause.wait_reached()  # claimed, and running
+
+    still_running = sweep(local_aws, now + timedelta(seconds=recovery.EXPRESS_SETTLE_MARGIN_SECONDS + 40))
+    assert (still_running["started"], still_running["settled"]) == ([], [])
+    assert shop.dead_letter(order_id) is None
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert shop.order(order_id).status == "COMPLETED" and available("MUG-1") == STOCK - QUANTITY
 
 
 # ---------------------------------------------------------------------------- takeovers

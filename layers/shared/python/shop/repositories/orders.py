@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from shop import aws
 from shop.config import table_settings
 from shop.errors import OrderContention, OrderNotFound, SagaClaimLost
+from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
     TERMINAL,
@@ -261,13 +262,15 @@ def claim(order_id: str, token: SagaClaim) -> Order:
     earlier epoch has (an explicit takeover), or ``token`` itself has (a step delivered twice).
     Raises SagaClaimLost when another execution holds the same or a later epoch, OrderNotFound when
     there is no order. ``version`` is bumped: a read-then-write that read the old owner fails.
+    ``updated_at`` is set: the orphan sweeper times a claimed Express saga from it (an execution
+    started long after the placement may run its full 5 minutes from its claim).
     """
     response = call_if(
         "update_item",
         busy=OrderContention,
         TableName=table_settings().orders_table,
         Key={"order_id": {"S": order_id}},
-        UpdateExpression="SET saga_claim = :claim, saga_epoch = :epoch ADD version :one",
+        UpdateExpression="SET saga_claim = :claim, saga_epoch = :epoch, updated_at = :now ADD version :one",
         ConditionExpression=(
             "attribute_exists(order_id) AND (attribute_not_exists(saga_epoch) OR saga_epoch < :epoch"
             " OR (saga_epoch = :epoch AND saga_claim = :claim))"
@@ -275,6 +278,7 @@ def claim(order_id: str, token: SagaClaim) -> Order:
         ExpressionAttributeValues={
             ":claim": {"S": claim_token(token)},
             ":epoch": {"N": str(token.epoch)},
+            ":now": {"S": iso_now()},
             ":one": {"N": "1"},
         },
         ReturnValues="ALL_NEW",
