@@ -141,14 +141,7 @@ package: build/sam/template.yaml
 deploy:
 	@command -v sam >/dev/null || { echo "deploy: the AWS SAM CLI (sam) was not found; install it ($(SAM_CLI_INSTALL)), then run make deploy again" >&2; exit 1; }
 	@$(MAKE) --no-print-directory package
-	@if [ -f "$(SAMCONFIG)" ]; then \
-		echo "deploy: sam deploy with the settings saved in samconfig.toml"; \
-		sam deploy --template-file build/sam/template.yaml --config-file "$(SAMCONFIG)"; \
-	else \
-		echo "deploy: first deploy: sam deploy --guided asks for the stack name, region and parameters, and saves them in samconfig.toml"; \
-		sam deploy --guided --template-file build/sam/template.yaml --config-file "$(SAMCONFIG)" \
-			--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND; \
-	fi
+	@sh infra/sam_deploy.sh "$(SAMCONFIG)" build/sam/template.yaml
 
 build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.txt $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
 	$(BIN)/python -m infra.package
