@@ -427,7 +427,9 @@ def route(
             return result if isinstance(result, Response) else json_response(result)
 
         describe(handler, operation)
-        api.route(path, methods=[method])(handler)
+        # A route that takes no body ignores one: the Content-Type of a body it never reads is no reason
+        # to refuse the request (Chalice answers 415 for a type the route does not list).
+        api.route(path, methods=[method], content_types=[JSON] if body is not None else ["*/*"])(handler)
         return handler
 
     return decorator

@@ -179,16 +179,17 @@ class Operation:
     def error_statuses(self) -> list[int]:
         """Declared errors plus those every route of this shape can answer.
 
-        Every route answers 400 (a query string it does not take), 500, and the gateway's own
-        statuses; the others follow from the route's auth, body and dependencies.
+        Every route answers 400 (a query string it does not take), 413 (a body over the limit,
+        whether the route reads one or not), 500, and the gateway's own statuses; the others follow
+        from the route's auth, body and dependencies.
         """
-        implied = {400, 500} | GATEWAY_STATUSES
+        implied = {400, 413, 500} | GATEWAY_STATUSES
         if self.auth != "public":
             implied.update({401, 503})
         if self.auth == "admin":
             implied.add(403)
         if self.body is not None:
-            implied.update({413, 415})
+            implied.add(415)
         if self.backend:
             implied.add(503)
         return sorted(implied | set(self.errors))

@@ -14,7 +14,7 @@ from chalice.test import Client
 
 from app import app
 from infra.local.api_server import MAX_REQUEST_BYTES, create_api_server
-from shop.config import ApiSettings
+from shop.config import ApiSettings, api_settings
 from shop.domain import catalog as domain
 from shop.errors import TransientError
 from tests.conftest import LocalAws
@@ -146,6 +146,22 @@ def test_chalices_own_error_answers_are_problem_json(client: Client) -> None:
     assert response.status_code == 415
     assert response.headers["Content-Type"] == PROBLEM
     assert json.loads(response.body)["status"] == 415
+
+
+def test_a_route_that_takes_no_body_ignores_its_content_type_and_declares_the_size_limit(
+    client: Client, local_aws: LocalAws
+) -> None:
+    document = json.loads(client.http.get("/openapi.json").body)
+    operations = [(path, method, item) for path, entry in document["paths"].items() for method, item in entry.items()]
+    # Every request's body is limited, read or not; only a route that reads one refuses its type.
+    assert all("413" in operation["responses"] for _, _, operation in operations)
+    assert all(("415" in op["responses"]) == ("requestBody" in op) for _, _, op in operations)
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    listed = client.http.get("/products", headers=form)
+    assert listed.status_code == 200, listed.body  # Chalice answered 415, a status the document did not declare
+    oversized = client.http.get("/products", headers=form, body=b" " * (api_settings().max_body_bytes + 1))
+    assert (oversized.status_code, json.loads(oversized.body)["status"]) == (413, 413)
 
 
 # ---------------------------------------------------------------------------- local server
