@@ -168,6 +168,26 @@ def test_orders_paused_answer_503_write_nothing_and_orders_already_placed_finish
     assert shop.wait_checkout(again.json_body["order_id"]) == "SUCCEEDED"
 
 
+def test_a_replay_of_an_order_placed_before_the_pause_still_answers_it(
+    shop: Shop, local_aws: LocalAws, clock: ParameterClock
+) -> None:
+    first = shop.place([("MUG-1", 1)], key="before-the-pause")
+    assert first.status_code == 202
+    put(local_aws, "accepting-orders", "false")
+    past_the_interval(clock)
+
+    # Its answer lost, the client repeats the request: the first answer again, not 503.
+    replay = shop.place([("MUG-1", 1)], key="before-the-pause")
+    assert (replay.status_code, replay.json_body["order_id"]) == (202, first.json_body["order_id"]), replay.body
+    # Once its idempotency record has expired too, the replay still answers the order it placed.
+    dynamodb = local_aws.client("dynamodb")
+    for item in dynamodb.scan(TableName=local_aws.table("IdempotencyTable"))["Items"]:
+        dynamodb.delete_item(TableName=local_aws.table("IdempotencyTable"), Key={"id": item["id"]})
+    late = shop.place([("MUG-1", 1)], key="before-the-pause")
+    assert (late.status_code, late.json_body["order_id"]) == (202, first.json_body["order_id"]), late.body
+    assert _count(local_aws, "IdempotencyTable") == 1 and _count(local_aws, "OrdersTable") == 1
+
+
 def test_the_openapi_document_states_the_paused_answer(shop: Shop) -> None:
     document = shop.client.http.get("/openapi.json").json_body
     operation = document["paths"]["/orders"]["post"]

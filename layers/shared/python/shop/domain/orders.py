@@ -79,14 +79,10 @@ def place_order(
 ) -> OrderView:
     """Store a PENDING order priced from the catalog and start its checkout saga.
 
-    While the ``accepting-orders`` switch is off, raises OrdersPaused before anything is stored
-    (not even the idempotency record, so the same request succeeds once orders are accepted).
+    While the ``accepting-orders`` switch is off, a new order is refused (OrdersPaused) and nothing
+    is kept (Powertools removes the idempotency record of a request that raised, so the same
+    request succeeds once orders are accepted); a replay of an order placed before still answers it.
     """
-    if not feature_switches().accepting_orders:
-        raise OrdersPaused(
-            "the shop is not accepting new orders right now; orders already placed are unaffected",
-            retry_after_seconds=max(runtime_config_settings().max_age_seconds, 1),
-        )
     config = IdempotencyConfig(
         event_key_jmespath="[customer_id, idempotency_key]",
         payload_validation_jmespath="body",
@@ -165,6 +161,16 @@ def _check_orders_in_progress(customer_id: str, order_id: str) -> None:
 def _place(submission: OrderSubmission) -> OrderView:
     body = submission.body.model_dump(mode="json")
     order_id = order_id_for(submission.customer_id, submission.idempotency_key, body)
+    if not feature_switches().accepting_orders:
+        # Inside the idempotent function: a replay whose answer is stored never gets here, and one
+        # whose record expired answers its order. Only a new order is refused.
+        existing = repository.get(order_id)
+        if existing is not None:
+            return existing.view(payment=None)
+        raise OrdersPaused(
+            "the shop is not accepting new orders right now; orders already placed are unaffected",
+            retry_after_seconds=max(runtime_config_settings().max_age_seconds, 1),
+        )
     _check_orders_in_progress(submission.customer_id, order_id)
     cart_id: str | None = None
     items: Sequence[Line]
