@@ -10,7 +10,7 @@ import pytest
 
 from infra.local import lambda_runtime
 from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
-from tests.service.orders_helpers import Shop, available, open_shop, seed_product, steps
+from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product, steps
 
 
 class ProviderOutage(Exception):
@@ -53,6 +53,29 @@ def test_refund_returns_money_and_stock_and_records_each_step(shop: Shop) -> Non
         ("return_stock", "SUCCEEDED"),
         ("refund_order", "REFUNDED"),
     ]
+
+
+@pytest.mark.parametrize("running", ["RefundPaymentFunction", "MarkRefundedFunction"])
+def test_cancelling_again_while_the_refund_runs_changes_nothing(shop: Shop, local_aws: LocalAws, running: str) -> None:
+    order_id = _completed(shop, quantity=2)
+    pause = PauseAt(local_aws.function(running))
+    lambda_runtime.faults.before_invoke = pause
+    try:
+        assert shop.cancel(order_id).json_body["status"] == "REFUNDING"
+        pause.wait_reached()  # the refund saga holds the order and is at that step
+        before = shop.order(order_id)
+        again = shop.cancel(order_id)
+        assert (again.status_code, again.json_body["status"]) == (202, "REFUNDING")
+        # Before, an EXPRESS refund was started again with the next epoch and took the order over.
+        assert shop.order(order_id) == before
+    finally:
+        pause.released.set()
+
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    assert len(shop.executions("RefundStateMachine")) == 1
+    order = shop.get(order_id).json_body
+    assert (order["status"], order["payment"]["refunded"]) == ("REFUNDED", order["total"])
+    assert available("MUG-1") == 10 and shop.order(order_id).saga_epoch == before.saga_epoch
 
 
 def test_failed_refund_is_dead_lettered_and_redriven(shop: Shop, local_aws: LocalAws) -> None:

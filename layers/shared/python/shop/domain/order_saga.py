@@ -161,7 +161,14 @@ def next_epoch(order: Order) -> int:
 
 
 def start_refund_saga(order: Order) -> None:
-    """Start the order's refund saga, which takes the order over from the checkout's execution."""
+    """Start the order's refund saga, which takes the order over from the checkout's execution.
+
+    Nothing when an execution of the refund saga holds the order already: a cancel asked again while
+    it runs must change nothing, and a second run (an EXPRESS name is not unique) would take the
+    order over from the first. One that stopped without settling is the sweepers' to find.
+    """
+    if order.saga_claim is not None and sagas.claimed_by(order.saga_claim, sagas.refund_state_machine_arn()):
+        return
     sagas.start(
         sagas.refund_state_machine_arn(),
         name=sagas.refund_execution_name(order.order_id),
