@@ -24,6 +24,7 @@ from shop.errors import (
     ReservationConflict,
     ReservationExpired,
     ReservationNotFound,
+    StoredItemUnusable,
 )
 from shop.models.common import CheckoutLine
 from shop.repositories import inventory as repository
@@ -195,6 +196,20 @@ def test_release_returns_the_stock_once(backend: Backend) -> None:
     assert "held" not in item_after_first
     # purge_at is DynamoDB TTL's attribute: a Number of epoch seconds, set once final.
     assert item_after_first["purge_at"] == {"N": str(NOW + 10 + 30 * DAY)}
+
+
+def test_a_release_to_a_counter_the_shop_did_not_write_is_refused_whole(backend: Backend) -> None:
+    """A counter whose units are text (written behind the shop's back): DynamoDB refuses the write
+    (moto at the request, AWS's engine by a cancellation reason), and the release changes nothing."""
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    counter = {"sku": {"S": "A"}, "shard": {"N": "0"}, "available": {"S": "three"}, "version": {"N": "9"}}
+    backend.client.put_item(TableName=backend.table("StockTable"), Item=counter)
+
+    with pytest.raises(StoredItemUnusable):
+        inventory.release("order-1", now=NOW + 10)
+
+    assert backend.reservation_item("order-1")["status"] == {"S": "RESERVED"}  # type: ignore[index]
 
 
 def test_release_of_a_committed_reservation_returns_the_sold_stock(backend: Backend) -> None:

@@ -148,6 +148,14 @@ class ReservationConflict(Conflict):
     title, slug = "Reservation conflict", "reservation-conflict"
 
 
+class StoredItemUnusable(ShopError):
+    """A stored item a write cannot apply to: an attribute of a type the shop never writes (an item
+    written behind its back). Retrying cannot help; it is left for an operator, as the reconciliation
+    reports such items."""
+
+    title, slug = "Stored item unusable", "stored-item-unusable"
+
+
 class ReservationNotFound(NotFound):
     title, slug = "Reservation not found", "reservation-not-found"
 

@@ -32,6 +32,7 @@ from shop.errors import (
     ReservationExpired,
     ReservationNotFound,
     ShopError,
+    StoredItemUnusable,
 )
 from shop.models.base import iso_now
 from shop.models.common import CheckoutLine
@@ -331,6 +332,11 @@ def _release(
                     f"purchase counters do not hold this reservation's units: {', '.join(verdict.over_limit_skus)}",
                     reservation_id=reservation_id,
                 ) from None
+            if "ValidationError" in verdict.unexpected:
+                # DynamoDB refused a write for an attribute's type: a counter the shop did not write.
+                raise StoredItemUnusable(
+                    f"reservation {reservation_id}: a stock counter it returns units to is not a number"
+                ) from None
             raise ShopError(f"release cancelled unexpectedly: {verdict.unexpected}") from None
         released = current.model_copy(update={"status": "RELEASED", "updated_at": stamp, "purge_at": purge_at})
         return ReservationResult.of(released), True
@@ -360,8 +366,10 @@ def release_expired(now: int, *, limit: int = SWEEP_LIMIT) -> SweepResult:
     A commit racing the sweeper wins: the release is conditional on the reservation still being
     RESERVED. Its order ends CANCELLED (the saga finds the hold lost), so the limited lines' units
     stop counting too. A reservation that cannot be released now is left for the next run; one whose
-    item is not a Reservation (written behind the shop's back, or by a version this one cannot read) is
-    left for an operator, as the reconciliation reports it, and never holds up the others.
+    item is not a Reservation (written behind the shop's back, or by a version this one cannot read),
+    or whose units would go back to a counter that is not one, is left for an operator, as the
+    reconciliation reports such items. None holds up the others: the sweep goes oldest first, and
+    one that stopped it would stop every run at the same hold.
     """
     released = 0
     for reservation_id in repository.held_expired_ids(now, limit):
@@ -375,6 +383,14 @@ def release_expired(now: int, *, limit: int = SWEEP_LIMIT) -> SweepResult:
                 "an expired hold's item is not a Reservation; left for an operator",
                 reservation_id=reservation_id,
                 errors=error.error_count(),
+            )
+            continue
+        except ShopError as error:  # StoredItemUnusable, or a cancellation no release expects
+            logger().error(
+                "an expired hold could not be released; left for an operator",
+                reservation_id=reservation_id,
+                error=type(error).__name__,
+                detail=error.detail,
             )
             continue
         released += int(did_release)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from shop.config import table_settings
-from shop.errors import InventoryContention
+from shop.errors import InventoryContention, StoredItemUnusable
 from shop.models.inventory import Reservation, ReservationStatus
 from shop.repositories import stock
 from shop.repositories.dynamodb import call, error_code, is_condition_failure, marshal, unmarshal
@@ -67,12 +67,16 @@ def _reasons(error: ClientError) -> list[CancellationReason]:
 
 
 def _call(operation: str, **request: Any) -> Any:
-    """One inventory request: a cancelled transaction is TransactionCancelled with its reasons."""
+    """One inventory request: a cancelled transaction is TransactionCancelled with its reasons; a
+    write refused for an attribute's type (a counter whose units are not a number, written behind
+    the shop's back) is StoredItemUnusable."""
     try:
         return call(operation, busy=InventoryContention, **request)
     except ClientError as error:
         if error_code(error) == "TransactionCanceledException":
             raise TransactionCancelled(_reasons(error)) from error
+        if error_code(error) == "ValidationException":
+            raise StoredItemUnusable(f"{operation} refused: {error}") from error
         raise
 
 
