@@ -24,7 +24,7 @@ from shop.payments.provider import (
 )
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories.operations import DynamoSimulatorStore
-from shop.repositories.payments import PaymentsRepository
+from shop.repositories.payments import PaymentsRepository, Transition
 from tests.conftest import LocalAws, random_suffix
 
 
@@ -206,6 +206,24 @@ def test_capture_then_partial_and_full_refunds(local_aws: LocalAws) -> None:
         ("refund", 650),
     ]
     assert (ledger.authorization.refunded_amount, ledger.authorization.refundable_amount) == (900, 0)
+
+
+def test_a_refund_that_keeps_losing_to_concurrent_refunds_is_retried_as_a_busy_ledger(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = new_order()
+    captured(order_id, 1000)
+
+    def another_refund_moved_it_first(self: PaymentsRepository, order_id: str, **_: object) -> Transition:
+        current = self.get(order_id)
+        assert current is not None
+        return Transition(applied=False, payment=current.model_copy(update={"refunded_amount": 1}))
+
+    monkeypatch.setattr(PaymentsRepository, "add_refund", another_refund_moved_it_first)
+    # The refund step's first Retry names PaymentProviderError (5 attempts with backoff); a plain
+    # TransientError met only its last-resort rule (2 attempts), then NEEDS_ATTENTION.
+    with pytest.raises(PaymentProviderError):
+        domain.refund_payment(RefundPayment(order_id=order_id, amount=None))
 
 
 def test_capture_beyond_the_authorization_changes_nothing(local_aws: LocalAws) -> None:

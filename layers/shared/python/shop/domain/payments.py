@@ -22,9 +22,9 @@ from shop.errors import (
     CaptureExceedsAuthorization,
     PaymentAlreadyCaptured,
     PaymentDeclined,
+    PaymentProviderError,
     PaymentStateConflict,
     RefundExceedsCapture,
-    TransientError,
 )
 from shop.models.money import Money
 from shop.models.payments import (
@@ -210,7 +210,8 @@ class PaymentService:
                 return current.summary()
             if current.refunded_amount == payment.refunded_amount:
                 raise RefundExceedsCapture(f"refund of {refund.amount.amount} exceeds the capture of order {order_id}")
-        raise TransientError(f"concurrent refunds of order {order_id}; retry")
+        # Named as the ledger's busy answer is, so the refund step retries it with the same backoff.
+        raise PaymentProviderError(f"concurrent refunds of order {order_id}; retry")
 
 
 def _existing(payment: Payment | None, order_id: str) -> Payment:
