@@ -278,6 +278,27 @@ def test_only_the_redriver_takes_messages_from_the_consumer_failures_queue(trans
     assert all(granted == {"sqs:SendMessage"} for granted in actions.values()), actions
 
 
+def test_the_redriver_may_invoke_the_consumers_as_their_failure_records_name_them(transformed: dict[str, Any]) -> None:
+    """A Lambda failure record names the function qualified (its ``functionArn`` ends in ":$LATEST",
+    which ``shop.domain.consumer_failures`` invokes); an unqualified ARN in a policy does not cover it,
+    and AWS would refuse every redrive (moto checks no IAM)."""
+    resources = [
+        resource
+        for holder, statement in _statements(transformed)
+        if holder == "RedriveConsumerFailuresFunctionRole" and "lambda:InvokeFunction" in _listed(statement["Action"])
+        for resource in _listed(statement["Resource"])
+    ]
+    for consumer in ("SettleStoppedExecutionFunction", "NotifyCustomerFunction", "RecordLowStockFunction"):
+        assert {"Fn::Sub": f"${{{consumer}.Arn}}:*"} in resources, consumer
+
+
+def test_every_function_that_judges_stock_reads_the_operators_threshold(transformed: dict[str, Any]) -> None:
+    """Both judge a SKU against the runtime low-stock threshold (``shop.domain.events.judge_stock``);
+    without the grant, the republisher logged AccessDenied and judged by the default instead."""
+    roles = {role["Ref"] for role in transformed["Resources"]["RuntimeConfigReadPolicy"]["Properties"]["Roles"]}
+    assert {"PublishStockEventsFunctionRole", "RepublishUnreadableRecordsFunctionRole"} <= roles
+
+
 def test_the_api_stage_throttles_every_method_with_the_template_parameters(transformed: dict[str, Any]) -> None:
     (stage,) = _of_type(transformed, "AWS::ApiGateway::Stage").values()
     assert stage["Properties"]["MethodSettings"] == [
@@ -328,7 +349,9 @@ def test_no_event_a_consumer_fails_on_is_dropped(transformed: dict[str, Any]) ->
         if "lambda:InvokeFunction" in statement["Action"]
         for resource in statement["Resource"]
     ]
-    assert sorted(r["Fn::GetAtt"][0] for r in invokable) == sorted(targeted)
+    # Each unqualified, and qualified (":*", the form a failure record names it in).
+    named = [r["Fn::GetAtt"][0] if "Fn::GetAtt" in r else r["Fn::Sub"].split(".Arn}")[0][2:] for r in invokable]
+    assert sorted(named) == sorted([*targeted, *targeted])
     alarmed = [
         alarm
         for alarm in _of_type(transformed, "AWS::CloudWatch::Alarm").values()
