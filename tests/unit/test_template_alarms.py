@@ -312,3 +312,36 @@ def test_the_dashboard_reads_only_metrics_the_alarms_read_or_the_code_emits(temp
     assert shown <= emitted
     alarm_widget = next(w for w in widgets if w["type"] == "alarm")
     assert len(alarm_widget["properties"]["alarms"]) == len(resources_of_type(template, ALARM))
+
+
+def _as_written_in_the_dashboard(value: str) -> str:
+    """An alarm's dimension value (text, or an intrinsic as JSON) as the dashboard's !Sub text writes it."""
+    if not value.startswith("{"):
+        return value
+    intrinsic = json.loads(value)
+    if "Ref" in intrinsic:
+        return f"${{{intrinsic['Ref']}}}"
+    if "Fn::GetAtt" in intrinsic:
+        return "${" + ".".join(intrinsic["Fn::GetAtt"]) + "}"
+    raise AssertionError(f"a dimension value the dashboard cannot name: {value}")
+
+
+def test_the_dashboard_graphs_every_metric_an_alarm_watches(
+    template: dict[str, Any], alarms: dict[str, dict[str, Any]]
+) -> None:
+    """An operator paged by an alarm finds its signal on the dashboard, on every function and table it watches."""
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    widgets = json.loads(body.replace("${AWS::Region}", "region"))["widgets"]
+    graphed = set()
+    for widget in widgets:
+        for row in widget["properties"].get("metrics", []) if widget["type"] == "metric" else []:
+            parts = [part for part in row if not isinstance(part, dict)]
+            if len(parts) >= 2:
+                pairs = tuple(sorted(zip(parts[2::2], parts[3::2], strict=True)))
+                graphed.add((parts[0], parts[1], pairs))
+    watched = {
+        (m.namespace, m.name, tuple(sorted((key, _as_written_in_the_dashboard(value)) for key, value in m.dimensions)))
+        for alarm in alarms.values()
+        for m in watched_by(alarm)
+    }
+    assert sorted(watched - graphed) == []
