@@ -79,6 +79,60 @@ def test_the_openapi_document_describes_the_routes_that_exist(client: Client) ->
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
 
 
+# Every route of the public contract, and the fields of its Product, Order and Cart.
+CONTRACT_ROUTES = {
+    ("/health", "get"),
+    ("/openapi.json", "get"),
+    ("/products", "get"),
+    ("/products", "post"),
+    ("/products/{sku}", "get"),
+    ("/products/{sku}", "patch"),
+    ("/products/{sku}/stock-adjustments", "post"),
+    ("/orders", "post"),
+    ("/orders", "get"),
+    ("/orders/{order_id}", "get"),
+    ("/orders/{order_id}/cancel", "post"),
+    ("/cart", "get"),
+    ("/cart", "delete"),
+    ("/cart/items/{sku}", "put"),
+    ("/cart/merge", "post"),
+    ("/admin/reconciliation", "get"),
+    ("/ops", "get"),
+}
+CONTRACT_FIELDS = {
+    "Product": {"sku", "name", "description", "category", "price", "available", "active"},
+    "OrderView": {
+        "order_id",
+        "customer_id",
+        "status",
+        "failure_reason",
+        "items",
+        "total",
+        "payment",
+        "history",
+        "created_at",
+        "updated_at",
+    },
+    "OrderLine": {"sku", "name", "quantity", "unit_price", "line_total"},
+    "PaymentView": {"status", "authorized", "captured", "refunded"},
+    "HistoryEntry": {"step", "status", "at"},
+    "CartView": {"items", "total", "expires_at"},
+    "CartLineView": {"sku", "name", "quantity", "unit_price", "line_total", "available"},
+    "Money": {"amount", "currency"},
+}
+
+
+def test_the_openapi_document_describes_every_route_and_field_of_the_contract(client: Client) -> None:
+    document = json.loads(client.http.get("/openapi.json").body)
+    documented = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert sorted(CONTRACT_ROUTES - documented) == []
+    schemas = document["components"]["schemas"]
+    for name, fields in CONTRACT_FIELDS.items():
+        assert sorted(fields - set(schemas[name]["properties"])) == [], name
+    order = document["paths"]["/orders/{order_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert order["schema"] == {"$ref": "#/components/schemas/OrderView"}
+
+
 def test_the_openapi_document_carries_the_contract_rules(client: Client) -> None:
     paths = json.loads(client.http.get("/openapi.json").body)["paths"]
     listing = paths["/products"]["get"]

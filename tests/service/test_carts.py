@@ -484,6 +484,20 @@ def test_the_completion_step_delivered_twice_removes_the_lines_once(shop: Shop) 
     assert order.cart_id == "customer#alice"  # the dev tokens' subject is the user name
 
 
+def test_an_order_from_a_cart_with_a_line_no_longer_for_sale_is_422_and_places_nothing(shop: Shop) -> None:
+    put(shop, "MUG-1", 1, who="alice")
+    put(shop, "TEE-1", 1, who="alice")
+    deactivate("TEE-1")
+
+    refused = order_from_cart(shop)
+
+    assert (refused.status_code, refused.json_body["type"]) == (422, "urn:shop:problem:product-unavailable")
+    assert shop.executions("CheckoutStateMachine") == []
+    dynamodb = shop.aws.client("dynamodb")
+    assert dynamodb.scan(TableName=shop.aws.table("OrdersTable"), Select="COUNT")["Count"] == 0
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 1), ("TEE-1", 1)]  # the cart as it was
+
+
 def test_an_order_from_an_empty_cart_is_422_and_places_nothing(shop: Shop) -> None:
     empty = order_from_cart(shop)
 

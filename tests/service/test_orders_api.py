@@ -55,6 +55,10 @@ def test_prefer_wait_answers_202_with_the_order_as_it_stands_when_the_saga_is_sl
     try:
         placed = shop.place([("MUG-1", 1)], key="wait-2", prefer="wait=1")
         held.wait_reached()  # the saga cannot settle before the test lets it past the payment step
+        # A replay while the saga is still held answers the order as it stands now, still 202.
+        in_progress = shop.place([("MUG-1", 1)], key="wait-2", prefer="wait=1")
+        assert (in_progress.status_code, in_progress.json_body["status"]) == (202, "STOCK_RESERVED")
+        assert in_progress.json_body["order_id"] == placed.json_body["order_id"]
     finally:
         held.released.set()
     assert placed.status_code == 202, placed.body

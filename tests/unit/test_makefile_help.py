@@ -40,3 +40,16 @@ def test_make_help_describes_every_phony_target() -> None:
     assert {"help", "run", "test", "deploy"} <= targets
     assert sorted(targets - described.keys()) == []
     assert sorted(described.keys() - targets) == []
+
+
+def test_make_run_serves_the_contracts_ports_and_port_overrides_the_apis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract's local run: the API on 127.0.0.1:8000 (PORT overrides it), the emulator on 4566,
+    the dev tokens in .local/dev-tokens.json. (Tests bind free ports instead, so this reads the defaults.)"""
+    from infra.local.stack import _parse_args
+
+    monkeypatch.delenv("PORT", raising=False)
+    defaults = _parse_args([])
+    assert (defaults.host, defaults.api_port, defaults.aws_port) == ("127.0.0.1", 8000, 4566)
+    assert defaults.state_dir == REPO_ROOT / ".local"
+    monkeypatch.setenv("PORT", "9000")
+    assert _parse_args([]).api_port == 9000
