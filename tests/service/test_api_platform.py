@@ -47,38 +47,6 @@ def _refs(node: Any) -> Iterator[str]:
             yield from _refs(value)
 
 
-def test_the_openapi_document_describes_the_routes_that_exist(client: Client) -> None:
-    response = client.http.get("/openapi.json")
-    assert response.status_code == 200
-    document = json.loads(response.body)
-    assert document["openapi"] == "3.1.0"
-    documented = {(path, method) for path, item in document["paths"].items() for method in item}
-    assert {
-        ("/health", "get"),
-        ("/openapi.json", "get"),
-        ("/products", "get"),
-        ("/products", "post"),
-        ("/products/{sku}", "get"),
-        ("/products/{sku}", "patch"),
-        ("/products/{sku}/stock-adjustments", "post"),
-    } <= documented
-    registered = {(path, method.lower()) for path, methods in app.routes.items() for method in methods}
-    assert documented <= registered
-    assert ("/products", "put") not in documented  # the 405 answers are not operations
-    schemas = document["components"]["schemas"]
-    assert {
-        "CreateProductRequest",
-        "UpdateProductRequest",
-        "StockAdjustmentRequest",
-        "Product",
-        "ProductPage",
-        "Problem",
-        "Money",
-    } <= set(schemas)
-    for ref in _refs(document):
-        assert ref.removeprefix("#/components/schemas/") in schemas, ref
-
-
 # Every route of the public contract, and the fields of its Product, Order and Cart.
 CONTRACT_ROUTES = {
     ("/health", "get"),
@@ -122,10 +90,32 @@ CONTRACT_FIELDS = {
 }
 
 
-def test_the_openapi_document_describes_every_route_and_field_of_the_contract(client: Client) -> None:
-    document = json.loads(client.http.get("/openapi.json").body)
+def test_the_openapi_document_describes_the_routes_that_exist(client: Client) -> None:
+    response = client.http.get("/openapi.json")
+    assert response.status_code == 200
+    document = json.loads(response.body)
+    assert document["openapi"] == "3.1.0"
     documented = {(path, method) for path, item in document["paths"].items() for method in item}
     assert sorted(CONTRACT_ROUTES - documented) == []
+    registered = {(path, method.lower()) for path, methods in app.routes.items() for method in methods}
+    assert documented <= registered
+    assert ("/products", "put") not in documented  # the 405 answers are not operations
+    schemas = document["components"]["schemas"]
+    assert {
+        "CreateProductRequest",
+        "UpdateProductRequest",
+        "StockAdjustmentRequest",
+        "Product",
+        "ProductPage",
+        "Problem",
+        "Money",
+    } <= set(schemas)
+    for ref in _refs(document):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+def test_the_openapi_document_describes_every_field_of_the_contract(client: Client) -> None:
+    document = json.loads(client.http.get("/openapi.json").body)
     schemas = document["components"]["schemas"]
     for name, fields in CONTRACT_FIELDS.items():
         assert sorted(fields - set(schemas[name]["properties"])) == [], name
