@@ -10,9 +10,9 @@ stream and puts an event on the bus for each transition a consumer cares about:
 
 Ids are stable: ``{order id}:{status}:{version}`` (``version`` is bumped by every write of the
 order), so a redelivered record gives the same event and consumers deduplicate on it. Records are
-handled in stream order; once a record of an order failed, the later records of that order in the
-batch are failed too without publishing (Lambda retries the batch from the first failure), so a
-consumer never sees an order's events out of order.
+handled in stream order; once a record failed, the records behind it in the batch are failed too
+without being handled: Lambda retries the batch from the first failure, so handling them now would
+only put their events twice (and a consumer never sees an order's events out of order).
 
 StockLow comes from the stock table's stream (keys only): each record names a SKU whose counter
 moved; its current total is judged against the low-stock threshold (the one the operators'
@@ -67,8 +67,8 @@ from shop.repositories import catalog, event_bus, event_records, unreadable_reco
 from shop.repositories import orders as order_repository
 
 
-class LaterRecordOfAFailedKey(Exception):
-    """An earlier record of the same item failed in this batch: this one waits for it."""
+class BehindAFailedRecord(Exception):
+    """An earlier record of this batch failed: Lambda retries the batch from it, and this one with it."""
 
 
 # ---------------------------------------------------------------------------- order transitions
@@ -117,18 +117,17 @@ def _key_of(record: DynamoDBRecord) -> str:
     return "|".join(f"{name}={next(iter(value.values()))}" for name, value in sorted(keys.items()))
 
 
-def _in_key_order(handle: Callable[[DynamoDBRecord], None]) -> Callable[[DynamoDBRecord], None]:
-    """``handle`` per record, except after a record of the same key failed in this batch."""
-    failed_keys: set[str] = set()
+def _until_the_first_failure(handle: Callable[[DynamoDBRecord], None]) -> Callable[[DynamoDBRecord], None]:
+    """``handle`` per record, until one fails; every record behind it in this batch fails unhandled."""
+    failed: list[str] = []
 
     def handle_in_order(record: DynamoDBRecord) -> None:
-        key = _key_of(record)
-        if key in failed_keys:
-            raise LaterRecordOfAFailedKey(key)
+        if failed:
+            raise BehindAFailedRecord(f"{_key_of(record)} waits for {failed[0]}")
         try:
             handle(record)
         except Exception:
-            failed_keys.add(key)
+            failed.append(_key_of(record))
             raise
 
     return handle_in_order
@@ -137,10 +136,12 @@ def _in_key_order(handle: Callable[[DynamoDBRecord], None]) -> Callable[[DynamoD
 def _process(
     event: Mapping[str, Any], context: Any, handle: Callable[[DynamoDBRecord], None]
 ) -> PartialItemFailureResponse:
+    # A batch whose first record failed is answered like any other (every record reported), not as
+    # a function error: the bus being busy is no error of the publisher's.
     return process_partial_response(
         event=dict(event),
-        record_handler=_in_key_order(handle),
-        processor=BatchProcessor(event_type=EventType.DynamoDBStreams),
+        record_handler=_until_the_first_failure(handle),
+        processor=BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False),
         context=context,
     )
 
