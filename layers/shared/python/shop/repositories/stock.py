@@ -8,7 +8,8 @@ never moves without the reservation or the ledger entry that explains it.
 
 A counter item the shop cannot read (written behind its back) holds nothing for it: the reads
 leave it out and log it, as a sale's conditional take never draws from it, and the reconciliation
-reports it (``all_shards``). It stops no read, no sale and no stream publisher.
+reports it (``all_shards``). It stops no read, no sale, no stream publisher and no sweep of expired
+holds (a release to it is refused whole: ``StoredItemUnusable``, left for an operator).
 """
 
 from __future__ import annotations
