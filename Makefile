@@ -56,7 +56,7 @@ help:
 	@echo "make lint       ruff check and format check"
 	@echo "make typecheck  mypy over the whole tree"
 	@echo "make validate   cfn-lint on the packaged template and on its SAM transform (offline), then every state machine"
-	@echo "make schemas    regenerate the events' JSON Schemas into events/schemas/ (a breaking change needs a new version)"
+	@echo "make schemas    regenerate openapi.json and the events' JSON Schemas in events/schemas/ (a breaking change needs a new version)"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
 	@echo "make deploy     package, then sam deploy (--guided the first time; samconfig.toml after)"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
@@ -124,6 +124,7 @@ validate: $(STAMP) build/sam/template.yaml
 	$(BIN)/python -m infra.validate
 
 schemas: $(STAMP)
+	$(BIN)/python -m infra.api_document
 	$(BIN)/python -m infra.event_schemas
 
 # The static checks side by side (mypy on one core, packaging and cfn-lint on the other), each
