@@ -42,9 +42,9 @@ def _value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def _watched(namespace: str, name: str, dimensions: list[dict[str, Any]] | None) -> Watched:
+def _watched(namespace: Any, name: str, dimensions: list[dict[str, Any]] | None) -> Watched:
     pairs = tuple(sorted((d["Name"], _value(d["Value"])) for d in dimensions or []))
-    return Watched(namespace, name, pairs)
+    return Watched(_value(namespace), name, pairs)
 
 
 def watched_by(alarm: dict[str, Any]) -> list[Watched]:
@@ -72,6 +72,16 @@ def alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return resources_of_type(template, ALARM)
 
 
+def published_namespace(template: dict[str, Any]) -> Any:
+    """The namespace every function publishes its metrics to, as the template writes it."""
+    return template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+
+
+@pytest.fixture(scope="module")
+def shop(template: dict[str, Any]) -> str:
+    return _value(published_namespace(template))
+
+
 def alarms_watching(alarms: dict[str, dict[str, Any]], namespace: str, name: str) -> dict[str, list[Watched]]:
     every = {logical_id: watched_by(alarm) for logical_id, alarm in alarms.items()}
     return {
@@ -95,15 +105,17 @@ def ref(logical_id: str) -> str:
         "ReconciliationDiscrepanciesOutstanding",
     ],
 )
-def test_each_custom_signal_has_an_alarm_of_its_own(alarms: dict[str, dict[str, Any]], metric: str) -> None:
-    watching = alarms_watching(alarms, "Shop", metric)
+def test_each_custom_signal_has_an_alarm_of_its_own(alarms: dict[str, dict[str, Any]], shop: str, metric: str) -> None:
+    watching = alarms_watching(alarms, shop, metric)
     assert any({m.name for m in metrics} == {metric} for metrics in watching.values()), watching
 
 
-def test_unreadable_stream_records_alarm_when_set_aside_and_while_any_waits(alarms: dict[str, dict[str, Any]]) -> None:
+def test_unreadable_stream_records_alarm_when_set_aside_and_while_any_waits(
+    alarms: dict[str, dict[str, Any]], shop: str
+) -> None:
     # The count of records set aside fires at once; the level the republisher publishes keeps the
     # alarm raised until a fixed publisher has read every one (a count alone would clear itself).
-    (metrics,) = alarms_watching(alarms, "Shop", "UnreadableStreamRecordsOpen").values()
+    (metrics,) = alarms_watching(alarms, shop, "UnreadableStreamRecordsOpen").values()
     assert {(m.name, m.dimension("service")) for m in metrics} == {
         ("UnreadableStreamRecords", "events"),
         ("UnreadableStreamRecordsOpen", "events"),
@@ -131,12 +143,34 @@ def test_each_saga_alarms_on_executions_failed_and_timed_out(alarms: dict[str, d
     )
 
 
-def test_api_5xx_names_the_api_chalice_deploys(alarms: dict[str, dict[str, Any]]) -> None:
+def test_api_5xx_names_the_api_chalice_deploys(template: dict[str, Any], alarms: dict[str, dict[str, Any]]) -> None:
     config = json.loads((REPO_ROOT / ".chalice" / "config.json").read_text())
     # `make package` packages the prod stage; Chalice's own default stage name is "api".
     stage = config.get("stages", {}).get("prod", {}).get("api_gateway_stage", config.get("api_gateway_stage", "api"))
+    api_name = _value(template["Resources"]["RestAPI"]["Properties"]["Name"])
     (metrics,) = alarms_watching(alarms, "AWS/ApiGateway", "5XXError").values()
-    assert metrics == [Watched("AWS/ApiGateway", "5XXError", (("ApiName", config["app_name"]), ("Stage", stage)))]
+    assert metrics == [Watched("AWS/ApiGateway", "5XXError", (("ApiName", api_name), ("Stage", stage)))]
+
+
+def test_two_stacks_in_one_account_never_share_a_metric_series(
+    template: dict[str, Any], alarms: dict[str, dict[str, Any]], shop: str
+) -> None:
+    """Staging and production in one account: one's failures must not raise the other's alarms.
+
+    Custom metrics go to a namespace named after the stack; API Gateway keys its metrics by the API's
+    name (a REST API has no id dimension), so the API is named after the stack too.
+    """
+    stack = _value({"Ref": "AWS::StackName"})
+    assert "${AWS::StackName}" in published_namespace(template)["Fn::Sub"]
+    assert _value(template["Resources"]["RestAPI"]["Properties"]["Name"]) == stack
+    for logical_id, alarm in alarms.items():
+        for metric in watched_by(alarm):
+            if metric.namespace == "AWS/ApiGateway":
+                assert metric.dimension("ApiName") == stack, logical_id
+            elif not metric.namespace.startswith("AWS/"):
+                assert metric.namespace == shop, logical_id
+            else:  # AWS's own metrics of this stack's resources: keyed by a Ref or GetAtt of them
+                assert all(value.startswith("{") for _, value in metric.dimensions), (logical_id, metric)
 
 
 def test_lambda_errors_include_the_api_and_throttles_are_alarmed(alarms: dict[str, dict[str, Any]]) -> None:
@@ -283,15 +317,16 @@ def test_the_source_scan_finds_the_metrics_it_should() -> None:
 def test_custom_metrics_are_in_the_namespace_the_functions_publish_to(
     template: dict[str, Any], alarms: dict[str, dict[str, Any]]
 ) -> None:
-    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
     custom = {m.namespace for metrics in map(watched_by, alarms.values()) for m in metrics}
-    assert custom - {"AWS/States", "AWS/ApiGateway", "AWS/Lambda", "AWS/DynamoDB", "AWS/SQS"} == {namespace}
+    assert custom - {"AWS/States", "AWS/ApiGateway", "AWS/Lambda", "AWS/DynamoDB", "AWS/SQS"} == {
+        _value(published_namespace(template))
+    }
 
 
 def test_every_custom_metric_alarmed_on_is_emitted_with_those_dimensions(
     template: dict[str, Any], alarms: dict[str, dict[str, Any]]
 ) -> None:
-    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    namespace = _value(published_namespace(template))
     emitted = list(emissions())
     for logical_id, alarm in alarms.items():
         for metric in (m for m in watched_by(alarm) if m.namespace == namespace):
@@ -307,7 +342,8 @@ def test_the_dashboard_reads_only_metrics_the_alarms_read_or_the_code_emits(temp
     body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
     emitted = {e.metric for e in emissions()}
-    shown = {m[1] for w in widgets if w["type"] == "metric" for m in w["properties"]["metrics"] if m[0] == "Shop"}
+    shop = re.sub(r"\$\{[^}]+\}", "x", published_namespace(template)["Fn::Sub"])
+    shown = {m[1] for w in widgets if w["type"] == "metric" for m in w["properties"]["metrics"] if m[0] == shop}
     assert {"SagaDuration", "OrdersCompleted"} <= shown
     assert shown <= emitted
     alarm_widget = next(w for w in widgets if w["type"] == "alarm")
@@ -315,7 +351,7 @@ def test_the_dashboard_reads_only_metrics_the_alarms_read_or_the_code_emits(temp
 
 
 def _as_written_in_the_dashboard(value: str) -> str:
-    """An alarm's dimension value (text, or an intrinsic as JSON) as the dashboard's !Sub text writes it."""
+    """An alarm's namespace or dimension value (text, or an intrinsic as JSON) as the dashboard's !Sub writes it."""
     if not value.startswith("{"):
         return value
     intrinsic = json.loads(value)
@@ -323,6 +359,8 @@ def _as_written_in_the_dashboard(value: str) -> str:
         return f"${{{intrinsic['Ref']}}}"
     if "Fn::GetAtt" in intrinsic:
         return "${" + ".".join(intrinsic["Fn::GetAtt"]) + "}"
+    if isinstance(intrinsic.get("Fn::Sub"), str):
+        return str(intrinsic["Fn::Sub"])
     raise AssertionError(f"a dimension value the dashboard cannot name: {value}")
 
 
@@ -340,7 +378,11 @@ def test_the_dashboard_graphs_every_metric_an_alarm_watches(
                 pairs = tuple(sorted(zip(parts[2::2], parts[3::2], strict=True)))
                 graphed.add((parts[0], parts[1], pairs))
     watched = {
-        (m.namespace, m.name, tuple(sorted((key, _as_written_in_the_dashboard(value)) for key, value in m.dimensions)))
+        (
+            _as_written_in_the_dashboard(m.namespace),
+            m.name,
+            tuple(sorted((key, _as_written_in_the_dashboard(value)) for key, value in m.dimensions)),
+        )
         for alarm in alarms.values()
         for m in watched_by(alarm)
     }
