@@ -122,6 +122,31 @@ def test_unreadable_stream_records_alarm_when_set_aside_and_while_any_waits(
     }
 
 
+def _schedule_seconds(template: dict[str, Any], function: str) -> int:
+    (event,) = template["Resources"][function]["Properties"]["Events"].values()
+    rate = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours)\)", event["Properties"]["Schedule"])
+    assert rate, event["Properties"]["Schedule"]
+    count, unit = rate.groups()
+    return int(count) * (3600 if unit.startswith("hour") else 60)
+
+
+def test_the_waiting_records_level_holds_the_alarm_through_a_period_without_a_run(
+    template: dict[str, Any], alarms: dict[str, dict[str, Any]], shop: str
+) -> None:
+    """The republisher publishes the level once a run; a run need not land in every period of that length.
+
+    Judged on one period, the alarm would clear while records still wait whenever a run fell into the
+    next period (FILL reads the missing level as 0), and raise again at the next run.
+    """
+    ((logical_id, _),) = alarms_watching(alarms, shop, "UnreadableStreamRecordsOpen").items()
+    properties = alarms[logical_id]["Properties"]
+    (period,) = {q["MetricStat"]["Period"] for q in properties["Metrics"] if "MetricStat" in q}
+    interval = _schedule_seconds(template, "RepublishUnreadableRecordsFunction")
+    window = period * properties["EvaluationPeriods"]
+    assert window >= 2 * interval, "a window of the alarm's periods must always hold a run"
+    assert properties.get("DatapointsToAlarm") == 1, "one period with records waiting must keep it raised"
+
+
 def test_the_checkout_failure_rate_is_the_shops_failures_over_every_finished_checkout(
     alarms: dict[str, dict[str, Any]],
 ) -> None:
