@@ -27,6 +27,7 @@ from shop.errors import (
     StoredItemUnusable,
 )
 from shop.models.common import CheckoutLine
+from shop.models.inventory import ShardTake
 from shop.repositories import inventory as repository
 from tests.fidelity.conftest import Backend
 
@@ -450,6 +451,33 @@ def test_a_multi_line_order_across_shards_is_all_or_nothing(backend: Backend) ->
     assert raised.value.extensions["short_skus"] == ["B"]
     assert backend.shards("A") == {0: 1, 1: 1, 2: 1, 3: 1} and backend.available("B") == 1
     assert repository.get_reservation("order-1") is None
+
+
+def test_a_gather_moves_units_onto_one_shard_and_keeps_the_total(backend: Backend) -> None:
+    backend.put_product("A", 10)
+    reshard("A", 4)  # 3, 3, 2, 2
+
+    assert repository.gather_stock("A", [ShardTake(shard=0, quantity=3), ShardTake(shard=3, quantity=1)], 2)
+    assert backend.shards("A") == {0: 0, 1: 3, 2: 6, 3: 1}
+
+    # A source without the units it names: refused whole, nothing moved.
+    assert not repository.gather_stock("A", [ShardTake(shard=1, quantity=3), ShardTake(shard=0, quantity=1)], 2)
+    assert backend.shards("A") == {0: 0, 1: 3, 2: 6, 3: 1}
+
+
+def test_an_order_over_every_shard_of_two_skus_is_gathered_into_one_transaction(backend: Backend) -> None:
+    """2 units on each of 50 shards: two lines of 100 are 101 actions, beyond what a transaction holds."""
+    for sku in ("A", "B"):
+        backend.put_product(sku, 100)
+        reshard(sku, 50)
+
+    retrying(lambda: inventory.reserve("order-1", "order-1", [*sharded("A", 100, 50), *sharded("B", 100, 50)], now=NOW))
+
+    assert backend.available("A") == backend.available("B") == 0
+    stored = repository.get_reservation("order-1")
+    assert stored is not None and sum(take.quantity for line in stored.lines for take in line.takes) == 200
+    inventory.release("order-1", now=NOW)
+    assert backend.available("A") == backend.available("B") == 100
 
 
 def test_holds_spread_over_the_index_shards_and_the_sweeper_reads_them_all(backend: Backend) -> None:

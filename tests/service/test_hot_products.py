@@ -25,6 +25,7 @@ from shop.errors import (
 )
 from shop.models.catalog import MAX_STOCK, StockAdjustmentRequest, UpdateProductRequest
 from shop.models.common import CheckoutLine
+from shop.repositories import inventory as inventory_repository
 from shop.repositories import stock
 from tests.conftest import LocalAws
 from tests.service.orders_helpers import Shop, open_shop, seed_product
@@ -138,6 +139,54 @@ def test_a_multi_line_order_across_shards_is_all_or_nothing(shop: Shop) -> None:
     shop.wait_checkout(order_id)
     assert shop.order(order_id).status == "COMPLETED"
     assert sum(counters("HOT-1").values()) == 1 and counters("COLD-1") == {0: 0}
+
+
+def test_an_order_taking_from_every_shard_is_gathered_and_completes(shop: Shop) -> None:
+    """100 units over 50 shards is 2 a shard: an order of 100 takes from all 50. Two such lines and the
+    reservation are 101 actions, one more than a transaction holds; every retry was cancelled
+    INVENTORY_UNAVAILABLE while the stock was there."""
+    for sku in ("HOT-1", "HOT-2"):
+        seed_product(sku, stock=100)
+        assert patch(shop, sku, {"stock_shards": 50}).status_code == 200
+        assert set(counters(sku).values()) == {2}
+
+    order_id = shop.place_ok([("HOT-1", 100), ("HOT-2", 100)])["order_id"]
+    shop.wait_checkout(order_id)
+
+    assert (shop.order(order_id).status, shop.order(order_id).failure_reason) == ("COMPLETED", None)
+    assert counters("HOT-1") == counters("HOT-2") == dict.fromkeys(range(50), 0)
+    read = [shop.client.http.get(f"/products/{sku}").json_body["available"] for sku in ("HOT-1", "HOT-2")]
+    assert read == [0, 0]
+
+
+def test_a_gather_refused_by_a_concurrent_sale_reads_the_shards_again(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_product("HOT-1", stock=100)
+    seed_product("HOT-2", stock=100)
+    for sku in ("HOT-1", "HOT-2"):
+        catalog.update_product(sku, UpdateProductRequest(stock_shards=50))
+    lines = [CheckoutLine(sku=sku, quantity=100, stock_shards=50) for sku in ("HOT-1", "HOT-2")]
+    real_gather = inventory_repository.gather_stock
+    sold: list[str] = []
+
+    def a_sale_lands_first(sku: str, sources: Any, target: int) -> bool:
+        if not sold:  # another buyer takes a unit of a source shard between the read and the gather
+            sold.append(sku)
+            shop.aws.client("dynamodb").transact_write_items(TransactItems=[stock.take(sku, sources[0].shard, 1)])
+        return real_gather(sku, sources, target)
+
+    monkeypatch.setattr(inventory_repository, "gather_stock", a_sale_lands_first)
+
+    with pytest.raises(OutOfStock) as short:
+        inventory.reserve("r-gather", "o-gather", lines)
+
+    # 99 units left of the SKU the sale took from: the order is short of it, and nothing else moved.
+    assert short.value.short_skus == sold
+    assert sum(counters(sold[0]).values()) == 99
+    other = "HOT-2" if sold == ["HOT-1"] else "HOT-1"
+    assert counters(other) == dict.fromkeys(range(50), 2)
+    assert inventory_repository.get_reservation("r-gather") is None
 
 
 def _reserve(number: int, shards: int) -> str:

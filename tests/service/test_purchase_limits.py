@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from infra.local import lambda_runtime
-from shop.domain import inventory
+from shop.domain import catalog, inventory
+from shop.models.catalog import UpdateProductRequest
 from shop.models.common import CheckoutLine
 from tests.conftest import LocalAws
 from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product, steps
@@ -88,6 +89,36 @@ def test_a_line_over_the_limit_by_itself_is_422_and_places_nothing(shop: Shop, l
     assert shop.executions("CheckoutStateMachine") == []
     assert (available("DROP-1"), available("MUG-1")) == (50, 10)
     assert counter_items(local_aws) == []
+
+
+def test_fifty_lines_all_limited_are_too_many_for_one_reservation_422_and_nothing_placed(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """50 lines with a limit each need 101 transaction actions (the reservation, 50 takes, 50 counts):
+    DynamoDB's limit is 100. Placed, the order was cancelled INVENTORY_UNAVAILABLE after every retry."""
+    skus = [f"LIM-{number:02d}" for number in range(50)]
+    for sku in skus:
+        seed_product(sku, stock=5)
+        catalog.update_product(sku, UpdateProductRequest(purchase_limit=3))
+
+    refused = shop.place([(sku, 1) for sku in skus])
+
+    assert refused.status_code == 422, refused.body
+    body = json.loads(refused.body)
+    assert (body["type"], [error["field"] for error in body["errors"]]) == (
+        "urn:shop:problem:too-many-limited-lines",
+        ["items"],
+    )
+    assert "at most 49" in body["errors"][0]["message"]
+    assert orders_of(shop) == [] and shop.executions("CheckoutStateMachine") == []
+    assert counter_items(local_aws) == [] and {available(sku) for sku in skus} == {5}
+
+    # 49 limited lines and one without a limit fit exactly: 1 + 50 + 49 = 100 actions.
+    seed_product("FREE-1", stock=5)
+    order = completed(shop, [(sku, 1) for sku in skus[:49]] + [("FREE-1", 1)])
+    assert (order["status"], order["failure_reason"]) == ("COMPLETED", None)
+    assert {counted(local_aws, "alice", sku) for sku in skus[:49]} == {1}
+    assert {available(sku) for sku in skus[:49]} == {4} and available("FREE-1") == 4
 
 
 def test_the_customers_counted_units_count_and_other_customers_are_not_affected(

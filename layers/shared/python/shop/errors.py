@@ -167,6 +167,17 @@ class ReservationExpired(Conflict):
 
 
 # ---------------------------------------------------------------------------- carts
+class TooManyLimitedLines(Unprocessable):
+    """An order whose lines and purchase-limited lines together exceed one reservation transaction.
+
+    The reservation is one TransactWriteItems of at most 100 actions: the reservation, a take per
+    line and a purchase count per limited line, so lines + limited lines may be at most 99 (50 lines
+    with a limit on every one are 101). ``errors`` names ``items``; nothing was stored.
+    """
+
+    title, slug = "Too many purchase-limited lines", "too-many-limited-lines"
+
+
 class CartFull(Unprocessable):
     """A new line would take the cart past ``shop.models.carts.MAX_CART_LINES``; nothing changed."""
 

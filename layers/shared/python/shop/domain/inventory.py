@@ -72,6 +72,9 @@ _RESERVE_ROUNDS = 4
 _CONFLICT_PAUSE_SECONDS = 0.02
 # TransactWriteItems' limit: the reservation plus every take must fit.
 MAX_TRANSACTION_ACTIONS = 100
+# Gathers before a reservation gives up (InventoryContention, which the saga retries): each moves
+# one spread line onto one shard, and a 50-line order needs at most 50.
+_GATHER_ATTEMPTS = 60
 
 _CONTENTION_REASONS = frozenset(
     {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
@@ -174,6 +177,7 @@ def reserve(
     if alone_over:
         raise PurchaseLimitExceeded(alone_over)
     for round_number in range(_RESERVE_ROUNDS):
+        _gather_until_it_fits(plan, {line.sku: line.quantity for line in lines}, len(limited), rng)
         reservation = Reservation(
             reservation_id=reservation_id,
             order_id=order_id,
@@ -190,10 +194,6 @@ def reserve(
             created_at=stamp,
             updated_at=stamp,
         )
-        if 1 + sum(len(takes) for takes in plan.values()) + len(limited) > MAX_TRANSACTION_ACTIONS:
-            # Only stock scattered in small remainders over many shards of many lines gets here;
-            # a restock (which fills the emptiest shards) or a reshard gathers it again.
-            raise InventoryContention("the order's stock is spread over too many shards for one transaction; retry")
         try:
             repository.create_reservation(reservation)
         except repository.TransactionCancelled as cancelled:
@@ -235,6 +235,45 @@ def reserve(
             raise ShopError(f"reservation cancelled unexpectedly: {verdict.unexpected}") from None
         return ReservationResult.of(reservation)
     raise InventoryContention("the shards kept emptying while reserving; retry")
+
+
+def transaction_actions(line_count: int, limited_line_count: int) -> int:
+    """The actions of a reservation that takes each line from one shard: its Put, a take per line and
+    a purchase count per limited line."""
+    return 1 + line_count + limited_line_count
+
+
+def fits_one_transaction(line_count: int, limited_line_count: int) -> bool:
+    """Whether an order of these lines can be reserved at all (placement refuses one that cannot)."""
+    return transaction_actions(line_count, limited_line_count) <= MAX_TRANSACTION_ACTIONS
+
+
+def _gather_until_it_fits(
+    plan: dict[str, list[ShardTake]], quantities: Mapping[str, int], limited_count: int, rng: random.Random | None
+) -> None:
+    """Bring ``plan`` within one transaction by gathering lines spread over several shards.
+
+    A line is spread when no single shard held its quantity (stock evenly over many shards: 100
+    units over 50 shards is 2 a shard, and an order of 100 takes from all 50). Each gather moves the
+    widest line's units onto one of its shards in a transaction of its own, which changes no total
+    (``gather_stock``), so the reservation then takes that line from one shard. A gather refused by
+    a concurrent sale reads that SKU's shards again; OutOfStock if they no longer hold its quantity.
+    """
+    for _ in range(_GATHER_ATTEMPTS):
+        actions = transaction_actions(len(plan), limited_count) + sum(len(takes) - 1 for takes in plan.values())
+        if actions <= MAX_TRANSACTION_ACTIONS:
+            return
+        sku, takes = max(plan.items(), key=lambda entry: (len(entry[1]), entry[0]))
+        if len(takes) < 2:
+            break  # one shard a line already: the lines and limited lines alone are too many
+        target = max(takes, key=lambda take: (take.quantity, -take.shard))
+        sources = [take for take in takes if take.shard != target.shard]
+        if repository.gather_stock(sku, sources, target.shard):
+            plan[sku] = [ShardTake(shard=target.shard, quantity=quantities[sku])]
+            logger().info("gathered a line's stock onto one shard", sku=sku, shard=target.shard, shards=len(takes))
+        elif _replan(plan, {sku: quantities[sku]}, rng):
+            raise OutOfStock([sku])
+    raise InventoryContention("the order's stock is spread over too many shards for one transaction; retry")
 
 
 def _replan(plan: dict[str, list[ShardTake]], wanted: Mapping[str, int], rng: random.Random | None) -> list[str]:

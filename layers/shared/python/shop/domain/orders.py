@@ -28,7 +28,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 
 from shop.auth import Principal
 from shop.config import api_settings, feature_switches, runtime_config_settings
-from shop.domain import carts, catalog, order_saga, payments, purchase_limits, totals
+from shop.domain import carts, catalog, inventory, order_saga, payments, purchase_limits, totals
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import (
     IdempotencyKeyInUse,
@@ -39,6 +39,7 @@ from shop.errors import (
     ProductUnavailable,
     PurchaseLimitExceeded,
     SagaNotStarted,
+    TooManyLimitedLines,
     TooManyOrdersInProgress,
     TransientError,
 )
@@ -260,6 +261,13 @@ def _priced_order(order_id: str, customer_id: str, items: Sequence[Line]) -> Ord
     )
     # Snapshotted into the order: the reserve step enforces them without reading the products again.
     limits = {item.sku: limit for item in items if (limit := products[item.sku].purchase_limit) is not None}
+    if not inventory.fits_one_transaction(len(items), len(limits)):
+        most = inventory.MAX_TRANSACTION_ACTIONS - 1 - len(items)
+        raise TooManyLimitedLines(
+            f"{len(limits)} of these {len(items)} lines have a purchase limit; an order of {len(items)} lines may "
+            f"have at most {most}: place the rest in another order",
+            errors=[{"field": "items", "message": f"at most {most} lines with a purchase limit in this order"}],
+        )
     if limits:
         purchase_limits.check_within_limits(customer_id, items, limits)
     lines = []

@@ -3,7 +3,8 @@
 Stock lives in the SKU's counters (StockTable, ``shop.repositories.stock``); a reservation
 (ReservationsTable) records what it took from which shard. Every change that moves stock writes
 the reservation and the counters in ONE transaction, so stock and reservations cannot disagree
-and nothing oversells.
+and nothing oversells. Only ``gather_stock`` writes counters alone: it moves units between one
+SKU's shards and changes no total.
 
 The sparse index HeldByExpiry is write-sharded: a holding reservation's ``held`` is
 ``HELD#<n>``, n derived from its id over ``HELD_SHARDS``, so a busy shop's holds (written once
@@ -23,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from shop.config import table_settings
 from shop.errors import InventoryContention, StoredItemUnusable
-from shop.models.inventory import Reservation, ReservationStatus
+from shop.models.inventory import Reservation, ReservationStatus, ShardTake
 from shop.repositories import stock
 from shop.repositories.dynamodb import call, error_code, is_condition_failure, marshal, unmarshal
 from shop.repositories.purchases import count_update
@@ -137,6 +138,24 @@ def create_reservation(reservation: Reservation) -> None:
     ]
     actions += _count_updates(reservation, take=True)
     _call("transact_write_items", TransactItems=actions)
+
+
+def gather_stock(sku: str, sources: Sequence[ShardTake], target: int) -> bool:
+    """Move the units ``sources`` name onto shard ``target`` of one SKU, all or nothing.
+
+    The SKU's total does not change (as in a reshard, units only move between its counters), so no
+    ledger entry explains it. False when the transaction was cancelled: a source no longer has its
+    units (a sale took them since they were read), the target is gone (a reshard), or another
+    writer held a counter; the caller reads the shards again.
+    """
+    moved = sum(source.quantity for source in sources)
+    actions = [stock.take(sku, source.shard, source.quantity) for source in sources]
+    actions.append(stock.give(sku, target, moved))
+    try:
+        _call("transact_write_items", TransactItems=actions)
+    except TransactionCancelled:
+        return False
+    return True
 
 
 def _count_updates(reservation: Reservation, *, take: bool) -> list[dict[str, Any]]:
