@@ -97,7 +97,11 @@ def place_order(body: PlaceOrderRequest, principal: Principal, headers: dict[str
     "/orders",
     "GET",
     summary="List your orders, newest first",
-    description="Pass `next_token` from the previous page to continue.",
+    description=(
+        "Pass `next_token` from the previous page to continue. A page holds at most 25 orders whatever `limit` "
+        "asks (the largest orders would take a page of 100 past what the API may answer); a `next_token` follows "
+        "while more remain."
+    ),
     auth="customer",
     query=OrderListQuery,
     responses={200: OrderPage},

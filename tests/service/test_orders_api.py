@@ -10,6 +10,10 @@ from typing import Any
 import pytest
 
 from infra.local import lambda_runtime
+from shop.domain.orders import MAX_ORDERS_PER_PAGE
+from shop.models.money import Money
+from shop.models.orders import HistoryEntry, Order, OrderLine
+from shop.repositories import orders as order_repository
 from shop.repositories import sagas
 from tests.conftest import LocalAws
 from tests.service.orders_helpers import DEADLINE_SECONDS, PauseAt, Shop, deactivate, open_shop, seed_product
@@ -294,6 +298,44 @@ def test_only_the_owner_or_an_admin_can_read_an_order(shop: Shop) -> None:
     }
     assert shop.client.http.get(f"/orders/{placed['order_id']}").status_code == 401
     assert shop.get("x" * 200).status_code == 400
+
+
+def _stored_orders(customer: str, count: int) -> list[str]:
+    """``count`` completed orders written straight to the table, oldest first (no saga needed to list them)."""
+    ids = []
+    for number in range(count):
+        at = f"2026-01-01T00:00:{number:02d}.000Z"
+        price = Money(amount=100)
+        order_id = f"00000000-0000-0000-0000-{number:012d}"
+        order_repository.create(
+            Order(
+                order_id=order_id,
+                customer_id=customer,
+                status="COMPLETED",
+                items=[OrderLine(sku="MUG-1", name="Mug", quantity=1, unit_price=price, line_total=price)],
+                total=price,
+                history=[HistoryEntry(step="order_placed", status="PENDING", at=at)],
+                created_at=at,
+                updated_at=at,
+            )
+        )
+        ids.append(order_id)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("path", "who"), [("/orders?limit=100", "alice"), ("/admin/orders?status=COMPLETED&limit=100", "admin")]
+)
+def test_a_page_of_orders_holds_at_most_25_and_the_token_gives_the_rest(shop: Shop, path: str, who: str) -> None:
+    """25 of the largest orders fit in a Lambda response; 100 did not (tests/unit/test_order_page_size.py)."""
+    newest_first = list(reversed(_stored_orders("alice", 30)))
+
+    first = shop.client.http.get(path, headers=shop.headers(who)).json_body
+    rest = shop.client.http.get(f"{path}&next_token={first['next_token']}", headers=shop.headers(who)).json_body
+
+    assert len(first["items"]) == MAX_ORDERS_PER_PAGE == 25
+    assert [order["order_id"] for order in first["items"] + rest["items"]] == newest_first
+    assert rest["next_token"] is None
 
 
 def test_listing_is_the_callers_own_orders_newest_first(shop: Shop) -> None:

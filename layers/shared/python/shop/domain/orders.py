@@ -353,11 +353,19 @@ def await_outcome(
         interval = min(interval * 2, MAX_POLL_SECONDS)
 
 
+# A page of orders is at most this many whatever ``limit`` asks: the largest order (50 lines of
+# 200-character names, each non-ASCII character escaped twice on its way through Lambda's JSON) is
+# about 150 KB of Lambda's response, whose limit is 6 MB (tests/unit/test_order_page_size.py).
+MAX_ORDERS_PER_PAGE = 25
+
+
 def list_orders(principal: Principal, *, limit: int, next_token: str | None) -> OrderPage:
-    """The caller's own orders, newest first."""
+    """The caller's own orders, newest first, at most ``MAX_ORDERS_PER_PAGE`` a page."""
     binding: dict[str, str | int | None] = {"customer": principal.subject}
     start = decode_token(ORDERS_LISTING, next_token, binding)
-    found, last_key = repository.list_for_customer(principal.subject, limit=limit, start_key=start)
+    found, last_key = repository.list_for_customer(
+        principal.subject, limit=min(limit, MAX_ORDERS_PER_PAGE), start_key=start
+    )
     return OrderPage(
         items=[order.view(_payment(order.order_id)) for order in found],
         next_token=encode_token(ORDERS_LISTING, last_key, binding),
@@ -368,7 +376,7 @@ def list_all_orders(found: OrderFilter, *, limit: int, next_token: str | None) -
     """Every customer's orders narrowed by ``found`` (the operators' view); a token is bound to the filter."""
     binding: dict[str, str | int | None] = found.model_dump()
     start = decode_token(ALL_ORDERS_LISTING, next_token, binding)
-    orders, last_key = repository.list_filtered(found, limit=limit, start_key=start)
+    orders, last_key = repository.list_filtered(found, limit=min(limit, MAX_ORDERS_PER_PAGE), start_key=start)
     return OrderPage(
         items=[order.view(_payment(order.order_id)) for order in orders],
         next_token=encode_token(ALL_ORDERS_LISTING, last_key, binding),
