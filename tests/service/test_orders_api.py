@@ -300,7 +300,7 @@ def test_only_the_owner_or_an_admin_can_read_an_order(shop: Shop) -> None:
     assert shop.get("x" * 200).status_code == 400
 
 
-def _stored_orders(customer: str, count: int) -> list[str]:
+def _write_completed_orders(customer: str, count: int) -> list[str]:
     """``count`` completed orders written straight to the table, oldest first (no saga needed to list them)."""
     ids = []
     for number in range(count):
@@ -328,7 +328,7 @@ def _stored_orders(customer: str, count: int) -> list[str]:
 )
 def test_a_page_of_orders_holds_at_most_25_and_the_token_gives_the_rest(shop: Shop, path: str, who: str) -> None:
     """25 of the largest orders fit in a Lambda response; 100 did not (tests/unit/test_order_page_size.py)."""
-    newest_first = list(reversed(_stored_orders("alice", 30)))
+    newest_first = list(reversed(_write_completed_orders("alice", 30)))
 
     first = shop.client.http.get(path, headers=shop.headers(who)).json_body
     rest = shop.client.http.get(f"{path}&next_token={first['next_token']}", headers=shop.headers(who)).json_body
@@ -423,3 +423,33 @@ def test_a_customer_with_the_most_orders_in_progress_gets_429_and_nothing_is_pla
     again = shop.place([("MUG-1", 1)], key="open-3")
     assert again.status_code == 202, again.body
     assert shop.wait_checkout(again.json_body["order_id"]) == "SUCCEEDED"
+
+
+def test_a_retry_of_an_order_already_stored_is_answered_at_the_in_flight_limit(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API stored the order and its answer was lost (a timeout), and the idempotency record is gone
+    too: the client's retry must get its order, not a 429 counting that very order against the limit."""
+    from shop.config import reset_settings_cache
+
+    monkeypatch.setenv("MAX_ORDERS_IN_PROGRESS", "2")
+    reset_settings_cache()
+    held = _HoldEveryAuthorization(local_aws.function("AuthorizePaymentFunction"))
+    lambda_runtime.faults.before_invoke = held
+    try:
+        shop.place_ok([("MUG-1", 1)], key="open-1")
+        second = shop.place_ok([("MUG-1", 1)], key="open-2")
+        for _ in range(2):
+            assert held.arrived.acquire(timeout=DEADLINE_SECONDS)
+        dynamodb = local_aws.client("dynamodb")
+        table = local_aws.table("IdempotencyTable")
+        for item in dynamodb.scan(TableName=table)["Items"]:
+            dynamodb.delete_item(TableName=table, Key={"id": item["id"]})
+
+        retry = shop.place([("MUG-1", 1)], key="open-2")
+
+        assert retry.status_code == 202, retry.body
+        assert retry.json_body["order_id"] == second["order_id"]
+        assert _stored_orders(shop) == 2
+    finally:
+        held.released.set()

@@ -13,17 +13,19 @@ from typing import Any
 
 import pytest
 
+from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import reconciliation_job
 from shop.models.base import iso_now
 from shop.models.orders import HistoryEntry
 from shop.models.reconciliation import ReconciliationReport
 from shop.repositories import audit
+from shop.repositories import inventory as inventory_repository
 from shop.repositories import orders as order_repository
 from shop.repositories.payments import PaymentsRepository
 from shop.saga_terms import Step
 from tests.conftest import LocalAws
-from tests.service.orders_helpers import Shop, open_shop, seed_product
+from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
 
 PRICE = 1250
 STOCK = 10
@@ -234,4 +236,100 @@ def test_needs_attention_without_a_dead_letter_is_dead_lettered_and_the_redrive_
     assert shop.wait_execution("CheckoutStateMachine", redriven.json_body["redrive_execution"]) == "SUCCEEDED"
     shop.wait_dead_letter(order_id, "RESOLVED")
     shop.wait_status(order_id, "COMPLETED")
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+
+def _redrive_and_settle(shop: Shop, order_id: str) -> None:
+    redriven = shop.redrive(order_id)
+    assert redriven.status_code == 202, redriven.body
+    assert shop.wait_execution("CheckoutStateMachine", redriven.json_body["redrive_execution"]) == "SUCCEEDED"
+
+
+def test_a_completed_order_whose_stock_was_never_committed_is_dead_lettered_and_its_redrive_resolves_it(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """A letter the reconciliation opened for an order that never needed attention: the redrive's run
+    settles the order, and must resolve the letter too (it stayed REDRIVING for good)."""
+    order_id = completed(shop, quantity=2)
+    _set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "RESERVED")  # the commit was lost
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [
+        (order_id, "completed_reservation_not_committed", "dead_lettered")
+    ]
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and (letter.status, letter.resume) == ("OPEN", "complete")
+
+    _redrive_and_settle(shop, order_id)
+
+    assert shop.wait_dead_letter(order_id, "RESOLVED").redrive_count == 1
+    reservation = inventory_repository.get_reservation(order_id)
+    assert reservation is not None and reservation.status == "COMMITTED"
+    assert shop.order(order_id).status == "COMPLETED" and available("MUG-1") == STOCK - 2
+    payment = PaymentsRepository().get(order_id)
+    assert payment is not None and (payment.status, payment.captured_amount) == ("CAPTURED", 2 * PRICE)
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+
+def test_a_cancelled_order_whose_release_was_lost_is_dead_lettered_and_its_redrive_returns_the_stock(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    order_id = shop.place_ok([("MUG-1", 2)], token="tok_chargeDeclined")["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert shop.order(order_id).status == "CANCELLED" and available("MUG-1") == STOCK
+    # As if the release had never happened: the hold still RESERVED and its units still out of stock.
+    _set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "RESERVED")
+    aws.dynamodb().update_item(
+        TableName=local_aws.table("StockTable"),
+        Key={"sku": {"S": "MUG-1"}, "shard": {"N": "0"}},
+        UpdateExpression="SET available = available - :two",
+        ExpressionAttributeValues={":two": {"N": "2"}},
+    )
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [
+        (order_id, "cancelled_stock_not_returned", "dead_lettered")
+    ]
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and (letter.status, letter.resume) == ("OPEN", "compensate")
+
+    _redrive_and_settle(shop, order_id)
+
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    reservation = inventory_repository.get_reservation(order_id)
+    assert reservation is not None and reservation.status == "RELEASED"
+    assert (shop.order(order_id).status, shop.order(order_id).failure_reason) == ("CANCELLED", "PAYMENT_DECLINED")
+    assert available("MUG-1") == STOCK
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+
+def test_a_ledger_that_lost_the_void_is_repaired_from_the_provider(shop: Shop, local_aws: LocalAws) -> None:
+    pause = PauseAt(local_aws.function("RecordProgressFunction"), when=lambda e: e.get("step") == "authorize_payment")
+    lambda_runtime.faults.before_invoke = pause
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    pause.wait_reached()
+    assert shop.cancel(order_id).status_code == 202
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    voided = PaymentsRepository().get(order_id)
+    assert shop.order(order_id).status == "CANCELLED" and voided is not None and voided.status == "VOIDED"
+    # Our record of the void is lost: the ledger still says AUTHORIZED; the provider voided.
+    aws.dynamodb().update_item(
+        TableName=local_aws.table("PaymentsTable"),
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET #status = :authorized REMOVE void_ref",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={":authorized": {"S": "AUTHORIZED"}},
+    )
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [
+        (order_id, "payment_ledger_behind_provider", "repaired")
+    ]
+    repaired = PaymentsRepository().get(order_id)
+    assert repaired is not None and repaired.status == "VOIDED"
+    assert shop.dead_letter(order_id) is None
     assert reconciliation_job.run(quiescent=True).discrepancies == []

@@ -24,8 +24,8 @@ from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import LocalAws
-from tests.service.faults import SdkFault, inject, open_breaker, updates_payment_to
-from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
+from tests.service.faults import SdkFault, StepFaults, inject, open_breaker, updates_payment_to
+from tests.service.orders_helpers import PauseAt, Shop, available, eventually, open_shop, seed_product
 
 PRICE = 1250
 STOCK = 10
@@ -449,3 +449,32 @@ def test_a_new_authorization_fails_fast_on_an_open_breaker(shop: Shop) -> None:
     assert (end.status, end.failure_reason) == ("CANCELLED", "PAYMENT_UNAVAILABLE")
     assert end.provider is None  # never reached the provider
     assert end.available == STOCK
+
+
+def test_the_sweeper_settles_a_stopped_standard_saga_whose_status_event_was_never_handled(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """STANDARD executions are settled from their status-change event; when its handler kept failing,
+    the orphan sweeper is what finds the order, and dead-letters it for the redrive that compensates."""
+    faults.fail("SettleStoppedExecutionFunction")
+    pause = faults.pause_at("AuthorizePaymentFunction")
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    pause.wait_reached()
+    shop.sfn.stop_execution(executionArn=shop.execution_arn("CheckoutStateMachine", order_id))
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "ABORTED"
+    eventually(lambda: faults.refused["SettleStoppedExecutionFunction"] > 0, "the settle handler to be refused")
+    assert shop.order(order_id).status == "STOCK_RESERVED" and shop.dead_letter(order_id) is None
+    faults.heal()
+
+    swept = sweep(local_aws, datetime.now(UTC) + timedelta(seconds=61))
+
+    assert swept["settled"] == [order_id]
+    assert shop.order(order_id).status == "NEEDS_ATTENTION"
+    assert shop.wait_dead_letter(order_id, "OPEN").resume == "compensate"
+    assert shop.redrive(order_id).status_code == 202
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    settled = books(shop, order_id)
+    assert (settled.status, settled.available) == ("CANCELLED", STOCK)
+    assert settled.ours is not None and settled.ours.status == "VOIDED"
+    assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (0, 1)

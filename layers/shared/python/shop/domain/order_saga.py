@@ -52,9 +52,15 @@ def _emit(name: str, order: Order, now: str, **dimensions: str) -> None:
     metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=_saga_seconds(order, now))
 
 
-def _settle_dead_letter(order: Order, now: str) -> None:
-    """A redrive finished the order: resolve its dead letter (only orders that ever needed attention have one)."""
-    if order.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION"):
+def _settle_dead_letter(order: Order, now: str, execution_name: str | None) -> None:
+    """The order is settled: resolve its dead letter, if it has one.
+
+    Orders that needed attention have one, and so do orders the reconciliation dead-lettered (a
+    COMPLETED order whose stock was never committed, say): those never recorded NEEDS_ATTENTION,
+    and the run their redrive started is what settles them. Any other order has no letter, and
+    its settlement costs no write to look.
+    """
+    if order.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION") or sagas.is_redrive_execution(execution_name):
         dead_letters.resolve(order.order_id, now=now)
 
 
@@ -113,7 +119,7 @@ def complete_order(step: CompleteOrder) -> StepResult:
             step.order_id, lambda current: lifecycle.completed(current, now), claim=step.claim
         )
     if order.status == "COMPLETED":
-        _settle_dead_letter(order, now)
+        _settle_dead_letter(order, now, step.execution_name)
         if changed:
             _emit("OrdersCompleted", order, now)
             logger().info("order completed")
@@ -135,7 +141,7 @@ def mark_cancelled(step: CancelOrder) -> StepResult:
     order, changed = repository.update(
         step.order_id, lambda current: lifecycle.cancelled(current, step, now), claim=step.claim
     )
-    _settle_dead_letter(order, now)
+    _settle_dead_letter(order, now, step.execution_name)
     if changed:
         _emit("OrdersCancelled", order, now, reason=step.failure.reason)
         logger().info("order cancelled", extra={"failure_reason": step.failure.reason})
@@ -181,7 +187,7 @@ def mark_refunded(step: MarkRefunded) -> StepResult:
     order, changed = repository.update(
         step.order_id, lambda current: lifecycle.refunded(current, now), claim=step.claim
     )
-    _settle_dead_letter(order, now)
+    _settle_dead_letter(order, now, step.execution_name)
     if changed:
         _emit("OrdersRefunded", order, now)
         logger().info("order refunded")
