@@ -239,7 +239,12 @@ def test_needs_attention_without_a_dead_letter_is_dead_lettered_and_the_redrive_
     assert reconciliation_job.run(quiescent=True).discrepancies == []
 
 
-def _redrive_and_settle(shop: Shop, order_id: str) -> None:
+def _dead_lettered_then_redriven(shop: Shop, order_id: str, kind: str, *, resume: str) -> None:
+    """The reconciliation finds ``kind`` on the order alone and dead-letters it; an operator redrives it."""
+    report = reconciliation_job.run(quiescent=True)
+    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [(order_id, kind, "dead_lettered")]
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and (letter.status, letter.resume) == ("OPEN", resume)
     redriven = shop.redrive(order_id)
     assert redriven.status_code == 202, redriven.body
     assert shop.wait_execution("CheckoutStateMachine", redriven.json_body["redrive_execution"]) == "SUCCEEDED"
@@ -253,15 +258,7 @@ def test_a_completed_order_whose_stock_was_never_committed_is_dead_lettered_and_
     order_id = completed(shop, quantity=2)
     _set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "RESERVED")  # the commit was lost
 
-    report = reconciliation_job.run(quiescent=True)
-
-    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [
-        (order_id, "completed_reservation_not_committed", "dead_lettered")
-    ]
-    letter = shop.dead_letter(order_id)
-    assert letter is not None and (letter.status, letter.resume) == ("OPEN", "complete")
-
-    _redrive_and_settle(shop, order_id)
+    _dead_lettered_then_redriven(shop, order_id, "completed_reservation_not_committed", resume="complete")
 
     assert shop.wait_dead_letter(order_id, "RESOLVED").redrive_count == 1
     reservation = inventory_repository.get_reservation(order_id)
@@ -287,15 +284,7 @@ def test_a_cancelled_order_whose_release_was_lost_is_dead_lettered_and_its_redri
         ExpressionAttributeValues={":two": {"N": "2"}},
     )
 
-    report = reconciliation_job.run(quiescent=True)
-
-    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [
-        (order_id, "cancelled_stock_not_returned", "dead_lettered")
-    ]
-    letter = shop.dead_letter(order_id)
-    assert letter is not None and (letter.status, letter.resume) == ("OPEN", "compensate")
-
-    _redrive_and_settle(shop, order_id)
+    _dead_lettered_then_redriven(shop, order_id, "cancelled_stock_not_returned", resume="compensate")
 
     shop.wait_dead_letter(order_id, "RESOLVED")
     reservation = inventory_repository.get_reservation(order_id)
