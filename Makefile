@@ -117,8 +117,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Without the exported PYTHONPATH: mypy would take the tree for installed packages and report none
+# of their errors (mypy_path in pyproject.toml finds the layer's package).
 typecheck: $(STAMP)
-	$(BIN)/mypy app.py chalicelib functions infra layers/shared/python/shop tests
+	env -u PYTHONPATH $(BIN)/mypy app.py chalicelib functions infra layers/shared/python/shop tests
 
 validate: $(STAMP) build/sam/template.yaml
 	$(BIN)/python -m infra.validate

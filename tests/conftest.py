@@ -56,7 +56,7 @@ def _parse_botocore_data_once() -> None:
     import botocore.loaders
     import botocore.session
 
-    botocore.session.create_loader = functools.cache(botocore.loaders.create_loader)  # type: ignore[attr-defined]
+    botocore.session.create_loader = functools.cache(botocore.loaders.create_loader)
 
 
 _parse_botocore_data_once()

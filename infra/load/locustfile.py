@@ -117,7 +117,7 @@ class LoadTokens(BaseModel):
 
 @cache
 def settings() -> LoadSettings:
-    return LoadSettings()  # type: ignore[call-arg]  # LOAD_TOKENS comes from the environment
+    return LoadSettings()  # LOAD_TOKENS comes from the environment
 
 
 @dataclass

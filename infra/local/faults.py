@@ -270,7 +270,7 @@ class FaultInjector:
         lambda_runtime.faults.before_invoke = self._before_invoke
         lambda_runtime.faults.after_invoke = self._after_invoke
         lambda_runtime.faults.duplicate_when = self._duplicate
-        moto_dynamodb.fault_hook = self._dynamodb  # type: ignore[assignment]
+        moto_dynamodb.fault_hook = self._dynamodb
         moto_stepfunctions.fault_hook = self._stepfunctions
         moto_events.fault_hook = self._put_events
         if self.workflow_type == "EXPRESS":

@@ -160,7 +160,7 @@ def _handler_of(function: LambdaFunction, code_dir: Path) -> Callable[[Any, Any]
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             _modules[key] = module
-    return getattr(module, handler_name)  # type: ignore[no-any-return]
+    return getattr(module, handler_name)
 
 
 def _error_payload(error: BaseException) -> str:

@@ -141,7 +141,7 @@ def _shard_iterator_get_once(self: ShardIterator, limit: int = 1000) -> dict[str
     used one is forgotten (a reader that reuses one gets ExpiredIteratorException, as after 15 min on AWS)."""
     page = _ORIGINAL_SHARD_ITERATOR_GET(self, limit)
     self.streams_backend.shard_iterators.pop(self.arn, None)
-    return page  # type: ignore[no-any-return]
+    return page
 
 
 def _serialized(self: DynamoHandler, action_result: ActionResult) -> Any:
@@ -243,14 +243,14 @@ class _CachedUpdateExpressionParser:
 
 
 @functools.lru_cache(maxsize=512)
-def _condition_tokens(parser_class: type[ConditionExpressionParser], expression: str) -> tuple[Any, ...]:
-    lexer = parser_class.__new__(parser_class)
+def _condition_tokens(expression: str) -> tuple[Any, ...]:
+    lexer = ConditionExpressionParser.__new__(ConditionExpressionParser)
     lexer.condition_expression = expression
     return tuple(_ORIGINAL_LEX_CONDITION(lexer))
 
 
 def _lex_condition_expression(self: ConditionExpressionParser) -> deque[Any]:
-    tokens = _condition_tokens(type(self), self.condition_expression)
+    tokens = _condition_tokens(self.condition_expression)
     return deque(token._replace(children=[]) for token in tokens)
 
 
@@ -315,14 +315,14 @@ def install() -> None:
     Table.all_items = _all_items  # type: ignore[method-assign]
     Table.query = _table_query  # type: ignore[method-assign]
     DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
-    DynamoDBStreamsHandler.call_action = _serialized_streams_call_action  # type: ignore[method-assign]
+    DynamoDBStreamsHandler.call_action = _serialized_streams_call_action  # type: ignore[method-assign,assignment]
     ShardIterator.get = _shard_iterator_get_once  # type: ignore[method-assign]
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
     DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
     DynamoHandler.serialized = _serialized  # type: ignore[method-assign,assignment]
     dynamodb_models.copy = types.SimpleNamespace(deepcopy=_copy_all_but_tables, copy=copy.copy)  # type: ignore[assignment]
-    dynamodb_models.UpdateExpressionParser = _CachedUpdateExpressionParser  # type: ignore[assignment]
-    dynamodb_responses.UpdateExpressionParser = _CachedUpdateExpressionParser  # type: ignore[attr-defined]
+    dynamodb_models.UpdateExpressionParser = _CachedUpdateExpressionParser
+    dynamodb_responses.UpdateExpressionParser = _CachedUpdateExpressionParser
     ConditionExpressionParser._lex_condition_expression = _lex_condition_expression  # type: ignore[method-assign]
 
 

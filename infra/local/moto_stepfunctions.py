@@ -61,6 +61,7 @@ from moto.core.models import botocore_stubber
 from moto.settings import moto_server_port
 from moto.stepfunctions.exceptions import ExecutionAlreadyExists, ExecutionDoesNotExist
 from moto.stepfunctions.models import StateMachine, StateMachineInstance, StepFunctionBackend
+from moto.stepfunctions.parser.api import StateMachineType
 from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
 from moto.stepfunctions.parser.asl.antlr.runtime.ASLParser import ASLParser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
@@ -270,7 +271,7 @@ def _start_express(
     arn = f"{where}:express:{machine.name}:{name}:{uuid.uuid4()}"
     execution = Execution(
         name=name,
-        sm_type="EXPRESS",
+        sm_type=StateMachineType.EXPRESS,
         role_arn=snapshot.roleArn,
         exec_arn=arn,
         account_id=self.account_id,
@@ -314,8 +315,8 @@ def started(state_machine_arn: str, name: str) -> bool:
 def install() -> None:
     """Cache syntax trees, parsed JSONPaths and Lambda clients; invoke Lambda tasks directly; index
     executions (idempotent; state machines created before it keep moto's list)."""
-    json_path.parse = _parse_extended_json_path  # type: ignore[attr-defined]
-    result_path.parse = _parse_json_path  # type: ignore[attr-defined]
+    json_path.parse = _parse_extended_json_path
+    result_path.parse = _parse_json_path
     asl_parser.AmazonStateLanguageParser.parse = staticmethod(_parse)  # type: ignore[method-assign]
     lambda_eval_utils.boto_client_for = _client_for
     lambda_eval_utils._invoke_lambda_function = _invoke_lambda_function

@@ -33,7 +33,7 @@ def _plain(node: Any) -> Any:
 
 @lru_cache(maxsize=4)
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    return _plain(cfn_yaml.load(str(path)))  # type: ignore[no-any-return]
+    return _plain(cfn_yaml.load(str(path)))
 
 
 def resources_of_type(template: Mapping[str, Any], *types: str) -> dict[str, dict[str, Any]]:

@@ -58,7 +58,7 @@ def raw(backend: Backend, order_id: str) -> dict[str, Any]:
     if "outcome" in item:
         # The index partition is the order's own shard; orders compared here differ in id only.
         status = item["outcome"]["S"].split("#")[0]
-        assert item["outcome"]["S"] == repository.outcome_key(status, order_id)  # type: ignore[arg-type]
+        assert item["outcome"]["S"] == repository.outcome_key(status, order_id)
         item["outcome"] = {"S": status}
     return {key: value for key, value in item.items() if key not in ("order_id", "created_key")}
 

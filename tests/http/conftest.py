@@ -67,7 +67,7 @@ class RunningStack:
 
     @property
     def tokens(self) -> dict[str, Any]:
-        return json.loads((self.state_dir / "dev-tokens.json").read_text())  # type: ignore[no-any-return]
+        return json.loads((self.state_dir / "dev-tokens.json").read_text())
 
     def auth(self, who: str) -> dict[str, str]:
         """Headers for "admin", a demo customer ("alice", "bob") or any other customer name (a token

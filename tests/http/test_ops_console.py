@@ -91,7 +91,7 @@ def _poll(condition: Callable[[], bool], what: str) -> None:
 def _admin_order(stack: RunningStack, order_id: str) -> dict[str, Any]:
     response = requests.get(stack.url(f"/orders/{order_id}"), headers=stack.auth("admin"), timeout=10)
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 def _dead_letter(stack: RunningStack, order_id: str) -> dict[str, Any] | None:

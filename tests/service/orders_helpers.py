@@ -115,7 +115,7 @@ class Shop:
     def place_ok(self, items: Iterable[tuple[str, int]], **kwargs: Any) -> dict[str, Any]:
         response = self.place(items, **kwargs)
         assert response.status_code == 202, response.body
-        return response.json_body  # type: ignore[no-any-return]
+        return response.json_body
 
     def get(self, order_id: str, who: str = "alice") -> Any:
         return self.client.http.get(f"/orders/{order_id}", headers=self.headers(who))
@@ -187,7 +187,7 @@ class Shop:
 
     def payment(self, order_id: str) -> dict[str, Any] | None:
         body = self.get(order_id, who="admin").json_body
-        return body["payment"]  # type: ignore[no-any-return]
+        return body["payment"]
 
 
 @contextmanager

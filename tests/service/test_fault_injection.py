@@ -235,7 +235,7 @@ def test_a_provider_outage_fails_every_call_until_the_window_closes(hooks_cleare
                 provider.authorize(Money(amount=500), "tok_visa", f"outage-{attempt}")
         assert injector.injected["provider_outage"] == 1  # one window, every call inside it refused
         injector._provider_down_until = 0.0  # the window closes
-        injector.profile = PROFILES["none"]  # type: ignore[misc]
+        injector.profile = PROFILES["none"]
         assert provider.authorize(Money(amount=500), "tok_visa", "outage-after").reference
     finally:
         injector.stop()

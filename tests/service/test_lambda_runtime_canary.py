@@ -158,7 +158,7 @@ def test_moto_still_parses_and_invokes_where_the_step_functions_caches_hook_in()
     # The JSONPath caches replace the module-level names moto parses paths through.
     assert "parse(" in inspect.getsource(json_path.extract_json)
     assert "parse(" in inspect.getsource(result_path.ResultPath)
-    assert json_path.parse("$.order.id") is json_path.parse("$.order.id")  # type: ignore[attr-defined]
+    assert json_path.parse("$.order.id") is json_path.parse("$.order.id")
     assert json_path.extract_json("$.order.id", {"order": {"id": "o-1"}}) == "o-1"
 
 

@@ -65,7 +65,7 @@ def orders_of(shop: Shop, who: str = "alice") -> list[dict[str, Any]]:
 def completed(shop: Shop, items: list[tuple[str, int]], **kwargs: Any) -> dict[str, Any]:
     placed = shop.place_ok(items, **kwargs)
     assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
-    return shop.get(placed["order_id"], who=kwargs.get("who", "alice")).json_body  # type: ignore[no-any-return]
+    return shop.get(placed["order_id"], who=kwargs.get("who", "alice")).json_body
 
 
 def assert_limit_problem(response: Any, *fields: str) -> None:
@@ -276,7 +276,7 @@ def _invoke(local_aws: LocalAws, logical_id: str, event: dict[str, Any]) -> dict
     response = local_aws.client("lambda").invoke(
         FunctionName=local_aws.function(logical_id), Payload=json.dumps(event).encode()
     )
-    return json.loads(response["Payload"].read())  # type: ignore[no-any-return]
+    return json.loads(response["Payload"].read())
 
 
 def test_duplicate_reserve_and_release_deliveries_change_the_counters_once(local_aws: LocalAws) -> None:

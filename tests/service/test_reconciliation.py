@@ -48,7 +48,7 @@ def completed(shop: Shop, quantity: int = 1) -> str:
 def report_via_api(shop: Shop) -> dict[str, Any]:
     response = shop.client.http.get("/admin/reconciliation", headers=shop.headers("admin"))
     assert response.status_code == 200, response.body
-    return response.json_body  # type: ignore[no-any-return]
+    return response.json_body
 
 
 def kinds(report: ReconciliationReport) -> list[tuple[str, str]]:
@@ -159,7 +159,7 @@ def _drift_stock(local_aws: LocalAws, units: int) -> None:
 def stock_letters(shop: Shop) -> list[dict[str, Any]]:
     response = shop.client.http.get("/admin/stock-discrepancies", headers=shop.headers("admin"))
     assert response.status_code == 200, response.body
-    return response.json_body["items"]  # type: ignore[no-any-return]
+    return response.json_body["items"]
 
 
 def test_stock_changed_behind_the_ledgers_back_opens_a_stock_letter_until_it_is_consistent_again(

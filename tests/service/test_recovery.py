@@ -172,7 +172,7 @@ def sweep(local_aws: LocalAws, at: datetime) -> dict[str, Any]:
         Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "time": at.isoformat()}),
     )
     assert "FunctionError" not in response, response["Payload"].read()
-    return json.loads(response["Payload"].read())  # type: ignore[no-any-return]
+    return json.loads(response["Payload"].read())
 
 
 def test_a_sweep_stops_before_its_timeout_and_the_next_run_goes_on(shop: Shop) -> None:

@@ -202,7 +202,7 @@ def _reserve(local_aws: LocalAws) -> dict[str, Any]:
         FunctionName=local_aws.function("ReserveStockFunction"), Payload=json.dumps(event)
     )
     assert response.get("FunctionError") is None
-    return json.loads(response["Payload"].read())  # type: ignore[no-any-return]
+    return json.loads(response["Payload"].read())
 
 
 def _held_for(local_aws: LocalAws) -> range:
@@ -236,7 +236,7 @@ def _authorize(local_aws: LocalAws, token: str, customer: str) -> dict[str, Any]
     response = local_aws.client("lambda").invoke(
         FunctionName=local_aws.function("AuthorizePaymentFunction"), Payload=json.dumps(event)
     )
-    return json.loads(response["Payload"].read())  # type: ignore[no-any-return]
+    return json.loads(response["Payload"].read())
 
 
 def test_a_lower_breaker_threshold_opens_the_breaker_after_the_interval(
@@ -262,7 +262,7 @@ def test_a_lower_breaker_threshold_opens_the_breaker_after_the_interval(
 def _stock_levels(shop: Shop) -> dict[str, Any]:
     response = shop.client.http.get("/admin/stock", headers=shop.headers("admin"))
     assert response.status_code == 200, response.body
-    return response.json_body  # type: ignore[no-any-return]
+    return response.json_body
 
 
 def test_a_new_low_stock_threshold_flags_the_operators_stock_view_after_the_interval(

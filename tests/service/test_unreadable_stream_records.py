@@ -47,7 +47,7 @@ def republish(local_aws: LocalAws) -> RepublishResult:
 def listed(shop: Shop) -> list[dict[str, Any]]:
     response = shop.client.http.get("/admin/unreadable-records", headers=shop.headers("admin"))
     assert response.status_code == 200, response.body
-    return response.json_body["items"]  # type: ignore[no-any-return]
+    return response.json_body["items"]
 
 
 def unreadable_completion_of(order_id: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ def _committed(detail_type: str) -> dict[str, Any]:
     _, model = PUBLISHED[detail_type]
     path = event_schemas.schema_path(detail_type, event_schemas.detail_version(model))
     assert path.exists(), f"{path.name} is not committed: run python -m infra.event_schemas"
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return json.loads(path.read_text())
 
 
 @pytest.mark.parametrize("detail_type", DETAIL_TYPES)

@@ -199,7 +199,7 @@ def reservation(**lines: int) -> Reservation:
     return Reservation(
         reservation_id="order-1",
         order_id="order-1",
-        lines=[{"sku": sku, "quantity": quantity} for sku, quantity in lines.items()],  # type: ignore[misc]
+        lines=[{"sku": sku, "quantity": quantity} for sku, quantity in lines.items()],
         status="RESERVED",
         expires_at=100,
         created_at="2024-01-01T00:00:00.000Z",

@@ -109,7 +109,7 @@ def test_a_redrive_may_cancel_an_order_that_needs_attention_but_never_a_complete
     assert redriven is not None and redriven.status == "CANCELLED"
     for status in ("COMPLETED", "REFUNDING", "REFUNDED"):
         with pytest.raises(OrderStateConflict):
-            lifecycle.cancelled(_order(status), step, NOW)  # type: ignore[arg-type]
+            lifecycle.cancelled(_order(status), step, NOW)
 
 
 def test_refunded_only_after_a_refund_was_requested() -> None:

@@ -29,7 +29,7 @@ def _definition(logical_id: str) -> dict[str, Any]:
     for name in template["Resources"]:
         resolver.attributes[f"{name}.Arn"] = f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
     substitutions = resolver.resolve(properties["DefinitionSubstitutions"])
-    return json.loads(fill_substitutions((REPO / properties["DefinitionUri"]).read_text(), substitutions))  # type: ignore[no-any-return]
+    return json.loads(fill_substitutions((REPO / properties["DefinitionUri"]).read_text(), substitutions))
 
 
 def _tasks(logical_id: str) -> Iterator[tuple[str, dict[str, Any]]]:

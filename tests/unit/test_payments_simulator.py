@@ -78,7 +78,7 @@ class MemorySimulatorStore:
         self.authorizations[ref] = self.authorizations[ref].model_copy(update=changes)
         self.entries[ref].append(
             LedgerEntry(
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 reference=str(result.reference),
                 amount=result.amount,
                 idempotency_key=result.idempotency_key,

@@ -62,7 +62,7 @@ def payment(status: str, **changes: Any) -> Payment:
 def operation(kind: str, key: str, reference: str | None, amount: int = TOTAL, approved: bool = True) -> Any:
     return ProviderOperation(
         idempotency_key=key,
-        operation=kind,  # type: ignore[arg-type]
+        operation=kind,
         approved=approved,
         reference=reference,
         authorization_ref=AUTH_REF,
@@ -78,7 +78,7 @@ def ledger(status: str, entries: list[tuple[str, str, int]] = ()) -> SimulatorLe
             reference=AUTH_REF,
             token="tok_visa",
             amount=TOTAL,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             captured_amount=captured,
             refunded_amount=refunded,
             refundable_amount=captured - refunded,
@@ -86,7 +86,7 @@ def ledger(status: str, entries: list[tuple[str, str, int]] = ()) -> SimulatorLe
             updated_at=AT,
         ),
         entries=[
-            LedgerEntry(kind=kind, reference=f"{kind}-{index}", amount=amount, idempotency_key=key, created_at=AT)  # type: ignore[arg-type]
+            LedgerEntry(kind=kind, reference=f"{kind}-{index}", amount=amount, idempotency_key=key, created_at=AT)
             for index, (kind, key, amount) in enumerate(entries)
         ],
     )
@@ -114,7 +114,7 @@ def reservation(status: str, quantity: int = 2, expires_at: int = 1000) -> Reser
         reservation_id=OID,
         order_id=OID,
         lines=[StoredLine(sku="MUG", quantity=quantity)],
-        status=status,  # type: ignore[arg-type]
+        status=status,
         expires_at=expires_at,
         created_at=AT,
         updated_at=AT,
@@ -124,7 +124,7 @@ def reservation(status: str, quantity: int = 2, expires_at: int = 1000) -> Reser
 def letter(status: str) -> DeadLetter:
     return DeadLetter(
         order_id=OID, status=status, resume="compensate", failed_step="void_payment", created_at=AT, updated_at=AT
-    )  # type: ignore[arg-type]
+    )
 
 
 def kinds(found: list[Any]) -> list[str]:

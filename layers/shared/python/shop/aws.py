@@ -234,9 +234,7 @@ def client(service: str) -> Any:
         with _clients_lock:
             built = _clients.get(service)
             if built is None:
-                built = boto3.session.Session().client(  # type: ignore[call-overload]
-                    service, config=_SERVICE_CONFIGS.get(service, _CLIENT_CONFIG)
-                )
+                built = boto3.session.Session().client(service, config=_SERVICE_CONFIGS.get(service, _CLIENT_CONFIG))
                 if service == "dynamodb" and capacity_meter.enabled:
                     capacity_meter.attach(built)
                 _clients[service] = built

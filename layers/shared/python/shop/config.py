@@ -123,7 +123,7 @@ class ApiSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def table_settings() -> TableSettings:
-    return TableSettings()  # type: ignore[call-arg]
+    return TableSettings()
 
 
 @lru_cache(maxsize=1)
@@ -153,12 +153,12 @@ def payment_settings() -> PaymentSettings:
 
 @lru_cache(maxsize=1)
 def auth_settings() -> AuthSettings:
-    return AuthSettings()  # type: ignore[call-arg]
+    return AuthSettings()
 
 
 @lru_cache(maxsize=1)
 def api_settings() -> ApiSettings:
-    return ApiSettings()  # type: ignore[call-arg]
+    return ApiSettings()
 
 
 class SagaSettings(BaseSettings):

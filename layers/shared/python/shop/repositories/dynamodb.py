@@ -40,7 +40,7 @@ _deserializer = TypeDeserializer()
 
 def serialize(value: Any) -> dict[str, Any]:
     """One value in DynamoDB's typed form; floats become exact decimals (TypeSerializer refuses them)."""
-    return _serializer.serialize(Decimal(repr(value)) if isinstance(value, float) else value)  # type: ignore[no-any-return]
+    return _serializer.serialize(Decimal(repr(value)) if isinstance(value, float) else value)
 
 
 def marshal(item: Mapping[str, Any]) -> dict[str, Any]:
