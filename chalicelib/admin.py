@@ -13,12 +13,11 @@ from shop.domain import orders as order_domain
 from shop.errors import ReconciliationReportNotFound
 from shop.models.base import Record, StrictModel
 from shop.models.catalog import StockLevelPage
-from shop.models.common import OrderId
+from shop.models.common import DEFAULT_PAGE_LIMIT, NextToken, OrderId, PageLimit
 from shop.models.events import ConsumerFailuresStatus, UnreadableRecordPage
 from shop.models.orders import DeadLetter, DeadLetterPage, OrderFilter, OrderPage
 from shop.models.payments import CircuitBreakerStatus
 from shop.models.reconciliation import ReconciliationReport, StockDiscrepancyPage
-from shop.pagination import NextToken, PageLimit
 
 admin = Blueprint(__name__)
 
@@ -28,7 +27,7 @@ _TAGS = ("operations",)
 class LetterPageQuery(StrictModel):
     """A page of an unfiltered listing (dead letters, stock discrepancy letters, stock levels)."""
 
-    limit: PageLimit = 20
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
     next_token: NextToken | None = None
 
 

@@ -11,9 +11,8 @@ from chalicelib import http
 from shop.auth import Principal
 from shop.domain import orders as domain
 from shop.models.base import StrictModel
-from shop.models.common import OrderId
+from shop.models.common import DEFAULT_PAGE_LIMIT, NextToken, OrderId, PageLimit
 from shop.models.orders import MAX_IDEMPOTENCY_KEY, IdempotencyKey, OrderPage, OrderView, PlaceOrderRequest
-from shop.pagination import NextToken, PageLimit
 
 orders = Blueprint(__name__)
 
@@ -37,7 +36,7 @@ _ORDER_ID = {"order_id": OrderId}
 class OrderListQuery(StrictModel):
     """``GET /orders`` query string."""
 
-    limit: PageLimit = 20
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
     next_token: NextToken | None = None
 
 

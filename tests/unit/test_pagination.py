@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from shop import aws, config, signing
 from shop.errors import FieldError
 from shop.models.base import StrictModel
-from shop.pagination import NextToken, PageLimit, decode_token, encode_token
+from shop.models.common import NextToken, PageLimit
+from shop.pagination import decode_token, encode_token
 from shop.repositories import secrets
 
 SECRET = "unit-test-pagination-secret-" + "y" * 16

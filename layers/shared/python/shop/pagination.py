@@ -1,4 +1,5 @@
-"""Opaque, signed pagination tokens, and the query-string types every listing shares.
+"""Opaque, signed pagination tokens (the query-string types every listing shares are pure models:
+``shop.models.common.PageLimit`` and ``NextToken``).
 
 A ``next_token`` carries DynamoDB's ``LastEvaluatedKey`` for one listing and the query it was
 issued for, signed with the key in Secrets Manager (``PAGINATION_SECRET_ARN``; ``shop.signing``, one
@@ -14,31 +15,15 @@ Usage (a repository's Query page)::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shop import signing
 from shop.errors import FieldError
 
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 TOKEN_FIELD = "next_token"
-
-
-def _whole_number(value: Any) -> Any:
-    # Query strings are text; accept plain digits only (no sign, spaces, "1_0" or "2.0").
-    if isinstance(value, str):
-        if not re.fullmatch(r"[0-9]{1,9}", value):
-            raise ValueError("must be a whole number")
-        return int(value)
-    return value
-
-
-PageLimit = Annotated[int, Field(ge=1, le=MAX_LIMIT), BeforeValidator(_whole_number)]
-NextToken = Annotated[str, Field(min_length=1, max_length=2048)]
 
 QueryBinding = Mapping[str, str | int | None]
 

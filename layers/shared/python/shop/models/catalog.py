@@ -8,9 +8,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel
-from shop.models.common import PurchaseLimit, Sku, StockShards
+from shop.models.common import DEFAULT_PAGE_LIMIT, NextToken, PageLimit, PurchaseLimit, Sku, StockShards
 from shop.models.money import Money
-from shop.pagination import NextToken, PageLimit
 
 # Stock numbers stay far below what DynamoDB and JSON clients represent exactly.
 MAX_STOCK = 10**9
@@ -170,7 +169,7 @@ class ProductListQuery(StrictModel):
 
     q: SearchText | None = None
     category: Category | None = None
-    limit: PageLimit = 20
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
     next_token: NextToken | None = None
 
 

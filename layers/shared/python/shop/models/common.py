@@ -6,9 +6,10 @@ a reservation request; ids that travel through the sagas are printable ASCII.
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from shop.models.base import StrictModel
 
@@ -63,3 +64,22 @@ class CheckoutLine(Line):
 
     purchase_limit: PurchaseLimit | None = None
     stock_shards: StockShards = 1
+
+
+# ---------------------------------------------------------------------------- listings' query strings
+DEFAULT_PAGE_LIMIT = 20
+MAX_PAGE_LIMIT = 100
+
+
+def _whole_number(value: Any) -> Any:
+    # Query strings are text; accept plain digits only (no sign, spaces, "1_0" or "2.0").
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]{1,9}", value):
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+PageLimit = Annotated[int, Field(ge=1, le=MAX_PAGE_LIMIT), BeforeValidator(_whole_number)]
+# What ``shop.pagination`` issued for the previous page, opaque to the client.
+NextToken = Annotated[str, Field(min_length=1, max_length=2048)]
