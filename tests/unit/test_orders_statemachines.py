@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from infra.local.template import Resolver, fill_substitutions, load_template
+from shop.models.orders import CheckoutInput, ResumeCheckout
 
 REPO = Path(__file__).resolve().parents[2]
 BUSINESS_ERRORS = {"OutOfStock", "PaymentDeclined", "CheckoutCancelled", "ReservationExpired"}
@@ -162,3 +163,12 @@ def test_an_uncertain_capture_asks_the_provider_before_compensating() -> None:
     assert catches["PaymentAlreadyCaptured"] == "RefundCapturedOrder"
     # Every redrive starts from the provider's truth.
     assert {choice["Next"] for choice in states["Route"]["Choices"]} == {"ReconcilePayment"}
+
+
+def test_the_route_sends_every_redrive_mode_to_the_payment_check_and_a_new_order_to_the_reservation() -> None:
+    """CheckoutRedriveInput's modes are the Choice's; anything else (mode "checkout") reserves first."""
+    route = _definition("CheckoutStateMachine")["States"]["Route"]
+    routed = {choice["StringEquals"]: choice["Next"] for choice in route["Choices"] if choice["Variable"] == "$.mode"}
+    assert routed == dict.fromkeys(get_args(ResumeCheckout), "ReconcilePayment")
+    assert route["Default"] == "ReserveStock"
+    assert set(get_args(CheckoutInput.model_fields["mode"].annotation)).isdisjoint(routed)

@@ -15,7 +15,7 @@ from shop.errors import DeadLetterNotFound
 from shop.models.base import iso_now
 from shop.models.catalog import StockLevel, StockLevelPage
 from shop.models.events import ConsumerFailuresStatus, UnreadableRecordPage
-from shop.models.orders import FIRST_EPOCH, DeadLetter, DeadLetterPage, Failure
+from shop.models.orders import FIRST_EPOCH, CheckoutRedriveInput, DeadLetter, DeadLetterPage, Failure, RefundInput
 from shop.models.reconciliation import StockDiscrepancyPage
 from shop.pagination import decode_token, encode_token
 from shop.repositories import catalog, consumer_failures, dead_letters, sagas, stock_discrepancies, unreadable_records
@@ -112,20 +112,20 @@ def _start_redrive(letter: DeadLetter, name: str) -> None:
     order = repository.get(letter.order_id)
     epoch = order_saga.next_epoch(order) if order is not None else FIRST_EPOCH
     if letter.resume == "refund":
-        payload: dict[str, object] = {"order_id": letter.order_id, "epoch": epoch}
-        sagas.start(sagas.refund_state_machine_arn(), name=name, payload=payload)
+        sagas.start(
+            sagas.refund_state_machine_arn(), name=name, payload=RefundInput(order_id=letter.order_id, epoch=epoch)
+        )
         return
     # Every checkout redrive first reconciles the payment with the provider; if nothing was
     # captured it compensates with the recorded failure (or, when the saga stopped before it
     # knew one, as the payment not having gone through).
-    failure = letter.failure or _unsettled_failure(letter.order_id)
-    payload = {
-        "order_id": letter.order_id,
-        "mode": letter.resume,
-        "failure": failure.model_dump(mode="json"),
-        "epoch": epoch,
-    }
-    sagas.start(sagas.checkout_state_machine_arn(), name=name, payload=payload)
+    redrive = CheckoutRedriveInput(
+        mode=letter.resume,
+        order_id=letter.order_id,
+        failure=letter.failure or _unsettled_failure(letter.order_id),
+        epoch=epoch,
+    )
+    sagas.start(sagas.checkout_state_machine_arn(), name=name, payload=redrive)
 
 
 def _unsettled_failure(order_id: str) -> Failure:

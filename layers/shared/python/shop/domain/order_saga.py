@@ -26,6 +26,7 @@ from shop.models.orders import (
     MarkRefunded,
     Order,
     RecordProgress,
+    RefundInput,
     SagaClaim,
     StartRefund,
     StepResult,
@@ -178,7 +179,7 @@ def start_refund_saga(order: Order) -> None:
     sagas.start(
         sagas.refund_state_machine_arn(),
         name=sagas.refund_execution_name(order.order_id),
-        payload={"order_id": order.order_id, "epoch": next_epoch(order)},
+        payload=RefundInput(order_id=order.order_id, epoch=next_epoch(order)),
     )
 
 

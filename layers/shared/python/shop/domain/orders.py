@@ -236,7 +236,7 @@ def start_checkout(order: Order) -> bool:
     return sagas.start(
         sagas.checkout_state_machine_arn(),
         name=sagas.checkout_execution_name(order.order_id),
-        payload=checkout.model_dump(mode="json"),
+        payload=checkout,
     )
 
 

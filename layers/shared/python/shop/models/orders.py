@@ -68,6 +68,8 @@ SAGA_IN_PROGRESS: frozenset[str] = CHECKOUT_IN_PROGRESS | {"REFUNDING"}
 # Where an operator's redrive resumes: the checkout compensation (void, release, cancel), the
 # checkout completion (complete, or hand over to the refund saga), or the refund saga.
 ResumePoint = Literal["compensate", "complete", "refund"]
+# The resume points the checkout machine itself runs (a refund resumes in the refund machine).
+ResumeCheckout = Literal["compensate", "complete"]
 DeadLetterStatus = Literal["OPEN", "REDRIVING", "RESOLVED"]
 
 
@@ -309,7 +311,7 @@ class SagaClaim(StrictModel):
 class CheckoutInput(Record):
     """What the API starts CheckoutStateMachine with; the state machine passes parts to each step."""
 
-    # A redrive starts the same machine with mode "compensate" or "complete" (see checkout.asl.json).
+    # A redrive starts the same machine as CheckoutRedriveInput (see checkout.asl.json's Route).
     mode: Literal["checkout"] = "checkout"
     order_id: str
     customer_id: str
@@ -317,6 +319,23 @@ class CheckoutInput(Record):
     total: Money
     payment_token: str
     epoch: int = FIRST_EPOCH
+
+
+class CheckoutRedriveInput(Record):
+    """An operator's redrive of a dead-lettered checkout: CheckoutStateMachine resumes at ReconcilePayment,
+    then compensates with ``failure`` (nothing was captured) or completes (it was)."""
+
+    mode: ResumeCheckout
+    order_id: str
+    failure: Failure
+    epoch: int = Field(ge=FIRST_EPOCH)
+
+
+class RefundInput(Record):
+    """What RefundStateMachine starts with: the refund saga (or its redrive) takes the order over at ``epoch``."""
+
+    order_id: str
+    epoch: int = Field(ge=FIRST_EPOCH)
 
 
 class Failure(StrictModel):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel
 
 from shop import aws
 from shop.config import saga_settings
@@ -56,7 +56,7 @@ def refund_state_machine_arn() -> str:
     return _arn("REFUND_STATE_MACHINE_ARN", saga_settings().refund_state_machine_arn)
 
 
-def start(state_machine_arn: str, *, name: str, payload: dict[str, Any]) -> bool:
+def start(state_machine_arn: str, *, name: str, payload: BaseModel) -> bool:
     """Start the named execution; False when one with that name exists already (nothing started).
 
     Any other failure (throttled, a service error, no connection) is ``SagaNotStarted``: nothing
@@ -64,7 +64,9 @@ def start(state_machine_arn: str, *, name: str, payload: dict[str, Any]) -> bool
     """
     try:
         aws.stepfunctions().start_execution(
-            stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload, sort_keys=True)
+            stateMachineArn=state_machine_arn,
+            name=name,
+            input=json.dumps(payload.model_dump(mode="json"), sort_keys=True),
         )
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
