@@ -2,8 +2,8 @@
 
 - ``http``: problem+json errors, request parsing, auth helpers and the ``route`` decorator.
 - ``openapi``: the OpenAPI 3.1 document built from the registered routes.
-- ``catalog``, ``orders``, ``carts``, ``admin``: the route blueprints (catalog; orders; carts; operators' dead letters
-  and circuit breakers).
+- ``catalog``, ``orders``, ``carts``, ``admin``, ``console``: the route blueprints (catalog; orders; carts; the
+  operators' API; the operators' console page).
 
 On Lambda the layer puts ``shop`` on the path. In a checkout (``chalice local``, ``chalice package``)
 the layer's source sits beside this package, so it is made importable here, before any module of

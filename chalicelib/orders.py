@@ -79,16 +79,18 @@ class OrderListQuery(StrictModel):
 )
 def place_order(body: PlaceOrderRequest, principal: Principal, headers: dict[str, str | None]) -> Response:
     key = str(headers[IDEMPOTENCY_HEADER])  # validated as IdempotencyKey by the route declaration
-    order = domain.place_order(principal, key, body, lambda_context=orders.lambda_context)
+    prefer = headers[PREFER_HEADER]  # validated as PreferWait: "wait=N"
+    order, settled = domain.place_order_and_wait(
+        principal,
+        key,
+        body,
+        wait_seconds=None if prefer is None else int(prefer.removeprefix("wait=")),
+        lambda_context=orders.lambda_context,
+    )
     location = {"Location": f"/orders/{order.order_id}"}
-    prefer = headers[PREFER_HEADER]
-    if prefer is None:
-        return http.json_response(order, status=202, headers=location)
-    # A replay of the key answers the order's current state, like a first request that waited.
-    current, settled = domain.await_outcome(order.order_id, principal, int(prefer.removeprefix("wait=")))
     if settled:
-        return http.json_response(current, status=201, headers={**location, "Preference-Applied": prefer})
-    return http.json_response(current, status=202, headers=location)
+        return http.json_response(order, status=201, headers={**location, "Preference-Applied": str(prefer)})
+    return http.json_response(order, status=202, headers=location)
 
 
 @http.route(

@@ -245,7 +245,8 @@ class PaymentAlreadyCaptured(Conflict):
 
 
 class PaymentStateConflict(Conflict):
-    """The payment is in a state that forbids the call (e.g. voiding a captured payment)."""
+    """The payment is in a state that forbids the call (e.g. refunding an order that has no payment;
+    voiding a captured one is PaymentAlreadyCaptured)."""
 
     title, slug = "Payment state conflict", "payment-state-conflict"
 

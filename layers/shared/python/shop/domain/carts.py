@@ -366,8 +366,9 @@ def remove_ordered_lines(order: Order) -> None:
     """The order placed from a cart COMPLETED: remove its quantities from that cart, once.
 
     A saga step (complete_order): safe to run twice, as the cart records the order's id in the same
-    conditional write. A busy table or a cart that keeps changing raises OrderContention, the error
-    the step's Retry names; the retried step finds the order completed and comes here again.
+    conditional write. A busy table or a cart that keeps changing raises OrderContention (a
+    TransientError); complete_order logs it and counts CartsNotEmptied instead of failing the
+    completed order, so the lines stay in the cart for the shopper to tidy.
     """
     if order.cart_id is None:
         return

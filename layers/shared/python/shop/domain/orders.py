@@ -329,6 +329,25 @@ FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 0.5
 
 
+def place_order_and_wait(
+    principal: Principal,
+    idempotency_key: str,
+    request: PlaceOrderRequest,
+    *,
+    wait_seconds: int | None,
+    lambda_context: Any = None,
+) -> tuple[OrderView, bool]:
+    """``POST /orders``: place the order (``place_order``), then with ``wait_seconds`` (``Prefer: wait=N``)
+    wait that long at most for its saga to settle it. The order, and whether it is terminal.
+
+    A replay of the key answers the order's current state, like a first request that waited.
+    """
+    order = place_order(principal, idempotency_key, request, lambda_context=lambda_context)
+    if wait_seconds is None:
+        return order, False
+    return await_outcome(order.order_id, principal, wait_seconds)
+
+
 def await_outcome(
     order_id: str,
     principal: Principal,

@@ -37,7 +37,6 @@ MAX_TERM_LENGTH = 40
 NAME = 4
 DESCRIPTION = 2
 CATEGORY = 1
-FIELDS = (NAME, DESCRIPTION, CATEGORY)
 # A prefix match in the name (9) outranks whole-term matches in the description and the category
 # (6 + 2), a prefix match in the description (3) a whole-term match in the category (2).
 FIELD_WEIGHTS: Mapping[int, int] = {NAME: 9, DESCRIPTION: 3, CATEGORY: 1}

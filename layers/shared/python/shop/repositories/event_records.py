@@ -196,7 +196,7 @@ def low_stock_alerts() -> list[LowStockAlert]:
 
 
 def notifications_for(order_id: str) -> list[EmailNotification]:
-    """The queued e-mails of one order (a Scan: the outbox is read by tests and operators, rarely)."""
+    """The queued e-mails of one order (a Scan: only the tests read it)."""
     request: dict[str, Any] = {
         "TableName": event_settings().notifications_table,
         "FilterExpression": "order_id = :order",

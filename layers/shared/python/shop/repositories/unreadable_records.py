@@ -27,11 +27,6 @@ def _key(record_id: str) -> dict[str, Any]:
     return {"pk": {"S": PARTITION}, "sk": {"S": record_id}}
 
 
-def _stream_order(record: UnreadableRecord) -> tuple[str, int, str]:
-    # Sequence numbers are decimal strings of growing length: compare by length, then text.
-    return record.source, len(record.sequence_number), record.sequence_number
-
-
 def _to_record(item: Mapping[str, Any]) -> UnreadableRecord:
     return UnreadableRecord(
         record_id=item["sk"]["S"],
