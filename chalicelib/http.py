@@ -132,7 +132,7 @@ def problem_response(error: BaseException, headers: Headers | None = None) -> Re
         headers = {**(headers or {}), "Retry-After": str(error.retry_after_seconds)}
         return _problem(error.status, error.title, error.slug, error.detail, error.extensions, headers)
     if isinstance(error, ShopError):
-        status = error.status_code if isinstance(error, FieldError) else error.status
+        status = error.status
         if status >= 500:
             logger().warning("request failed", extra={"error": type(error).__name__, "detail": error.detail})
         return _problem(status, error.title, error.slug, error.detail, error.extensions, headers)

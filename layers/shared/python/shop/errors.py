@@ -34,10 +34,9 @@ class FieldError(ShopError):
 
     status, title, slug = 400, "Invalid request", "validation-error"
 
-    def __init__(self, detail: str, errors: list[dict[str, str]], status: int = 400) -> None:
+    def __init__(self, detail: str, errors: list[dict[str, str]]) -> None:
         super().__init__(detail, errors=errors)
         self.errors = errors
-        self.status_code = status
 
 
 class Unauthorized(ShopError):
