@@ -19,9 +19,10 @@ from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import payments as payment_domain
 from shop.domain import recovery
+from shop.errors import PaymentProviderError
 from shop.models.orders import ExecutionStatusChange
 from shop.models.payments import Payment
-from shop.payments.simulator import SimulatorLedger
+from shop.payments.simulator import SimulatorLedger, SimulatorProvider
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import LocalAws
 from tests.service.faults import SdkFault, StepFaults, inject, open_breaker, updates_payment_to
@@ -478,3 +479,59 @@ def test_the_sweeper_settles_a_stopped_standard_saga_whose_status_event_was_neve
     assert (settled.status, settled.available) == ("CANCELLED", STOCK)
     assert settled.ours is not None and settled.ours.status == "VOIDED"
     assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (0, 1)
+
+
+def test_lambda_service_errors_before_forward_steps_are_retried_and_change_nothing_twice(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """The Lambda service refusing an Invoke (Lambda.ServiceException, Lambda.TooManyRequestsException):
+    the state machine's Retry runs the step again, and the books show each effect once."""
+    refused = {
+        local_aws.function("AuthorizePaymentFunction"): "Lambda.ServiceException",
+        local_aws.function("CapturePaymentFunction"): "Lambda.TooManyRequestsException",
+    }
+    seen: list[str] = []
+
+    def the_service_refuses_once(function_name: str, event: Any) -> None:
+        error = refused.pop(function_name, None)
+        if error is not None:
+            seen.append(error)
+            raise type(error, (Exception,), {})(f"{error} (injected)")
+
+    lambda_runtime.faults.before_invoke = the_service_refuses_once
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert sorted(seen) == ["Lambda.ServiceException", "Lambda.TooManyRequestsException"]
+    settled = books(shop, order_id)
+    assert (settled.status, settled.available) == ("COMPLETED", STOCK - 2)
+    assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (1, 0)
+    assert settled.ours is not None and (settled.ours.status, settled.ours.captured_amount) == ("CAPTURED", 2 * PRICE)
+
+
+@pytest.mark.parametrize("call", ["authorize", "capture"])
+def test_a_provider_answer_lost_after_its_effect_is_found_by_key_and_never_repeated(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """The provider did the work and its answer never arrived (a dropped connection): the retry asks
+    with the same idempotency key and gets the first result; the provider's ledger has one entry."""
+    original = getattr(SimulatorProvider, call)
+    lost: list[str] = []
+
+    def answer_lost_once(provider: SimulatorProvider, *args: Any, **kwargs: Any) -> Any:
+        result = original(provider, *args, **kwargs)
+        if not lost:
+            lost.append(call)
+            raise PaymentProviderError(f"{call}: the answer was lost after the call took effect (injected)")
+        return result
+
+    monkeypatch.setattr(SimulatorProvider, call, answer_lost_once)
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert lost == [call]
+    settled = books(shop, order_id)
+    assert (settled.status, settled.available) == ("COMPLETED", STOCK - 2)
+    assert settled.provider is not None and settled.provider.authorization.status == "CAPTURED"
+    assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (1, 0)
+    assert settled.ours is not None and (settled.ours.status, settled.ours.captured_amount) == ("CAPTURED", 2 * PRICE)
