@@ -187,6 +187,9 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch, wo
         _reset_process_caches()
         yield LocalAws(stack=stack, identity=identity)
         lambda_runtime.faults.clear()
+        # An asynchronous delivery still running (a consumer's retries) writes into this test's
+        # emulator: let it end before the emulator goes, or it fails in a later test's.
+        moto_events.wait_for_deliveries(timeout=30)
         moto_stepfunctions.express_copies = None
         statemachine_coverage.record_executions(boto3.client("stepfunctions"), stack.state_machine_arns)
     _reset_process_caches()
