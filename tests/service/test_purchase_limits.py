@@ -370,3 +370,28 @@ def test_only_an_admin_sets_a_limit_and_the_product_shows_it(shop: Shop) -> None
     listed = shop.client.http.get("/products").json_body["items"]
     assert [(p["sku"], p["purchase_limit"]) for p in listed] == [("DROP-1", 1)]
     assert patch(shop, "MISSING", {"purchase_limit": 1}).status_code == 404
+
+
+def test_a_replay_of_a_placed_order_is_answered_after_a_limit_made_its_lines_too_many(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """49 limited lines and one free: placed. A limit set on the 50th since, and the idempotency record
+    gone, the client's replay must get its order, not the 422 a new order of those lines gets."""
+    skus = [f"LIM-{number:02d}" for number in range(50)]
+    for sku in skus:
+        seed_product(sku, stock=5)
+    for sku in skus[:49]:
+        catalog.update_product(sku, UpdateProductRequest(purchase_limit=3))
+    placed = shop.place_ok([(sku, 1) for sku in skus], key="big-order")
+    catalog.update_product(skus[49], UpdateProductRequest(purchase_limit=3))
+    dynamodb = local_aws.client("dynamodb")
+    table = local_aws.table("IdempotencyTable")
+    for item in dynamodb.scan(TableName=table)["Items"]:
+        dynamodb.delete_item(TableName=table, Key={"id": item["id"]})
+
+    replay = shop.place([(sku, 1) for sku in skus], key="big-order")
+
+    assert replay.status_code == 202, replay.body
+    assert replay.json_body["order_id"] == placed["order_id"]
+    assert len(orders_of(shop)) == 1
+    shop.wait_checkout(placed["order_id"])

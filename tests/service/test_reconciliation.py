@@ -322,3 +322,22 @@ def test_a_ledger_that_lost_the_void_is_repaired_from_the_provider(shop: Shop, l
     assert repaired is not None and repaired.status == "VOIDED"
     assert shop.dead_letter(order_id) is None
     assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+
+def test_a_letter_the_reconciliation_opened_is_resolved_by_a_refund_the_customer_asks_for_first(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """The refund saga's run is no redrive: the order's mark is what tells its last step to resolve."""
+    order_id = completed(shop, quantity=2)
+    _set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "RESERVED")
+    reconciliation_job.run(quiescent=True)
+    assert shop.wait_dead_letter(order_id, "OPEN").resume == "complete"
+
+    assert shop.cancel(order_id).status_code == 202
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+
+    assert shop.wait_dead_letter(order_id, "RESOLVED").redrive_count == 0
+    payment = PaymentsRepository().get(order_id)
+    assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
+    assert payment is not None and payment.refunded_amount == 2 * PRICE
+    assert reconciliation_job.run(quiescent=True).discrepancies == []

@@ -53,3 +53,11 @@ def test_the_packaged_stage_carries_no_environment() -> None:
     assert "environment_variables" not in config["stages"]["prod"]
     package_script = (REPO_ROOT / "infra" / "package.py").read_text()
     assert '"--stage",' in package_script and '"prod",' in package_script
+
+
+def test_the_dev_stage_publishes_metrics_where_the_local_stacks_functions_do() -> None:
+    """The template's namespace is the stack's (Shop/<stack>); `make run` deploys the stack `shop`."""
+    template = load_template()
+    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    dev = chalice_config()["stages"]["dev"]["environment_variables"]
+    assert dev["POWERTOOLS_METRICS_NAMESPACE"] == namespace["Fn::Sub"].replace("${AWS::StackName}", "shop")

@@ -57,11 +57,16 @@ def _settle_dead_letter(order: Order, now: str, execution_name: str | None) -> N
     """The order is settled: resolve its dead letter, if it has one.
 
     Orders that needed attention have one, and so do orders the reconciliation dead-lettered (a
-    COMPLETED order whose stock was never committed, say): those never recorded NEEDS_ATTENTION,
-    and the run their redrive started is what settles them. Any other order has no letter, and
-    its settlement costs no write to look.
+    COMPLETED order whose stock was never committed, say): those never recorded NEEDS_ATTENTION
+    and are marked ``dead_lettered``; whatever settles them next (the redrive's run, or a refund
+    the customer asked for first) resolves it. Any other order has no letter, and its settlement
+    costs no write to look.
     """
-    if order.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION") or sagas.is_redrive_execution(execution_name):
+    if (
+        order.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION")
+        or order.dead_lettered
+        or sagas.is_redrive_execution(execution_name)
+    ):
         dead_letters.resolve(order.order_id, now=now)
 
 

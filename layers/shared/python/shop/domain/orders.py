@@ -187,9 +187,10 @@ def _place(submission: OrderSubmission) -> OrderView:
         cart_id, items = carts.lines_for_checkout(submission.customer_id)
     try:
         priced = _priced_order(order_id, submission.customer_id, items)
-    except PurchaseLimitExceeded:
+    except (PurchaseLimitExceeded, TooManyLimitedLines):
         # A replay of an order already placed (its idempotency record expired) meets its own
-        # counted units: it answers as placed, like any replay, and only a new order is refused.
+        # counted units, or limits set since: it answers as placed, like any replay, and only a
+        # new order is refused.
         existing = repository.get(order_id)
         if existing is None:
             raise

@@ -32,6 +32,7 @@ from shop.observability import dimensioned_metric, logger, metrics
 from shop.payments.provider import PaymentProvider
 from shop.payments.simulator import SimulatorLedger
 from shop.repositories import audit, dead_letters, sagas, stock_discrepancies
+from shop.repositories import orders as order_repository
 
 # An order unchanged for this long is settled: no saga is moving it any more (the orphan sweeper
 # takes over an order in progress after a minute; retries and an open breaker last minutes).
@@ -254,6 +255,12 @@ def _open_dead_letter(order: Order, discrepancies: list[Discrepancy]) -> Discrep
         cause="; ".join(f"{d.kind}: {d.detail}" for d in discrepancies),
         execution_name=None,
         now=iso_now(),
+    )
+    # The order never recorded NEEDS_ATTENTION: marked, so the step that settles it (a redrive's,
+    # or a refund the customer asks for meanwhile) resolves the letter.
+    order_repository.update(
+        order.order_id,
+        lambda current: None if current.dead_lettered else current.model_copy(update={"dead_lettered": True}),
     )
     return "dead_lettered"
 

@@ -203,6 +203,9 @@ class Order(Record):
     # The fencing token of the execution that owns the saga (SagaClaim), absent until one claims it.
     saga_claim: str | None = None
     saga_epoch: int | None = None
+    # A dead letter was opened for it outside the saga (the reconciliation found its books wrong):
+    # whichever saga step settles it next resolves that letter. Absent otherwise; never shown.
+    dead_lettered: Literal[True] | None = None
 
     @property
     def created_key(self) -> str:
