@@ -49,7 +49,8 @@ class AdminOrderQuery(OrderFilter, LetterPageQuery):
         "(RFC 3339 date-times bounding the creation time, inclusive, each an instant within years 1-9999 in UTC; "
         "`since` must not be after `until`). "
         "With `customer` or `status` the orders come newest first from an index; with neither, every order "
-        "is scanned and each page is sorted on its own. A page holds at most 25 orders whatever `limit` asks, and "
+        "is scanned and each page is sorted on its own. "
+        f"A page holds at most {order_domain.MAX_ORDERS_PER_PAGE} orders whatever `limit` asks, and "
         "may hold fewer than that while a `next_token` follows; pass it back with the same filters."
     ),
     auth="admin",

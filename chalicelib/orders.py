@@ -99,7 +99,8 @@ def place_order(body: PlaceOrderRequest, principal: Principal, headers: dict[str
     "GET",
     summary="List your orders, newest first",
     description=(
-        "Pass `next_token` from the previous page to continue. A page holds at most 25 orders whatever `limit` "
+        "Pass `next_token` from the previous page to continue. A page holds at most "
+        f"{domain.MAX_ORDERS_PER_PAGE} orders whatever `limit` "
         "asks (the largest orders would take a page of 100 past what the API may answer); a `next_token` follows "
         "while more remain."
     ),

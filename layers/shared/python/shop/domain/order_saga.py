@@ -53,20 +53,16 @@ def _emit(name: str, order: Order, now: str, **dimensions: str) -> None:
     metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=_saga_seconds(order, now))
 
 
-def _settle_dead_letter(order: Order, now: str, execution_name: str | None) -> None:
+def _settle_dead_letter(order: Order, now: str) -> None:
     """The order is settled: resolve its dead letter, if it has one.
 
-    Orders that needed attention have one, and so do orders the reconciliation dead-lettered (a
-    COMPLETED order whose stock was never committed, say): those never recorded NEEDS_ATTENTION
-    and are marked ``dead_lettered``; whatever settles them next (the redrive's run, or a refund
-    the customer asked for first) resolves it. Any other order has no letter, and its settlement
-    costs no write to look.
+    Letters are opened in two places, and each leaves its mark on the order: the flag step records
+    NEEDS_ATTENTION, and the reconciliation (which finds a settled order's books wrong, say a
+    COMPLETED order whose stock was never committed) marks it ``dead_lettered``. Whatever settles
+    such an order next resolves the letter: the redrive's run, or a refund the customer asked for
+    first. Any other order has no letter, and its settlement costs no write to look.
     """
-    if (
-        order.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION")
-        or order.dead_lettered
-        or sagas.is_redrive_execution(execution_name)
-    ):
+    if order.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION") or order.dead_lettered:
         dead_letters.resolve(order.order_id, now=now)
 
 
@@ -125,7 +121,7 @@ def complete_order(step: CompleteOrder) -> StepResult:
             step.order_id, lambda current: lifecycle.completed(current, now), claim=step.claim
         )
     if order.status == "COMPLETED":
-        _settle_dead_letter(order, now, step.execution_name)
+        _settle_dead_letter(order, now)
         if changed:
             _emit("OrdersCompleted", order, now)
             logger().info("order completed")
@@ -147,7 +143,7 @@ def mark_cancelled(step: CancelOrder) -> StepResult:
     order, changed = repository.update(
         step.order_id, lambda current: lifecycle.cancelled(current, step, now), claim=step.claim
     )
-    _settle_dead_letter(order, now, step.execution_name)
+    _settle_dead_letter(order, now)
     if changed:
         _emit("OrdersCancelled", order, now, reason=step.failure.reason)
         logger().info("order cancelled", extra={"failure_reason": step.failure.reason})
@@ -193,7 +189,7 @@ def mark_refunded(step: MarkRefunded) -> StepResult:
     order, changed = repository.update(
         step.order_id, lambda current: lifecycle.refunded(current, now), claim=step.claim
     )
-    _settle_dead_letter(order, now, step.execution_name)
+    _settle_dead_letter(order, now)
     if changed:
         _emit("OrdersRefunded", order, now)
         logger().info("order refunded")

@@ -10,7 +10,6 @@ run, and its first step's claim (``shop.domain.order_saga.claim_order``) stops i
 from __future__ import annotations
 
 import json
-import re
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
@@ -32,14 +31,6 @@ def refund_execution_name(order_id: str) -> str:
 
 def redrive_execution_name(base_name: str, redrive_number: int) -> str:
     return f"{base_name}-redrive-{redrive_number}"
-
-
-def is_redrive_execution(name: str | None) -> bool:
-    """Whether an execution of that name was started by an operator's redrive (``redrive_execution_name``)."""
-    return name is not None and _REDRIVE_NAME.search(name) is not None
-
-
-_REDRIVE_NAME = re.compile(r"-redrive-\d+$")
 
 
 def _arn(name: str, value: str | None) -> str:
