@@ -16,7 +16,7 @@ from botocore.stub import Stubber
 from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import inventory
-from shop.errors import InventoryContention
+from shop.errors import InventoryContention, OutOfStock
 from shop.models.common import CheckoutLine
 from shop.repositories.inventory import held_key
 from tests.conftest import LocalAws, seed_product
@@ -275,22 +275,57 @@ def test_the_sweeper_is_scheduled_by_the_template(local_aws: LocalAws) -> None:
     assert schedules[local_aws.function(SWEEP)].every_seconds == 60
 
 
+def _stock_read(local_aws: LocalAws, sku: str, *, emptied: bool = False) -> dict[str, Any]:
+    """The Query answer the final read of a SKU's shards gets, as the emulator gives it (``emptied``:
+    every shard at 0, as after the last units went to the buyers that won the races)."""
+    answer = local_aws.client("dynamodb").query(
+        TableName=local_aws.table("StockTable"),
+        KeyConditionExpression="sku = :sku",
+        ExpressionAttributeValues={":sku": {"S": sku}},
+        ConsistentRead=True,
+    )
+    items = [{**item, "available": {"N": "0"}} if emptied else item for item in answer["Items"]]
+    return {"Items": items, "Count": len(items), "ScannedCount": len(items)}
+
+
+def _conflict_every_round(stub: Stubber, reason: str) -> None:
+    for _ in range(inventory._RESERVE_ROUNDS):
+        stub.add_client_error(
+            "transact_write_items",
+            service_error_code="TransactionCanceledException",
+            service_message="Transaction cancelled",
+            http_status_code=400,
+            modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": reason}]},
+        )
+
+
 @pytest.mark.parametrize("reason", ["TransactionConflict", "ThrottlingError"])
 def test_a_transaction_conflict_is_retryable_contention(stocked: LocalAws, reason: str) -> None:
-    """Tried again within the step (each round a fresh shard pick), then left to the saga's Retry."""
+    """Tried again within the step (each round a fresh shard pick), then left to the saga's Retry
+    once a last read shows the stock is still there."""
     # Emulators serialize transactions, so DynamoDB's conflict answer is stubbed here.
     client = aws.dynamodb()
+    stock_read = _stock_read(stocked, "A")
     with Stubber(client) as stub:
-        for _ in range(inventory._RESERVE_ROUNDS):
-            stub.add_client_error(
-                "transact_write_items",
-                service_error_code="TransactionCanceledException",
-                service_message="Transaction cancelled",
-                http_status_code=400,
-                modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": reason}]},
-            )
+        _conflict_every_round(stub, reason)
+        stub.add_response("query", stock_read)
         with pytest.raises(InventoryContention):
             inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
-        stub.assert_no_pending_responses()  # every round was tried
+        stub.assert_no_pending_responses()  # every round was tried, then the stock read
+    assert reservations(stocked) == {}
+    assert available(stocked, "A") == 5
+
+
+def test_a_buyer_losing_every_race_while_the_stock_runs_out_is_told_out_of_stock(stocked: LocalAws) -> None:
+    """Not "try again" (INVENTORY_UNAVAILABLE in the end): the last read finds the SKU short."""
+    client = aws.dynamodb()
+    stock_read = _stock_read(stocked, "A", emptied=True)
+    with Stubber(client) as stub:
+        _conflict_every_round(stub, "TransactionConflict")
+        stub.add_response("query", stock_read)
+        with pytest.raises(OutOfStock) as raised:
+            inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
+        stub.assert_no_pending_responses()
+    assert raised.value.short_skus == ["A"]
     assert reservations(stocked) == {}
     assert available(stocked, "A") == 5

@@ -42,6 +42,7 @@ from shop.models.inventory import (
     ShardTake,
     StoredLine,
     SweepResult,
+    total_available,
     units_by_shard,
 )
 from shop.observability import logger
@@ -213,7 +214,7 @@ def reserve(
                 ) from None
             if verdict.contention:
                 if round_number + 1 == _RESERVE_ROUNDS:
-                    raise InventoryContention("stock is being changed concurrently; retry") from None
+                    raise _contention_or_shortage(lines, "stock is being changed concurrently; retry") from None
                 time.sleep(random.uniform(0, _CONFLICT_PAUSE_SECONDS * 2**round_number))
                 # A fresh shard for a line on one shard; a line spread over several after a read keeps its plan.
                 plan = {
@@ -234,7 +235,19 @@ def reserve(
                 continue
             raise ShopError(f"reservation cancelled unexpectedly: {verdict.unexpected}") from None
         return ReservationResult.of(reservation)
-    raise InventoryContention("the shards kept emptying while reserving; retry")
+    raise _contention_or_shortage(lines, "the shards kept emptying while reserving; retry")
+
+
+def _contention_or_shortage(lines: Sequence[CheckoutLine], message: str) -> OutOfStock | InventoryContention:
+    """Why this attempt gives up, from a fresh read of each line's shards: OutOfStock naming the SKUs
+    that no longer hold the line's quantity (a buyer who kept losing races while the stock ran out
+    hears that, not "try again"), else InventoryContention for the saga to retry."""
+    short = [
+        line.sku
+        for line in lines
+        if total_available(units_by_shard(stock.shards(line.sku, busy=InventoryContention))) < line.quantity
+    ]
+    return OutOfStock(short) if short else InventoryContention(message)
 
 
 def transaction_actions(line_count: int, limited_line_count: int) -> int:
