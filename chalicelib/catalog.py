@@ -7,6 +7,7 @@ from chalice import Blueprint, Response
 from chalicelib import http
 from shop.auth import Principal
 from shop.domain import catalog as domain
+from shop.domain.search import MAX_INDEX_HITS_PER_SEARCH
 from shop.models.catalog import (
     MAX_QUERY_WORDS,
     CreateProductRequest,
@@ -39,7 +40,9 @@ _CACHEABLE = {200: http.CACHE_HEADERS, 304: http.CACHE_HEADERS}
         "Without `q`: ordered by SKU. With `q`: the products with a term beginning with each of its words in their "
         "name, description or category (case and accents do not matter), best matches first (a match in the name "
         "above one in the description above one in the category, a whole word above a prefix), then by SKU; 422 "
-        f"`search-too-many-words` for more than {MAX_QUERY_WORDS} different words. Pass `next_token` from the "
+        f"`search-too-many-words` for more than {MAX_QUERY_WORDS} different words, 422 `search-matches-too-many` "
+        f"when its words begin more than {MAX_INDEX_HITS_PER_SEARCH} indexed terms together (a letter or two in a "
+        "large catalog: longer words narrow it). Pass `next_token` from the "
         "previous page (with the same `q` and `category`) to continue."
     ),
     query=ProductListQuery,

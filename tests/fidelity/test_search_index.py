@@ -15,10 +15,11 @@ import pytest
 
 from shop import signing
 from shop.domain import catalog, search
-from shop.errors import FieldError, SearchTooBroad
+from shop.errors import FieldError, SearchMatchesTooMany, SearchTooBroad
 from shop.models.catalog import CreateProductRequest, ProductListQuery, StockAdjustmentRequest, UpdateProductRequest
 from shop.models.common import MAX_STOCK_SHARDS
 from shop.models.money import Money
+from shop.repositories import search_index
 from tests.fidelity.conftest import Backend
 
 
@@ -160,6 +161,30 @@ def test_too_many_words_are_refused_before_any_read(backend: Backend) -> None:
     with pytest.raises(SearchTooBroad):
         found("a b c d e f g h i")
     assert found("!!!") == []
+
+
+def test_the_index_is_read_no_further_than_one_item_past_the_bound(shop_catalog: Backend) -> None:
+    # Terms beginning with "m": mug twice, ml, map, museum.
+    assert len(search_index.hits("m", at_most=10)) == 5
+    assert len(search_index.hits("m", at_most=2)) == 3
+    assert len(search_index.hits("m", at_most=0)) == 1
+    assert {hit.sku for hit in search_index.hits("mu", at_most=3)} == {"MUG-STONE", "TEA-MUG", "MUSEUM-MAP"}
+
+
+def test_a_search_reading_more_index_items_than_its_bound_is_refused(
+    shop_catalog: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound is the whole search's, its words together, longest first."""
+    monkeypatch.setattr(search, "MAX_INDEX_HITS_PER_SEARCH", 3)
+    assert sorted(found("mu")) == ["MUG-STONE", "MUSEUM-MAP", "TEA-MUG"]
+    with pytest.raises(SearchMatchesTooMany) as refused:
+        found("m")
+    assert [error["field"] for error in refused.value.extensions["errors"]] == ["q"]
+    # "stone" reads its 2 items first; "mu" would need 3 more.
+    with pytest.raises(SearchMatchesTooMany):
+        found("mu stone")
+    # A longest word that matches nothing ends the search before the short one is read.
+    assert found("m zzzz") == []
 
 
 def test_the_largest_product_write_is_one_transaction(backend: Backend) -> None:

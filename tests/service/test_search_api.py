@@ -14,6 +14,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
+from shop.domain import search
 from shop.models.catalog import MAX_QUERY_WORDS, MAX_SEARCH_LENGTH
 from tests.conftest import LocalAws
 from tests.service.test_catalog_api import Api, assert_problem
@@ -146,6 +147,21 @@ def test_bad_searches_are_4xx_problems_and_change_nothing(api: SearchApi) -> Non
         assert reply.body["status"] == status, name
     too_many_reply = api.request("GET", f"/products?q={quote(too_many)}")
     assert too_many_reply.body["type"] == "urn:shop:problem:search-too-many-words"
+    assert api.tables_with_index() == before
+
+
+def test_a_search_beginning_too_many_terms_is_422_and_changes_nothing(
+    api: SearchApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anonymous one-letter words would read a large share of the index on every request."""
+    monkeypatch.setattr(search, "MAX_INDEX_HITS_PER_SEARCH", 2)
+    create(api, "MUG", "Stoneware mug")
+    create(api, "MAP", "Museum map")
+    before = api.tables_with_index()
+    reply = api.request("GET", "/products?q=m")
+    assert_problem(reply, 422, "q")
+    assert reply.body["type"] == "urn:shop:problem:search-matches-too-many"
+    assert api.found("mug") == ["MUG"]
     assert api.tables_with_index() == before
 
 

@@ -108,6 +108,13 @@ class SearchTooBroad(Unprocessable):
     title, slug = "Search has too many words", "search-too-many-words"
 
 
+class SearchMatchesTooMany(Unprocessable):
+    """A product search whose words begin more indexed terms than one search reads (``errors`` names
+    ``q``): a word of a letter or two in a large catalog. Longer words narrow it."""
+
+    title, slug = "Search matches too many terms", "search-matches-too-many"
+
+
 # ---------------------------------------------------------------------------- inventory
 class OutOfStock(Conflict):
     """Business error: a reservation could not be made; no stock changed.

@@ -15,7 +15,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from shop.domain import search, stock_shards
-from shop.errors import ProductNotFound, StockWouldExceedMaximum, StockWouldGoNegative, TransientError
+from shop.errors import (
+    ProductNotFound,
+    SearchMatchesTooMany,
+    StockWouldExceedMaximum,
+    StockWouldGoNegative,
+    TransientError,
+)
 from shop.models.base import iso_now
 from shop.models.catalog import (
     MAX_STOCK,
@@ -66,16 +72,25 @@ def search_products(query: ProductListQuery) -> ProductPage:
     """Active products matching every word of ``query.q`` (``shop.domain.search``), best first,
     optionally of one category; paged after the previous page's last result (score, SKU).
 
-    SearchTooBroad (422) for more than ``search.MAX_QUERY_WORDS`` words; 400 for a bad next_token.
+    SearchTooBroad (422) for more than ``search.MAX_QUERY_WORDS`` words, SearchMatchesTooMany (422)
+    when they begin more than ``search.MAX_INDEX_HITS_PER_SEARCH`` index items; 400 for a bad next_token.
     """
     assert query.q is not None
     words = search.query_words(query.q)
     binding = {"category": query.category, "q": " ".join(words)}
     after = _search_cursor(decode_token(SEARCH_LISTING, query.next_token, binding))
     matches_by_word: dict[str, dict[str, list[search.TermMatch]]] = {}
-    for word in words:
+    budget = search.MAX_INDEX_HITS_PER_SEARCH
+    for word in search.reading_order(words):
+        hits = search_index.hits(word, at_most=budget)
+        if len(hits) > budget:
+            raise SearchMatchesTooMany(
+                f"the words of this search begin more than {search.MAX_INDEX_HITS_PER_SEARCH} indexed terms",
+                errors=[{"field": "q", "message": "too many terms begin with these words; use longer words"}],
+            )
+        budget -= len(hits)
         by_sku: dict[str, list[search.TermMatch]] = {}
-        for hit in search_index.hits(word):
+        for hit in hits:
             if query.category is None or hit.category == query.category:
                 by_sku.setdefault(hit.sku, []).append(search.TermMatch(hit.term, hit.fields))
         if not by_sku:

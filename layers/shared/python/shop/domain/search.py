@@ -32,6 +32,10 @@ from shop.models.catalog import MAX_QUERY_WORDS
 MAX_INDEXED_TERMS = 24
 # Longer terms are cut (indexed and queried alike): keys stay small whatever NFKD expands to.
 MAX_TERM_LENGTH = 40
+# The most index items one search reads, all its words together (about 200 KB, 50 read units):
+# a search is anonymous, and eight one-letter words would otherwise read every term beginning
+# with those letters, a large share of the whole index, on every request. Beyond it: 422.
+MAX_INDEX_HITS_PER_SEARCH = 2000
 
 # Fields a term occurs in, as bits of an index entry's ``fields``.
 NAME = 4
@@ -83,6 +87,12 @@ def query_words(q: str) -> list[str]:
             errors=[{"field": "q", "message": f"at most {MAX_QUERY_WORDS} different words"}],
         )
     return words
+
+
+def reading_order(words: Iterable[str]) -> list[str]:
+    """The order a search reads its words' index items in: the longest first, since it begins the
+    fewest terms, so a word that matches nothing ends the search before the short words are read."""
+    return sorted(words, key=len, reverse=True)
 
 
 @dataclass(frozen=True)

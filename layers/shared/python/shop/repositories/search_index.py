@@ -89,11 +89,14 @@ def _hit(item: Mapping[str, Any]) -> IndexHit:
     )
 
 
-def hits(prefix: str) -> list[IndexHit]:
-    """Every index item of a term beginning with ``prefix`` (non-empty), strongly consistent.
+def hits(prefix: str, at_most: int) -> list[IndexHit]:
+    """The index items of terms beginning with ``prefix`` (non-empty), strongly consistent, every
+    one of them if there are at most ``at_most``; otherwise ``at_most + 1`` of them, which tells the
+    caller there are more without reading them.
 
     Strongly consistent so a search right after an admin's change already sees it (the index is a
-    table, not a GSI, so it can be). Reads every page: the ranking needs every candidate.
+    table, not a GSI, so it can be). Reads every page up to that bound: the ranking needs every
+    candidate.
     """
     if not prefix:
         raise ValueError("a search prefix is never empty")
@@ -105,8 +108,8 @@ def hits(prefix: str) -> list[IndexHit]:
     }
     found: list[IndexHit] = []
     while True:
-        response = call("query", busy=TransientError, **request)
+        response = call("query", busy=TransientError, Limit=at_most + 1 - len(found), **request)
         found += [_hit(item) for item in response.get("Items", [])]
-        if not response.get("LastEvaluatedKey"):
+        if len(found) > at_most or not response.get("LastEvaluatedKey"):
             return found
         request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
