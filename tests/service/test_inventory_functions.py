@@ -16,7 +16,7 @@ from botocore.stub import Stubber
 from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import inventory
-from shop.errors import InventoryContention, OutOfStock
+from shop.errors import InventoryContention, OutOfStock, StockTransactionRefused
 from shop.models.common import CheckoutLine
 from shop.repositories.inventory import held_key
 from tests.conftest import LocalAws, seed_product
@@ -312,6 +312,23 @@ def test_a_transaction_conflict_is_retryable_contention(stocked: LocalAws, reaso
         with pytest.raises(InventoryContention):
             inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
         stub.assert_no_pending_responses()  # every round was tried, then the stock read
+    assert reservations(stocked) == {}
+    assert available(stocked, "A") == 5
+
+
+def test_a_cancellation_no_write_expects_is_a_named_error_and_changes_nothing(stocked: LocalAws) -> None:
+    """Its class name is the error the execution history shows and the saga's catch-all compensates."""
+    client = aws.dynamodb()
+    with Stubber(client) as stub:
+        stub.add_client_error(
+            "transact_write_items",
+            service_error_code="TransactionCanceledException",
+            service_message="Transaction cancelled",
+            http_status_code=400,
+            modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": "ValidationError"}]},
+        )
+        with pytest.raises(StockTransactionRefused, match="ValidationError"):
+            inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
     assert reservations(stocked) == {}
     assert available(stocked, "A") == 5
 

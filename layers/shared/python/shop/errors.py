@@ -154,6 +154,14 @@ class ReservationConflict(Conflict):
     title, slug = "Reservation conflict", "reservation-conflict"
 
 
+class StockTransactionRefused(ShopError):
+    """DynamoDB cancelled a reservation's or a release's transaction for a reason no write of the
+    shop expects (the codes are in the detail): a defect, or an item changed behind the shop's
+    back. Retrying cannot help; the saga's catch-all compensates and an operator looks."""
+
+    title, slug = "Stock transaction refused", "stock-transaction-refused"
+
+
 class StoredItemUnusable(ShopError):
     """A stored item a write cannot apply to: an attribute of a type the shop never writes (an item
     written behind its back). Retrying cannot help; it is left for an operator, as the reconciliation

@@ -32,6 +32,7 @@ from shop.errors import (
     ReservationExpired,
     ReservationNotFound,
     ShopError,
+    StockTransactionRefused,
     StoredItemUnusable,
 )
 from shop.models.base import iso_now
@@ -166,7 +167,7 @@ def reserve(
     """
     limited = [line for line in lines if line.purchase_limit is not None]
     if limited and customer_id is None:
-        raise ShopError(f"reservation {reservation_id} has limited lines but no customer to count them for")
+        raise ValueError(f"reservation {reservation_id} has limited lines but no customer to count them for")
     issued_at = _now() if now is None else now
     stamp = iso_now()
     plan = {
@@ -233,7 +234,7 @@ def reserve(
                 if short:
                     raise OutOfStock(short) from None
                 continue
-            raise ShopError(f"reservation cancelled unexpectedly: {verdict.unexpected}") from None
+            raise StockTransactionRefused(f"reservation cancelled unexpectedly: {verdict.unexpected}") from None
         return ReservationResult.of(reservation)
     raise _contention_or_shortage(lines, "the shards kept emptying while reserving; retry")
 
@@ -389,7 +390,7 @@ def _release(
                 raise StoredItemUnusable(
                     f"reservation {reservation_id}: a stock counter it returns units to is not a number"
                 ) from None
-            raise ShopError(f"release cancelled unexpectedly: {verdict.unexpected}") from None
+            raise StockTransactionRefused(f"release cancelled unexpectedly: {verdict.unexpected}") from None
         released = current.model_copy(update={"status": "RELEASED", "updated_at": stamp, "purge_at": purge_at})
         return ReservationResult.of(released), True
     raise InventoryContention(f"reservation {reservation_id} kept changing; retry")
