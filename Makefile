@@ -42,7 +42,7 @@ HOST ?=
 # FLASH_SALE=1: make bench runs the flash sale (hundreds of buyers, one SKU, few units) instead.
 FLASH_SALE ?=
 
-.PHONY: help run emulator test lint typecheck validate schemas package deploy unit service http fidelity bench chaos load clean
+.PHONY: help run emulator test lint typecheck validate schemas lock package deploy unit service http fidelity bench chaos load clean
 
 help:
 	@echo "make help       this list"
@@ -57,6 +57,8 @@ help:
 	@echo "make typecheck  mypy over the whole tree"
 	@echo "make validate   cfn-lint on the packaged template and on its SAM transform (offline), then every state machine"
 	@echo "make schemas    regenerate openapi.json and the events' JSON Schemas in events/schemas/ (a breaking change needs a new version)"
+	@echo "make lock       resolve requirements*.txt into requirements-dev.lock (.venv) and requirements.lock (the layer)"
+	@echo "                (UPGRADE=1: the newest versions they allow; otherwise only what a changed requirement needs)"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
 	@echo "make deploy     package, then sam deploy (--guided the first time; samconfig.toml after)"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
@@ -71,7 +73,7 @@ help:
 	@echo "make clean      remove build outputs and tool caches"
 
 # Reinstall only when a requirements file changes. uv installs in seconds what pip takes minutes for.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements-dev.lock
 	@test -n "$(PYTHON)" || { echo "setup: Python 3.12 (the Lambda runtime) was not found; install it, or pass PYTHON=/path/to/python3.12" >&2; exit 1; }
 	@start=$$(date +%s); \
 	if ! $(BIN)/python -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then \
@@ -79,8 +81,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	fi; \
 	echo "setup: installing uv $(UV_VERSION) into $(VENV)"; \
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION) || exit 1; \
-	echo "setup: installing the Python packages of requirements-dev.txt with uv"; \
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.txt || exit 1; \
+	echo "setup: installing the Python packages of requirements-dev.lock with uv (every one pinned, hashes checked)"; \
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.lock || exit 1; \
 	touch $@; \
 	echo "setup: Python packages ready in $$(( $$(date +%s) - start )) s"
 
@@ -138,6 +140,9 @@ test: $(STAMP) $(NODE_STAMP)
 unit service http fidelity: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest tests/$@
 
+lock: $(STAMP)
+	$(BIN)/python -m infra.lock $(if $(UPGRADE),--upgrade)
+
 package: build/sam/template.yaml
 
 # sam is checked before packaging, which takes a minute.
@@ -146,7 +151,7 @@ deploy:
 	@$(MAKE) --no-print-directory package
 	@sh infra/sam_deploy.sh "$(SAMCONFIG)" build/sam/template.yaml
 
-build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.txt $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
+build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.lock $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
 	$(BIN)/python -m infra.package
 
 # DynamoDB Local (npm, Java 17) reports consumed capacity, which the cost figures need.

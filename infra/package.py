@@ -7,7 +7,8 @@
    once, for one runtime.
 2. The artifacts the template points at are laid out beside it with the same relative paths as
    in the repository: functions/, statemachines/, and layers/shared/ with the runtime
-   dependencies (requirements.txt) installed for the Lambda platform by uv.
+   dependencies installed for the Lambda platform by uv from requirements.lock (`make lock`):
+   every package at the version the tests ran, its hashes checked.
 
 Deploy the result with the SAM CLI or plain CloudFormation:
 
@@ -95,7 +96,7 @@ def _install_layer_dependencies(target: Path) -> None:
         "--only-binary",
         ":all:",
         "-r",
-        str(REPO_ROOT / "requirements.txt"),
+        str(REPO_ROOT / "requirements.lock"),
     )
 
 
