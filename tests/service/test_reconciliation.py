@@ -15,16 +15,18 @@ import pytest
 
 from infra.local import lambda_runtime
 from shop import aws
+from shop.domain import payments as payment_domain
 from shop.domain import reconciliation_job
 from shop.models.base import iso_now
 from shop.models.orders import HistoryEntry
 from shop.models.reconciliation import ReconciliationReport
-from shop.repositories import audit
+from shop.repositories import audit, dead_letters
 from shop.repositories import inventory as inventory_repository
 from shop.repositories import orders as order_repository
 from shop.repositories.payments import PaymentsRepository
 from shop.saga_terms import Step
-from tests.conftest import LocalAws
+from tests.conftest import WORKFLOW_TYPES, LocalAws
+from tests.service.faults import StepFaults
 from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
 
 PRICE = 1250
@@ -241,8 +243,7 @@ def test_needs_attention_without_a_dead_letter_is_dead_lettered_and_the_redrive_
 
 def _dead_lettered_then_redriven(shop: Shop, order_id: str, kind: str, *, resume: str) -> None:
     """The reconciliation finds ``kind`` on the order alone and dead-letters it; an operator redrives it."""
-    report = reconciliation_job.run(quiescent=True)
-    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [(order_id, kind, "dead_lettered")]
+    _letters_alone(order_id, kind)
     letter = shop.dead_letter(order_id)
     assert letter is not None and (letter.status, letter.resume) == ("OPEN", resume)
     redriven = shop.redrive(order_id)
@@ -341,3 +342,112 @@ def test_a_letter_the_reconciliation_opened_is_resolved_by_a_refund_the_customer
     assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
     assert payment is not None and payment.refunded_amount == 2 * PRICE
     assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+
+# ---------------------------------------------------------------------------- redrives of settled orders
+def _provider_books(order_id: str) -> tuple[str, int, int] | None:
+    """The provider's side: the authorization's status, its captures and its voids."""
+    simulator = payment_domain.simulator()
+    authorization = simulator.lookup(f"{order_id}:authorize")
+    ledger = simulator.ledger(authorization.reference) if authorization and authorization.reference else None
+    if ledger is None:
+        return None
+    return ledger.authorization.status, len(ledger.of_kind("capture")), len(ledger.of_kind("void"))
+
+
+def _letters_alone(order_id: str, kind: str) -> None:
+    """The reconciliation finds ``kind`` on the order alone and dead-letters it."""
+    report = reconciliation_job.run(quiescent=True)
+    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [(order_id, kind, "dead_lettered")]
+
+
+def _redriven(shop: Shop, order_id: str) -> str:
+    response = shop.redrive(order_id)
+    assert response.status_code == 202, response.body
+    return shop.wait_execution("CheckoutStateMachine", response.json_body["redrive_execution"])
+
+
+def _completed_without_capture(shop: Shop, local_aws: LocalAws, faults: StepFaults) -> str:
+    """An order COMPLETED whose payment the provider never captured (its item restored from a backup,
+    or edited by hand), with the letter its saga left (resume=compensate) still OPEN."""
+    # The saga dead-letters with the payment AUTHORIZED at both ends and the stock committed ...
+    faults.fail("CapturePaymentFunction")
+    faults.fail("VoidPaymentFunction")
+    order_id: str = shop.place_ok([("MUG-1", 2)])["order_id"]
+    assert shop.wait_checkout(order_id) == "FAILED"
+    shop.wait_status(order_id, "NEEDS_ATTENTION")
+    faults.heal()
+    local_aws.deliver_events()
+    assert shop.wait_dead_letter(order_id, "OPEN").resume == "compensate"
+    # ... and the order item then says COMPLETED.
+    order_repository.update(order_id, lambda order: order.model_copy(update={"status": "COMPLETED"}))
+    return order_id
+
+
+def _nothing_moved(shop: Shop, order_id: str, *, redrives: int) -> None:
+    """Flagged again, and the goods, the hold and the authorization are where they were."""
+    letter = shop.wait_dead_letter(order_id, "OPEN")
+    assert (letter.resume, letter.redrive_count, letter.error) == ("complete", redrives, "NothingCaptured")
+    assert shop.order(order_id).status == "COMPLETED"
+    payment = PaymentsRepository().get(order_id)
+    assert payment is not None and (payment.status, payment.captured_amount) == ("AUTHORIZED", 0)
+    assert _provider_books(order_id) == ("AUTHORIZED", 0, 0)
+    reservation = inventory_repository.get_reservation(order_id)
+    assert reservation is not None and reservation.status == "COMMITTED"
+    assert available("MUG-1") == STOCK - 2
+
+
+def test_a_completed_order_the_provider_never_captured_is_flagged_by_its_redrive_and_keeps_its_goods_and_hold(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """The reconciliation letters a COMPLETED order without a capture with resume=complete. Its redrive
+    used to find nothing captured and compensate: the payment voided and the sold units back on sale,
+    under an order still COMPLETED. Now nothing moves and the letter is open again, redrive after redrive."""
+    order_id = _completed_without_capture(shop, local_aws, faults)
+    dead_letters.resolve(order_id, now=iso_now())
+
+    _letters_alone(order_id, "completed_not_captured")
+    for number in (1, 2):
+        assert _redriven(shop, order_id) == "FAILED"
+        local_aws.deliver_events()
+        _nothing_moved(shop, order_id, redrives=number)
+
+
+def test_a_compensate_letter_never_compensates_a_completed_order(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """Whatever its letter says, a COMPLETED order's redrive completes it or flags it."""
+    order_id = _completed_without_capture(shop, local_aws, faults)
+
+    assert _redriven(shop, order_id) == "FAILED"
+    local_aws.deliver_events()
+    _nothing_moved(shop, order_id, redrives=1)
+
+
+@pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
+def test_a_completed_order_whose_sold_stock_was_released_stays_lettered_through_every_redrive(
+    shop: Shop, local_aws: LocalAws, workflow_type: str
+) -> None:
+    """Its redrive cannot commit a released hold and must not refund a sale nobody cancelled: it flags.
+    The flag step used to refuse the COMPLETED order, so the execution failed outside its catches and,
+    on EXPRESS (no status event), the letter stayed REDRIVING for good, out of the operators' sight."""
+    order_id = completed(shop, quantity=2)
+    # A stray release of the sold units (a misdirected invocation of the saga's own compensation).
+    released = local_aws.client("lambda").invoke(
+        FunctionName=local_aws.function("ReleaseReservationFunction"),
+        Payload=json.dumps({"order_id": order_id, "execution_name": "stray"}),
+    )
+    assert "FunctionError" not in released
+    assert available("MUG-1") == STOCK
+
+    _letters_alone(order_id, "completed_reservation_not_committed")
+    for number in (1, 2):
+        assert _redriven(shop, order_id) == "FAILED"
+        local_aws.deliver_events()
+        letter = shop.wait_dead_letter(order_id, "OPEN")
+        assert (letter.resume, letter.redrive_count) == ("complete", number)
+        assert shop.order(order_id).status == "COMPLETED"
+        payment = PaymentsRepository().get(order_id)
+        assert payment is not None and (payment.status, payment.captured_amount) == ("CAPTURED", 2 * PRICE)
+        assert _provider_books(order_id) == ("CAPTURED", 1, 0)
+        assert available("MUG-1") == STOCK  # unchanged: taking the units out again is the operator's call

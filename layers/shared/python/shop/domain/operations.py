@@ -118,9 +118,11 @@ def _start_redrive(letter: DeadLetter, name: str) -> None:
         return
     # Every checkout redrive first reconciles the payment with the provider; if nothing was
     # captured it compensates with the recorded failure (or, when the saga stopped before it
-    # knew one, as the payment not having gone through).
+    # knew one, as the payment not having gone through). Never a COMPLETED order: whatever its
+    # letter says, its redrive completes it or flags it, and voids and releases nothing.
+    completed = order is not None and order.status == "COMPLETED"
     redrive = CheckoutRedriveInput(
-        mode=letter.resume,
+        mode="complete" if completed else letter.resume,
         order_id=letter.order_id,
         failure=letter.failure or _unsettled_failure(letter.order_id),
         epoch=epoch,

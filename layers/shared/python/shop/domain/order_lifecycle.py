@@ -141,12 +141,22 @@ def refund_started(order: Order, now: str) -> Order | None:
     return _changed(order, now, status="REFUNDING", failure_reason=None, history=history)
 
 
+# The statuses a saga has settled: nothing but a customer's refund moves them on.
+SETTLED: frozenset[str] = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
+
+
 def flagged(order: Order, failed_step: str, now: str) -> Order | None:
     """A compensation failed after its retries: NEEDS_ATTENTION until an operator redrives it."""
-    if order.status in ("COMPLETED", "CANCELLED", "REFUNDED"):
+    if order.status in SETTLED:
         raise OrderStateConflict(f"order {order.order_id} is {order.status}; it needs no attention")
     history = with_history(order, [(failed_step, FAILED), (Step.NEEDS_ATTENTION, "NEEDS_ATTENTION")], now)
     return _changed(order, now, status="NEEDS_ATTENTION", history=history)
+
+
+def dead_letter_marked(order: Order) -> Order | None:
+    """A settled order whose books need an operator keeps its status; the mark makes whichever step
+    settles it next (a redrive's, or a refund's) resolve its dead letter."""
+    return None if order.dead_lettered else order.model_copy(update={"dead_lettered": True})
 
 
 @dataclass(frozen=True)

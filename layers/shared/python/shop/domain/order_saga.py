@@ -197,11 +197,22 @@ def mark_refunded(step: MarkRefunded) -> StepResult:
 
 
 def flag_for_attention(step: FlagOrder) -> StepResult:
-    """Mark the order NEEDS_ATTENTION and leave a dead letter an operator can list and redrive."""
+    """Mark the order NEEDS_ATTENTION and leave a dead letter an operator can list and redrive.
+
+    A saga's flag step can find its order settled: a redrive of an order COMPLETED with its books
+    wrong (the reconciliation's letters) fails again at the same place. The order keeps its status
+    and is marked instead, and the letter is open again for the operator, instead of the execution
+    failing outside its catches with the letter REDRIVING for good (an EXPRESS run sends no event
+    that would reopen it).
+    """
     now = iso_now()
-    order, changed = repository.update(
-        step.order_id, lambda current: lifecycle.flagged(current, step.failed_step, now), claim=step.claim
-    )
+
+    def flag(current: Order) -> Order | None:
+        if step.claim is not None and current.status in lifecycle.SETTLED:
+            return lifecycle.dead_letter_marked(current)
+        return lifecycle.flagged(current, step.failed_step, now)
+
+    order, changed = repository.update(step.order_id, flag, claim=step.claim)
     dead_letters.record(
         order_id=order.order_id,
         resume=step.resume,

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from shop.domain import order_lifecycle as lifecycle
 from shop.domain import payments as payment_domain
 from shop.domain import reconciliation as checks
 from shop.domain.reconciliation import ProviderView, Snapshot, StockRecord
@@ -258,10 +259,7 @@ def _open_dead_letter(order: Order, discrepancies: list[Discrepancy]) -> Discrep
     )
     # The order never recorded NEEDS_ATTENTION: marked, so the step that settles it (a redrive's,
     # or a refund the customer asks for meanwhile) resolves the letter.
-    order_repository.update(
-        order.order_id,
-        lambda current: None if current.dead_lettered else current.model_copy(update={"dead_lettered": True}),
-    )
+    order_repository.update(order.order_id, lifecycle.dead_letter_marked)
     return "dead_lettered"
 
 
