@@ -18,13 +18,13 @@ import pytest
 from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import payments as payment_domain
-from shop.domain import recovery
+from shop.domain import reconciliation_job, recovery
 from shop.errors import PaymentProviderError
 from shop.models.orders import ExecutionStatusChange
 from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger, SimulatorProvider
 from shop.repositories.payments import PaymentsRepository
-from tests.conftest import LocalAws
+from tests.conftest import WORKFLOW_TYPES, LocalAws
 from tests.service.faults import SdkFault, StepFaults, inject, open_breaker, updates_payment_to
 from tests.service.orders_helpers import PauseAt, Shop, available, eventually, open_shop, seed_product
 
@@ -479,6 +479,41 @@ def test_the_sweeper_settles_a_stopped_standard_saga_whose_status_event_was_neve
     assert (settled.status, settled.available) == ("CANCELLED", STOCK)
     assert settled.ours is not None and settled.ours.status == "VOIDED"
     assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (0, 1)
+
+
+@pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
+def test_a_redrive_that_stops_before_its_flag_step_has_its_letter_reopened_by_the_reconciliation(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults, workflow_type: str
+) -> None:
+    """A redrive whose own flag step fails past its retries ends FAILED with its letter REDRIVING. On
+    STANDARD the status event reopens it (here its handler is down too, as if the event were lost);
+    EXPRESS sends none. The hourly reconciliation reopens it once the run can no longer be going."""
+    faults.fail("VoidPaymentFunction")
+    order_id = shop.place_ok([("MUG-1", 2)], token="tok_chargeDeclined")["order_id"]
+    checkout_stopped(shop, order_id)
+    faults.fail("FlagOrderFunction")
+    faults.fail("SettleStoppedExecutionFunction")
+
+    redriven = shop.redrive(order_id)
+    assert redriven.status_code == 202, redriven.body
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "FAILED"
+    local_aws.deliver_events()
+    stalled = shop.dead_letter(order_id)
+    assert stalled is not None and stalled.status == "REDRIVING"
+    faults.heal()
+
+    report = reconciliation_job.run(datetime.now(UTC) + timedelta(minutes=7))
+
+    assert [(d.order_id, d.kind, d.action) for d in report.discrepancies] == [
+        (order_id, "redrive_stalled", "dead_lettered")
+    ]
+    letter = shop.wait_dead_letter(order_id, "OPEN")
+    assert (letter.error, letter.redrive_count) == ("RedriveStopped", 1)
+    assert shop.order(order_id).status == "NEEDS_ATTENTION"
+    assert shop.redrive(order_id).json_body["redrive_count"] == 2
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    end = books(shop, order_id)
+    assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
 
 
 def test_lambda_service_errors_before_forward_steps_are_retried_and_change_nothing_twice(

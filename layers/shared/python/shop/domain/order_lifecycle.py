@@ -21,7 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shop.errors import OrderStateConflict
-from shop.models.orders import CHECKOUT_IN_PROGRESS, CancelOrder, Failure, HistoryEntry, Order, OrderStatus
+from shop.models.orders import (
+    CHECKOUT_IN_PROGRESS,
+    SETTLED,
+    CancelOrder,
+    Failure,
+    HistoryEntry,
+    Order,
+    OrderStatus,
+)
 from shop.saga_terms import PAYMENT_COMPENSATIONS, Outcome, Step
 
 SUCCEEDED = Outcome.SUCCEEDED
@@ -139,10 +147,6 @@ def refund_started(order: Order, now: str) -> Order | None:
         raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot refund it")
     history = with_history(order, [(Step.START_REFUND, "REFUNDING")], now)
     return _changed(order, now, status="REFUNDING", failure_reason=None, history=history)
-
-
-# The statuses a saga has settled: nothing but a customer's refund moves them on.
-SETTLED: frozenset[str] = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
 
 
 def flagged(order: Order, failed_step: str, now: str) -> Order | None:

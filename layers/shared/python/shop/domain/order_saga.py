@@ -18,6 +18,7 @@ from shop.models.base import iso_now
 from shop.models.orders import (
     CHECKOUT_IN_PROGRESS,
     FIRST_EPOCH,
+    SETTLED,
     CancelOrder,
     ClaimOrder,
     CompleteOrder,
@@ -208,7 +209,7 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
     now = iso_now()
 
     def flag(current: Order) -> Order | None:
-        if step.claim is not None and current.status in lifecycle.SETTLED:
+        if step.claim is not None and current.status in SETTLED:
             return lifecycle.dead_letter_marked(current)
         return lifecycle.flagged(current, step.failed_step, now)
 

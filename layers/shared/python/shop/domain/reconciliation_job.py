@@ -23,6 +23,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from shop.domain import order_lifecycle as lifecycle
 from shop.domain import payments as payment_domain
 from shop.domain import reconciliation as checks
+from shop.domain import recovery
 from shop.domain.reconciliation import ProviderView, Snapshot, StockRecord
 from shop.errors import ShopError
 from shop.models.base import iso_now
@@ -150,6 +151,15 @@ def run(now: datetime | None = None, *, quiescent: bool = False) -> Reconciliati
         found += checks.check_executions(name for machine in machines for name in sagas.running(machine))
     found = _repair_ledgers(found, snapshot, provider)
     found = _dead_letter(found, snapshot)
+    found += [
+        Discrepancy(
+            kind="redrive_stalled",
+            order_id=letter.order_id,
+            detail=f"the redrive {letter.redrive_execution} stopped without settling the order; its letter is open",
+            action="dead_lettered",
+        )
+        for letter in recovery.reopen_stalled_redrives(snapshot.dead_letters.values(), moment)
+    ]
     open_letters = open_dead_letters(snapshot.dead_letters, found)
     found = _letter_stock(found, snapshot, started_at)
     _publish(found, open_letters)

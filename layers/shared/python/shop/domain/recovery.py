@@ -18,7 +18,7 @@ Both are idempotent: running them twice, or both on one order, leaves one dead l
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -31,6 +31,7 @@ from shop.errors import OrderStateConflict
 from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
+    SETTLED,
     DeadLetter,
     ExecutionStatusChange,
     Failure,
@@ -47,7 +48,6 @@ from shop.repositories import orders as repository
 from shop.repositories.sagas import ExecutionStatus
 
 STOPPED = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
-SETTLED = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
 # Oldest first; a sweep examines at most this many (one GetItem and one DescribeExecution each), so
 # sagas still running their long retries cannot hide newer orphans. A large backlog can still outlast
 # the function's 60 s: the sweep then stops early (SWEEP_MARGIN_SECONDS) and the next run goes on.
@@ -233,6 +233,50 @@ def _express_status(order: Order, now: datetime, *, refund: bool, machine: str) 
     if not claimed:
         return None if quiet_seconds > recovery_settings().orphan_after_seconds else "RUNNING"
     return "TIMED_OUT" if all_over else "RUNNING"
+
+
+def reopen_stalled_redrives(letters: Iterable[DeadLetter], now: datetime) -> list[DeadLetter]:
+    """Reopen the letters whose redrive stopped without settling its order or flagging it again.
+
+    A redrive's letter stays REDRIVING until its run does one or the other. A run that stopped first
+    (its flag step failed past its retries, it timed out, someone stopped it) reopens its letter
+    through its status event on STANDARD; EXPRESS sends no such event, and an event can be lost. An
+    order still in progress is the orphan sweeper's, and a run that may still be going is left to
+    it: on STANDARD, one Step Functions does not say has stopped; on EXPRESS, one younger than the
+    longest an Express execution can run. The letters reopened.
+    """
+    reopened: list[DeadLetter] = []
+    for letter in letters:
+        name = letter.redrive_execution
+        if letter.status != "REDRIVING" or name is None or letter.redrive_started_at is None:
+            continue
+        order = repository.get(letter.order_id)
+        if order is None or order.status in SAGA_IN_PROGRESS:
+            continue
+        status = _redrive_status(letter, name, letter.redrive_started_at, now)
+        if status == "RUNNING":
+            continue
+        cause = f"the redrive {name} is {status} but neither settled the order ({order.status}) nor flagged it"
+        if dead_letters.reopen_redrive(
+            letter.order_id, execution_name=name, error="RedriveStopped", cause=cause, now=iso_now()
+        ):
+            logger().warning(
+                "a redrive stopped without settling its order; its letter is open again",
+                extra={"order_id": letter.order_id, "execution": name, "status": status},
+            )
+            reopened.append(letter)
+    return reopened
+
+
+def _redrive_status(letter: DeadLetter, name: str, started_at: str, now: datetime) -> str:
+    age = (now - datetime.fromisoformat(started_at.replace("Z", "+00:00"))).total_seconds()
+    if saga_settings().workflow_type == "EXPRESS":
+        return "TIMED_OUT" if age > EXPRESS_LIMIT_SECONDS + EXPRESS_SETTLE_MARGIN_SECONDS else "RUNNING"
+    refund = letter.resume == "refund"
+    machine = sagas.refund_state_machine_arn() if refund else sagas.checkout_state_machine_arn()
+    # Never started (its StartExecution failed) counts once a start can no longer be on its way.
+    never_started = "FAILED" if age > recovery_settings().orphan_after_seconds else "RUNNING"
+    return sagas.status(machine, name) or never_started
 
 
 def _iso(moment: datetime) -> str:

@@ -59,8 +59,10 @@ FailureReason = Literal[
 
 # The checkout saga is between these; a cancel request only raises a flag the saga reads.
 CHECKOUT_IN_PROGRESS: frozenset[str] = frozenset({"PENDING", "STOCK_RESERVED", "PAYMENT_AUTHORIZED"})
+# A saga has settled these: nothing but a customer's refund moves them on.
+SETTLED: frozenset[str] = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
 # NEEDS_ATTENTION is terminal for clients; only an operator's redrive moves it on.
-TERMINAL: frozenset[str] = frozenset({"COMPLETED", "CANCELLED", "REFUNDED", "NEEDS_ATTENTION"})
+TERMINAL: frozenset[str] = SETTLED | {"NEEDS_ATTENTION"}
 # A saga still has to move these on; each must have a running execution (the orphan sweeper
 # starts or settles those that have none).
 SAGA_IN_PROGRESS: frozenset[str] = CHECKOUT_IN_PROGRESS | {"REFUNDING"}

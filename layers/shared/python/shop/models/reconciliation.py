@@ -27,6 +27,7 @@ DiscrepancyKind = Literal[
     "payment_ledger_mismatch",
     "provider_operation_duplicated",
     "record_unreadable",
+    "redrive_stalled",
 ]
 # What the job did about a discrepancy.
 DiscrepancyAction = Literal["repaired", "dead_lettered", "dead_letter_already_open", "reported"]
