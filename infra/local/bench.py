@@ -74,6 +74,7 @@ from typing import Any, cast
 
 import requests
 
+from infra.local import capacity
 from infra.local.template import REPO_ROOT, load_template
 
 PRICING = REPO_ROOT / "infra" / "pricing.json"
@@ -373,9 +374,7 @@ def _inventory_key(key: str) -> bool:
 
 
 def _hottest(buyers: int, inventory: bool) -> HotKey:
-    from shop import aws
-
-    meter = aws.capacity_meter
+    meter = capacity.meter
     key, units = max(
         ((key, units) for key, units in meter.units_by_key.items() if _inventory_key(key) == inventory),
         key=lambda entry: entry[1],
@@ -387,15 +386,13 @@ def _hottest(buyers: int, inventory: bool) -> HotKey:
 
 def _meter_schemas(dynamodb: Any) -> None:
     """Tell the capacity meter each table's keys and index partition keys, to count writes per item."""
-    from shop import aws
-
     for table in dynamodb.list_tables()["TableNames"]:
         description = dynamodb.describe_table(TableName=table)["Table"]
         indexes = {
             index["IndexName"]: next(k["AttributeName"] for k in index["KeySchema"] if k["KeyType"] == "HASH")
             for index in description.get("GlobalSecondaryIndexes", [])
         }
-        aws.capacity_meter.schemas[table] = aws.KeySchema(
+        capacity.meter.schemas[table] = capacity.KeySchema(
             keys=tuple(key["AttributeName"] for key in description["KeySchema"]), indexes=indexes
         )
 
@@ -418,7 +415,6 @@ def _flash_sale(
 ) -> FlashSale:
     """``buyers`` buyers at once for one SKU of ``units`` units spread over ``shards`` counters, at most
     ``purchase_limit`` per customer, and among them a hoarder (a bot) firing ``hoarder_orders`` orders."""
-    from shop import aws
 
     sku = f"FLASH-{shards:02d}-{uuid.uuid4().hex[:6]}"
     created = requests.post(
@@ -440,7 +436,7 @@ def _flash_sale(
         json={"stock_shards": shards, "purchase_limit": purchase_limit},
         timeout=30,
     ).raise_for_status()
-    aws.capacity_meter.reset()
+    capacity.meter.reset()
     outcomes: Counter[str] = Counter()
     hoarded: Counter[str] = Counter()
     lock = threading.Lock()
@@ -508,7 +504,7 @@ def _run_flash_sales(stack: Any, args: argparse.Namespace, watcher: SagaWatcher)
     customers = [{"Authorization": f"Bearer {token}"} for token in by_name.values()]
     dynamodb = aws.dynamodb()  # where the stack's tables are (DynamoDB Local or moto's process)
     _meter_schemas(dynamodb)
-    stock_table = next(name for name in aws.capacity_meter.schemas if name.endswith("StockTable"))
+    stock_table = next(name for name in capacity.meter.schemas if name.endswith("StockTable"))
     failures: list[str] = []
     print(
         f"\nmake bench FLASH_SALE=1: {args.buyers} buyers at once ({args.flash_concurrency} threads), "
@@ -593,9 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     # them from the log stream on AWS, off the function's clock).
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-    from shop import aws
-
-    aws.capacity_meter.enabled = True
+    capacity.install()
     from infra.local import lambda_runtime, moto_events
     from infra.local.stack import start_stack
 
@@ -655,18 +649,18 @@ def main(argv: list[str] | None = None) -> int:
         kept_platform_log_bytes = platform_log_bytes if args.function_system_log_level != "WARN" else 0.0
         function_log_bytes = application_log_bytes + kept_platform_log_bytes
 
-        aws.capacity_meter.reset()
+        capacity.meter.reset()
         lambda_runtime.stats.reset()
         moto_events.published.clear()
         run = _shop(stack.api_url, customers, args.orders, args.concurrency, watcher)
         _drain_events(stack)  # the order's events are part of its cost
-        read_units, write_units = aws.capacity_meter.read_units, aws.capacity_meter.write_units
+        read_units, write_units = capacity.meter.read_units, capacity.meter.write_units
         all_invocations = sum(len(v) for v in lambda_runtime.stats.seconds.values())
         events_published = sum(moto_events.published.values())
-        requests_by_operation = dict(aws.capacity_meter.requests)
-        requests_by_table = dict(aws.capacity_meter.requests_by_table)
-        units_by_table = dict(aws.capacity_meter.units_by_table)
-        units_by_target = {key: dict(targets) for key, targets in aws.capacity_meter.units_by_target.items()}
+        requests_by_operation = dict(capacity.meter.requests)
+        requests_by_table = dict(capacity.meter.requests_by_table)
+        units_by_table = dict(capacity.meter.units_by_table)
+        units_by_target = {key: dict(targets) for key, targets in capacity.meter.units_by_target.items()}
 
         completed = [e for e in run.executions if e["status"] == "SUCCEEDED"]
         if not completed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from shop.aws import CapacityMeter, KeySchema
+from infra.local.capacity import CapacityMeter, KeySchema
 
 
 def _metered(meter: CapacityMeter, operation: str, params: dict[str, Any], consumed: Any) -> None:
