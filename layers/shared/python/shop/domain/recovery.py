@@ -12,7 +12,11 @@ Two mechanisms, both outside the state machines:
   twice; an order whose saga stopped without the event being handled is settled as above; one
   whose saga is still running (long retries) is left to it.
 
-Both are idempotent: running them twice, or both on one order, leaves one dead letter.
+And one for the operators' redrives: ``reopen_stalled_redrives`` (run by the hourly reconciliation)
+reopens the letter of a redrive that stopped without settling its order or flagging it again, which
+an EXPRESS redrive's stop (it sends no status event) or a lost event would leave REDRIVING.
+
+Both sweeps are idempotent: running them twice, or both on one order, leaves one dead letter.
 """
 
 from __future__ import annotations
