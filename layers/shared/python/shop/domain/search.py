@@ -32,10 +32,12 @@ from shop.models.catalog import MAX_QUERY_WORDS
 MAX_INDEXED_TERMS = 24
 # Longer terms are cut (indexed and queried alike): keys stay small whatever NFKD expands to.
 MAX_TERM_LENGTH = 40
-# The most index items one search reads, all its words together (about 200 KB, 50 read units):
-# a search is anonymous, and eight one-letter words would otherwise read every term beginning
-# with those letters, a large share of the whole index, on every request. Beyond it: 422.
-MAX_INDEX_HITS_PER_SEARCH = 2000
+# The most index items one search reads, all its words together (about 1 MB, 250 read units): a
+# search is anonymous, and eight one-letter words would otherwise read every term beginning with
+# those letters, a large share of the whole index, on every request (80 MB in a catalog of 100,000
+# products). Beyond it: 422. A common word in a catalog of more than about 10,000 products meets it
+# too; the index would need another shape there.
+MAX_INDEX_HITS_PER_SEARCH = 10_000
 
 # Fields a term occurs in, as bits of an index entry's ``fields``.
 NAME = 4
