@@ -18,6 +18,7 @@ if a moto upgrade changes it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import importlib.util
 import io
@@ -31,7 +32,7 @@ import time
 import traceback
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -50,6 +51,21 @@ _lock = threading.RLock()
 # invocations queue behind each other in a chaos run.
 _stats_lock = threading.Lock()
 _modules: dict[str, ModuleType] = {}
+# The function whose code is running (its name) in this thread of control, None outside any
+# invocation: set around each in-process handler call, so an AWS call can be attributed to the
+# function whose role would make it (tests/service/iam_audit.py). Threads the handler starts do
+# not inherit it unless they are given a copy of the context.
+current_function: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_function", default=None)
+
+
+@contextlib.contextmanager
+def invoking(function_name: str) -> Iterator[None]:
+    """Run the enclosed code as ``function_name``; a nested invocation restores the outer one."""
+    token = current_function.set(function_name)
+    try:
+        yield
+    finally:
+        current_function.reset(token)
 
 
 @dataclass
@@ -212,11 +228,13 @@ def _invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool,
         # Every function's environment comes from the same template Globals; only a few
         # per-function values differ, and Powertools reads those once per cold start.
         export_environment(function.environment_vars)
-    handler = _handler_of(function, code_dir)
-    try:
-        result = handler(event, _context(function))
-    except Exception as error:  # noqa: BLE001 - any handler failure is an invocation error
-        return _error_payload(error), True, ""
+    # The module's import too: on Lambda the init code runs with the function's role.
+    with invoking(function.function_name):
+        handler = _handler_of(function, code_dir)
+        try:
+            result = handler(event, _context(function))
+        except Exception as error:  # noqa: BLE001 - any handler failure is an invocation error
+            return _error_payload(error), True, ""
     return json.dumps(result), False, ""
 
 
