@@ -138,6 +138,19 @@ def _reset_process_caches() -> None:
 # Both saga workflow types the template supports (parameter WorkflowType).
 WORKFLOW_TYPES = ("STANDARD", "EXPRESS")
 
+# What EventBridge's scheduler hands a scheduled function (its rules in infra/template.yaml).
+SCHEDULED_EVENT = {
+    "version": "0",
+    "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+    "detail-type": "Scheduled Event",
+    "source": "aws.events",
+    "account": "123456789012",
+    "time": "2024-01-01T00:00:00Z",
+    "region": "us-east-1",
+    "resources": ["arn:aws:events:us-east-1:123456789012:rule/schedule"],
+    "detail": {},
+}
+
 
 @pytest.fixture
 def workflow_type(request: pytest.FixtureRequest) -> str:

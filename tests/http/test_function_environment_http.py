@@ -17,20 +17,9 @@ import pytest
 import requests
 
 from infra.local.template import load_template, resources_of_type
+from tests.conftest import SCHEDULED_EVENT
 from tests.http.conftest import RunningStack, launch_stack
 from tests.http.test_checkout_http import available, create_product, place_order, wait_for_terminal
-
-SCHEDULED_EVENT = {
-    "version": "0",
-    "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
-    "detail-type": "Scheduled Event",
-    "source": "aws.events",
-    "account": "123456789012",
-    "time": "2024-01-01T00:00:00Z",
-    "region": "us-east-1",
-    "resources": ["arn:aws:events:us-east-1:123456789012:rule/schedule"],
-    "detail": {},
-}
 
 
 @pytest.fixture(scope="module")

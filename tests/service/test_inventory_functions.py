@@ -19,24 +19,12 @@ from shop.domain import inventory
 from shop.errors import InventoryContention, OutOfStock, StockTransactionRefused
 from shop.models.common import CheckoutLine
 from shop.repositories.inventory import held_key
-from tests.conftest import LocalAws, seed_product
+from tests.conftest import SCHEDULED_EVENT, LocalAws, seed_product
 
 RESERVE = "ReserveStockFunction"
 COMMIT = "CommitReservationFunction"
 RELEASE = "ReleaseReservationFunction"
 SWEEP = "ReleaseExpiredReservationsFunction"
-
-SCHEDULED_EVENT = {
-    "version": "0",
-    "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
-    "detail-type": "Scheduled Event",
-    "source": "aws.events",
-    "account": "123456789012",
-    "time": "2024-01-01T00:00:00Z",
-    "region": "us-east-1",
-    "resources": ["arn:aws:events:us-east-1:123456789012:rule/sweep"],
-    "detail": {},
-}
 
 
 def invoke(local_aws: LocalAws, function: str, event: Any) -> tuple[bool, dict[str, Any]]:
