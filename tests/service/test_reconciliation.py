@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -451,3 +452,52 @@ def test_a_completed_order_whose_sold_stock_was_released_stays_lettered_through_
         assert payment is not None and (payment.status, payment.captured_amount) == ("CAPTURED", 2 * PRICE)
         assert _provider_books(order_id) == ("CAPTURED", 1, 0)
         assert available("MUG-1") == STOCK  # unchanged: taking the units out again is the operator's call
+
+
+# ---------------------------------------------------------------------------- letters with nothing left to do
+def test_a_letter_whose_books_an_operator_repaired_by_hand_is_resolved_by_the_next_run(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """No redrive can commit a hold the sweeper released under a COMPLETED order; once an operator has
+    put the books right by hand, the next run finds nothing wrong and closes the letter."""
+    order_id = completed(shop, quantity=2)
+    _set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "RESERVED")
+    _letters_alone(order_id, "completed_reservation_not_committed")
+    later = datetime.now(UTC) + timedelta(minutes=16)
+
+    still = reconciliation_job.run(later)
+    assert [(d.kind, d.action) for d in still.discrepancies] == [
+        ("completed_reservation_not_committed", "dead_letter_already_open")
+    ]
+    assert still.resolved_dead_letters == [] and shop.wait_dead_letter(order_id, "OPEN")
+
+    _set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "COMMITTED")  # the operator's repair
+    repaired = reconciliation_job.run(later)
+
+    assert repaired.discrepancies == [] and repaired.resolved_dead_letters == [order_id]
+    assert shop.wait_dead_letter(order_id, "RESOLVED").redrive_count == 0
+    assert report_via_api(shop)["resolved_dead_letters"] == [order_id]
+
+
+def test_a_letter_opened_while_a_refund_settled_the_order_is_resolved_by_the_next_run(shop: Shop) -> None:
+    """The run read the order COMPLETED, the customer's refund settled it, then the run wrote the
+    letter: nothing marked the order in time, so the refund's last step could not resolve it."""
+    order_id = completed(shop, quantity=2)
+    assert shop.cancel(order_id).status_code == 202
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    dead_letters.record(
+        order_id=order_id,
+        resume="complete",
+        failed_step="reconciliation",
+        failure=None,
+        error="ReconciliationDiscrepancy",
+        cause="completed_reservation_not_committed: read before the refund",
+        execution_name=None,
+        now=iso_now(),
+    )
+
+    report = reconciliation_job.run(datetime.now(UTC) + timedelta(minutes=16))
+
+    assert report.discrepancies == [] and report.resolved_dead_letters == [order_id]
+    assert shop.wait_dead_letter(order_id, "RESOLVED")
+    assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK

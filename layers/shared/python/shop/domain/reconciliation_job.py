@@ -27,7 +27,7 @@ from shop.domain import recovery
 from shop.domain.reconciliation import ProviderView, Snapshot, StockRecord
 from shop.errors import ShopError
 from shop.models.base import iso_now
-from shop.models.orders import DeadLetter, Order
+from shop.models.orders import SETTLED, DeadLetter, Order
 from shop.models.payments import Payment
 from shop.models.reconciliation import CheckedCounts, Discrepancy, DiscrepancyAction, ReconciliationReport
 from shop.observability import dimensioned_metric, logger, metrics
@@ -160,7 +160,8 @@ def run(now: datetime | None = None, *, quiescent: bool = False) -> Reconciliati
         )
         for letter in recovery.reopen_stalled_redrives(snapshot.dead_letters.values(), moment)
     ]
-    open_letters = open_dead_letters(snapshot.dead_letters, found)
+    resolved = _resolve_letters_of_sound_orders(snapshot, found, settled_before)
+    open_letters = open_dead_letters(snapshot.dead_letters, found) - len(resolved)
     found = _letter_stock(found, snapshot, started_at)
     _publish(found, open_letters)
     settled = checks.settled_orders(snapshot.orders, settled_before)
@@ -178,6 +179,7 @@ def run(now: datetime | None = None, *, quiescent: bool = False) -> Reconciliati
         ),
         discrepancies=found[:MAX_LISTED],
         omitted=max(len(found) - MAX_LISTED, 0),
+        resolved_dead_letters=resolved,
     )
     audit.save_report(report)
     return report
@@ -271,6 +273,31 @@ def _open_dead_letter(order: Order, discrepancies: list[Discrepancy]) -> Discrep
     # or a refund the customer asks for meanwhile) resolves the letter.
     order_repository.update(order.order_id, lifecycle.dead_letter_marked)
     return "dead_lettered"
+
+
+def _resolve_letters_of_sound_orders(snapshot: Snapshot, found: list[Discrepancy], settled_before: str) -> list[str]:
+    """Resolve the OPEN letter of every settled order this run judged and found nothing wrong with.
+
+    Such a letter has nothing left to redrive: an operator repaired the books by hand, or the letter
+    was opened while the customer's refund settled the order, or a flag step opened it for an order
+    whose own step had settled it. A redrive of it would only flag it again.
+    """
+    troubled = set(checks.by_order(found))
+    resolved = []
+    for order in checks.settled_orders(snapshot.orders, settled_before):
+        letter = snapshot.dead_letters.get(order.order_id)
+        if (
+            order.status in SETTLED
+            and letter is not None
+            and letter.status == "OPEN"
+            and order.order_id not in troubled
+        ):
+            dead_letters.resolve(order.order_id, now=iso_now())
+            logger().info(
+                "dead letter resolved: its order is settled and its books agree", extra={"order_id": order.order_id}
+            )
+            resolved.append(order.order_id)
+    return resolved
 
 
 def open_dead_letters(letters: Mapping[str, DeadLetter], found: list[Discrepancy]) -> int:

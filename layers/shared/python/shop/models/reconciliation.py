@@ -84,6 +84,14 @@ class ReconciliationReport(Record):
     discrepancies: list[Discrepancy]
     # Discrepancies found beyond the ones listed (the stored report is capped).
     omitted: int = 0
+    resolved_dead_letters: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Orders whose open dead letter this run resolved: settled (COMPLETED, CANCELLED or REFUNDED), unchanged "
+            "since the cutoff, and with no discrepancy left (an operator repaired the books, or the letter was opened "
+            "while a refund settled the order)."
+        ),
+    )
 
 
 StockLetterStatus = Literal["OPEN", "RESOLVED"]
