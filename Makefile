@@ -72,7 +72,8 @@ help:
 	@echo "                HOST=<url> LOAD_TOKENS=<file>: a deployed stage instead, README)"
 	@echo "make clean      remove build outputs and tool caches"
 
-# Reinstall only when a requirements file changes. uv installs in seconds what pip takes minutes for.
+# Reinstall only when the lock changes (`make lock` after editing a requirements file; a stale lock
+# fails tests/unit/test_layer_requirements.py). uv installs in seconds what pip takes minutes for.
 $(STAMP): requirements-dev.lock
 	@test -n "$(PYTHON)" || { echo "setup: Python 3.12 (the Lambda runtime) was not found; install it, or pass PYTHON=/path/to/python3.12" >&2; exit 1; }
 	@start=$$(date +%s); \

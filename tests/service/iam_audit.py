@@ -14,8 +14,8 @@ fails with AccessDenied on AWS. The service tier closes that gap in three parts:
 - ``template_policies`` reads every function's statements from the template, in logical space:
   ``!GetAtt OrdersTable.Arn`` is ``arn:aws:dynamodb:REGION:ACCOUNT:table/OrdersTable``,
   ``!Ref CheckoutStateMachine`` is ``...:stateMachine:CheckoutStateMachine`` and ``${X.Name}`` is
-  ``X`` (``LOGICAL``): a function's ``Policies`` (inline statements, the SAM policy templates in
-  ``SAM_POLICY_TEMPLATES``) and every ``AWS::IAM::Policy`` attached to its role (SAM names it
+  ``X`` (``LOGICAL``): a function's ``Policies`` (inline statements, SAM's policy templates, expanded by
+  the SAM translator) and every ``AWS::IAM::Policy`` attached to its role (SAM names it
   ``<Function>Role``; the API's is Chalice's ``DefaultRole``, which Chalice generates with logs
   permissions only: what the API needs is in the template's policies on ``DefaultRole``).
 - ``LocalNames.arn`` maps a recorded physical name back to the same logical ARN, and ``denied``
@@ -42,6 +42,7 @@ from unittest import mock
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
 from botocore.client import BaseClient
 from chalice.local import LocalGateway
+from samtranslator.policy_template_processor.processor import PolicyTemplatesProcessor
 
 from infra.local import lambda_runtime
 from infra.local.deploy import DeployedStack
@@ -68,36 +69,8 @@ _ARNS = {
 }
 _REF_IS_ARN = {"AWS::Serverless::StateMachine", "AWS::SecretsManager::Secret"}
 
-# SAM policy templates (the Statement each expands to), for those a function may use.
-_TABLE_RESOURCES = [
-    {"Fn::Sub": ["arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${t}", {"t": "$TableName"}]},
-    {
-        "Fn::Sub": [
-            "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${t}/index/*",
-            {"t": "$TableName"},
-        ]
-    },
-]
-_READ = ["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:DescribeTable"]
-_WRITE = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"]
-SAM_POLICY_TEMPLATES: dict[str, list[dict[str, Any]]] = {
-    "LambdaInvokePolicy": [
-        {
-            "Effect": "Allow",
-            "Action": ["lambda:InvokeFunction"],
-            "Resource": {
-                "Fn::Sub": [
-                    "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${f}*",
-                    {"f": "$FunctionName"},
-                ]
-            },
-        }
-    ],
-    "DynamoDBReadPolicy": [{"Effect": "Allow", "Action": _READ, "Resource": _TABLE_RESOURCES}],
-    "DynamoDBCrudPolicy": [
-        {"Effect": "Allow", "Action": [*_READ, *_WRITE, "dynamodb:ConditionCheckItem"], "Resource": _TABLE_RESOURCES}
-    ],
-}
+# SAM's own policy templates (DynamoDBCrudPolicy, LambdaInvokePolicy, ...), as the translator expands them.
+_SAM_POLICY_TEMPLATES = PolicyTemplatesProcessor(PolicyTemplatesProcessor.get_default_policy_templates_json())
 
 
 @dataclass(frozen=True)
@@ -340,19 +313,10 @@ def _sam_policy(policy: Any, resolver: Resolver) -> list[Statement]:
     if "Statement" in policy:
         return _statements(_as_list(policy["Statement"]), resolver)
     ((name, arguments),) = policy.items()
-    if name not in SAM_POLICY_TEMPLATES:
+    if not _SAM_POLICY_TEMPLATES.has(name):
         raise ValueError(f"iam_audit does not know the SAM policy template {name}")
-    # The template's parameters, resolved, in place of "$Parameter" (a one-level substitution).
-    values = {f"${key}": resolver.resolve(value) for key, value in (arguments or {}).items()}
-
-    def fill(node: Any) -> Any:
-        if isinstance(node, str):
-            return values.get(node, node)
-        if isinstance(node, list):
-            return [fill(item) for item in node]
-        return {key: fill(item) for key, item in node.items()} if isinstance(node, dict) else node
-
-    return _statements(fill(SAM_POLICY_TEMPLATES[name]), resolver)
+    expanded = _SAM_POLICY_TEMPLATES.convert(name, arguments or {})
+    return _statements(_as_list(expanded["Statement"]), resolver)
 
 
 def template_policies(template: Mapping[str, Any]) -> dict[str, list[Statement]]:

@@ -514,6 +514,8 @@ def test_a_redrive_that_stops_before_its_flag_step_has_its_letter_reopened_by_th
     shop.wait_dead_letter(order_id, "RESOLVED")
     end = books(shop, order_id)
     assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
+    assert end.ours is not None and (end.ours.status, end.ours.captured_amount) == ("DECLINED", 0)
+    assert end.provider is None  # the provider declined: it holds no authorization to capture or void
 
 
 def test_lambda_service_errors_before_forward_steps_are_retried_and_change_nothing_twice(
