@@ -7,6 +7,7 @@ neither loses nor creates units, also while orders are being reserved.
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -300,6 +301,49 @@ def test_an_adjustment_planned_on_shards_a_reshard_replaced_is_not_written(
 
     assert planned_on == [4, 1]  # refused on the old shards, planned again on the new
     assert result.available == 45 == sum(counters("HOT-ADJ-3").values()) and set(counters("HOT-ADJ-3")) == {0}
+
+
+class _FirstPick(random.Random):
+    """A random source whose first shard pick is the given shard."""
+
+    def __init__(self, shard: int) -> None:
+        super().__init__(0)
+        self.shard = shard
+
+    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:
+        return self.shard
+
+
+def test_a_reshard_planned_before_two_others_undid_each_other_is_planned_again(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 -> 2 -> 3 shards between a reshard's reads and its write: every counter it read looks as read
+    (the one deleted and created again is back at version 1), so only the product's version tells."""
+    seed_product("HOT-ABA", stock=3)
+    catalog.update_product("HOT-ABA", UpdateProductRequest(stock_shards=3))
+    read_counters = catalog.repository.stock_shards
+    plans: list[dict[int, int]] = []
+
+    def others_act_after_the_read(sku: str) -> Any:
+        read = read_counters(sku)
+        plans.append({number: shard.available for number, shard in read.items()})
+        if len(plans) == 1:
+            # A buyer takes shard 2's unit; another admin reshards to 2 and back to 3.
+            inventory.reserve("r-aba", "o-aba", [CheckoutLine(sku=sku, quantity=1, stock_shards=3)], rng=_FirstPick(2))
+            catalog.update_product(sku, UpdateProductRequest(stock_shards=2))
+            catalog.update_product(sku, UpdateProductRequest(stock_shards=3))
+        return read
+
+    monkeypatch.setattr(catalog.repository, "stock_shards", others_act_after_the_read)
+    catalog.update_product("HOT-ABA", UpdateProductRequest(stock_shards=2))
+
+    # The stale plan (written, it brought the sold unit back: 3 on the counters and 1 held) was refused,
+    # and the PATCH planned again on what the counters hold now.
+    assert plans[0] == {0: 1, 1: 1, 2: 1}
+    assert sum(counters("HOT-ABA").values()) == 2 == catalog.get_product("HOT-ABA").available
+    assert set(counters("HOT-ABA")) == {0, 1}
+    reservation = inventory_repository.get_reservation("r-aba")
+    assert reservation is not None and reservation.status == "RESERVED"
 
 
 def counted_units(shop: Shop, customer: str, sku: str) -> int:

@@ -163,9 +163,10 @@ def update_product(sku: str, request: UpdateProductRequest) -> Product:
     stock onto that many counters in the same transaction. ProductNotFound (404)."""
     changes = request.changes()
     for _ in range(_ATTEMPTS):
-        current = repository.get_product_info(sku)
-        if current is None:
+        read = repository.get_product_info_and_version(sku)
+        if read is None:
             raise ProductNotFound(f"no product with SKU {sku}")
+        current, version = read
         set_values: dict[str, Any] = {"updated_at": iso_now()}
         for name in ("name", "description", "category", "active"):
             if name in changes:
@@ -199,7 +200,9 @@ def update_product(sku: str, request: UpdateProductRequest) -> Product:
                     sku, set_values=set_values, remove=remove, expect=expect, index_actions=index_actions
                 )
             else:
-                _reshard(sku, changes["stock_shards"], set_values, remove, expect, current.stock_shards, index_actions)
+                _reshard(
+                    sku, changes["stock_shards"], set_values, remove, {**expect, "version": version}, index_actions
+                )
         except ConditionFailed:
             continue  # the product or a counter changed since the read: decide again
         return get_product(sku)
@@ -226,7 +229,6 @@ def _reshard(
     set_values: dict[str, Any],
     remove: list[str],
     expect: dict[str, Any],
-    current_shards: int,
     index_actions: list[dict[str, Any]],
 ) -> None:
     """Move the SKU's units onto ``shards`` counters with the PATCH's other changes, all or nothing.
@@ -234,6 +236,9 @@ def _reshard(
     Each counter's new value is written on the condition that its version is still the one read,
     and a counter left as it was is checked too: a sale or release in between cancels the
     transaction, so the total moved is exactly the total read. Removed counters are deleted.
+    ``expect`` holds the product's version as read before the counters: a counter another reshard
+    deleted and created again starts at version 1 again, so only the product's version tells that
+    the counters were reshaped since (N -> M -> N shards) and that this plan is stale.
     """
     counters = repository.stock_shards(sku)
     target = stock_shards.reshard(units_by_shard(counters), shards)
@@ -251,7 +256,7 @@ def _reshard(
         sku,
         set_values={**set_values, "stock_shards": shards},
         remove=remove,
-        expect={**expect, "stock_shards": current_shards},
+        expect=expect,
         stock_actions=actions,
         index_actions=index_actions,
     )

@@ -150,6 +150,12 @@ def insert_product(product: Product, *, index_actions: list[dict[str, Any]]) -> 
 
 
 def get_product_info(sku: str) -> ProductInfo | None:
+    read = get_product_info_and_version(sku)
+    return read[0] if read else None
+
+
+def get_product_info_and_version(sku: str) -> tuple[ProductInfo, int] | None:
+    """The product and its item's ``version`` (which every writer of the item bumps), strongly consistent."""
     response = _call(
         "get_item",
         TableName=table_settings().products_table,
@@ -157,7 +163,9 @@ def get_product_info(sku: str) -> ProductInfo | None:
         ConsistentRead=True,
     )
     item = response.get("Item")
-    return to_product_info(item) if item else None
+    if not item:
+        return None
+    return to_product_info(item), int(item.get("version", {"N": "0"})["N"])
 
 
 def get_product(sku: str) -> Product | None:
@@ -316,8 +324,10 @@ def update_product_and_stock(
 ) -> None:
     """``update_product`` and the stock shards' actions (``shop.repositories.stock``) in one transaction.
 
-    A reshard: the product's ``stock_shards`` changes with the counters, so a concurrent sale or
-    reshard (which changes a counter's version, or the product) cancels it. ConditionFailed then.
+    A reshard: the product's ``stock_shards`` changes with the counters, and ``expect`` holds the
+    product's ``version`` as read before the counters: a concurrent sale (which changes a counter's
+    version) or another reshard or adjustment (which changes the product's) cancels it.
+    ConditionFailed then.
     """
     _call(
         "transact_write_items",
