@@ -501,3 +501,30 @@ def test_a_letter_opened_while_a_refund_settled_the_order_is_resolved_by_the_nex
     assert report.discrepancies == [] and report.resolved_dead_letters == [order_id]
     assert shop.wait_dead_letter(order_id, "RESOLVED")
     assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
+
+
+def test_a_refund_settling_while_the_run_reads_opens_no_letter(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run reads the orders, then the payments: a refund settling in between shows it a COMPLETED
+    order beside a REFUNDED payment. That is the run's own mix of two moments: it writes no letter (whose
+    redrive would find the order REFUNDED and stall) and the next run, reading afresh, finds nothing."""
+    order_id = completed(shop, quantity=2)
+    read_payments = audit.payments
+
+    def payments_after_the_refund() -> Any:
+        assert shop.cancel(order_id).status_code == 202
+        assert shop.wait_refund(order_id) == "SUCCEEDED"
+        return read_payments()
+
+    monkeypatch.setattr(audit, "payments", payments_after_the_refund)
+    later = datetime.now(UTC) + timedelta(minutes=16)
+    mixed = reconciliation_job.run(later)
+    monkeypatch.setattr(audit, "payments", read_payments)
+
+    assert mixed.discrepancies and {(d.order_id, d.action) for d in mixed.discrepancies} == {
+        (order_id, "left_for_next_run")
+    }
+    assert dead_letters.get(order_id) is None and not shop.order(order_id).dead_lettered
+    assert reconciliation_job.run(later).discrepancies == []
+    assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
+    payment = PaymentsRepository().get(order_id)
+    assert payment is not None and (payment.status, payment.refunded_amount) == ("REFUNDED", 2 * PRICE)

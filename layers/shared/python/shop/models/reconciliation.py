@@ -30,7 +30,7 @@ DiscrepancyKind = Literal[
     "redrive_stalled",
 ]
 # What the job did about a discrepancy.
-DiscrepancyAction = Literal["repaired", "dead_lettered", "dead_letter_already_open", "reported"]
+DiscrepancyAction = Literal["repaired", "dead_lettered", "dead_letter_already_open", "left_for_next_run", "reported"]
 
 
 class Discrepancy(Record):
