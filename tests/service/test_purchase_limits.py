@@ -252,6 +252,27 @@ def test_a_refunded_order_still_counts(shop: Shop, local_aws: LocalAws) -> None:
     assert_limit_problem(shop.place([("DROP-1", 1)]), "items.0.quantity")
 
 
+def test_an_order_refunded_before_it_ever_completed_frees_its_units(shop: Shop, local_aws: LocalAws) -> None:
+    """Cancelled while its payment was being captured: the capture went through, so the order is refunded,
+    but the customer never had the goods, so its units no longer count against the limit."""
+    limited_product(shop, "DROP-1", stock=10, limit=2)
+    pause = PauseAt(local_aws.function("CapturePaymentFunction"))
+    lambda_runtime.faults.before_invoke = pause
+    placed = shop.place_ok([("DROP-1", 2)])
+    pause.wait_reached()
+    assert shop.cancel(placed["order_id"]).json_body["status"] == "PAYMENT_AUTHORIZED"
+    pause.released.set()
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    assert shop.wait_refund(placed["order_id"]) == "SUCCEEDED"
+
+    order = shop.get(placed["order_id"]).json_body
+    assert order["status"] == "REFUNDED" and ("complete_order", "COMPLETED") not in steps(order)
+    assert order["payment"]["captured"] == order["payment"]["refunded"] == order["total"]
+    assert available("DROP-1") == 10
+    assert counted(local_aws, "alice", "DROP-1") == 0  # kept at 2, the customer could not buy again
+    assert shop.wait_checkout(shop.place_ok([("DROP-1", 2)])["order_id"]) == "SUCCEEDED"
+
+
 def test_a_replay_after_the_idempotency_record_expired_answers_the_order_not_422(
     shop: Shop, local_aws: LocalAws
 ) -> None:

@@ -112,9 +112,12 @@ def _start_redrive(letter: DeadLetter, name: str) -> None:
     order = repository.get(letter.order_id)
     epoch = order_saga.next_epoch(order) if order is not None else FIRST_EPOCH
     if letter.resume == "refund":
-        sagas.start(
-            sagas.refund_state_machine_arn(), name=name, payload=RefundInput(order_id=letter.order_id, epoch=epoch)
+        payload = (
+            order_saga.refund_input(order, epoch)
+            if order is not None
+            else RefundInput(order_id=letter.order_id, epoch=epoch)
         )
+        sagas.start(sagas.refund_state_machine_arn(), name=name, payload=payload)
         return
     # Every checkout redrive first reconciles the payment with the provider; if nothing was
     # captured it compensates with the recorded failure (or, when the saga stopped before it

@@ -181,8 +181,12 @@ def start_refund_saga(order: Order) -> None:
     sagas.start(
         sagas.refund_state_machine_arn(),
         name=sagas.refund_execution_name(order.order_id),
-        payload=RefundInput(order_id=order.order_id, epoch=next_epoch(order)),
+        payload=refund_input(order, next_epoch(order)),
     )
+
+
+def refund_input(order: Order, epoch: int) -> RefundInput:
+    return RefundInput(order_id=order.order_id, epoch=epoch, frees_purchase_units=not order.was_completed)
 
 
 def mark_refunded(step: MarkRefunded) -> StepResult:

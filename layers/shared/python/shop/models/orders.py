@@ -21,6 +21,7 @@ from pydantic import (
 from shop.models.base import Record, StrictModel, require_distinct_skus
 from shop.models.common import MAX_LINES, CheckoutLine, CustomerId, ExecutionName, Line, OrderId, PaymentToken
 from shop.models.money import Money
+from shop.saga_terms import Step
 
 StepName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
 
@@ -217,6 +218,11 @@ class Order(Record):
     def has_recorded(self, step: str, status: str) -> bool:
         return any(entry.step == step and entry.status == status for entry in self.history)
 
+    @property
+    def was_completed(self) -> bool:
+        """The order reached COMPLETED at some point (it may be REFUNDING or REFUNDED since)."""
+        return self.has_recorded(Step.COMPLETE_ORDER, "COMPLETED")
+
     def view(self, payment: PaymentView | None) -> OrderView:
         return OrderView(
             order_id=self.order_id,
@@ -337,10 +343,16 @@ class CheckoutRedriveInput(Record):
 
 
 class RefundInput(Record):
-    """What RefundStateMachine starts with: the refund saga (or its redrive) takes the order over at ``epoch``."""
+    """What RefundStateMachine starts with: the refund saga (or its redrive) takes the order over at ``epoch``.
+
+    ``frees_purchase_units``: its release also takes the order's units off the customer's purchase
+    counters. Only for an order that never COMPLETED (cancelled during its capture, or captured but
+    unable to complete): the customer never had those goods. A completed order's refund keeps them counted.
+    """
 
     order_id: str
     epoch: int = Field(ge=FIRST_EPOCH)
+    frees_purchase_units: bool = False
 
 
 class Failure(StrictModel):
