@@ -10,27 +10,26 @@ from tests.fidelity.conftest import Backend
 
 
 def test_a_fall_is_claimed_once_and_its_claimant_finds_it_again(backend: Backend) -> None:
-    first = event_records.claim_fall("MUG-1", "seq-1", available=3, at="t")
+    first = event_records.claim_fall("MUG-1", "seq-1", available=3, threshold=5, at="t")
     assert first is not None and (first.fall, first.published) == (1, False)
 
-    assert event_records.claim_fall("MUG-1", "seq-2", available=3, at="t") is None  # another record, same fall: nothing
-    again = event_records.claim_fall(
-        "MUG-1", "seq-1", available=3, at="t"
-    )  # the claimant redelivered: announce it (again)
+    # Another record, same fall: nothing. The claimant redelivered: announce it (again).
+    assert event_records.claim_fall("MUG-1", "seq-2", available=3, threshold=5, at="t") is None
+    again = event_records.claim_fall("MUG-1", "seq-1", available=3, threshold=5, at="t")
     assert again is not None and (again.fall, again.published) == (1, False)
 
     event_records.mark_published("MUG-1", 1)
-    published = event_records.claim_fall("MUG-1", "seq-1", available=3, at="t")
+    published = event_records.claim_fall("MUG-1", "seq-1", available=3, threshold=5, at="t")
     assert published is not None and published.published
 
 
 def test_a_restock_rearms_an_announced_fall_and_the_next_fall_is_a_new_one(backend: Backend) -> None:
-    assert event_records.claim_fall("MUG-1", "seq-1", available=3, at="t") is not None
+    assert event_records.claim_fall("MUG-1", "seq-1", available=3, threshold=5, at="t") is not None
     event_records.mark_published("MUG-1", 1)
     assert event_records.rearm("MUG-1", "seq-5") is None
     assert event_records.rearm("MUG-1", "seq-6") is None  # not low: nothing to do
 
-    second = event_records.claim_fall("MUG-1", "seq-9", available=3, at="t")
+    second = event_records.claim_fall("MUG-1", "seq-9", available=3, threshold=5, at="t")
     assert second is not None and (second.fall, second.published) == (2, False)
     assert event_records.rearm("OTHER", "seq-1") is None  # never low: no marker is written
     marker = backend.client.get_item(
@@ -42,31 +41,58 @@ def test_a_restock_rearms_an_announced_fall_and_the_next_fall_is_a_new_one(backe
 def test_a_fall_not_announced_yet_is_not_rearmed_and_its_claimant_gets_it_back(backend: Backend) -> None:
     """The claimant's put failed and the stock rose before its record came back: the fall is
     announced then, not lost; only then does a restock re-arm."""
-    assert event_records.claim_fall("MUG-1", "seq-1", available=3, at="t") is not None
+    assert event_records.claim_fall("MUG-1", "seq-1", available=3, threshold=5, at="t") is not None
 
     assert event_records.rearm("MUG-1", "seq-2") is None  # another record: nothing to announce, nothing re-armed
     pending = event_records.rearm("MUG-1", "seq-1")
     assert pending is not None and (pending.fall, pending.published) == (1, False)
-    assert event_records.claim_fall("MUG-1", "seq-3", available=3, at="t") is None  # still the same fall
+    assert event_records.claim_fall("MUG-1", "seq-3", available=3, threshold=5, at="t") is None  # still the same fall
 
     event_records.mark_published("MUG-1", 1)
     assert event_records.rearm("MUG-1", "seq-1") is None
-    third = event_records.claim_fall("MUG-1", "seq-4", available=3, at="t")
+    third = event_records.claim_fall("MUG-1", "seq-4", available=3, threshold=5, at="t")
     assert third is not None and third.fall == 2
 
 
 def test_a_late_fall_announced_after_a_restock_is_rearmed_with_it(backend: Backend) -> None:
     """The claimant's put failed, the stock rose, and the retried record announces the fall with
     the stock it fell to: publishing it re-arms the SKU, or its next fall would never be announced."""
-    assert event_records.claim_fall("MUG-1", "seq-1", available=4, at="2026-12-01T03:00:00.000Z") is not None
+    fell_at = "2026-12-01T03:00:00.000Z"
+    assert event_records.claim_fall("MUG-1", "seq-1", available=4, threshold=5, at=fell_at) is not None
     pending = event_records.rearm("MUG-1", "seq-1")
     assert pending is not None
-    assert (pending.fall, pending.available, pending.fell_at) == (1, 4, "2026-12-01T03:00:00.000Z")
+    assert (pending.fall, pending.available, pending.fell_at) == (1, 4, fell_at)
 
     event_records.mark_published("MUG-1", 1, rearm=True)
 
-    second = event_records.claim_fall("MUG-1", "seq-7", available=2, at="t2")
+    second = event_records.claim_fall("MUG-1", "seq-7", available=2, threshold=5, at="t2")
     assert second is not None and (second.fall, second.published, second.available) == (2, False, 2)
+
+
+def test_a_fall_above_a_lowered_threshold_leaves_the_next_fall_to_be_claimed(backend: Backend) -> None:
+    """Announced at 4 (threshold 5), then the operators lower the threshold to 2: 4 is no longer low,
+    so the fall to 2 is a new one (before, the marker waited for a restock above 2 that never came)."""
+    assert event_records.claim_fall("MUG-1", "seq-1", available=4, threshold=5, at="t") is not None
+    assert event_records.claim_fall("MUG-1", "seq-2", available=4, threshold=5, at="t") is None  # the same fall
+    event_records.mark_published("MUG-1", 1)
+
+    second = event_records.claim_fall("MUG-1", "seq-3", available=2, threshold=2, at="t2")
+    assert second is not None and (second.fall, second.published, second.available) == (2, False, 2)
+    assert event_records.claim_fall("MUG-1", "seq-4", available=2, threshold=2, at="t2") is None  # claimed once
+    again = event_records.claim_fall("MUG-1", "seq-3", available=2, threshold=2, at="t2")  # its claimant, redelivered
+    assert again is not None and again.fall == 2
+    event_records.mark_published("MUG-1", 2)
+    assert event_records.claim_fall("MUG-1", "seq-5", available=1, threshold=2, at="t3") is None  # 2 is low by 2
+
+
+def test_a_fall_not_announced_yet_is_kept_for_its_claimant_when_the_threshold_is_lowered(backend: Backend) -> None:
+    """Its put failed, then the threshold was lowered: the fall stays its claimant's to announce, no
+    other record claims a new one over it."""
+    assert event_records.claim_fall("MUG-1", "seq-1", available=4, threshold=5, at="t") is not None  # its put fails
+
+    assert event_records.claim_fall("MUG-1", "seq-2", available=2, threshold=2, at="t2") is None
+    pending = event_records.claim_fall("MUG-1", "seq-1", available=2, threshold=2, at="t2")
+    assert pending is not None and (pending.fall, pending.published, pending.available) == (1, False, 4)
 
 
 def test_a_notification_is_queued_once_per_event_id(backend: Backend) -> None:

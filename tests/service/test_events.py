@@ -220,6 +220,28 @@ def test_a_fall_whose_put_failed_until_a_restock_is_announced_as_it_fell_and_rea
     assert _alerts("LAMP-9") == [("LAMP-9:STOCK_LOW:1", 4), ("LAMP-9:STOCK_LOW:2", 2)]
 
 
+def test_a_fall_below_a_lowered_threshold_is_announced(local_aws: LocalAws, spy: BusSpy) -> None:
+    seed_product("LAMP-8", stock=9)  # the threshold is 5
+    local_aws.deliver_events()
+    _adjust("LAMP-8", -5)  # 4: the first fall
+    local_aws.deliver_events()
+    assert _alerts("LAMP-8") == [("LAMP-8:STOCK_LOW:1", 4)]
+
+    local_aws.set_runtime_parameter("low-stock-threshold", "2")  # 4 is not low any more (the console: normal)
+    _adjust("LAMP-8", -2)  # 2: at the new threshold, with no move above it in between
+    local_aws.deliver_events()
+    _adjust("LAMP-8", -1)  # 1: still the same fall
+    local_aws.deliver_events()
+
+    # Before, the marker stayed low from the fall to 4 until a restock above 2: this fall was never announced.
+    assert _alerts("LAMP-8") == [("LAMP-8:STOCK_LOW:1", 4), ("LAMP-8:STOCK_LOW:2", 2)]
+    stock_low = [e["detail"] for e in spy.events() if e["detail-type"] == "StockLow"]
+    assert [(d["event_id"], d["available"], d["threshold"]) for d in stock_low] == [
+        ("LAMP-8:STOCK_LOW:1", 4, 5),
+        ("LAMP-8:STOCK_LOW:2", 2, 2),
+    ]
+
+
 def test_a_stock_counter_the_shop_cannot_read_holds_nothing_and_stops_nothing(
     shop: Shop, local_aws: LocalAws, spy: BusSpy
 ) -> None:

@@ -19,7 +19,7 @@ from shop.models.orders import Order
 from shop.repositories import event_records, unreadable_records
 from tests.conftest import LocalAws
 from tests.service.orders_helpers import Shop, open_shop, seed_product
-from tests.service.test_events import BusSpy, _duplicate_stream_deliveries
+from tests.service.test_events import BusSpy, _adjust, _alerts, _duplicate_stream_deliveries
 
 
 @pytest.fixture
@@ -190,6 +190,90 @@ def test_a_failure_to_publish_is_still_retried_not_set_aside(
     monkeypatch.undo()
     local_aws.deliver_events()  # the same records again, from the first that failed
     assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced", "OrderCompleted"]
+
+
+def set_price_amount(local_aws: LocalAws, sku: str, value: dict[str, str]) -> None:
+    """The product item's price written behind the shop's back (a hand edit, a bad migration, its repair)."""
+    local_aws.client("dynamodb").update_item(
+        TableName=local_aws.table("ProductsTable"),
+        Key={"sku": {"S": sku}},
+        UpdateExpression="SET price_amount = :price",
+        ExpressionAttributeValues={":price": value},
+    )
+
+
+def move_counter(local_aws: LocalAws, sku: str, delta: int) -> None:
+    """The SKU's counter moves without the catalog reading its product (the sweeper releasing a hold,
+    say): one stock stream record."""
+    local_aws.client("dynamodb").update_item(
+        TableName=local_aws.table("StockTable"),
+        Key={"sku": {"S": sku}, "shard": {"N": "0"}},
+        UpdateExpression="ADD available :delta",
+        ExpressionAttributeValues={":delta": {"N": str(delta)}},
+    )
+
+
+def test_a_stock_record_whose_product_item_cannot_be_read_is_set_aside_and_the_falls_behind_it_go_on(
+    local_aws: LocalAws,
+) -> None:
+    seed_product("LAMP-A", stock=9)
+    seed_product("LAMP-B", stock=9)
+    local_aws.deliver_events()
+    set_price_amount(local_aws, "LAMP-A", {"S": "twelve"})
+    move_counter(local_aws, "LAMP-A", -5)  # 4: its record's judging reads the product item, and fails
+    _adjust("LAMP-B", -5)  # 4: a fall of another SKU behind it in the stream
+
+    local_aws.deliver_events()
+
+    # Before, the record failed at every retry (its act raised ValueError) and LAMP-B's fall waited behind it.
+    assert _alerts("LAMP-B") == [("LAMP-B:STOCK_LOW:1", 4)] and _alerts("LAMP-A") == []
+    assert local_aws.deliver_events() == 0  # nothing is held back for a retry
+    [record] = unreadable_records.open_records()
+    assert (record.source, record.keys, record.status, record.error, record.attempts) == (
+        "stock",
+        {"sku": "LAMP-A", "shard": "0"},
+        "OPEN",
+        "RecordUnreadable",
+        1,
+    )
+
+
+def test_the_republisher_announces_the_fall_once_the_product_item_is_repaired(local_aws: LocalAws) -> None:
+    seed_product("LAMP-A", stock=9, price=1000)
+    local_aws.deliver_events()
+    set_price_amount(local_aws, "LAMP-A", {"S": "twelve"})
+    move_counter(local_aws, "LAMP-A", -5)  # 4
+    local_aws.deliver_events()
+
+    # Still damaged: one more failed read is counted (before, the run failed on it, and on every later run).
+    assert republish(local_aws) == RepublishResult(published=0, still_unreadable=1)
+    [record] = unreadable_records.open_records()
+    assert (record.error, record.attempts) == ("RecordUnreadable", 2)
+
+    set_price_amount(local_aws, "LAMP-A", {"N": "1000"})  # an operator repairs the item
+    assert republish(local_aws) == RepublishResult(published=1, still_unreadable=0)
+    local_aws.deliver_events()
+    assert _alerts("LAMP-A") == [("LAMP-A:STOCK_LOW:1", 4)]
+    assert unreadable_records.open_records() == []
+
+
+def test_a_busy_catalog_is_still_retried_not_set_aside(local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shop.errors import TransientError
+    from shop.repositories import catalog
+
+    def busy(sku: str) -> Any:
+        raise TransientError("DynamoDB is busy (ThrottlingException); retry")
+
+    seed_product("LAMP-A", stock=9)
+    local_aws.deliver_events()
+    _adjust("LAMP-A", -5)  # 4
+    monkeypatch.setattr(catalog, "get_product", busy)
+
+    local_aws.deliver_events()
+    assert unreadable_records.open_records() == [] and _alerts("LAMP-A") == []
+    monkeypatch.undo()
+    local_aws.deliver_events()  # the same record again
+    assert _alerts("LAMP-A") == [("LAMP-A:STOCK_LOW:1", 4)]
 
 
 def test_only_admins_list_them(shop: Shop) -> None:

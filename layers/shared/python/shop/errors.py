@@ -361,3 +361,11 @@ class EventPublishFailed(TransientError):
     """EventBridge refused an entry of PutEvents (throttled or failed): the stream record is retried."""
 
     title, slug = "Event not published", "event-publish-failed"
+
+
+class RecordUnreadable(ShopError):
+    """A stream record its publisher cannot act on because an item it leads to cannot be read (a
+    product item written behind the shop's back): every retry would fail the same way, so the record
+    is set aside like one that cannot be read itself (``shop.domain.events``). Raised before any effect."""
+
+    title, slug = "Stream record unreadable", "stream-record-unreadable"

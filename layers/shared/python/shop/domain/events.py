@@ -24,9 +24,11 @@ and the same record succeeds once it is not. A failure to read cannot succeed on
 record, or the code reading it, is wrong, and retrying it would hold up every record behind it in
 the shard until it expires (24 h), then lose them all. Such a record is set aside instead
 (``unreadable_records``, whole), counted (metric ``UnreadableStreamRecords``, alarmed) and logged;
-the records behind it go on. ``republish_unreadable``, every quarter of an hour, reads each one
-again: once a fixed publisher is deployed, their events are published by themselves (late, with
-their original ids and times: consumers deduplicate and judge by them).
+the records behind it go on. So is a record whose act meets an item it leads to that cannot be
+read (a product item written behind the shop's back: ``RecordUnreadable``, raised before any
+effect). ``republish_unreadable``, every quarter of an hour, reads each one again: once a fixed
+publisher is deployed (or the item is repaired), their events are published by themselves (late,
+with their original ids and times: consumers deduplicate and judge by them).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from shop.config import inventory_settings
+from shop.errors import RecordUnreadable
 from shop.models.base import iso_now
+from shop.models.catalog import Product
 from shop.models.events import (
     EMAIL_TEMPLATES,
     INVENTORY_SOURCE,
@@ -65,6 +69,7 @@ from shop.models.orders import Order
 from shop.observability import logger, metrics
 from shop.repositories import catalog, event_bus, event_records, unreadable_records
 from shop.repositories import orders as order_repository
+from shop.repositories.dynamodb import UNREADABLE_ITEM_ERRORS
 
 
 class BehindAFailedRecord(Exception):
@@ -174,8 +179,9 @@ def _set_aside(source: StreamSource, record: Mapping[str, Any], error: Exception
     )
     unreadable_records.set_aside(unreadable)  # busy: raises, and the record is retried
     metrics().add_metric(name="UnreadableStreamRecords", unit=MetricUnit.Count, value=1)
-    logger().exception(
+    logger().error(
         "stream record set aside: it cannot be read",
+        exc_info=error,
         extra={"record_id": unreadable.record_id, "keys": unreadable.keys},
     )
 
@@ -188,13 +194,24 @@ class _Reader:
     act: Callable[[DynamoDBRecord, Any], None]
 
 
-def _read_or_set_aside(source: StreamSource, reader: _Reader, record: DynamoDBRecord) -> None:
+def _read_and_act(reader: _Reader, record: DynamoDBRecord) -> Exception | None:
+    """Read the record and act on it: None once done, else what makes it unreadable. A failure to
+    act on a readable record raises (a busy bus or table: the record is retried)."""
     try:
         what = reader.read(record)
     except Exception as error:  # noqa: BLE001 - whatever the reading raised, the record is what is wrong
-        _set_aside(source, record.raw_event, error)
-        return
-    reader.act(record, what)
+        return error
+    try:
+        reader.act(record, what)
+    except RecordUnreadable as error:  # an item the record leads to: no retry can read it either
+        return error
+    return None
+
+
+def _read_or_set_aside(source: StreamSource, reader: _Reader, record: DynamoDBRecord) -> None:
+    unreadable = _read_and_act(reader, record)
+    if unreadable is not None:
+        _set_aside(source, record.raw_event, unreadable)
 
 
 # ---------------------------------------------------------------------------- order transitions, published
@@ -231,10 +248,19 @@ class FallToAnnounce:
     restocked: bool
 
 
+def _product_to_judge(sku: str) -> Product | None:
+    """The SKU's product with its stock as it stands. A product item that is no product (written
+    behind the shop's back) fails every retry alike: RecordUnreadable, and the record is set aside."""
+    try:
+        return catalog.get_product(sku)
+    except UNREADABLE_ITEM_ERRORS as error:
+        raise RecordUnreadable(f"the product item of {sku} cannot be read: {type(error).__name__}: {error}") from error
+
+
 def judge_stock(sku: str, claimant: str) -> FallToAnnounce | None:
     """Whether the SKU's stock as it stands now starts a fall to or below the threshold; the
     StockLow to publish when it does and this record claimed it (already published: None)."""
-    product = catalog.get_product(sku)
+    product = _product_to_judge(sku)
     if product is None:
         return None  # a product being created or deleted: its stock is judged once it exists
     threshold = inventory_settings().low_stock_threshold
@@ -244,7 +270,7 @@ def judge_stock(sku: str, claimant: str) -> FallToAnnounce | None:
         # Re-armed, unless this record's own fall is still to be announced (its put failed).
         claim = event_records.rearm(sku, claimant)
     else:
-        claim = event_records.claim_fall(sku, claimant, available=product.available, at=now)
+        claim = event_records.claim_fall(sku, claimant, available=product.available, threshold=threshold, at=now)
     if claim is None or claim.published:
         return None
     # The event tells of the fall as it was claimed, not of the stock when a retried put succeeds.
@@ -300,17 +326,13 @@ def republish_unreadable() -> RepublishResult:
     published stays PUBLISHED (a record published twice has one event id: consumers deduplicate)."""
     published = still_unreadable = 0
     for unreadable in unreadable_records.open_records():
-        reader = READERS[unreadable.source]
-        record = DynamoDBRecord(unreadable.record)
-        try:
-            what = reader.read(record)
-        except Exception as error:  # noqa: BLE001 - still unreadable, whatever it raised
+        error = _read_and_act(READERS[unreadable.source], DynamoDBRecord(unreadable.record))
+        if error is not None:
             unreadable_records.failed_again(
                 unreadable.record_id, error=type(error).__name__, detail=str(error), now=iso_now()
             )
             still_unreadable += 1
             continue
-        reader.act(record, what)
         unreadable_records.mark_published(unreadable.record_id, now=iso_now())
         logger().info("set-aside stream record published", extra={"record_id": unreadable.record_id})
         published += 1

@@ -5,7 +5,9 @@
   ``claimed_by`` the stream record that claimed the current fall, ``available`` and ``fell_at``
   what the stock was when it did (the event says that, however late its put succeeds),
   ``published`` once its event is on the bus. A fall is claimed by ONE conditional write, so it is
-  announced once however many stream records (several shards, redeliveries) see the SKU low.
+  announced once however many stream records (several shards, redeliveries) see the SKU low. A SKU
+  whose announced fall was to a level above the threshold now in force (the operators lowered it)
+  is no longer low by that fall: its next fall to the new threshold is claimed as a new one.
 - Low-stock alerts for operators, OperationsTable ``pk = "alert#stock-low"``, ``sk = {event id}``.
 - The notification outbox, NotificationsTable keyed by ``event_id``: the e-mails to send.
 
@@ -55,10 +57,10 @@ def _marker_key(sku: str) -> dict[str, Any]:
     return {"pk": {"S": f"stock-low#{sku}"}, "sk": {"S": "marker"}}
 
 
-def claim_fall(sku: str, claimant: str, *, available: int, at: str) -> FallClaim | None:
+def claim_fall(sku: str, claimant: str, *, available: int, threshold: int, at: str) -> FallClaim | None:
     """Mark the SKU low and claim its next fall for ``claimant`` (a stream record's sequence
-    number), the stock being ``available`` at ``at``. None when the SKU was already low and another
-    record claimed that fall."""
+    number), the stock being ``available`` at ``at`` and the low-stock threshold in force ``threshold``.
+    None when the SKU was already low (by ``threshold``) and another record claimed that fall."""
     claimed = call_if(
         "update_item",
         busy=TransientError,
@@ -68,12 +70,17 @@ def claim_fall(sku: str, claimant: str, *, available: int, at: str) -> FallClaim
             "SET low = :true, claimed_by = :claimant, published = :false, available = :available, fell_at = :at "
             "ADD fall :one"
         ),
-        ConditionExpression="attribute_not_exists(low) OR low = :false",
+        # Or the last fall, announced, was to a level above the threshold in force (lowered since): that
+        # level is not low any more, so this is a new fall. A fall not announced yet stays its claimant's.
+        ConditionExpression=(
+            "attribute_not_exists(low) OR low = :false OR (published = :true AND available > :threshold)"
+        ),
         ExpressionAttributeValues={
             ":true": {"BOOL": True},
             ":false": {"BOOL": False},
             ":claimant": {"S": claimant},
             ":available": {"N": str(available)},
+            ":threshold": {"N": str(threshold)},
             ":at": {"S": at},
             ":one": {"N": "1"},
         },
