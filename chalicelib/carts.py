@@ -106,7 +106,7 @@ def delete_cart(principal: Principal | None, headers: dict[str, str | None]) -> 
     description=(
         f"The lines of the `{CART_TOKEN_HEADER}` cart are added to the customer's: a SKU in both gets the sum of "
         "the quantities, at most 100; new SKUs follow while the cart has fewer than 50 lines (the rest are not "
-        "taken). The anonymous cart is then deleted, in the same transaction, so repeating the request changes "
+        "taken). The anonymous cart is then emptied, in the same transaction, so repeating the request changes "
         f"nothing. {_RAISING} {_PRICES}"
     ),
     auth="customer",

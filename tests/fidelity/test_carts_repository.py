@@ -1,9 +1,9 @@
 """Carts against a real DynamoDB engine and against moto: the same tests on both.
 
 Every cart write is conditional on the version read (or on there being no cart), and a merge is
-one transaction of a conditional Put and a conditional Delete: these check that both engines
-refuse a stale write and change nothing, and that the race between two writers ends with both
-changes.
+one transaction of two conditional Puts (the anonymous cart written empty, never deleted): these
+check that both engines refuse a stale write and change nothing, and that the race between two
+writers ends with both changes.
 """
 
 from __future__ import annotations
@@ -69,27 +69,36 @@ def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(backend: Backe
     assert repository.get("customer#c") == cart("customer#c", 2, ("A", 2))
 
 
-def test_a_merge_writes_one_cart_and_deletes_the_other_or_neither(backend: Backend) -> None:
+def test_a_merge_writes_both_carts_or_neither_and_the_emptied_one_refuses_a_stale_write(backend: Backend) -> None:
     repository.put(cart("customer#c", 1, ("A", 1)), expected_version=None)
     anonymous = cart("anonymous#x", 3, ("B", 2))
     repository.put(anonymous, expected_version=None)
+    emptied = cart("anonymous#x", 4)
 
     # The anonymous cart changed since it was read: neither write happens.
     with pytest.raises(CartVersionConflict):
         repository.merge(
-            cart("customer#c", 2, ("A", 1), ("B", 2)),
-            expected_version=1,
-            absorbed=anonymous.model_copy(update={"version": 2}),
+            cart("customer#c", 2, ("A", 1), ("B", 2)), expected_version=1, emptied=emptied, emptied_expected_version=2
         )
     # The customer's cart changed since it was read: neither either.
     with pytest.raises(CartVersionConflict):
-        repository.merge(cart("customer#c", 2, ("A", 1), ("B", 2)), expected_version=7, absorbed=anonymous)
+        repository.merge(
+            cart("customer#c", 2, ("A", 1), ("B", 2)), expected_version=7, emptied=emptied, emptied_expected_version=3
+        )
     assert repository.get("customer#c") == cart("customer#c", 1, ("A", 1))
     assert repository.get("anonymous#x") == anonymous
 
-    repository.merge(cart("customer#c", 2, ("A", 1), ("B", 2)), expected_version=1, absorbed=anonymous)
+    repository.merge(
+        cart("customer#c", 2, ("A", 1), ("B", 2)), expected_version=1, emptied=emptied, emptied_expected_version=3
+    )
     assert repository.get("customer#c") == cart("customer#c", 2, ("A", 1), ("B", 2))
-    assert stored(backend, "anonymous#x") is None
+    assert repository.get("anonymous#x") == emptied
+    assert stored(backend, "anonymous#x")["expires_at"] == {"N": str(EXPIRES)}  # type: ignore[index]
+    # A tab's write from its read before the merge, or as a new cart, lands on nothing.
+    for stale_read in (3, None):
+        with pytest.raises(CartVersionConflict):
+            repository.put(cart("anonymous#x", 4, ("B", 2), ("C", 1)), expected_version=stale_read)
+    assert repository.get("anonymous#x") == emptied
 
 
 def test_two_writers_interleaved_both_land(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,9 +132,8 @@ def test_two_writers_interleaved_both_land(backend: Backend, monkeypatch: pytest
     assert [(line.sku, line.quantity) for line in found.lines] == [("A", 3), ("B", 4)]
 
 
-def test_a_completed_orders_lines_are_removed_once(backend: Backend) -> None:
-    repository.put(cart("customer#c", 4, ("A", 3), ("B", 1)), expected_version=None)
-    order = Order(
+def completed_order(cart_version: int | None = None) -> Order:
+    return Order(
         order_id="o-9",
         customer_id="c",
         status="COMPLETED",
@@ -136,9 +144,16 @@ def test_a_completed_orders_lines_are_removed_once(backend: Backend) -> None:
         total=Money(amount=3),
         history=[HistoryEntry(step="order_placed", status="PENDING", at="2026-01-01T00:00:00.000Z")],
         cart_id="customer#c",
+        cart_version=cart_version,
         created_at="2026-01-01T00:00:00.000Z",
         updated_at="2026-01-01T00:00:00.000Z",
     )
+
+
+def test_a_completed_orders_lines_are_removed_once(backend: Backend) -> None:
+    """An order and a cart stored before either kept versions (no ``cart_version``, no ``added_in_version``)."""
+    repository.put(cart("customer#c", 4, ("A", 3), ("B", 1)), expected_version=None)
+    order = completed_order()
 
     carts.remove_ordered_lines(order)
     carts.remove_ordered_lines(order)  # delivered again
@@ -149,4 +164,23 @@ def test_a_completed_orders_lines_are_removed_once(backend: Backend) -> None:
         [("A", 1)],
         ["o-9"],
         5,
+    )
+
+
+def test_a_completed_order_takes_only_from_lines_the_cart_held_when_it_was_placed(backend: Backend) -> None:
+    """Placed at version 4; since then B was removed and added again (version 6): only A gives up units,
+    and the versions of what stays are kept."""
+    placed = cart("customer#c", 6, ("A", 3), ("B", 1)).model_copy(update={"added_in_version": {"A": 2, "B": 6}})
+    repository.put(placed, expected_version=None)
+    order = completed_order(cart_version=4)
+
+    carts.remove_ordered_lines(order)
+    carts.remove_ordered_lines(order)  # delivered again
+
+    found = repository.get("customer#c")
+    assert found is not None
+    assert ([(line.sku, line.quantity) for line in found.lines], found.added_in_version, found.version) == (
+        [("A", 1), ("B", 1)],
+        {"A": 2, "B": 6},
+        7,
     )

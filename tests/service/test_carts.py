@@ -194,21 +194,63 @@ def test_a_customers_cart_follows_the_identity(shop: Shop) -> None:
     assert TOKEN not in put(shop, "TEE-1", 1, who="alice").headers
 
 
-def test_merge_sums_caps_deletes_the_anonymous_cart_and_repeating_it_changes_nothing(shop: Shop) -> None:
+def test_merge_sums_caps_empties_the_anonymous_cart_and_repeating_it_changes_nothing(shop: Shop) -> None:
     put(shop, "MUG-1", 60, who="alice")
     token = put(shop, "MUG-1", 70).headers[TOKEN]
     put(shop, "TEE-1", 2, token=token)
+    anonymous_before = cart_repository.get(cart_domain.anonymous_cart_id(token))
+    assert anonymous_before is not None
 
     merged = merge(shop, "alice", token)
 
     assert merged.status_code == 200, merged.body
     assert lines(merged.json_body) == [("MUG-1", 100), ("TEE-1", 2)]
-    assert get(shop, token=token).json_body["items"] == []  # the anonymous cart is gone
-    assert len(stored_carts(shop)) == 1
+    assert get(shop, token=token).json_body["items"] == []
+    # Written empty at its next version, not deleted (see the stale tab below); TTL purges it when it expires.
+    anonymous = cart_repository.get(cart_domain.anonymous_cart_id(token))
+    assert anonymous is not None
+    assert (anonymous.lines, anonymous.version, anonymous.expires_at) == (
+        [],
+        anonymous_before.version + 1,
+        anonymous_before.expires_at,
+    )
     before = stored_carts(shop)
     again = merge(shop, "alice", token)
     assert (again.status_code, again.json_body) == (200, merged.json_body)
     assert stored_carts(shop) == before  # not even the version moved
+
+
+def test_a_stale_tab_cannot_bring_a_merged_anonymous_cart_back(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tab 1 reads the anonymous cart to add a line; before it writes, the shopper signs in (merge) and
+    tab 2 adds a line with the same token. The merge wrote the anonymous cart empty at its next version,
+    so tab 2 continues it and tab 1's write from its read before the merge is refused: tab 1 reads again
+    and adds to what tab 2 wrote. A deleted cart would have restarted at version 1, where tab 1's write
+    landed: tab 2's line lost and the merged mugs back, for a second merge to add again."""
+    token = put(shop, "MUG-1", 2).headers[TOKEN]
+    real_put = cart_repository.put
+    interleaved: list[str] = []
+
+    def signed_in_and_tab_two_first(cart: Any, *, expected_version: int | None, **kwargs: Any) -> None:
+        if not interleaved:
+            interleaved.append("merge and tab 2")
+            monkeypatch.setattr(cart_repository, "put", real_put)
+            assert merge(shop, "alice", token).status_code == 200
+            assert put(shop, "CAP-1", 1, token=token).status_code == 200
+            monkeypatch.setattr(cart_repository, "put", signed_in_and_tab_two_first)
+        interleaved.append(f"write at version {expected_version}")
+        real_put(cart, expected_version=expected_version, **kwargs)
+
+    monkeypatch.setattr(cart_repository, "put", signed_in_and_tab_two_first)
+    tab_one = put(shop, "TEE-1", 1, token=token)
+    monkeypatch.setattr(cart_repository, "put", real_put)
+
+    assert tab_one.status_code == 200, tab_one.body
+    # The merge emptied version 1 into 2, tab 2 wrote 3; tab 1's write from version 1 lost, its second landed.
+    assert interleaved == ["merge and tab 2", "write at version 1", "write at version 3"]
+    assert lines(get(shop, token=token).json_body) == [("CAP-1", 1), ("TEE-1", 1)]
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
+    # Signing in again adds what came after the first merge, and the mugs once.
+    assert lines(merge(shop, "alice", token).json_body) == [("MUG-1", 2), ("CAP-1", 1), ("TEE-1", 1)]
 
 
 def test_merge_needs_a_customer_and_a_valid_cart_token(shop: Shop) -> None:
@@ -419,6 +461,86 @@ def test_lines_added_after_the_cart_was_emptied_stay_when_an_earlier_order_compl
 
     assert shop.wait_checkout(order_id) == "SUCCEEDED"
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
+
+
+def test_a_line_removed_and_added_again_after_placing_stays_when_the_order_completes(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """Removing a line (quantity 0) and adding it again is a new line, as after emptying the whole cart:
+    the completion takes the order's quantities only from lines the cart held when the order read it."""
+    put(shop, "MUG-1", 2, who="alice")
+    put(shop, "TEE-1", 1, who="alice")
+    with placed_from_cart_before_completion(shop, local_aws) as order_id:
+        assert lines(put(shop, "MUG-1", 0, who="alice").json_body) == [("TEE-1", 1)]
+        put(shop, "MUG-1", 2, who="alice")
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert shop.order(order_id).status == "COMPLETED"
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]  # the ordered tee went, the new mugs stay
+
+
+def test_lines_added_after_the_cart_was_emptied_while_its_order_was_placed_stay(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The placement reads the cart; the shopper empties it before the order is stored (and stamped
+    ``created_at``) and adds the same SKU again afterwards. Those mugs are not the order's: whatever the
+    clocks of the two requests said, the cart's versions say they came after the read."""
+    from shop.domain import orders as order_domain
+
+    put(shop, "MUG-1", 2, who="alice")
+    real_read = cart_domain.lines_for_checkout
+
+    def read_then_emptied(customer_id: str) -> cart_domain.CartForCheckout:
+        read = real_read(customer_id)
+        emptied = shop.client.http.delete("/cart", headers={"Authorization": f"Bearer {shop.token('alice')}"})
+        assert emptied.status_code == 204
+        return read
+
+    monkeypatch.setattr(order_domain.carts, "lines_for_checkout", read_then_emptied)
+    with placed_from_cart_before_completion(shop, local_aws) as order_id:
+        monkeypatch.setattr(order_domain.carts, "lines_for_checkout", real_read)
+        assert [(line.sku, line.quantity) for line in shop.order(order_id).items] == [("MUG-1", 2)]
+        assert get(shop, who="alice").json_body["items"] == []
+        put(shop, "MUG-1", 2, who="alice")
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert shop.order(order_id).status == "COMPLETED"
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
+
+
+def test_an_order_and_a_cart_stored_before_cart_versions_complete_as_they_did(shop: Shop, local_aws: LocalAws) -> None:
+    """An order without ``cart_version`` and a cart without ``added_in_version`` (stored by the code before
+    them): the completion still removes the ordered quantities, and nothing after the cart was emptied."""
+    put(shop, "MUG-1", 3, who="alice")
+    with placed_from_cart_before_completion(shop, local_aws) as order_id:
+        dynamodb = local_aws.client("dynamodb")
+        dynamodb.update_item(
+            TableName=local_aws.table("OrdersTable"),
+            Key={"order_id": {"S": order_id}},
+            UpdateExpression="REMOVE cart_version",
+        )
+        dynamodb.update_item(
+            TableName=local_aws.table("CartsTable"),
+            Key={"cart_id": {"S": "customer#alice"}},
+            UpdateExpression="REMOVE added_in_version",
+        )
+        assert shop.order(order_id).cart_version is None
+        put(shop, "TEE-1", 1, who="alice")  # a new line: recorded from now on
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert lines(get(shop, who="alice").json_body) == [("TEE-1", 1)]
+
+    with placed_from_cart_before_completion(shop, local_aws) as order_id:
+        local_aws.client("dynamodb").update_item(
+            TableName=local_aws.table("OrdersTable"),
+            Key={"order_id": {"S": order_id}},
+            UpdateExpression="REMOVE cart_version",
+        )
+        shop.client.http.delete("/cart", headers={"Authorization": f"Bearer {shop.token('alice')}"})
+        put(shop, "TEE-1", 1, who="alice")
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert lines(get(shop, who="alice").json_body) == [("TEE-1", 1)]  # emptied after its created_at: kept
 
 
 def test_a_tab_that_read_the_cart_before_it_was_emptied_cannot_overwrite_the_new_one(shop: Shop) -> None:

@@ -161,10 +161,33 @@ def test_an_expired_cart_reads_empty_before_ttl_deletes_it() -> None:
 def test_a_completed_order_takes_its_quantities_and_leaves_what_was_added_since() -> None:
     cart = lines(("A", 3), ("B", 1), ("NEW", 2))  # A raised from 2 to 3 and NEW added after placing
     ordered = lines(("A", 2), ("B", 1))
+    added = {"A": 1, "B": 2, "NEW": 4}
 
-    assert pairs(carts.without_ordered(cart, ordered)) == [("A", 1), ("NEW", 2)]
+    assert pairs(carts.without_ordered(cart, ordered, added, 3)) == [("A", 1), ("NEW", 2)]
     # A line lowered below what was ordered goes; a SKU the shopper removed stays removed.
-    assert pairs(carts.without_ordered(lines(("A", 1)), lines(("A", 2), ("B", 1)))) == []
+    assert pairs(carts.without_ordered(lines(("A", 1)), lines(("A", 2), ("B", 1)), {"A": 1}, 3)) == []
+
+
+def test_a_completed_order_leaves_a_line_added_again_after_it_read_the_cart() -> None:
+    # B was removed and added again at version 5, after the order read the cart at version 3.
+    cart = lines(("A", 2), ("B", 1))
+
+    assert pairs(carts.without_ordered(cart, lines(("A", 2), ("B", 1)), {"A": 1, "B": 5}, 3)) == [("B", 1)]
+    # A line with no recorded version (a cart stored before them) counts as there all along.
+    assert pairs(carts.without_ordered(cart, lines(("A", 2), ("B", 1)), {}, 3)) == []
+
+
+def test_each_line_keeps_the_version_that_added_it_and_a_line_added_again_gets_a_new_one() -> None:
+    held = lines(("A", 1), ("B", 2))
+
+    # B removed at version 4: A keeps its own.
+    assert carts.added_in_versions(held, {"A": 2, "B": 3}, lines(("A", 1)), 4) == {"A": 2}
+    # Then B added again at 5 (not held any more), A raised, C new; an unrecorded held line counts as 0.
+    assert carts.added_in_versions(lines(("A", 1)), {}, lines(("A", 5), ("B", 1), ("C", 1)), 5) == {
+        "A": 0,
+        "B": 5,
+        "C": 5,
+    }
 
 
 # ---------------------------------------------------------------------------- tokens and owners

@@ -11,10 +11,13 @@ again and re-applies its own change, so two tabs editing one cart never lose an 
 expires 7 days after its last change: DynamoDB's TTL deletes it some time later, and until then
 every read treats it as empty.
 
-An order placed from the cart records the cart's id; its lines are the cart's lines at that
-moment. When the order COMPLETES, the saga's completion step removes exactly those quantities
-from the cart (``remove_ordered_lines``), once: the cart remembers the ids of the last orders
-it removed. Lines the shopper added or raised after placing the order stay.
+An order placed from the cart records the cart's id and the version it read; its lines are the
+cart's lines at that version. When the order COMPLETES, the saga's completion step removes exactly
+those quantities from the cart (``remove_ordered_lines``), once: the cart remembers the ids of the
+last orders it removed. It takes them only from lines the cart held at that version (the cart
+records the version that added each line), so what the shopper added after that read — a new line,
+more of one, a line removed and added again, lines after emptying the cart — stays. Versions, not clocks:
+the emptying and the order's timestamp come from different machines.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from shop import signing
 from shop.auth import Principal
@@ -155,16 +159,28 @@ def merged(customer: Sequence[Line], anonymous: Sequence[Line]) -> list[Line]:
     return [Line(sku=sku, quantity=quantities[sku]) for sku in order]
 
 
-def without_ordered(lines: Sequence[Line], ordered: Iterable[Line]) -> list[Line]:
-    """``lines`` less the ordered quantities: a line left with nothing goes; what the shopper added since
-    (a new line, or more of a SKU) stays."""
-    taken = {line.sku: line.quantity for line in ordered}
-    remaining = [
+def added_in_versions(
+    held: Sequence[Line], known: Mapping[str, int], lines: Sequence[Line], version: int
+) -> dict[str, int]:
+    """For the cart's new ``lines`` written at ``version``: the version that added each. A line the cart
+    ``held`` keeps its own (``known``; 0 when the cart predates them), any other was added now."""
+    held_skus = {line.sku for line in held}
+    return {line.sku: known.get(line.sku, 0) if line.sku in held_skus else version for line in lines}
+
+
+def without_ordered(
+    lines: Sequence[Line], ordered: Iterable[Line], added_in_version: Mapping[str, int], placed_at_version: int
+) -> list[Line]:
+    """``lines`` less the quantities of an order placed from the cart at ``placed_at_version``, taken only from
+    lines the cart held then (added at that version or before; a SKU not in ``added_in_version`` counts as 0):
+    a line left with nothing goes. What the shopper added since stays: a new line, more of a SKU, a line
+    removed and added again."""
+    taken = {line.sku: line.quantity for line in ordered if added_in_version.get(line.sku, 0) <= placed_at_version}
+    return [
         Line(sku=line.sku, quantity=line.quantity - taken.get(line.sku, 0))
         for line in lines
         if line.quantity > taken.get(line.sku, 0)
     ]
-    return remaining
 
 
 def expiry_text(expires_at: int) -> str:
@@ -253,14 +269,17 @@ def view(cart_owner: CartOwner | None) -> CartView:
 
 
 def _stored(cart_id: str, previous: StoredCart | None, lines: list[Line], now: int) -> StoredCart:
+    version = (previous.version if previous is not None else 0) + 1
+    known = previous.added_in_version if previous is not None else {}
     return StoredCart(
         cart_id=cart_id,
         lines=lines,
-        version=(previous.version if previous is not None else 0) + 1,
+        version=version,
         updated_at=iso_now(),
         expires_at=now + CART_LIFETIME_SECONDS,
         checked_out=previous.checked_out if previous is not None else [],
         cleared_at=previous.cleared_at if previous is not None else None,
+        added_in_version=added_in_versions(current_lines(previous, now), known, lines, version),
     )
 
 
@@ -298,7 +317,9 @@ def set_quantity(cart_owner: CartOwner, sku: str, quantity: int) -> CartView:
 
 def clear(cart_owner: CartOwner | None) -> None:
     """Empty the cart (none, or an expired one, is fine). It is written empty, not deleted: its version
-    moves on, and ``cleared_at`` tells an order placed before that its lines are gone already."""
+    moves on, so a line added afterwards is newer than any order placed before (``without_ordered``).
+    ``cleared_at`` is still written for an order stored without ``cart_version`` (placed before orders
+    kept it, or by the code before it after a rollback), which compares it with its ``created_at``."""
     if cart_owner is None:
         return
     for _ in range(MAX_WRITE_ATTEMPTS):
@@ -314,9 +335,21 @@ def clear(cart_owner: CartOwner | None) -> None:
     raise CartContention(f"cart {cart_owner.cart_id} kept changing; retry")
 
 
+def _emptied(absorbed: StoredCart) -> StoredCart:
+    """The anonymous cart once merged: no lines at its next version, its expiry kept (TTL purges it then).
+
+    Written, not deleted, as ``clear`` does: a deleted cart restarts at version 1 on the token's next
+    ``PUT``, and a stale tab's write from the version 1 it read before would land on it, bringing the
+    merged lines back for a second merge to add again."""
+    return absorbed.model_copy(
+        update={"lines": [], "added_in_version": {}, "version": absorbed.version + 1, "updated_at": iso_now()}
+    )
+
+
 def merge(principal: Principal, token: str) -> CartView:
-    """Add the anonymous cart's lines to the customer's (``merged``) and delete the anonymous cart, in one
-    transaction. Repeating it changes nothing: the anonymous cart is gone (or empty, or expired).
+    """Add the anonymous cart's lines to the customer's (``merged``) and write the anonymous cart empty
+    (``_emptied``), in one transaction. Repeating it changes nothing: the anonymous cart is empty (or
+    gone, or expired).
     OrderTotalTooLarge (422), nothing changed, when what it adds would take a line or the cart past
     what one order may total, as ``set_line`` refuses raising a line."""
     customer_cart = customer_cart_id(principal.subject)
@@ -328,14 +361,8 @@ def merge(principal: Principal, token: str) -> CartView:
         own_lines = current_lines(mine, now)
         own_expiry = mine.expires_at if mine is not None and own_lines else None
         incoming = current_lines(anonymous, now)
-        if anonymous is None:
-            return _shown(own_lines, own_expiry)
-        if not incoming:
-            # Empty or expired: nothing to add, only to tidy, unless another tab just added a line.
-            try:
-                repository.delete(anonymous_cart, expected_version=anonymous.version)
-            except CartVersionConflict:
-                continue
+        if anonymous is None or not incoming:
+            # None, emptied (by a merge before: a repeat changes nothing) or expired: nothing to add.
             return _shown(own_lines, own_expiry)
         lines = merged(own_lines, incoming)
         products = catalog.get_products(line.sku for line in lines)
@@ -344,7 +371,12 @@ def merge(principal: Principal, token: str) -> CartView:
         cart = _stored(customer_cart, mine, lines, now)
         shown = priced(cart.lines, products, cart.expires_at)
         try:
-            repository.merge(cart, expected_version=mine.version if mine is not None else None, absorbed=anonymous)
+            repository.merge(
+                cart,
+                expected_version=mine.version if mine is not None else None,
+                emptied=_emptied(anonymous),
+                emptied_expected_version=anonymous.version,
+            )
         except CartVersionConflict:
             continue
         return shown
@@ -352,14 +384,35 @@ def merge(principal: Principal, token: str) -> CartView:
 
 
 # ---------------------------------------------------------------------------- checkout
-def lines_for_checkout(customer_id: str) -> tuple[str, list[Line]]:
-    """The customer's cart id and its lines now, for an order placed from the cart; CartEmpty (422) without
-    lines."""
+class CartForCheckout(NamedTuple):
+    """What an order placed from the cart takes: the cart's id, the version read and its lines at it."""
+
+    cart_id: str
+    version: int
+    lines: list[Line]
+
+
+def lines_for_checkout(customer_id: str) -> CartForCheckout:
+    """The customer's cart as it is now, for an order placed from it; CartEmpty (422) without lines."""
     cart_id = customer_cart_id(customer_id)
-    lines = current_lines(repository.get(cart_id), _now())
-    if not lines:
+    stored = repository.get(cart_id)
+    lines = current_lines(stored, _now())
+    if stored is None or not lines:
         raise CartEmpty("the cart has no lines to order")
-    return cart_id, lines
+    return CartForCheckout(cart_id, stored.version, lines)
+
+
+def _placed_at_version(order: Order, cart: StoredCart) -> int | None:
+    """The cart version the order's lines were read at; None when none of them can be in the cart any more.
+
+    An order stored without ``cart_version`` (placed before orders kept it) falls back to the clocks it was
+    placed under: nothing if the cart was emptied after the order's ``created_at``, else every line counts.
+    """
+    if order.cart_version is not None:
+        return order.cart_version
+    if cart.cleared_at is not None and cart.cleared_at >= order.created_at:
+        return None
+    return cart.version
 
 
 def remove_ordered_lines(order: Order) -> None:
@@ -377,12 +430,15 @@ def remove_ordered_lines(order: Order) -> None:
         stored = repository.get(order.cart_id, busy=OrderContention)
         if stored is None or order.order_id in stored.checked_out:
             return  # no cart any more (expired and purged), or removed already
-        if stored.cleared_at is not None and stored.cleared_at >= order.created_at:
+        placed_at_version = _placed_at_version(order, stored)
+        if placed_at_version is None:
             return  # the shopper emptied the cart after placing: what is in it now came later
-        lines = without_ordered(current_lines(stored, _now()), ordered)
+        held = current_lines(stored, _now())
+        lines = without_ordered(held, ordered, stored.added_in_version, placed_at_version)
         cart = stored.model_copy(
             update={
                 "lines": lines,
+                "added_in_version": added_in_versions(held, stored.added_in_version, lines, stored.version + 1),
                 "version": stored.version + 1,
                 "updated_at": iso_now(),
                 "checked_out": [*stored.checked_out, order.order_id][-REMEMBERED_CHECKOUTS:],

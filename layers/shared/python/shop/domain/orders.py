@@ -174,6 +174,7 @@ def _place(submission: OrderSubmission) -> OrderView:
         )
     _check_orders_in_progress(submission.customer_id, order_id)
     cart_id: str | None = None
+    cart_version: int | None = None
     items: Sequence[Line]
     if submission.body.items is not None:
         items = submission.body.items
@@ -183,8 +184,8 @@ def _place(submission: OrderSubmission) -> OrderView:
         if existing is not None:
             return existing.view(payment=None)
         # The cart's lines as they are now (CartEmpty, 422, without any); the order keeps the cart's
-        # id, so that its completion removes these lines from it.
-        cart_id, items = carts.lines_for_checkout(submission.customer_id)
+        # id and the version read, so that its completion removes these lines, and only these, from it.
+        cart_id, cart_version, items = carts.lines_for_checkout(submission.customer_id)
     try:
         priced = _priced_order(order_id, submission.customer_id, items)
     except (PurchaseLimitExceeded, TooManyLimitedLines):
@@ -200,6 +201,7 @@ def _place(submission: OrderSubmission) -> OrderView:
             "payment_token": submission.body.payment.token,
             "idempotency_key": submission.idempotency_key,
             "cart_id": cart_id,
+            "cart_version": cart_version,
         }
     )
     stored = repository.create(order)

@@ -94,8 +94,9 @@ class StoredCart(Record):
     attribute; DynamoDB deletes an expired cart lazily, so readers judge it themselves.
     ``checked_out`` holds the ids of the last orders whose lines were removed from the cart when
     they completed, newest last: their completion step may run twice and must remove them once.
-    Emptying the cart keeps the item (an empty one, its version moved on), so a tab that read it
-    before can never overwrite a cart started afresh at the same version.
+    Emptying the cart (``DELETE /cart``, or a merge emptying an anonymous one) keeps the item (an
+    empty one, its version moved on), so a tab that read it before can never overwrite a cart
+    started afresh at the same version.
     """
 
     cart_id: str
@@ -104,6 +105,12 @@ class StoredCart(Record):
     updated_at: str
     expires_at: int
     checked_out: list[str] = Field(default_factory=list)
-    # When the shopper last emptied the cart (DELETE /cart): an order placed before then has no lines
-    # of its own left in it to remove when it completes.
+    # When the shopper last emptied the cart (DELETE /cart): an order stored without ``cart_version``
+    # (placed before orders kept it) and placed before then has no lines of its own left to remove.
     cleared_at: str | None = None
+    # Each line's SKU -> the cart version whose write added the line (it was absent before). An order
+    # placed from the cart at version v takes its quantities only from lines added at v or before: a line
+    # added later, removed and added again, or added after an emptying is the shopper's new one. A SKU
+    # missing here (a cart stored before this was kept) counts as added at 0. Kept on the cart, not on
+    # each line: a line refuses unknown fields, and a cart must stay readable by the code before this.
+    added_in_version: dict[str, int] = Field(default_factory=dict)

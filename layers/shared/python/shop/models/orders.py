@@ -200,6 +200,9 @@ class Order(Record):
     # The cart the order was placed from (``"cart": true``), whose lines the completion removes
     # (shop.domain.carts.remove_ordered_lines); never shown. None for an order of ``items``.
     cart_id: str | None = None
+    # The cart's version placement read the lines at: completion takes them only from lines the cart
+    # held then. None for an order of ``items``, and on orders stored before it was kept.
+    cart_version: int | None = None
     created_at: str
     updated_at: str
     version: int = 0

@@ -3,7 +3,9 @@
 A change reads the cart, decides the new lines (``shop.domain.carts``) and puts the whole item
 back only if ``version`` is still the one read (or, for a new cart, if there is none): two tabs
 editing one cart serialize, the loser reads again and re-applies its change. A merge writes the
-customer's cart and deletes the anonymous one in one transaction, each conditional on its version.
+customer's cart and the anonymous one, emptied, in one transaction, each conditional on its version.
+No cart is ever deleted here (TTL does that): a cart recreated at version 1 would take a stale
+tab's write made from the version 1 read before.
 Reads return an expired item as it is (TTL deletes lazily); the domain judges ``expires_at``.
 """
 
@@ -76,39 +78,24 @@ def put(cart: StoredCart, *, expected_version: int | None, busy: type[TransientE
         raise
 
 
-def delete(cart_id: str, *, expected_version: int) -> None:
-    """Delete the cart if it is still at ``expected_version``; else CartVersionConflict."""
-    try:
-        call(
-            "delete_item",
-            busy=CartContention,
-            TableName=table_settings().carts_table,
-            Key=_key(cart_id),
-            **_condition(expected_version),
-        )
-    except ClientError as error:
-        if is_condition_failure(error):
-            raise CartVersionConflict(cart_id) from error
-        raise
+def _put_action(table: str, cart: StoredCart, expected_version: int | None) -> dict[str, Any]:
+    return {"Put": {"TableName": table, "Item": marshal(cart.model_dump(mode="json")), **_condition(expected_version)}}
 
 
-def merge(into: StoredCart, *, expected_version: int | None, absorbed: StoredCart) -> None:
-    """Store ``into`` and delete ``absorbed`` in one transaction: both must still be as they were read
-    (``into`` at ``expected_version``, ``absorbed`` at its own version), else CartVersionConflict."""
+def merge(
+    into: StoredCart, *, expected_version: int | None, emptied: StoredCart, emptied_expected_version: int
+) -> None:
+    """Store ``into`` and ``emptied`` (the anonymous cart with no lines, its version moved on) in one
+    transaction: both must still be as they were read (``into`` at ``expected_version``, the anonymous
+    cart at ``emptied_expected_version``), else CartVersionConflict."""
     table = table_settings().carts_table
     try:
         call(
             "transact_write_items",
             busy=CartContention,
             TransactItems=[
-                {
-                    "Put": {
-                        "TableName": table,
-                        "Item": marshal(into.model_dump(mode="json")),
-                        **_condition(expected_version),
-                    }
-                },
-                {"Delete": {"TableName": table, "Key": _key(absorbed.cart_id), **_condition(absorbed.version)}},
+                _put_action(table, into, expected_version),
+                _put_action(table, emptied, emptied_expected_version),
             ],
         )
     except ClientError as error:
