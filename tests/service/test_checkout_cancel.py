@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from infra.local import lambda_runtime
+from shop.domain import payments as payment_domain
+from shop.repositories import inventory as inventory_repository
 from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
 from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product, steps
 
@@ -30,6 +32,32 @@ def _pause(local_aws: LocalAws, logical_id: str, step: str | None = None) -> Pau
     pause = PauseAt(local_aws.function(logical_id), lambda event: step is None or event.get("step") == step)
     lambda_runtime.faults.before_invoke = pause
     return pause
+
+
+def test_cancel_before_the_saga_claims_the_order_cancels_it_there_and_reserves_nothing(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """More units than there are: reserving first, the saga used to cancel the customer's cancelled order
+    as OUT_OF_STOCK (the failure-rate alarm's stock-outs, the wrong event reason)."""
+    pause = _pause(local_aws, "ClaimOrderFunction")
+    placed = shop.place_ok([("MUG-1", 11)])
+    pause.wait_reached()
+
+    cancelled = shop.cancel(placed["order_id"])
+    pause.released.set()
+
+    assert cancelled.status_code == 202 and cancelled.json_body["status"] == "PENDING"
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    order = shop.get(placed["order_id"]).json_body
+    assert (order["status"], order["failure_reason"], order["payment"]) == ("CANCELLED", "CANCELLED_BY_CUSTOMER", None)
+    assert steps(order) == [
+        ("order_placed", "PENDING"),
+        ("cancel_requested", "REQUESTED"),
+        ("cancel_order", "CANCELLED"),
+    ]
+    assert available("MUG-1") == 10
+    assert inventory_repository.get_reservation(placed["order_id"]) is None
+    assert payment_domain.provider().lookup(f"{placed['order_id']}:authorize") is None
 
 
 def test_cancel_before_authorization_cancels_without_charging(shop: Shop, local_aws: LocalAws) -> None:

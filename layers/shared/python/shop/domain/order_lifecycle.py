@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from shop.errors import OrderStateConflict
 from shop.models.orders import (
     CHECKOUT_IN_PROGRESS,
+    FIRST_EPOCH,
     SETTLED,
     CancelOrder,
     Failure,
@@ -45,6 +46,15 @@ _PROGRESS_RANK: dict[str, int] = {"PENDING": 0, "STOCK_RESERVED": 1, "PAYMENT_AU
 # outside its own catches, or a redrive found nothing captured): the payment did not go through.
 UNSETTLED_FAILURE = Failure(reason="PAYMENT_UNAVAILABLE", step=None, compensations=list(PAYMENT_COMPENSATIONS))
 CUSTOMER_CANCELLED = Failure(reason="CANCELLED_BY_CUSTOMER", step=None, compensations=list(PAYMENT_COMPENSATIONS))
+# The customer cancelled before the checkout's first run claimed the order: nothing ran to undo.
+CANCELLED_BEFORE_CLAIM = Failure(reason="CANCELLED_BY_CUSTOMER", step=None, compensations=[])
+
+
+def cancelled_before_claim(order: Order, epoch: int) -> bool:
+    """The checkout's first run just claimed an order whose customer asked to cancel before any step
+    ran: it is cancelled there, and nothing is reserved or authorized for it (before, the run reserved
+    first, and a shortage then cancelled the customer's cancelled order as OUT_OF_STOCK)."""
+    return epoch == FIRST_EPOCH and order.status == "PENDING" and order.cancel_requested
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,15 @@ def claim_order(step: ClaimOrder) -> SagaClaim:
     which the state machine passes to every later step that writes the order.
 
     Raises SagaClaimLost when another execution owns it: a duplicate start of an Express workflow,
-    or an execution an explicit takeover replaced. It then stops with no effect at all.
+    or an execution an explicit takeover replaced. It then stops with no effect at all. Raises
+    CheckoutCancelled once it has cancelled an order the customer cancelled before this first run
+    (``lifecycle.cancelled_before_claim``): the run ends there, with nothing to compensate.
     """
     order = repository.claim(step.order_id, step.claim)
     logger().info("saga claimed", extra={"epoch": order.saga_epoch})
+    if lifecycle.cancelled_before_claim(order, step.claim.epoch):
+        mark_cancelled(CancelOrder(order_id=step.order_id, claim=step.claim, failure=lifecycle.CANCELLED_BEFORE_CLAIM))
+        raise CheckoutCancelled(f"order {step.order_id}: the customer cancelled it before its saga started")
     return step.claim
 
 
