@@ -345,6 +345,36 @@ def test_a_letter_the_reconciliation_opened_is_resolved_by_a_refund_the_customer
     assert reconciliation_job.run(quiescent=True).discrepancies == []
 
 
+@pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
+def test_a_redrive_asked_while_the_customers_refund_runs_is_refused_and_the_refund_settles_the_letter(
+    shop: Shop, local_aws: LocalAws, workflow_type: str
+) -> None:
+    """A redrive is a takeover: it took the order from the running refund, whose last step then lost its claim;
+    the order stayed REFUNDING with no saga (on STANDARD no second refund-<id> can start) and the letter REDRIVING."""
+    order_id = completed(shop, quantity=2)
+    _set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "RESERVED")
+    reconciliation_job.run(quiescent=True)
+    assert shop.wait_dead_letter(order_id, "OPEN").resume == "complete"
+    pause = PauseAt(local_aws.function("RefundPaymentFunction"))
+    lambda_runtime.faults.before_invoke = pause
+    assert shop.cancel(order_id).status_code == 202
+    pause.wait_reached()
+
+    refused = shop.redrive(order_id)
+    pause.released.set()
+
+    assert refused.status_code == 409, refused.body
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert json.loads(refused.body)["type"] == "urn:shop:problem:saga-still-running"
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    letter = shop.wait_dead_letter(order_id, "RESOLVED")
+    assert letter.redrive_count == 0 and letter.redrive_execution is None
+    payment = PaymentsRepository().get(order_id)
+    assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
+    assert payment is not None and payment.refunded_amount == 2 * PRICE
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+
 # ---------------------------------------------------------------------------- redrives of settled orders
 def _provider_books(order_id: str) -> tuple[str, int, int] | None:
     """The provider's side: the authorization's status, its captures and its voids."""

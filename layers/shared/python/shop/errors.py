@@ -352,6 +352,14 @@ class DeadLetterNotFound(NotFound):
     title, slug = "Dead letter not found", "dead-letter-not-found"
 
 
+class SagaStillRunning(Conflict):
+    """A redrive asked for an order whose saga is in progress (a refund the customer asked for after the
+    letter was written, say): that saga settles the order and resolves the letter, and a redrive would
+    take the order over from it. If it stopped instead, the orphan sweeper resumes it."""
+
+    title, slug = "The order's saga is still running", "saga-still-running"
+
+
 class ReconciliationReportNotFound(NotFound):
     title, slug = "No reconciliation report yet", "reconciliation-report-not-found"
 

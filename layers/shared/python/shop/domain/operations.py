@@ -11,11 +11,19 @@ from __future__ import annotations
 from shop.config import inventory_settings
 from shop.domain import order_lifecycle as lifecycle
 from shop.domain import order_saga
-from shop.errors import DeadLetterNotFound
+from shop.errors import DeadLetterNotFound, SagaStillRunning
 from shop.models.base import iso_now
 from shop.models.catalog import StockLevel, StockLevelPage
 from shop.models.events import ConsumerFailuresStatus, UnreadableRecordPage
-from shop.models.orders import FIRST_EPOCH, CheckoutRedriveInput, DeadLetter, DeadLetterPage, Failure, RefundInput
+from shop.models.orders import (
+    FIRST_EPOCH,
+    SAGA_IN_PROGRESS,
+    CheckoutRedriveInput,
+    DeadLetter,
+    DeadLetterPage,
+    Failure,
+    RefundInput,
+)
 from shop.models.reconciliation import StockDiscrepancyPage
 from shop.pagination import decode_token, encode_token
 from shop.repositories import catalog, consumer_failures, dead_letters, sagas, stock_discrepancies, unreadable_records
@@ -84,11 +92,21 @@ def redrive(order_id: str) -> DeadLetter:
 
     OPEN -> REDRIVING as redrive number n with execution name ``<saga name>-redrive-<n>``; asking
     again while it runs only makes sure that execution exists, and a RESOLVED one is left alone.
+    SagaStillRunning (409) for an OPEN letter whose order is in progress: its own saga settles it.
     """
     letter = dead_letters.get(order_id)
     if letter is None:
         raise DeadLetterNotFound(f"no dead letter for order {order_id}")
     if letter.status == "OPEN":
+        order = repository.get(order_id)
+        if order is not None and order.status in SAGA_IN_PROGRESS:
+            # A redrive is a takeover: it would take the order from the saga that is settling it (a
+            # refund asked for after the letter was written), which then could not finish, and on
+            # STANDARD no second refund-<id> can start. A saga that stopped is the orphan sweeper's.
+            raise SagaStillRunning(
+                f"order {order_id} is {order.status}: its saga settles it and resolves this letter; "
+                "if that saga stopped, the orphan sweeper resumes it"
+            )
         number = letter.redrive_count + 1
         base = (
             sagas.refund_execution_name(order_id)
