@@ -8,6 +8,7 @@ ledger, the provider's own ledger and the stock.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,10 +24,19 @@ from shop.errors import PaymentProviderError
 from shop.models.orders import ExecutionStatusChange
 from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger, SimulatorProvider
+from shop.repositories import sagas
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import WORKFLOW_TYPES, LocalAws
 from tests.service.faults import SdkFault, StepFaults, inject, open_breaker, updates_payment_to
-from tests.service.orders_helpers import PauseAt, Shop, available, eventually, open_shop, seed_product
+from tests.service.orders_helpers import (
+    DEADLINE_SECONDS,
+    PauseAt,
+    Shop,
+    available,
+    eventually,
+    open_shop,
+    seed_product,
+)
 
 PRICE = 1250
 STOCK = 10
@@ -265,6 +275,162 @@ def test_a_refund_whose_saga_did_not_start_is_started_by_the_sweeper(shop: Shop,
     assert end.status == "REFUNDED"
     assert end.ours is not None and end.ours.refunded_amount == PRICE
     assert end.available == STOCK
+
+
+class HoldEvery:
+    """A ``faults.before_invoke`` hook that holds every saga arriving at one step until the test releases
+    them: sagas alive in their long retries (captures waiting out an open breaker)."""
+
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+        self.released = threading.Event()
+        self.arrived = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, function_name: str, event: Any) -> None:
+        if function_name != self.function_name:
+            return
+        with self._lock:
+            self.arrived += 1
+        if not self.released.wait(DEADLINE_SECONDS):
+            raise RuntimeError("the test never released the held step")
+
+    def wait_arrived(self, count: int) -> None:
+        eventually(lambda: self.arrived >= count, f"{count} sagas to reach {self.function_name}")
+
+
+def placed_ago(local_aws: LocalAws, order_id: str, seconds: int) -> None:
+    """Date the order's placement back (its saga's own writes keep their time), so the sweep reaches it first."""
+    placed = (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    local_aws.client("dynamodb").update_item(
+        TableName=local_aws.table("OrdersTable"),
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET created_at = :placed",
+        ExpressionAttributeValues={":placed": {"S": placed}},
+    )
+
+
+@pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
+def test_sagas_still_running_never_hide_a_newer_orphan_from_the_sweeper(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch, workflow_type: str
+) -> None:
+    """More sagas alive than a sweep's bound, all placed before the orphan (a provider incident). Before,
+    the sweep examined the SWEEP_LIMIT oldest orders in progress, running ones included, and never
+    reached the orphan; running sagas now never count towards the bound (STANDARD: listed once and set
+    aside; EXPRESS: judged from each order's claim)."""
+    monkeypatch.setattr(recovery, "SWEEP_LIMIT", 2)  # stands for the 1000 it is
+    held = HoldEvery(local_aws.function("AuthorizePaymentFunction"))
+    lambda_runtime.faults.before_invoke = held
+    try:
+        alive = [shop.place_ok([("MUG-1", 1)])["order_id"] for _ in range(2)]
+        held.wait_arrived(len(alive))
+        for order_id in alive:
+            placed_ago(local_aws, order_id, 120)
+        with inject(aws.stepfunctions(), SdkFault("StartExecution", "ThrottlingException", times=1)):
+            orphan = shop.place([("MUG-1", 1)], key="behind-the-running").json_body["order_id"]
+
+        swept = recovery.resume_orphans(datetime.now(UTC) + timedelta(seconds=61))
+    finally:
+        held.released.set()
+
+    assert (swept.started, swept.settled) == ([orphan], [])
+    for order_id in [*alive, orphan]:
+        assert shop.wait_checkout(order_id) == "SUCCEEDED"
+        assert books(shop, order_id).status == "COMPLETED"
+    assert available("MUG-1") == STOCK - 3
+
+
+@pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
+def test_an_orphan_whose_lookup_or_start_fails_waits_for_the_next_sweep_and_the_ones_behind_it_do_not(
+    shop: Shop, local_aws: LocalAws, workflow_type: str
+) -> None:
+    """One order's lookup is throttled (STANDARD: its DescribeExecution; EXPRESS, judged from the order's
+    claim: the order's read) and the next one's start fails. Before, either stopped the whole sweep and
+    every order behind it, for as long as the error lasted."""
+    with inject(aws.stepfunctions(), SdkFault("StartExecution", "ThrottlingException", times=3)):
+        looked_up, not_started, behind = (
+            shop.place([("MUG-1", 1)], key=f"orphan-{n}").json_body["order_id"] for n in range(3)
+        )
+    placed_ago(local_aws, looked_up, 300)
+    placed_ago(local_aws, not_started, 200)
+    if workflow_type == "STANDARD":
+        client = aws.stepfunctions()
+        lookup = SdkFault(
+            "DescribeExecution", "ThrottlingException", when=lambda r: r["executionArn"].endswith(f":{looked_up}")
+        )
+    else:
+        client = aws.dynamodb()
+        lookup = SdkFault(
+            "GetItem",
+            "ProvisionedThroughputExceededException",
+            when=lambda r: r["TableName"] == local_aws.table("OrdersTable") and r["Key"]["order_id"]["S"] == looked_up,
+        )
+    start = SdkFault("StartExecution", "ServiceUnavailable", when=lambda r: r["name"] == not_started)
+    due = datetime.now(UTC) + timedelta(seconds=61)
+
+    with inject(client, lookup), inject(aws.stepfunctions(), start):
+        first = recovery.resume_orphans(due)
+    assert (lookup.injected, start.injected) == (1, 1)
+    assert (first.examined, first.started, first.stopped_early) == (3, [behind], False)
+    assert shop.execution_status("CheckoutStateMachine", looked_up) is None
+    assert shop.wait_checkout(behind) == "SUCCEEDED"
+
+    assert recovery.resume_orphans(due).started == [looked_up, not_started]  # the next run, the errors gone
+    for order_id in (looked_up, not_started, behind):
+        assert shop.wait_checkout(order_id) == "SUCCEEDED"
+        assert books(shop, order_id).status == "COMPLETED"
+    assert available("MUG-1") == STOCK - 3
+
+
+def test_the_sweeper_leaves_an_order_its_saga_moved_on_while_the_sweeper_looked_the_saga_up(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STANDARD; the running sagas could not be listed (throttled), so each order's execution is described.
+    The sweeper read the order (PAYMENT_AUTHORIZED, its capture held), and before Step Functions answered,
+    the customer's cancel turned the checkout's completion into a refund hand-over: the checkout SUCCEEDED
+    and refund-<id> runs. Before, the sweeper judged its read against that status and flagged the order
+    NEEDS_ATTENTION, with an open letter, under its running refund; it now sees the order moved on."""
+    at_capture = PauseAt(local_aws.function("CapturePaymentFunction"))
+    refunding = HoldEvery(local_aws.function("RefundPaymentFunction"))
+
+    def hold(function_name: str, event: Any) -> None:
+        at_capture(function_name, event)
+        refunding(function_name, event)
+
+    lambda_runtime.faults.before_invoke = hold
+    described = sagas.status
+
+    def described_after_the_saga_moved_on(machine: str, name: str) -> str | None:
+        if name == order_id:  # the sweeper has read the order
+            at_capture.released.set()
+            eventually(lambda: described(machine, name) == "SUCCEEDED", "the checkout to hand over to its refund")
+            refunding.wait_arrived(1)
+        return described(machine, name)
+
+    try:
+        order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+        at_capture.wait_reached()
+        assert shop.cancel(order_id).status_code == 202
+        placed_ago(local_aws, order_id, 120)  # a slow checkout
+        monkeypatch.setattr(sagas, "status", described_after_the_saga_moved_on)
+        with inject(aws.stepfunctions(), SdkFault("ListExecutions", "ThrottlingException")):
+            swept = recovery.resume_orphans(datetime.now(UTC) + timedelta(seconds=61))
+        monkeypatch.setattr(sagas, "status", described)
+
+        assert swept.settled == []
+        assert shop.order(order_id).status == "REFUNDING"
+        assert shop.dead_letter(order_id) is None
+        assert shop.execution_status("RefundStateMachine", f"refund-{order_id}") == "RUNNING"
+    finally:
+        at_capture.released.set()
+        refunding.released.set()
+
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert end.status == "REFUNDED"
+    assert end.ours is not None and end.ours.refunded_amount == end.ours.captured_amount == 2 * PRICE
+    assert end.available == STOCK
+    assert shop.dead_letter(order_id) is None
 
 
 # ---------------------------------------------------------------------------- 3. last-resort steps fail too

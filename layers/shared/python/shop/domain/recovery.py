@@ -22,8 +22,10 @@ Both sweeps are idempotent: running them twice, or both on one order, leaves one
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
@@ -31,7 +33,7 @@ from pydantic import ValidationError
 from shop.config import recovery_settings, saga_settings
 from shop.domain import order_saga
 from shop.domain.orders import start_checkout
-from shop.errors import OrderStateConflict
+from shop.errors import OrderStateConflict, TransientError
 from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
@@ -52,12 +54,20 @@ from shop.repositories import orders as repository
 from shop.repositories.sagas import ExecutionStatus
 
 STOPPED = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
-# Oldest first; a sweep examines at most this many (one GetItem and one DescribeExecution each), so
-# sagas still running their long retries cannot hide newer orphans. A large backlog can still outlast
-# the function's 60 s: the sweep then stops early (SWEEP_MARGIN_SECONDS) and the next run goes on.
+# Most orders one sweep starts, settles or fails to look up (oldest first); the rest wait for the next
+# run. Orders whose saga is running, that moved on, or that cannot be read do not count, so sagas still
+# running their long retries (a capture waiting out an open breaker) cannot hide newer orphans. A large
+# backlog can still outlast the function's 60 s: the sweep then stops early (SWEEP_MARGIN_SECONDS) and
+# the next run goes on.
 SWEEP_LIMIT = 1000
 # Time kept in hand when the sweep stops early: one order's lookups and start, with retries.
 SWEEP_MARGIN_SECONDS = 10.0
+# The candidates are every key of OrdersInProgress past the bound (its Scan reads them all anyway);
+# the sweep's own bounds are SWEEP_LIMIT and its time.
+_EVERY_CANDIDATE = sys.maxsize
+
+# What the sweep did with one order; the first three count towards SWEEP_LIMIT.
+Resumed = Literal["started", "settled", "deferred", "running", "left"]
 
 
 def _input_of(change: ExecutionStatusChange) -> dict[str, object]:
@@ -148,72 +158,152 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
 
     ``seconds_left``: the invocation's remaining time. A backlog (an outage left thousands of orders
     without a saga) can take longer than the function may run: the sweep stops SWEEP_MARGIN_SECONDS
-    before its timeout, never half-way through an order, and the next scheduled run goes on.
+    before its timeout, never half-way through an order, and the next scheduled run goes on. It stops
+    too once SWEEP_LIMIT orders needed it to act (a start, a settle, or a lookup or start that failed
+    and waits for the next run); an order whose saga runs never counts, nor holds up the ones behind it.
     """
     cutoff = now - timedelta(seconds=recovery_settings().orphan_after_seconds)
-    candidates = repository.in_progress_since(_iso(cutoff), limit=SWEEP_LIMIT)
-    examined = 0
-    started: list[str] = []
-    settled: list[str] = []
+    running = _running_saga_names()
+    candidates = [
+        order_id
+        for order_id in repository.in_progress_since(_iso(cutoff), limit=_EVERY_CANDIDATE)
+        if not _listed_running(order_id, running)
+    ]
+    done: dict[Resumed, list[str]] = {"started": [], "settled": [], "deferred": []}
+    examined = acted = 0
     for order_id in candidates:
-        if seconds_left is not None and seconds_left() < SWEEP_MARGIN_SECONDS:
+        if acted >= SWEEP_LIMIT or _out_of_time(seconds_left):
             break
         examined += 1
-        try:
-            order = repository.get(order_id)
-        except ValidationError as error:
-            # Written behind the shop's back, or by a version this one cannot read: the reconciliation
-            # reports it for an operator; it never holds up the orders behind it.
-            logger().error(
-                "an order item in progress is not an Order; left for an operator",
-                extra={"order_id": order_id, "errors": error.error_count()},
-            )
-            continue
-        if order is None or order.status not in SAGA_IN_PROGRESS:
-            continue
-        refund = order.status == "REFUNDING"
-        machine = sagas.refund_state_machine_arn() if refund else sagas.checkout_state_machine_arn()
-        name = sagas.refund_execution_name(order_id) if refund else sagas.checkout_execution_name(order_id)
-        if saga_settings().workflow_type == "EXPRESS":
-            status = _express_status(order, now, refund=refund, machine=machine)
-        else:
-            status = sagas.status(machine, name)
-        if status == "RUNNING":
-            continue
-        if status is None:
-            if refund:
-                order_saga.start_refund_saga(order)
-            else:
-                start_checkout(order)
-            started.append(order_id)
-            logger().warning("orphaned order: its saga was never started; started it", extra={"order_id": order_id})
-        elif status in STOPPED or status == "SUCCEEDED":
-            # Stopped without its event being handled, or ended without settling the order.
-            try:
-                _dead_letter(
-                    order,
-                    resume="refund" if refund else "compensate",
-                    failure=None,
-                    status=status,
-                    error=None,
-                    cause=f"the {name} execution is {status} but the order was still {order.status}",
-                    execution_name=name,
-                )
-            except OrderStateConflict:
-                # Settled since it was read (a late step of its saga, delivered twice, finished it):
-                # nothing needs attention, and the rest of the sweep goes on.
-                logger().info("order settled while the sweep looked at it", extra={"order_id": order_id})
-                continue
-            settled.append(order_id)
-    sweep = OrphanSweep(examined=examined, started=started, settled=settled, stopped_early=examined < len(candidates))
+        outcome = _resume_or_defer(order_id, now)
+        if outcome in done:
+            done[outcome].append(order_id)
+            acted += 1
+    sweep = OrphanSweep(
+        examined=examined, started=done["started"], settled=done["settled"], stopped_early=examined < len(candidates)
+    )
     if sweep.stopped_early:
         logger().warning(
-            "orphan sweep stopped before its timeout; the next run goes on",
+            "orphan sweep stopped at its bound or before its timeout; the next run goes on",
             extra={"examined": examined, "candidates": len(candidates)},
         )
-    if started:
-        metrics().add_metric(name="OrphanedSagasStarted", unit=MetricUnit.Count, value=len(started))
+    if sweep.started:
+        metrics().add_metric(name="OrphanedSagasStarted", unit=MetricUnit.Count, value=len(sweep.started))
+    if done["deferred"]:
+        metrics().add_metric(name="OrphanChecksDeferred", unit=MetricUnit.Count, value=len(done["deferred"]))
     return sweep
+
+
+def _out_of_time(seconds_left: Callable[[], float] | None) -> bool:
+    return seconds_left is not None and seconds_left() < SWEEP_MARGIN_SECONDS
+
+
+def _running_saga_names() -> frozenset[str] | None:
+    """Names of the sagas' executions running now, or None when they cannot be known.
+
+    One paginated ListExecutions per state machine and sweep, rather than a DescribeExecution per
+    order (about 25 a second), sets the running sagas aside before the sweep's bound applies. EXPRESS
+    executions cannot be listed (each order's claim says, ``_express_status``); a listing that failed
+    leaves each order's execution to be described, as if none were known.
+    """
+    if saga_settings().workflow_type == "EXPRESS":
+        return None
+    machines = (sagas.checkout_state_machine_arn(), sagas.refund_state_machine_arn())
+    try:
+        return frozenset(name for machine in machines for name in sagas.running(machine))
+    except TransientError as error:
+        logger().warning("could not list the running sagas; each order's is described", extra={"error": str(error)})
+        return None
+
+
+def _listed_running(order_id: str, running: frozenset[str] | None) -> bool:
+    # Either saga: a REFUNDING order's checkout may still be handing it over to its refund. Whichever
+    # runs moves the order on, and a sweep after it ends judges the order.
+    if running is None:
+        return False
+    return sagas.checkout_execution_name(order_id) in running or sagas.refund_execution_name(order_id) in running
+
+
+def _resume_or_defer(order_id: str, now: datetime) -> Resumed:
+    try:
+        return _resume(order_id, now)
+    except TransientError as error:
+        # Throttled or unavailable (a DescribeExecution, a StartExecution, the orders table): this
+        # order waits for the next sweep; the orders behind it do not.
+        logger().warning(
+            "could not look up or resume an order in progress; left for the next sweep",
+            extra={"order_id": order_id, "error": type(error).__name__, "detail": str(error)},
+        )
+        return "deferred"
+
+
+def _resume(order_id: str, now: datetime) -> Resumed:
+    """Start the order's saga if it never started; dead-letter the order if its saga ended without settling it."""
+    order = _order_in_progress(order_id)
+    if order is None:
+        return "left"
+    refund = order.status == "REFUNDING"
+    machine = sagas.refund_state_machine_arn() if refund else sagas.checkout_state_machine_arn()
+    name = sagas.refund_execution_name(order_id) if refund else sagas.checkout_execution_name(order_id)
+    if saga_settings().workflow_type == "EXPRESS":
+        status = _express_status(order, now, refund=refund, machine=machine)
+    else:
+        status = sagas.status(machine, name)
+    if status == "RUNNING":
+        return "running"
+    if _moved_since(order):
+        # The status is newer than the order it would be judged against: the saga moved the order on
+        # meanwhile (its completion became a refund hand-over, and the checkout SUCCEEDED). The next
+        # sweep judges the order as it is then.
+        logger().info(
+            "order moved on while the sweep looked it up; left for the next sweep", extra={"order_id": order_id}
+        )
+        return "left"
+    if status is None:
+        if refund:
+            order_saga.start_refund_saga(order)
+        else:
+            start_checkout(order)
+        logger().warning("orphaned order: its saga was never started; started it", extra={"order_id": order_id})
+        return "started"
+    if status not in STOPPED and status != "SUCCEEDED":
+        return "left"
+    # Stopped without its event being handled, or ended without settling the order.
+    try:
+        _dead_letter(
+            order,
+            resume="refund" if refund else "compensate",
+            failure=None,
+            status=status,
+            error=None,
+            cause=f"the {name} execution is {status} but the order was still {order.status}",
+            execution_name=name,
+        )
+    except OrderStateConflict:
+        # Settled since it was read (a late step of its saga, delivered twice, finished it): nothing
+        # needs attention, and the rest of the sweep goes on.
+        logger().info("order settled while the sweep looked at it", extra={"order_id": order_id})
+        return "left"
+    return "settled"
+
+
+def _order_in_progress(order_id: str) -> Order | None:
+    try:
+        order = repository.get(order_id)
+    except ValidationError as error:
+        # Written behind the shop's back, or by a version this one cannot read: the reconciliation
+        # reports it for an operator; it never holds up the orders behind it.
+        logger().error(
+            "an order item in progress is not an Order; left for an operator",
+            extra={"order_id": order_id, "errors": error.error_count()},
+        )
+        return None
+    return order if order is not None and order.status in SAGA_IN_PROGRESS else None
+
+
+def _moved_since(judged: Order) -> bool:
+    current = _order_in_progress(judged.order_id)
+    return current is None or current.version != judged.version
 
 
 # An Express execution runs at most 5 minutes; past that and a margin for a step's last write, none

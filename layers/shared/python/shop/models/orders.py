@@ -507,7 +507,8 @@ class OrphanSweep(Record):
     examined: int
     started: list[str] = Field(default_factory=list)
     settled: list[str] = Field(default_factory=list)
-    # The run stopped before its Lambda timeout with candidates left; the next run goes on.
+    # The run stopped with candidates left (at its bound of orders to act on, or before its Lambda
+    # timeout); the next run goes on.
     stopped_early: bool = False
 
 

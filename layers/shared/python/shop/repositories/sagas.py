@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from shop import aws
 from shop.config import saga_settings
-from shop.errors import SagaNotStarted
+from shop.errors import SagaNotStarted, TransientError
 
 ExecutionStatus = str  # RUNNING | SUCCEEDED | FAILED | TIMED_OUT | ABORTED | PENDING_REDRIVE
 
@@ -88,14 +88,29 @@ def status(state_machine_arn: str, name: str) -> ExecutionStatus | None:
         if error.response.get("Error", {}).get("Code", "") == "ExecutionDoesNotExist":
             return None
         raise SagaNotStarted(f"Step Functions could not describe {name}; retry") from error
+    except BotoCoreError as error:
+        raise SagaNotStarted(f"Step Functions could not describe {name} ({type(error).__name__}); retry") from error
     return str(described["status"])
 
 
+# ListExecutions' largest page: a few calls list thousands of running executions (its quota is low).
+_LIST_PAGE_SIZE = 1000
+
+
 def running(state_machine_arn: str) -> list[str]:
-    """Names of the machine's executions still RUNNING (every page)."""
+    """Names of the machine's executions still RUNNING (every page). STANDARD only: Step Functions
+    does not list EXPRESS executions."""
     pages = (
         aws.stepfunctions()
         .get_paginator("list_executions")
-        .paginate(stateMachineArn=state_machine_arn, statusFilter="RUNNING")
+        .paginate(
+            stateMachineArn=state_machine_arn,
+            statusFilter="RUNNING",
+            PaginationConfig={"PageSize": _LIST_PAGE_SIZE},
+        )
     )
-    return [str(execution["name"]) for page in pages for execution in page.get("executions", [])]
+    try:
+        return [str(execution["name"]) for page in pages for execution in page.get("executions", [])]
+    except (ClientError, BotoCoreError) as error:
+        # Throttled, unavailable, or a page token refused (InvalidToken): the caller decides.
+        raise TransientError(f"Step Functions could not list the running executions of {state_machine_arn}") from error
