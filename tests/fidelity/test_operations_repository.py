@@ -13,20 +13,24 @@ def test_the_breaker_state_is_a_compare_and_set_and_its_window_round_trips(backe
     store = DynamoBreakerStore()
     assert store.load("fidelity") == BreakerState()
     window = {
+        "ord-0:authorize": BreakerOutcome(failed=True, at=1_796_000_000.0, source="cust-0", counted=False),
         "ord-1:authorize": BreakerOutcome(failed=True, at=1_796_000_000.125, source="cust-1"),
         "ord-2:capture": BreakerOutcome(failed=False, at=1_796_000_001.5, source="cust-é"),
     }
-    first = BreakerState(state="OPEN", outcomes=window, opened_at=1_796_000_001.5)
+    failed_probes = {"mallory": 1_796_000_031.25}
+    first = BreakerState(state="OPEN", outcomes=window, opened_at=1_796_000_001.5, failed_probes=failed_probes)
     assert store.replace("fidelity", first, expected_version=0)
     assert not store.replace("fidelity", first, expected_version=0)  # someone stored it first
 
     loaded = store.load("fidelity")
     assert (loaded.version, loaded.state, loaded.opened_at) == (1, "OPEN", 1_796_000_001.5)
-    assert list(loaded.outcomes) == ["ord-1:authorize", "ord-2:capture"] and loaded.outcomes == window
+    assert list(loaded.outcomes) == ["ord-0:authorize", "ord-1:authorize", "ord-2:capture"]
+    assert loaded.outcomes == window and loaded.failed_probes == failed_probes
     closed = BreakerState(version=loaded.version)
     assert not store.replace("fidelity", closed, expected_version=0)
     assert store.replace("fidelity", closed, expected_version=1)
-    assert store.load("fidelity").outcomes == {} and store.load("fidelity").version == 2
+    reloaded = store.load("fidelity")
+    assert (reloaded.outcomes, reloaded.failed_probes, reloaded.version) == ({}, {}, 2)
 
 
 def test_a_stock_letter_opens_once_counts_its_runs_and_resolves(backend: Backend) -> None:

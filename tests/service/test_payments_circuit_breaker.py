@@ -14,7 +14,10 @@ from infra.local import lambda_runtime
 from shop.config import payment_settings, table_settings
 from shop.domain import payments as domain
 from shop.errors import CircuitOpen, PaymentProviderError
-from shop.payments.circuit_breaker import BreakerPolicy, CircuitBreaker
+from shop.models.money import Money
+from shop.models.payments import AuthorizePayment
+from shop.payments.circuit_breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from shop.payments.simulator import SimulatorProvider
 from shop.repositories.operations import DynamoBreakerStore, DynamoSimulatorStore
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import FakeClock, LocalAws, random_suffix
@@ -42,7 +45,8 @@ def fail(breaker: CircuitBreaker, n: int) -> None:
 
 
 def trip(breaker: CircuitBreaker) -> None:
-    for n in range(POLICY.minimum_calls):
+    """The first failure draws the breaker's attention (uncounted), then minimum_calls open it."""
+    for n in range(1 + POLICY.minimum_calls):
         fail(breaker, n)
 
 
@@ -99,11 +103,78 @@ def test_one_customers_failing_card_does_not_cancel_other_customers_orders(shop:
     assert (status.state, status.calls_in_window, status.failures_in_window) == ("CLOSED", 5, 3)
 
 
+# ---------------------------------------------------------------------------- many calls in flight
+def test_many_authorizations_in_flight_as_failures_start_do_not_open_the_breaker(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 authorizations all admitted by the breaker before the first completes (40 function
+    instances in flight: an ordinary busy minute), one in four failing transiently, each of its own
+    customer: 25%, half the threshold. The blind calls' successes are not recorded, so counting
+    their failures read 10 of 10 failed, opened the breaker, and refused the next healthy card."""
+    settings = payment_settings()
+    tag = random_suffix()
+    requests = [
+        AuthorizePayment(
+            order_id=f"ord-{tag}-{n}",
+            amount=Money(amount=100),
+            payment_token="tok_processingError" if n % 4 == 0 else "tok_visa",
+            customer_id=f"cust-{tag}-{n}",
+        )
+        for n in range(4 * settings.breaker_minimum_calls)
+    ]
+    index = {request.order_id: n for n, request in enumerate(requests)}
+    in_flight = threading.Barrier(len(requests))
+    turns = [threading.Event() for _ in range(len(requests) + 1)]
+    original = SimulatorProvider.authorize
+
+    def authorize(self: SimulatorProvider, amount: Money, token: str, idempotency_key: str) -> Any:
+        n = index[idempotency_key.split(":")[0]]
+        in_flight.wait(timeout=60)  # every call was admitted by the breaker
+        assert turns[n].wait(timeout=60)  # and they complete in order: F S S S F S S S ...
+        return original(self, amount, token, idempotency_key)
+
+    monkeypatch.setattr(SimulatorProvider, "authorize", authorize)
+    outcomes: dict[int, str] = {}
+
+    def run(n: int) -> None:
+        try:
+            outcomes[n] = domain.authorize_payment(requests[n]).status
+        except PaymentProviderError:
+            outcomes[n] = "FAILED"
+        finally:
+            turns[n + 1].set()  # the next call completes once this one recorded its outcome
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    turns[0].set()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    monkeypatch.setattr(SimulatorProvider, "authorize", original)
+    assert [outcomes[n] for n in range(len(requests))] == ["FAILED", "AUTHORIZED", "AUTHORIZED", "AUTHORIZED"] * (
+        len(requests) // 4
+    )
+
+    status = domain.circuit_breaker_status()
+    assert (status.state, status.calls_in_window, status.failures_in_window) == ("CLOSED", 0, 0)
+    # The failures are stored (calls admitted from now on record every outcome) but not counted.
+    stored = domain.payment_breaker().state()
+    assert sorted(stored.outcomes) == sorted(f"{r.order_id}:authorize" for r in requests[::4])
+    assert not any(outcome.counted for outcome in stored.outcomes.values())
+
+    alice = AuthorizePayment(order_id=f"ord-{random_suffix()}", amount=Money(amount=100), payment_token="tok_visa")
+    assert domain.authorize_payment(alice).status == "AUTHORIZED"
+    status = domain.circuit_breaker_status()
+    assert (status.state, status.calls_in_window, status.failures_in_window) == ("CLOSED", 1, 0)
+
+
 # ---------------------------------------------------------------------------- through the step
 def test_the_step_opens_the_breaker_when_many_orders_fail_then_fails_fast(local_aws: LocalAws) -> None:
     settings = payment_settings()
     calls = settings.breaker_minimum_calls
-    for n in range(calls):
+    # The first failure draws the breaker's attention; it counts the outcomes from then on.
+    for n in range(1 + calls):
         payload, error = invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError", f"cust-{n}")
         assert payload["errorType"] == "PaymentProviderError"
 
@@ -152,7 +223,8 @@ def test_other_thresholds_come_from_the_runtime_parameters(local_aws: LocalAws) 
     local_aws.set_runtime_parameter("payment-breaker-minimum-failing-sources", "2")
     local_aws.set_runtime_parameter("payment-breaker-failure-rate-percent", "75")
 
-    invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError", "cust-1")
+    for n in range(2):  # the first draws attention, the second is counted
+        invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError", f"cust-{n}")
     assert domain.circuit_breaker_status().state == "CLOSED"
     invoke_authorize(local_aws, f"ord-{random_suffix()}", "tok_processingError", "cust-2")
 
@@ -171,17 +243,24 @@ def test_outcomes_round_trip_through_the_table(local_aws: LocalAws) -> None:
     outcomes = DynamoBreakerStore().load("shared").outcomes
     assert list(outcomes) == ["ord-1:authorize", "ord-2:capture"]
     assert (outcomes["ord-1:authorize"].failed, outcomes["ord-1:authorize"].at) == (True, clock.now)
+    assert outcomes["ord-1:authorize"].counted is False  # admitted while the window held no failure
     assert (outcomes["ord-2:capture"].failed, outcomes["ord-2:capture"].source) == (False, "ord-2")
+    assert outcomes["ord-2:capture"].counted is True
 
 
 def test_the_window_is_stored_as_one_string_and_the_earlier_map_form_still_loads(local_aws: LocalAws) -> None:
     clock = FakeClock()
     fail(instance(clock, "compact"), 1)
+    fail(instance(clock, "compact"), 2)
     dynamodb, table = local_aws.client("dynamodb"), table_settings().operations_table
     key = {"pk": {"S": "circuit#compact"}, "sk": {"S": "state"}}
     stored = dynamodb.get_item(TableName=table, Key=key)["Item"]
-    assert "outcomes" not in stored
-    assert json.loads(stored["window"]["S"]) == [["ord-1:authorize", clock.now, 1, "cust-1"]]
+    assert "outcomes" not in stored and "failed_probes" not in stored
+    # [key, at, flags, source]: flags 1 = failed, + 2 = not counted (admitted blind).
+    assert json.loads(stored["window"]["S"]) == [
+        ["ord-1:authorize", clock.now, 3, "cust-1"],
+        ["ord-2:authorize", clock.now, 1, "cust-2"],
+    ]
 
     # A breaker item written before the compact form: its outcomes as a map of maps.
     earlier = {
@@ -196,13 +275,32 @@ def test_the_window_is_stored_as_one_string_and_the_earlier_map_form_still_loads
     dynamodb.put_item(TableName=table, Item=earlier)
     state = DynamoBreakerStore().load("earlier")
     assert state.version == 3
-    assert state.outcomes["ord-7:capture"].model_dump() == {"failed": True, "at": 12.5, "source": "cust-7"}
+    assert state.outcomes["ord-7:capture"].model_dump() == {
+        "failed": True,
+        "at": 12.5,
+        "source": "cust-7",
+        "counted": True,
+    }
+
+    # A window string written before outcomes had a counted flag: its rows' 0/1 are counted.
+    dynamodb.put_item(
+        TableName=table,
+        Item={
+            "pk": {"S": "circuit#before-flags"},
+            "sk": {"S": "state"},
+            "state": {"S": "CLOSED"},
+            "version": {"N": "2"},
+            "window": {"S": '[["ord-8:authorize",12.5,1,"cust-8"],["ord-9:capture",13.0,0,"ord-9"]]'},
+        },
+    )
+    outcomes = DynamoBreakerStore().load("before-flags").outcomes
+    assert [(o.failed, o.counted) for o in outcomes.values()] == [(True, True), (False, True)]
 
 
 def test_failures_seen_by_different_instances_add_up(local_aws: LocalAws) -> None:
     clock = FakeClock()
     first, second = instance(clock), instance(clock)
-    for n, breaker in enumerate((first, second, first)):
+    for n, breaker in enumerate((first, second, first, second)):
         fail(breaker, n)
 
     calls: list[str] = []
@@ -242,15 +340,33 @@ def test_half_open_lets_exactly_one_probe_through(local_aws: LocalAws) -> None:
     assert second.call(lambda: "through", key="ord-s:authorize", source="cust-s") == "through"
 
 
-def test_a_failed_probe_reopens_for_every_instance(local_aws: LocalAws) -> None:
+def test_failed_probes_from_enough_sources_reopen_for_every_instance(local_aws: LocalAws) -> None:
     clock = FakeClock()
     first, second = instance(clock), instance(clock)
     trip(second)
     clock.advance(POLICY.cooldown_seconds)
     fail(first, 99)
+    assert DynamoBreakerStore().load("shared").failed_probes == {"cust-99": clock.now}
+    fail(second, 98)  # another source's probe fails too: a fresh cooldown
     with pytest.raises(CircuitOpen):
-        second.call(lambda: None, key="ord-s:authorize", source="cust-s")
-    assert DynamoBreakerStore().load("shared").opened_at == clock.now
+        first.call(lambda: None, key="ord-s:authorize", source="cust-s")
+    state = DynamoBreakerStore().load("shared")
+    assert (state.state, state.opened_at, state.failed_probes) == ("OPEN", clock.now, {})
+
+
+def test_one_customers_failing_probe_does_not_keep_the_breaker_open_for_everyone(local_aws: LocalAws) -> None:
+    """After the cooldown Mallory's always-failing card is the first call, round after round; it
+    used to re-open the breaker each time, so Alice's healthy card was refused for good."""
+    clock = FakeClock()
+    mallorys, alices = instance(clock), instance(clock)
+    # A provider outage opened it (as trip() does).
+    assert DynamoBreakerStore().replace("shared", BreakerState(state="OPEN", opened_at=clock.now), 0)
+    for round_ in range(3):
+        clock.advance(POLICY.cooldown_seconds)
+        with pytest.raises(PaymentProviderError):  # she is the half-open probe
+            mallorys.call(fail_transiently, key=f"ord-m{round_}:authorize", source="mallory")
+        assert alices.call(lambda: "authorized", key=f"ord-a{round_}:authorize", source="alice") == "authorized"
+        assert DynamoBreakerStore().load("shared").state == "CLOSED"
 
 
 def test_concurrent_callers_after_the_cooldown_claim_one_probe(local_aws: LocalAws) -> None:

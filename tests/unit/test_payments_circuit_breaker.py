@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -86,13 +87,20 @@ def succeed(subject: CircuitBreaker, key: str, source: str) -> None:
 
 
 def trip(subject: CircuitBreaker, first: int = 0) -> None:
-    """Enough failed operations, each of another customer, to open the breaker."""
-    for n in range(first, first + POLICY.minimum_calls):
+    """Enough failed operations, each of another customer, to open the breaker: the first draws its
+    attention (admitted while the window held no failure, it is not counted), then minimum_calls."""
+    for n in range(first, first + 1 + POLICY.minimum_calls):
         fail(subject, f"ord-{n}:authorize", f"cust-{n}")
 
 
 def state_of(store: FakeStore) -> BreakerState:
     return store.load("payments")
+
+
+def opened(store: FakeStore, clock: FakeClock) -> float:
+    """The breaker opened now (as trip() opens it); when."""
+    store.states["payments"] = BreakerState(state="OPEN", opened_at=clock.now, version=1)
+    return clock.now
 
 
 # ---------------------------------------------------------------------------- stale admission reads
@@ -115,9 +123,9 @@ def test_a_breaker_that_just_opened_may_admit_one_call_on_a_stale_read_but_stays
     store: FakeStore, clock: FakeClock
 ) -> None:
     subject = breaker(store, clock)
-    store.lagging["payments"] = BreakerState()
     trip(subject)
     assert state_of(store).state == "OPEN"
+    store.lagging["payments"] = BreakerState()
     # Admitted on the lagging CLOSED state, like a call already in flight when it opened.
     fail(subject, "ord-9:authorize", "cust-9")
     assert state_of(store).state == "OPEN"
@@ -131,35 +139,38 @@ def test_closed_breaker_passes_calls_and_writes_nothing_on_success(store: FakeSt
     subject = breaker(store, clock)
     for n in range(20):
         succeed(subject, f"ord-{n}:authorize", f"cust-{n}")
-    assert store.writes == 0
+    assert (store.loads, store.writes) == (20, 0)  # a healthy call costs its admission read only
     assert state_of(store).state == "CLOSED"
 
 
-def test_successes_are_counted_once_the_window_holds_a_failure(store: FakeStore, clock: FakeClock) -> None:
+def test_outcomes_are_counted_once_the_window_holds_a_failure(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
     succeed(subject, "ord-0:authorize", "cust-0")  # before any failure: not recorded
-    fail(subject, "ord-1:authorize", "cust-1")
+    fail(subject, "ord-1:authorize", "cust-1")  # recorded, but admitted blind: not counted
     succeed(subject, "ord-2:authorize", "cust-2")
     succeed(subject, "ord-3:capture", "ord-3")
+    fail(subject, "ord-4:authorize", "cust-4")
 
     stats = subject.stats()
     assert (stats.calls, stats.failures, stats.failing_sources) == (3, 1, 1)
-    assert list(state_of(store).outcomes) == ["ord-1:authorize", "ord-2:authorize", "ord-3:capture"]
+    assert list(state_of(store).outcomes) == ["ord-1:authorize", "ord-2:authorize", "ord-3:capture", "ord-4:authorize"]
     outcome = state_of(store).outcomes["ord-1:authorize"]
-    assert (outcome.failed, outcome.at, outcome.source) == (True, clock.now, "cust-1")
+    assert (outcome.failed, outcome.at, outcome.source, outcome.counted) == (True, clock.now, "cust-1", False)
+    assert all(outcome.counted for key, outcome in state_of(store).outcomes.items() if key != "ord-1:authorize")
 
 
 def test_a_failure_rate_below_the_threshold_stays_closed(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
-    fail(subject, "ord-0:authorize", "cust-0")
-    for n in range(1, 4):
+    fail(subject, "ord-0:authorize", "cust-0")  # draws attention, not counted
+    fail(subject, "ord-1:authorize", "cust-1")
+    for n in range(2, 5):
         succeed(subject, f"ord-{n}:authorize", f"cust-{n}")
-    fail(subject, "ord-4:authorize", "cust-4")
+    fail(subject, "ord-5:authorize", "cust-5")
     stats = subject.stats()
     assert (stats.calls, stats.failures, stats.failure_rate_percent) == (5, 2, 40.0)
     assert state_of(store).state == "CLOSED"
 
-    fail(subject, "ord-5:authorize", "cust-5")  # 3 of 6: the rate reaches the threshold
+    fail(subject, "ord-6:authorize", "cust-6")  # 3 of 6: the rate reaches the threshold
     state = state_of(store)
     assert state.state == "OPEN"
     assert state.opened_at == clock.now
@@ -167,9 +178,9 @@ def test_a_failure_rate_below_the_threshold_stays_closed(store: FakeStore, clock
 
 def test_fewer_calls_than_the_minimum_never_open(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
-    for n in range(POLICY.minimum_calls - 1):
+    for n in range(POLICY.minimum_calls):  # the first one only draws attention
         fail(subject, f"ord-{n}:authorize", f"cust-{n}")
-    assert subject.stats().failure_rate_percent == 100.0
+    assert (subject.stats().calls, subject.stats().failure_rate_percent) == (POLICY.minimum_calls - 1, 100.0)
     assert state_of(store).state == "CLOSED"
 
     fail(subject, "ord-last:authorize", "cust-last")
@@ -181,7 +192,7 @@ def test_one_sources_failures_never_open_however_many(store: FakeStore, clock: F
     for n in range(50):
         fail(subject, f"ord-{n}:authorize", "mallory")
     stats = subject.stats()
-    assert (stats.failures, stats.failing_sources) == (50, 1)
+    assert (stats.failures, stats.failing_sources) == (49, 1)
     assert state_of(store).state == "CLOSED"
     succeed(subject, "ord-ok:authorize", "alice")
     assert state_of(store).state == "CLOSED"
@@ -231,7 +242,8 @@ def test_business_errors_count_as_successes(store: FakeStore, clock: FakeClock) 
     def too_much() -> None:
         raise RefundExceedsCapture("no")
 
-    for n, business in enumerate((decline, too_much, decline, decline), start=1):
+    fail(subject, "ord-1:authorize", "cust-1")
+    for n, business in enumerate((decline, too_much, decline, decline), start=2):
         with pytest.raises((PaymentDeclined, RefundExceedsCapture)):
             subject.call(business, key=f"ord-{n}:authorize", source=f"cust-{n}")
     stats = subject.stats()
@@ -245,7 +257,7 @@ def test_unexpected_exceptions_count_as_failures(store: FakeStore, clock: FakeCl
     def crash() -> None:
         raise TimeoutError("read timed out")
 
-    for n in range(POLICY.minimum_calls):
+    for n in range(1 + POLICY.minimum_calls):
         with pytest.raises(TimeoutError):
             subject.call(crash, key=f"ord-{n}:capture", source=f"ord-{n}")
     assert state_of(store).state == "OPEN"
@@ -265,6 +277,83 @@ def test_outcomes_older_than_the_window_expire(store: FakeStore, clock: FakeCloc
     state = state_of(store)
     assert state.state == "CLOSED"
     assert list(state.outcomes) == ["ord-late:authorize"]  # pruned on the write
+
+
+def in_flight_together(subject: CircuitBreaker, calls: list[tuple[str, str, bool]]) -> None:
+    """The calls (key, source, fails) are all admitted before any completes (as many function
+    instances in flight), then complete in the listed order: each call's operation first starts the
+    one listed before it, so the breaker admits them all, and the innermost (the first listed)
+    completes first."""
+    pending = list(calls)
+
+    def start_next() -> None:
+        key, source, fails = pending.pop()
+
+        def operation() -> str:
+            if pending:
+                start_next()
+            if fails:
+                fail_transiently()
+            return "ok"
+
+        with contextlib.suppress(PaymentProviderError):
+            subject.call(operation, key=key, source=source)
+
+    start_next()
+
+
+def one_in_four_fails(first: int, count: int) -> list[tuple[str, str, bool]]:
+    """Operations ``first`` .. each of its own customer; every fourth fails: a 25% failure rate."""
+    return [(f"ord-{n}:authorize", f"cust-{n}", n % 4 == 0) for n in range(first, first + count)]
+
+
+def test_calls_in_flight_when_failures_start_do_not_bias_the_rate(store: FakeStore, clock: FakeClock) -> None:
+    """Admitted while the window held no failure, these calls record their failures but not their
+    successes: counted, 10 failures of 40 calls (25%) would read 10 of 10 and open a 50% breaker."""
+    subject = breaker(store, clock)
+    burst = one_in_four_fails(0, 40)
+    in_flight_together(subject, burst)  # completes F S S S F S S S ...
+
+    state = state_of(store)
+    assert state.state == "CLOSED"
+    assert sorted(state.outcomes) == sorted(key for key, _, fails in burst if fails)
+    assert not any(outcome.counted for outcome in state.outcomes.values())
+    assert subject.stats().calls == 0
+    # The calls admitted from now on see the failures: they record every outcome, and are counted.
+    for key, source, fails in one_in_four_fails(40, 40):
+        (fail if fails else succeed)(subject, key, source)
+    stats = subject.stats()
+    assert (stats.calls, stats.failures, stats.failure_rate_percent) == (40, 10, 25.0)
+    assert state_of(store).state == "CLOSED"
+
+
+def test_an_outage_opens_after_minimum_calls_counted_failures(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    # Every call in flight as the provider fails: none counted, all draw attention.
+    in_flight_together(subject, [(f"ord-{n}:authorize", f"cust-{n}", True) for n in range(10)])
+    assert (state_of(store).state, subject.stats().calls, len(state_of(store).outcomes)) == ("CLOSED", 0, 10)
+
+    for n in range(10, 10 + POLICY.minimum_calls - 1):
+        fail(subject, f"ord-{n}:authorize", f"cust-{n}")
+    assert state_of(store).state == "CLOSED"
+    fail(subject, "ord-last:authorize", "cust-last")
+    assert state_of(store).state == "OPEN"
+
+
+def test_a_call_admitted_seeing_a_failure_records_its_success_even_once_that_failure_expired(
+    store: FakeStore, clock: FakeClock
+) -> None:
+    """Whether an outcome counts is decided at admission, never by the outcome or what came after."""
+    subject = breaker(store, clock)
+    fail(subject, "ord-0:authorize", "cust-0")
+
+    def slow() -> str:
+        clock.advance(POLICY.window_seconds + 1)  # the failure that admitted it leaves the window
+        return "ok"
+
+    assert subject.call(slow, key="ord-1:authorize", source="cust-1") == "ok"
+    assert list(state_of(store).outcomes) == ["ord-1:authorize"]
+    assert (subject.stats().calls, subject.stats().failures) == (1, 0)
 
 
 def test_the_stored_outcomes_are_capped_to_the_most_recent(store: FakeStore, clock: FakeClock) -> None:
@@ -336,18 +425,99 @@ def test_after_cooldown_exactly_one_probe_goes_through_and_success_closes(store:
     assert other.call(lambda: "through", key="ord-o:authorize", source="cust-o") == "through"
 
 
-def test_failed_probe_reopens_with_a_fresh_cooldown(store: FakeStore, clock: FakeClock) -> None:
+def test_failed_probes_from_enough_sources_reopen_with_a_fresh_cooldown(store: FakeStore, clock: FakeClock) -> None:
     subject = breaker(store, clock)
-    trip(subject)
+    opened_at = opened(store, clock)
     clock.advance(POLICY.cooldown_seconds)
-    fail(subject, "ord-p:authorize", "cust-p")  # the probe
+    fail(subject, "ord-p:authorize", "cust-p")  # the probe: one failing source of the 2 it takes
     state = state_of(store)
-    assert state.state == "OPEN"
-    assert state.opened_at == clock.now
+    assert (state.state, state.opened_at, state.failed_probes) == ("OPEN", opened_at, {"cust-p": clock.now})
+
+    fail(subject, "ord-q:authorize", "cust-q")  # the next probe, another source: a real outage
+    state = state_of(store)
+    assert (state.state, state.opened_at, state.failed_probes) == ("OPEN", clock.now, {})
 
     clock.advance(POLICY.cooldown_seconds - 1)
     with pytest.raises(CircuitOpen):
+        subject.call(lambda: None, key="ord-r:authorize", source="cust-r")
+
+
+def test_with_one_failing_source_enough_a_failed_probe_reopens_at_once(store: FakeStore, clock: FakeClock) -> None:
+    policy = BreakerPolicy(
+        failure_rate_percent=50.0,
+        minimum_calls=4,
+        minimum_failing_sources=1,
+        window_seconds=60.0,
+        cooldown_seconds=30.0,
+    )
+    subject = breaker(store, clock, policy)
+    opened(store, clock)
+    clock.advance(policy.cooldown_seconds)
+    fail(subject, "ord-p:authorize", "cust-p")
+    state = state_of(store)
+    assert (state.state, state.opened_at, state.failed_probes) == ("OPEN", clock.now, {})
+    with pytest.raises(CircuitOpen):
         subject.call(lambda: None, key="ord-q:authorize", source="cust-q")
+
+
+def test_one_customers_failing_probe_does_not_keep_the_breaker_open(store: FakeStore, clock: FakeClock) -> None:
+    """Mallory's card always fails transiently, and after the cooldown hers is the first call:
+    her failed probe must not keep the breaker open for everybody (opening takes failures from
+    minimum_failing_sources sources; so does re-opening)."""
+    subject, other = breaker(store, clock), breaker(store, clock)
+    opened(store, clock)
+    clock.advance(POLICY.cooldown_seconds)
+    fail(subject, "ord-m1:authorize", "mallory")  # she is the half-open probe
+
+    # Alice comes next: she is the next probe at once (no second cooldown), and only she.
+    def alices_probe() -> str:
+        assert state_of(store).state == "HALF_OPEN"
+        with pytest.raises(CircuitOpen):
+            other.call(lambda: "ran", key="ord-b:authorize", source="bob")
+        return "authorized"
+
+    assert subject.call(alices_probe, key="ord-a:authorize", source="alice") == "authorized"
+    state = state_of(store)
+    assert (state.state, state.outcomes, state.failed_probes) == ("CLOSED", {}, {})
+    # Closed, mallory's failures are one source's: they never open it again.
+    for n in range(2, 20):
+        fail(subject, f"ord-m{n}:authorize", "mallory")
+    assert state_of(store).state == "CLOSED"
+    succeed(other, "ord-b:authorize", "bob")
+
+
+def test_a_source_whose_probe_failed_waits_a_cooldown_before_probing_again(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    opened_at = opened(store, clock)
+    clock.advance(POLICY.cooldown_seconds)
+    fail(subject, "ord-m1:authorize", "mallory")
+    calls: list[str] = []
+
+    clock.advance(POLICY.cooldown_seconds - 1)
+    with pytest.raises(CircuitOpen) as raised:
+        subject.call(lambda: calls.append("mallory"), key="ord-m2:authorize", source="mallory")
+    assert calls == []
+    assert raised.value.extensions["retry_after"] == pytest.approx(1.0)
+
+    clock.advance(1)  # her own cooldown is over: she may probe again; alone, she still opens nothing
+    fail(subject, "ord-m2:authorize", "mallory")
+    state = state_of(store)
+    assert (state.state, state.opened_at, state.failed_probes) == ("OPEN", opened_at, {"mallory": clock.now})
+    succeed(subject, "ord-a:authorize", "alice")
+    assert state_of(store).state == "CLOSED"
+
+
+def test_failed_probes_older_than_the_window_do_not_add_up(store: FakeStore, clock: FakeClock) -> None:
+    subject = breaker(store, clock)
+    opened(store, clock)
+    clock.advance(POLICY.cooldown_seconds)
+    fail(subject, "ord-m:authorize", "mallory")
+    clock.advance(POLICY.window_seconds + 1)
+    fail(subject, "ord-t:authorize", "trent")
+
+    state = state_of(store)
+    assert (state.state, state.failed_probes) == ("OPEN", {"trent": clock.now})
+    assert state.opened_at is not None and state.opened_at < clock.now
 
 
 def test_declined_probe_closes_the_breaker(store: FakeStore, clock: FakeClock) -> None:
@@ -434,7 +604,7 @@ def test_a_lost_count_race_is_retried_so_no_outcome_is_lost(store: FakeStore, cl
 
 def test_a_lost_race_is_re_decided_on_the_fresh_state(store: FakeStore, clock: FakeClock) -> None:
     subject, rival = breaker(store, clock), breaker(store, clock)
-    for n in range(POLICY.minimum_calls - 1):
+    for n in range(POLICY.minimum_calls):  # one uncounted, then one counted failure short
         fail(subject, f"ord-{n}:authorize", f"cust-{n}")
     # The rival's failure opens the breaker while ours is being written: ours then changes nothing.
     store.before_replace = lambda: fail(rival, "ord-r:authorize", "cust-r")
@@ -520,7 +690,9 @@ def test_each_opening_counts_one_circuit_breaker_opened_metric(store: FakeStore,
     assert opened_counts() == [1.0]
 
     clock.advance(POLICY.cooldown_seconds)
-    fail(subject, "ord-p:authorize", "cust-p")  # the failed probe re-opens it
+    fail(subject, "ord-p:authorize", "cust-p")  # one source's failed probe: no fresh opening
+    assert opened_counts() == [1.0]
+    fail(subject, "ord-q:authorize", "cust-q")  # failed probes from two sources re-open it
     assert opened_counts() == [1.0, 1.0]
 
     clock.advance(POLICY.cooldown_seconds)

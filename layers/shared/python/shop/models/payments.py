@@ -119,7 +119,8 @@ class CircuitBreakerStatus(Record):
     name: str
     state: BreakerStateName
     # The sliding window as of now: one outcome per operation (idempotency key), however often
-    # it was retried. Successes are recorded only while the window holds a failure.
+    # it was retried; only the outcomes the rate is judged on: those of calls admitted while the
+    # window held a failure (a healthy call records nothing, see shop.payments.circuit_breaker).
     calls_in_window: int
     failures_in_window: int
     failure_rate_percent: float

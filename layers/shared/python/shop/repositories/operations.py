@@ -2,10 +2,14 @@
 
 - Circuit breakers: ``pk = "circuit#{name}"``, ``sk = "state"``; every write is a
   compare-and-set on ``version``. ``window`` holds the window's outcomes, pruned and capped by
-  the breaker before every write, as ONE JSON string of ``[key, at, failed, source]`` rows: while
+  the breaker before every write, as ONE JSON string of ``[key, at, flags, source]`` rows: while
   the window holds a failure every payment call reads and writes this item, and up to 200
   outcomes as nested DynamoDB maps cost every caller a deep parse and serialization (most of the
-  payment steps' CPU under a failing provider). Items written as an ``outcomes`` map are read too.
+  payment steps' CPU under a failing provider). ``flags`` is 1 for a failure, plus 2 when the
+  outcome is not counted in the rate (so 0, 1 or 3; rows written before outcomes had a
+  ``counted`` flag hold 0 or 1, and code that reads the column as "failed" still reads it right).
+  Items written as an ``outcomes`` map are read too (their outcomes counted). ``failed_probes``,
+  absent when empty, is a JSON string of ``[source, at]`` rows.
 - The payment simulator: ONE item per idempotency key, ``pk = "simulator#key#{key_digest(key)}"``,
   ``sk = "result"``, so a key can be bound to one operation only (every write of it is
   conditional on ``attribute_not_exists(pk)`` or on what it holds), and every write is a
@@ -68,10 +72,18 @@ def _call(operation: str, **request: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- circuit breakers
+# A window row's flags.
+_FAILED, _NOT_COUNTED = 1, 2
+
+
+def _flags(outcome: BreakerOutcome) -> int:
+    return (_FAILED if outcome.failed else 0) | (0 if outcome.counted else _NOT_COUNTED)
+
+
 @functools.lru_cache(maxsize=4096)
-def _outcome(at: float, failed: int, source: str) -> BreakerOutcome:
+def _outcome(at: float, flags: int, source: str) -> BreakerOutcome:
     # Two consecutive windows share all but their newest rows: each row's model is built once.
-    return BreakerOutcome(at=at, failed=bool(failed), source=source)
+    return BreakerOutcome(at=at, failed=bool(flags & _FAILED), source=source, counted=not flags & _NOT_COUNTED)
 
 
 @functools.lru_cache(maxsize=8)
@@ -81,7 +93,7 @@ def _parsed_window(window: str) -> dict[str, BreakerOutcome]:
     Each write changes the string, so the rows' models are cached too: 100 outcomes are 100 models
     to build, most of them already built for the previous version. Callers get a copy: the outcomes
     themselves are frozen, so sharing them is safe."""
-    return {key: _outcome(at, failed, source) for key, at, failed, source in json.loads(window)}
+    return {key: _outcome(at, flags, source) for key, at, flags, source in json.loads(window)}
 
 
 class DynamoBreakerStore:
@@ -97,19 +109,24 @@ class DynamoBreakerStore:
         if not item:
             return BreakerState()
         window = item.pop("window", None)
+        failed_probes = item.pop("failed_probes", None)
         fields = unmarshal(item)
         fields.pop("pk", None)
         fields.pop("sk", None)
         if window is not None:
             fields["outcomes"] = dict(_parsed_window(window["S"]))
+        if failed_probes is not None:
+            fields["failed_probes"] = dict(json.loads(failed_probes["S"]))
         return BreakerState.model_validate(fields)
 
     def replace(self, name: str, state: BreakerState, expected_version: int) -> bool:
-        fields = state.model_dump(mode="python", exclude={"outcomes"})
-        window = [[key, o.at, int(o.failed), o.source] for key, o in state.outcomes.items()]
+        fields = state.model_dump(mode="python", exclude={"outcomes", "failed_probes"})
+        window = [[key, o.at, _flags(o), o.source] for key, o in state.outcomes.items()]
+        failed_probes = [[source, at] for source, at in state.failed_probes.items()]
         item = {
             **fields,
             "window": json.dumps(window, separators=(",", ":")),
+            "failed_probes": json.dumps(failed_probes, separators=(",", ":")) if failed_probes else None,
             "pk": self._pk(name),
             "sk": "state",
             "version": expected_version + 1,
