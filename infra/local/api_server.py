@@ -42,6 +42,10 @@ from infra.local.template import load_template
 REST_API = "RestAPI"
 # API Gateway's REST API payload limit.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
+_DECIMAL = re.compile(r"[0-9]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,8}")
+# A chunk-size line (with extensions) or a trailer line: longer is no request a client means.
+_MAX_CHUNK_LINE = 4096
 # The Lambda limits the local server mirrors (from .chalice/config.json's dev stage).
 LAMBDA_TIMEOUT_SECONDS = 29
 LAMBDA_MEMORY_MB = 512
@@ -96,20 +100,69 @@ def _gateway_answer(response_type: str, message: str) -> tuple[int, dict[str, st
     return response.render(message, str(uuid.uuid4()))
 
 
+class _BadChunks(ValueError):
+    """A chunked request body that is not one (a chunk size that is no hex number, a missing CRLF)."""
+
+
 class GatewayRequestHandler(ChaliceRequestHandler):
     """chalice local's request handler, answering like the deployed gateway where they differ."""
 
+    # A chunked request's body, read whole before the app sees it (chalice local reads Content-Length only).
+    _dechunked: bytes | None = None
+
     def _handle_with_gateway_rules(self) -> None:
+        self._dechunked = None
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            self._read_chunked_body()
+            return
         length = self.headers.get("content-length", "0")
-        if not length.isdigit():
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses, and the server dropped the connection.
+        if not _DECIMAL.fullmatch(length):
             self._send_gateway_answer("DEFAULT_4XX", "Invalid Content-Length")
             return
         if int(length) > MAX_REQUEST_BYTES:
-            # Refused before reading: the connection is closed, so the unread body is never used.
-            self.close_connection = True
-            self._send_gateway_answer("REQUEST_TOO_LARGE", "Request Too Long")
+            self._refuse_too_large()
             return
         self._generic_handle()
+
+    def _refuse_too_large(self) -> None:
+        # Refused before reading (all of) it: the connection is closed, so the unread body is never used.
+        self.close_connection = True
+        self._send_gateway_answer("REQUEST_TOO_LARGE", "Request Too Long")
+
+    def _read_chunked_body(self) -> None:
+        """API Gateway takes a chunked request whole; so does this server (it used to drop the body)."""
+        body = bytearray()
+        try:
+            while True:
+                size_line = self.rfile.readline(_MAX_CHUNK_LINE)
+                size_text = size_line.split(b";", 1)[0].strip()
+                if not _HEX.fullmatch(size_text):
+                    raise _BadChunks(size_line[:40].decode("latin-1"))
+                size = int(size_text, 16)
+                if size == 0:
+                    while self.rfile.readline(_MAX_CHUNK_LINE).strip():
+                        pass  # trailers: nothing of them reaches the app, as on the gateway
+                    break
+                if len(body) + size > MAX_REQUEST_BYTES:
+                    self._refuse_too_large()
+                    return
+                body += self.rfile.read(size)
+                if self.rfile.readline(_MAX_CHUNK_LINE).strip():
+                    raise _BadChunks("no CRLF after a chunk")
+        except _BadChunks:
+            self.close_connection = True
+            self._send_gateway_answer("DEFAULT_4XX", "Invalid chunked body")
+            return
+        self._dechunked = bytes(body)
+        self._generic_handle()
+
+    def _parse_payload(self) -> tuple[dict[str, str], bytes | None]:
+        if self._dechunked is None:
+            return super()._parse_payload()
+        headers = {name: value for name, value in self.headers.items() if name.lower() != "transfer-encoding"}
+        headers["Content-Length"] = str(len(self._dechunked))
+        return headers, self._dechunked or None
 
     # BaseHTTPRequestHandler dispatches to do_<METHOD>.
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _handle_with_gateway_rules  # noqa: N815

@@ -311,3 +311,51 @@ def test_what_the_local_server_refuses_by_itself_is_problem_json_too(server: tup
     assert head.startswith(b"HTTP/1.1 431")
     assert b"Content-Type: application/problem+json" in head
     assert json.loads(body)["status"] == 431
+
+
+def _raw_exchange(server: tuple[str, int], request: bytes) -> tuple[bytes, bytes]:
+    with socket.create_connection(server, timeout=10) as raw:
+        raw.sendall(request)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_a_content_length_that_is_no_ascii_number_is_a_problem_not_a_dropped_connection(
+    server: tuple[str, int],
+) -> None:
+    # "²" (latin-1 \xb2): str.isdigit() took it, int() did not, and the server closed without an answer.
+    head, body = _raw_exchange(
+        server,
+        b"POST /products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: \xb2\r\nConnection: close\r\n\r\n{}",
+    )
+    assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/problem+json" in head
+    assert json.loads(body)["status"] == 400
+
+
+def test_a_chunked_body_reaches_the_app_as_on_the_gateway(server: tuple[str, int]) -> None:
+    """The app saw no body (400 "a JSON body is required"), and the chunks were left to be read as the next request."""
+    payload = b'{"quantity":1}'
+    chunks = (
+        b"5\r\n" + payload[:5] + b"\r\n" + f"{len(payload) - 5:x}".encode() + b"\r\n" + payload[5:] + b"\r\n0\r\n\r\n"
+    )
+    head, body = _raw_exchange(
+        server,
+        b"PUT /cart/items/NOPE HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks,
+    )
+    assert head.startswith(b"HTTP/1.1 422"), head  # the body arrived: the SKU is unknown
+    assert json.loads(body)["type"] == "urn:shop:problem:product-unavailable"
+
+
+def test_a_malformed_chunked_body_is_a_problem(server: tuple[str, int]) -> None:
+    head, body = _raw_exchange(
+        server,
+        b"PUT /cart/items/NOPE HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
+    assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/problem+json" in head
+    assert json.loads(body)["status"] == 400
