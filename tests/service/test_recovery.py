@@ -738,3 +738,22 @@ def test_a_provider_answer_lost_after_its_effect_is_found_by_key_and_never_repea
     assert settled.provider is not None and settled.provider.authorization.status == "CAPTURED"
     assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (1, 0)
     assert settled.ours is not None and (settled.ours.status, settled.ours.captured_amount) == ("CAPTURED", 2 * PRICE)
+
+
+def test_an_order_no_saga_can_run_never_holds_up_the_orphans_behind_it(shop: Shop, local_aws: LocalAws) -> None:
+    """An orphan without its payment method (edited behind the shop's back) cannot be started: it stopped
+    the whole sweep, and every orphan behind it, for good."""
+    with inject(aws.stepfunctions(), SdkFault("StartExecution", "ThrottlingException", times=2)):
+        unrunnable, behind = (shop.place([("MUG-1", 1)], key=f"orphan-{n}").json_body["order_id"] for n in range(2))
+    placed_ago(local_aws, unrunnable, 300)
+    local_aws.client("dynamodb").update_item(
+        TableName=local_aws.table("OrdersTable"),
+        Key={"order_id": {"S": unrunnable}},
+        UpdateExpression="REMOVE payment_token",
+    )
+
+    swept = recovery.resume_orphans(datetime.now(UTC) + timedelta(seconds=61))
+
+    assert (swept.examined, swept.started, swept.settled) == (2, [behind], [])
+    assert shop.wait_checkout(behind) == "SUCCEEDED"
+    assert shop.order(unrunnable).status == "PENDING"  # an operator's to look at

@@ -227,6 +227,14 @@ def _listed_running(order_id: str, running: frozenset[str] | None) -> bool:
 def _resume_or_defer(order_id: str, now: datetime) -> Resumed:
     try:
         return _resume(order_id, now)
+    except OrderStateConflict as error:
+        # An order no saga can run (one without its payment method, edited behind the shop's back):
+        # an operator's; it never holds up the orders behind it.
+        logger().error(
+            "an order in progress cannot be resumed; left for an operator",
+            extra={"order_id": order_id, "detail": str(error)},
+        )
+        return "left"
     except TransientError as error:
         # Throttled or unavailable (a DescribeExecution, a StartExecution, the orders table): this
         # order waits for the next sweep; the orders behind it do not.
