@@ -212,3 +212,17 @@ def test_a_settled_status_is_listed_newest_first_across_every_outcome_shard(back
         )[0]
         == []
     )
+
+
+def test_a_customers_last_page_of_orders_hands_out_no_token(backend: Backend) -> None:
+    """DynamoDB answers a Query that stopped at its Limit with a LastEvaluatedKey even when nothing follows: a
+    customer with exactly a page of orders was handed a token that led to an empty page."""
+    for number in range(3):
+        stored_order(f"page-{number}", "PENDING")
+
+    first, token = repository.list_for_customer("cust-1", limit=2, start_key=None)
+    assert [order.order_id for order in first] == ["page-2", "page-1"] and token is not None
+    last, end = repository.list_for_customer("cust-1", limit=2, start_key=token)
+    assert [order.order_id for order in last] == ["page-0"] and end is None
+    whole, none_after = repository.list_for_customer("cust-1", limit=3, start_key=None)
+    assert len(whole) == 3 and none_after is None

@@ -320,9 +320,10 @@ def _in_listed_order(keys: list[Mapping[str, Any]]) -> list[Order]:
 def list_for_customer(
     customer_id: str, *, limit: int, start_key: Mapping[str, Any] | None
 ) -> tuple[list[Order], dict[str, Any] | None]:
-    """One page of the customer's orders, newest first, and DynamoDB's key to continue from.
+    """One page of the customer's orders, newest first, and the key to continue after (None on the last page).
 
-    Keys are in the low-level client's shape, as ``shop.pagination`` signs them.
+    Keys are in the low-level client's shape, as ``shop.pagination`` signs them. One extra key is read so
+    the last page says so: a page that ended exactly at ``limit`` handed out a token leading to an empty page.
     """
     request: dict[str, Any] = {
         "TableName": table_settings().orders_table,
@@ -330,12 +331,18 @@ def list_for_customer(
         "KeyConditionExpression": "customer_id = :customer",
         "ExpressionAttributeValues": {":customer": {"S": customer_id}},
         "ScanIndexForward": False,
-        "Limit": limit,
+        "Limit": limit + 1,
     }
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
     response = call("query", busy=OrderContention, **request)
-    return _in_listed_order(response.get("Items", [])), response.get("LastEvaluatedKey")
+    keys = response.get("Items", [])
+    if len(keys) > limit:
+        keys = keys[:limit]
+        # A KEYS_ONLY item is exactly the index's continuation key: the table's key and the index's.
+        return _in_listed_order(keys), dict(keys[-1])
+    # Fewer than asked but a key: DynamoDB stopped at its 1 MB page size, so continue from there.
+    return _in_listed_order(keys), response.get("LastEvaluatedKey")
 
 
 def _matches(order: Order, found: OrderFilter) -> bool:
