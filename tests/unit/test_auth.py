@@ -405,3 +405,14 @@ def test_a_cognito_provider_url_without_scheme_is_its_https_issuer(configure: Ca
     settings = config.auth_settings()
     assert settings.auth_issuer == "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_abc"
     assert settings.jwks_url == "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_abc/.well-known/jwks.json"
+
+
+@pytest.mark.parametrize("subject", ["alice smith", "a" * 129, "ålice", ""])
+def test_a_subject_no_order_could_be_stored_under_is_unauthorized(verifier: DevIdentityProvider, subject: str) -> None:
+    """A custom identity provider's "sub" (Cognito's is a UUID): POST /orders stored the order, and every saga step
+    then refused its customer id, so it was cancelled INVENTORY_UNAVAILABLE."""
+    claims = jwt.decode(verifier.token("alice"), options={"verify_signature": False})
+    claims["sub"] = subject
+    token = jwt.encode(claims, verifier.private_key_pem, algorithm="RS256", headers={"kid": KEY_ID})
+    with pytest.raises(Unauthorized):
+        auth.verify(token)
