@@ -170,3 +170,22 @@ def test_the_longest_search_is_accepted(api: SearchApi) -> None:
     assert api.found("m" * MAX_SEARCH_LENGTH) == []
     assert api.found("mug " + "x" * (MAX_SEARCH_LENGTH - 4)) == []
     assert api.found("M") == ["MUG"]
+
+
+def test_words_of_scripts_with_vowel_signs_are_searched_whole(api: SearchApi) -> None:
+    """ "किताब" was indexed and queried as "क", "त", "ब": it found every product with terms beginning with
+    those letters, and a four-word Hindi name was 422 search-too-many-words."""
+    create(api, "BOOK", "पुरानी हिंदी किताब सेट")
+    create(api, "OTHER", "कमल तरबूज बत्तख")
+
+    assert api.found("किताब") == ["BOOK"]
+    assert api.found("पुरानी हिंदी किताब सेट") == ["BOOK"]
+    assert api.found("कमल") == ["OTHER"]
+
+
+def test_letters_with_a_stroke_are_found_typed_plainly(api: SearchApi) -> None:
+    create(api, "LODZ", "Łódź souvenir")
+    create(api, "AERO", "Ærø mug")
+
+    assert api.found("lodz") == ["LODZ"] and api.found("ŁÓDŹ") == ["LODZ"]
+    assert api.found("aero") == ["AERO"]

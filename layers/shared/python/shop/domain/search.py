@@ -2,9 +2,11 @@
 how a query is read, and how matches rank.
 
 Text is folded so that case and accents never matter: Unicode NFKD (compatibility forms such as
-"ﬁ" or "①" become "fi", "1"), case folding ("ß" becomes "ss"), and the combining marks dropped
-("é" becomes "e"). A term is a run of letters and digits in the folded text, cut to
-``MAX_TERM_LENGTH`` characters (``T-shirt (M)`` has the terms ``t``, ``shirt``, ``m``).
+"ﬁ" or "①" become "fi", "1"), case folding ("ß" becomes "ss"), the combining marks dropped
+("é" becomes "e"), and the letters no decomposition reaches spelled plainly ("ł", "ø", "æ" become
+"l", "o", "ae"). A term is a run of letters and digits in the folded text, and of the marks inside
+it (an Indic vowel sign, a Thai vowel: part of the word, not accents), cut to ``MAX_TERM_LENGTH``
+characters (``T-shirt (M)`` has the terms ``t``, ``shirt``, ``m``; "किताब" is one term).
 
 Every word of a query must match, each as the beginning of a term of the product (``ston mu``
 finds "Stoneware mug"; the contract's example needs this for every word, not only the last). A
@@ -16,7 +18,6 @@ fields, so "name above description above category" holds for every single word.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -47,19 +48,40 @@ CATEGORY = 1
 # (6 + 2), a prefix match in the description (3) a whole-term match in the category (2).
 FIELD_WEIGHTS: Mapping[int, int] = {NAME: 9, DESCRIPTION: 3, CATEGORY: 1}
 
-# Letters and digits of any script (``\w`` without the underscore).
-_TERM = re.compile(r"[^\W_]+")
+# Letters that carry their accent or stroke in themselves (no decomposition takes it off), as
+# folded (lower case): spelled as a shopper without them on the keyboard types them.
+_PLAIN_SPELLING = str.maketrans(
+    {"ł": "l", "ø": "o", "đ": "d", "ð": "d", "ħ": "h", "ŧ": "t", "\u0131": "i", "æ": "ae", "œ": "oe", "þ": "th"}
+)
 
 
 def fold(text: str) -> str:
-    """``text`` without case and accents: NFKD, case folding, NFKD again (folding can compose), marks dropped."""
+    """``text`` without case and accents: NFKD, case folding, NFKD again (folding can compose), combining marks
+    dropped, letters without a decomposition spelled plainly."""
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).translate(_PLAIN_SPELLING)
+
+
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("M")
 
 
 def terms(text: str) -> list[str]:
-    """The folded terms of ``text`` in order, repeats included."""
-    return [term[:MAX_TERM_LENGTH] for term in _TERM.findall(fold(text))]
+    """The folded terms of ``text`` in order, repeats included: each a letter or digit (of any script) and the
+    letters, digits and marks that follow it. The marks fold leaves (their combining class is 0: an Indic
+    vowel sign, a Thai vowel) belong to the word; cut at them, "किताब" was "क", "त", "ब", three one-letter
+    prefixes that matched other products and counted as three words of a query."""
+    found: list[str] = []
+    current: list[str] = []
+    for ch in fold(text):
+        if (ch.isalnum() and ch != "_") or (current and _is_mark(ch)):
+            current.append(ch)
+        elif current:
+            found.append("".join(current))
+            current = []
+    if current:
+        found.append("".join(current))
+    return [term[:MAX_TERM_LENGTH] for term in found]
 
 
 def index_terms(name: str, description: str, category: str) -> dict[str, int]:
