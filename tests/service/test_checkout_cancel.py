@@ -15,6 +15,7 @@ from infra.local import lambda_runtime
 from shop.domain import payments as payment_domain
 from shop.repositories import inventory as inventory_repository
 from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
+from tests.service.faults import StepFaults
 from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product, steps
 
 # Every saga path of this module runs in both workflow types (template parameter WorkflowType).
@@ -58,6 +59,26 @@ def test_cancel_before_the_saga_claims_the_order_cancels_it_there_and_reserves_n
     assert available("MUG-1") == 10
     assert inventory_repository.get_reservation(placed["order_id"]) is None
     assert payment_domain.provider().lookup(f"{placed['order_id']}:authorize") is None
+
+
+def test_a_claim_that_cancelled_the_order_and_lost_its_answer_ends_the_run_when_delivered_again(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """The retried claim found the order CANCELLED, not PENDING: it must not let the run go on to reserve."""
+    pause = faults.pause_at("ClaimOrderFunction")
+    faults.lose_answer_once("ClaimOrderFunction")
+    placed = shop.place_ok([("MUG-1", 2)])
+    pause.wait_reached()
+    assert shop.cancel(placed["order_id"]).status_code == 202
+    pause.released.set()
+
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    assert faults.lost == [("ClaimOrderFunction", None)]
+    order = shop.get(placed["order_id"]).json_body
+    assert (order["status"], order["failure_reason"]) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+    assert ("reserve_stock", "SUCCEEDED") not in steps(order)
+    assert available("MUG-1") == 10
+    assert inventory_repository.get_reservation(placed["order_id"]) is None
 
 
 def test_cancel_before_authorization_cancels_without_charging(shop: Shop, local_aws: LocalAws) -> None:

@@ -53,8 +53,12 @@ CANCELLED_BEFORE_CLAIM = Failure(reason="CANCELLED_BY_CUSTOMER", step=None, comp
 def cancelled_before_claim(order: Order, epoch: int) -> bool:
     """The checkout's first run just claimed an order whose customer asked to cancel before any step
     ran: it is cancelled there, and nothing is reserved or authorized for it (before, the run reserved
-    first, and a shortage then cancelled the customer's cancelled order as OUT_OF_STOCK)."""
-    return epoch == FIRST_EPOCH and order.status == "PENDING" and order.cancel_requested
+    first, and a shortage then cancelled the customer's cancelled order as OUT_OF_STOCK).
+
+    CANCELLED too: the first run's claim step, delivered again after it cancelled the order (its
+    answer lost), must end the run as well, never go on to reserve for a cancelled order.
+    """
+    return epoch == FIRST_EPOCH and order.cancel_requested and order.status in ("PENDING", "CANCELLED")
 
 
 @dataclass(frozen=True)
