@@ -51,7 +51,8 @@ def run_locust(
         spawn_rate=users,
         duration=duration,
         host=stack.api_url,
-        options=["--json-file", str(report)],
+        # The CSV's failures file keeps each failure's message (an order's id and status), which the JSON lacks.
+        options=["--json-file", str(report), "--csv", str(report)],
     )
     result = subprocess.run(
         command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=LOCUST_DEADLINE_SECONDS
@@ -64,17 +65,18 @@ def run_locust(
     return result, requests_by_name, failures_by_name
 
 
-def error_report(result: subprocess.CompletedProcess[str]) -> str:
-    """Locust's closing "Error report" (each failure's message and count), for an assertion's message."""
-    output = result.stdout + result.stderr
-    start = output.rfind("Error report")
-    return output[start:][:4000] if start >= 0 else output[-4000:]
+def error_report(result: subprocess.CompletedProcess[str], tmp_path: Path, mix: str) -> str:
+    """Each failure's message and count (Locust's failures CSV: an order's row names the order and where it
+    stood), then the end of Locust's output, for an assertion's message."""
+    failures = tmp_path / f"{mix}_failures.csv"
+    listed = failures.read_text()[:4000] if failures.exists() else "(no failures file)\n"
+    return listed + (result.stdout + result.stderr)[-2000:]
 
 
-def saga_failures(stack: RunningStack, result: subprocess.CompletedProcess[str]) -> str:
+def saga_failures(stack: RunningStack, report: str) -> str:
     """The errors the sagas of the orders Locust failed met (state, error, cause), for an assertion's message:
     an outcome's row names the order and its history, the saga's history says why."""
-    order_ids = set(re.findall(r"order (\S+) (?:ended|still)", result.stdout + result.stderr))
+    order_ids = set(re.findall(r"order (\S+) (?:ended|still)", report))
     if not order_ids:
         return ""
     stepfunctions = stack.aws("stepfunctions")
@@ -142,9 +144,8 @@ def test_shopper_mix_reaches_every_route_it_exercises_without_a_failure(stack: R
         think_max_seconds="0",
     )
 
-    assert {name: count for name, count in failures.items() if count} == {}, error_report(result) + saga_failures(
-        stack, result
-    )
+    report = error_report(result, tmp_path, "shopper")
+    assert {name: count for name, count in failures.items() if count} == {}, report + saga_failures(stack, report)
     assert result.returncode == 0, result.stderr[-4000:]
     routes = [
         "GET /products",
@@ -188,9 +189,8 @@ def test_flash_sale_sells_exactly_the_stock_and_the_rest_sell_out(stack: Running
         stack, tmp_path, mix="flash", users=users, duration="100s", tours="1", flash_sku=sku, flash_stock=str(stock)
     )
 
-    assert {name: count for name, count in failures.items() if count} == {}, error_report(result) + saga_failures(
-        stack, result
-    )
+    report = error_report(result, tmp_path, "flash")
+    assert {name: count for name, count in failures.items() if count} == {}, report + saga_failures(stack, report)
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"flash sale {sku}: {stock} of {stock} units sold" in result.stdout
     assert requested(stats, "ORDER flash sale -> COMPLETED") == stock
