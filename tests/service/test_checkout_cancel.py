@@ -13,6 +13,7 @@ import pytest
 
 from infra.local import lambda_runtime
 from shop.domain import payments as payment_domain
+from shop.errors import CircuitOpen
 from shop.repositories import inventory as inventory_repository
 from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
 from tests.service.faults import StepFaults
@@ -116,7 +117,9 @@ def test_cancel_after_authorization_voids_before_capture(shop: Shop, local_aws: 
     assert available("MUG-1") == 10
 
 
-def test_cancel_during_capture_ends_refunded(shop: Shop, local_aws: LocalAws) -> None:
+def test_cancel_during_the_first_capture_attempt_ends_refunded(shop: Shop, local_aws: LocalAws) -> None:
+    """The first attempt does not read the order (a checkout costs no extra read): a cancel that lands
+    there is honoured by a refund."""
     pause = _pause(local_aws, "CapturePaymentFunction")
     placed = shop.place_ok([("MUG-1", 2)])
     pause.wait_reached()
@@ -136,6 +139,67 @@ def test_cancel_during_capture_ends_refunded(shop: Shop, local_aws: LocalAws) ->
     assert available("MUG-1") == 10
     assert ("complete_order", "REFUND_REQUIRED") in steps(order)
     assert ("complete_order", "COMPLETED") not in steps(order)
+
+
+def _capture_held_back_once(faults: StepFaults) -> PauseAt:
+    """The capture's first attempt meets an open breaker (the provider never sees it); the saga is
+    paused just before it so that the test can cancel while the capture waits to retry."""
+    faults.fail("CapturePaymentFunction", CircuitOpen, when=lambda event: event.get("attempt") == 0)
+    return faults.pause_at("CapturePaymentFunction")
+
+
+def test_cancel_while_the_capture_waits_out_an_open_breaker_voids_instead_of_charging(
+    shop: Shop, faults: StepFaults
+) -> None:
+    """An open breaker retries the capture for up to most of an hour: before, a cancel in that time was
+    charged once the provider came back, then refunded."""
+    pause = _capture_held_back_once(faults)
+    placed = shop.place_ok([("MUG-1", 2)])
+    pause.wait_reached()
+    assert shop.cancel(placed["order_id"]).json_body["status"] == "PAYMENT_AUTHORIZED"
+    pause.released.set()
+
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    assert faults.refused["CapturePaymentFunction"] == 1
+    order = shop.get(placed["order_id"]).json_body
+    assert (order["status"], order["failure_reason"]) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+    assert order["payment"]["status"] == "VOIDED"
+    assert order["payment"]["captured"]["amount"] == order["payment"]["refunded"]["amount"] == 0
+    assert payment_domain.provider().lookup(f"{placed['order_id']}:capture") is None
+    assert payment_domain.provider().lookup(f"{placed['order_id']}:void") is not None
+    assert shop.executions("RefundStateMachine") == []
+    assert available("MUG-1") == 10
+    assert ("capture_payment", "SUCCEEDED") not in steps(order)
+
+
+def test_a_retried_capture_with_no_cancel_captures(shop: Shop, faults: StepFaults) -> None:
+    faults.fail("CapturePaymentFunction", CircuitOpen, when=lambda event: event.get("attempt") == 0)
+    placed = shop.place_ok([("MUG-1", 2)])
+
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    assert faults.refused["CapturePaymentFunction"] == 1
+    order = shop.get(placed["order_id"]).json_body
+    assert (order["status"], order["payment"]["captured"]) == ("COMPLETED", order["total"])
+    assert available("MUG-1") == 8
+
+
+def test_a_capture_made_before_the_cancel_is_refunded_not_voided(shop: Shop, faults: StepFaults) -> None:
+    """The first attempt captured and its answer was lost; the customer cancelled before the retry. The
+    retry finds the capture made (it reads the ledger before the order) and the order is refunded."""
+    faults.lose_answer_once("CapturePaymentFunction")
+    pause = faults.pause_at("CapturePaymentFunction")
+    placed = shop.place_ok([("MUG-1", 2)])
+    pause.wait_reached()
+    assert shop.cancel(placed["order_id"]).status_code == 202
+    pause.released.set()
+
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    assert shop.wait_refund(placed["order_id"]) == "SUCCEEDED"
+    assert faults.lost == [("CapturePaymentFunction", None)]
+    order = shop.get(placed["order_id"]).json_body
+    assert (order["status"], order["failure_reason"]) == ("REFUNDED", None)
+    assert order["payment"]["captured"] == order["payment"]["refunded"] == order["total"]
+    assert available("MUG-1") == 10
 
 
 def test_cancel_after_completion_refunds_in_full_once(shop: Shop) -> None:

@@ -118,6 +118,13 @@ def test_business_errors_lead_into_the_compensation() -> None:
     ]
     assert says_out_of_stock == ["ReservationFailed"]
     assert catches["RecordPaymentAuthorized"]["CheckoutCancelled"] == "CancelledAfterAuthorization"
+    # A retried capture that finds the customer's cancel voids (the first catch, before States.ALL's
+    # reconciliation); it knows its attempt from the context object.
+    assert catches["CapturePayment"]["CheckoutCancelled"] == "CancelledDuringCapture"
+    assert list(catches["CapturePayment"]) == ["CheckoutCancelled", "States.ALL"]
+    assert states["CancelledDuringCapture"]["Next"] == "VoidPayment"
+    assert states["CancelledDuringCapture"]["Result"]["reason"] == "CANCELLED_BY_CUSTOMER"
+    assert states["CapturePayment"]["Parameters"]["Payload"]["attempt.$"] == "$$.State.RetryCount"
     # Compensation runs in reverse order and every compensation failure ends at a dead letter.
     assert states["VoidPayment"]["Next"] == "ReleaseStock"
     assert states["ReleaseStock"]["Next"] == "CancelOrder"
@@ -154,7 +161,10 @@ def test_payment_obligations_wait_out_an_open_breaker_and_new_authorizations_fai
 
 def test_an_uncertain_capture_asks_the_provider_before_compensating() -> None:
     states = _definition("CheckoutStateMachine")["States"]
-    assert {c["Next"] for c in states["CapturePayment"]["Catch"]} == {"ReconcileCapture"}
+    # Every failure but the customer's cancel (which voids: nothing was captured, the retry read the ledger).
+    assert {c["Next"] for c in states["CapturePayment"]["Catch"] if c["ErrorEquals"] != ["CheckoutCancelled"]} == {
+        "ReconcileCapture"
+    }
     assert states["ReconcileCapture"]["Next"] == "CaptureOutcome"
     assert states["CaptureOutcome"]["Choices"][0]["Next"] == "CompleteOrder"
     assert states["CaptureOutcome"]["Default"] == "CaptureFailed"

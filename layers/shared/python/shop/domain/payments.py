@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from shop.config import payment_settings
 from shop.errors import (
     CaptureExceedsAuthorization,
+    CheckoutCancelled,
     PaymentAlreadyCaptured,
     PaymentDeclined,
     PaymentProviderError,
@@ -42,6 +43,7 @@ from shop.models.payments import (
 from shop.payments.circuit_breaker import BreakerPolicy, CircuitBreaker
 from shop.payments.provider import GuardedProvider, PaymentProvider
 from shop.payments.simulator import SimulatorProvider
+from shop.repositories import orders as orders_repository
 from shop.repositories.operations import DynamoBreakerStore, DynamoSimulatorStore
 from shop.repositories.payments import PaymentsRepository
 
@@ -97,12 +99,16 @@ class PaymentService:
         return payment.summary()
 
     # ------------------------------------------------------------------ capture
-    def capture(self, request: CapturePayment) -> PaymentSummary:
+    def capture(self, request: CapturePayment, cancel_requested: Callable[[], bool] | None = None) -> PaymentSummary:
+        """``cancel_requested``, when given, is asked before the provider is: True raises
+        ``CheckoutCancelled`` (the saga voids instead). A capture already made is answered as made."""
         order_id, amount = request.order_id, request.amount
         payment = self.ledger.get(order_id)
         done = _already_captured(payment, order_id, amount.amount)
         if done is not None:
             return done
+        if cancel_requested is not None and cancel_requested():
+            raise CheckoutCancelled(f"the customer cancelled order {order_id} while its capture was retried")
         assert payment is not None and payment.authorization_ref is not None  # checked above
         capture = self.provider.capture(payment.authorization_ref, amount, idempotency_key(order_id, "capture"))
         outcome = self.ledger.mark_captured(order_id, capture.amount.amount, capture.reference)
@@ -280,7 +286,14 @@ def authorize_payment(request: AuthorizePayment) -> PaymentSummary:
 
 
 def capture_payment(request: CapturePayment) -> PaymentSummary:
-    return payment_service().capture(request)
+    """A retried capture (an open breaker retries it for up to most of an hour) first checks that the
+    customer has not cancelled meanwhile: a cancel is then honoured with a void, not a charge and a
+    refund. The first attempt skips the read; a cancel that lands in its few milliseconds is refunded."""
+    if request.attempt == 0:
+        return payment_service().capture(request)
+    return payment_service().capture(
+        request, cancel_requested=lambda: orders_repository.cancel_requested(request.order_id)
+    )
 
 
 def void_payment(request: VoidPayment) -> PaymentSummary:

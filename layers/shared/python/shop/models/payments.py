@@ -36,6 +36,10 @@ class AuthorizePayment(_PaymentStep):
 
 class CapturePayment(_PaymentStep):
     amount: Money
+    # The Task state's retry count (``$$.State.RetryCount``): a retry first asks whether the customer
+    # cancelled meanwhile (a capture can wait out an open breaker for most of an hour). The first
+    # attempt does not ask, so a checkout costs no extra read.
+    attempt: Annotated[int, Field(ge=0, le=1000)] = 0
 
 
 class VoidPayment(_PaymentStep):
