@@ -290,6 +290,20 @@ def test_a_new_low_stock_threshold_flags_the_operators_stock_view_after_the_inte
         ("reservation-ttl-seconds", "300", "0", lambda: inventory_settings().reservation_ttl_seconds),
         ("accepting-orders", "false", "maybe", lambda: feature_switches().accepting_orders),
         ("low-stock-threshold", "2", "-1", lambda: inventory_settings().low_stock_threshold),
+        ("low-stock-threshold", "2", "1" + "0" * 40, lambda: inventory_settings().low_stock_threshold),
+        ("reservation-ttl-seconds", "300", "86401", lambda: inventory_settings().reservation_ttl_seconds),
+        # JSON has no Infinity: the operators' breaker view answered invalid JSON, and an open
+        # breaker would never have let a probe through.
+        ("payment-breaker-cooldown-seconds", "45.0", "inf", lambda: payment_settings().breaker_cooldown_seconds),
+        ("payment-breaker-cooldown-seconds", "45.0", "1e999", lambda: payment_settings().breaker_cooldown_seconds),
+        ("payment-breaker-window-seconds", "90.0", "Infinity", lambda: payment_settings().breaker_window_seconds),
+        ("payment-breaker-window-seconds", "90.0", "3601", lambda: payment_settings().breaker_window_seconds),
+        (
+            "payment-breaker-minimum-failing-sources",
+            "2",
+            "101",
+            lambda: payment_settings().breaker_minimum_failing_sources,
+        ),
     ],
 )
 def test_a_bad_value_is_rejected_and_logged_and_the_last_good_value_kept(

@@ -45,9 +45,11 @@ class TableSettings(BaseSettings):
 class InventorySettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True)
 
-    reservation_ttl_seconds: int = Field(default=900, ge=1)
+    # At most a day: a hold outlives its saga (a Standard capture may wait out an open breaker for
+    # about an hour), and a longer one only keeps unpaid stock from other shoppers.
+    reservation_ttl_seconds: int = Field(default=900, ge=1, le=86_400)
     # A SKU with this many units available or fewer is reported as low on stock.
-    low_stock_threshold: int = Field(default=5, ge=0)
+    low_stock_threshold: int = Field(default=5, ge=0, le=10**9)  # a SKU holds at most 10**9 units
 
 
 class EventSettings(BaseSettings):
@@ -77,13 +79,15 @@ class PaymentSettings(BaseSettings):
     # ``breaker_failure_rate_percent`` of them failed, and the failures came from at least
     # ``breaker_minimum_failing_sources`` distinct customers: one customer's failing card cannot
     # starve every other order. Minimum calls are capped by the outcomes the breaker keeps (100).
-    breaker_failure_rate_percent: float = Field(default=50.0, gt=0, le=100)
+    # Finite, and bounded: JSON has no Infinity (GET /admin/circuit-breakers shows these), and an
+    # infinite cooldown would never let a probe through.
+    breaker_failure_rate_percent: float = Field(default=50.0, gt=0, le=100, allow_inf_nan=False)
     breaker_minimum_calls: int = Field(default=10, ge=1, le=100)
-    breaker_minimum_failing_sources: int = Field(default=3, ge=1)
-    breaker_window_seconds: float = Field(default=60.0, gt=0)
+    breaker_minimum_failing_sources: int = Field(default=3, ge=1, le=100)
+    breaker_window_seconds: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
     # How long an open breaker fails fast before one probe may go through; also how long a probe
     # may stay unanswered before another instance may probe instead.
-    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
 
 
 class AuthSettings(BaseSettings):
