@@ -311,3 +311,36 @@ def test_an_execution_taken_over_before_a_step_stops_there_and_compensates_nothi
     assert order.status not in {"COMPLETED", "CANCELLED", "REFUNDED", "NEEDS_ATTENTION"}
     assert shop.dead_letter(order_id) is None
     assert books(order_id) == takeover.found  # the stopped execution moved nothing after the takeover
+
+
+# ---------------------------------------------------------------------------- a redrive asked again
+@BOTH_WORKFLOW_TYPES
+def test_a_redrive_asked_again_while_it_runs_starts_nothing_and_keeps_its_claim(shop: Shop, faults: StepFaults) -> None:
+    """An operator's second click (or a client retrying the POST) while the redrive runs. Before, each
+    ask started the epoch after the order's current one: on EXPRESS, whose names are not unique, a
+    second run took the order over from the running redrive (or from the refund it handed over to)."""
+    faults.fail("VoidPaymentFunction", Down)
+    order_id = shop.place_ok([("MUG-1", QUANTITY)], token="tok_chargeDeclined")["order_id"]
+    shop.wait_checkout(order_id)
+    shop.wait_dead_letter(order_id, "OPEN")
+    faults.heal()
+    pause = faults.pause_at("ReleaseReservationFunction")
+
+    first = shop.redrive(order_id)
+    pause.wait_reached()  # the redrive has claimed the order and voided; it is about to release
+    again = shop.redrive(order_id)
+    name = f"{order_id}-redrive-1"
+    started = executions_of(shop, "CheckoutStateMachine", name)
+    pause.released.set()
+
+    assert first.status_code == again.status_code == 202
+    assert again.json_body["status"] == "REDRIVING" and again.json_body["redrive_execution"] == name
+    assert len(started) == 1
+    assert shop.wait_execution("CheckoutStateMachine", name) == "SUCCEEDED"
+    assert "NotTheOwner" not in states_entered(shop, started[0]["executionArn"])
+    order = shop.order(order_id)
+    assert (order.status, order.failure_reason, order.saga_epoch) == ("CANCELLED", "PAYMENT_DECLINED", 2)
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and (letter.status, letter.redrive_count, letter.redrive_epoch) == ("RESOLVED", 1, 2)
+    assert available("MUG-1") == STOCK
+    assert len(executions_of(shop, "CheckoutStateMachine", name)) == 1

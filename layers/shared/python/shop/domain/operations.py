@@ -90,9 +90,13 @@ def stock_levels(*, limit: int, next_token: str | None) -> StockLevelPage:
 def redrive(order_id: str) -> DeadLetter:
     """Finish a dead-lettered saga: restart it where the dead letter says, once per redrive.
 
-    OPEN -> REDRIVING as redrive number n with execution name ``<saga name>-redrive-<n>``; asking
-    again while it runs only makes sure that execution exists, and a RESOLVED one is left alone.
-    SagaStillRunning (409) for an OPEN letter whose order is in progress: its own saga settles it.
+    OPEN -> REDRIVING as redrive number n with execution name ``<saga name>-redrive-<n>``, taking the
+    order over at the next claim epoch, recorded on the letter. Asking again while it runs starts
+    nothing once that run has claimed the order, and otherwise starts it at the same epoch (on
+    EXPRESS, where names are not unique, a second run then stops at its claim); before, each ask
+    started the epoch after the order's current one, which took the order from the running redrive.
+    A RESOLVED letter is left alone. SagaStillRunning (409) for an OPEN letter whose order is in
+    progress: its own saga settles it.
     """
     letter = dead_letters.get(order_id)
     if letter is None:
@@ -117,6 +121,8 @@ def redrive(order_id: str) -> DeadLetter:
             order_id,
             expected_count=letter.redrive_count,
             execution_name=sagas.redrive_execution_name(base, number),
+            # A redrive takes the order over from the execution that gave up: its claim's next epoch.
+            epoch=order_saga.next_epoch(order) if order is not None else FIRST_EPOCH,
             now=iso_now(),
         )
         letter = claimed or dead_letters.get(order_id) or letter
@@ -126,9 +132,13 @@ def redrive(order_id: str) -> DeadLetter:
 
 
 def _start_redrive(letter: DeadLetter, name: str) -> None:
-    # A redrive takes the order over from the execution that gave up: the next epoch of its claim.
     order = repository.get(letter.order_id)
-    epoch = order_saga.next_epoch(order) if order is not None else FIRST_EPOCH
+    if letter.redrive_epoch is None:  # a letter set REDRIVING before the epoch was recorded
+        epoch = order_saga.next_epoch(order) if order is not None else FIRST_EPOCH
+    else:
+        epoch = letter.redrive_epoch
+        if order is not None and (order.saga_epoch or 0) >= epoch:
+            return  # the redrive's run (or a later one) has claimed the order: it exists
     if letter.resume == "refund":
         payload = (
             order_saga.refund_input(order, epoch)

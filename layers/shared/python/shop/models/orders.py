@@ -487,6 +487,9 @@ class DeadLetter(Record):
     execution_name: str | None = None
     redrive_count: int = 0
     redrive_execution: str | None = None
+    # The claim epoch the running redrive takes the order over at, fixed when it was asked for: asked
+    # again, the redrive starts at that epoch (a duplicate stops at its claim), never the next one.
+    redrive_epoch: int | None = None
     # When the running redrive began: an execution that started earlier is one it replaced.
     redrive_started_at: str | None = None
     created_at: str

@@ -96,13 +96,16 @@ def _update_if(order_id: str, **request: Any) -> dict[str, Any] | None:
     return response
 
 
-def start_redrive(order_id: str, *, expected_count: int, execution_name: str, now: str) -> DeadLetter | None:
-    """OPEN -> REDRIVING as redrive number ``expected_count + 1``; None if someone else moved it first."""
+def start_redrive(
+    order_id: str, *, expected_count: int, execution_name: str, epoch: int, now: str
+) -> DeadLetter | None:
+    """OPEN -> REDRIVING as redrive number ``expected_count + 1`` at claim ``epoch``; None if someone
+    else moved it first."""
     response = _update_if(
         order_id,
         UpdateExpression=(
             "SET #status = :redriving, redrive_count = :next, redrive_execution = :execution, "
-            "redrive_started_at = :now, updated_at = :now"
+            "redrive_epoch = :epoch, redrive_started_at = :now, updated_at = :now"
         ),
         ConditionExpression="#status = :open AND redrive_count = :expected",
         ExpressionAttributeNames={"#status": "status"},
@@ -112,6 +115,7 @@ def start_redrive(order_id: str, *, expected_count: int, execution_name: str, no
             ":next": {"N": str(expected_count + 1)},
             ":expected": {"N": str(expected_count)},
             ":execution": {"S": execution_name},
+            ":epoch": {"N": str(epoch)},
             ":now": {"S": now},
         },
         ReturnValues="ALL_NEW",
