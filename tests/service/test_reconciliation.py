@@ -16,6 +16,7 @@ import pytest
 
 from infra.local import lambda_runtime
 from shop import aws
+from shop.domain import inventory as inventory_domain
 from shop.domain import payments as payment_domain
 from shop.domain import reconciliation_job
 from shop.models.base import iso_now
@@ -292,6 +293,41 @@ def test_a_cancelled_order_whose_release_was_lost_is_dead_lettered_and_its_redri
     reservation = inventory_repository.get_reservation(order_id)
     assert reservation is not None and reservation.status == "RELEASED"
     assert (shop.order(order_id).status, shop.order(order_id).failure_reason) == ("CANCELLED", "PAYMENT_DECLINED")
+    assert available("MUG-1") == STOCK
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+
+@pytest.mark.parametrize("stock_returned", [True, False], ids=["released", "still-committed"])
+def test_a_cancelled_order_that_was_charged_is_refunded_by_its_redrive(
+    shop: Shop, local_aws: LocalAws, stock_returned: bool
+) -> None:
+    """The order says CANCELLED, the payment is captured (an order item restored from a backup, an
+    operator's edit): the letter resumed at the compensation, which found nothing to void or release,
+    so every redrive failed and the customer stayed charged."""
+    order_id = completed(shop, quantity=2)
+    if stock_returned:
+        inventory_domain.release(order_id)
+    order_repository.update(
+        order_id, lambda o: o.model_copy(update={"status": "CANCELLED", "failure_reason": "PAYMENT_UNAVAILABLE"})
+    )
+
+    report = reconciliation_job.run(quiescent=True)
+    assert ("cancelled_but_captured", "dead_lettered") in [(d.kind, d.action) for d in report.discrepancies]
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and (letter.status, letter.resume) == ("OPEN", "refund")
+    redriven = shop.redrive(order_id)
+    assert redriven.status_code == 202, redriven.body
+    assert shop.wait_execution("RefundStateMachine", redriven.json_body["redrive_execution"]) == "SUCCEEDED"
+
+    assert shop.wait_dead_letter(order_id, "RESOLVED").redrive_count == 1
+    order = shop.order(order_id)
+    assert (order.status, order.failure_reason) == ("REFUNDED", None)
+    payment = PaymentsRepository().get(order_id)
+    assert payment is not None and (payment.status, payment.refunded_amount) == ("REFUNDED", 2 * PRICE)
+    provider = payment_domain.simulator().ledger(payment.authorization_ref or "")
+    assert provider is not None and len(provider.of_kind("refund")) == 1
+    reservation = inventory_repository.get_reservation(order_id)
+    assert reservation is not None and reservation.status == "RELEASED"
     assert available("MUG-1") == STOCK
     assert reconciliation_job.run(quiescent=True).discrepancies == []
 

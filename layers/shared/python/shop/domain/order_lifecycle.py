@@ -144,10 +144,16 @@ def cancelled(order: Order, step: CancelOrder, now: str) -> Order | None:
 
 
 def refunded(order: Order, now: str) -> Order | None:
-    """The refund saga refunded the capture in full and returned the stock."""
+    """The refund saga refunded the capture in full and returned the stock.
+
+    CANCELLED too, for a dead-lettered one only: the reconciliation found a cancelled order whose
+    payment was captured (``cancelled_but_captured``), and its letter's redrive runs the refund saga
+    (before, every redrive of it failed, and the customer stayed charged)."""
     if order.status == "REFUNDED":
         return None
-    if order.status not in ("REFUNDING", "NEEDS_ATTENTION"):
+    if order.status not in ("REFUNDING", "NEEDS_ATTENTION") and not (
+        order.status == "CANCELLED" and order.dead_lettered
+    ):
         raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot mark it refunded")
     entries = [(Step.REFUND_PAYMENT, SUCCEEDED), (Step.RETURN_STOCK, SUCCEEDED), (Step.REFUND_ORDER, "REFUNDED")]
     return _changed(order, now, status="REFUNDED", failure_reason=None, history=with_history(order, entries, now))

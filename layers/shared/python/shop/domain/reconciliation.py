@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shop.models.inventory import Reservation
@@ -248,9 +248,13 @@ def _duplicates(ledger: SimulatorLedger | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- orders
-def resume_point(order: Order) -> ResumePoint:
-    """Where an operator's redrive of this order should resume (a dead letter's ``resume``)."""
+def resume_point(order: Order, kinds: Collection[str] = ()) -> ResumePoint:
+    """Where an operator's redrive of this order should resume (a dead letter's ``resume``), given
+    the ``kinds`` of discrepancy found. A cancelled order that was charged is refunded: compensating
+    it again would find nothing to void or release, and the charge would stay."""
     if order.status in ("REFUNDING", "REFUNDED") or order.has_recorded(Step.START_REFUND, "REFUNDING"):
+        return "refund"
+    if order.status == "CANCELLED" and "cancelled_but_captured" in kinds:
         return "refund"
     if order.status == "COMPLETED":
         return "complete"

@@ -267,7 +267,7 @@ def _open_dead_letter(order: Order, discrepancies: list[Discrepancy]) -> Discrep
         return "left_for_next_run"
     dead_letters.record(
         order_id=order.order_id,
-        resume=checks.resume_point(order),
+        resume=checks.resume_point(order, {d.kind for d in discrepancies}),
         failed_step="reconciliation",
         failure=None,
         error="ReconciliationDiscrepancy",
