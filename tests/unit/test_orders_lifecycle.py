@@ -120,6 +120,14 @@ def test_refunded_only_after_a_refund_was_requested() -> None:
         lifecycle.refunded(_order("COMPLETED"), NOW)
 
 
+def test_a_cancelled_order_is_refunded_only_when_its_letter_asked_for_it() -> None:
+    """The reconciliation letters a CANCELLED order whose payment was captured; its redrive refunds it."""
+    with pytest.raises(OrderStateConflict):
+        lifecycle.refunded(_order("CANCELLED", failure_reason="PAYMENT_UNAVAILABLE"), NOW)
+    refunded = lifecycle.refunded(_order("CANCELLED", failure_reason="PAYMENT_UNAVAILABLE", dead_lettered=True), NOW)
+    assert refunded is not None and (refunded.status, refunded.failure_reason) == ("REFUNDED", None)
+
+
 def test_flagging_needs_attention_records_the_failed_step_once() -> None:
     flagged = lifecycle.flagged(_order("STOCK_RESERVED"), "void_payment", NOW)
     assert flagged is not None and flagged.status == "NEEDS_ATTENTION"
