@@ -453,3 +453,56 @@ def test_a_retry_of_an_order_already_stored_is_answered_at_the_in_flight_limit(
         assert _stored_orders(shop) == 2
     finally:
         held.released.set()
+
+
+def _expire_idempotency_records(local_aws: LocalAws) -> None:
+    dynamodb = local_aws.client("dynamodb")
+    table = local_aws.table("IdempotencyTable")
+    for item in dynamodb.scan(TableName=table)["Items"]:  # what TTL does after 24 hours
+        dynamodb.delete_item(TableName=table, Key={"id": item["id"]})
+
+
+def test_a_replay_of_a_settled_order_is_answered_while_others_are_in_progress(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its idempotency record expired: the order it placed is not among those in progress, so the
+    in-flight check refused the replay with 429 instead of answering its order."""
+    from shop.config import reset_settings_cache
+
+    monkeypatch.setenv("MAX_ORDERS_IN_PROGRESS", "2")
+    reset_settings_cache()
+    done = shop.place_ok([("MUG-1", 1)], key="yesterday")
+    assert shop.wait_checkout(done["order_id"]) == "SUCCEEDED"
+    held = _HoldEveryAuthorization(local_aws.function("AuthorizePaymentFunction"))
+    lambda_runtime.faults.before_invoke = held
+    try:
+        shop.place_ok([("MUG-1", 1)], key="open-1")
+        shop.place_ok([("MUG-1", 1)], key="open-2")
+        for _ in range(2):
+            assert held.arrived.acquire(timeout=DEADLINE_SECONDS)
+        _expire_idempotency_records(local_aws)
+
+        replay = shop.place([("MUG-1", 1)], key="yesterday")
+
+        assert replay.status_code == 202, replay.body
+        assert replay.json_body["order_id"] == done["order_id"]
+        assert replay.json_body["status"] == "COMPLETED"
+        assert _stored_orders(shop) == 3
+    finally:
+        held.released.set()
+    for execution in shop.executions("CheckoutStateMachine"):
+        shop.wait_checkout(execution["name"])
+
+
+def test_a_replay_of_an_order_whose_product_was_since_deactivated_is_answered(shop: Shop, local_aws: LocalAws) -> None:
+    done = shop.place_ok([("MUG-1", 1)], key="yesterday")
+    assert shop.wait_checkout(done["order_id"]) == "SUCCEEDED"
+    deactivate("MUG-1")
+    _expire_idempotency_records(local_aws)
+
+    replay = shop.place([("MUG-1", 1)], key="yesterday")
+
+    assert replay.status_code == 202, replay.body
+    assert replay.json_body["order_id"] == done["order_id"]
+    assert shop.place([("MUG-1", 1)], key="today").status_code == 422
+    assert _stored_orders(shop) == 1

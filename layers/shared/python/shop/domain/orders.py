@@ -37,8 +37,8 @@ from shop.errors import (
     OrdersPaused,
     OrderStateConflict,
     ProductUnavailable,
-    PurchaseLimitExceeded,
     SagaNotStarted,
+    ShopError,
     TooManyLimitedLines,
     TooManyOrdersInProgress,
     TransientError,
@@ -172,38 +172,23 @@ def _place(submission: OrderSubmission) -> OrderView:
             "the shop is not accepting new orders right now; orders already placed are unaffected",
             retry_after_seconds=max(runtime_config_settings().max_age_seconds, 1),
         )
-    _check_orders_in_progress(submission.customer_id, order_id)
-    cart_id: str | None = None
-    cart_version: int | None = None
-    items: Sequence[Line]
-    if submission.body.items is not None:
-        items = submission.body.items
-    else:
-        # A replay whose idempotency record expired answers its order: the cart may be emptied by now.
+    if submission.body.items is None:
+        # A replay whose idempotency record expired answers its order: the cart may be emptied, or
+        # hold other lines, by now.
         existing = repository.get(order_id)
         if existing is not None:
             return existing.view(payment=None)
-        # The cart's lines as they are now (CartEmpty, 422, without any); the order keeps the cart's
-        # id and the version read, so that its completion removes these lines, and only these, from it.
-        cart_id, cart_version, items = carts.lines_for_checkout(submission.customer_id)
     try:
-        priced = _priced_order(order_id, submission.customer_id, items)
-    except (PurchaseLimitExceeded, TooManyLimitedLines):
-        # A replay of an order already placed (its idempotency record expired) meets its own
-        # counted units, or limits set since: it answers as placed, like any replay, and only a
-        # new order is refused.
+        order = _new_order(submission, order_id)
+    except ShopError:
+        # A replay of an order already placed (its idempotency record expired, or a request that
+        # failed after storing it) answers it as placed, like any replay: only a new order is refused
+        # (429 for the orders in progress, 422 for a product deactivated or a limit set since). The
+        # read is made only on a refusal, so a new order costs none.
         existing = repository.get(order_id)
         if existing is None:
             raise
         return existing.view(payment=None)
-    order = priced.model_copy(
-        update={
-            "payment_token": submission.body.payment.token,
-            "idempotency_key": submission.idempotency_key,
-            "cart_id": cart_id,
-            "cart_version": cart_version,
-        }
-    )
     stored = repository.create(order)
     try:
         start_checkout(stored)
@@ -215,6 +200,29 @@ def _place(submission: OrderSubmission) -> OrderView:
         )
         metrics().add_metric(name="SagaStartsDeferred", unit=MetricUnit.Count, value=1)
     return stored.view(payment=None)
+
+
+def _new_order(submission: OrderSubmission, order_id: str) -> Order:
+    """The order to store, priced now; refused (a ShopError) when the customer may not place it."""
+    _check_orders_in_progress(submission.customer_id, order_id)
+    cart_id: str | None = None
+    cart_version: int | None = None
+    items: Sequence[Line]
+    if submission.body.items is not None:
+        items = submission.body.items
+    else:
+        # The cart's lines as they are now (CartEmpty, 422, without any); the order keeps the cart's
+        # id and the version read, so that its completion removes these lines, and only these, from it.
+        cart_id, cart_version, items = carts.lines_for_checkout(submission.customer_id)
+    priced = _priced_order(order_id, submission.customer_id, items)
+    return priced.model_copy(
+        update={
+            "payment_token": submission.body.payment.token,
+            "idempotency_key": submission.idempotency_key,
+            "cart_id": cart_id,
+            "cart_version": cart_version,
+        }
+    )
 
 
 def start_checkout(order: Order) -> bool:
