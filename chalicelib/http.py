@@ -309,6 +309,19 @@ def json_response(
     return Response(body=body, status_code=status, headers={"Content-Type": JSON, **(headers or {})})
 
 
+# Every answer but the catalog's cacheable reads: a 200 without Cache-Control is heuristically
+# cacheable (RFC 9111 4.2.2), and a shared cache keys it on the URL alone. An anonymous cart (chosen by
+# X-Cart-Token, no Authorization) would then be served to the next anonymous shopper.
+NOT_STORED = "no-store"
+
+
+def not_stored(response: Response) -> Response:
+    """``response`` with ``Cache-Control: no-store`` unless it says how it may be cached."""
+    if not any(name.lower() == "cache-control" for name in response.headers):
+        response.headers["Cache-Control"] = NOT_STORED
+    return response
+
+
 # ---------------------------------------------------------------------------- conditional reads
 IfNoneMatch = Annotated[
     str,
@@ -423,8 +436,8 @@ def route(
                     arguments["body"] = parse_body(request, body)
                 result = view(**arguments)
             except Exception as error:  # noqa: BLE001 - mapped to problem+json in one place
-                return problem_response(error)
-            return result if isinstance(result, Response) else json_response(result)
+                return not_stored(problem_response(error))
+            return not_stored(result if isinstance(result, Response) else json_response(result))
 
         describe(handler, operation)
         # A route that takes no body ignores one: the Content-Type of a body it never reads is no reason

@@ -142,6 +142,10 @@ class OpenApiDocument(BaseModel):
     components: dict[str, Any]
 
 
+# What a route's answer carries unless it documents its own Cache-Control (chalicelib.http.not_stored).
+_NOT_STORED = "`no-store`: the answer is the caller's own, or changes; no cache may keep it."
+
+
 @dataclass(frozen=True)
 class OptionalHeader:
     """A response header the answer carries only sometimes (``description`` says when)."""
@@ -319,7 +323,8 @@ def _operation_object(
         entry: dict[str, Any] = {"description": _status_phrase(status)}
         if model is not None:
             entry["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
-        headers = operation.response_headers.get(status)
+        headers = dict(operation.response_headers.get(status) or {})
+        headers.setdefault("Cache-Control", _NOT_STORED)
         if headers:
             entry["headers"] = {
                 name: {

@@ -354,3 +354,49 @@ def test_a_chunked_body_reaches_the_app_as_on_the_gateway(server: tuple[str, int
     )
     assert head.startswith(b"HTTP/1.1 422"), head  # the body arrived: the SKU is unknown
     assert json.loads(body)["type"] == "urn:shop:problem:product-unavailable"
+
+
+# ---------------------------------------------------------------------------- caching
+def _cache_control(headers: Any) -> str:
+    return {name.lower(): value for name, value in headers.items()}.get("cache-control", "")
+
+
+def test_every_answer_but_the_catalogs_says_no_cache_may_keep_it(local_aws: LocalAws) -> None:
+    """A 200 without Cache-Control is heuristically cacheable and keyed on the URL alone. GET /cart
+    chosen by an X-Cart-Token (no Authorization, which would forbid a shared cache to store it) would
+    have served the first anonymous shopper's cart to the next one."""
+    from tests.service.orders_helpers import open_shop, seed_product
+
+    seed_product("MUG-1", price=1250, stock=100)
+    with open_shop(local_aws) as shop:
+        http_client = shop.client.http
+        put = http_client.put(
+            "/cart/items/MUG-1", headers={"Content-Type": "application/json"}, body=json.dumps({"quantity": 2})
+        )
+        anonymous = {"X-Cart-Token": put.headers["X-Cart-Token"]}
+        order = shop.place_ok([("MUG-1", 1)])
+        answers = {
+            "PUT /cart/items (anonymous)": put,
+            "GET /cart (anonymous)": http_client.get("/cart", headers=anonymous),
+            "GET /cart (customer)": http_client.get("/cart", headers=shop.headers("alice")),
+            "GET /orders": http_client.get("/orders", headers=shop.headers("alice")),
+            "GET /orders/{id}": http_client.get(f"/orders/{order['order_id']}", headers=shop.headers("alice")),
+            "GET /admin/orders": http_client.get("/admin/orders", headers=shop.headers("admin")),
+            "GET /orders/{id} (404)": http_client.get("/orders/no-such-order", headers=shop.headers("alice")),
+            "GET /health": http_client.get("/health"),
+        }
+        assert {name: _cache_control(answer.headers) for name, answer in answers.items()} == dict.fromkeys(
+            answers, "no-store"
+        )
+        assert answers["GET /cart (anonymous)"].json_body["items"]
+        # The catalog keeps its own: cacheable by anyone for 30 s.
+        assert _cache_control(http_client.get("/products/MUG-1").headers) == "public, max-age=30"
+
+
+def test_the_openapi_document_states_every_answers_cache_control(client: Client) -> None:
+    document = json.loads(client.http.get("/openapi.json").body)
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status.startswith("2") or status == "304":
+                    assert "Cache-Control" in response.get("headers", {}), (method, path, status)

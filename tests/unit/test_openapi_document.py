@@ -200,8 +200,8 @@ def test_placing_an_order_declares_the_wait_preference_and_both_answers(document
     operation = document["paths"]["/orders"]["post"]
     prefer = next(p for p in operation["parameters"] if p["in"] == "header" and p["name"] == "Prefer")
     assert prefer["required"] is False and prefer["schema"]["enum"] == [f"wait={n}" for n in range(1, 11)]
-    assert set(operation["responses"]["201"]["headers"]) == {"Location", "Preference-Applied"}
-    assert set(operation["responses"]["202"]["headers"]) == {"Location"}
+    assert set(operation["responses"]["201"]["headers"]) == {"Location", "Preference-Applied", "Cache-Control"}
+    assert set(operation["responses"]["202"]["headers"]) == {"Location", "Cache-Control"}
 
 
 def test_the_shard_count_is_declared_with_its_bounds_and_shown_on_products(document: dict[str, Any]) -> None:
