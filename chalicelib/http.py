@@ -347,9 +347,12 @@ def entity_tag(body: Any) -> str:
 
 
 def _none_match(if_none_match: str, etag: str) -> bool:
-    # RFC 9110 13.1.2: weak comparison (a W/ prefix is ignored); `*` matches any representation.
+    # RFC 9110 13.1.2: weak comparison (a W/ prefix is ignored). `*` alone matches any representation;
+    # in a list it is no entity tag (the field is `"*" / #entity-tag`) and matches nothing.
+    if if_none_match.strip() == "*":
+        return True
     candidates = [candidate.strip() for candidate in if_none_match.split(",")]
-    return "*" in candidates or any(candidate.removeprefix("W/") == etag for candidate in candidates)
+    return any(candidate.removeprefix("W/") == etag for candidate in candidates)
 
 
 def cacheable_response(payload: BaseModel, if_none_match: str | None, max_age_seconds: int) -> Response:
