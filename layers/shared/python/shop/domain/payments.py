@@ -291,9 +291,12 @@ def capture_payment(request: CapturePayment) -> PaymentSummary:
     refund. The first attempt skips the read; a cancel that lands in its few milliseconds is refunded."""
     if request.attempt == 0:
         return payment_service().capture(request)
-    return payment_service().capture(
-        request, cancel_requested=lambda: orders_repository.cancel_requested(request.order_id)
-    )
+    return payment_service().capture(request, cancel_requested=lambda: _cancel_requested(request.order_id))
+
+
+def _cancel_requested(order_id: str) -> bool:
+    order = orders_repository.get(order_id)
+    return order is not None and order.cancel_requested
 
 
 def void_payment(request: VoidPayment) -> PaymentSummary:

@@ -110,19 +110,6 @@ def get(order_id: str) -> Order | None:
     return to_order(item) if item else None
 
 
-def cancel_requested(order_id: str) -> bool:
-    """Whether the order's customer asked to cancel it (False for no such order)."""
-    response = call(
-        "get_item",
-        busy=OrderContention,
-        TableName=table_settings().orders_table,
-        Key={"order_id": {"S": order_id}},
-        ProjectionExpression="cancel_requested",
-        ConsistentRead=True,
-    )
-    return bool(unmarshal_plain(response.get("Item", {})).get("cancel_requested", False))
-
-
 def create(order: Order) -> Order:
     """Store a new order; if one with this id exists already, return the stored one unchanged."""
     try:
