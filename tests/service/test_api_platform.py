@@ -246,6 +246,7 @@ def test_the_local_server_answers_an_unknown_path_with_a_404_problem(server: tup
         status, response_headers, body = _request(server, "GET", "/no/such/route", headers)
         assert status == 404
         assert response_headers["content-type"] == PROBLEM
+        assert response_headers["cache-control"] == "no-store"  # as the gateway's own answers say
         problem = json.loads(body)
         assert problem["status"] == 404 and {"type", "title", "detail"} <= set(problem)
 
@@ -267,6 +268,7 @@ def test_the_local_server_refuses_a_body_over_the_gateway_limit_without_reading_
         response = connection.getresponse()
         assert response.status == 413
         assert response.getheader("Content-Type") == PROBLEM
+        assert response.getheader("Cache-Control") == "no-store"
         assert json.loads(response.read())["status"] == 413
     finally:
         connection.close()

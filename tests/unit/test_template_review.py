@@ -244,7 +244,11 @@ def test_gateway_responses_are_part_of_the_api_body(transformed: dict[str, Any])
     responses = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
     assert len(responses) == 8
     for kind, response in responses.items():
-        headers = {"gatewayresponse.header.Content-Type": "'application/problem+json'"}
+        headers = {
+            "gatewayresponse.header.Content-Type": "'application/problem+json'",
+            # a 404 or 429 stored by a cache under the URL would outlive its cause
+            "gatewayresponse.header.Cache-Control": "'no-store'",
+        }
         if kind == "THROTTLED":  # the OpenAPI document promises Retry-After with every 429
             headers["gatewayresponse.header.Retry-After"] = "'1'"
         assert response["responseParameters"] == headers
