@@ -152,7 +152,7 @@ deploy:
 	@$(MAKE) --no-print-directory package
 	@sh infra/sam_deploy.sh "$(SAMCONFIG)" build/sam/template.yaml
 
-build/sam/template.yaml: $(STAMP) app.py infra/template.yaml requirements.lock $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
+build/sam/template.yaml: $(STAMP) app.py .chalice/config.json infra/template.yaml infra/package.py requirements.lock $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
 	$(BIN)/python -m infra.package
 
 # DynamoDB Local (npm, Java 17) reports consumed capacity, which the cost figures need.

@@ -57,6 +57,19 @@ def _newest_input() -> float:
     return max(f.stat().st_mtime for f in files)
 
 
+def test_make_deploy_repackages_when_any_input_of_the_packaged_template_changed() -> None:
+    """`make deploy` runs the file target build/sam/template.yaml: an input missing from its prerequisites
+    (.chalice/config.json and infra/package.py were) let a deploy ship the previous build."""
+    rule = next(
+        line for line in (REPO_ROOT / "Makefile").read_text().splitlines() if line.startswith("build/sam/template.yaml:")
+    )
+    prerequisites = rule.split(":", 1)[1]
+    files = set(prerequisites.split())
+    found = re.search(r"\$\(shell find ([^-]+) -type f", prerequisites)
+    directories = set(found.group(1).split()) if found else set()
+    assert [name for name in _TEMPLATE_INPUTS if name not in files | directories] == []
+
+
 @pytest.fixture(scope="module")
 def packaged() -> Iterator[dict[str, Any]]:
     lock_path = REPO_ROOT / "build" / ".package.lock"
