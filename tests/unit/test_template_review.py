@@ -60,9 +60,8 @@ def _newest_input() -> float:
 def test_make_deploy_repackages_when_any_input_of_the_packaged_template_changed() -> None:
     """`make deploy` runs the file target build/sam/template.yaml: an input missing from its prerequisites
     (.chalice/config.json and infra/package.py were) let a deploy ship the previous build."""
-    rule = next(
-        line for line in (REPO_ROOT / "Makefile").read_text().splitlines() if line.startswith("build/sam/template.yaml:")
-    )
+    lines = (REPO_ROOT / "Makefile").read_text().splitlines()
+    rule = next(line for line in lines if line.startswith("build/sam/template.yaml:"))
     prerequisites = rule.split(":", 1)[1]
     files = set(prerequisites.split())
     found = re.search(r"\$\(shell find ([^-]+) -type f", prerequisites)
