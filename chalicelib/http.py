@@ -66,7 +66,7 @@ from shop.errors import (
     UnsupportedMediaType,
 )
 from shop.models.base import field_errors
-from shop.observability import bind_request_ids, clear_request_ids, logger
+from shop.observability import bind_request_ids, clear_request_ids, logger, metrics
 
 PROBLEM_TYPE_PREFIX = "urn:shop:problem:"
 JSON = "application/json"
@@ -462,7 +462,7 @@ def install(app: Chalice) -> None:
     """Add the problem+json middleware and the 405 answers; call once, after every route is registered."""
     allowed_by_path = {path: sorted(methods) for path, methods in app.routes.items()}
     # Registered first, so it is the outermost: the problem middleware's log lines carry the ids too.
-    app.register_middleware(_with_request_ids, "http")
+    app.register_middleware(_with_request_ids_and_metrics, "http")
     app.register_middleware(_with_method_check(allowed_by_path), "http")
     for path, methods in list(app.routes.items()):
         missing = [method for method in FALLBACK_METHODS if method not in methods]
@@ -470,8 +470,13 @@ def install(app: Chalice) -> None:
             _register_method_not_allowed(app, path, allowed_by_path[path], missing)
 
 
-def _with_request_ids(request: Request | None, get_response: Callable[[Request | None], Response]) -> Response:
-    """Every log line written while answering carries Lambda's request id and API Gateway's."""
+def _with_request_ids_and_metrics(
+    request: Request | None, get_response: Callable[[Request | None], Response]
+) -> Response:
+    """Every log line written while answering carries Lambda's request id and API Gateway's, and
+    the metrics recorded are published before the answer leaves. Powertools prints its buffer only
+    when flushed (the functions' ``log_metrics`` does it) or once a metric holds 100 values: the API
+    buffered ``SagaStartsDeferred`` until then, late, and lost it with a recycled container."""
     if request is None:
         return get_response(request)
     bind_request_ids(request.lambda_context, request.context.get("requestId"))
@@ -479,6 +484,7 @@ def _with_request_ids(request: Request | None, get_response: Callable[[Request |
         return get_response(request)
     finally:
         clear_request_ids()
+        metrics().flush_metrics()
 
 
 def _method_not_allowed(method: str, path: str, allowed: list[str]) -> Response:

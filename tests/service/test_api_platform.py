@@ -402,3 +402,32 @@ def test_the_openapi_document_states_every_answers_cache_control(client: Client)
             for status, response in operation["responses"].items():
                 if status.startswith("2") or status == "304":
                     assert "Cache-Control" in response.get("headers", {}), (method, path, status)
+
+
+# ---------------------------------------------------------------------------- metrics
+def _published(printed: str, name: str) -> list[dict[str, Any]]:
+    """The EMF lines (what CloudWatch reads from a function's output) that carry ``name``."""
+    lines = [json.loads(line) for line in printed.splitlines() if line.startswith("{") and '"_aws"' in line]
+    return [line for line in lines if name in line]
+
+
+def test_the_api_publishes_the_metrics_it_recorded_before_it_answers(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Powertools prints its buffer when flushed, or once a metric holds 100 values: the API never
+    flushed, so a deferred saga start was published late, or lost with its container."""
+    from shop import aws
+    from tests.service.faults import SdkFault, inject
+    from tests.service.orders_helpers import open_shop, seed_product
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    seed_product("MUG-1", price=1250, stock=10)
+    with open_shop(local_aws) as shop:
+        capfd.readouterr()
+        with inject(aws.stepfunctions(), SdkFault("StartExecution", "ThrottlingException")):
+            placed = shop.place([("MUG-1", 1)])  # stored, its saga left to the orphan sweeper
+        printed = capfd.readouterr().out
+    assert placed.status_code == 202, placed.body
+    [line] = _published(printed, "SagaStartsDeferred")
+    assert line["SagaStartsDeferred"] == [1.0]
+    assert line["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]
