@@ -56,6 +56,11 @@ CUSTOMERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 # Scarce SKUs make orders compete for the last units; plentiful ones let most orders complete.
 SCARCE = {"CHAOS-SCARCE-1": 40, "CHAOS-SCARCE-2": 60, "CHAOS-SCARCE-3": 25}
 PLENTIFUL = {f"CHAOS-ITEM-{n}": 100_000 for n in range(1, 6)}
+# A plentiful SKU with a purchase limit per customer, low enough that each customer reaches it: an
+# order past it is refused (422) or cancelled at its reservation (PURCHASE_LIMIT_EXCEEDED), cancels
+# and refunds give units back, and the books check judges every customer's counter.
+LIMITED = {"CHAOS-LIMITED-1": 100_000}
+PURCHASE_LIMIT = 8
 QUIET_POLLS = 3
 TIMEOUT = 30
 # A client waits for its order's saga to end before placing its next order, as a shopper waits for
@@ -128,7 +133,7 @@ class Workload:
     def place(self, number: int) -> None:
         rng = random.Random(self.seed * 1_000_003 + number)
         who = rng.choice(CUSTOMERS)
-        skus = rng.sample([*SCARCE, *PLENTIFUL], rng.choice((1, 1, 2, 3)))
+        skus = rng.sample([*SCARCE, *PLENTIFUL, *LIMITED], rng.choice((1, 1, 2, 3)))
         token = rng.choices([t for t, _ in TOKENS], weights=[w for _, w in TOKENS])[0]
         body = {"items": [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in skus], "payment": {"token": token}}
         key = f"chaos-{self.seed}-{number}"
@@ -141,6 +146,12 @@ class Workload:
         response = self.post("/orders", headers, body)
         if duplicate is not None:
             duplicate.join(TIMEOUT)
+        if response.status_code == 422 and response.json().get("type") == "urn:shop:problem:purchase-limit-exceeded":
+            if not LIMITED.keys() & set(skus):
+                with self.lock:
+                    self.problems.append(f"order {number}: refused over a limit it has no line of: {response.text}")
+            self.note("refused_past_purchase_limit")
+            return
         if response.status_code != 202:
             with self.lock:
                 self.problems.append(f"order {number}: POST /orders answered {response.status_code} {response.text}")
@@ -467,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             stepfunctions=stack.client("stepfunctions"),
             checkout_machine=stack.deployed.state_machine_arns["CheckoutStateMachine"],
         )
-        for sku, stock in {**SCARCE, **PLENTIFUL}.items():
+        for sku, stock in {**SCARCE, **PLENTIFUL, **LIMITED}.items():
             created = requests.post(
                 stack.api_url + "/products",
                 headers=workload.headers("admin"),
@@ -475,6 +486,13 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=TIMEOUT,
             )
             created.raise_for_status()
+        for sku in LIMITED:
+            requests.patch(
+                f"{stack.api_url}/products/{sku}",
+                headers=workload.headers("admin"),
+                json={"purchase_limit": PURCHASE_LIMIT},
+                timeout=TIMEOUT,
+            ).raise_for_status()
         stepfunctions = stack.client("stepfunctions")
         machines = list(stack.deployed.state_machine_arns.values())
         from shop import aws

@@ -74,6 +74,15 @@ def test_a_seeded_hostile_run_of_300_orders_ends_with_the_books_consistent() -> 
     )
     assert events is not None, report
     published, emails, set_aside = (int(group) for group in events.groups())
-    assert published >= 2 * ORDERS and emails >= ORDERS and set_aside == 1, report
-    finals = re.findall(r"^\s{4}(COMPLETED|REFUNDED|CANCELLED [A-Z_]+)\s+(\d+)$", report, re.MULTILINE)
-    assert sum(int(count) for _, count in finals) == ORDERS, report
+    # An order past a customer's purchase limit is refused at once (422): it places nothing.
+    behaviour = json.loads(re.search(r"^\s+client behaviour:\s+(\{.*\})$", report, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    placed = ORDERS - behaviour.get("refused_past_purchase_limit", 0)
+    assert published >= 2 * placed and emails >= placed and set_aside == 1, report
+    finals = dict(re.findall(r"^\s{4}(COMPLETED|REFUNDED|CANCELLED [A-Z_]+)\s+(\d+)$", report, re.MULTILINE))
+    assert sum(int(count) for count in finals.values()) == placed, report
+    # The limited SKU was fought over: customers reached their limit, and every customer's purchase
+    # counters were judged against their orders by the books check (a wrong one is a violation).
+    limited = int(finals.get("CANCELLED PURCHASE_LIMIT_EXCEEDED", 0)) + behaviour.get("refused_past_purchase_limit", 0)
+    assert limited > 0, report
+    checked = json.loads(re.search(r"^\s+checked:\s+(\{.*\})$", report, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    assert checked["purchase_counters"] > 0, report

@@ -594,3 +594,49 @@ def test_a_refund_settling_while_the_run_reads_opens_no_letter(shop: Shop, monke
     assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
     payment = PaymentsRepository().get(order_id)
     assert payment is not None and (payment.status, payment.refunded_amount) == ("REFUNDED", 2 * PRICE)
+
+
+def _drift_purchase_count(local_aws: LocalAws, customer: str, units: int) -> None:
+    """A purchase counter changed behind the shop's back (no reservation took or gave the units)."""
+    aws.dynamodb().update_item(
+        TableName=local_aws.table("PurchaseCountsTable"),
+        Key={"customer_id": {"S": customer}, "sku": {"S": "MUG-1"}},
+        UpdateExpression="ADD #units :units",
+        ExpressionAttributeNames={"#units": "units"},
+        ExpressionAttributeValues={":units": {"N": str(units)}},
+    )
+
+
+def test_a_purchase_counter_out_of_step_with_the_customers_orders_is_reported_until_it_agrees_again(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    limited = shop.client.http.patch(
+        "/products/MUG-1", headers=shop.headers("admin"), body=json.dumps({"purchase_limit": 5})
+    )
+    assert limited.status_code == 200, limited.body
+    completed(shop, 2)
+    returned = completed(shop, 1)  # refunded after completion: a return still counts
+    assert shop.cancel(returned).status_code == 202 and shop.wait_refund(returned) == "SUCCEEDED"
+    declined = shop.place_ok([("MUG-1", 2)], who="bob", token="tok_chargeDeclined")["order_id"]
+    assert shop.wait_checkout(declined) == "SUCCEEDED"
+    shop.wait_status(declined, "CANCELLED")
+
+    clean = reconciliation_job.run(quiescent=True)
+    assert clean.discrepancies == []
+    assert clean.checked.purchase_counters == 2  # alice's 3 units, bob's 0 (his release gave them back)
+
+    _drift_purchase_count(local_aws, "alice", 2)
+    report = reconciliation_job.run(quiescent=True)
+
+    assert [(d.kind, d.customer_id, d.sku, d.order_id, d.action) for d in report.discrepancies] == [
+        ("purchase_count_mismatch", "alice", "MUG-1", None, "reported")
+    ]
+    assert "counted 5 units of MUG-1" in report.discrepancies[0].detail
+    assert "hold 3" in report.discrepancies[0].detail
+    [listed] = report_via_api(shop)["discrepancies"]
+    assert (listed["kind"], listed["customer_id"]) == ("purchase_count_mismatch", "alice")
+    # Not the SKU's stock, nor any order's: no letter of either kind.
+    assert stock_letters(shop) == [] and shop.dead_letter(returned) is None
+
+    _drift_purchase_count(local_aws, "alice", -2)  # the operator set it back
+    assert reconciliation_job.run(quiescent=True).discrepancies == []

@@ -8,10 +8,11 @@ import pytest
 
 from shop.domain import reconciliation as checks
 from shop.domain.reconciliation import ProviderView, Snapshot, StockRecord
-from shop.models.inventory import Reservation, StoredLine
+from shop.models.inventory import PurchaseCount, Reservation, StoredLine
 from shop.models.money import Money
 from shop.models.orders import DeadLetter, HistoryEntry, Order, OrderLine
 from shop.models.payments import Payment, RefundEntry
+from shop.models.reconciliation import UnreadableItem
 from shop.payments.provider import ProviderOperation
 from shop.payments.simulator import LedgerAuthorization, LedgerEntry, SimulatorLedger
 
@@ -317,3 +318,90 @@ def test_a_running_execution_after_quiescence_names_its_order() -> None:
     assert checks.check_executions([]) == []
     found = checks.check_executions([OID, f"refund-{OID}-redrive-2", f"{OID}-redrive-10"])
     assert [(d.kind, d.order_id) for d in found] == [("execution_running", OID)] * 3
+
+
+# ---------------------------------------------------------------------------- purchase counters
+COMPLETED_AT = HistoryEntry(step="complete_order", status="COMPLETED", at=AT)
+
+
+def limited(status: str, order_id: str, *, who: str = "alice", completed: bool = False, **changes: Any) -> Order:
+    """An order of 2 MUG (limit 5 when placed), completed at some point or not."""
+    history = [HistoryEntry(step="order_placed", status="PENDING", at=AT), *([COMPLETED_AT] if completed else [])]
+    return order(status, order_id=order_id, customer_id=who, purchase_limits={"MUG": 5}, history=history, **changes)
+
+
+def counter(units: int, who: str = "alice", sku: str = "MUG") -> PurchaseCount:
+    return PurchaseCount(customer_id=who, sku=sku, units=units)
+
+
+def purchase_check(counts: list[PurchaseCount], orders: list[Order], unjudged: set[str] | None = None) -> Any:
+    return checks.check_purchase_counts(counts, orders, settled_before=LATER, unjudged=unjudged or set())
+
+
+def test_a_counter_holds_the_units_of_completed_orders_and_of_those_returned_after_completion() -> None:
+    orders = [
+        limited("COMPLETED", "o-1", completed=True),
+        limited("REFUNDED", "o-2", completed=True),  # a return still counts against the limit
+        limited("REFUNDED", "o-3"),  # refunded before it completed: its release gave the units back
+        limited("CANCELLED", "o-4"),
+        order("COMPLETED", order_id="o-5"),  # placed before MUG had a limit: never counted
+    ]
+    assert purchase_check([counter(4)], orders) == ([], 1)
+
+
+def test_a_counter_out_of_step_with_the_orders_is_reported_with_both_numbers() -> None:
+    orders = [limited("COMPLETED", "o-1", completed=True), limited("CANCELLED", "o-2", who="bob")]
+    found, judged = purchase_check([counter(3), counter(2, who="bob"), counter(1, who="carol")], orders)
+    assert judged == 3
+    assert [(d.kind, d.customer_id, d.sku, d.order_id) for d in found] == [
+        ("purchase_count_mismatch", "alice", "MUG", None),
+        ("purchase_count_mismatch", "bob", "MUG", None),
+        ("purchase_count_mismatch", "carol", "MUG", None),  # counted units without any order
+    ]
+    assert "counted 3 units of MUG" in found[0].detail and "hold 2" in found[0].detail
+    # A counter that was never written while an order holds units is out of step too.
+    assert kinds(purchase_check([], orders)[0]) == ["purchase_count_mismatch"]
+
+
+def test_a_customer_with_an_order_not_settled_or_left_unjudged_is_not_judged() -> None:
+    done = limited("COMPLETED", "o-1", completed=True)
+    moving = limited("PENDING", "o-2")  # its reservation may have taken its units already
+    recent = limited("CANCELLED", "o-3", updated_at=LATER)  # its release may still be under way
+    attention = limited("NEEDS_ATTENTION", "o-4")
+    for other in (moving, recent, attention):
+        assert purchase_check([counter(4)], [done, other]) == ([], 0)
+    assert purchase_check([counter(9)], [done], unjudged={"alice"}) == ([], 0)
+
+
+def test_the_books_check_leaves_a_customer_with_a_wrong_order_to_that_orders_letter() -> None:
+    snapshot = Snapshot(
+        products={},
+        adjustments={},
+        reservations={},
+        orders=[limited("COMPLETED", OID, completed=True)],  # no capture, no reservation: its own letter
+        payments={},
+        dead_letters={},
+        provider={},
+        purchase_counts=[counter(0)],
+    )
+    found = checks.check(snapshot, settled_before=LATER, expired_before=0)
+    assert "purchase_count_mismatch" not in kinds(found) and "completed_not_captured" in kinds(found)
+    # An unreadable order may be anyone's: no counter is judged.
+    sound = Snapshot(**{**snapshot.__dict__, "orders": [], "purchase_counts": [counter(3)]})
+    assert kinds(checks.check(sound, settled_before=LATER, expired_before=0)) == ["purchase_count_mismatch"]
+    unreadable = UnreadableItem(table="OrdersTable", key={"order_id": "x"}, error="ValidationError")
+    blind = Snapshot(**{**sound.__dict__, "unreadable": [unreadable]})
+    assert kinds(checks.check(blind, settled_before=LATER, expired_before=0)) == ["record_unreadable"]
+    # One that says whose it is leaves only that customer alone.
+    theirs = UnreadableItem(table="OrdersTable", key={"order_id": "x", "customer_id": "bob"}, error="e")
+    found = checks.check(Snapshot(**{**sound.__dict__, "unreadable": [theirs]}), settled_before=LATER, expired_before=0)
+    assert kinds(found) == ["purchase_count_mismatch", "record_unreadable"]
+    theirs = UnreadableItem(table="OrdersTable", key={"order_id": "x", "customer_id": "alice"}, error="e")
+    found = checks.check(Snapshot(**{**sound.__dict__, "unreadable": [theirs]}), settled_before=LATER, expired_before=0)
+    assert kinds(found) == ["record_unreadable"]
+    # An unreadable counter is reported with its customer, who is not judged.
+    bad_counter = UnreadableItem(table="PurchaseCountsTable", key={"customer_id": "alice", "sku": "MUG"}, error="e")
+    found = checks.check(
+        Snapshot(**{**sound.__dict__, "unreadable": [bad_counter]}), settled_before=LATER, expired_before=0
+    )
+    assert [(d.kind, d.customer_id, d.sku) for d in found] == [("record_unreadable", "alice", "MUG")]

@@ -29,7 +29,15 @@ _TEMPLATE_INPUTS = ("app.py", "chalicelib", ".chalice/config.json", "infra/templ
 # Where code scans: the reconciliation's audit (shop.repositories.audit) reads whole tables, the
 # operators' console lists orders and stock without a key (shop.repositories.orders, .catalog); the
 # orphan sweeper scans the sparse OrdersInProgress index, which holds only the open orders.
-AUDITED = ("ProductsTable", "StockTable", "StockLedgerTable", "ReservationsTable", "OrdersTable", "PaymentsTable")
+AUDITED = (
+    "ProductsTable",
+    "StockTable",
+    "StockLedgerTable",
+    "ReservationsTable",
+    "OrdersTable",
+    "PaymentsTable",
+    "PurchaseCountsTable",
+)
 SCANNING = {("ReconcileBooksFunctionRole", table) for table in AUDITED} | {
     ("APIHandlerDataAccess", "OrdersTable"),
     ("APIHandlerDataAccess", "ProductsTable"),

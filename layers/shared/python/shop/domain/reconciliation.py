@@ -14,6 +14,16 @@ keeps the sum), so for every SKU
 why purging released reservations by TTL changes nothing). ``initial`` is the stock the product
 was created with (``initial_stock`` on the product item).
 
+Purchase limits. A customer's counter of a limited SKU moves only in the transactions that reserve
+(take) and release (give back) an order's limited lines, so once every order of the customer has
+settled, for every limited SKU
+
+    counter = Σ units of the customer's COMPLETED orders, and of those REFUNDED after completion
+
+(an order cancelled, or refunded before it completed, gave its units back when its stock was
+released; a return still counts against the limit). The limited lines are those the order
+recorded a limit for when it was placed (``purchase_limits``).
+
 Orders are checked only once settled: last changed before ``settled_before``. A saga moves an
 order in progress within seconds, so the production job looks only at orders unchanged for a
 while, and a quiescent run (every saga finished) passes ``settled_before`` = now.
@@ -26,8 +36,8 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shop.models.inventory import Reservation
-from shop.models.orders import SAGA_IN_PROGRESS, DeadLetter, Order, ResumePoint
+from shop.models.inventory import PurchaseCount, Reservation
+from shop.models.orders import SAGA_IN_PROGRESS, SETTLED, DeadLetter, Order, ResumePoint
 from shop.models.payments import CAPTURED_STATUSES, Payment
 from shop.models.reconciliation import Discrepancy, DiscrepancyKind, UnreadableItem
 from shop.payments.provider import ProviderOperation
@@ -83,14 +93,24 @@ class Snapshot:
     provider: Mapping[str, ProviderView]
     # Items of the audited tables their models refused (reported; their orders are not judged).
     unreadable: Sequence[UnreadableItem] = ()
+    # Read before the orders: a counter taken after this read belongs to an order the orders' read
+    # finds in progress, so its customer is not judged.
+    purchase_counts: Sequence[PurchaseCount] = ()
 
 
 def _approved(operation: ProviderOperation | None) -> bool:
     return operation is not None and operation.approved and operation.reference is not None
 
 
-def _found(kind: DiscrepancyKind, detail: str, *, order_id: str | None = None, sku: str | None = None) -> Discrepancy:
-    return Discrepancy(kind=kind, order_id=order_id, sku=sku, detail=detail)
+def _found(
+    kind: DiscrepancyKind,
+    detail: str,
+    *,
+    order_id: str | None = None,
+    sku: str | None = None,
+    customer_id: str | None = None,
+) -> Discrepancy:
+    return Discrepancy(kind=kind, order_id=order_id, sku=sku, customer_id=customer_id, detail=detail)
 
 
 # ---------------------------------------------------------------------------- stock
@@ -136,6 +156,64 @@ def check_reservations(reservations: Iterable[Reservation], *, expired_before: i
         for reservation in reservations
         if reservation.status == "RESERVED" and reservation.expires_at < expired_before
     ]
+
+
+# ---------------------------------------------------------------------------- purchase limits
+def counted_purchases(order: Order) -> Counter[str]:
+    """The units a settled order holds against its customer's purchase limits, by SKU."""
+    limits = order.purchase_limits or {}
+    counts = order.status == "COMPLETED" or (order.status == "REFUNDED" and order.was_completed)
+    counted: Counter[str] = Counter()
+    if counts:
+        for line in order.items:
+            if line.sku in limits:
+                counted[line.sku] += line.quantity
+    return counted
+
+
+def check_purchase_counts(
+    counts: Iterable[PurchaseCount], orders: Iterable[Order], *, settled_before: str, unjudged: Collection[str]
+) -> tuple[list[Discrepancy], int]:
+    """Each customer's purchase counters against their orders (the equation in this module's doc),
+    and how many counters were judged.
+
+    A customer is judged only when every order of theirs is settled (COMPLETED, CANCELLED or
+    REFUNDED, and unchanged since ``settled_before``): a saga, a refund or a sweeper may be moving
+    a counter of theirs otherwise. ``unjudged`` names customers left alone besides (an order of
+    theirs with a discrepancy of its own, a counter that cannot be read).
+    """
+    orders_of: defaultdict[str, list[Order]] = defaultdict(list)
+    for order in orders:
+        orders_of[order.customer_id].append(order)
+    counters_of: defaultdict[str, dict[str, int]] = defaultdict(dict)
+    for count in counts:
+        counters_of[count.customer_id][count.sku] = count.units
+    found: list[Discrepancy] = []
+    judged = 0
+    for customer in sorted(orders_of.keys() | counters_of.keys()):
+        theirs = orders_of.get(customer, [])
+        if customer in unjudged or any(
+            order.status not in SETTLED or not settled(order, settled_before) for order in theirs
+        ):
+            continue
+        expected: Counter[str] = Counter()
+        for order in theirs:
+            expected.update(counted_purchases(order))
+        counters = counters_of.get(customer, {})
+        judged += len(counters)
+        for sku in sorted(counters.keys() | expected.keys()):
+            counted = counters.get(sku, 0)
+            if counted != expected[sku]:
+                found.append(
+                    _found(
+                        "purchase_count_mismatch",
+                        f"customer {customer} is counted {counted} units of {sku}; their settled orders hold "
+                        f"{expected[sku]}",
+                        sku=sku,
+                        customer_id=customer,
+                    )
+                )
+    return found, judged
 
 
 # ---------------------------------------------------------------------------- payments
@@ -365,7 +443,13 @@ def check(snapshot: Snapshot, *, settled_before: str, expired_before: int) -> li
     found += check_reservations(snapshot.reservations.values(), expired_before=expired_before)
     found += check_idempotency(snapshot.orders)
     found += [
-        _found("record_unreadable", f"{item.table} item {item.key}: {item.error}", order_id=item.order_id, sku=item.sku)
+        _found(
+            "record_unreadable",
+            f"{item.table} item {item.key}: {item.error}",
+            order_id=item.order_id,
+            sku=item.sku,
+            customer_id=item.customer_id,
+        )
         for item in snapshot.unreadable
     ]
     # An order one of whose records cannot be read is not judged: every check would see it missing.
@@ -380,7 +464,25 @@ def check(snapshot: Snapshot, *, settled_before: str, expired_before: int) -> li
             reservation=snapshot.reservations.get(order.order_id),
             dead_letter=snapshot.dead_letters.get(order.order_id),
         )
+    found += check_snapshot_purchase_counts(snapshot, found, settled_before=settled_before)[0]
     return found
+
+
+def check_snapshot_purchase_counts(
+    snapshot: Snapshot, found: Iterable[Discrepancy], *, settled_before: str
+) -> tuple[list[Discrepancy], int]:
+    """``check_purchase_counts`` over the snapshot, leaving alone the customers whose books are wrong
+    elsewhere (an order's discrepancy is that order's letter; its counter follows its redrive). An
+    order that cannot be read is its customer's, if it says whose; if not, it may be anyone's, and
+    no counter is judged."""
+    if any(item.table == "OrdersTable" and item.customer_id is None for item in snapshot.unreadable):
+        return [], 0
+    troubled = {d.order_id for d in found if d.order_id is not None}
+    unjudged = {order.customer_id for order in snapshot.orders if order.order_id in troubled}
+    unjudged |= {item.customer_id for item in snapshot.unreadable if item.customer_id is not None}
+    return check_purchase_counts(
+        snapshot.purchase_counts, snapshot.orders, settled_before=settled_before, unjudged=unjudged
+    )
 
 
 def settled_orders(orders: Iterable[Order], settled_before: str) -> list[Order]:

@@ -7,7 +7,9 @@ checks the snapshot. Only one discrepancy is repaired here: a payments ledger be
 discrepancy of an order opens the order's dead letter, so an operator sees it and can redrive it.
 A SKU whose stock equation does not hold opens the SKU's stock discrepancy letter (no redrive
 applies: an operator finds and undoes the cause), resolved by the first run that finds
-the SKU consistent again. A stuck order or an expired hold belongs to the sweepers: reported only.
+the SKU consistent again. A customer's purchase counter out of step with their settled orders is
+reported (no redrive applies: an operator sets the counter to the units the report names). A stuck
+order or an expired hold belongs to the sweepers: reported only.
 Each discrepancy kind is published as a metric and the report is stored for
 ``GET /admin/reconciliation``.
 """
@@ -55,6 +57,7 @@ REPORT_ONLY = frozenset(
         "reservation_held_past_expiry",
         "duplicate_idempotency_key",
         "record_unreadable",
+        "purchase_count_mismatch",
     }
 )
 
@@ -90,6 +93,7 @@ def read_snapshot(settled_before: str, provider: PaymentProvider) -> Snapshot:
     first = audit.product_stock()
     adjustments = audit.adjustments()
     reservations = audit.reservations()
+    counts = audit.purchase_counts()  # before the orders: see Snapshot.purchase_counts
     orders = audit.orders()
     payments_read = audit.payments()
     payments = {payment.order_id: payment for payment in payments_read.records}
@@ -118,7 +122,14 @@ def read_snapshot(settled_before: str, provider: PaymentProvider) -> Snapshot:
         payments=payments,
         dead_letters=letters,
         provider=provider_views,
-        unreadable=[*orders.unreadable, *payments_read.unreadable, *reservations.unreadable, *first.unreadable],
+        unreadable=[
+            *orders.unreadable,
+            *payments_read.unreadable,
+            *reservations.unreadable,
+            *first.unreadable,
+            *counts.unreadable,
+        ],
+        purchase_counts=counts.records,
     )
 
 
@@ -146,6 +157,7 @@ def run(now: datetime | None = None, *, quiescent: bool = False) -> Reconciliati
     provider = payment_domain.provider()
     snapshot = read_snapshot(settled_before, provider)
     found = checks.check(snapshot, settled_before=settled_before, expired_before=expired_before)
+    _, purchase_counters = checks.check_snapshot_purchase_counts(snapshot, found, settled_before=settled_before)
     if quiescent:
         machines = (sagas.checkout_state_machine_arn(), sagas.refund_state_machine_arn())
         found += checks.check_executions(name for machine in machines for name in sagas.running(machine))
@@ -176,6 +188,7 @@ def run(now: datetime | None = None, *, quiescent: bool = False) -> Reconciliati
             payments=sum(order.order_id in snapshot.payments for order in settled),
             provider_operations=sum(view.operations for view in snapshot.provider.values()),
             dead_letters=len(snapshot.dead_letters),
+            purchase_counters=purchase_counters,
         ),
         discrepancies=found[:MAX_LISTED],
         omitted=max(len(found) - MAX_LISTED, 0),
@@ -235,7 +248,8 @@ def _letter_stock(found: list[Discrepancy], snapshot: Snapshot, now: str) -> lis
     judged consistent this run (a SKU that changed while it was read is not judged either way)."""
     by_sku: dict[str, list[Discrepancy]] = {}
     for discrepancy in found:
-        if discrepancy.sku is not None:
+        # A purchase counter names its SKU too, but the SKU's stock is not what is wrong.
+        if discrepancy.sku is not None and discrepancy.customer_id is None:
             by_sku.setdefault(discrepancy.sku, []).append(discrepancy)
     actions: dict[str, DiscrepancyAction] = {}
     for sku, discrepancies in sorted(by_sku.items()):
@@ -252,7 +266,10 @@ def _letter_stock(found: list[Discrepancy], snapshot: Snapshot, now: str) -> lis
         product = snapshot.products.get(sku)
         if product is not None and product.stable and stock_discrepancies.resolve(sku, now=now):
             logger().info("stock discrepancy resolved: the SKU is consistent again", extra={"sku": sku})
-    return [d.model_copy(update={"action": actions[d.sku]}) if d.sku in actions else d for d in found]
+    return [
+        d.model_copy(update={"action": actions[d.sku]}) if d.sku in actions and d.customer_id is None else d
+        for d in found
+    ]
 
 
 def _open_dead_letter(order: Order, discrepancies: list[Discrepancy]) -> DiscrepancyAction:

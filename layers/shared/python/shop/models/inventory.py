@@ -55,6 +55,15 @@ class ReleaseReservation(_ReservationStep):
     frees_purchase_units: bool = True
 
 
+class PurchaseCount(Record):
+    """An item of PurchaseCountsTable: the units of one limited SKU one customer holds across the
+    orders that count (shop.repositories.purchases)."""
+
+    customer_id: str
+    sku: str
+    units: int
+
+
 class ShardTake(Record):
     """Units of a line taken from one of its SKU's stock shards."""
 

@@ -28,17 +28,19 @@ DiscrepancyKind = Literal[
     "provider_operation_duplicated",
     "record_unreadable",
     "redrive_stalled",
+    "purchase_count_mismatch",
 ]
 # What the job did about a discrepancy.
 DiscrepancyAction = Literal["repaired", "dead_lettered", "dead_letter_already_open", "left_for_next_run", "reported"]
 
 
 class Discrepancy(Record):
-    """One invariant that does not hold: on an order, or on a SKU's stock."""
+    """One invariant that does not hold: on an order, on a SKU's stock, or on a customer's purchase count."""
 
     kind: DiscrepancyKind
     order_id: str | None = None
     sku: str | None = None
+    customer_id: str | None = Field(default=None, description="The customer whose purchase count is wrong.")
     detail: str = Field(description="What disagrees, with the numbers on both sides.")
     action: DiscrepancyAction = "reported"
 
@@ -48,7 +50,9 @@ class UnreadableItem(Record):
     behind the shop's back, or by a version that wrote what this one cannot read."""
 
     table: str = Field(description="The table's role, e.g. OrdersTable.")
-    key: dict[str, str] = Field(description="The item's key attributes, as text.")
+    key: dict[str, str] = Field(
+        description="The item's key attributes, as text (and an order's customer_id, where the item names one)."
+    )
     error: str = Field(description="Why it could not be read: the error's class and message, truncated.")
 
     @property
@@ -58,8 +62,13 @@ class UnreadableItem(Record):
 
     @property
     def sku(self) -> str | None:
-        """The product it belongs to (a stock counter's)."""
+        """The product it belongs to (a stock counter's, or a purchase counter's)."""
         return self.key.get("sku")
+
+    @property
+    def customer_id(self) -> str | None:
+        """The customer it belongs to (a purchase counter's)."""
+        return self.key.get("customer_id")
 
 
 class CheckedCounts(Record):
@@ -71,6 +80,8 @@ class CheckedCounts(Record):
     payments: int = 0
     provider_operations: int = 0
     dead_letters: int = 0
+    # The customers' purchase counters judged (those of customers with every order settled).
+    purchase_counters: int = 0
 
 
 class ReconciliationReport(Record):

@@ -17,7 +17,7 @@ from typing import Any
 
 from shop.config import table_settings
 from shop.errors import TransientError
-from shop.models.inventory import Reservation, total_available, units_by_shard
+from shop.models.inventory import PurchaseCount, Reservation, total_available, units_by_shard
 from shop.models.orders import Order
 from shop.models.payments import Payment
 from shop.models.reconciliation import ReconciliationReport, UnreadableItem
@@ -130,7 +130,28 @@ def reservations() -> Audited[Reservation]:
 
 
 def orders() -> Audited[Order]:
-    return _read_each("OrdersTable", scan(table_settings().orders_table), "order_id", to_order)
+    records, refused = read_each(scan(table_settings().orders_table), to_order)
+    return Audited(
+        records,
+        [
+            # The customer it names, where it names one: the purchase counters of the others can be judged.
+            _unreadable(
+                "OrdersTable",
+                item,
+                error,
+                ("order_id", "customer_id") if key_text(item, "customer_id") else ("order_id",),
+            )
+            for item, error in refused
+        ],
+    )
+
+
+def purchase_counts() -> Audited[PurchaseCount]:
+    items = scan(table_settings().purchase_counts_table)
+    records, refused = read_each(items, lambda item: PurchaseCount.model_validate(unmarshal(item)))
+    return Audited(
+        records, [_unreadable("PurchaseCountsTable", item, error, ("customer_id", "sku")) for item, error in refused]
+    )
 
 
 def payments() -> Audited[Payment]:
