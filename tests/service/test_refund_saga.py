@@ -3,6 +3,7 @@ returned, exactly once; a refund that keeps failing is dead-lettered and redrive
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,3 +109,26 @@ def test_failed_refund_is_dead_lettered_and_redriven(shop: Shop, local_aws: Loca
     assert available("MUG-1") == 10
     resolved = shop.dead_letter(order_id)
     assert resolved is not None and resolved.status == "RESOLVED"
+
+
+def test_the_saga_duration_of_a_refund_is_its_own_run_not_the_orders_age(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """SagaDuration was measured from the order's placement: a refund asked long after (or a
+    redrive) published the order's whole age, and the dashboard's p99 of saga duration meant nothing."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    order_id = _completed(shop)
+    local_aws.client("dynamodb").update_item(
+        TableName=local_aws.table("OrdersTable"),
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET created_at = :long_ago",
+        ExpressionAttributeValues={":long_ago": {"S": "2000-01-01T00:00:00.000Z"}},
+    )
+    capfd.readouterr()
+    assert shop.cancel(order_id).status_code == 202
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    shop.wait_status(order_id, "REFUNDED")
+
+    printed = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    [refunded] = [line for line in printed if "OrdersRefunded" in line]
+    assert refunded["SagaDuration"] and all(0 <= seconds < 24 * 3600 for seconds in refunded["SagaDuration"])

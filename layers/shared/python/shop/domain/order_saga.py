@@ -38,20 +38,19 @@ from shop.repositories import orders as repository
 from shop.saga_terms import Step
 
 
-def _saga_seconds(order: Order, now: str) -> float:
-    def parse(value: str) -> datetime:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-    return max((parse(now) - parse(order.created_at)).total_seconds(), 0.0)
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _emit(name: str, order: Order, now: str, **dimensions: str) -> None:
-    """One count and the saga's duration; emitted only by the write that made the transition."""
+def _emit(name: str, order: Order, now: str, started_at: datetime | None, **dimensions: str) -> None:
+    """One count and the saga's duration: from its execution's start (the order's placement when the
+    step was not told it); emitted only by the write that made the transition."""
     if dimensions:
         dimensioned_metric(name, MetricUnit.Count, 1, **dimensions)
     else:
         metrics().add_metric(name=name, unit=MetricUnit.Count, value=1)
-    metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=_saga_seconds(order, now))
+    seconds = (_parse(now) - (started_at or _parse(order.created_at))).total_seconds()
+    metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=max(seconds, 0.0))
 
 
 def _settle_dead_letter(order: Order, now: str) -> None:
@@ -129,7 +128,7 @@ def complete_order(step: CompleteOrder) -> StepResult:
     if order.status == "COMPLETED":
         _settle_dead_letter(order, now)
         if changed:
-            _emit("OrdersCompleted", order, now)
+            _emit("OrdersCompleted", order, now, step.execution_started_at)
             logger().info("order completed")
         try:
             carts.remove_ordered_lines(order)  # an order placed from a cart; once, however often this runs
@@ -151,7 +150,7 @@ def mark_cancelled(step: CancelOrder) -> StepResult:
     )
     _settle_dead_letter(order, now)
     if changed:
-        _emit("OrdersCancelled", order, now, reason=step.failure.reason)
+        _emit("OrdersCancelled", order, now, step.execution_started_at, reason=step.failure.reason)
         logger().info("order cancelled", extra={"failure_reason": step.failure.reason})
     return _result(order)
 
@@ -201,7 +200,7 @@ def mark_refunded(step: MarkRefunded) -> StepResult:
     )
     _settle_dead_letter(order, now)
     if changed:
-        _emit("OrdersRefunded", order, now)
+        _emit("OrdersRefunded", order, now, step.execution_started_at)
         logger().info("order refunded")
     return _result(order)
 

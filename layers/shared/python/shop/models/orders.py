@@ -397,11 +397,18 @@ class RecordProgress(_OrderStep):
     checkpoint: bool = True
 
 
-class CompleteOrder(_OrderStep):
+class _SettlingStep(_OrderStep):
+    # The execution's start ($$.Execution.StartTime): the saga's duration (the SagaDuration metric) is
+    # measured from it, so a refund or a redrive run days after the order counts its own run, not the
+    # order's age. None (a direct call, an execution of an older definition): from the order's placement.
+    execution_started_at: Annotated[AwareDatetime | None, Field(strict=False)] = None
+
+
+class CompleteOrder(_SettlingStep):
     pass
 
 
-class CancelOrder(_OrderStep):
+class CancelOrder(_SettlingStep):
     failure: Failure
 
 
@@ -409,7 +416,7 @@ class StartRefund(_OrderStep):
     pass
 
 
-class MarkRefunded(_OrderStep):
+class MarkRefunded(_SettlingStep):
     pass
 
 
