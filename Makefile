@@ -22,6 +22,8 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/shared/python
 PORT ?= 8000
 # The dev token issuer's port: fixed, so `chalice local` can be given AUTH_ISSUER (README).
 IDENTITY_PORT ?= 4567
+# The AWS emulator's port: LocalStack's edge port by default, so localstack-client and awslocal find it.
+AWS_PORT ?= 4566
 # Where `sam deploy --guided` saves its answers (SAM CLI would look beside build/sam/template.yaml).
 SAMCONFIG := $(CURDIR)/samconfig.toml
 SAM_CLI_INSTALL := https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/install-sam-cli.html
@@ -46,7 +48,7 @@ FLASH_SALE ?=
 
 help:
 	@echo "make help       this list"
-	@echo "make run        start the local stack (API on :$(PORT), AWS emulator on :4566, dev tokens from :$(IDENTITY_PORT)) with demo data"
+	@echo "make run        start the local stack (API on :$(PORT), AWS emulator on :$(AWS_PORT), dev tokens from :$(IDENTITY_PORT)) with demo data"
 	@echo "make emulator   make run without the API: the AWS emulator and dev tokens, for chalice local (README)"
 	@echo "make test       lint, type-check, validate the template and state machines, run every test tier"
 	@echo "make unit       the unit tier alone: pure logic, no AWS"
@@ -110,11 +112,11 @@ http test: $(CHROMIUM_STAMP)
 
 run: $(STAMP)
 	@echo "run: starting the AWS emulator, deploying infra/template.yaml into it, seeding the demo catalog (about 10 s)"
-	$(BIN)/python -m infra.local.stack --api-port $(PORT) --identity-port $(IDENTITY_PORT)
+	$(BIN)/python -m infra.local.stack --api-port $(PORT) --aws-port $(AWS_PORT) --identity-port $(IDENTITY_PORT)
 
 emulator: $(STAMP)
 	@echo "emulator: starting the AWS emulator, deploying infra/template.yaml into it, seeding the demo catalog (no API)"
-	$(BIN)/python -m infra.local.stack --no-api --identity-port $(IDENTITY_PORT)
+	$(BIN)/python -m infra.local.stack --no-api --aws-port $(AWS_PORT) --identity-port $(IDENTITY_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -106,9 +106,27 @@ def _start_emulator(host: str, port: int) -> list[Callable[[], None]]:
     in_process.start()
     # The emulator's per-request access log would drown the API's.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    _require_free(host, port)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     return [in_process.stop, server.stop]
+
+
+def _require_free(host: str, port: int) -> None:
+    """Stop with a clear message when the emulator's port is taken (LocalStack, another checkout's stack).
+
+    moto's server binds in a thread of its own: on a taken port that thread dies and ``start()`` waits
+    for it forever, deaf to Ctrl-C and SIGTERM, which this process handles only once the stack is up.
+    """
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as error:
+        raise SystemExit(
+            f"the AWS emulator's port {host}:{port} is taken ({error.strerror}): stop what holds it, "
+            f"or choose another (make run AWS_PORT=4577; python -m infra.local.stack --aws-port 4577)"
+        ) from error
 
 
 def _dynamodb_client(endpoint: str) -> Any:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import requests
 
 from infra.local.stack import DEMO_CATALOG
-from tests.http.conftest import RunningStack, launch_stack, port_is_free
+from tests.conftest import REPO_ROOT
+from tests.http.conftest import STARTUP_DEADLINE_SECONDS, RunningStack, free_port, launch_stack, port_is_free
 
 
 def test_health_answers_once_deployed_and_seeded(stack: RunningStack) -> None:
@@ -93,3 +98,27 @@ def test_bad_input_over_the_wire_is_a_clean_4xx_and_stores_nothing(stack: Runnin
     assert wrong_method.headers["Content-Type"].startswith("application/problem+json")
     assert bobs_order_ids() == before
     assert requests.get(stack.url("/products/BOOK-SRE"), timeout=5).json()["available"] == 40
+
+
+def test_a_taken_emulator_port_stops_the_stack_at_once_saying_so(tmp_path: Path) -> None:
+    """moto's server binds in its own thread: on a taken port (LocalStack's, another checkout's stack)
+    the thread died and the stack waited for it forever, deaf to Ctrl-C and SIGTERM."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        aws_port = taken.getsockname()[1]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
+        environment["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'layers/shared/python'}"
+        command = [sys.executable, "-m", "infra.local.stack", "--api-port", str(free_port())]
+        command += ["--aws-port", str(aws_port), "--state-dir", str(tmp_path), "--no-seed"]
+        try:
+            stopped = subprocess.run(
+                command,
+                cwd=REPO_ROOT,
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=STARTUP_DEADLINE_SECONDS,
+            )
+        except subprocess.TimeoutExpired as hung:
+            raise AssertionError(f"the stack hung on the taken port {aws_port}: {hung.output!r}") from hung
+    assert stopped.returncode != 0
+    assert f"port 127.0.0.1:{aws_port} is taken" in stopped.stderr, stopped.stderr
