@@ -106,27 +106,40 @@ def _start_emulator(host: str, port: int) -> list[Callable[[], None]]:
     in_process.start()
     # The emulator's per-request access log would drown the API's.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    _require_free(host, port)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     return [in_process.stop, server.stop]
 
 
-def _require_free(host: str, port: int) -> None:
-    """Stop with a clear message when the emulator's port is taken (LocalStack, another checkout's stack).
+# Each port the stack serves, with the make variable and the option that move it.
+_PORT_SETTINGS = {
+    "the API": ("PORT", "--api-port"),
+    "the AWS emulator": ("AWS_PORT", "--aws-port"),
+    "the dev identity provider": ("IDENTITY_PORT", "--identity-port"),
+}
 
-    moto's server binds in a thread of its own: on a taken port that thread dies and ``start()`` waits
-    for it forever, deaf to Ctrl-C and SIGTERM, which this process handles only once the stack is up.
+
+def _require_free(host: str, ports: dict[str, int]) -> None:
+    """Stop with a clear message, before starting anything, when a port the stack serves is taken
+    (LocalStack on 4566, another checkout's stack).
+
+    moto's server binds in a thread of its own: on a taken port that thread died and ``start()``
+    waited for it forever, deaf to Ctrl-C and SIGTERM, which this process handles only once the
+    stack is up; the others failed with a bare traceback after the deployment. Port 0 is any free one.
     """
     import socket
 
-    try:
-        socket.create_server((host, port)).close()
-    except OSError as error:
-        raise SystemExit(
-            f"the AWS emulator's port {host}:{port} is taken ({error.strerror}): stop what holds it, "
-            f"or choose another (make run AWS_PORT=4577; python -m infra.local.stack --aws-port 4577)"
-        ) from error
+    for what, port in ports.items():
+        if port == 0:
+            continue
+        try:
+            socket.create_server((host, port)).close()
+        except OSError as error:
+            variable, option = _PORT_SETTINGS[what]
+            raise SystemExit(
+                f"the port of {what}, {host}:{port}, is taken ({error.strerror}): stop what holds it, or choose "
+                f"another (make run {variable}=<port>; python -m infra.local.stack {option} <port>)"
+            ) from error
 
 
 def _dynamodb_client(endpoint: str) -> Any:
@@ -234,6 +247,8 @@ def start_stack(
     ``streams_endpoint``, the DynamoDB Streams API that serves them (DynamoDB Local answers both
     APIs at one address).
     """
+    ports = {"the AWS emulator": aws_port, "the dev identity provider": identity_port}
+    _require_free(host, {"the API": api_port, **ports} if api else ports)
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     aws_endpoint = f"http://{host}:{aws_port}"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from infra.local.stack import DEMO_CATALOG
@@ -100,15 +101,21 @@ def test_bad_input_over_the_wire_is_a_clean_4xx_and_stores_nothing(stack: Runnin
     assert requests.get(stack.url("/products/BOOK-SRE"), timeout=5).json()["available"] == 40
 
 
-def test_a_taken_emulator_port_stops_the_stack_at_once_saying_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("what", "option"),
+    [("the AWS emulator", "--aws-port"), ("the API", "--api-port"), ("the dev identity provider", "--identity-port")],
+)
+def test_a_taken_port_stops_the_stack_at_once_saying_which(tmp_path: Path, what: str, option: str) -> None:
     """moto's server binds in its own thread: on a taken port (LocalStack's, another checkout's stack)
-    the thread died and the stack waited for it forever, deaf to Ctrl-C and SIGTERM."""
+    the thread died and the stack waited for it forever, deaf to Ctrl-C and SIGTERM; a taken API or
+    identity port failed with a bare traceback once the stack was deployed."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
-        aws_port = taken.getsockname()[1]
+        port = taken.getsockname()[1]
+        ports = {"--api-port": free_port(), "--aws-port": free_port(), "--identity-port": free_port(), option: port}
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
         environment["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'layers/shared/python'}"
-        command = [sys.executable, "-m", "infra.local.stack", "--api-port", str(free_port())]
-        command += ["--aws-port", str(aws_port), "--state-dir", str(tmp_path), "--no-seed"]
+        command = [sys.executable, "-m", "infra.local.stack", "--state-dir", str(tmp_path), "--no-seed"]
+        command += [str(part) for pair in ports.items() for part in pair]
         try:
             stopped = subprocess.run(
                 command,
@@ -119,6 +126,7 @@ def test_a_taken_emulator_port_stops_the_stack_at_once_saying_so(tmp_path: Path)
                 timeout=STARTUP_DEADLINE_SECONDS,
             )
         except subprocess.TimeoutExpired as hung:
-            raise AssertionError(f"the stack hung on the taken port {aws_port}: {hung.output!r}") from hung
+            raise AssertionError(f"the stack hung on the taken port {port}: {hung.output!r}") from hung
     assert stopped.returncode != 0
-    assert f"port 127.0.0.1:{aws_port} is taken" in stopped.stderr, stopped.stderr
+    assert f"the port of {what}, 127.0.0.1:{port}, is taken" in stopped.stderr, stopped.stderr
+    assert "Traceback" not in stopped.stderr

@@ -249,6 +249,9 @@ def test_both_state_machines_log_their_executions(transformed: dict[str, Any]) -
 def test_users_can_get_a_token_with_the_cli_and_the_outputs_say_where(transformed: dict[str, Any]) -> None:
     (client,) = _of_type(transformed, "AWS::Cognito::UserPoolClient").values()
     assert "ALLOW_USER_PASSWORD_AUTH" in client["Properties"]["ExplicitAuthFlows"]
+    # LEGACY (CloudFormation's default) answers UserNotFoundException for an unknown e-mail: anyone could
+    # tell which addresses are customers.
+    assert client["Properties"]["PreventUserExistenceErrors"] == "ENABLED"
     outputs = transformed["Outputs"]
     assert outputs["UserPoolId"]["Value"] == {"Ref": "UserPool"}
     assert outputs["UserPoolClientId"]["Value"] == {"Ref": "UserPoolClient"}
