@@ -8,11 +8,11 @@ from chalice import Blueprint, Response
 
 from chalicelib import http
 from shop.auth import Principal
-from shop.domain import operations, payments, reconciliation_job
+from shop.domain import operations, payments, reconciliation_job, search_reindex
 from shop.domain import orders as order_domain
 from shop.errors import ReconciliationReportNotFound
 from shop.models.base import Record, StrictModel
-from shop.models.catalog import StockLevelPage
+from shop.models.catalog import SearchReindexQuery, SearchReindexStep, StockLevelPage
 from shop.models.common import DEFAULT_PAGE_LIMIT, NextToken, OrderId, PageLimit
 from shop.models.events import ConsumerFailuresStatus, UnreadableRecordPage
 from shop.models.orders import DeadLetter, DeadLetterPage, OrderFilter, OrderPage
@@ -205,3 +205,26 @@ def reconciliation_report(principal: Principal) -> Response:
     if report is None:
         raise ReconciliationReportNotFound("the reconciliation has not run yet")
     return http.json_response(report)
+
+
+@http.route(
+    admin,
+    "/admin/search/reindex",
+    "POST",
+    summary="Rebuild the product search index, a page per call (admin)",
+    description=(
+        "For a change to the search's text rules: products saved before it keep the terms of the old rules until "
+        "saved again. Call without a token, then again with each `next_token` answered until it is null: first "
+        f"every product, a page of {search_reindex.PRODUCTS_PER_CALL} per call, each active one's terms written as "
+        f"the current rules make them (`stage` `terms`), then every index item, {search_reindex.INDEX_ITEMS_PER_CALL} "
+        "per call, each term no product has now deleted (`prune`). A product changed during a call is left "
+        "alone (its own write kept its terms in step) and listed in `changed_meanwhile`. Searches keep working "
+        "throughout; a call repeated, or a whole rebuild run again, changes nothing more."
+    ),
+    auth="admin",
+    query=SearchReindexQuery,
+    responses={200: SearchReindexStep},
+    tags=_TAGS,
+)
+def reindex_search(query: SearchReindexQuery, principal: Principal) -> Response:
+    return http.json_response(search_reindex.reindex_search(query.next_token))

@@ -8,6 +8,7 @@ written), paging with next_token, caching, and the admin routes keeping the inde
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -189,3 +190,118 @@ def test_letters_with_a_stroke_are_found_typed_plainly(api: SearchApi) -> None:
 
     assert api.found("lodz") == ["LODZ"] and api.found("ŁÓDŹ") == ["LODZ"]
     assert api.found("aero") == ["AERO"]
+
+
+# ---------------------------------------------------------------------------- rebuilding the index
+def reindex(api: SearchApi) -> list[dict[str, Any]]:
+    """Every call of a whole rebuild, as an operator's loop makes them."""
+    steps: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        path = "/admin/search/reindex" + (f"?next_token={quote(token)}" if token else "")
+        reply = api.request("POST", path, token=api.admin)
+        assert reply.status == 200, reply.body
+        assert isinstance(reply.body, dict)
+        steps.append(reply.body)
+        token = reply.body["next_token"]
+        if token is None:
+            return steps
+
+
+def _index_items(api: SearchApi) -> list[dict[str, object]]:
+    return api.tables_with_index()["SearchIndexTable"]
+
+
+def _put_term(api: SearchApi, sku: str, term: str) -> None:
+    """A term the index holds though the current rules make no such term of the product (older rules)."""
+    api.aws.client("dynamodb").put_item(
+        TableName=api.aws.table("SearchIndexTable"),
+        Item={
+            "pk": {"S": term[0]},
+            "sk": {"S": f"{term}#{sku}"},
+            "sku": {"S": sku},
+            "term": {"S": term},
+            "fields": {"N": "1"},
+            "category": {"S": "kitchen"},
+        },
+    )
+
+
+def test_a_rebuild_writes_the_terms_the_rules_make_and_prunes_the_rest(
+    api: SearchApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Products saved before a change to the text rules kept the old rules' terms until saved again:
+    the README said there was no backfill."""
+    from shop.domain import search_reindex
+
+    monkeypatch.setattr(search_reindex, "PRODUCTS_PER_CALL", 2)  # several pages of each stage
+    monkeypatch.setattr(search_reindex, "INDEX_ITEMS_PER_CALL", 3)
+    create(api, "MUG-STONE", "Stoneware mug", description="Glazed by hand.")
+    create(api, "BOWL", "Serving bowl")
+    create(api, "CAFE", "Café crème", category="coffee")
+    create(api, "OLD", "Retired teapot")
+    assert api.request("PATCH", "/products/OLD", {"active": False}, token=api.admin).status == 200
+    sound = _index_items(api)
+    # What an upgrade of the rules leaves: a product's terms lost (indexed by rules that made others),
+    # old terms of products, of an inactive one and of one that is gone.
+    table = api.aws.table("SearchIndexTable")
+    for item in sound:
+        if item["sku"] == {"S": "BOWL"}:
+            api.aws.client("dynamodb").delete_item(TableName=table, Key={"pk": item["pk"], "sk": item["sk"]})
+    for sku, term in (("MUG-STONE", "stonewaremug"), ("OLD", "teapot"), ("GONE", "gone")):
+        _put_term(api, sku, term)
+    assert api.found("serving") == [] and api.found("stonewaremug") == ["MUG-STONE"]
+
+    steps = reindex(api)
+
+    stages = [step["stage"] for step in steps]
+    assert stages == ["terms"] * stages.count("terms") + ["prune"] * stages.count("prune"), stages
+    assert stages.count("terms") >= 2
+    assert stages.count("prune") >= 3  # 11 index items, 3 a page
+    assert sum(step["products_indexed"] for step in steps) == 3  # the active ones
+    assert sum(step["terms_deleted"] for step in steps) == 3
+    assert all(step["changed_meanwhile"] == [] for step in steps)
+    assert _index_items(api) == sound
+    assert api.found("serving") == ["BOWL"] and api.found("stonewaremug") == [] and api.found("teapot") == []
+    # Again: nothing more to delete, the same index.
+    again = reindex(api)
+    assert sum(step["terms_deleted"] for step in again) == 0 and _index_items(api) == sound
+
+
+def test_a_product_changed_during_a_rebuild_keeps_the_terms_its_own_write_made(
+    api: SearchApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shop.repositories import catalog
+
+    create(api, "MUG-STONE", "Stoneware mug")
+    read_page = catalog.scan_products_and_versions
+
+    def renamed_after_the_read(limit: int, start: object) -> object:
+        page = read_page(limit, start)  # type: ignore[arg-type]
+        assert api.request("PATCH", "/products/MUG-STONE", {"name": "Porcelain cup"}, token=api.admin).status == 200
+        return page
+
+    monkeypatch.setattr(catalog, "scan_products_and_versions", renamed_after_the_read)
+    first = api.request("POST", "/admin/search/reindex", token=api.admin)
+
+    assert first.status == 200, first.body
+    assert isinstance(first.body, dict)
+    assert (first.body["changed_meanwhile"], first.body["terms_written"]) == (["MUG-STONE"], 0)
+    # The terms of the name read before the rename were not written back.
+    assert api.found("stoneware") == [] and api.found("porcelain") == ["MUG-STONE"]
+
+
+def test_a_rebuild_is_the_admins_and_refuses_a_token_it_did_not_issue(api: SearchApi) -> None:
+    create(api, "MUG-STONE", "Stoneware mug")
+    create(api, "BOWL", "Serving bowl")
+    listing = api.request("GET", "/admin/stock?limit=1", token=api.admin)
+    assert isinstance(listing.body, dict) and listing.body["next_token"]
+    borrowed = quote(str(listing.body["next_token"]))  # a listing's token is not a reindex's
+    _put_term(api, "GONE", "gone")  # what a rebuild would delete
+    before = api.tables_with_index()
+
+    assert_problem(api.request("POST", "/admin/search/reindex"), 401)
+    assert_problem(api.request("POST", "/admin/search/reindex", token=api.customer), 403)
+    for token in ("x", "eyJzdGFnZSI6InBydW5lIn0", "a" * 2049, borrowed):
+        assert_problem(api.request("POST", f"/admin/search/reindex?next_token={token}", token=api.admin), 400)
+    assert api.tables_with_index() == before

@@ -42,6 +42,7 @@ SCANNING = {("ReconcileBooksFunctionRole", table) for table in AUDITED} | {
     ("APIHandlerDataAccess", "OrdersTable"),
     ("APIHandlerDataAccess", "ProductsTable"),
     ("APIHandlerDataAccess", "StockTable"),
+    ("APIHandlerDataAccess", "SearchIndexTable"),  # POST /admin/search/reindex
     ("ResumeOrphanedOrdersFunctionRole", "OrdersTable"),
 }
 # SAM gives a function with a DynamoDB stream event AWS's policy for reading streams (DescribeStream,

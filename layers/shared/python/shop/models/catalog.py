@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -222,6 +222,34 @@ class StockLevelPage(Record):
     items: list[StockLevel]
     low_stock_threshold: int
     next_token: str | None
+
+
+class SearchReindexQuery(StrictModel):
+    """``POST /admin/search/reindex`` query string: no token for the first call; each next one passes
+    the ``next_token`` the last answered."""
+
+    next_token: NextToken | None = None
+
+
+class SearchReindexStep(Record):
+    """What one call of the search index rebuild did, and the token of the next."""
+
+    stage: Literal["terms", "prune"] = Field(
+        description=(
+            "`terms`: a page of products, each active one's terms written as the current text rules make them; "
+            "`prune`: a page of the index, each term no product has now deleted."
+        )
+    )
+    products_indexed: int = Field(description="Active products whose terms this call wrote.")
+    terms_written: int
+    terms_deleted: int
+    changed_meanwhile: list[str] = Field(
+        description=(
+            "SKUs left alone because the product changed during the call: its own write kept its terms in step. "
+            "A run over the whole index lists the SKUs to check, if any."
+        )
+    )
+    next_token: str | None = Field(description="Pass it to the next call; null once the whole index is rebuilt.")
 
 
 class StockLedgerEntry(Record):

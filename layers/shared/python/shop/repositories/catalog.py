@@ -165,7 +165,7 @@ def get_product_info_and_version(sku: str) -> tuple[ProductInfo, int] | None:
     item = response.get("Item")
     if not item:
         return None
-    return to_product_info(item), int(item.get("version", {"N": "0"})["N"])
+    return _with_version(item)
 
 
 def get_product(sku: str) -> Product | None:
@@ -187,9 +187,18 @@ def get_products(skus: Iterable[str]) -> dict[str, Product]:
 
 def get_product_infos(skus: Iterable[str]) -> dict[str, ProductInfo]:
     """Every existing product among ``skus`` (active or not) without its stock, by SKU; strongly consistent."""
+    return {sku: info for sku, (info, _) in get_product_infos_and_versions(skus).items()}
+
+
+def _with_version(item: Mapping[str, Any]) -> tuple[ProductInfo, int]:
+    return to_product_info(item), int(item.get("version", {"N": "0"})["N"])
+
+
+def get_product_infos_and_versions(skus: Iterable[str]) -> dict[str, tuple[ProductInfo, int]]:
+    """Every existing product among ``skus`` with its item's ``version``, by SKU; strongly consistent."""
     wanted = list(dict.fromkeys(skus))  # BatchGetItem rejects duplicate keys
     table = table_settings().products_table
-    found: dict[str, ProductInfo] = {}
+    found: dict[str, tuple[ProductInfo, int]] = {}
     for start in range(0, len(wanted), BATCH_GET_LIMIT):
         pending: dict[str, Any] = {
             table: {
@@ -199,8 +208,8 @@ def get_product_infos(skus: Iterable[str]) -> dict[str, ProductInfo]:
         }
         for attempt in range(_BATCH_ATTEMPTS):
             response = _call("batch_get_item", RequestItems=pending)
-            for product in _listable(response.get("Responses", {}).get(table, [])):
-                found[product.sku] = product
+            for product, version in listable(response.get("Responses", {}).get(table, []), _with_version, key="sku"):
+                found[product.sku] = (product, version)
             pending = response.get("UnprocessedKeys") or {}
             if not pending:
                 break
@@ -255,6 +264,45 @@ def scan_products(limit: int, start_key: Mapping[str, Any] | None) -> tuple[list
         request["ExclusiveStartKey"] = dict(start_key)
     response = _call("scan", **request)
     return with_stock(_listable(response.get("Items", [])), consistent=True), response.get("LastEvaluatedKey")
+
+
+def scan_products_and_versions(
+    limit: int, start_key: Mapping[str, Any] | None
+) -> tuple[list[tuple[ProductInfo, int]], dict[str, Any] | None]:
+    """One page of every product, active or not, with its item's ``version`` (strongly consistent), in no order."""
+    request: dict[str, Any] = {"TableName": table_settings().products_table, "Limit": limit, "ConsistentRead": True}
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    response = _call("scan", **request)
+    return listable(response.get("Items", []), _with_version, key="sku"), response.get("LastEvaluatedKey")
+
+
+def write_index_while_unchanged(sku: str, version: int | None, index_actions: list[dict[str, Any]]) -> None:
+    """Apply search index actions (``shop.repositories.search_index``) in one transaction that holds
+    only while the product's item is at ``version`` (None: while there is no such product).
+
+    ConditionFailed if the product changed meanwhile (its own write kept its index in step then).
+    """
+    names: dict[str, str] = {"#sku": "sku", "#version": "version"}
+    values: dict[str, Any] = {}
+    if version is None:
+        condition = "attribute_not_exists(#sku)"
+        del names["#version"]
+    elif version == 0:  # an item stored before versions were kept
+        condition = "attribute_exists(#sku) AND attribute_not_exists(#version)"
+    else:
+        condition = "#version = :version"
+        del names["#sku"]
+        values[":version"] = {"N": str(version)}
+    check: dict[str, Any] = {
+        "TableName": table_settings().products_table,
+        "Key": {"sku": {"S": sku}},
+        "ConditionExpression": condition,
+        "ExpressionAttributeNames": names,
+    }
+    if values:
+        check["ExpressionAttributeValues"] = values
+    _call("transact_write_items", TransactItems=[{"ConditionCheck": check}, *index_actions])
 
 
 def _product_update(

@@ -113,3 +113,16 @@ def hits(prefix: str, at_most: int) -> list[IndexHit]:
         if len(found) > at_most or not response.get("LastEvaluatedKey"):
             return found
         request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+def scan_page(limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[IndexHit], dict[str, Any] | None]:
+    """One page of every index item (strongly consistent), in no order; for rebuilding the index."""
+    request: dict[str, Any] = {
+        "TableName": table_settings().search_index_table,
+        "Limit": limit,
+        "ConsistentRead": True,
+    }
+    if start_key:
+        request["ExclusiveStartKey"] = dict(start_key)
+    response = call("scan", busy=TransientError, **request)
+    return [_hit(item) for item in response.get("Items", [])], response.get("LastEvaluatedKey")
