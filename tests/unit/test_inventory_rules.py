@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from shop.domain.inventory import CancellationVerdict, classify_cancellation
+from shop.domain.inventory import CancellationVerdict
+from shop.domain.inventory import classify_cancellation as classify_reasons
 from shop.errors import (
     Conflict,
     FieldError,
@@ -26,6 +27,15 @@ from shop.models.inventory import (
     ReservationResult,
     ReserveStock,
 )
+from shop.repositories.inventory import CancellationReason
+
+
+def classify_cancellation(
+    codes: list[str], skus: list[str], limited_skus: list[str] | None = None
+) -> CancellationVerdict:
+    """The verdict on DynamoDB's CancellationReasons codes, as the repository hands them over."""
+    return classify_reasons([CancellationReason(code=code) for code in codes], skus, limited_skus or [])
+
 
 SKUS = ["A", "B", "C"]
 

@@ -78,10 +78,6 @@ MAX_TRANSACTION_ACTIONS = 100
 # one spread line onto one shard, and a 50-line order needs at most 50.
 _GATHER_ATTEMPTS = 60
 
-_CONTENTION_REASONS = frozenset(
-    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
-)
-
 
 @dataclass(frozen=True)
 class CancellationVerdict:
@@ -96,28 +92,28 @@ class CancellationVerdict:
 
 
 def classify_cancellation(
-    codes: Sequence[str], skus: Sequence[str], limited_skus: Sequence[str] = ()
+    reasons: Sequence[repository.CancellationReason], skus: Sequence[str], limited_skus: Sequence[str] = ()
 ) -> CancellationVerdict:
-    """Read DynamoDB's CancellationReasons codes, which line up with the actions sent.
+    """Read a cancelled transaction's reasons, which line up with the actions sent.
 
-    ``codes[0]`` belongs to the reservation item, ``codes[i]`` to ``skus[i - 1]``, the SKU of the
-    i-th stock action (a line taking from several shards has several), and the codes after those
-    to ``limited_skus`` (the purchase counters), in order. ConditionalCheckFailed on a stock action
-    means that shard lacked stock (or does not exist), each SKU named once; on a counter, that the
-    customer would exceed the SKU's purchase limit.
+    ``reasons[0]`` belongs to the reservation item, ``reasons[i]`` to ``skus[i - 1]``, the SKU of
+    the i-th stock action (a line taking from several shards has several), and the reasons after
+    those to ``limited_skus`` (the purchase counters), in order. A failed condition on a stock
+    action means that shard lacked stock (or does not exist), each SKU named once; on a counter,
+    that the customer would exceed the SKU's purchase limit.
     """
     expected = 1 + len(skus) + len(limited_skus)
-    if len(codes) != expected:
-        return CancellationVerdict(unexpected=[f"{len(codes)} reasons for {expected} actions"])
+    if len(reasons) != expected:
+        return CancellationVerdict(unexpected=[f"{len(reasons)} reasons for {expected} actions"])
     reservation_failed = False
     failed: list[str] = []
     over_limit: list[str] = []
     contention = False
     unexpected: list[str] = []
-    for index, code in enumerate(codes):
-        if code in ("None", ""):
+    for index, reason in enumerate(reasons):
+        if reason.kind == "held":
             continue
-        if code == "ConditionalCheckFailed":
+        if reason.kind == "condition_failed":
             if index == 0:
                 reservation_failed = True
             elif index <= len(skus):
@@ -125,10 +121,10 @@ def classify_cancellation(
                     failed.append(skus[index - 1])
             else:
                 over_limit.append(limited_skus[index - 1 - len(skus)])
-        elif code in _CONTENTION_REASONS:
+        elif reason.kind == "contention":
             contention = True
         else:
-            unexpected.append(code)
+            unexpected.append(reason.code)
     return CancellationVerdict(
         reservation_failed=reservation_failed,
         failed_skus=failed,
@@ -200,7 +196,7 @@ def reserve(
             repository.create_reservation(reservation)
         except repository.TransactionCancelled as cancelled:
             verdict = classify_cancellation(
-                [r.code for r in cancelled.reasons],
+                cancelled.reasons,
                 repository.take_skus(reservation),
                 [line.sku for line in reservation.limited_lines],
             )
@@ -359,7 +355,7 @@ def _release(
             )
         except repository.TransactionCancelled as cancelled:
             verdict = classify_cancellation(
-                [r.code for r in cancelled.reasons],
+                cancelled.reasons,
                 [sku for sku, _, _ in returns],
                 [line.sku for line in freed],
             )

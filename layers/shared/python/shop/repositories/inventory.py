@@ -18,7 +18,7 @@ import itertools
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -41,12 +41,28 @@ HELD_SHARDS = 16
 _T = TypeVar("_T")
 
 
+# What a cancelled action's code means for the shop: it held ("None"), its condition failed, another
+# request wrote the item at that moment or DynamoDB throttled it (worth trying again), or else.
+ReasonKind = Literal["held", "condition_failed", "contention", "other"]
+_CONTENTION_CODES = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+)
+
+
 @dataclass(frozen=True)
 class CancellationReason:
-    """One entry of a cancelled transaction, in the order of its actions."""
+    """One entry of a cancelled transaction, in the order of its actions (``code``: DynamoDB's)."""
 
     code: str
     item: dict[str, Any] | None = None
+
+    @property
+    def kind(self) -> ReasonKind:
+        if self.code in ("None", ""):
+            return "held"
+        if self.code == "ConditionalCheckFailed":
+            return "condition_failed"
+        return "contention" if self.code in _CONTENTION_CODES else "other"
 
 
 class TransactionCancelled(Exception):
