@@ -11,32 +11,12 @@ execution for the saga settler), so handing an event back that was in fact done 
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from shop.models.events import RedriveResult
 from shop.observability import logger
 from shop.repositories import consumer_failures
-from shop.repositories.consumer_failures import WaitingMessage
 
 # A run hands back at most this many events (the function's timeout bounds the rest; the next run goes on).
 MAX_PER_RUN = 200
-
-
-def failed_invocation(message: WaitingMessage) -> tuple[str, dict[str, Any]] | None:
-    """The function and the event a waiting message names (pure); None when it names neither."""
-    try:
-        body = json.loads(message.body)
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    context = body.get("requestContext")
-    if isinstance(context, dict) and isinstance(body.get("requestPayload"), dict):
-        function = context.get("functionArn")  # Lambda's destination record
-        return (function, body["requestPayload"]) if isinstance(function, str) and function else None
-    target = message.attributes.get("TARGET_ARN")  # EventBridge's dead letter: the event itself
-    return (target, body) if target else None
 
 
 def redrive() -> RedriveResult:
@@ -46,7 +26,7 @@ def redrive() -> RedriveResult:
         if not waiting:
             break
         for message in waiting:
-            invocation = failed_invocation(message)
+            invocation = message.failed_invocation()
             if invocation is None:
                 unrecognised += 1  # kept for an operator to read; it alarms like any other
                 logger().error("a message in the consumer failures queue names no function and event")

@@ -67,7 +67,7 @@ from shop.models.events import (
 )
 from shop.models.orders import Order
 from shop.observability import logger, metrics
-from shop.repositories import catalog, event_bus, event_records, unreadable_records
+from shop.repositories import catalog, event_bus, event_records, stock, unreadable_records
 from shop.repositories import orders as order_repository
 from shop.repositories.dynamodb import UNREADABLE_ITEM_ERRORS
 
@@ -302,10 +302,7 @@ def publish_stock_changes(event: Mapping[str, Any], context: Any) -> PartialItem
 
 def _read_stock_record(record: DynamoDBRecord) -> str:
     """The SKU whose counter moved."""
-    sku = (record.raw_event.get("dynamodb") or {}).get("Keys", {})["sku"]["S"]
-    if not isinstance(sku, str) or not sku:
-        raise ValueError(f"the record's sku key is {sku!r}")
-    return sku
+    return stock.sku_of_stream_record(record.raw_event)
 
 
 def _announce_stock(record: DynamoDBRecord, sku: str) -> None:
@@ -342,10 +339,9 @@ def republish_unreadable() -> RepublishResult:
 
 
 # ---------------------------------------------------------------------------- consumers
-def queue_email(event: Mapping[str, Any]) -> EmailNotification | None:
+def queue_email(delivered: BusEvent) -> EmailNotification | None:
     """The notification consumer: the e-mail this order event sends, queued once per event id.
     Returns it when this delivery queued it (None: a duplicate, or an event that sends none)."""
-    delivered = BusEvent.model_validate(event)
     template = EMAIL_TEMPLATES.get(delivered.detail_type)
     if delivered.source != ORDERS_SOURCE or template is None:
         return None
@@ -362,9 +358,8 @@ def queue_email(event: Mapping[str, Any]) -> EmailNotification | None:
     return notification if event_records.add_notification(notification) else None
 
 
-def record_low_stock(event: Mapping[str, Any]) -> LowStockAlert | None:
+def record_low_stock(delivered: BusEvent) -> LowStockAlert | None:
     """The low-stock consumer: an alert for operators, once per event id."""
-    delivered = BusEvent.model_validate(event)
     if delivered.source != INVENTORY_SOURCE or delivered.detail_type != "StockLow":
         return None
     detail = StockLow.model_validate(delivered.detail)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from shop import aws
 from shop.config import event_settings
@@ -22,11 +23,42 @@ from shop.config import event_settings
 RECEIVE_BATCH = 10
 
 
+class _FailedFunction(BaseModel):
+    function_arn: str = Field(alias="functionArn", min_length=1)
+
+
+class _LambdaDestinationRecord(BaseModel):
+    """Lambda's on-failure destination record: the function and the event it failed on."""
+
+    request_context: _FailedFunction = Field(alias="requestContext")
+    request_payload: dict[str, Any] = Field(alias="requestPayload")
+
+
+_EVENT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
 @dataclass(frozen=True)
 class WaitingMessage:
     body: str
     attributes: dict[str, str]
     receipt_handle: str
+
+    def failed_invocation(self) -> tuple[str, dict[str, Any]] | None:
+        """The function and the event this message names; None when it names neither. Lambda's
+        destination record names both; EventBridge's dead letter is the event itself, its target in
+        the message's TARGET_ARN attribute."""
+        try:
+            record = _LambdaDestinationRecord.model_validate_json(self.body)
+        except ValidationError:
+            pass
+        else:
+            return record.request_context.function_arn, record.request_payload
+        target = self.attributes.get("TARGET_ARN")
+        try:
+            event = _EVENT.validate_json(self.body)
+        except ValidationError:
+            return None
+        return (target, event) if target else None
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,13 @@ def all_shards(
     for sku, shard in readable:
         found.setdefault(sku, {})[shard.shard] = shard
     return found, refused
+
+
+def sku_of_stream_record(raw_record: Mapping[str, Any]) -> str:
+    """The SKU of a StockTable stream record (its keys, in DynamoDB's typed format); ValueError when
+    the record names none (an item written behind the shop's back)."""
+    keys = (raw_record.get("dynamodb") or {}).get("Keys") or {}
+    sku = keys.get("sku", {}).get("S") if isinstance(keys.get("sku"), dict) else None
+    if not isinstance(sku, str) or not sku:
+        raise ValueError(f"the record's sku key is {keys.get('sku')!r}")
+    return sku
