@@ -22,6 +22,7 @@ import pytest
 import requests
 from localstack_client.session import Session
 
+from infra.local.template import load_template
 from tests import statemachine_coverage
 from tests.conftest import REPO_ROOT
 
@@ -91,6 +92,28 @@ class RunningStack:
 
     def url(self, path: str) -> str:
         return f"{self.api_url}{path}"
+
+    def table(self, logical_id: str) -> str:
+        """The physical name of one of the template's tables in this stack."""
+        return physical_name(self.aws("dynamodb").list_tables()["TableNames"], logical_id)
+
+    def function(self, logical_id: str) -> str:
+        """The physical name of one of the template's functions in this stack."""
+        pages = self.aws("lambda").get_paginator("list_functions").paginate()
+        return physical_name([f["FunctionName"] for page in pages for f in page["Functions"]], logical_id)
+
+    def event_bus(self) -> str:
+        """The name of the stack's own event bus, as the template names it (its Name property)."""
+        buses = [bus["Name"] for bus in self.aws("events").list_event_buses()["EventBuses"] if bus["Name"] != "default"]
+        template_name = load_template()["Resources"]["ShopEventBus"]["Properties"]["Name"]["Fn::Sub"]
+        (name,) = [bus for bus in buses if bus.endswith(template_name.removeprefix("${AWS::StackName}"))]
+        return name
+
+
+def physical_name(names: list[str], logical_id: str) -> str:
+    """The stack's physical name for ``logical_id`` among ``names`` (``<stack>-<logical id>``)."""
+    (name,) = [name for name in names if name.rsplit("/", 1)[-1].endswith(f"-{logical_id}")]
+    return name
 
 
 def launch_stack(state_dir: Path, *extra_args: str) -> RunningStack:

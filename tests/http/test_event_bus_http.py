@@ -20,13 +20,14 @@ import pytest
 import requests
 
 from infra import event_schemas
+from infra.local.template import load_template, parameter_defaults
 from tests.http.conftest import RunningStack
 from tests.http.test_checkout_http import create_product, place_order, wait_for_terminal
 from tests.http.test_ops_console import _dead_lettered_order
 
-BUS = "shop-events"
 DEADLINE_SECONDS = 90.0
-LOW_STOCK_THRESHOLD = 5  # the runtime parameter's default (shop.config.InventorySettings)
+# The runtime parameter's default, as the stack deploys it.
+LOW_STOCK_THRESHOLD = int(parameter_defaults(load_template())["LowStockThreshold"])
 
 
 @pytest.fixture
@@ -37,13 +38,14 @@ def bus_subscriber(stack: RunningStack) -> Iterator[Subscriber]:
     queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     pattern = {"source": ["shop.orders", "shop.inventory"]}
-    events.put_rule(Name=name, EventBusName=BUS, EventPattern=json.dumps(pattern))
-    events.put_targets(Rule=name, EventBusName=BUS, Targets=[{"Id": "queue", "Arn": queue_arn}])
+    bus = stack.event_bus()
+    events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "queue", "Arn": queue_arn}])
     try:
         yield Subscriber(stack, queue_url)
     finally:
-        events.remove_targets(Rule=name, EventBusName=BUS, Ids=["queue"])
-        events.delete_rule(Name=name, EventBusName=BUS)
+        events.remove_targets(Rule=name, EventBusName=bus, Ids=["queue"])
+        events.delete_rule(Name=name, EventBusName=bus)
         sqs.delete_queue(QueueUrl=queue_url)
 
 

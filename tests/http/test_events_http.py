@@ -16,8 +16,6 @@ from infra.local.streams import DUPLICATE_DELIVERY_TAG
 from tests.http.conftest import RunningStack
 from tests.http.test_checkout_http import create_product, place_order, wait_for_terminal
 
-NOTIFICATIONS_TABLE = "shop-NotificationsTable"
-PUBLISHER = "shop-PublishOrderEventsFunction"
 DEADLINE_SECONDS = 60
 _deserializer = TypeDeserializer()
 
@@ -26,7 +24,7 @@ def notifications(stack: RunningStack, order_id: str) -> list[dict[str, Any]]:
     dynamodb = stack.aws("dynamodb")
     found: list[dict[str, Any]] = []
     request: dict[str, Any] = {
-        "TableName": NOTIFICATIONS_TABLE,
+        "TableName": stack.table("NotificationsTable"),
         "FilterExpression": "order_id = :order",
         "ExpressionAttributeValues": {":order": {"S": order_id}},
         "ConsistentRead": True,
@@ -53,7 +51,9 @@ def wait_for_notification(stack: RunningStack, order_id: str, *, duplicates: int
 @pytest.fixture
 def duplicated_stream_delivery(stack: RunningStack) -> Iterator[None]:
     lambda_client = stack.aws("lambda")
-    arn = lambda_client.get_function(FunctionName=PUBLISHER)["Configuration"]["FunctionArn"]
+    arn = lambda_client.get_function(FunctionName=stack.function("PublishOrderEventsFunction"))["Configuration"][
+        "FunctionArn"
+    ]
     lambda_client.tag_resource(Resource=arn, Tags={DUPLICATE_DELIVERY_TAG: "true"})
     try:
         yield

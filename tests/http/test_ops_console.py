@@ -29,7 +29,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sy
 
 from infra.local.identity import DevIdentityProvider
 from shop.models.reconciliation import StockDiscrepancyLetter, StockDiscrepancyPage
-from tests.http.conftest import RunningStack
+from tests.http.conftest import RunningStack, physical_name
 from tests.http.test_checkout_http import create_product, wait_for_terminal
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -125,7 +125,7 @@ def _dead_lettered_order(stack: RunningStack, auth: dict[str, str], sku: str) ->
     _poll(nothing_running, "every saga of the stack to end")
     later = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
     swept = stack.aws("lambda").invoke(
-        FunctionName="shop-ResumeOrphanedOrdersFunction",
+        FunctionName=stack.function("ResumeOrphanedOrdersFunction"),
         Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "time": later}),
     )
     assert "FunctionError" not in swept, swept["Payload"].read()
@@ -153,16 +153,10 @@ def _open_console(
     return page
 
 
-def _resource_named(names: list[str], logical_id: str) -> str:
-    """The stack's physical name for ``logical_id`` (``<stack>-<logical id>``)."""
-    (name,) = [name for name in names if name.rsplit("/", 1)[-1].endswith(f"-{logical_id}")]
-    return name
-
-
 def test_the_event_pipeline_panel_shows_what_waits_for_a_retry(stack: RunningStack, browser: Browser) -> None:
     # A stream record no publisher can read: an order item written behind the shop's back.
     dynamodb = stack.aws("dynamodb")
-    orders_table = _resource_named(dynamodb.list_tables()["TableNames"], "OrdersTable")
+    orders_table = stack.table("OrdersTable")
     hand_written = f"hand-written-{uuid.uuid4().hex[:8]}"
     dynamodb.put_item(TableName=orders_table, Item={"order_id": {"S": hand_written}, "status": {"S": "SHIPPED"}})
 
@@ -175,7 +169,7 @@ def test_the_event_pipeline_panel_shows_what_waits_for_a_retry(stack: RunningSta
     _poll(lambda: set_aside() is not None, f"the stream record of {hand_written} to be set aside")
     # An event a consumer failed on (here one naming no function: the redriver keeps it for an operator).
     sqs = stack.aws("sqs")
-    queue = _resource_named(sqs.list_queues()["QueueUrls"], "ConsumerFailuresQueue")
+    queue = physical_name(sqs.list_queues()["QueueUrls"], "ConsumerFailuresQueue")
     sqs.send_message(QueueUrl=queue, MessageBody="not an event")
     # A stock discrepancy letter: only a reconciliation run opens one, and none runs on this shared
     # stack, so the API's answer is served to the page as the model writes it.
