@@ -118,7 +118,9 @@ class PaymentService:
         done = _already_captured(current, order_id, amount.amount)
         if done is not None:
             return done
-        raise PaymentStateConflict(f"payment of order {order_id} changed during capture; retry")
+        raise PaymentStateConflict(
+            f"payment of order {order_id} changed during capture; the saga reconciles it with the provider"
+        )
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self, order_id: str) -> Payment | None:
