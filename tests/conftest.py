@@ -121,7 +121,7 @@ class LocalAws:
     def set_runtime_parameter(self, name: str, value: str) -> None:
         """An operator's change of a runtime parameter (shop.config.RUNTIME_PARAMETERS), in force at once:
         the cached read is dropped instead of waiting out the cache interval."""
-        from shop import parameters
+        from shop.repositories import runtime_parameters as parameters
 
         path = self.stack.api_environment["RUNTIME_CONFIG_PATH"]
         self.client("ssm").put_parameter(Name=f"{path}/{name}", Value=value, Type="String", Overwrite=True)

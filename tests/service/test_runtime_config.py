@@ -18,7 +18,7 @@ import pytest
 from aws_lambda_powertools.utilities.parameters import base as powertools_parameters
 
 from infra.local.template import load_template, parameter_defaults, resources_of_type
-from shop import config, parameters
+from shop import config
 from shop.config import (
     RUNTIME_PARAMETERS,
     feature_switches,
@@ -28,6 +28,7 @@ from shop.config import (
 )
 from shop.domain import payments as payment_domain
 from shop.payments.simulator import SimulatorProvider
+from shop.repositories import runtime_parameters as parameters
 from tests.conftest import LocalAws, random_suffix
 from tests.service.orders_helpers import Shop, open_shop, seed_product
 
@@ -51,7 +52,7 @@ class ParameterClock:
 
 
 class RecordedErrors:
-    """Stands in for the Powertools logger of shop.config and shop.parameters: keeps each error."""
+    """Stands in for the Powertools logger of shop.config and shop.repositories.runtime_parameters: keeps each error."""
 
     def __init__(self) -> None:
         self.errors: list[tuple[str, dict[str, Any]]] = []

@@ -5,7 +5,7 @@ Nothing here is read at import time: call the cached getters.
 
 Some fields can also be changed at run time, without a redeploy (``RUNTIME_PARAMETERS``): the
 template declares one SSM parameter per field under ``RUNTIME_CONFIG_PATH``, read through
-Powertools Parameters (``shop.parameters``) and cached for ``RUNTIME_CONFIG_MAX_AGE_SECONDS``.
+Powertools Parameters (``shop.repositories.runtime_parameters``) and cached for ``RUNTIME_CONFIG_MAX_AGE_SECONDS``.
 A present parameter overrides the environment's value once the same pydantic model accepts it;
 a rejected one is logged and the last good value (or the environment's) stays in force.
 """
@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shop import parameters
 from shop.observability import logger
+from shop.repositories import runtime_parameters as parameters
 
 
 class TableSettings(BaseSettings):
