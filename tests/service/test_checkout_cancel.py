@@ -7,6 +7,7 @@ REFUNDED: the capture refunded in full and the stock returned).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -256,3 +257,31 @@ def test_only_the_owner_or_an_admin_may_cancel(shop: Shop) -> None:
     assert by_admin.status_code == 202
     assert shop.wait_refund(placed["order_id"]) == "SUCCEEDED"
     assert shop.order(placed["order_id"]).status == "REFUNDED"
+
+
+def test_the_saga_duration_of_a_run_that_cancels_at_its_claim_is_its_own_run(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The claim settles an order cancelled before its first run: it published the order's age as
+    SagaDuration (an order whose saga start was deferred, started by the sweeper long after)."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    pause = PauseAt(local_aws.function("ClaimOrderFunction"))
+    lambda_runtime.faults.before_invoke = pause
+    order_id = shop.place_ok([("MUG-1", 1)])["order_id"]
+    pause.wait_reached()
+    local_aws.client("dynamodb").update_item(
+        TableName=local_aws.table("OrdersTable"),
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET created_at = :long_ago",
+        ExpressionAttributeValues={":long_ago": {"S": "2000-01-01T00:00:00.000Z"}},
+    )
+    assert shop.cancel(order_id).status_code == 202
+    capfd.readouterr()
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert (shop.order(order_id).status, shop.order(order_id).failure_reason) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+
+    printed = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert any("OrdersCancelled" in line for line in printed), printed
+    durations = [seconds for line in printed for seconds in line.get("SagaDuration", [])]
+    assert durations and all(0 <= seconds < 24 * 3600 for seconds in durations), durations

@@ -83,7 +83,13 @@ def claim_order(step: ClaimOrder) -> SagaClaim:
     order = repository.claim(step.order_id, step.claim)
     logger().info("saga claimed", extra={"epoch": order.saga_epoch})
     if lifecycle.cancelled_before_claim(order, step.claim.epoch):
-        mark_cancelled(CancelOrder(order_id=step.order_id, claim=step.claim, failure=lifecycle.CANCELLED_BEFORE_CLAIM))
+        cancel = CancelOrder(
+            order_id=step.order_id,
+            claim=step.claim,
+            failure=lifecycle.CANCELLED_BEFORE_CLAIM,
+            execution_started_at=step.execution_started_at,
+        )
+        mark_cancelled(cancel)
         raise CheckoutCancelled(f"order {step.order_id}: the customer cancelled it before its saga started")
     return step.claim
 

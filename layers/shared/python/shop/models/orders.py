@@ -385,12 +385,6 @@ class _OrderStep(StrictModel):
     claim: SagaClaim | None = None
 
 
-class ClaimOrder(_OrderStep):
-    """The first step of every saga execution: claim the order, or stop (SagaClaimLost)."""
-
-    claim: SagaClaim
-
-
 class RecordProgress(_OrderStep):
     step: Literal["reserve_stock", "authorize_payment"]
     # A checkpoint refuses to go on once the customer asked to cancel (CheckoutCancelled).
@@ -402,6 +396,13 @@ class _SettlingStep(_OrderStep):
     # measured from it, so a refund or a redrive run days after the order counts its own run, not the
     # order's age. None (a direct call, an execution of an older definition): from the order's placement.
     execution_started_at: Annotated[AwareDatetime | None, Field(strict=False)] = None
+
+
+class ClaimOrder(_SettlingStep):
+    """The first step of every saga execution: claim the order, or stop (SagaClaimLost). It settles
+    an order the customer cancelled before its first run (CANCELLED_BY_CUSTOMER)."""
+
+    claim: SagaClaim
 
 
 class CompleteOrder(_SettlingStep):
