@@ -129,9 +129,12 @@ def _require_free(host: str, ports: dict[str, int]) -> None:
     """
     import socket
 
-    for what, port in ports.items():
-        if port == 0:
-            continue
+    chosen = [(what, port) for what, port in ports.items() if port != 0]
+    for index, (what, port) in enumerate(chosen):
+        for other, same in chosen[index + 1 :]:
+            if same == port:
+                raise SystemExit(f"{what} and {other} were both given port {port}: each needs a port of its own")
+    for what, port in chosen:
         try:
             socket.create_server((host, port)).close()
         except OSError as error:

@@ -130,3 +130,18 @@ def test_a_taken_port_stops_the_stack_at_once_saying_which(tmp_path: Path, what:
     assert stopped.returncode != 0
     assert f"the port of {what}, 127.0.0.1:{port}, is taken" in stopped.stderr, stopped.stderr
     assert "Traceback" not in stopped.stderr
+
+
+def test_one_port_given_to_two_servers_stops_the_stack_at_once_saying_so(tmp_path: Path) -> None:
+    """Each port was free on its own, so the check passed, and the second server failed with a traceback."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
+    environment["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'layers/shared/python'}"
+    command = [sys.executable, "-m", "infra.local.stack", "--state-dir", str(tmp_path), "--no-seed"]
+    command += ["--api-port", str(free_port()), "--aws-port", str(port), "--identity-port", str(port)]
+    stopped = subprocess.run(
+        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=STARTUP_DEADLINE_SECONDS
+    )
+    assert stopped.returncode != 0
+    assert f"the AWS emulator and the dev identity provider were both given port {port}" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
