@@ -4,7 +4,8 @@ then everything healthy again, the sweepers and the redrives, then the books che
     python -m infra.local.chaos [--orders 300] [--seed 1] [--profile light|hostile|none] [--concurrency 72]
 
 1. Start the stack in this process (moto, free ports; moto's DynamoDB in a process of its own,
-   its faults entering where the stack's clients hand it their requests), create scarce and plentiful SKUs,
+   its faults entering where the stack's clients hand it their requests), create scarce and plentiful SKUs
+   (one of them purchase-limited),
    and plant items no version of the shop wrote (``UNREADABLE_ITEMS``: an order in progress, an expired
    hold, a payment, a stock counter) where the sweepers, the listings, the sales and the books check read.
 2. With the fault profile on (``infra/local/faults.py``): several customers place multi-line
@@ -57,8 +58,9 @@ CUSTOMERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 SCARCE = {"CHAOS-SCARCE-1": 40, "CHAOS-SCARCE-2": 60, "CHAOS-SCARCE-3": 25}
 PLENTIFUL = {f"CHAOS-ITEM-{n}": 100_000 for n in range(1, 6)}
 # A plentiful SKU with a purchase limit per customer, low enough that each customer reaches it: an
-# order past it is refused (422) or cancelled at its reservation (PURCHASE_LIMIT_EXCEEDED), cancels
-# and refunds give units back, and the books check judges every customer's counter.
+# order past it is refused (422) or cancelled at its reservation (PURCHASE_LIMIT_EXCEEDED); a cancel,
+# or a refund before completion, gives its units back (a refund after completion does not), and the
+# books check judges every customer's counter.
 LIMITED = {"CHAOS-LIMITED-1": 100_000}
 PURCHASE_LIMIT = 8
 QUIET_POLLS = 3
