@@ -576,6 +576,47 @@ def test_a_cart_that_cannot_be_written_leaves_the_order_completed(shop: Shop, mo
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
 
 
+def test_a_cart_item_that_is_not_a_cart_leaves_the_order_completed(shop: Shop, local_aws: LocalAws) -> None:
+    """The cart became unreadable (an item written behind the shop's back) while its order ran: the
+    order completes as any other (no dead letter, never flagged), and the item is left as it was for
+    an operator; reading that cart is a 500 problem, not a crash."""
+    from infra.local import lambda_runtime
+
+    put(shop, "MUG-1", 2, who="alice")
+    placed = order_from_cart(shop)
+    assert placed.status_code == 202, placed.body
+    dynamodb = local_aws.client("dynamodb")
+    key = {"cart_id": {"S": "customer#alice"}}
+    table = local_aws.table("CartsTable")
+
+    def break_the_cart(function_name: str, event: Any) -> None:
+        if function_name == local_aws.function("CompleteOrderFunction"):
+            dynamodb.update_item(
+                TableName=table,
+                Key=key,
+                UpdateExpression="SET #lines = :text",
+                ExpressionAttributeNames={"#lines": "lines"},
+                ExpressionAttributeValues={":text": {"S": "not a list of lines"}},
+            )
+
+    lambda_runtime.faults.before_invoke = break_the_cart
+    try:
+        assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
+    finally:
+        lambda_runtime.faults.before_invoke = None
+
+    order = shop.order(placed.json_body["order_id"])
+    assert order.status == "COMPLETED"
+    payment = shop.payment(order.order_id)
+    assert payment is not None
+    assert (payment["status"], payment["captured"]["amount"]) == ("CAPTURED", order.total.amount)
+    assert shop.dead_letter(order.order_id) is None
+    assert dynamodb.get_item(TableName=table, Key=key)["Item"]["lines"] == {"S": "not a list of lines"}
+    unreadable = get(shop, who="alice")
+    assert unreadable.status_code == 500
+    assert unreadable.json_body["type"].endswith("stored-item-unusable")
+
+
 def test_a_declined_card_leaves_the_cart_as_it_was(shop: Shop) -> None:
     put(shop, "MUG-1", 2, who="alice")
     before = get(shop, who="alice").json_body

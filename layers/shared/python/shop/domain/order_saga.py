@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from shop.domain import carts
 from shop.domain import order_lifecycle as lifecycle
-from shop.errors import CheckoutCancelled, TransientError
+from shop.errors import CheckoutCancelled, StoredItemUnusable, TransientError
 from shop.models.base import iso_now
 from shop.models.orders import (
     CHECKOUT_IN_PROGRESS,
@@ -138,9 +138,9 @@ def complete_order(step: CompleteOrder) -> StepResult:
             logger().info("order completed")
         try:
             carts.remove_ordered_lines(order)  # an order placed from a cart; once, however often this runs
-        except TransientError:
-            # The order and its books are settled: a cart left as it was is the shopper's to tidy,
-            # never a reason to fail (and flag) a completed order.
+        except (TransientError, StoredItemUnusable):
+            # The order and its books are settled: a cart left as it was (busy, or an item that is
+            # not a cart) is the shopper's to tidy, never a reason to fail (and flag) a completed order.
             logger().warning("the ordered lines stay in the cart: it could not be written", exc_info=True)
             metrics().add_metric(name="CartsNotEmptied", unit=MetricUnit.Count, value=1)
         return _result(order, "COMPLETED")

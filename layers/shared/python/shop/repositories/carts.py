@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
 
 from shop.config import table_settings
-from shop.errors import CartContention, TransientError
+from shop.errors import CartContention, StoredItemUnusable, TransientError
 from shop.models.carts import StoredCart
 from shop.repositories.dynamodb import (
     call,
@@ -34,7 +35,13 @@ class CartVersionConflict(Exception):
 
 
 def to_cart(item: Mapping[str, Any]) -> StoredCart:
-    return StoredCart.model_validate(unmarshal_plain(item))
+    """The stored cart; StoredItemUnusable for an item that is not one (written behind the shop's back,
+    or by a version this one cannot read): retrying cannot help, and its caller decides what that costs."""
+    try:
+        return StoredCart.model_validate(unmarshal_plain(item))
+    except ValidationError as error:
+        cart_id = item.get("cart_id", {}).get("S", "?")
+        raise StoredItemUnusable(f"cart {cart_id} cannot be read ({error.error_count()} invalid fields)") from error
 
 
 def _key(cart_id: str) -> dict[str, Any]:
