@@ -16,7 +16,7 @@ import pytest
 from shop.domain import carts as cart_domain
 from shop.repositories import carts as cart_repository
 from tests.conftest import LocalAws, forge_signature
-from tests.service.orders_helpers import Shop, deactivate, open_shop, seed_product
+from tests.service.orders_helpers import PauseAt, Shop, deactivate, open_shop, seed_product
 
 TOKEN = "X-Cart-Token"
 
@@ -627,6 +627,52 @@ def test_a_declined_card_leaves_the_cart_as_it_was(shop: Shop) -> None:
     assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
     assert shop.order(placed.json_body["order_id"]).failure_reason == "PAYMENT_DECLINED"
     assert get(shop, who="alice").json_body == before
+
+
+def cart_lines(shop: Shop, who: str = "alice") -> list[tuple[str, int]]:
+    return lines(get(shop, who=who).json_body)
+
+
+def test_a_stock_out_leaves_the_cart_as_it_was(shop: Shop) -> None:
+    put(shop, "CAP-1", 1, who="alice")
+    put(shop, "MUG-1", 1, who="alice")
+    before = cart_lines(shop)
+    bob = shop.place_ok([("CAP-1", 1)], who="bob")  # the last cap goes to bob first
+    assert shop.wait_checkout(bob["order_id"]) == "SUCCEEDED"
+
+    placed = order_from_cart(shop)
+
+    assert placed.status_code == 202, placed.body
+    assert shop.wait_checkout(placed.json_body["order_id"]) == "SUCCEEDED"
+    assert shop.order(placed.json_body["order_id"]).failure_reason == "OUT_OF_STOCK"
+    assert cart_lines(shop) == before
+
+
+@pytest.mark.parametrize(
+    "step", ["RecordProgressFunction", "CapturePaymentFunction"], ids=["before-payment", "during-capture"]
+)
+def test_a_cancellation_leaves_the_cart_as_it_was(shop: Shop, local_aws: LocalAws, step: str) -> None:
+    """Cancelled before the payment (CANCELLED), or while the capture runs (the capture is refunded:
+    REFUNDED): either way the order never completed, so its lines stay in the cart."""
+    from infra.local import lambda_runtime
+
+    put(shop, "MUG-1", 2, who="alice")
+    before = cart_lines(shop)
+    pause = PauseAt(local_aws.function(step))
+    lambda_runtime.faults.before_invoke = pause
+    placed = order_from_cart(shop)
+    assert placed.status_code == 202, placed.body
+    order_id = placed.json_body["order_id"]
+    pause.wait_reached()
+
+    assert shop.cancel(order_id).status_code == 202
+    pause.released.set()
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    if step == "CapturePaymentFunction":
+        assert shop.wait_refund(order_id) == "SUCCEEDED"
+    assert shop.order(order_id).status == ("REFUNDED" if step == "CapturePaymentFunction" else "CANCELLED")
+    assert cart_lines(shop) == before
 
 
 def test_the_completion_step_delivered_twice_removes_the_lines_once(shop: Shop) -> None:

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from infra.local import lambda_runtime
-from shop.domain import catalog, inventory
+from shop.domain import catalog, inventory, reconciliation_job
+from shop.errors import InventoryContention
 from shop.models.catalog import UpdateProductRequest
 from shop.models.common import CheckoutLine
-from tests.conftest import LocalAws
+from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
+from tests.service.faults import StepFaults
 from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product, steps
 
 PROBLEM = "urn:shop:problem:purchase-limit-exceeded"
@@ -416,3 +418,60 @@ def test_a_replay_of_a_placed_order_is_answered_after_a_limit_made_its_lines_too
     assert replay.json_body["order_id"] == placed["order_id"]
     assert len(orders_of(shop)) == 1
     shop.wait_checkout(placed["order_id"])
+
+
+# ---------------------------------------------------------------------------- ends reached by failures
+@BOTH_WORKFLOW_TYPES
+@pytest.mark.parametrize("error", [InventoryContention, None], ids=["contention", "down"])
+def test_a_commit_that_keeps_failing_releases_voids_and_frees_the_units(
+    shop: Shop, faults: StepFaults, local_aws: LocalAws, error: type[Exception] | None
+) -> None:
+    """CommitReservation fails through every retry (busy inventory, or the function down): the saga
+    voids the authorization, releases the hold and cancels INVENTORY_UNAVAILABLE; the stock and the
+    customer's purchase units are back."""
+    limited_product(shop, "DROP-1", stock=10, limit=3)
+    if error is None:
+        faults.fail("CommitReservationFunction")
+    else:
+        faults.fail("CommitReservationFunction", error)
+
+    order_id = shop.place_ok([("DROP-1", 2)])["order_id"]
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    order = shop.get(order_id, who="admin").json_body
+    assert (order["status"], order["failure_reason"]) == ("CANCELLED", "INVENTORY_UNAVAILABLE")
+    assert (order["payment"]["status"], order["payment"]["captured"]["amount"]) == ("VOIDED", 0)
+    assert available("DROP-1") == 10
+    assert counted(local_aws, "alice", "DROP-1") == 0
+
+
+@pytest.mark.parametrize("customer_cancels", [False, True], ids=["redriven-completes", "cancelled-then-redriven"])
+def test_a_redriven_order_counts_its_units_as_its_end_says(
+    shop: Shop, faults: StepFaults, local_aws: LocalAws, customer_cancels: bool
+) -> None:
+    """The completion fails after the capture (NEEDS_ATTENTION, units counted). Redriven, the order
+    completes and keeps them; cancelled by the customer first, the redrive hands it to its refund,
+    and an order refunded before it ever completed gives them back. The books check agrees."""
+    limited_product(shop, "DROP-1", stock=10, limit=2)
+    faults.fail("CompleteOrderFunction")
+    order_id = shop.place_ok([("DROP-1", 2)])["order_id"]
+    assert shop.wait_checkout(order_id) == "FAILED"
+    shop.wait_status(order_id, "NEEDS_ATTENTION")
+    assert counted(local_aws, "alice", "DROP-1") == 2
+    if customer_cancels:
+        assert shop.cancel(order_id).json_body["cancel_requested"] is True
+    faults.heal()
+
+    assert shop.redrive(order_id).status_code == 202
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
+
+    if customer_cancels:
+        assert shop.wait_refund(order_id) == "SUCCEEDED"
+        shop.wait_status(order_id, "REFUNDED")
+        assert (counted(local_aws, "alice", "DROP-1"), available("DROP-1")) == (0, 10)
+    else:
+        shop.wait_status(order_id, "COMPLETED")
+        assert (counted(local_aws, "alice", "DROP-1"), available("DROP-1")) == (2, 8)
+    assert reconciliation_job.run(quiescent=True).discrepancies == []
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and letter.status == "RESOLVED"
