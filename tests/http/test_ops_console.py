@@ -28,6 +28,7 @@ import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from infra.local.identity import DevIdentityProvider
+from shop.domain.recovery import EXPRESS_CONTINUE_FOR_SECONDS
 from shop.models.reconciliation import StockDiscrepancyLetter, StockDiscrepancyPage
 from tests.http.conftest import RunningStack, physical_name
 from tests.http.test_checkout_http import create_product, wait_for_terminal
@@ -107,7 +108,7 @@ def _dead_lettered_order(stack: RunningStack, auth: dict[str, str], sku: str) ->
     seconds; the test stops the execution then, as an operator or a timeout would. A Standard
     execution's stop reaches the stopped-execution handler, which dead-letters the order; an
     Express one sends no event, and the orphan sweeper dead-letters it once no execution can still
-    run (the sweep is asked as of ten minutes from now).
+    run and its continuation window is over (the sweep is asked as of then).
     """
     order_id = _place(stack, auth, sku, "tok_processingError")
     _poll(lambda: _admin_order(stack, order_id)["status"] == "STOCK_RESERVED", f"order {order_id} to reserve stock")
@@ -123,7 +124,8 @@ def _dead_lettered_order(stack: RunningStack, auth: dict[str, str], sku: str) ->
 
     # The sweep judges every order in progress: only once no other saga of this stack runs.
     _poll(nothing_running, "every saga of the stack to end")
-    later = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    # Past the time an Express saga that stopped is continued rather than dead-lettered.
+    later = (datetime.now(UTC) + timedelta(seconds=EXPRESS_CONTINUE_FOR_SECONDS + 600)).isoformat()
     swept = stack.aws("lambda").invoke(
         FunctionName=stack.function("ResumeOrphanedOrdersFunction"),
         Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "time": later}),

@@ -153,13 +153,14 @@ def test_a_refund_whose_claim_keeps_failing_ends_before_any_effect(shop: Shop, f
 
 
 @pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
-def test_the_sweeper_settles_an_express_saga_that_stopped_after_its_claim_once_none_can_still_run(
+def test_the_sweeper_dead_letters_an_express_saga_still_unsettled_after_its_continuation_window(
     shop: Shop, local_aws: LocalAws, faults: StepFaults
 ) -> None:
     """An Express execution that ends without settling its order (stopped, or at its 5-minute limit)
     leaves the order claimed and in progress, and no event says so. The sweeper leaves it alone while
-    an execution could still be running, then dead-letters it for an operator, as SettleStoppedExecution
-    does for a Standard one; the redrive (a later epoch) finishes it."""
+    an execution could still be running; within EXPRESS_CONTINUE_FOR_SECONDS of the placement it
+    continues the saga (below); past that it dead-letters the order for an operator, as
+    SettleStoppedExecution does for a Standard one; the redrive (a later epoch) finishes it."""
     pause = faults.pause_at("AuthorizePaymentFunction")
     order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
     pause.wait_reached()
@@ -173,15 +174,101 @@ def test_the_sweeper_settles_an_express_saga_that_stopped_after_its_claim_once_n
     early = datetime.now(UTC) + timedelta(seconds=orphan_after + 1)
     assert sweep(local_aws, early)["settled"] == []  # an execution may still be running
     assert shop.dead_letter(order_id) is None
-    late = datetime.now(UTC) + timedelta(
-        seconds=recovery.EXPRESS_LIMIT_SECONDS + recovery.EXPRESS_SETTLE_MARGIN_SECONDS + 1
-    )
-    assert sweep(local_aws, late)["settled"] == [order_id]
+    beyond = datetime.now(UTC) + timedelta(seconds=recovery.EXPRESS_CONTINUE_FOR_SECONDS + 1)
+    swept = sweep(local_aws, beyond)
+    assert (swept["started"], swept["settled"]) == ([], [order_id])
     assert shop.order(order_id).status == "NEEDS_ATTENTION"
     assert shop.redrive(order_id).status_code == 202
     shop.wait_dead_letter(order_id, "RESOLVED")
     order = shop.order(order_id)
     assert order.status == "CANCELLED" and order.saga_epoch == 2
+    assert available("MUG-1") == STOCK
+
+
+def _stop_at_the_time_limit(shop: Shop, machine: str, name: str) -> None:
+    (run,) = executions_of(shop, machine, name)
+    shop.sfn.stop_execution(executionArn=run["executionArn"], error="States.Timeout", cause="the 5-minute limit")
+
+
+def _past_the_express_limit() -> datetime:
+    return datetime.now(UTC) + timedelta(
+        seconds=recovery.EXPRESS_LIMIT_SECONDS + recovery.EXPRESS_SETTLE_MARGIN_SECONDS + 1
+    )
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+@pytest.mark.parametrize("stopped_in", ["AuthorizePaymentFunction", "CapturePaymentFunction"])
+def test_an_express_checkout_stopped_at_its_time_limit_is_continued_and_charges_once(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults, stopped_in: str
+) -> None:
+    """A payment step waiting out an open breaker outlives the 5-minute run. The sweeper, once no
+    execution can still run, starts a run at the next epoch instead of dead-lettering the order: it
+    finds done what the stopped run did (here the stopped step itself went through after the stop)
+    and completes the order, charged once, with no operator."""
+    pause = faults.pause_at(stopped_in)
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    pause.wait_reached()
+    _stop_at_the_time_limit(shop, "CheckoutStateMachine", order_id)
+    pause.released.set()  # the stopped run's step still reaches the provider
+    assert shop.wait_checkout(order_id) == "ABORTED"
+    assert shop.order(order_id).status in ("STOCK_RESERVED", "PAYMENT_AUTHORIZED")
+
+    swept = sweep(local_aws, _past_the_express_limit())
+
+    assert (swept["started"], swept["settled"]) == ([order_id], [])
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-continue-2") == "SUCCEEDED"
+    order = shop.order(order_id)
+    assert (order.status, order.saga_epoch) == ("COMPLETED", 2)
+    assert shop.dead_letter(order_id) is None
+    ledger = provider_ledger(order_id)
+    assert ledger is not None
+    assert [operation.amount for operation in ledger.of_kind("capture")] == [TOTAL]
+    assert available("MUG-1") == STOCK - QUANTITY
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_a_cancel_asked_while_an_express_checkout_was_stopped_is_honoured_by_its_continuation(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    pause = faults.pause_at("AuthorizePaymentFunction")
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    pause.wait_reached()
+    _stop_at_the_time_limit(shop, "CheckoutStateMachine", order_id)
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "ABORTED"
+    assert shop.cancel(order_id).status_code == 202
+
+    assert sweep(local_aws, _past_the_express_limit())["started"] == [order_id]
+
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-continue-2") == "SUCCEEDED"
+    order = shop.order(order_id)
+    assert (order.status, order.failure_reason) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
+    ledger = provider_ledger(order_id)
+    assert ledger is None or ledger.of_kind("capture") == []
+    assert available("MUG-1") == STOCK
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_an_express_refund_stopped_at_its_time_limit_is_continued_and_refunds_once(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    pause = faults.pause_at("RefundPaymentFunction")
+    assert shop.cancel(order_id).status_code == 202
+    pause.wait_reached()
+    _stop_at_the_time_limit(shop, "RefundStateMachine", f"refund-{order_id}")
+    pause.released.set()
+    assert shop.wait_refund(order_id) == "ABORTED"
+    assert shop.order(order_id).status == "REFUNDING"
+
+    assert sweep(local_aws, _past_the_express_limit())["started"] == [order_id]
+
+    assert shop.wait_execution("RefundStateMachine", f"refund-{order_id}-continue-3") == "SUCCEEDED"
+    assert shop.order(order_id).status == "REFUNDED"
+    ledger = provider_ledger(order_id)
+    assert ledger is not None
+    assert [operation.amount for operation in ledger.of_kind("refund")] == [TOTAL]
     assert available("MUG-1") == STOCK
 
 

@@ -195,6 +195,17 @@ def start_refund_saga(order: Order) -> None:
     )
 
 
+def continue_refund_saga(order: Order) -> None:
+    """Start a run of the order's refund saga that takes it over from one that stopped without
+    settling it (an Express run at its time limit): its steps are idempotent, so it redoes nothing done."""
+    epoch = next_epoch(order)
+    sagas.start(
+        sagas.refund_state_machine_arn(),
+        name=sagas.continuation_execution_name(sagas.refund_execution_name(order.order_id), epoch),
+        payload=refund_input(order, epoch),
+    )
+
+
 def refund_input(order: Order, epoch: int) -> RefundInput:
     return RefundInput(order_id=order.order_id, epoch=epoch, frees_purchase_units=not order.was_completed)
 

@@ -47,6 +47,7 @@ from shop.models.base import iso_now
 from shop.models.common import CheckoutLine, Line
 from shop.models.money import MAX_AMOUNT, Money
 from shop.models.orders import (
+    FIRST_EPOCH,
     TERMINAL,
     CheckoutInput,
     HistoryEntry,
@@ -225,8 +226,12 @@ def _new_order(submission: OrderSubmission, order_id: str) -> Order:
     )
 
 
-def start_checkout(order: Order) -> bool:
-    """Start the order's checkout saga (name = order id: a repeated start runs nothing)."""
+def start_checkout(order: Order, *, epoch: int = FIRST_EPOCH, name: str | None = None) -> bool:
+    """Start the order's checkout saga (name = order id: a repeated start runs nothing).
+
+    ``epoch`` and ``name``: a run that takes the order over from one that stopped (the orphan
+    sweeper's continuation of an Express saga); every step is idempotent, so it redoes nothing done.
+    """
     if order.payment_token is None:
         raise OrderStateConflict(f"order {order.order_id} has no payment method to check out with")
     checkout = CheckoutInput(
@@ -243,10 +248,11 @@ def start_checkout(order: Order) -> bool:
         ],
         total=order.total,
         payment_token=order.payment_token,
+        epoch=epoch,
     )
     return sagas.start(
         sagas.checkout_state_machine_arn(),
-        name=sagas.checkout_execution_name(order.order_id),
+        name=name or sagas.checkout_execution_name(order.order_id),
         payload=checkout,
     )
 

@@ -276,6 +276,9 @@ def _resume(order_id: str, now: datetime) -> Resumed:
         return "started"
     if status not in STOPPED and status != "SUCCEEDED":
         return "left"
+    if saga_settings().workflow_type == "EXPRESS" and _within_continuation(order, now, refund=refund):
+        _continue_express(order, refund=refund)
+        return "started"
     # Stopped without its event being handled, or ended without settling the order.
     try:
         _dead_letter(
@@ -318,6 +321,39 @@ def _moved_since(judged: Order) -> bool:
 # of an order's executions can still be running.
 EXPRESS_LIMIT_SECONDS = 300
 EXPRESS_SETTLE_MARGIN_SECONDS = 60
+# How long after its saga began an Express saga that stopped unsettled is continued rather than
+# dead-lettered: a capture, void or refund waiting out an open breaker outlives one 5-minute run
+# whenever the provider is down for minutes, while a Standard saga's retries wait up to 99 attempts
+# (about 48 minutes at most). An hour covers that; a saga still unsettled after it is an operator's.
+EXPRESS_CONTINUE_FOR_SECONDS = 3600
+
+
+def _within_continuation(order: Order, now: datetime, *, refund: bool) -> bool:
+    return (now - _saga_began_at(order, refund=refund)).total_seconds() < EXPRESS_CONTINUE_FOR_SECONDS
+
+
+def _saga_began_at(order: Order, *, refund: bool) -> datetime:
+    """The checkout's: the placement. The refund's: when the order became REFUNDING, its last history
+    entry (the refund saga's steps record theirs when it settles)."""
+    began = order.history[-1].at if refund and order.history else order.created_at
+    return datetime.fromisoformat(began.replace("Z", "+00:00"))
+
+
+def _continue_express(order: Order, *, refund: bool) -> None:
+    """A run that takes the order over at the next epoch and goes on from the stopped run: every step
+    is idempotent (what the stopped run did is found done, what it was doing is done once), and a
+    customer's cancel asked meanwhile is honoured at the next checkpoint."""
+    if refund:
+        order_saga.continue_refund_saga(order)
+    else:
+        epoch = order_saga.next_epoch(order)
+        name = sagas.continuation_execution_name(sagas.checkout_execution_name(order.order_id), epoch)
+        start_checkout(order, epoch=epoch, name=name)
+    metrics().add_metric(name="ExpressSagasContinued", unit=MetricUnit.Count, value=1)
+    logger().warning(
+        "an Express saga stopped before settling its order (its time limit); continued it",
+        extra={"order_id": order.order_id, "status": order.status, "epoch": order_saga.next_epoch(order)},
+    )
 
 
 def _express_status(order: Order, now: datetime, *, refund: bool, machine: str) -> ExecutionStatus | None:

@@ -33,6 +33,11 @@ def redrive_execution_name(base_name: str, redrive_number: int) -> str:
     return f"{base_name}-redrive-{redrive_number}"
 
 
+def continuation_execution_name(base_name: str, epoch: int) -> str:
+    """An Express saga's run that the orphan sweeper started to go on from a run that stopped."""
+    return f"{base_name}-continue-{epoch}"
+
+
 def _arn(name: str, value: str | None) -> str:
     if not value:
         raise RuntimeError(f"{name} is not configured for this function (infra/template.yaml)")
