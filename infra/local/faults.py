@@ -83,6 +83,10 @@ class FaultProfile:
     provider_outage: float = 0.0
     # A PutEvents entry of the shop's refused by EventBridge.
     eventbridge_put_refused: float = 0.0
+    # A saga run stopped right after one of its steps ran: an EXPRESS run at its 5-minute limit (the
+    # orphan sweeper continues it), a STANDARD one by a timeout or an operator (its status event
+    # dead-letters the order, for the redrive).
+    saga_run_stopped: float = 0.0
 
     @property
     def kinds(self) -> list[str]:
@@ -113,6 +117,7 @@ PROFILES: dict[str, FaultProfile] = {
         provider_answer_lost=0.01,
         provider_outage=0.002,
         eventbridge_put_refused=0.02,
+        saga_run_stopped=0.003,
     ),
     "hostile": FaultProfile(
         "hostile",
@@ -132,6 +137,7 @@ PROFILES: dict[str, FaultProfile] = {
         provider_answer_lost=0.03,
         provider_outage=0.01,
         eventbridge_put_refused=0.05,
+        saga_run_stopped=0.01,
     ),
 }
 
@@ -183,6 +189,10 @@ class FaultInjector:
     def _after_invoke(self, function_name: str, event: Any) -> None:
         if self._roll("lambda_answer_lost"):
             raise lambda_runtime.lambda_timeout()
+        execution_name = event.get("execution_name") if isinstance(event, dict) else None
+        if isinstance(execution_name, str) and self._roll("saga_run_stopped"):
+            # The step's effect is done; its run ends before it hears the answer.
+            moto_stepfunctions.stop_running(execution_name, error="States.Timeout", cause="injected: the run stopped")
 
     def _duplicate(self, function_name: str, event: Any) -> bool:
         return self._roll("lambda_duplicate")

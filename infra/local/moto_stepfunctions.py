@@ -312,6 +312,23 @@ def started(state_machine_arn: str, name: str) -> bool:
     return any(execution.name == name for execution in executions)
 
 
+def stop_running(name: str, *, error: str, cause: str) -> int:
+    """Stop every running execution of that name, in every state machine of this process's emulator,
+    as its time limit or an operator would (the chaos run's ``saga_run_stopped``); how many stopped."""
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    stopped = 0
+    for regions in list(stepfunctions_parser_backends.values()):
+        for backend in list(regions.values()):
+            for machine in list(backend.state_machines):
+                # Every one of the name: an Express name is not unique (a duplicated start).
+                for execution in [execution for execution in list(machine.executions) if execution.name == name]:
+                    if _execution_status(execution) == "RUNNING":
+                        execution.stop(datetime.datetime.now(tz=datetime.UTC), error, cause)
+                        stopped += 1
+    return stopped
+
+
 def install() -> None:
     """Cache syntax trees, parsed JSONPaths and Lambda clients; invoke Lambda tasks directly; index
     executions (idempotent; state machines created before it keep moto's list)."""

@@ -13,7 +13,13 @@ from infra.local.template import Resolver, fill_substitutions, load_template
 from shop.models.orders import CheckoutInput, ResumeCheckout
 
 REPO = Path(__file__).resolve().parents[2]
-BUSINESS_ERRORS = {"OutOfStock", "PaymentDeclined", "CheckoutCancelled", "ReservationExpired"}
+BUSINESS_ERRORS = {
+    "OutOfStock",
+    "PaymentDeclined",
+    "CheckoutCancelled",
+    "CheckoutCancelledAfterPayment",
+    "ReservationExpired",
+}
 LAMBDA_TRANSIENT = {
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
@@ -118,6 +124,13 @@ def test_business_errors_lead_into_the_compensation() -> None:
     ]
     assert says_out_of_stock == ["ReservationFailed"]
     assert catches["RecordPaymentAuthorized"]["CheckoutCancelled"] == "CancelledAfterAuthorization"
+    # The checkpoint before the payment, passed again by a run after a stopped one (an Express
+    # continuation) with the payment begun: its cancel voids or refunds too, never only releases.
+    assert catches["RecordStockReserved"]["CheckoutCancelled"] == "CancelledBeforePayment"
+    assert catches["RecordStockReserved"]["CheckoutCancelledAfterPayment"] == "CancelledAfterAuthorization"
+    assert list(catches["RecordStockReserved"]).index("CheckoutCancelledAfterPayment") < list(
+        catches["RecordStockReserved"]
+    ).index("CheckoutCancelled")
     # A retried capture that finds the customer's cancel voids (the first catch, before States.ALL's
     # reconciliation); it knows its attempt from the context object.
     assert catches["CapturePayment"]["CheckoutCancelled"] == "CancelledDuringCapture"

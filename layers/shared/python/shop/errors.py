@@ -284,6 +284,12 @@ class CheckoutCancelled(ShopError):
     status, title, slug = 409, "Checkout cancelled", "checkout-cancelled"
 
 
+class CheckoutCancelledAfterPayment(CheckoutCancelled):
+    """The checkpoint before the payment, in a run that took the order over from one that stopped (an
+    Express saga the orphan sweeper continued): the customer asked to cancel and the stopped run had
+    begun the payment, so the compensation voids it (or refunds a capture) as well as the stock."""
+
+
 class SagaClaimLost(ShopError):
     """Another execution owns this order's saga (the claim's fencing token): this one stops at once,
     without any effect and without compensating, which could undo the owner's work. Express

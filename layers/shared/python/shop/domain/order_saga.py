@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from shop.domain import carts
 from shop.domain import order_lifecycle as lifecycle
-from shop.errors import CheckoutCancelled, StoredItemUnusable, TransientError
+from shop.errors import CheckoutCancelled, CheckoutCancelledAfterPayment, StoredItemUnusable, TransientError
 from shop.models.base import iso_now
 from shop.models.orders import (
     CHECKOUT_IN_PROGRESS,
@@ -35,6 +35,7 @@ from shop.models.orders import (
 from shop.observability import dimensioned_metric, logger, metrics
 from shop.repositories import dead_letters, sagas
 from shop.repositories import orders as repository
+from shop.repositories.payments import PaymentsRepository
 from shop.saga_terms import Step
 
 
@@ -118,6 +119,9 @@ def record_progress(step: RecordProgress) -> StepResult:
         )
     if step.checkpoint and order.cancel_requested and order.status in CHECKOUT_IN_PROGRESS:
         logger().info("cancellation requested; the saga compensates", extra={"step": step.step})
+        if step.step == Step.RESERVE_STOCK and PaymentsRepository().get(order.order_id) is not None:
+            # Only a run after a stopped one passes this checkpoint with a payment begun.
+            raise CheckoutCancelledAfterPayment(f"order {order.order_id}: the customer asked to cancel")
         raise CheckoutCancelled(f"order {order.order_id}: the customer asked to cancel")
     return _result(order)
 
