@@ -412,3 +412,21 @@ def test_the_dashboard_graphs_every_metric_an_alarm_watches(
         for m in watched_by(alarm)
     }
     assert sorted(watched - graphed) == []
+
+
+def test_every_alarm_has_a_row_in_the_readmes_table_of_what_to_do() -> None:
+    """An operator paged by an alarm looks it up in the README's table (two had no row)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("What each alarm (`<stack>-<name>`) means")
+    table = readme[start : readme.index("\n\n", readme.index("| Alarm |", start))]
+    documented = {
+        name
+        for row in table.splitlines()
+        if row.startswith("| `")
+        for name in re.findall(r"`([a-z0-9-]+)`", row.split("|")[1])
+    }
+    created = {
+        alarm["Properties"]["AlarmName"]["Fn::Sub"].removeprefix("${AWS::StackName}-")
+        for alarm in resources_of_type(load_template(), ALARM).values()
+    }
+    assert (sorted(created - documented), sorted(documented - created)) == ([], [])
