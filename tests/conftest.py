@@ -196,7 +196,9 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch, wo
             parameters={**TEST_PARAMETERS, "WorkflowType": workflow_type},
         )
         for key, value in stack.api_environment.items():
-            monkeypatch.setenv(key, value)
+            # The host's observability settings win, as for every function (logs at WARNING in tests).
+            if not (key in lambda_runtime.HOST_OWNED and key in os.environ):
+                monkeypatch.setenv(key, value)
         _reset_process_caches()
         yield LocalAws(stack=stack, identity=identity)
         lambda_runtime.faults.clear()
