@@ -343,16 +343,16 @@ def _continue_express(order: Order, *, refund: bool) -> None:
     """A run that takes the order over at the next epoch and goes on from the stopped run: every step
     is idempotent (what the stopped run did is found done, what it was doing is done once), and a
     customer's cancel asked meanwhile is honoured at the next checkpoint."""
+    epoch = order_saga.next_epoch(order)
     if refund:
         order_saga.continue_refund_saga(order)
     else:
-        epoch = order_saga.next_epoch(order)
         name = sagas.continuation_execution_name(sagas.checkout_execution_name(order.order_id), epoch)
         start_checkout(order, epoch=epoch, name=name)
     metrics().add_metric(name="ExpressSagasContinued", unit=MetricUnit.Count, value=1)
     logger().warning(
         "an Express saga stopped before settling its order (its time limit); continued it",
-        extra={"order_id": order.order_id, "status": order.status, "epoch": order_saga.next_epoch(order)},
+        extra={"order_id": order.order_id, "status": order.status, "epoch": epoch},
     )
 
 
