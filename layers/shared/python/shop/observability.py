@@ -35,11 +35,30 @@ def tracer() -> Tracer:
     return Tracer()
 
 
+# Powertools keeps one metrics buffer per process. On Lambda one invocation runs at a time; a host that
+# runs several at once in threads (the local emulator, the service tests) flushed it in one invocation
+# while another added to it or flushed it too: "Must contain at least one metric" failed a saga step.
+_METRICS_LOCK = threading.RLock()
+
+
+def _under_metrics_lock(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _METRICS_LOCK:
+            return method(*args, **kwargs)
+
+    return locked
+
+
 @lru_cache(maxsize=1)
 def metrics() -> Metrics:
     # A step that records nothing on some path (a no-op void, an empty sweep) is normal.
     warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
-    return Metrics()
+    shared = Metrics()
+    # log_metrics and Metrics' own methods call these on the provider.
+    for name in ("add_metric", "flush_metrics"):
+        setattr(shared.provider, name, _under_metrics_lock(getattr(shared.provider, name)))
+    return shared
 
 
 def dimensioned_metric(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
