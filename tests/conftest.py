@@ -164,7 +164,16 @@ BOTH_WORKFLOW_TYPES = pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, i
 
 
 @pytest.fixture
-def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch, workflow_type: str) -> Iterator[LocalAws]:
+def stack_parameters() -> dict[str, str]:
+    """Template parameters a test deploys with beyond ``TEST_PARAMETERS`` (override it with
+    ``@pytest.mark.parametrize("stack_parameters", [{...}])``)."""
+    return {}
+
+
+@pytest.fixture
+def local_aws(
+    identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch, workflow_type: str, stack_parameters: dict[str, str]
+) -> Iterator[LocalAws]:
     """A fresh in-process emulator (moto) with the whole template deployed.
 
     Step Functions executions run for real (moto's ASL interpreter) and Lambda invocations run
@@ -193,7 +202,7 @@ def local_aws(identity: DevIdentityProvider, monkeypatch: pytest.MonkeyPatch, wo
             region=os.environ["AWS_DEFAULT_REGION"],
             identity_issuer=identity.issuer,
             identity_audience=identity.audience,
-            parameters={**TEST_PARAMETERS, "WorkflowType": workflow_type},
+            parameters={**TEST_PARAMETERS, **stack_parameters, "WorkflowType": workflow_type},
         )
         for key, value in stack.api_environment.items():
             # The host's observability settings win, as for every function (logs at WARNING in tests).

@@ -28,7 +28,7 @@ import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from infra.local.identity import DevIdentityProvider
-from shop.domain.recovery import EXPRESS_CONTINUE_FOR_SECONDS
+from shop.config import recovery_settings
 from shop.models.reconciliation import StockDiscrepancyLetter, StockDiscrepancyPage
 from tests.http.conftest import RunningStack, physical_name
 from tests.http.test_checkout_http import create_product, wait_for_terminal
@@ -125,7 +125,7 @@ def _dead_lettered_order(stack: RunningStack, auth: dict[str, str], sku: str) ->
     # The sweep judges every order in progress: only once no other saga of this stack runs.
     _poll(nothing_running, "every saga of the stack to end")
     # Past the time an Express saga that stopped is continued rather than dead-lettered.
-    later = (datetime.now(UTC) + timedelta(seconds=EXPRESS_CONTINUE_FOR_SECONDS + 600)).isoformat()
+    later = (datetime.now(UTC) + timedelta(seconds=recovery_settings().express_continue_for_seconds + 600)).isoformat()
     swept = stack.aws("lambda").invoke(
         FunctionName=stack.function("ResumeOrphanedOrdersFunction"),
         Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event", "time": later}),

@@ -158,7 +158,7 @@ def test_the_sweeper_dead_letters_an_express_saga_still_unsettled_after_its_cont
 ) -> None:
     """An Express execution that ends without settling its order (stopped, or at its 5-minute limit)
     leaves the order claimed and in progress, and no event says so. The sweeper leaves it alone while
-    an execution could still be running; within EXPRESS_CONTINUE_FOR_SECONDS of the placement it
+    an execution could still be running; within ExpressContinueForSeconds of the placement it
     continues the saga (below); past that it dead-letters the order for an operator, as
     SettleStoppedExecution does for a Standard one; the redrive (a later epoch) finishes it."""
     pause = faults.pause_at("AuthorizePaymentFunction")
@@ -174,7 +174,7 @@ def test_the_sweeper_dead_letters_an_express_saga_still_unsettled_after_its_cont
     early = datetime.now(UTC) + timedelta(seconds=orphan_after + 1)
     assert sweep(local_aws, early)["settled"] == []  # an execution may still be running
     assert shop.dead_letter(order_id) is None
-    beyond = datetime.now(UTC) + timedelta(seconds=recovery.EXPRESS_CONTINUE_FOR_SECONDS + 1)
+    beyond = datetime.now(UTC) + timedelta(seconds=recovery_settings().express_continue_for_seconds + 1)
     swept = sweep(local_aws, beyond)
     assert (swept["started"], swept["settled"]) == ([], [order_id])
     assert shop.order(order_id).status == "NEEDS_ATTENTION"
@@ -183,6 +183,29 @@ def test_the_sweeper_dead_letters_an_express_saga_still_unsettled_after_its_cont
     order = shop.order(order_id)
     assert order.status == "CANCELLED" and order.saga_epoch == 2
     assert available("MUG-1") == STOCK
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+@pytest.mark.parametrize("stack_parameters", [{"ExpressContinueForSeconds": "0"}])
+def test_with_no_continuation_window_a_stopped_express_saga_goes_to_an_operator(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """ExpressContinueForSeconds=0 (the template parameter reaches the sweeper): the run stopped in
+    the authorization is dead-lettered as soon as no execution can still run, never continued."""
+    pause = faults.pause_at("AuthorizePaymentFunction")
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    pause.wait_reached()
+    _stop_at_the_time_limit(shop, "CheckoutStateMachine", order_id)
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "ABORTED"
+
+    swept = sweep(local_aws, _past_the_express_limit())
+
+    assert (swept["started"], swept["settled"]) == ([], [order_id])
+    assert executions_of(shop, "CheckoutStateMachine", f"{order_id}-continue-2") == []
+    order = shop.order(order_id)
+    assert (order.status, order.saga_epoch) == ("NEEDS_ATTENTION", 1)
+    assert shop.dead_letter(order_id) is not None
 
 
 def _stop_at_the_time_limit(shop: Shop, machine: str, name: str) -> None:

@@ -185,11 +185,14 @@ def saga_settings() -> SagaSettings:
 
 
 class RecoverySettings(BaseSettings):
-    """The orphan sweeper's bound (template parameter OrphanAfterSeconds)."""
+    """The orphan sweeper's bounds (template parameters OrphanAfterSeconds, ExpressContinueForSeconds)."""
 
     model_config = SettingsConfigDict(frozen=True)
 
     orphan_after_seconds: int = Field(default=60, ge=1)
+    # How long after its saga began an Express saga that stopped unsettled is continued rather than
+    # dead-lettered (0: never continued, every such order goes to an operator).
+    express_continue_for_seconds: int = Field(default=3600, ge=0)
 
 
 @lru_cache(maxsize=1)

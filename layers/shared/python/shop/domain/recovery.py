@@ -321,15 +321,16 @@ def _moved_since(judged: Order) -> bool:
 # of an order's executions can still be running.
 EXPRESS_LIMIT_SECONDS = 300
 EXPRESS_SETTLE_MARGIN_SECONDS = 60
-# How long after its saga began an Express saga that stopped unsettled is continued rather than
-# dead-lettered: a capture, void or refund waiting out an open breaker outlives one 5-minute run
-# whenever the provider is down for minutes, while a Standard saga's retries wait up to 99 attempts
-# (about 48 minutes at most). An hour covers that; a saga still unsettled after it is an operator's.
-EXPRESS_CONTINUE_FOR_SECONDS = 3600
 
 
 def _within_continuation(order: Order, now: datetime, *, refund: bool) -> bool:
-    return (now - _saga_began_at(order, refund=refund)).total_seconds() < EXPRESS_CONTINUE_FOR_SECONDS
+    """Whether an Express saga that stopped unsettled is continued (else dead-lettered): within
+    ExpressContinueForSeconds (default an hour) of when it began. A capture, void or refund waiting out
+    an open breaker outlives one 5-minute run whenever the provider is down for minutes, while a
+    Standard saga's retries wait up to 99 attempts (about 48 minutes at most); a saga still unsettled
+    after the window is an operator's."""
+    window = recovery_settings().express_continue_for_seconds
+    return (now - _saga_began_at(order, refund=refund)).total_seconds() < window
 
 
 def _saga_began_at(order: Order, *, refund: bool) -> datetime:
