@@ -87,7 +87,9 @@ def set_cart_item(
     "/cart",
     "DELETE",
     summary="Empty your cart",
-    description=f"{_WHO} Its lines are removed; emptying a cart that does not exist (or expired) is fine too.",
+    description=f"{_WHO} Its lines are removed; emptying a cart that does not exist (or expired) is fine too, "
+    "and so is emptying a cart the shop cannot read (every other cart route answers it with 500 "
+    "`stored-item-unusable`).",
     auth="optional",
     headers=_OPTIONAL_TOKEN,
     responses={204: None},

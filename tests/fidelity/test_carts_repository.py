@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shop.domain import carts
+from shop.errors import StoredItemUnusable
 from shop.models.carts import StoredCart
 from shop.models.common import Line
 from shop.models.money import Money
@@ -67,6 +68,36 @@ def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(backend: Backe
     with pytest.raises(CartVersionConflict):
         repository.put(cart("customer#c", 2, ("A", 9)), expected_version=1)
     assert repository.get("customer#c") == cart("customer#c", 2, ("A", 2))
+
+
+@pytest.mark.parametrize(("version", "seen"), [({"N": "4"}, 4), ({"S": "four"}, None)])
+def test_an_unreadable_cart_is_replaced_only_as_it_was_read(
+    backend: Backend, version: dict[str, str], seen: int | None
+) -> None:
+    """DELETE /cart's way out of a cart that is not one: its version is read as a number when it is
+    one, and the replacement is refused once the item changed (a number written in place of a
+    non-number, or the number moved on)."""
+    item = {"cart_id": {"S": "customer#c"}, "lines": {"S": "not a list"}, "version": version}
+    backend.client.put_item(TableName=backend.table("CartsTable"), Item=item)
+    with pytest.raises(StoredItemUnusable):
+        repository.get("customer#c")
+
+    unreadable = repository.unreadable_version("customer#c")
+
+    assert unreadable == repository.UnreadableCart("customer#c", seen)
+    backend.client.update_item(
+        TableName=backend.table("CartsTable"),
+        Key={"cart_id": {"S": "customer#c"}},
+        UpdateExpression="SET version = :moved",
+        ExpressionAttributeValues={":moved": {"N": "5"}},
+    )
+    with pytest.raises(CartVersionConflict):
+        repository.replace_unreadable(unreadable, cart("customer#c", 6))
+    moved = repository.unreadable_version("customer#c")
+    assert moved == repository.UnreadableCart("customer#c", 5)
+    repository.replace_unreadable(moved, cart("customer#c", 6))
+    assert repository.get("customer#c") == cart("customer#c", 6)
+    assert repository.unreadable_version("customer#nobody") is None
 
 
 def test_a_merge_writes_both_carts_or_neither_and_the_emptied_one_refuses_a_stale_write(backend: Backend) -> None:

@@ -617,6 +617,43 @@ def test_a_cart_item_that_is_not_a_cart_leaves_the_order_completed(shop: Shop, l
     assert unreadable.json_body["type"].endswith("stored-item-unusable")
 
 
+@pytest.mark.parametrize(
+    ("broken", "value"),
+    [("lines", {"S": "not a list of lines"}), ("version", {"S": "seven"})],
+    ids=["lines", "version-not-a-number"],
+)
+def test_delete_cart_empties_a_cart_that_cannot_be_read(
+    shop: Shop, local_aws: LocalAws, broken: str, value: dict[str, str]
+) -> None:
+    """Every other cart route answers 500 on a cart item the shop cannot read; DELETE /cart is the
+    shopper's way out: an empty cart at the next version (a tab's write from an older read is refused),
+    and the cart works again."""
+    put(shop, "MUG-1", 2, who="alice")
+    put(shop, "MUG-1", 3, who="alice")  # version 2
+    dynamodb = local_aws.client("dynamodb")
+    table, key = local_aws.table("CartsTable"), {"cart_id": {"S": "customer#alice"}}
+    dynamodb.update_item(
+        TableName=table,
+        Key=key,
+        UpdateExpression="SET #broken = :value",
+        ExpressionAttributeNames={"#broken": broken},
+        ExpressionAttributeValues={":value": value},
+    )
+    unreadable = get(shop, who="alice")
+    assert unreadable.status_code == 500
+    assert "DELETE /cart" in unreadable.json_body["detail"]
+
+    emptied = shop.client.http.delete("/cart", headers={"Authorization": f"Bearer {shop.token('alice')}"})
+
+    assert emptied.status_code == 204, emptied.body
+    item = dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+    assert item["version"] == {"N": "3" if broken == "lines" else "1"}
+    assert "cleared_at" in item
+    assert lines(get(shop, who="alice").json_body) == []
+    assert put(shop, "CAP-1", 1, who="alice").status_code == 200
+    assert lines(get(shop, who="alice").json_body) == [("CAP-1", 1)]
+
+
 def test_a_declined_card_leaves_the_cart_as_it_was(shop: Shop) -> None:
     put(shop, "MUG-1", 2, who="alice")
     before = get(shop, who="alice").json_body

@@ -39,6 +39,7 @@ from shop.errors import (
     FieldError,
     OrderContention,
     ProductUnavailable,
+    StoredItemUnusable,
 )
 from shop.models.base import iso_now
 from shop.models.carts import (
@@ -323,7 +324,14 @@ def clear(cart_owner: CartOwner | None) -> None:
     if cart_owner is None:
         return
     for _ in range(MAX_WRITE_ATTEMPTS):
-        stored = repository.get(cart_owner.cart_id)
+        try:
+            stored = repository.get(cart_owner.cart_id)
+        except StoredItemUnusable:
+            # The shopper's way out of a cart this shop cannot read (every other cart route answers
+            # 500 on it): an empty cart at its next version, whatever the item held.
+            if _replace_unreadable(cart_owner.cart_id):
+                return
+            continue
         if stored is None:
             return
         cart = _stored(cart_owner.cart_id, stored, [], _now()).model_copy(update={"cleared_at": iso_now()})
@@ -333,6 +341,26 @@ def clear(cart_owner: CartOwner | None) -> None:
             continue
         return
     raise CartContention(f"cart {cart_owner.cart_id} kept changing; retry")
+
+
+def _replace_unreadable(cart_id: str) -> bool:
+    """Empty an unreadable cart; False when it changed since it was read (read it again)."""
+    unreadable = repository.unreadable_version(cart_id)
+    if unreadable is None:
+        return True  # gone meanwhile (TTL): nothing to empty
+    now = _now()
+    emptied = StoredCart(
+        cart_id=cart_id,
+        version=(unreadable.version or 0) + 1,
+        updated_at=iso_now(),
+        expires_at=now + CART_LIFETIME_SECONDS,
+        cleared_at=iso_now(),
+    )
+    try:
+        repository.replace_unreadable(unreadable, emptied)
+    except CartVersionConflict:
+        return False
+    return True
 
 
 def _emptied(absorbed: StoredCart) -> StoredCart:

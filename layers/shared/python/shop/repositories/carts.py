@@ -12,7 +12,7 @@ Reads return an expired item as it is (TTL deletes lazily); the domain judges ``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
@@ -41,7 +41,9 @@ def to_cart(item: Mapping[str, Any]) -> StoredCart:
         return StoredCart.model_validate(unmarshal_plain(item))
     except ValidationError as error:
         cart_id = item.get("cart_id", {}).get("S", "?")
-        raise StoredItemUnusable(f"cart {cart_id} cannot be read ({error.error_count()} invalid fields)") from error
+        raise StoredItemUnusable(
+            f"cart {cart_id} cannot be read ({error.error_count()} invalid fields); DELETE /cart empties it"
+        ) from error
 
 
 def _key(cart_id: str) -> dict[str, Any]:
@@ -71,18 +73,63 @@ def get(cart_id: str, *, busy: type[TransientError] = CartContention) -> StoredC
 def put(cart: StoredCart, *, expected_version: int | None, busy: type[TransientError] = CartContention) -> None:
     """Store ``cart`` whole if the stored one is still at ``expected_version`` (None: if there is none);
     else CartVersionConflict."""
+    _put_if(cart, _condition(expected_version), busy)
+
+
+def _put_if(cart: StoredCart, condition: dict[str, Any], busy: type[TransientError]) -> None:
     try:
         call(
             "put_item",
             busy=busy,
             TableName=table_settings().carts_table,
             Item=marshal(cart.model_dump(mode="json")),
-            **_condition(expected_version),
+            **condition,
         )
     except ClientError as error:
         if is_condition_failure(error):
             raise CartVersionConflict(cart.cart_id) from error
         raise
+
+
+class UnreadableCart(NamedTuple):
+    """A cart item ``to_cart`` refused, and its stored version when that is a number."""
+
+    cart_id: str
+    version: int | None
+
+
+def unreadable_version(cart_id: str) -> UnreadableCart | None:
+    """For a cart ``to_cart`` refused: its stored ``version`` when that is a number (else None), to
+    replace it with ``replace_unreadable``; None when there is no item any more."""
+    response = call(
+        "get_item",
+        busy=CartContention,
+        TableName=table_settings().carts_table,
+        Key=_key(cart_id),
+        ConsistentRead=True,
+        ProjectionExpression="#version",
+        ExpressionAttributeNames={"#version": "version"},
+    )
+    item = response.get("Item")
+    if item is None:
+        return None
+    stored = item.get("version", {}).get("N")
+    return UnreadableCart(cart_id, int(stored) if stored is not None and stored.isdigit() else None)
+
+
+def replace_unreadable(unreadable: UnreadableCart, cart: StoredCart) -> None:
+    """Put ``cart`` over the unreadable item if its version is still the one read (a number, or none
+    that is one), else CartVersionConflict."""
+    if unreadable.version is not None:
+        condition = _condition(unreadable.version)
+    else:
+        condition = {
+            "ConditionExpression": "attribute_exists(cart_id) AND "
+            "(attribute_not_exists(#version) OR NOT attribute_type(#version, :number))",
+            "ExpressionAttributeNames": {"#version": "version"},
+            "ExpressionAttributeValues": {":number": {"S": "N"}},
+        }
+    _put_if(cart, condition, CartContention)
 
 
 def _put_action(table: str, cart: StoredCart, expected_version: int | None) -> dict[str, Any]:
