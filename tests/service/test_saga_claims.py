@@ -21,7 +21,7 @@ from infra.local import lambda_runtime, moto_stepfunctions
 from shop import aws
 from shop.config import recovery_settings
 from shop.domain import payments as payment_domain
-from shop.domain import recovery
+from shop.domain import reconciliation_job, recovery
 from shop.errors import PaymentAlreadyCaptured
 from shop.models.orders import SagaClaim
 from shop.payments.simulator import SimulatorLedger
@@ -29,7 +29,8 @@ from shop.repositories import orders as order_repository
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import BOTH_WORKFLOW_TYPES, LocalAws
 from tests.service.faults import Down, SdkFault, StepFaults, inject
-from tests.service.orders_helpers import Shop, available, open_shop, seed_product
+from tests.service.orders_helpers import Shop, available, eventually, open_shop, seed_product
+from tests.service.test_reconciliation import _set_status as set_status
 from tests.service.test_recovery import sweep
 
 PRICE, STOCK, QUANTITY = 1250, 10, 2
@@ -465,3 +466,80 @@ def test_a_redrive_asked_again_while_it_runs_starts_nothing_and_keeps_its_claim(
     assert letter is not None and (letter.status, letter.redrive_count, letter.redrive_epoch) == ("RESOLVED", 1, 2)
     assert available("MUG-1") == STOCK
     assert len(executions_of(shop, "CheckoutStateMachine", name)) == 1
+
+
+@BOTH_WORKFLOW_TYPES
+def test_a_cancel_racing_an_operators_redrive_of_a_completed_order_is_still_refunded(
+    shop: Shop, local_aws: LocalAws, workflow_type: str
+) -> None:
+    """An operator redrives a COMPLETED order's reconciliation letter while its customer cancels it.
+    The redrive read the order COMPLETED (no 409) and the cancel read it before the redrive's run
+    claimed it, so both runs take the next epoch; the redrive claims first and refund-<id> stops at
+    its claim. The redrive then finds the order REFUNDING and hands it to its refund saga, whose name
+    a STANDARD execution has used: a continuation of the refund saga refunds it. (Found by a probe:
+    the order stayed REFUNDING with the customer charged, then the sweeper dead-lettered it.)"""
+    placed = shop.place_ok([("MUG-1", QUANTITY)])
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "RESERVED")  # its commit lost
+    reconciliation_job.run(quiescent=True)
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and (letter.status, letter.resume) == ("OPEN", "complete")
+    epoch = shop.order(order_id).saga_epoch or 0
+    claim_order = local_aws.function("ClaimOrderFunction")
+    held = {
+        f"{order_id}-redrive-1": (threading.Event(), threading.Event()),
+        f"refund-{order_id}": (threading.Event(), threading.Event()),
+    }
+
+    refund_step, refunding, refund_go = (
+        local_aws.function("RefundPaymentFunction"),
+        threading.Event(),
+        threading.Event(),
+    )
+
+    def hold_claims(function_name: str, event: Any) -> None:
+        if function_name == claim_order and event.get("execution_name") in held:
+            reached, go = held[event["execution_name"]]
+            reached.set()
+            go.wait(30)
+        elif function_name == refund_step and not refunding.is_set():
+            refunding.set()
+            refund_go.wait(30)
+
+    lambda_runtime.faults.before_invoke = hold_claims
+    try:
+        assert shop.redrive(order_id).status_code == 202
+        assert held[f"{order_id}-redrive-1"][0].wait(30)
+        assert shop.cancel(order_id).json_body["status"] == "REFUNDING"
+        assert held[f"refund-{order_id}"][0].wait(30)
+        held[f"{order_id}-redrive-1"][1].set()  # the redrive's run claims the order first
+        # (its hand-over may already have taken the order on to the next epoch)
+        eventually(lambda: (shop.order(order_id).saga_epoch or 0) > epoch, "the redrive's claim")
+        held[f"refund-{order_id}"][1].set()
+        assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
+        assert refunding.wait(30)
+        if workflow_type == "STANDARD":  # (an EXPRESS name is not unique: the held run has it too)
+            assert shop.wait_refund(order_id) == "SUCCEEDED"  # refund-<id> ended at its lost claim
+        # The sweeper leaves the order to the refund run (a STANDARD continuation is listed as running
+        # its saga, and described by the name the order's claim names when the listing fails).
+        later = datetime.now(UTC) + timedelta(seconds=recovery_settings().orphan_after_seconds + 1)
+        assert sweep(local_aws, later)["settled"] == []
+        with inject(aws.stepfunctions(), SdkFault("ListExecutions", "ServiceUnavailable")):
+            assert sweep(local_aws, later)["settled"] == []
+        assert shop.order(order_id).status == "REFUNDING"
+        refund_go.set()
+    finally:
+        refund_go.set()
+        lambda_runtime.faults.before_invoke = None
+
+    order = shop.wait_status(order_id, "REFUNDED", "NEEDS_ATTENTION")
+    payment = shop.payment(order_id)
+    assert payment is not None
+    assert (order.status, payment["status"]) == ("REFUNDED", "REFUNDED")
+    assert payment["refunded"]["amount"] == payment["captured"]["amount"] == TOTAL
+    ledger = provider_ledger(order_id)
+    assert ledger is not None and [operation.amount for operation in ledger.of_kind("refund")] == [TOTAL]
+    assert available("MUG-1") == STOCK
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and letter.status == "RESOLVED"

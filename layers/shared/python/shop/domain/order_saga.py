@@ -192,16 +192,20 @@ def start_refund_saga(order: Order) -> None:
     """
     if order.saga_claim is not None and sagas.claimed_by(order.saga_claim, sagas.refund_state_machine_arn()):
         return
-    sagas.start(
+    if not sagas.start(
         sagas.refund_state_machine_arn(),
         name=sagas.refund_execution_name(order.order_id),
         payload=refund_input(order, next_epoch(order)),
-    )
+    ):
+        # STANDARD: refund-<id> exists, but the order is not its (it read the order before an operator's
+        # redrive took it at the same epoch, lost its claim and ended): a run under another name goes on.
+        continue_refund_saga(order)
 
 
 def continue_refund_saga(order: Order) -> None:
     """Start a run of the order's refund saga that takes it over from one that stopped without
-    settling it (an Express run at its time limit): its steps are idempotent, so it redoes nothing done."""
+    settling it (an Express run at its time limit), or lost it before its first step: its steps are
+    idempotent, so it redoes nothing done. Once per epoch on STANDARD (its name holds the epoch)."""
     epoch = next_epoch(order)
     sagas.start(
         sagas.refund_state_machine_arn(),

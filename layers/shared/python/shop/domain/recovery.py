@@ -45,6 +45,7 @@ from shop.models.orders import (
     Order,
     OrphanSweep,
     ResumePoint,
+    SagaClaim,
     SettledExecution,
     StepError,
 )
@@ -194,6 +195,16 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
     return sweep
 
 
+def _standard_run_name(order: Order, machine: str, name: str) -> str:
+    """The run of the saga that holds the order: ``name``, or its continuation at the order's epoch
+    when the order's claim is that run's (a STANDARD execution's id is its ARN)."""
+    if order.saga_claim is None or order.saga_epoch is None:
+        return name
+    continuation = sagas.continuation_execution_name(name, order.saga_epoch)
+    its_claim = SagaClaim(execution=sagas.execution_arn(machine, continuation), epoch=order.saga_epoch)
+    return continuation if repository.claim_token(its_claim) == order.saga_claim else name
+
+
 def _out_of_time(seconds_left: Callable[[], float] | None) -> bool:
     return seconds_left is not None and seconds_left() < SWEEP_MARGIN_SECONDS
 
@@ -210,7 +221,9 @@ def _running_saga_names() -> frozenset[str] | None:
         return None
     machines = (sagas.checkout_state_machine_arn(), sagas.refund_state_machine_arn())
     try:
-        return frozenset(name for machine in machines for name in sagas.running(machine))
+        names = {name for machine in machines for name in sagas.running(machine)}
+        # A running continuation runs its saga (``refund-<id>-continue-<epoch>`` is refund-<id>'s).
+        return frozenset(names | {base for base in map(sagas.continued_name, names) if base is not None})
     except TransientError as error:
         logger().warning("could not list the running sagas; each order's is described", extra={"error": str(error)})
         return None
@@ -256,6 +269,7 @@ def _resume(order_id: str, now: datetime) -> Resumed:
     if saga_settings().workflow_type == "EXPRESS":
         status = _express_status(order, now, refund=refund, machine=machine)
     else:
+        name = _standard_run_name(order, machine, name)
         status = sagas.status(machine, name)
     if status == "RUNNING":
         return "running"

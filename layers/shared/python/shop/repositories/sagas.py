@@ -33,9 +33,19 @@ def redrive_execution_name(base_name: str, redrive_number: int) -> str:
     return f"{base_name}-redrive-{redrive_number}"
 
 
+_CONTINUE = "-continue-"
+
+
 def continuation_execution_name(base_name: str, epoch: int) -> str:
-    """An Express saga's run that the orphan sweeper started to go on from a run that stopped."""
-    return f"{base_name}-continue-{epoch}"
+    """A run of a saga that goes on, at a later epoch, from a run that stopped (an Express run the
+    orphan sweeper continues) or lost the order before its first step (a refund on STANDARD)."""
+    return f"{base_name}{_CONTINUE}{epoch}"
+
+
+def continued_name(name: str) -> str | None:
+    """The saga a continuation's run continues (``base_name`` of ``continuation_execution_name``)."""
+    base, separator, epoch = name.rpartition(_CONTINUE)
+    return base if separator and epoch.isdigit() else None
 
 
 def _arn(name: str, value: str | None) -> str:
