@@ -182,8 +182,45 @@ def test_the_sweeper_dead_letters_an_express_saga_still_unsettled_after_its_cont
     assert shop.redrive(order_id).status_code == 202
     shop.wait_dead_letter(order_id, "RESOLVED")
     order = shop.order(order_id)
-    assert order.status == "CANCELLED" and order.saga_epoch == 2
+    assert order.status == "CANCELLED" and order.saga_epoch == 3  # 2: the sweep's takeover to flag it
     assert available("MUG-1") == STOCK
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_a_sweep_past_the_window_and_a_continuation_an_earlier_sweep_started_never_both_act(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """A sweep just inside the continuation window starts a continuation; before its run claims the
+    order (its claim step retried, say), a sweep just past the window judges the same order. That
+    sweep takes the order over to flag it, so the continuation stops at its claim. Before, the flag was
+    unfenced: the continuation claimed the flagged order and, finding it NEEDS_ATTENTION, voided the
+    authorization and cancelled a healthy order (found by a probe)."""
+    pause = faults.pause_at("AuthorizePaymentFunction")
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    pause.wait_reached()
+    _stop_at_the_time_limit(shop, "CheckoutStateMachine", order_id)
+    pause.released.set()  # the authorization reaches the provider
+    assert shop.wait_checkout(order_id) == "ABORTED"
+    claim = faults.pause_at("ClaimOrderFunction")
+    created = datetime.fromisoformat(shop.order(order_id).created_at.replace("Z", "+00:00"))
+    window = recovery_settings().express_continue_for_seconds
+
+    assert sweep(local_aws, created + timedelta(seconds=window - 5))["started"] == [order_id]
+    claim.wait_reached()
+    assert sweep(local_aws, created + timedelta(seconds=window + 5))["settled"] == [order_id]
+    claim.released.set()
+
+    continuation = f"{order_id}-continue-2"
+    assert shop.wait_execution("CheckoutStateMachine", continuation) == "SUCCEEDED"
+    (run,) = executions_of(shop, "CheckoutStateMachine", continuation)
+    assert not COMPENSATIONS & set(states_entered(shop, run["executionArn"]))
+    order = shop.order(order_id)
+    assert (order.status, order.saga_epoch) == ("NEEDS_ATTENTION", 2)
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and letter.status == "OPEN"
+    ledger = provider_ledger(order_id)
+    assert ledger is not None and ledger.authorization.status == "AUTHORIZED"  # not voided
+    assert available("MUG-1") == STOCK - QUANTITY  # still held for the operator's redrive
 
 
 @pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
@@ -205,7 +242,7 @@ def test_with_no_continuation_window_a_stopped_express_saga_goes_to_an_operator(
     assert (swept["started"], swept["settled"]) == ([], [order_id])
     assert executions_of(shop, "CheckoutStateMachine", f"{order_id}-continue-2") == []
     order = shop.order(order_id)
-    assert (order.status, order.saga_epoch) == ("NEEDS_ATTENTION", 1)
+    assert (order.status, order.saga_epoch) == ("NEEDS_ATTENTION", 2)  # the sweep took it over to flag it
     assert shop.dead_letter(order_id) is not None
 
 

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from shop.config import recovery_settings, saga_settings
 from shop.domain import order_saga
 from shop.domain.orders import start_checkout
-from shop.errors import OrderStateConflict, TransientError
+from shop.errors import OrderStateConflict, SagaClaimLost, TransientError
 from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
@@ -140,11 +140,14 @@ def _dead_letter(
     error: str | None,
     cause: str | None,
     execution_name: str,
+    claim: SagaClaim | None = None,
 ) -> None:
-    """What the state machine's own flag step would have done: NEEDS_ATTENTION and a dead letter."""
+    """What the state machine's own flag step would have done: NEEDS_ATTENTION and a dead letter
+    (fenced by ``claim`` when given: SagaClaimLost once another execution holds the order)."""
     order_saga.flag_for_attention(
         FlagOrder(
             order_id=order.order_id,
+            claim=claim,
             execution_name=execution_name,
             resume=resume,
             failed_step=f"saga_{status.lower()}",
@@ -293,8 +296,13 @@ def _resume(order_id: str, now: datetime) -> Resumed:
     if saga_settings().workflow_type == "EXPRESS" and _within_continuation(order, now, refund=refund):
         _continue_express(order, refund=refund)
         return "started"
-    # Stopped without its event being handled, or ended without settling the order.
+    # Stopped without its event being handled, or ended without settling the order. The sweep takes
+    # the order over first, as a redrive would: a run started meanwhile (a continuation an earlier
+    # sweep started, a refund hand-over) that claims the same epoch first keeps it, and one that
+    # claims later stops at its claim instead of running on against a flagged order.
     try:
+        claim = SagaClaim(execution=sweeper_execution(machine, name), epoch=order_saga.next_epoch(order))
+        repository.claim(order_id, claim)
         _dead_letter(
             order,
             resume="refund" if refund else "compensate",
@@ -303,13 +311,28 @@ def _resume(order_id: str, now: datetime) -> Resumed:
             error=None,
             cause=f"the {name} execution is {status} but the order was still {order.status}",
             execution_name=name,
+            claim=claim,
         )
+    except SagaClaimLost:
+        logger().info("a run of the order's saga took it over while the sweep judged it", extra={"order_id": order_id})
+        return "left"
     except OrderStateConflict:
         # Settled since it was read (a late step of its saga, delivered twice, finished it): nothing
         # needs attention, and the rest of the sweep goes on.
         logger().info("order settled while the sweep looked at it", extra={"order_id": order_id})
         return "left"
     return "settled"
+
+
+def sweeper_execution(machine: str, name: str) -> str:
+    """The execution id the orphan sweeper's takeover claims under: the saga's execution ARN with the
+    machine's name replaced, so the claim says no saga holds the order (``sagas.claimed_by``)."""
+    fields = sagas.execution_arn(machine, name).split(":")
+    fields[6] = ORPHAN_SWEEPER
+    return ":".join(fields)
+
+
+ORPHAN_SWEEPER = "orphan-sweeper"
 
 
 def _order_in_progress(order_id: str) -> Order | None:
