@@ -13,6 +13,7 @@ from shop.observability import instrumented
 @instrumented
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request = parse_event(ReleaseReservation, event)
-    return inventory.release(request.order_id, frees_purchase_units=request.frees_purchase_units).model_dump(
-        mode="json"
+    released = inventory.release(
+        request.order_id, frees_purchase_units=request.frees_purchase_units, claim=request.claim
     )
+    return released.model_dump(mode="json")

@@ -46,8 +46,10 @@ from shop.models.inventory import (
     total_available,
     units_by_shard,
 )
+from shop.models.orders import SagaClaim
 from shop.observability import logger
 from shop.repositories import inventory as repository
+from shop.repositories import orders as orders_repository
 from shop.repositories import stock
 from shop.repositories.inventory import CancellationReason
 
@@ -392,14 +394,19 @@ def _release(
     raise InventoryContention(f"reservation {reservation_id} kept changing; retry")
 
 
-def release(reservation_id: str, *, frees_purchase_units: bool = True, now: int | None = None) -> ReservationResult:
-    """Return a reservation's stock (RESERVED or COMMITTED -> RELEASED).
+def release(
+    reservation_id: str, *, frees_purchase_units: bool = True, now: int | None = None, claim: SagaClaim | None = None
+) -> ReservationResult:
+    """Return a reservation's stock (RESERVED or COMMITTED -> RELEASED); with a saga's ``claim``, only
+    while it still owns the order (SagaClaimLost), whose id is the reservation's.
 
     ``frees_purchase_units``: the order ends CANCELLED, so its limited lines stop counting against
     the customer's purchase limits (in the same transaction). The refund saga passes False: a
     REFUNDED order still counts. Releasing again, or releasing a reservation that does not exist
     (compensation after a failed reserve), changes nothing; the latter answers with status NOT_FOUND.
     """
+    if claim is not None:
+        orders_repository.ensure_claimed(reservation_id, claim)
     result, _ = _release(
         reservation_id,
         only_if_reserved=False,

@@ -302,6 +302,8 @@ def _cancel_requested(order_id: str) -> bool:
 
 
 def void_payment(request: VoidPayment) -> PaymentSummary:
+    if request.claim is not None:
+        orders_repository.ensure_claimed(request.order_id, request.claim)
     return payment_service().void(request)
 
 

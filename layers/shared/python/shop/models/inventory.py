@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
 from shop.models.common import MAX_LINES, CheckoutLine, CustomerId, ExecutionName, Line, OrderId
+from shop.models.orders import SagaClaim
 
 ReservationStatus = Literal["RESERVED", "COMMITTED", "RELEASED"]
 ReservationOutcome = Literal["RESERVED", "COMMITTED", "RELEASED", "NOT_FOUND"]
@@ -53,6 +54,8 @@ class ReleaseReservation(_ReservationStep):
     # Whether the order's units stop counting against purchase limits: true where the order ends
     # CANCELLED (checkout compensation). The refund saga passes false: a REFUNDED order still counts.
     frees_purchase_units: bool = True
+    # The saga's claim: the stock is released only while it still owns the order (None: unfenced).
+    claim: SagaClaim | None = None
 
 
 class PurchaseCount(Record):

@@ -9,6 +9,7 @@ from pydantic import Field
 from shop.models.base import Record, StrictModel
 from shop.models.common import ExecutionName, OrderId, PaymentToken
 from shop.models.money import Currency, Money
+from shop.models.orders import SagaClaim
 
 # PENDING: an authorization was attempted and has no outcome yet. VOIDED with nothing authorized
 # is what voiding an order that never got an authorization leaves behind (it also fences off a
@@ -43,7 +44,8 @@ class CapturePayment(_PaymentStep):
 
 
 class VoidPayment(_PaymentStep):
-    pass
+    # The saga's claim: the void is made only while it still owns the order (None: unfenced).
+    claim: SagaClaim | None = None
 
 
 class ReconcilePayment(_PaymentStep):

@@ -160,6 +160,16 @@ def claim_token(claim: SagaClaim) -> str:
     return f"{machine}:{hashlib.sha256(claim.execution.encode()).hexdigest()[:20]}"
 
 
+def ensure_claimed(order_id: str, claim: SagaClaim) -> None:
+    """SagaClaimLost unless ``claim`` still owns the order's saga (a consistent read). A step whose
+    effect lies outside the order (a void at the provider, a release of stock) checks it first: an
+    execution taken over stops there instead of undoing what the new owner does."""
+    order = get(order_id)
+    if order is None:
+        raise OrderNotFound(f"order {order_id} does not exist")
+    _check_claim(order, claim)
+
+
 def _check_claim(order: Order, claim: SagaClaim | None) -> None:
     if claim is not None and order.saga_claim != claim_token(claim):
         raise SagaClaimLost(
