@@ -70,9 +70,11 @@ def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(backend: Backe
     assert repository.get("customer#c") == cart("customer#c", 2, ("A", 2))
 
 
-@pytest.mark.parametrize(("version", "seen"), [({"N": "4"}, 4), ({"S": "four"}, None)])
+@pytest.mark.parametrize(
+    ("version", "seen", "next_version"), [({"N": "4"}, "4", 5), ({"N": "2.5"}, "2.5", 3), ({"S": "four"}, None, 1)]
+)
 def test_an_unreadable_cart_is_replaced_only_as_it_was_read(
-    backend: Backend, version: dict[str, str], seen: int | None
+    backend: Backend, version: dict[str, str], seen: str | None, next_version: int
 ) -> None:
     """DELETE /cart's way out of a cart that is not one: its version is read as a number when it is
     one, and the replacement is refused once the item changed (a number written in place of a
@@ -85,6 +87,7 @@ def test_an_unreadable_cart_is_replaced_only_as_it_was_read(
     unreadable = repository.unreadable_version("customer#c")
 
     assert unreadable == repository.UnreadableCart("customer#c", seen)
+    assert unreadable.next_version() == next_version
     backend.client.update_item(
         TableName=backend.table("CartsTable"),
         Key={"cart_id": {"S": "customer#c"}},
@@ -94,7 +97,7 @@ def test_an_unreadable_cart_is_replaced_only_as_it_was_read(
     with pytest.raises(CartVersionConflict):
         repository.replace_unreadable(unreadable, cart("customer#c", 6))
     moved = repository.unreadable_version("customer#c")
-    assert moved == repository.UnreadableCart("customer#c", 5)
+    assert moved == repository.UnreadableCart("customer#c", "5")
     repository.replace_unreadable(moved, cart("customer#c", 6))
     assert repository.get("customer#c") == cart("customer#c", 6)
     assert repository.unreadable_version("customer#nobody") is None

@@ -186,6 +186,37 @@ def test_the_sweeper_dead_letters_an_express_saga_still_unsettled_after_its_cont
     assert available("MUG-1") == STOCK
 
 
+@pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
+def test_a_sweep_that_finds_the_order_settled_at_its_takeover_leaves_it_alone(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """The sweep judged a stopped run's order in progress; just before its takeover claim, the stopped
+    run's CompleteOrder, still under way, completes it. The claim still lands (a later epoch), but a
+    settled order needs no attention: no dead letter (a review's probe: an OPEN "compensate" letter
+    and the attention metric for a COMPLETED order)."""
+    faults.fail("SettleStoppedExecutionFunction")  # its status event is not handled: the sweeper's
+    pause = faults.pause_at("CompleteOrderFunction")
+    order_id = shop.place_ok([("MUG-1", QUANTITY)])["order_id"]
+    pause.wait_reached()
+    _stop_at_the_time_limit(shop, "CheckoutStateMachine", order_id)
+    assert shop.wait_checkout(order_id) == "ABORTED"
+
+    def complete_just_before_the_takeover(request: Any) -> bool:
+        claim = request.get("ExpressionAttributeValues", {}).get(":claim", {}).get("S", "")
+        if claim.startswith(recovery.ORPHAN_SWEEPER) and not pause.released.is_set():
+            pause.released.set()
+            eventually(lambda: shop.order(order_id).status == "COMPLETED", "the late completion")
+        return False  # never refuses the request: only runs the completion first
+
+    with inject(aws.dynamodb(), SdkFault("UpdateItem", "Never", when=complete_just_before_the_takeover)):
+        swept = sweep(local_aws, datetime.now(UTC) + timedelta(seconds=recovery_settings().orphan_after_seconds + 1))
+
+    assert pause.released.is_set() and (swept["settled"], swept["started"]) == ([], [])
+    order = shop.order(order_id)
+    assert order.status == "COMPLETED" and not order.dead_lettered
+    assert shop.dead_letter(order_id) is None
+
+
 @pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
 def test_a_sweep_past_the_window_and_a_continuation_an_earlier_sweep_started_never_both_act(
     shop: Shop, local_aws: LocalAws, faults: StepFaults
@@ -508,16 +539,36 @@ def test_a_redrive_asked_again_while_it_runs_starts_nothing_and_keeps_its_claim(
     assert len(executions_of(shop, "CheckoutStateMachine", name)) == 1
 
 
+# Where the race's order is held while the sweeper looks at it: the step (its function) and which call.
+SWEPT_WHILE: dict[str, tuple[str, Callable[[Any, str, int], bool]]] = {
+    # the refund run has claimed the order and is refunding
+    "refunding": ("RefundPaymentFunction", lambda event, order_id, epoch: True),
+    # the redrive has claimed it and is on its way to the hand-over (refund-<id> has ended, lost)
+    "handing-over": ("CompleteOrderFunction", lambda event, order_id, epoch: "redrive" in event["execution_name"]),
+    # the refund run the hand-over started has not claimed it yet
+    "before-the-refund-claims": (
+        "ClaimOrderFunction",
+        lambda event, order_id, epoch: (
+            event["execution_name"].startswith(f"refund-{order_id}") and event["claim"]["epoch"] == epoch + 2
+        ),
+    ),
+}
+
+
 @BOTH_WORKFLOW_TYPES
+@pytest.mark.parametrize("swept_while", list(SWEPT_WHILE))
 def test_a_cancel_racing_an_operators_redrive_of_a_completed_order_is_still_refunded(
-    shop: Shop, local_aws: LocalAws, workflow_type: str
+    shop: Shop, local_aws: LocalAws, workflow_type: str, swept_while: str
 ) -> None:
     """An operator redrives a COMPLETED order's reconciliation letter while its customer cancels it.
     The redrive read the order COMPLETED (no 409) and the cancel read it before the redrive's run
     claimed it, so both runs take the next epoch; the redrive claims first and refund-<id> stops at
     its claim. The redrive then finds the order REFUNDING and hands it to its refund saga, whose name
     a STANDARD execution has used: a continuation of the refund saga refunds it. (Found by a probe:
-    the order stayed REFUNDING with the customer charged, then the sweeper dead-lettered it.)"""
+    the order stayed REFUNDING with the customer charged, then the sweeper dead-lettered it.) A sweep
+    at any moment of it, with or without its listing of the running sagas, leaves the order alone
+    (a review's probes: on STANDARD it dead-lettered the order while the redrive was on its way to
+    the hand-over, or while the refund run it started had not claimed it yet)."""
     placed = shop.place_ok([("MUG-1", QUANTITY)])
     order_id = placed["order_id"]
     assert shop.wait_checkout(order_id) == "SUCCEEDED"
@@ -531,23 +582,19 @@ def test_a_cancel_racing_an_operators_redrive_of_a_completed_order_is_still_refu
         f"{order_id}-redrive-1": (threading.Event(), threading.Event()),
         f"refund-{order_id}": (threading.Event(), threading.Event()),
     }
+    logical_id, when = SWEPT_WHILE[swept_while]
+    paused_step, paused, go_on = local_aws.function(logical_id), threading.Event(), threading.Event()
 
-    refund_step, refunding, refund_go = (
-        local_aws.function("RefundPaymentFunction"),
-        threading.Event(),
-        threading.Event(),
-    )
-
-    def hold_claims(function_name: str, event: Any) -> None:
-        if function_name == claim_order and event.get("execution_name") in held:
+    def hold(function_name: str, event: Any) -> None:
+        if function_name == paused_step and not paused.is_set() and when(event, order_id, epoch):
+            paused.set()
+            go_on.wait(30)
+        elif function_name == claim_order and event.get("execution_name") in held:
             reached, go = held[event["execution_name"]]
             reached.set()
             go.wait(30)
-        elif function_name == refund_step and not refunding.is_set():
-            refunding.set()
-            refund_go.wait(30)
 
-    lambda_runtime.faults.before_invoke = hold_claims
+    lambda_runtime.faults.before_invoke = hold
     try:
         assert shop.redrive(order_id).status_code == 202
         assert held[f"{order_id}-redrive-1"][0].wait(30)
@@ -557,20 +604,18 @@ def test_a_cancel_racing_an_operators_redrive_of_a_completed_order_is_still_refu
         # (its hand-over may already have taken the order on to the next epoch)
         eventually(lambda: (shop.order(order_id).saga_epoch or 0) > epoch, "the redrive's claim")
         held[f"refund-{order_id}"][1].set()
-        assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
-        assert refunding.wait(30)
-        if workflow_type == "STANDARD":  # (an EXPRESS name is not unique: the held run has it too)
+        assert paused.wait(30)
+        if workflow_type == "STANDARD":  # (an EXPRESS name is not unique: a held run may have it too)
             assert shop.wait_refund(order_id) == "SUCCEEDED"  # refund-<id> ended at its lost claim
-        # The sweeper leaves the order to the refund run (a STANDARD continuation is listed as running
-        # its saga, and described by the name the order's claim names when the listing fails).
         later = datetime.now(UTC) + timedelta(seconds=recovery_settings().orphan_after_seconds + 1)
         assert sweep(local_aws, later)["settled"] == []
         with inject(aws.stepfunctions(), SdkFault("ListExecutions", "ServiceUnavailable")):
             assert sweep(local_aws, later)["settled"] == []
         assert shop.order(order_id).status == "REFUNDING"
-        refund_go.set()
+        go_on.set()
+        assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
     finally:
-        refund_go.set()
+        go_on.set()
         lambda_runtime.faults.before_invoke = None
 
     order = shop.wait_status(order_id, "REFUNDED", "NEEDS_ATTENTION")

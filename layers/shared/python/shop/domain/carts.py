@@ -351,7 +351,7 @@ def _replace_unreadable(cart_id: str) -> bool:
     now = _now()
     emptied = StoredCart(
         cart_id=cart_id,
-        version=(unreadable.version or 0) + 1,
+        version=unreadable.next_version(),
         updated_at=iso_now(),
         expires_at=now + CART_LIFETIME_SECONDS,
         cleared_at=iso_now(),

@@ -198,6 +198,34 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
     return sweep
 
 
+def _standard_status(order: Order, machine: str, name: str) -> ExecutionStatus | None:
+    """The status of the STANDARD run ``name`` that holds the order, RUNNING while a run about to take
+    the order over runs (it has not claimed it yet): an operator's redrive its letter names, or the
+    refund continuation of the next epoch. The sweep's listing sets those aside as well; this is for
+    a sweep whose listing failed, or a run started after it."""
+    status = sagas.status(machine, name)
+    if status == "RUNNING":
+        return status
+    for other_machine, other in _runs_about_to_take_over(order):
+        if sagas.status(other_machine, other) == "RUNNING":
+            return "RUNNING"
+    return status
+
+
+def _runs_about_to_take_over(order: Order) -> list[tuple[str, str]]:
+    runs: list[tuple[str, str]] = []
+    if order.status == "REFUNDING":
+        base = sagas.refund_execution_name(order.order_id)
+        runs.append(
+            (sagas.refund_state_machine_arn(), sagas.continuation_execution_name(base, order_saga.next_epoch(order)))
+        )
+    letter = dead_letters.get(order.order_id)
+    if letter is not None and letter.status == "REDRIVING" and letter.redrive_execution:
+        redriven = sagas.refund_state_machine_arn() if letter.resume == "refund" else sagas.checkout_state_machine_arn()
+        runs.append((redriven, letter.redrive_execution))
+    return runs
+
+
 def _standard_run_name(order: Order, machine: str, name: str) -> str:
     """The run of the saga that holds the order: ``name``, or its continuation at the order's epoch
     when the order's claim is that run's (a STANDARD execution's id is its ARN)."""
@@ -225,8 +253,9 @@ def _running_saga_names() -> frozenset[str] | None:
     machines = (sagas.checkout_state_machine_arn(), sagas.refund_state_machine_arn())
     try:
         names = {name for machine in machines for name in sagas.running(machine)}
-        # A running continuation runs its saga (``refund-<id>-continue-<epoch>`` is refund-<id>'s).
-        return frozenset(names | {base for base in map(sagas.continued_name, names) if base is not None})
+        # A running continuation or redrive runs its saga (``refund-<id>-continue-<epoch>`` is
+        # refund-<id>'s, ``<id>-redrive-<n>`` the checkout's).
+        return frozenset(names | {base for base in map(sagas.saga_of, names) if base is not None})
     except TransientError as error:
         logger().warning("could not list the running sagas; each order's is described", extra={"error": str(error)})
         return None
@@ -273,7 +302,7 @@ def _resume(order_id: str, now: datetime) -> Resumed:
         status = _express_status(order, now, refund=refund, machine=machine)
     else:
         name = _standard_run_name(order, machine, name)
-        status = sagas.status(machine, name)
+        status = _standard_status(order, machine, name)
     if status == "RUNNING":
         return "running"
     if _moved_since(order):
@@ -302,7 +331,10 @@ def _resume(order_id: str, now: datetime) -> Resumed:
     # claims later stops at its claim instead of running on against a flagged order.
     try:
         claim = SagaClaim(execution=sweeper_execution(machine, name), epoch=order_saga.next_epoch(order))
-        repository.claim(order_id, claim)
+        if repository.claim(order_id, claim).status not in SAGA_IN_PROGRESS:
+            # Settled since it was read (a late step of its saga finished it): nothing needs attention.
+            logger().info("order settled while the sweep looked at it", extra={"order_id": order_id})
+            return "left"
         _dead_letter(
             order,
             resume="refund" if refund else "compensate",

@@ -11,7 +11,9 @@ Reads return an expired item as it is (TTL deletes lazily); the domain judges ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from botocore.exceptions import ClientError
@@ -92,10 +94,15 @@ def _put_if(cart: StoredCart, condition: dict[str, Any], busy: type[TransientErr
 
 
 class UnreadableCart(NamedTuple):
-    """A cart item ``to_cart`` refused, and its stored version when that is a number."""
+    """A cart item ``to_cart`` refused, and its stored version when that is a number (as DynamoDB
+    wrote it: it may be negative or have a fraction)."""
 
     cart_id: str
-    version: int | None
+    version: str | None
+
+    def next_version(self) -> int:
+        """A version above the stored one (1 when there is none that is a number)."""
+        return max(math.floor(Decimal(self.version)), 0) + 1 if self.version is not None else 1
 
 
 def unreadable_version(cart_id: str) -> UnreadableCart | None:
@@ -113,15 +120,18 @@ def unreadable_version(cart_id: str) -> UnreadableCart | None:
     item = response.get("Item")
     if item is None:
         return None
-    stored = item.get("version", {}).get("N")
-    return UnreadableCart(cart_id, int(stored) if stored is not None and stored.isdigit() else None)
+    return UnreadableCart(cart_id, item.get("version", {}).get("N"))
 
 
 def replace_unreadable(unreadable: UnreadableCart, cart: StoredCart) -> None:
     """Put ``cart`` over the unreadable item if its version is still the one read (a number, or none
     that is one), else CartVersionConflict."""
     if unreadable.version is not None:
-        condition = _condition(unreadable.version)
+        condition = {
+            "ConditionExpression": "#version = :expected",
+            "ExpressionAttributeNames": {"#version": "version"},
+            "ExpressionAttributeValues": {":expected": {"N": unreadable.version}},
+        }
     else:
         condition = {
             "ConditionExpression": "attribute_exists(cart_id) AND "

@@ -29,8 +29,11 @@ def refund_execution_name(order_id: str) -> str:
     return f"refund-{order_id}"
 
 
+_REDRIVE = "-redrive-"
+
+
 def redrive_execution_name(base_name: str, redrive_number: int) -> str:
-    return f"{base_name}-redrive-{redrive_number}"
+    return f"{base_name}{_REDRIVE}{redrive_number}"
 
 
 _CONTINUE = "-continue-"
@@ -42,10 +45,14 @@ def continuation_execution_name(base_name: str, epoch: int) -> str:
     return f"{base_name}{_CONTINUE}{epoch}"
 
 
-def continued_name(name: str) -> str | None:
-    """The saga a continuation's run continues (``base_name`` of ``continuation_execution_name``)."""
-    base, separator, epoch = name.rpartition(_CONTINUE)
-    return base if separator and epoch.isdigit() else None
+def saga_of(name: str) -> str | None:
+    """The saga run a continuation's or a redrive's run goes on from (the ``base_name`` of
+    ``continuation_execution_name`` or ``redrive_execution_name``); None for any other name."""
+    for suffix in (_CONTINUE, _REDRIVE):
+        base, separator, number = name.rpartition(suffix)
+        if separator and number.isdigit():
+            return base
+    return None
 
 
 def _arn(name: str, value: str | None) -> str:
