@@ -356,15 +356,16 @@ def _resume(order_id: str, now: datetime) -> Resumed:
     return "settled"
 
 
+# The claim's "machine" when the orphan sweeper takes an order over to dead-letter it.
+ORPHAN_SWEEPER = "orphan-sweeper"
+
+
 def sweeper_execution(machine: str, name: str) -> str:
     """The execution id the orphan sweeper's takeover claims under: the saga's execution ARN with the
     machine's name replaced, so the claim says no saga holds the order (``sagas.claimed_by``)."""
     fields = sagas.execution_arn(machine, name).split(":")
     fields[6] = ORPHAN_SWEEPER
     return ":".join(fields)
-
-
-ORPHAN_SWEEPER = "orphan-sweeper"
 
 
 def _order_in_progress(order_id: str) -> Order | None:
