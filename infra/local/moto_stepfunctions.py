@@ -297,21 +297,6 @@ def _validate_execution_arn(self: StepFunctionBackend, execution_arn: str) -> No
         _ORIGINAL_VALIDATE_EXECUTION_ARN(self, execution_arn)
 
 
-def started(state_machine_arn: str, name: str) -> bool:
-    """Whether an execution of that name was ever started on the machine (this process's emulator).
-
-    A harness's question, for Express workflows too, whose executions cannot be described by a
-    name-derived ARN; the shop itself never asks it."""
-    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
-
-    fields = state_machine_arn.split(":")
-    backend = stepfunctions_parser_backends[fields[4]][fields[3]]
-    executions = backend.describe_state_machine(state_machine_arn).executions
-    if isinstance(executions, IndexedExecutions):
-        return name in executions.by_name
-    return any(execution.name == name for execution in executions)
-
-
 def stop_running(name: str, *, error: str, cause: str) -> int:
     """Stop every running execution of that name, in every state machine of this process's emulator,
     as its time limit or an operator would (the chaos run's ``saga_run_stopped``); how many stopped."""

@@ -52,8 +52,9 @@ def _key(cart_id: str) -> dict[str, Any]:
     return {"cart_id": {"S": cart_id}}
 
 
-def _condition(expected_version: int | None) -> dict[str, Any]:
-    """The cart is as it was read: absent (``None``), or still at ``expected_version``."""
+def _condition(expected_version: int | str | None) -> dict[str, Any]:
+    """The cart is as it was read: absent (``None``), or still at ``expected_version`` (a number, or
+    the text of one as DynamoDB stored it)."""
     if expected_version is None:
         return {"ConditionExpression": "attribute_not_exists(cart_id)"}
     return {
@@ -127,11 +128,7 @@ def replace_unreadable(unreadable: UnreadableCart, cart: StoredCart) -> None:
     """Put ``cart`` over the unreadable item if its version is still the one read (a number, or none
     that is one), else CartVersionConflict."""
     if unreadable.version is not None:
-        condition = {
-            "ConditionExpression": "#version = :expected",
-            "ExpressionAttributeNames": {"#version": "version"},
-            "ExpressionAttributeValues": {":expected": {"N": unreadable.version}},
-        }
+        condition = _condition(unreadable.version)
     else:
         condition = {
             "ConditionExpression": "attribute_exists(cart_id) AND "
