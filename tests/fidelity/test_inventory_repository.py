@@ -24,11 +24,15 @@ from shop.errors import (
     ReservationConflict,
     ReservationExpired,
     ReservationNotFound,
+    SagaClaimLost,
     StoredItemUnusable,
 )
 from shop.models.common import CheckoutLine
 from shop.models.inventory import ShardTake
+from shop.models.money import Money
+from shop.models.orders import HistoryEntry, Order, OrderLine, SagaClaim
 from shop.repositories import inventory as repository
+from shop.repositories import orders
 from tests.fidelity.conftest import Backend
 
 NOW = 1_900_000_000
@@ -211,6 +215,62 @@ def test_a_release_to_a_counter_the_shop_did_not_write_is_refused_whole(backend:
         inventory.release("order-1", now=NOW + 10)
 
     assert backend.reservation_item("order-1")["status"] == {"S": "RESERVED"}  # type: ignore[index]
+
+
+def _claimed_order(order_id: str, execution: str) -> SagaClaim:
+    """An order whose checkout saga ``execution`` (epoch 1) has claimed; its claim."""
+    price = Money(amount=500, currency="USD")
+    orders.create(
+        Order(
+            order_id=order_id,
+            customer_id="cust-1",
+            status="PAYMENT_AUTHORIZED",
+            items=[
+                OrderLine(
+                    sku="A", name="A", quantity=2, unit_price=price, line_total=Money(amount=1000, currency="USD")
+                )
+            ],
+            total=Money(amount=1000, currency="USD"),
+            history=[HistoryEntry(step="place_order", status="PENDING", at="2026-11-30T00:59:59.000Z")],
+            payment_token="tok_visa",
+            idempotency_key="key-1",
+            created_at="2026-11-30T00:59:59.000Z",
+            updated_at="2026-11-30T00:59:59.000Z",
+        )
+    )
+    claim = SagaClaim(execution=execution, epoch=1)
+    orders.claim(order_id, claim)
+    return claim
+
+
+def test_a_takeover_after_a_releases_check_refuses_its_transaction(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saga's release checks its claim and then writes: a takeover landing in between (an
+    operator's redrive, the sweeper's dead letter) must cancel the write, as the claim is the
+    transaction's condition, not only the earlier read."""
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    stale = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
+    takeover = SagaClaim(
+        execution="arn:aws:states:us-east-1:123456789012:execution:checkout:order-1-redrive-2", epoch=2
+    )
+    checked = orders.ensure_claimed
+
+    def check_then_lose_the_claim(order_id: str, claim: SagaClaim) -> None:
+        checked(order_id, claim)
+        orders.claim(order_id, takeover)
+
+    monkeypatch.setattr(orders, "ensure_claimed", check_then_lose_the_claim)
+    with pytest.raises(SagaClaimLost):
+        inventory.release("order-1", now=NOW + 10, claim=stale)
+    monkeypatch.undo()
+
+    assert backend.available("A") == 3
+    stored = backend.reservation_item("order-1")
+    assert stored is not None and stored["status"] == {"S": "RESERVED"}
+    assert inventory.release("order-1", now=NOW + 20, claim=takeover).status == "RELEASED"
+    assert backend.available("A") == 5
 
 
 def test_release_of_a_committed_reservation_returns_the_sold_stock(backend: Backend) -> None:

@@ -96,8 +96,9 @@ def test_a_line_over_the_limit_by_itself_is_422_and_places_nothing(shop: Shop, l
 def test_fifty_lines_all_limited_are_too_many_for_one_reservation_422_and_nothing_placed(
     shop: Shop, local_aws: LocalAws
 ) -> None:
-    """50 lines with a limit each need 101 transaction actions (the reservation, 50 takes, 50 counts):
-    DynamoDB's limit is 100. Placed, the order was cancelled INVENTORY_UNAVAILABLE after every retry."""
+    """50 lines with a limit each need 102 transaction actions to be released (the reservation, 50
+    returns, 50 counts and the saga's claim): DynamoDB's limit is 100. Placed, the order was cancelled
+    INVENTORY_UNAVAILABLE after every retry."""
     skus = [f"LIM-{number:02d}" for number in range(50)]
     for sku in skus:
         seed_product(sku, stock=5)
@@ -111,16 +112,17 @@ def test_fifty_lines_all_limited_are_too_many_for_one_reservation_422_and_nothin
         "urn:shop:problem:too-many-limited-lines",
         ["items"],
     )
-    assert "at most 49" in body["errors"][0]["message"]
+    assert "at most 48" in body["errors"][0]["message"]
     assert orders_of(shop) == [] and shop.executions("CheckoutStateMachine") == []
     assert counter_items(local_aws) == [] and {available(sku) for sku in skus} == {5}
 
-    # 49 limited lines and one without a limit fit exactly: 1 + 50 + 49 = 100 actions.
+    # 48 limited lines and two without a limit fit exactly: 1 + 50 + 48 + 1 = 100 actions.
     seed_product("FREE-1", stock=5)
-    order = completed(shop, [(sku, 1) for sku in skus[:49]] + [("FREE-1", 1)])
+    seed_product("FREE-2", stock=5)
+    order = completed(shop, [(sku, 1) for sku in skus[:48]] + [("FREE-1", 1), ("FREE-2", 1)])
     assert (order["status"], order["failure_reason"]) == ("COMPLETED", None)
-    assert {counted(local_aws, "alice", sku) for sku in skus[:49]} == {1}
-    assert {available(sku) for sku in skus[:49]} == {4} and available("FREE-1") == 4
+    assert {counted(local_aws, "alice", sku) for sku in skus[:48]} == {1}
+    assert {available(sku) for sku in skus[:48]} == {4} and available("FREE-1") == available("FREE-2") == 4
 
 
 def test_the_customers_counted_units_count_and_other_customers_are_not_affected(
@@ -398,15 +400,15 @@ def test_only_an_admin_sets_a_limit_and_the_product_shows_it(shop: Shop) -> None
 def test_a_replay_of_a_placed_order_is_answered_after_a_limit_made_its_lines_too_many(
     shop: Shop, local_aws: LocalAws
 ) -> None:
-    """49 limited lines and one free: placed. A limit set on the 50th since, and the idempotency record
+    """48 limited lines and two free: placed. A limit set on the 49th since, and the idempotency record
     gone, the client's replay must get its order, not the 422 a new order of those lines gets."""
     skus = [f"LIM-{number:02d}" for number in range(50)]
     for sku in skus:
         seed_product(sku, stock=5)
-    for sku in skus[:49]:
+    for sku in skus[:48]:
         catalog.update_product(sku, UpdateProductRequest(purchase_limit=3))
     placed = shop.place_ok([(sku, 1) for sku in skus], key="big-order")
-    catalog.update_product(skus[49], UpdateProductRequest(purchase_limit=3))
+    catalog.update_product(skus[48], UpdateProductRequest(purchase_limit=3))
     dynamodb = local_aws.client("dynamodb")
     table = local_aws.table("IdempotencyTable")
     for item in dynamodb.scan(TableName=table)["Items"]:

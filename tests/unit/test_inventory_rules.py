@@ -142,6 +142,29 @@ def test_purchase_counter_reasons_come_after_every_shard_take() -> None:
     ) == (CancellationVerdict(over_limit_skus=["A"]))
 
 
+@pytest.mark.parametrize(
+    ("fence", "expected"),
+    [
+        ("ConditionalCheckFailed", CancellationVerdict(claim_lost=True)),
+        ("TransactionConflict", CancellationVerdict(contention=True)),
+        ("ValidationError", CancellationVerdict(unexpected=["ValidationError"])),
+        ("None", CancellationVerdict(over_limit_skus=["A"])),
+    ],
+)
+def test_a_fenced_release_reads_its_last_reason_as_the_orders_claim(fence: str, expected: CancellationVerdict) -> None:
+    # The saga's release: the reservation, A's return, B's return, A's counter, then the claim's condition.
+    codes = ["None", "None", "None", "None", fence]
+    if fence == "None":
+        codes[3] = "ConditionalCheckFailed"
+    verdict = classify_reasons([CancellationReason(code=code) for code in codes], ["A", "B"], ["A"], fenced=True)
+    assert verdict == expected
+
+
+def test_a_fenced_cancellation_with_a_reason_missing_is_unexpected() -> None:
+    reasons = [CancellationReason(code="None")] * 3
+    assert classify_reasons(reasons, ["A", "B"], fenced=True).unexpected == ["3 reasons for 4 actions"]
+
+
 def reserve_event(**overrides: Any) -> dict[str, Any]:
     return {
         "order_id": "order-1",

@@ -184,9 +184,10 @@ class ReservationExpired(Conflict):
 class TooManyLimitedLines(Unprocessable):
     """An order whose lines and purchase-limited lines together exceed one reservation transaction.
 
-    The reservation is one TransactWriteItems of at most 100 actions: the reservation, a take per
-    line and a purchase count per limited line, so lines + limited lines may be at most 99 (50 lines
-    with a limit on every one are 101). ``errors`` names ``items``; nothing was stored.
+    The reservation and its release are each one TransactWriteItems of at most 100 actions: the
+    reservation, a take (a return) per line, a purchase count per limited line and, in the saga's
+    release, the condition on its claim of the order; so lines + limited lines may be at most 98
+    (50 lines may have 48 limited ones). ``errors`` names ``items``; nothing was stored.
     """
 
     title, slug = "Too many purchase-limited lines", "too-many-limited-lines"

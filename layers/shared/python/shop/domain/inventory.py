@@ -31,6 +31,7 @@ from shop.errors import (
     ReservationConflict,
     ReservationExpired,
     ReservationNotFound,
+    SagaClaimLost,
     ShopError,
     StockTransactionRefused,
     StoredItemUnusable,
@@ -91,10 +92,16 @@ class CancellationVerdict:
     over_limit_skus: list[str] = field(default_factory=list)
     contention: bool = False
     unexpected: list[str] = field(default_factory=list)
+    # The fence (the last action, when sent) failed: the saga's claim on the order was taken over.
+    claim_lost: bool = False
 
 
 def classify_cancellation(
-    reasons: Sequence[repository.CancellationReason], skus: Sequence[str], limited_skus: Sequence[str] = ()
+    reasons: Sequence[repository.CancellationReason],
+    skus: Sequence[str],
+    limited_skus: Sequence[str] = (),
+    *,
+    fenced: bool = False,
 ) -> CancellationVerdict:
     """Read a cancelled transaction's reasons, which line up with the actions sent.
 
@@ -102,9 +109,10 @@ def classify_cancellation(
     the i-th stock action (a line taking from several shards has several), and the reasons after
     those to ``limited_skus`` (the purchase counters), in order. A failed condition on a stock
     action means that shard lacked stock (or does not exist), each SKU named once; on a counter,
-    that the customer would exceed the SKU's purchase limit.
+    that the customer would exceed the SKU's purchase limit. With ``fenced``, the last reason is
+    the order's claim condition.
     """
-    expected = 1 + len(skus) + len(limited_skus)
+    expected = 1 + len(skus) + len(limited_skus) + int(fenced)
     if len(reasons) != expected:
         return CancellationVerdict(unexpected=[f"{len(reasons)} reasons for {expected} actions"])
     reservation_failed = False
@@ -112,6 +120,13 @@ def classify_cancellation(
     over_limit: list[str] = []
     contention = False
     unexpected: list[str] = []
+    claim_lost = False
+    if fenced:
+        *reasons, fence = reasons
+        claim_lost = fence.kind == "condition_failed"
+        contention = fence.kind == "contention"
+        if fence.kind == "other":
+            unexpected.append(fence.code)
     for index, reason in enumerate(reasons):
         if reason.kind == "held":
             continue
@@ -133,6 +148,7 @@ def classify_cancellation(
         over_limit_skus=over_limit,
         contention=contention,
         unexpected=unexpected,
+        claim_lost=claim_lost,
     )
 
 
@@ -250,13 +266,14 @@ def _contention_or_shortage(lines: Sequence[CheckoutLine], message: str) -> OutO
 
 
 def transaction_actions(line_count: int, limited_line_count: int) -> int:
-    """The actions of a reservation that takes each line from one shard: its Put, a take per line and
-    a purchase count per limited line."""
-    return 1 + line_count + limited_line_count
+    """The actions of the larger of a reservation's two transactions when each line takes from one
+    shard: the release, with the reservation's item, a return per line, a purchase count per limited
+    line and the condition on the saga's claim of the order (the reservation has no such condition)."""
+    return 1 + line_count + limited_line_count + 1
 
 
 def fits_one_transaction(line_count: int, limited_line_count: int) -> bool:
-    """Whether an order of these lines can be reserved at all (placement refuses one that cannot)."""
+    """Whether an order of these lines can be reserved and released at all (placement refuses one that cannot)."""
     return transaction_actions(line_count, limited_line_count) <= MAX_TRANSACTION_ACTIONS
 
 
@@ -332,9 +349,20 @@ def _returns(reservation: Reservation, existing: Mapping[str, set[int]]) -> list
 
 
 def _release(
-    reservation_id: str, *, only_if_reserved: bool, now: int, frees_purchase_units: bool = True
+    reservation_id: str,
+    *,
+    only_if_reserved: bool,
+    now: int,
+    frees_purchase_units: bool = True,
+    claim: SagaClaim | None = None,
 ) -> tuple[ReservationResult, bool]:
-    """Release and return stock (and, with ``frees_purchase_units``, the counted units); True if this call did it."""
+    """Release and return stock (and, with ``frees_purchase_units``, the counted units); True if this call did it.
+
+    With a saga's ``claim``, the transaction is conditioned on it still owning the order (the
+    reservation's id is the order's): a takeover landing after the step's check refuses the
+    release (SagaClaimLost) instead of returning stock the new owner may have sold.
+    """
+    fence = orders_repository.still_claimed(reservation_id, claim) if claim is not None else None
     existing: dict[str, set[int]] = {}  # the shards of SKUs whose return failed, as read since
     for _ in range(_ATTEMPTS):
         current = repository.get_reservation(reservation_id)
@@ -354,13 +382,17 @@ def _release(
                 purge_at=purge_at,
                 returns=returns,
                 frees_purchase_units=frees_purchase_units,
+                fence=fence,
             )
         except repository.TransactionCancelled as cancelled:
             verdict = classify_cancellation(
                 cancelled.reasons,
                 [sku for sku, _, _ in returns],
                 [line.sku for line in freed],
+                fenced=fence is not None,
             )
+            if verdict.claim_lost:
+                raise SagaClaimLost(f"order {reservation_id} was taken over by another execution of its saga") from None
             if verdict.reservation_failed:
                 continue  # its status moved on (a racing release or commit): decide again
             if verdict.contention:
@@ -406,12 +438,15 @@ def release(
     (compensation after a failed reserve), changes nothing; the latter answers with status NOT_FOUND.
     """
     if claim is not None:
+        # Checked here too, not only in the transaction: a run taken over after the new owner's
+        # release (which writes nothing more) must still stop as NotTheOwner.
         orders_repository.ensure_claimed(reservation_id, claim)
     result, _ = _release(
         reservation_id,
         only_if_reserved=False,
         now=_now() if now is None else now,
         frees_purchase_units=frees_purchase_units,
+        claim=claim,
     )
     return result
 

@@ -234,6 +234,7 @@ def release_reservation(
     purge_at: int,
     returns: Sequence[tuple[str, int, int]],
     frees_purchase_units: bool = True,
+    fence: Mapping[str, Any] | None = None,
 ) -> None:
     """Mark the reservation RELEASED and return its stock, ``(sku, shard, quantity)`` each, all or nothing.
 
@@ -242,7 +243,8 @@ def release_reservation(
     order ends CANCELLED) the limited lines' units stop counting in the same transaction, so
     exactly once too. Raises TransactionCancelled: reason 0 is the reservation
     (ConditionalCheckFailed: its status moved on), reason i the shard of ``returns[i - 1]``
-    (ConditionalCheckFailed: that shard no longer exists), then one reason per freed limited line.
+    (ConditionalCheckFailed: that shard no longer exists), then one reason per freed limited line,
+    then, with a ``fence`` (a condition on another item, e.g. the order's saga claim), its reason last.
     """
     tables = table_settings()
     actions: list[dict[str, Any]] = [
@@ -268,6 +270,8 @@ def release_reservation(
     actions += [stock.give(sku, shard, quantity) for sku, shard, quantity in returns]
     if frees_purchase_units:
         actions += _count_updates(reservation, take=False)
+    if fence is not None:
+        actions.append(dict(fence))
     _call("transact_write_items", TransactItems=actions)
 
 

@@ -170,6 +170,20 @@ def ensure_claimed(order_id: str, claim: SagaClaim) -> None:
     _check_claim(order, claim)
 
 
+def still_claimed(order_id: str, claim: SagaClaim) -> dict[str, Any]:
+    """A transaction's condition that ``claim`` still owns the order's saga: a step that checked
+    with ``ensure_claimed`` and then writes elsewhere puts it in its transaction, so a takeover
+    landing between the check and the write cancels the write instead of slipping past."""
+    return {
+        "ConditionCheck": {
+            "TableName": table_settings().orders_table,
+            "Key": {"order_id": {"S": order_id}},
+            "ConditionExpression": "saga_claim = :claim",
+            "ExpressionAttributeValues": {":claim": {"S": claim_token(claim)}},
+        }
+    }
+
+
 def _check_claim(order: Order, claim: SagaClaim | None) -> None:
     if claim is not None and order.saga_claim != claim_token(claim):
         raise SagaClaimLost(
