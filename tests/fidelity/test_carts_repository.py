@@ -71,7 +71,7 @@ def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(backend: Backe
 
 
 @pytest.mark.parametrize(
-    ("version", "seen", "next_version"), [({"N": "4"}, "4", 5), ({"N": "2.5"}, "2.5", 3), ({"S": "four"}, None, 1)]
+    ("version", "seen", "next_version"), [({"N": "4"}, "4", 5), ({"N": "2.5"}, "2.5", 3), ({"S": "four"}, None, 99)]
 )
 def test_an_unreadable_cart_is_replaced_only_as_it_was_read(
     backend: Backend, version: dict[str, str], seen: str | None, next_version: int
@@ -87,7 +87,7 @@ def test_an_unreadable_cart_is_replaced_only_as_it_was_read(
     unreadable = repository.unreadable_version("customer#c")
 
     assert unreadable == repository.UnreadableCart("customer#c", seen)
-    assert unreadable.next_version() == next_version
+    assert unreadable.next_version(when_unknown=99) == next_version
     backend.client.update_item(
         TableName=backend.table("CartsTable"),
         Key={"cart_id": {"S": "customer#c"}},
@@ -141,6 +141,8 @@ def test_two_writers_interleaved_both_land(backend: Backend, monkeypatch: pytest
     backend.put_product("A", 10)
     backend.put_product("B", 10)
     owner = carts.CartOwner("customer#c")
+    monkeypatch.setattr(carts, "_now", lambda: 1_800_000_000)
+    first = carts.first_version(1_800_000_000)
     carts.set_quantity(owner, "A", 1)
     real_put = repository.put
     refused: list[int | None] = []
@@ -160,9 +162,9 @@ def test_two_writers_interleaved_both_land(backend: Backend, monkeypatch: pytest
     monkeypatch.setattr(repository, "put", writer_two_first)
     carts.set_quantity(owner, "A", 3)  # writer 1
 
-    assert refused == [None, 1]  # writer 1's first write, made from version 1, was refused
+    assert refused == [None, first]  # writer 1's first write, made from the first version, was refused
     found = repository.get("customer#c")
-    assert found is not None and found.version == 3
+    assert found is not None and found.version == first + 2
     assert [(line.sku, line.quantity) for line in found.lines] == [("A", 3), ("B", 4)]
 
 

@@ -14,11 +14,18 @@ from typing import Any
 import pytest
 
 from shop.domain import carts as cart_domain
+from shop.models.carts import CART_LIFETIME_SECONDS
 from shop.repositories import carts as cart_repository
 from tests.conftest import LocalAws, forge_signature
+from tests.service.faults import StepFaults
 from tests.service.orders_helpers import PauseAt, Shop, deactivate, open_shop, seed_product
 
 TOKEN = "X-Cart-Token"
+
+
+# A cart's clock in these tests, where its versions are compared: a new cart starts at FIRST.
+NOW = 1_800_000_000
+FIRST = cart_domain.first_version(NOW)
 
 
 @pytest.fixture
@@ -226,7 +233,8 @@ def test_a_stale_tab_cannot_bring_a_merged_anonymous_cart_back(shop: Shop, monke
     so tab 2 continues it and tab 1's write from its read before the merge is refused: tab 1 reads again
     and adds to what tab 2 wrote. A deleted cart would have restarted at version 1, where tab 1's write
     landed: tab 2's line lost and the merged mugs back, for a second merge to add again."""
-    token = put(shop, "MUG-1", 2).headers[TOKEN]
+    monkeypatch.setattr(cart_domain, "_now", lambda: NOW)
+    token = put(shop, "MUG-1", 2).headers[TOKEN]  # a new cart: its version is its clock's
     real_put = cart_repository.put
     interleaved: list[str] = []
 
@@ -245,8 +253,9 @@ def test_a_stale_tab_cannot_bring_a_merged_anonymous_cart_back(shop: Shop, monke
     monkeypatch.setattr(cart_repository, "put", real_put)
 
     assert tab_one.status_code == 200, tab_one.body
-    # The merge emptied version 1 into 2, tab 2 wrote 3; tab 1's write from version 1 lost, its second landed.
-    assert interleaved == ["merge and tab 2", "write at version 1", "write at version 3"]
+    # The merge emptied the first version into the next, tab 2 wrote the third; tab 1's write from the first
+    # lost, its second landed.
+    assert interleaved == ["merge and tab 2", f"write at version {FIRST}", f"write at version {FIRST + 2}"]
     assert lines(get(shop, token=token).json_body) == [("CAP-1", 1), ("TEE-1", 1)]
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
     # Signing in again adds what came after the first merge, and the mugs once.
@@ -300,6 +309,7 @@ def test_every_change_moves_the_expiry_seven_days_past_it(shop: Shop, monkeypatc
 def test_two_tabs_editing_one_cart_never_lose_an_update(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tab 1 reads the cart, tab 2 reads it and writes first: tab 1's conditional write fails, it reads
     again and applies its change to what tab 2 wrote."""
+    monkeypatch.setattr(cart_domain, "_now", lambda: NOW)
     put(shop, "MUG-1", 1, who="alice")
     real_put = cart_repository.put
     interleaved: list[str] = []
@@ -315,8 +325,13 @@ def test_two_tabs_editing_one_cart_never_lose_an_update(shop: Shop, monkeypatch:
     tab_one = put(shop, "MUG-1", 3, who="alice")
 
     assert tab_one.status_code == 200, tab_one.body
-    # Tab 2 wrote at version 1; tab 1's first write (also at 1) lost, its second went in at 2.
-    assert interleaved == ["tab 2", "write at version 1", "write at version 1", "write at version 2"]
+    # Tab 2 wrote at the first version; tab 1's first write (also from it) lost, its second went in at the next.
+    assert interleaved == [
+        "tab 2",
+        f"write at version {FIRST}",
+        f"write at version {FIRST}",
+        f"write at version {FIRST + 1}",
+    ]
     assert lines(tab_one.json_body) == [("MUG-1", 3), ("TEE-1", 5)]
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 3), ("TEE-1", 5)]
 
@@ -619,17 +634,28 @@ def test_a_cart_item_that_is_not_a_cart_leaves_the_order_completed(shop: Shop, l
 
 @pytest.mark.parametrize(
     ("broken", "value", "emptied_at"),
-    [("lines", {"S": "not a list of lines"}, "3"), ("version", {"S": "seven"}, "1"), ("version", {"N": "2.5"}, "3")],
+    [
+        ("lines", {"S": "not a list of lines"}, str(FIRST + 2)),
+        # No number to go on: the clock's version, as a new cart's.
+        ("version", {"S": "seven"}, str(FIRST)),
+        ("version", {"N": "2.5"}, "3"),
+    ],
     ids=["lines", "version-not-a-number", "version-not-an-integer"],
 )
 def test_delete_cart_empties_a_cart_that_cannot_be_read(
-    shop: Shop, local_aws: LocalAws, broken: str, value: dict[str, str], emptied_at: str
+    shop: Shop,
+    local_aws: LocalAws,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: str,
+    value: dict[str, str],
+    emptied_at: str,
 ) -> None:
     """Every other cart route answers 500 on a cart item the shop cannot read; DELETE /cart is the
     shopper's way out: an empty cart at the next version (a tab's write from an older read is refused),
     and the cart works again."""
+    monkeypatch.setattr(cart_domain, "_now", lambda: NOW)
     put(shop, "MUG-1", 2, who="alice")
-    put(shop, "MUG-1", 3, who="alice")  # version 2
+    put(shop, "MUG-1", 3, who="alice")  # the second version
     dynamodb = local_aws.client("dynamodb")
     table, key = local_aws.table("CartsTable"), {"cart_id": {"S": "customer#alice"}}
     dynamodb.update_item(
@@ -652,6 +678,36 @@ def test_delete_cart_empties_a_cart_that_cannot_be_read(
     assert lines(get(shop, who="alice").json_body) == []
     assert put(shop, "CAP-1", 1, who="alice").status_code == 200
     assert lines(get(shop, who="alice").json_body) == [("CAP-1", 1)]
+
+
+def test_a_late_completion_after_the_cart_was_purged_leaves_the_new_carts_lines(
+    shop: Shop, faults: StepFaults, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order's completion fails and waits for an operator; meanwhile the cart expires and TTL purges
+    it, and the shopper starts a new one with the same mugs. The redriven completion must leave the new
+    cart alone. A purged cart restarted at version 1, the order's cart version: the completion took the
+    mugs out of the new cart (a helper's probe)."""
+    monkeypatch.setattr(cart_domain, "_now", lambda: NOW)
+    put(shop, "MUG-1", 2, who="alice")
+    faults.fail("CompleteOrderFunction")
+    order_id = order_from_cart(shop).json_body["order_id"]
+    assert shop.wait_checkout(order_id) == "FAILED"
+    shop.wait_status(order_id, "NEEDS_ATTENTION")
+    assert shop.order(order_id).cart_version == FIRST
+
+    # A week without a change: the cart expires, and TTL deletes it some time after.
+    monkeypatch.setattr(cart_domain, "_now", lambda: NOW + CART_LIFETIME_SECONDS + 3600)
+    dynamodb = local_aws.client("dynamodb")
+    dynamodb.delete_item(TableName=local_aws.table("CartsTable"), Key={"cart_id": {"S": "customer#alice"}})
+    put(shop, "MUG-1", 2, who="alice")
+    put(shop, "TEE-1", 1, who="alice")
+
+    faults.heal()
+    assert shop.redrive(order_id).status_code == 202
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
+    shop.wait_status(order_id, "COMPLETED")
+
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2), ("TEE-1", 1)]
 
 
 def test_a_declined_card_leaves_the_cart_as_it_was(shop: Shop) -> None:

@@ -269,8 +269,22 @@ def view(cart_owner: CartOwner | None) -> CartView:
     return _shown(lines, stored.expires_at if stored is not None and lines else None)
 
 
+def first_version(now: int) -> int:
+    """The version a cart starts at when it has no item (never had one, or TTL purged it): its clock
+    in thousandths of a second, never 1.
+
+    An order placed from a cart keeps the cart's version, and its completion removes its lines only
+    from lines added at that version or before. A purged cart restarting at 1 would hand a late
+    completion (an operator's redrive days later) the new cart's lines: it emptied them. A cart is
+    purged at least CART_LIFETIME_SECONDS after its last write, and one item takes at most 1,000
+    writes a second (DynamoDB's limit per partition), so the old cart's last version is below
+    ``1000 * its first write's time + 1000 * its lifetime`` <= the new cart's first version.
+    """
+    return max(now, 0) * 1000
+
+
 def _stored(cart_id: str, previous: StoredCart | None, lines: list[Line], now: int) -> StoredCart:
-    version = (previous.version if previous is not None else 0) + 1
+    version = previous.version + 1 if previous is not None else first_version(now)
     known = previous.added_in_version if previous is not None else {}
     return StoredCart(
         cart_id=cart_id,
@@ -351,7 +365,7 @@ def _replace_unreadable(cart_id: str) -> bool:
     now = _now()
     emptied = StoredCart(
         cart_id=cart_id,
-        version=unreadable.next_version(),
+        version=unreadable.next_version(when_unknown=first_version(now)),
         updated_at=iso_now(),
         expires_at=now + CART_LIFETIME_SECONDS,
         cleared_at=iso_now(),

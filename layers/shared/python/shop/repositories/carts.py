@@ -4,8 +4,9 @@ A change reads the cart, decides the new lines (``shop.domain.carts``) and puts 
 back only if ``version`` is still the one read (or, for a new cart, if there is none): two tabs
 editing one cart serialize, the loser reads again and re-applies its change. A merge writes the
 customer's cart and the anonymous one, emptied, in one transaction, each conditional on its version.
-No cart is ever deleted here (TTL does that): a cart recreated at version 1 would take a stale
-tab's write made from the version 1 read before.
+No cart is ever deleted here (TTL does that): a cart recreated at the version it started at would
+take a stale tab's write made from that version read before. (A cart TTL purged starts again at its
+clock's version, above any the purged one reached: ``shop.domain.carts.first_version``.)
 Reads return an expired item as it is (TTL deletes lazily); the domain judges ``expires_at``.
 """
 
@@ -101,9 +102,9 @@ class UnreadableCart(NamedTuple):
     cart_id: str
     version: str | None
 
-    def next_version(self) -> int:
-        """A version above the stored one (1 when there is none that is a number)."""
-        return max(math.floor(Decimal(self.version)), 0) + 1 if self.version is not None else 1
+    def next_version(self, *, when_unknown: int) -> int:
+        """A version above the stored one (``when_unknown`` when there is none that is a number)."""
+        return max(math.floor(Decimal(self.version)), 0) + 1 if self.version is not None else when_unknown
 
 
 def unreadable_version(cart_id: str) -> UnreadableCart | None:
