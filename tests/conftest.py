@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,9 +212,13 @@ def local_aws(
         _reset_process_caches()
         yield LocalAws(stack=stack, identity=identity)
         lambda_runtime.faults.clear()
-        # An asynchronous delivery still running (a consumer's retries) writes into this test's
-        # emulator: let it end before the emulator goes, or it fails in a later test's.
+        # A saga still running, or an asynchronous delivery (a consumer's retries, the event of a
+        # stopped execution), writes into this test's emulator: end them before the emulator goes,
+        # or they fail, or count, in a later test's.
+        still_running = moto_stepfunctions.stop_every_execution(timeout=30)
         moto_events.wait_for_deliveries(timeout=30)
+        if still_running:
+            warnings.warn(f"{still_running} saga thread(s) still ran 30 s after the test", stacklevel=1)
         moto_stepfunctions.express_copies = None
         statemachine_coverage.record_executions(boto3.client("stepfunctions"), stack.state_machine_arns)
     _reset_process_caches()

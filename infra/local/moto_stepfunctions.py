@@ -47,6 +47,7 @@ import copy
 import datetime
 import io
 import json
+import time
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
@@ -297,9 +298,10 @@ def _validate_execution_arn(self: StepFunctionBackend, execution_arn: str) -> No
         _ORIGINAL_VALIDATE_EXECUTION_ARN(self, execution_arn)
 
 
-def stop_running(name: str, *, error: str, cause: str) -> int:
-    """Stop every running execution of that name, in every state machine of this process's emulator,
-    as its time limit or an operator would (the chaos run's ``saga_run_stopped``); how many stopped."""
+def stop_running(name: str | None, *, error: str, cause: str) -> int:
+    """Stop every running execution of that name (None: of any name), in every state machine of this
+    process's emulator, as its time limit or an operator would (the chaos run's ``saga_run_stopped``);
+    how many stopped."""
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
     stopped = 0
@@ -307,11 +309,33 @@ def stop_running(name: str, *, error: str, cause: str) -> int:
         for backend in list(regions.values()):
             for machine in list(backend.state_machines):
                 # Every one of the name: an Express name is not unique (a duplicated start).
-                for execution in [execution for execution in list(machine.executions) if execution.name == name]:
+                for execution in [run for run in list(machine.executions) if name is None or run.name == name]:
                     if _execution_status(execution) == "RUNNING":
                         execution.stop(datetime.datetime.now(tz=datetime.UTC), error, cause)
                         stopped += 1
     return stopped
+
+
+def stop_every_execution(*, timeout: float) -> int:
+    """Stop every execution still running and wait, ``timeout`` seconds at most in all, for the
+    threads that run executions to end; how many still ran then.
+
+    A test's emulator ends with its test; a saga left running (a retry's backoff, a step a test held
+    and let go) would go on into the next test's emulator and fail or count there. A stopped
+    execution ends at its next state; a step already running finishes first, and may start another
+    execution (a hand-over), hence the loop.
+    """
+    from moto.stepfunctions.parser.utils import TMP_THREADS  # moto's list of the threads it starts
+
+    deadline = time.monotonic() + timeout
+    while True:
+        stop_running(None, error="EmulatorClosed", cause="the test that started it ended")
+        alive = [thread for thread in list(TMP_THREADS) if thread.is_alive()]
+        if not alive or time.monotonic() >= deadline:
+            TMP_THREADS[:] = [thread for thread in list(TMP_THREADS) if thread.is_alive()]
+            return len(alive)
+        for thread in alive:
+            thread.join(max(deadline - time.monotonic(), 0))
 
 
 def install() -> None:
