@@ -18,7 +18,7 @@ from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import inventory as inventory_domain
 from shop.domain import payments as payment_domain
-from shop.domain import reconciliation_job
+from shop.domain import reconciliation_job, recovery
 from shop.models.base import iso_now
 from shop.models.orders import HistoryEntry
 from shop.models.reconciliation import ReconciliationReport
@@ -545,28 +545,67 @@ def test_a_letter_whose_books_an_operator_repaired_by_hand_is_resolved_by_the_ne
     assert report_via_api(shop)["resolved_dead_letters"] == [order_id]
 
 
-def test_a_letter_opened_while_a_refund_settled_the_order_is_resolved_by_the_next_run(shop: Shop) -> None:
-    """The run read the order COMPLETED, the customer's refund settled it, then the run wrote the
-    letter: nothing marked the order in time, so the refund's last step could not resolve it."""
-    order_id = completed(shop, quantity=2)
-    assert shop.cancel(order_id).status_code == 202
-    assert shop.wait_refund(order_id) == "SUCCEEDED"
+def _stale_letter(order_id: str, cause: str) -> None:
+    """An OPEN letter the run wrote from a read that no longer holds (the order's books agree now)."""
     dead_letters.record(
         order_id=order_id,
         resume="complete",
         failed_step="reconciliation",
         failure=None,
         error="ReconciliationDiscrepancy",
-        cause="completed_reservation_not_committed: read before the refund",
+        cause=cause,
         execution_name=None,
         now=iso_now(),
     )
+
+
+def test_a_letter_opened_while_a_refund_settled_the_order_is_resolved_by_the_next_run(shop: Shop) -> None:
+    """The run read the order COMPLETED, the customer's refund settled it, then the run wrote the
+    letter: nothing marked the order in time, so the refund's last step could not resolve it."""
+    order_id = completed(shop, quantity=2)
+    assert shop.cancel(order_id).status_code == 202
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    _stale_letter(order_id, "completed_reservation_not_committed: read before the refund")
 
     report = reconciliation_job.run(datetime.now(UTC) + timedelta(minutes=16))
 
     assert report.discrepancies == [] and report.resolved_dead_letters == [order_id]
     assert shop.wait_dead_letter(order_id, "RESOLVED")
     assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
+
+
+def test_a_letter_written_again_while_the_run_decides_stays_open(
+    shop: Shop, faults: StepFaults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run reads a sound COMPLETED order with a stale OPEN letter and decides to resolve it; before
+    it writes, the customer's refund fails past its retries and the flag step writes the letter again
+    (NEEDS_ATTENTION). That letter is the operator's only sign of a customer charged and not refunded:
+    the run must leave it OPEN. Before, its resolve was conditioned on nothing it had read (a helper's
+    probe)."""
+    order_id = completed(shop)
+    _stale_letter(order_id, "read before an operator repaired the books")
+    faults.fail("RefundPaymentFunction")
+    reopen = recovery.reopen_stalled_redrives
+
+    def refund_fails_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # Runs after the run read the books and before it resolves letters.
+        assert shop.cancel(order_id).status_code == 202
+        assert shop.wait_refund(order_id) == "FAILED"
+        shop.wait_status(order_id, "NEEDS_ATTENTION")
+        return reopen(*args, **kwargs)
+
+    monkeypatch.setattr(recovery, "reopen_stalled_redrives", refund_fails_meanwhile)
+    report = reconciliation_job.run(datetime.now(UTC) + timedelta(minutes=16))
+
+    assert report.resolved_dead_letters == []
+    letter = dead_letters.get(order_id)
+    assert letter is not None and (letter.status, letter.resume) == ("OPEN", "refund")
+    payment = PaymentsRepository().get(order_id)
+    assert payment is not None and (payment.captured_amount, payment.refunded_amount) == (PRICE, 0)
+    faults.heal()
+    assert shop.redrive(order_id).status_code == 202
+    shop.wait_status(order_id, "REFUNDED")
+    assert shop.wait_dead_letter(order_id, "RESOLVED")
 
 
 def test_a_refund_settling_while_the_run_reads_opens_no_letter(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:

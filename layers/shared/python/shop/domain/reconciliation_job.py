@@ -315,7 +315,15 @@ def _resolve_letters_of_sound_orders(snapshot: Snapshot, found: list[Discrepancy
             and letter.status == "OPEN"
             and order.order_id not in troubled
         ):
-            dead_letters.resolve(order.order_id, now=iso_now())
+            # As read, letter and order: a refund flagged since writes the letter again (the order
+            # moves too), and its letter must stay OPEN (a helper's probe: it was resolved).
+            unchanged = order_repository.unchanged_since(order.order_id, order.version)
+            if not dead_letters.resolve_as_read(letter, order_unchanged=unchanged, now=iso_now()):
+                logger().info(
+                    "dead letter left: it or its order changed since the run read them",
+                    extra={"order_id": order.order_id},
+                )
+                continue
             logger().info(
                 "dead letter resolved: its order is settled and its books agree", extra={"order_id": order.order_id}
             )

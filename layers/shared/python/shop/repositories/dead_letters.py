@@ -10,10 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from shop.config import table_settings
 from shop.errors import OrderContention
 from shop.models.orders import DeadLetter, Failure, ResumePoint
-from shop.repositories.dynamodb import call, call_if, listable, marshal, partition_page, unmarshal
+from shop.repositories.dynamodb import (
+    call,
+    call_if,
+    error_code,
+    listable,
+    marshal,
+    partition_page,
+    unmarshal,
+)
 
 PARTITION = "DEAD_LETTER"
 # A Step Functions cause carries a stack trace; keep what an operator needs to read.
@@ -152,6 +162,45 @@ def resolve(order_id: str, *, now: str) -> None:
         ExpressionAttributeNames={"#status": "status"},
         ExpressionAttributeValues={":resolved": {"S": "RESOLVED"}, ":now": {"S": now}},
     )
+
+
+def resolve_as_read(letter: DeadLetter, *, order_unchanged: Mapping[str, Any], now: str) -> bool:
+    """Mark an OPEN letter RESOLVED only if it and its order are still as they were read; False if not.
+
+    For a decision made from an earlier read (the books check's): the letter written again since (a
+    refund that failed, flagged anew) or the order moved on (``order_unchanged``, a transaction's
+    condition on it) leaves the letter as it stands, for the next run to judge. So does a write racing
+    this one.
+    """
+    try:
+        call(
+            "transact_write_items",
+            busy=OrderContention,
+            TransactItems=[
+                {
+                    "Update": {
+                        "TableName": table_settings().operations_table,
+                        "Key": _key(letter.order_id),
+                        "UpdateExpression": "SET #status = :resolved, updated_at = :now",
+                        "ConditionExpression": "#status = :open AND updated_at = :seen",
+                        "ExpressionAttributeNames": {"#status": "status"},
+                        "ExpressionAttributeValues": {
+                            ":resolved": {"S": "RESOLVED"},
+                            ":open": {"S": "OPEN"},
+                            ":seen": {"S": letter.updated_at},
+                            ":now": {"S": now},
+                        },
+                    }
+                },
+                dict(order_unchanged),
+            ],
+        )
+    except ClientError as error:
+        # A failed condition, or a write racing this one (TransactionConflict): the next run decides.
+        if error_code(error) == "TransactionCanceledException":
+            return False
+        raise
+    return True
 
 
 def list_page(*, limit: int, start_key: Mapping[str, Any] | None) -> tuple[list[DeadLetter], dict[str, Any] | None]:

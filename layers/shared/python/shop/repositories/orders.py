@@ -184,6 +184,20 @@ def still_claimed(order_id: str, claim: SagaClaim) -> dict[str, Any]:
     }
 
 
+def unchanged_since(order_id: str, version: int) -> dict[str, Any]:
+    """A transaction's condition that the order is still at ``version``: a write decided from an
+    order read earlier (the books check's) lands only if nothing has moved the order since."""
+    return {
+        "ConditionCheck": {
+            "TableName": table_settings().orders_table,
+            "Key": {"order_id": {"S": order_id}},
+            "ConditionExpression": "#version = :version",
+            "ExpressionAttributeNames": {"#version": "version"},
+            "ExpressionAttributeValues": {":version": {"N": str(version)}},
+        }
+    }
+
+
 def _check_claim(order: Order, claim: SagaClaim | None) -> None:
     if claim is not None and order.saga_claim != claim_token(claim):
         raise SagaClaimLost(
