@@ -281,6 +281,52 @@ def test_an_increase_racing_a_reshard_cannot_pass_the_maximum(shop: Shop, monkey
     assert catalog.stock_ledger("HOT-ADJ-2") == []
 
 
+def _another_admin_adjusts_first(monkeypatch: pytest.MonkeyPatch, sku: str, delta: int) -> list[int]:
+    """Bob's whole adjustment of ``delta`` lands between the next adjustment's read and its write; the
+    deltas of the writes that adjustment then tries, in order."""
+    record = catalog.repository.record_stock_adjustment
+    deltas: list[int] = []
+
+    def bob_first(entry: Any, **rest: Any) -> None:
+        deltas.append(entry.delta)
+        if len(deltas) == 1:
+            monkeypatch.setattr(catalog.repository, "record_stock_adjustment", record)
+            catalog.adjust_stock(sku, StockAdjustmentRequest(delta=delta, reason="bob's"), actor="bob")
+            monkeypatch.setattr(catalog.repository, "record_stock_adjustment", bob_first)
+        record(entry, **rest)
+
+    monkeypatch.setattr(catalog.repository, "record_stock_adjustment", bob_first)
+    return deltas
+
+
+def test_two_racing_increases_cannot_pass_the_maximum(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another admin's restock lands between this one's read and its write: each judged the maximum on
+    the same total, and both went in (1.2 x 10^9 units, the ledger saying 600M twice; a helper's probe).
+    The write is conditioned on the product's version, so this one decides again on the new total."""
+    seed_product("HOT-ADJ-4", stock=0)
+    deltas = _another_admin_adjusts_first(monkeypatch, "HOT-ADJ-4", 600_000_000)
+    with pytest.raises(StockWouldExceedMaximum):
+        catalog.adjust_stock("HOT-ADJ-4", StockAdjustmentRequest(delta=600_000_000, reason="alice"), actor="alice")
+
+    assert deltas == [600_000_000]  # refused at its write, then on the new total before writing
+    assert catalog.get_product("HOT-ADJ-4").available == 600_000_000 == sum(counters("HOT-ADJ-4").values())
+    assert [(entry.actor, entry.available) for entry in catalog.stock_ledger("HOT-ADJ-4")] == [("bob", 600_000_000)]
+
+
+def test_racing_decreases_each_write_the_total_they_leave(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger's ``available`` is the total an adjustment left: two racing ones each wrote the total
+    computed from the same read, and the ledger said 30 where 25 were left."""
+    seed_product("HOT-ADJ-5", stock=40)
+    _another_admin_adjusts_first(monkeypatch, "HOT-ADJ-5", -5)
+    result = catalog.adjust_stock("HOT-ADJ-5", StockAdjustmentRequest(delta=-10, reason="recount"), actor="alice")
+
+    assert result.available == 25 == sum(counters("HOT-ADJ-5").values())
+    assert [(entry.actor, entry.available) for entry in catalog.stock_ledger("HOT-ADJ-5")] == [
+        ("bob", 35),
+        ("alice", 25),
+    ]
+
+
 def test_an_adjustment_planned_on_shards_a_reshard_replaced_is_not_written(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:

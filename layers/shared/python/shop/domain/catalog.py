@@ -277,9 +277,10 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
     ProductNotFound (404) for an unknown SKU.
     """
     for _ in range(_ATTEMPTS):
-        info = repository.get_product_info(sku)
-        if info is None:
+        read = repository.get_product_info_and_version(sku)
+        if read is None:
             raise ProductNotFound(f"no product with SKU {sku}")
+        info, version = read
         counters = units_by_shard(repository.stock_shards(sku))
         if not counters or max(counters) >= info.stock_shards:
             # A reshard moved the units since the product was read (no counter yet, or more of them
@@ -318,10 +319,12 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
         )
         try:
             repository.record_stock_adjustment(
-                entry, stock_shards=info.stock_shards, stock_actions=actions, updated_at=at
+                entry, stock_shards=info.stock_shards, stock_actions=actions, updated_at=at, version=version
             )
         except ConditionFailed:
-            continue  # a sale emptied a counter (or a reshard moved them) since the read: decide again
+            # A sale emptied a counter, or another adjustment or a reshard changed the product since the
+            # read (two racing restocks each judged the maximum on the same total): decide again.
+            continue
         return Product.of(info.model_copy(update={"updated_at": at}), resulting)
     raise TransientError(f"stock of {sku} is changing too often to adjust; retry")
 

@@ -388,15 +388,25 @@ def update_product_and_stock(
 
 
 def record_stock_adjustment(
-    entry: StockLedgerEntry, *, stock_shards: int, stock_actions: list[dict[str, Any]], updated_at: str
+    entry: StockLedgerEntry,
+    *,
+    stock_shards: int,
+    stock_actions: list[dict[str, Any]],
+    updated_at: str,
+    version: int,
 ) -> None:
     """Apply the adjustment's shard actions and write the ledger entry, atomically.
 
-    The product must exist (its ``updated_at`` is set) with the ``stock_shards`` the actions were
-    planned on (a reshard since moved the units), and every shard action's condition hold;
-    otherwise ConditionFailed and nothing is written.
+    The product must exist (its ``updated_at`` is set) at the ``version`` read, so with the
+    ``stock_shards`` the actions were planned on (a reshard since moved the units) and no other
+    adjustment since (each judged the maximum, and wrote the ledger's ``available``, from the total
+    it read), and every shard action's condition hold; otherwise ConditionFailed and nothing is
+    written. Sales never write the product item: a restock does not wait for a sale.
     """
     tables = table_settings()
+    # An item written before items had a version has none: it reads as version 0.
+    unchanged = "#version = :version" if version else "attribute_not_exists(#version)"
+    values = {":version": {"N": str(version)}} if version else {}
     _call(
         "transact_write_items",
         TransactItems=[
@@ -405,7 +415,7 @@ def record_stock_adjustment(
                     "TableName": tables.products_table,
                     "Key": {"sku": {"S": entry.sku}},
                     "UpdateExpression": "SET #updated_at = :at ADD #version :one",
-                    "ConditionExpression": "attribute_exists(#sku) AND #stock_shards = :shards",
+                    "ConditionExpression": f"attribute_exists(#sku) AND #stock_shards = :shards AND {unchanged}",
                     "ExpressionAttributeNames": {
                         "#sku": "sku",
                         "#updated_at": "updated_at",
@@ -416,6 +426,7 @@ def record_stock_adjustment(
                         ":at": {"S": updated_at},
                         ":one": {"N": "1"},
                         ":shards": {"N": str(stock_shards)},
+                        **values,
                     },
                 }
             },
