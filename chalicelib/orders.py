@@ -51,7 +51,8 @@ class OrderListQuery(StrictModel):
         'Prices come from the catalog. The lines are `items`, or with `"cart": true` the lines of the customer\'s '
         "cart as they are now (an empty cart is 422 `cart-empty`); the cart is emptied of them only when the order "
         "COMPLETES. The same key and body answer the first response again; the same key "
-        "with another body is 422; while the first request is still being processed, 409. The order is "
+        "with another body is 422 (a key is remembered for 24 hours; after that, another body places a new order); "
+        "while the first request is still being processed, 409. The order is "
         "PENDING until the checkout saga settles it. While the shop is not accepting new orders (an operator's "
         "runtime switch), a new order is 503 `orders-paused` with `Retry-After`: nothing is stored; a replay of an "
         "order placed before still answers it, and orders already placed finish as usual. A line over its "

@@ -314,6 +314,17 @@ def test_at_most_one_order_per_customer_and_idempotency_key() -> None:
     assert "'k-1'" in found[0].detail and "order-2" in found[0].detail
 
 
+def test_a_key_used_again_after_it_was_forgotten_is_no_duplicate() -> None:
+    """POST /orders remembers a key for 24 hours; after that the same key with another body is a new
+    order, and the books check must not report the two for good."""
+    first = order("COMPLETED", idempotency_key="k-1", created_at="2026-11-01T10:00:00.000Z")
+    next_day = order("COMPLETED", order_id="order-2", idempotency_key="k-1", created_at="2026-11-02T10:00:00.000Z")
+    within = order("COMPLETED", order_id="order-3", idempotency_key="k-1", created_at="2026-11-02T10:00:00.500Z")
+    assert checks.check_idempotency([next_day, first]) == []
+    found = checks.check_idempotency([first, next_day, within])
+    assert [d.order_id for d in found] == ["order-2", "order-3"]
+
+
 def test_a_running_execution_after_quiescence_names_its_order() -> None:
     assert checks.check_executions([]) == []
     found = checks.check_executions([OID, f"refund-{OID}-redrive-2", f"{OID}-redrive-10"])

@@ -48,6 +48,7 @@ from shop.models.common import CheckoutLine, Line
 from shop.models.money import MAX_AMOUNT, Money
 from shop.models.orders import (
     FIRST_EPOCH,
+    IDEMPOTENCY_TTL_SECONDS,
     TERMINAL,
     CheckoutInput,
     HistoryEntry,
@@ -69,9 +70,6 @@ from shop.saga_terms import Step
 ORDERS_LISTING = "orders"
 ALL_ORDERS_LISTING = "all-orders"
 DEAD_LETTERS_LISTING = "dead-letters"
-# Long enough to cover any client's retries; after it a repeated key + body still finds the same
-# order (its id is derived from them), so nothing is ever placed twice.
-IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 _ORDER_ID_NAMESPACE = uuid.UUID("5b0f7a52-3c1e-4d8e-9a57-2f6f5f0c8e11")
 
 

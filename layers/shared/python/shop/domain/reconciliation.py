@@ -35,9 +35,10 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from shop.models.inventory import PurchaseCount, Reservation
-from shop.models.orders import SAGA_IN_PROGRESS, SETTLED, DeadLetter, Order, ResumePoint
+from shop.models.orders import IDEMPOTENCY_TTL_SECONDS, SAGA_IN_PROGRESS, SETTLED, DeadLetter, Order, ResumePoint
 from shop.models.payments import CAPTURED_STATUSES, Payment
 from shop.models.reconciliation import Discrepancy, DiscrepancyKind, UnreadableItem
 from shop.payments.provider import ProviderOperation
@@ -394,13 +395,19 @@ def _authorization_outstanding(provider: ProviderView) -> bool:
 
 
 def check_idempotency(orders: Iterable[Order]) -> list[Discrepancy]:
-    """At most one order per (customer, Idempotency-Key)."""
-    placed: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+    """At most one order per (customer, Idempotency-Key) within the time the key is remembered.
+
+    A key is remembered for IDEMPOTENCY_TTL_SECONDS: after that, the same key with another body is a
+    new order, as the API says. Two orders of one key placed further apart than that are not a fault
+    (before, every later run reported them, for good).
+    """
+    placed: defaultdict[tuple[str, str], list[Order]] = defaultdict(list)
     for order in orders:
         if order.idempotency_key is not None:
-            placed[(order.customer_id, order.idempotency_key)].append(order.order_id)
+            placed[(order.customer_id, order.idempotency_key)].append(order)
     found = []
-    for (customer, key), order_ids in sorted(placed.items()):
+    for (customer, key), keyed in sorted(placed.items()):
+        order_ids = _placed_while_remembered(keyed)
         if len(order_ids) > 1:
             found += [
                 _found(
@@ -412,6 +419,17 @@ def check_idempotency(orders: Iterable[Order]) -> list[Discrepancy]:
                 for order_id in sorted(order_ids)
             ]
     return found
+
+
+def _placed_while_remembered(orders: Sequence[Order]) -> list[str]:
+    """The ids of the orders placed within IDEMPOTENCY_TTL_SECONDS of another one among ``orders``."""
+    ordered = sorted(orders, key=lambda order: order.created_at)
+    times = [datetime.fromisoformat(order.created_at) for order in ordered]
+    close = set()
+    for index in range(1, len(ordered)):
+        if (times[index] - times[index - 1]).total_seconds() < IDEMPOTENCY_TTL_SECONDS:
+            close |= {ordered[index - 1].order_id, ordered[index].order_id}
+    return sorted(close)
 
 
 _REDRIVE_SUFFIX = re.compile(r"-redrive-\d+$")

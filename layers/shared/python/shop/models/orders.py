@@ -26,6 +26,10 @@ from shop.saga_terms import Step
 StepName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
 
 MAX_IDEMPOTENCY_KEY = 255
+# How long POST /orders remembers an Idempotency-Key (Powertools' record): long enough to cover any
+# client's retries. After it the same key and body still find the same order (its id is derived from
+# them), so nothing is placed twice; the same key with another body is a new order then.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 # What a client sends as the Idempotency-Key header of POST /orders: 1-255 visible ASCII
 # characters, spaces only inside (an HTTP header value loses its leading and trailing whitespace).
