@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated
+from urllib.request import parse_http_list
 
 from chalice import Blueprint, Response
 from pydantic import Field
@@ -18,17 +20,46 @@ orders = Blueprint(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 PREFER_HEADER = "Prefer"
-# RFC 7240's `wait` preference, the one this route honours: N whole seconds, 1-10. An enumeration,
-# so the document states exactly what is accepted (a pattern's `$` would also admit a newline).
-PreferWait = Annotated[
-    Literal["wait=1", "wait=2", "wait=3", "wait=4", "wait=5", "wait=6", "wait=7", "wait=8", "wait=9", "wait=10"],
+# The longest a request waits for its saga (`Prefer: wait=N`).
+MAX_WAIT_SECONDS = 10
+# RFC 7240's preferences: the route honours `wait`; a server must ignore the preferences it does
+# not know or cannot honour, not refuse the request.
+Preferences = Annotated[
+    str,
     Field(
+        min_length=1,
+        max_length=2048,
         description=(
-            "`wait=N` (N = 1-10 seconds): answer 201 with the final order if the saga settles it within N "
-            "seconds, else 202 with the order as it stands."
+            "RFC 7240 preferences, comma-separated; this operation honours `wait=N` (N whole seconds): it "
+            f"answers 201 with the final order if the saga settles it within N seconds (at most "
+            f"{MAX_WAIT_SECONDS}: a larger N waits {MAX_WAIT_SECONDS}), else 202 with the order as it stands. "
+            "Other preferences, a repeated `wait` after the first, and a `wait` that is not a whole number of "
+            "seconds above 0 are ignored, as RFC 7240 asks."
         ),
     ),
 ]
+_WHOLE_SECONDS = re.compile(r"[0-9]+")
+
+
+def wait_preference(prefer: str | None) -> int | None:
+    """The seconds a ``Prefer`` header asks ``POST /orders`` to wait (RFC 7240 ``wait``), at most
+    MAX_WAIT_SECONDS; None when it asks for no wait this route can honour.
+
+    Preferences are comma-separated (a quoted value may hold a comma), each ``name[=value]`` and its
+    own ``;``-parameters; names compare case-insensitively and only a preference's first
+    occurrence counts.
+    """
+    for preference in parse_http_list(prefer or ""):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        seconds = value.strip().removeprefix('"').removesuffix('"')
+        if not _WHOLE_SECONDS.fullmatch(seconds) or int(seconds) == 0:
+            return None
+        return min(int(seconds), MAX_WAIT_SECONDS)
+    return None
+
+
 _TAGS = ("orders",)
 _ORDER_ID = {"order_id": OrderId}
 
@@ -70,10 +101,10 @@ class OrderListQuery(StrictModel):
     ),
     auth="customer",
     body=PlaceOrderRequest,
-    headers={IDEMPOTENCY_HEADER: IdempotencyKey, PREFER_HEADER: PreferWait | None},
+    headers={IDEMPOTENCY_HEADER: IdempotencyKey, PREFER_HEADER: Preferences | None},
     responses={201: OrderView, 202: OrderView},
     response_headers={
-        201: {"Location": "/orders/{order_id}", "Preference-Applied": "`wait=N`, as asked."},
+        201: {"Location": "/orders/{order_id}", "Preference-Applied": "`wait=N`: the wait applied (N at most 10)."},
         202: {"Location": "/orders/{order_id}"},
     },
     errors=(409, 422, 503),
@@ -81,17 +112,14 @@ class OrderListQuery(StrictModel):
 )
 def place_order(body: PlaceOrderRequest, principal: Principal, headers: dict[str, str | None]) -> Response:
     key = str(headers[IDEMPOTENCY_HEADER])  # validated as IdempotencyKey by the route declaration
-    prefer = headers[PREFER_HEADER]  # validated as PreferWait: "wait=N"
+    wait_seconds = wait_preference(headers[PREFER_HEADER])
     order, settled = domain.place_order_and_wait(
-        principal,
-        key,
-        body,
-        wait_seconds=None if prefer is None else int(prefer.removeprefix("wait=")),
-        lambda_context=orders.lambda_context,
+        principal, key, body, wait_seconds=wait_seconds, lambda_context=orders.lambda_context
     )
     location = {"Location": f"/orders/{order.order_id}"}
     if settled:
-        return http.json_response(order, status=201, headers={**location, "Preference-Applied": str(prefer)})
+        applied = {"Preference-Applied": f"wait={wait_seconds}"}
+        return http.json_response(order, status=201, headers={**location, **applied})
     return http.json_response(order, status=202, headers=location)
 
 

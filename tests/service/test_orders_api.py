@@ -81,12 +81,29 @@ def test_prefer_wait_answers_202_with_the_order_as_it_stands_when_the_saga_is_sl
     assert _stored_orders(shop) == 1
 
 
-def test_a_bad_prefer_header_is_400_and_places_nothing(shop: Shop) -> None:
-    for prefer in ("wait=0", "wait=11", "wait=1.5", "wait=", "respond-async", "wait=5, handling=strict"):
+def test_preferences_the_route_cannot_honour_are_ignored_as_rfc_7240_asks(shop: Shop) -> None:
+    """A server ignores the preferences it does not know or cannot honour (RFC 7240, section 2); it
+    answered 400 to `respond-async, wait=5`, RFC 7240's own example, and placed nothing."""
+    for prefer in ("respond-async", "return=representation", "wait=0", "wait=1.5", "wait=", "wait=soon"):
         response = shop.place([("MUG-1", 1)], prefer=prefer)
-        assert response.status_code == 400, prefer
-        assert response.headers["Content-Type"] == "application/problem+json"
-        assert "Prefer" in {error["field"] for error in response.json_body["errors"]}, prefer
+        assert (response.status_code, "Preference-Applied" in response.headers) == (202, False), prefer
+        shop.wait_checkout(response.json_body["order_id"])
+    for prefer, applied in (
+        ("respond-async, wait=5", "wait=5"),
+        ("Wait=7; strict, wait=1", "wait=7"),
+        ('handling=lenient, foo="a,b", wait="3"', "wait=3"),
+        ("wait=600", "wait=10"),
+    ):
+        response = shop.place([("MUG-1", 1)], prefer=prefer)
+        assert response.status_code == 201, (prefer, response.body)
+        assert (response.headers["Preference-Applied"], response.json_body["status"]) == (applied, "COMPLETED")
+    assert _stored_orders(shop) == 10
+
+
+def test_a_prefer_header_too_long_to_be_one_is_400_and_places_nothing(shop: Shop) -> None:
+    response = shop.place([("MUG-1", 1)], prefer="wait=5, " + "x" * 2048)
+    assert (response.status_code, response.headers["Content-Type"]) == (400, "application/problem+json")
+    assert "Prefer" in {error["field"] for error in response.json_body["errors"]}
     assert _stored_orders(shop) == 0
 
 
