@@ -257,6 +257,30 @@ def test_the_republisher_announces_the_fall_once_the_product_item_is_repaired(lo
     assert unreadable_records.open_records() == []
 
 
+def test_counters_below_zero_are_set_aside_and_announced_once_repaired(local_aws: LocalAws) -> None:
+    """Counters the shop never takes below 0, hand-edited to -3: no StockLow can say so (its
+    ``available`` is at least 0). The record failed at every retry, and its claim of the fall kept
+    -3, so even a repair did not free the SKUs behind it (a helper's probe)."""
+    seed_product("LAMP-A", stock=9)
+    seed_product("LAMP-B", stock=9)
+    local_aws.deliver_events()
+    move_counter(local_aws, "LAMP-A", -12)  # -3
+    _adjust("LAMP-B", -5)  # 4: a fall of another SKU behind it in the stream
+
+    local_aws.deliver_events()
+
+    assert _alerts("LAMP-B") == [("LAMP-B:STOCK_LOW:1", 4)] and _alerts("LAMP-A") == []
+    assert local_aws.deliver_events() == 0
+    [record] = unreadable_records.open_records()
+    assert (record.keys, record.error) == ({"sku": "LAMP-A", "shard": "0"}, "RecordUnreadable")
+    assert "below 0" in record.detail
+
+    move_counter(local_aws, "LAMP-A", +5)  # an operator repairs the counter: 2, a fall below the threshold
+    assert republish(local_aws) == RepublishResult(published=1, still_unreadable=0)
+    local_aws.deliver_events()
+    assert _alerts("LAMP-A") == [("LAMP-A:STOCK_LOW:1", 2)]
+
+
 def test_a_busy_catalog_is_still_retried_not_set_aside(local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> None:
     from shop.errors import TransientError
     from shop.repositories import catalog

@@ -252,9 +252,15 @@ def _product_to_judge(sku: str) -> Product | None:
     """The SKU's product with its stock as it stands. A product item that is no product (written
     behind the shop's back) fails every retry alike: RecordUnreadable, and the record is set aside."""
     try:
-        return catalog.get_product(sku)
+        product = catalog.get_product(sku)
     except UNREADABLE_ITEM_ERRORS as error:
         raise RecordUnreadable(f"the product item of {sku} cannot be read: {type(error).__name__}: {error}") from error
+    if product is not None and product.available < 0:
+        # Counters the shop never takes below 0 (a hand edit): no StockLow can say it, and a record
+        # retried for it would hold up every SKU behind it in the shard. Set aside; the
+        # republisher judges the SKU again once its counters are repaired.
+        raise RecordUnreadable(f"the stock counters of {sku} sum to {product.available}, below 0")
+    return product
 
 
 def judge_stock(sku: str, claimant: str) -> FallToAnnounce | None:
