@@ -242,6 +242,29 @@ def test_a_fall_below_a_lowered_threshold_is_announced(local_aws: LocalAws, spy:
     ]
 
 
+def test_a_rise_after_the_threshold_was_lowered_is_no_fall(local_aws: LocalAws, spy: BusSpy) -> None:
+    """Fall to 4 (threshold 5) announced, then down to 1; the threshold lowered to 3, under which 1 is
+    still low; a restock to 2 is a rise that never went above 3. Judged by the announced level (4), it
+    was announced as a second fall (a helper's probe); the fall's lowest level (1) says it is the same."""
+    seed_product("LAMP-7", stock=9)
+    local_aws.deliver_events()
+    _adjust("LAMP-7", -5)  # 4: the fall
+    local_aws.deliver_events()
+    _adjust("LAMP-7", -3)  # 1: the same fall
+    local_aws.deliver_events()
+
+    local_aws.set_runtime_parameter("low-stock-threshold", "3")
+    _adjust("LAMP-7", +1)  # 2
+    local_aws.deliver_events()
+    assert _alerts("LAMP-7") == [("LAMP-7:STOCK_LOW:1", 4)]
+
+    _adjust("LAMP-7", +5)  # 7: above the threshold, re-armed
+    local_aws.deliver_events()
+    _adjust("LAMP-7", -4)  # 3: a new fall
+    local_aws.deliver_events()
+    assert _alerts("LAMP-7") == [("LAMP-7:STOCK_LOW:1", 4), ("LAMP-7:STOCK_LOW:2", 3)]
+
+
 def test_a_stock_counter_the_shop_cannot_read_holds_nothing_and_stops_nothing(
     shop: Shop, local_aws: LocalAws, spy: BusSpy
 ) -> None:

@@ -67,13 +67,17 @@ def claim_fall(sku: str, claimant: str, *, available: int, threshold: int, at: s
         TableName=table_settings().operations_table,
         Key=_marker_key(sku),
         UpdateExpression=(
-            "SET low = :true, claimed_by = :claimant, published = :false, available = :available, fell_at = :at "
-            "ADD fall :one"
+            "SET low = :true, claimed_by = :claimant, published = :false, available = :available, "
+            "lowest = :available, fell_at = :at ADD fall :one"
         ),
-        # Or the last fall, announced, was to a level above the threshold in force (lowered since): that
-        # level is not low any more, so this is a new fall. A fall not announced yet stays its claimant's.
+        # Or the last fall, announced, never went as low as the threshold in force (lowered since): that
+        # fall is not low any more, so this is a new one. ``lowest`` is the lowest level since the fall
+        # (``available``, its announced level, on a marker written before): judged by the announced
+        # level, a rise after the threshold was lowered below it was announced as a fall. A fall not
+        # announced yet stays its claimant's.
         ConditionExpression=(
-            "attribute_not_exists(low) OR low = :false OR (published = :true AND available > :threshold)"
+            "attribute_not_exists(low) OR low = :false OR (published = :true AND (lowest > :threshold"
+            " OR (attribute_not_exists(lowest) AND available > :threshold)))"
         ),
         ExpressionAttributeValues={
             ":true": {"BOOL": True},
@@ -95,10 +99,35 @@ def claim_fall(sku: str, claimant: str, *, available: int, threshold: int, at: s
         Key=_marker_key(sku),
         ConsistentRead=True,
     ).get("Item")
-    if current is None or current.get("claimed_by", {}).get("S") != claimant:
+    if current is None:
+        return None
+    if current.get("low", {}).get("BOOL"):
+        _lower_the_low_water_mark(sku, int(current["fall"]["N"]), available)
+    if current.get("claimed_by", {}).get("S") != claimant:
         return None
     # This record claimed the fall before (a redelivery): announce it unless that already happened.
     return _claim_of(current)
+
+
+def _lower_the_low_water_mark(sku: str, fall: int, available: int) -> None:
+    """The SKU, low since ``fall``, stands at ``available``: keep it as the fall's lowest level when lower."""
+    call_if(
+        "update_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_marker_key(sku),
+        UpdateExpression="SET lowest = :available",
+        # A marker written before ``lowest`` was kept: its announced level is the lowest known.
+        ConditionExpression=(
+            "low = :true AND fall = :fall"
+            " AND (lowest > :available OR (attribute_not_exists(lowest) AND available > :available))"
+        ),
+        ExpressionAttributeValues={
+            ":true": {"BOOL": True},
+            ":fall": {"N": str(fall)},
+            ":available": {"N": str(available)},
+        },
+    )
 
 
 def mark_published(sku: str, fall: int, *, rearm: bool = False) -> None:
