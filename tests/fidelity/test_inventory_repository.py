@@ -273,6 +273,32 @@ def test_a_takeover_after_a_releases_check_refuses_its_transaction(
     assert backend.available("A") == 5
 
 
+_FIFTY = [f"S{number:02d}" for number in range(50)]
+
+
+def _placed_before_the_claims_condition() -> list[CheckoutLine]:
+    """50 lines, 49 with a purchase limit: an order placement accepted before the release carried its
+    claim's condition (1 + 50 + 49 = 100 actions, the most a transaction holds)."""
+    return [
+        CheckoutLine(sku=sku, quantity=1, purchase_limit=3 if number < 49 else None)
+        for number, sku in enumerate(_FIFTY)
+    ]
+
+
+def test_an_order_placed_before_the_claims_condition_is_reserved_and_released(backend: Backend) -> None:
+    """Its reservation takes 100 actions and its release would take 101 with the condition: it is
+    reserved as before and released without it, on the step's check alone (a review's probe: the
+    reserve failed every retry and the release was refused as too large)."""
+    for sku in _FIFTY:
+        backend.put_product(sku, 5)
+    lines = _placed_before_the_claims_condition()
+    assert inventory.reserve("order-1", "order-1", lines, customer_id="cust-1", now=NOW).status == ("RESERVED")
+    claim = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
+
+    assert inventory.release("order-1", now=NOW + 10, claim=claim).status == "RELEASED"
+    assert {backend.available(sku) for sku in _FIFTY} == {5}
+
+
 def test_release_of_a_committed_reservation_returns_the_sold_stock(backend: Backend) -> None:
     backend.put_product("A", 5)
     inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)

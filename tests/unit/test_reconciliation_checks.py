@@ -325,6 +325,17 @@ def test_a_key_used_again_after_it_was_forgotten_is_no_duplicate() -> None:
     assert [d.order_id for d in found] == ["order-2", "order-3"]
 
 
+def test_a_placement_time_that_is_no_time_stops_nothing() -> None:
+    """``created_at`` of an item written behind the shop's back: alone with its key it is judged as
+    before; beside another order of its key, both are reported (nothing says they are far apart). A
+    review's probe: the run failed on it, and reported nothing at all."""
+    odd = order("COMPLETED", idempotency_key="k-1", created_at="2026/11/01 10:00")
+    naive = order("COMPLETED", order_id="order-2", idempotency_key="k-1", created_at="2026-11-03T10:00:00")
+    aware = order("COMPLETED", order_id="order-3", idempotency_key="k-2", created_at="2026-11-01T10:00:00.000Z")
+    assert checks.check_idempotency([odd]) == checks.check_idempotency([aware]) == []
+    assert [d.order_id for d in checks.check_idempotency([odd, naive, aware])] == [OID, "order-2"]
+
+
 def test_a_running_execution_after_quiescence_names_its_order() -> None:
     assert checks.check_executions([]) == []
     found = checks.check_executions([OID, f"refund-{OID}-redrive-2", f"{OID}-redrive-10"])

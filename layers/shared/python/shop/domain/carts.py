@@ -380,9 +380,9 @@ def _replace_unreadable(cart_id: str) -> bool:
 def _emptied(absorbed: StoredCart) -> StoredCart:
     """The anonymous cart once merged: no lines at its next version, its expiry kept (TTL purges it then).
 
-    Written, not deleted, as ``clear`` does: a deleted cart restarts at version 1 on the token's next
-    ``PUT``, and a stale tab's write from the version 1 it read before would land on it, bringing the
-    merged lines back for a second merge to add again."""
+    Written, not deleted, as ``clear`` does: a cart deleted now would start again on the token's next
+    ``PUT`` at the version of that moment's clock, which a stale tab's read may share (the same
+    millisecond), and its write would land, bringing the merged lines back for a second merge to add."""
     return absorbed.model_copy(
         update={"lines": [], "added_in_version": {}, "version": absorbed.version + 1, "updated_at": iso_now()}
     )

@@ -265,16 +265,20 @@ def _contention_or_shortage(lines: Sequence[CheckoutLine], message: str) -> OutO
     return OutOfStock(short) if short else InventoryContention(message)
 
 
+# The saga's release adds one action to the reservation's: the condition on its claim of the order.
+RELEASE_CONDITION_ACTIONS = 1
+
+
 def transaction_actions(line_count: int, limited_line_count: int) -> int:
-    """The actions of the larger of a reservation's two transactions when each line takes from one
-    shard: the release, with the reservation's item, a return per line, a purchase count per limited
-    line and the condition on the saga's claim of the order (the reservation has no such condition)."""
-    return 1 + line_count + limited_line_count + 1
+    """The actions of a reservation that takes each line from one shard: its Put, a take per line and
+    a purchase count per limited line. Its release has as many, and the saga's the claim's condition."""
+    return 1 + line_count + limited_line_count
 
 
 def fits_one_transaction(line_count: int, limited_line_count: int) -> bool:
-    """Whether an order of these lines can be reserved and released at all (placement refuses one that cannot)."""
-    return transaction_actions(line_count, limited_line_count) <= MAX_TRANSACTION_ACTIONS
+    """Whether an order of these lines can be reserved and released, its claim's condition included, in
+    one transaction each (placement refuses one that cannot)."""
+    return transaction_actions(line_count, limited_line_count) + RELEASE_CONDITION_ACTIONS <= MAX_TRANSACTION_ACTIONS
 
 
 def _gather_until_it_fits(
@@ -288,9 +292,14 @@ def _gather_until_it_fits(
     (``gather_stock``), so the reservation then takes that line from one shard. A gather refused by
     a concurrent sale reads that SKU's shards again; OutOfStock if they no longer hold its quantity.
     """
+    # Room for the release's condition on the claim, unless the order was placed when none was kept
+    # (lines and limited lines up to 99): its release then goes without it (``_release``).
+    most = MAX_TRANSACTION_ACTIONS - (
+        RELEASE_CONDITION_ACTIONS if fits_one_transaction(len(plan), limited_count) else 0
+    )
     for _ in range(_GATHER_ATTEMPTS):
         actions = transaction_actions(len(plan), limited_count) + sum(len(takes) - 1 for takes in plan.values())
-        if actions <= MAX_TRANSACTION_ACTIONS:
+        if actions <= most:
             return
         sku, takes = max(plan.items(), key=lambda entry: (len(entry[1]), entry[0]))
         if len(takes) < 2:
@@ -362,7 +371,6 @@ def _release(
     reservation's id is the order's): a takeover landing after the step's check refuses the
     release (SagaClaimLost) instead of returning stock the new owner may have sold.
     """
-    fence = orders_repository.still_claimed(reservation_id, claim) if claim is not None else None
     existing: dict[str, set[int]] = {}  # the shards of SKUs whose return failed, as read since
     for _ in range(_ATTEMPTS):
         current = repository.get_reservation(reservation_id)
@@ -374,6 +382,14 @@ def _release(
         purge_at = now + RELEASED_RETENTION_SECONDS
         freed = current.limited_lines if frees_purchase_units else []
         returns = _returns(current, existing)
+        fence = None
+        if claim is not None:
+            if 1 + len(returns) + len(freed) + RELEASE_CONDITION_ACTIONS <= MAX_TRANSACTION_ACTIONS:
+                fence = orders_repository.still_claimed(reservation_id, claim)
+            else:
+                # Reserved when orders could fill a transaction (placed before the condition was
+                # kept): no room for it, so the step's check before the release is all there is.
+                logger().warning("a release too large for its claim's condition", reservation_id=reservation_id)
         try:
             repository.release_reservation(
                 current,

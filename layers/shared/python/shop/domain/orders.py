@@ -277,7 +277,11 @@ def _priced_order(order_id: str, customer_id: str, items: Sequence[Line]) -> Ord
     # Snapshotted into the order: the reserve step enforces them without reading the products again.
     limits = {item.sku: limit for item in items if (limit := products[item.sku].purchase_limit) is not None}
     if not inventory.fits_one_transaction(len(items), len(limits)):
-        most = inventory.MAX_TRANSACTION_ACTIONS - inventory.transaction_actions(len(items), 0)
+        most = (
+            inventory.MAX_TRANSACTION_ACTIONS
+            - inventory.RELEASE_CONDITION_ACTIONS
+            - inventory.transaction_actions(len(items), 0)
+        )
         raise TooManyLimitedLines(
             f"{len(limits)} of these {len(items)} lines have a purchase limit; an order of {len(items)} lines may "
             f"have at most {most}: place the rest in another order",
