@@ -7,8 +7,10 @@ so every record behind it in the shard would wait until it expired (24 hours), t
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -156,6 +158,42 @@ def test_an_order_item_no_version_of_the_shop_wrote_is_set_aside(shop: Shop, loc
     assert [kind for kind, _ in spy.of_order(placed)] == ["OrderPlaced", "OrderCompleted"]
     [record] = unreadable_records.open_records()
     assert (record.keys, record.error) == ({"order_id": "hand-written"}, "ValidationError")
+
+
+@pytest.mark.parametrize(
+    ("filler", "images_dropped"),
+    [
+        (lambda: "x" * 250_000, False),  # compresses well: kept whole, compressed
+        (lambda: base64.b64encode(os.urandom(187_500)).decode(), True),  # random: its images cannot be kept
+    ],
+    ids=["compressible", "incompressible"],
+)
+def test_an_unreadable_record_too_large_for_one_item_is_still_set_aside(
+    shop: Shop, local_aws: LocalAws, spy: BusSpy, filler: Callable[[], str], images_dropped: bool
+) -> None:
+    """A MODIFY record of an item written behind the shop's back carries two 250 KB images: 500 KB, and
+    one item holds 400 KB. Storing it failed at every retry and the orders behind it were never
+    published (a helper's probe)."""
+    dynamodb, table = local_aws.client("dynamodb"), local_aws.table("OrdersTable")
+    for _ in range(2):  # the second put is a MODIFY: its record has the old image and the new
+        dynamodb.put_item(
+            TableName=table,
+            Item={"order_id": {"S": "hand-written"}, "status": {"S": "SHIPPED"}, "notes": {"S": filler()}},
+        )
+    placed = shop.place_ok([("MUG-1", 1)])["order_id"]
+    assert shop.wait_checkout(placed) == "SUCCEEDED"
+
+    local_aws.deliver_events()
+
+    assert [kind for kind, _ in spy.of_order(placed)] == ["OrderPlaced", "OrderCompleted"]
+    assert local_aws.deliver_events() == 0
+    kept = unreadable_records.open_records()
+    # The INSERT (one image) is kept whole; the MODIFY (two) whole or without its images.
+    assert {record.keys["order_id"] for record in kept} == {"hand-written"}
+    assert [record.images_dropped for record in kept] == [False, images_dropped]
+    modify = kept[1].record["dynamodb"]
+    assert ("NewImage" in modify, kept[1].record["eventName"]) == (not images_dropped, "MODIFY")
+    assert republish(local_aws) == RepublishResult(published=0, still_unreadable=2)
 
 
 def test_a_record_delivered_twice_is_set_aside_once(shop: Shop, local_aws: LocalAws) -> None:

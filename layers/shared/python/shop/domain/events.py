@@ -329,7 +329,13 @@ def republish_unreadable() -> RepublishResult:
     published stays PUBLISHED (a record published twice has one event id: consumers deduplicate)."""
     published = still_unreadable = 0
     for unreadable in unreadable_records.open_records():
-        error = _read_and_act(READERS[unreadable.source], DynamoDBRecord(unreadable.record))
+        error: Exception | None
+        if unreadable.images_dropped:
+            # Kept without its images (too large): reading what is left would announce nothing and
+            # close it unread. It stays for an operator, who reads the item by its keys.
+            error = RecordUnreadable("kept without its images (too large for one item): read the item by its keys")
+        else:
+            error = _read_and_act(READERS[unreadable.source], DynamoDBRecord(unreadable.record))
         if error is not None:
             unreadable_records.failed_again(
                 unreadable.record_id, error=type(error).__name__, detail=str(error), now=iso_now()

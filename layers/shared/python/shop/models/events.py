@@ -190,6 +190,14 @@ class UnreadableRecord(Record):
     last_attempt_at: str
     published_at: str | None = None
     record: dict[str, Any] = Field(description="the stream record as Lambda delivered it")
+    images_dropped: bool = Field(
+        default=False,
+        description=(
+            "true when the record was too large to keep whole (over 300 KB compressed): `record` keeps its keys "
+            "and sequence number, not its images, and the republisher cannot read it; the item's keys say where "
+            "to look"
+        ),
+    )
 
 
 class UnreadableRecordPage(Record):

@@ -2,7 +2,8 @@
 sk ``<source>-<sequence number>``).
 
 One item per stream record, holding the whole record (as JSON text: its images keep DynamoDB's
-typed attribute values as they came). Setting a record aside twice (a redelivered batch) counts
+typed attribute values as they came; compressed when large, and cut to its keys when even that
+would not fit one item). Setting a record aside twice (a redelivered batch) counts
 an attempt on the item already there. The partition stays small by nature: a record lands here
 only when a publisher's code cannot read it, and an operator fixes that code.
 """
@@ -10,6 +11,7 @@ only when a publisher's code cannot read it, and an operator fixes that code.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,29 @@ from shop.repositories.dynamodb import call, call_if, listable, partition_page
 PARTITION = "UNREADABLE_RECORD"
 # An exception's message can quote a whole image; keep what an operator needs to read.
 MAX_DETAIL_CHARS = 2000
+# A MODIFY record carries two images of up to 400 KB each, and an item holds 400 KB in all: a
+# record kept as text above this size is compressed, and one still above it keeps no images.
+# Storing it failed before, every retry alike, and held up every record behind it in the shard.
+MAX_RECORD_BYTES = 300_000
+_IMAGES = ("NewImage", "OldImage")
+
+
+def _stored_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``record`` attribute(s) of the item: the JSON text, or compressed, or without its images."""
+    text = json.dumps(record, sort_keys=True)
+    if len(text.encode()) <= MAX_RECORD_BYTES:
+        return {"record": {"S": text}}
+    packed = zlib.compress(text.encode(), 9)
+    if len(packed) <= MAX_RECORD_BYTES:
+        return {"record_zlib": {"B": packed}}
+    dynamodb = {key: value for key, value in record.get("dynamodb", {}).items() if key not in _IMAGES}
+    return {"record": {"S": json.dumps({**record, "dynamodb": dynamodb}, sort_keys=True)}, "record_cut": {"BOOL": True}}
+
+
+def _record_of(item: Mapping[str, Any]) -> dict[str, Any]:
+    if "record_zlib" in item:
+        return dict(json.loads(zlib.decompress(item["record_zlib"]["B"])))
+    return dict(json.loads(item["record"]["S"]))
 
 
 def _key(record_id: str) -> dict[str, Any]:
@@ -40,7 +65,8 @@ def _to_record(item: Mapping[str, Any]) -> UnreadableRecord:
         set_aside_at=item["set_aside_at"]["S"],
         last_attempt_at=item["last_attempt_at"]["S"],
         published_at=item["published_at"]["S"] if "published_at" in item else None,
-        record=json.loads(item["record"]["S"]),
+        record=_record_of(item),
+        images_dropped=bool(item.get("record_cut", {}).get("BOOL")),
     )
 
 
@@ -62,7 +88,7 @@ def set_aside(record: UnreadableRecord) -> None:
             "attempts": {"N": "1"},
             "set_aside_at": {"S": record.set_aside_at},
             "last_attempt_at": {"S": record.last_attempt_at},
-            "record": {"S": json.dumps(record.record, sort_keys=True)},
+            **_stored_record(record.record),
         },
         ConditionExpression="attribute_not_exists(pk)",
     )
