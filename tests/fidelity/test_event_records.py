@@ -85,6 +85,54 @@ def test_a_fall_above_a_lowered_threshold_leaves_the_next_fall_to_be_claimed(bac
     assert event_records.claim_fall("MUG-1", "seq-5", available=1, threshold=2, at="t3") is None  # 2 is low by 2
 
 
+def _at(second: int) -> str:
+    return f"2026-12-02T04:00:{second:02d}.000Z"
+
+
+def test_a_fall_is_judged_by_its_lowest_level_and_only_by_readings_of_it(backend: Backend) -> None:
+    """Fall 1 went to 1; restocked and re-armed; fall 2 to 3. A reading of 1 taken during fall 1 and
+    judged late must not become fall 2's lowest (a review's probe: it did, and with the threshold
+    lowered to 2, the fall to 2 was never announced)."""
+    assert event_records.claim_fall("MUG-1", "seq-1", available=4, threshold=5, at=_at(1)) is not None
+    assert event_records.claim_fall("MUG-1", "seq-2", available=1, threshold=5, at=_at(2)) is None  # lower: 1
+    event_records.mark_published("MUG-1", 1)
+    assert event_records.claim_fall("MUG-1", "seq-3", available=2, threshold=2, at=_at(3)) is None  # went to 1
+    assert event_records.rearm("MUG-1", "seq-4") is None  # restocked above the threshold
+    assert event_records.claim_fall("MUG-1", "seq-5", available=3, threshold=5, at=_at(5)) is not None  # fall 2
+    event_records.mark_published("MUG-1", 2)
+    assert event_records.claim_fall("MUG-1", "seq-stale", available=1, threshold=5, at=_at(2)) is None
+
+    third = event_records.claim_fall("MUG-1", "seq-6", available=2, threshold=2, at=_at(6))
+    assert third is not None and (third.fall, third.available) == (3, 2)
+
+
+def test_a_fall_a_previous_version_claimed_is_judged_by_its_announced_level(backend: Backend) -> None:
+    """That version wrote no ``lowest``: the marker's one is an earlier fall's, and judged by it, the
+    fall to the lowered threshold was never claimed (a review's probe)."""
+    assert event_records.claim_fall("MUG-1", "seq-1", available=1, threshold=5, at=_at(1)) is not None
+    event_records.mark_published("MUG-1", 1)
+    assert event_records.rearm("MUG-1", "seq-2") is None
+    # Fall 2 to 4, claimed as the previous version wrote its claim.
+    backend.client.update_item(
+        TableName=backend.table("OperationsTable"),
+        Key={"pk": {"S": "stock-low#MUG-1"}, "sk": {"S": "marker"}},
+        UpdateExpression=(
+            "SET low = :true, claimed_by = :claimant, published = :true, available = :available, fell_at = :at "
+            "ADD fall :one"
+        ),
+        ExpressionAttributeValues={
+            ":true": {"BOOL": True},
+            ":claimant": {"S": "seq-3"},
+            ":available": {"N": "4"},
+            ":at": {"S": _at(3)},
+            ":one": {"N": "1"},
+        },
+    )
+
+    third = event_records.claim_fall("MUG-1", "seq-4", available=2, threshold=3, at=_at(4))
+    assert third is not None and (third.fall, third.available) == (3, 2)
+
+
 def test_a_fall_not_announced_yet_is_kept_for_its_claimant_when_the_threshold_is_lowered(backend: Backend) -> None:
     """Its put failed, then the threshold was lowered: the fall stays its claimant's to announce, no
     other record claims a new one over it."""

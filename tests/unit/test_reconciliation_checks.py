@@ -332,8 +332,10 @@ def test_a_placement_time_that_is_no_time_stops_nothing() -> None:
     odd = order("COMPLETED", idempotency_key="k-1", created_at="2026/11/01 10:00")
     naive = order("COMPLETED", order_id="order-2", idempotency_key="k-1", created_at="2026-11-03T10:00:00")
     aware = order("COMPLETED", order_id="order-3", idempotency_key="k-2", created_at="2026-11-01T10:00:00.000Z")
+    far = order("COMPLETED", order_id="order-4", idempotency_key="k-1", created_at="2026-11-20T10:00:00.000Z")
     assert checks.check_idempotency([odd]) == checks.check_idempotency([aware]) == []
-    assert [d.order_id for d in checks.check_idempotency([odd, naive, aware])] == [OID, "order-2"]
+    reported = [d.order_id for d in checks.check_idempotency([odd, naive, aware, far])]
+    assert reported == [OID, "order-2", "order-4"]  # every order of the key: nothing says which are apart
 
 
 def test_a_running_execution_after_quiescence_names_its_order() -> None:

@@ -266,11 +266,11 @@ def _product_to_judge(sku: str) -> Product | None:
 def judge_stock(sku: str, claimant: str) -> FallToAnnounce | None:
     """Whether the SKU's stock as it stands now starts a fall to or below the threshold; the
     StockLow to publish when it does and this record claimed it (already published: None)."""
+    now = iso_now()  # before the read: a fall claimed after it was read is a later one than this reading's
     product = _product_to_judge(sku)
     if product is None:
         return None  # a product being created or deleted: its stock is judged once it exists
     threshold = inventory_settings().low_stock_threshold
-    now = iso_now()
     restocked = product.available > threshold
     if restocked:
         # Re-armed, unless this record's own fall is still to be announced (its put failed).

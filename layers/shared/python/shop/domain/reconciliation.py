@@ -429,10 +429,12 @@ def _placed_while_remembered(orders: Sequence[Order]) -> list[str]:
         return []
     ordered = sorted(orders, key=lambda order: order.created_at)
     times = [_instant(order.created_at) for order in ordered]
+    if None in times:
+        return sorted(order.order_id for order in ordered)
     close = set()
     for index in range(1, len(ordered)):
         earlier, later = times[index - 1], times[index]
-        if earlier is None or later is None or (later - earlier).total_seconds() < IDEMPOTENCY_TTL_SECONDS:
+        if earlier is not None and later is not None and (later - earlier).total_seconds() < IDEMPOTENCY_TTL_SECONDS:
             close |= {ordered[index - 1].order_id, ordered[index].order_id}
     return sorted(close)
 

@@ -4,10 +4,12 @@
   SKU is at or below the threshold, ``fall`` the number of its falls so far (the event id),
   ``claimed_by`` the stream record that claimed the current fall, ``available`` and ``fell_at``
   what the stock was when it did (the event says that, however late its put succeeds),
-  ``published`` once its event is on the bus. A fall is claimed by ONE conditional write, so it is
-  announced once however many stream records (several shards, redeliveries) see the SKU low. A SKU
-  whose announced fall was to a level above the threshold now in force (the operators lowered it)
-  is no longer low by that fall: its next fall to the new threshold is claimed as a new one.
+  ``published`` once its event is on the bus, ``lowest`` the lowest level read during the fall
+  ``lowest_fall`` (the fall it belongs to: a marker a previous version claimed has an older one). A
+  fall is claimed by ONE conditional write, so it is announced once however many stream records
+  (several shards, redeliveries) see the SKU low. A SKU whose fall never went as low as the threshold
+  now in force (the operators lowered it) is no longer low by that fall: its next fall to the new
+  threshold is claimed as a new one.
 - Low-stock alerts for operators, OperationsTable ``pk = "alert#stock-low"``, ``sk = {event id}``.
 - The notification outbox, NotificationsTable keyed by ``event_id``: the e-mails to send.
 
@@ -68,7 +70,7 @@ def claim_fall(sku: str, claimant: str, *, available: int, threshold: int, at: s
         Key=_marker_key(sku),
         UpdateExpression=(
             "SET low = :true, claimed_by = :claimant, published = :false, available = :available, "
-            "lowest = :available, fell_at = :at ADD fall :one"
+            "lowest = :available, lowest_fall = if_not_exists(fall, :zero) + :one, fell_at = :at ADD fall :one"
         ),
         # Or the last fall, announced, never went as low as the threshold in force (lowered since): that
         # fall is not low any more, so this is a new one. ``lowest`` is the lowest level since the fall
@@ -76,8 +78,8 @@ def claim_fall(sku: str, claimant: str, *, available: int, threshold: int, at: s
         # level, a rise after the threshold was lowered below it was announced as a fall. A fall not
         # announced yet stays its claimant's.
         ConditionExpression=(
-            "attribute_not_exists(low) OR low = :false OR (published = :true AND (lowest > :threshold"
-            " OR (attribute_not_exists(lowest) AND available > :threshold)))"
+            "attribute_not_exists(low) OR low = :false OR (published = :true AND ("
+            f"(lowest_fall = fall AND lowest > :threshold) OR ({_NOT_THIS_FALLS_LOWEST} AND available > :threshold)))"
         ),
         ExpressionAttributeValues={
             ":true": {"BOOL": True},
@@ -86,6 +88,7 @@ def claim_fall(sku: str, claimant: str, *, available: int, threshold: int, at: s
             ":available": {"N": str(available)},
             ":threshold": {"N": str(threshold)},
             ":at": {"S": at},
+            ":zero": {"N": "0"},
             ":one": {"N": "1"},
         },
         ReturnValues="ALL_NEW",
@@ -102,30 +105,37 @@ def claim_fall(sku: str, claimant: str, *, available: int, threshold: int, at: s
     if current is None:
         return None
     if current.get("low", {}).get("BOOL"):
-        _lower_the_low_water_mark(sku, int(current["fall"]["N"]), available)
+        _lower_the_low_water_mark(sku, int(current["fall"]["N"]), available, read_at=at)
     if current.get("claimed_by", {}).get("S") != claimant:
         return None
     # This record claimed the fall before (a redelivery): announce it unless that already happened.
     return _claim_of(current)
 
 
-def _lower_the_low_water_mark(sku: str, fall: int, available: int) -> None:
-    """The SKU, low since ``fall``, stands at ``available``: keep it as the fall's lowest level when lower."""
+# The marker's ``lowest`` is not its current fall's (a previous version claimed that fall): its
+# announced level ``available`` is the lowest known.
+_NOT_THIS_FALLS_LOWEST = "(attribute_not_exists(lowest_fall) OR lowest_fall <> fall)"
+
+
+def _lower_the_low_water_mark(sku: str, fall: int, available: int, *, read_at: str) -> None:
+    """The SKU, low since ``fall``, stood at ``available`` when read at ``read_at``: keep it as the
+    fall's lowest level when lower. A reading older than the fall's claim belongs to an earlier fall
+    (re-armed and claimed again since it was read) and changes nothing."""
     call_if(
         "update_item",
         busy=TransientError,
         TableName=table_settings().operations_table,
         Key=_marker_key(sku),
-        UpdateExpression="SET lowest = :available",
-        # A marker written before ``lowest`` was kept: its announced level is the lowest known.
+        UpdateExpression="SET lowest = :available, lowest_fall = :fall",
         ConditionExpression=(
-            "low = :true AND fall = :fall"
-            " AND (lowest > :available OR (attribute_not_exists(lowest) AND available > :available))"
+            "low = :true AND fall = :fall AND fell_at <= :read_at AND ((lowest_fall = fall AND lowest > :available)"
+            f" OR ({_NOT_THIS_FALLS_LOWEST} AND available > :available))"
         ),
         ExpressionAttributeValues={
             ":true": {"BOOL": True},
             ":fall": {"N": str(fall)},
             ":available": {"N": str(available)},
+            ":read_at": {"S": read_at},
         },
     )
 
