@@ -488,9 +488,12 @@ def _with_request_ids_and_metrics(
 
 
 def _method_not_allowed(method: str, path: str, allowed: list[str]) -> Response:
-    return problem_response(
-        MethodNotAllowed(f"{method} is not allowed on {path}; use {', '.join(allowed)}"),
-        headers={"Allow": ", ".join(allowed)},
+    # no-store like every answer but the catalog's reads: a shared cache may keep a 405 by its URL.
+    return not_stored(
+        problem_response(
+            MethodNotAllowed(f"{method} is not allowed on {path}; use {', '.join(allowed)}"),
+            headers={"Allow": ", ".join(allowed)},
+        )
     )
 
 

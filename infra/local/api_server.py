@@ -112,8 +112,18 @@ class GatewayRequestHandler(ChaliceRequestHandler):
 
     def _handle_with_gateway_rules(self) -> None:
         self._dechunked = None
+        lengths = set(self.headers.get_all("content-length") or [])
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            # Framed by its chunks; with a Content-Length too, the connection closes after the answer
+            # (RFC 9112, 6.1: what follows may be framed otherwise by a proxy in front; smuggling).
+            if lengths:
+                self.close_connection = True
             self._read_chunked_body()
+            return
+        if len(lengths) > 1:
+            # Two lengths: the framing is invalid, and what comes after it unknowable (RFC 9112, 6.3).
+            self.close_connection = True
+            self._send_gateway_answer("DEFAULT_4XX", "Invalid Content-Length")
             return
         length = self.headers.get("content-length", "0")
         # ASCII digits only: str.isdigit() also takes "²", which int() refuses, and the server dropped the connection.

@@ -334,8 +334,11 @@ def _raw_exchange(server: tuple[str, int], request: bytes) -> tuple[bytes, bytes
         # A chunk size that is no hex number.
         b"PUT /cart/items/NOPE HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        # Two Content-Lengths that differ (RFC 9112, 6.3): it took the first and answered (a helper's probe).
+        b"PUT /cart/items/NOPE HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 14\r\nContent-Length: 2\r\n\r\n" + b'{"quantity":1}',
     ],
-    ids=["content-length-not-ascii", "chunk-size-not-hex"],
+    ids=["content-length-not-ascii", "chunk-size-not-hex", "two-content-lengths"],
 )
 def test_a_body_the_server_cannot_frame_is_a_400_problem(server: tuple[str, int], request_bytes: bytes) -> None:
     head, body = _raw_exchange(server, request_bytes)
@@ -356,6 +359,22 @@ def test_a_chunked_body_reaches_the_app_as_on_the_gateway(server: tuple[str, int
     )
     assert head.startswith(b"HTTP/1.1 422"), head  # the body arrived: the SKU is unknown
     assert json.loads(body)["type"] == "urn:shop:problem:product-unavailable"
+
+
+def test_a_chunked_request_with_a_content_length_closes_the_connection(server: tuple[str, int]) -> None:
+    """Read by its chunks, then the connection closes (RFC 9112, 6.1: a proxy in front may have framed
+    it by the length, and what follows it is no request to trust). It stayed open (a helper's probe)."""
+    payload = b'{"quantity":1}'
+    head, _ = _raw_exchange(
+        server,
+        b"PUT /cart/items/NOPE HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(payload):x}".encode()
+        + b"\r\n"
+        + payload
+        + b"\r\n0\r\n\r\n",
+    )  # no Connection: close: it returns only because the server closed
+    assert head.startswith(b"HTTP/1.1 422"), head
 
 
 # ---------------------------------------------------------------------------- caching
@@ -386,11 +405,16 @@ def test_every_answer_but_the_catalogs_says_no_cache_may_keep_it(local_aws: Loca
             "GET /admin/orders": http_client.get("/admin/orders", headers=shop.headers("admin")),
             "GET /orders/{id} (404)": http_client.get("/orders/no-such-order", headers=shop.headers("alice")),
             "GET /health": http_client.get("/health"),
+            # 405s too, both kinds: a method routed to a fallback view, and one Chalice routes nowhere.
+            "GET /cart/merge (405)": http_client.get("/cart/merge", headers=shop.headers("alice")),
+            "PUT /products (405)": http_client.put("/products", headers=shop.headers("admin"), body=b"{}"),
+            "HEAD /orders (405)": http_client.request("HEAD", "/orders", headers=shop.headers("alice")),
         }
         assert {name: _cache_control(answer.headers) for name, answer in answers.items()} == dict.fromkeys(
             answers, "no-store"
         )
         assert answers["GET /cart (anonymous)"].json_body["items"]
+        assert {answer.status_code for name, answer in answers.items() if "(405)" in name} == {405}
         # The catalog keeps its own: cacheable by anyone for 30 s.
         assert _cache_control(http_client.get("/products/MUG-1").headers) == "public, max-age=30"
 
