@@ -14,7 +14,13 @@ from shop.errors import ReconciliationReportNotFound
 from shop.models.base import Record, StrictModel
 from shop.models.catalog import SearchReindexQuery, SearchReindexStep, StockLevelPage
 from shop.models.common import DEFAULT_PAGE_LIMIT, NextToken, OrderId, PageLimit
-from shop.models.events import ConsumerFailuresStatus, UnreadableRecordPage
+from shop.models.events import (
+    ConsumerFailuresStatus,
+    DismissRecordRequest,
+    UnreadableRecord,
+    UnreadableRecordId,
+    UnreadableRecordPage,
+)
 from shop.models.orders import DeadLetter, DeadLetterPage, OrderFilter, OrderPage
 from shop.models.payments import CircuitBreakerStatus
 from shop.models.reconciliation import ReconciliationReport, StockDiscrepancyPage
@@ -143,7 +149,8 @@ def list_stock_discrepancies(query: LetterPageQuery, principal: Principal) -> Re
         "Table stream records a publisher could not read (its images or keys are not what it reads), kept whole "
         "so that the records behind them were published. Every quarter of an hour each OPEN one is read again; "
         "once a fixed publisher is deployed it is published, late, with the event id and time it always had, "
-        "and becomes PUBLISHED. Nothing to redrive by hand."
+        "and becomes PUBLISHED. One that will never be published (kept without its images, or junk written behind "
+        "the shop's back) an operator dismisses."
     ),
     auth="admin",
     query=LetterPageQuery,
@@ -152,6 +159,28 @@ def list_stock_discrepancies(query: LetterPageQuery, principal: Principal) -> Re
 )
 def list_unreadable_records(query: LetterPageQuery, principal: Principal) -> Response:
     return http.json_response(operations.list_unreadable_records(limit=query.limit, next_token=query.next_token))
+
+
+@http.route(
+    admin,
+    "/admin/unreadable-records/{record_id}/dismiss",
+    "POST",
+    summary="Dismiss a stream record set aside that will never be published (admin)",
+    description=(
+        "OPEN -> DISMISSED with the operator and the reason: the republisher reads it no more and the alarm's "
+        "level stops counting it. For a record kept without its images (`images_dropped`), or one whose item was "
+        "junk written behind the shop's back, once the operator has done what its event would have asked. "
+        "Dismissing it again answers it as it is; a PUBLISHED record is 409."
+    ),
+    auth="admin",
+    path_params={"record_id": UnreadableRecordId},
+    body=DismissRecordRequest,
+    responses={200: UnreadableRecord},
+    errors=(404, 409),
+    tags=_TAGS,
+)
+def dismiss_unreadable_record(record_id: str, body: DismissRecordRequest, principal: Principal) -> Response:
+    return http.json_response(operations.dismiss_unreadable_record(record_id, body.reason, actor=principal.subject))
 
 
 @http.route(

@@ -196,6 +196,71 @@ def test_an_unreadable_record_too_large_for_one_item_is_still_set_aside(
     assert republish(local_aws) == RepublishResult(published=0, still_unreadable=2)
 
 
+def _dismiss(shop: Shop, record_id: str, body: Any, who: str = "admin") -> Any:
+    return shop.client.http.post(
+        f"/admin/unreadable-records/{record_id}/dismiss",
+        headers={**shop.headers(who), "Content-Type": "application/json"},
+        body=json.dumps(body),
+    )
+
+
+def test_an_operator_dismisses_a_record_that_will_never_be_published(shop: Shop, local_aws: LocalAws) -> None:
+    """A record whose event cannot be rebuilt (kept without its images, or junk written behind the
+    shop's back) stayed OPEN for good, and the alarm with it: nothing closed it but deleting the item."""
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.table("OrdersTable"), Item={"order_id": {"S": "hand-written"}, "status": {"S": "SHIPPED"}}
+    )
+    local_aws.deliver_events()
+    [record] = unreadable_records.open_records()
+
+    dismissed = _dismiss(shop, record.record_id, {"reason": "junk from a bad migration; item deleted"})
+
+    assert dismissed.status_code == 200, dismissed.body
+    assert (dismissed.json_body["status"], dismissed.json_body["dismissed_by"]) == ("DISMISSED", "admin")
+    assert dismissed.json_body["dismissal_reason"] == "junk from a bad migration; item deleted"
+    assert republish(local_aws) == RepublishResult(published=0, still_unreadable=0)  # the alarm's level is 0
+    assert [item["status"] for item in listed(shop)] == ["DISMISSED"]
+    again = _dismiss(shop, record.record_id, {"reason": "asked twice"})
+    assert (again.status_code, again.json_body) == (200, dismissed.json_body)  # as it is: the first reason kept
+
+
+def test_a_dismissal_that_cannot_apply_is_a_clean_4xx_and_changes_nothing(shop: Shop, local_aws: LocalAws) -> None:
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.table("OrdersTable"), Item={"order_id": {"S": "hand-written"}, "status": {"S": "SHIPPED"}}
+    )
+    local_aws.deliver_events()
+    [record] = unreadable_records.open_records()
+    refusals = {
+        "no reason": (_dismiss(shop, record.record_id, {}), 400),
+        "empty reason": (_dismiss(shop, record.record_id, {"reason": ""}), 400),
+        "two lines": (_dismiss(shop, record.record_id, {"reason": "a\nb"}), 400),
+        "unknown field": (_dismiss(shop, record.record_id, {"reason": "r", "force": True}), 400),
+        "a customer": (_dismiss(shop, record.record_id, {"reason": "r"}, who="alice"), 403),
+        "no such record": (_dismiss(shop, "orders-999", {"reason": "r"}), 404),
+        "not a record id": (_dismiss(shop, "carts-1", {"reason": "r"}), 400),
+    }
+    for name, (response, status) in refusals.items():
+        assert (response.status_code, response.headers["Content-Type"]) == (status, "application/problem+json"), name
+    assert [item.status for item in unreadable_records.open_records()] == ["OPEN"]
+
+
+def test_a_published_record_cannot_be_dismissed(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = shop.place_ok([("MUG-1", 1)])["order_id"]
+    unreadable_completion_of(order_id, monkeypatch)
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    local_aws.deliver_events()
+    monkeypatch.undo()  # the fixed publisher is deployed
+    assert republish(local_aws) == RepublishResult(published=1, still_unreadable=0)
+    [record] = [item for item in listed(shop) if item["status"] == "PUBLISHED"]
+
+    refused = _dismiss(shop, record["record_id"], {"reason": "too late"})
+
+    assert (refused.status_code, refused.json_body["type"]) == (409, "urn:shop:problem:unreadable-record-published")
+    assert [item["status"] for item in listed(shop)] == ["PUBLISHED"]
+
+
 def test_a_record_delivered_twice_is_set_aside_once(shop: Shop, local_aws: LocalAws) -> None:
     # Lambda's delivery is at least once: the same record again counts a failed read, no second item.
     _duplicate_stream_deliveries(local_aws, "PublishOrderEventsFunction")

@@ -359,6 +359,16 @@ class DeadLetterNotFound(NotFound):
     title, slug = "Dead letter not found", "dead-letter-not-found"
 
 
+class UnreadableRecordNotFound(NotFound):
+    title, slug = "Unreadable record not found", "unreadable-record-not-found"
+
+
+class UnreadableRecordPublished(Conflict):
+    """A dismissal asked for a record the republisher has published: there is nothing to dismiss."""
+
+    title, slug = "The record was published", "unreadable-record-published"
+
+
 class SagaStillRunning(Conflict):
     """A redrive asked for an order whose saga is in progress (a refund the customer asked for after the
     letter was written, say): that saga settles the order and resolves the letter, and a redrive would

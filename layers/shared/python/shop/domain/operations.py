@@ -11,10 +11,10 @@ from __future__ import annotations
 from shop.config import inventory_settings
 from shop.domain import order_lifecycle as lifecycle
 from shop.domain import order_saga
-from shop.errors import DeadLetterNotFound, SagaStillRunning
+from shop.errors import DeadLetterNotFound, SagaStillRunning, UnreadableRecordNotFound, UnreadableRecordPublished
 from shop.models.base import iso_now
 from shop.models.catalog import StockLevel, StockLevelPage
-from shop.models.events import ConsumerFailuresStatus, UnreadableRecordPage
+from shop.models.events import ConsumerFailuresStatus, UnreadableRecord, UnreadableRecordPage
 from shop.models.orders import (
     FIRST_EPOCH,
     SAGA_IN_PROGRESS,
@@ -25,6 +25,7 @@ from shop.models.orders import (
     RefundInput,
 )
 from shop.models.reconciliation import StockDiscrepancyPage
+from shop.observability import logger
 from shop.pagination import decode_token, encode_token
 from shop.repositories import catalog, consumer_failures, dead_letters, sagas, stock_discrepancies, unreadable_records
 from shop.repositories import orders as repository
@@ -54,6 +55,20 @@ def list_unreadable_records(*, limit: int, next_token: str | None) -> Unreadable
     start = decode_token(UNREADABLE_RECORDS_LISTING, next_token, binding)
     records, last_key = unreadable_records.list_page(limit=limit, start_key=start)
     return UnreadableRecordPage(items=records, next_token=encode_token(UNREADABLE_RECORDS_LISTING, last_key, binding))
+
+
+def dismiss_unreadable_record(record_id: str, reason: str, *, actor: str) -> UnreadableRecord:
+    """An operator closes a record set aside that will never be published: its event cannot be
+    rebuilt (kept without its images), or the item was junk written behind the shop's back. The
+    republisher reads it no more, and the alarm's level no longer counts it. Dismissing it again
+    changes nothing; a record the republisher published cannot be dismissed (409)."""
+    record = unreadable_records.dismiss(record_id, reason=reason, actor=actor, now=iso_now())
+    if record is None:
+        raise UnreadableRecordNotFound(f"no stream record {record_id} was set aside")
+    if record.status == "PUBLISHED":
+        raise UnreadableRecordPublished(f"stream record {record_id} was published at {record.published_at}")
+    logger().info("unreadable stream record dismissed", extra={"record_id": record_id, "by": record.dismissed_by})
+    return record
 
 
 def consumer_failures_status() -> ConsumerFailuresStatus:

@@ -9,11 +9,12 @@ delivered.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shop.models.base import Record, StrictModel
+from shop.models.catalog import Reason
 from shop.models.money import Money
 from shop.models.orders import OrderStatus
 
@@ -182,13 +183,18 @@ class UnreadableRecord(Record):
     source: StreamSource = Field(description="the table whose stream the record came from")
     sequence_number: str
     keys: dict[str, str] = Field(description="the item's key attributes, as text")
-    status: Literal["OPEN", "PUBLISHED"]
+    status: Literal["OPEN", "PUBLISHED", "DISMISSED"] = Field(
+        description="OPEN until the republisher reads it (PUBLISHED) or an operator dismisses it (DISMISSED)"
+    )
     error: str = Field(description="the exception that the last read raised (its class name)")
     detail: str = Field(description="its message, truncated")
     attempts: int = Field(ge=1, description="reads that failed, the first included")
     set_aside_at: str
     last_attempt_at: str
     published_at: str | None = None
+    dismissed_at: str | None = None
+    dismissed_by: str | None = Field(default=None, description="the operator who dismissed it")
+    dismissal_reason: str | None = None
     record: dict[str, Any] = Field(description="the stream record as Lambda delivered it")
     images_dropped: bool = Field(
         default=False,
@@ -198,6 +204,17 @@ class UnreadableRecord(Record):
             "to look"
         ),
     )
+
+
+# ``<source>-<stream sequence number>``, as the publishers name a record they set aside (a number on
+# AWS; whatever a damaged record carried otherwise, printable).
+UnreadableRecordId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^(orders|stock)-[\x21-\x7e]+$")]
+
+
+class DismissRecordRequest(StrictModel):
+    """``POST /admin/unreadable-records/{record_id}/dismiss``: why the operator closes it unpublished."""
+
+    reason: Reason
 
 
 class UnreadableRecordPage(Record):

@@ -65,6 +65,9 @@ def _to_record(item: Mapping[str, Any]) -> UnreadableRecord:
         set_aside_at=item["set_aside_at"]["S"],
         last_attempt_at=item["last_attempt_at"]["S"],
         published_at=item["published_at"]["S"] if "published_at" in item else None,
+        dismissed_at=item["dismissed_at"]["S"] if "dismissed_at" in item else None,
+        dismissed_by=item["dismissed_by"]["S"] if "dismissed_by" in item else None,
+        dismissal_reason=item["dismissal_reason"]["S"] if "dismissal_reason" in item else None,
         record=_record_of(item),
         images_dropped=bool(item.get("record_cut", {}).get("BOOL")),
     )
@@ -127,6 +130,31 @@ def mark_published(record_id: str, *, now: str) -> None:
         ExpressionAttributeNames={"#status": "status"},
         ExpressionAttributeValues={":published": {"S": "PUBLISHED"}, ":open": {"S": "OPEN"}, ":now": {"S": now}},
     )
+
+
+def dismiss(record_id: str, *, reason: str, actor: str, now: str) -> UnreadableRecord | None:
+    """OPEN -> DISMISSED (the republisher reads it no more); the record as it now stands, None when
+    there is none. One that is not OPEN is returned as it is."""
+    changed = call_if(
+        "update_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_key(record_id),
+        UpdateExpression=(
+            "SET #status = :dismissed, dismissed_at = :now, dismissed_by = :actor, dismissal_reason = :reason"
+        ),
+        ConditionExpression="#status = :open",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={
+            ":dismissed": {"S": "DISMISSED"},
+            ":open": {"S": "OPEN"},
+            ":now": {"S": now},
+            ":actor": {"S": actor},
+            ":reason": {"S": reason},
+        },
+        ReturnValues="ALL_NEW",
+    )
+    return _to_record(changed["Attributes"]) if changed is not None else get(record_id)
 
 
 def open_records() -> list[UnreadableRecord]:
