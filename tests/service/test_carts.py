@@ -7,6 +7,7 @@ race, an order placed from the cart and the cart emptied only when that order CO
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from shop.models.carts import CART_LIFETIME_SECONDS
 from shop.repositories import carts as cart_repository
 from tests.conftest import LocalAws, forge_signature
 from tests.service.faults import StepFaults
-from tests.service.orders_helpers import PauseAt, Shop, deactivate, open_shop, seed_product
+from tests.service.orders_helpers import DEADLINE_SECONDS, PauseAt, Shop, deactivate, open_shop, seed_product
 
 TOKEN = "X-Cart-Token"
 
@@ -461,6 +462,58 @@ def test_lines_added_after_placing_stay_when_the_order_completes(shop: Shop, loc
 
     assert shop.wait_checkout(order_id) == "SUCCEEDED"
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 1), ("TEE-1", 1)]
+
+
+def test_units_added_after_placing_stay_when_the_line_was_lowered_first(shop: Shop, local_aws: LocalAws) -> None:
+    """Of 3 mugs in the cart at completion, 1 was there when the order of 2 read it: one taken out, two
+    added since. The cart knew only the version that added the line, and took 2 (a helper's probe)."""
+    put(shop, "MUG-1", 2, who="alice")
+    with placed_from_cart_before_completion(shop, local_aws) as order_id:
+        put(shop, "MUG-1", 1, who="alice")
+        put(shop, "MUG-1", 3, who="alice")
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
+
+
+class _HoldEach:
+    """A ``faults.before_invoke`` hook holding every invocation of one function until released."""
+
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+        self.arrivals = threading.Semaphore(0)
+        self.released = threading.Event()
+
+    def __call__(self, function_name: str, event: Any) -> None:
+        if function_name == self.function_name:
+            self.arrivals.release()
+            assert self.released.wait(DEADLINE_SECONDS), "the test never released the held step"
+
+    def wait_for(self, arrivals: int) -> None:
+        for _ in range(arrivals):
+            assert self.arrivals.acquire(timeout=DEADLINE_SECONDS), f"fewer than {arrivals} reached the step"
+
+
+def test_two_orders_placed_at_one_cart_version_take_its_units_once(shop: Shop, local_aws: LocalAws) -> None:
+    """Both orders read the cart with 2 mugs; one more was added before either completed. Each
+    completion took 2 from the 3, and the mug added since went too (a helper's probe)."""
+    from infra.local import lambda_runtime
+
+    put(shop, "MUG-1", 2, who="alice")
+    held = _HoldEach(local_aws.function("CompleteOrderFunction"))
+    lambda_runtime.faults.before_invoke = held
+    try:
+        placed = [order_from_cart(shop, key=f"cart-order-{number}") for number in (1, 2)]
+        assert [response.status_code for response in placed] == [202, 202]
+        held.wait_for(2)
+        put(shop, "MUG-1", 3, who="alice")
+    finally:
+        held.released.set()
+        lambda_runtime.faults.before_invoke = None
+
+    for response in placed:
+        assert shop.wait_checkout(response.json_body["order_id"]) == "SUCCEEDED"
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 1)]
 
 
 def test_lines_added_after_the_cart_was_emptied_stay_when_an_earlier_order_completes(

@@ -158,23 +158,71 @@ def test_an_expired_cart_reads_empty_before_ttl_deletes_it() -> None:
 
 
 # ---------------------------------------------------------------------------- checkout removal
+def _without(
+    cart: list[Line], ordered: list[Line], units: dict[str, list[tuple[int, int]]], placed_at: int
+) -> list[tuple[str, int]]:
+    remaining, left = carts.without_ordered(cart, ordered, units, placed_at)
+    found = [(line.sku, line.quantity) for line in remaining]
+    assert {sku: sum(count for _, count in entries) for sku, entries in left.items()} == dict(found)
+    return found
+
+
 def test_a_completed_order_takes_its_quantities_and_leaves_what_was_added_since() -> None:
     cart = lines(("A", 3), ("B", 1), ("NEW", 2))  # A raised from 2 to 3 and NEW added after placing
     ordered = lines(("A", 2), ("B", 1))
-    added = {"A": 1, "B": 2, "NEW": 4}
+    units = {"A": [(1, 2), (4, 1)], "B": [(2, 1)], "NEW": [(4, 2)]}
 
-    assert pairs(carts.without_ordered(cart, ordered, added, 3)) == [("A", 1), ("NEW", 2)]
+    assert _without(cart, ordered, units, 3) == [("A", 1), ("NEW", 2)]
     # A line lowered below what was ordered goes; a SKU the shopper removed stays removed.
-    assert pairs(carts.without_ordered(lines(("A", 1)), lines(("A", 2), ("B", 1)), {"A": 1}, 3)) == []
+    assert _without(lines(("A", 1)), lines(("A", 2), ("B", 1)), {"A": [(1, 1)]}, 3) == []
 
 
 def test_a_completed_order_leaves_a_line_added_again_after_it_read_the_cart() -> None:
     # B was removed and added again at version 5, after the order read the cart at version 3.
     cart = lines(("A", 2), ("B", 1))
 
-    assert pairs(carts.without_ordered(cart, lines(("A", 2), ("B", 1)), {"A": 1, "B": 5}, 3)) == [("B", 1)]
+    assert _without(cart, lines(("A", 2), ("B", 1)), {"A": [(1, 2)], "B": [(5, 1)]}, 3) == [("B", 1)]
     # A line with no recorded version (a cart stored before them) counts as there all along.
-    assert pairs(carts.without_ordered(cart, lines(("A", 2), ("B", 1)), {}, 3)) == []
+    assert _without(cart, lines(("A", 2), ("B", 1)), {"A": [(0, 2)], "B": [(0, 1)]}, 3) == []
+
+
+def test_units_added_after_the_order_read_the_cart_stay_however_the_line_moved() -> None:
+    """A helper's probes: the cart knew only which version added a line, so any later quantity counted
+    as there when the order read it."""
+    # Lowered from 2 to 1 at version 2, raised to 3 at 3, after an order of 2 read the cart at 1.
+    units = carts.units_after_write({"A": [(1, 2)]}, lines(("A", 1)), 2)
+    units = carts.units_after_write(units, lines(("A", 3)), 3)
+    assert units == {"A": [(1, 1), (3, 2)]}
+    assert _without(lines(("A", 3)), lines(("A", 2)), units, 1) == [("A", 2)]
+    # Two orders of 2 that read the cart at version 1, the line raised to 3 at 2: the first takes the
+    # two units there then, the second finds none left, and the unit added since stays.
+    remaining, left = carts.without_ordered(lines(("A", 3)), lines(("A", 2)), {"A": [(1, 2), (2, 1)]}, 1)
+    assert _without(remaining, lines(("A", 2)), left, 1) == [("A", 1)]
+
+
+def test_a_line_raised_a_unit_at_a_time_keeps_a_few_versions_erring_on_leaving_units() -> None:
+    units: dict[str, list[tuple[int, int]]] = {}
+    for version in range(1, 21):
+        units = carts.units_after_write(units, lines(("A", version)), version)
+    assert len(units["A"]) == carts.MAX_VERSIONS_A_LINE and sum(count for _, count in units["A"]) == 20
+    assert units["A"][-1] == (20, 1)
+    # An order of 5 placed at version 5 finds fewer units that old (merged under later versions): it
+    # leaves some in the cart rather than take one added after it.
+    assert _without(lines(("A", 20)), lines(("A", 5)), units, 5)[0][1] >= 15
+
+
+def test_a_cart_written_before_units_were_kept_counts_a_line_whole_at_its_version() -> None:
+    stored = StoredCart(
+        cart_id="customer#c",
+        lines=lines(("A", 2), ("B", 1)),
+        version=5,
+        updated_at="x",
+        expires_at=NOW,
+        added_in_version={"A": 3},
+        units_by_version={"B": [(4, 2)]},  # out of step with its line (the code before wrote B down to 1)
+    )
+    assert carts.held_units(stored, stored.lines) == {"A": [(3, 2)], "B": [(0, 1)]}
+    assert carts.held_units(None, lines(("A", 1))) == {"A": [(0, 1)]}
 
 
 def test_each_line_keeps_the_version_that_added_it_and_a_line_added_again_gets_a_new_one() -> None:

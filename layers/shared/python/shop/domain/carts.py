@@ -15,8 +15,9 @@ An order placed from the cart records the cart's id and the version it read; its
 cart's lines at that version. When the order COMPLETES, the saga's completion step removes exactly
 those quantities from the cart (``remove_ordered_lines``), once: the cart remembers the ids of the
 last orders it removed. It takes them only from lines the cart held at that version (the cart
-records the version that added each line), so what the shopper added after that read — a new line,
-more of one, a line removed and added again, lines after emptying the cart — stays. Versions, not clocks:
+records the version that added each line's units), so what the shopper added after that read — a new
+line, more of one, a line removed and added again, lines after emptying the cart — stays, and two
+orders placed at one version take those units once. Versions, not clocks:
 the emptying and the order's timestamp come from different machines.
 """
 
@@ -169,19 +170,70 @@ def added_in_versions(
     return {line.sku: known.get(line.sku, 0) if line.sku in held_skus else version for line in lines}
 
 
+UnitsByVersion = dict[str, list[tuple[int, int]]]
+# The most versions a line keeps its units under: a line raised one unit at a time would otherwise
+# keep up to 100, and a cart of 50 such lines would cost dozens of write units a change. Past it the
+# two oldest merge under the later version, so the line may count a unit as newer than it is: a
+# completion then leaves it in the cart, never takes one the shopper added.
+MAX_VERSIONS_A_LINE = 8
+
+
+def held_units(cart: StoredCart | None, held: Sequence[Line]) -> UnitsByVersion:
+    """Each of the ``held`` lines' units by the version that added them, oldest first. A line the cart
+    keeps no units for, or whose units do not add up to its quantity (written by the code before
+    them), has them all at the version ``added_in_version`` says (0 when the cart predates that too)."""
+    known = cart.units_by_version if cart is not None else {}
+    added = cart.added_in_version if cart is not None else {}
+    units: UnitsByVersion = {}
+    for line in held:
+        entries = [(version, count) for version, count in known.get(line.sku, [])]
+        if sum(count for _, count in entries) != line.quantity:
+            entries = [(added.get(line.sku, 0), line.quantity)]
+        units[line.sku] = entries
+    return units
+
+
+def units_after_write(held: UnitsByVersion, lines: Sequence[Line], version: int) -> UnitsByVersion:
+    """The units of the cart's new ``lines`` written at ``version``: more of a line are added at
+    ``version``; fewer come off its newest units; a line not held before is all new."""
+    units: UnitsByVersion = {}
+    for line in lines:
+        entries = list(held.get(line.sku, []))
+        have = sum(count for _, count in entries)
+        if line.quantity > have:
+            entries.append((version, line.quantity - have))
+            while len(entries) > MAX_VERSIONS_A_LINE:
+                (_, oldest), (later, next_oldest) = entries[0], entries[1]
+                entries[:2] = [(later, oldest + next_oldest)]
+        excess = max(have - line.quantity, 0)
+        while excess:
+            added_at, count = entries.pop()
+            if count > excess:
+                entries.append((added_at, count - excess))
+            excess -= min(count, excess)
+        units[line.sku] = entries
+    return units
+
+
 def without_ordered(
-    lines: Sequence[Line], ordered: Iterable[Line], added_in_version: Mapping[str, int], placed_at_version: int
-) -> list[Line]:
-    """``lines`` less the quantities of an order placed from the cart at ``placed_at_version``, taken only from
-    lines the cart held then (added at that version or before; a SKU not in ``added_in_version`` counts as 0):
-    a line left with nothing goes. What the shopper added since stays: a new line, more of a SKU, a line
-    removed and added again."""
-    taken = {line.sku: line.quantity for line in ordered if added_in_version.get(line.sku, 0) <= placed_at_version}
-    return [
-        Line(sku=line.sku, quantity=line.quantity - taken.get(line.sku, 0))
-        for line in lines
-        if line.quantity > taken.get(line.sku, 0)
-    ]
+    lines: Sequence[Line], ordered: Iterable[Line], held: UnitsByVersion, placed_at_version: int
+) -> tuple[list[Line], UnitsByVersion]:
+    """``lines`` (and their ``held`` units) less the quantities of an order placed from the cart at
+    ``placed_at_version``, taken only from units added at that version or before, oldest first, and
+    used up: a line left with nothing goes. What the shopper added since stays: a new line, more of a
+    SKU (even after lowering it), a line removed and added again."""
+    left = {sku: list(entries) for sku, entries in held.items()}
+    for item in ordered:
+        wanted, kept = item.quantity, []
+        for added_at, count in left.get(item.sku, []):
+            taken = min(count, wanted) if added_at <= placed_at_version else 0
+            wanted -= taken
+            if count > taken:
+                kept.append((added_at, count - taken))
+        left[item.sku] = kept
+    quantities = [(line.sku, sum(count for _, count in left.get(line.sku, []))) for line in lines]
+    remaining = [Line(sku=sku, quantity=quantity) for sku, quantity in quantities if quantity > 0]
+    return remaining, {sku: units for sku, units in left.items() if units}
 
 
 def expiry_text(expires_at: int) -> str:
@@ -286,6 +338,7 @@ def first_version(now: int) -> int:
 def _stored(cart_id: str, previous: StoredCart | None, lines: list[Line], now: int) -> StoredCart:
     version = previous.version + 1 if previous is not None else first_version(now)
     known = previous.added_in_version if previous is not None else {}
+    held = current_lines(previous, now)
     return StoredCart(
         cart_id=cart_id,
         lines=lines,
@@ -294,7 +347,8 @@ def _stored(cart_id: str, previous: StoredCart | None, lines: list[Line], now: i
         expires_at=now + CART_LIFETIME_SECONDS,
         checked_out=previous.checked_out if previous is not None else [],
         cleared_at=previous.cleared_at if previous is not None else None,
-        added_in_version=added_in_versions(current_lines(previous, now), known, lines, version),
+        added_in_version=added_in_versions(held, known, lines, version),
+        units_by_version=units_after_write(held_units(previous, held), lines, version),
     )
 
 
@@ -384,7 +438,13 @@ def _emptied(absorbed: StoredCart) -> StoredCart:
     ``PUT`` at the version of that moment's clock, which a stale tab's read may share (the same
     millisecond), and its write would land, bringing the merged lines back for a second merge to add."""
     return absorbed.model_copy(
-        update={"lines": [], "added_in_version": {}, "version": absorbed.version + 1, "updated_at": iso_now()}
+        update={
+            "lines": [],
+            "added_in_version": {},
+            "units_by_version": {},
+            "version": absorbed.version + 1,
+            "updated_at": iso_now(),
+        }
     )
 
 
@@ -476,11 +536,12 @@ def remove_ordered_lines(order: Order) -> None:
         if placed_at_version is None:
             return  # the shopper emptied the cart after placing: what is in it now came later
         held = current_lines(stored, _now())
-        lines = without_ordered(held, ordered, stored.added_in_version, placed_at_version)
+        lines, units = without_ordered(held, ordered, held_units(stored, held), placed_at_version)
         cart = stored.model_copy(
             update={
                 "lines": lines,
                 "added_in_version": added_in_versions(held, stored.added_in_version, lines, stored.version + 1),
+                "units_by_version": units,
                 "version": stored.version + 1,
                 "updated_at": iso_now(),
                 "checked_out": [*stored.checked_out, order.order_id][-REMEMBERED_CHECKOUTS:],

@@ -114,3 +114,10 @@ class StoredCart(Record):
     # missing here (a cart stored before this was kept) counts as added at 0. Kept on the cart, not on
     # each line: a line refuses unknown fields, and a cart must stay readable by the code before this.
     added_in_version: dict[str, int] = Field(default_factory=dict)
+    # Each line's units by the cart version whose write added them, oldest first ([version, units]
+    # pairs summing to the line's quantity): an order placed at version v takes only units added at v
+    # or before, and uses them up, so units added since (raising a line, even one lowered first) stay,
+    # and a second order placed at the same version finds them gone. A line missing here, or out of
+    # step with its quantity (written by the code before this), has all its units at
+    # ``added_in_version``'s version, which is still written for that code.
+    units_by_version: dict[str, list[tuple[int, int]]] = Field(default_factory=dict)
