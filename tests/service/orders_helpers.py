@@ -74,6 +74,28 @@ class PauseAt:
         assert self.reached.wait(DEADLINE_SECONDS), f"the saga never reached {self.function_name}"
 
 
+class HoldEvery:
+    """A ``faults.before_invoke`` hook that holds every saga arriving at one step until the test releases
+    them (sagas alive in their long retries; several orders at the same step at once)."""
+
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+        self.released = threading.Event()
+        self.arrived = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, function_name: str, event: Any) -> None:
+        if function_name != self.function_name:
+            return
+        with self._lock:
+            self.arrived += 1
+        if not self.released.wait(DEADLINE_SECONDS):
+            raise RuntimeError("the test never released the held step")
+
+    def wait_arrived(self, count: int) -> None:
+        eventually(lambda: self.arrived >= count, f"{count} sagas to reach {self.function_name}")
+
+
 class Shop:
     """The API as a customer or admin sees it, plus what the tests need to look behind it."""
 

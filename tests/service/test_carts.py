@@ -7,7 +7,6 @@ race, an order placed from the cart and the cart emptied only when that order CO
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +18,7 @@ from shop.models.carts import CART_LIFETIME_SECONDS
 from shop.repositories import carts as cart_repository
 from tests.conftest import LocalAws, forge_signature
 from tests.service.faults import StepFaults
-from tests.service.orders_helpers import DEADLINE_SECONDS, PauseAt, Shop, deactivate, open_shop, seed_product
+from tests.service.orders_helpers import HoldEvery, PauseAt, Shop, deactivate, open_shop, seed_product
 
 TOKEN = "X-Cart-Token"
 
@@ -476,36 +475,18 @@ def test_units_added_after_placing_stay_when_the_line_was_lowered_first(shop: Sh
     assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
 
 
-class _HoldEach:
-    """A ``faults.before_invoke`` hook holding every invocation of one function until released."""
-
-    def __init__(self, function_name: str) -> None:
-        self.function_name = function_name
-        self.arrivals = threading.Semaphore(0)
-        self.released = threading.Event()
-
-    def __call__(self, function_name: str, event: Any) -> None:
-        if function_name == self.function_name:
-            self.arrivals.release()
-            assert self.released.wait(DEADLINE_SECONDS), "the test never released the held step"
-
-    def wait_for(self, arrivals: int) -> None:
-        for _ in range(arrivals):
-            assert self.arrivals.acquire(timeout=DEADLINE_SECONDS), f"fewer than {arrivals} reached the step"
-
-
 def test_two_orders_placed_at_one_cart_version_take_its_units_once(shop: Shop, local_aws: LocalAws) -> None:
     """Both orders read the cart with 2 mugs; one more was added before either completed. Each
     completion took 2 from the 3, and the mug added since went too (a helper's probe)."""
     from infra.local import lambda_runtime
 
     put(shop, "MUG-1", 2, who="alice")
-    held = _HoldEach(local_aws.function("CompleteOrderFunction"))
+    held = HoldEvery(local_aws.function("CompleteOrderFunction"))
     lambda_runtime.faults.before_invoke = held
     try:
         placed = [order_from_cart(shop, key=f"cart-order-{number}") for number in (1, 2)]
         assert [response.status_code for response in placed] == [202, 202]
-        held.wait_for(2)
+        held.wait_arrived(2)
         put(shop, "MUG-1", 3, who="alice")
     finally:
         held.released.set()

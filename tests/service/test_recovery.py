@@ -8,7 +8,6 @@ ledger, the provider's own ledger and the stock.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,7 @@ from shop.repositories.payments import PaymentsRepository
 from tests.conftest import WORKFLOW_TYPES, LocalAws
 from tests.service.faults import SdkFault, StepFaults, inject, open_breaker, updates_payment_to
 from tests.service.orders_helpers import (
-    DEADLINE_SECONDS,
+    HoldEvery,
     PauseAt,
     Shop,
     available,
@@ -275,28 +274,6 @@ def test_a_refund_whose_saga_did_not_start_is_started_by_the_sweeper(shop: Shop,
     assert end.status == "REFUNDED"
     assert end.ours is not None and end.ours.refunded_amount == PRICE
     assert end.available == STOCK
-
-
-class HoldEvery:
-    """A ``faults.before_invoke`` hook that holds every saga arriving at one step until the test releases
-    them: sagas alive in their long retries (captures waiting out an open breaker)."""
-
-    def __init__(self, function_name: str) -> None:
-        self.function_name = function_name
-        self.released = threading.Event()
-        self.arrived = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, function_name: str, event: Any) -> None:
-        if function_name != self.function_name:
-            return
-        with self._lock:
-            self.arrived += 1
-        if not self.released.wait(DEADLINE_SECONDS):
-            raise RuntimeError("the test never released the held step")
-
-    def wait_arrived(self, count: int) -> None:
-        eventually(lambda: self.arrived >= count, f"{count} sagas to reach {self.function_name}")
 
 
 def placed_ago(local_aws: LocalAws, order_id: str, seconds: int) -> None:
