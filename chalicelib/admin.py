@@ -150,7 +150,8 @@ def list_stock_discrepancies(query: LetterPageQuery, principal: Principal) -> Re
         "so that the records behind them were published. Every quarter of an hour each OPEN one is read again; "
         "once a fixed publisher is deployed it is published, late, with the event id and time it always had, "
         "and becomes PUBLISHED. One that will never be published (kept without its images, or junk written behind "
-        "the shop's back) an operator dismisses."
+        "the shop's back) an operator dismisses. A page ends before 3 MB of JSON, whatever the limit (a record "
+        "kept compressed can be a thousand times its stored size): follow `next_token` until it is null."
     ),
     auth="admin",
     query=LetterPageQuery,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shop.domain import events
-from shop.models.events import RepublishResult
+from shop.models.events import RepublishResult, UnreadableRecord
 from shop.models.orders import Order
 from shop.repositories import event_records, unreadable_records
 from tests.conftest import LocalAws
@@ -408,3 +408,37 @@ def test_only_admins_list_them(shop: Shop) -> None:
     assert shop.client.http.get("/admin/unreadable-records").status_code == 401
     bad = shop.client.http.get("/admin/unreadable-records?next_token=forged", headers=shop.headers("admin"))
     assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_page_of_large_records_stays_within_what_lambda_can_answer(shop: Shop) -> None:
+    """Records kept compressed are small in the table and large in a listing: twelve records of a 1 MB
+    image each made one page of 12 MB, which Lambda refuses (6 MB at most), so the operators could
+    list none of them. Pages now end before 3 MB of JSON, and every record is listed once."""
+    for number in range(12):
+        image = {"order_id": {"S": f"hand-written-{number}"}, "notes": {"S": "x" * 1_000_000}}
+        unreadable_records.set_aside(
+            UnreadableRecord(
+                record_id=f"orders-{number:04d}",
+                source="orders",
+                sequence_number=f"{number:04d}",
+                keys={"order_id": f"hand-written-{number}"},
+                status="OPEN",
+                error="ValidationError",
+                detail="written behind the shop's back",
+                attempts=1,
+                set_aside_at="2026-12-02T00:00:00Z",
+                last_attempt_at="2026-12-02T00:00:00Z",
+                record={"eventName": "INSERT", "dynamodb": {"NewImage": image}},
+            )
+        )
+    listed_ids: list[str] = []
+    path = "/admin/unreadable-records?limit=100"
+    while True:
+        response = shop.client.http.get(path, headers=shop.headers("admin"))
+        assert response.status_code == 200
+        assert len(response.body) < 4_000_000
+        listed_ids += [item["record_id"] for item in response.json_body["items"]]
+        if response.json_body["next_token"] is None:
+            break
+        path = f"/admin/unreadable-records?limit=100&next_token={response.json_body['next_token']}"
+    assert listed_ids == [f"orders-{number:04d}" for number in range(12)]

@@ -34,6 +34,9 @@ DEAD_LETTERS_LISTING = "dead-letters"
 STOCK_DISCREPANCIES_LISTING = "stock-discrepancies"
 STOCK_LEVELS_LISTING = "stock-levels"
 UNREADABLE_RECORDS_LISTING = "unreadable-records"
+# A page of set-aside records answers at most this much JSON: Lambda's response holds 6 MB, and the
+# proxy's envelope escapes every quote of the body again.
+UNREADABLE_RECORDS_PAGE_BYTES = 3_000_000
 
 
 def list_dead_letters(*, limit: int, next_token: str | None) -> DeadLetterPage:
@@ -53,7 +56,9 @@ def list_stock_discrepancies(*, limit: int, next_token: str | None) -> StockDisc
 def list_unreadable_records(*, limit: int, next_token: str | None) -> UnreadableRecordPage:
     binding: dict[str, str | int | None] = {}
     start = decode_token(UNREADABLE_RECORDS_LISTING, next_token, binding)
-    records, last_key = unreadable_records.list_page(limit=limit, start_key=start)
+    records, last_key = unreadable_records.list_page(
+        limit=limit, start_key=start, max_bytes=UNREADABLE_RECORDS_PAGE_BYTES
+    )
     return UnreadableRecordPage(items=records, next_token=encode_token(UNREADABLE_RECORDS_LISTING, last_key, binding))
 
 

@@ -190,10 +190,22 @@ def get(record_id: str) -> UnreadableRecord | None:
 
 
 def list_page(
-    *, limit: int, start_key: Mapping[str, Any] | None
+    *, limit: int, start_key: Mapping[str, Any] | None, max_bytes: int
 ) -> tuple[list[UnreadableRecord], dict[str, Any] | None]:
-    """One page of the records (by id) and DynamoDB's key to continue from (low-level shape)."""
+    """One page of the records (by id) and DynamoDB's key to continue from (low-level shape).
+
+    The page ends early, after the record that takes its JSON past ``max_bytes`` (one record at least):
+    a record kept compressed can be a thousand times its stored size, so DynamoDB's 1 MB a query does
+    not bound what the page answers, and Lambda refuses a response over 6 MB.
+    """
     items, last_key = partition_page(
         table_settings().operations_table, PARTITION, limit=limit, start_key=start_key, busy=TransientError
     )
-    return listable(items, _to_record, key="sk"), last_key
+    page: list[UnreadableRecord] = []
+    size = 0
+    for record in listable(items, _to_record, key="sk"):
+        size += len(record.model_dump_json())
+        if page and size > max_bytes:
+            return page, _key(page[-1].record_id)
+        page.append(record)
+    return page, last_key
