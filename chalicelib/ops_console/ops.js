@@ -34,9 +34,14 @@
     if (!current) {
       throw new Error("no token: open the console URL printed by make run, or paste an admin token");
     }
+    const { contentType, ...init } = options;
     const response = await fetch(new URL(path, document.baseURI), {
-      ...options,
-      headers: { Authorization: `Bearer ${current}`, Accept: "application/json" },
+      ...init,
+      headers: {
+        Authorization: `Bearer ${current}`,
+        Accept: "application/json",
+        ...(contentType ? { "Content-Type": contentType } : {}),
+      },
       cache: "no-store",
       credentials: "omit",
     });
@@ -228,6 +233,46 @@
     return items;
   }
 
+  // A record that will never be published (kept without its images, or junk written behind the
+  // shop's back) is dismissed with the operator's reason, which the API keeps with who dismissed it.
+  function dismissForm(recordId) {
+    const form = document.createElement("form");
+    form.className = "dismiss";
+    const reason = document.createElement("input");
+    reason.name = "reason";
+    reason.required = true;
+    reason.maxLength = 500;
+    reason.placeholder = "why it will never be published";
+    reason.setAttribute("aria-label", `Reason to dismiss ${recordId}`);
+    const dismiss = document.createElement("button");
+    dismiss.type = "submit";
+    dismiss.textContent = "Dismiss";
+    form.append(reason, dismiss);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      dismissRecord(recordId, reason.value.trim(), dismiss).catch((error) => {
+        dismiss.disabled = false;
+        fail(error);
+      });
+    });
+    return form;
+  }
+
+  async function dismissRecord(recordId, reason, button) {
+    if (!reason) {
+      say("Say why the record will never be published before dismissing it.");
+      return;
+    }
+    button.disabled = true;
+    await api(`admin/unreadable-records/${encodeURIComponent(recordId)}/dismiss`, {
+      method: "POST",
+      body: JSON.stringify({ reason }),
+      contentType: "application/json",
+    });
+    say(`Record ${recordId} dismissed.`, true);
+    await loadEventPipeline();
+  }
+
   async function loadEventPipeline() {
     const [failures, records, discrepancies] = await Promise.all([
       api("admin/consumer-failures"),
@@ -252,6 +297,7 @@
         cell(row, record.attempts);
         cell(row, record.set_aside_at);
         cell(row, record.last_attempt_at);
+        cell(row, "").appendChild(dismissForm(record.record_id));
         return row;
       }),
     );

@@ -207,6 +207,16 @@ def test_the_event_pipeline_panel_shows_what_waits_for_a_retry(stack: RunningSta
     expect(row).to_contain_text("ValidationError")
     expect(page.locator('#stock-discrepancies tbody tr[data-sku="CONSOLE-SKU"]')).to_contain_text("stock_mismatch")
     expect(page.locator('#stock-discrepancies tbody tr[data-sku="RESOLVED-SKU"]')).to_have_count(0)
+
+    # The record will never be published (junk written behind the shop's back): dismissed from the
+    # page with the operator's reason, it leaves the list, and the API keeps the reason.
+    row.locator("input[name=reason]").fill("junk from a hand edit; item deleted")
+    row.locator("button", has_text="Dismiss").click()
+    expect(row).to_have_count(0)
+    expect(page.locator("#message")).to_contain_text(f"Record {record['record_id']} dismissed.")
+    dismissed = set_aside()
+    assert dismissed is not None
+    assert (dismissed["status"], dismissed["dismissal_reason"]) == ("DISMISSED", "junk from a hand edit; item deleted")
     assert errors == []
     page.close()
 
