@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from shop import aws
+from shop.config import table_settings
 from shop.domain import payments as domain
 from shop.errors import (
     CaptureExceedsAuthorization,
@@ -269,10 +271,36 @@ def test_refund_of_an_uncaptured_payment(local_aws: LocalAws) -> None:
     before = authorized(order_id, 1000)
     assert domain.refund_payment(RefundPayment(order_id=order_id)).status == "AUTHORIZED"  # nothing to refund
     with pytest.raises(RefundExceedsCapture):
-        domain.refund_payment(RefundPayment(order_id=order_id, amount=usd(1)))
+        domain.refund_payment(RefundPayment(order_id=order_id, amount=usd(1), execution_name="r1"))
     with pytest.raises(PaymentStateConflict):
         domain.refund_payment(RefundPayment(order_id=new_order()))
     assert stored(order_id) == before
+
+
+def test_a_refund_asks_the_provider_when_the_ledger_shows_no_capture(local_aws: LocalAws) -> None:
+    """Our item restored from a backup taken between authorization and capture: the refund saw
+    nothing to refund and answered success, and the saga marked the order REFUNDED with the customer
+    still charged (a helper's probe). The refund now asks the provider first, as the void does."""
+    order_id = new_order()
+    authorized(order_id, 1000)
+    table, key = table_settings().payments_table, {"order_id": {"S": order_id}}
+    backup = aws.dynamodb().get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+    captured(order_id, 1000)
+    aws.dynamodb().put_item(TableName=table, Item=backup)
+    assert stored(order_id).status == "AUTHORIZED"
+
+    summary = domain.refund_payment(RefundPayment(order_id=order_id))
+
+    after = stored(order_id)
+    assert (summary.status, after.captured_amount, after.refunded_amount) == ("REFUNDED", 1000, 1000)
+    assert simulator_ledger(after).authorization.refunded_amount == 1000
+
+
+def test_a_partial_refund_must_name_its_run(local_aws: LocalAws) -> None:
+    """Its idempotency key is its run's name and amount: two unnamed refunds of one amount shared a key,
+    and the second was answered as done without being made."""
+    with pytest.raises(ValueError, match="execution_name"):
+        RefundPayment(order_id=new_order(), amount=usd(300))
 
 
 def test_void_releases_the_authorization_once(local_aws: LocalAws) -> None:

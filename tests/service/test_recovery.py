@@ -519,6 +519,29 @@ def test_a_refund_saga_that_fails_leaves_its_dead_letter_open(shop: Shop, local_
     assert resolved is not None and resolved.status == "RESOLVED"
 
 
+def test_a_refund_over_a_ledger_restored_from_before_the_capture_refunds_the_capture(shop: Shop) -> None:
+    """Our payments item restored from a backup taken between authorization and capture (the case the
+    books check names): the refund saw nothing captured, refunded nothing, and the saga marked the
+    order REFUNDED with the customer still charged (a helper's probe). It asks the provider first now."""
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    table, key = shop.aws.table("PaymentsTable"), {"order_id": {"S": order_id}}
+    item = aws.dynamodb().get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+    restored = {**item, "status": {"S": "AUTHORIZED"}, "captured_amount": {"N": "0"}}
+    restored.pop("capture_ref")
+    aws.dynamodb().put_item(TableName=table, Item=restored)
+
+    assert shop.cancel(order_id).json_body["status"] == "REFUNDING"
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+
+    end = books(shop, order_id)
+    assert end.status == "REFUNDED"
+    assert end.ours is not None and end.ours.refunded_amount == end.ours.captured_amount == 2 * PRICE
+    assert end.provider is not None and end.provider.authorization.refunded_amount == 2 * PRICE
+    assert end.provider_entries("refund") == 1
+    assert end.available == STOCK
+
+
 # ---------------------------------------------------------------------------- 6. timeouts
 @pytest.mark.parametrize("logical_id", ["AuthorizePaymentFunction", "CapturePaymentFunction", "CompleteOrderFunction"])
 def test_a_step_that_times_out_after_its_effect_is_retried_not_compensated(

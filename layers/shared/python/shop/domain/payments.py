@@ -58,7 +58,8 @@ def idempotency_key(order_id: str, operation: str) -> str:
 def refund_key(request: RefundPayment) -> str:
     if request.amount is None:
         return idempotency_key(request.order_id, "refund:full")
-    return idempotency_key(request.order_id, f"refund:{request.execution_name or 'direct'}:{request.amount.amount}")
+    assert request.execution_name is not None  # the model requires it of a partial refund
+    return idempotency_key(request.order_id, f"refund:{request.execution_name}:{request.amount.amount}")
 
 
 @dataclass
@@ -190,9 +191,14 @@ class PaymentService:
 
     # ------------------------------------------------------------------ refund
     def refund(self, request: RefundPayment) -> PaymentSummary:
+        """Refund what the provider captured: a ledger that shows no capture asks the provider first,
+        as the void does (an item restored from a backup taken before the capture would otherwise
+        refund nothing, and the saga would mark the order REFUNDED with the customer still charged)."""
         order_id, key = request.order_id, refund_key(request)
         for _ in range(_REFUND_ATTEMPTS):
             payment = self.ledger.get(order_id)
+            if payment is not None and payment.status in ("PENDING", "AUTHORIZED"):
+                payment = self.reconcile(order_id)
             if payment is None:
                 raise PaymentStateConflict(f"order {order_id} has no payment to refund")
             if key in payment.refunds:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shop.models.base import Record, StrictModel
 from shop.models.common import ExecutionName, OrderId, PaymentToken
@@ -55,6 +55,14 @@ class ReconcilePayment(_PaymentStep):
 class RefundPayment(_PaymentStep):
     # None refunds everything captured and not refunded yet.
     amount: Money | None = None
+
+    @model_validator(mode="after")
+    def _a_partial_refund_names_its_run(self) -> RefundPayment:
+        # A partial refund's idempotency key is its run's name and amount: without a name, a second
+        # refund of the same amount could not be told from a redelivery of the first, and was dropped.
+        if self.amount is not None and self.execution_name is None:
+            raise ValueError("a partial refund (amount) needs the execution_name that tells it from another")
+        return self
 
 
 # ---------------------------------------------------------------------------- stored and returned
