@@ -16,8 +16,9 @@ function asynchronously (retried twice on error). This adapter adds exactly that
   nothing) until the state it was in returns, which for a Lambda task still running can be
   minutes. The state's own work still finishes, as a Lambda invoked before the stop does on AWS.
 
-``wait_for_deliveries`` waits until every Lambda delivery started so far has ended (the service
-tier: an event's consumers have run, retries included). ``published`` counts the custom events
+``wait_for_deliveries`` waits until every Lambda delivery started so far has ended, and those of
+every execution whose end is already visible (the service tier: an event's consumers have run,
+retries included). ``published`` counts the custom events
 put on any bus, by detail-type (`make bench`: EventBridge bills each one; events from AWS
 services, ``aws.*`` sources, are free).
 
@@ -38,7 +39,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from moto.awslambda.models import lambda_backends
@@ -73,6 +75,10 @@ _published_lock = threading.Lock()
 # The asynchronous Lambda deliveries still running (``wait_for_deliveries``).
 _deliveries: set[threading.Thread] = set()
 _deliveries_lock = threading.Lock()
+# Executions whose end is being made visible and whose status-change event is not put yet: between
+# the two, a waiter could see the status and no delivery of its event (``wait_for_deliveries``).
+_announcing = 0
+_announced = threading.Condition(_deliveries_lock)
 
 
 def _invoke_async(account: str, region: str, function_name: str, event: dict[str, Any]) -> None:
@@ -116,18 +122,20 @@ def _send_failure_record(queue_arn: str, function_arn: str, event: Any, response
 
 
 def wait_for_deliveries(timeout: float) -> bool:
-    """Wait until the Lambda deliveries started so far have ended; False if some still run at ``timeout``."""
+    """Wait until the Lambda deliveries started so far have ended, those of an execution whose end
+    was already visible included; False if some still run at ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         with _deliveries_lock:
+            _announced.wait_for(lambda: _announcing == 0, max(deadline - time.monotonic(), 0))
             running = list(_deliveries)
-        if not running:
-            return True
+            if not running and _announcing == 0:
+                return True
         for thread in running:
             thread.join(max(deadline - time.monotonic(), 0))
         if time.monotonic() >= deadline:
             with _deliveries_lock:
-                return not _deliveries
+                return not _deliveries and _announcing == 0
 
 
 def _is_lambda(target: dict[str, Any]) -> bool:
@@ -207,22 +215,40 @@ def _announce_end(execution: Execution) -> None:
         listener(detail)
 
 
+@contextmanager
+def _announcing_an_end() -> Iterator[None]:
+    """Count an execution whose end becomes visible inside, until its event is put (and its Lambda
+    deliveries registered): a test that saw the status then waits for the deliveries does not miss
+    them (a helper's probe: one reached its consumer after the test had healed the fault)."""
+    global _announcing
+    with _deliveries_lock:
+        _announcing += 1
+    try:
+        yield
+    finally:
+        with _deliveries_lock:
+            _announcing -= 1
+            _announced.notify_all()
+
+
 def _terminated(self: BaseExecutionWorkerCommunication) -> None:
     if not _claim_the_end(self.execution):
         return  # stopped earlier: the status and its event are already out
-    _ORIGINAL_TERMINATED(self)
-    _announce_end(self.execution)
+    with _announcing_an_end():
+        _ORIGINAL_TERMINATED(self)
+        _announce_end(self.execution)
 
 
 def _stop(self: Execution, stop_date: Any, error: str | None, cause: str | None) -> None:
     _ORIGINAL_STOP(self, stop_date=stop_date, error=error, cause=cause)
     if self.exec_status != ExecutionStatus.RUNNING or not _claim_the_end(self):
         return
-    self.exec_status = ExecutionStatus.ABORTED
-    self.stop_date = stop_date
-    self.error = error
-    self.cause = cause
-    _announce_end(self)
+    with _announcing_an_end():
+        self.exec_status = ExecutionStatus.ABORTED
+        self.stop_date = stop_date
+        self.error = error
+        self.cause = cause
+        _announce_end(self)
 
 
 def _put_events(self: EventsBackend, events: list[dict[str, Any]]) -> list[dict[str, Any]]:

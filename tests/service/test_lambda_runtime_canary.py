@@ -21,6 +21,7 @@ from moto import mock_aws
 from moto.awslambda.models import LambdaFunction
 
 from infra.local import lambda_runtime
+from tests.service.orders_helpers import eventually
 
 HANDLER_SOURCE = """
 import os
@@ -232,6 +233,47 @@ def test_an_ended_execution_reaches_a_lambda_target_through_its_status_change_ru
     detail = event["detail"]
     assert (detail["status"], detail["name"], detail["error"], detail["cause"]) == ("FAILED", "x", "Boom", "why")
     assert json.loads(detail["input"]) == {"order_id": "o-1"}
+
+
+def test_waiting_for_deliveries_covers_an_end_whose_event_is_not_put_yet(
+    lambda_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An execution's FAILED status is visible a moment before its status-change event is put. A test
+    that saw the status and waited for the deliveries got none, and the event reached its consumer
+    later, after the test had healed the fault it counted on (a helper's probe, a flake in waiting)."""
+    from infra.local import moto_events, moto_stepfunctions
+
+    moto_stepfunctions.install()
+    moto_events.install()
+    announce, go = moto_events._announce_end, threading.Event()
+
+    def held(execution: Any) -> None:
+        go.wait(30)
+        announce(execution)
+
+    monkeypatch.setattr(moto_events, "_announce_end", held)
+    received: list[Any] = []
+    lambda_runtime.faults.before_invoke = lambda function_name, event: received.append(event)
+    try:
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+            iam, sfn, events = boto3.client("iam"), boto3.client("stepfunctions"), boto3.client("events")
+            role = iam.get_role(RoleName="canary")["Role"]["Arn"]
+            definition = {"StartAt": "F", "States": {"F": {"Type": "Fail", "Error": "Boom"}}}
+            machine = sfn.create_state_machine(name="m", definition=json.dumps(definition), roleArn=role)
+            pattern = {"source": ["aws.states"], "detail-type": [moto_events.DETAIL_TYPE]}
+            events.put_rule(Name="ended", EventPattern=json.dumps(pattern))
+            function_arn = lambda_client.get_function(FunctionName="canary")["Configuration"]["FunctionArn"]
+            events.put_targets(Rule="ended", Targets=[{"Id": "canary", "Arn": function_arn}])
+            execution = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="x")["executionArn"]
+            eventually(lambda: sfn.describe_execution(executionArn=execution)["status"] == "FAILED", "FAILED")
+
+            assert moto_events.wait_for_deliveries(timeout=1) is False  # its event is still to come
+            go.set()
+            assert moto_events.wait_for_deliveries(timeout=30)
+            assert [event["detail"]["status"] for event in received] == ["FAILED"]
+    finally:
+        go.set()
+        lambda_runtime.faults.clear()
 
 
 def test_a_stopped_execution_ends_at_once_while_its_lambda_task_still_runs(lambda_client: Any) -> None:
