@@ -11,7 +11,7 @@ version, an adjustment adds to the emptiest counters or takes from the fullest.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from shop.domain import search, stock_shards
@@ -35,10 +35,12 @@ from shop.models.catalog import (
     UpdateProductRequest,
 )
 from shop.models.inventory import total_available, units_by_shard
+from shop.observability import logger
 from shop.pagination import decode_token, encode_token
 from shop.repositories import catalog as repository
 from shop.repositories import search_index, stock
 from shop.repositories.catalog import LISTING_ACTIVE, ConditionFailed
+from shop.repositories.dynamodb import UNREADABLE_ITEM_ERRORS
 
 LISTING = "products"
 # Search pages have their own tokens: a listing's token is refused by a search and the other way round.
@@ -111,11 +113,24 @@ def _index_terms(name: str, description: str, category: str, active: bool) -> di
     return search.index_terms(name, description, category) if active else {}
 
 
-def get_product(sku: str) -> Product:
-    product = repository.get_product(sku)
-    if product is None:
+def _product_read[T](sku: str, read: Callable[[str], T | None]) -> T:
+    """What ``read`` found of the product; ProductNotFound (404) if nothing. An item that is not a
+    product (written behind the shop's back) is an unknown SKU here too, as in the listings; it is
+    logged, and the books check reports it. Its read answered 500 before."""
+    try:
+        found = read(sku)
+    except UNREADABLE_ITEM_ERRORS as error:
+        logger().error(
+            "an item is not a product; answered as an unknown SKU", extra={"sku": sku, "error": type(error).__name__}
+        )
+        raise ProductNotFound(f"no product with SKU {sku}") from error
+    if found is None:
         raise ProductNotFound(f"no product with SKU {sku}")
-    return product
+    return found
+
+
+def get_product(sku: str) -> Product:
+    return _product_read(sku, repository.get_product)
 
 
 def get_products(skus: Iterable[str]) -> dict[str, Product]:
@@ -163,10 +178,7 @@ def update_product(sku: str, request: UpdateProductRequest) -> Product:
     stock onto that many counters in the same transaction. ProductNotFound (404)."""
     changes = request.changes()
     for _ in range(_ATTEMPTS):
-        read = repository.get_product_info_and_version(sku)
-        if read is None:
-            raise ProductNotFound(f"no product with SKU {sku}")
-        current, version = read
+        current, version = _product_read(sku, repository.get_product_info_and_version)
         set_values: dict[str, Any] = {"updated_at": iso_now()}
         for name in ("name", "description", "category", "active"):
             if name in changes:
@@ -277,10 +289,7 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
     ProductNotFound (404) for an unknown SKU.
     """
     for _ in range(_ATTEMPTS):
-        read = repository.get_product_info_and_version(sku)
-        if read is None:
-            raise ProductNotFound(f"no product with SKU {sku}")
-        info, version = read
+        info, version = _product_read(sku, repository.get_product_info_and_version)
         counters = units_by_shard(repository.stock_shards(sku))
         if not counters or max(counters) >= info.stock_shards:
             # A reshard moved the units since the product was read (no counter yet, or more of them

@@ -70,18 +70,31 @@ def _int(value: Any) -> int:
     return int(value)
 
 
+# What a product item written without these attributes reads as (items of the shop's first
+# versions). A write conditioned on the value read accepts the attribute's absence for it too:
+# "= :value" alone never matches a missing attribute, and every PATCH of such an item failed.
+READ_DEFAULTS: dict[str, Any] = {"description": "", "stock_shards": 1, "version": 0}
+
+
+def unchanged_condition(name: str, value: str, attribute: str, read: Any) -> str:
+    """The condition that ``attribute`` (``name``, its placeholder; ``value``, its value's) is still ``read``."""
+    if attribute in READ_DEFAULTS and read == READ_DEFAULTS[attribute]:
+        return f"(attribute_not_exists({name}) OR {name} = {value})"
+    return f"{name} = {value}"
+
+
 def to_product_info(item: Mapping[str, Any]) -> ProductInfo:
     """The product (without its stock) from a low-level (typed) DynamoDB item."""
     plain = unmarshal(item)
     return ProductInfo(
         sku=plain["sku"],
         name=plain["name"],
-        description=plain.get("description", ""),
+        description=plain.get("description", READ_DEFAULTS["description"]),
         category=plain["category"],
         price=Money(amount=_int(plain["price_amount"]), currency=plain["price_currency"]),
         active=bool(plain["active"]),
         purchase_limit=_int(plain["purchase_limit"]) if "purchase_limit" in plain else None,
-        stock_shards=_int(plain.get("stock_shards", Decimal(1))),
+        stock_shards=_int(plain.get("stock_shards", Decimal(READ_DEFAULTS["stock_shards"]))),
         created_at=plain["created_at"],
         updated_at=plain["updated_at"],
     )
@@ -191,7 +204,7 @@ def get_product_infos(skus: Iterable[str]) -> dict[str, ProductInfo]:
 
 
 def _with_version(item: Mapping[str, Any]) -> tuple[ProductInfo, int]:
-    return to_product_info(item), int(item.get("version", {"N": "0"})["N"])
+    return to_product_info(item), int(item.get("version", {"N": str(READ_DEFAULTS["version"])})["N"])
 
 
 def get_product_infos_and_versions(skus: Iterable[str]) -> dict[str, tuple[ProductInfo, int]]:
@@ -324,7 +337,7 @@ def _product_update(
     for index, (attribute, value) in enumerate(expect.items()):
         names[f"#e{index}"] = attribute
         values[f":e{index}"] = serialize(value)
-        conditions.append(f"#e{index} = :e{index}")
+        conditions.append(unchanged_condition(f"#e{index}", f":e{index}", attribute, value))
     expression = "ADD #version :one"
     if assignments:
         expression = f"SET {', '.join(assignments)} {expression}"
@@ -406,6 +419,7 @@ def record_stock_adjustment(
     tables = table_settings()
     # An item written before items had a version has none: it reads as version 0.
     unchanged = "#version = :version" if version else "attribute_not_exists(#version)"
+    same_shards = unchanged_condition("#stock_shards", ":shards", "stock_shards", stock_shards)
     values = {":version": {"N": str(version)}} if version else {}
     _call(
         "transact_write_items",
@@ -415,7 +429,7 @@ def record_stock_adjustment(
                     "TableName": tables.products_table,
                     "Key": {"sku": {"S": entry.sku}},
                     "UpdateExpression": "SET #updated_at = :at ADD #version :one",
-                    "ConditionExpression": f"attribute_exists(#sku) AND #stock_shards = :shards AND {unchanged}",
+                    "ConditionExpression": f"attribute_exists(#sku) AND {same_shards} AND {unchanged}",
                     "ExpressionAttributeNames": {
                         "#sku": "sku",
                         "#updated_at": "updated_at",
