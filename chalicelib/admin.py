@@ -247,8 +247,8 @@ def reconciliation_report(principal: Principal) -> Response:
         "saved again. Call without a token, then again with each `next_token` answered until it is null: first "
         f"every product, a page of {search_reindex.PRODUCTS_PER_CALL} per call, each active one's terms written as "
         f"the current rules make them (`stage` `terms`), then every index item, {search_reindex.INDEX_ITEMS_PER_CALL} "
-        "per call, each term no product has now deleted (`prune`). A product changed during a call is left "
-        "alone (its own write kept its terms in step) and listed in `changed_meanwhile`. Searches keep working "
+        "per call, each term no product has now deleted (`prune`). A product whose text changed during a call is "
+        "left alone (its own write kept its terms in step) and listed in `changed_meanwhile`. Searches keep working "
         "throughout; a call repeated, or a whole rebuild run again, changes nothing more."
     ),
     auth="admin",

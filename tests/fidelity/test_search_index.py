@@ -203,3 +203,28 @@ def test_the_largest_product_write_is_one_transaction(backend: Backend) -> None:
     assert len(terms) == search.MAX_INDEXED_TERMS and not any(term.startswith("old") for term in terms)
     assert backend.shards("BIG") == {0: 5}
     assert found("new0") == ["BIG"] and found("old0") == []
+
+
+def test_a_rebuilds_index_write_holds_while_the_products_text_is_as_read(backend: Backend) -> None:
+    """The rebuild's condition (``write_index_while_unchanged``): a price change or restock since the read
+    lets it write, a rename refuses it, and a product item written without a description reads as ""
+    and is still matched as read (an attribute_not_exists branch both engines must take alike)."""
+    from shop.repositories import catalog as catalog_repository
+
+    create("MUG-STONE", "Stoneware mug")
+    read = catalog_repository.get_product_info("MUG-STONE")
+    assert read is not None
+    catalog.update_product("MUG-STONE", UpdateProductRequest(price=Money(amount=1200)))
+    catalog.adjust_stock("MUG-STONE", StockAdjustmentRequest(delta=2, reason="restock"), actor="admin")
+    terms = search.index_terms(read.name, read.description, read.category)
+    puts = search_index.changes("MUG-STONE", {}, read.category, terms, read.category)
+    catalog_repository.write_index_while_unchanged("MUG-STONE", read, puts)  # price and stock are not its text
+
+    backend.client.update_item(
+        TableName=backend.table("ProductsTable"), Key={"sku": {"S": "MUG-STONE"}}, UpdateExpression="REMOVE description"
+    )
+    catalog_repository.write_index_while_unchanged("MUG-STONE", read, puts)  # "" as read: absent matches it
+    catalog.update_product("MUG-STONE", UpdateProductRequest(name="Porcelain cup"))
+    with pytest.raises(catalog_repository.ConditionFailed):
+        catalog_repository.write_index_while_unchanged("MUG-STONE", read, puts)
+    assert found("porcelain") == ["MUG-STONE"]

@@ -291,6 +291,56 @@ def test_a_product_changed_during_a_rebuild_keeps_the_terms_its_own_write_made(
     assert api.found("stoneware") == [] and api.found("porcelain") == ["MUG-STONE"]
 
 
+def test_a_price_change_during_a_rebuild_does_not_stop_it_writing_the_products_terms(
+    api: SearchApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The product's terms lost (what an upgrade of the rules leaves), and an admin reprices it while
+    the rebuild's first call runs: conditioned on the item's version, the rebuild left it out and it
+    stayed unfindable after the whole rebuild (a helper's probe). A price is not what terms come from."""
+    from shop.repositories import catalog
+
+    create(api, "BOWL", "Serving bowl")
+    table = api.aws.table("SearchIndexTable")
+    for item in _index_items(api):
+        api.aws.client("dynamodb").delete_item(TableName=table, Key={"pk": item["pk"], "sk": item["sk"]})
+    assert api.found("serving") == []
+    read_page = catalog.scan_products_and_versions
+
+    def repriced_after_the_read(limit: int, start: object) -> object:
+        page = read_page(limit, start)  # type: ignore[arg-type]
+        price = {"price": {"amount": 1200, "currency": "USD"}}
+        assert api.request("PATCH", "/products/BOWL", price, token=api.admin).status == 200
+        return page
+
+    monkeypatch.setattr(catalog, "scan_products_and_versions", repriced_after_the_read)
+    steps = reindex(api)
+
+    assert [step["changed_meanwhile"] for step in steps] == [[], []]
+    assert api.found("serving") == ["BOWL"]
+
+
+def test_a_restock_during_the_prune_does_not_keep_an_older_rules_term(
+    api: SearchApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shop.repositories import catalog
+
+    create(api, "MUG-STONE", "Stoneware mug")
+    _put_term(api, "MUG-STONE", "stonewaremug")  # an older rule's term
+    read = catalog.get_product_infos_and_versions  # what the prune's read of the products comes to
+
+    def restocked_after_the_read(skus: object) -> object:
+        found = read(skus)  # type: ignore[arg-type]
+        restock = {"delta": 5, "reason": "restock"}
+        assert api.request("POST", "/products/MUG-STONE/stock-adjustments", restock, token=api.admin).status == 200
+        return found
+
+    monkeypatch.setattr(catalog, "get_product_infos_and_versions", restocked_after_the_read)
+    steps = reindex(api)
+
+    assert [step["changed_meanwhile"] for step in steps] == [[], []]
+    assert api.found("stonewaremug") == [] and api.found("stoneware") == ["MUG-STONE"]
+
+
 def test_a_rebuild_is_the_admins_and_refuses_a_token_it_did_not_issue(api: SearchApi) -> None:
     create(api, "MUG-STONE", "Stoneware mug")
     create(api, "BOWL", "Serving bowl")

@@ -9,9 +9,12 @@ rebuild runs in two stages, each a page per call so a call stays far inside the 
 2. ``prune``: every index item, deleted when no product has that term now (an inactive product, a
    product that is gone, a term of older rules).
 
-Each product's writes are one transaction conditioned on the product's ``version`` as read: a
-product changed during the call is left alone (its own write kept its terms in step) and named in
-the answer. Puts and deletes are idempotent, so a call repeated, or a rebuild run twice, is harmless.
+Each product's writes are one transaction conditioned on what its terms come from (name,
+description, category, active) as read: a product whose text changed during the call is left alone
+(its own write kept its terms in step) and named in the answer. A price or stock change meanwhile
+does not stop it (the rebuild was conditioned on the item's version before, and a restock during a
+rebuild left the product's lost terms missing). Puts and deletes are idempotent, so a call repeated,
+or a rebuild run twice, is harmless.
 """
 
 from __future__ import annotations
@@ -79,13 +82,13 @@ def _write_terms(start: dict[str, Any] | None) -> SearchReindexStep:
     page, last_key = catalog.scan_products_and_versions(PRODUCTS_PER_CALL, start)
     indexed = written = 0
     changed: list[str] = []
-    for product, version in sorted(page, key=lambda read: read[0].sku):
+    for product, _ in sorted(page, key=lambda read: read[0].sku):
         terms = _terms(product)
         if not terms:
             continue  # an inactive product has no terms: the prune stage deletes any it still has
         puts = search_index.changes(product.sku, {}, product.category, terms, product.category)
         try:
-            catalog.write_index_while_unchanged(product.sku, version, puts)
+            catalog.write_index_while_unchanged(product.sku, product, puts)
         except catalog.ConditionFailed:
             changed.append(product.sku)
             continue
@@ -107,18 +110,18 @@ def _prune(start: dict[str, Any] | None) -> SearchReindexStep:
     by_sku: defaultdict[str, list[search_index.IndexHit]] = defaultdict(list)
     for hit in hits:
         by_sku[hit.sku].append(hit)
-    products = catalog.get_product_infos_and_versions(by_sku)
+    products = catalog.get_product_infos(by_sku)
     deleted = 0
     changed: list[str] = []
     for sku, found in sorted(by_sku.items()):
-        product, version = products.get(sku, (None, None))
+        product = products.get(sku)
         kept = _terms(product)
         stale = {hit.term: hit.fields for hit in found if hit.term not in kept}
         if not stale:
             continue
         deletes = search_index.changes(sku, stale, "", {}, "")
         try:
-            catalog.write_index_while_unchanged(sku, version, deletes)
+            catalog.write_index_while_unchanged(sku, product, deletes)
         except catalog.ConditionFailed:
             changed.append(sku)
             continue

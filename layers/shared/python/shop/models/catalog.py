@@ -245,7 +245,8 @@ class SearchReindexStep(Record):
     terms_deleted: int
     changed_meanwhile: list[str] = Field(
         description=(
-            "SKUs left alone because the product changed during the call: its own write kept its terms in step. "
+            "SKUs left alone because the product's text (name, description, category, active) changed during the call: "
+            "its own write kept its terms in step. "
             "A run over the whole index lists the SKUs to check, if any."
         )
     )

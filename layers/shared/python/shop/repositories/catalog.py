@@ -290,31 +290,42 @@ def scan_products_and_versions(
     return listable(response.get("Items", []), _with_version, key="sku"), response.get("LastEvaluatedKey")
 
 
-def write_index_while_unchanged(sku: str, version: int | None, index_actions: list[dict[str, Any]]) -> None:
+# What a product's search terms are made of: a write of its index items holds while these are as read.
+INDEXED_ATTRIBUTES = ("name", "description", "category", "active")
+
+
+def indexed_values(product: ProductInfo) -> dict[str, Any]:
+    """The product's attributes its search terms come from, as read."""
+    return {attribute: getattr(product, attribute) for attribute in INDEXED_ATTRIBUTES}
+
+
+def _expected(expect: Mapping[str, Any]) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """The conditions that each attribute of ``expect`` still has its value, with their names and values."""
+    conditions, names, values = [], {}, {}
+    for index, (attribute, value) in enumerate(expect.items()):
+        names[f"#e{index}"] = attribute
+        values[f":e{index}"] = serialize(value)
+        conditions.append(unchanged_condition(f"#e{index}", f":e{index}", attribute, value))
+    return conditions, names, values
+
+
+def write_index_while_unchanged(sku: str, product: ProductInfo | None, index_actions: list[dict[str, Any]]) -> None:
     """Apply search index actions (``shop.repositories.search_index``) in one transaction that holds
-    only while the product's item is at ``version`` (None: while there is no such product).
+    only while what the product's terms come from is as read (``product``; None: while there is no
+    such product). A price or stock change meanwhile does not matter: it leaves the terms as they were.
 
     ConditionFailed if the product changed meanwhile (its own write kept its index in step then).
     """
-    names: dict[str, str] = {"#sku": "sku", "#version": "version"}
-    values: dict[str, Any] = {}
-    if version is None:
-        condition = "attribute_not_exists(#sku)"
-        del names["#version"]
-    elif version == 0:  # an item stored before versions were kept
-        condition = "attribute_exists(#sku) AND attribute_not_exists(#version)"
+    check: dict[str, Any] = {"TableName": table_settings().products_table, "Key": {"sku": {"S": sku}}}
+    if product is None:
+        check.update(ConditionExpression="attribute_not_exists(#sku)", ExpressionAttributeNames={"#sku": "sku"})
     else:
-        condition = "#version = :version"
-        del names["#sku"]
-        values[":version"] = {"N": str(version)}
-    check: dict[str, Any] = {
-        "TableName": table_settings().products_table,
-        "Key": {"sku": {"S": sku}},
-        "ConditionExpression": condition,
-        "ExpressionAttributeNames": names,
-    }
-    if values:
-        check["ExpressionAttributeValues"] = values
+        conditions, names, values = _expected(indexed_values(product))
+        check.update(
+            ConditionExpression=" AND ".join(["attribute_exists(#sku)", *conditions]),
+            ExpressionAttributeNames={"#sku": "sku", **names},
+            ExpressionAttributeValues=values,
+        )
     _call("transact_write_items", TransactItems=[{"ConditionCheck": check}, *index_actions])
 
 
@@ -333,11 +344,10 @@ def _product_update(
     for index, attribute in enumerate(remove):
         names[f"#r{index}"] = attribute
         removals.append(f"#r{index}")
-    conditions = ["attribute_exists(#sku)"]
-    for index, (attribute, value) in enumerate(expect.items()):
-        names[f"#e{index}"] = attribute
-        values[f":e{index}"] = serialize(value)
-        conditions.append(unchanged_condition(f"#e{index}", f":e{index}", attribute, value))
+    expected, expected_names, expected_values = _expected(expect)
+    conditions = ["attribute_exists(#sku)", *expected]
+    names.update(expected_names)
+    values.update(expected_values)
     expression = "ADD #version :one"
     if assignments:
         expression = f"SET {', '.join(assignments)} {expression}"
