@@ -100,7 +100,8 @@ def test_amount_errors_carry_their_class_name_and_change_nothing(local_aws: Loca
     assert error_type(local_aws, CAPTURE, {"order_id": order_id, "amount": usd(1001)}) == "CaptureExceedsAuthorization"
     ok(local_aws, CAPTURE, {"order_id": order_id, "amount": usd(1000)})
     before = stored(order_id)
-    assert error_type(local_aws, REFUND, {"order_id": order_id, "amount": usd(1001)}) == "RefundExceedsCapture"
+    refund = {"order_id": order_id, "amount": usd(1001), "execution_name": "refund-1"}
+    assert error_type(local_aws, REFUND, refund) == "RefundExceedsCapture"
     assert error_type(local_aws, VOID, {"order_id": order_id}) == "PaymentAlreadyCaptured"
     assert stored(order_id) == before
 
@@ -115,6 +116,7 @@ def test_amount_errors_carry_their_class_name_and_change_nothing(local_aws: Loca
         (VOID, {"order_id": "o-bad", "surprise": True}),
         (REFUND, {"order_id": "", "amount": None}),
         (REFUND, {"order_id": "o-bad", "amount": 10}),
+        (REFUND, {"order_id": "o-bad", "amount": usd(10)}),  # a partial refund that names no run
     ],
 )
 def test_bad_events_are_field_errors_and_change_nothing(
