@@ -35,6 +35,7 @@ from tests.service.orders_helpers import (
     eventually,
     open_shop,
     seed_product,
+    steps,
 )
 
 PRICE = 1250
@@ -408,6 +409,81 @@ def test_the_sweeper_leaves_an_order_its_saga_moved_on_while_the_sweeper_looked_
     assert end.ours is not None and end.ours.refunded_amount == end.ours.captured_amount == 2 * PRICE
     assert end.available == STOCK
     assert shop.dead_letter(order_id) is None
+
+
+def _past_the_express_limit() -> datetime:
+    return datetime.now(UTC) + timedelta(
+        seconds=recovery.EXPRESS_LIMIT_SECONDS + recovery.EXPRESS_SETTLE_MARGIN_SECONDS + 1
+    )
+
+
+def _stopped_before(shop: Shop, faults: StepFaults, order_id: str, pause: PauseAt, logical_id: str) -> None:
+    """The first run stopped (its time limit) while its invocation of ``logical_id`` was on its way,
+    which then does nothing (the sandbox went with the run)."""
+    pause.wait_reached()
+    [run] = [execution for execution in shop.executions("CheckoutStateMachine") if execution["name"] == order_id]
+    shop.sfn.stop_execution(executionArn=run["executionArn"], error="States.Timeout", cause="its 5 minutes")
+    faults.fail(logical_id)
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "ABORTED"
+    eventually(lambda: faults.refused[logical_id] > 0, f"the stopped run's {logical_id} to do nothing")
+    faults.heal()
+
+
+def _continued(shop: Shop, local_aws: LocalAws, order_id: str) -> Books:
+    swept = sweep(local_aws, _past_the_express_limit())
+    assert swept["started"] == [order_id], (swept, shop.order(order_id))
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-continue-2") == "SUCCEEDED"
+    return books(shop, order_id)
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+@pytest.mark.parametrize("stopped_at", ["ReleaseReservationFunction", "CancelOrderFunction"])
+def test_an_express_checkout_stopped_while_compensating_goes_on_compensating_for_its_reason(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults, stopped_at: str
+) -> None:
+    """The provider unavailable at authorization; the run voided (and released) and stopped before its
+    last compensation. Its continuation checked out again: the order ended CANCELLED for
+    INVENTORY_UNAVAILABLE with "authorize_payment SUCCEEDED" in its history, a payment never
+    authorized (a helper's probe). The first compensation records why on the order, and the
+    continuation compensates for that reason, as a redrive does."""
+    pause = faults.pause_at(stopped_at)
+    order_id = shop.place_ok([("MUG-1", 2)], token="tok_processingError")["order_id"]
+    _stopped_before(shop, faults, order_id, pause, stopped_at)
+
+    end = _continued(shop, local_aws, order_id)
+
+    assert (end.status, end.failure_reason) == ("CANCELLED", "PAYMENT_UNAVAILABLE")
+    assert end.ours is not None and (end.ours.status, end.ours.authorization_ref) == ("VOIDED", None)
+    assert end.provider is None and end.available == STOCK
+    assert ("authorize_payment", "SUCCEEDED") not in steps(shop.order(order_id))
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_an_express_checkout_stopped_after_releasing_a_lost_reservation_authorizes_no_card(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """Every answer of the reservation lost (it was made): InventoryUnavailable released it, and the run
+    stopped before CancelOrder. Its continuation authorized the customer's card for an order already
+    compensated, then voided it (a helper's probe). Now it asks the provider, finds nothing, and cancels."""
+    reserve, losing = local_aws.function("ReserveStockFunction"), lambda_runtime.faults.after_invoke
+
+    def lose_the_first_runs_answers(function_name: str, event: Any) -> None:
+        if function_name == reserve and "-continue-" not in str(event.get("execution_name")):
+            raise lambda_runtime.lambda_timeout()
+        if losing is not None:
+            losing(function_name, event)
+
+    lambda_runtime.faults.after_invoke = lose_the_first_runs_answers
+    pause = faults.pause_at("CancelOrderFunction")
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    _stopped_before(shop, faults, order_id, pause, "CancelOrderFunction")
+
+    end = _continued(shop, local_aws, order_id)
+
+    assert (end.status, end.failure_reason) == ("CANCELLED", "INVENTORY_UNAVAILABLE")
+    assert payment_domain.simulator().lookup(f"{order_id}:authorize") is None  # no hold on the card
+    assert end.available == STOCK
 
 
 # ---------------------------------------------------------------------------- 3. last-resort steps fail too

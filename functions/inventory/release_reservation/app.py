@@ -14,6 +14,9 @@ from shop.observability import instrumented
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request = parse_event(ReleaseReservation, event)
     released = inventory.release(
-        request.order_id, frees_purchase_units=request.frees_purchase_units, claim=request.claim
+        request.order_id,
+        frees_purchase_units=request.frees_purchase_units,
+        claim=request.claim,
+        failure=request.failure,
     )
     return released.model_dump(mode="json")

@@ -47,7 +47,7 @@ from shop.models.inventory import (
     total_available,
     units_by_shard,
 )
-from shop.models.orders import SagaClaim
+from shop.models.orders import Failure, SagaClaim
 from shop.observability import logger
 from shop.repositories import inventory as repository
 from shop.repositories import orders as orders_repository
@@ -443,7 +443,12 @@ def _release(
 
 
 def release(
-    reservation_id: str, *, frees_purchase_units: bool = True, now: int | None = None, claim: SagaClaim | None = None
+    reservation_id: str,
+    *,
+    frees_purchase_units: bool = True,
+    now: int | None = None,
+    claim: SagaClaim | None = None,
+    failure: Failure | None = None,
 ) -> ReservationResult:
     """Return a reservation's stock (RESERVED or COMMITTED -> RELEASED); with a saga's ``claim``, only
     while it still owns the order (SagaClaimLost), whose id is the reservation's.
@@ -452,8 +457,11 @@ def release(
     the customer's purchase limits (in the same transaction). The refund saga passes False: a
     REFUNDED order still counts. Releasing again, or releasing a reservation that does not exist
     (compensation after a failed reserve), changes nothing; the latter answers with status NOT_FOUND.
+    ``failure``: why the checkout saga compensates, recorded on the order first (``compensating``).
     """
-    if claim is not None:
+    if claim is not None and failure is not None:
+        orders_repository.record_compensation(reservation_id, claim, failure)
+    elif claim is not None:
         # Checked here too, not only in the transaction: a run taken over after the new owner's
         # release (which writes nothing more) must still stop as NotTheOwner.
         orders_repository.ensure_claimed(reservation_id, claim)

@@ -182,8 +182,11 @@ def _start_redrive(letter: DeadLetter, name: str) -> None:
 
 
 def _unsettled_failure(order_id: str) -> Failure:
-    """Why to compensate when the saga stopped before recording a reason."""
+    """Why to compensate when the letter holds no reason: the one the saga's first compensation
+    recorded on the order, if it got that far."""
     order = repository.get(order_id)
+    if order is not None and order.compensating is not None:
+        return order.compensating
     if order is not None and order.cancel_requested:
         return lifecycle.CUSTOMER_CANCELLED
     return lifecycle.UNSETTLED_FAILURE

@@ -308,7 +308,9 @@ def _cancel_requested(order_id: str) -> bool:
 
 
 def void_payment(request: VoidPayment) -> PaymentSummary:
-    if request.claim is not None:
+    if request.claim is not None and request.failure is not None:
+        orders_repository.record_compensation(request.order_id, request.claim, request.failure)
+    elif request.claim is not None:
         orders_repository.ensure_claimed(request.order_id, request.claim)
     return payment_service().void(request)
 

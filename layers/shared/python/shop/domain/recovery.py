@@ -38,6 +38,7 @@ from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
     SETTLED,
+    CheckoutRedriveInput,
     DeadLetter,
     ExecutionStatusChange,
     Failure,
@@ -413,13 +414,25 @@ def _saga_began_at(order: Order, *, refund: bool) -> datetime:
 def _continue_express(order: Order, *, refund: bool) -> None:
     """A run that takes the order over at the next epoch and goes on from the stopped run: every step
     is idempotent (what the stopped run did is found done, what it was doing is done once), and a
-    customer's cancel asked meanwhile is honoured at the next checkpoint."""
+    customer's cancel asked meanwhile is honoured at the next checkpoint.
+
+    A checkout that stopped while compensating (its first compensation recorded why on the order)
+    goes on compensating, as a redrive does: it asks the provider first, then voids, releases and
+    cancels for that reason. Before, it checked out again: the order ended with another reason than
+    the one the customer's failure had, a payment never authorized in its history, and a card hold
+    made and voided for an order already compensated (a helper's probe)."""
     epoch = order_saga.next_epoch(order)
     if refund:
         order_saga.continue_refund_saga(order)
     else:
         name = sagas.continuation_execution_name(sagas.checkout_execution_name(order.order_id), epoch)
-        start_checkout(order, epoch=epoch, name=name)
+        if order.compensating is not None:
+            redrive = CheckoutRedriveInput(
+                mode="compensate", order_id=order.order_id, failure=order.compensating, epoch=epoch
+            )
+            sagas.start(sagas.checkout_state_machine_arn(), name=name, payload=redrive)
+        else:
+            start_checkout(order, epoch=epoch, name=name)
     metrics().add_metric(name="ExpressSagasContinued", unit=MetricUnit.Count, value=1)
     logger().warning(
         "an Express saga stopped before settling its order (its time limit); continued it",

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from shop.models.base import Record, StrictModel, require_distinct_skus
 from shop.models.common import MAX_LINES, CheckoutLine, CustomerId, ExecutionName, Line, OrderId
-from shop.models.orders import SagaClaim
+from shop.models.orders import Failure, SagaClaim
 
 ReservationStatus = Literal["RESERVED", "COMMITTED", "RELEASED"]
 ReservationOutcome = Literal["RESERVED", "COMMITTED", "RELEASED", "NOT_FOUND"]
@@ -56,6 +56,8 @@ class ReleaseReservation(_ReservationStep):
     frees_purchase_units: bool = True
     # The saga's claim: the stock is released only while it still owns the order (None: unfenced).
     claim: SagaClaim | None = None
+    # Why the checkout saga compensates: recorded on the order (with the claim) before the release.
+    failure: Failure | None = None
 
 
 class PurchaseCount(Record):

@@ -216,6 +216,10 @@ class Order(Record):
     # A dead letter was opened for it outside the saga (the reconciliation found its books wrong):
     # whichever saga step settles it next resolves that letter. Absent otherwise; never shown.
     dead_lettered: Literal[True] | None = None
+    # Why its checkout saga compensates, recorded by the first compensation (void or release) while the
+    # run owns the order: an Express run that stops before its last compensation is continued from
+    # it (the continuation compensates for the same reason instead of checking out again). Never shown.
+    compensating: Failure | None = None
 
     @property
     def created_key(self) -> str:

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from shop.models.base import Record, StrictModel
 from shop.models.common import ExecutionName, OrderId, PaymentToken
 from shop.models.money import Currency, Money
-from shop.models.orders import SagaClaim
+from shop.models.orders import Failure, SagaClaim
 
 # PENDING: an authorization was attempted and has no outcome yet. VOIDED with nothing authorized
 # is what voiding an order that never got an authorization leaves behind (it also fences off a
@@ -46,6 +46,8 @@ class CapturePayment(_PaymentStep):
 class VoidPayment(_PaymentStep):
     # The saga's claim: the void is made only while it still owns the order (None: unfenced).
     claim: SagaClaim | None = None
+    # Why the saga compensates: recorded on the order (with the claim) before the void.
+    failure: Failure | None = None
 
 
 class ReconcilePayment(_PaymentStep):

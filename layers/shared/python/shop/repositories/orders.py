@@ -25,6 +25,7 @@ from shop.models.base import iso_now
 from shop.models.orders import (
     SAGA_IN_PROGRESS,
     TERMINAL,
+    Failure,
     HistoryEntry,
     Order,
     OrderFilter,
@@ -168,6 +169,29 @@ def ensure_claimed(order_id: str, claim: SagaClaim) -> None:
     if order is None:
         raise OrderNotFound(f"order {order_id} does not exist")
     _check_claim(order, claim)
+
+
+def record_compensation(order_id: str, claim: SagaClaim, failure: Failure) -> None:
+    """Record why the order's checkout saga compensates (``compensating``), only while ``claim`` owns
+    it: SagaClaimLost (or OrderNotFound) otherwise, as ``ensure_claimed``, which it stands for in the
+    compensations. Written again by a step delivered twice, it changes nothing that matters."""
+    recorded = call_if(
+        "update_item",
+        busy=OrderContention,
+        TableName=table_settings().orders_table,
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET compensating = :failure, updated_at = :now ADD version :one",
+        ConditionExpression="saga_claim = :claim",
+        ExpressionAttributeValues={
+            ":failure": serialize(failure.model_dump(mode="json")),
+            ":claim": {"S": claim_token(claim)},
+            ":now": {"S": iso_now()},
+            ":one": {"N": "1"},
+        },
+    )
+    if recorded is None:
+        ensure_claimed(order_id, claim)  # who holds it, for the error
+        raise OrderContention(f"order {order_id}: its claim changed while the compensation was recorded; retry")
 
 
 def still_claimed(order_id: str, claim: SagaClaim) -> dict[str, Any]:
