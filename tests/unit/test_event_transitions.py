@@ -177,3 +177,33 @@ def test_a_batch_that_publishes_everything_reports_no_failure(monkeypatch: pytes
 
     assert events.publish_order_changes(batch, None) == {"batchItemFailures": []}
     assert bus.put == ["order-1:PLACED"]
+
+
+class NearlyOutOfTime:
+    """A Lambda context with ``left_ms`` before the timeout, less ``spent_ms`` for each record handled."""
+
+    def __init__(self, left_ms: int, spent_ms: int, bus: FakeBus) -> None:
+        self.left_ms, self.spent_ms, self.bus = left_ms, spent_ms, bus
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.left_ms - self.spent_ms * len(self.bus.put)
+
+
+def test_a_batch_near_the_timeout_leaves_the_rest_for_the_retry_with_what_was_put_checkpointed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a throttling bus a batch of 100 sequential puts can run past the publisher's timeout,
+    which answers nothing: Lambda retried the whole batch, what was put included, every time. The
+    batch now stops before a record it has no time for, and reports only it and those behind it."""
+    bus = FakeBus(failing=set())
+    monkeypatch.setattr(events.event_bus, "put", bus)
+    records = [_record(n, None, _order(order_id=f"o{n}")) for n in range(1, 5)]
+    # 8 s left, each put takes 2 s: two records begin with 5 s or more left, the third would not.
+    context = NearlyOutOfTime(left_ms=8_000, spent_ms=2_000, bus=bus)
+
+    response = events.publish_order_changes({"Records": records}, context)
+
+    assert bus.put == ["o1:PLACED", "o2:PLACED"]
+    assert [failure["itemIdentifier"] for failure in response["batchItemFailures"]] == ["3", "4"]
+    assert events.publish_order_changes({"Records": records[2:]}, None) == {"batchItemFailures": []}
+    assert bus.put == ["o1:PLACED", "o2:PLACED", "o3:PLACED", "o4:PLACED"]

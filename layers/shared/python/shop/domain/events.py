@@ -76,6 +76,17 @@ class BehindAFailedRecord(Exception):
     """An earlier record of this batch failed: Lambda retries the batch from it, and this one with it."""
 
 
+class OutOfTimeForTheBatch(Exception):
+    """The invocation is near its timeout: this record and those behind it are left for the retry."""
+
+
+# A record is begun only with this much of the invocation left (one PutEvents, retried by the SDK
+# when the bus throttles). A batch cut here is answered with the records handled so far checkpointed;
+# one that ran into Lambda's timeout answered nothing, and Lambda retried the whole batch, the
+# records already put included, again and again under a busy bus (a helper's review).
+BATCH_TIME_MARGIN_MS = 5_000
+
+
 # ---------------------------------------------------------------------------- order transitions
 def order_event_id(order: Order) -> str:
     return f"{order.order_id}:{order.status}:{order.version}"
@@ -122,13 +133,20 @@ def _key_of(record: DynamoDBRecord) -> str:
     return "|".join(f"{name}={next(iter(value.values()))}" for name, value in sorted(keys.items()))
 
 
-def _until_the_first_failure(handle: Callable[[DynamoDBRecord], None]) -> Callable[[DynamoDBRecord], None]:
-    """``handle`` per record, until one fails; every record behind it in this batch fails unhandled."""
+def _until_the_first_failure(
+    handle: Callable[[DynamoDBRecord], None], context: Any
+) -> Callable[[DynamoDBRecord], None]:
+    """``handle`` per record, until one fails or the invocation nears its timeout; every record behind
+    it in this batch fails unhandled."""
     failed: list[str] = []
 
     def handle_in_order(record: DynamoDBRecord) -> None:
         if failed:
             raise BehindAFailedRecord(f"{_key_of(record)} waits for {failed[0]}")
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if remaining is not None and remaining() < BATCH_TIME_MARGIN_MS:
+            failed.append(_key_of(record))
+            raise OutOfTimeForTheBatch(f"{remaining()} ms left: {_key_of(record)} waits for the retry")
         try:
             handle(record)
         except Exception:
@@ -145,7 +163,7 @@ def _process(
     # a function error: the bus being busy is no error of the publisher's.
     return process_partial_response(
         event=dict(event),
-        record_handler=_until_the_first_failure(handle),
+        record_handler=_until_the_first_failure(handle, context),
         processor=BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False),
         context=context,
     )
