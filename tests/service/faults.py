@@ -38,6 +38,8 @@ class SdkFault:
     when: Callable[[Request], bool] = lambda request: True
     times: int | None = None
     moment: Literal["before", "after"] = "before"
+    # A TransactionCanceledException's per-action reasons (``CancellationReasons`` codes), in order.
+    reasons: tuple[str, ...] = ()
     injected: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,13 +53,13 @@ class SdkFault:
             return True
 
     def _error(self) -> ClientError:
-        return ClientError(
-            {
-                "Error": {"Code": self.code, "Message": f"injected {self.code}"},
-                "ResponseMetadata": {"HTTPStatusCode": 400},
-            },
-            self.operation,
-        )
+        response: dict[str, Any] = {
+            "Error": {"Code": self.code, "Message": f"injected {self.code}"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+        if self.reasons:
+            response["CancellationReasons"] = [{"Code": code} for code in self.reasons]
+        return ClientError(response, self.operation)
 
 
 @contextmanager

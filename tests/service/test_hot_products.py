@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from shop import aws
 from shop.domain import catalog, inventory
 from shop.errors import (
     InventoryContention,
@@ -29,6 +30,7 @@ from shop.models.common import CheckoutLine
 from shop.repositories import inventory as inventory_repository
 from shop.repositories import stock
 from tests.conftest import LocalAws
+from tests.service.faults import SdkFault, inject
 from tests.service.orders_helpers import Shop, open_shop, seed_product
 
 
@@ -451,3 +453,47 @@ def test_a_short_shard_and_a_refused_purchase_counter_are_told_apart(shop: Shop)
 
     inventory.release("r1")
     assert counters("HOT-1") == {0: 2, 1: 2, 2: 2} and counted_units(shop, "carol", "HOT-1") == 0
+
+
+@pytest.mark.parametrize(
+    ("request_path", "body"),
+    [
+        ("/products/MUG-1/stock-adjustments", {"delta": 5, "reason": "restock during the sale"}),
+        ("/products/MUG-1", {"stock_shards": 4}),
+    ],
+    ids=["restock", "reshard"],
+)
+def test_an_admin_write_that_meets_a_sale_on_the_same_counter_is_decided_again_not_refused(
+    shop: Shop, request_path: str, body: dict[str, Any]
+) -> None:
+    """A restock's transaction and a buyer's reservation writing one stock counter at the same moment:
+    DynamoDB cancels one with TransactionConflict. The operator got 503 at once; the write is now read
+    and decided again, as after a failed condition (moto never conflicts, so the conflict is injected)."""
+    seed_product("MUG-1", price=1250, stock=50)
+    conflict = SdkFault("TransactWriteItems", "TransactionCanceledException", times=1, reasons=("TransactionConflict",))
+    method = shop.client.http.post if request_path.endswith("adjustments") else shop.client.http.patch
+    with inject(aws.dynamodb(), conflict):
+        response = method(
+            request_path, headers={**shop.headers("admin"), "Content-Type": "application/json"}, body=json.dumps(body)
+        )
+    assert conflict.injected == 1
+    assert response.status_code == 200, response.body
+    assert catalog.get_product("MUG-1").available == (55 if "delta" in body else 50)
+
+
+def test_a_new_product_whose_write_meets_another_is_a_503_to_retry_not_a_409(shop: Shop) -> None:
+    """A conflict is no proof that the SKU exists: the create answers 503 with Retry-After, writes nothing."""
+    conflict = SdkFault("TransactWriteItems", "TransactionCanceledException", times=1, reasons=("TransactionConflict",))
+    body = {
+        "sku": "NEW-1",
+        "name": "New",
+        "category": "kitchen",
+        "price": {"amount": 100, "currency": "USD"},
+        "stock": 3,
+    }
+    with inject(aws.dynamodb(), conflict):
+        response = shop.client.http.post(
+            "/products", headers={**shop.headers("admin"), "Content-Type": "application/json"}, body=json.dumps(body)
+        )
+    assert (response.status_code, "Retry-After" in response.headers) == (503, True)
+    assert shop.client.http.get("/products/NEW-1").status_code == 404

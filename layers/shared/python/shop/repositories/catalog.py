@@ -46,11 +46,17 @@ _T = TypeVar("_T")
 
 
 class ConditionFailed(Exception):
-    """A conditional write found the item changed or missing; the caller re-reads and decides."""
+    """A conditional write found the item changed or missing, or a transaction met another writing
+    the same item (TransactionConflict: a sale taking from the counter being restocked); the caller
+    re-reads and decides again. Before, a conflict answered the operator 503 at once."""
+
+
+class WriteConflict(ConditionFailed):
+    """The transaction met another one writing the same item at that moment (TransactionConflict)."""
 
 
 def _call(operation: str, **request: Any) -> Any:
-    """One catalog request: a failed condition, alone or in a transaction, is ConditionFailed."""
+    """One catalog request: a failed condition or a conflict, alone or in a transaction, is ConditionFailed."""
     try:
         return call(operation, busy=TransientError, **request)
     except ClientError as error:
@@ -60,6 +66,8 @@ def _call(operation: str, **request: Any) -> Any:
             codes = cancellation_codes(error)
             if "ConditionalCheckFailed" in codes:
                 raise ConditionFailed(", ".join(codes)) from error
+            if "TransactionConflict" in codes:
+                raise WriteConflict(", ".join(codes)) from error
             raise TransientError("the catalog is busy; retry") from error
         raise
 
@@ -158,6 +166,8 @@ def insert_product(product: Product, *, index_actions: list[dict[str, Any]]) -> 
                 *index_actions,
             ],
         )
+    except WriteConflict:
+        raise TransientError(f"product {product.sku} is being written by another request; retry") from None
     except ConditionFailed:
         raise ProductAlreadyExists(f"a product with SKU {product.sku} already exists") from None
 
