@@ -145,7 +145,12 @@ def test_a_fall_not_announced_yet_is_kept_for_its_claimant_when_the_threshold_is
 
 def test_a_notification_is_queued_once_per_event_id(backend: Backend) -> None:
     email = EmailNotification(
-        event_id="o-1:COMPLETED:5", customer_id="alice", order_id="o-1", template="order-completed", created_at="t"
+        event_id="o-1:COMPLETED:5",
+        customer_id="alice",
+        order_id="o-1",
+        template="order-completed",
+        occurred_at="t0",
+        created_at="t",
     )
     assert event_records.add_notification(email) is True
     assert event_records.add_notification(email) is False

@@ -90,6 +90,33 @@ def test_the_event_a_consumer_failed_on_is_kept_and_taken_once_handed_back(
     assert redrive(local_aws) == RedriveResult()  # nothing left to hand back
 
 
+def test_a_completion_e_mail_handed_back_after_the_refunds_says_it_happened_first(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The completion's e-mail failed past Lambda's retries; the customer cancelled and the refund's
+    e-mail was queued; the redriver handed the completion back an hour later. Queued last, it carried
+    nothing to tell a mailer it was superseded. It carries the event's time now."""
+    queue = event_records.add_notification
+
+    def completion_fails(notification: Any) -> bool:
+        if notification.template == "order-completed":
+            raise TransientError("NotificationsTable is throttling")
+        return queue(notification)
+
+    monkeypatch.setattr(event_records, "add_notification", completion_fails)
+    order_id = completed_order(shop, local_aws)
+    assert shop.cancel(order_id, who="carol").json_body["status"] == "REFUNDING"
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    local_aws.deliver_events()
+    monkeypatch.undo()
+    assert redrive(local_aws) == RedriveResult(redelivered=1, still_failing=0, unrecognised=0)
+
+    emails = sorted(event_records.notifications_for(order_id), key=lambda email: email.created_at)
+    assert [email.template for email in emails] == ["order-refunded", "order-completed"]  # queued late
+    refunded, completed = emails
+    assert completed.occurred_at < refunded.occurred_at  # a mailer sends by this, and drops the completion
+
+
 def test_an_event_the_consumer_still_fails_on_stays_in_the_queue(
     shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -383,6 +383,7 @@ def queue_email(delivered: BusEvent) -> EmailNotification | None:
         customer_id=detail.customer_id,
         order_id=detail.order_id,
         template=template,
+        occurred_at=detail.occurred_at,
         created_at=iso_now(),
     )
     return notification if event_records.add_notification(notification) else None

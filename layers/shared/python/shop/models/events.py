@@ -152,6 +152,11 @@ class EmailNotification(BaseModel):
     customer_id: str
     order_id: str
     template: EmailTemplate
+    # When the order's change happened (the event's ``occurred_at``), not when it was queued: an event
+    # a consumer failed on is handed back late, so a completion's e-mail can be queued after the
+    # refund's. A mailer sends an order's e-mails in this order, and drops one older than an e-mail of
+    # the same order it has sent.
+    occurred_at: str
     created_at: str
     # Deliveries of the same event after the first: deduplicated, never a second e-mail.
     duplicates_ignored: int = 0
