@@ -151,7 +151,8 @@ def list_stock_discrepancies(query: LetterPageQuery, principal: Principal) -> Re
         "once a fixed publisher is deployed it is published, late, with the event id and time it always had, "
         "and becomes PUBLISHED. One that will never be published (kept without its images, or junk written behind "
         "the shop's back) an operator dismisses. A page ends before 3 MB of JSON, whatever the limit (a record "
-        "kept compressed can be a thousand times its stored size): follow `next_token` until it is null."
+        "kept compressed can be a thousand times its stored size), and a record larger than that is a page of "
+        "its own: follow `next_token` until it is null."
     ),
     auth="admin",
     query=LetterPageQuery,

@@ -459,6 +459,19 @@ def test_an_express_checkout_stopped_while_compensating_goes_on_compensating_for
     assert ("authorize_payment", "SUCCEEDED") not in steps(shop.order(order_id))
 
 
+def test_a_compensation_whose_record_on_the_order_is_busy_is_retried(shop: Shop) -> None:
+    """Recording why the saga compensates is a write to the order, which can meet a transaction on it
+    (TransactionConflict: OrderContention); the void's first retrier takes it, as the claim's does,
+    rather than the last-resort one, whose two more attempts ended in a flagged order."""
+    busy = SdkFault("UpdateItem", "TransactionConflictException", times=3, when=lambda r: "compensating" in str(r))
+    with inject(aws.dynamodb(), busy):
+        order_id = shop.place_ok([("MUG-1", 2)], token="tok_processingError")["order_id"]
+        assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert busy.injected == 3  # past what the step's last-resort retrier takes (two more attempts)
+    end = books(shop, order_id)
+    assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_UNAVAILABLE", STOCK)
+
+
 @pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
 def test_an_express_checkout_stopped_after_releasing_a_lost_reservation_authorizes_no_card(
     shop: Shop, local_aws: LocalAws, faults: StepFaults

@@ -194,7 +194,7 @@ def list_page(
 ) -> tuple[list[UnreadableRecord], dict[str, Any] | None]:
     """One page of the records (by id) and DynamoDB's key to continue from (low-level shape).
 
-    The page ends early, after the record that takes its JSON past ``max_bytes`` (one record at least):
+    The page ends early, before the record that would take its JSON past ``max_bytes`` (one record at least):
     a record kept compressed can be a thousand times its stored size, so DynamoDB's 1 MB a query does
     not bound what the page answers, and Lambda refuses a response over 6 MB.
     """
@@ -204,7 +204,9 @@ def list_page(
     page: list[UnreadableRecord] = []
     size = 0
     for record in listable(items, _to_record, key="sk"):
-        size += len(record.model_dump_json())
+        # Measured as the response writes it: json.dumps escapes every non-ASCII character (an "é" is
+        # six bytes there), where the model's own JSON keeps it as one character.
+        size += len(json.dumps(record.model_dump(mode="json")))
         if page and size > max_bytes:
             return page, _key(page[-1].record_id)
         page.append(record)
