@@ -30,7 +30,7 @@ from shop.errors import (
 from shop.models.common import CheckoutLine
 from shop.models.inventory import ShardTake
 from shop.models.money import Money
-from shop.models.orders import HistoryEntry, Order, OrderLine, SagaClaim
+from shop.models.orders import Failure, HistoryEntry, Order, OrderLine, SagaClaim
 from shop.repositories import inventory as repository
 from shop.repositories import orders
 from tests.fidelity.conftest import Backend
@@ -596,3 +596,25 @@ def test_concurrent_sharded_reservations_never_oversell(backend: Backend) -> Non
 
     assert outcomes == {"reserved": 12, "out": 18}
     assert backend.shards("A") == {0: 0, 1: 0, 2: 0, 3: 0}
+
+
+def test_a_release_records_why_the_checkout_compensates_only_while_its_claim_owns_the_order(backend: Backend) -> None:
+    """The first compensation records ``compensating`` on the order in a write conditioned on the claim,
+    which also stands for the claim check: a stale run stops (SagaClaimLost) and writes nothing; the
+    owner's failure (a map holding a null step) reads back as it was written, on both engines."""
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    stale = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
+    owner = SagaClaim(execution="arn:aws:states:us-east-1:123456789012:execution:checkout:order-1-continue-2", epoch=2)
+    orders.claim("order-1", owner)
+    failure = Failure(reason="CANCELLED_BY_CUSTOMER", step=None, compensations=["release_stock"])
+
+    with pytest.raises(SagaClaimLost):
+        inventory.release("order-1", now=NOW + 10, claim=stale, failure=failure)
+    before = orders.get("order-1")
+    assert before is not None and before.compensating is None and backend.available("A") == 3
+
+    assert inventory.release("order-1", now=NOW + 20, claim=owner, failure=failure).status == "RELEASED"
+    after = orders.get("order-1")
+    assert after is not None and after.compensating == failure and after.version == before.version + 1
+    assert backend.available("A") == 5
