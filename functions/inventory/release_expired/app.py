@@ -12,4 +12,5 @@ from shop.observability import instrumented
 @instrumented
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # The EventBridge schedule's payload carries nothing the sweep needs; "now" is the clock.
-    return inventory.release_expired(int(time.time())).model_dump(mode="json")
+    swept = inventory.release_expired(int(time.time()), time_left_ms=context.get_remaining_time_in_millis)
+    return swept.model_dump(mode="json")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -65,6 +65,11 @@ _ATTEMPTS = 3
 
 # How many expired holds one sweep releases; the next scheduled run takes the rest.
 SWEEP_LIMIT = 500
+# Expired holds one sweep reads at most, those left for an operator included: they stay first in the
+# index (oldest), so the run reads past them to the holds behind, within this and its time.
+SWEEP_EXAMINE_LIMIT = 20 * SWEEP_LIMIT
+# A sweep stops reading once its invocation has this little time left (the next run goes on).
+SWEEP_TIME_MARGIN_MS = 10_000
 
 # Rounds of "try the planned shards; read the short SKUs' shards and plan again" before the
 # saga's Retry takes over: each round after the first follows a fresh read, so only a shard
@@ -475,7 +480,13 @@ def release(
     return result
 
 
-def release_expired(now: int, *, limit: int = SWEEP_LIMIT) -> SweepResult:
+def release_expired(
+    now: int,
+    *,
+    limit: int = SWEEP_LIMIT,
+    examine: int = SWEEP_EXAMINE_LIMIT,
+    time_left_ms: Callable[[], int] | None = None,
+) -> SweepResult:
     """Release every reservation still RESERVED whose hold expired at or before ``now``.
 
     A commit racing the sweeper wins: the release is conditional on the reservation still being
@@ -484,13 +495,26 @@ def release_expired(now: int, *, limit: int = SWEEP_LIMIT) -> SweepResult:
     item is not a Reservation (written behind the shop's back, or by a version this one cannot read),
     or whose units would go back to a counter that is not one, is left for an operator, as the
     reconciliation reports such items. None holds up the others: the sweep goes oldest first, and
-    one that stopped it would stop every run at the same hold.
+    one that stopped it would stop every run at the same hold. Nor do many of them: ``limit`` counts
+    the holds the run dealt with, not those left for an operator, which it reads past (up to
+    ``examine`` ids, and while ``time_left_ms`` leaves a margin). Before, 500 such holds, a busy
+    SKU's after one hand-edited counter, took every run's whole limit, and no hold behind them was
+    ever released (a helper's probe).
     """
-    released = 0
-    for reservation_id in repository.held_expired_ids(now, limit):
+    released = dealt_with = examined = 0
+    for reservation_id in repository.held_expired_ids(now):
+        if dealt_with >= limit or examined >= examine:
+            break
+        if time_left_ms is not None and time_left_ms() < SWEEP_TIME_MARGIN_MS:
+            break
+        examined += 1
         try:
             _, did_release = _release(reservation_id, only_if_reserved=True, now=now)
-        except (InventoryContention, ReservationConflict) as error:
+        except InventoryContention as error:
+            dealt_with += 1  # busy now: the next run tries it again
+            logger().warning("expired reservation not released", reservation_id=reservation_id, error=str(error))
+            continue
+        except ReservationConflict as error:  # a purchase counter out of step: the books check reports it
             logger().warning("expired reservation not released", reservation_id=reservation_id, error=str(error))
             continue
         except ValidationError as error:
@@ -508,5 +532,6 @@ def release_expired(now: int, *, limit: int = SWEEP_LIMIT) -> SweepResult:
                 detail=error.detail,
             )
             continue
+        dealt_with += 1
         released += int(did_release)
     return SweepResult(released=released)

@@ -14,7 +14,6 @@ when reserved, once when they stop holding) spread over that many index partitio
 from __future__ import annotations
 
 import heapq
-import itertools
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -275,14 +274,15 @@ def release_reservation(
     _call("transact_write_items", TransactItems=actions)
 
 
-def held_expired_ids(now: int, limit: int) -> Iterator[str]:
+def held_expired_ids(now: int) -> Iterator[str]:
     """Ids of reservations still holding stock whose hold expired at or before ``now``, oldest first.
 
-    Every index shard is read (lazily, a page at a time) and the shards' streams merged by expiry.
-    The index is eventually consistent: callers re-read each reservation before acting on it.
+    Every index shard is read (lazily, a page at a time, as far as the caller reads) and the shards'
+    streams merged by expiry. The index is eventually consistent: callers re-read each reservation
+    before acting on it.
     """
     streams = [_held_in(f"{HELD}#{number}", now) for number in range(HELD_SHARDS)]
-    for _, reservation_id in itertools.islice(heapq.merge(*streams), limit):
+    for _, reservation_id in heapq.merge(*streams):
         yield reservation_id
 
 
