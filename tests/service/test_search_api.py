@@ -274,14 +274,14 @@ def test_a_product_changed_during_a_rebuild_keeps_the_terms_its_own_write_made(
     from shop.repositories import catalog
 
     create(api, "MUG-STONE", "Stoneware mug")
-    read_page = catalog.scan_products_and_versions
+    read_page = catalog.scan_product_infos
 
     def renamed_after_the_read(limit: int, start: object) -> object:
         page = read_page(limit, start)  # type: ignore[arg-type]
         assert api.request("PATCH", "/products/MUG-STONE", {"name": "Porcelain cup"}, token=api.admin).status == 200
         return page
 
-    monkeypatch.setattr(catalog, "scan_products_and_versions", renamed_after_the_read)
+    monkeypatch.setattr(catalog, "scan_product_infos", renamed_after_the_read)
     first = api.request("POST", "/admin/search/reindex", token=api.admin)
 
     assert first.status == 200, first.body
@@ -304,7 +304,7 @@ def test_a_price_change_during_a_rebuild_does_not_stop_it_writing_the_products_t
     for item in _index_items(api):
         api.aws.client("dynamodb").delete_item(TableName=table, Key={"pk": item["pk"], "sk": item["sk"]})
     assert api.found("serving") == []
-    read_page = catalog.scan_products_and_versions
+    read_page = catalog.scan_product_infos
 
     def repriced_after_the_read(limit: int, start: object) -> object:
         page = read_page(limit, start)  # type: ignore[arg-type]
@@ -312,7 +312,7 @@ def test_a_price_change_during_a_rebuild_does_not_stop_it_writing_the_products_t
         assert api.request("PATCH", "/products/BOWL", price, token=api.admin).status == 200
         return page
 
-    monkeypatch.setattr(catalog, "scan_products_and_versions", repriced_after_the_read)
+    monkeypatch.setattr(catalog, "scan_product_infos", repriced_after_the_read)
     steps = reindex(api)
 
     assert [step["changed_meanwhile"] for step in steps] == [[], []]

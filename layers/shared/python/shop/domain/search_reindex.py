@@ -79,10 +79,10 @@ def reindex_search(next_token: str | None) -> SearchReindexStep:
 
 
 def _write_terms(start: dict[str, Any] | None) -> SearchReindexStep:
-    page, last_key = catalog.scan_products_and_versions(PRODUCTS_PER_CALL, start)
+    page, last_key = catalog.scan_product_infos(PRODUCTS_PER_CALL, start)
     indexed = written = 0
     changed: list[str] = []
-    for product, _ in sorted(page, key=lambda read: read[0].sku):
+    for product in sorted(page, key=lambda product: product.sku):
         terms = _terms(product)
         if not terms:
             continue  # an inactive product has no terms: the prune stage deletes any it still has

@@ -289,15 +289,15 @@ def scan_products(limit: int, start_key: Mapping[str, Any] | None) -> tuple[list
     return with_stock(_listable(response.get("Items", [])), consistent=True), response.get("LastEvaluatedKey")
 
 
-def scan_products_and_versions(
+def scan_product_infos(
     limit: int, start_key: Mapping[str, Any] | None
-) -> tuple[list[tuple[ProductInfo, int]], dict[str, Any] | None]:
-    """One page of every product, active or not, with its item's ``version`` (strongly consistent), in no order."""
+) -> tuple[list[ProductInfo], dict[str, Any] | None]:
+    """One page of every product without its stock, active or not (strongly consistent), in no order."""
     request: dict[str, Any] = {"TableName": table_settings().products_table, "Limit": limit, "ConsistentRead": True}
     if start_key:
         request["ExclusiveStartKey"] = dict(start_key)
     response = _call("scan", **request)
-    return listable(response.get("Items", []), _with_version, key="sku"), response.get("LastEvaluatedKey")
+    return _listable(response.get("Items", [])), response.get("LastEvaluatedKey")
 
 
 # What a product's search terms are made of: a write of its index items holds while these are as read.
