@@ -464,12 +464,10 @@ def release(
     (compensation after a failed reserve), changes nothing; the latter answers with status NOT_FOUND.
     ``failure``: why the checkout saga compensates, recorded on the order first (``compensating``).
     """
-    if claim is not None and failure is not None:
-        orders_repository.record_compensation(reservation_id, claim, failure)
-    elif claim is not None:
+    if claim is not None:
         # Checked here too, not only in the transaction: a run taken over after the new owner's
         # release (which writes nothing more) must still stop as NotTheOwner.
-        orders_repository.ensure_claimed(reservation_id, claim)
+        orders_repository.ensure_claimed_compensating(reservation_id, claim, failure)
     result, _ = _release(
         reservation_id,
         only_if_reserved=False,
@@ -510,11 +508,10 @@ def release_expired(
         examined += 1
         try:
             _, did_release = _release(reservation_id, only_if_reserved=True, now=now)
-        except InventoryContention as error:
-            dealt_with += 1  # busy now: the next run tries it again
-            logger().warning("expired reservation not released", reservation_id=reservation_id, error=str(error))
-            continue
-        except ReservationConflict as error:  # a purchase counter out of step: the books check reports it
+        except (InventoryContention, ReservationConflict) as error:
+            # Busy now (the next run tries it again, and it counts), or a purchase counter out of step,
+            # which the books check reports (left, not counted).
+            dealt_with += int(isinstance(error, InventoryContention))
             logger().warning("expired reservation not released", reservation_id=reservation_id, error=str(error))
             continue
         except ValidationError as error:

@@ -308,10 +308,8 @@ def _cancel_requested(order_id: str) -> bool:
 
 
 def void_payment(request: VoidPayment) -> PaymentSummary:
-    if request.claim is not None and request.failure is not None:
-        orders_repository.record_compensation(request.order_id, request.claim, request.failure)
-    elif request.claim is not None:
-        orders_repository.ensure_claimed(request.order_id, request.claim)
+    if request.claim is not None:
+        orders_repository.ensure_claimed_compensating(request.order_id, request.claim, request.failure)
     return payment_service().void(request)
 
 

@@ -171,10 +171,14 @@ def ensure_claimed(order_id: str, claim: SagaClaim) -> None:
     _check_claim(order, claim)
 
 
-def record_compensation(order_id: str, claim: SagaClaim, failure: Failure) -> None:
-    """Record why the order's checkout saga compensates (``compensating``), only while ``claim`` owns
-    it: SagaClaimLost (or OrderNotFound) otherwise, as ``ensure_claimed``, which it stands for in the
-    compensations. Written again by a step delivered twice, it changes nothing that matters."""
+def ensure_claimed_compensating(order_id: str, claim: SagaClaim, failure: Failure | None) -> None:
+    """A compensation's fence: SagaClaimLost (or OrderNotFound) unless ``claim`` owns the order's saga.
+    With the checkout's ``failure``, the check is the write that records why it compensates
+    (``compensating``, conditioned on the claim); written again by a step delivered twice, it changes
+    nothing that matters. Without one (the refund saga's release), it is ``ensure_claimed``'s read."""
+    if failure is None:
+        ensure_claimed(order_id, claim)
+        return
     recorded = call_if(
         "update_item",
         busy=OrderContention,
