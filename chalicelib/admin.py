@@ -54,8 +54,11 @@ class AdminOrderQuery(OrderFilter, LetterPageQuery):
         "Filters: `status`, `reason` (the failure reason), `customer` (the customer id), `since` and `until` "
         "(RFC 3339 date-times bounding the creation time, inclusive, each an instant within years 1-9999 in UTC; "
         "`since` must not be after `until`). "
-        "With `customer` or `status` the orders come newest first from an index; with neither, every order "
-        "is scanned and each page is sorted on its own. "
+        "Bounds finer than a millisecond (stored times have milliseconds) never widen the range: `since` "
+        "rounds up, `until` down. "
+        "With `customer`, or a settled `status` (COMPLETED, CANCELLED, REFUNDED, NEEDS_ATTENTION), the orders "
+        "come newest first from an index. An open `status` reads the index of open orders, which holds them "
+        "in no overall order, and with no filter every order is scanned: there each page is sorted on its own. "
         f"A page holds at most {order_domain.MAX_ORDERS_PER_PAGE} orders whatever `limit` asks, and "
         "may hold fewer than that while a `next_token` follows; pass it back with the same filters."
     ),
@@ -65,7 +68,9 @@ class AdminOrderQuery(OrderFilter, LetterPageQuery):
     tags=_TAGS,
 )
 def list_all_orders(query: AdminOrderQuery, principal: Principal) -> Response:
-    found = OrderFilter.model_validate(query.model_dump(include=set(OrderFilter.model_fields)))
+    # Validated already, as the query: a second validation of the stored (rounded) bounds would refuse a
+    # range inside one millisecond that the instants as given allow.
+    found = OrderFilter.model_construct(**query.model_dump(include=set(OrderFilter.model_fields)))
     return http.json_response(order_domain.list_all_orders(found, limit=query.limit, next_token=query.next_token))
 
 

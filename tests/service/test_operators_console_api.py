@@ -108,6 +108,29 @@ def test_admin_orders_filter_by_status_reason_customer_and_time(shop: Shop, plac
     assert listed["failure_reason"] == "PAYMENT_DECLINED" and listed["history"] == alice_declined["history"]
 
 
+def test_bounds_finer_than_a_millisecond_never_widen_the_range(shop: Shop, placed: dict[str, Any]) -> None:
+    """Stored times have milliseconds: an inclusive ``since`` within a stored millisecond rounds up,
+    ``until`` rounds down, and two bounds are compared as given."""
+    alice_declined, bob_ok = placed["alice_declined"], placed["bob_ok"]
+    middle = alice_declined["created_at"]
+    assert middle.endswith("Z") and len(middle.rsplit(".", 1)[1]) == 4  # milliseconds and the Z
+    just_after, just_before = middle[:-1] + "1Z", middle[:-1] + "9Z"
+    for query in ({}, {"status": "CANCELLED"}, {"customer": alice_declined["customer_id"]}):
+        listed = _ids(_admin_get(shop, "/admin/orders", since=just_after, **query))
+        assert alice_declined["order_id"] not in listed, query  # created before `since`
+        assert (
+            _ids(_admin_get(shop, "/admin/orders", until=just_before, **query)).count(alice_declined["order_id"]) == 1
+        )
+    assert _ids(_admin_get(shop, "/admin/orders", since=just_after)) == [bob_ok["order_id"]]
+
+    refused = _admin_get(shop, "/admin/orders", since=just_before, until=just_after)
+    assert (refused.status_code, refused.headers["Content-Type"]) == (400, PROBLEM), refused.body
+    # One instant inside a stored millisecond: a valid range that holds no stored time (DynamoDB
+    # refuses a BETWEEN whose bounds are reversed, so it is never asked).
+    for query in ({}, {"status": "CANCELLED"}, {"customer": alice_declined["customer_id"]}):
+        assert _ids(_admin_get(shop, "/admin/orders", since=just_after, until=just_after, **query)) == [], query
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_an_order_item_no_version_of_the_shop_wrote_is_left_out_of_every_listing(
     shop: Shop, local_aws: LocalAws, placed: dict[str, Any]

@@ -414,6 +414,8 @@ def list_all_orders(found: OrderFilter, *, limit: int, next_token: str | None) -
     """Every customer's orders narrowed by ``found`` (the operators' view); a token is bound to the filter."""
     binding: dict[str, str | int | None] = found.model_dump()
     start = decode_token(ALL_ORDERS_LISTING, next_token, binding)
+    if found.selects_no_time:
+        return OrderPage(items=[], next_token=None)
     orders, last_key = repository.list_filtered(found, limit=min(limit, MAX_ORDERS_PER_PAGE), start_key=start)
     return OrderPage(
         items=[order.view(_payment(order.order_id)) for order in orders],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -271,28 +271,48 @@ class OrderPage(Record):
     next_token: str | None
 
 
-def _utc_timestamp(value: str) -> str:
-    """An RFC 3339 date-time as stored timestamps are written (UTC, milliseconds, Z), so it compares as text."""
+def _parse_utc(value: str) -> datetime:
     # pydantic alone would also take "0.5" (seconds since 1970) or a bare date.
     if not _RFC3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T09:30:00Z")
     try:
-        parsed = _DATE_TIME.validate_python(value)
-        # isoformat pads the year to 4 digits (strftime's %Y does not), so the text sorts as the time does.
-        return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return _DATE_TIME.validate_python(value).astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         raise ValueError("must be a date-time within years 1-9999 in UTC") from None
+
+
+def _stored_form(instant: datetime) -> str:
+    """As stored timestamps are written (UTC, milliseconds, Z), so it compares as text; isoformat pads
+    the year to 4 digits (strftime's %Y does not), so the text sorts as the time does."""
+    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _lower_bound(value: str) -> str:
+    """An inclusive lower bound in stored form: a fraction finer than a millisecond rounds UP, so no
+    order created before the bound is listed (stored times have milliseconds)."""
+    instant = _parse_utc(value)
+    if instant.microsecond % 1000:
+        try:
+            instant += timedelta(microseconds=1000 - instant.microsecond % 1000)
+        except OverflowError:  # within the last millisecond of 9999: nothing stored comes after it
+            raise ValueError("must be a date-time within years 1-9999 in UTC") from None
+    return _stored_form(instant)
+
+
+def _upper_bound(value: str) -> str:
+    """An inclusive upper bound in stored form: a finer fraction rounds down, for the same reason."""
+    return _stored_form(_parse_utc(value))
 
 
 _DATE_TIME: TypeAdapter[AwareDatetime] = TypeAdapter(AwareDatetime)
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
-Timestamp = Annotated[
-    str,
-    Field(json_schema_extra={"format": "date-time"}, description="An RFC 3339 date-time with its offset."),
-    AfterValidator(_utc_timestamp),
-]
+_TIMESTAMP_SCHEMA = Field(
+    json_schema_extra={"format": "date-time"}, description="An RFC 3339 date-time with its offset."
+)
+SinceTimestamp = Annotated[str, _TIMESTAMP_SCHEMA, AfterValidator(_lower_bound)]
+UntilTimestamp = Annotated[str, _TIMESTAMP_SCHEMA, AfterValidator(_upper_bound)]
 
 
 class OrderFilter(StrictModel):
@@ -301,14 +321,28 @@ class OrderFilter(StrictModel):
     status: OrderStatus | None = None
     reason: FailureReason | None = None
     customer: CustomerId | None = None
-    since: Timestamp | None = None
-    until: Timestamp | None = None
+    since: SinceTimestamp | None = None
+    until: UntilTimestamp | None = None
 
-    @model_validator(mode="after")
-    def _ordered_range(self) -> OrderFilter:
-        if self.since is not None and self.until is not None and self.since > self.until:
-            raise ValueError("since must not be after until")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _ordered_range(cls, data: Any) -> Any:
+        # On the instants as given: the stored forms are rounded (since up, until down), and two bounds
+        # within one millisecond would compare wrongly in either direction after rounding.
+        if isinstance(data, dict) and isinstance(data.get("since"), str) and isinstance(data.get("until"), str):
+            try:
+                since, until = _parse_utc(data["since"]), _parse_utc(data["until"])
+            except ValueError:
+                return data  # the field's own validator says what is wrong with it
+            if since > until:
+                raise ValueError("since must not be after until")
+        return data
+
+    @property
+    def selects_no_time(self) -> bool:
+        """Bounds within one millisecond that hold no stored time (since rounds up past until): a
+        range DynamoDB refuses to query (BETWEEN wants its lower bound first), and an empty page."""
+        return self.since is not None and self.until is not None and self.since > self.until
 
 
 # ---------------------------------------------------------------------------- sagas
