@@ -411,6 +411,67 @@ def test_the_sweeper_leaves_an_order_its_saga_moved_on_while_the_sweeper_looked_
     assert shop.dead_letter(order_id) is None
 
 
+def history_ago(local_aws: LocalAws, order_id: str, seconds: int) -> None:
+    """Date every history entry of the order back (an operator who redrives it hours after the flag)."""
+    table, key = local_aws.table("OrdersTable"), {"order_id": {"S": order_id}}
+    dynamodb = local_aws.client("dynamodb")
+    entries = dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]["history"]["L"]
+    for entry in entries:  # stored as "step|status|at"
+        step, status, at = entry["S"].split("|", 2)
+        earlier = datetime.fromisoformat(at.replace("Z", "+00:00")) - timedelta(seconds=seconds)
+        entry["S"] = f"{step}|{status}|" + earlier.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    dynamodb.update_item(
+        TableName=table, Key=key, UpdateExpression="SET history = :h", ExpressionAttributeValues={":h": {"L": entries}}
+    )
+
+
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_an_express_refund_a_late_redrive_began_is_continued_from_when_it_began(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """The customer cancels during the capture, the hand-over to the refund saga fails past its
+    retries (NEEDS_ATTENTION), and an operator redrives two hours later: the refund begins then, and
+    its continuation window (ExpressContinueForSeconds, an hour) is timed from then. Before, the
+    redrive's move to REFUNDING appended no history (every entry was recorded), the sweeper timed the
+    window from the old flag, and the refund's first stop was dead-lettered, not continued (a
+    helper's probe)."""
+    faults.fail("StartRefundFunction")
+    at_capture = faults.pause_at("CapturePaymentFunction")
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    at_capture.wait_reached()
+    assert shop.cancel(order_id).status_code == 202
+    at_capture.released.set()
+    assert shop.wait_checkout(order_id) == "FAILED"
+    letter = shop.dead_letter(order_id)
+    assert shop.order(order_id).status == "NEEDS_ATTENTION" and letter is not None and letter.resume == "complete"
+    faults.heal()
+
+    history_ago(local_aws, order_id, 2 * 3600)
+    at_refund = faults.pause_at("RefundPaymentFunction")
+    assert shop.redrive(order_id).status_code == 202
+    at_refund.wait_reached()
+    assert shop.order(order_id).status == "REFUNDING"
+    [run] = [e for e in shop.executions("RefundStateMachine") if e["name"] == f"refund-{order_id}"]
+    shop.sfn.stop_execution(executionArn=run["executionArn"], error="States.Timeout", cause="its 5 minutes")
+    faults.fail("RefundPaymentFunction")  # the stopped run's refund call does nothing
+    at_refund.released.set()
+    assert shop.wait_refund(order_id) == "ABORTED"
+    faults.heal()
+
+    swept = sweep(local_aws, _past_the_express_limit())
+
+    assert (swept["started"], swept["settled"]) == ([order_id], []), (swept, shop.order(order_id).history[-3:])
+    [continuation] = [
+        e["name"] for e in shop.executions("RefundStateMachine") if e["name"].startswith(f"refund-{order_id}-continue-")
+    ]
+    assert shop.wait_execution("RefundStateMachine", continuation) == "SUCCEEDED"
+    end = books(shop, order_id)
+    assert end.status == "REFUNDED"
+    assert end.ours is not None and end.ours.refunded_amount == end.ours.captured_amount == 2 * PRICE
+    assert end.available == STOCK
+    assert shop.dead_letter(order_id) is None or shop.dead_letter(order_id).status != "OPEN"  # type: ignore[union-attr]
+
+
 def _past_the_express_limit() -> datetime:
     return datetime.now(UTC) + timedelta(
         seconds=recovery.EXPRESS_LIMIT_SECONDS + recovery.EXPRESS_SETTLE_MARGIN_SECONDS + 1

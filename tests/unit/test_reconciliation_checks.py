@@ -340,8 +340,11 @@ def test_a_placement_time_that_is_no_time_stops_nothing() -> None:
 
 def test_a_running_execution_after_quiescence_names_its_order() -> None:
     assert checks.check_executions([]) == []
-    found = checks.check_executions([OID, f"refund-{OID}-redrive-2", f"{OID}-redrive-10"])
-    assert [(d.kind, d.order_id) for d in found] == [("execution_running", OID)] * 3
+    # Continuations (the sweeper's Express runs, a refund's on STANDARD) too: before, only a redrive's
+    # suffix came off, and `refund-<order>-continue-2` was reported as order `<order>-continue-2`.
+    names = [OID, f"refund-{OID}-redrive-2", f"{OID}-redrive-10", f"refund-{OID}-continue-2", f"{OID}-continue-3"]
+    found = checks.check_executions(names)
+    assert [(d.kind, d.order_id) for d in found] == [("execution_running", OID)] * 5
 
 
 # ---------------------------------------------------------------------------- purchase counters

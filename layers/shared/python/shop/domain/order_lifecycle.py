@@ -97,6 +97,17 @@ def with_history(order: Order, entries: Sequence[tuple[str, str]], now: str) -> 
     return history
 
 
+def _refund_begins(
+    order: Order, entries: Sequence[tuple[str, str]], marker: tuple[str, str], now: str
+) -> list[HistoryEntry]:
+    """The history of an order that becomes REFUNDING: ``entries`` not recorded yet, then ``marker``
+    even if it was (only the move into REFUNDING appends it, once). The last entry says when this
+    refund began, and the orphan sweeper times an Express refund's continuation window from it; an
+    order redriven from NEEDS_ATTENTION has every entry recorded already, and its window was timed
+    from the old flag: a refund begun a moment ago was dead-lettered at its first stop."""
+    return [*with_history(order, entries, now), HistoryEntry(step=marker[0], status=marker[1], at=now)]
+
+
 def _changed(order: Order, now: str, **changes: object) -> Order | None:
     """``order`` with ``changes`` applied, or None if they change nothing."""
     if all(getattr(order, field) == value for field, value in changes.items()):
@@ -123,7 +134,7 @@ def completed(order: Order, now: str) -> Order | None:
         raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot complete it")
     done = [(Step.COMMIT_RESERVATION, SUCCEEDED), (Step.CAPTURE_PAYMENT, SUCCEEDED)]
     if order.cancel_requested:
-        history = with_history(order, [*done, (Step.COMPLETE_ORDER, "REFUND_REQUIRED")], now)
+        history = _refund_begins(order, done, (Step.COMPLETE_ORDER, "REFUND_REQUIRED"), now)
         return _changed(order, now, status="REFUNDING", failure_reason=None, history=history)
     history = with_history(order, [*done, (Step.COMPLETE_ORDER, "COMPLETED")], now)
     return _changed(order, now, status="COMPLETED", failure_reason=None, history=history)
@@ -165,7 +176,7 @@ def refund_started(order: Order, now: str) -> Order | None:
         return None
     if order.status not in CHECKOUT_IN_PROGRESS and order.status != "NEEDS_ATTENTION":
         raise OrderStateConflict(f"order {order.order_id} is {order.status}; cannot refund it")
-    history = with_history(order, [(Step.START_REFUND, "REFUNDING")], now)
+    history = _refund_begins(order, [], (Step.START_REFUND, "REFUNDING"), now)
     return _changed(order, now, status="REFUNDING", failure_reason=None, history=history)
 
 
@@ -197,9 +208,8 @@ def decide_cancel(order: Order, now: str) -> CancelDecision:
         changed = _changed(order, now, cancel_requested=True, history=with_history(order, entries, now))
         return CancelDecision(changed, start_refund=False)
     if order.status == "COMPLETED":
-        changed = _changed(
-            order, now, cancel_requested=True, status="REFUNDING", history=with_history(order, entries, now)
-        )
+        history = _refund_begins(order, [], (Step.CANCEL_REQUESTED, Outcome.REQUESTED), now)
+        changed = _changed(order, now, cancel_requested=True, status="REFUNDING", history=history)
         return CancelDecision(changed, start_refund=True)
     # REFUNDING: make sure its saga runs (starting it again is a no-op); terminal: nothing changes.
     return CancelDecision(None, start_refund=order.status == "REFUNDING")

@@ -447,19 +447,20 @@ def _instant(stamp: str) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
-_REDRIVE_SUFFIX = re.compile(r"-redrive-\d+$")
+# A redrive's or a continuation's run (repositories.sagas names them): the order is the name before.
+_RUN_SUFFIX = re.compile(r"(?:-(?:redrive|continue)-\d+)+$")
 
 
 def check_executions(running: Iterable[str]) -> list[Discrepancy]:
     """After quiescence no saga execution is still running.
 
-    Execution names: ``<order>``, ``refund-<order>``, either with ``-redrive-<n>``.
+    Execution names: ``<order>``, ``refund-<order>``, either with ``-redrive-<n>`` or ``-continue-<n>``.
     """
     return [
         _found(
             "execution_running",
             f"execution {name} is still RUNNING",
-            order_id=_REDRIVE_SUFFIX.sub("", name).removeprefix("refund-"),
+            order_id=_RUN_SUFFIX.sub("", name).removeprefix("refund-"),
         )
         for name in sorted(running)
     ]
