@@ -10,6 +10,7 @@ from shop.domain import catalog as domain
 from shop.domain.search import MAX_INDEX_HITS_PER_SEARCH
 from shop.models.catalog import (
     MAX_QUERY_WORDS,
+    MAX_STOCK,
     CreateProductRequest,
     Product,
     ProductListQuery,
@@ -18,6 +19,7 @@ from shop.models.catalog import (
     StockAdjustmentRequest,
     UpdateProductRequest,
 )
+from shop.models.common import MAX_STOCK_SHARDS
 
 catalog = Blueprint(__name__)
 
@@ -95,9 +97,11 @@ def create_product(body: CreateProductRequest, principal: Principal) -> Response
     "PATCH",
     summary="Change a product (admin)",
     description=(
-        "Any of name, description, category, price, active, purchase_limit. Deactivating takes it off the listings. "
-        "`purchase_limit` (1-100, or null for none) is the most units of this SKU one customer may hold across "
-        "orders that are not CANCELLED; it applies to orders placed from then on."
+        "Any of name, description, category, price, active, purchase_limit, stock_shards. Deactivating takes it "
+        "off the listings. `purchase_limit` (1-100, or null for none) is the most units of this SKU one customer "
+        "may hold across orders that are not CANCELLED; it applies to orders placed from then on. `stock_shards` "
+        f"(1-{MAX_STOCK_SHARDS}) spreads the SKU's units over that many counters, moved in one transaction: "
+        "nothing is lost or created, and `available` stays the sum (a hot product takes more sales a second)."
     ),
     auth="admin",
     path_params=_SKU,
@@ -115,7 +119,10 @@ def update_product(sku: str, body: UpdateProductRequest, principal: Principal) -
     "/products/{sku}/stock-adjustments",
     "POST",
     summary="Adjust stock (admin)",
-    description="Adds `delta` to `available` and records it in the stock ledger; 409 if it would go below 0.",
+    description=(
+        "Adds `delta` to `available` and records it in the stock ledger; 409 if it would go below 0 or above "
+        f"{MAX_STOCK}, and nothing changes."
+    ),
     auth="admin",
     path_params=_SKU,
     body=StockAdjustmentRequest,

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from infra.local import lambda_runtime
+from infra.local.template import API_HANDLER
 from shop import aws
 from shop.domain import catalog, inventory
 from shop.errors import (
@@ -27,6 +29,7 @@ from shop.errors import (
 )
 from shop.models.catalog import MAX_STOCK, StockAdjustmentRequest, UpdateProductRequest
 from shop.models.common import CheckoutLine
+from shop.models.inventory import ShardTake
 from shop.repositories import inventory as inventory_repository
 from shop.repositories import stock
 from tests.conftest import LocalAws
@@ -281,6 +284,95 @@ def test_an_increase_racing_a_reshard_cannot_pass_the_maximum(shop: Shop, monkey
 
     assert catalog.get_product("HOT-ADJ-2").available == MAX_STOCK - 4 == sum(counters("HOT-ADJ-2").values())
     assert catalog.stock_ledger("HOT-ADJ-2") == []
+
+
+# ---------------------------------------------------------------------------- reads a commit cuts through
+def _commits_during_the_next_counter_query(monkeypatch: pytest.MonkeyPatch, sku: str, commit: Any) -> list[int]:
+    """The next Query of ``sku``'s counters reads shard 0, then ``commit`` runs, then it reads on:
+    DynamoDB's Query is read-committed per item against a transaction, never a snapshot of the set
+    (moto answers it at once, so the interleaving is staged)."""
+    real_call = stock.call
+    happened: list[int] = []
+
+    def torn_query(operation: str, **request: Any) -> Any:
+        values = request.get("ExpressionAttributeValues", {})
+        if operation != "query" or happened or values.get(":sku") != {"S": sku}:
+            return real_call(operation, **request)
+        happened.append(1)
+        before = real_call(operation, **request)
+        commit()
+        after = real_call(operation, **request)
+        items = [item for item in before["Items"] if item["shard"]["N"] == "0"]
+        items += [item for item in after["Items"] if item["shard"]["N"] != "0"]
+        return {**after, "Items": items, "Count": len(items)}
+
+    monkeypatch.setattr(stock, "call", torn_query)
+    return happened
+
+
+def _reshard_to(sku: str, shards: int) -> Any:
+    def reshard() -> None:
+        with lambda_runtime.invoking(API_HANDLER):  # the admin's call, whatever it interrupts
+            catalog.update_product(sku, UpdateProductRequest(stock_shards=shards))
+
+    return reshard
+
+
+def _another_buyers_gather(sku: str, shards: int) -> Any:
+    """Another order's gather: shards 1..N-1 move 2 units each onto shard 0, the total unchanged."""
+    takes = [ShardTake(shard=number, quantity=2) for number in range(1, shards)]
+    return lambda: inventory_repository.gather_stock(sku, takes, 0)
+
+
+class _AlwaysShard(random.Random):
+    def __init__(self, shard: int) -> None:
+        super().__init__(0)
+        self.shard = shard
+
+    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:
+        return self.shard
+
+
+@pytest.mark.parametrize("during", ["reshard", "gather"])
+def test_a_decrease_is_never_refused_on_a_read_a_commit_cut_through(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
+    """A reshard 4 -> 1 (or another order's gather) commits while the adjustment reads the counters:
+    the read shows shard 0 before and the rest after, a part of the units. Before, that part was
+    judged: 409 StockWouldGoNegative with the whole stock there. A refusal now rests on a settled read
+    (two reads that agree). Found by a helper's probe."""
+    seed_product("HOT-TORN-1", stock=100)
+    shards = 4 if during == "reshard" else 50
+    catalog.update_product("HOT-TORN-1", UpdateProductRequest(stock_shards=shards))
+    commit = _reshard_to("HOT-TORN-1", 1) if during == "reshard" else _another_buyers_gather("HOT-TORN-1", shards)
+    happened = _commits_during_the_next_counter_query(monkeypatch, "HOT-TORN-1", commit)
+
+    result = catalog.adjust_stock("HOT-TORN-1", StockAdjustmentRequest(delta=-60, reason="recount"), actor="root")
+
+    assert happened
+    assert result.available == 40 == sum(counters("HOT-TORN-1").values())
+
+
+@pytest.mark.parametrize("during", ["reshard", "gather"])
+def test_an_order_is_never_out_of_stock_on_a_read_a_commit_cut_through(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
+    """The reservation's picked shard is short, so it reads the counters to plan, and a commit cuts
+    through that read. Before, the part it saw was short and the order was cancelled OUT_OF_STOCK,
+    for good, with the units there."""
+    seed_product("HOT-TORN-2", stock=100)
+    shards = 4 if during == "reshard" else 50
+    catalog.update_product("HOT-TORN-2", UpdateProductRequest(stock_shards=shards))
+    commit = _reshard_to("HOT-TORN-2", 1) if during == "reshard" else _another_buyers_gather("HOT-TORN-2", shards)
+    happened = _commits_during_the_next_counter_query(monkeypatch, "HOT-TORN-2", commit)
+    wanted = 30 if during == "reshard" else 3  # more than the picked shard holds, less than the part read
+
+    line = CheckoutLine(sku="HOT-TORN-2", quantity=wanted, stock_shards=shards)
+    result = inventory.reserve("o-torn", "o-torn", [line], rng=_AlwaysShard(2))
+
+    assert happened
+    assert result.status == "RESERVED"
+    assert sum(counters("HOT-TORN-2").values()) == 100 - wanted
 
 
 def _another_admin_adjusts_first(monkeypatch: pytest.MonkeyPatch, sku: str, delta: int) -> list[int]:

@@ -290,13 +290,17 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
     """
     for _ in range(_ATTEMPTS):
         info, version = _product_read(sku, repository.get_product_info_and_version)
-        counters = units_by_shard(repository.stock_shards(sku))
+        read = repository.stock_shards(sku)
+        counters = units_by_shard(read)
         if not counters or max(counters) >= info.stock_shards:
             # A reshard moved the units since the product was read (no counter yet, or more of them
             # than it said): a total of what was read would be a part of the stock. Read again.
             continue
         available = total_available(counters)
         resulting = available + request.delta
+        refused = resulting < 0 or (request.delta > 0 and resulting > MAX_STOCK)
+        if refused and stock.settled_shards(sku, read) != read:
+            continue  # the read was not one moment's (a gather or a reshard committed during it)
         if resulting < 0:
             raise StockWouldGoNegative(f"{available} available; a change of {request.delta} would leave {resulting}")
         # Only increases are refused: stock returned by released reservations may have taken

@@ -262,12 +262,18 @@ def _contention_or_shortage(lines: Sequence[CheckoutLine], message: str) -> OutO
     """Why this attempt gives up, from a fresh read of each line's shards: OutOfStock naming the SKUs
     that no longer hold the line's quantity (a buyer who kept losing races while the stock ran out
     hears that, not "try again"), else InventoryContention for the saga to retry."""
-    short = [
-        line.sku
-        for line in lines
-        if total_available(units_by_shard(stock.shards(line.sku, busy=InventoryContention))) < line.quantity
-    ]
+    short = [line.sku for line in lines if _short(line.sku, line.quantity)]
     return OutOfStock(short) if short else InventoryContention(message)
+
+
+def _short(sku: str, quantity: int) -> bool:
+    """Whether the SKU's counters hold fewer than ``quantity`` units, judged on a settled read: a Query
+    a transaction cut through (a reshard, another order's gather) shows only part of the units."""
+    counters = stock.shards(sku, busy=InventoryContention)
+    if total_available(units_by_shard(counters)) >= quantity:
+        return False
+    settled = stock.settled_shards(sku, counters, busy=InventoryContention)
+    return total_available(units_by_shard(settled)) < quantity
 
 
 # The saga's release adds one action to the reservation's: the condition on its claim of the order.
@@ -326,6 +332,10 @@ def _replan(plan: dict[str, list[ShardTake]], wanted: Mapping[str, int], rng: ra
     for sku, quantity in wanted.items():
         counters = stock.shards(sku, busy=InventoryContention)
         takes = stock_shards.plan_takes(units_by_shard(counters), quantity, rng)
+        if takes is None:
+            # Short on this read: short of a moment's counters, not of a read a transaction cut through.
+            counters = stock.settled_shards(sku, counters, busy=InventoryContention)
+            takes = stock_shards.plan_takes(units_by_shard(counters), quantity, rng)
         if takes is None:
             short.append(sku)
         else:

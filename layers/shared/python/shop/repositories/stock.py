@@ -155,6 +155,24 @@ def shards(sku: str, *, busy: type[TransientError] = TransientError) -> dict[int
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def settled_shards(
+    sku: str, first: Mapping[int, Shard] | None = None, *, busy: type[TransientError] = TransientError
+) -> dict[int, Shard]:
+    """Every shard of a SKU as of one moment: a Query is only read-committed against a transaction
+    (a reshard or a gather committing while it reads shows part of the moving units), so read again
+    until two reads agree on every counter's version. ``busy`` if they keep changing."""
+    previous = dict(first) if first is not None else shards(sku, busy=busy)
+    for _ in range(_SETTLE_READS):
+        current = shards(sku, busy=busy)
+        if current == previous:
+            return current
+        previous = current
+    raise busy(f"the stock counters of {sku} keep changing; retry")
+
+
+_SETTLE_READS = 4
+
+
 def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, int]:
     """``available`` of each SKU: the sum of its shards ``0 .. count - 1``, read in BatchGetItem
     requests of up to 100 keys. A SKU without any shard item has 0."""
