@@ -55,6 +55,8 @@ from moto.dynamodb.responses import DynamoHandler, DynamoResult
 from moto.dynamodbstreams.models import ShardIterator
 from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
+from infra.local.signals import StopRequests
+
 _ORIGINAL_CALL_ACTION = DynamoHandler.call_action
 _ORIGINAL_STREAMS_CALL_ACTION = DynamoDBStreamsHandler.call_action
 _ORIGINAL_SHARD_ITERATOR_GET = ShardIterator.get
@@ -642,11 +644,13 @@ def main(argv: list[str] | None = None) -> int:
     key = bytes.fromhex(os.environ.pop(CONNECTION_KEY_VARIABLE))
     threading.Thread(target=_serve_connections, args=(args.host, args.connection_port, key), daemon=True).start()
     server = _serve(args.host, args.port)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=server.shutdown).start())
+    stops = StopRequests().install(signal.SIGTERM, signal.SIGINT)
     if args.exit_with_parent:
         threading.Thread(target=_exit_with_parent, args=(server,), daemon=True).start()
-    server.serve_forever()
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    stops.wait(0.5, until=lambda: not serving.is_alive())
+    server.shutdown()  # returns at once if the parent's end of file shut it down already
     return 0
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.local.signals import StopRequests
 from infra.local.template import REPO_ROOT
 
 REGION = "us-east-1"
@@ -353,13 +354,7 @@ def console_url(stack: LocalStack, *, to_terminal: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stops = StopRequests().install(signal.SIGINT, signal.SIGTERM)
     parameters = {}
     if args.retry_interval_seconds:
         parameters["RetryIntervalSeconds"] = args.retry_interval_seconds
@@ -392,10 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             "Ctrl-C stops everything.",
         ]
         print("\n".join(lines), flush=True)
-        # Woken twice a second: the main thread then runs bytecode, so a signal's handler runs at
-        # once even while the emulator's threads keep the interpreter busy.
-        while not stop.wait(0.5):
-            pass
+        stops.wait(0.5)
         print("Stopping...", flush=True)
         return 0
     finally:
