@@ -36,6 +36,7 @@ from shop.domain.orders import start_checkout
 from shop.errors import OrderStateConflict, SagaClaimLost, TransientError
 from shop.models.base import iso_now
 from shop.models.orders import (
+    FIRST_EPOCH,
     SAGA_IN_PROGRESS,
     SETTLED,
     CheckoutRedriveInput,
@@ -101,6 +102,12 @@ def settle_stopped_execution(change: ExecutionStatusChange) -> SettledExecution:
         # EventBridge delivers late (async invokes retry for minutes): the event of an execution a
         # redrive has since replaced. Flagging now would reopen the letter under the running redrive.
         return SettledExecution(order_id=order_id, execution_name=change.name, action="superseded")
+    if order.status in SAGA_IN_PROGRESS and _held_by_a_later_run(change, document, order):
+        # A later run (the refund saga the checkout handed over to, the customer's refund) owns the
+        # order and settles it; if it stops, its own event or the sweeper flags it. Flagging now put an
+        # OPEN letter, and an operator's Redrive, under a refund that was running (late or repeated
+        # events: the rule retries a delivery for up to 24 hours; a helper's probe).
+        return SettledExecution(order_id=order_id, execution_name=change.name, action="superseded")
     recorded_failure = document.get("failure")
     failure = Failure.model_validate(recorded_failure) if isinstance(recorded_failure, dict) else None
     if failure is None and letter is not None:
@@ -126,6 +133,18 @@ def _replaced_by_running_redrive(change: ExecutionStatusChange, letter: DeadLett
     if change.start_date is None or letter.redrive_started_at is None:
         return False
     return change.start_date < _epoch_millis(letter.redrive_started_at)
+
+
+def _held_by_a_later_run(change: ExecutionStatusChange, document: dict[str, object], order: Order) -> bool:
+    """The order is claimed at a later epoch than the stopped execution ran at, by another saga run
+    (not the orphan sweeper's takeover, which claims only to flag)."""
+    epoch = document.get("epoch", FIRST_EPOCH)
+    if not isinstance(epoch, int) or order.saga_claim is None or order.saga_epoch is None:
+        return False
+    if order.saga_claim.startswith(f"{ORPHAN_SWEEPER}:"):
+        return False
+    stopped = repository.claim_token(SagaClaim(execution=change.execution_arn, epoch=max(epoch, FIRST_EPOCH)))
+    return order.saga_claim != stopped and order.saga_epoch > epoch
 
 
 def _epoch_millis(iso: str) -> int:

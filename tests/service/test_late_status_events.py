@@ -1,0 +1,185 @@
+"""A STANDARD execution's late or repeated status-change event leaves the order alone while a later
+saga run holds it (the refund the checkout handed over to, the customer's refund). Before, the event
+flagged the order NEEDS_ATTENTION with an OPEN letter under the running refund (the books ended right,
+but operators were paged and a Redrive would have taken the order from the refund). Found by a
+helper's probe; the orphan sweeper had been fixed for the same case earlier."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from infra.local import lambda_runtime, moto_stepfunctions
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, available, eventually, open_shop, seed_product
+
+PRICE, STOCK, QTY = 1250, 10, 2
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=PRICE, stock=STOCK)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+class Gate:
+    """Holds the first invocation of one function until opened; records that it arrived and ended."""
+
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+        self.arrived = threading.Event()
+        self.open = threading.Event()
+        self.done = threading.Event()
+        self._event: Any = None
+
+    def before(self, function_name: str, event: Any) -> None:
+        if function_name == self.function_name and not self.arrived.is_set():
+            self._event = event
+            self.arrived.set()
+            assert self.open.wait(60)
+
+    def after(self, function_name: str, event: Any) -> None:
+        if event is self._event:
+            self.done.set()
+
+
+def install(*gates: Gate) -> None:
+    def before(function_name: str, event: Any) -> None:
+        for gate in gates:
+            gate.before(function_name, event)
+
+    def after(function_name: str, event: Any) -> None:
+        for gate in gates:
+            gate.after(function_name, event)
+
+    lambda_runtime.faults.before_invoke = before
+    lambda_runtime.faults.after_invoke = after
+
+
+@pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
+def test_a_checkout_stopped_after_its_refund_hand_over_leaves_the_running_refund_alone(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """The customer cancels during the capture; the checkout's CompleteOrder turns it into a refund and
+    StartRefund starts refund-<id>. The checkout is stopped (an operator's abort) while StartRefund runs:
+    the hand-over goes through, the refund saga runs, and the checkout's ABORTED event arrives."""
+    capture = Gate(local_aws.function("CapturePaymentFunction"))
+    hand_over = Gate(local_aws.function("StartRefundFunction"))
+    settle = Gate(local_aws.function("SettleStoppedExecutionFunction"))
+    refunding = Gate(local_aws.function("RefundPaymentFunction"))
+    install(capture, hand_over, settle, refunding)
+    order_id = shop.place_ok([("MUG-1", QTY)])["order_id"]
+    assert capture.arrived.wait(60)
+    assert shop.cancel(order_id).status_code == 202
+    capture.open.set()
+    assert hand_over.arrived.wait(60)
+
+    assert moto_stepfunctions.stop_running(order_id, error="", cause="") == 1  # the checkout: ABORTED
+    hand_over.open.set()  # the step under way finishes: REFUNDING, refund-<id> started
+    assert hand_over.done.wait(60)
+    assert refunding.arrived.wait(60)  # the refund saga runs (claimed, at its refund step)
+    assert settle.arrived.wait(60)
+    settle.open.set()  # the checkout's ABORTED event reaches SettleStoppedExecution (asynchronous)
+    local_aws.deliver_events()
+
+    try:
+        order, letter = shop.order(order_id), shop.dead_letter(order_id)
+        assert (order.status, letter and letter.status) == ("REFUNDING", None), (
+            f"the running refund's order was flagged: {order.status}, letter {letter and letter.status}"
+            f" ({letter and letter.resume}, {letter and letter.failed_step})"
+        )
+    finally:
+        refunding.open.set()
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
+
+
+@pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
+def test_a_late_status_event_of_a_checkout_leaves_the_customers_running_refund_alone(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """The checkout is stopped while its CompleteOrder runs; the step completes the order. The ABORTED
+    event's delivery is late (SettleStoppedExecution throttled, EventBridge retrying), and meanwhile the
+    customer cancels the COMPLETED order: refund-<id> runs. Then the event is handled."""
+    complete = Gate(local_aws.function("CompleteOrderFunction"))
+    settle = Gate(local_aws.function("SettleStoppedExecutionFunction"))
+    refunding = Gate(local_aws.function("RefundPaymentFunction"))
+    install(complete, settle, refunding)
+    order_id = shop.place_ok([("MUG-1", QTY)])["order_id"]
+    assert complete.arrived.wait(60)
+    assert moto_stepfunctions.stop_running(order_id, error="", cause="") == 1
+    complete.open.set()
+    assert complete.done.wait(60)
+    assert settle.arrived.wait(60)  # the event's delivery is held
+    assert shop.order(order_id).status == "COMPLETED"
+
+    assert shop.cancel(order_id).json_body["status"] == "REFUNDING"
+    assert refunding.arrived.wait(60)
+    settle.open.set()
+    local_aws.deliver_events()
+
+    try:
+        order, letter = shop.order(order_id), shop.dead_letter(order_id)
+        assert (order.status, letter and letter.status) == ("REFUNDING", None), (
+            f"the running refund's order was flagged: {order.status}, letter {letter and letter.status}"
+            f" ({letter and letter.resume}, {letter and letter.failed_step})"
+        )
+    finally:
+        refunding.open.set()
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
+    assert available("MUG-1") == STOCK
+
+
+@pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
+def test_a_duplicate_status_event_after_the_redrive_leaves_the_customers_running_refund_alone(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """The checkout is stopped at its capture; its ABORTED event dead-letters the order and the operator's
+    redrive completes it (captured). The customer then cancels: refund-<id> runs. EventBridge delivers
+    the checkout's event a second time (at-least-once)."""
+    capture = Gate(local_aws.function("CapturePaymentFunction"))
+    refunding = Gate(local_aws.function("RefundPaymentFunction"))
+    events: list[Any] = []
+    settle_name = local_aws.function("SettleStoppedExecutionFunction")
+
+    def before(function_name: str, event: Any) -> None:
+        if function_name == settle_name:
+            events.append(event)
+        capture.before(function_name, event)
+        refunding.before(function_name, event)
+
+    lambda_runtime.faults.before_invoke = before
+    lambda_runtime.faults.after_invoke = lambda name, event: capture.after(name, event)
+    order_id = shop.place_ok([("MUG-1", QTY)])["order_id"]
+    assert capture.arrived.wait(60)
+    assert moto_stepfunctions.stop_running(order_id, error="", cause="") == 1
+    capture.open.set()  # the capture under way reaches the provider
+    assert capture.done.wait(60)
+    local_aws.deliver_events()
+    shop.wait_dead_letter(order_id, "OPEN")
+    assert shop.redrive(order_id).status_code == 202
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    assert shop.order(order_id).status == "COMPLETED"
+    assert shop.cancel(order_id).json_body["status"] == "REFUNDING"
+    assert refunding.arrived.wait(60)
+
+    [event] = events
+    local_aws.client("lambda").invoke(FunctionName=settle_name, Payload=json.dumps(event))  # delivered again
+
+    try:
+        order, letter = shop.order(order_id), shop.dead_letter(order_id)
+        assert (order.status, letter and letter.status) == ("REFUNDING", "RESOLVED"), (
+            f"the running refund's order was flagged: {order.status}, letter {letter and letter.status}"
+            f" ({letter and letter.resume}, {letter and letter.failed_step})"
+        )
+    finally:
+        refunding.open.set()
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
+    assert available("MUG-1") == STOCK
