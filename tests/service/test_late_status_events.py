@@ -27,6 +27,14 @@ def shop(local_aws: LocalAws) -> Iterator[Shop]:
         yield opened
 
 
+def assert_left_to_the_refund(shop: Shop, order_id: str, *, letter: str | None) -> None:
+    order, found = shop.order(order_id), shop.dead_letter(order_id)
+    assert (order.status, found and found.status) == ("REFUNDING", letter), (
+        f"the running refund's order was flagged: {order.status}, letter {found and found.status}"
+        f" ({found and found.resume}, {found and found.failed_step})"
+    )
+
+
 class Gate:
     """Holds the first invocation of one function until opened; records that it arrived and ended."""
 
@@ -88,11 +96,7 @@ def test_a_checkout_stopped_after_its_refund_hand_over_leaves_the_running_refund
     local_aws.deliver_events()
 
     try:
-        order, letter = shop.order(order_id), shop.dead_letter(order_id)
-        assert (order.status, letter and letter.status) == ("REFUNDING", None), (
-            f"the running refund's order was flagged: {order.status}, letter {letter and letter.status}"
-            f" ({letter and letter.resume}, {letter and letter.failed_step})"
-        )
+        assert_left_to_the_refund(shop, order_id, letter=None)
     finally:
         refunding.open.set()
     assert shop.wait_refund(order_id) == "SUCCEEDED"
@@ -124,11 +128,7 @@ def test_a_late_status_event_of_a_checkout_leaves_the_customers_running_refund_a
     local_aws.deliver_events()
 
     try:
-        order, letter = shop.order(order_id), shop.dead_letter(order_id)
-        assert (order.status, letter and letter.status) == ("REFUNDING", None), (
-            f"the running refund's order was flagged: {order.status}, letter {letter and letter.status}"
-            f" ({letter and letter.resume}, {letter and letter.failed_step})"
-        )
+        assert_left_to_the_refund(shop, order_id, letter=None)
     finally:
         refunding.open.set()
     assert shop.wait_refund(order_id) == "SUCCEEDED"
@@ -173,11 +173,7 @@ def test_a_duplicate_status_event_after_the_redrive_leaves_the_customers_running
     local_aws.client("lambda").invoke(FunctionName=settle_name, Payload=json.dumps(event))  # delivered again
 
     try:
-        order, letter = shop.order(order_id), shop.dead_letter(order_id)
-        assert (order.status, letter and letter.status) == ("REFUNDING", "RESOLVED"), (
-            f"the running refund's order was flagged: {order.status}, letter {letter and letter.status}"
-            f" ({letter and letter.resume}, {letter and letter.failed_step})"
-        )
+        assert_left_to_the_refund(shop, order_id, letter="RESOLVED")
     finally:
         refunding.open.set()
     assert shop.wait_refund(order_id) == "SUCCEEDED"
