@@ -25,6 +25,7 @@ from shop.errors import (
     OutOfStock,
     PurchaseLimitExceeded,
     StockWouldExceedMaximum,
+    StockWouldGoNegative,
     TransientError,
 )
 from shop.models.catalog import MAX_STOCK, StockAdjustmentRequest, UpdateProductRequest
@@ -339,8 +340,8 @@ def test_a_decrease_is_never_refused_on_a_read_a_commit_cut_through(
 ) -> None:
     """A reshard 4 -> 1 (or another order's gather) commits while the adjustment reads the counters:
     the read shows shard 0 before and the rest after, a part of the units. Before, that part was
-    judged: 409 StockWouldGoNegative with the whole stock there. A refusal now rests on a settled read
-    (two reads that agree). Found by a helper's probe."""
+    judged: 409 StockWouldGoNegative with the whole stock there. A refusal now holds only if every read
+    after it refuses too. Found by a helper's probe."""
     seed_product("HOT-TORN-1", stock=100)
     shards = 4 if during == "reshard" else 50
     catalog.update_product("HOT-TORN-1", UpdateProductRequest(stock_shards=shards))
@@ -373,6 +374,42 @@ def test_an_order_is_never_out_of_stock_on_a_read_a_commit_cut_through(
     assert happened
     assert result.status == "RESERVED"
     assert sum(counters("HOT-TORN-2").values()) == 100 - wanted
+
+
+def _another_buyer_takes_one_after_every_query(monkeypatch: pytest.MonkeyPatch, sku: str) -> list[int]:
+    """A busy SKU: after each Query of its counters, another order's one-unit take commits (a
+    one-item write: it never tears a read, but no two reads agree)."""
+    real_call = stock.call
+    taken: list[int] = []
+
+    def query_then_a_sale(operation: str, **request: Any) -> Any:
+        answer = real_call(operation, **request)
+        if operation == "query" and request.get("ExpressionAttributeValues", {}).get(":sku") == {"S": sku}:
+            with_units = [item for item in answer["Items"] if int(item["available"]["N"]) > 0]
+            if with_units:
+                take = stock.take(sku, int(with_units[0]["shard"]["N"]), 1)
+                aws.dynamodb().transact_write_items(TransactItems=[take])
+                taken.append(1)
+        return answer
+
+    monkeypatch.setattr(stock, "call", query_then_a_sale)
+    return taken
+
+
+def test_a_real_shortage_on_a_busy_sku_is_still_refused_at_once(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every read after a short one was short too: OUT_OF_STOCK and 409, as before the reads were
+    checked. The first version of the check wanted two reads to agree, which a busy SKU's reads never
+    do: a real shortage became contention (INVENTORY_UNAVAILABLE in the end, a 503 for the admin; the
+    diff's reviewer)."""
+    seed_product("HOT-SHORT-1", stock=20)
+    catalog.update_product("HOT-SHORT-1", UpdateProductRequest(stock_shards=4))
+    taken = _another_buyer_takes_one_after_every_query(monkeypatch, "HOT-SHORT-1")
+
+    with pytest.raises(OutOfStock):  # never more than 20 units there
+        inventory.reserve("o-short", "o-short", [CheckoutLine(sku="HOT-SHORT-1", quantity=30, stock_shards=4)])
+    with pytest.raises(StockWouldGoNegative):
+        catalog.adjust_stock("HOT-SHORT-1", StockAdjustmentRequest(delta=-30, reason="recount"), actor="root")
+    assert len(taken) > 2
 
 
 def _another_admin_adjusts_first(monkeypatch: pytest.MonkeyPatch, sku: str, delta: int) -> list[int]:

@@ -298,9 +298,13 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
             continue
         available = total_available(counters)
         resulting = available + request.delta
-        refused = resulting < 0 or (request.delta > 0 and resulting > MAX_STOCK)
-        if refused and stock.settled_shards(sku, read) != read:
-            continue  # the read was not one moment's (a gather or a reshard committed during it)
+        if _refused(resulting, request.delta) and not all(
+            _refused(total_available(units_by_shard(again)) + request.delta, request.delta)
+            for again in stock.reread_shards(sku, read)
+        ):
+            # A read after it would not refuse: a reshard or a gather committed through this one (it
+            # showed part of the units, or some twice). A 409 rests only on every read refusing.
+            continue
         if resulting < 0:
             raise StockWouldGoNegative(f"{available} available; a change of {request.delta} would leave {resulting}")
         # Only increases are refused: stock returned by released reservations may have taken
@@ -340,6 +344,12 @@ def adjust_stock(sku: str, request: StockAdjustmentRequest, *, actor: str) -> Pr
             continue
         return Product.of(info.model_copy(update={"updated_at": at}), resulting)
     raise TransientError(f"stock of {sku} is changing too often to adjust; retry")
+
+
+def _refused(resulting: int, delta: int) -> bool:
+    """Below zero, or an increase past the maximum (a decrease may leave more: released reservations
+    can have taken ``available`` above it, and bringing it down must stay possible)."""
+    return resulting < 0 or (delta > 0 and resulting > MAX_STOCK)
 
 
 def stock_ledger(sku: str) -> list[StockLedgerEntry]:

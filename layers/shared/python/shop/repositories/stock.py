@@ -155,22 +155,27 @@ def shards(sku: str, *, busy: type[TransientError] = TransientError) -> dict[int
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def settled_shards(
-    sku: str, first: Mapping[int, Shard] | None = None, *, busy: type[TransientError] = TransientError
-) -> dict[int, Shard]:
-    """Every shard of a SKU as of one moment: a Query is only read-committed against a transaction
-    (a reshard or a gather committing while it reads shows part of the moving units), so read again
-    until two reads agree on every counter's version. ``busy`` if they keep changing."""
-    previous = dict(first) if first is not None else shards(sku, busy=busy)
-    for _ in range(_SETTLE_READS):
+def reread_shards(
+    sku: str, first: Mapping[int, Shard], *, busy: type[TransientError] = TransientError
+) -> list[dict[int, Shard]]:
+    """The SKU's shards read again after ``first``: until a read agrees with the one before it, counter
+    by counter and version by version (no write came between: the counters of one moment), or
+    ``_REREADS`` reads. A Query is read-committed per item against a transaction, so a reshard or
+    another order's gather committing during one shows part of the units it moves (or counts them
+    twice); a one-counter take or release hides none, but does change the next read. A refusal holds
+    only if every read refuses (on a busy SKU the reads may never agree)."""
+    reads: list[dict[int, Shard]] = []
+    previous: Mapping[int, Shard] = first
+    for _ in range(_REREADS):
         current = shards(sku, busy=busy)
+        reads.append(current)
         if current == previous:
-            return current
+            break
         previous = current
-    raise busy(f"the stock counters of {sku} keep changing; retry")
+    return reads
 
 
-_SETTLE_READS = 4
+_REREADS = 4
 
 
 def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, int]:
