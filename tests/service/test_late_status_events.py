@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -38,15 +38,16 @@ def assert_left_to_the_refund(shop: Shop, order_id: str, *, letter: str | None) 
 class Gate:
     """Holds the first invocation of one function until opened; records that it arrived and ended."""
 
-    def __init__(self, function_name: str) -> None:
+    def __init__(self, function_name: str, matches: Callable[[Any], bool] = lambda event: True) -> None:
         self.function_name = function_name
+        self.matches = matches
         self.arrived = threading.Event()
         self.open = threading.Event()
         self.done = threading.Event()
         self._event: Any = None
 
     def before(self, function_name: str, event: Any) -> None:
-        if function_name == self.function_name and not self.arrived.is_set():
+        if function_name == self.function_name and not self.arrived.is_set() and self.matches(event):
             self._event = event
             self.arrived.set()
             assert self.open.wait(60)
@@ -179,3 +180,49 @@ def test_a_duplicate_status_event_after_the_redrive_leaves_the_customers_running
     assert shop.wait_refund(order_id) == "SUCCEEDED"
     eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
     assert available("MUG-1") == STOCK
+
+
+@pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
+def test_a_redrive_stopped_after_its_refund_hand_over_leaves_the_running_refund_and_its_letter_alone(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """The checkout is stopped at its capture with a cancel asked: dead-lettered. The operator's redrive
+    completes the order into REFUNDING and hands it over to refund-<id>, and is stopped while it does.
+    Its ABORTED event used to reopen the letter (REDRIVING -> OPEN) before anything looked at who held
+    the order: an OPEN letter under the running refund (the diff's reviewer)."""
+    capture = Gate(local_aws.function("CapturePaymentFunction"))
+    hand_over = Gate(local_aws.function("StartRefundFunction"))
+    redrive_settled = Gate(
+        local_aws.function("SettleStoppedExecutionFunction"), lambda event: "-redrive-" in str(event)
+    )
+    refunding = Gate(local_aws.function("RefundPaymentFunction"))
+    install(capture, hand_over, redrive_settled, refunding)
+    order_id = shop.place_ok([("MUG-1", QTY)])["order_id"]
+    assert capture.arrived.wait(60)
+    assert shop.cancel(order_id).status_code == 202
+    assert moto_stepfunctions.stop_running(order_id, error="", cause="") == 1
+    capture.open.set()
+    assert capture.done.wait(60)
+    local_aws.deliver_events()
+    shop.wait_dead_letter(order_id, "OPEN")
+
+    assert shop.redrive(order_id).status_code == 202
+    assert hand_over.arrived.wait(60)
+    assert moto_stepfunctions.stop_running(f"{order_id}-redrive-1", error="", cause="") == 1
+    hand_over.open.set()
+    assert hand_over.done.wait(60)
+    assert refunding.arrived.wait(60)  # refund-<id> holds the order
+    assert redrive_settled.arrived.wait(60)
+    redrive_settled.open.set()
+    local_aws.deliver_events()
+    assert redrive_settled.done.wait(60)
+
+    try:
+        assert_left_to_the_refund(shop, order_id, letter="REDRIVING")
+    finally:
+        refunding.open.set()
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
+    assert available("MUG-1") == STOCK
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and letter.status == "RESOLVED"

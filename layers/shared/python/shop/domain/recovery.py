@@ -87,13 +87,20 @@ def settle_stopped_execution(change: ExecutionStatusChange) -> SettledExecution:
     order_id = document.get("order_id")
     if not isinstance(order_id, str) or change.status not in STOPPED:
         return SettledExecution(order_id=None, execution_name=change.name, action="not_an_order")
+    order = repository.get(order_id)
+    if order is None:
+        return SettledExecution(order_id=order_id, execution_name=change.name, action="not_an_order")
+    if order.status in SAGA_IN_PROGRESS and _held_by_a_later_run(change, document, order):
+        # A later run (the refund saga the checkout or a redrive handed over to, the customer's refund)
+        # owns the order and settles it, its letter included; if it stops, its own event or the sweeper
+        # flags it. Flagging now, or reopening the redrive's letter, put an OPEN letter, and an
+        # operator's Redrive, under a refund that was running (late or repeated events: the rule
+        # retries a delivery for up to 24 hours; helpers' probes).
+        return SettledExecution(order_id=order_id, execution_name=change.name, action="superseded")
     now = iso_now()
     reopened = dead_letters.reopen_redrive(
         order_id, execution_name=change.name, error=change.error or change.status, cause=change.cause, now=now
     )
-    order = repository.get(order_id)
-    if order is None:
-        return SettledExecution(order_id=order_id, execution_name=change.name, action="not_an_order")
     letter = dead_letters.get(order_id)
     if order.status in SETTLED or (order.status == "NEEDS_ATTENTION" and letter and letter.status == "OPEN"):
         action = "redrive_reopened" if reopened else "already_settled"
@@ -101,12 +108,6 @@ def settle_stopped_execution(change: ExecutionStatusChange) -> SettledExecution:
     if _replaced_by_running_redrive(change, letter):
         # EventBridge delivers late (async invokes retry for minutes): the event of an execution a
         # redrive has since replaced. Flagging now would reopen the letter under the running redrive.
-        return SettledExecution(order_id=order_id, execution_name=change.name, action="superseded")
-    if order.status in SAGA_IN_PROGRESS and _held_by_a_later_run(change, document, order):
-        # A later run (the refund saga the checkout handed over to, the customer's refund) owns the
-        # order and settles it; if it stops, its own event or the sweeper flags it. Flagging now put an
-        # OPEN letter, and an operator's Redrive, under a refund that was running (late or repeated
-        # events: the rule retries a delivery for up to 24 hours; a helper's probe).
         return SettledExecution(order_id=order_id, execution_name=change.name, action="superseded")
     recorded_failure = document.get("failure")
     failure = Failure.model_validate(recorded_failure) if isinstance(recorded_failure, dict) else None
