@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -271,37 +272,43 @@ class OrderPage(Record):
     next_token: str | None
 
 
-def _parse_utc(value: str) -> datetime:
+def _instant(value: str) -> tuple[datetime, Decimal]:
+    """The instant as given: its whole seconds in UTC and the fraction of a second at full precision
+    (a datetime keeps microseconds and drops the rest, and ``.1230001`` is after ``.123``)."""
     # pydantic alone would also take "0.5" (seconds since 1970) or a bare date.
-    if not _RFC3339.fullmatch(value):
+    match = _RFC3339.fullmatch(value)
+    if not match:
         raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T09:30:00Z")
+    fraction = match.group(1) or ""
     try:
-        return _DATE_TIME.validate_python(value).astimezone(UTC)
+        whole = _DATE_TIME.validate_python(value.replace(fraction, "", 1) if fraction else value).astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         raise ValueError("must be a date-time within years 1-9999 in UTC") from None
+    return whole, Decimal(fraction or "0")
 
 
-def _stored_form(instant: datetime) -> str:
-    """As stored timestamps are written (UTC, milliseconds, Z), so it compares as text; isoformat pads
-    the year to 4 digits (strftime's %Y does not), so the text sorts as the time does."""
+def _stored_form(value: str, rounding: str) -> str:
+    """As stored timestamps are written (UTC, milliseconds, Z), so it compares as text, the fraction
+    rounded to a millisecond as ``rounding`` says; isoformat pads the year to 4 digits (strftime's %Y
+    does not), so the text sorts as the time does."""
+    whole, fraction = _instant(value)
+    milliseconds = int((fraction * 1000).to_integral_value(rounding=rounding))
+    try:
+        instant = whole + timedelta(milliseconds=milliseconds)
+    except OverflowError:  # within the last second of 9999, rounded up: nothing stored comes after it
+        raise ValueError("must be a date-time within years 1-9999 in UTC") from None
     return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _lower_bound(value: str) -> str:
-    """An inclusive lower bound in stored form: a fraction finer than a millisecond rounds UP, so no
-    order created before the bound is listed (stored times have milliseconds)."""
-    instant = _parse_utc(value)
-    if instant.microsecond % 1000:
-        try:
-            instant += timedelta(microseconds=1000 - instant.microsecond % 1000)
-        except OverflowError:  # within the last millisecond of 9999: nothing stored comes after it
-            raise ValueError("must be a date-time within years 1-9999 in UTC") from None
-    return _stored_form(instant)
+    """An inclusive lower bound: a fraction finer than a millisecond rounds UP, so no order created
+    before the bound is listed (stored times have milliseconds)."""
+    return _stored_form(value, ROUND_CEILING)
 
 
 def _upper_bound(value: str) -> str:
-    """An inclusive upper bound in stored form: a finer fraction rounds down, for the same reason."""
-    return _stored_form(_parse_utc(value))
+    """An inclusive upper bound: a finer fraction rounds down, for the same reason."""
+    return _stored_form(value, ROUND_FLOOR)
 
 
 _DATE_TIME: TypeAdapter[AwareDatetime] = TypeAdapter(AwareDatetime)
@@ -331,7 +338,7 @@ class OrderFilter(StrictModel):
         # within one millisecond would compare wrongly in either direction after rounding.
         if isinstance(data, dict) and isinstance(data.get("since"), str) and isinstance(data.get("until"), str):
             try:
-                since, until = _parse_utc(data["since"]), _parse_utc(data["until"])
+                since, until = _instant(data["since"]), _instant(data["until"])
             except ValueError:
                 return data  # the field's own validator says what is wrong with it
             if since > until:
