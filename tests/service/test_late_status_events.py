@@ -27,14 +27,6 @@ def shop(local_aws: LocalAws) -> Iterator[Shop]:
         yield opened
 
 
-def assert_left_to_the_refund(shop: Shop, order_id: str, *, letter: str | None) -> None:
-    order, found = shop.order(order_id), shop.dead_letter(order_id)
-    assert (order.status, found and found.status) == ("REFUNDING", letter), (
-        f"the running refund's order was flagged: {order.status}, letter {found and found.status}"
-        f" ({found and found.resume}, {found and found.failed_step})"
-    )
-
-
 class Gate:
     """Holds the first invocation of one function until opened; records that it arrived and ended."""
 
@@ -55,6 +47,22 @@ class Gate:
     def after(self, function_name: str, event: Any) -> None:
         if event is self._event:
             self.done.set()
+
+
+def assert_left_to_the_refund_then_refunded(shop: Shop, order_id: str, refunding: Gate, *, letter: str | None) -> None:
+    """While the refund is held at its refund step: still REFUNDING, the letter as it was. Then the
+    refund goes on and settles the order: REFUNDED, its units back."""
+    try:
+        order, found = shop.order(order_id), shop.dead_letter(order_id)
+        assert (order.status, found and found.status) == ("REFUNDING", letter), (
+            f"the running refund's order was flagged: {order.status}, letter {found and found.status}"
+            f" ({found and found.resume}, {found and found.failed_step})"
+        )
+    finally:
+        refunding.open.set()
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
+    assert available("MUG-1") == STOCK
 
 
 def install(*gates: Gate) -> None:
@@ -96,12 +104,7 @@ def test_a_checkout_stopped_after_its_refund_hand_over_leaves_the_running_refund
     settle.open.set()  # the checkout's ABORTED event reaches SettleStoppedExecution (asynchronous)
     local_aws.deliver_events()
 
-    try:
-        assert_left_to_the_refund(shop, order_id, letter=None)
-    finally:
-        refunding.open.set()
-    assert shop.wait_refund(order_id) == "SUCCEEDED"
-    assert shop.order(order_id).status == "REFUNDED" and available("MUG-1") == STOCK
+    assert_left_to_the_refund_then_refunded(shop, order_id, refunding, letter=None)
 
 
 @pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
@@ -128,13 +131,7 @@ def test_a_late_status_event_of_a_checkout_leaves_the_customers_running_refund_a
     settle.open.set()
     local_aws.deliver_events()
 
-    try:
-        assert_left_to_the_refund(shop, order_id, letter=None)
-    finally:
-        refunding.open.set()
-    assert shop.wait_refund(order_id) == "SUCCEEDED"
-    eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
-    assert available("MUG-1") == STOCK
+    assert_left_to_the_refund_then_refunded(shop, order_id, refunding, letter=None)
 
 
 @pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
@@ -173,13 +170,7 @@ def test_a_duplicate_status_event_after_the_redrive_leaves_the_customers_running
     [event] = events
     local_aws.client("lambda").invoke(FunctionName=settle_name, Payload=json.dumps(event))  # delivered again
 
-    try:
-        assert_left_to_the_refund(shop, order_id, letter="RESOLVED")
-    finally:
-        refunding.open.set()
-    assert shop.wait_refund(order_id) == "SUCCEEDED"
-    eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
-    assert available("MUG-1") == STOCK
+    assert_left_to_the_refund_then_refunded(shop, order_id, refunding, letter="RESOLVED")
 
 
 @pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
@@ -217,12 +208,6 @@ def test_a_redrive_stopped_after_its_refund_hand_over_leaves_the_running_refund_
     local_aws.deliver_events()
     assert redrive_settled.done.wait(60)
 
-    try:
-        assert_left_to_the_refund(shop, order_id, letter="REDRIVING")
-    finally:
-        refunding.open.set()
-    assert shop.wait_refund(order_id) == "SUCCEEDED"
-    eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
-    assert available("MUG-1") == STOCK
+    assert_left_to_the_refund_then_refunded(shop, order_id, refunding, letter="REDRIVING")
     letter = shop.dead_letter(order_id)
     assert letter is not None and letter.status == "RESOLVED"
