@@ -240,8 +240,10 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
     that would reopen it).
     """
     now = iso_now()
+    flagged_from: list[str] = []
 
     def flag(current: Order) -> Order | None:
+        flagged_from.append(current.status)
         if step.claim is not None and current.status in SETTLED:
             return lifecycle.dead_letter_marked(current)
         return lifecycle.flagged(current, step.failed_step, now)
@@ -259,6 +261,10 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
     )
     if changed:
         metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
+        if flagged_from[-1] in CHECKOUT_IN_PROGRESS and order.status == "NEEDS_ATTENTION":
+            # A checkout the shop failed, for the checkout failure rate: not a refund flagged, nor a
+            # settled order whose books a redrive found wrong (both counted there before).
+            metrics().add_metric(name="CheckoutsNeedingAttention", unit=MetricUnit.Count, value=1)
     logger().error(
         "saga could not finish; order needs attention",
         extra={"failed_step": step.failed_step, "error": step.error.Error if step.error else None},

@@ -70,7 +70,7 @@ SWEEP_MARGIN_SECONDS = 10.0
 _EVERY_CANDIDATE = sys.maxsize
 
 # What the sweep did with one order; the first three count towards SWEEP_LIMIT.
-Resumed = Literal["started", "settled", "deferred", "running", "left"]
+Resumed = Literal["started", "continued", "settled", "deferred", "running", "left"]
 
 
 def _input_of(change: ExecutionStatusChange) -> dict[str, object]:
@@ -194,7 +194,7 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
         for order_id in repository.in_progress_since(_iso(cutoff), limit=_EVERY_CANDIDATE)
         if not _listed_running(order_id, running)
     ]
-    done: dict[Resumed, list[str]] = {"started": [], "settled": [], "deferred": []}
+    done: dict[Resumed, list[str]] = {"started": [], "continued": [], "settled": [], "deferred": []}
     examined = acted = 0
     for order_id in candidates:
         if acted >= SWEEP_LIMIT or _out_of_time(seconds_left):
@@ -205,15 +205,19 @@ def resume_orphans(now: datetime, *, seconds_left: Callable[[], float] | None = 
             done[outcome].append(order_id)
             acted += 1
     sweep = OrphanSweep(
-        examined=examined, started=done["started"], settled=done["settled"], stopped_early=examined < len(candidates)
+        examined=examined,
+        started=done["started"] + done["continued"],
+        settled=done["settled"],
+        stopped_early=examined < len(candidates),
     )
     if sweep.stopped_early:
         logger().warning(
             "orphan sweep stopped at its bound or before its timeout; the next run goes on",
             extra={"examined": examined, "candidates": len(candidates)},
         )
-    if sweep.started:
-        metrics().add_metric(name="OrphanedSagasStarted", unit=MetricUnit.Count, value=len(sweep.started))
+    # Sagas never started; an Express continuation counts as ExpressSagasContinued alone (it was both).
+    if done["started"]:
+        metrics().add_metric(name="OrphanedSagasStarted", unit=MetricUnit.Count, value=len(done["started"]))
     if done["deferred"]:
         metrics().add_metric(name="OrphanChecksDeferred", unit=MetricUnit.Count, value=len(done["deferred"]))
     return sweep
@@ -345,7 +349,7 @@ def _resume(order_id: str, now: datetime) -> Resumed:
         return "left"
     if saga_settings().workflow_type == "EXPRESS" and _within_continuation(order, now, refund=refund):
         _continue_express(order, refund=refund)
-        return "started"
+        return "continued"
     # Stopped without its event being handled, or ended without settling the order. The sweep takes
     # the order over first, as a redrive would: a run started meanwhile (a continuation an earlier
     # sweep started, a refund hand-over) that claims the same epoch first keeps it, and one that

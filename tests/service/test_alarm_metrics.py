@@ -1,0 +1,189 @@
+"""The metrics the alarms and the dashboard read, as the functions emit them: names and dimension sets
+exactly as the template's queries name them (CloudWatch matches a metric only on its whole dimension
+set), and counts that mean what the alarm descriptions say."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from infra.local import lambda_runtime
+from infra.local.template import API_HANDLER, load_template
+from tests.conftest import LocalAws
+from tests.service.orders_helpers import Shop, open_shop, seed_product
+from tests.service.test_recovery import sweep
+from tests.service.test_saga_claims import _past_the_express_limit, _stop_at_the_time_limit
+
+
+# ---------------------------------------------------------------------------- recording EMF lines as on AWS
+class _Recorder(io.TextIOBase):
+    """stdout, each EMF line kept with the function that printed it (the in-process emulator shares one
+    Powertools Metrics object, so the line's own `service` is the first function's: use the template's)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.lines: list[tuple[str | None, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        function = lambda_runtime.current_function.get()
+        for line in text.splitlines():
+            if line.startswith('{"_aws"'):
+                with self._lock:
+                    self.lines.append((function, json.loads(line)))
+        return self.inner.write(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
+def _record(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
+    """Called in the test body: pytest's own capture puts its sys.stdout back at the start of each phase."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    recording = _Recorder(sys.stdout)
+    monkeypatch.setattr(sys, "stdout", recording)
+    return recording
+
+
+def _as_on_aws(local_aws: LocalAws, recorder: _Recorder) -> list[tuple[str, str, frozenset[tuple[str, str]], float]]:
+    """(function, metric, dimensions, value) for every value printed, `service` as the template sets it."""
+    template = load_template()
+    logical = {name: logical_id for logical_id, name in local_aws.stack.function_names.items()}
+    out = []
+    for function, line in recorder.lines:
+        logical_id = logical.get(function or "", API_HANDLER)
+        service = template["Resources"][logical_id]["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+        (directive,) = line["_aws"]["CloudWatchMetrics"]
+        (keys,) = directive["Dimensions"]
+        dims = frozenset((k, service if k == "service" else line[k]) for k in keys)
+        for metric in directive["Metrics"]:
+            values = line[metric["Name"]]
+            for value in values if isinstance(values, list) else [values]:
+                out.append((logical_id, metric["Name"], dims, float(value)))
+    return out
+
+
+def _failure_rate(points: list[tuple[str, str, frozenset[tuple[str, str]], float]]) -> float:
+    """CheckoutFailureRateAlarm's expression over these points (one period), its queries as the template
+    writes them (exact metric name and dimension set), the minimum-orders gate left out."""
+    alarm = load_template()["Resources"]["CheckoutFailureRateAlarm"]["Properties"]
+    sums: dict[str, float] = {}
+    for query in alarm["Metrics"]:
+        if "MetricStat" not in query:
+            continue
+        metric = query["MetricStat"]["Metric"]
+        dims = frozenset((d["Name"], d["Value"]) for d in metric["Dimensions"])
+        sums[query["Id"]] = sum(v for _, name, d, v in points if name == metric["MetricName"] and d == dims)
+    finished = sum(sums.values())
+    failed = sums["unavailable"] + sums["inventory"] + sums["attention"]
+    return 100 * failed / finished if finished else 0.0
+
+
+class ProviderOutage(Exception):
+    pass
+
+
+@pytest.fixture
+def shop(local_aws: LocalAws) -> Iterator[Shop]:
+    seed_product("MUG-1", price=1250, stock=10)
+    with open_shop(local_aws) as opened:
+        yield opened
+
+
+def test_a_refund_that_needs_attention_is_not_a_failed_checkout(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One checkout, completed. Its customer's refund later fails and is dead-lettered: the checkout
+    failure rate ("percent of finished checkouts the shop failed") still reads 0. Before, the alarm read
+    every order flagged (OrdersNeedingAttention): 50% here, and on AWS a page saying "check the payment
+    breaker" with no checkout failed (a helper's probe)."""
+    recorder = _record(monkeypatch)
+    placed = shop.place_ok([("MUG-1", 1)])
+    order_id = placed["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    refund = local_aws.function("RefundPaymentFunction")
+
+    def outage(function_name: str, event: Any) -> None:
+        if function_name == refund:
+            raise ProviderOutage("the refund endpoint is down")
+
+    lambda_runtime.faults.before_invoke = outage
+    try:
+        shop.cancel(order_id)
+        assert shop.wait_refund(order_id) == "FAILED"
+    finally:
+        lambda_runtime.faults.before_invoke = None
+    assert shop.order(order_id).status == "NEEDS_ATTENTION"
+
+    points = _as_on_aws(local_aws, recorder)
+    attention = [(f, d) for f, name, d, _ in points if name == "OrdersNeedingAttention"]
+    assert _failure_rate(points) == 0.0, attention
+
+
+# ---------------------------------------------------------------------------- the sweeper's counts
+@pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
+def test_an_express_continuation_is_not_counted_as_an_orphan_started(
+    shop: Shop, local_aws: LocalAws, faults: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard's Recovery widget graphs "orphans started by the sweeper" and "Express sagas continued"
+    side by side; a continuation was counted as both (a helper's probe)."""
+    pause = faults.pause_at("CapturePaymentFunction")
+    order_id = shop.place_ok([("MUG-1", 1)])["order_id"]
+    pause.wait_reached()
+    _stop_at_the_time_limit(shop, "CheckoutStateMachine", order_id)
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "ABORTED"
+
+    recorder = _record(monkeypatch)
+    swept = sweep(local_aws, _past_the_express_limit())
+    assert swept["started"] == [order_id]  # the sweep's "started" is the continuation
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-continue-2") == "SUCCEEDED"
+
+    points = _as_on_aws(local_aws, recorder)
+    counted = {
+        name: v
+        for f, name, d, v in points
+        if f == "ResumeOrphanedOrdersFunction" and name in ("OrphanedSagasStarted", "ExpressSagasContinued")
+    }
+    assert counted == {"ExpressSagasContinued": 1.0}, counted
+
+
+# ---------------------------------------------------------------------------- the order metrics
+def test_the_order_metrics_match_the_alarm_queries_as_on_aws(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = _record(monkeypatch)
+    done = shop.place_ok([("MUG-1", 1)])["order_id"]
+    declined = shop.place_ok([("MUG-1", 1)], token="tok_chargeDeclined")["order_id"]
+    unavailable = shop.place_ok([("MUG-1", 1)], token="tok_processingError")["order_id"]
+    short = shop.place_ok([("MUG-1", 50)])["order_id"]
+    for order_id in (done, declined, unavailable, short):
+        assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    shop.cancel(done)
+    assert shop.wait_refund(done) == "SUCCEEDED"
+    reasons = {o: shop.order(o).failure_reason for o in (declined, unavailable, short)}
+    assert reasons == {declined: "PAYMENT_DECLINED", unavailable: "PAYMENT_UNAVAILABLE", short: "OUT_OF_STOCK"}
+
+    points = _as_on_aws(local_aws, recorder)
+    series = {(name, d) for _, name, d, _ in points}
+    orders = frozenset({("service", "orders")})
+    for name, dims in [
+        ("OrdersCompleted", orders),
+        ("OrdersRefunded", orders),
+        ("SagaDuration", orders),
+        ("OrdersCancelled", orders | {("reason", "PAYMENT_DECLINED")}),
+        ("OrdersCancelled", orders | {("reason", "PAYMENT_UNAVAILABLE")}),
+        ("OrdersCancelled", orders | {("reason", "OUT_OF_STOCK")}),
+    ]:
+        assert (name, dims) in series, (name, dims, sorted(series, key=str))
+    assert round(_failure_rate(points), 1) == 25.0  # 1 unavailable of 4 finished
+    emitters = {f for f, name, _, _ in points if name.startswith("Orders")}
+    assert emitters <= {"ClaimOrderFunction", "CompleteOrderFunction", "CancelOrderFunction", "MarkRefundedFunction"}, (
+        emitters
+    )
