@@ -15,7 +15,9 @@ import pytest
 
 from infra.local import lambda_runtime
 from infra.local.template import API_HANDLER, load_template
+from shop import aws
 from tests.conftest import LocalAws
+from tests.service.faults import SdkFault, StepFaults, inject, updates_payment_to
 from tests.service.orders_helpers import Shop, open_shop, seed_product
 from tests.service.test_recovery import sweep
 from tests.service.test_saga_claims import _past_the_express_limit, _stop_at_the_time_limit
@@ -126,10 +128,58 @@ def test_a_refund_that_needs_attention_is_not_a_failed_checkout(
     assert _failure_rate(points) == 0.0, attention
 
 
+def test_a_checkout_flagged_after_its_refund_hand_over_failed_is_a_failed_checkout(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The capture's answer is lost and the reservation cannot be committed: the checkout refunds
+    (REFUNDING), and the refund saga cannot be started. Its own FlagCompletion flags it from REFUNDING:
+    a checkout the shop failed. The first version of CheckoutsNeedingAttention counted only flags from
+    a checkout status before REFUNDING, and this one read 0% (the diff's reviewer)."""
+    recorder = _record(monkeypatch)
+    faults.fail("ReconcilePaymentFunction")
+    lost = SdkFault(
+        "UpdateItem", "ProvisionedThroughputExceededException", when=updates_payment_to("CAPTURED"), times=5
+    )
+    refund_not_started = SdkFault(
+        "StartExecution", "ThrottlingException", when=lambda r: "Refund" in str(r.get("stateMachineArn", ""))
+    )
+    with inject(aws.dynamodb(), lost), inject(aws.stepfunctions(), refund_not_started):
+        order_id = shop.place_ok([("MUG-1", 1)])["order_id"]
+        assert shop.wait_checkout(order_id) == "FAILED"
+    order = shop.order(order_id)
+    assert order.status == "NEEDS_ATTENTION" and order.has_recorded("start_refund", "REFUNDING")
+    assert _failure_rate(_as_on_aws(local_aws, recorder)) == 100.0
+
+
+def _opens_a_letter(request: dict[str, Any]) -> bool:
+    return "Operations" in str(request.get("TableName", "")) and str(request.get("UpdateExpression", "")).startswith(
+        "SET #status = :open, order_id"
+    )
+
+
+def test_a_flag_retried_after_its_letter_write_failed_is_still_counted(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flag step writes NEEDS_ATTENTION, then its letter's write is throttled once; the retry finds
+    the order flagged already. Before, the metrics came after the letter, and the retry (nothing
+    changed) counted nothing: a failed checkout no alarm saw (the diff's reviewer)."""
+    recorder = _record(monkeypatch)
+    faults.fail("CompleteOrderFunction")
+    throttled = SdkFault("UpdateItem", "ProvisionedThroughputExceededException", when=_opens_a_letter, times=1)
+    with inject(aws.dynamodb(), throttled):
+        order_id = shop.place_ok([("MUG-1", 1)])["order_id"]
+        assert shop.wait_checkout(order_id) == "FAILED"
+    assert throttled.injected == 1
+    letter = shop.dead_letter(order_id)
+    assert shop.order(order_id).status == "NEEDS_ATTENTION" and letter is not None and letter.status == "OPEN"
+    counted = [(name, value) for _, name, _, value in _as_on_aws(local_aws, recorder) if "Attention" in name]
+    assert sorted(counted) == [("CheckoutsNeedingAttention", 1.0), ("OrdersNeedingAttention", 1.0)]
+
+
 # ---------------------------------------------------------------------------- the sweeper's counts
 @pytest.mark.parametrize("workflow_type", ["EXPRESS"], indirect=True)
 def test_an_express_continuation_is_not_counted_as_an_orphan_started(
-    shop: Shop, local_aws: LocalAws, faults: Any, monkeypatch: pytest.MonkeyPatch
+    shop: Shop, local_aws: LocalAws, faults: StepFaults, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The dashboard's Recovery widget graphs "orphans started by the sweeper" and "Express sagas continued"
     side by side; a continuation was counted as both (a helper's probe)."""

@@ -230,6 +230,18 @@ def mark_refunded(step: MarkRefunded) -> StepResult:
     return _result(order)
 
 
+def _a_checkout_failed(step: FlagOrder, before: Order, after: Order) -> bool:
+    """For the checkout failure rate: a checkout flagged for the first time (its completion's hand-over
+    to a refund failing included: the order was REFUNDING then), not a refund saga's flag, a settled
+    order whose books a redrive found wrong, nor a redrive failing again."""
+    return (
+        after.status == "NEEDS_ATTENTION"
+        and step.resume != "refund"
+        and before.status not in SETTLED
+        and not before.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION")
+    )
+
+
 def flag_for_attention(step: FlagOrder) -> StepResult:
     """Mark the order NEEDS_ATTENTION and leave a dead letter an operator can list and redrive.
 
@@ -240,15 +252,22 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
     that would reopen it).
     """
     now = iso_now()
-    flagged_from: list[str] = []
+    before: list[Order] = []
 
     def flag(current: Order) -> Order | None:
-        flagged_from.append(current.status)
+        before.append(current)
         if step.claim is not None and current.status in SETTLED:
             return lifecycle.dead_letter_marked(current)
         return lifecycle.flagged(current, step.failed_step, now)
 
     order, changed = repository.update(step.order_id, flag, claim=step.claim)
+    # Counted before the letter is written: a retry after a failed letter write finds the order
+    # flagged already (changed is False) and would never count it (Powertools flushes the metrics of
+    # a failed invocation too).
+    if changed:
+        metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
+        if _a_checkout_failed(step, before[-1], order):
+            metrics().add_metric(name="CheckoutsNeedingAttention", unit=MetricUnit.Count, value=1)
     dead_letters.record(
         order_id=order.order_id,
         resume=step.resume,
@@ -259,12 +278,6 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
         execution_name=step.execution_name,
         now=now,
     )
-    if changed:
-        metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
-        if flagged_from[-1] in CHECKOUT_IN_PROGRESS and order.status == "NEEDS_ATTENTION":
-            # A checkout the shop failed, for the checkout failure rate: not a refund flagged, nor a
-            # settled order whose books a redrive found wrong (both counted there before).
-            metrics().add_metric(name="CheckoutsNeedingAttention", unit=MetricUnit.Count, value=1)
     logger().error(
         "saga could not finish; order needs attention",
         extra={"failed_step": step.failed_step, "error": step.error.Error if step.error else None},

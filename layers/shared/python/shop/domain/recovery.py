@@ -69,7 +69,7 @@ SWEEP_MARGIN_SECONDS = 10.0
 # the sweep's own bounds are SWEEP_LIMIT and its time.
 _EVERY_CANDIDATE = sys.maxsize
 
-# What the sweep did with one order; the first three count towards SWEEP_LIMIT.
+# What the sweep did with one order; the first four count towards SWEEP_LIMIT.
 Resumed = Literal["started", "continued", "settled", "deferred", "running", "left"]
 
 
