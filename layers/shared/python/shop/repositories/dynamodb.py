@@ -35,7 +35,21 @@ BUSY_ERROR_CODES = frozenset(
 )
 
 _serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
+
+
+class _NumbersAsAnswered(TypeDeserializer):
+    """Numbers read exactly as DynamoDB answers them. DynamoDB stores up to 38 significant digits but
+    answers them in plain digits: ``1E+40``, one digit stored, comes back with 41, which boto3's reader
+    refuses (``decimal.Rounded``: its context holds 38 digits; boto/boto3#2500). That error is none of
+    the unreadable-item errors, so one such item stopped a catalog listing, the books check and a
+    stream publisher, and made a cart unclearable (a helper's fidelity probe: DynamoDB Local answers as
+    AWS does, moto does not)."""
+
+    def _deserialize_n(self, value: str) -> Decimal:
+        return Decimal(value)
+
+
+_deserializer = _NumbersAsAnswered()
 
 
 def serialize(value: Any) -> dict[str, Any]:
