@@ -559,6 +559,25 @@ def _stale_letter(order_id: str, cause: str) -> None:
     )
 
 
+def test_the_letters_a_run_resolves_are_listed_up_to_the_cap_and_the_rest_counted(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An incident's repair can resolve thousands of letters in one run; the stored report is one item
+    (400 KB), and 11,000 listed order ids passed it: the run resolved them and lost its report (a
+    helper's fidelity probe). They are listed as the discrepancies are, up to MAX_LISTED."""
+    monkeypatch.setattr(reconciliation_job, "MAX_LISTED", 1)  # stands for the 200 it is
+    orders = [completed(shop, quantity=1) for _ in range(3)]
+    for order_id in orders:
+        _stale_letter(order_id, "read before an operator's repair")
+
+    report = reconciliation_job.run(datetime.now(UTC) + timedelta(minutes=16))
+
+    assert len(report.resolved_dead_letters) == 1 and report.resolved_dead_letters[0] in orders
+    assert report.resolved_dead_letters_omitted == 2
+    assert all(shop.wait_dead_letter(order_id, "RESOLVED") for order_id in orders)
+    assert report_via_api(shop)["resolved_dead_letters_omitted"] == 2
+
+
 def test_a_letter_opened_while_a_refund_settled_the_order_is_resolved_by_the_next_run(shop: Shop) -> None:
     """The run read the order COMPLETED, the customer's refund settled it, then the run wrote the
     letter: nothing marked the order in time, so the refund's last step could not resolve it."""

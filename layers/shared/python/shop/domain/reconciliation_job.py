@@ -46,7 +46,8 @@ EXPIRY_GRACE = timedelta(minutes=15)
 # Orders whose provider view is read at once: each view is a few lookups at the provider (a remote
 # API), so a run over a busy day waits on round trips, not on this function's CPU.
 PROVIDER_READERS = 16
-# The stored report lists at most this many discrepancies (the item stays far below 400 KB).
+# The stored report lists at most this many discrepancies, and as many letters resolved (the item
+# stays far below 400 KB).
 MAX_LISTED = 200
 # Handled by the sweepers (or an operator's stock adjustment), not by a redrive.
 # Two orders under one Idempotency-Key need an operator's decision (which one stands); no redrive makes it.
@@ -192,7 +193,8 @@ def run(now: datetime | None = None, *, quiescent: bool = False) -> Reconciliati
         ),
         discrepancies=found[:MAX_LISTED],
         omitted=max(len(found) - MAX_LISTED, 0),
-        resolved_dead_letters=resolved,
+        resolved_dead_letters=resolved[:MAX_LISTED],
+        resolved_dead_letters_omitted=max(len(resolved) - MAX_LISTED, 0),
     )
     audit.save_report(report)
     return report

@@ -100,9 +100,13 @@ class ReconciliationReport(Record):
         description=(
             "Orders whose open dead letter this run resolved: settled (COMPLETED, CANCELLED or REFUNDED), unchanged "
             "since the cutoff, and with no discrepancy left (an operator repaired the books, or the letter was opened "
-            "while a refund settled the order)."
+            "while a refund settled the order). At most as many as the discrepancies listed; the rest are counted "
+            "in `resolved_dead_letters_omitted`."
         ),
     )
+    # Letters resolved beyond the ones listed: an incident's repair can resolve thousands in one run,
+    # and the stored report is one item (400 KB; 11,000 order ids passed it, and the run's report was lost).
+    resolved_dead_letters_omitted: int = 0
 
 
 StockLetterStatus = Literal["OPEN", "RESOLVED"]
