@@ -338,16 +338,12 @@ def _gather_until_it_fits(
     raise InventoryContention("the order's stock is spread over too many shards for one transaction; retry")
 
 
-def _plan_takes(units: dict[int, int], *, quantity: int, rng: random.Random | None) -> list[ShardTake] | None:
-    return stock_shards.plan_takes(units, quantity, rng)
-
-
 def _replan(plan: dict[str, list[ShardTake]], wanted: Mapping[str, int], rng: random.Random | None) -> list[str]:
     """Plan each of ``wanted`` (SKU -> quantity) over the shards that have units now; the SKUs whose
     shards together are short (none of them changes ``plan``)."""
     short = []
     for sku, quantity in wanted.items():
-        takes = _first_read_that_fits(sku, functools.partial(_plan_takes, quantity=quantity, rng=rng))
+        takes = _first_read_that_fits(sku, functools.partial(stock_shards.plan_takes, quantity=quantity, rng=rng))
         if takes is None:
             short.append(sku)
         else:
