@@ -523,3 +523,40 @@ def test_a_replay_of_an_order_whose_product_was_since_deactivated_is_answered(sh
     assert replay.json_body["order_id"] == done["order_id"]
     assert shop.place([("MUG-1", 1)], key="today").status_code == 422
     assert _stored_orders(shop) == 1
+
+
+class _OrdersNeverRead:
+    """The real client, except that BatchGetItem on the orders table hands every key back unprocessed (a
+    throttled table), failing the test if it is asked more than ``bound`` times."""
+
+    def __init__(self, client: Any, orders_table: str, bound: int = 20) -> None:
+        self.client, self.orders_table, self.bound, self.asked = client, orders_table, bound, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> Any:  # noqa: N803 (boto3's argument name)
+        if self.orders_table not in RequestItems:
+            return self.client.batch_get_item(RequestItems=RequestItems)
+        self.asked += 1
+        assert self.asked <= self.bound, "the orders table was asked again and again without giving up"
+        return {"Responses": {}, "UnprocessedKeys": RequestItems}
+
+
+def test_listing_orders_from_a_throttled_table_answers_503_after_backing_off(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The customer's listing asked for unprocessed keys again at once and without end: under throttling
+    # it hammered the table and never answered. It now gives up after 5 requests, as the other readers do.
+    placed = shop.place_ok([("MUG-1", 1)])
+    shop.wait_checkout(placed["order_id"])
+    from shop import aws
+
+    throttled = _OrdersNeverRead(aws.dynamodb(), shop.aws.table("OrdersTable"))
+    monkeypatch.setattr(aws, "dynamodb", lambda: throttled)
+
+    listed = shop.client.http.get("/orders", headers=shop.headers("alice"))
+
+    assert listed.status_code == 503, listed.body
+    assert listed.headers["Content-Type"] == "application/problem+json"
+    assert throttled.asked == 5

@@ -10,8 +10,6 @@ inventory service writes; reads here add it up.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -25,6 +23,7 @@ from shop.models.inventory import total_available, units_by_shard
 from shop.models.money import Money
 from shop.repositories import stock
 from shop.repositories.dynamodb import (
+    batch_get,
     call,
     cancellation_codes,
     error_code,
@@ -38,8 +37,6 @@ from shop.repositories.dynamodb import (
 LISTING_ACTIVE = "ACTIVE"
 ACTIVE_PRODUCTS = "ActiveProducts"
 ACTIVE_PRODUCTS_BY_CATEGORY = "ActiveProductsByCategory"
-BATCH_GET_LIMIT = 100
-_BATCH_ATTEMPTS = 5
 
 
 _T = TypeVar("_T")
@@ -220,27 +217,8 @@ def _with_version(item: Mapping[str, Any]) -> tuple[ProductInfo, int]:
 def get_product_infos_and_versions(skus: Iterable[str]) -> dict[str, tuple[ProductInfo, int]]:
     """Every existing product among ``skus`` with its item's ``version``, by SKU; strongly consistent."""
     wanted = list(dict.fromkeys(skus))  # BatchGetItem rejects duplicate keys
-    table = table_settings().products_table
-    found: dict[str, tuple[ProductInfo, int]] = {}
-    for start in range(0, len(wanted), BATCH_GET_LIMIT):
-        pending: dict[str, Any] = {
-            table: {
-                "Keys": [{"sku": {"S": sku}} for sku in wanted[start : start + BATCH_GET_LIMIT]],
-                "ConsistentRead": True,
-            }
-        }
-        for attempt in range(_BATCH_ATTEMPTS):
-            response = _call("batch_get_item", RequestItems=pending)
-            for product, version in listable(response.get("Responses", {}).get(table, []), _with_version, key="sku"):
-                found[product.sku] = (product, version)
-            pending = response.get("UnprocessedKeys") or {}
-            if not pending:
-                break
-            # DynamoDB returns unprocessed keys under throttling: back off (full jitter) and retry them.
-            time.sleep(random.uniform(0, 0.05 * 2**attempt))
-        if pending:
-            raise TransientError("the catalog is busy; retry")
-    return found
+    items = batch_get(table_settings().products_table, [{"sku": {"S": sku}} for sku in wanted], busy=TransientError)
+    return {product.sku: (product, version) for product, version in listable(items, _with_version, key="sku")}
 
 
 def _listing_key(category: str | None, sku: str) -> dict[str, Any]:

@@ -8,7 +8,9 @@ repository raises is visible at each call, and a new throttling code is one edit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -115,6 +117,42 @@ def call_if(operation: str, *, busy: type[TransientError], **request: Any) -> An
         if is_condition_failure(error):
             return None
         raise
+
+
+BATCH_GET_LIMIT = 100  # keys in one BatchGetItem request
+_BATCH_ATTEMPTS = 5
+
+
+def batch_get(
+    table: str,
+    keys: Iterable[Mapping[str, Any]],
+    *,
+    busy: type[TransientError],
+    consistent: bool = True,
+    **read: Any,
+) -> Iterator[Mapping[str, Any]]:
+    """The items of ``table`` at ``keys`` (distinct keys; absent ones are left out), in any order, read in
+    BatchGetItem requests of up to 100 keys; ``read`` adds e.g. a ProjectionExpression to each.
+
+    DynamoDB hands back the keys it did not read (throttled, or the 16 MB answer limit) as
+    UnprocessedKeys: they are asked again after a full-jitter backoff, at most 5 times, and then ``busy``
+    is raised, so a throttled table slows a reader down instead of being hammered in a tight loop.
+    """
+    listed = list(keys)
+    for start in range(0, len(listed), BATCH_GET_LIMIT):
+        pending: dict[str, Any] = {
+            table: {"Keys": listed[start : start + BATCH_GET_LIMIT], "ConsistentRead": consistent, **read}
+        }
+        for attempt in range(_BATCH_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, 0.05 * 2 ** (attempt - 1)))
+            response = call("batch_get_item", busy=busy, RequestItems=pending)
+            yield from response.get("Responses", {}).get(table, [])
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+        if pending:
+            raise busy(f"{table} left keys unread {_BATCH_ATTEMPTS} times; retry")
 
 
 def partition_page(

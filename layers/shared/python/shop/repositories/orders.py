@@ -33,6 +33,7 @@ from shop.models.orders import (
     SagaClaim,
 )
 from shop.repositories.dynamodb import (
+    batch_get,
     call,
     call_if,
     is_condition_failure,
@@ -54,7 +55,6 @@ OUTCOME_SHARDS = 16
 # A cancel request and the saga rarely collide more than once; more means something is wrong.
 MAX_WRITE_ATTEMPTS = 8
 # BatchGetItem's most keys per request.
-_BATCH_GET_LIMIT = 100
 
 
 class VersionConflict(Exception):
@@ -362,18 +362,9 @@ def claim(order_id: str, token: SagaClaim) -> Order:
 def _get_many(order_ids: list[str]) -> dict[str, Order]:
     """The orders with these ids (strongly consistent), by id, for a listing; ids with no order, or with an
     item that is not an Order, are left out."""
-    found: dict[str, Order] = {}
-    table = table_settings().orders_table
-    distinct = list(dict.fromkeys(order_ids))
-    for first in range(0, len(distinct), _BATCH_GET_LIMIT):
-        keys = [{"order_id": {"S": order_id}} for order_id in distinct[first : first + _BATCH_GET_LIMIT]]
-        request: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True}}
-        while request:
-            response = call("batch_get_item", busy=OrderContention, RequestItems=request)
-            for order in listable(response.get("Responses", {}).get(table, []), to_order, key="order_id"):
-                found[order.order_id] = order
-            request = response.get("UnprocessedKeys") or {}
-    return found
+    keys = [{"order_id": {"S": order_id}} for order_id in dict.fromkeys(order_ids)]
+    items = batch_get(table_settings().orders_table, keys, busy=OrderContention)
+    return {order.order_id: order for order in listable(items, to_order, key="order_id")}
 
 
 def _in_listed_order(keys: list[Mapping[str, Any]]) -> list[Order]:

@@ -9,17 +9,13 @@ happens exactly once (shop.repositories.inventory builds both with ``count_updat
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.inventory import StoredLine
-from shop.repositories.dynamodb import call
-
-_BATCH_ATTEMPTS = 5
+from shop.repositories.dynamodb import batch_get
 
 
 def _key(customer_id: str, sku: str) -> dict[str, Any]:
@@ -59,23 +55,13 @@ def counted_units(customer_id: str, skus: Iterable[str]) -> dict[str, int]:
     counted = dict.fromkeys(wanted, 0)
     if not wanted:
         return counted
-    table = table_settings().purchase_counts_table
-    # An order has at most 50 lines: one batch (BatchGetItem takes 100 keys).
-    pending: dict[str, Any] = {
-        table: {
-            "Keys": [_key(customer_id, sku) for sku in wanted],
-            "ConsistentRead": True,
-            "ProjectionExpression": "sku, #units",
-            "ExpressionAttributeNames": {"#units": "units"},
-        }
-    }
-    for attempt in range(_BATCH_ATTEMPTS):
-        response = call("batch_get_item", busy=TransientError, RequestItems=pending)
-        for item in response.get("Responses", {}).get(table, []):
-            counted[item["sku"]["S"]] = int(item["units"]["N"])
-        pending = response.get("UnprocessedKeys") or {}
-        if not pending:
-            return counted
-        # Unprocessed keys come back under throttling: back off (full jitter) and ask for those again.
-        time.sleep(random.uniform(0, 0.05 * 2**attempt))
-    raise TransientError("the purchase counters are busy; retry")
+    items = batch_get(
+        table_settings().purchase_counts_table,
+        [_key(customer_id, sku) for sku in wanted],
+        busy=TransientError,
+        ProjectionExpression="sku, #units",
+        ExpressionAttributeNames={"#units": "units"},
+    )
+    for item in items:
+        counted[item["sku"]["S"]] = int(item["units"]["N"])
+    return counted

@@ -14,8 +14,6 @@ holds (a release to it is refused whole: ``StoredItemUnusable``, left for an ope
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +21,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.inventory import total_available
-from shop.repositories.dynamodb import call, listable, read_each
-
-BATCH_GET_LIMIT = 100
-_BATCH_ATTEMPTS = 5
+from shop.repositories.dynamodb import batch_get, call, listable, read_each
 
 
 @dataclass(frozen=True)
@@ -183,27 +178,16 @@ def totals(shard_counts: Mapping[str, int], *, consistent: bool) -> dict[str, in
     requests of up to 100 keys. A SKU without any shard item has 0."""
     keys = [(sku, shard) for sku, count in shard_counts.items() for shard in range(count)]
     units: dict[str, dict[int, int]] = {sku: {} for sku in shard_counts}
-    table = table_settings().stock_table
-    for start in range(0, len(keys), BATCH_GET_LIMIT):
-        pending: dict[str, Any] = {
-            table: {
-                "Keys": [_key(sku, shard) for sku, shard in keys[start : start + BATCH_GET_LIMIT]],
-                "ConsistentRead": consistent,
-                "ProjectionExpression": "#sku, #shard, #available",
-                "ExpressionAttributeNames": {"#sku": "sku", "#shard": "shard", "#available": "available"},
-            }
-        }
-        for attempt in range(_BATCH_ATTEMPTS):
-            response = call("batch_get_item", busy=TransientError, RequestItems=pending)
-            for sku, shard in listable(response.get("Responses", {}).get(table, []), _to_shard, key="sku"):
-                units[sku][shard.shard] = shard.available
-            pending = response.get("UnprocessedKeys") or {}
-            if not pending:
-                break
-            # Throttled keys come back unprocessed: back off (full jitter) and retry them.
-            time.sleep(random.uniform(0, 0.05 * 2**attempt))
-        if pending:
-            raise TransientError("the stock table is busy; retry")
+    items = batch_get(
+        table_settings().stock_table,
+        [_key(sku, shard) for sku, shard in keys],
+        busy=TransientError,
+        consistent=consistent,
+        ProjectionExpression="#sku, #shard, #available",
+        ExpressionAttributeNames={"#sku": "sku", "#shard": "shard", "#available": "available"},
+    )
+    for sku, shard in listable(items, _to_shard, key="sku"):
+        units[sku][shard.shard] = shard.available
     return {sku: total_available(by_shard) for sku, by_shard in units.items()}
 
 
