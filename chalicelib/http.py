@@ -42,6 +42,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -199,6 +200,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# Integral numbers up to this many digits written with a fraction or an exponent (4.0, 1e3) are read as the
+# integers they are; larger ones stay floats (infinity past 1e308), which every integer field refuses, so a
+# few bytes of exponent never build a huge integer.
+_INTEGRAL_DIGITS = 1000
+
+
+def _json_number(text: str) -> int | float:
+    """A JSON number written with a fraction or an exponent. JSON Schema, so the OpenAPI document, counts
+    4.0 and 1e3 as integers: they are read as such, so an integer field takes what the document says."""
+    exact = Decimal(text)
+    if exact.adjusted() < _INTEGRAL_DIGITS and exact == exact.to_integral_value():
+        return int(exact)
+    return float(text)
+
+
 def _media_type(request: Request) -> tuple[str, dict[str, str]]:
     header = request.headers.get("content-type") or ""
     media, *parameters = (part.strip() for part in header.split(";"))
@@ -226,9 +242,12 @@ def parse_body[Model: BaseModel](request: Request, model: type[Model]) -> Model:
         raise BadRequest("a JSON body is required")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        data = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        data = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_json_number
+        )
         # Lone surrogates ("\ud800") parse, but cannot be stored or echoed as UTF-8.
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        text = json.dumps(data, ensure_ascii=False)
+        text.encode("utf-8")
     except UnicodeError:
         raise BadRequest("the body is not valid UTF-8 text") from None
     except (ValueError, RecursionError) as error:
