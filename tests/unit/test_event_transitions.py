@@ -25,7 +25,7 @@ def _order(status: OrderStatus = "PENDING", order_id: str = "order-1", version: 
         total=Money(amount=1000),
         history=[HistoryEntry(step="order_placed", status="PENDING", at="2030-01-01T00:00:00.000Z")],
         created_at="2030-01-01T00:00:00.000Z",
-        updated_at=f"2030-01-01T00:00:0{version}.000Z",
+        updated_at=f"2030-01-01T00:00:{version:02}.000Z",
         version=version,
     ).model_copy(update=changes)
 

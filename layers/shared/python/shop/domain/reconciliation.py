@@ -35,8 +35,8 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
+from shop.models.base import zoned_instant
 from shop.models.inventory import PurchaseCount, Reservation
 from shop.models.orders import IDEMPOTENCY_TTL_SECONDS, SAGA_IN_PROGRESS, SETTLED, DeadLetter, Order, ResumePoint
 from shop.models.payments import CAPTURED_STATUSES, Payment
@@ -428,7 +428,7 @@ def _placed_while_remembered(orders: Sequence[Order]) -> list[str]:
     if len(orders) < 2:
         return []
     ordered = sorted(orders, key=lambda order: order.created_at)
-    times = [_instant(order.created_at) for order in ordered]
+    times = [zoned_instant(order.created_at) for order in ordered]
     if None in times:
         return sorted(order.order_id for order in ordered)
     close = set()
@@ -437,14 +437,6 @@ def _placed_while_remembered(orders: Sequence[Order]) -> list[str]:
         if earlier is not None and later is not None and (later - earlier).total_seconds() < IDEMPOTENCY_TTL_SECONDS:
             close |= {ordered[index - 1].order_id, ordered[index].order_id}
     return sorted(close)
-
-
-def _instant(stamp: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
 
 
 # A redrive's or a continuation's run (repositories.sagas names them): the order is the name before.
