@@ -42,7 +42,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -200,18 +200,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-# Integral numbers up to this many digits written with a fraction or an exponent (4.0, 1e3) are read as the
-# integers they are; larger ones stay floats (infinity past 1e308), which every integer field refuses, so a
-# few bytes of exponent never build a huge integer.
-_INTEGRAL_DIGITS = 1000
+# An integral number written with a fraction or an exponent is read as an integer only below 10**20 (past
+# every integer field's bound, 2**64 included): a few bytes of exponent never build a huge integer.
+_INTEGRAL_DIGITS = 20
 
 
 def _json_number(text: str) -> int | float:
     """A JSON number written with a fraction or an exponent. JSON Schema, so the OpenAPI document, counts
-    4.0 and 1e3 as integers: they are read as such, so an integer field takes what the document says."""
-    exact = Decimal(text)
-    if exact.adjusted() < _INTEGRAL_DIGITS and exact == exact.to_integral_value():
-        return int(exact)
+    4.0 and 1e3 as integers: they are read as such, so an integer field takes what the document says.
+    Anything else is a float (infinity or 0.0 past a float's range), which every integer field refuses."""
+    try:
+        exact = Decimal(text)
+        if exact.adjusted() < _INTEGRAL_DIGITS and exact == exact.to_integral_value():
+            return int(exact)
+    except InvalidOperation:  # an exponent past Decimal's own range: 1e99999999999999999999
+        pass
     return float(text)
 
 

@@ -568,6 +568,10 @@ BAD_CREATE_BODIES = [
     ("infinity", _with().replace(b'"stock": 1', b'"stock": Infinity'), 400, None),
     ("minus-infinity", _with().replace(b'"stock": 1', b'"stock": -Infinity'), 400, None),
     ("huge-exponent", _with().replace(b'"stock": 1', b'"stock": 1e400'), 400, "stock"),
+    # Past Decimal's own exponent range: parsing them raised decimal.InvalidOperation, a 500 (a helper's probe).
+    ("exponent-past-decimal", _with().replace(b'"stock": 1', b'"stock": 1e99999999999999999999'), 400, "stock"),
+    ("fraction-past-decimal", _with().replace(b'"stock": 1', b'"stock": 1E-99999999999999999999'), 400, "stock"),
+    ("zero-past-decimal", _with().replace(b'"stock": 1', b'"stock": 0e99999999999999999999'), 400, "stock"),
     ("deep-nesting", b'{"sku": ' + b"[" * 20000 + b"]" * 20000 + b"}", 400, None),
     ("4301-digit-int", _with().replace(b'"stock": 1', b'"stock": ' + b"9" * 4301), 400, None),
     ("wrong-type-amount", _with(price={"amount": "100", "currency": "USD"}), 400, "price.amount"),
