@@ -848,6 +848,9 @@ def test_an_order_from_an_empty_cart_is_422_and_places_nothing(shop: Shop) -> No
     [
         {"cart": False, "payment": {"token": "tok_visa"}},
         {"cart": "true", "payment": {"token": "tok_visa"}},
+        # A Literal[True] compares by equality: 1 and 1.0 placed an order from the cart (a helper's probe).
+        {"cart": 1, "payment": {"token": "tok_visa"}},
+        {"cart": 1.0, "payment": {"token": "tok_visa"}},
         {"cart": None, "payment": {"token": "tok_visa"}},
         {"cart": True, "items": [{"sku": "MUG-1", "quantity": 1}], "payment": {"token": "tok_visa"}},
         {"payment": {"token": "tok_visa"}},

@@ -128,6 +128,14 @@ class PlaceOrderRequest(StrictModel):
             raise ValueError("must not be null (send either items or cart)")
         return value
 
+    @field_validator("cart", mode="before")
+    @classmethod
+    def _the_boolean_true(cls, value: Any) -> Any:
+        # A Literal compares by equality, so 1 (and 1.0, read as 1) passed as true, strict or not.
+        if value is not True:
+            raise ValueError("must be true (the boolean)")
+        return value
+
     @field_validator("items")
     @classmethod
     def _distinct_skus(cls, items: list[OrderItemRequest] | None) -> list[OrderItemRequest] | None:
