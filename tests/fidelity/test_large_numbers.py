@@ -77,7 +77,7 @@ def test_the_books_check_reports_an_order_item_with_a_large_number(backend: Back
 def test_the_stock_publisher_sets_aside_a_product_item_with_a_large_number(backend: Backend) -> None:
     _bad_product(backend, "BAD")
     with pytest.raises(RecordUnreadable):
-        events._product_to_judge("BAD")
+        events._product_to_judge("BAD", threshold=5)
 
 
 def test_a_cart_item_with_a_large_number_is_unusable_not_a_crash(backend: Backend) -> None:

@@ -31,8 +31,8 @@ from shop.errors import (
 from shop.models.catalog import MAX_STOCK, StockAdjustmentRequest, UpdateProductRequest
 from shop.models.common import CheckoutLine
 from shop.models.inventory import ShardTake
+from shop.repositories import event_records, stock
 from shop.repositories import inventory as inventory_repository
-from shop.repositories import stock
 from tests.conftest import LocalAws
 from tests.service.faults import SdkFault, inject
 from tests.service.orders_helpers import Shop, open_shop, seed_product
@@ -365,6 +365,37 @@ def test_an_order_is_never_out_of_stock_on_a_read_a_commit_cut_through(
     assert happened
     assert result.status == "RESERVED"
     assert sum(counters("HOT-TORN-2").values()) == 100 - wanted
+
+
+@pytest.mark.parametrize("during", ["reshard", "gather"])
+def test_the_stock_publisher_announces_no_fall_on_a_read_a_commit_cut_through(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
+    """The stock publisher judges a SKU's fall on a read of its counters, and a commit cuts through that
+    read. Before, the part it saw was at or below the threshold (5): a StockLow and an operator's alert
+    for a SKU whose stock never fell. A fall now holds only if every read after it says so too (a
+    helper's probe)."""
+    seed_product("HOT-TORN-3", stock=16 if during == "reshard" else 101)
+    shards = 4 if during == "reshard" else 50
+    catalog.update_product("HOT-TORN-3", UpdateProductRequest(stock_shards=shards))
+    local_aws.deliver_events()
+    # A change of stock the publisher judges: 15 (or 100) units, far above the threshold.
+    catalog.adjust_stock("HOT-TORN-3", StockAdjustmentRequest(delta=-1, reason="recount"), actor="root")
+    gather = _another_buyers_gather("HOT-TORN-3", shards)
+
+    def in_the_reserve_step() -> None:  # the publisher's read is inside its own invocation
+        with lambda_runtime.invoking("ReserveStockFunction"):
+            gather()
+
+    commit = _reshard_to("HOT-TORN-3", 1) if during == "reshard" else in_the_reserve_step
+    happened = _commits_during_the_next_counter_query(monkeypatch, "HOT-TORN-3", commit)
+
+    while local_aws.deliver_events():
+        pass
+
+    assert happened
+    assert sum(counters("HOT-TORN-3").values()) == (15 if during == "reshard" else 100)
+    assert [alert for alert in event_records.low_stock_alerts() if alert.sku == "HOT-TORN-3"] == []
 
 
 def _another_buyer_takes_one_after_every_query(monkeypatch: pytest.MonkeyPatch, sku: str) -> list[int]:

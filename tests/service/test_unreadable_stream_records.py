@@ -394,7 +394,7 @@ def test_a_busy_catalog_is_still_retried_not_set_aside(local_aws: LocalAws, monk
     seed_product("LAMP-A", stock=9)
     local_aws.deliver_events()
     _adjust("LAMP-A", -5)  # 4
-    monkeypatch.setattr(catalog, "get_product", busy)
+    monkeypatch.setattr(catalog, "get_product_info", busy)
 
     local_aws.deliver_events()
     assert unreadable_records.open_records() == [] and _alerts("LAMP-A") == []

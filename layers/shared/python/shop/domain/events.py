@@ -65,6 +65,7 @@ from shop.models.events import (
     StreamSource,
     UnreadableRecord,
 )
+from shop.models.inventory import total_available, units_by_shard
 from shop.models.orders import Order
 from shop.observability import logger, metrics
 from shop.repositories import catalog, event_bus, event_records, stock, unreadable_records
@@ -266,29 +267,44 @@ class FallToAnnounce:
     restocked: bool
 
 
-def _product_to_judge(sku: str) -> Product | None:
+def _product_to_judge(sku: str, threshold: int) -> Product | None:
     """The SKU's product with its stock as it stands. A product item that is no product (written
-    behind the shop's back) fails every retry alike: RecordUnreadable, and the record is set aside."""
+    behind the shop's back) fails every retry alike: RecordUnreadable, and the record is set aside.
+
+    A stock at or below ``threshold`` (a fall to announce) holds only if every read of the counters after
+    it says so too (``stock.reread_shards``): a Query is not a snapshot, and a reshard or another order's
+    gather committing through it shows part of the units. Before, such a torn read announced a StockLow,
+    and alerted an operator, for a SKU whose stock never fell (a helper's probe). A fall missed the other
+    way repairs itself: the write that tore the read has stream records of its own, judged after."""
     try:
-        product = catalog.get_product(sku)
+        info = catalog.get_product_info(sku)
+        first = catalog.stock_shards(sku) if info is not None else {}
     except UNREADABLE_ITEM_ERRORS as error:
         raise RecordUnreadable(f"the product item of {sku} cannot be read: {type(error).__name__}: {error}") from error
-    if product is not None and product.available < 0:
+    if info is None:
+        return None
+    available = total_available(units_by_shard(first))
+    if available < 0:
         # Counters the shop never takes below 0 (a hand edit): no StockLow can say it, and a record
         # retried for it would hold up every SKU behind it in the shard. Set aside; the
         # republisher judges the SKU again once its counters are repaired.
-        raise RecordUnreadable(f"the stock counters of {sku} sum to {product.available}, below 0")
-    return product
+        raise RecordUnreadable(f"the stock counters of {sku} sum to {available}, below 0")
+    if available <= threshold:
+        for again in stock.reread_shards(sku, first):
+            available = total_available(units_by_shard(again))
+            if available > threshold:
+                break
+    return Product.of(info, available)
 
 
 def judge_stock(sku: str, claimant: str) -> FallToAnnounce | None:
     """Whether the SKU's stock as it stands now starts a fall to or below the threshold; the
     StockLow to publish when it does and this record claimed it (already published: None)."""
     now = iso_now()  # before the read: a fall claimed after it was read is a later one than this reading's
-    product = _product_to_judge(sku)
+    threshold = inventory_settings().low_stock_threshold
+    product = _product_to_judge(sku, threshold)
     if product is None:
         return None  # a product being created or deleted: its stock is judged once it exists
-    threshold = inventory_settings().low_stock_threshold
     restocked = product.available > threshold
     if restocked:
         # Re-armed, unless this record's own fall is still to be announced (its put failed).
