@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from chalicelib.http import problem_response
 from shop import aws
 from shop.config import table_settings
 from shop.domain import payments as domain
@@ -11,6 +14,7 @@ from shop.errors import (
     CaptureExceedsAuthorization,
     PaymentAlreadyCaptured,
     PaymentDeclined,
+    PaymentLedgerContention,
     PaymentProviderError,
     PaymentStateConflict,
     RefundExceedsCapture,
@@ -28,6 +32,7 @@ from shop.payments.simulator import SimulatorLedger
 from shop.repositories.operations import DynamoSimulatorStore
 from shop.repositories.payments import PaymentsRepository, Transition
 from tests.conftest import LocalAws, random_suffix
+from tests.service.faults import SdkFault, inject
 
 
 def usd(amount: int) -> Money:
@@ -222,9 +227,9 @@ def test_a_refund_that_keeps_losing_to_concurrent_refunds_is_retried_as_a_busy_l
         return Transition(applied=False, payment=current.model_copy(update={"refunded_amount": 1}))
 
     monkeypatch.setattr(PaymentsRepository, "add_refund", another_refund_moved_it_first)
-    # The refund step's first Retry names PaymentProviderError (5 attempts with backoff); a plain
+    # The refund step's first Retry names PaymentLedgerContention (5 attempts with backoff); a plain
     # TransientError met only its last-resort rule (2 attempts), then NEEDS_ATTENTION.
-    with pytest.raises(PaymentProviderError):
+    with pytest.raises(PaymentLedgerContention):
         domain.refund_payment(RefundPayment(order_id=order_id, amount=None))
 
 
@@ -441,3 +446,22 @@ def test_the_provider_answers_what_it_did_under_an_idempotency_key(local_aws: Lo
         usd(100),
     )
     assert simulator.lookup(f"{approved}:void") is None
+
+
+def test_a_busy_ledger_is_told_as_our_ledger_busy_never_as_the_providers_failure(local_aws: LocalAws) -> None:
+    # The ledger's throttled table raised PaymentProviderError: a step's history, its dead letter and the
+    # API's 503 blamed the payment provider for a table of ours (a helper's review).
+    order_id = new_order()
+    authorized(order_id, 1000)
+    ledger = local_aws.table("PaymentsTable")
+    throttled = SdkFault("GetItem", "ProvisionedThroughputExceededException", when=lambda r: r["TableName"] == ledger)
+
+    with inject(aws.dynamodb(), throttled), pytest.raises(PaymentLedgerContention) as raised:
+        PaymentsRepository().get(order_id)
+
+    assert not isinstance(raised.value, PaymentProviderError)
+    problem = problem_response(raised.value)
+    assert (problem.status_code, json.loads(problem.body)["type"]) == (
+        503,
+        "urn:shop:problem:payment-ledger-contention",
+    )

@@ -236,6 +236,13 @@ class PaymentProviderError(TransientError):
     title, slug = "Payment provider unavailable", "payment-provider-error"
 
 
+class PaymentLedgerContention(TransientError):
+    """Our payments ledger was busy (its table throttled, or a request got no answer) or concurrent
+    refunds raced on it: worth retrying with backoff. Not the provider's failure, and never named so."""
+
+    title, slug = "Payments busy", "payment-ledger-contention"
+
+
 class CircuitOpen(ShopError):
     """The provider's circuit breaker is open: the call failed fast without reaching the provider."""
 
