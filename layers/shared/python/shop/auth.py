@@ -49,6 +49,10 @@ FETCH_TIMEOUT_SECONDS = 5.0
 # How long a request with nothing usable cached waits for another request's refresh (real time):
 # a fetch's timeout applies to each socket operation, so allow it a few of them.
 REFRESH_WAIT_SECONDS = 3 * FETCH_TIMEOUT_SECONDS
+# The identity provider's clock and ours differ a little (another machine): without a margin, a token
+# used the second it was issued by a clock 1 s ahead was refused ("iat" in the future), a 401 for a
+# fresh, valid token. An expired token is accepted as long past its ``exp`` as well.
+CLOCK_SKEW_SECONDS = 30
 _REQUIRED_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "token_use"]
 _CUSTOMER_IDS: TypeAdapter[str] = TypeAdapter(CustomerId)
 
@@ -218,6 +222,7 @@ def _claims(token: str) -> dict[str, Any]:
             audience=settings.auth_audience,
             issuer=settings.auth_issuer,
             options={"require": _REQUIRED_CLAIMS},
+            leeway=CLOCK_SKEW_SECONDS,
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("the bearer token has expired") from None
