@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from infra.local.template import load_template
+from shop import aws
 from shop.domain import events
 from shop.errors import EventPublishFailed
 from shop.models.events import OrderCancelled, OrderPlaced, OutgoingEvent
@@ -198,8 +200,8 @@ def test_a_batch_near_the_timeout_leaves_the_rest_for_the_retry_with_what_was_pu
     bus = FakeBus(failing=set())
     monkeypatch.setattr(events.event_bus, "put", bus)
     records = [_record(n, None, _order(order_id=f"o{n}")) for n in range(1, 5)]
-    # 8 s left, each put takes 2 s: two records begin with 5 s or more left, the third would not.
-    context = NearlyOutOfTime(left_ms=8_000, spent_ms=2_000, bus=bus)
+    # Each put takes 2 s: two records begin with the margin or more left, the third would not.
+    context = NearlyOutOfTime(left_ms=events.BATCH_TIME_MARGIN_MS + 3_000, spent_ms=2_000, bus=bus)
 
     response = events.publish_order_changes({"Records": records}, context)
 
@@ -207,3 +209,18 @@ def test_a_batch_near_the_timeout_leaves_the_rest_for_the_retry_with_what_was_pu
     assert [failure["itemIdentifier"] for failure in response["batchItemFailures"]] == ["3", "4"]
     assert events.publish_order_changes({"Records": records[2:]}, None) == {"batchItemFailures": []}
     assert bus.put == ["o1:PLACED", "o2:PLACED", "o3:PLACED", "o4:PLACED"]
+
+
+def test_the_margin_covers_the_longest_put_the_events_client_can_take() -> None:
+    """The margin was a fixed 5 s while the client had botocore's 60 s timeouts and 4 attempts: a put
+    throttled three times spent up to 7 s backing off alone, and the invocation ran into its timeout
+    (a helper's probe). The client's own settings bound the put now, and the margin is derived from them."""
+    config = aws.client("events").meta.config
+    attempts = config.retries["total_max_attempts"]  # the first request included
+    backoff = sum(2 ** (attempt - 1) for attempt in range(1, attempts))  # standard mode's cap per retry
+    longest = attempts * (config.connect_timeout + config.read_timeout) + backoff
+    assert longest * 1000 <= events.BATCH_TIME_MARGIN_MS
+    publishers = ("PublishOrderEventsFunction", "PublishStockEventsFunction")
+    for name in publishers:
+        timeout_ms = load_template()["Resources"][name]["Properties"]["Timeout"] * 1000
+        assert timeout_ms >= 3 * events.BATCH_TIME_MARGIN_MS, name  # most of an invocation is for work

@@ -16,10 +16,27 @@ from botocore.config import Config
 # Standard retry mode handles throttling inside one call; the saga's Retry policies handle what
 # is still failing after that.
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4})
+EVENTS_CONNECT_SECONDS, EVENTS_READ_SECONDS, EVENTS_ATTEMPTS = 1, 2, 3
+
+
+def events_call_worst_seconds() -> float:
+    """The longest one EventBridge call can take: every attempt waits out both timeouts, and standard
+    retry mode sleeps up to 2**(n-1) s after the n-th failed attempt."""
+    backoff = sum(2 ** (attempt - 1) for attempt in range(1, EVENTS_ATTEMPTS))
+    return EVENTS_ATTEMPTS * (EVENTS_CONNECT_SECONDS + EVENTS_READ_SECONDS) + backoff
+
+
 # Parameter Store is read for configuration on a request's path: a slow or unreachable store must
 # cost a request seconds, not botocore's 60 s connect timeout per attempt (the defaults then apply).
 _SERVICE_CONFIGS = {
     "ssm": Config(connect_timeout=2, read_timeout=3, retries={"mode": "standard", "max_attempts": 2}),
+    # The stream publishers begin a record only with the longest PutEvents can take left in the
+    # invocation (shop.domain.events): that is bounded only if the call's timeouts and retries are.
+    "events": Config(
+        connect_timeout=EVENTS_CONNECT_SECONDS,
+        read_timeout=EVENTS_READ_SECONDS,
+        retries={"mode": "standard", "total_max_attempts": EVENTS_ATTEMPTS},
+    ),
 }
 
 # Called with (service, client) as each client is built: `make bench` meters DynamoDB through it

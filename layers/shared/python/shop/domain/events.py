@@ -42,6 +42,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from shop import aws
 from shop.config import inventory_settings
 from shop.errors import RecordUnreadable
 from shop.models.base import iso_now
@@ -81,11 +82,13 @@ class OutOfTimeForTheBatch(Exception):
     """The invocation is near its timeout: this record and those behind it are left for the retry."""
 
 
-# A record is begun only with this much of the invocation left (one PutEvents, retried by the SDK
-# when the bus throttles). A batch cut here is answered with the records handled so far checkpointed;
-# one that ran into Lambda's timeout answered nothing, and Lambda retried the whole batch, the
-# records already put included, again and again under a busy bus (a helper's review).
-BATCH_TIME_MARGIN_MS = 5_000
+# A record is begun only with this much of the invocation left: the longest one PutEvents can take
+# (its client's timeouts and retries; before, botocore's 60 s timeouts and a fixed 5 s that a thrice
+# throttled put outlasted), and a second for the record's own reads. A batch cut here is answered
+# with the records handled so far checkpointed; one that ran into Lambda's timeout answered nothing,
+# and Lambda retried the whole batch, the records already put included, again and again under a busy
+# bus (a helper's review).
+BATCH_TIME_MARGIN_MS = int((aws.events_call_worst_seconds() + 1) * 1000)
 
 
 # ---------------------------------------------------------------------------- order transitions
