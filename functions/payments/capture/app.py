@@ -1,4 +1,6 @@
-"""Saga step: capture the authorized payment (CaptureExceedsAuthorization, PaymentStateConflict)."""
+"""Saga step: capture the authorized payment. CheckoutCancelled (a customer's cancel before it) leads
+to the void; anything else that survives its retries (a capture above the authorization, a payment in
+another state) to the reconciliation of the capture (``States.ALL``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Saga step: refund part or (amount null) all of what is captured and not yet refunded (RefundExceedsCapture)."""
+"""Saga step: refund part or (amount null) all of what is captured and not yet refunded. A refund above
+the capture (RefundExceedsCapture) is caught with every other failure (``States.ALL``): the order is flagged."""
 
 from __future__ import annotations
 

@@ -133,15 +133,15 @@ class KeySet:
                         raise TransientError("the identity provider's signing keys are unavailable")
                     self._settled.wait(remaining)
                     continue
-                if not self._should_fetch(kid, found, now):
-                    return self._answer(kid, found, now)
+                if not self._should_fetch(found, now):
+                    return self._answer(found, now)
                 self._refreshing = True
                 self._attempted_at = now
                 break
         self._refresh()
         with self._lock:
             now = self.clock()
-            return self._answer(kid, self._usable_key(kid, now), now)
+            return self._answer(self._usable_key(kid, now), now)
 
     def _usable(self, now: float) -> bool:
         return self._fetched_at is not None and now - self._fetched_at < MAX_STALENESS_SECONDS
@@ -149,7 +149,7 @@ class KeySet:
     def _usable_key(self, kid: str, now: float) -> PyJWK | None:
         return self._keys.get(kid) if self._usable(now) else None
 
-    def _should_fetch(self, kid: str, found: PyJWK | None, now: float) -> bool:
+    def _should_fetch(self, found: PyJWK | None, now: float) -> bool:
         if self._retry_at is not None and now < self._retry_at:
             return False  # backing off after a failed fetch
         if self._fetched_at is None or now - self._fetched_at >= KEYS_FRESH_SECONDS:
@@ -159,7 +159,7 @@ class KeySet:
             self._attempted_at is None or now - self._attempted_at >= UNKNOWN_KID_COOLDOWN_SECONDS
         )
 
-    def _answer(self, kid: str, found: PyJWK | None, now: float) -> PyJWK:
+    def _answer(self, found: PyJWK | None, now: float) -> PyJWK:
         if found is not None:
             return found
         if not self._usable(now):

@@ -1,7 +1,7 @@
 """The events the shop publishes to its EventBridge bus, and what its consumers store of them.
 
 Each ``detail`` model is a published contract: its JSON Schema is committed in ``events/schemas/``
-(``python -m events.generate``) and ``tests/unit/test_event_schemas.py`` fails when a change
+(``make schemas``: ``infra/event_schemas.py``) and ``tests/unit/test_event_schemas.py`` fails when a change
 breaks a committed schema without a new ``version``. Consumers deduplicate on ``event_id``, which
 is stable: the same transition always gets the same id, however often its stream record is
 delivered.
@@ -24,7 +24,7 @@ INVENTORY_SOURCE = "shop.inventory"
 
 class EventDetail(BaseModel):
     """Base of every published ``detail``. A consumer reading one ignores fields it does not know:
-    adding an optional field is not a breaking change (its schema rule, events/README.md)."""
+    adding an optional field is not a breaking change (its schema rule: README.md, "Schemas and versions")."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
