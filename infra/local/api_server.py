@@ -36,7 +36,7 @@ from chalice.local import (
     ThreadedHTTPServer,
 )
 
-from infra.local.template import load_template
+from infra.local.template import API_HANDLER, function_properties, load_template
 
 # The logical id Chalice gives the REST API; infra/template.yaml merges its GatewayResponses in.
 REST_API = "RestAPI"
@@ -46,9 +46,6 @@ _DECIMAL = re.compile(r"[0-9]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,8}")
 # A chunk-size line (with extensions) or a trailer line: longer is no request a client means.
 _MAX_CHUNK_LINE = 4096
-# The Lambda limits the local server mirrors (from .chalice/config.json's dev stage).
-LAMBDA_TIMEOUT_SECONDS = 29
-LAMBDA_MEMORY_MB = 512
 
 
 @dataclass(frozen=True)
@@ -247,8 +244,10 @@ def create_api_server(app: Chalice, host: str, port: int, *, access_log: bool = 
         # current_request (Chalice keeps it on the app object).
         CustomLocalChalice.__bases__ = (LocalChalice, app.__class__)
         app.__class__ = CustomLocalChalice
+    # The API function's limits as the template deploys them.
+    function = function_properties(load_template(), API_HANDLER)
     config = Config.create(
-        app_name=app.app_name, lambda_timeout=LAMBDA_TIMEOUT_SECONDS, lambda_memory_size=LAMBDA_MEMORY_MB
+        app_name=app.app_name, lambda_timeout=function["Timeout"], lambda_memory_size=function["MemorySize"]
     )
     handler = GatewayRequestHandler if access_log else _QuietRequestHandler
     return LocalDevServer(app, config, host, port, handler_cls=handler, server_cls=_ApiHttpServer)

@@ -61,3 +61,31 @@ def test_the_dev_stage_publishes_metrics_where_the_local_stacks_functions_do() -
     namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
     dev = chalice_config()["stages"]["dev"]["environment_variables"]
     assert dev["POWERTOOLS_METRICS_NAMESPACE"] == namespace["Fn::Sub"].replace("${AWS::StackName}", "shop")
+
+
+def test_the_dev_stage_takes_the_templates_parameter_defaults() -> None:
+    """A value the template takes from a parameter is that parameter's default in the dev stage: the
+    local server runs the API as a default deploy does (they were copied by hand, and unchecked)."""
+    template = load_template()
+    api_variables = function_properties(template, API_HANDLER)["Environment"]["Variables"]
+    dev = chalice_config()["stages"]["dev"]["environment_variables"]
+    parameters = template["Parameters"]
+
+    from_parameters = {
+        name: str(parameters[value["Ref"]]["Default"])
+        for name, value in api_variables.items()
+        if isinstance(value, dict) and value.get("Ref") in parameters and "Default" in parameters[value["Ref"]]
+    }
+    assert from_parameters
+    assert {name: dev[name] for name in from_parameters} == from_parameters
+
+
+def test_the_api_functions_limits_are_the_templates_alone() -> None:
+    """Timeout and memory are declared once, on the template's APIHandler: Chalice packages its config's
+    values unless the template's overlay replaces them, and the local server used a third copy."""
+    config = chalice_config()
+    assert not {"lambda_timeout", "lambda_memory_size"} & config.keys()
+    assert not any({"lambda_timeout", "lambda_memory_size"} & stage.keys() for stage in config["stages"].values())
+    api = load_template()["Resources"][API_HANDLER]["Properties"]
+    assert api["Timeout"] <= 29  # API Gateway's integration limit
+    assert "MemorySize" in api
