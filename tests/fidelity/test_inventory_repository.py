@@ -59,7 +59,7 @@ def test_reserve_takes_stock_and_records_a_held_reservation(backend: Backend) ->
     backend.put_product("A", 5)
     backend.put_product("B", 3)
 
-    result = inventory.reserve("order-1", "order-1", lines(A=2, B=3), now=NOW)
+    result = inventory.reserve("order-1", lines(A=2, B=3), now=NOW)
 
     assert result.model_dump(mode="json") == {
         "reservation_id": "order-1",
@@ -88,7 +88,7 @@ def test_short_on_one_sku_changes_nothing_and_names_it(backend: Backend) -> None
     backend.put_product("B", 1)
 
     with pytest.raises(OutOfStock) as raised:
-        inventory.reserve("order-1", "order-1", lines(A=2, B=2), now=NOW)
+        inventory.reserve("order-1", lines(A=2, B=2), now=NOW)
 
     assert raised.value.extensions["short_skus"] == ["B"]
     assert (backend.available("A"), backend.available("B")) == (5, 1)
@@ -101,7 +101,7 @@ def test_every_short_or_unknown_sku_is_reported(backend: Backend) -> None:
     backend.put_product("C", 1)
 
     with pytest.raises(OutOfStock) as raised:
-        inventory.reserve("order-1", "order-1", lines(A=1, B=1, C=2, GHOST=1), now=NOW)
+        inventory.reserve("order-1", lines(A=1, B=1, C=2, GHOST=1), now=NOW)
 
     assert raised.value.short_skus == ["B", "C", "GHOST"]
     assert [backend.available(sku) for sku in "ABC"] == [5, 0, 1]
@@ -112,10 +112,10 @@ def test_every_short_or_unknown_sku_is_reported(backend: Backend) -> None:
 def test_retried_reserve_answers_with_the_stored_reservation(backend: Backend) -> None:
     backend.put_product("A", 2)
     backend.put_product("B", 1)
-    first = inventory.reserve("order-1", "order-1", lines(A=2, B=1), now=NOW)
+    first = inventory.reserve("order-1", lines(A=2, B=1), now=NOW)
 
     # Same lines in another order, later: the stock is gone, yet it is the same request.
-    again = inventory.reserve("order-1", "order-1", lines(B=1, A=2), now=NOW + 60)
+    again = inventory.reserve("order-1", lines(B=1, A=2), now=NOW + 60)
 
     assert again == first
     assert (backend.available("A"), backend.available("B")) == (0, 0)
@@ -124,13 +124,11 @@ def test_retried_reserve_answers_with_the_stored_reservation(backend: Backend) -
 
 def test_the_same_id_with_other_lines_is_a_conflict(backend: Backend) -> None:
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
     stored = backend.reservation_item("order-1")
 
     with pytest.raises(ReservationConflict):
-        inventory.reserve("order-1", "order-1", lines(A=3), now=NOW)
-    with pytest.raises(ReservationConflict):
-        inventory.reserve("order-1", "order-2", lines(A=2), now=NOW)
+        inventory.reserve("order-1", lines(A=3), now=NOW)
 
     assert backend.available("A") == 3
     assert backend.reservation_item("order-1") == stored
@@ -138,7 +136,7 @@ def test_the_same_id_with_other_lines_is_a_conflict(backend: Backend) -> None:
 
 def test_a_failed_put_returns_the_stored_reservation_in_its_cancellation_reason(backend: Backend) -> None:
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
     duplicate = repository.get_reservation("order-1")
     assert duplicate is not None
 
@@ -154,7 +152,7 @@ def test_a_failed_put_returns_the_stored_reservation_in_its_cancellation_reason(
 
 def test_commit_sells_the_stock_once(backend: Backend) -> None:
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
 
     committed = inventory.commit("order-1")
     again = inventory.commit("order-1")
@@ -172,7 +170,7 @@ def test_commit_sells_the_stock_once(backend: Backend) -> None:
 
 def test_commit_of_a_released_or_missing_reservation_fails_and_changes_nothing(backend: Backend) -> None:
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
     inventory.release("order-1", now=NOW)
     released = backend.reservation_item("order-1")
 
@@ -189,7 +187,7 @@ def test_commit_of_a_released_or_missing_reservation_fails_and_changes_nothing(b
 def test_release_returns_the_stock_once(backend: Backend) -> None:
     backend.put_product("A", 5)
     backend.put_product("B", 4)
-    inventory.reserve("order-1", "order-1", lines(A=2, B=4), now=NOW)
+    inventory.reserve("order-1", lines(A=2, B=4), now=NOW)
 
     released = inventory.release("order-1", now=NOW + 10)
     item_after_first = backend.reservation_item("order-1")
@@ -208,7 +206,7 @@ def test_a_release_to_a_counter_the_shop_did_not_write_is_refused_whole(backend:
     """A counter whose units are text (written behind the shop's back): DynamoDB refuses the write
     (moto at the request, AWS's engine by a cancellation reason), and the release changes nothing."""
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
     counter = {"sku": {"S": "A"}, "shard": {"N": "0"}, "available": {"S": "three"}, "version": {"N": "9"}}
     backend.client.put_item(TableName=backend.table("StockTable"), Item=counter)
 
@@ -251,7 +249,7 @@ def test_a_takeover_after_a_releases_check_refuses_its_transaction(
     operator's redrive, the sweeper's dead letter) must cancel the write, as the claim is the
     transaction's condition, not only the earlier read."""
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
     stale = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
     takeover = SagaClaim(
         execution="arn:aws:states:us-east-1:123456789012:execution:checkout:order-1-redrive-2", epoch=2
@@ -293,7 +291,7 @@ def test_an_order_placed_before_the_claims_condition_is_reserved_and_released(ba
     for sku in _FIFTY:
         backend.put_product(sku, 5)
     lines = _placed_before_the_claims_condition()
-    assert inventory.reserve("order-1", "order-1", lines, customer_id="cust-1", now=NOW).status == ("RESERVED")
+    assert inventory.reserve("order-1", lines, customer_id="cust-1", now=NOW).status == ("RESERVED")
     claim = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
 
     assert inventory.release("order-1", now=NOW + 10, claim=claim).status == "RELEASED"
@@ -302,7 +300,7 @@ def test_an_order_placed_before_the_claims_condition_is_reserved_and_released(ba
 
 def test_release_of_a_committed_reservation_returns_the_sold_stock(backend: Backend) -> None:
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
     inventory.commit("order-1")
 
     result = inventory.release("order-1", now=NOW)
@@ -327,7 +325,7 @@ def test_release_of_a_missing_reservation_is_a_no_op(backend: Backend) -> None:
 
 def test_a_stale_release_loses_to_a_commit(backend: Backend) -> None:
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
     read_before_commit = repository.get_reservation("order-1")
     assert read_before_commit is not None
     inventory.commit("order-1")
@@ -346,13 +344,13 @@ def test_a_stale_release_loses_to_a_commit(backend: Backend) -> None:
 def test_sweeper_releases_only_expired_holds(backend: Backend) -> None:
     ttl = inventory_settings().reservation_ttl_seconds
     backend.put_product("A", 10)
-    inventory.reserve("expired", "expired", lines(A=1), now=NOW - ttl - 1)
-    inventory.reserve("expires-now", "expires-now", lines(A=1), now=NOW - ttl)
-    inventory.reserve("committed", "committed", lines(A=1), now=NOW - ttl - 1)
+    inventory.reserve("expired", lines(A=1), now=NOW - ttl - 1)
+    inventory.reserve("expires-now", lines(A=1), now=NOW - ttl)
+    inventory.reserve("committed", lines(A=1), now=NOW - ttl - 1)
     inventory.commit("committed")
-    inventory.reserve("released", "released", lines(A=1), now=NOW - ttl - 1)
+    inventory.reserve("released", lines(A=1), now=NOW - ttl - 1)
     inventory.release("released", now=NOW)
-    inventory.reserve("fresh", "fresh", lines(A=1), now=NOW - ttl + 1)
+    inventory.reserve("fresh", lines(A=1), now=NOW - ttl + 1)
     assert backend.available("A") == 6
 
     assert inventory.release_expired(NOW).released == 2
@@ -371,7 +369,7 @@ def test_sweeper_releases_only_expired_holds(backend: Backend) -> None:
 def test_sweeper_pages_through_the_index_within_its_limit(backend: Backend) -> None:
     backend.put_product("A", 10)
     for number in range(3):
-        inventory.reserve(f"r{number}", f"r{number}", lines(A=1), now=NOW - DAY)
+        inventory.reserve(f"r{number}", lines(A=1), now=NOW - DAY)
 
     assert inventory.release_expired(NOW, limit=2).released == 2
     assert inventory.release_expired(NOW, limit=2).released == 1
@@ -390,7 +388,7 @@ def test_fifty_concurrent_reservations_of_ten_units_never_oversell(backend: Back
 
     def reserve(number: int) -> str:
         try:
-            retrying(lambda: inventory.reserve(f"order-{number}", f"order-{number}", lines(HOT=1), now=NOW))
+            retrying(lambda: inventory.reserve(f"order-{number}", lines(HOT=1), now=NOW))
         except OutOfStock as error:
             assert error.short_skus == ["HOT"]
             return "out-of-stock"
@@ -406,7 +404,7 @@ def test_fifty_concurrent_reservations_of_ten_units_never_oversell(backend: Back
 
 def test_concurrent_releases_return_the_stock_once(backend: Backend) -> None:
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=3), now=NOW)
+    inventory.reserve("order-1", lines(A=3), now=NOW)
     aws.dynamodb()
     start = threading.Barrier(10)
 
@@ -426,7 +424,7 @@ def test_a_commit_racing_the_sweeper_leaves_stock_consistent(backend: Backend) -
     aws.dynamodb()
     rounds = 10
     for number in range(rounds):
-        inventory.reserve(f"order-{number}", f"order-{number}", lines(A=1), now=NOW - DAY)
+        inventory.reserve(f"order-{number}", lines(A=1), now=NOW - DAY)
 
     def commit(number: int) -> str:
         try:
@@ -473,7 +471,7 @@ def test_a_sharded_reservation_takes_one_shard_and_records_it(backend: Backend) 
     backend.put_product("A", 8)
     reshard("A", 4)
 
-    inventory.reserve("order-1", "order-1", sharded("A", 2, 4), now=NOW)
+    inventory.reserve("order-1", sharded("A", 2, 4), now=NOW)
 
     stored = repository.get_reservation("order-1")
     assert stored is not None and len(stored.lines[0].takes) == 1
@@ -486,13 +484,13 @@ def test_a_short_shard_falls_back_across_shards_and_never_oversells(backend: Bac
     reshard("A", 4)  # 2, 2, 2, 1
 
     # 5 units: no shard alone has them, three together do.
-    inventory.reserve("big", "big", sharded("A", 5, 4), now=NOW)
+    inventory.reserve("big", sharded("A", 5, 4), now=NOW)
     stored = repository.get_reservation("big")
     assert stored is not None and sum(take.quantity for take in stored.lines[0].takes) == 5
     assert backend.available("A") == 2
 
     with pytest.raises(OutOfStock):
-        inventory.reserve("too-many", "too-many", sharded("A", 3, 4), now=NOW)
+        inventory.reserve("too-many", sharded("A", 3, 4), now=NOW)
     assert backend.available("A") == 2 and repository.get_reservation("too-many") is None
 
     inventory.release("big", now=NOW)
@@ -502,7 +500,7 @@ def test_a_short_shard_falls_back_across_shards_and_never_oversells(backend: Bac
 def test_a_release_after_a_reshard_down_returns_the_units_to_shard_zero(backend: Backend) -> None:
     backend.put_product("A", 40)
     reshard("A", 8)
-    inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=5, stock_shards=8)], now=NOW)
+    inventory.reserve("order-1", [CheckoutLine(sku="A", quantity=5, stock_shards=8)], now=NOW)
     stored = repository.get_reservation("order-1")
     assert stored is not None
     # Whichever shard it came from, it no longer exists after this (shard 0 always does).
@@ -520,11 +518,11 @@ def test_a_stale_shard_count_still_reserves_from_the_shards_that_exist(backend: 
 
     # The order recorded 40 shards; most of them do not exist: the fallback finds the two.
     for number in range(3):
-        inventory.reserve(f"r{number}", f"r{number}", sharded("A", 2, 40), now=NOW)
+        inventory.reserve(f"r{number}", sharded("A", 2, 40), now=NOW)
 
     assert backend.available("A") == 0
     with pytest.raises(OutOfStock):
-        inventory.reserve("r3", "r3", sharded("A", 1, 40), now=NOW)
+        inventory.reserve("r3", sharded("A", 1, 40), now=NOW)
 
 
 def test_a_multi_line_order_across_shards_is_all_or_nothing(backend: Backend) -> None:
@@ -533,7 +531,7 @@ def test_a_multi_line_order_across_shards_is_all_or_nothing(backend: Backend) ->
     reshard("A", 4)
 
     with pytest.raises(OutOfStock) as raised:
-        inventory.reserve("order-1", "order-1", [*sharded("A", 3, 4), *sharded("B", 2, 1)], now=NOW)
+        inventory.reserve("order-1", [*sharded("A", 3, 4), *sharded("B", 2, 1)], now=NOW)
 
     assert raised.value.extensions["short_skus"] == ["B"]
     assert backend.shards("A") == {0: 1, 1: 1, 2: 1, 3: 1} and backend.available("B") == 1
@@ -558,7 +556,7 @@ def test_an_order_over_every_shard_of_two_skus_is_gathered_into_one_transaction(
         backend.put_product(sku, 100)
         reshard(sku, 50)
 
-    retrying(lambda: inventory.reserve("order-1", "order-1", [*sharded("A", 100, 50), *sharded("B", 100, 50)], now=NOW))
+    retrying(lambda: inventory.reserve("order-1", [*sharded("A", 100, 50), *sharded("B", 100, 50)], now=NOW))
 
     assert backend.available("A") == backend.available("B") == 0
     stored = repository.get_reservation("order-1")
@@ -571,7 +569,7 @@ def test_holds_spread_over_the_index_shards_and_the_sweeper_reads_them_all(backe
     backend.put_product("A", 40)
     ids = [f"hold-{number}" for number in range(40)]
     for offset, reservation_id in enumerate(ids):
-        inventory.reserve(reservation_id, reservation_id, lines(A=1), now=NOW - DAY + offset)
+        inventory.reserve(reservation_id, lines(A=1), now=NOW - DAY + offset)
     keys = {repository.held_key(reservation_id) for reservation_id in ids}
     assert len(keys) > 4 and all(key.startswith("HELD#") for key in keys)
 
@@ -587,7 +585,7 @@ def test_concurrent_sharded_reservations_never_oversell(backend: Backend) -> Non
 
     def attempt(number: int) -> str:
         try:
-            retrying(lambda: inventory.reserve(f"r{number}", f"r{number}", sharded("A", 1, 4), now=NOW))
+            retrying(lambda: inventory.reserve(f"r{number}", sharded("A", 1, 4), now=NOW))
         except OutOfStock:
             return "out"
         return "reserved"
@@ -604,7 +602,7 @@ def test_a_release_records_why_the_checkout_compensates_only_while_its_claim_own
     which also stands for the claim check: a stale run stops (SagaClaimLost) and writes nothing; the
     owner's failure (a map holding a null step) reads back as it was written, on both engines."""
     backend.put_product("A", 5)
-    inventory.reserve("order-1", "order-1", lines(A=2), now=NOW)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
     stale = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
     owner = SagaClaim(execution="arn:aws:states:us-east-1:123456789012:execution:checkout:order-1-continue-2", epoch=2)
     orders.claim("order-1", owner)
@@ -638,7 +636,7 @@ def test_holds_left_for_an_operator_do_not_use_up_the_sweeps_limit(backend: Back
                 "lines": {"S": "two of A"},
             },
         )
-    inventory.reserve("real", "real", lines(A=2), now=NOW - DAY + 60)
+    inventory.reserve("real", lines(A=2), now=NOW - DAY + 60)
 
     assert inventory.release_expired(NOW, limit=4, examine=4).released == 0  # reading stops at its bound
     assert inventory.release_expired(NOW, limit=4).released == 1

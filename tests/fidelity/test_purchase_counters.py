@@ -41,7 +41,7 @@ def test_reserving_counts_a_limited_line_and_nothing_else(backend: Backend) -> N
     backend.put_product("DROP", 10)
     backend.put_product("MUG", 10)
 
-    inventory.reserve("o-1", "o-1", [limited("DROP", 2, 3), CheckoutLine(sku="MUG", quantity=1)], customer_id="c")
+    inventory.reserve("o-1", [limited("DROP", 2, 3), CheckoutLine(sku="MUG", quantity=1)], customer_id="c")
 
     assert (counted(backend, "c", "DROP"), counted(backend, "c", "MUG")) == (2, None)
     stored = backend.reservation_item("o-1")
@@ -55,21 +55,21 @@ def test_reserving_counts_a_limited_line_and_nothing_else(backend: Backend) -> N
 
 def test_over_the_limit_the_transaction_changes_nothing_and_names_the_sku(backend: Backend) -> None:
     backend.put_product("DROP", 10)
-    inventory.reserve("o-1", "o-1", [limited("DROP", 2, 3)], customer_id="c")
+    inventory.reserve("o-1", [limited("DROP", 2, 3)], customer_id="c")
 
     with pytest.raises(PurchaseLimitExceeded) as raised:
-        inventory.reserve("o-2", "o-2", [limited("DROP", 2, 3)], customer_id="c")
+        inventory.reserve("o-2", [limited("DROP", 2, 3)], customer_id="c")
 
     assert raised.value.skus == ["DROP"]
     assert (counted(backend, "c", "DROP"), backend.available("DROP"), backend.reservation_count()) == (2, 8, 1)
-    inventory.reserve("o-3", "o-3", [limited("DROP", 1, 3)], customer_id="c")  # exactly up to the limit
+    inventory.reserve("o-3", [limited("DROP", 1, 3)], customer_id="c")  # exactly up to the limit
     assert (counted(backend, "c", "DROP"), backend.available("DROP")) == (3, 7)
 
 
 def test_the_counters_reasons_come_after_the_stock_actions(backend: Backend) -> None:
     backend.put_product("DROP", 1)
     backend.put_product("MUG", 10)
-    inventory.reserve("o-1", "o-1", [limited("MUG", 2, 2)], customer_id="c")
+    inventory.reserve("o-1", [limited("MUG", 2, 2)], customer_id="c")
     reservation = Reservation(
         reservation_id="o-2",
         order_id="o-2",
@@ -95,8 +95,8 @@ def test_the_counters_reasons_come_after_the_stock_actions(backend: Backend) -> 
 
 def test_releasing_frees_the_units_once_and_a_refund_keeps_them(backend: Backend) -> None:
     backend.put_product("DROP", 10)
-    inventory.reserve("cancelled", "cancelled", [limited("DROP", 2, 5)], customer_id="c")
-    inventory.reserve("refunded", "refunded", [limited("DROP", 3, 5)], customer_id="c")
+    inventory.reserve("cancelled", [limited("DROP", 2, 5)], customer_id="c")
+    inventory.reserve("refunded", [limited("DROP", 3, 5)], customer_id="c")
     inventory.commit("refunded")
     assert counted(backend, "c", "DROP") == 5
 
@@ -109,7 +109,7 @@ def test_releasing_frees_the_units_once_and_a_refund_keeps_them(backend: Backend
 
 def test_a_counter_out_of_step_refuses_the_release_and_changes_nothing(backend: Backend) -> None:
     backend.put_product("DROP", 10)
-    inventory.reserve("o-1", "o-1", [limited("DROP", 2, 5)], customer_id="c")
+    inventory.reserve("o-1", [limited("DROP", 2, 5)], customer_id="c")
     backend.client.delete_item(
         TableName=backend.table("PurchaseCountsTable"), Key={"customer_id": {"S": "c"}, "sku": {"S": "DROP"}}
     )
@@ -128,7 +128,7 @@ def test_one_customers_concurrent_orders_never_get_past_the_limit(backend: Backe
 
     def reserve(number: int) -> str:
         try:
-            retrying(lambda: inventory.reserve(f"o-{number}", f"o-{number}", [limited("DROP", 1, 3)], customer_id="c"))
+            retrying(lambda: inventory.reserve(f"o-{number}", [limited("DROP", 1, 3)], customer_id="c"))
         except PurchaseLimitExceeded:
             return "over-limit"
         return "reserved"
@@ -143,9 +143,9 @@ def test_one_customers_concurrent_orders_never_get_past_the_limit(backend: Backe
 def test_the_apis_check_reads_what_the_reservations_counted(backend: Backend) -> None:
     backend.put_product("DROP", 10)
     backend.put_product("TEE", 10)
-    inventory.reserve("o-1", "o-1", [limited("DROP", 2, 5), limited("TEE", 1, 5)], customer_id="c")
+    inventory.reserve("o-1", [limited("DROP", 2, 5), limited("TEE", 1, 5)], customer_id="c")
     inventory.release("o-1")
-    inventory.reserve("o-2", "o-2", [limited("DROP", 3, 5)], customer_id="c")
+    inventory.reserve("o-2", [limited("DROP", 3, 5)], customer_id="c")
 
     assert purchases.counted_units("c", ["DROP", "TEE", "NEVER"]) == {"DROP": 3, "TEE": 0, "NEVER": 0}
     assert purchases.counted_units("someone-else", ["DROP"]) == {"DROP": 0}

@@ -186,21 +186,21 @@ def test_a_gather_refused_by_a_concurrent_sale_reads_the_shards_again(
     monkeypatch.setattr(inventory_repository, "gather_stock", a_sale_lands_first)
 
     with pytest.raises(OutOfStock) as short:
-        inventory.reserve("r-gather", "o-gather", lines)
+        inventory.reserve("o-gather", lines)
 
     # 99 units left of the SKU the sale took from: the order is short of it, and nothing else moved.
     assert short.value.short_skus == sold
     assert sum(counters(sold[0]).values()) == 99
     other = "HOT-2" if sold == ["HOT-1"] else "HOT-1"
     assert counters(other) == dict.fromkeys(range(50), 2)
-    assert inventory_repository.get_reservation("r-gather") is None
+    assert inventory_repository.get_reservation("o-gather") is None
 
 
 def _reserve(number: int, shards: int) -> str:
     line = [CheckoutLine(sku="HOT-1", quantity=1, stock_shards=shards)]
     while True:
         try:
-            inventory.reserve(f"r{number}", f"r{number}", line)
+            inventory.reserve(f"r{number}", line)
         except OutOfStock:
             return "out"
         except InventoryContention:
@@ -360,7 +360,7 @@ def test_an_order_is_never_out_of_stock_on_a_read_a_commit_cut_through(
     wanted = 30 if during == "reshard" else 3  # more than the picked shard holds, less than the part read
 
     line = CheckoutLine(sku="HOT-TORN-2", quantity=wanted, stock_shards=shards)
-    result = inventory.reserve("o-torn", "o-torn", [line], rng=_FirstPick(2))
+    result = inventory.reserve("o-torn", [line], rng=_FirstPick(2))
 
     assert happened
     assert result.status == "RESERVED"
@@ -428,7 +428,7 @@ def test_a_real_shortage_on_a_busy_sku_is_still_refused_at_once(shop: Shop, monk
     taken = _another_buyer_takes_one_after_every_query(monkeypatch, "HOT-SHORT-1")
 
     with pytest.raises(OutOfStock):  # never more than 20 units there
-        inventory.reserve("o-short", "o-short", [CheckoutLine(sku="HOT-SHORT-1", quantity=30, stock_shards=4)])
+        inventory.reserve("o-short", [CheckoutLine(sku="HOT-SHORT-1", quantity=30, stock_shards=4)])
     with pytest.raises(StockWouldGoNegative):
         catalog.adjust_stock("HOT-SHORT-1", StockAdjustmentRequest(delta=-30, reason="recount"), actor="root")
     assert len(taken) > 2
@@ -528,7 +528,7 @@ def test_a_reshard_planned_before_two_others_undid_each_other_is_planned_again(
         plans.append({number: shard.available for number, shard in read.items()})
         if len(plans) == 1:
             # A buyer takes shard 2's unit; another admin reshards to 2 and back to 3.
-            inventory.reserve("r-aba", "o-aba", [CheckoutLine(sku=sku, quantity=1, stock_shards=3)], rng=_FirstPick(2))
+            inventory.reserve("o-aba", [CheckoutLine(sku=sku, quantity=1, stock_shards=3)], rng=_FirstPick(2))
             catalog.update_product(sku, UpdateProductRequest(stock_shards=2))
             catalog.update_product(sku, UpdateProductRequest(stock_shards=3))
         return read
@@ -541,7 +541,7 @@ def test_a_reshard_planned_before_two_others_undid_each_other_is_planned_again(
     assert plans[0] == {0: 1, 1: 1, 2: 1}
     assert sum(counters("HOT-ABA").values()) == 2 == catalog.get_product("HOT-ABA").available
     assert set(counters("HOT-ABA")) == {0, 1}
-    reservation = inventory_repository.get_reservation("r-aba")
+    reservation = inventory_repository.get_reservation("o-aba")
     assert reservation is not None and reservation.status == "RESERVED"
 
 
@@ -589,17 +589,17 @@ def test_a_short_shard_and_a_refused_purchase_counter_are_told_apart(shop: Shop)
     lines = [CheckoutLine(sku="HOT-1", quantity=3, stock_shards=3, purchase_limit=4)]
 
     # 3 units are on no single shard: the fallback takes from two, with the counter after both takes.
-    inventory.reserve("r1", "r1", lines, customer_id="carol")
+    inventory.reserve("r1", lines, customer_id="carol")
     assert sum(counters("HOT-1").values()) == 3 and counted_units(shop, "carol", "HOT-1") == 3
 
     # Stock for 3 more is there, but carol may hold only 1 more: the counter refuses, nothing moves.
     with pytest.raises(PurchaseLimitExceeded):
-        inventory.reserve("r2", "r2", lines, customer_id="carol")
+        inventory.reserve("r2", lines, customer_id="carol")
     assert sum(counters("HOT-1").values()) == 3 and counted_units(shop, "carol", "HOT-1") == 3
 
     # Another customer is short of stock, not of limit.
     with pytest.raises(OutOfStock):
-        inventory.reserve("r3", "r3", [lines[0].model_copy(update={"quantity": 4})], customer_id="dave")
+        inventory.reserve("r3", [lines[0].model_copy(update={"quantity": 4})], customer_id="dave")
     assert counted_units(shop, "dave", "HOT-1") == 0
 
     inventory.release("r1")

@@ -197,7 +197,7 @@ def test_every_step_delivered_twice_changes_stock_once(stocked: LocalAws) -> Non
 def test_the_scheduled_sweeper_returns_expired_holds(stocked: LocalAws) -> None:
     ttl = int(stocked.stack.function_environments[SWEEP]["RESERVATION_TTL_SECONDS"])
     past = int(time.time()) - ttl - 60
-    inventory.reserve("expired", "expired", [CheckoutLine(sku="A", quantity=2)], now=past)
+    inventory.reserve("expired", [CheckoutLine(sku="A", quantity=2)], now=past)
     ok(stocked, RESERVE, reserve_event("current", A=1))
     assert available(stocked, "A") == 2
 
@@ -226,7 +226,7 @@ def test_an_expired_hold_the_sweeper_cannot_read_never_holds_up_the_others(stock
             "lines": {"S": "two of A"},
         },
     )
-    inventory.reserve("expired", "expired", [CheckoutLine(sku="A", quantity=2)], now=past)
+    inventory.reserve("expired", [CheckoutLine(sku="A", quantity=2)], now=past)
     assert available(stocked, "A") == 3
 
     assert ok(stocked, SWEEP, SCHEDULED_EVENT) == {"released": 1}
@@ -241,8 +241,8 @@ def test_a_stock_counter_the_shop_cannot_write_never_holds_up_the_other_expired_
     ttl = int(stocked.stack.function_environments[SWEEP]["RESERVATION_TTL_SECONDS"])
     past = int(time.time()) - ttl - 60
     put_product(stocked, "P", 5)
-    inventory.reserve("older", "older", [CheckoutLine(sku="P", quantity=1)], now=past - 10)
-    inventory.reserve("expired", "expired", [CheckoutLine(sku="A", quantity=2)], now=past)
+    inventory.reserve("older", [CheckoutLine(sku="P", quantity=1)], now=past - 10)
+    inventory.reserve("expired", [CheckoutLine(sku="A", quantity=2)], now=past)
     # P's counter rewritten behind the shop's back, its units as text: returning units to it fails.
     stocked.client("dynamodb").put_item(
         TableName=stocked.table("StockTable"),
@@ -298,7 +298,7 @@ def test_a_transaction_conflict_is_retryable_contention(stocked: LocalAws, reaso
         _conflict_every_round(stub, reason)
         stub.add_response("query", stock_read)
         with pytest.raises(InventoryContention):
-            inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
+            inventory.reserve("order-1", [CheckoutLine(sku="A", quantity=1)])
         stub.assert_no_pending_responses()  # every round was tried, then the stock read
     assert reservations(stocked) == {}
     assert available(stocked, "A") == 5
@@ -316,7 +316,7 @@ def test_a_cancellation_no_write_expects_is_a_named_error_and_changes_nothing(st
             modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": "ValidationError"}]},
         )
         with pytest.raises(StockTransactionRefused, match="ValidationError"):
-            inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
+            inventory.reserve("order-1", [CheckoutLine(sku="A", quantity=1)])
     assert reservations(stocked) == {}
     assert available(stocked, "A") == 5
 
@@ -330,7 +330,7 @@ def test_a_buyer_losing_every_race_while_the_stock_runs_out_is_told_out_of_stock
         stub.add_response("query", stock_read)
         stub.add_response("query", stock_read)  # a refusal is judged on two reads that agree
         with pytest.raises(OutOfStock) as raised:
-            inventory.reserve("order-1", "order-1", [CheckoutLine(sku="A", quantity=1)])
+            inventory.reserve("order-1", [CheckoutLine(sku="A", quantity=1)])
         stub.assert_no_pending_responses()
     assert raised.value.short_skus == ["A"]
     assert reservations(stocked) == {}

@@ -336,14 +336,14 @@ def test_duplicate_reserve_and_release_deliveries_change_the_counters_once(local
 def test_the_refund_release_keeps_the_units_and_the_sweeper_frees_them(local_aws: LocalAws) -> None:
     seed_product("DROP-1", stock=10)
     lines = [CheckoutLine(sku="DROP-1", quantity=1, purchase_limit=5)]
-    inventory.reserve("sold", "sold", lines, customer_id="carol")
+    inventory.reserve("sold", lines, customer_id="carol")
     inventory.commit("sold")
     for _ in range(2):
         kept = _invoke(local_aws, "ReleaseReservationFunction", {"order_id": "sold", "frees_purchase_units": False})
         assert kept["status"] == "RELEASED"
     assert (counted(local_aws, "carol", "DROP-1"), available("DROP-1")) == (1, 10)
 
-    held = inventory.reserve("held", "held", lines, customer_id="carol", now=1_000)
+    held = inventory.reserve("held", lines, customer_id="carol", now=1_000)
     assert counted(local_aws, "carol", "DROP-1") == 2
     assert inventory.release_expired(int(held.expires_at or 0) + 1).released == 1
     assert inventory.release_expired(int(held.expires_at or 0) + 1).released == 0

@@ -66,7 +66,7 @@ def _concurrently(*calls: Callable[[], object]) -> None:
 def test_two_releases_that_read_at_once_return_the_stock_and_free_the_units_once(
     local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inventory.reserve("o-1", "o-1", LINES, customer_id="carol")
+    inventory.reserve("o-1", LINES, customer_id="carol")
     assert counted(local_aws, "carol", "DROP-1") == 2
     _both_read_before_either_writes(monkeypatch)
 
@@ -79,7 +79,7 @@ def test_two_releases_that_read_at_once_return_the_stock_and_free_the_units_once
 def test_the_sweeper_and_a_compensation_that_read_at_once_release_once(
     local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = inventory.reserve("o-2", "o-2", LINES, customer_id="carol", now=1_000)
+    held = inventory.reserve("o-2", LINES, customer_id="carol", now=1_000)
     _both_read_before_either_writes(monkeypatch)
     lapsed = int(held.expires_at or 0) + 1
 
@@ -92,7 +92,7 @@ def test_the_sweeper_and_a_compensation_that_read_at_once_release_once(
 def test_a_commit_between_the_sweepers_read_and_its_write_wins_and_keeps_the_units(
     local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = inventory.reserve("o-3", "o-3", LINES, customer_id="carol", now=1_000)
+    held = inventory.reserve("o-3", LINES, customer_id="carol", now=1_000)
     read = repository.get_reservation
 
     def read_then_commit(reservation_id: str) -> Reservation | None:

@@ -16,6 +16,4 @@ from shop.observability import instrumented
 @instrumented
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request = parse_event(ReserveStock, event)
-    return inventory.reserve(
-        request.order_id, request.order_id, request.lines, customer_id=request.customer_id
-    ).model_dump(mode="json")
+    return inventory.reserve(request.order_id, request.lines, customer_id=request.customer_id).model_dump(mode="json")

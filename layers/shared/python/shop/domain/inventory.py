@@ -169,7 +169,6 @@ def _existing_after_conflict(reservation_id: str, reasons: Sequence[Cancellation
 
 
 def reserve(
-    reservation_id: str,
     order_id: str,
     lines: Sequence[CheckoutLine],
     *,
@@ -184,7 +183,11 @@ def reserve(
     customer would hold too many of, OutOfStock naming every short SKU (nothing changes either
     way), ReservationConflict if the id is already used for other lines, InventoryContention when
     worth retrying. A retry of the same request answers with the reservation as stored.
+
+    The reservation is keyed by its order's id: the release and the commit fence on the order's saga
+    claim through it, so no other id would do.
     """
+    reservation_id = order_id
     limited = [line for line in lines if line.purchase_limit is not None]
     if limited and customer_id is None:
         raise ValueError(f"reservation {reservation_id} has limited lines but no customer to count them for")
