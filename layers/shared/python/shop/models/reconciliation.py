@@ -108,6 +108,21 @@ class ReconciliationReport(Record):
     # and the stored report is one item (400 KB; 11,000 order ids passed it, and the run's report was lost).
     resolved_dead_letters_omitted: int = 0
 
+    def summary(self) -> ReconciliationSummary:
+        """What the scheduled run answers: the stored report has every detail, the invocation the counts."""
+        return ReconciliationSummary(
+            started_at=self.started_at,
+            checked=self.checked,
+            discrepancies=len(self.discrepancies) + self.omitted,
+        )
+
+
+class ReconciliationSummary(Record):
+    started_at: str
+    checked: CheckedCounts
+    # Every discrepancy found, listed in the stored report or not.
+    discrepancies: int
+
 
 StockLetterStatus = Literal["OPEN", "RESOLVED"]
 
