@@ -508,7 +508,7 @@ def test_admin_routes_reject_invalid_tokens(api: Api, tmp_path: Path) -> None:
     identity = api.aws.identity
     forger = DevIdentityProvider.create(tmp_path)
     tokens = {
-        "expired": identity.token("root", groups=["admin"], expires_in=-5),
+        "expired": identity.token("root", groups=["admin"], expires_in=-120),
         "forged": forger.token("root", groups=["admin"], issuer=identity.issuer, audience=identity.audience),
         "wrong-audience": identity.token("root", groups=["admin"], audience="other-client"),
         "wrong-issuer": identity.token("root", groups=["admin"], issuer="https://evil.example"),

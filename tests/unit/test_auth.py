@@ -78,7 +78,7 @@ def test_optional_principal_is_none_without_a_header_but_checks_a_sent_token(ver
 
 def test_an_expired_token_is_unauthorized(verifier: DevIdentityProvider) -> None:
     with pytest.raises(Unauthorized, match="expired"):
-        auth.verify(verifier.token("alice", expires_in=-60))
+        auth.verify(verifier.token("alice", expires_in=-120))
 
 
 def _issued_by_another_clock(identity: DevIdentityProvider, skew: int, lifetime: int = 3600) -> str:
