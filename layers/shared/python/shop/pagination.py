@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shop import signing
 from shop.errors import FieldError
@@ -46,17 +46,42 @@ def encode_token(listing: str, last_key: Mapping[str, Any] | None, bound_to: Que
     return signing.serializer(_purpose(listing)).dumps({"k": dict(last_key), "q": dict(bound_to)})
 
 
+def _bound_payload(listing: str, token: str, bound_to: QueryBinding) -> Any:
+    """What a token carries, once its signature and its query are checked; FieldError (400) if either fails."""
+    payload = signing.load(_purpose(listing), token, _invalid("was altered or was not issued by this listing"))
+    if not isinstance(payload, dict) or payload.get("q") != dict(bound_to):
+        raise _invalid("belongs to a different query; repeat the query parameters of the first page")
+    return payload.get("k")
+
+
 def decode_token(listing: str, token: str | None, bound_to: QueryBinding) -> dict[str, Any] | None:
     """The ``ExclusiveStartKey`` a token stands for (None without a token); FieldError (400) if invalid."""
     if token is None:
         return None
-    payload = signing.load(_purpose(listing), token, _invalid("was altered or was not issued by this listing"))
-    if not isinstance(payload, dict) or payload.get("q") != dict(bound_to):
-        raise _invalid("belongs to a different query; repeat the query parameters of the first page")
     try:
-        key = _StartKey.validate_python(payload.get("k"))
+        key = _StartKey.validate_python(_bound_payload(listing, token, bound_to))
     except ValidationError:
         raise _invalid("is malformed") from None
     if not key:
         raise _invalid("is malformed")
     return dict(key)
+
+
+def encode_position(listing: str, position: BaseModel | None, bound_to: QueryBinding) -> str | None:
+    """The ``next_token`` of a listing whose place is not a DynamoDB key (one computed in memory, e.g. a
+    search's last result), or None on the last page."""
+    if position is None:
+        return None
+    return encode_token(listing, position.model_dump(mode="json"), bound_to)
+
+
+def decode_position[Position: BaseModel](
+    listing: str, token: str | None, bound_to: QueryBinding, model: type[Position]
+) -> Position | None:
+    """The place ``encode_position`` signed (None without a token); FieldError (400) if invalid."""
+    if token is None:
+        return None
+    try:
+        return model.model_validate(_bound_payload(listing, token, bound_to))
+    except ValidationError:
+        raise _invalid("is malformed") from None

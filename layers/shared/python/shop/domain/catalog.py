@@ -22,7 +22,7 @@ from shop.errors import (
     StockWouldGoNegative,
     TransientError,
 )
-from shop.models.base import iso_now
+from shop.models.base import StrictModel, iso_now
 from shop.models.catalog import (
     MAX_STOCK,
     CreateProductRequest,
@@ -36,7 +36,7 @@ from shop.models.catalog import (
 )
 from shop.models.inventory import total_available, units_by_shard
 from shop.observability import logger
-from shop.pagination import decode_token, encode_token
+from shop.pagination import decode_position, decode_token, encode_position, encode_token
 from shop.repositories import catalog as repository
 from shop.repositories import search_index, stock
 from shop.repositories.catalog import LISTING_ACTIVE, ConditionFailed
@@ -62,12 +62,11 @@ def list_products(query: ProductListQuery) -> ProductPage:
     return ProductPage(items=products, next_token=encode_token(LISTING, last_key, binding))
 
 
-def _search_cursor(start: dict[str, Any] | None) -> search.Ranked | None:
-    """The last result of the previous page, from a search token's key (score, sku): the token is
-    signed for search listings, so its key is one this module wrote."""
-    if start is None:
-        return None
-    return search.Ranked.of(int(start["score"]["N"]), start["sku"]["S"])
+class _SearchPosition(StrictModel):
+    """A search page's last result: the next page starts after it (best first, then by SKU)."""
+
+    score: int
+    sku: str
 
 
 def search_products(query: ProductListQuery) -> ProductPage:
@@ -80,7 +79,8 @@ def search_products(query: ProductListQuery) -> ProductPage:
     assert query.q is not None
     words = search.query_words(query.q)
     binding = {"category": query.category, "q": " ".join(words)}
-    after = _search_cursor(decode_token(SEARCH_LISTING, query.next_token, binding))
+    position = decode_position(SEARCH_LISTING, query.next_token, binding, _SearchPosition)
+    after = search.Ranked.of(position.score, position.sku) if position is not None else None
     matches_by_word: dict[str, dict[str, list[search.TermMatch]]] = {}
     budget = search.MAX_INDEX_HITS_PER_SEARCH
     for word in search.reading_order(words):
@@ -102,10 +102,10 @@ def search_products(query: ProductListQuery) -> ProductPage:
     infos = repository.get_product_infos(entry.sku for entry in page)
     # The index holds active products only; one deactivated since the index was read is left out.
     listed = [infos[entry.sku] for entry in page if entry.sku in infos and infos[entry.sku].active]
-    last_key = {"score": {"N": str(page[-1].score)}, "sku": {"S": page[-1].sku}} if more else None
+    last = _SearchPosition(score=page[-1].score, sku=page[-1].sku) if more else None
     return ProductPage(
         items=repository.with_stock(listed, consistent=False),
-        next_token=encode_token(SEARCH_LISTING, last_key, binding),
+        next_token=encode_position(SEARCH_LISTING, last, binding),
     )
 
 
