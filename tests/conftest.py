@@ -38,6 +38,10 @@ for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
 from infra.local import lambda_runtime, moto_dynamodb, moto_events, moto_stepfunctions, streams  # noqa: E402
 from infra.local.deploy import DeployedStack, deploy  # noqa: E402
 from infra.local.identity import DevIdentityProvider  # noqa: E402
+from shop.config import event_settings  # noqa: E402
+from shop.errors import TransientError  # noqa: E402
+from shop.models.events import EmailNotification  # noqa: E402
+from shop.repositories import dynamodb  # noqa: E402
 from tests import statemachine_coverage  # noqa: E402
 
 # Local retry waits are shortened through the template's parameters, never by editing ASL.
@@ -265,3 +269,14 @@ def forge_signature(token: str) -> str:
     """
     payload, signature = token.rsplit(".", 1)
     return f"{payload}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}"
+
+
+def notifications_for(order_id: str) -> list[EmailNotification]:
+    """The queued e-mails of one order (a Scan: the shop itself never reads them back)."""
+    request: dict[str, Any] = {
+        "TableName": event_settings().notifications_table,
+        "FilterExpression": "order_id = :order",
+        "ExpressionAttributeValues": {":order": {"S": order_id}},
+    }
+    items = dynamodb.every_item("scan", busy=TransientError, **request)
+    return [EmailNotification.model_validate(dynamodb.unmarshal_plain(item)) for item in items]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from shop.models.events import EmailNotification, LowStockAlert
 from shop.repositories import event_records
+from tests.conftest import notifications_for
 from tests.fidelity.conftest import Backend
 
 
@@ -155,7 +156,7 @@ def test_a_notification_is_queued_once_per_event_id(backend: Backend) -> None:
     assert event_records.add_notification(email) is True
     assert event_records.add_notification(email) is False
 
-    [stored] = event_records.notifications_for("o-1")
+    [stored] = notifications_for("o-1")
     assert (stored.event_id, stored.duplicates_ignored) == ("o-1:COMPLETED:5", 1)
 
 

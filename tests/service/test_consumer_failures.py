@@ -17,7 +17,7 @@ import pytest
 from shop.errors import TransientError
 from shop.models.events import ConsumerFailuresStatus, RedriveResult
 from shop.repositories import event_records
-from tests.conftest import LocalAws
+from tests.conftest import LocalAws, notifications_for
 from tests.service.orders_helpers import Shop, open_shop, seed_product
 from tests.service.test_events import BusSpy
 
@@ -77,13 +77,13 @@ def test_the_event_a_consumer_failed_on_is_kept_and_taken_once_handed_back(
     notifications_fail(monkeypatch)
     order_id = completed_order(shop, local_aws)
 
-    assert event_records.notifications_for(order_id) == []
+    assert notifications_for(order_id) == []
     assert waiting(local_aws) == (1, 0)  # Lambda's invocation record, not a dropped event
     assert operators_count(shop) == {"waiting": 1, "in_hand": 0}
 
     monkeypatch.undo()  # the table is back
     assert redrive(local_aws) == RedriveResult(redelivered=1, still_failing=0, unrecognised=0)
-    [email] = event_records.notifications_for(order_id)
+    [email] = notifications_for(order_id)
     assert (email.template, email.event_id.split(":")[1]) == ("order-completed", "COMPLETED")
     assert waiting(local_aws) == (0, 0)
     assert operators_count(shop) == {"waiting": 0, "in_hand": 0}
@@ -111,7 +111,7 @@ def test_a_completion_e_mail_handed_back_after_the_refunds_says_it_happened_firs
     monkeypatch.undo()
     assert redrive(local_aws) == RedriveResult(redelivered=1, still_failing=0, unrecognised=0)
 
-    emails = sorted(event_records.notifications_for(order_id), key=lambda email: email.created_at)
+    emails = sorted(notifications_for(order_id), key=lambda email: email.created_at)
     assert [email.template for email in emails] == ["order-refunded", "order-completed"]  # queued late
     refunded, completed = emails
     assert completed.occurred_at < refunded.occurred_at  # a mailer sends by this, and drops the completion
@@ -126,7 +126,7 @@ def test_an_event_the_consumer_still_fails_on_stays_in_the_queue(
     assert redrive(local_aws) == RedriveResult(redelivered=0, still_failing=1, unrecognised=0)
     assert waiting(local_aws) == (0, 1)  # hidden until the next run, not deleted
     assert operators_count(shop) == {"waiting": 0, "in_hand": 1}
-    assert event_records.notifications_for(order_id) == []
+    assert notifications_for(order_id) == []
 
 
 def test_only_an_admin_reads_the_consumer_failures_count(shop: Shop) -> None:
@@ -153,7 +153,7 @@ def test_an_event_eventbridge_could_not_deliver_is_handed_to_its_target(shop: Sh
 
     assert redrive(local_aws) == RedriveResult(redelivered=1, still_failing=0, unrecognised=0)
     # The consumer had taken the event already: handed back, it is a duplicate, not a second e-mail.
-    [email] = event_records.notifications_for(order_id)
+    [email] = notifications_for(order_id)
     assert email.duplicates_ignored == 1
     assert waiting(local_aws) == (0, 0)
 

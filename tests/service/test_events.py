@@ -20,7 +20,7 @@ from shop.domain import catalog
 from shop.models.catalog import StockAdjustmentRequest
 from shop.models.events import PUBLISHED
 from shop.repositories import event_records
-from tests.conftest import LocalAws
+from tests.conftest import LocalAws, notifications_for
 from tests.service.orders_helpers import Shop, available, open_shop, seed_product
 
 
@@ -96,7 +96,7 @@ def test_a_completed_order_sends_one_email_and_its_events_in_order(
     assert completed["detail"]["version"] == 1
     assert completed["detail"]["customer_id"] == "carol"
     assert completed["detail"]["total"] == {"amount": 2500, "currency": "USD"}
-    [email] = event_records.notifications_for(order_id)
+    [email] = notifications_for(order_id)
     assert (email.template, email.customer_id, email.event_id) == (
         "order-completed",
         "carol",
@@ -125,7 +125,7 @@ def test_a_declined_order_is_announced_cancelled_with_its_reason(shop: Shop, loc
     assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced", "OrderCancelled"]
     cancelled = next(e for e in spy.events() if e["detail-type"] == "OrderCancelled")
     assert cancelled["detail"]["reason"] == "PAYMENT_DECLINED"
-    assert [email.template for email in event_records.notifications_for(order_id)] == ["order-cancelled"]
+    assert [email.template for email in notifications_for(order_id)] == ["order-cancelled"]
 
 
 def test_a_duplicated_stream_delivery_still_sends_one_email(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
@@ -140,7 +140,7 @@ def test_a_duplicated_stream_delivery_still_sends_one_email(shop: Shop, local_aw
     completed = [event_id for kind, event_id in spy.of_order(order_id) if kind == "OrderCompleted"]
     assert len(completed) == 2 and len(set(completed)) == 1
     # ... and the consumer saw both and queued one e-mail.
-    [email] = event_records.notifications_for(order_id)
+    [email] = notifications_for(order_id)
     assert email.template == "order-completed"
     assert email.duplicates_ignored == 1
 
@@ -316,12 +316,12 @@ def test_a_failed_publish_is_retried_from_that_record_and_keeps_the_order(
 
     local_aws.deliver_events()  # the completion's record failed: it and what follows stay in the stream
     assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced"]
-    assert event_records.notifications_for(order_id) == []
+    assert notifications_for(order_id) == []
 
     local_aws.deliver_events()  # retried from the failed record: the placement is not published again
 
     assert spy.of_order(order_id) == [("OrderPlaced", f"{order_id}:PLACED"), ("OrderCompleted", refused[0])]
-    assert [email.template for email in event_records.notifications_for(order_id)] == ["order-completed"]
+    assert [email.template for email in notifications_for(order_id)] == ["order-completed"]
 
 
 def test_a_publisher_that_fails_gets_the_whole_batch_again(shop: Shop, local_aws: LocalAws, spy: BusSpy) -> None:
@@ -357,7 +357,7 @@ def test_a_refund_is_announced_after_the_completion(shop: Shop, local_aws: Local
     local_aws.deliver_events()
 
     assert [kind for kind, _ in spy.of_order(order_id)] == ["OrderPlaced", "OrderCompleted", "OrderRefunded"]
-    assert sorted(email.template for email in event_records.notifications_for(order_id)) == [
+    assert sorted(email.template for email in notifications_for(order_id)) == [
         "order-completed",
         "order-refunded",
     ]

@@ -18,8 +18,8 @@ import pytest
 from shop.domain import events
 from shop.models.events import RepublishResult, UnreadableRecord
 from shop.models.orders import Order
-from shop.repositories import event_records, unreadable_records
-from tests.conftest import LocalAws
+from shop.repositories import unreadable_records
+from tests.conftest import LocalAws, notifications_for
 from tests.service.orders_helpers import Shop, open_shop, seed_product
 from tests.service.test_events import BusSpy, _adjust, _alerts, _duplicate_stream_deliveries
 
@@ -105,7 +105,7 @@ def test_the_republisher_publishes_it_with_its_own_event_id_once_the_publisher_i
     assert republish(local_aws) == RepublishResult(published=0, still_unreadable=1)
     [record] = unreadable_records.open_records()
     assert record.attempts == 2
-    assert event_records.notifications_for(order_id) == []
+    assert notifications_for(order_id) == []
 
     monkeypatch.undo()  # the fixed publisher is deployed
     assert republish(local_aws) == RepublishResult(published=1, still_unreadable=0)
@@ -115,7 +115,7 @@ def test_the_republisher_publishes_it_with_its_own_event_id_once_the_publisher_i
         ("OrderPlaced", f"{order_id}:PLACED"),
         ("OrderCompleted", f"{order_id}:COMPLETED:{version}"),
     ]
-    assert [email.template for email in event_records.notifications_for(order_id)] == ["order-completed"]
+    assert [email.template for email in notifications_for(order_id)] == ["order-completed"]
     assert unreadable_records.open_records() == []
     [published] = listed(shop)
     assert (published["status"], published["attempts"]) == ("PUBLISHED", 2)

@@ -46,18 +46,3 @@ class Outcome(StrEnum):
 
 # The compensations of a checkout that got as far as an authorization, in the order they run.
 PAYMENT_COMPENSATIONS: tuple[Step, ...] = (Step.VOID_PAYMENT, Step.RELEASE_STOCK)
-
-# Error names that AWS itself raises into a state machine (the project's own are the class names
-# of shop.errors.ShopError's subclasses).
-AWS_ERROR_NAMES: frozenset[str] = frozenset(
-    {
-        "States.ALL",
-        "States.Timeout",
-        "Sandbox.Timedout",
-        "Lambda.Unknown",
-        "Lambda.ServiceException",
-        "Lambda.AWSLambdaException",
-        "Lambda.SdkClientException",
-        "Lambda.TooManyRequestsException",
-    }
-)

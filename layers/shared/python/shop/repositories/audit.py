@@ -22,7 +22,7 @@ from shop.models.orders import Order
 from shop.models.payments import Payment
 from shop.models.reconciliation import ReconciliationReport, UnreadableItem
 from shop.repositories import stock
-from shop.repositories.dynamodb import call, key_text, read_each, unmarshal
+from shop.repositories.dynamodb import call, every_item, key_text, read_each, unmarshal
 from shop.repositories.orders import to_order
 from shop.repositories.payments import to_payment
 
@@ -52,13 +52,7 @@ def scan(table: str, *, segments: int = SEGMENTS, projection: str | None = None)
         }
         if projection:
             request["ProjectionExpression"] = projection
-        items: list[dict[str, Any]] = []
-        while True:
-            page = call("scan", busy=TransientError, **request)
-            items.extend(page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return items
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return list(every_item("scan", busy=TransientError, **request))
 
     with ThreadPoolExecutor(max_workers=segments) as pool:
         return [item for items in pool.map(segment, range(segments)) for item in items]

@@ -119,6 +119,16 @@ def call_if(operation: str, *, busy: type[TransientError], **request: Any) -> An
         raise
 
 
+def every_item(operation: str, *, busy: type[TransientError], **request: Any) -> Iterator[dict[str, Any]]:
+    """Every item a Query or a Scan (``operation``) answers, page after page."""
+    while True:
+        page = call(operation, busy=busy, **request)
+        yield from page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 BATCH_GET_LIMIT = 100  # keys in one BatchGetItem request
 _BATCH_ATTEMPTS = 5
 

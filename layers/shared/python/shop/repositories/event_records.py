@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 from shop.config import event_settings, table_settings
 from shop.errors import TransientError
 from shop.models.events import EmailNotification, LowStockAlert
-from shop.repositories.dynamodb import call, call_if, is_condition_failure, marshal, unmarshal_plain
+from shop.repositories.dynamodb import call, call_if, every_item, is_condition_failure, marshal, unmarshal_plain
 
 LOW_STOCK_ALERTS = "alert#stock-low"
 # How long the outbox keeps a queued e-mail (NotificationsTable's TTL, ``purge_at``).
@@ -232,26 +232,5 @@ def low_stock_alerts() -> list[LowStockAlert]:
         "KeyConditionExpression": "pk = :pk",
         "ExpressionAttributeValues": {":pk": {"S": LOW_STOCK_ALERTS}},
     }
-    alerts: list[LowStockAlert] = []
-    while True:
-        page = call("query", busy=TransientError, **request)
-        alerts += [LowStockAlert.model_validate(unmarshal_plain(item)) for item in page.get("Items", [])]
-        if "LastEvaluatedKey" not in page:
-            return alerts
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def notifications_for(order_id: str) -> list[EmailNotification]:
-    """The queued e-mails of one order (a Scan: only the tests read it)."""
-    request: dict[str, Any] = {
-        "TableName": event_settings().notifications_table,
-        "FilterExpression": "order_id = :order",
-        "ExpressionAttributeValues": {":order": {"S": order_id}},
-    }
-    found: list[EmailNotification] = []
-    while True:
-        page = call("scan", busy=TransientError, **request)
-        found += [EmailNotification.model_validate(unmarshal_plain(item)) for item in page.get("Items", [])]
-        if "LastEvaluatedKey" not in page:
-            return found
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    items = every_item("query", busy=TransientError, **request)
+    return [LowStockAlert.model_validate(unmarshal_plain(item)) for item in items]

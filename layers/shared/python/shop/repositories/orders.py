@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -36,6 +36,7 @@ from shop.repositories.dynamodb import (
     batch_get,
     call,
     call_if,
+    every_item,
     is_condition_failure,
     listable,
     marshal,
@@ -519,43 +520,38 @@ def _list_settled(
     return orders, next_key
 
 
+def _in_progress(operation: str, **request: Any) -> Iterator[dict[str, Any]]:
+    """Every key of OrdersInProgress a Query or a Scan of it answers."""
+    return every_item(
+        operation,
+        busy=OrderContention,
+        TableName=table_settings().orders_table,
+        IndexName=ORDERS_IN_PROGRESS,
+        **request,
+    )
+
+
 def in_progress_since(created_before: str, *, limit: int) -> list[str]:
     """Ids of orders still in progress that were placed before ``created_before``, oldest first.
 
     A Scan of OrdersInProgress, which holds only the open orders (keys only).
     """
-    found: list[tuple[str, str]] = []
-    request: dict[str, Any] = {
-        "TableName": table_settings().orders_table,
-        "IndexName": ORDERS_IN_PROGRESS,
-        "FilterExpression": "created_at < :before",
-        "ExpressionAttributeValues": {":before": {"S": created_before}},
-    }
-    while True:
-        response = call("scan", busy=OrderContention, **request)
-        found.extend((item["created_at"]["S"], item["order_id"]["S"]) for item in response.get("Items", []))
-        if "LastEvaluatedKey" not in response:
-            break
-        request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-    return [order_id for _, order_id in sorted(found)[:limit]]
+    items = _in_progress(
+        "scan", FilterExpression="created_at < :before", ExpressionAttributeValues={":before": {"S": created_before}}
+    )
+    found = sorted((item["created_at"]["S"], item["order_id"]["S"]) for item in items)
+    return [order_id for _, order_id in found[:limit]]
 
 
 def open_order_ids(customer_id: str) -> list[str]:
     """Ids of the customer's orders a saga still has to move on (OrdersInProgress: one Query of
     keys, eventually consistent as every index is)."""
-    request: dict[str, Any] = {
-        "TableName": table_settings().orders_table,
-        "IndexName": ORDERS_IN_PROGRESS,
-        "KeyConditionExpression": "in_progress_for = :customer",
-        "ExpressionAttributeValues": {":customer": {"S": customer_id}},
-    }
-    ids: list[str] = []
-    while True:
-        response = call("query", busy=OrderContention, **request)
-        ids.extend(item["order_id"]["S"] for item in response.get("Items", []))
-        if "LastEvaluatedKey" not in response:
-            return ids
-        request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    items = _in_progress(
+        "query",
+        KeyConditionExpression="in_progress_for = :customer",
+        ExpressionAttributeValues={":customer": {"S": customer_id}},
+    )
+    return [item["order_id"]["S"] for item in items]
 
 
 def idempotency_store() -> DynamoDBPersistenceLayer:

@@ -18,7 +18,7 @@ from typing import Any
 from shop.config import table_settings
 from shop.errors import TransientError
 from shop.models.events import UnreadableRecord
-from shop.repositories.dynamodb import call, call_if, listable, partition_page
+from shop.repositories.dynamodb import call, call_if, every_item, listable, partition_page
 
 PARTITION = "UNREADABLE_RECORD"
 # An exception's message can quote a whole image; keep what an operator needs to read.
@@ -167,15 +167,8 @@ def open_records() -> list[UnreadableRecord]:
         "ExpressionAttributeValues": {":pk": {"S": PARTITION}, ":open": {"S": "OPEN"}},
         "ConsistentRead": True,
     }
-    found: list[UnreadableRecord] = []
-    while True:
-        page = call("query", busy=TransientError, **request)
-        found += listable(page.get("Items", []), _to_record, key="sk")
-        if "LastEvaluatedKey" not in page:
-            return sorted(
-                found, key=lambda record: (record.source, len(record.sequence_number), record.sequence_number)
-            )
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    found = listable(every_item("query", busy=TransientError, **request), _to_record, key="sk")
+    return sorted(found, key=lambda record: (record.source, len(record.sequence_number), record.sequence_number))
 
 
 def get(record_id: str) -> UnreadableRecord | None:
