@@ -1,10 +1,10 @@
 """A stored time with no zone, or no time at all, in an item written behind the shop's back.
 
-The order and dead-letter models took ``created_at``/``updated_at``/``redrive_started_at`` as any string;
-the sweeps then subtracted such a value from an aware ``now`` (TypeError, ValueError), so one odd order
-stopped the Express orphan sweep at the same place every run (no orphan behind it was ever started) and
-one odd REDRIVING letter stopped every books check. They are now read as zoned times: such an item is an
-unreadable record, which the sweeps set aside for an operator (a helper's probe).
+The sweeps subtracted an order's ``updated_at`` (or a letter's ``redrive_started_at``) from an aware ``now``:
+one with no zone or no time raised TypeError or ValueError, so one odd order stopped the Express orphan sweep
+at the same place every run (no orphan behind it was ever started) and one odd REDRIVING letter stopped
+every books check (a helper's probe). The sweeps now leave such an item for an operator and go on; the
+order stays its customer's to read, list and cancel.
 """
 
 from __future__ import annotations
@@ -109,3 +109,21 @@ def _letter_item(local_aws: LocalAws, order_id: str, stamp: str) -> dict[str, An
     letter["redrive_execution"] = {"S": f"{order_id}-redrive-1"}
     letter["redrive_started_at"] = {"S": stamp}
     return letter
+
+
+def test_an_order_with_an_odd_time_is_still_the_customers_to_read_list_and_cancel(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    # The first fix read the times as zoned instants in the Order model itself: every reader then refused
+    # such an order, GET and cancel answered 500 and the listing dropped it (the diff's reviewer). The
+    # times are checked only where they are used, by the sweeps.
+    order_id = shop.place_ok([("MUG-1", 1)], key="odd-read")["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    _set(local_aws, order_id, updated_at="2000-01-01T00:00:00.000")
+
+    assert shop.get(order_id).status_code == 200
+    listed = shop.client.http.get("/orders", headers=shop.headers("alice"))
+    assert [order["order_id"] for order in listed.json_body["items"]] == [order_id]
+    assert shop.cancel(order_id).status_code == 202
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    assert shop.order(order_id).status == "REFUNDED"

@@ -14,7 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from shop.domain import carts
 from shop.domain import order_lifecycle as lifecycle
 from shop.errors import CheckoutCancelled, CheckoutCancelledAfterPayment, StoredItemUnusable, TransientError
-from shop.models.base import iso_now
+from shop.models.base import iso_now, zoned_instant
 from shop.models.orders import (
     CHECKOUT_IN_PROGRESS,
     FIRST_EPOCH,
@@ -39,10 +39,6 @@ from shop.repositories.payments import PaymentsRepository
 from shop.saga_terms import Step
 
 
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def _emit(name: str, order: Order, now: str, started_at: datetime | None, **dimensions: str) -> None:
     """One count and the saga's duration: from its execution's start (the order's placement when the
     step was not told it); emitted only by the write that made the transition."""
@@ -50,7 +46,10 @@ def _emit(name: str, order: Order, now: str, started_at: datetime | None, **dime
         dimensioned_metric(name, MetricUnit.Count, 1, **dimensions)
     else:
         metrics().add_metric(name=name, unit=MetricUnit.Count, value=1)
-    seconds = (_parse(now) - (started_at or _parse(order.created_at))).total_seconds()
+    ended, began = zoned_instant(now), started_at or zoned_instant(order.created_at)
+    if ended is None or began is None:
+        return  # a placement time written behind the shop's back: no duration to tell, and no reason to fail
+    seconds = (ended - began).total_seconds()
     metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=max(seconds, 0.0))
 
 

@@ -432,7 +432,18 @@ def _saga_began_at(order: Order, *, refund: bool) -> datetime:
     """The checkout's: the placement. The refund's: when the order became REFUNDING, its last history
     entry (the refund saga's steps record theirs when it settles)."""
     began = order.history[-1].at if refund and order.history else order.created_at
-    return datetime.fromisoformat(began.replace("Z", "+00:00"))
+    return _stored_instant(order, began)
+
+
+def _stored_instant(order: Order, stamp: str) -> datetime:
+    """One of the order's stored times; OrderStateConflict (the sweep leaves the order for an operator, and
+    goes on) for one with no zone or no time at all, written behind the shop's back. Before, it raised
+    TypeError or ValueError, which stopped the sweep at the same order every run: no orphan behind it was
+    ever started (a helper's clock probe)."""
+    moment = zoned_instant(stamp)
+    if moment is None:
+        raise OrderStateConflict(f"order {order.order_id} has a stored time that is no time with its zone: {stamp!r}")
+    return moment
 
 
 def _continue_express(order: Order, *, refund: bool) -> None:
@@ -473,7 +484,7 @@ def _express_status(order: Order, now: datetime, *, refund: bool, machine: str) 
     starting one that did start is harmless (the claim stops the duplicate). Claimed and not
     settled once no execution can still run means it stopped without settling (as TIMED_OUT).
     """
-    quiet_seconds = (now - datetime.fromisoformat(order.updated_at.replace("Z", "+00:00"))).total_seconds()
+    quiet_seconds = (now - _stored_instant(order, order.updated_at)).total_seconds()
     all_over = quiet_seconds > EXPRESS_LIMIT_SECONDS + EXPRESS_SETTLE_MARGIN_SECONDS
     claimed = order.saga_claim is not None and (not refund or sagas.claimed_by(order.saga_claim, machine))
     if not claimed:

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shop.errors import FieldError
 
@@ -40,18 +39,6 @@ def zoned_instant(stamp: str) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else None
-
-
-def _zoned(value: str) -> str:
-    if zoned_instant(value) is None:
-        raise ValueError("not an ISO 8601 time with its zone")
-    return value
-
-
-# A stored instant (``iso_now``'s form; any ISO 8601 time with a zone reads). Checked on reading, so an item
-# written behind the shop's back with no time or no zone is an unreadable record, which every reader
-# already sets aside for an operator, instead of a TypeError deep in a sweep that stops every order behind it.
-ZonedTime = Annotated[str, AfterValidator(_zoned)]
 
 
 def field_errors(error: ValidationError, root: str) -> list[dict[str, str]]:

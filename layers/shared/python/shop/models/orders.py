@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from shop.models.base import Record, StrictModel, ZonedTime, require_distinct_skus
+from shop.models.base import Record, StrictModel, require_distinct_skus
 from shop.models.common import MAX_LINES, CheckoutLine, CustomerId, ExecutionName, Line, OrderId, PaymentToken
 from shop.models.money import Money
 from shop.saga_terms import Step
@@ -177,7 +177,7 @@ class OrderLine(Record):
 class HistoryEntry(Record):
     step: str
     status: str
-    at: ZonedTime
+    at: str
 
 
 class PaymentView(Record):
@@ -216,8 +216,8 @@ class Order(Record):
     # The cart's version placement read the lines at: completion takes them only from lines the cart
     # held then. None for an order of ``items``, and on orders stored before it was kept.
     cart_version: int | None = None
-    created_at: ZonedTime
-    updated_at: ZonedTime
+    created_at: str
+    updated_at: str
     version: int = 0
     # The fencing token of the execution that owns the saga (SagaClaim), absent until one claims it.
     saga_claim: str | None = None
