@@ -14,8 +14,8 @@ from shop.errors import (
     CaptureExceedsAuthorization,
     PaymentAlreadyCaptured,
     PaymentDeclined,
-    PaymentLedgerContention,
     PaymentProviderError,
+    PaymentRecordsContention,
     PaymentStateConflict,
     RefundExceedsCapture,
 )
@@ -227,9 +227,9 @@ def test_a_refund_that_keeps_losing_to_concurrent_refunds_is_retried_as_a_busy_l
         return Transition(applied=False, payment=current.model_copy(update={"refunded_amount": 1}))
 
     monkeypatch.setattr(PaymentsRepository, "add_refund", another_refund_moved_it_first)
-    # The refund step's first Retry names PaymentLedgerContention (5 attempts with backoff); a plain
+    # The refund step's first Retry names PaymentRecordsContention (5 attempts with backoff); a plain
     # TransientError met only its last-resort rule (2 attempts), then NEEDS_ATTENTION.
-    with pytest.raises(PaymentLedgerContention):
+    with pytest.raises(PaymentRecordsContention):
         domain.refund_payment(RefundPayment(order_id=order_id, amount=None))
 
 
@@ -456,12 +456,24 @@ def test_a_busy_ledger_is_told_as_our_ledger_busy_never_as_the_providers_failure
     ledger = local_aws.table("PaymentsTable")
     throttled = SdkFault("GetItem", "ProvisionedThroughputExceededException", when=lambda r: r["TableName"] == ledger)
 
-    with inject(aws.dynamodb(), throttled), pytest.raises(PaymentLedgerContention) as raised:
+    with inject(aws.dynamodb(), throttled), pytest.raises(PaymentRecordsContention) as raised:
         PaymentsRepository().get(order_id)
 
     assert not isinstance(raised.value, PaymentProviderError)
     problem = problem_response(raised.value)
     assert (problem.status_code, json.loads(problem.body)["type"]) == (
         503,
-        "urn:shop:problem:payment-ledger-contention",
+        "urn:shop:problem:payment-records-contention",
     )
+
+
+def test_a_busy_breaker_table_is_ours_to_retry_never_the_providers_failure(local_aws: LocalAws) -> None:
+    # The breaker's state, read on every admission, shares the simulator's store (the provider's books) and
+    # its error: a throttled read named the provider (the diff's reviewer).
+    operations_table = local_aws.table("OperationsTable")
+    throttled = SdkFault("GetItem", "ThrottlingException", when=lambda r: r["TableName"] == operations_table)
+
+    with inject(aws.dynamodb(), throttled), pytest.raises(PaymentRecordsContention) as raised:
+        domain.payment_breaker().state()
+
+    assert not isinstance(raised.value, PaymentProviderError)

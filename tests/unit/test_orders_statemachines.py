@@ -89,7 +89,7 @@ def test_every_task_passes_correlation_ids(logical_id: str) -> None:
 
 def test_forward_steps_retry_lambda_service_errors_and_their_transient_error() -> None:
     # The payment steps write our ledger too, whose busy table is not the provider's failure.
-    payments = {"PaymentProviderError", "PaymentLedgerContention"}
+    payments = {"PaymentProviderError", "PaymentRecordsContention"}
     expected = {
         "ReserveStock": {"InventoryContention"},
         "AuthorizePayment": payments,

@@ -236,11 +236,12 @@ class PaymentProviderError(TransientError):
     title, slug = "Payment provider unavailable", "payment-provider-error"
 
 
-class PaymentLedgerContention(TransientError):
-    """Our payments ledger was busy (its table throttled, or a request got no answer) or concurrent
-    refunds raced on it: worth retrying with backoff. Not the provider's failure, and never named so."""
+class PaymentRecordsContention(TransientError):
+    """Our own payment records were busy: the payments ledger's or the payment breaker's table throttled,
+    a request got no answer, or concurrent refunds raced on the ledger. Worth retrying with backoff; not
+    the provider's failure, and never named so."""
 
-    title, slug = "Payments busy", "payment-ledger-contention"
+    title, slug = "Payments busy", "payment-records-contention"
 
 
 class CircuitOpen(ShopError):

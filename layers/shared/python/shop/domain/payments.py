@@ -23,7 +23,7 @@ from shop.errors import (
     CheckoutCancelled,
     PaymentAlreadyCaptured,
     PaymentDeclined,
-    PaymentLedgerContention,
+    PaymentRecordsContention,
     PaymentStateConflict,
     RefundExceedsCapture,
 )
@@ -225,7 +225,7 @@ class PaymentService:
             if current.refunded_amount == payment.refunded_amount:
                 raise RefundExceedsCapture(f"refund of {refund.amount.amount} exceeds the capture of order {order_id}")
         # Named as the ledger's busy answer is, so the refund step retries it with the same backoff.
-        raise PaymentLedgerContention(f"concurrent refunds of order {order_id}; retry")
+        raise PaymentRecordsContention(f"concurrent refunds of order {order_id}; retry")
 
 
 def _existing(payment: Payment | None, order_id: str) -> Payment:

@@ -41,6 +41,7 @@ from shop.config import table_settings
 from shop.errors import (
     CaptureExceedsAuthorization,
     PaymentProviderError,
+    PaymentRecordsContention,
     PaymentStateConflict,
     RefundExceedsCapture,
 )
@@ -67,8 +68,14 @@ def _table() -> str:
 
 
 def _call(operation: str, **request: Any) -> Any:
-    # The breaker and the simulator serve the payment steps, whose retry policies name this error.
+    # The simulator stands in for the provider: its busy store is the provider's failure, which the
+    # payment steps' retry policies name.
     return call(operation, busy=PaymentProviderError, **request)
+
+
+def _breaker_call(operation: str, **request: Any) -> Any:
+    # The breaker's state is our own record: busy, it is ours to retry, never the provider's failure.
+    return call(operation, busy=PaymentRecordsContention, **request)
 
 
 # ---------------------------------------------------------------------------- circuit breakers
@@ -104,7 +111,9 @@ class DynamoBreakerStore:
         return f"circuit#{name}"
 
     def load(self, name: str, *, consistent: bool = True) -> BreakerState:
-        response = _call("get_item", TableName=_table(), Key=_key(self._pk(name), "state"), ConsistentRead=consistent)
+        response = _breaker_call(
+            "get_item", TableName=_table(), Key=_key(self._pk(name), "state"), ConsistentRead=consistent
+        )
         item = response.get("Item")
         if not item:
             return BreakerState()
@@ -140,7 +149,7 @@ class DynamoBreakerStore:
                 "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
             }
         try:
-            _call("put_item", TableName=_table(), Item=marshal(item), **condition)
+            _breaker_call("put_item", TableName=_table(), Item=marshal(item), **condition)
         except ClientError as error:
             if is_condition_failure(error):
                 return False

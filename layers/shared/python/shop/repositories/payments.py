@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shop.config import table_settings
-from shop.errors import PaymentLedgerContention
+from shop.errors import PaymentRecordsContention
 from shop.models.base import iso_now
 from shop.models.money import Currency
 from shop.models.payments import Payment
@@ -43,7 +43,7 @@ class PaymentsRepository:
     def get(self, order_id: str) -> Payment | None:
         response = call(
             "get_item",
-            busy=PaymentLedgerContention,
+            busy=PaymentRecordsContention,
             TableName=self._table(),
             Key={"order_id": {"S": order_id}},
             ConsistentRead=True,
@@ -191,7 +191,7 @@ class PaymentsRepository:
         try:
             response = call(
                 "update_item",
-                busy=PaymentLedgerContention,
+                busy=PaymentRecordsContention,
                 TableName=self._table(),
                 Key={"order_id": {"S": order_id}},
                 UpdateExpression=expression,
