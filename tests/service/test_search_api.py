@@ -15,6 +15,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
+from shop import signing
 from shop.domain import search
 from shop.models.catalog import MAX_QUERY_WORDS, MAX_SEARCH_LENGTH
 from tests.conftest import LocalAws
@@ -111,6 +112,26 @@ def test_search_pages_carry_their_own_tokens(api: SearchApi) -> None:
         assert {error["field"] for error in problem["errors"]} == {"next_token"}
     listing = api.request("GET", f"/products?limit=2&next_token={first['next_token']}")
     assert_problem(listing, 400, "next_token")
+
+
+def test_a_search_token_issued_before_positions_were_models_still_pages(api: SearchApi) -> None:
+    # A search's position used to be signed in DynamoDB's form; tokens never expire, so one issued before
+    # the change must still page (the first version of the change answered it 400: the diff's reviewer).
+    for number in range(5):
+        create(api, f"LAMP-{number}", "Lamp")
+    status, _, first = api.search("lamp", limit="2")
+    assert status == 200 and isinstance(first, dict)
+    signed = signing.serializer("pagination.product-search")
+    payload = signed.loads(first["next_token"])
+    position = payload["k"]
+    older = signed.dumps(
+        {"k": {"score": {"N": str(position["score"])}, "sku": {"S": position["sku"]}}, "q": payload["q"]}
+    )
+
+    status, _, page = api.search("lamp", limit="2", next_token=older)
+
+    assert status == 200 and isinstance(page, dict)
+    assert [item["sku"] for item in page["items"]] == ["LAMP-2", "LAMP-3"]
 
 
 def test_a_search_is_cacheable_and_revalidates_when_a_result_changes(api: SearchApi) -> None:

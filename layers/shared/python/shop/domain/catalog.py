@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pydantic import model_validator
+
 from shop.domain import search, stock_shards
 from shop.errors import (
     ProductNotFound,
@@ -67,6 +69,18 @@ class _SearchPosition(StrictModel):
 
     score: int
     sku: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _issued_before_positions(cls, value: Any) -> Any:
+        # Tokens issued before positions were models carry DynamoDB's form ({"score": {"N": "7"}, ...});
+        # they never expire, so a client paging through a search across a deploy still has one.
+        if isinstance(value, dict) and isinstance(value.get("score"), dict) and isinstance(value.get("sku"), dict):
+            try:
+                return {"score": int(value["score"]["N"]), "sku": value["sku"]["S"]}
+            except (KeyError, TypeError, ValueError):
+                return value
+        return value
 
 
 def search_products(query: ProductListQuery) -> ProductPage:
