@@ -211,6 +211,8 @@ def _json_number(text: str) -> int | float:
     Anything else is a float (infinity or 0.0 past a float's range), which every integer field refuses."""
     try:
         exact = Decimal(text)
+        if exact.is_zero():
+            return 0  # 0e999 too: adjusted() counts the exponent of a zero
         if exact.adjusted() < _INTEGRAL_DIGITS and exact == exact.to_integral_value():
             return int(exact)
     except InvalidOperation:  # an exponent past Decimal's own range: 1e99999999999999999999

@@ -16,16 +16,8 @@ from botocore.config import Config
 # Standard retry mode handles throttling inside one call; the saga's Retry policies handle what
 # is still failing after that.
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4})
+# EventBridge calls: timeouts and attempts (the first included) that bound how long one can take.
 EVENTS_CONNECT_SECONDS, EVENTS_READ_SECONDS, EVENTS_ATTEMPTS = 1, 2, 3
-
-
-def events_call_worst_seconds() -> float:
-    """The longest one EventBridge call can take: every attempt waits out both timeouts, and standard
-    retry mode sleeps up to 2**(n-1) s after the n-th failed attempt."""
-    backoff = sum(2 ** (attempt - 1) for attempt in range(1, EVENTS_ATTEMPTS))
-    return EVENTS_ATTEMPTS * (EVENTS_CONNECT_SECONDS + EVENTS_READ_SECONDS) + backoff
-
-
 # Parameter Store is read for configuration on a request's path: a slow or unreachable store must
 # cost a request seconds, not botocore's 60 s connect timeout per attempt (the defaults then apply).
 _SERVICE_CONFIGS = {

@@ -42,7 +42,6 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from shop import aws
 from shop.config import inventory_settings
 from shop.errors import RecordUnreadable
 from shop.models.base import iso_now
@@ -88,7 +87,7 @@ class OutOfTimeForTheBatch(Exception):
 # with the records handled so far checkpointed; one that ran into Lambda's timeout answered nothing,
 # and Lambda retried the whole batch, the records already put included, again and again under a busy
 # bus (a helper's review).
-BATCH_TIME_MARGIN_MS = int((aws.events_call_worst_seconds() + 1) * 1000)
+BATCH_TIME_MARGIN_MS = int((event_bus.longest_put_seconds() + 1) * 1000)
 
 
 # ---------------------------------------------------------------------------- order transitions

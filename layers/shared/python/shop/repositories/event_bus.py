@@ -12,6 +12,13 @@ from shop.errors import EventPublishFailed
 from shop.models.events import OutgoingEvent
 
 
+def longest_put_seconds() -> float:
+    """The longest one ``put`` can take: every attempt waits out both of the events client's timeouts,
+    and standard retry mode sleeps up to 2**(n-1) s after the n-th failed attempt."""
+    backoff = sum(2 ** (attempt - 1) for attempt in range(1, aws.EVENTS_ATTEMPTS))
+    return aws.EVENTS_ATTEMPTS * (aws.EVENTS_CONNECT_SECONDS + aws.EVENTS_READ_SECONDS) + backoff
+
+
 def put(event: OutgoingEvent) -> None:
     """Put one event on the bus; raise EventPublishFailed unless EventBridge accepted it.
 

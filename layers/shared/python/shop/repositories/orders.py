@@ -55,7 +55,6 @@ ORDERS_BY_OUTCOME = "OrdersByOutcome"
 OUTCOME_SHARDS = 16
 # A cancel request and the saga rarely collide more than once; more means something is wrong.
 MAX_WRITE_ATTEMPTS = 8
-# BatchGetItem's most keys per request.
 
 
 class VersionConflict(Exception):
