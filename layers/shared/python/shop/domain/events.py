@@ -83,10 +83,11 @@ class OutOfTimeForTheBatch(Exception):
 
 # A record is begun only with this much of the invocation left: the longest one PutEvents can take
 # (its client's timeouts and retries; before, botocore's 60 s timeouts and a fixed 5 s that a thrice
-# throttled put outlasted), and a second for the record's own reads. A batch cut here is answered
-# with the records handled so far checkpointed; one that ran into Lambda's timeout answered nothing,
-# and Lambda retried the whole batch, the records already put included, again and again under a busy
-# bus (a helper's review).
+# throttled put outlasted), and a second for the record's own DynamoDB requests, which take
+# milliseconds unless the table throttles them (their client's retries are not bounded so tightly: a
+# throttled table can still outlast the margin). A batch cut here is answered with the records handled
+# so far checkpointed; one that ran into Lambda's timeout answered nothing, and Lambda retried the
+# whole batch, the records already put included, again and again under a busy bus (a helper's review).
 BATCH_TIME_MARGIN_MS = int((event_bus.longest_put_seconds() + 1) * 1000)
 
 
