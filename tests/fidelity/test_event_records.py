@@ -27,16 +27,31 @@ def test_a_fall_is_claimed_once_and_its_claimant_finds_it_again(backend: Backend
 def test_a_restock_rearms_an_announced_fall_and_the_next_fall_is_a_new_one(backend: Backend) -> None:
     assert event_records.claim_fall("MUG-1", "seq-1", available=3, threshold=5, at="t") is not None
     event_records.mark_published("MUG-1", 1)
-    assert event_records.rearm("MUG-1", "seq-5") is None
-    assert event_records.rearm("MUG-1", "seq-6") is None  # not low: nothing to do
+    assert event_records.rearm("MUG-1", "seq-5") == event_records.Rearm(rearmed_fall=1)
+    assert event_records.rearm("MUG-1", "seq-6") == event_records.Rearm()  # not low: nothing to do
 
     second = event_records.claim_fall("MUG-1", "seq-9", available=3, threshold=5, at="t")
     assert second is not None and (second.fall, second.published) == (2, False)
-    assert event_records.rearm("OTHER", "seq-1") is None  # never low: no marker is written
+    assert event_records.rearm("OTHER", "seq-1").pending is None  # never low: no marker is written
     marker = backend.client.get_item(
         TableName=backend.tables["OperationsTable"], Key={"pk": {"S": "stock-low#OTHER"}, "sk": {"S": "marker"}}
     )
     assert "Item" not in marker
+
+
+def test_a_rearm_on_a_rise_that_was_not_real_is_undone_unless_a_later_fall_came(backend: Backend) -> None:
+    assert event_records.claim_fall("MUG-1", "seq-1", available=3, threshold=5, at="t") is not None
+    event_records.mark_published("MUG-1", 1)
+    assert event_records.rearm("MUG-1", "seq-2").rearmed_fall == 1
+
+    assert event_records.undo_rearm("MUG-1", 1)
+    assert event_records.claim_fall("MUG-1", "seq-3", available=3, threshold=5, at="t") is None  # the same fall
+    assert not event_records.undo_rearm("MUG-1", 1)  # low already: nothing to undo
+
+    assert event_records.rearm("MUG-1", "seq-4").rearmed_fall == 1
+    second = event_records.claim_fall("MUG-1", "seq-5", available=3, threshold=5, at="t")
+    assert second is not None and second.fall == 2
+    assert not event_records.undo_rearm("MUG-1", 1)  # a later fall was claimed since: it stands
 
 
 def test_a_fall_not_announced_yet_is_not_rearmed_and_its_claimant_gets_it_back(backend: Backend) -> None:
@@ -44,13 +59,15 @@ def test_a_fall_not_announced_yet_is_not_rearmed_and_its_claimant_gets_it_back(b
     announced then, not lost; only then does a restock re-arm."""
     assert event_records.claim_fall("MUG-1", "seq-1", available=3, threshold=5, at="t") is not None
 
-    assert event_records.rearm("MUG-1", "seq-2") is None  # another record: nothing to announce, nothing re-armed
-    pending = event_records.rearm("MUG-1", "seq-1")
+    assert (
+        event_records.rearm("MUG-1", "seq-2").pending is None
+    )  # another record: nothing to announce, nothing re-armed
+    pending = event_records.rearm("MUG-1", "seq-1").pending
     assert pending is not None and (pending.fall, pending.published) == (1, False)
     assert event_records.claim_fall("MUG-1", "seq-3", available=3, threshold=5, at="t") is None  # still the same fall
 
     event_records.mark_published("MUG-1", 1)
-    assert event_records.rearm("MUG-1", "seq-1") is None
+    assert event_records.rearm("MUG-1", "seq-1").pending is None
     third = event_records.claim_fall("MUG-1", "seq-4", available=3, threshold=5, at="t")
     assert third is not None and third.fall == 2
 
@@ -60,7 +77,7 @@ def test_a_late_fall_announced_after_a_restock_is_rearmed_with_it(backend: Backe
     the stock it fell to: publishing it re-arms the SKU, or its next fall would never be announced."""
     fell_at = "2026-12-01T03:00:00.000Z"
     assert event_records.claim_fall("MUG-1", "seq-1", available=4, threshold=5, at=fell_at) is not None
-    pending = event_records.rearm("MUG-1", "seq-1")
+    pending = event_records.rearm("MUG-1", "seq-1").pending
     assert pending is not None
     assert (pending.fall, pending.available, pending.fell_at) == (1, 4, fell_at)
 
@@ -98,7 +115,7 @@ def test_a_fall_is_judged_by_its_lowest_level_and_only_by_readings_of_it(backend
     assert event_records.claim_fall("MUG-1", "seq-2", available=1, threshold=5, at=_at(2)) is None  # lower: 1
     event_records.mark_published("MUG-1", 1)
     assert event_records.claim_fall("MUG-1", "seq-3", available=2, threshold=2, at=_at(3)) is None  # went to 1
-    assert event_records.rearm("MUG-1", "seq-4") is None  # restocked above the threshold
+    assert event_records.rearm("MUG-1", "seq-4").pending is None  # restocked above the threshold
     assert event_records.claim_fall("MUG-1", "seq-5", available=3, threshold=5, at=_at(5)) is not None  # fall 2
     event_records.mark_published("MUG-1", 2)
     assert event_records.claim_fall("MUG-1", "seq-stale", available=1, threshold=5, at=_at(2)) is None
@@ -112,7 +129,7 @@ def test_a_fall_a_previous_version_claimed_is_judged_by_its_announced_level(back
     fall to the lowered threshold was never claimed (a review's probe)."""
     assert event_records.claim_fall("MUG-1", "seq-1", available=1, threshold=5, at=_at(1)) is not None
     event_records.mark_published("MUG-1", 1)
-    assert event_records.rearm("MUG-1", "seq-2") is None
+    assert event_records.rearm("MUG-1", "seq-2").pending is None
     # Fall 2 to 4, claimed as the previous version wrote its claim.
     backend.client.update_item(
         TableName=backend.table("OperationsTable"),

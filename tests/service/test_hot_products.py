@@ -398,6 +398,33 @@ def test_the_stock_publisher_announces_no_fall_on_a_read_a_commit_cut_through(
     assert [alert for alert in event_records.low_stock_alerts() if alert.sku == "HOT-TORN-3"] == []
 
 
+def test_a_read_a_reshard_cut_through_above_the_threshold_does_not_announce_one_fall_twice(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other direction: a reshard 1 -> 4 committing through the publisher's read counts the moved units
+    twice (4 + 3 = 7 > 5). Before, that re-armed the SKU, and the next record claimed the same fall again:
+    two StockLows for a stock that never rose (the diff's reviewer). A re-arm now rests on every read."""
+    seed_product("HOT-TORN-4", stock=10)
+    local_aws.deliver_events()
+    catalog.adjust_stock("HOT-TORN-4", StockAdjustmentRequest(delta=-5, reason="count"), actor="root")  # a fall
+    while local_aws.deliver_events():
+        pass
+    assert len([alert for alert in event_records.low_stock_alerts() if alert.sku == "HOT-TORN-4"]) == 1
+    catalog.adjust_stock("HOT-TORN-4", StockAdjustmentRequest(delta=-1, reason="count"), actor="root")  # 4
+    happened = _commits_during_the_next_counter_query(monkeypatch, "HOT-TORN-4", _reshard_to("HOT-TORN-4", 4))
+
+    while local_aws.deliver_events():
+        pass
+    monkeypatch.undo()
+    catalog.adjust_stock("HOT-TORN-4", StockAdjustmentRequest(delta=-1, reason="count"), actor="root")  # 3
+    while local_aws.deliver_events():
+        pass
+
+    assert happened
+    assert sum(counters("HOT-TORN-4").values()) == 3  # never above the threshold since the fall
+    assert len([alert for alert in event_records.low_stock_alerts() if alert.sku == "HOT-TORN-4"]) == 1
+
+
 def _another_buyer_takes_one_after_every_query(monkeypatch: pytest.MonkeyPatch, sku: str) -> list[int]:
     """A busy SKU: after each Query of its counters, another order's one-unit take commits (a
     one-item write: it never tears a read, but no two reads agree)."""

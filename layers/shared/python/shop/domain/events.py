@@ -270,15 +270,15 @@ class FallToAnnounce:
     restocked: bool
 
 
-def _product_to_judge(sku: str, threshold: int) -> Product | None:
-    """The SKU's product with its stock as it stands. A product item that is no product (written
-    behind the shop's back) fails every retry alike: RecordUnreadable, and the record is set aside.
+def _product_to_judge(sku: str, threshold: int) -> tuple[Product, dict[int, stock.Shard]] | None:
+    """The SKU's product with its stock as it stands, and the counters as read. A product item that is
+    no product (written behind the shop's back) fails every retry alike: RecordUnreadable, and the record
+    is set aside.
 
     A stock at or below ``threshold`` (a fall to announce) holds only if every read of the counters after
     it says so too (``stock.reread_shards``): a Query is not a snapshot, and a reshard or another order's
     gather committing through it shows part of the units. Before, such a torn read announced a StockLow,
-    and alerted an operator, for a SKU whose stock never fell (a helper's probe). A fall missed the other
-    way repairs itself: the write that tore the read has stream records of its own, judged after."""
+    and alerted an operator, for a SKU whose stock never fell (a helper's probe)."""
     try:
         info = catalog.get_product_info(sku)
         first = catalog.stock_shards(sku) if info is not None else {}
@@ -297,7 +297,14 @@ def _product_to_judge(sku: str, threshold: int) -> Product | None:
             available = total_available(units_by_shard(again))
             if available > threshold:
                 break
-    return Product.of(info, available)
+    return Product.of(info, available), first
+
+
+def _rise_was_torn(sku: str, first: dict[int, stock.Shard], threshold: int) -> bool:
+    """Whether a read after ``first`` is at or below the threshold: the rise ``first`` showed may have
+    counted units twice (a reshard or a gather committing through the Query), so a re-arm rests on
+    every read agreeing. Read only when a re-arm was written: a SKU coming back from low, rarely."""
+    return any(total_available(units_by_shard(again)) <= threshold for again in stock.reread_shards(sku, first))
 
 
 def judge_stock(sku: str, claimant: str) -> FallToAnnounce | None:
@@ -305,13 +312,20 @@ def judge_stock(sku: str, claimant: str) -> FallToAnnounce | None:
     StockLow to publish when it does and this record claimed it (already published: None)."""
     now = iso_now()  # before the read: a fall claimed after it was read is a later one than this reading's
     threshold = inventory_settings().low_stock_threshold
-    product = _product_to_judge(sku, threshold)
-    if product is None:
+    judged = _product_to_judge(sku, threshold)
+    if judged is None:
         return None  # a product being created or deleted: its stock is judged once it exists
+    product, first = judged
     restocked = product.available > threshold
     if restocked:
         # Re-armed, unless this record's own fall is still to be announced (its put failed).
-        claim = event_records.rearm(sku, claimant)
+        rearm = event_records.rearm(sku, claimant)
+        if rearm.rearmed_fall is not None and _rise_was_torn(sku, first, threshold):
+            # The fall stands, announced once: re-armed on a torn read, the next record would have
+            # claimed it again as a new fall (a reviewer's probe).
+            event_records.undo_rearm(sku, rearm.rearmed_fall)
+            return None
+        claim = rearm.pending
     else:
         claim = event_records.claim_fall(sku, claimant, available=product.available, threshold=threshold, at=now)
     if claim is None or claim.published:

@@ -155,16 +155,25 @@ def mark_published(sku: str, fall: int, *, rearm: bool = False) -> None:
     )
 
 
-def rearm(sku: str, claimant: str) -> FallClaim | None:
+@dataclass(frozen=True)
+class Rearm:
+    """What ``rearm`` did: the fall it re-armed (None when nothing was), or the claimant's own fall still
+    to be announced (``pending``)."""
+
+    rearmed_fall: int | None = None
+    pending: FallClaim | None = None
+
+
+def rearm(sku: str, claimant: str) -> Rearm:
     """The SKU is above the threshold again: its next fall is announced (no write unless it was low).
 
     Only an announced fall is re-armed: a fall whose event is not on the bus yet (its put failed
     and its record is being retried) must not vanish because the stock rose meanwhile. When that
-    fall is ``claimant``'s own, it is returned, for the caller to announce first and then re-arm
-    (``mark_published(rearm=True)``); None otherwise.
+    fall is ``claimant``'s own, it is ``pending``, for the caller to announce first and then re-arm
+    (``mark_published(rearm=True)``).
     """
     try:
-        call(
+        response = call(
             "update_item",
             busy=TransientError,
             TableName=table_settings().operations_table,
@@ -172,6 +181,7 @@ def rearm(sku: str, claimant: str) -> FallClaim | None:
             UpdateExpression="SET low = :false",
             ConditionExpression="low = :true AND published = :true",
             ExpressionAttributeValues={":true": {"BOOL": True}, ":false": {"BOOL": False}},
+            ReturnValues="ALL_NEW",
             ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
     except ClientError as error:
@@ -180,8 +190,24 @@ def rearm(sku: str, claimant: str) -> FallClaim | None:
         old = error.response.get("Item") or {}
         unannounced = old.get("low", {}).get("BOOL") and not old.get("published", {}).get("BOOL")
         if unannounced and old.get("claimed_by", {}).get("S") == claimant:
-            return _claim_of(old)
-    return None
+            return Rearm(pending=_claim_of(old))
+        return Rearm()
+    return Rearm(rearmed_fall=int(response["Attributes"]["fall"]["N"]))
+
+
+def undo_rearm(sku: str, fall: int) -> bool:
+    """Mark the SKU low again with the fall ``rearm`` re-armed, unless a later fall was claimed since:
+    the rise was not real (a torn read), and the fall stands, announced once. Whether it was undone."""
+    undone = call_if(
+        "update_item",
+        busy=TransientError,
+        TableName=table_settings().operations_table,
+        Key=_marker_key(sku),
+        UpdateExpression="SET low = :true",
+        ConditionExpression="low = :false AND fall = :fall",
+        ExpressionAttributeValues={":true": {"BOOL": True}, ":false": {"BOOL": False}, ":fall": {"N": str(fall)}},
+    )
+    return undone is not None
 
 
 def _insert_or_count_duplicate(table: str, key: dict[str, Any], item: dict[str, Any], key_attribute: str) -> bool:
