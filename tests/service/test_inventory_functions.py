@@ -7,6 +7,7 @@ payload whose ``errorType`` is the exception class name the saga's Retry/Catch m
 from __future__ import annotations
 
 import json
+import random
 import time
 from typing import Any
 
@@ -15,9 +16,13 @@ from botocore.stub import Stubber
 
 from infra.local import lambda_runtime
 from shop import aws
-from shop.domain import inventory
+from shop.config import inventory_settings
+from shop.domain import catalog, inventory
 from shop.errors import InventoryContention, OutOfStock, StockTransactionRefused
+from shop.models.catalog import UpdateProductRequest
 from shop.models.common import CheckoutLine
+from shop.repositories import inventory as inventory_repository
+from shop.repositories import stock
 from shop.repositories.inventory import held_key
 from tests.conftest import SCHEDULED_EVENT, LocalAws, seed_product
 
@@ -335,3 +340,68 @@ def test_a_buyer_losing_every_race_while_the_stock_runs_out_is_told_out_of_stock
     assert raised.value.short_skus == ["A"]
     assert reservations(stocked) == {}
     assert available(stocked, "A") == 5
+
+
+# ---------------------------------------------------------------------------- pinned by mutation testing
+# Each case below failed on a one-line change to the code it covers that every other test let through (a
+# helper's hand mutation run): the boundary or clause it pins is behaviour, not an accident.
+def test_losing_every_race_with_exactly_the_units_there_is_contention_not_out_of_stock(
+    stocked: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def conflict(reservation: Any) -> None:
+        raise inventory_repository.TransactionCancelled(
+            [
+                inventory_repository.CancellationReason("None"),
+                inventory_repository.CancellationReason("TransactionConflict"),
+            ]
+        )
+
+    monkeypatch.setattr(inventory_repository, "create_reservation", conflict)
+    monkeypatch.setattr(inventory.time, "sleep", lambda seconds: None)
+    with pytest.raises(InventoryContention):  # "sold out" would be a lie: the 5 units are there
+        inventory.reserve("order-1", [CheckoutLine(sku="A", quantity=5)])
+    assert available(stocked, "A") == 5
+
+
+def test_a_hold_expiring_exactly_now_is_released(stocked: LocalAws) -> None:
+    inventory.reserve("order-1", [CheckoutLine(sku="A", quantity=1)], now=0)
+    assert inventory.release_expired(inventory_settings().reservation_ttl_seconds).released == 1
+    assert available(stocked, "A") == 5
+
+
+def test_the_sweep_deals_with_at_most_its_limit(stocked: LocalAws) -> None:
+    for number in range(3):
+        inventory.reserve(f"order-{number}", [CheckoutLine(sku="A", quantity=1)], now=0)
+    assert inventory.release_expired(10**9, limit=2).released == 2
+    assert available(stocked, "A") == 4
+
+
+def test_a_committed_hold_leaves_the_expiry_index(stocked: LocalAws) -> None:
+    # Left in HeldByExpiry, a committed hold would be read again by every sweep for good, each time using up
+    # the sweep's limit, and the index would only grow.
+    inventory.reserve("order-1", [CheckoutLine(sku="A", quantity=1)], now=0)
+    inventory.commit("order-1")
+    assert "order-1" not in list(inventory_repository.held_expired_ids(10**10))
+
+
+def test_a_release_after_a_reshard_returns_the_units_to_a_shard_that_exists(stocked: LocalAws) -> None:
+    # Only a threaded, racy test covered this: it caught the change one run in three.
+    catalog.update_product("A", UpdateProductRequest(stock_shards=4))
+    line = CheckoutLine(sku="A", quantity=1, stock_shards=4)
+    reserved = inventory.reserve("order-1", [line], rng=_AlwaysShard(3))
+    assert reserved.status == "RESERVED"
+    catalog.update_product("A", UpdateProductRequest(stock_shards=1))
+
+    inventory.release("order-1")
+
+    shards = {number: shard.available for number, shard in stock.shards("A").items()}
+    assert shards == {0: 5}
+
+
+class _AlwaysShard(random.Random):
+    def __init__(self, shard: int) -> None:
+        super().__init__(0)
+        self.shard = shard
+
+    def randrange(self, *args: Any, **kwargs: Any) -> int:
+        return self.shard

@@ -477,3 +477,17 @@ def test_a_busy_breaker_table_is_ours_to_retry_never_the_providers_failure(local
         domain.payment_breaker().state()
 
     assert not isinstance(raised.value, PaymentProviderError)
+
+
+def test_a_redelivered_partial_refund_of_more_than_what_remains_answers_the_refund_it_made(
+    local_aws: LocalAws,
+) -> None:
+    # A refund of 600 of 900, delivered again: 300 remain, and without its key's check the second delivery
+    # raised RefundExceedsCapture, where the step must answer the refund already made (a mutation run).
+    order_id = new_order()
+    authorized(order_id, 1000)
+    domain.capture_payment(CapturePayment(order_id=order_id, amount=usd(900)))
+    partial = RefundPayment(order_id=order_id, amount=usd(600), execution_name="refund-1")
+    first = domain.refund_payment(partial)
+    assert domain.refund_payment(partial) == first
+    assert stored(order_id).refunded_amount == 600
