@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -552,6 +553,44 @@ def test_a_stale_probe_can_be_replaced_and_its_late_report_is_ignored(store: Fak
     state = state_of(store)
     assert state.state == "CLOSED"
     assert state.outcomes == {}
+
+
+def test_a_stale_probes_late_failure_leaves_the_probe_that_replaced_it_in_flight(
+    store: FakeStore, clock: FakeClock
+) -> None:
+    """The replacing probe is still in flight when the stale one's failure comes back: the breaker stays
+    HALF_OPEN with the new probe, whose outcome decides (only a state other than HALF_OPEN pinned the stale
+    probe's report before: a mutation run dropped the probe id's check and every test passed)."""
+    subject, rescuer = breaker(store, clock), breaker(store, clock)
+    trip(subject)
+    clock.advance(POLICY.cooldown_seconds)
+    second_in_flight, let_second_finish = threading.Event(), threading.Event()
+    answers: list[str] = []
+    second = threading.Thread(
+        target=lambda: answers.append(rescuer.call(second_probe, key="ord-r:authorize", source="cust-r"))
+    )
+
+    def second_probe() -> str:
+        second_in_flight.set()
+        let_second_finish.wait(timeout=30)
+        return "second probe"
+
+    def hanging_probe() -> None:
+        clock.advance(POLICY.cooldown_seconds)  # stale now: another instance may probe instead
+        second.start()
+        assert second_in_flight.wait(timeout=30)
+        probing = state_of(store)
+        assert probing.state == "HALF_OPEN"
+        raise PaymentProviderError("finally timed out")
+
+    with pytest.raises(PaymentProviderError):
+        subject.call(hanging_probe, key="ord-p:authorize", source="cust-p")
+    state = state_of(store)
+    assert (state.state, state.failed_probes) == ("HALF_OPEN", {})  # the late report changed nothing
+    let_second_finish.set()
+    second.join(timeout=30)
+    assert answers == ["second probe"]
+    assert state_of(store).state == "CLOSED"
 
 
 def test_calls_admitted_before_opening_do_not_close_it(store: FakeStore, clock: FakeClock) -> None:
