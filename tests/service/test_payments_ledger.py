@@ -491,3 +491,25 @@ def test_a_redelivered_partial_refund_of_more_than_what_remains_answers_the_refu
     first = domain.refund_payment(partial)
     assert domain.refund_payment(partial) == first
     assert stored(order_id).refunded_amount == 600
+
+
+def test_a_void_that_loses_its_ledger_write_to_another_void_answers_voided(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two deliveries of the void step at once: the one whose ledger write finds the payment VOIDED already
+    # answers it, not a PaymentStateConflict (a mutation run dropped that branch and every test passed).
+    order_id = new_order()
+    authorized(order_id, 1000)
+    real_mark_voided = PaymentsRepository.mark_voided
+    raced: list[str] = []
+
+    def another_void_first(self: PaymentsRepository, order_id: str, void_ref: str) -> Transition:
+        if not raced:
+            raced.append(order_id)
+            domain.void_payment(VoidPayment(order_id=order_id))  # the other delivery wins the write
+        return real_mark_voided(self, order_id, void_ref)
+
+    monkeypatch.setattr(PaymentsRepository, "mark_voided", another_void_first)
+
+    assert domain.void_payment(VoidPayment(order_id=order_id)).status == "VOIDED"
+    assert raced == [order_id] and stored(order_id).status == "VOIDED"
