@@ -540,6 +540,44 @@ class _FirstPick(random.Random):
         return self.shard
 
 
+class _Picks(random.Random):
+    """A random source whose shard picks are the given ones, in turn."""
+
+    def __init__(self, *shards: int) -> None:
+        super().__init__(0)
+        self.shards = list(shards)
+
+    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:
+        return self.shards.pop(0)
+
+
+def test_a_line_on_one_shard_tries_a_freshly_picked_shard_after_a_conflict(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spreading buyers over shards is the point: after a TransactionConflict on its shard, a line retries
+    on a shard picked afresh, not the contended one (a mutation run kept the shard and every test passed)."""
+    seed_product("HOT-FRESH", stock=40)
+    catalog.update_product("HOT-FRESH", UpdateProductRequest(stock_shards=4))
+    real_create = inventory_repository.create_reservation
+    tried: list[list[int]] = []
+
+    def conflict_once(reservation: Any) -> None:
+        tried.append([take.shard for line in reservation.lines for take in line.takes])
+        if len(tried) == 1:
+            reason = inventory_repository.CancellationReason
+            raise inventory_repository.TransactionCancelled([reason("None"), reason("TransactionConflict")])
+        real_create(reservation)
+
+    monkeypatch.setattr(inventory_repository, "create_reservation", conflict_once)
+    monkeypatch.setattr(inventory.time, "sleep", lambda seconds: None)
+    line = CheckoutLine(sku="HOT-FRESH", quantity=1, stock_shards=4)
+
+    assert inventory.reserve("o-fresh", [line], rng=_Picks(0, 1)).status == "RESERVED"
+
+    assert tried == [[0], [1]]
+    assert counters("HOT-FRESH")[1] == 9
+
+
 def test_a_reshard_planned_before_two_others_undid_each_other_is_planned_again(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
