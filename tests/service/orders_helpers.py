@@ -18,6 +18,7 @@ from chalice.test import Client
 
 from app import app
 from shop.domain import catalog
+from shop.models.base import iso_now
 from shop.models.catalog import UpdateProductRequest
 from shop.models.orders import DeadLetter, Order
 from shop.repositories import dead_letters
@@ -225,3 +226,17 @@ def steps(order: Order | dict[str, Any]) -> list[tuple[str, str]]:
         (entry.step, entry.status) if not isinstance(entry, dict) else (entry["step"], entry["status"])
         for entry in history
     ]
+
+
+def open_reconciliation_letter(order_id: str, cause: str, *, now: str | None = None) -> None:
+    """An OPEN letter as the books check writes one for a discrepancy of ``order_id``."""
+    dead_letters.record(
+        order_id=order_id,
+        resume="complete",
+        failed_step="reconciliation",
+        failure=None,
+        error="ReconciliationDiscrepancy",
+        cause=cause,
+        execution_name=None,
+        now=now or iso_now(),
+    )

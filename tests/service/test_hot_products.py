@@ -530,7 +530,7 @@ def test_an_adjustment_planned_on_shards_a_reshard_replaced_is_not_written(
 
 
 class _FirstPick(random.Random):
-    """A random source whose first shard pick is the given shard."""
+    """A random source whose every shard pick is the given shard."""
 
     def __init__(self, shard: int) -> None:
         super().__init__(0)

@@ -7,7 +7,6 @@ payload whose ``errorType`` is the exception class name the saga's Retry/Catch m
 from __future__ import annotations
 
 import json
-import random
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from shop.repositories import inventory as inventory_repository
 from shop.repositories import stock
 from shop.repositories.inventory import held_key
 from tests.conftest import SCHEDULED_EVENT, LocalAws, seed_product
+from tests.service.test_hot_products import _FirstPick
 
 RESERVE = "ReserveStockFunction"
 COMMIT = "CommitReservationFunction"
@@ -388,7 +388,7 @@ def test_a_release_after_a_reshard_returns_the_units_to_a_shard_that_exists(stoc
     # Only a threaded, racy test covered this: it caught the change one run in three.
     catalog.update_product("A", UpdateProductRequest(stock_shards=4))
     line = CheckoutLine(sku="A", quantity=1, stock_shards=4)
-    reserved = inventory.reserve("order-1", [line], rng=_AlwaysShard(3))
+    reserved = inventory.reserve("order-1", [line], rng=_FirstPick(3))
     assert reserved.status == "RESERVED"
     catalog.update_product("A", UpdateProductRequest(stock_shards=1))
 
@@ -396,12 +396,3 @@ def test_a_release_after_a_reshard_returns_the_units_to_a_shard_that_exists(stoc
 
     shards = {number: shard.available for number, shard in stock.shards("A").items()}
     assert shards == {0: 5}
-
-
-class _AlwaysShard(random.Random):
-    def __init__(self, shard: int) -> None:
-        super().__init__(0)
-        self.shard = shard
-
-    def randrange(self, *args: Any, **kwargs: Any) -> int:
-        return self.shard

@@ -21,7 +21,7 @@ from shop.domain import reconciliation_job
 from shop.repositories import dead_letters
 from tests.conftest import LocalAws
 from tests.service.faults import SdkFault, inject
-from tests.service.orders_helpers import Shop, available, open_shop, seed_product
+from tests.service.orders_helpers import Shop, available, open_reconciliation_letter, open_shop, seed_product
 
 STOCK = 10
 
@@ -92,16 +92,7 @@ def test_a_redriving_letter_with_an_odd_start_time_does_not_stop_the_books_check
 
 
 def _letter_item(local_aws: LocalAws, order_id: str, stamp: str) -> dict[str, Any]:
-    dead_letters.record(
-        order_id=order_id,
-        resume="complete",
-        failed_step="reconciliation",
-        failure=None,
-        error="ReconciliationDiscrepancy",
-        cause="probe",
-        execution_name=None,
-        now="2000-01-01T00:00:00.000Z",
-    )
+    open_reconciliation_letter(order_id, "probe", now="2000-01-01T00:00:00.000Z")
     table = local_aws.table("OperationsTable")
     items = local_aws.client("dynamodb").scan(TableName=table)["Items"]
     letter = next(i for i in items if order_id in json.dumps(i) and "status" in i)

@@ -29,7 +29,7 @@ from shop.repositories.payments import PaymentsRepository
 from shop.saga_terms import Step
 from tests.conftest import WORKFLOW_TYPES, LocalAws
 from tests.service.faults import StepFaults
-from tests.service.orders_helpers import PauseAt, Shop, available, open_shop, seed_product
+from tests.service.orders_helpers import PauseAt, Shop, available, open_reconciliation_letter, open_shop, seed_product
 
 PRICE = 1250
 STOCK = 10
@@ -545,20 +545,6 @@ def test_a_letter_whose_books_an_operator_repaired_by_hand_is_resolved_by_the_ne
     assert report_via_api(shop)["resolved_dead_letters"] == [order_id]
 
 
-def _stale_letter(order_id: str, cause: str) -> None:
-    """An OPEN letter the run wrote from a read that no longer holds (the order's books agree now)."""
-    dead_letters.record(
-        order_id=order_id,
-        resume="complete",
-        failed_step="reconciliation",
-        failure=None,
-        error="ReconciliationDiscrepancy",
-        cause=cause,
-        execution_name=None,
-        now=iso_now(),
-    )
-
-
 def test_the_letters_a_run_resolves_are_listed_up_to_the_cap_and_the_rest_counted(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -568,7 +554,7 @@ def test_the_letters_a_run_resolves_are_listed_up_to_the_cap_and_the_rest_counte
     monkeypatch.setattr(reconciliation_job, "MAX_LISTED", 1)  # stands for the 200 it is
     orders = [completed(shop, quantity=1) for _ in range(3)]
     for order_id in orders:
-        _stale_letter(order_id, "read before an operator's repair")
+        open_reconciliation_letter(order_id, "read before an operator's repair")
 
     report = reconciliation_job.run(datetime.now(UTC) + timedelta(minutes=16))
 
@@ -584,7 +570,7 @@ def test_a_letter_opened_while_a_refund_settled_the_order_is_resolved_by_the_nex
     order_id = completed(shop, quantity=2)
     assert shop.cancel(order_id).status_code == 202
     assert shop.wait_refund(order_id) == "SUCCEEDED"
-    _stale_letter(order_id, "completed_reservation_not_committed: read before the refund")
+    open_reconciliation_letter(order_id, "completed_reservation_not_committed: read before the refund")
 
     report = reconciliation_job.run(datetime.now(UTC) + timedelta(minutes=16))
 
@@ -602,7 +588,7 @@ def test_a_letter_written_again_while_the_run_decides_stays_open(
     the run must leave it OPEN. Before, its resolve was conditioned on nothing it had read (a helper's
     probe)."""
     order_id = completed(shop)
-    _stale_letter(order_id, "read before an operator repaired the books")
+    open_reconciliation_letter(order_id, "read before an operator repaired the books")
     faults.fail("RefundPaymentFunction")
     reopen = recovery.reopen_stalled_redrives
 
