@@ -619,6 +619,28 @@ def test_a_release_records_why_the_checkout_compensates_only_while_its_claim_own
     assert backend.available("A") == 5
 
 
+def test_a_hold_whose_purchase_counter_is_out_of_step_does_not_use_up_the_sweeps_limit(backend: Backend) -> None:
+    """Left for an operator (the books check reports the counter), not counted: a mutation run counted it
+    against the limit and every test passed, and then the hold behind it was never released."""
+    backend.put_product("A", 5)
+    limited = CheckoutLine(sku="A", quantity=2, purchase_limit=3)
+    inventory.reserve("out-of-step", [limited], customer_id="c", now=NOW - DAY)
+    backend.client.update_item(  # a hand edit: the counter no longer holds the reservation's units
+        TableName=backend.table("PurchaseCountsTable"),
+        Key={"customer_id": {"S": "c"}, "sku": {"S": "A"}},
+        UpdateExpression="SET #units = :none",
+        ExpressionAttributeNames={"#units": "units"},
+        ExpressionAttributeValues={":none": {"N": "0"}},
+    )
+    inventory.reserve("real", lines(A=1), now=NOW - DAY + 60)
+
+    assert inventory.release_expired(NOW, limit=1).released == 1
+
+    left, released = repository.get_reservation("out-of-step"), repository.get_reservation("real")
+    assert left is not None and left.status == "RESERVED"
+    assert released is not None and released.status == "RELEASED"
+
+
 def test_holds_left_for_an_operator_do_not_use_up_the_sweeps_limit(backend: Backend) -> None:
     """Expired holds the sweep cannot release (items it cannot read) stay first in the index. The limit
     counted every id read, so once there were as many of them as the limit, no hold behind them was
