@@ -82,9 +82,11 @@ def _failure_rate(points: list[tuple[str, str, frozenset[tuple[str, str]], float
         metric = query["MetricStat"]["Metric"]
         dims = frozenset((d["Name"], d["Value"]) for d in metric["Dimensions"])
         sums[query["Id"]] = sum(v for _, name, d, v in points if name == metric["MetricName"] and d == dims)
-    finished = sum(sums.values())
-    failed = sums["unavailable"] + sums["inventory"] + sums["attention"]
-    return 100 * failed / finished if finished else 0.0
+    return 100 * sums["failed"] / sums["finished"] if sums["finished"] else 0.0
+
+
+def _checkouts_finished(points: list[tuple[str, str, frozenset[tuple[str, str]], float]]) -> float:
+    return sum(value for _, name, _, value in points if name == "CheckoutsFinished")
 
 
 class ProviderOutage(Exception):
@@ -128,13 +130,13 @@ def test_a_refund_that_needs_attention_is_not_a_failed_checkout(
     assert _failure_rate(points) == 0.0, attention
 
 
-def test_a_checkout_flagged_after_its_refund_hand_over_failed_is_a_failed_checkout(
+def test_a_paid_checkout_the_shop_could_not_complete_is_a_failed_checkout(
     shop: Shop, local_aws: LocalAws, faults: StepFaults, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The capture's answer is lost and the reservation cannot be committed: the checkout refunds
-    (REFUNDING), and the refund saga cannot be started. Its own FlagCompletion flags it from REFUNDING:
-    a checkout the shop failed. The first version of CheckoutsNeedingAttention counted only flags from
-    a checkout status before REFUNDING, and this one read 0% (the diff's reviewer)."""
+    """The capture's answer is lost and the reservation cannot be committed: the checkout hands the paid
+    order to the refund saga (REFUNDING, no cancel asked), which cannot be started, and flags it: one
+    checkout, failed by the shop. An earlier count of flags read it 0% (the diff's reviewer); the
+    REFUNDING write, not the later flag, is the one that ends the checkout now."""
     recorder = _record(monkeypatch)
     faults.fail("ReconcilePaymentFunction")
     lost = SdkFault(
@@ -172,8 +174,51 @@ def test_a_flag_retried_after_its_letter_write_failed_is_still_counted(
     assert throttled.injected == 1
     letter = shop.dead_letter(order_id)
     assert shop.order(order_id).status == "NEEDS_ATTENTION" and letter is not None and letter.status == "OPEN"
-    counted = [(name, value) for _, name, _, value in _as_on_aws(local_aws, recorder) if "Attention" in name]
-    assert sorted(counted) == [("CheckoutsNeedingAttention", 1.0), ("OrdersNeedingAttention", 1.0)]
+    counted = [(name, value) for _, name, _, value in _as_on_aws(local_aws, recorder) if name.startswith("Checkouts")]
+    assert sorted(counted) == [("CheckoutsFailedByTheShop", 1.0), ("CheckoutsFinished", 1.0)]
+
+
+def test_a_checkout_flagged_then_redriven_to_completion_is_one_failed_checkout(
+    shop: Shop, faults: StepFaults, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The completion fails until an operator's redrive completes the order: one checkout, and the shop
+    failed it. Before, the flag and the completion each counted as a finished checkout (the rate read
+    50%, and a redrive of every failed checkout halved the rate the alarm saw)."""
+    recorder = _record(monkeypatch)
+    faults.fail("CompleteOrderFunction")
+    order_id = shop.place_ok([("MUG-1", 1)])["order_id"]
+    assert shop.wait_checkout(order_id) == "FAILED"
+    faults.heal()
+    assert shop.redrive(order_id).status_code == 202
+    assert shop.wait_execution("CheckoutStateMachine", f"{order_id}-redrive-1") == "SUCCEEDED"
+    assert shop.order(order_id).status == "COMPLETED"
+
+    points = _as_on_aws(local_aws, recorder)
+    assert _checkouts_finished(points) == 1.0
+    assert _failure_rate(points) == 100.0
+
+
+def test_a_checkout_the_customer_cancelled_after_its_capture_is_a_finished_checkout(
+    shop: Shop, faults: StepFaults, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One checkout fails for the shop (the provider unavailable); another is captured, and its customer
+    cancels before it completes, so it is handed over to the refund saga: two finished checkouts, one
+    failed. Before, a checkout handed over to a refund was no finished checkout at all (100%)."""
+    recorder = _record(monkeypatch)
+    unavailable = shop.place_ok([("MUG-1", 1)], token="tok_processingError")["order_id"]
+    assert shop.wait_checkout(unavailable) == "SUCCEEDED"
+    pause = faults.pause_at("CompleteOrderFunction")
+    cancelled = shop.place_ok([("MUG-1", 1)])["order_id"]
+    pause.wait_reached()
+    assert shop.cancel(cancelled).status_code == 202
+    pause.released.set()
+    assert shop.wait_checkout(cancelled) == "SUCCEEDED"
+    assert shop.wait_refund(cancelled) == "SUCCEEDED"
+    assert shop.order(cancelled).status == "REFUNDED"
+
+    points = _as_on_aws(local_aws, recorder)
+    assert _checkouts_finished(points) == 2.0
+    assert _failure_rate(points) == 50.0
 
 
 # ---------------------------------------------------------------------------- the sweeper's counts

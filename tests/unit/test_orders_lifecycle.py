@@ -198,3 +198,54 @@ def test_cancel_racing_completion_ends_refunded_whichever_writes_first() -> None
 def test_failure_model_rejects_unknown_reasons() -> None:
     with pytest.raises(ValueError):
         Failure.model_validate({"reason": "BORED"})
+
+
+# ---------------------------------------------------------------------------- the checkout failure rate's counts
+@pytest.mark.parametrize(
+    ("reason", "failed"),
+    [
+        ("PAYMENT_UNAVAILABLE", True),
+        ("INVENTORY_UNAVAILABLE", True),
+        ("PAYMENT_DECLINED", False),
+        ("OUT_OF_STOCK", False),
+        ("PURCHASE_LIMIT_EXCEEDED", False),
+        ("CANCELLED_BY_CUSTOMER", False),
+    ],
+)
+def test_a_checkout_cancelled_is_failed_by_the_shop_only_for_the_shops_reasons(reason: str, failed: bool) -> None:
+    cancelled = lifecycle.cancelled(_order("STOCK_RESERVED"), _cancel(reason, None, []), NOW)
+    assert cancelled is not None
+    assert lifecycle.checkout_outcome("STOCK_RESERVED", cancelled) == lifecycle.CheckoutOutcome(failed)
+
+
+def test_a_checkout_ends_once_whatever_settles_it_after_a_flag() -> None:
+    flagged = lifecycle.flagged(_order("PAYMENT_AUTHORIZED"), "commit_reservation", NOW)
+    assert flagged is not None
+    assert lifecycle.checkout_outcome("PAYMENT_AUTHORIZED", flagged) == lifecycle.CheckoutOutcome(True)
+    # The redrive's end (completed, cancelled or refunded) is the same checkout's, counted already.
+    completed = lifecycle.completed(flagged, LATER)
+    refunding = lifecycle.refund_started(flagged, LATER)
+    cancelled = lifecycle.cancelled(flagged, _cancel("PAYMENT_UNAVAILABLE", None, []), LATER)
+    for settled in (completed, refunding, cancelled):
+        assert settled is not None and lifecycle.checkout_outcome("NEEDS_ATTENTION", settled) is None
+
+
+def test_a_paid_checkout_refunded_is_failed_by_the_shop_unless_its_customer_cancelled() -> None:
+    not_completed = lifecycle.refund_started(_order("PAYMENT_AUTHORIZED"), NOW)
+    assert not_completed is not None
+    assert lifecycle.checkout_outcome("PAYMENT_AUTHORIZED", not_completed) == lifecycle.CheckoutOutcome(True)
+    asked = lifecycle.decide_cancel(_order("PAYMENT_AUTHORIZED"), NOW).order
+    assert asked is not None
+    refunding = lifecycle.completed(asked, LATER)
+    assert refunding is not None and refunding.status == "REFUNDING"
+    assert lifecycle.checkout_outcome("PAYMENT_AUTHORIZED", refunding) == lifecycle.CheckoutOutcome(False)
+
+
+def test_no_outcome_while_the_checkout_runs_or_after_it_ended() -> None:
+    reserved = lifecycle.progressed(_order(), "reserve_stock", NOW)
+    assert reserved is not None and lifecycle.checkout_outcome("PENDING", reserved) is None
+    refund_flagged = lifecycle.flagged(_order("REFUNDING"), "refund_payment", NOW)
+    assert refund_flagged is not None and lifecycle.checkout_outcome("REFUNDING", refund_flagged) is None
+    completed = lifecycle.completed(_order("PAYMENT_AUTHORIZED"), NOW)
+    assert completed is not None
+    assert lifecycle.checkout_outcome("PAYMENT_AUTHORIZED", completed) == lifecycle.CheckoutOutcome(False)

@@ -180,6 +180,33 @@ def refund_started(order: Order, now: str) -> Order | None:
     return _changed(order, now, status="REFUNDING", failure_reason=None, history=history)
 
 
+# Checkout failures an operator can act on: the shop's, not the customer's (declines, shortages,
+# purchase limits and the customer's own cancellations are business as usual).
+SHOP_FAILURES: frozenset[str] = frozenset({"PAYMENT_UNAVAILABLE", "INVENTORY_UNAVAILABLE"})
+
+
+@dataclass(frozen=True)
+class CheckoutOutcome:
+    failed_by_the_shop: bool
+
+
+def checkout_outcome(before: OrderStatus, after: Order) -> CheckoutOutcome | None:
+    """The checkout's outcome, if the write from ``before`` to ``after`` is the one that ended it.
+
+    Exactly one write per order moves it out of checkout, so the failure rate counts each checkout
+    once: a checkout flagged and then redriven to an end was counted twice, and one handed over to
+    the refund saga never. Failed by the shop: cancelled for a reason in SHOP_FAILURES, flagged, or
+    a paid order the shop could not complete (refunding though the customer did not ask to cancel).
+    """
+    if before not in CHECKOUT_IN_PROGRESS or after.status in CHECKOUT_IN_PROGRESS:
+        return None
+    if after.status == "CANCELLED":
+        return CheckoutOutcome(failed_by_the_shop=after.failure_reason in SHOP_FAILURES)
+    if after.status == "REFUNDING":
+        return CheckoutOutcome(failed_by_the_shop=not after.cancel_requested)
+    return CheckoutOutcome(failed_by_the_shop=after.status == "NEEDS_ATTENTION")
+
+
 def flagged(order: Order, failed_step: str, now: str) -> Order | None:
     """A compensation failed after its retries: NEEDS_ATTENTION until an operator redrives it."""
     if order.status in SETTLED:

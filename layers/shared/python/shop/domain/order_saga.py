@@ -7,6 +7,7 @@ twice; metrics are emitted only by the write that made the transition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -26,6 +27,7 @@ from shop.models.orders import (
     HistoryEntry,
     MarkRefunded,
     Order,
+    OrderStatus,
     RecordProgress,
     RefundInput,
     SagaClaim,
@@ -51,6 +53,33 @@ def _emit(name: str, order: Order, now: str, started_at: datetime | None, **dime
         return  # a placement time written behind the shop's back: no duration to tell, and no reason to fail
     seconds = (ended - began).total_seconds()
     metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=max(seconds, 0.0))
+
+
+def _count_checkout_outcome(before: OrderStatus, order: Order) -> None:
+    """The checkout failure rate's two counts, by the one write that ended the checkout (counted right
+    after it: a step retried after a later failure finds its write done and counts nothing)."""
+    outcome = lifecycle.checkout_outcome(before, order)
+    if outcome is None:
+        return
+    # Printed at once, not with the invocation's other metrics: where invocations share a process (the
+    # local emulator, the service tests), another function may flush that buffer under its own service.
+    dimensioned_metric("CheckoutsFinished", MetricUnit.Count, 1)
+    if outcome.failed_by_the_shop:
+        dimensioned_metric("CheckoutsFailedByTheShop", MetricUnit.Count, 1)
+
+
+def _transition(
+    order_id: str, change: Callable[[Order], Order | None], claim: SagaClaim | None
+) -> tuple[Order, Order | None]:
+    """``repository.update``: the order, and the order as this call found it if the call changed it."""
+    seen: list[Order] = []
+
+    def change_seen(current: Order) -> Order | None:
+        seen.append(current)  # the last one is what the write replaced (a lost race reads again)
+        return change(current)
+
+    order, changed = repository.update(order_id, change_seen, claim=claim)
+    return order, seen[-1] if changed else None
 
 
 def _settle_dead_letter(order: Order, now: str) -> None:
@@ -130,10 +159,12 @@ def complete_order(step: CompleteOrder) -> StepResult:
     advanced = apply_advance(step.order_id, lifecycle.COMPLETE_ADVANCE, now, step.claim)
     if advanced is not None:
         order, changed = advanced, True
+        _count_checkout_outcome(lifecycle.COMPLETE_ADVANCE.from_status, order)
     else:
-        order, changed = repository.update(
-            step.order_id, lambda current: lifecycle.completed(current, now), claim=step.claim
-        )
+        order, before = _transition(step.order_id, lambda current: lifecycle.completed(current, now), step.claim)
+        changed = before is not None
+        if before is not None:
+            _count_checkout_outcome(before.status, order)
     if order.status == "COMPLETED":
         _settle_dead_letter(order, now)
         if changed:
@@ -154,11 +185,11 @@ def complete_order(step: CompleteOrder) -> StepResult:
 
 def mark_cancelled(step: CancelOrder) -> StepResult:
     now = iso_now()
-    order, changed = repository.update(
-        step.order_id, lambda current: lifecycle.cancelled(current, step, now), claim=step.claim
-    )
+    order, before = _transition(step.order_id, lambda current: lifecycle.cancelled(current, step, now), step.claim)
+    if before is not None:
+        _count_checkout_outcome(before.status, order)
     _settle_dead_letter(order, now)
-    if changed:
+    if before is not None:
         _emit("OrdersCancelled", order, now, step.execution_started_at, reason=step.failure.reason)
         logger().info("order cancelled", extra={"failure_reason": step.failure.reason})
     return _result(order)
@@ -170,9 +201,9 @@ def start_refund(step: StartRefund) -> StepResult:
     Its dead letter, if any, stays as it is: only the refund saga's last step settles the order
     (and resolves the letter); if that saga fails, the letter must still be open.
     """
-    order, _ = repository.update(
-        step.order_id, lambda current: lifecycle.refund_started(current, iso_now()), claim=step.claim
-    )
+    order, before = _transition(step.order_id, lambda current: lifecycle.refund_started(current, iso_now()), step.claim)
+    if before is not None:
+        _count_checkout_outcome(before.status, order)
     start_refund_saga(order)
     return _result(order)
 
@@ -229,18 +260,6 @@ def mark_refunded(step: MarkRefunded) -> StepResult:
     return _result(order)
 
 
-def _a_checkout_failed(step: FlagOrder, before: Order, after: Order) -> bool:
-    """For the checkout failure rate: a checkout flagged for the first time (its completion's hand-over
-    to a refund failing included: the order was REFUNDING then), not a refund saga's flag, a settled
-    order whose books a redrive found wrong, nor a redrive failing again."""
-    return (
-        after.status == "NEEDS_ATTENTION"
-        and step.resume != "refund"
-        and before.status not in SETTLED
-        and not before.has_recorded(Step.NEEDS_ATTENTION, "NEEDS_ATTENTION")
-    )
-
-
 def flag_for_attention(step: FlagOrder) -> StepResult:
     """Mark the order NEEDS_ATTENTION and leave a dead letter an operator can list and redrive.
 
@@ -251,22 +270,19 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
     that would reopen it).
     """
     now = iso_now()
-    before: list[Order] = []
 
     def flag(current: Order) -> Order | None:
-        before.append(current)
         if step.claim is not None and current.status in SETTLED:
             return lifecycle.dead_letter_marked(current)
         return lifecycle.flagged(current, step.failed_step, now)
 
-    order, changed = repository.update(step.order_id, flag, claim=step.claim)
+    order, before = _transition(step.order_id, flag, step.claim)
     # Counted before the letter is written: a retry after a failed letter write finds the order
-    # flagged already (changed is False) and would never count it (Powertools flushes the metrics of
+    # flagged already (nothing changed) and would never count it (Powertools flushes the metrics of
     # a failed invocation too).
-    if changed:
+    if before is not None:
         metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
-        if _a_checkout_failed(step, before[-1], order):
-            metrics().add_metric(name="CheckoutsNeedingAttention", unit=MetricUnit.Count, value=1)
+        _count_checkout_outcome(before.status, order)
     dead_letters.record(
         order_id=order.order_id,
         resume=step.resume,
