@@ -162,7 +162,9 @@ def batch_get(
             if not pending:
                 break
         if pending:
-            raise busy(f"{table} left keys unread {_BATCH_ATTEMPTS} times; retry")
+            # The table's name is for the operator's log: an error's detail is shown to the caller.
+            logger().warning("a batch read left keys unread", extra={"table": table, "attempts": _BATCH_ATTEMPTS})
+            raise busy(f"DynamoDB left keys unread {_BATCH_ATTEMPTS} times; retry")
 
 
 def partition_page(
