@@ -81,3 +81,24 @@ def test_concurrent_invocations_of_two_functions_each_log_under_their_own_name()
         ("first speaking", "shop-First", "request-of-shop-First", "o-1"),
         ("second speaking", "shop-Second", "request-of-shop-Second", "o-2"),
     }
+
+
+def test_the_correlation_keys_of_each_kind_of_event() -> None:
+    """A function's lines carry the order (and the event or execution) its event is about: a saga step's
+    input, a shop event a consumer reads, a status change the stopped-execution handler reads. The
+    last two carried none (a helper's probe: a failing consumer's only line named no order)."""
+    from shop.observability import correlation_keys
+
+    step = {"order_id": "o-1", "execution_name": "o-1", "claim": {"epoch": 1}}
+    assert correlation_keys(step) == {"order_id": "o-1", "execution_name": "o-1"}
+    shop_event = {"detail-type": "OrderCompleted", "detail": {"order_id": "o-2", "event_id": "o-2:COMPLETED:5"}}
+    assert correlation_keys(shop_event) == {"order_id": "o-2", "event_id": "o-2:COMPLETED:5"}
+    stopped = {
+        "detail-type": "Step Functions Execution Status Change",
+        "detail": {"name": "o-3-redrive-1", "status": "FAILED", "input": json.dumps({"order_id": "o-3"})},
+    }
+    assert correlation_keys(stopped) == {"order_id": "o-3", "execution_name": "o-3-redrive-1"}
+    unreadable = {"detail-type": "Step Functions Execution Status Change", "detail": {"input": "{not json"}}
+    assert correlation_keys(unreadable) == {}
+    assert correlation_keys({"detail": "text", "order_id": 7}) == {}
+    assert correlation_keys(["not", "an", "event"]) == {}

@@ -7,6 +7,7 @@ environment when these objects are created, so they are built on first use, not 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import warnings
@@ -91,12 +92,36 @@ def clear_request_ids() -> None:
     logger().thread_safe_clear_keys()
 
 
+def correlation_keys(event: Any) -> dict[str, str]:
+    """The ids an operator searches a function's lines by, from whatever event it was given: a saga
+    step's ``order_id`` and ``execution_name``; an EventBridge event's ``order_id`` and ``event_id``
+    (the shop's events, read by the consumers); a Step Functions status change's execution name and
+    the order id in its input (the stopped-execution handler)."""
+    if not isinstance(event, dict):
+        return {}
+    keys = {k: event[k] for k in ("order_id", "execution_name") if isinstance(event.get(k), str) and event[k]}
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        return keys
+    keys |= {k: detail[k] for k in ("order_id", "event_id") if isinstance(detail.get(k), str) and detail[k]}
+    if event.get("detail-type") == "Step Functions Execution Status Change":
+        if isinstance(detail.get("name"), str):
+            keys["execution_name"] = detail["name"]
+        try:
+            execution_input = json.loads(detail.get("input") or "{}")
+        except ValueError:
+            execution_input = None
+        if isinstance(execution_input, dict) and isinstance(execution_input.get("order_id"), str):
+            keys["order_id"] = execution_input["order_id"]
+    return keys
+
+
 def instrumented(func: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:
     """Wrap a Lambda entry point with the Powertools logger, tracer and metrics.
 
     The wrapping happens on the first invocation (cold start), not at import, so importing a
     handler reads no environment. Every log line carries ``order_id`` and the execution name
-    when the event has them (saga steps get both from the state machine).
+    when the event has them (saga steps get both from the state machine; ``correlation_keys``).
     """
     wrapped: list[Callable[[dict[str, Any], Any], Any]] = []
     lock = threading.Lock()
@@ -108,8 +133,7 @@ def instrumented(func: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[s
         # name every line (thread-local keys take precedence; on Lambda the values are the same).
         logger().thread_safe_clear_keys()
         keys: dict[str, Any] = dict(build_lambda_context_model(context).__dict__) if context is not None else {}
-        if isinstance(event, dict):
-            keys |= {k: event[k] for k in ("order_id", "execution_name") if event.get(k)}
+        keys |= correlation_keys(event)
         if keys:
             logger().thread_safe_append_keys(**keys)
         try:

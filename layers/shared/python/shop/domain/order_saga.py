@@ -295,6 +295,12 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
     )
     logger().error(
         "saga could not finish; order needs attention",
-        extra={"failed_step": step.failed_step, "error": step.error.Error if step.error else None},
+        # Named here, not only by the invocation's keys: the sweepers flag many orders in one invocation.
+        extra={
+            "order_id": step.order_id,
+            "execution_name": step.execution_name,
+            "failed_step": step.failed_step,
+            "error": step.error.Error if step.error else None,
+        },
     )
     return _result(order)
