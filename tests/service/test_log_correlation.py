@@ -44,7 +44,7 @@ def log_lines() -> Iterator[JsonLines]:
     try:
         yield handler
     finally:
-        shared.removeHandler(handler)
+        logging.getLogger(shared.name).removeHandler(handler)
 
 
 @pytest.fixture
