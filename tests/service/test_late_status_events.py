@@ -15,6 +15,7 @@ import pytest
 
 from infra.local import lambda_runtime, moto_stepfunctions
 from tests.conftest import LocalAws
+from tests.service.faults import StepFaults
 from tests.service.orders_helpers import Shop, available, eventually, open_shop, seed_product
 
 PRICE, STOCK, QTY = 1250, 10, 2
@@ -211,3 +212,44 @@ def test_a_redrive_stopped_after_its_refund_hand_over_leaves_the_running_refund_
     assert_left_to_the_refund_then_refunded(shop, order_id, refunding, letter="REDRIVING")
     letter = shop.dead_letter(order_id)
     assert letter is not None and letter.status == "RESOLVED"
+
+
+@pytest.mark.parametrize("workflow_type", ["STANDARD"], indirect=True)
+def test_a_same_epoch_rival_that_failed_at_its_claim_leaves_the_running_refund_alone(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """The customer's refund (refund-<id>, epoch 2) is at its refund step when a second run of the refund
+    saga for the same epoch (started from a read before the first one's claim, as ``start_refund_saga``
+    describes) fails at its claim: it never owned the order, and its FAILED event must leave the running
+    refund alone. Before, only a later epoch was recognised: the order was flagged NEEDS_ATTENTION with
+    an OPEN letter under the running refund (a helper's mutation probe)."""
+    order_id = shop.place_ok([("MUG-1", QTY)])["order_id"]
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    rival = f"refund-{order_id}-redrive-1"
+    faults.fail("ClaimOrderFunction", when=lambda event: event.get("execution_name") == rival)
+    refunding = faults.pause_at("RefundPaymentFunction")
+    assert shop.cancel(order_id).json_body["status"] == "REFUNDING"
+    refunding.wait_reached()  # refund-<id> claimed the order at epoch 2 and is at its refund step
+    held = shop.order(order_id)
+    assert held.saga_epoch == 2
+
+    # A second run of the refund saga for the same epoch (started from a read before the claim),
+    # whose claim step fails: it never owned the order, and ends FAILED.
+    shop.sfn.start_execution(
+        stateMachineArn=shop.aws.state_machine("RefundStateMachine"),
+        name=rival,
+        input=json.dumps({"order_id": order_id, "epoch": 2, "frees_purchase_units": False}),
+    )
+    assert shop.wait_execution("RefundStateMachine", rival) == "FAILED"
+    local_aws.deliver_events()
+
+    try:
+        order, letter = shop.order(order_id), shop.dead_letter(order_id)
+        assert (order.status, letter and letter.status) == ("REFUNDING", None), (
+            f"the running refund's order was flagged: {order.status}, letter {letter and letter.status}"
+        )
+    finally:
+        refunding.released.set()
+    assert shop.wait_refund(order_id) == "SUCCEEDED"
+    eventually(lambda: shop.order(order_id).status == "REFUNDED", "the refund to settle the order")
+    assert available("MUG-1") == STOCK

@@ -90,7 +90,7 @@ def settle_stopped_execution(change: ExecutionStatusChange) -> SettledExecution:
     order = repository.get(order_id)
     if order is None:
         return SettledExecution(order_id=order_id, execution_name=change.name, action="not_an_order")
-    if order.status in SAGA_IN_PROGRESS and _held_by_a_later_run(change, document, order):
+    if order.status in SAGA_IN_PROGRESS and _held_by_another_run(change, document, order):
         # A later run (the refund saga the checkout or a redrive handed over to, the customer's refund)
         # owns the order and settles it, its letter included; if it stops, its own event or the sweeper
         # flags it. Flagging now, or reopening the redrive's letter, put an OPEN letter, and an
@@ -142,16 +142,19 @@ def _replaced_by_running_redrive(change: ExecutionStatusChange, letter: DeadLett
     return change.start_date < int(began.timestamp() * 1000)
 
 
-def _held_by_a_later_run(change: ExecutionStatusChange, document: dict[str, object], order: Order) -> bool:
-    """The order is claimed at a later epoch than the stopped execution ran at, by another saga run
-    (not the orphan sweeper's takeover, which claims only to flag)."""
+def _held_by_another_run(change: ExecutionStatusChange, document: dict[str, object], order: Order) -> bool:
+    """The order is claimed by another saga run (not the orphan sweeper's takeover, which claims only to
+    flag) at the stopped execution's epoch or a later one. Only one execution claims an epoch: another
+    holding the same epoch means the stopped one never owned the order (a second run of the same refund
+    that failed at its claim); before, only a later epoch counted, and such a run's event flagged the
+    running refund's order (a helper's mutation probe)."""
     epoch = document.get("epoch", FIRST_EPOCH)
     if not isinstance(epoch, int) or order.saga_claim is None or order.saga_epoch is None:
         return False
     if order.saga_claim.startswith(f"{ORPHAN_SWEEPER}:"):
         return False
     stopped = repository.claim_token(SagaClaim(execution=change.execution_arn, epoch=max(epoch, FIRST_EPOCH)))
-    return order.saga_claim != stopped and order.saga_epoch > epoch
+    return order.saga_claim != stopped and order.saga_epoch >= epoch
 
 
 def _dead_letter(
