@@ -298,6 +298,42 @@ def test_an_order_placed_before_the_claims_condition_is_reserved_and_released(ba
     assert {backend.available(sku) for sku in _FIFTY} == {5}
 
 
+def test_the_largest_order_placement_accepts_is_released_only_while_its_claim_owns_the_order(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 lines, 48 with a purchase limit: its release with the claim's condition is 1 + 50 + 48 + 1 =
+    100 actions, the most a transaction holds, so the condition is sent, and a takeover after the step's
+    check refuses the release (a mutation run sent no condition at exactly 100 and every test passed)."""
+    for sku in _FIFTY:
+        backend.put_product(sku, 5)
+    largest = [
+        CheckoutLine(sku=sku, quantity=1, purchase_limit=3 if number < 48 else None)
+        for number, sku in enumerate(_FIFTY)
+    ]
+    assert inventory.fits_one_transaction(len(largest), 48)
+    assert inventory.reserve("order-1", largest, customer_id="cust-1", now=NOW).status == "RESERVED"
+    stale = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
+    takeover = SagaClaim(
+        execution="arn:aws:states:us-east-1:123456789012:execution:checkout:order-1-redrive-2", epoch=2
+    )
+    checked = orders.ensure_claimed
+
+    def check_then_lose_the_claim(order_id: str, claim: SagaClaim) -> None:
+        checked(order_id, claim)
+        orders.claim(order_id, takeover)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(orders, "ensure_claimed", check_then_lose_the_claim)
+        with pytest.raises(SagaClaimLost):
+            inventory.release("order-1", now=NOW + 10, claim=stale)
+
+    assert {backend.available(sku) for sku in _FIFTY} == {4}
+    stored = backend.reservation_item("order-1")
+    assert stored is not None and stored["status"] == {"S": "RESERVED"}
+    assert inventory.release("order-1", now=NOW + 20, claim=takeover).status == "RELEASED"
+    assert {backend.available(sku) for sku in _FIFTY} == {5}
+
+
 def test_release_of_a_committed_reservation_returns_the_sold_stock(backend: Backend) -> None:
     backend.put_product("A", 5)
     inventory.reserve("order-1", lines(A=2), now=NOW)

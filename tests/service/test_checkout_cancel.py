@@ -102,6 +102,38 @@ def test_cancel_before_authorization_cancels_without_charging(shop: Shop, local_
     assert ("cancel_requested", "REQUESTED") in steps(order)
 
 
+def test_a_checkpoint_delivered_again_after_the_cancellation_answers_with_the_cancelled_order(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """The run stopped at its checkpoint for the customer's cancel and compensated; the checkpoint's
+    invocation delivered once more, late, finds the order CANCELLED: it answers with it and asks for no
+    compensation again (only an order still in its checkout is stopped there)."""
+    pause = _pause(local_aws, "RecordProgressFunction", "reserve_stock")
+    checkpoints: list[dict[str, object]] = []
+
+    def remember(function_name: str, event: dict[str, object]) -> None:
+        if function_name == pause.function_name:
+            checkpoints.append(event)
+        pause(function_name, event)
+
+    lambda_runtime.faults.before_invoke = remember
+    placed = shop.place_ok([("MUG-1", 3)])
+    pause.wait_reached()
+    assert shop.cancel(placed["order_id"]).status_code == 202
+    pause.released.set()
+    assert shop.wait_checkout(placed["order_id"]) == "SUCCEEDED"
+    cancelled = shop.order(placed["order_id"])
+    assert cancelled.status == "CANCELLED" and cancelled.cancel_requested
+
+    [checkpoint] = checkpoints
+    answer = local_aws.client("lambda").invoke(FunctionName=pause.function_name, Payload=json.dumps(checkpoint))
+
+    assert "FunctionError" not in answer
+    assert json.loads(answer["Payload"].read())["status"] == "CANCELLED"
+    assert shop.order(placed["order_id"]).version == cancelled.version
+    assert available("MUG-1") == 10
+
+
 def test_cancel_after_authorization_voids_before_capture(shop: Shop, local_aws: LocalAws) -> None:
     pause = _pause(local_aws, "RecordProgressFunction", "authorize_payment")
     placed = shop.place_ok([("MUG-1", 2)])

@@ -19,11 +19,11 @@ from infra.local import lambda_runtime
 from shop import aws
 from shop.domain import payments as payment_domain
 from shop.domain import reconciliation_job, recovery
-from shop.errors import PaymentProviderError
-from shop.models.orders import ExecutionStatusChange
+from shop.errors import OrderStateConflict, PaymentProviderError
+from shop.models.orders import DeadLetter, ExecutionStatusChange
 from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger, SimulatorProvider
-from shop.repositories import sagas
+from shop.repositories import dead_letters, sagas
 from shop.repositories.payments import PaymentsRepository
 from tests.conftest import WORKFLOW_TYPES, LocalAws
 from tests.service.faults import SdkFault, StepFaults, inject, open_breaker, updates_payment_to
@@ -642,6 +642,47 @@ def test_a_late_event_of_a_replaced_execution_leaves_the_running_redrive_alone(s
     assert end.provider_entries("capture") == 0
 
 
+def test_a_stop_event_whose_order_a_late_step_completes_meanwhile_letters_nothing(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkout was stopped while its CompleteOrder ran, and the step finishes (Lambda does not stop
+    it) after the event's handler read the order in progress. The handler's flag, which holds no claim,
+    refuses the COMPLETED order (the invocation fails, and EventBridge's next delivery finds it settled):
+    no letter, no mark. Only a saga's own flag step, holding its claim, marks a settled order instead."""
+    at_completion = PauseAt(local_aws.function("CompleteOrderFunction"))
+    lambda_runtime.faults.before_invoke = at_completion
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    at_completion.wait_reached()
+    run = shop.sfn.describe_execution(executionArn=shop.execution_arn("CheckoutStateMachine", order_id))
+    stopped = ExecutionStatusChange.model_validate(
+        {
+            "executionArn": run["executionArn"],
+            "stateMachineArn": run["stateMachineArn"],
+            "name": run["name"],
+            "status": "ABORTED",
+            "input": run["input"],
+            "startDate": int(run["startDate"].timestamp() * 1000),
+        }
+    )
+    letter_of = dead_letters.get
+
+    def the_step_completes_the_order_meanwhile(letter_id: str) -> DeadLetter | None:
+        at_completion.released.set()
+        shop.wait_status(order_id, "COMPLETED")
+        return letter_of(letter_id)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dead_letters, "get", the_step_completes_the_order_meanwhile)
+        with pytest.raises(OrderStateConflict):
+            recovery.settle_stopped_execution(stopped)
+
+    assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    order = shop.order(order_id)
+    assert (order.status, order.dead_lettered, shop.dead_letter(order_id)) == ("COMPLETED", None, None)
+    assert recovery.settle_stopped_execution(stopped).action == "already_settled"
+    assert shop.dead_letter(order_id) is None
+
+
 # ---------------------------------------------------------------------------- 4. cancel, and refunds that fail
 def test_a_refund_saga_that_fails_leaves_its_dead_letter_open(shop: Shop, local_aws: LocalAws) -> None:
     fail_functions(local_aws, "CompleteOrderFunction")
@@ -801,6 +842,57 @@ def test_the_sweeper_settles_a_stopped_standard_saga_whose_status_event_was_neve
     assert (settled.status, settled.available) == ("CANCELLED", STOCK)
     assert settled.ours is not None and settled.ours.status == "VOIDED"
     assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (0, 1)
+
+
+def test_a_stop_event_delivered_again_flags_the_order_the_sweepers_takeover_could_not(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """The sweeper claims a stopped saga's order only to flag it; its flag's write fails (the order waits
+    for the next sweep, under the sweeper's claim). The execution's status event, delivered again, still
+    dead-letters the order: the sweeper's claim is no later run that settles it."""
+    settle = local_aws.function("SettleStoppedExecutionFunction")
+    events: list[Any] = []
+
+    def refused_and_kept(event: Any) -> bool:
+        events.append(event)
+        return True
+
+    faults.fail("SettleStoppedExecutionFunction", when=refused_and_kept)
+    pause = faults.pause_at("AuthorizePaymentFunction")
+    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
+    pause.wait_reached()
+    shop.sfn.stop_execution(executionArn=shop.execution_arn("CheckoutStateMachine", order_id))
+    pause.released.set()
+    assert shop.wait_checkout(order_id) == "ABORTED"
+    eventually(
+        lambda: (payment := PaymentsRepository().get(order_id)) is not None and payment.status == "AUTHORIZED",
+        "the authorization under way to be recorded",
+    )
+    eventually(lambda: faults.refused["SettleStoppedExecutionFunction"] > 0, "the settle handler to be refused")
+    faults.heal()
+    flag_lost = SdkFault(
+        "PutItem",
+        "ProvisionedThroughputExceededException",
+        when=lambda request: (
+            "OrdersTable" in str(request.get("TableName", "")) and request["Item"]["status"] == {"S": "NEEDS_ATTENTION"}
+        ),
+    )
+    with inject(aws.dynamodb(), flag_lost):
+        swept = sweep(local_aws, datetime.now(UTC) + timedelta(seconds=61))
+    assert swept["settled"] == [] and flag_lost.injected == 1
+    taken = shop.order(order_id)
+    assert taken.status == "STOCK_RESERVED" and (taken.saga_claim or "").startswith(f"{recovery.ORPHAN_SWEEPER}:")
+
+    answer = local_aws.client("lambda").invoke(FunctionName=settle, Payload=json.dumps(events[0]))
+
+    assert json.loads(answer["Payload"].read())["action"] == "dead_lettered"
+    assert shop.order(order_id).status == "NEEDS_ATTENTION"
+    assert shop.wait_dead_letter(order_id, "OPEN").resume == "compensate"
+    assert shop.redrive(order_id).status_code == 202
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    settled = books(shop, order_id)
+    assert (settled.status, settled.available) == ("CANCELLED", STOCK)
+    assert settled.ours is not None and settled.ours.status == "VOIDED"
 
 
 @pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
