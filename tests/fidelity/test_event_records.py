@@ -124,6 +124,16 @@ def test_a_fall_is_judged_by_its_lowest_level_and_only_by_readings_of_it(backend
     assert third is not None and (third.fall, third.available) == (3, 2)
 
 
+def test_a_reading_taken_the_moment_a_fall_was_claimed_is_a_reading_of_that_fall(backend: Backend) -> None:
+    """Only a reading older than the fall's claim belongs to an earlier fall: one of the same millisecond
+    lowers it, so the fall to a lowered threshold it already went below is not claimed again."""
+    assert event_records.claim_fall("MUG-1", "seq-1", available=4, threshold=5, at=_at(1)) is not None
+    assert event_records.claim_fall("MUG-1", "seq-2", available=1, threshold=5, at=_at(1)) is None  # lower: 1
+    event_records.mark_published("MUG-1", 1)
+
+    assert event_records.claim_fall("MUG-1", "seq-3", available=2, threshold=2, at=_at(3)) is None  # went to 1
+
+
 def test_a_fall_a_previous_version_claimed_is_judged_by_its_announced_level(backend: Backend) -> None:
     """That version wrote no ``lowest``: the marker's one is an earlier fall's, and judged by it, the
     fall to the lowered threshold was never claimed (a review's probe)."""

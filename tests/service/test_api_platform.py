@@ -208,6 +208,48 @@ def test_a_route_that_takes_no_body_ignores_its_content_type_and_declares_the_si
     assert (oversized.status_code, json.loads(oversized.body)["status"]) == (413, 413)
 
 
+def test_a_body_of_exactly_the_size_limit_is_taken(client: Client, local_aws: LocalAws) -> None:
+    """The limit is what a body may be (``max_body_bytes``), inclusive: one byte more is 413."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    limit = api_settings().max_body_bytes
+
+    at_the_limit = client.http.get("/products", headers=form, body=b" " * limit)
+
+    assert at_the_limit.status_code == 200, at_the_limit.body
+    assert client.http.get("/products", headers=form, body=b" " * (limit + 1)).status_code == 413
+
+
+def test_a_chalice_error_answer_keeps_its_message_below_500_and_never_shows_it_for_a_5xx() -> None:
+    """Chalice's own ``{"Code", "Message"}`` answers become problem+json: a 4xx's message is the detail, a
+    5xx's is not (it can name the server's internals)."""
+    from chalice.app import Response
+
+    from chalicelib import http as shop_http
+
+    def chalice_answer(status: int, message: str) -> dict[str, Any]:
+        body = {"Code": "Error", "Message": message}
+        answer = shop_http.problem_middleware(None, lambda _: Response(body=body, status_code=status))
+        assert (answer.status_code, answer.headers["Content-Type"]) == (status, PROBLEM)
+        problem: dict[str, Any] = json.loads(answer.body)
+        return problem
+
+    assert chalice_answer(404, "no such route")["detail"] == "no such route"
+    internal = chalice_answer(502, "KeyError: 'table' in handler")
+    assert internal["status"] == 502
+    assert "KeyError" not in json.dumps(internal)
+
+
+def test_a_chalice_client_error_raised_is_its_own_4xx_problem_from_400_on() -> None:
+    from chalice import BadRequestError, NotFoundError
+
+    from chalicelib import http as shop_http
+
+    for error, status in ((BadRequestError("the body is malformed"), 400), (NotFoundError("no such thing"), 404)):
+        answer = shop_http.problem_response(error)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (status, PROBLEM)
+        assert json.loads(answer.body)["detail"] == str(error)
+
+
 # ---------------------------------------------------------------------------- local server
 def _free_port() -> int:
     with socket.socket() as probe:

@@ -171,6 +171,23 @@ def test_a_cart_priced_past_what_an_order_may_total_is_shown_and_can_be_lowered_
     assert order_from_cart(shop).status_code == 202
 
 
+def test_a_line_lowered_while_the_cart_is_still_past_what_an_order_may_total_is_taken(shop: Shop) -> None:
+    """Less always may: a line lowered but still past the maximum is written (the shopper lowers step by step)."""
+    from shop.models.money import MAX_AMOUNT
+
+    put(shop, "MUG-1", 3, who="alice")
+    price = {"price": {"amount": MAX_AMOUNT}}
+    assert (
+        shop.client.http.patch("/products/MUG-1", headers=shop.headers("admin"), body=json.dumps(price)).status_code
+        == 200
+    )
+
+    lowered = put(shop, "MUG-1", 2, who="alice")
+
+    assert (lowered.status_code, lowered.json_body["total"]["amount"]) == (200, 2 * MAX_AMOUNT), lowered.body
+    assert lines(get(shop, who="alice").json_body) == [("MUG-1", 2)]
+
+
 def test_a_merge_that_would_take_the_cart_past_what_an_order_may_total_is_refused(shop: Shop) -> None:
     from shop.models.money import MAX_AMOUNT
 
@@ -190,6 +207,28 @@ def test_a_merge_that_would_take_the_cart_past_what_an_order_may_total_is_refuse
     assert lines(merge(shop, "alice", token).json_body) == [("MUG-1", 1)]
     # GET /cart never refuses (the document says no 422 for it), whatever the prices did.
     assert "422" not in openapi_document(shop)["paths"]["/cart"]["get"]["responses"]
+
+
+def test_a_merge_that_adds_nothing_to_a_cart_priced_past_the_maximum_still_empties_the_anonymous_cart(
+    shop: Shop,
+) -> None:
+    """Only what a merge adds is judged against what an order may total: a merge whose lines are capped
+    away (the customer's line at 100 already) changes nothing of a cart priced past it since, and is 200."""
+    from shop.models.money import MAX_AMOUNT
+
+    put(shop, "MUG-1", 100, who="alice")
+    token = put(shop, "MUG-1", 1).headers[TOKEN]
+    price = {"price": {"amount": MAX_AMOUNT}}
+    assert (
+        shop.client.http.patch("/products/MUG-1", headers=shop.headers("admin"), body=json.dumps(price)).status_code
+        == 200
+    )
+
+    merged = merge(shop, "alice", token)
+
+    assert merged.status_code == 200, merged.body
+    assert lines(merged.json_body) == [("MUG-1", 100)]
+    assert lines(get(shop, token=token).json_body) == []
 
 
 # ---------------------------------------------------------------------------- customer carts and merge
@@ -592,6 +631,31 @@ def test_an_order_and_a_cart_stored_before_cart_versions_complete_as_they_did(sh
     assert lines(get(shop, who="alice").json_body) == [("TEE-1", 1)]  # emptied after its created_at: kept
 
 
+def test_a_merge_cancelled_for_another_reason_than_a_changed_cart_is_contention_not_a_conflict(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a failed condition means a cart changed since it was read (CartVersionConflict: read again and
+    retry); a transaction cancelled for anything else (another transaction on an item) is the carts being busy."""
+    from botocore.exceptions import ClientError
+
+    from shop.errors import CartContention
+    from shop.models.carts import StoredCart
+
+    def cancelled(operation: str, **request: Any) -> Any:
+        reasons = [{"Code": "None"}, {"Code": "TransactionConflict"}]
+        raise ClientError(
+            {"Error": {"Code": "TransactionCanceledException", "Message": "cancelled"}, "CancellationReasons": reasons},
+            "TransactWriteItems",
+        )
+
+    monkeypatch.setattr(cart_repository, "call", cancelled)
+    mine = StoredCart(cart_id="customer#alice", version=2, updated_at="x", expires_at=NOW)
+    anonymous = StoredCart(cart_id="anonymous#a", version=4, updated_at="x", expires_at=NOW)
+
+    with pytest.raises(CartContention):
+        cart_repository.merge(mine, expected_version=1, emptied=anonymous, emptied_expected_version=3)
+
+
 def test_a_tab_that_read_the_cart_before_it_was_emptied_cannot_overwrite_the_new_one(shop: Shop) -> None:
     """Emptying keeps the item and moves its version on: a write based on the old read is refused,
     even when the cart was started afresh meanwhile."""
@@ -673,8 +737,10 @@ def test_a_cart_item_that_is_not_a_cart_leaves_the_order_completed(shop: Shop, l
         # No number to go on: the clock's version, as a new cart's.
         ("version", {"S": "seven"}, str(FIRST)),
         ("version", {"N": "2.5"}, "3"),
+        # Below zero (written behind the shop's back): the next version is never below 1.
+        ("version", {"N": "-2.5"}, "1"),
     ],
-    ids=["lines", "version-not-a-number", "version-not-an-integer"],
+    ids=["lines", "version-not-a-number", "version-not-an-integer", "version-negative"],
 )
 def test_delete_cart_empties_a_cart_that_cannot_be_read(
     shop: Shop,

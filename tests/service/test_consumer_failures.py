@@ -164,3 +164,21 @@ def test_a_message_that_names_no_function_is_kept_for_an_operator(local_aws: Loc
     )
     assert redrive(local_aws) == RedriveResult(redelivered=0, still_failing=0, unrecognised=1)
     assert waiting(local_aws) == (0, 1)
+
+
+def test_a_run_counts_the_messages_it_could_not_read_towards_its_bound(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stops at MAX_PER_RUN messages, unreadable ones included: a queue filling with junk still
+    ends each run within its timeout, and the next run goes on."""
+    from shop.domain import consumer_failures as domain
+    from shop.repositories.consumer_failures import RECEIVE_BATCH
+
+    monkeypatch.setattr(domain, "MAX_PER_RUN", RECEIVE_BATCH)
+    for _ in range(RECEIVE_BATCH + 1):
+        local_aws.client("sqs").send_message(
+            QueueUrl=local_aws.stack.queue_urls["ConsumerFailuresQueue"], MessageBody="not an event"
+        )
+
+    assert redrive(local_aws) == RedriveResult(redelivered=0, still_failing=0, unrecognised=RECEIVE_BATCH)
+    assert waiting(local_aws) == (1, RECEIVE_BATCH)

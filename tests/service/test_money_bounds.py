@@ -134,6 +134,23 @@ def test_repeated_adjustments_cannot_push_stock_past_the_maximum(shop: Shop) -> 
     assert down.json_body["available"] == 0
 
 
+def test_stock_above_the_maximum_can_still_be_brought_down(shop: Shop) -> None:
+    """Released reservations may return units past MAX_STOCK (the maximum bounds only increases): a
+    decrease that leaves it above the maximum still is taken, never refused as exceeding it."""
+    assert _adjust(shop, {"delta": MAX_STOCK - 10, "reason": "delivery"}).status_code == 200
+    shop.aws.client("dynamodb").update_item(
+        TableName=shop.aws.table("StockTable"),
+        Key={"sku": {"S": "MUG-1"}, "shard": {"N": "0"}},
+        UpdateExpression="ADD available :returned",
+        ExpressionAttributeValues={":returned": {"N": "5"}},
+    )
+
+    down = _adjust(shop, {"delta": -1, "reason": "breakage"})
+
+    assert down.status_code == 200, down.body
+    assert down.json_body["available"] == MAX_STOCK + 4 == available("MUG-1")
+
+
 @pytest.mark.parametrize(
     ("amount", "stock"),
     [

@@ -280,6 +280,19 @@ def test_admin_stock_lists_every_product_with_low_stock_flagged(shop: Shop) -> N
     assert _admin_get(shop, "/admin/stock", next_token="forged").status_code == 400
 
 
+def test_admin_stock_flags_a_product_at_the_threshold_itself_as_low(shop: Shop) -> None:
+    """Low is at or below the threshold, as StockLow is announced."""
+    threshold = _admin_get(shop, "/admin/stock").json_body["low_stock_threshold"]
+    seed_product("EDGE-1", stock=threshold)
+    seed_product("EDGE-2", stock=threshold + 1)
+
+    page = _admin_get(shop, "/admin/stock", limit="100")
+
+    assert page.status_code == 200, page.body
+    levels = {level["sku"]: level["low_stock"] for level in page.json_body["items"]}
+    assert (levels["EDGE-1"], levels["EDGE-2"]) == (True, False)
+
+
 # ---------------------------------------------------------------------------- the page
 def test_ops_serves_the_console_page_with_a_strict_policy_and_no_data(shop: Shop) -> None:
     response = shop.client.http.get("/ops")

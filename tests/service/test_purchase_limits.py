@@ -145,6 +145,19 @@ def test_the_customers_counted_units_count_and_other_customers_are_not_affected(
     assert available("DROP-1") == 44
 
 
+def test_a_limit_lowered_below_what_the_customer_holds_says_none_more_not_a_negative_number(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    limited_product(shop, "DROP-1", stock=50, limit=3)
+    assert completed(shop, [("DROP-1", 3)])["status"] == "COMPLETED"
+    assert patch(shop, "DROP-1", {"purchase_limit": 1}).status_code == 200
+
+    refused = shop.place([("DROP-1", 1)])
+
+    assert_limit_problem(refused, "items.0.quantity")
+    assert json.loads(refused.body)["errors"][0]["message"].endswith("hold 3, so at most 0 more")
+
+
 def test_an_unlimited_order_writes_no_counter_and_stores_nothing_more(shop: Shop, local_aws: LocalAws) -> None:
     seed_product("MUG-1", stock=10)
     order = completed(shop, [("MUG-1", 2)])

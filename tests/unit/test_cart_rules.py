@@ -15,7 +15,7 @@ from shop.models.carts import MAX_CART_AMOUNT, MAX_CART_LINES, CartMoney, CartVi
 from shop.models.catalog import Product
 from shop.models.common import Line
 from shop.models.money import MAX_AMOUNT, Money
-from shop.models.orders import PlaceOrderRequest
+from shop.models.orders import Order, OrderLine, PlaceOrderRequest
 from tests.conftest import forge_signature
 
 SECRET = "unit-test-cart-secret-" + "z" * 16
@@ -223,6 +223,37 @@ def test_a_cart_written_before_units_were_kept_counts_a_line_whole_at_its_versio
     )
     assert carts.held_units(stored, stored.lines) == {"A": [(3, 2)], "B": [(0, 1)]}
     assert carts.held_units(None, lines(("A", 1))) == {"A": [(0, 1)]}
+
+
+def test_an_order_without_a_cart_version_leaves_a_cart_emptied_the_moment_it_was_placed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An order stored before orders kept ``cart_version`` falls back to the clocks: a cart emptied at its
+    ``created_at`` (the same millisecond) may have been emptied after it, so its lines are left alone."""
+    placed = "2030-01-01T00:00:00.000Z"
+    line = OrderLine(sku="A", name="A", quantity=1, unit_price=Money(amount=500), line_total=Money(amount=500))
+    order = Order(
+        order_id="order-1",
+        customer_id="c",
+        status="COMPLETED",
+        items=[line],
+        total=Money(amount=500),
+        history=[],
+        created_at=placed,
+        updated_at=placed,
+        cart_id="customer#c",
+    )
+    stored = StoredCart(
+        cart_id="customer#c", lines=lines(("A", 1)), version=7, updated_at=placed, expires_at=NOW, cleared_at=placed
+    )
+    written: list[StoredCart] = []
+    monkeypatch.setattr(carts.repository, "get", lambda cart_id, **_: stored)
+    monkeypatch.setattr(carts.repository, "put", lambda cart, **_: written.append(cart))
+    monkeypatch.setattr(carts, "_now", lambda: NOW - 1)
+
+    carts.remove_ordered_lines(order)
+
+    assert written == []
 
 
 def test_each_line_keeps_the_version_that_added_it_and_a_line_added_again_gets_a_new_one() -> None:

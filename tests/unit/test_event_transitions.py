@@ -181,6 +181,55 @@ def test_a_batch_that_publishes_everything_reports_no_failure(monkeypatch: pytes
     assert bus.put == ["order-1:PLACED"]
 
 
+def _judged_with_reads(monkeypatch: pytest.MonkeyPatch, first: int, rereads: list[int]) -> list[str]:
+    """What ``judge_stock`` did for a SKU whose first read of its one counter shows ``first`` units and the
+    reads after it ``rereads``, the threshold being 5: "claim" (a fall) or "rearm" (above it)."""
+    from types import SimpleNamespace
+
+    from shop.models.catalog import ProductInfo
+    from shop.repositories.event_records import Rearm
+    from shop.repositories.stock import Shard
+
+    info = ProductInfo(
+        sku="S-1",
+        name="S",
+        description="",
+        category="test",
+        price=Money(amount=100),
+        active=True,
+        created_at="2030-01-01T00:00:00.000Z",
+        updated_at="2030-01-01T00:00:00.000Z",
+    )
+    done: list[str] = []
+    monkeypatch.setattr(events, "inventory_settings", lambda: SimpleNamespace(low_stock_threshold=5))
+    monkeypatch.setattr(events.catalog, "get_product_info", lambda sku: info)
+    monkeypatch.setattr(events.catalog, "stock_shards", lambda sku: {0: Shard(0, first, 1)})
+    monkeypatch.setattr(
+        events.stock,
+        "reread_shards",
+        lambda sku, read: [{0: Shard(0, units, 2 + n)} for n, units in enumerate(rereads)],
+    )
+    monkeypatch.setattr(events.event_records, "claim_fall", lambda *args, **kwargs: done.append("claim"))
+
+    def rearm(*args: Any, **kwargs: Any) -> Rearm:
+        done.append("rearm")
+        return Rearm()
+
+    monkeypatch.setattr(events.event_records, "rearm", rearm)
+    assert events.judge_stock("S-1", claimant="1") is None
+    return done
+
+
+def test_a_fall_holds_only_when_every_read_after_it_is_at_or_below_the_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read of the counters a commit cut through may show too few units: a fall, the threshold itself
+    included, stands only if no read after it is above the threshold, whatever the reads between."""
+    assert _judged_with_reads(monkeypatch, 5, [5]) == ["claim"]
+    assert _judged_with_reads(monkeypatch, 5, [9]) == ["rearm"]  # at the threshold: read again
+    assert _judged_with_reads(monkeypatch, 3, [5, 9]) == ["rearm"]  # a read at it is no read above it
+
+
 class NearlyOutOfTime:
     """A Lambda context with ``left_ms`` before the timeout, less ``spent_ms`` for each record handled."""
 
@@ -209,6 +258,20 @@ def test_a_batch_near_the_timeout_leaves_the_rest_for_the_retry_with_what_was_pu
     assert [failure["itemIdentifier"] for failure in response["batchItemFailures"]] == ["3", "4"]
     assert events.publish_order_changes({"Records": records[2:]}, None) == {"batchItemFailures": []}
     assert bus.put == ["o1:PLACED", "o2:PLACED", "o3:PLACED", "o4:PLACED"]
+
+
+def test_a_record_that_begins_with_exactly_the_margin_left_is_handled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The margin is what a record needs: one that begins with it left still has time for its put."""
+    bus = FakeBus(failing=set())
+    monkeypatch.setattr(events.event_bus, "put", bus)
+    records = [_record(n, None, _order(order_id=f"o{n}")) for n in range(1, 5)]
+    # Each put takes 1.5 s: the third record begins with the margin exactly, the fourth with less.
+    context = NearlyOutOfTime(left_ms=events.BATCH_TIME_MARGIN_MS + 3_000, spent_ms=1_500, bus=bus)
+
+    response = events.publish_order_changes({"Records": records}, context)
+
+    assert bus.put == ["o1:PLACED", "o2:PLACED", "o3:PLACED"]
+    assert [failure["itemIdentifier"] for failure in response["batchItemFailures"]] == ["4"]
 
 
 def test_the_margin_covers_the_longest_put_the_events_client_can_take() -> None:
