@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from botocore.exceptions import ClientError
 
 from shop import aws
 from shop.config import inventory_settings
@@ -33,7 +34,7 @@ from shop.models.inventory import ShardTake
 from shop.models.money import Money
 from shop.models.orders import Failure, HistoryEntry, Order, OrderLine, SagaClaim
 from shop.repositories import inventory as repository
-from shop.repositories import orders
+from shop.repositories import orders, stock
 from tests.fidelity.conftest import Backend
 
 NOW = 1_900_000_000
@@ -490,6 +491,31 @@ def reshard(sku: str, shards: int) -> None:
 
 def sharded(sku: str, quantity: int, shards: int) -> list[CheckoutLine]:
     return [CheckoutLine(sku=sku, quantity=quantity, stock_shards=shards)]
+
+
+@pytest.mark.parametrize("action", ["replace", "unchanged", "remove"])
+def test_a_counter_write_planned_from_a_stale_read_is_refused(backend: Backend, action: str) -> None:
+    """A reshard's counter actions hold only on the version they read: a sale between the read and the
+    transaction cancels it, so the reshard never writes back units the sale took. A mutation run turned
+    ``replace``'s ``#version = :version`` into ``>=`` and every test passed (the sale's units came back)."""
+    backend.put_product("A", 10)
+    reshard("A", 2)
+    read = stock.shards("A")
+    inventory.reserve("sale", sharded("A", 1, 2), now=NOW)
+    after_sale = backend.shards("A")
+    assert sum(after_sale.values()) == 9
+    sold_from = next(number for number in read if after_sale[number] != read[number].available)
+    planned = {
+        "replace": stock.replace("A", read[sold_from], 5),
+        "unchanged": stock.unchanged("A", read[sold_from]),
+        "remove": stock.remove("A", read[sold_from]),
+    }[action]
+
+    with pytest.raises(ClientError) as refused:
+        aws.dynamodb().transact_write_items(TransactItems=[planned])
+
+    assert refused.value.response["Error"]["Code"] == "TransactionCanceledException"
+    assert backend.shards("A") == after_sale
 
 
 def test_resharding_spreads_the_units_and_keeps_the_total(backend: Backend) -> None:

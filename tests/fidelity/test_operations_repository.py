@@ -31,6 +31,9 @@ def test_the_breaker_state_is_a_compare_and_set_and_its_window_round_trips(backe
     assert store.replace("fidelity", closed, expected_version=1)
     reloaded = store.load("fidelity")
     assert (reloaded.outcomes, reloaded.failed_probes, reloaded.version) == ({}, {}, 2)
+    # A writer that read version 1 lost to the one that stored 2: its state is not written back.
+    assert not store.replace("fidelity", first, expected_version=1)
+    assert store.load("fidelity") == reloaded
 
 
 def test_a_stock_letter_opens_once_counts_its_runs_and_resolves(backend: Backend) -> None:

@@ -226,3 +226,17 @@ def test_a_customers_last_page_of_orders_hands_out_no_token(backend: Backend) ->
     assert [order.order_id for order in last] == ["page-0"] and end is None
     whole, none_after = repository.list_for_customer("cust-1", limit=3, start_key=None)
     assert len(whole) == 3 and none_after is None
+
+
+def test_a_whole_order_write_from_an_older_version_is_refused_and_changes_nothing(backend: Backend) -> None:
+    """``save`` lands only on the version its writer read: a writer that read version 3 after another
+    wrote version 4 gets VersionConflict (and re-reads), never overwrites the newer order. A mutation run
+    turned ``=`` into ``>=`` (a stale writer's put lands on any newer order) and every test passed."""
+    read = stored_order("stale-write", "PENDING")
+    cancel_asked = read.model_copy(update={"cancel_requested": True, "version": read.version + 1})
+    repository.save(cancel_asked, expected_version=read.version)
+    reserved = read.model_copy(update={"status": "STOCK_RESERVED", "version": read.version + 1})
+
+    with pytest.raises(repository.VersionConflict):
+        repository.save(reserved, expected_version=read.version)
+    assert repository.get("stale-write") == cancel_asked

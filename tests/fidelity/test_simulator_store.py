@@ -22,7 +22,7 @@ from shop.errors import (
 )
 from shop.models.money import Money
 from shop.payments.provider import ProviderAuthorization, ProviderCapture
-from shop.payments.simulator import SimulatorLedger, SimulatorProvider, authorization_ref_for_key
+from shop.payments.simulator import SimulatorLedger, SimulatorProvider, authorization_ref_for_key, capture_ref_for
 from shop.repositories import operations
 from shop.repositories.operations import DynamoSimulatorStore
 from tests.fidelity.conftest import Backend
@@ -194,6 +194,24 @@ def test_unknown_or_declined_authorizations_are_refused(simulator: SimulatorProv
             simulator.void(reference, f"void-of-{reference}")
         assert simulator.ledger(reference) is None
         assert simulator.lookup(f"capture-of-{reference}") is None
+
+
+def test_a_refund_of_an_authorization_never_captured_is_a_state_conflict_not_an_excess(
+    simulator: SimulatorProvider,
+) -> None:
+    """A refund against an authorization still AUTHORIZED, or VOIDED, is refused as the wrong state
+    (PaymentStateConflict), not as an amount beyond the capture: there is no capture to exceed. A mutation
+    run answered every refused refund with RefundExceedsCapture and every test passed."""
+    held = simulator.authorize(usd(500), "tok_visa", "o1:authorize")
+    voided = simulator.authorize(usd(500), "tok_visa", "o2:authorize")
+    simulator.void(voided.reference, "o2:void")
+
+    for authorization in (held, voided):
+        capture_ref = capture_ref_for(authorization.reference)
+        with pytest.raises(PaymentStateConflict):
+            simulator.refund(capture_ref, usd(1), f"refund-of-{authorization.reference}")
+        assert simulator.lookup(f"refund-of-{authorization.reference}") is None
+        assert ledger_of(simulator, authorization.reference).of_kind("refund") == []
 
 
 # ---------------------------------------------------------------------------- the crash window

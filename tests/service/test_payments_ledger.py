@@ -131,6 +131,24 @@ def test_every_transition_applies_once(local_aws: LocalAws) -> None:
     assert (before.status, before.attempts, before.refunded_amount) == ("PARTIALLY_REFUNDED", 1, 10)
 
 
+def test_a_payment_with_an_outcome_is_never_closed_as_if_nothing_were_authorized(local_aws: LocalAws) -> None:
+    """``void_unauthorized`` and ``mark_declined`` hold only while the payment is PENDING (or absent): a
+    void that read PENDING and lost the race to the authorization must find AUTHORIZED and void the hold at
+    the provider, not mark the payment VOIDED over it. A mutation run let both close any payment, and every
+    test passed."""
+    repository, order_id = PaymentsRepository(), new_order()
+    repository.begin_authorization(order_id, "USD", "simulator")
+    repository.mark_authorized(order_id, 1000, "sim_auth_x")
+    held = stored(order_id)
+
+    assert repository.void_unauthorized(order_id, "simulator") == Transition(applied=False, payment=held)
+    assert repository.mark_declined(order_id, "card_declined") == Transition(applied=False, payment=held)
+    repository.mark_captured(order_id, 1000, "sim_cap_x")
+    charged = stored(order_id)
+    assert repository.void_unauthorized(order_id, "simulator") == Transition(applied=False, payment=charged)
+    assert stored(order_id) == charged
+
+
 # ---------------------------------------------------------------------------- tokens
 def test_visa_authorizes_and_a_repeat_changes_nothing(local_aws: LocalAws) -> None:
     order_id = new_order()

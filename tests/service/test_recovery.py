@@ -606,6 +606,53 @@ def test_an_aborted_redrive_reopens_its_dead_letter(shop: Shop, local_aws: Local
     assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
 
 
+def test_a_redrive_decided_from_a_stale_read_of_its_letter_is_refused(local_aws: LocalAws) -> None:
+    """A redrive starts only from the letter it read: OPEN at ``expected_count``. An operator who read the
+    letter before a first redrive ran and was reopened must not start redrive number 1 again (its execution
+    name is taken). A mutation run turned ``redrive_count = :expected`` into ``>=`` and every test passed.
+    A redrive's reopen belongs to its own execution only."""
+    letter = dead_letters.record(
+        order_id="ord-stale-redrive",
+        resume="compensate",
+        failed_step="void_payment",
+        failure=None,
+        error="States.TaskFailed",
+        cause=None,
+        execution_name="ord-stale-redrive",
+        now="2026-12-01T00:00:00.000Z",
+    )
+    assert letter.redrive_count == 0
+    started = dead_letters.start_redrive(
+        "ord-stale-redrive", expected_count=0, execution_name="ord-stale-redrive-redrive-1", epoch=2, now="t1"
+    )
+    assert started is not None and started.redrive_count == 1
+    assert not dead_letters.reopen_redrive(
+        "ord-stale-redrive", execution_name="ord-stale-redrive-redrive-0", error=None, cause=None, now="t2"
+    )
+    assert dead_letters.reopen_redrive(
+        "ord-stale-redrive", execution_name="ord-stale-redrive-redrive-1", error="Aborted", cause=None, now="t3"
+    )
+
+    stale = dead_letters.start_redrive(
+        "ord-stale-redrive", expected_count=0, execution_name="ord-stale-redrive-redrive-1", epoch=2, now="t4"
+    )
+
+    assert stale is None
+    reopened = dead_letters.get("ord-stale-redrive")
+    assert reopened is not None
+    assert (reopened.status, reopened.redrive_count, reopened.error) == ("OPEN", 1, "Aborted")
+
+
+def test_resolving_the_letter_of_an_order_that_has_none_writes_none(local_aws: LocalAws) -> None:
+    """The settling step resolves the letter of an order flagged NEEDS_ATTENTION; when the flag's letter was
+    never written there is nothing to resolve, and no half letter (a status and a time, nothing an operator
+    could read or redrive) may appear in the operators' list."""
+    dead_letters.resolve("ord-never-lettered", now="2026-12-01T00:00:00.000Z")
+
+    assert dead_letters.get("ord-never-lettered") is None
+    assert dead_letters.list_page(limit=10, start_key=None) == ([], None)
+
+
 def test_a_late_event_of_a_replaced_execution_leaves_the_running_redrive_alone(shop: Shop, local_aws: LocalAws) -> None:
     """EventBridge may deliver the first execution's FAILED event after the operator's redrive began."""
     fail_functions(local_aws, "VoidPaymentFunction")
