@@ -103,6 +103,21 @@ def test_an_unreadable_cart_is_replaced_only_as_it_was_read(
     assert repository.unreadable_version("customer#nobody") is None
 
 
+def test_an_unreadable_cart_gone_since_it_was_read_is_not_written_again(backend: Backend) -> None:
+    """A cart whose version is not a number is replaced only while it is still there: one that expired
+    (or was replaced and deleted) since it was read gets CartVersionConflict, not a new cart. A mutation
+    run dropped ``attribute_exists(cart_id)`` and every test passed."""
+    item = {"cart_id": {"S": "customer#c"}, "lines": {"S": "not a list"}, "version": {"S": "four"}}
+    backend.client.put_item(TableName=backend.table("CartsTable"), Item=item)
+    unreadable = repository.unreadable_version("customer#c")
+    assert unreadable == repository.UnreadableCart("customer#c", None)
+    backend.client.delete_item(TableName=backend.table("CartsTable"), Key={"cart_id": {"S": "customer#c"}})
+
+    with pytest.raises(CartVersionConflict):
+        repository.replace_unreadable(unreadable, cart("customer#c", 99))
+    assert stored(backend, "customer#c") is None
+
+
 def test_a_merge_writes_both_carts_or_neither_and_the_emptied_one_refuses_a_stale_write(backend: Backend) -> None:
     repository.put(cart("customer#c", 1, ("A", 1)), expected_version=None)
     anonymous = cart("anonymous#x", 3, ("B", 2))

@@ -518,6 +518,21 @@ def test_a_counter_write_planned_from_a_stale_read_is_refused(backend: Backend, 
     assert backend.shards("A") == after_sale
 
 
+def test_a_shard_is_created_only_where_there_is_none(backend: Backend) -> None:
+    """A reshard up (or a new product) plans its new shards from a read that found none; a shard written
+    since (a concurrent reshard) cancels the transaction instead of being overwritten with units the
+    plan counted elsewhere. A mutation run dropped ``attribute_not_exists(#sku)`` and every test passed."""
+    backend.put_product("A", 10)
+    reshard("A", 2)
+    before = backend.shards("A")
+
+    with pytest.raises(ClientError) as refused:
+        aws.dynamodb().transact_write_items(TransactItems=[stock.create("A", 1, 7)])
+
+    assert refused.value.response["Error"]["Code"] == "TransactionCanceledException"
+    assert backend.shards("A") == before
+
+
 def test_resharding_spreads_the_units_and_keeps_the_total(backend: Backend) -> None:
     backend.put_product("A", 10)
 

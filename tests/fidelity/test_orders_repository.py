@@ -11,8 +11,10 @@ import pytest
 
 from shop.domain import order_lifecycle as lifecycle
 from shop.domain import order_saga
+from shop.errors import OrderNotFound
 from shop.models.money import Money
-from shop.models.orders import HistoryEntry, Order, OrderLine, OrderStatus
+from shop.models.orders import DeadLetter, HistoryEntry, Order, OrderLine, OrderStatus, SagaClaim
+from shop.repositories import dead_letters
 from shop.repositories import orders as repository
 from shop.saga_terms import Step
 from tests.fidelity.conftest import Backend
@@ -240,3 +242,85 @@ def test_a_whole_order_write_from_an_older_version_is_refused_and_changes_nothin
     with pytest.raises(repository.VersionConflict):
         repository.save(reserved, expected_version=read.version)
     assert repository.get("stale-write") == cancel_asked
+
+
+def test_a_letter_resolved_from_an_earlier_read_stays_open_if_it_or_its_order_moved_since(backend: Backend) -> None:
+    """``resolve_as_read`` with ``unchanged_since`` resolves a letter only while both the letter and its
+    order are as the books check read them: either one written since leaves the letter OPEN. The
+    service test moves both at once, so a mutation run dropped either condition (or turned the order's
+    ``#version =`` into ``>=``) and every test passed."""
+
+    def letter(order_id: str, now: str) -> DeadLetter:
+        return dead_letters.record(
+            order_id=order_id,
+            resume="refund",
+            failed_step="RefundPayment",
+            failure=None,
+            error="States.TaskFailed",
+            cause=None,
+            execution_name="refund-1",
+            now=now,
+        )
+
+    # The order moved on since it was read (a refund began: version 3 -> 4); the letter did not.
+    order = stored_order("moved-order", "PENDING")
+    read = letter("moved-order", "2026-11-30T01:00:00.000Z")
+    repository.save(order.model_copy(update={"cancel_requested": True, "version": 4}), expected_version=3)
+    assert not dead_letters.resolve_as_read(
+        read, order_unchanged=repository.unchanged_since("moved-order", order.version), now=NOW
+    )
+    assert dead_letters.get("moved-order") == read
+
+    # The letter was written again since it was read (a refund flagged anew); the order did not move.
+    order = stored_order("flagged-again", "PENDING")
+    read = letter("flagged-again", "2026-11-30T01:00:00.000Z")
+    again = letter("flagged-again", "2026-11-30T01:00:05.000Z")
+    assert not dead_letters.resolve_as_read(
+        read, order_unchanged=repository.unchanged_since("flagged-again", order.version), now=NOW
+    )
+    assert dead_letters.get("flagged-again") == again
+
+    # A redrive began in the millisecond the letter was read at: its status moved, its time did not.
+    order = stored_order("redriving", "PENDING")
+    read = letter("redriving", "2026-11-30T01:00:00.000Z")
+    started = dead_letters.start_redrive(
+        "redriving", expected_count=0, execution_name="redrive-1", epoch=2, now="2026-11-30T01:00:00.000Z"
+    )
+    assert started is not None and started.updated_at == read.updated_at
+    assert not dead_letters.resolve_as_read(
+        read, order_unchanged=repository.unchanged_since("redriving", order.version), now=NOW
+    )
+    assert dead_letters.get("redriving") == started
+
+    # Both as read: resolved.
+    assert dead_letters.resolve_as_read(
+        again, order_unchanged=repository.unchanged_since("flagged-again", order.version), now=NOW
+    )
+    resolved = dead_letters.get("flagged-again")
+    assert resolved is not None and (resolved.status, resolved.updated_at) == ("RESOLVED", NOW)
+
+
+def test_a_claim_on_an_order_that_does_not_exist_writes_nothing(backend: Backend) -> None:
+    """``claim`` is an UpdateItem, which creates the item it does not find unless its condition says
+    otherwise: on a missing order it raises OrderNotFound and leaves no half order behind (an item of a
+    claim alone, which ``to_order`` cannot read). A mutation run dropped ``attribute_exists(order_id)``
+    and every test passed."""
+    token = SagaClaim(execution="arn:aws:states:us-east-1:123456789012:execution:CheckoutStateMachine:gone", epoch=1)
+
+    with pytest.raises(OrderNotFound):
+        repository.claim("no-such-order", token)
+    assert "Item" not in backend.client.get_item(
+        TableName=backend.table("OrdersTable"), Key={"order_id": {"S": "no-such-order"}}, ConsistentRead=True
+    )
+
+
+def test_creating_an_order_that_exists_returns_the_stored_one_and_changes_nothing(backend: Backend) -> None:
+    """A placement retried after its saga moved the order on gets the stored order back: ``create``'s put
+    never replaces an order (it would reset a reserved order to PENDING under its saga). A mutation run
+    dropped ``attribute_not_exists(order_id)`` and every test passed."""
+    placed = stored_order("placed-twice", "PENDING")
+    reserved = placed.model_copy(update={"status": "STOCK_RESERVED", "version": placed.version + 1})
+    repository.save(reserved, expected_version=placed.version)
+
+    assert repository.create(placed) == reserved
+    assert repository.get("placed-twice") == reserved

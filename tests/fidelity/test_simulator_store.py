@@ -179,6 +179,21 @@ def test_a_refused_call_stores_no_result_and_its_key_can_be_retried(simulator: S
     assert [entry.reference for entry in ledger_of(simulator, authorization.reference).entries] == [capture.reference]
 
 
+def test_a_flaky_token_fails_only_the_first_attempt_of_each_key(simulator: SimulatorProvider) -> None:
+    """The first attempt of a key is recorded by a write conditioned on there being none: the retry of
+    the key is approved (and replays), another key fails once in turn. A mutation run dropped
+    ``attribute_not_exists(pk)`` (every attempt failed) and every test passed: the unit tests use the
+    in-memory store."""
+    with pytest.raises(PaymentProviderError):
+        simulator.authorize(usd(100), "tok_flaky", "o1:authorize")
+    approved = simulator.authorize(usd(100), "tok_flaky", "o1:authorize")
+    assert simulator.authorize(usd(100), "tok_flaky", "o1:authorize") == approved
+
+    with pytest.raises(PaymentProviderError):
+        simulator.authorize(usd(100), "tok_flaky", "o2:authorize")
+    assert ledger_of(simulator, approved.reference).authorization.amount == 100
+
+
 def test_unknown_or_declined_authorizations_are_refused(simulator: SimulatorProvider) -> None:
     with pytest.raises(PaymentDeclined):
         simulator.authorize(usd(100), "tok_chargeDeclined", "o1:authorize")
