@@ -243,14 +243,9 @@ def _claimed_order(order_id: str, execution: str) -> SagaClaim:
     return claim
 
 
-def test_a_takeover_after_a_releases_check_refuses_its_transaction(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The saga's release checks its claim and then writes: a takeover landing in between (an
-    operator's redrive, the sweeper's dead letter) must cancel the write, as the claim is the
-    transaction's condition, not only the earlier read."""
-    backend.put_product("A", 5)
-    inventory.reserve("order-1", lines(A=2), now=NOW)
+def _claimed_then_taken_over_after_the_next_check(patch: pytest.MonkeyPatch) -> tuple[SagaClaim, SagaClaim]:
+    """order-1 claimed by its checkout (the stale claim), and taken over by a redrive (the takeover) right
+    after the next ownership check passes: between a step's check and its write."""
     stale = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
     takeover = SagaClaim(
         execution="arn:aws:states:us-east-1:123456789012:execution:checkout:order-1-redrive-2", epoch=2
@@ -261,7 +256,19 @@ def test_a_takeover_after_a_releases_check_refuses_its_transaction(
         checked(order_id, claim)
         orders.claim(order_id, takeover)
 
-    monkeypatch.setattr(orders, "ensure_claimed", check_then_lose_the_claim)
+    patch.setattr(orders, "ensure_claimed", check_then_lose_the_claim)
+    return stale, takeover
+
+
+def test_a_takeover_after_a_releases_check_refuses_its_transaction(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saga's release checks its claim and then writes: a takeover landing in between (an
+    operator's redrive, the sweeper's dead letter) must cancel the write, as the claim is the
+    transaction's condition, not only the earlier read."""
+    backend.put_product("A", 5)
+    inventory.reserve("order-1", lines(A=2), now=NOW)
+    stale, takeover = _claimed_then_taken_over_after_the_next_check(monkeypatch)
     with pytest.raises(SagaClaimLost):
         inventory.release("order-1", now=NOW + 10, claim=stale)
     monkeypatch.undo()
@@ -313,18 +320,8 @@ def test_the_largest_order_placement_accepts_is_released_only_while_its_claim_ow
     ]
     assert inventory.fits_one_transaction(len(largest), 48)
     assert inventory.reserve("order-1", largest, customer_id="cust-1", now=NOW).status == "RESERVED"
-    stale = _claimed_order("order-1", "arn:aws:states:us-east-1:123456789012:execution:checkout:order-1")
-    takeover = SagaClaim(
-        execution="arn:aws:states:us-east-1:123456789012:execution:checkout:order-1-redrive-2", epoch=2
-    )
-    checked = orders.ensure_claimed
-
-    def check_then_lose_the_claim(order_id: str, claim: SagaClaim) -> None:
-        checked(order_id, claim)
-        orders.claim(order_id, takeover)
-
     with monkeypatch.context() as patched:
-        patched.setattr(orders, "ensure_claimed", check_then_lose_the_claim)
+        stale, takeover = _claimed_then_taken_over_after_the_next_check(patched)
         with pytest.raises(SagaClaimLost):
             inventory.release("order-1", now=NOW + 10, claim=stale)
 

@@ -8,7 +8,7 @@ ledger, the provider's own ledger and the stock.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -856,12 +856,12 @@ def test_a_new_authorization_fails_fast_on_an_open_breaker(shop: Shop) -> None:
     assert end.available == STOCK
 
 
-def test_the_sweeper_settles_a_stopped_standard_saga_whose_status_event_was_never_handled(
-    shop: Shop, local_aws: LocalAws, faults: StepFaults
-) -> None:
-    """STANDARD executions are settled from their status-change event; when its handler kept failing,
-    the orphan sweeper is what finds the order, and dead-letters it for the redrive that compensates."""
-    faults.fail("SettleStoppedExecutionFunction")
+def _stopped_at_its_authorization_unsettled(
+    shop: Shop, faults: StepFaults, refused: Callable[[Any], bool] = lambda event: True
+) -> str:
+    """A checkout stopped while it authorized, its status event refused by the settle handler (``refused``
+    sees each event): the order is left STOCK_RESERVED with its authorization recorded."""
+    faults.fail("SettleStoppedExecutionFunction", when=refused)
     pause = faults.pause_at("AuthorizePaymentFunction")
     order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
     pause.wait_reached()
@@ -869,12 +869,21 @@ def test_the_sweeper_settles_a_stopped_standard_saga_whose_status_event_was_neve
     pause.released.set()
     assert shop.wait_checkout(order_id) == "ABORTED"
     # The step that was under way when the run was stopped finishes (Lambda does not stop it): the
-    # books below count its authorization, which the redrive voids (else the test raced it).
+    # books count its authorization, which a redrive voids (else a test would race it).
     eventually(
         lambda: (payment := PaymentsRepository().get(order_id)) is not None and payment.status == "AUTHORIZED",
         "the authorization under way to be recorded",
     )
     eventually(lambda: faults.refused["SettleStoppedExecutionFunction"] > 0, "the settle handler to be refused")
+    return order_id
+
+
+def test_the_sweeper_settles_a_stopped_standard_saga_whose_status_event_was_never_handled(
+    shop: Shop, local_aws: LocalAws, faults: StepFaults
+) -> None:
+    """STANDARD executions are settled from their status-change event; when its handler kept failing,
+    the orphan sweeper is what finds the order, and dead-letters it for the redrive that compensates."""
+    order_id = _stopped_at_its_authorization_unsettled(shop, faults)
     assert shop.order(order_id).status == "STOCK_RESERVED" and shop.dead_letter(order_id) is None
     faults.heal()
 
@@ -904,18 +913,7 @@ def test_a_stop_event_delivered_again_flags_the_order_the_sweepers_takeover_coul
         events.append(event)
         return True
 
-    faults.fail("SettleStoppedExecutionFunction", when=refused_and_kept)
-    pause = faults.pause_at("AuthorizePaymentFunction")
-    order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
-    pause.wait_reached()
-    shop.sfn.stop_execution(executionArn=shop.execution_arn("CheckoutStateMachine", order_id))
-    pause.released.set()
-    assert shop.wait_checkout(order_id) == "ABORTED"
-    eventually(
-        lambda: (payment := PaymentsRepository().get(order_id)) is not None and payment.status == "AUTHORIZED",
-        "the authorization under way to be recorded",
-    )
-    eventually(lambda: faults.refused["SettleStoppedExecutionFunction"] > 0, "the settle handler to be refused")
+    order_id = _stopped_at_its_authorization_unsettled(shop, faults, refused=refused_and_kept)
     faults.heal()
     flag_lost = SdkFault(
         "PutItem",
