@@ -856,6 +856,18 @@ def test_a_new_authorization_fails_fast_on_an_open_breaker(shop: Shop) -> None:
     assert end.available == STOCK
 
 
+def _redriven_to_its_voided_cancellation(shop: Shop, order_id: str) -> None:
+    """The order's OPEN letter resumes at the compensation; its redrive voids the authorization the stopped
+    run made (never captured), returns the stock and cancels the order."""
+    assert shop.wait_dead_letter(order_id, "OPEN").resume == "compensate"
+    assert shop.redrive(order_id).status_code == 202
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    settled = books(shop, order_id)
+    assert (settled.status, settled.available) == ("CANCELLED", STOCK)
+    assert settled.ours is not None and settled.ours.status == "VOIDED"
+    assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (0, 1)
+
+
 def _stopped_at_its_authorization_unsettled(
     shop: Shop, faults: StepFaults, refused: Callable[[Any], bool] = lambda event: True
 ) -> str:
@@ -891,13 +903,7 @@ def test_the_sweeper_settles_a_stopped_standard_saga_whose_status_event_was_neve
 
     assert swept["settled"] == [order_id]
     assert shop.order(order_id).status == "NEEDS_ATTENTION"
-    assert shop.wait_dead_letter(order_id, "OPEN").resume == "compensate"
-    assert shop.redrive(order_id).status_code == 202
-    shop.wait_dead_letter(order_id, "RESOLVED")
-    settled = books(shop, order_id)
-    assert (settled.status, settled.available) == ("CANCELLED", STOCK)
-    assert settled.ours is not None and settled.ours.status == "VOIDED"
-    assert (settled.provider_entries("capture"), settled.provider_entries("void")) == (0, 1)
+    _redriven_to_its_voided_cancellation(shop, order_id)
 
 
 def test_a_stop_event_delivered_again_flags_the_order_the_sweepers_takeover_could_not(
@@ -932,12 +938,7 @@ def test_a_stop_event_delivered_again_flags_the_order_the_sweepers_takeover_coul
 
     assert json.loads(answer["Payload"].read())["action"] == "dead_lettered"
     assert shop.order(order_id).status == "NEEDS_ATTENTION"
-    assert shop.wait_dead_letter(order_id, "OPEN").resume == "compensate"
-    assert shop.redrive(order_id).status_code == 202
-    shop.wait_dead_letter(order_id, "RESOLVED")
-    settled = books(shop, order_id)
-    assert (settled.status, settled.available) == ("CANCELLED", STOCK)
-    assert settled.ours is not None and settled.ours.status == "VOIDED"
+    _redriven_to_its_voided_cancellation(shop, order_id)
 
 
 @pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
