@@ -11,13 +11,14 @@ import json
 import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from shop.errors import ShopError
@@ -71,6 +72,18 @@ def dimensioned_metric(name: str, unit: MetricUnit, value: float, **dimensions: 
     with single_metric(name=name, unit=unit, value=value) as metric:
         for key, dimension in dimensions.items():
             metric.add_dimension(name=key, value=dimension)
+
+
+@contextmanager
+def metrics_now() -> Iterator[EphemeralMetrics]:
+    """Metrics of the function's service, added in the block and printed at its end on one line
+    (Powertools' ``EphemeralMetrics``, a buffer of their own): where invocations share a process (the
+    local emulator, the service tests), another function may flush the shared buffer of ``metrics()``
+    under its own service before this invocation ends."""
+    line = EphemeralMetrics()
+    yield line
+    if line.metric_set:
+        line.flush_metrics()
 
 
 def bind_request_ids(lambda_context: Any, correlation_id: str | None) -> None:

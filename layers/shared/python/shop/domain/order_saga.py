@@ -34,7 +34,7 @@ from shop.models.orders import (
     StartRefund,
     StepResult,
 )
-from shop.observability import dimensioned_metric, logger, metrics
+from shop.observability import dimensioned_metric, logger, metrics, metrics_now
 from shop.repositories import dead_letters, sagas
 from shop.repositories import orders as repository
 from shop.repositories.payments import PaymentsRepository
@@ -44,15 +44,16 @@ from shop.saga_terms import Step
 def _emit(name: str, order: Order, now: str, started_at: datetime | None, **dimensions: str) -> None:
     """One count and the saga's duration: from its execution's start (the order's placement when the
     step was not told it); emitted only by the write that made the transition."""
+    ended, began = zoned_instant(now), started_at or zoned_instant(order.created_at)
+    # None: a placement time written behind the shop's back: no duration to tell, and no reason to fail.
+    seconds = None if ended is None or began is None else max((ended - began).total_seconds(), 0.0)
     if dimensions:
         dimensioned_metric(name, MetricUnit.Count, 1, **dimensions)
-    else:
-        metrics().add_metric(name=name, unit=MetricUnit.Count, value=1)
-    ended, began = zoned_instant(now), started_at or zoned_instant(order.created_at)
-    if ended is None or began is None:
-        return  # a placement time written behind the shop's back: no duration to tell, and no reason to fail
-    seconds = (ended - began).total_seconds()
-    metrics().add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=max(seconds, 0.0))
+    with metrics_now() as line:  # at once, as the checkout outcome's counts
+        if not dimensions:
+            line.add_metric(name=name, unit=MetricUnit.Count, value=1)
+        if seconds is not None:
+            line.add_metric(name="SagaDuration", unit=MetricUnit.Seconds, value=seconds)
 
 
 def _count_checkout_outcome(before: OrderStatus, order: Order) -> None:
@@ -277,11 +278,10 @@ def flag_for_attention(step: FlagOrder) -> StepResult:
         return lifecycle.flagged(current, step.failed_step, now)
 
     order, before = _transition(step.order_id, flag, step.claim)
-    # Counted before the letter is written: a retry after a failed letter write finds the order
-    # flagged already (nothing changed) and would never count it (Powertools flushes the metrics of
-    # a failed invocation too).
+    # Counted, and printed, before the letter is written: a retry after a failed letter write finds
+    # the order flagged already (nothing changed) and would never count it.
     if before is not None:
-        metrics().add_metric(name="OrdersNeedingAttention", unit=MetricUnit.Count, value=1)
+        dimensioned_metric("OrdersNeedingAttention", MetricUnit.Count, 1)
         _count_checkout_outcome(before.status, order)
     dead_letters.record(
         order_id=order.order_id,
