@@ -187,3 +187,45 @@ def test_refund_with_every_step_delivered_twice_refunds_once(shop: Shop, local_a
     assert order["status"] == "REFUNDED"
     assert order["payment"]["refunded"] == order["payment"]["captured"] == order["total"]
     assert available("MUG-1") == 10
+
+
+def _stored_token(local_aws: LocalAws, order_id: str) -> str | None:
+    item = local_aws.client("dynamodb").get_item(
+        TableName=local_aws.table("OrdersTable"), Key={"order_id": {"S": order_id}}, ConsistentRead=True
+    )["Item"]
+    return item["payment_token"]["S"] if "payment_token" in item else None
+
+
+def test_an_order_keeps_its_payment_token_until_its_checkout_is_over(shop: Shop, local_aws: LocalAws) -> None:
+    """The token stayed on every order for good, though nothing charges it once the checkout is over (a
+    refund refunds the capture). It is kept while a run may still check out (the orphan sweeper's start,
+    an Express continuation, a flagged order's redrive) and dropped by the write that ends the checkout."""
+    completing = local_aws.function("CompleteOrderFunction")
+    seen_at_completion: list[str | None] = []
+
+    def look(function_name: str, event: Any) -> None:
+        if function_name == completing:
+            seen_at_completion.append(_stored_token(local_aws, event["order_id"]))
+
+    lambda_runtime.faults.before_invoke = look
+    completed = shop.place_ok([("MUG-1", 1)])["order_id"]
+    declined = shop.place_ok([("MUG-1", 1)], token="tok_chargeDeclined")["order_id"]
+    for order_id in (completed, declined):
+        assert shop.wait_checkout(order_id) == "SUCCEEDED"
+    assert seen_at_completion == ["tok_visa"]
+    assert (shop.order(completed).status, shop.order(declined).status) == ("COMPLETED", "CANCELLED")
+    assert _stored_token(local_aws, completed) is None and _stored_token(local_aws, declined) is None
+
+    _fail(local_aws, "CompleteOrderFunction")
+    flagged = shop.place_ok([("MUG-1", 1)])["order_id"]
+    assert shop.wait_checkout(flagged) == "FAILED"
+    assert shop.order(flagged).status == "NEEDS_ATTENTION"
+    assert _stored_token(local_aws, flagged) == "tok_visa"
+    lambda_runtime.faults.before_invoke = None
+    assert shop.redrive(flagged).status_code == 202
+    assert shop.wait_execution("CheckoutStateMachine", f"{flagged}-redrive-1") == "SUCCEEDED"
+    assert shop.order(flagged).status == "COMPLETED" and _stored_token(local_aws, flagged) is None
+
+    assert shop.cancel(completed).status_code == 202
+    assert shop.wait_refund(completed) == "SUCCEEDED"
+    assert shop.order(completed).status == "REFUNDED" and _stored_token(local_aws, completed) is None

@@ -249,3 +249,19 @@ def test_no_outcome_while_the_checkout_runs_or_after_it_ended() -> None:
     completed = lifecycle.completed(_order("PAYMENT_AUTHORIZED"), NOW)
     assert completed is not None
     assert lifecycle.checkout_outcome("PAYMENT_AUTHORIZED", completed) == lifecycle.CheckoutOutcome(False)
+
+
+def test_the_write_that_ends_the_checkout_drops_the_payment_token_and_no_other_does() -> None:
+    def token(order: Order | None) -> str | None:
+        assert order is not None
+        return order.payment_token
+
+    paying = _order("PAYMENT_AUTHORIZED", payment_token="tok_visa")
+    assert token(lifecycle.progressed(_order("PENDING", payment_token="tok_visa"), "reserve_stock", NOW)) == "tok_visa"
+    assert token(lifecycle.decide_cancel(paying, NOW).order) == "tok_visa"  # the saga decides at its checkpoint
+    assert token(lifecycle.flagged(paying, "capture_payment", NOW)) == "tok_visa"  # a redrive may check out again
+    assert token(lifecycle.completed(paying, NOW)) is None
+    assert token(lifecycle.completed(paying.model_copy(update={"cancel_requested": True}), NOW)) is None  # REFUNDING
+    assert token(lifecycle.cancelled(paying, _cancel("PAYMENT_DECLINED", "authorize_payment", []), NOW)) is None
+    assert token(lifecycle.refund_started(paying, NOW)) is None
+    assert token(lifecycle.decide_cancel(_order("COMPLETED", payment_token="tok_visa"), NOW).order) is None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from shop.errors import OrderStateConflict
 from shop.models.orders import (
     CHECKOUT_IN_PROGRESS,
+    CHECKOUT_OVER,
     FIRST_EPOCH,
     SETTLED,
     CancelOrder,
@@ -109,7 +110,10 @@ def _refund_begins(
 
 
 def _changed(order: Order, now: str, **changes: object) -> Order | None:
-    """``order`` with ``changes`` applied, or None if they change nothing."""
+    """``order`` with ``changes`` applied, or None if they change nothing; an order whose checkout is
+    over without its payment token."""
+    if changes.get("status", order.status) in CHECKOUT_OVER:
+        changes["payment_token"] = None
     if all(getattr(order, field) == value for field, value in changes.items()):
         return None
     return order.model_copy(update={**changes, "updated_at": now})

@@ -69,6 +69,9 @@ CHECKOUT_IN_PROGRESS: frozenset[str] = frozenset({"PENDING", "STOCK_RESERVED", "
 SETTLED: frozenset[str] = frozenset({"COMPLETED", "CANCELLED", "REFUNDED"})
 # NEEDS_ATTENTION is terminal for clients; only an operator's redrive moves it on.
 TERMINAL: frozenset[str] = SETTLED | {"NEEDS_ATTENTION"}
+# The checkout is over: nothing charges the payment token again (a refund refunds the capture), so the
+# order forgets it. NEEDS_ATTENTION keeps it: a redrive's run may check out again.
+CHECKOUT_OVER: frozenset[str] = SETTLED | {"REFUNDING"}
 # A saga still has to move these on; each must have a running execution (the orphan sweeper
 # starts or settles those that have none).
 SAGA_IN_PROGRESS: frozenset[str] = CHECKOUT_IN_PROGRESS | {"REFUNDING"}
@@ -198,7 +201,8 @@ class Order(Record):
     total: Money
     history: list[HistoryEntry]
     cancel_requested: bool = False
-    # Kept so that the orphan sweeper can start a saga whose StartExecution failed; never shown.
+    # Kept so that the orphan sweeper can start a saga whose StartExecution failed, until the checkout
+    # is over (CHECKOUT_OVER); never shown.
     payment_token: str | None = None
     # The caller's Idempotency-Key (scoped to ``customer_id``); never shown. None on orders stored
     # before it was kept. The reconciliation checks that no key placed two orders.

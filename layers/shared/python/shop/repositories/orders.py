@@ -23,6 +23,7 @@ from shop.config import table_settings
 from shop.errors import OrderContention, OrderNotFound, SagaClaimLost
 from shop.models.base import iso_now
 from shop.models.orders import (
+    CHECKOUT_OVER,
     SAGA_IN_PROGRESS,
     TERMINAL,
     Failure,
@@ -286,6 +287,8 @@ def advance(
     if to_status in TERMINAL:
         update += ", outcome = :outcome"
         removals.append("in_progress_for")
+    if to_status in CHECKOUT_OVER:
+        removals.append("payment_token")
     elif from_status not in SAGA_IN_PROGRESS:
         update += ", in_progress_for = customer_id"
         removals.append("outcome")
