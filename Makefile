@@ -44,7 +44,7 @@ HOST ?=
 # FLASH_SALE=1: make bench runs the flash sale (hundreds of buyers, one SKU, few units) instead.
 FLASH_SALE ?=
 
-.PHONY: help run emulator test lint typecheck validate schemas lock package deploy unit service http fidelity bench chaos load clean
+.PHONY: help run emulator test lint typecheck validate schemas lock package deploy migrate unit service http fidelity bench chaos load clean
 
 help:
 	@echo "make help       this list"
@@ -62,7 +62,9 @@ help:
 	@echo "make lock       resolve requirements*.txt into requirements-dev.lock (.venv) and requirements.lock (the layer)"
 	@echo "                (UPGRADE=1: the newest versions they allow; otherwise only what a changed requirement needs)"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
-	@echo "make deploy     package, then sam deploy (--guided the first time; samconfig.toml after)"
+	@echo "make deploy     package, then sam deploy (--guided the first time; samconfig.toml after), then make migrate"
+	@echo "make migrate    upgrade the items an earlier version stored in the deployed stack's tables (STACK=<name>:"
+	@echo "                another stack than samconfig.toml's; safe to run again, and while the shop serves)"
 	@echo "make bench      checkout benchmark and cost per million orders (DynamoDB Local; installs it first)"
 	@echo "                (DYNAMODB=moto: moto's DynamoDB in its own process, the emulator make chaos uses)"
 	@echo "                (FLASH_SALE=1: a flash sale of one SKU; the hottest key's WCU/s projected at 5,000 orders/s)"
@@ -153,6 +155,11 @@ deploy:
 	@command -v sam >/dev/null || { echo "deploy: the AWS SAM CLI (sam) was not found; install it ($(SAM_CLI_INSTALL)), then run make deploy again" >&2; exit 1; }
 	@$(MAKE) --no-print-directory package
 	@sh infra/sam_deploy.sh "$(SAMCONFIG)" build/sam/template.yaml
+	@$(MAKE) --no-print-directory migrate
+
+# The stack and region: samconfig.toml's (what the guided deploy saved), or STACK=<name>.
+migrate: $(STAMP)
+	$(BIN)/python -m infra.migrate --samconfig "$(SAMCONFIG)" $(if $(STACK),--stack "$(STACK)")
 
 build/sam/template.yaml: $(STAMP) app.py .chalice/config.json infra/template.yaml infra/package.py requirements.lock $(shell find chalicelib functions layers statemachines -type f -not -path '*/__pycache__/*' 2>/dev/null)
 	$(BIN)/python -m infra.package
