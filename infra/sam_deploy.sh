@@ -10,7 +10,9 @@ config="$1"
 template="$2"
 if [ -s "$config" ]; then
 	echo "deploy: sam deploy with the settings saved in samconfig.toml"
-	exec sam deploy --template-file "$template" --config-file "$config"
+	# A tree deployed already is no failure (SAM CLI's default exits 1 on an empty change set):
+	# make deploy goes on to make migrate.
+	exec sam deploy --template-file "$template" --config-file "$config" --no-fail-on-empty-changeset
 fi
 echo "deploy: first deploy: sam deploy --guided asks for the stack name, region and parameters, and saves them in samconfig.toml"
 : > "$config"

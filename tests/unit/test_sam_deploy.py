@@ -69,6 +69,8 @@ def test_the_first_deploy_is_guided_and_later_ones_reuse_its_answers(tmp_path: P
 
     assert later.returncode == 0, later.stderr
     assert "--guided" not in calls(tmp_path)[1] and str(tmp_path / "samconfig.toml") in calls(tmp_path)[1]
+    # Nothing changed since the last deploy is no error: make deploy goes on to make migrate.
+    assert "--no-fail-on-empty-changeset" in calls(tmp_path)[1]
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
