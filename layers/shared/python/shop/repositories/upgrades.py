@@ -53,6 +53,24 @@ class Upgraded:
 
 
 # ---------------------------------------------------------------------------- orders
+# What deciding an order's keys reads of it (a scan of the whole table reads no more than this).
+_ORDER_ATTRIBUTES = (
+    "order_id",
+    "customer_id",
+    "status",
+    "version",
+    "created_at",
+    "created_key",
+    "in_progress_for",
+    "outcome",
+    "in_progress",
+)
+_ORDER_READ: dict[str, Any] = {
+    "ProjectionExpression": ", ".join(f"#{name}" for name in _ORDER_ATTRIBUTES),
+    "ExpressionAttributeNames": {f"#{name}": name for name in _ORDER_ATTRIBUTES},
+}
+
+
 def _order_keys_wanted(item: Mapping[str, Any]) -> dict[str, str | None]:
     """The index attributes an order with this status has today (None: absent)."""
     status, order_id = item["status"]["S"], item["order_id"]["S"]
@@ -112,7 +130,7 @@ def upgrade_order_index_keys() -> Upgraded:
     """Give every order the sparse index keys its status calls for (see the module's docstring)."""
     done = Upgraded()
     table = table_settings().orders_table
-    for item in every_item("scan", busy=OrderContention, TableName=table):
+    for item in every_item("scan", busy=OrderContention, TableName=table, **_ORDER_READ):
         done.examined += 1
         order_id = item["order_id"]["S"]
         for _ in range(MAX_ATTEMPTS):
@@ -130,6 +148,7 @@ def upgrade_order_index_keys() -> Upgraded:
                 TableName=table,
                 Key={"order_id": {"S": order_id}},
                 ConsistentRead=True,
+                **_ORDER_READ,
             ).get("Item")
         else:
             done.give_up(order_id)
