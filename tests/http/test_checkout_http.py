@@ -39,8 +39,10 @@ def place_order(stack: RunningStack, who: str, sku: str, token: str, quantity: i
     )
 
 
-def wait_for_terminal(stack: RunningStack, who: str, order_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + SAGA_DEADLINE_SECONDS
+def wait_for_terminal(
+    stack: RunningStack, who: str, order_id: str, within: float = SAGA_DEADLINE_SECONDS
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within
     while True:
         order: dict[str, Any] = requests.get(
             stack.url(f"/orders/{order_id}"), headers=stack.auth(who), timeout=10

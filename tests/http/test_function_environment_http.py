@@ -21,6 +21,10 @@ from tests.conftest import SCHEDULED_EVENT
 from tests.http.conftest import RunningStack, launch_stack
 from tests.http.test_checkout_http import available, create_product, place_order, wait_for_terminal
 
+# Every invocation here starts a Python process of its own (imports included): a saga's dozen steps on a
+# busy 2-core machine took more than the other tiers' 120 s (a fresh clone's make test beside other work).
+ISOLATED_SAGA_DEADLINE_SECONDS = 360
+
 
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
@@ -50,8 +54,8 @@ def test_the_order_paths_run_with_each_function_s_own_environment(isolated: Runn
     declined = place_order(isolated, "bob", sku, "tok_chargeDeclined")
     assert paid.status_code == declined.status_code == 202, (paid.text, declined.text)
 
-    completed = wait_for_terminal(isolated, "alice", paid.json()["order_id"])
-    cancelled = wait_for_terminal(isolated, "bob", declined.json()["order_id"])
+    completed = wait_for_terminal(isolated, "alice", paid.json()["order_id"], ISOLATED_SAGA_DEADLINE_SECONDS)
+    cancelled = wait_for_terminal(isolated, "bob", declined.json()["order_id"], ISOLATED_SAGA_DEADLINE_SECONDS)
     assert completed["status"] == "COMPLETED", completed
     assert (cancelled["status"], cancelled["failure_reason"]) == ("CANCELLED", "PAYMENT_DECLINED")
 
@@ -60,7 +64,7 @@ def test_the_order_paths_run_with_each_function_s_own_environment(isolated: Runn
         isolated.url(f"/orders/{completed['order_id']}/cancel"), headers=isolated.auth("alice"), timeout=30
     )
     assert refund.status_code == 202, refund.text
-    refunded = wait_for_terminal(isolated, "alice", completed["order_id"])
+    refunded = wait_for_terminal(isolated, "alice", completed["order_id"], ISOLATED_SAGA_DEADLINE_SECONDS)
     assert refunded["status"] == "REFUNDED", refunded
     assert available(isolated, sku) == 5
 
