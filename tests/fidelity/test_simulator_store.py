@@ -351,3 +351,29 @@ def test_a_void_racing_a_capture_leaves_one_of_them(simulator: SimulatorProvider
         ledger = ledger_of(simulator, authorization.reference)
         assert len(ledger.entries) == 1
         assert ledger.authorization.status == {"capture": "CAPTURED", "void": "VOIDED"}[ledger.entries[0].kind]
+
+
+def test_a_void_has_its_own_reference_never_the_capture_one(simulator: SimulatorProvider) -> None:
+    """s06: the void's reference named the authorization's (only) capture, and every test passed."""
+    authorization = simulator.authorize(usd(500), "tok_visa", "o1:authorize")
+    voided = simulator.void(authorization.reference, "o1:void")
+
+    assert voided.reference.startswith("sim_void_")
+    assert voided.reference != capture_ref_for(authorization.reference)
+    assert [entry.reference for entry in ledger_of(simulator, authorization.reference).of_kind("void")] == [
+        voided.reference
+    ]
+
+
+def test_a_refund_of_a_capture_not_the_simulators_binds_no_key(simulator: SimulatorProvider) -> None:
+    """s08: a capture reference that is not one of ours is refused before anything is written, so the
+    key stays free for the order's real capture."""
+    _, capture = authorized_and_captured(simulator, 1000)
+    with pytest.raises(PaymentStateConflict):
+        simulator.refund("ch_elsewhere", usd(100), "o1:refund:a")
+    assert simulator.lookup("o1:refund:a") is None
+
+    refund = simulator.refund(capture.reference, usd(100), "o1:refund:a")
+
+    assert refund.amount == usd(100)
+    assert simulator.lookup("o1:refund:a") is not None

@@ -20,6 +20,7 @@ from shop.domain import inventory as inventory_domain
 from shop.domain import payments as payment_domain
 from shop.domain import reconciliation_job, recovery
 from shop.models.base import iso_now
+from shop.models.money import Money
 from shop.models.orders import HistoryEntry
 from shop.models.reconciliation import ReconciliationReport
 from shop.repositories import audit, dead_letters
@@ -684,3 +685,65 @@ def test_a_purchase_counter_out_of_step_with_the_customers_orders_is_reported_un
 
     _drift_purchase_count(local_aws, "alice", -2)  # the operator set it back
     assert reconciliation_job.run(quiescent=True).discrepancies == []
+
+
+def test_an_order_is_judged_only_once_unchanged_for_the_settling_period(shop: Shop) -> None:
+    """r01: the 15 minutes an order must be left unchanged before it is judged (a saga, a sweeper or a
+    retry may still move it) were pinned only at "just now": a minute passed every test."""
+    completed(shop)
+    now = datetime.now(UTC)
+
+    early = reconciliation_job.run(now=now + timedelta(minutes=14))
+    late = reconciliation_job.run(now=now + timedelta(minutes=16))
+
+    assert (early.checked.orders, late.checked.orders) == (0, 1)
+    assert late.discrepancies == []
+
+
+def test_the_discrepancies_past_the_cap_are_counted(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r02: the report lists MAX_LISTED discrepancies; ``omitted`` counts the rest (only the resolved
+    letters' count was pinned)."""
+    monkeypatch.setattr(reconciliation_job, "MAX_LISTED", 1)  # stands for the 200 it is
+    orders = [completed(shop) for _ in range(3)]
+    for order_id in orders:
+        _set_status(local_aws, "ReservationsTable", {"reservation_id": order_id}, "RESERVED")
+
+    report = reconciliation_job.run(datetime.now(UTC) + timedelta(minutes=16))
+
+    assert [d.kind for d in report.discrepancies] == ["completed_reservation_not_committed"]
+    assert report.omitted == 2
+
+
+def test_a_refund_only_the_providers_ledger_knows_is_read_and_counted(shop: Shop) -> None:
+    """r03: the provider's view takes the refund keys of the simulator's ledger as well as ours; without
+    them a refund our ledger never recorded (the step stopped after the provider's answer) was not read,
+    and the report counted one provider operation fewer."""
+    order_id = completed(shop)
+    payment = PaymentsRepository().get(order_id)
+    assert payment is not None and payment.capture_ref is not None
+    payment_domain.provider().refund(payment.capture_ref, Money(amount=100), f"{order_id}:refund:lost-run:100")
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert report.checked.provider_operations == 3  # authorize, capture, the refund
+    assert [(d.kind, d.order_id) for d in report.discrepancies] == [("payment_ledger_mismatch", order_id)]
+    assert "refunded: ours 0, the provider's 100" in report.discrepancies[0].detail
+
+
+def test_every_page_of_dead_letters_is_read(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """r05: the run reads the letters a page of 100 at a time; reading the first page only passed
+    every test (none had more than 100 letters). One letter a page stands for the 100."""
+    real = dead_letters.list_page
+
+    def one_a_page(*, limit: int, start_key: Any) -> Any:
+        return real(limit=1, start_key=start_key)
+
+    monkeypatch.setattr(dead_letters, "list_page", one_a_page)
+    for order_id in ("order-a", "order-b", "order-c"):
+        open_reconciliation_letter(order_id, "read by the run")
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert report.checked.dead_letters == 3

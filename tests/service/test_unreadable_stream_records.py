@@ -449,3 +449,28 @@ def test_a_page_of_large_records_stays_within_what_lambda_can_answer(shop: Shop,
             break
         path = f"/admin/unreadable-records?limit=100&next_token={response.json_body['next_token']}"
     assert listed_ids == [f"orders-{number:04d}" for number in range(records)]
+
+
+def _record(sequence_number: str) -> UnreadableRecord:
+    return UnreadableRecord(
+        record_id=f"orders-{sequence_number}",
+        source="orders",
+        sequence_number=sequence_number,
+        keys={"order_id": f"o-{sequence_number}"},
+        status="OPEN",
+        error="ValidationError",
+        detail="written behind the shop's back",
+        attempts=1,
+        set_aside_at="2026-12-02T00:00:00Z",
+        last_attempt_at="2026-12-02T00:00:00Z",
+        record={"eventName": "INSERT", "dynamodb": {}},
+    )
+
+
+def test_open_records_come_oldest_first_by_sequence_number_as_a_number(local_aws: LocalAws) -> None:
+    """u07: stream sequence numbers are decimal strings that grow in length; as text "10" sorts before
+    "9", and the republisher published a newer record before an older one of the same shard."""
+    for sequence_number in ("10", "9", "100"):
+        unreadable_records.set_aside(_record(sequence_number))
+
+    assert [record.sequence_number for record in unreadable_records.open_records()] == ["9", "10", "100"]

@@ -445,3 +445,71 @@ def test_a_subject_no_order_could_be_stored_under_is_unauthorized(verifier: DevI
     token = jwt.encode(claims, verifier.private_key_pem, algorithm="RS256", headers={"kid": KEY_ID})
     with pytest.raises(Unauthorized):
         auth.verify(token)
+
+
+# ---------------------------------------------------------------------------- a second mutation run's pins
+def test_a_refresh_that_brings_no_usable_key_keeps_the_cached_keys_and_backs_off() -> None:
+    """a11: a key set with no key that has a ``kid`` (an empty set, to ``fetch``) is a failed refresh:
+    the keys cached before are still served, and the retry waits for the backoff. Read as a success,
+    it replaced the good keys with none and every token was a 401 until the next refresh."""
+    key: Any = object()
+    answers: list[dict[str, Any]] = [{"k1": key}, {}, {}]
+    fetched: list[int] = []
+
+    def fetch() -> dict[str, Any]:
+        fetched.append(1)
+        return answers.pop(0)
+
+    clock = FakeClock()
+    keys = auth.KeySet("http://issuer.invalid/.well-known/jwks.json", fetch=fetch, clock=clock)
+    assert keys.key("k1") is key
+    clock.advance(auth.KEYS_FRESH_SECONDS)
+
+    assert keys.key("k1") is key  # the refresh brought nothing usable: the stale key is served
+    assert keys.key("k1") is key  # and no fetch before the backoff
+    assert len(fetched) == 2
+
+
+def test_with_nothing_cached_a_key_set_without_usable_keys_is_a_transient_error_not_a_401() -> None:
+    clock = FakeClock()
+    keys = auth.KeySet("http://issuer.invalid/.well-known/jwks.json", fetch=dict, clock=clock)
+    with pytest.raises(TransientError):
+        keys.key("k1")
+    try:
+        keys.key("k1")
+    except Unauthorized:
+        pytest.fail("an empty key set was taken for a good one")
+    except TransientError:
+        pass
+
+
+def _resigned(verifier: DevIdentityProvider, **changes: Any) -> str:
+    claims = jwt.decode(verifier.token("alice"), options={"verify_signature": False})
+    for name, value in changes.items():
+        name = name.replace("__", ":")
+        if value is None:
+            del claims[name]
+        else:
+            claims[name] = value
+    return jwt.encode(claims, verifier.private_key_pem, algorithm="RS256", headers={"kid": KEY_ID})
+
+
+@pytest.mark.parametrize("groups", [["admin", 7], [["admin"]], [None]])
+def test_groups_that_are_not_all_strings_are_unauthorized(verifier: DevIdentityProvider, groups: list[Any]) -> None:
+    """a15: only the list was checked, not its members."""
+    with pytest.raises(Unauthorized):
+        auth.verify(_resigned(verifier, cognito__groups=groups))
+
+
+def test_the_username_is_cognitos_not_the_subject(verifier: DevIdentityProvider) -> None:
+    """a16: on Cognito ``sub`` is a UUID and ``cognito:username`` the name; the dev provider makes them equal."""
+    subject = "6f1c2f1e-8d3b-4b8e-9a51-0c6c1f2b9d11"
+    principal = auth.verify(_resigned(verifier, sub=subject))
+    assert (principal.subject, principal.username) == (subject, "alice")
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_a_token_without_an_expiry_or_issue_time_is_unauthorized(verifier: DevIdentityProvider, claim: str) -> None:
+    """a17: without ``exp`` required, a signed token without one never expires."""
+    with pytest.raises(Unauthorized):
+        auth.verify(_resigned(verifier, **{claim: None}))
