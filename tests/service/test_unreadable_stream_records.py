@@ -410,6 +410,25 @@ def test_only_admins_list_them(shop: Shop) -> None:
     assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/problem+json"
 
 
+def _record(
+    sequence_number: str, *, order_id: str | None = None, record: dict[str, Any] | None = None
+) -> UnreadableRecord:
+    """An OPEN record of OrdersTable's stream, as the publisher sets one aside."""
+    return UnreadableRecord(
+        record_id=f"orders-{sequence_number}",
+        source="orders",
+        sequence_number=sequence_number,
+        keys={"order_id": order_id or f"o-{sequence_number}"},
+        status="OPEN",
+        error="ValidationError",
+        detail="written behind the shop's back",
+        attempts=1,
+        set_aside_at="2026-12-02T00:00:00Z",
+        last_attempt_at="2026-12-02T00:00:00Z",
+        record=record or {"eventName": "INSERT", "dynamodb": {}},
+    )
+
+
 @pytest.mark.parametrize(
     ("records", "notes"),
     [(12, "x" * 1_000_000), (8, "\u00e9" * 190_000)],
@@ -424,17 +443,9 @@ def test_a_page_of_large_records_stays_within_what_lambda_can_answer(shop: Shop,
     for number in range(records):
         image = {"order_id": {"S": f"hand-written-{number}"}, "notes": {"S": notes}}
         unreadable_records.set_aside(
-            UnreadableRecord(
-                record_id=f"orders-{number:04d}",
-                source="orders",
-                sequence_number=f"{number:04d}",
-                keys={"order_id": f"hand-written-{number}"},
-                status="OPEN",
-                error="ValidationError",
-                detail="written behind the shop's back",
-                attempts=1,
-                set_aside_at="2026-12-02T00:00:00Z",
-                last_attempt_at="2026-12-02T00:00:00Z",
+            _record(
+                f"{number:04d}",
+                order_id=f"hand-written-{number}",
                 record={"eventName": "MODIFY", "dynamodb": {"NewImage": image, "OldImage": image}},
             )
         )
@@ -449,22 +460,6 @@ def test_a_page_of_large_records_stays_within_what_lambda_can_answer(shop: Shop,
             break
         path = f"/admin/unreadable-records?limit=100&next_token={response.json_body['next_token']}"
     assert listed_ids == [f"orders-{number:04d}" for number in range(records)]
-
-
-def _record(sequence_number: str) -> UnreadableRecord:
-    return UnreadableRecord(
-        record_id=f"orders-{sequence_number}",
-        source="orders",
-        sequence_number=sequence_number,
-        keys={"order_id": f"o-{sequence_number}"},
-        status="OPEN",
-        error="ValidationError",
-        detail="written behind the shop's back",
-        attempts=1,
-        set_aside_at="2026-12-02T00:00:00Z",
-        last_attempt_at="2026-12-02T00:00:00Z",
-        record={"eventName": "INSERT", "dynamodb": {}},
-    )
 
 
 def test_open_records_come_oldest_first_by_sequence_number_as_a_number(local_aws: LocalAws) -> None:
