@@ -7,6 +7,8 @@ from infra/template.yaml (``infra.local.deploy``), never from a second list of r
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import secrets
 import warnings
@@ -41,6 +43,7 @@ from infra.local.identity import DevIdentityProvider  # noqa: E402
 from shop.config import event_settings  # noqa: E402
 from shop.errors import TransientError  # noqa: E402
 from shop.models.events import EmailNotification  # noqa: E402
+from shop.observability import logger  # noqa: E402
 from shop.repositories import dynamodb  # noqa: E402
 from tests import statemachine_coverage  # noqa: E402
 
@@ -239,6 +242,25 @@ def seed_product(sku: str, *, stock: int, price: int = 1000, name: str | None = 
             sku=sku, name=name or f"Product {sku}", category="test", price=Money(amount=price), stock=stock
         )
     )
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """What the shop's Powertools logger writes (every function and the API share it), in its JSON format."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger().registered_formatter)
+    # The Python logger behind Powertools' (which has no removeHandler of its own).
+    python_logger = logging.getLogger(logger().name)
+    level = python_logger.level
+    # Whatever level an earlier test's environment left the cached logger at, the lines get through.
+    python_logger.setLevel(logging.INFO)
+    python_logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        python_logger.removeHandler(handler)
+        python_logger.setLevel(level)
 
 
 class FakeClock:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import threading
 from collections.abc import Callable
 
@@ -738,3 +740,28 @@ def test_each_opening_counts_one_circuit_breaker_opened_metric(store: FakeStore,
     succeed(subject, "ord-q:authorize", "cust-q")  # the probe's success closes it: no count
     assert opened_counts() == [1.0, 1.0]
     metrics().clear_metrics()
+
+
+def test_a_state_change_is_logged_with_counts_and_names_no_customer(
+    store: FakeStore, clock: FakeClock, log_lines: io.StringIO
+) -> None:
+    """The sources are customer ids: the breaker's WARNING says how many failed, never who."""
+    subject = breaker(store, clock)
+    trip(subject)
+    clock.advance(POLICY.cooldown_seconds)
+    fail(subject, "ord-p:authorize", "cust-probe")
+    fail(subject, "ord-q:authorize", "cust-second")
+    clock.advance(POLICY.cooldown_seconds)
+    succeed(subject, "ord-r:authorize", "cust-closing")
+
+    changes = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    # A probe's admission (OPEN -> HALF_OPEN) is not logged; its outcome is.
+    assert [(change["from_state"], change["to_state"], change["failed_probes"]) for change in changes] == [
+        ("CLOSED", "OPEN", 0),
+        ("HALF_OPEN", "OPEN", 1),  # one source's failed probe: open, the probe counted
+        ("HALF_OPEN", "OPEN", 0),  # a second source's: re-opened with a fresh cooldown
+        ("HALF_OPEN", "CLOSED", 0),
+    ]
+    assert {change["level"] for change in changes} == {"WARNING"}
+    assert changes[0]["failing_sources"] >= POLICY.minimum_failing_sources
+    assert "cust-" not in log_lines.getvalue()

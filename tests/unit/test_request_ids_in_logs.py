@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -54,25 +52,6 @@ def api_gateway_event(path: str, request_id: str) -> dict[str, Any]:
 def body_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     # The problem middleware reads only the body size limit of the API's settings.
     monkeypatch.setattr(http, "api_settings", lambda: SimpleNamespace(max_body_bytes=64 * 1024))
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """What the API's Powertools logger writes, in its JSON format."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logger().registered_formatter)
-    # The Python logger behind Powertools' (which has no removeHandler of its own).
-    python_logger = logging.getLogger(logger().name)
-    level = python_logger.level
-    # Whatever level an earlier test's environment left the cached logger at, the lines get through.
-    python_logger.setLevel(logging.INFO)
-    python_logger.addHandler(handler)
-    try:
-        yield stream
-    finally:
-        python_logger.removeHandler(handler)
-        python_logger.setLevel(level)
 
 
 class Done(BaseModel):

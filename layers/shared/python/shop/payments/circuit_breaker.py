@@ -291,7 +291,8 @@ class CircuitBreaker:
                             "calls_in_window": stats.calls,
                             "failures_in_window": stats.failures,
                             "failing_sources": stats.failing_sources,
-                            "failed_probe_sources": sorted(updated.failed_probes),
+                            # A count: the sources are customer ids, which the logs do not keep.
+                            "failed_probes": len(updated.failed_probes),
                         },
                     )
                     if updated.state == "OPEN" and updated.opened_at != current.opened_at:
