@@ -135,7 +135,7 @@ def problem_response(error: BaseException, headers: Headers | None = None) -> Re
     if isinstance(error, ShopError):
         status = error.status
         if status >= 500:
-            logger().warning("request failed", extra={"error": type(error).__name__, "detail": error.detail})
+            logger().warning("request failed", extra={"error": type(error).__name__, "detail": str(error)})
         return _problem(status, error.title, error.slug, error.detail, error.extensions, headers)
     if isinstance(error, ChaliceViewError) and 400 <= error.STATUS_CODE < 500:
         known = _ERROR_BY_STATUS.get(error.STATUS_CODE)

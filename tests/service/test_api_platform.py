@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import threading
@@ -182,6 +183,24 @@ def test_a_transient_failure_is_a_503_problem_to_retry(client: Client, monkeypat
     response = client.http.get("/products/A")
     assert response.status_code == 503
     assert response.headers["Content-Type"] == PROBLEM and response.headers["Retry-After"] == "1"
+
+
+def test_a_busy_table_is_a_503_that_names_no_service_while_the_log_says_which_and_how(
+    client: Client, log_lines: io.StringIO
+) -> None:
+    """The caller is told to retry; which service refused, and its error code, are the operators'."""
+    from shop import aws
+    from tests.service.faults import SdkFault, inject
+
+    with inject(aws.dynamodb(), SdkFault("GetItem", "ProvisionedThroughputExceededException")):
+        response = client.http.get("/products/A")
+    assert response.status_code == 503
+    body = json.loads(response.body)
+    assert body["detail"] == "the shop's records are busy; retry"
+    assert "DynamoDB" not in response.body.decode() and "Exception" not in response.body.decode()
+    [logged] = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    assert (logged["message"], logged["error"]) == ("request failed", "TransientError")
+    assert logged["detail"] == "DynamoDB is busy (ProvisionedThroughputExceededException); retry"
 
 
 def test_chalices_own_error_answers_are_problem_json(client: Client) -> None:

@@ -12,14 +12,18 @@ from typing import Any, ClassVar
 
 
 class ShopError(Exception):
-    """Base of every expected failure. ``detail`` is safe to show to the caller."""
+    """Base of every expected failure. ``detail`` is safe to show to the caller.
+
+    ``internal``, when given, is what the operators see instead (the message: the logs, a saga step's
+    error cause): which service failed and how, which a caller has no use for.
+    """
 
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
     slug: ClassVar[str] = "internal-error"
 
-    def __init__(self, detail: str = "", **extensions: Any) -> None:
-        super().__init__(detail or self.title)
+    def __init__(self, detail: str = "", *, internal: str = "", **extensions: Any) -> None:
+        super().__init__(internal or detail or self.title)
         self.detail = detail or self.title
         self.extensions = extensions
 

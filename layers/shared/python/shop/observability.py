@@ -153,7 +153,7 @@ def instrumented(func: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[s
             return func(event, context)
         except ShopError as error:
             # An outcome the state machine handles (declined, out of stock, retried transients).
-            logger().info("step ended with %s", type(error).__name__, extra={"error_detail": error.detail})
+            logger().info("step ended with %s", type(error).__name__, extra={"error_detail": str(error)})
             raise
         except Exception:
             logger().exception("step failed unexpectedly")

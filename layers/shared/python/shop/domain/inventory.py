@@ -547,7 +547,7 @@ def release_expired(
                 "an expired hold could not be released; left for an operator",
                 reservation_id=reservation_id,
                 error=type(error).__name__,
-                detail=error.detail,
+                detail=str(error),
             )
             continue
         dealt_with += 1

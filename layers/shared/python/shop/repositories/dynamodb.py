@@ -36,6 +36,9 @@ BUSY_ERROR_CODES = frozenset(
     }
 )
 
+# What a caller is told of a busy table (a 503's detail): which service refused, and how, is the operators'.
+_BUSY_DETAIL = "the shop's records are busy; retry"
+
 _serializer = TypeSerializer()
 
 
@@ -103,10 +106,10 @@ def call(operation: str, *, busy: type[TransientError], **request: Any) -> Any:
     except ClientError as error:
         code = error_code(error)
         if code in BUSY_ERROR_CODES:
-            raise busy(f"DynamoDB is busy ({code}); retry") from error
+            raise busy(_BUSY_DETAIL, internal=f"DynamoDB is busy ({code}); retry") from error
         raise
     except (TransportConnectionError, HTTPClientError) as error:
-        raise busy(f"DynamoDB did not answer ({type(error).__name__}); retry") from error
+        raise busy(_BUSY_DETAIL, internal=f"DynamoDB did not answer ({type(error).__name__}); retry") from error
 
 
 def call_if(operation: str, *, busy: type[TransientError], **request: Any) -> Any | None:
@@ -164,7 +167,7 @@ def batch_get(
         if pending:
             # The table's name is for the operator's log: an error's detail is shown to the caller.
             logger().warning("a batch read left keys unread", extra={"table": table, "attempts": _BATCH_ATTEMPTS})
-            raise busy(f"DynamoDB left keys unread {_BATCH_ATTEMPTS} times; retry")
+            raise busy(_BUSY_DETAIL, internal=f"DynamoDB left keys unread {_BATCH_ATTEMPTS} times; retry")
 
 
 def partition_page(
