@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 from chalice import Chalice
 from chalice.config import Config
@@ -30,9 +31,13 @@ from chalice.local import (
     ChaliceRequestHandler,
     CustomLocalChalice,
     ForbiddenError,
+    LambdaEventConverter,
     LocalChalice,
     LocalDevServer,
+    LocalGateway,
     LocalGatewayException,
+    MatchResult,
+    RouteMatcher,
     ThreadedHTTPServer,
 )
 
@@ -101,11 +106,44 @@ class _BadChunks(ValueError):
     """A chunked request body that is not one (a chunk size that is no hex number, a missing CRLF)."""
 
 
+class _PathAsSent(RouteMatcher):
+    """API Gateway matches and hands on the path as sent. chalice local's urlparse takes what follows a
+    ";" in the last segment for "parameters" and drops it: /products/A;x answered product A."""
+
+    def match_route(self, url: str) -> MatchResult:
+        split = urlsplit(url)
+        # Reversibly escaped ("%" first), so urlparse finds no ";" and each captured value comes back exact.
+        escaped = split.path.replace("%", "%25").replace(";", "%3B")
+        matched = super().match_route(escaped + (f"?{split.query}" if split.query else ""))
+        captured = {name: _ESCAPED.sub(_unescape, value) for name, value in matched.captured.items()}
+        return MatchResult(matched.route, captured, matched.query_params)
+
+
+_ESCAPED = re.compile("%(25|3B)")
+
+
+def _unescape(escape: re.Match[str]) -> str:
+    return "%" if escape.group(1) == "25" else ";"
+
+
 class GatewayRequestHandler(ChaliceRequestHandler):
     """chalice local's request handler, answering like the deployed gateway where they differ."""
 
     # A chunked request's body, read whole before the app sees it (chalice local reads Content-Length only).
     _dechunked: bytes | None = None
+    _gateway: LocalGateway
+
+    @property
+    def local_gateway(self) -> LocalGateway:
+        return self._gateway
+
+    @local_gateway.setter
+    def local_gateway(self, gateway: LocalGateway) -> None:
+        # ChaliceRequestHandler builds its gateway, with chalice's route matcher, before it handles the request.
+        gateway.event_converter = LambdaEventConverter(
+            _PathAsSent(list(gateway._app_object.routes)), gateway._app_object.api.binary_types
+        )
+        self._gateway = gateway
 
     def _handle_with_gateway_rules(self) -> None:
         self._dechunked = None

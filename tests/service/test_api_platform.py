@@ -319,6 +319,21 @@ def test_the_local_server_serves_the_app(server: tuple[str, int]) -> None:
     assert status == 405 and headers["content-type"] == PROBLEM
 
 
+@pytest.mark.parametrize("path", ["/products/MUG-1;x", "/products/MUG-1;"])
+def test_the_local_server_keeps_a_semicolon_in_the_path_as_the_gateway_does(server: tuple[str, int], path: str) -> None:
+    """API Gateway hands the path on as sent; chalice local's urlparse cut what follows a ";" off the
+    last segment, so /products/MUG-1;x answered MUG-1 where the deployed API refuses the SKU."""
+    from tests.service.orders_helpers import seed_product
+
+    seed_product("MUG-1", price=1250, stock=10)
+    assert _request(server, "GET", "/products/MUG-1")[0] == 200
+    status, headers, body = _request(server, "GET", path)
+    assert status == 400, body
+    assert headers["content-type"] == PROBLEM
+    [error] = json.loads(body)["errors"]
+    assert error["field"] == "sku"
+
+
 def test_the_local_server_refuses_a_body_over_the_gateway_limit_without_reading_it(server: tuple[str, int]) -> None:
     connection = http.client.HTTPConnection(*server, timeout=10)
     try:

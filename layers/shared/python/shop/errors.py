@@ -145,7 +145,7 @@ class PurchaseLimitExceeded(Unprocessable):
     title, slug = "Purchase limit exceeded", "purchase-limit-exceeded"
 
     def __init__(self, skus: list[str], errors: list[dict[str, str]] | None = None) -> None:
-        extensions: dict[str, object] = {"skus": skus}
+        extensions: dict[str, Any] = {"skus": skus}
         if errors is not None:
             extensions["errors"] = errors
         super().__init__(f"over the purchase limit per customer: {', '.join(skus)}", **extensions)
