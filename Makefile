@@ -58,7 +58,8 @@ help:
 	@echo "make lint       ruff check and format check"
 	@echo "make typecheck  mypy over the whole tree"
 	@echo "make validate   cfn-lint on the packaged template and on its SAM transform (offline), then every state machine"
-	@echo "make schemas    regenerate openapi.json and the events' JSON Schemas in events/schemas/ (a breaking change needs a new version)"
+	@echo "make schemas    regenerate openapi.json, the events' JSON Schemas in events/schemas/ (a breaking change needs a new version)"
+	@echo "                and the saga steps' payload shapes in statemachines/step_payloads.json (executions in flight send them)"
 	@echo "make lock       resolve requirements*.txt into requirements-dev.lock (.venv) and requirements.lock (the layer)"
 	@echo "                (UPGRADE=1: the newest versions they allow; otherwise only what a changed requirement needs)"
 	@echo "make package    build the deployable SAM template and artifacts into build/sam"
@@ -135,6 +136,7 @@ validate: $(STAMP) build/sam/template.yaml
 schemas: $(STAMP)
 	$(BIN)/python -m infra.api_document
 	$(BIN)/python -m infra.event_schemas
+	$(BIN)/python -m infra.step_contracts
 
 # The static checks side by side (mypy on one core, packaging and cfn-lint on the other), each
 # one's output printed whole when it ends; then every test tier on both cores.
