@@ -3,8 +3,8 @@
 A deploy updates the functions at once, but an execution keeps the definition it started with: a
 STANDARD saga (or its redrive, or a refund) started before the deploy goes on calling the new code
 with the payloads of the old definition, and reads the old fields of its answers. So the payloads
-every definition ever sent are committed in ``statemachines/step_payloads.json`` (generated from
-the ASL; a shape is added when the ASL changes and never dropped by the generator), and the tests
+every definition has sent since the file was started are committed in ``statemachines/step_payloads.json``
+(generated from the ASL; a shape is added when the ASL changes and never dropped by the generator), and the tests
 hold the functions to them: every field a step's input model requires is in every payload kept for
 it, and every field an answer is read for is always in the step's output model.
 

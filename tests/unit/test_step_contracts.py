@@ -1,5 +1,5 @@
 """The saga steps stay callable by executions started before a deploy: every payload shape a definition
-ever sent (statemachines/step_payloads.json) is one the step's input model accepts, and every field a
+has sent (statemachines/step_payloads.json) is one the step's input model accepts, and every field a
 definition reads of an answer is one the step's output model always holds (infra.step_contracts)."""
 
 from __future__ import annotations
