@@ -3,8 +3,9 @@
 The search index (SearchIndexTable) is written in the product's own transactions and read with
 ``begins_with`` on its sort key; these check, through the catalog's domain functions, that a
 search finds what the contract says (accents, prefixes, categories), never an inactive product,
-forgets a renamed product's old terms at once, pages with the signed tokens, and that the largest
-product write (every term replaced and the stock resharded) still fits in one transaction.
+forgets a renamed product's old terms at once, pages with the signed tokens (the listing's exact last
+page with none), and that the largest product write (every term replaced and the stock resharded)
+still fits in one transaction.
 """
 
 from __future__ import annotations
@@ -155,6 +156,24 @@ def test_pages_follow_the_ranking_with_signed_tokens(backend: Backend, monkeypat
     ):
         with pytest.raises(FieldError):
             catalog.list_products(other)
+
+
+def test_the_listings_exact_last_page_hands_out_no_token(
+    shop_catalog: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DynamoDB Local (as DynamoDB) answers a Query that stopped at its Limit with a LastEvaluatedKey even
+    when nothing follows, moto does not: passed on, a listing that ends exactly on a page's last product
+    handed out a token to an empty page. The listing reads one product more than its page."""
+    monkeypatch.setattr(signing, "pagination_key", lambda: "fidelity-tier-signing-key")
+    first = catalog.list_products(ProductListQuery(limit=3))
+    assert [product.sku for product in first.items] == ["BOWL-STONE", "CAFE-CREME", "MUG-STONE"]
+    assert first.next_token is not None
+    last = catalog.list_products(ProductListQuery(limit=2, next_token=first.next_token))
+    assert [product.sku for product in last.items] == ["MUSEUM-MAP", "TEA-MUG"] and last.next_token is None
+    assert catalog.list_products(ProductListQuery(limit=5)).next_token is None
+    by_category = catalog.list_products(ProductListQuery(category="kitchen", limit=2))
+    assert [product.sku for product in by_category.items] == ["BOWL-STONE", "MUG-STONE"]
+    assert by_category.next_token is None
 
 
 def test_too_many_words_are_refused_before_any_read(backend: Backend) -> None:

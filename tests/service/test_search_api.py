@@ -7,7 +7,7 @@ written), paging with next_token, caching, and the admin routes keeping the inde
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -17,7 +17,7 @@ from chalice.test import Client
 from app import app
 from shop import signing
 from shop.domain import search
-from shop.models.catalog import MAX_QUERY_WORDS, MAX_SEARCH_LENGTH
+from shop.models.catalog import MAX_QUERY_WORDS, MAX_SEARCH_LENGTH, ProductInfo
 from tests.conftest import LocalAws
 from tests.service.test_catalog_api import Api, assert_problem
 
@@ -360,6 +360,90 @@ def test_a_restock_during_the_prune_does_not_keep_an_older_rules_term(
 
     assert [step["changed_meanwhile"] for step in steps] == [[], []]
     assert api.found("stonewaremug") == [] and api.found("stoneware") == ["MUG-STONE"]
+
+
+@pytest.mark.parametrize(
+    ("change", "old_word", "new_word"),
+    [({"description": "Porcelain."}, "glazed", "porcelain"), ({"category": "gifts"}, "kitchen", "gifts")],
+)
+def test_a_description_or_category_changed_during_a_rebuild_keeps_the_terms_its_own_write_made(
+    api: SearchApi, monkeypatch: pytest.MonkeyPatch, change: dict[str, str], old_word: str, new_word: str
+) -> None:
+    """The rebuild's write holds only while every field the terms come from is as read, not the name
+    alone: else it puts back the old description's terms, or every term under the old category."""
+    from shop.repositories import catalog
+
+    create(api, "MUG-STONE", "Stoneware mug", description="Glazed by hand.")
+    read_page = catalog.scan_product_infos
+
+    def changed_after_the_read(
+        limit: int, start: Mapping[str, Any] | None
+    ) -> tuple[list[ProductInfo], dict[str, Any] | None]:
+        page = read_page(limit, start)
+        assert api.request("PATCH", "/products/MUG-STONE", change, token=api.admin).status == 200
+        return page
+
+    monkeypatch.setattr(catalog, "scan_product_infos", changed_after_the_read)
+    first = api.request("POST", "/admin/search/reindex", token=api.admin)
+
+    assert first.status == 200, first.body
+    assert isinstance(first.body, dict)
+    assert (first.body["changed_meanwhile"], first.body["terms_written"]) == (["MUG-STONE"], 0)
+    assert api.found(old_word) == [] and api.found(new_word) == ["MUG-STONE"]
+    category = change.get("category", "kitchen")
+    assert api.found("mug", category=category) == ["MUG-STONE"]
+
+
+def _prune_read_then(api: SearchApi, monkeypatch: pytest.MonkeyPatch, write: Callable[[], None]) -> None:
+    """Run ``write`` once, right after the prune has read the products of its page of index items."""
+    from shop.repositories import catalog
+
+    read = catalog.get_product_infos_and_versions  # what the prune's read of the products comes to
+    pending = [write]
+
+    def written_after_the_read(skus: Iterable[str]) -> dict[str, tuple[ProductInfo, int]]:
+        found = read(skus)
+        while pending:
+            pending.pop()()
+        return found
+
+    monkeypatch.setattr(catalog, "get_product_infos_and_versions", written_after_the_read)
+
+
+def test_a_prune_keeps_the_terms_of_a_product_created_during_it(
+    api: SearchApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A term of no product when the prune read it, made current by a create meanwhile: deleting it
+    (the condition that the product is still missing) left the new product unfindable by that word."""
+    _put_term(api, "LAMP", "lamp")  # a leftover of a product once gone
+
+    def created() -> None:
+        create(api, "LAMP", "Desk lamp")
+
+    _prune_read_then(api, monkeypatch, created)
+    steps = reindex(api)
+
+    assert [step["changed_meanwhile"] for step in steps] == [[], ["LAMP"]]
+    assert api.found("lamp") == ["LAMP"] and api.found("desk lamp") == ["LAMP"]
+
+
+def test_a_prune_keeps_the_terms_of_a_product_reactivated_during_it(
+    api: SearchApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An inactive product's leftover term, made current by a reactivation meanwhile: the prune's write
+    must hold only while the product is still inactive, or the reactivated product loses the word."""
+    create(api, "OLD", "Retired teapot")
+    assert api.request("PATCH", "/products/OLD", {"active": False}, token=api.admin).status == 200
+    _put_term(api, "OLD", "teapot")  # left behind (older rules)
+
+    def reactivated() -> None:
+        assert api.request("PATCH", "/products/OLD", {"active": True}, token=api.admin).status == 200
+
+    _prune_read_then(api, monkeypatch, reactivated)
+    steps = reindex(api)
+
+    assert [step["changed_meanwhile"] for step in steps] == [[], ["OLD"]]
+    assert api.found("teapot") == ["OLD"] and api.found("retired") == ["OLD"]
 
 
 def test_a_rebuild_is_the_admins_and_refuses_a_token_it_did_not_issue(api: SearchApi) -> None:
