@@ -147,10 +147,15 @@ def step_models(function: str) -> StepModels:
         if isinstance(node, ast.FunctionDef) and node.name == handler_name
     )
     parse = next(
-        node
-        for node in ast.walk(handler)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "parse_event"
+        (
+            node
+            for node in ast.walk(handler)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "parse_event"
+        ),
+        None,
     )
+    if parse is None:
+        raise ValueError(f"{path}: {handler_name} does not parse its event with parse_event(Model, event)")
     input_model = _resolve(module, parse.args[0])
     output_model = None
     for node in ast.walk(handler):

@@ -4,6 +4,7 @@ definition reads of an answer is one the step's output model always holds (infra
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,3 +103,16 @@ def test_a_task_that_keeps_its_whole_answer_is_refused() -> None:
     with pytest.raises(ValueError, match="without a ResultSelector"):
         step_contracts._reads("Replace", {"Type": "Task"})  # no ResultPath: the answer replaces the state
     assert step_contracts._reads("Drop", {"Type": "Task", "ResultPath": None}) == ()
+
+
+def test_a_handler_that_does_not_parse_its_event_with_a_model_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "app.py").write_text("def handler(event, context):\n    return event\n")
+    monkeypatch.setattr(
+        step_contracts,
+        "function_properties",
+        lambda template, function: {"CodeUri": tmp_path, "Handler": "app.handler"},
+    )
+    with pytest.raises(ValueError, match="does not parse its event with parse_event"):
+        step_contracts.step_models("UnparsedEventFunction")
