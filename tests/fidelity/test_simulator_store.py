@@ -354,7 +354,7 @@ def test_a_void_racing_a_capture_leaves_one_of_them(simulator: SimulatorProvider
 
 
 def test_a_void_has_its_own_reference_never_the_capture_one(simulator: SimulatorProvider) -> None:
-    """s06: the void's reference named the authorization's (only) capture, and every test passed."""
+    """The void's reference named the authorization's (only) capture, and every test passed."""
     authorization = simulator.authorize(usd(500), "tok_visa", "o1:authorize")
     voided = simulator.void(authorization.reference, "o1:void")
 
@@ -366,7 +366,7 @@ def test_a_void_has_its_own_reference_never_the_capture_one(simulator: Simulator
 
 
 def test_a_refund_of_a_capture_not_the_simulators_binds_no_key(simulator: SimulatorProvider) -> None:
-    """s08: a capture reference that is not one of ours is refused before anything is written, so the
+    """A capture reference that is not one of ours is refused before anything is written, so the
     key stays free for the order's real capture."""
     _, capture = authorized_and_captured(simulator, 1000)
     with pytest.raises(PaymentStateConflict):

@@ -20,6 +20,7 @@ from shop.domain import inventory as inventory_domain
 from shop.domain import payments as payment_domain
 from shop.domain import reconciliation_job, recovery
 from shop.models.base import iso_now
+from shop.models.common import CheckoutLine
 from shop.models.money import Money
 from shop.models.orders import HistoryEntry
 from shop.models.reconciliation import ReconciliationReport
@@ -688,7 +689,7 @@ def test_a_purchase_counter_out_of_step_with_the_customers_orders_is_reported_un
 
 
 def test_an_order_is_judged_only_once_unchanged_for_the_settling_period(shop: Shop) -> None:
-    """r01: the 15 minutes an order must be left unchanged before it is judged (a saga, a sweeper or a
+    """The 15 minutes an order must be left unchanged before it is judged (a saga, a sweeper or a
     retry may still move it) were pinned only at "just now": a minute passed every test."""
     completed(shop)
     now = datetime.now(UTC)
@@ -703,7 +704,7 @@ def test_an_order_is_judged_only_once_unchanged_for_the_settling_period(shop: Sh
 def test_the_discrepancies_past_the_cap_are_counted(
     shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """r02: the report lists MAX_LISTED discrepancies; ``omitted`` counts the rest (only the resolved
+    """The report lists MAX_LISTED discrepancies; ``omitted`` counts the rest (only the resolved
     letters' count was pinned)."""
     monkeypatch.setattr(reconciliation_job, "MAX_LISTED", 1)  # stands for the 200 it is
     orders = [completed(shop) for _ in range(3)]
@@ -717,7 +718,7 @@ def test_the_discrepancies_past_the_cap_are_counted(
 
 
 def test_a_refund_only_the_providers_ledger_knows_is_read_and_counted(shop: Shop) -> None:
-    """r03: the provider's view takes the refund keys of the simulator's ledger as well as ours; without
+    """The provider's view takes the refund keys of the simulator's ledger as well as ours; without
     them a refund our ledger never recorded (the step stopped after the provider's answer) was not read,
     and the report counted one provider operation fewer."""
     order_id = completed(shop)
@@ -733,7 +734,7 @@ def test_a_refund_only_the_providers_ledger_knows_is_read_and_counted(shop: Shop
 
 
 def test_every_page_of_dead_letters_is_read(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
-    """r05: the run reads the letters a page of 100 at a time; reading the first page only passed
+    """The run reads the letters a page of 100 at a time; reading the first page only passed
     every test (none had more than 100 letters). One letter a page stands for the 100."""
     real = dead_letters.list_page
 
@@ -747,3 +748,108 @@ def test_every_page_of_dead_letters_is_read(shop: Shop, monkeypatch: pytest.Monk
     report = reconciliation_job.run(quiescent=True)
 
     assert report.checked.dead_letters == 3
+
+
+def _run_with_a_hold_while_it_reads(monkeypatch: pytest.MonkeyPatch, quantity: int) -> ReconciliationReport:
+    """A run during which a checkout's hold lands between its two reads of the products, before it
+    reads the reservations: its first read of MUG-1 misses the hold's units, its read of the holds has them."""
+    read_reservations = audit.reservations
+
+    def reservations_after_a_hold() -> Any:
+        with lambda_runtime.invoking("ReserveStockFunction"):  # a checkout's step, whatever it interrupts
+            inventory_domain.reserve("hold-mid-read", [CheckoutLine(sku="MUG-1", quantity=quantity)])
+        return read_reservations()
+
+    monkeypatch.setattr(audit, "reservations", reservations_after_a_hold)
+    report = reconciliation_job.run(quiescent=True)
+    monkeypatch.setattr(audit, "reservations", read_reservations)
+    return report
+
+
+def test_a_sku_whose_stock_moves_while_the_run_reads_it_is_not_judged(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The products are read first and last, and a SKU whose version moved in between is left to the
+    next run: its stock and its holds are from two moments. Judging it anyway (the two reads not compared)
+    passed every test, and would open a stock letter on books that agree."""
+    torn = _run_with_a_hold_while_it_reads(monkeypatch, 2)
+
+    assert torn.discrepancies == [] and stock_letters(shop) == []
+    assert available("MUG-1") == STOCK - 2
+    assert reconciliation_job.run(quiescent=True).discrepancies == []  # read afresh, the books agree
+
+
+def test_a_stock_letter_stays_open_through_a_run_that_read_its_sku_torn(
+    shop: Shop, local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run resolves the stock letter of a SKU it judged consistent; one whose stock moved while it
+    read was not judged at all, and its letter must stay open. Resolving it anyway passed every test: the
+    drift the operator has not undone would lose its only sign until a later run opened it again."""
+    _drift_stock(local_aws, 3)
+    assert [(d.kind, d.action) for d in reconciliation_job.run(quiescent=True).discrepancies] == [
+        ("stock_mismatch", "dead_lettered")
+    ]
+    torn = _run_with_a_hold_while_it_reads(monkeypatch, 2)
+
+    assert torn.discrepancies == []
+    [letter] = stock_letters(shop)
+    assert (letter["status"], letter["runs_seen"], letter["resolved_at"]) == ("OPEN", 1, None)
+    again = reconciliation_job.run(quiescent=True)  # read whole: the drift is still there
+    assert [(d.kind, d.action) for d in again.discrepancies] == [("stock_mismatch", "dead_letter_already_open")]
+
+
+def test_a_sku_one_of_whose_counters_cannot_be_read_is_reported_and_its_stock_not_judged(
+    shop: Shop, local_aws: LocalAws
+) -> None:
+    """A stock counter the shop cannot read is left out of ``available``, so the SKU's stock equation
+    would find its units missing: the counter is reported, the equation not judged. Judging it anyway
+    passed every test, and reported a mismatch the books do not have."""
+    aws.dynamodb().update_item(
+        TableName=local_aws.table("StockTable"),
+        Key={"sku": {"S": "MUG-1"}, "shard": {"N": "0"}},
+        UpdateExpression="SET available = :text",
+        ExpressionAttributeValues={":text": {"S": "ten"}},
+    )
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert [(d.kind, d.sku, d.action) for d in report.discrepancies] == [
+        ("record_unreadable", "MUG-1", "dead_lettered")
+    ]
+    assert "StockTable item" in report.discrepancies[0].detail
+    [letter] = stock_letters(shop)
+    assert (letter["sku"], letter["kinds"]) == ("MUG-1", ["record_unreadable"])
+
+
+def test_a_repaired_ledger_keeps_the_report_only_findings_of_its_order(shop: Shop, local_aws: LocalAws) -> None:
+    """The run judges a repaired order again and keeps the report-only findings of the first
+    judgement (no re-check finds them: they are not about its payment). Dropping them passed every test:
+    an order placed twice under one Idempotency-Key would vanish from the report once its ledger lagged."""
+    first = completed(shop)
+    second = completed(shop)
+    key = shop.order(first).idempotency_key
+    # The second order placed under the first one's key, and our record of its capture lost.
+    aws.dynamodb().update_item(
+        TableName=local_aws.table("OrdersTable"),
+        Key={"order_id": {"S": second}},
+        UpdateExpression="SET idempotency_key = :key",
+        ExpressionAttributeValues={":key": {"S": key}},
+    )
+    aws.dynamodb().update_item(
+        TableName=local_aws.table("PaymentsTable"),
+        Key={"order_id": {"S": second}},
+        UpdateExpression="SET #status = :authorized, captured_amount = :zero REMOVE capture_ref",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={":authorized": {"S": "AUTHORIZED"}, ":zero": {"N": "0"}},
+    )
+
+    report = reconciliation_job.run(quiescent=True)
+
+    assert sorted((d.order_id, d.kind, d.action) for d in report.discrepancies) == sorted(
+        [
+            (first, "duplicate_idempotency_key", "reported"),
+            (second, "duplicate_idempotency_key", "reported"),
+            (second, "payment_ledger_behind_provider", "repaired"),
+        ]
+    )
+    assert shop.dead_letter(first) is None and shop.dead_letter(second) is None

@@ -463,7 +463,7 @@ def test_a_page_of_large_records_stays_within_what_lambda_can_answer(shop: Shop,
 
 
 def test_open_records_come_oldest_first_by_sequence_number_as_a_number(local_aws: LocalAws) -> None:
-    """u07: stream sequence numbers are decimal strings that grow in length; as text "10" sorts before
+    """Stream sequence numbers are decimal strings that grow in length; as text "10" sorts before
     "9", and the republisher published a newer record before an older one of the same shard."""
     for sequence_number in ("10", "9", "100"):
         unreadable_records.set_aside(_record(sequence_number))

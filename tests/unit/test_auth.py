@@ -449,7 +449,7 @@ def test_a_subject_no_order_could_be_stored_under_is_unauthorized(verifier: DevI
 
 # ---------------------------------------------------------------------------- a second mutation run's pins
 def test_a_refresh_that_brings_no_usable_key_keeps_the_cached_keys_and_backs_off() -> None:
-    """a11: a key set with no key that has a ``kid`` (an empty set, to ``fetch``) is a failed refresh:
+    """A key set with no key that has a ``kid`` (an empty set, to ``fetch``) is a failed refresh:
     the keys cached before are still served, and the retry waits for the backoff. Read as a success,
     it replaced the good keys with none and every token was a 401 until the next refresh."""
     key: Any = object()
@@ -496,13 +496,13 @@ def _resigned(verifier: DevIdentityProvider, **changes: Any) -> str:
 
 @pytest.mark.parametrize("groups", [["admin", 7], [["admin"]], [None]])
 def test_groups_that_are_not_all_strings_are_unauthorized(verifier: DevIdentityProvider, groups: list[Any]) -> None:
-    """a15: only the list was checked, not its members."""
+    """Only the list was checked, not its members."""
     with pytest.raises(Unauthorized):
         auth.verify(_resigned(verifier, cognito__groups=groups))
 
 
 def test_the_username_is_cognitos_not_the_subject(verifier: DevIdentityProvider) -> None:
-    """a16: on Cognito ``sub`` is a UUID and ``cognito:username`` the name; the dev provider makes them equal."""
+    """On Cognito ``sub`` is a UUID and ``cognito:username`` the name; the dev provider makes them equal."""
     subject = "6f1c2f1e-8d3b-4b8e-9a51-0c6c1f2b9d11"
     principal = auth.verify(_resigned(verifier, sub=subject))
     assert (principal.subject, principal.username) == (subject, "alice")
@@ -510,6 +510,6 @@ def test_the_username_is_cognitos_not_the_subject(verifier: DevIdentityProvider)
 
 @pytest.mark.parametrize("claim", ["exp", "iat"])
 def test_a_token_without_an_expiry_or_issue_time_is_unauthorized(verifier: DevIdentityProvider, claim: str) -> None:
-    """a17: without ``exp`` required, a signed token without one never expires."""
+    """Without ``exp`` required, a signed token without one never expires."""
     with pytest.raises(Unauthorized):
         auth.verify(_resigned(verifier, **{claim: None}))
