@@ -275,6 +275,30 @@ def test_a_product_item_no_version_of_the_shop_wrote_never_takes_the_storefront_
     assert after["Item"] == before["Item"]
 
 
+def test_a_stored_price_with_a_fraction_makes_the_item_no_product_instead_of_a_cheaper_one(api: Api) -> None:
+    """A price is whole cents: an item whose ``price_amount`` was written behind the shop's back as 12.5 is
+    not read as 12 (a product sold a half cent cheaper than stored, in every listing and order), but as an
+    item that is not a product, as when its price is missing: an unknown SKU nobody can read or buy."""
+    for sku in ("P-1", "P-2"):
+        api.create(sku, category="books", amount=1250)
+    api.aws.client("dynamodb").update_item(
+        TableName=api.aws.table("ProductsTable"),
+        Key={"sku": {"S": "P-2"}},
+        UpdateExpression="SET price_amount = :price",
+        ExpressionAttributeValues={":price": {"N": "12.5"}},
+    )
+    before = api.tables()
+
+    assert_problem(api.request("GET", "/products/P-2"), 404)
+    for path in ("/products", "/products?category=books"):
+        assert [item["sku"] for item in api.request("GET", path).body["items"]] == ["P-1"], path
+    assert repository.get_product_infos(["P-1", "P-2"]).keys() == {"P-1"}
+    assert_problem(api.request("PUT", "/cart/items/P-2", {"quantity": 1}, token=api.customer), 422)
+    adjustment = {"delta": 1, "reason": "restock"}
+    assert_problem(api.request("POST", "/products/P-2/stock-adjustments", adjustment, token=api.admin), 404)
+    assert api.tables() == before
+
+
 @pytest.mark.parametrize("missing", ["description", "stock_shards", "version"])
 def test_a_product_item_of_an_early_version_can_be_edited_and_restocked(api: Api, missing: str) -> None:
     """An item written without an attribute the reader defaults (description "", one stock shard, version

@@ -507,6 +507,27 @@ def test_racing_decreases_each_write_the_total_they_leave(shop: Shop, monkeypatc
     ]
 
 
+def test_racing_adjustments_of_an_item_written_before_versions_each_write_the_total_they_leave(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item of the shop's first versions has no ``version`` (it reads as 0): the write is conditioned on
+    the attribute's absence, which another admin's adjustment in between (it adds one) ends. Without that
+    condition both went in from the same read, and the ledger said 30 where 25 were left."""
+    seed_product("HOT-ADJ-6", stock=40)
+    shop.aws.client("dynamodb").update_item(
+        TableName=shop.aws.table("ProductsTable"), Key={"sku": {"S": "HOT-ADJ-6"}}, UpdateExpression="REMOVE version"
+    )
+    deltas = _another_admin_adjusts_first(monkeypatch, "HOT-ADJ-6", -5)
+    result = catalog.adjust_stock("HOT-ADJ-6", StockAdjustmentRequest(delta=-10, reason="recount"), actor="alice")
+
+    assert deltas == [-10, -10]  # refused at its write, then written from the new total
+    assert result.available == 25 == sum(counters("HOT-ADJ-6").values())
+    assert [(entry.actor, entry.available) for entry in catalog.stock_ledger("HOT-ADJ-6")] == [
+        ("bob", 35),
+        ("alice", 25),
+    ]
+
+
 def test_an_adjustment_planned_on_shards_a_reshard_replaced_is_not_written(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,9 +17,11 @@ import pytest
 
 from infra.local import lambda_runtime
 from shop import aws
+from shop.config import recovery_settings
 from shop.domain import payments as payment_domain
 from shop.domain import reconciliation_job, recovery
 from shop.errors import OrderStateConflict, PaymentProviderError
+from shop.models.base import zoned_instant
 from shop.models.orders import DeadLetter, ExecutionStatusChange
 from shop.models.payments import Payment
 from shop.payments.simulator import SimulatorLedger, SimulatorProvider
@@ -731,15 +733,21 @@ def test_a_stop_event_whose_order_a_late_step_completes_meanwhile_letters_nothin
 
 
 # ---------------------------------------------------------------------------- 4. cancel, and refunds that fail
-def test_a_refund_saga_that_fails_leaves_its_dead_letter_open(shop: Shop, local_aws: LocalAws) -> None:
+def _refund_failed(shop: Shop, local_aws: LocalAws) -> str:
+    """An order whose checkout stopped, cancelled by its customer, whose redrive's refund saga failed."""
     fail_functions(local_aws, "CompleteOrderFunction")
     order_id = shop.place_ok([("MUG-1", 2)])["order_id"]
     checkout_stopped(shop, order_id)
     assert shop.cancel(order_id).json_body["cancel_requested"] is True
     fail_functions(local_aws, "RefundPaymentFunction", "FlagOrderFunction")
-
     assert shop.redrive(order_id).status_code == 202
     assert shop.wait_refund(order_id) == "FAILED"
+    return order_id
+
+
+def test_a_refund_saga_that_fails_leaves_its_dead_letter_open(shop: Shop, local_aws: LocalAws) -> None:
+    order_id = _refund_failed(shop, local_aws)
+
     stuck = shop.wait_status(order_id, "NEEDS_ATTENTION")
     letter = shop.wait_dead_letter(order_id, "OPEN")
     assert letter.resume == "refund"
@@ -976,6 +984,105 @@ def test_a_redrive_that_stops_before_its_flag_step_has_its_letter_reopened_by_th
     assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
     assert end.ours is not None and (end.ours.status, end.ours.captured_amount) == ("DECLINED", 0)
     assert end.provider is None  # the provider declined: it holds no authorization to capture or void
+
+
+def _redrive_held_before_its_first_step(shop: Shop, local_aws: LocalAws, resume: str) -> tuple[str, str, PauseAt]:
+    """An order NEEDS_ATTENTION whose letter resumes at ``resume`` (a declined checkout's compensation, or
+    a refund that failed), its redrive held before its first step: the order, the redrive's machine, the hold."""
+    if resume == "compensate":
+        fail_functions(local_aws, "VoidPaymentFunction")
+        order_id = shop.place_ok([("MUG-1", 2)], token="tok_chargeDeclined")["order_id"]
+        checkout_stopped(shop, order_id)
+        machine, first_step = "CheckoutStateMachine", "ReconcilePaymentFunction"
+    else:
+        order_id = _refund_failed(shop, local_aws)
+        assert shop.wait_dead_letter(order_id, "OPEN").resume == "refund"
+        machine, first_step = "RefundStateMachine", "ClaimOrderFunction"
+    held = PauseAt(local_aws.function(first_step))
+    lambda_runtime.faults.before_invoke = held
+    assert shop.redrive(order_id).json_body["status"] == "REDRIVING"
+    held.wait_reached()
+    return order_id, machine, held
+
+
+# A refund's letter on EXPRESS: its failed run sends no status event, so no fixture here opens one.
+@pytest.mark.parametrize(
+    ("workflow_type", "resume"),
+    [("STANDARD", "compensate"), ("EXPRESS", "compensate"), ("STANDARD", "refund")],
+    indirect=["workflow_type"],
+)
+def test_the_reconciliation_leaves_the_letter_of_a_redrive_still_running_as_it_is(
+    shop: Shop, local_aws: LocalAws, workflow_type: str, resume: str
+) -> None:
+    """A redrive's letter is reopened only once its run can no longer be going: reopening it over a run that
+    still goes lets an operator start a second redrive that takes the order from the first. On STANDARD Step
+    Functions says it runs (asked of the redrive's own machine), whatever its age; on EXPRESS the longest an
+    Express run can be going has not passed. A mutation run reopened it over the running redrive, asked the
+    other machine, and dropped the Express margin, each unnoticed."""
+    order_id, machine, held = _redrive_held_before_its_first_step(shop, local_aws, resume)
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and letter.redrive_execution is not None and letter.redrive_started_at is not None
+    started_at = zoned_instant(letter.redrive_started_at)
+    assert started_at is not None and shop.order(order_id).status == "NEEDS_ATTENTION"
+    longest_express_run = timedelta(seconds=recovery.EXPRESS_LIMIT_SECONDS + recovery.EXPRESS_SETTLE_MARGIN_SECONDS)
+
+    reopened = recovery.reopen_stalled_redrives([letter], started_at + longest_express_run)
+
+    assert reopened == []
+    still = shop.dead_letter(order_id)
+    assert still is not None and (still.status, still.redrive_count, still.error) == (
+        "REDRIVING",
+        letter.redrive_count,
+        letter.error,
+    )
+    heal()
+    held.released.set()
+    assert shop.wait_execution(machine, letter.redrive_execution) == "SUCCEEDED"
+    assert shop.wait_dead_letter(order_id, "RESOLVED").redrive_count == letter.redrive_count
+    end = books(shop, order_id)
+    assert end.status == ("CANCELLED" if resume == "compensate" else "REFUNDED") and end.available == STOCK
+
+
+@pytest.mark.parametrize("workflow_type", WORKFLOW_TYPES, indirect=True)
+def test_a_redrive_whose_start_failed_has_its_letter_reopened_once_no_start_can_be_on_its_way(
+    shop: Shop, local_aws: LocalAws, workflow_type: str
+) -> None:
+    """The letter went REDRIVING and StartExecution failed: no run will settle it. STANDARD tells a run never
+    started (no such execution) once a start can no longer be on its way (the orphan sweeper's bound);
+    EXPRESS cannot describe a run by name, so it waits out the longest an Express run can be going. Reopened
+    sooner, a start still on its way would run beside the operator's next redrive."""
+    fail_functions(local_aws, "VoidPaymentFunction")
+    order_id = shop.place_ok([("MUG-1", 2)], token="tok_chargeDeclined")["order_id"]
+    checkout_stopped(shop, order_id)
+    heal()
+    with inject(aws.stepfunctions(), SdkFault("StartExecution", "ThrottlingException")) as throttled:
+        refused = shop.redrive(order_id)
+    assert refused.status_code == 503 and throttled.injected >= 1
+    assert shop.execution_status("CheckoutStateMachine", f"{order_id}-redrive-1") is None
+    letter = shop.dead_letter(order_id)
+    assert letter is not None and letter.status == "REDRIVING" and letter.redrive_started_at is not None
+    started_at = zoned_instant(letter.redrive_started_at)
+    assert started_at is not None
+    if workflow_type == "STANDARD":
+        window = timedelta(seconds=recovery_settings().orphan_after_seconds)
+    else:
+        window = timedelta(seconds=recovery.EXPRESS_LIMIT_SECONDS + recovery.EXPRESS_SETTLE_MARGIN_SECONDS)
+
+    assert recovery.reopen_stalled_redrives([letter], started_at + window) == []
+    waiting = shop.dead_letter(order_id)
+    assert waiting is not None and waiting.status == "REDRIVING"
+    assert recovery.reopen_stalled_redrives([letter], started_at + window + timedelta(seconds=1)) == [letter]
+
+    reopened = shop.dead_letter(order_id)
+    assert reopened is not None and (reopened.status, reopened.error, reopened.redrive_count) == (
+        "OPEN",
+        "RedriveStopped",
+        1,
+    )
+    assert shop.redrive(order_id).json_body["redrive_count"] == 2
+    shop.wait_dead_letter(order_id, "RESOLVED")
+    end = books(shop, order_id)
+    assert (end.status, end.failure_reason, end.available) == ("CANCELLED", "PAYMENT_DECLINED", STOCK)
 
 
 def test_lambda_service_errors_before_forward_steps_are_retried_and_change_nothing_twice(
