@@ -18,8 +18,8 @@ import pytest
 from infra.local import lambda_runtime
 from shop import aws
 from shop.config import recovery_settings
+from shop.domain import operations, reconciliation_job, recovery
 from shop.domain import payments as payment_domain
-from shop.domain import reconciliation_job, recovery
 from shop.errors import OrderStateConflict, PaymentProviderError
 from shop.models.base import zoned_instant
 from shop.models.orders import DeadLetter, ExecutionStatusChange
@@ -643,6 +643,129 @@ def test_a_redrive_decided_from_a_stale_read_of_its_letter_is_refused(local_aws:
     reopened = dead_letters.get("ord-stale-redrive")
     assert reopened is not None
     assert (reopened.status, reopened.redrive_count, reopened.error) == ("OPEN", 1, "Aborted")
+
+
+def test_a_redrive_starts_only_from_an_open_letter_whatever_its_count(local_aws: LocalAws) -> None:
+    """A letter already REDRIVING (or RESOLVED) at the count an operator read is not claimed again: a second
+    claim would record a new execution and epoch over the running redrive's. Pins the ``#status = :open``
+    clause of ``start_redrive``, which no other test told apart from the count's."""
+    dead_letters.record(
+        order_id="ord-not-open",
+        resume="compensate",
+        failed_step="void_payment",
+        failure=None,
+        error="States.TaskFailed",
+        cause=None,
+        execution_name="ord-not-open",
+        now="2026-12-01T00:00:00.000Z",
+    )
+    started = dead_letters.start_redrive(
+        "ord-not-open", expected_count=0, execution_name="ord-not-open-redrive-1", epoch=2, now="t1"
+    )
+    assert started is not None and (started.status, started.redrive_count) == ("REDRIVING", 1)
+
+    assert (
+        dead_letters.start_redrive(
+            "ord-not-open", expected_count=1, execution_name="ord-not-open-redrive-2", epoch=3, now="t2"
+        )
+        is None
+    )
+    dead_letters.resolve("ord-not-open", now="t3")
+    assert (
+        dead_letters.start_redrive(
+            "ord-not-open", expected_count=1, execution_name="ord-not-open-redrive-2", epoch=3, now="t4"
+        )
+        is None
+    )
+    letter = dead_letters.get("ord-not-open")
+    assert letter is not None
+    assert (letter.status, letter.redrive_count, letter.redrive_execution, letter.redrive_epoch) == (
+        "RESOLVED",
+        1,
+        "ord-not-open-redrive-1",
+        2,
+    )
+
+
+def test_a_resolved_letter_is_not_reopened_by_the_late_stop_of_its_redrive(local_aws: LocalAws) -> None:
+    """Once the redrive's flag step resolved the letter, a late stop event of that same execution must not
+    reopen it (an operator would redrive a settled order). Pins the ``#status = :redriving`` clause of
+    ``reopen_redrive``: the execution name alone still matches."""
+    dead_letters.record(
+        order_id="ord-resolved-redrive",
+        resume="compensate",
+        failed_step="void_payment",
+        failure=None,
+        error="States.TaskFailed",
+        cause=None,
+        execution_name="ord-resolved-redrive",
+        now="2026-12-01T00:00:00.000Z",
+    )
+    started = dead_letters.start_redrive(
+        "ord-resolved-redrive", expected_count=0, execution_name="ord-resolved-redrive-redrive-1", epoch=2, now="t1"
+    )
+    assert started is not None
+    dead_letters.resolve("ord-resolved-redrive", now="t2")
+
+    assert not dead_letters.reopen_redrive(
+        "ord-resolved-redrive", execution_name="ord-resolved-redrive-redrive-1", error="Aborted", cause=None, now="t3"
+    )
+    letter = dead_letters.get("ord-resolved-redrive")
+    assert letter is not None and (letter.status, letter.error, letter.updated_at) == (
+        "RESOLVED",
+        "States.TaskFailed",
+        "t2",
+    )
+
+
+def _letter_for_redrive(order_id: str) -> None:
+    dead_letters.record(
+        order_id=order_id,
+        resume="compensate",
+        failed_step="void_payment",
+        failure=None,
+        error="States.TaskFailed",
+        cause=None,
+        execution_name=order_id,
+        now="2026-12-01T00:00:00.000Z",
+    )
+
+
+def test_a_redrive_that_lost_the_claim_to_another_ask_answers_and_starts_the_winners_run(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two asks read the letter OPEN; the one whose claim lost re-reads it and answers REDRIVING (and starts
+    the winner's run, idempotent by name), not the stale OPEN letter it read first."""
+    _letter_for_redrive("ord-lost-claim")
+    claim = dead_letters.start_redrive
+    started: list[str] = []
+
+    def claimed_by_another(order_id: str, **kwargs: Any) -> None:
+        claim(order_id, **kwargs)
+
+    monkeypatch.setattr(dead_letters, "start_redrive", claimed_by_another)
+    monkeypatch.setattr(sagas, "start", lambda arn, *, name, payload: started.append(name))
+
+    letter = operations.redrive("ord-lost-claim")
+
+    assert (letter.status, letter.redrive_count) == ("REDRIVING", 1)
+    assert started == ["ord-lost-claim-redrive-1"]
+
+
+def test_a_resolved_letter_whose_order_is_gone_starts_no_redrive(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking to redrive a RESOLVED letter starts nothing, even when no order's claim can say its run exists."""
+    _letter_for_redrive("ord-resolved-gone")
+    assert dead_letters.start_redrive(
+        "ord-resolved-gone", expected_count=0, execution_name="ord-resolved-gone-redrive-1", epoch=2, now="t1"
+    )
+    dead_letters.resolve("ord-resolved-gone", now="t2")
+    started: list[str] = []
+    monkeypatch.setattr(sagas, "start", lambda arn, *, name, payload: started.append(name))
+
+    assert operations.redrive("ord-resolved-gone").status == "RESOLVED"
+    assert started == []
 
 
 def test_resolving_the_letter_of_an_order_that_has_none_writes_none(local_aws: LocalAws) -> None:
